@@ -1,0 +1,201 @@
+"""The one settings object, read from the environment once per process."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable about medbook. Built by `load_settings`, never mutated."""
+
+    database_url: str
+    database_read_url: str | None
+    redis_url: str
+    secret_key: str
+    data_dir: Path
+    embedded: bool
+
+    # Connection pool and query limits (review S-2, S-4, S-5, M-5).
+    db_pool_size: int = 10
+    db_max_overflow: int = 5
+    db_pool_timeout: float = 5.0
+    db_pool_recycle: int = 1800
+    statement_timeout_ms: int = 5000
+    analytics_statement_timeout_ms: int = 60000
+    idle_in_transaction_timeout_ms: int = 15000
+    slow_query_ms: int = 200
+    redis_timeout: float = 2.0
+
+    # Documents.
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_sse: str | None = None
+
+    # Booking rules.
+    booking_min_notice_minutes: int = 60
+    booking_horizon_days: int = 90
+    max_future_appointments_per_doctor: int = 3
+
+    # Web.
+    public_origin: str = "http://127.0.0.1:8000"
+    log_level: str = "INFO"
+
+    @property
+    def documents_dir(self) -> Path:
+        return self.data_dir / "documents"
+
+
+def async_database_url(url: str) -> str:
+    """Accept a plain `postgresql://` URL and choose the asyncpg driver.
+
+    Args:
+        url: any PostgreSQL URL (postgres://, postgresql://, postgresql+asyncpg://).
+
+    Returns:
+        The same URL with the `postgresql+asyncpg` scheme.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0] not in {"postgres", "postgresql"}:
+        raise ValueError("must start with postgresql://")
+    return f"postgresql+asyncpg://{rest}"
+
+
+def plain_database_url(url: str) -> str:
+    """The libpq form of a URL (for asyncpg.connect, psql and Alembic's offline mode)."""
+    _, _, rest = async_database_url(url).partition("://")
+    return f"postgresql://{rest}"
+
+
+def _read(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{name}={raw!r} is not valid: {exc}") from None
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("must be more than zero")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    # broadcaster and SAQ choose their backend by scheme and accept only redis://.
+    if not raw.startswith(("redis://", "rediss://")):
+        raise ValueError("must start with redis:// or rediss://")
+    return raw
+
+
+def _embedded_secret(data_dir: Path) -> str:
+    """Generate once and keep under the data folder, so sessions survive restarts."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from the environment.
+
+    Args:
+        env: the variables to read; `os.environ` when omitted.
+
+    Returns:
+        A frozen `Settings`.
+
+    Raises:
+        SettingsError: naming the first variable that is missing or malformed.
+    """
+    env = os.environ if env is None else env
+    data_dir = Path(env.get("MEDBOOK_DATA_DIR") or PROJECT_ROOT / "var").resolve()
+    raw_db = env.get("DATABASE_URL")
+    raw_redis = env.get("REDIS_URL")
+    embedded = env.get("MEDBOOK_EMBEDDED") == "1"
+    if not raw_db or not raw_redis:
+        raise SettingsError(
+            "DATABASE_URL and REDIS_URL must be set (the `medbook` command starts embedded "
+            "services and sets them when they are missing)"
+        )
+    database_url = _read(env, "DATABASE_URL", async_database_url, "")
+    read_url = _read(env, "DATABASE_READ_URL", async_database_url, None)
+    redis_url = _read(env, "REDIS_URL", _redis_url, "")
+    secret_key = env.get("SECRET_KEY") or ""
+    if not secret_key:
+        if not embedded:
+            raise SettingsError("SECRET_KEY is required when DATABASE_URL is set")
+        secret_key = _embedded_secret(data_dir)
+    if len(secret_key) < 32:
+        raise SettingsError("SECRET_KEY must be at least 32 characters")
+    return Settings(
+        database_url=database_url,
+        database_read_url=read_url,
+        redis_url=redis_url,
+        secret_key=secret_key,
+        data_dir=data_dir,
+        embedded=embedded,
+        db_pool_size=_read(env, "DB_POOL_SIZE", _positive_int, 10),
+        db_max_overflow=_read(env, "DB_MAX_OVERFLOW", _positive_int, 5),
+        db_pool_timeout=_read(env, "DB_POOL_TIMEOUT", _positive_float, 5.0),
+        db_pool_recycle=_read(env, "DB_POOL_RECYCLE", _positive_int, 1800),
+        statement_timeout_ms=_read(env, "DB_STATEMENT_TIMEOUT_MS", _positive_int, 5000),
+        analytics_statement_timeout_ms=_read(
+            env, "DB_ANALYTICS_STATEMENT_TIMEOUT_MS", _positive_int, 60000
+        ),
+        idle_in_transaction_timeout_ms=_read(
+            env, "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", _positive_int, 15000
+        ),
+        slow_query_ms=_read(env, "DB_SLOW_QUERY_MS", _positive_int, 200),
+        redis_timeout=_read(env, "REDIS_TIMEOUT", _positive_float, 2.0),
+        s3_bucket=env.get("S3_BUCKET") or None,
+        s3_region=env.get("S3_REGION") or "us-east-1",
+        s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
+        s3_access_key_id=env.get("S3_ACCESS_KEY_ID") or None,
+        s3_secret_access_key=env.get("S3_SECRET_ACCESS_KEY") or None,
+        s3_sse=env.get("S3_SSE") or None,
+        booking_min_notice_minutes=_read(env, "BOOKING_MIN_NOTICE_MINUTES", _positive_int, 60),
+        booking_horizon_days=_read(env, "BOOKING_HORIZON_DAYS", _positive_int, 90),
+        max_future_appointments_per_doctor=_read(
+            env, "BOOKING_MAX_FUTURE_PER_DOCTOR", _positive_int, 3
+        ),
+        public_origin=env.get("MEDBOOK_PUBLIC_ORIGIN") or "http://127.0.0.1:8000",
+        log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from `os.environ` on first use."""
+    return load_settings()

@@ -1,0 +1,368 @@
+"""SQLAlchemy models: the whole schema of medbook, with the reason for every index.
+
+Ids are `bigint` identities: compact in every index and cheap to COPY at year scale.
+Access control, not id opacity, protects objects (another user's id answers 404).
+Relationships are `lazy="raise"`: every query says what it loads, so templates never do I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    Time,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ExcludeConstraint, INET, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+ROLES = ("patient", "doctor", "front_desk", "admin")
+APPOINTMENT_STATUSES = ("booked", "checked_in", "completed", "cancelled", "no_show")
+# An appointment in any of these holds its time: only a cancellation frees the slot.
+ACTIVE_STATUSES = ("booked", "checked_in", "completed", "no_show")
+EXCEPTION_KINDS = ("leave", "holiday", "closure", "other")
+NOTIFICATION_CHANNELS = ("email", "sms")
+NOTIFICATION_KINDS = ("confirmation", "reminder_24h", "reminder_1h", "cancellation", "exception")
+NOTIFICATION_STATUSES = ("pending", "queued", "sent", "dead", "void")
+RECORD_TYPES = ("lab_result", "prescription", "imaging", "referral", "note", "other")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {
+        dt.datetime: DateTime(timezone=True),
+        int: BigInteger,
+        str: Text,
+        dict[str, Any]: JSONB,
+    }
+
+
+def _id() -> Mapped[int]:
+    return mapped_column(BigInteger, primary_key=True, autoincrement=True)
+
+
+def _created_at() -> Mapped[dt.datetime]:
+    return mapped_column(server_default=func.now())
+
+
+class Clinic(Base):
+    __tablename__ = "clinics"
+
+    id: Mapped[int] = _id()
+    name: Mapped[str]
+    timezone: Mapped[str]  # IANA name; validated in code, where zoneinfo lives
+    address: Mapped[str | None]
+    created_at: Mapped[dt.datetime] = _created_at()
+
+    doctors: Mapped[list[Doctor]] = relationship(back_populates="clinic", lazy="raise")
+
+
+class Doctor(Base):
+    __tablename__ = "doctors"
+    __table_args__ = (
+        CheckConstraint("default_slot_minutes BETWEEN 5 AND 240", name="slot_minutes"),
+        # The directory: doctors of a clinic, filtered by specialty.
+        Index("ix_doctors_clinic_specialty", "clinic_id", "specialty"),
+    )
+
+    id: Mapped[int] = _id()
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"))
+    full_name: Mapped[str]
+    specialty: Mapped[str]
+    email: Mapped[str | None]
+    default_slot_minutes: Mapped[int] = mapped_column(SmallInteger, server_default="30")
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[dt.datetime] = _created_at()
+
+    clinic: Mapped[Clinic] = relationship(back_populates="doctors", lazy="raise")
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    __table_args__ = (
+        CheckConstraint(_in("notify_by", ("email", "sms", "none")), name="notify_by"),
+        # Front-desk patient search by name (prefix, case-insensitive).
+        Index("ix_patients_lower_full_name", text("lower(full_name) text_pattern_ops")),
+    )
+
+    id: Mapped[int] = _id()
+    full_name: Mapped[str]
+    date_of_birth: Mapped[dt.date | None] = mapped_column(Date)
+    phone: Mapped[str | None]
+    email: Mapped[str | None]
+    notify_by: Mapped[str] = mapped_column(server_default="email")
+    created_at: Mapped[dt.datetime] = _created_at()
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(_in("role", ROLES), name="role"),
+        # Each role carries exactly the link it needs.
+        CheckConstraint(
+            "(role <> 'patient' OR patient_id IS NOT NULL)"
+            " AND (role <> 'doctor' OR doctor_id IS NOT NULL)"
+            " AND (role <> 'front_desk' OR clinic_id IS NOT NULL)",
+            name="role_link",
+        ),
+        # Login looks users up by email, case-insensitively; one account per address.
+        Index("uq_users_lower_email", text("lower(email)"), unique=True),
+        Index("uq_users_patient_id", "patient_id", unique=True),
+        Index("uq_users_doctor_id", "doctor_id", unique=True),
+    )
+
+    id: Mapped[int] = _id()
+    email: Mapped[str]
+    password_hash: Mapped[str]
+    role: Mapped[str] = mapped_column(String(16))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    doctor_id: Mapped[int | None] = mapped_column(ForeignKey("doctors.id"))
+    clinic_id: Mapped[int | None] = mapped_column(ForeignKey("clinics.id"))
+    is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[dt.datetime] = _created_at()
+    password_changed_at: Mapped[dt.datetime] = _created_at()
+
+
+class ScheduleTemplate(Base):
+    """One weekly range of a doctor's hours in clinic-local wall time (9:00-12:00 Mondays)."""
+
+    __tablename__ = "doctor_schedule_templates"
+    __table_args__ = (
+        CheckConstraint("weekday BETWEEN 0 AND 6", name="weekday"),
+        CheckConstraint("end_time > start_time", name="end_after_start"),
+        CheckConstraint("slot_minutes BETWEEN 5 AND 240", name="slot_minutes"),
+        CheckConstraint(
+            "valid_to IS NULL OR valid_from IS NULL OR valid_to >= valid_from", name="validity"
+        ),
+        # C-3: the schedule lookup is always "this doctor's ranges for these weekdays".
+        Index("ix_doctor_schedule_templates_doctor_weekday", "doctor_id", "weekday"),
+    )
+
+    id: Mapped[int] = _id()
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id", ondelete="CASCADE"))
+    weekday: Mapped[int] = mapped_column(SmallInteger)  # 0 = Monday
+    start_time: Mapped[dt.time] = mapped_column(Time)
+    end_time: Mapped[dt.time] = mapped_column(Time)
+    slot_minutes: Mapped[int] = mapped_column(SmallInteger)
+    valid_from: Mapped[dt.date | None] = mapped_column(Date)
+    valid_to: Mapped[dt.date | None] = mapped_column(Date)
+
+
+class ScheduleException(Base):
+    """Leave, a holiday or a closure: a doctor's or a whole clinic's, any span of instants."""
+
+    __tablename__ = "schedule_exceptions"
+    __table_args__ = (
+        CheckConstraint(_in("kind", EXCEPTION_KINDS), name="kind"),
+        CheckConstraint("ends_at > starts_at", name="end_after_start"),
+        # Availability reads a doctor's exceptions overlapping a day or week...
+        Index("ix_schedule_exceptions_doctor_starts", "doctor_id", "starts_at"),
+        # ...and the clinic-wide ones (doctor_id IS NULL) of the doctor's clinic.
+        Index(
+            "ix_schedule_exceptions_clinic_wide",
+            "clinic_id",
+            "starts_at",
+            postgresql_where=text("doctor_id IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = _id()
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"))
+    doctor_id: Mapped[int | None] = mapped_column(ForeignKey("doctors.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    starts_at: Mapped[dt.datetime]
+    ends_at: Mapped[dt.datetime]
+    note: Mapped[str | None]
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = _created_at()
+
+
+class Appointment(Base):
+    __tablename__ = "appointments"
+    __table_args__ = (
+        CheckConstraint(_in("status", APPOINTMENT_STATUSES), name="status"),
+        CheckConstraint("ends_at > starts_at", name="end_after_start"),
+        # The guarantee against double booking (review C-4): PostgreSQL itself refuses two
+        # active appointments of one doctor whose half-open time ranges overlap. A row lock
+        # (the review's FOR UPDATE SKIP LOCKED) cannot do this: the competing row does not
+        # exist yet, so there is nothing to lock, and exact-duplicate keys miss overlaps of
+        # different lengths. Needs btree_gist for the `doctor_id WITH =` part.
+        ExcludeConstraint(
+            (text("doctor_id"), "="),
+            (text("tstzrange(starts_at, ends_at, '[)')"), "&&"),
+            name="no_overlap",
+            using="gist",
+            where=text("status <> 'cancelled'"),
+        ),
+        # C-3 availability and the doctor's day: one doctor, a time window. INCLUDE lets
+        # the availability query answer from the index alone.
+        Index(
+            "ix_appointments_doctor_starts",
+            "doctor_id",
+            "starts_at",
+            postgresql_include=["ends_at", "status"],
+        ),
+        # C-3 patient lists, upcoming and past, by time.
+        Index("ix_appointments_patient_starts", "patient_id", "starts_at"),
+        # The front-desk board and analytics: one clinic, a day or a range.
+        Index("ix_appointments_clinic_starts", "clinic_id", "starts_at"),
+        # Idempotent booking: a key is unique per user who booked.
+        Index(
+            "uq_appointments_idempotency",
+            "booked_by",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = _id()
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"))
+    starts_at: Mapped[dt.datetime]
+    ends_at: Mapped[dt.datetime]
+    status: Mapped[str] = mapped_column(String(16), server_default="booked")
+    reason: Mapped[str | None]
+    cancel_reason: Mapped[str | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64))
+    booked_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _created_at()
+    checked_in_at: Mapped[dt.datetime | None]
+    cancelled_at: Mapped[dt.datetime | None]
+
+    doctor: Mapped[Doctor] = relationship(lazy="raise")
+    patient: Mapped[Patient] = relationship(lazy="raise")
+
+
+class MedicalRecord(Base):
+    __tablename__ = "medical_records"
+    __table_args__ = (
+        CheckConstraint(_in("record_type", RECORD_TYPES), name="record_type"),
+        CheckConstraint("size >= 0", name="size"),
+        # C-3 / C-2: a patient's whole record list, newest first, in one index range.
+        Index("ix_medical_records_patient_uploaded", "patient_id", text("uploaded_at DESC")),
+    )
+
+    id: Mapped[int] = _id()
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    author_doctor_id: Mapped[int | None] = mapped_column(ForeignKey("doctors.id"))
+    record_type: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str]
+    storage_key: Mapped[str] = mapped_column(unique=True)
+    content_type: Mapped[str]
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    uploaded_at: Mapped[dt.datetime] = _created_at()
+
+
+class Notification(Base):
+    """The durable outbox: one row per message an appointment implies."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        CheckConstraint(_in("channel", NOTIFICATION_CHANNELS), name="channel"),
+        CheckConstraint(_in("kind", NOTIFICATION_KINDS), name="kind"),
+        CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
+        # The dispatcher's scan: pending rows that are due, oldest first; stays small.
+        Index(
+            "ix_notifications_due",
+            "due_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # Reschedule and cancel find an appointment's messages.
+        Index("ix_notifications_appointment", "appointment_id"),
+        # The dead-letter page.
+        Index("ix_notifications_dead", "id", postgresql_where=text("status = 'dead'")),
+    )
+
+    id: Mapped[int] = _id()
+    appointment_id: Mapped[int] = mapped_column(
+        ForeignKey("appointments.id", ondelete="CASCADE")
+    )
+    channel: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[dt.datetime]
+    status: Mapped[str] = mapped_column(String(8), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_error: Mapped[str | None]
+    provider_message_id: Mapped[str | None]
+    sent_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = _created_at()
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        # "Who viewed my records": a patient's events, newest first.
+        Index(
+            "ix_audit_events_patient_at",
+            "patient_id",
+            text("at DESC"),
+            postgresql_where=text("patient_id IS NOT NULL"),
+        ),
+        # The admin page filters by actor and by time.
+        Index("ix_audit_events_actor_at", "actor_user_id", text("at DESC")),
+        Index("ix_audit_events_at", text("at DESC")),
+    )
+
+    id: Mapped[int] = _id()
+    at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    actor_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(64))
+    subject_type: Mapped[str | None] = mapped_column(String(32))
+    subject_id: Mapped[int | None]
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    client_addr: Mapped[str | None] = mapped_column(INET)
+    flagged: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class ClinicDailyStats(Base):
+    """Per doctor and clinic-local day: counts by status and slot minutes (C-6 rollups)."""
+
+    __tablename__ = "clinic_daily_stats"
+    __table_args__ = (
+        # Reports read a clinic's (or all clinics') days in a range.
+        Index("ix_clinic_daily_stats_day_clinic", "day", "clinic_id"),
+    )
+
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"), primary_key=True)
+    booked: Mapped[int] = mapped_column(Integer, server_default="0")
+    checked_in: Mapped[int] = mapped_column(Integer, server_default="0")
+    completed: Mapped[int] = mapped_column(Integer, server_default="0")
+    cancelled: Mapped[int] = mapped_column(Integer, server_default="0")
+    no_show: Mapped[int] = mapped_column(Integer, server_default="0")
+    available_minutes: Mapped[int] = mapped_column(Integer, server_default="0")
+    booked_minutes: Mapped[int] = mapped_column(Integer, server_default="0")
+    refreshed_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
