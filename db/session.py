@@ -47,9 +47,7 @@ def create_engine(
             "server_settings": {
                 "application_name": application_name,
                 "statement_timeout": str(timeout),
-                "idle_in_transaction_session_timeout": str(
-                    settings.idle_in_transaction_timeout_ms
-                ),
+                "idle_in_transaction_session_timeout": str(settings.idle_in_transaction_timeout_ms),
                 "timezone": "UTC",
             },
             # Client-side bound a little above the server's, in case the server is gone.

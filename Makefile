@@ -1,0 +1,48 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint format install dev bench-scale clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip check
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+## make run: embedded PostgreSQL + Redis (unless DATABASE_URL/REDIS_URL are set), migrate,
+## demo data, web server and worker. Ctrl-C stops everything.
+run: install
+	$(BIN)/medbook demo
+
+## make test: unit, integration and browser tests against real services.
+test: dev
+	$(BIN)/python e2e/browser.py --ensure
+	$(BIN)/python -m pytest
+
+lint: dev
+	$(BIN)/ruff check app db tasks tests e2e bench conftest.py
+	$(BIN)/ruff format --check app db tasks tests e2e bench conftest.py
+	$(BIN)/mypy
+
+format: dev
+	$(BIN)/ruff format app db tasks tests e2e bench conftest.py
+	$(BIN)/ruff check --fix app db tasks tests e2e bench conftest.py
+
+## Load the review's year of data (50 clinics, 1.8 M appointments) into the configured database.
+bench-scale: install
+	$(BIN)/medbook seed scale --replace
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,0 +1,314 @@
+"""The `medbook` command: serve, worker, db, seed, users and demo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from app import embedded
+from app.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, plain_database_url
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _services(ctx: click.Context) -> Iterator[Settings]:
+    """Start embedded services for whatever URL is missing, then read settings once."""
+    data_dir = Path(ctx.obj["data_dir"]).resolve()
+    os.environ["MEDBOOK_DATA_DIR"] = str(data_dir)
+    try:
+        with embedded.services(data_dir):
+            try:
+                settings = get_settings()
+            except SettingsError as exc:
+                raise click.ClickException(str(exc)) from None
+            yield settings
+    except SettingsError as exc:  # pragma: no cover - raised before services start
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
+
+
+@click.group()
+@click.option(
+    "--data-dir",
+    envvar="MEDBOOK_DATA_DIR",
+    default=str(PROJECT_ROOT / "var"),
+    show_default=True,
+    help="Where embedded PostgreSQL/Redis, the secret key and documents live.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.pass_context
+def main(ctx: click.Context, data_dir: str, verbose: bool) -> None:
+    """medbook: multi-clinic medical appointments."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = {"data_dir": data_dir}
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="Server processes.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
+    """Run the web server."""
+    import uvicorn
+
+    with _services(ctx) as settings:
+        uvicorn.run(
+            "app.asgi:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            proxy_headers=True,
+        )
+
+
+@main.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run the SAQ worker (reminders, analytics, housekeeping)."""
+    from saq.worker import start
+
+    with _services(ctx):
+        start("tasks.worker.worker_settings")
+
+
+@main.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command()
+@click.argument("revision", default="head")
+@click.pass_context
+def upgrade(ctx: click.Context, revision: str) -> None:
+    """Migrate the database up to REVISION (default: head)."""
+    from db import migrate
+
+    with _services(ctx) as settings:
+        migrate.upgrade(plain_database_url(settings.database_url), revision)
+        click.echo(f"database at {migrate.current(plain_database_url(settings.database_url))}")
+
+
+@db.command()
+@click.argument("revision", default="-1")
+@click.pass_context
+def downgrade(ctx: click.Context, revision: str) -> None:
+    """Migrate the database down to REVISION (default: one step; `base` for empty)."""
+    from db import migrate
+
+    with _services(ctx) as settings:
+        migrate.downgrade(plain_database_url(settings.database_url), revision)
+        click.echo(f"database at {migrate.current(plain_database_url(settings.database_url))!r}")
+
+
+@db.command()
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Show the database's migration revision."""
+    from db import migrate
+
+    with _services(ctx) as settings:
+        click.echo(migrate.current(plain_database_url(settings.database_url)) or "(empty)")
+
+
+@main.group()
+def seed() -> None:
+    """Load demo or year-scale data."""
+
+
+async def _seed_demo(settings: Settings) -> bool:
+    from db.seed_demo import seed_demo
+    from db.session import create_engine, session_factory
+
+    engine = create_engine(settings, application_name="medbook-seed")
+    try:
+        async with session_factory(engine)() as session:
+            return await seed_demo(session)
+    finally:
+        await engine.dispose()
+
+
+@seed.command("demo")
+@click.pass_context
+def seed_demo_cmd(ctx: click.Context) -> None:
+    """Two clinics, doctors, patients, a week of bookings, one login per role."""
+    with _services(ctx) as settings:
+        loaded = _run(lambda: _seed_demo(settings))
+        click.echo("demo data loaded" if loaded else "demo data already present")
+
+
+@seed.command("scale")
+@click.option("--seed", "seed_value", default=42, show_default=True, type=int)
+@click.option("--clinics", default=50, show_default=True, type=int)
+@click.option("--doctors-per-clinic", default=10, show_default=True, type=int)
+@click.option("--patients", default=100_000, show_default=True, type=int)
+@click.option("--appointments", default=1_800_000, show_default=True, type=int)
+@click.option("--replace", is_flag=True, help="Empty every table first.")
+@click.pass_context
+def seed_scale_cmd(
+    ctx: click.Context,
+    seed_value: int,
+    clinics: int,
+    doctors_per_clinic: int,
+    patients: int,
+    appointments: int,
+    replace: bool,
+) -> None:
+    """The review's year: 50 clinics, 500 doctors, 100,000 patients, 1.8 M appointments."""
+    from rich.progress import Progress, TaskID
+
+    from app.passwords import hash_password
+    from db.seed_demo import DEMO_PASSWORD
+    from db.seed_scale import ScaleSpec, load_scale
+
+    spec = ScaleSpec(
+        clinics=clinics,
+        doctors_per_clinic=doctors_per_clinic,
+        patients=patients,
+        target_appointments=appointments,
+        seed=seed_value,
+    )
+    with _services(ctx) as settings, Progress() as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        started = time.perf_counter()
+        counts = _run(
+            lambda: load_scale(
+                plain_database_url(settings.database_url),
+                spec,
+                password_hash=hash_password(DEMO_PASSWORD),
+                replace=replace,
+                progress=progress,
+            )
+        )
+        elapsed = time.perf_counter() - started
+    total = sum(counts.values())
+    for table, n in counts.items():
+        click.echo(f"{table:>28}: {n:>10,}")
+    click.echo(f"loaded {total:,} rows in {elapsed:.1f} s ({total / elapsed:,.0f} rows/s)")
+
+
+@main.group()
+def users() -> None:
+    """User accounts."""
+
+
+@users.command("create")
+@click.option(
+    "--role", required=True, type=click.Choice(["patient", "doctor", "front_desk", "admin"])
+)
+@click.option("--email", required=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--name", "full_name", help="Full name (patients).")
+@click.option("--clinic", "clinic_id", type=int, help="Clinic id (front desk).")
+@click.option("--doctor", "doctor_id", type=int, help="Doctor id (doctor logins).")
+@click.pass_context
+def users_create(
+    ctx: click.Context,
+    role: str,
+    email: str,
+    password: str,
+    full_name: str | None,
+    clinic_id: int | None,
+    doctor_id: int | None,
+) -> None:
+    """Create a login; staff accounts are only made here or by an admin."""
+    from app.accounts import create_user
+    from app.errors import DomainError
+    from db.session import create_engine, session_factory
+
+    async def create(settings: Settings) -> int:
+        engine = create_engine(settings, application_name="medbook-cli")
+        try:
+            async with session_factory(engine)() as session:
+                user = await create_user(
+                    session,
+                    role=role,
+                    email=email,
+                    password=password,
+                    full_name=full_name,
+                    clinic_id=clinic_id,
+                    doctor_id=doctor_id,
+                )
+                return user.id
+        finally:
+            await engine.dispose()
+
+    with _services(ctx) as settings:
+        try:
+            user_id = _run(lambda: create(settings))
+        except DomainError as exc:
+            raise click.ClickException(exc.detail) from None
+    click.echo(f"created {role} {email} (user id {user_id})")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.pass_context
+def demo(ctx: click.Context, host: str, port: int) -> None:
+    """Everything at once: services, migrations, demo data, web server and worker."""
+    from db import migrate
+    from db.seed_demo import DEMO_PASSWORD, LOGINS
+
+    with _services(ctx) as settings:
+        migrate.upgrade(plain_database_url(settings.database_url))
+        _run(lambda: _seed_demo(settings))
+        base = [sys.executable, "-m", "app.cli", "--data-dir", ctx.obj["data_dir"]]
+        children = [
+            subprocess.Popen([*base, "serve", "--host", host, "--port", str(port)]),
+            subprocess.Popen([*base, "worker"]),
+        ]
+        click.echo(f"\nmedbook is running at http://{host}:{port}/  (Ctrl-C stops everything)")
+        click.echo(f"demo logins, password {DEMO_PASSWORD!r}:")
+        for email, role, _ in LOGINS:
+            click.echo(f"  {role:<11} {email}")
+        try:
+            while all(child.poll() is None for child in children):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            _stop(children)
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 10
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+if __name__ == "__main__":
+    main()

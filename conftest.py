@@ -1,0 +1,219 @@
+"""Test services and shared fixtures for tests/ and e2e/.
+
+Real PostgreSQL and Redis, chosen once per run before any app module reads settings:
+TEST_DATABASE_URL / TEST_REDIS_URL when set, else the machine's local servers when
+reachable, else embedded ones (started under var/test-services). Each run gets its own
+fresh, migrated database, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+ROOT = Path(__file__).resolve().parent
+_stack = ExitStack()
+_created_db: tuple[str, str] | None = None
+
+DATA_TABLES = (
+    "audit_events, notifications, medical_records, appointments, schedule_exceptions, "
+    "doctor_schedule_templates, clinic_daily_stats, users, patients, doctors, clinics"
+)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _recreate(admin_url: str, name: str, drop_only: bool = False) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not drop_only:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _created_db
+    from app import embedded
+    from db import migrate
+
+    services_dir = ROOT / "var" / "test-services"
+    base_pg = os.environ.get("TEST_DATABASE_URL")
+    if not base_pg:
+        if _reachable("127.0.0.1", 5432):
+            base_pg = "postgresql://postgres@127.0.0.1:5432/test"
+        else:
+            base_pg = _stack.enter_context(embedded.postgres(services_dir))
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not redis_url:
+        if _reachable("127.0.0.1", 6379):
+            redis_url = "redis://127.0.0.1:6379/15"
+        else:
+            redis_url = _stack.enter_context(embedded.redis(services_dir))
+
+    name = f"medbook_test_{os.getpid()}"
+    asyncio.run(_recreate(base_pg, name))
+    _created_db = (base_pg, name)
+    db_url = with_database(base_pg, name)
+    data_dir = ROOT / "var" / f"test-data-{os.getpid()}"
+    os.environ.update(
+        {
+            "DATABASE_URL": db_url,
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": secrets.token_urlsafe(40),
+            "MEDBOOK_DATA_DIR": str(data_dir),
+            "MEDBOOK_EMBEDDED": "",
+            "DB_SLOW_QUERY_MS": "1000",
+        }
+    )
+    os.environ.setdefault("TEST_ADMIN_DATABASE_URL", base_pg)
+    migrate.upgrade(db_url)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _created_db is not None:
+        try:
+            asyncio.run(_recreate(*_created_db, drop_only=True))
+        except Exception as exc:  # the run's result matters more than this cleanup
+            print(f"could not drop the test database: {exc}", file=sys.stderr)
+    _stack.close()
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from app.settings import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def database_url(settings) -> str:
+    """The run's database as a plain libpq URL."""
+    from app.settings import plain_database_url
+
+    return plain_database_url(settings.database_url)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def engine(settings) -> AsyncIterator:
+    from db.session import create_engine
+
+    engine = create_engine(settings, application_name="medbook-tests")
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def db(engine) -> AsyncIterator:
+    """An empty database (every table truncated), seen alike by every connection."""
+    from sqlalchemy import text
+
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
+    yield engine
+
+
+@pytest_asyncio.fixture
+async def session(db) -> AsyncIterator:
+    from db.session import session_factory
+
+    async with session_factory(db)() as session:
+        yield session
+
+
+@pytest_asyncio.fixture
+async def redis(settings) -> AsyncIterator:
+    from app.redis import create_redis
+
+    client = create_redis(settings)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def client(db, redis, settings) -> AsyncIterator:
+    """An HTTP client for the app, in process, over a clean database and Redis."""
+    from litestar.testing import AsyncTestClient
+
+    from app.asgi import create_app
+
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """`medbook serve` in its own process(es), on a free port."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = ROOT / "test-artifacts" / f"server-{self.port}.log"
+        self.log.parent.mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
+        cmd += ["--workers", str(workers)]
+        self.process = subprocess.Popen(
+            cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.log}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout}s; see {self.log}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(settings) -> Iterator[LiveServer]:
+    server = LiveServer()
+    yield server
+    server.stop()

@@ -1,0 +1,130 @@
+"""Demo data: two clinics in different time zones, doctors, patients, a week of bookings.
+
+Idempotent: a second run finds the demo clinics and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.availability import TemplateRange, day_grid
+from app.passwords import hash_password
+from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User
+
+DEMO_PASSWORD = "medbook-demo"  # noqa: S105 - printed on purpose: these are demo logins
+
+CLINICS = [
+    ("Spreeufer Praxis", "Europe/Berlin", "Uferstraße 1, 10999 Berlin"),
+    ("Hudson Family Health", "America/New_York", "120 Hudson St, New York, NY"),
+]
+DOCTORS = [  # clinic index, name, specialty, slot minutes
+    (0, "Dr. Anna Becker", "General practice", 30),
+    (0, "Dr. Jonas Weber", "Cardiology", 20),
+    (1, "Dr. Maya Patel", "General practice", 30),
+    (1, "Dr. Samuel Okafor", "Dermatology", 15),
+]
+PATIENTS = ["Lena Fischer", "Tom Schulz", "Grace Kim", "Luis Ortega", "Aisha Rahman"]
+
+# The logins the README lists: (email, role, link).
+LOGINS = [
+    ("admin@demo.test", "admin", None),
+    ("desk@demo.test", "front_desk", ("clinic", 0)),
+    ("desk.ny@demo.test", "front_desk", ("clinic", 1)),
+    ("doctor@demo.test", "doctor", ("doctor", 0)),
+    ("doctor.ny@demo.test", "doctor", ("doctor", 2)),
+    ("patient@demo.test", "patient", ("patient", 0)),
+    ("patient2@demo.test", "patient", ("patient", 1)),
+]
+
+
+def weekly_template(slot_minutes: int) -> list[tuple[int, dt.time, dt.time, int]]:
+    """Mon-Fri 09:00-12:00 and 13:00-17:00."""
+    return [
+        (weekday, start, end, slot_minutes)
+        for weekday in range(5)
+        for start, end in ((dt.time(9), dt.time(12)), (dt.time(13), dt.time(17)))
+    ]
+
+
+async def seed_demo(session: AsyncSession, today: dt.date | None = None) -> bool:
+    """Load the demo data once. Commits.
+
+    Args:
+        today: the day the demo week starts (today when omitted).
+
+    Returns:
+        True when data was loaded, False when it was already there.
+    """
+    if await session.scalar(select(Clinic.id).where(Clinic.name == CLINICS[0][0])):
+        return False
+    today = today or dt.date.today()
+    clinics = [Clinic(name=n, timezone=tz, address=a) for n, tz, a in CLINICS]
+    session.add_all(clinics)
+    await session.flush()
+    doctors = [
+        Doctor(clinic_id=clinics[c].id, full_name=n, specialty=s, default_slot_minutes=m)
+        for c, n, s, m in DOCTORS
+    ]
+    patients = [Patient(full_name=n, email=f"{n.split()[0].lower()}@demo.test") for n in PATIENTS]
+    session.add_all([*doctors, *patients])
+    await session.flush()
+
+    for doctor in doctors:
+        for weekday, start, end, minutes in weekly_template(doctor.default_slot_minutes):
+            session.add(
+                ScheduleTemplate(
+                    doctor_id=doctor.id,
+                    weekday=weekday,
+                    start_time=start,
+                    end_time=end,
+                    slot_minutes=minutes,
+                )
+            )
+
+    password_hash = hash_password(DEMO_PASSWORD)  # once, not per user
+    links: dict[str, list[Clinic] | list[Doctor] | list[Patient]] = {
+        "clinic": clinics,
+        "doctor": doctors,
+        "patient": patients,
+    }
+    for email, role, link in LOGINS:
+        user = User(email=email, password_hash=password_hash, role=role)
+        if link:
+            target = links[link[0]][link[1]]
+            if isinstance(target, Clinic):
+                user.clinic_id = target.id
+            elif isinstance(target, Doctor):
+                user.doctor_id, user.clinic_id = target.id, target.clinic_id
+            else:
+                user.patient_id = target.id
+        session.add(user)
+
+    # A week of bookings: every third slot of each working day, patients in turn.
+    n = 0
+    for doctor in doctors:
+        clinic = next(c for c in clinics if c.id == doctor.clinic_id)
+        ranges = [
+            TemplateRange(w, s, e, m) for w, s, e, m in weekly_template(doctor.default_slot_minutes)
+        ]
+        for offset in range(7):
+            day = today + dt.timedelta(days=offset)
+            for i, slot in enumerate(day_grid(day, ranges, ZoneInfo(clinic.timezone))):
+                if i % 3:
+                    continue
+                session.add(
+                    Appointment(
+                        doctor_id=doctor.id,
+                        patient_id=patients[n % len(patients)].id,
+                        clinic_id=clinic.id,
+                        starts_at=slot.start,
+                        ends_at=slot.end,
+                        reason="Check-up",
+                    )
+                )
+                n += 1
+    await session.commit()
+    return True

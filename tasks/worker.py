@@ -1,0 +1,45 @@
+"""SAQ worker settings: `medbook worker` runs `saq` with `worker_settings()`.
+
+Cron schedules are UTC (SAQ's default). Every job is idempotent and has an explicit
+timeout and retry count, so a job run twice, or swept after a killed worker, is harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saq import CronJob
+
+from app.redis import create_redis
+from app.settings import get_settings
+from db.session import create_engine, session_factory
+from tasks.housekeeping import heartbeat
+from tasks.queue import create_queue
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings = get_settings()
+    ctx["settings"] = settings
+    ctx["engine"] = create_engine(settings, application_name="medbook-worker")
+    ctx["sessions"] = session_factory(ctx["engine"])
+    ctx["redis"] = create_redis(settings)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["engine"].dispose()
+    await ctx["redis"].aclose()
+
+
+def worker_settings() -> dict[str, Any]:
+    """Built on call, so settings are read only once the environment is final."""
+    settings = get_settings()
+    return {
+        "queue": create_queue(settings),
+        "functions": [heartbeat],
+        "cron_jobs": [CronJob(heartbeat, cron="* * * * *", timeout=10, retries=1)],
+        "concurrency": 10,
+        # On SIGTERM let running jobs finish (they are idempotent, but finishing is kinder).
+        "shutdown_grace_period_s": 20,
+        "startup": startup,
+        "shutdown": shutdown,
+    }
