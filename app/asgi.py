@@ -13,15 +13,17 @@ from advanced_alchemy.extensions.litestar import (
 )
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
+from app.guards import PUBLIC, AuthMiddleware
 from app.redis import create_redis
 from app.routes import health, pages
 from app.settings import PROJECT_ROOT, Settings, get_settings
-from db.session import create_engine
+from db.session import create_engine, session_factory
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -50,13 +52,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health.live,
             health.ready,
             pages.home,
-            create_static_files_router(path="/static", directories=[PROJECT_ROOT / "static"]),
+            create_static_files_router(
+                path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
+            ),
         ],
+        middleware=[DefineMiddleware(AuthMiddleware, exclude=["^/static/", "^/health/"])],
         plugins=[SQLAlchemyPlugin(config=db)],
         lifespan=[services],
         template_config=TemplateConfig(
             directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine
         ),
-        state=State({"settings": settings, "engine": engine}),
+        state=State({"settings": settings, "engine": engine, "sessions": session_factory(engine)}),
         openapi_config=OpenAPIConfig(title="medbook", version="0.1.0", path="/schema"),
     )

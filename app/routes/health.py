@@ -9,10 +9,12 @@ from litestar.response import Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.guards import PUBLIC
+
 PROBE_TIMEOUT = 2.0
 
 
-@get("/health/live", sync_to_thread=False, include_in_schema=True, tags=["ops"])
+@get("/health/live", sync_to_thread=False, opt=PUBLIC, tags=["ops"])
 def live() -> dict[str, str]:
     """The process is up and serving."""
     return {"status": "ok"}
@@ -35,7 +37,7 @@ async def _redis_ok(redis: object) -> bool:
         return False
 
 
-@get("/health/ready", tags=["ops"])
+@get("/health/ready", opt=PUBLIC, tags=["ops"])
 async def ready(request: Request) -> Response[dict[str, object]]:
     """200 when PostgreSQL and Redis both answer; 503 naming what is down."""
     pg, rd = await asyncio.gather(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from litestar import get
 from litestar.response import Template
 
+from app.guards import PUBLIC
 
-@get("/", include_in_schema=False)
+
+@get("/", opt=PUBLIC, include_in_schema=False)
 async def home() -> Template:
     """The landing page."""
     return Template(template_name="home.html")
