@@ -11,19 +11,27 @@ from advanced_alchemy.extensions.litestar import (
     SQLAlchemyAsyncConfig,
     SQLAlchemyPlugin,
 )
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
+from app.errors import DomainError
 from app.guards import PUBLIC, AuthMiddleware
 from app.redis import create_redis
 from app.routes import health, pages
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from db.session import create_engine, session_factory
+
+
+def domain_error_handler(_: Request, exc: DomainError) -> Response[dict[str, object]]:
+    """A domain error becomes its 4xx status with `{status_code, detail, **extra}`."""
+    body = {"status_code": exc.status_code, "detail": exc.detail, **exc.extra}
+    return Response(body, status_code=exc.status_code)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -58,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         middleware=[DefineMiddleware(AuthMiddleware, exclude=["^/static/", "^/health/"])],
         plugins=[SQLAlchemyPlugin(config=db)],
+        exception_handlers={DomainError: domain_error_handler},
         lifespan=[services],
         template_config=TemplateConfig(
             directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine
