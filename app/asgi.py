@@ -13,6 +13,7 @@ from advanced_alchemy.extensions.litestar import (
 )
 from litestar import Litestar, Request
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -20,11 +21,15 @@ from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
+from app.effects import Effects
 from app.errors import DomainError
 from app.guards import PUBLIC, AuthMiddleware
 from app.redis import create_redis
-from app.routes import health, pages
+from app.routes import deps, health, pages
+from app.routes.api_appointments import AppointmentController
+from app.routes.api_directory import DirectoryController
 from app.settings import PROJECT_ROOT, Settings, get_settings
+from app.slots import SlotCache
 from db.session import create_engine, session_factory
 
 
@@ -50,16 +55,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def services(app: Litestar) -> AsyncIterator[None]:
         app.state.redis = create_redis(settings)
+        app.state.effects = Effects(app.state.redis)
+        app.state.slot_cache = SlotCache(app.state.redis)
         try:
             yield
         finally:
             await app.state.redis.aclose()
 
     return Litestar(
+        debug=settings.log_level == "DEBUG",
         route_handlers=[
             health.live,
             health.ready,
             pages.home,
+            DirectoryController,
+            AppointmentController,
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
             ),
@@ -68,6 +78,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=[SQLAlchemyPlugin(config=db)],
         exception_handlers={DomainError: domain_error_handler},
         lifespan=[services],
+        dependencies={
+            "settings": Provide(deps.provide_settings, sync_to_thread=False),
+            "effects": Provide(deps.provide_effects, sync_to_thread=False),
+            "slot_cache": Provide(deps.provide_slot_cache, sync_to_thread=False),
+            "rules": Provide(deps.provide_rules, sync_to_thread=False),
+            "now": Provide(deps.provide_now, sync_to_thread=False),
+            "actor": Provide(deps.provide_actor, sync_to_thread=False),
+        },
         template_config=TemplateConfig(
             directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine
         ),

@@ -281,6 +281,9 @@ def upgrade() -> None:
             name=op.f("ck_appointments_status"),
         ),
         sa.CheckConstraint("ends_at > starts_at", name=op.f("ck_appointments_end_after_start")),
+        sa.CheckConstraint(
+            "ends_at - starts_at <= interval '1 day'", name=op.f("ck_appointments_at_most_a_day")
+        ),
         sa.ForeignKeyConstraint(
             ["booked_by"], ["users.id"], name=op.f("fk_appointments_booked_by_users")
         ),

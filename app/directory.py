@@ -1,0 +1,135 @@
+"""Clinics and doctors: creating them and finding them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Invalid, NotFound
+from db.models import Clinic, Doctor
+
+
+def valid_timezone(name: str) -> ZoneInfo:
+    """The zone for an IANA name such as Europe/Berlin, or Invalid."""
+    if name not in available_timezones():
+        raise Invalid(f"{name!r} is not an IANA time zone (for example Europe/Berlin)")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # pragma: no cover - listed but unloadable
+        raise Invalid(f"{name!r} is not an IANA time zone") from None
+
+
+async def create_clinic(
+    session: AsyncSession, *, name: str, timezone: str, address: str | None = None
+) -> Clinic:
+    """Add a clinic. Commits.
+
+    Raises:
+        Invalid: empty name or unknown time zone.
+    """
+    if not name.strip():
+        raise Invalid("a clinic needs a name")
+    valid_timezone(timezone)
+    clinic = Clinic(name=name.strip(), timezone=timezone, address=address)
+    session.add(clinic)
+    await session.commit()
+    return clinic
+
+
+async def list_clinics(session: AsyncSession) -> list[Clinic]:
+    return list(await session.scalars(select(Clinic).order_by(Clinic.name)))
+
+
+async def create_doctor(
+    session: AsyncSession,
+    *,
+    clinic_id: int,
+    name: str,
+    specialty: str,
+    email: str | None = None,
+    default_slot_minutes: int = 30,
+) -> Doctor:
+    """Add a doctor to a clinic. Commits.
+
+    Raises:
+        Invalid: unknown clinic, empty name or specialty, slot length outside 5-240.
+    """
+    if await session.get(Clinic, clinic_id) is None:
+        raise Invalid(f"clinic {clinic_id} does not exist")
+    if not name.strip() or not specialty.strip():
+        raise Invalid("a doctor needs a name and a specialty")
+    if not 5 <= default_slot_minutes <= 240:
+        raise Invalid("default_slot_minutes must be between 5 and 240")
+    doctor = Doctor(
+        clinic_id=clinic_id,
+        full_name=name.strip(),
+        specialty=specialty.strip(),
+        email=email,
+        default_slot_minutes=default_slot_minutes,
+    )
+    session.add(doctor)
+    await session.commit()
+    return doctor
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorListing:
+    id: int
+    clinic_id: int
+    clinic_name: str
+    name: str
+    specialty: str
+    timezone: str
+
+
+async def find_doctors(
+    session: AsyncSession,
+    *,
+    clinic_id: int | None = None,
+    specialty: str | None = None,
+    name: str | None = None,
+    limit: int = 200,
+) -> list[DoctorListing]:
+    """Active doctors, filtered by clinic, specialty (case-insensitive) and name part."""
+    query = (
+        select(
+            Doctor.id,
+            Doctor.clinic_id,
+            Clinic.name,
+            Doctor.full_name,
+            Doctor.specialty,
+            Clinic.timezone,
+        )
+        .join(Clinic, Clinic.id == Doctor.clinic_id)
+        .where(Doctor.active.is_(True))
+        .order_by(Clinic.name, Doctor.full_name)
+        .limit(limit)
+    )
+    if clinic_id is not None:
+        query = query.where(Doctor.clinic_id == clinic_id)
+    if specialty:
+        query = query.where(func.lower(Doctor.specialty) == specialty.strip().lower())
+    if name:
+        query = query.where(Doctor.full_name.ilike(f"%{_escape_like(name.strip())}%"))
+    return [DoctorListing(*row) for row in await session.execute(query)]
+
+
+async def get_doctor(session: AsyncSession, doctor_id: int) -> tuple[Doctor, Clinic]:
+    """The doctor with their clinic, or NotFound."""
+    row = (
+        await session.execute(
+            select(Doctor, Clinic)
+            .join(Clinic, Clinic.id == Doctor.clinic_id)
+            .where(Doctor.id == doctor_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"doctor {doctor_id} does not exist")
+    return row[0], row[1]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

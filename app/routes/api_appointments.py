@@ -1,0 +1,234 @@
+"""JSON API: availability, booking, changes, bulk updates and lists of appointments."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from litestar import Controller, Response, get, patch, post
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import booking
+from app.booking import AppointmentRow, BookingRules
+from app.effects import Effects
+from app.errors import Invalid
+from app.guards import allow
+from app.identity import Principal
+from app.slots import MAX_DAYS, DaySlots, SlotCache
+from db.models import Appointment
+
+
+class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
+    doctor_id: int
+    start: dt.datetime
+    patient_id: int | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class AppointmentPatch(msgspec.Struct, forbid_unknown_fields=True):
+    status: str | None = None
+    start: dt.datetime | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
+    appointment_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=500)]
+    status: str
+
+
+def slots_out(day: DaySlots, tz: ZoneInfo, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
+    """Slots as the API shows them: clinic-local ISO 8601; bookable within [lo, hi]."""
+    return [
+        {
+            "start": s.start.astimezone(tz).isoformat(),
+            "end": s.end.astimezone(tz).isoformat(),
+            "available": not s.taken and lo <= s.start <= hi,
+        }
+        for s in day.slots
+    ]
+
+
+def appointment_out(a: Appointment, timezone: str) -> dict[str, Any]:
+    tz = ZoneInfo(timezone)
+    return {
+        "id": a.id,
+        "doctor_id": a.doctor_id,
+        "patient_id": a.patient_id,
+        "clinic_id": a.clinic_id,
+        "start": a.starts_at.astimezone(tz).isoformat(),
+        "end": a.ends_at.astimezone(tz).isoformat(),
+        "status": a.status,
+        "reason": a.reason,
+    }
+
+
+def row_out(r: AppointmentRow) -> dict[str, Any]:
+    tz = ZoneInfo(r.timezone)
+    return {
+        "id": r.id,
+        "doctor_id": r.doctor_id,
+        "doctor_name": r.doctor_name,
+        "patient_id": r.patient_id,
+        "patient_name": r.patient_name,
+        "clinic_id": r.clinic_id,
+        "start": r.starts_at.astimezone(tz).isoformat(),
+        "end": r.ends_at.astimezone(tz).isoformat(),
+        "status": r.status,
+        "reason": r.reason,
+    }
+
+
+class AppointmentController(Controller):
+    path = "/api/appointments"
+    tags = ["appointments"]
+
+    @get("/available-slots", guards=[allow()])
+    async def available_slots(
+        self,
+        db_session: AsyncSession,
+        slot_cache: SlotCache,
+        rules: BookingRules,
+        now: dt.datetime,
+        doctor_id: int,
+        date: dt.date,
+        days: Annotated[int, Parameter(ge=1, le=MAX_DAYS)] = 1,
+    ) -> dict[str, Any]:
+        """A doctor's slots for a day (or `days` days from `date`), each with `available`."""
+        timezone, found = await slot_cache.days(db_session, doctor_id, date, days)
+        tz = ZoneInfo(timezone)
+        lo, hi = now + rules.min_notice, now + rules.horizon
+        if days == 1:
+            return {
+                "doctor_id": doctor_id,
+                "date": date,
+                "timezone": timezone,
+                "slots": slots_out(found[0], tz, lo, hi),
+            }
+        return {
+            "doctor_id": doctor_id,
+            "date": date,
+            "timezone": timezone,
+            "days": [{"date": d.day, "slots": slots_out(d, tz, lo, hi)} for d in found],
+        }
+
+    @post("", guards=[allow("patient", "front_desk", "admin")])
+    async def book(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        rules: BookingRules,
+        now: dt.datetime,
+        data: BookingIn,
+        idempotency_key: Annotated[
+            str | None, Parameter(header="Idempotency-Key", max_length=200)
+        ] = None,
+    ) -> Response[dict[str, Any]]:
+        """Book a slot: 201, or 409 with `alternatives` when it has just been taken."""
+        result = await booking.book(
+            db_session,
+            effects,
+            actor,
+            doctor_id=data.doctor_id,
+            start=data.start,
+            patient_id=data.patient_id,
+            reason=data.reason,
+            idempotency_key=idempotency_key,
+            rules=rules,
+            now=now,
+        )
+        body = appointment_out(result.appointment, result.timezone)
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+        return Response(body, status_code=201, headers=headers)
+
+    @get("", guards=[allow()])
+    async def list_appointments(
+        self,
+        db_session: AsyncSession,
+        actor: Principal,
+        now: dt.datetime,
+        doctor_id: int | None = None,
+        patient_id: int | None = None,
+        clinic_id: int | None = None,
+        date: dt.date | None = None,
+        when: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        """The caller's appointments, filtered; `next_cursor` fetches the next page."""
+        rows, next_cursor = await booking.list_appointments(
+            db_session,
+            actor,
+            now=now,
+            doctor_id=doctor_id,
+            patient_id=patient_id,
+            clinic_id=clinic_id,
+            day=date,
+            when=when,
+            cursor=cursor,
+            limit=limit,
+        )
+        return {"items": [row_out(r) for r in rows], "next_cursor": next_cursor}
+
+    @get("/{appointment_id:int}", guards=[allow()])
+    async def get_appointment(
+        self, db_session: AsyncSession, actor: Principal, appointment_id: int
+    ) -> dict[str, Any]:
+        """One appointment the caller may see (404 otherwise)."""
+        appointment = await booking.get_visible(db_session, actor, appointment_id)
+        return appointment_out(appointment, await booking.clinic_timezone(db_session, appointment))
+
+    @patch("/{appointment_id:int}", guards=[allow()])
+    async def change(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        rules: BookingRules,
+        now: dt.datetime,
+        appointment_id: int,
+        data: AppointmentPatch,
+    ) -> dict[str, Any]:
+        """Reschedule (`start`) or change status (`status`: cancelled, checked_in, …)."""
+        if (data.status is None) == (data.start is None):
+            raise Invalid("give either status or start")
+        if data.start is not None:
+            appointment = await booking.reschedule(
+                db_session,
+                effects,
+                actor,
+                appointment_id,
+                start=data.start,
+                rules=rules,
+                now=now,
+            )
+        else:
+            assert data.status is not None
+            appointment = await booking.change_status(
+                db_session,
+                effects,
+                actor,
+                appointment_id,
+                status=data.status,
+                now=now,
+                reason=data.reason,
+            )
+        return appointment_out(appointment, await booking.clinic_timezone(db_session, appointment))
+
+    @post("/bulk-update", guards=[allow("front_desk", "admin")], status_code=200)
+    async def bulk_update(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        now: dt.datetime,
+        data: BulkIn,
+    ) -> dict[str, Any]:
+        """One status for many appointments in one statement; a result per id."""
+        results = await booking.bulk_update(
+            db_session, effects, actor, data.appointment_ids, status=data.status, now=now
+        )
+        return {"results": [{"id": i, "result": r} for i, r in results.items()]}

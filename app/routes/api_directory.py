@@ -1,0 +1,275 @@
+"""JSON API: clinics, doctors, weekly schedules and exceptions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from litestar import Controller, get, post, put
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import directory, schedules
+from app.effects import Effects
+from app.guards import allow
+from app.identity import Principal
+from app.settings import Settings
+from db.models import Appointment, Clinic, Doctor
+
+
+class ClinicIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    timezone: str
+    address: str | None = None
+
+
+class DoctorIn(msgspec.Struct, forbid_unknown_fields=True):
+    clinic_id: int
+    name: str
+    specialty: str
+    email: str | None = None
+    default_slot_minutes: int = 30
+
+
+class RangeBody(msgspec.Struct, forbid_unknown_fields=True):
+    weekday: int
+    start: str
+    end: str
+    slot_minutes: int
+    valid_from: dt.date | None = None
+    valid_to: dt.date | None = None
+
+
+class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
+    ranges: list[RangeBody]
+
+
+class ExceptionIn(msgspec.Struct, forbid_unknown_fields=True):
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    kind: str = "leave"
+    note: str | None = None
+    cancel_affected: bool = False
+    preview: bool = False
+
+
+def clinic_out(clinic: Clinic) -> dict[str, Any]:
+    return {
+        "id": clinic.id,
+        "name": clinic.name,
+        "timezone": clinic.timezone,
+        "address": clinic.address,
+    }
+
+
+def doctor_out(doctor: Doctor) -> dict[str, Any]:
+    return {
+        "id": doctor.id,
+        "clinic_id": doctor.clinic_id,
+        "name": doctor.full_name,
+        "specialty": doctor.specialty,
+        "email": doctor.email,
+        "default_slot_minutes": doctor.default_slot_minutes,
+    }
+
+
+def _time(text: str, field: str) -> dt.time:
+    try:
+        return dt.time.fromisoformat(text)
+    except ValueError:
+        from app.errors import Invalid
+
+        raise Invalid(f"{field} must be a time like 09:00, got {text!r}") from None
+
+
+def _ranges(body: ScheduleIn) -> list[schedules.RangeIn]:
+    return [
+        schedules.RangeIn(
+            r.weekday,
+            _time(r.start, f"ranges[{i}].start"),
+            _time(r.end, f"ranges[{i}].end"),
+            r.slot_minutes,
+            r.valid_from,
+            r.valid_to,
+        )
+        for i, r in enumerate(body.ranges)
+    ]
+
+
+def schedule_out(doctor_id: int, timezone: str, ranges: list[schedules.RangeIn]) -> dict[str, Any]:
+    return {
+        "doctor_id": doctor_id,
+        "timezone": timezone,
+        "ranges": [
+            {
+                "weekday": r.weekday,
+                "start": r.start.strftime("%H:%M"),
+                "end": r.end.strftime("%H:%M"),
+                "slot_minutes": r.slot_minutes,
+                "valid_from": r.valid_from,
+                "valid_to": r.valid_to,
+            }
+            for r in ranges
+        ],
+    }
+
+
+def affected_out(appointment: Appointment) -> dict[str, Any]:
+    return {
+        "id": appointment.id,
+        "doctor_id": appointment.doctor_id,
+        "patient_id": appointment.patient_id,
+        "start": appointment.starts_at.isoformat(),
+        "end": appointment.ends_at.isoformat(),
+    }
+
+
+class DirectoryController(Controller):
+    path = "/api"
+    tags = ["directory"]
+
+    @get("/clinics", guards=[allow()])
+    async def clinics(self, db_session: AsyncSession) -> list[dict[str, Any]]:
+        """All clinics."""
+        return [clinic_out(c) for c in await directory.list_clinics(db_session)]
+
+    @post("/clinics", guards=[allow("admin")])
+    async def create_clinic(self, db_session: AsyncSession, data: ClinicIn) -> dict[str, Any]:
+        """Add a clinic (admins)."""
+        clinic = await directory.create_clinic(
+            db_session, name=data.name, timezone=data.timezone, address=data.address
+        )
+        return clinic_out(clinic)
+
+    @get("/doctors", guards=[allow()])
+    async def doctors(
+        self,
+        db_session: AsyncSession,
+        clinic_id: int | None = None,
+        specialty: str | None = None,
+        name: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Active doctors, by clinic, specialty or part of the name."""
+        found = await directory.find_doctors(
+            db_session, clinic_id=clinic_id, specialty=specialty, name=name
+        )
+        return [
+            {
+                "id": d.id,
+                "clinic_id": d.clinic_id,
+                "clinic_name": d.clinic_name,
+                "name": d.name,
+                "specialty": d.specialty,
+                "timezone": d.timezone,
+            }
+            for d in found
+        ]
+
+    @post("/doctors", guards=[allow("admin")])
+    async def create_doctor(self, db_session: AsyncSession, data: DoctorIn) -> dict[str, Any]:
+        """Add a doctor to a clinic (admins)."""
+        doctor = await directory.create_doctor(
+            db_session,
+            clinic_id=data.clinic_id,
+            name=data.name,
+            specialty=data.specialty,
+            email=data.email,
+            default_slot_minutes=data.default_slot_minutes,
+        )
+        return doctor_out(doctor)
+
+    @get("/doctors/{doctor_id:int}/schedule", guards=[allow()])
+    async def schedule(self, db_session: AsyncSession, doctor_id: int) -> dict[str, Any]:
+        """The doctor's weekly ranges in clinic-local time."""
+        timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
+        return schedule_out(doctor_id, timezone, ranges)
+
+    @put("/doctors/{doctor_id:int}/schedule", guards=[allow("admin")])
+    async def replace_schedule(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        doctor_id: int,
+        data: ScheduleIn,
+        now: dt.datetime,
+        settings: Settings,
+    ) -> dict[str, Any]:
+        """Replace the doctor's weekly template (admins)."""
+        await schedules.replace_schedule(
+            db_session,
+            effects,
+            doctor_id,
+            _ranges(data),
+            today=now.date(),
+            horizon_days=settings.booking_horizon_days,
+        )
+        timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
+        return schedule_out(doctor_id, timezone, ranges)
+
+    @post("/doctors/{doctor_id:int}/exceptions", guards=[allow("admin")])
+    async def doctor_exception(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        doctor_id: int,
+        data: ExceptionIn,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """Leave for one doctor; reports (and optionally cancels) the bookings it covers."""
+        doctor, _ = await directory.get_doctor(db_session, doctor_id)
+        return await _exception(db_session, effects, actor, doctor.clinic_id, doctor_id, data, now)
+
+    @post("/clinics/{clinic_id:int}/exceptions", guards=[allow("admin")])
+    async def clinic_exception(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        clinic_id: int,
+        data: ExceptionIn,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """A closure of the whole clinic (holiday); reports or cancels what it covers."""
+        return await _exception(db_session, effects, actor, clinic_id, None, data, now)
+
+
+async def _exception(
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    clinic_id: int,
+    doctor_id: int | None,
+    data: ExceptionIn,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    result = await schedules.add_exception(
+        db_session,
+        effects,
+        clinic_id=clinic_id,
+        doctor_id=doctor_id,
+        kind=data.kind,
+        starts_at=data.starts_at,
+        ends_at=data.ends_at,
+        note=data.note,
+        created_by=actor.id,
+        cancel_affected=data.cancel_affected,
+        preview=data.preview,
+        now=now,
+    )
+    exception = result.exception
+    return {
+        "exception": None
+        if exception is None
+        else {
+            "id": exception.id,
+            "clinic_id": exception.clinic_id,
+            "doctor_id": exception.doctor_id,
+            "kind": exception.kind,
+            "starts_at": exception.starts_at.isoformat(),
+            "ends_at": exception.ends_at.isoformat(),
+            "note": exception.note,
+        },
+        "affected": [affected_out(a) for a in result.affected],
+        "cancelled": result.cancelled,
+    }

@@ -1,0 +1,48 @@
+"""Request-scoped dependencies shared by the API and page handlers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException
+
+from app.booking import BookingRules
+from app.effects import Effects
+from app.identity import Principal
+from app.settings import Settings
+from app.slots import SlotCache
+
+
+def provide_settings(state: State) -> Settings:
+    return state.settings
+
+
+def provide_effects(state: State) -> Effects:
+    return state.effects
+
+
+def provide_slot_cache(state: State) -> SlotCache:
+    return state.slot_cache
+
+
+def provide_rules(state: State) -> BookingRules:
+    settings = state.settings
+    return BookingRules(
+        min_notice=dt.timedelta(minutes=settings.booking_min_notice_minutes),
+        horizon=dt.timedelta(days=settings.booking_horizon_days),
+        max_future_per_doctor=settings.max_future_appointments_per_doctor,
+    )
+
+
+def provide_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def provide_actor(request: Request) -> Principal:
+    """The signed-in user; routes using it are guarded, so None means a guard is missing."""
+    user = request.scope.get("user")
+    if not isinstance(user, Principal):
+        raise NotAuthorizedException("sign in first")
+    return user

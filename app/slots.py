@@ -1,0 +1,290 @@
+"""A doctor's slots for a day or a week: one indexed query, cached in Redis per doctor-day.
+
+Cache design (review C-5). The cached value of a doctor-day is its slots with a `taken`
+flag; the bookable window (minimum notice, horizon) depends on *now* and is applied on
+every read, so time passing never makes a cached value stale. Every write that can change
+a day (booking, cancel, reschedule, status change, template edit, exception) calls
+`invalidate()` after its commit, which bumps the day's version and deletes the value. A
+reader that missed notes the version *before* it reads PostgreSQL and stores its result
+only if the version is unchanged (one Lua call), so a computation that raced a write is
+never cached. The TTL is only a safety net. Concurrent misses of one key in one process
+share one computation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.availability import Interval, TemplateRange, day_slots, local_day_bounds
+from app.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+CACHE_TTL_SECONDS = 300
+VERSION_TTL_SECONDS = 86400
+MAX_DAYS = 14
+
+# One round trip for everything a doctor's days depend on. Each part is an index range:
+# templates by (doctor_id, weekday), exceptions by (doctor_id, starts_at) and the clinic's
+# (clinic_id, starts_at) partial index, bookings by (doctor_id, starts_at) INCLUDE (...).
+# Bookings are at most a day long (a check constraint), which bounds the scan from below.
+DOCTOR_DAYS_SQL = text(
+    """
+SELECT d.clinic_id, c.timezone, d.active,
+  (SELECT coalesce(json_agg(json_build_array(t.weekday, t.start_time, t.end_time,
+                                             t.slot_minutes, t.valid_from, t.valid_to)), '[]')
+     FROM doctor_schedule_templates t WHERE t.doctor_id = d.id) AS templates,
+  ARRAY(SELECT tstzrange(e.starts_at, e.ends_at) FROM schedule_exceptions e
+         WHERE e.doctor_id = d.id AND e.starts_at < :hi AND e.ends_at > :lo
+        UNION ALL
+        SELECT tstzrange(e.starts_at, e.ends_at) FROM schedule_exceptions e
+         WHERE e.clinic_id = d.clinic_id AND e.doctor_id IS NULL
+           AND e.starts_at < :hi AND e.ends_at > :lo) AS blocked,
+  ARRAY(SELECT tstzrange(a.starts_at, a.ends_at) FROM appointments a
+         WHERE a.doctor_id = d.id AND a.status <> 'cancelled'
+           AND a.starts_at >= CAST(:lo AS timestamptz) - interval '1 day'
+           AND a.starts_at < :hi AND a.ends_at > :lo) AS booked
+FROM doctors d JOIN clinics c ON c.id = d.clinic_id
+WHERE d.id = :doctor_id
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorDays:
+    """Everything the pure slot computation needs for a span of a doctor's days."""
+
+    doctor_id: int
+    clinic_id: int
+    timezone: str
+    active: bool
+    ranges: list[TemplateRange]
+    blocked: list[Interval]
+    booked: list[Interval]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedSlot:
+    start: dt.datetime
+    end: dt.datetime
+    taken: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DaySlots:
+    day: dt.date
+    slots: list[CachedSlot]
+
+
+def _ranges(raw: str | list) -> list[TemplateRange]:
+    rows = json.loads(raw) if isinstance(raw, str) else raw
+    return [
+        TemplateRange(
+            int(w),
+            dt.time.fromisoformat(s),
+            dt.time.fromisoformat(e),
+            int(m),
+            dt.date.fromisoformat(vf) if vf else None,
+            dt.date.fromisoformat(vt) if vt else None,
+        )
+        for w, s, e, m, vf, vt in rows
+    ]
+
+
+def _intervals(ranges: Iterable) -> list[Interval]:
+    return [Interval(r.lower, r.upper) for r in ranges]
+
+
+async def load_doctor_days(
+    session: AsyncSession, doctor_id: int, lo: dt.datetime, hi: dt.datetime
+) -> DoctorDays:
+    """Template, exceptions and active bookings of a doctor overlapping [lo, hi).
+
+    Raises:
+        NotFound: no such doctor.
+    """
+    row = (
+        await session.execute(DOCTOR_DAYS_SQL, {"doctor_id": doctor_id, "lo": lo, "hi": hi})
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"doctor {doctor_id} does not exist")
+    clinic_id, timezone, active, templates, blocked, booked = row
+    return DoctorDays(
+        doctor_id,
+        clinic_id,
+        timezone,
+        active,
+        _ranges(templates),
+        _intervals(blocked),
+        _intervals(booked),
+    )
+
+
+def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
+    """Slots with their taken flag (bookings and exceptions), ignoring notice and horizon."""
+    tz = ZoneInfo(data.timezone)
+    result = []
+    for day in days:
+        slots = day_slots(day, data.ranges, tz, booked=data.booked, blocked=data.blocked)
+        result.append(DaySlots(day, [CachedSlot(s.start, s.end, not s.available) for s in slots]))
+    return result
+
+
+def _key(doctor_id: int, day: dt.date) -> str:
+    return f"avail:{doctor_id}:{day.isoformat()}"
+
+
+def _version_key(doctor_id: int, day: dt.date) -> str:
+    return f"availver:{doctor_id}:{day.isoformat()}"
+
+
+def _encode(timezone: str, day: DaySlots) -> str:
+    return json.dumps(
+        {
+            "tz": timezone,
+            "s": [[int(s.start.timestamp()), int(s.end.timestamp()), s.taken] for s in day.slots],
+        }
+    )
+
+
+def _decode(day: dt.date, raw: bytes | str) -> tuple[str, DaySlots]:
+    data = json.loads(raw)
+    utc = dt.UTC
+    slots = [
+        CachedSlot(dt.datetime.fromtimestamp(a, utc), dt.datetime.fromtimestamp(b, utc), t)
+        for a, b, t in data["s"]
+    ]
+    return data["tz"], DaySlots(day, slots)
+
+
+# Store only if no write bumped the day's version since the reader looked at it.
+_SET_IF_VERSION = """
+local current = redis.call('GET', KEYS[2])
+if (current == false and ARGV[2] == '') or current == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class SlotCache:
+    """Reads doctor-days through Redis; counts hits and misses for metrics and benchmarks."""
+
+    redis: Redis
+    hits: int = 0
+    misses: int = 0
+
+    def __post_init__(self) -> None:
+        self._script = self.redis.register_script(_SET_IF_VERSION)
+        self._inflight: dict[tuple[int, dt.date, dt.date], asyncio.Future] = {}
+
+    async def days(
+        self, session: AsyncSession, doctor_id: int, first: dt.date, count: int
+    ) -> tuple[str, list[DaySlots]]:
+        """The doctor's slots for `count` days from `first`, and the clinic's time zone."""
+        days = [first + dt.timedelta(days=i) for i in range(count)]
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for day in days:
+                    pipe.get(_key(doctor_id, day))
+                for day in days:
+                    pipe.get(_version_key(doctor_id, day))
+                found = await pipe.execute()
+        except RedisError as exc:  # Redis is a cache: slower without it, never wrong
+            log.warning("availability cache unavailable: %s", exc)
+            found = [None] * (2 * count)
+        cached, versions = found[:count], found[count:]
+        if all(v is not None for v in cached):
+            self.hits += count
+            decoded = [_decode(day, raw) for day, raw in zip(days, cached, strict=True)]
+            return decoded[0][0], [d for _, d in decoded]
+        self.misses += sum(v is None for v in cached)
+        key = (doctor_id, first, days[-1])
+        if key in self._inflight:
+            return await asyncio.shield(self._inflight[key])
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await self._compute(session, doctor_id, days, versions)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) get it themselves
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def _compute(
+        self,
+        session: AsyncSession,
+        doctor_id: int,
+        days: list[dt.date],
+        versions: list[bytes | None],
+    ) -> tuple[str, list[DaySlots]]:
+        # Bounds wide enough for any zone (UTC-12 to UTC+14); the pure code cuts exactly.
+        lo = dt.datetime.combine(days[0], dt.time(), dt.UTC) - dt.timedelta(hours=15)
+        hi = dt.datetime.combine(days[-1], dt.time(), dt.UTC) + dt.timedelta(hours=39)
+        data = await load_doctor_days(session, doctor_id, lo, hi)
+        computed = compute_days(data, days) if data.active else [DaySlots(d, []) for d in days]
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for day, version in zip(computed, versions, strict=True):
+                    await self._script(
+                        keys=[_key(doctor_id, day.day), _version_key(doctor_id, day.day)],
+                        args=[
+                            _encode(data.timezone, day),
+                            (version or b"").decode(),
+                            CACHE_TTL_SECONDS,
+                        ],
+                        client=pipe,
+                    )
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not cache availability: %s", exc)
+        return data.timezone, computed
+
+
+async def invalidate(redis: Redis, doctor_days: Iterable[tuple[int, dt.date]]) -> None:
+    """Forget cached doctor-days after a committed change. Call after commit, never before.
+
+    Args:
+        doctor_days: (doctor id, clinic-local day) pairs whose slots may have changed.
+    """
+    pairs = set(doctor_days)
+    if not pairs:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for doctor_id, day in pairs:
+                pipe.incr(_version_key(doctor_id, day))
+                pipe.expire(_version_key(doctor_id, day), VERSION_TTL_SECONDS)
+                pipe.delete(_key(doctor_id, day))
+            await pipe.execute()
+    except RedisError as exc:  # the TTL bounds how long a missed invalidation can last
+        log.error("availability invalidation failed for %s: %s", sorted(pairs), exc)
+
+
+def local_days(start: dt.datetime, end: dt.datetime, timezone: str) -> list[dt.date]:
+    """The clinic-local days an interval of instants touches."""
+    tz = ZoneInfo(timezone)
+    first = start.astimezone(tz).date()
+    last = (end - dt.timedelta(microseconds=1)).astimezone(tz).date()
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def day_window(day: dt.date, timezone: str) -> Interval:
+    return local_day_bounds(day, ZoneInfo(timezone))
