@@ -1,14 +1,42 @@
-"""User accounts: creation with the right link for each role."""
+"""User accounts: creation with the right link for each role, login, passwords, roles."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Conflict, Invalid
-from app.passwords import hash_password, password_problem
+from app import audit, rate_limit
+from app.browser_sessions import end_user_sessions
+from app.errors import Conflict, DomainError, Invalid, NotFound
+from app.passwords import (
+    hash_password,
+    needs_rehash,
+    password_problem,
+    verify_password,
+    verify_unknown_user,
+)
+from app.tokens import revoke_user_tokens
 from db.models import ROLES, Clinic, Doctor, Patient, User
+
+log = logging.getLogger(__name__)
+
+RESET_TTL_SECONDS = 30 * 60
+_RESET_PREFIX = "password-reset:"
+BAD_CREDENTIALS = "the email or password is wrong"
+
+
+class BadCredentials(DomainError):
+    """401 with one message for an unknown email and a wrong password alike."""
+
+    status_code = 401
 
 
 def normalise_email(email: str) -> str:
@@ -28,6 +56,8 @@ async def create_user(
     clinic_id: int | None = None,
     doctor_id: int | None = None,
     password_hash: str | None = None,
+    date_of_birth: dt.date | None = None,
+    phone: str | None = None,
 ) -> User:
     """Create a login, with a patient profile for patients. Commits.
 
@@ -51,7 +81,12 @@ async def create_user(
         password_hash = hash_password(password)
     user = User(email=email, password_hash=password_hash, role=role)
     if role == "patient":
-        patient = Patient(full_name=full_name or email.split("@")[0], email=email)
+        patient = Patient(
+            full_name=full_name or email.split("@")[0],
+            email=email,
+            date_of_birth=date_of_birth,
+            phone=phone,
+        )
         session.add(patient)
         await session.flush()
         user.patient_id = patient.id
@@ -73,3 +108,392 @@ async def create_user(
         await session.rollback()
         raise Conflict("this email is already registered") from None
     return user
+
+
+async def register_patient(
+    session: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    full_name: str,
+    date_of_birth: dt.date | None = None,
+    phone: str | None = None,
+    client_addr: str | None = None,
+) -> User:
+    """A patient's self-registration, audited. Commits.
+
+    Raises:
+        Invalid: a missing name, a birth date in the future, a weak password.
+        Conflict: the email is already registered.
+    """
+    full_name = full_name.strip()
+    if not full_name:
+        raise Invalid("full_name must not be empty")
+    if date_of_birth is not None and date_of_birth > dt.date.today():
+        raise Invalid("date_of_birth must not be in the future")
+    user = await create_user(
+        session,
+        role="patient",
+        email=email,
+        password=password,
+        full_name=full_name,
+        date_of_birth=date_of_birth,
+        phone=(phone or "").strip() or None,
+    )
+    await audit.record(
+        session,
+        actor_user_id=user.id,
+        action=audit.ACCOUNT_REGISTERED,
+        subject_type="user",
+        subject_id=user.id,
+        client_addr=client_addr,
+    )
+    await session.commit()
+    return user
+
+
+async def _user_by_email(session: AsyncSession, email: str) -> User | None:
+    return await session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    max_failures: int
+    max_lock_seconds: int
+
+
+async def authenticate(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    email: str,
+    password: str,
+    limits: LoginLimits,
+    client_addr: str | None = None,
+) -> User:
+    """Check a login, with throttling and an audit trail. Commits.
+
+    An unknown email costs the same argon2 verification as a known one and gets the same
+    answer, so neither the message nor the time tells whether an account exists.
+
+    Raises:
+        TooManyAttempts: this account or address failed too often recently.
+        BadCredentials: unknown email, wrong password or deactivated account.
+    """
+    if wait := await rate_limit.login_lock_remaining(redis, email, client_addr):
+        raise rate_limit.TooManyAttempts(
+            "too many failed sign-ins; try again later", retry_after=wait
+        )
+    user = await _user_by_email(session, email)
+    if user is None or not user.is_active:
+        ok = verify_unknown_user(password) if user is None else False
+        if user is not None:
+            verify_password(user.password_hash, password)  # same work as a real check
+    else:
+        ok = verify_password(user.password_hash, password)
+    if not ok:
+        await audit.record(
+            session,
+            actor_user_id=user.id if user is not None else None,
+            action=audit.LOGIN_FAILED,
+            subject_type="user",
+            subject_id=user.id if user is not None else None,
+            client_addr=client_addr,
+            details={"email": email.strip()[:200]},
+        )
+        locked = await rate_limit.login_failed(
+            redis,
+            email,
+            client_addr,
+            max_failures=limits.max_failures,
+            max_lock=limits.max_lock_seconds,
+        )
+        if locked:
+            await audit.record(
+                session,
+                actor_user_id=None,
+                action=audit.LOGIN_LOCKED,
+                client_addr=client_addr,
+                flagged=True,
+                details={"email": email.strip()[:200], "seconds": locked},
+            )
+        await session.commit()
+        raise BadCredentials(BAD_CREDENTIALS)
+    assert user is not None
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    await rate_limit.login_succeeded(redis, email)
+    await audit.record(
+        session,
+        actor_user_id=user.id,
+        action=audit.LOGIN_SUCCEEDED,
+        subject_type="user",
+        subject_id=user.id,
+        client_addr=client_addr,
+    )
+    await session.commit()
+    return user
+
+
+async def _set_password(
+    session: AsyncSession, redis: Redis, user: User, new_password: str, keep_session: str | None
+) -> None:
+    if problem := password_problem(new_password):
+        raise Invalid(problem)
+    user.password_hash = hash_password(new_password)
+    user.password_changed_at = dt.datetime.now(dt.UTC)
+    await revoke_user_tokens(session, user.id)
+    await end_user_sessions(redis, user.id, keep=keep_session)
+
+
+async def change_password(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    user_id: int,
+    current_password: str,
+    new_password: str,
+    keep_session: str | None = None,
+    client_addr: str | None = None,
+) -> None:
+    """Change one's own password; every other session and refresh token ends. Commits.
+
+    Raises:
+        BadCredentials: the current password is wrong.
+        Invalid: the new password is refused.
+    """
+    user = await session.get_one(User, user_id)
+    if not verify_password(user.password_hash, current_password):
+        raise BadCredentials("the current password is wrong")
+    await _set_password(session, redis, user, new_password, keep_session)
+    await audit.record(
+        session,
+        actor_user_id=user_id,
+        action=audit.PASSWORD_CHANGED,
+        subject_type="user",
+        subject_id=user_id,
+        client_addr=client_addr,
+    )
+    await session.commit()
+
+
+def _reset_key(token: str) -> str:
+    return _RESET_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+
+
+async def start_password_reset(
+    session: AsyncSession, redis: Redis, *, email: str, client_addr: str | None = None
+) -> str | None:
+    """Make a one-time reset token for the account with this email. Commits.
+
+    Only the token's sha256 is stored (in Redis, expiring after 30 minutes: a lost token
+    is simply requested again). The caller delivers the token and must never show it to
+    the requester, nor reveal whether the account exists.
+
+    Returns:
+        The token, or None when no active account has this email.
+    """
+    user = await _user_by_email(session, email)
+    if user is None or not user.is_active:
+        return None
+    token = secrets.token_urlsafe(32)
+    await redis.set(_reset_key(token), user.id, ex=RESET_TTL_SECONDS)
+    await audit.record(
+        session,
+        actor_user_id=None,
+        action=audit.PASSWORD_RESET_REQUESTED,
+        subject_type="user",
+        subject_id=user.id,
+        client_addr=client_addr,
+    )
+    await session.commit()
+    return token
+
+
+async def finish_password_reset(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    token: str,
+    new_password: str,
+    client_addr: str | None = None,
+) -> None:
+    """Set a new password with a reset token; the token is spent. Commits.
+
+    Raises:
+        Invalid: unknown, used or expired token, or a refused password.
+    """
+    if problem := password_problem(new_password):
+        raise Invalid(problem)  # before spending the token, so a typo does not waste it
+    raw = await redis.getdel(_reset_key(token))
+    user = await session.get(User, int(raw)) if raw is not None else None
+    if user is None or not user.is_active:
+        raise Invalid("this reset link is invalid or has expired; ask for a new one")
+    await _set_password(session, redis, user, new_password, None)
+    await audit.record(
+        session,
+        actor_user_id=user.id,
+        action=audit.PASSWORD_RESET,
+        subject_type="user",
+        subject_id=user.id,
+        client_addr=client_addr,
+    )
+    await session.commit()
+
+
+async def create_staff_account(
+    session: AsyncSession,
+    *,
+    actor_user_id: int,
+    role: str,
+    email: str,
+    password: str,
+    full_name: str | None = None,
+    clinic_id: int | None = None,
+    doctor_id: int | None = None,
+    client_addr: str | None = None,
+) -> User:
+    """An admin creates any account (doctor, front desk, admin, or a patient). Commits."""
+    user = await create_user(
+        session,
+        role=role,
+        email=email,
+        password=password,
+        full_name=full_name,
+        clinic_id=clinic_id,
+        doctor_id=doctor_id,
+    )
+    await audit.record(
+        session,
+        actor_user_id=actor_user_id,
+        action=audit.ACCOUNT_CREATED,
+        subject_type="user",
+        subject_id=user.id,
+        client_addr=client_addr,
+        details={"role": role, "clinic_id": clinic_id, "doctor_id": doctor_id},
+    )
+    await session.commit()
+    return user
+
+
+async def update_account(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    actor_user_id: int,
+    user_id: int,
+    role: str | None = None,
+    clinic_id: int | None = None,
+    doctor_id: int | None = None,
+    is_active: bool | None = None,
+    client_addr: str | None = None,
+) -> User:
+    """An admin changes a user's role (with its link) or deactivates/reactivates them.
+
+    Deactivation ends the user's sessions and refresh tokens at once; access tokens stop
+    working on their next request (the middleware loads only active users). Commits.
+
+    Raises:
+        NotFound: no such user.
+        Invalid: unknown role, missing link, an admin deactivating or demoting themself.
+    """
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    if user_id == actor_user_id and (is_active is False or (role and role != user.role)):
+        raise Invalid("admins cannot demote or deactivate themselves")
+    if role is not None and role != user.role:
+        if role not in ROLES:
+            raise Invalid(f"role must be one of {', '.join(ROLES)}")
+        if role == "patient" and user.patient_id is None:
+            raise Invalid("a staff account cannot become a patient; register one instead")
+        if role == "doctor" and (doctor_id is None or await session.get(Doctor, doctor_id) is None):
+            raise Invalid("a doctor login needs an existing doctor id")
+        if role == "front_desk" and (
+            clinic_id is None or await session.get(Clinic, clinic_id) is None
+        ):
+            raise Invalid("a front desk login needs an existing clinic id")
+        before = user.role
+        user.role = role
+        user.doctor_id = doctor_id if role == "doctor" else None
+        if role == "doctor":
+            user.clinic_id = (await session.get_one(Doctor, doctor_id)).clinic_id
+        else:
+            user.clinic_id = clinic_id if role == "front_desk" else None
+        await audit.record(
+            session,
+            actor_user_id=actor_user_id,
+            action=audit.ACCOUNT_ROLE_CHANGED,
+            subject_type="user",
+            subject_id=user_id,
+            client_addr=client_addr,
+            details={"from": before, "to": role, "clinic_id": user.clinic_id},
+        )
+    if is_active is not None and is_active != user.is_active:
+        user.is_active = is_active
+        if not is_active:
+            await revoke_user_tokens(session, user_id)
+            await end_user_sessions(redis, user_id)
+        await audit.record(
+            session,
+            actor_user_id=actor_user_id,
+            action=audit.ACCOUNT_REACTIVATED if is_active else audit.ACCOUNT_DEACTIVATED,
+            subject_type="user",
+            subject_id=user_id,
+            client_addr=client_addr,
+        )
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict("that doctor already has a login") from None
+    return user
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    id: int
+    email: str
+    role: str
+    clinic_id: int | None
+    doctor_id: int | None
+    patient_id: int | None
+    is_active: bool
+    created_at: dt.datetime
+
+
+async def list_accounts(
+    session: AsyncSession, *, role: str | None = None, staff_only: bool = False, limit: int = 200
+) -> list[AccountRow]:
+    """Accounts for the admin page, newest first."""
+    query = select(
+        User.id,
+        User.email,
+        User.role,
+        User.clinic_id,
+        User.doctor_id,
+        User.patient_id,
+        User.is_active,
+        User.created_at,
+    ).order_by(User.id.desc())
+    if role:
+        query = query.where(User.role == role)
+    if staff_only:
+        query = query.where(User.role != "patient")
+    rows = (await session.execute(query.limit(limit))).all()
+    return [AccountRow(*row) for row in rows]
+
+
+async def display_name(session: AsyncSession, user_id: int) -> str:
+    """What the page header calls a user: a patient's or doctor's name, else the email."""
+    row = (
+        await session.execute(
+            select(User.email, Patient.full_name, Doctor.full_name)
+            .outerjoin(Patient, Patient.id == User.patient_id)
+            .outerjoin(Doctor, Doctor.id == User.doctor_id)
+            .where(User.id == user_id)
+        )
+    ).one_or_none()
+    if row is None:
+        return ""
+    return str(row[1] or row[2] or row[0])

@@ -14,6 +14,7 @@ from advanced_alchemy.extensions.litestar import (
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import NotAuthorizedException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -21,13 +22,16 @@ from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
+from app import page_context
+from app.csrf import CSRFMiddleware
 from app.effects import Effects
 from app.errors import DomainError
-from app.guards import PUBLIC, AuthMiddleware
+from app.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.redis import create_redis
-from app.routes import deps, health, pages
+from app.routes import admin_users, audit, auth, auth_api, deps, health, pages
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.security_headers import add_security_headers
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.slots import SlotCache
 from db.session import create_engine, session_factory
@@ -36,7 +40,9 @@ from db.session import create_engine, session_factory
 def domain_error_handler(_: Request, exc: DomainError) -> Response[dict[str, object]]:
     """A domain error becomes its 4xx status with `{status_code, detail, **extra}`."""
     body = {"status_code": exc.status_code, "detail": exc.detail, **exc.extra}
-    return Response(body, status_code=exc.status_code)
+    retry = exc.extra.get("retry_after")
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    return Response(body, status_code=exc.status_code, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -70,13 +76,26 @@ def create_app(settings: Settings | None = None) -> Litestar:
             pages.home,
             DirectoryController,
             AppointmentController,
+            *auth.PAGES,
+            *auth_api.ROUTES,
+            *admin_users.ROUTES,
+            *audit.ROUTES,
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
             ),
         ],
-        middleware=[DefineMiddleware(AuthMiddleware, exclude=["^/static/", "^/health/"])],
+        middleware=[
+            DefineMiddleware(AuthMiddleware, exclude=["^/static/", "^/health/"]),
+            DefineMiddleware(RateLimitMiddleware, exclude=["^/static/", "^/health/"]),
+            DefineMiddleware(CSRFMiddleware, exclude=["^/static/", "^/health/"]),
+        ],
+        before_send=[add_security_headers],
+        request_max_body_size=settings.request_max_body_bytes,
         plugins=[SQLAlchemyPlugin(config=db)],
-        exception_handlers={DomainError: domain_error_handler},
+        exception_handlers={
+            DomainError: domain_error_handler,
+            NotAuthorizedException: not_signed_in_handler,
+        },
         lifespan=[services],
         dependencies={
             "settings": Provide(deps.provide_settings, sync_to_thread=False),
@@ -87,7 +106,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "actor": Provide(deps.provide_actor, sync_to_thread=False),
         },
         template_config=TemplateConfig(
-            directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine
+            directory=PROJECT_ROOT / "templates",
+            engine=JinjaTemplateEngine,
+            engine_callback=page_context.register,
         ),
         state=State({"settings": settings, "engine": engine, "sessions": session_factory(engine)}),
         openapi_config=OpenAPIConfig(title="medbook", version="0.1.0", path="/schema"),

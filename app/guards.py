@@ -13,22 +13,41 @@ their own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, urlsplit
 
+from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.enums import ScopeType
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    WebSocketDisconnect,
+)
 from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractMiddleware
 from litestar.middleware.authentication import (
     AbstractAuthenticationMiddleware,
     AuthenticationResult,
 )
+from litestar.response import Redirect, Response
+from litestar.status_codes import WS_1008_POLICY_VIOLATION
+from litestar.types import Receive, Scope, Send
+from redis.exceptions import RedisError
 
+from app import rate_limit
 from app.browser_sessions import COOKIE_NAME, BrowserSession, get_session
 from app.identity import Principal, load_principal
+from app.settings import Settings
 from app.tokens import verify_access_token
 
+log = logging.getLogger(__name__)
+
 PUBLIC: dict[str, Any] = {"public": True}
+# Anonymous endpoints that take a password or make an account: a tight per-address limit.
+AUTH_LIMITED: dict[str, Any] = {"public": True, "rate_limit": "auth"}
 
 Guard = Callable[[ASGIConnection, BaseRouteHandler], None]
 
@@ -80,3 +99,85 @@ async def _principal(state: Any, user_id: int) -> Principal | None:
 def browser_session(connection: ASGIConnection) -> BrowserSession | None:
     auth = connection.scope.get("auth")
     return auth if isinstance(auth, BrowserSession) else None
+
+
+def client_addr(connection: ASGIConnection) -> str | None:
+    """The peer address. Behind a proxy, run uvicorn with --proxy-headers and
+    --forwarded-allow-ips so this is the client's, not the proxy's."""
+    client = connection.scope.get("client")
+    return client[0] if client else None
+
+
+class RateLimitMiddleware(AbstractMiddleware):
+    """Per-user limits for signed-in callers, per-address for anonymous ones (S-6).
+
+    Runs after authentication. Fails open when Redis is down: Redis holds nothing that
+    cannot be rebuilt, and an outage must slow nobody's booking.
+    """
+
+    scopes = {ScopeType.HTTP}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings: Settings = scope["app"].state.settings
+        user = scope.get("user")
+        handler = scope.get("route_handler")
+        addr = (scope.get("client") or ("unknown",))[0]
+        checks: list[tuple[str, int]] = []
+        if handler is not None and handler.opt.get("rate_limit") == "auth":
+            checks.append((f"auth:{addr}", settings.rate_limit_auth_per_minute))
+        if isinstance(user, Principal):
+            checks.append((f"user:{user.id}", settings.rate_limit_user_per_minute))
+        else:
+            checks.append((f"addr:{addr}", settings.rate_limit_anonymous_per_minute))
+        try:
+            for key, limit in checks:
+                if (wait := await rate_limit.hit(scope["app"].state.redis, key, limit)) is not None:
+                    raise rate_limit.TooManyAttempts(
+                        "too many requests; slow down", retry_after=wait
+                    )
+        except RedisError as exc:
+            log.warning("rate limit skipped, Redis unavailable: %s", exc)
+        await self.app(scope, receive, send)
+
+
+def check_websocket_origin(connection: ASGIConnection, settings: Settings) -> None:
+    """Refuse a websocket handshake from another site, or without a signed-in user.
+
+    Browsers send cookies with cross-site websocket handshakes and CSRF tokens do not
+    apply, so the Origin header is the only proof the page is ours.
+
+    Raises:
+        WebSocketDisconnect: code 1008 (policy violation).
+    """
+    origin = connection.headers.get("origin", "")
+    allowed = {_origin(settings.public_origin)}
+    host = connection.headers.get("host")
+    if host:  # the origin the browser actually used (tests, port-forwarded demos)
+        scheme = "https" if connection.scope.get("scheme") in ("https", "wss") else "http"
+        allowed.add(f"{scheme}://{host}".lower())
+    if not origin or origin.lower() not in allowed:
+        raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="origin not allowed")
+    if current_user(connection) is None:
+        raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="sign in first")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def wants_html(request: Request[Any, Any, Any]) -> bool:
+    if request.url.path.startswith("/api/") or request.headers.get("hx-request"):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def not_signed_in_handler(
+    request: Request[Any, Any, Any], exc: NotAuthorizedException
+) -> Response[Any]:
+    """Pages send an anonymous visitor to the login form; htmx and the API get 401 JSON."""
+    if wants_html(request) and request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return Redirect(f"/login?next={quote(target, safe='')}")
+    headers = {"HX-Redirect": "/login"} if request.headers.get("hx-request") else None
+    return Response({"status_code": 401, "detail": exc.detail}, status_code=401, headers=headers)

@@ -1,6 +1,9 @@
-"""Password hashing with argon2id."""
+"""Password hashing with argon2id, and the rules a new password must meet."""
 
 from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -8,6 +11,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 _hasher = PasswordHasher()
 
 MIN_LENGTH = 10
+MAX_LENGTH = 256  # argon2 takes any length; this bounds the work one request can ask for
+_COMMON = Path(__file__).with_name("common_passwords.txt")
 
 
 def hash_password(password: str) -> str:
@@ -21,13 +26,35 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return _hasher.hash("not a password anyone has")
+
+
+def verify_unknown_user(password: str) -> bool:
+    """Spend the time a real verification takes, so an unknown email cannot be timed."""
+    verify_password(_dummy_hash(), password)
+    return False
+
+
 def needs_rehash(password_hash: str) -> bool:
     """True when the hash was made with older parameters than today's."""
     return _hasher.check_needs_rehash(password_hash)
+
+
+@lru_cache(maxsize=1)
+def common_passwords() -> frozenset[str]:
+    """The shipped list of the most common passwords, lower-cased."""
+    lines = _COMMON.read_text().splitlines()
+    return frozenset(line.strip().lower() for line in lines if line and not line.startswith("#"))
 
 
 def password_problem(password: str) -> str | None:
     """Why a new password is refused, or None when it is acceptable."""
     if len(password) < MIN_LENGTH:
         return f"password must be at least {MIN_LENGTH} characters"
+    if len(password) > MAX_LENGTH:
+        return f"password must be at most {MAX_LENGTH} characters"
+    if password.strip().lower() in common_passwords():
+        return "this password is one of the most common ones; choose another"
     return None

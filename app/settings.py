@@ -56,6 +56,16 @@ class Settings:
 
     # Web.
     public_origin: str = "http://127.0.0.1:8000"
+    request_max_body_bytes: int = 1024 * 1024
+
+    # Rate limits (review S-6): requests per minute, Redis fixed windows.
+    rate_limit_auth_per_minute: int = 30
+    rate_limit_anonymous_per_minute: int = 300
+    rate_limit_user_per_minute: int = 1000
+    # Failed logins for one account (or, times four, one address) before a lock that
+    # doubles with every further failure, up to the maximum.
+    login_max_failures: int = 5
+    login_lock_max_seconds: int = 900
     log_level: str = "INFO"
 
     @property
@@ -191,6 +201,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "BOOKING_MAX_FUTURE_PER_DOCTOR", _positive_int, 3
         ),
         public_origin=env.get("MEDBOOK_PUBLIC_ORIGIN") or "http://127.0.0.1:8000",
+        request_max_body_bytes=_read(env, "REQUEST_MAX_BODY_BYTES", _positive_int, 1024 * 1024),
+        rate_limit_auth_per_minute=_read(env, "RATE_LIMIT_AUTH_PER_MINUTE", _positive_int, 30),
+        rate_limit_anonymous_per_minute=_read(
+            env, "RATE_LIMIT_ANONYMOUS_PER_MINUTE", _positive_int, 300
+        ),
+        rate_limit_user_per_minute=_read(env, "RATE_LIMIT_USER_PER_MINUTE", _positive_int, 1000),
+        login_max_failures=_read(env, "LOGIN_MAX_FAILURES", _positive_int, 5),
+        login_lock_max_seconds=_read(env, "LOGIN_LOCK_MAX_SECONDS", _positive_int, 900),
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
     )
 

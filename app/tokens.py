@@ -1,12 +1,21 @@
-"""API access tokens: short-lived HS256 JWTs with minimal claims (review M-4, S-1)."""
+"""API tokens: short-lived HS256 access JWTs with minimal claims, and rotating refresh
+tokens stored server-side as hashes (review M-4, S-1)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass
 
 import jwt
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import audit
+from app.errors import DomainError
+from db.models import RefreshToken, User
 
 ALGORITHM = "HS256"
 ACCESS_TTL_SECONDS = 15 * 60
@@ -44,3 +53,109 @@ def verify_access_token(secret: str, token: str) -> AccessClaims | None:
         )
     except (jwt.PyJWTError, ValueError):
         return None
+
+
+# Refresh tokens: opaque, random, kept server-side as sha256 only, rotated on every use.
+
+REFRESH_TTL = dt.timedelta(days=14)
+
+
+class InvalidRefreshToken(DomainError):
+    status_code = 401
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def issue_refresh_token(
+    session: AsyncSession, user_id: int, *, family_id: str | None = None
+) -> str:
+    """A new refresh token for the user (a new family unless one is given); caller commits."""
+    token = secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            user_id=user_id,
+            family_id=family_id or secrets.token_hex(16),
+            token_hash=_digest(token),
+            expires_at=dt.datetime.now(dt.UTC) + REFRESH_TTL,
+        )
+    )
+    await session.flush()
+    return token
+
+
+async def rotate_refresh_token(
+    session: AsyncSession, token: str, *, client_addr: str | None = None
+) -> tuple[int, str, str]:
+    """Spend a refresh token and issue its successor. Commits.
+
+    Presenting a token that was already spent means two parties hold it (it leaked):
+    the whole family is revoked, the attempt audited, and the caller refused.
+
+    Returns:
+        (user id, role, new refresh token).
+
+    Raises:
+        InvalidRefreshToken: unknown, expired, revoked or reused token, or inactive user.
+    """
+    now = dt.datetime.now(dt.UTC)
+    row = (
+        await session.execute(
+            select(RefreshToken, User.role, User.is_active)
+            .join(User, User.id == RefreshToken.user_id)
+            .where(RefreshToken.token_hash == _digest(token))
+            .with_for_update(of=RefreshToken)
+        )
+    ).one_or_none()
+    if row is None:
+        raise InvalidRefreshToken("the refresh token is not valid")
+    stored, role, active = row
+    if stored.used_at is not None and stored.revoked_at is None:
+        await revoke_family(session, stored.family_id, now)
+        await audit.record(
+            session,
+            actor_user_id=stored.user_id,
+            action=audit.TOKEN_REFRESH_REUSED,
+            subject_type="refresh_token_family",
+            client_addr=client_addr,
+            flagged=True,
+            details={"family_id": stored.family_id},
+        )
+        await session.commit()
+        raise InvalidRefreshToken("the refresh token was already used; sign in again")
+    if stored.revoked_at is not None or stored.used_at is not None:
+        raise InvalidRefreshToken("the refresh token was revoked; sign in again")
+    if stored.expires_at <= now or not active:
+        raise InvalidRefreshToken("the refresh token has expired; sign in again")
+    stored.used_at = now
+    new_token = await issue_refresh_token(session, stored.user_id, family_id=stored.family_id)
+    await session.commit()
+    return stored.user_id, role, new_token
+
+
+async def revoke_family(session: AsyncSession, family_id: str, now: dt.datetime) -> None:
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def revoke_refresh_token(session: AsyncSession, token: str) -> None:
+    """End the family this token belongs to (API logout). Commits; unknown tokens are ignored."""
+    family = await session.scalar(
+        select(RefreshToken.family_id).where(RefreshToken.token_hash == _digest(token))
+    )
+    if family is not None:
+        await revoke_family(session, family, dt.datetime.now(dt.UTC))
+        await session.commit()
+
+
+async def revoke_user_tokens(session: AsyncSession, user_id: int) -> None:
+    """Revoke every live refresh token of a user (password change, deactivation); no commit."""
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=dt.datetime.now(dt.UTC))
+    )

@@ -364,3 +364,27 @@ class ClinicDailyStats(Base):
     available_minutes: Mapped[int] = mapped_column(Integer, server_default="0")
     booked_minutes: Mapped[int] = mapped_column(Integer, server_default="0")
     refreshed_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+
+class RefreshToken(Base):
+    """One API refresh token, stored only as its sha256; rotated on every use (review M-4).
+
+    Tokens descending from one login share a `family_id`: presenting a spent token again
+    means it leaked, so the whole family is revoked.
+    """
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (
+        # Revoking a family, and a user's tokens on password change.
+        Index("ix_refresh_tokens_family", "family_id"),
+        Index("ix_refresh_tokens_user", "user_id"),
+    )
+
+    id: Mapped[int] = _id()
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    family_id: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = _created_at()

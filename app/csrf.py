@@ -1,0 +1,88 @@
+"""CSRF protection for cookie-authenticated requests.
+
+A signed-in browser's token lives in its server-side session; an anonymous visitor's in a
+`medbook_csrf` cookie (double submit), so the login and registration forms are covered
+too (login CSRF would sign a victim into the attacker's account). Every unsafe request
+must bring the token in the `X-CSRF-Token` header (htmx, from `<body hx-headers>`) or a
+`csrf_token` form field. Exempt: bearer-token requests (browsers never attach those by
+themselves) and anonymous `/api/` calls, which carry no ambient credential to abuse.
+
+The check runs as middleware, after authentication, on every HTTP route: a handler
+cannot forget it. Reading a form here is safe: Litestar caches the parsed body in the
+connection state, so the handler gets the same form.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+from litestar.connection import Request
+from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.exceptions import PermissionDeniedException
+from litestar.middleware import AbstractMiddleware
+from litestar.types import Message, Receive, Scope, Send
+
+from app.browser_sessions import BrowserSession
+
+COOKIE_NAME = "medbook_csrf"
+HEADER_NAME = "x-csrf-token"
+FIELD_NAME = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def secure_cookies(public_origin: str) -> bool:
+    """Cookies get `Secure` whenever the site is served over https."""
+    return public_origin.startswith("https://")
+
+
+class CSRFMiddleware(AbstractMiddleware):
+    scopes = {ScopeType.HTTP}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request: Request[Any, Any, Any] = Request(scope, receive)
+        session = scope.get("auth")
+        new_cookie: str | None = None
+        if isinstance(session, BrowserSession):
+            expected = session.csrf_token
+        elif cookie_token := request.cookies.get(COOKIE_NAME):
+            expected = cookie_token
+        else:
+            expected = new_cookie = secrets.token_urlsafe(32)
+        scope["csrf_token"] = expected  # type: ignore[typeddict-unknown-key]
+        if request.method not in SAFE_METHODS and await _needs_token(request, session):
+            supplied = request.headers.get(HEADER_NAME)
+            if not supplied and request.content_type[0] in _FORM_TYPES:
+                supplied = (await request.form()).get(FIELD_NAME)
+            if new_cookie or not isinstance(supplied, str) or not _same(supplied, expected):
+                raise PermissionDeniedException(
+                    "the form's security token is missing or out of date; reload the page"
+                )
+        if new_cookie is None:
+            await self.app(scope, receive, send)
+            return
+        secure = "; Secure" if secure_cookies(scope["app"].state.settings.public_origin) else ""
+        cookie = f"{COOKIE_NAME}={new_cookie}; Path=/; HttpOnly; SameSite=Lax{secure}"
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableScopeHeaders.from_message(message).add("set-cookie", cookie)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+async def _needs_token(request: Request[Any, Any, Any], session: object) -> bool:
+    if request.headers.get("authorization", "").lower().startswith("bearer "):
+        return False  # authenticated by the token alone; cookies were not consulted
+    if isinstance(session, BrowserSession):
+        return True
+    return not request.url.path.startswith("/api/")
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+

@@ -1,0 +1,209 @@
+"""Admin: staff accounts (create, change role, deactivate), as pages and as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, get, patch, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import accounts
+from app.errors import DomainError
+from app.guards import allow, client_addr, current_user
+from db.models import ROLES, Clinic, Doctor
+
+ADMIN = [allow("admin")]
+
+
+class NewAccount(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    email: str
+    password: str
+    full_name: str | None = None
+    clinic_id: int | None = None
+    doctor_id: int | None = None
+
+
+class AccountChange(msgspec.Struct, forbid_unknown_fields=True):
+    role: str | None = None
+    clinic_id: int | None = None
+    doctor_id: int | None = None
+    is_active: bool | None = None
+
+
+class Account(msgspec.Struct):
+    id: int
+    email: str
+    role: str
+    clinic_id: int | None
+    doctor_id: int | None
+    patient_id: int | None
+    is_active: bool
+
+
+def _actor(request: Request[Any, Any, Any]) -> int:
+    user = current_user(request)
+    assert user is not None  # the route is guarded
+    return user.id
+
+
+def _account(row: Any) -> Account:
+    return Account(
+        row.id, row.email, row.role, row.clinic_id, row.doctor_id, row.patient_id, row.is_active
+    )
+
+
+@get("/api/users", guards=ADMIN, tags=["admin"])
+async def list_users_api(db_session: AsyncSession, role: str | None = None) -> list[Account]:
+    """Accounts, newest first, optionally of one role."""
+    return [_account(r) for r in await accounts.list_accounts(db_session, role=role)]
+
+
+@post("/api/users", guards=ADMIN, tags=["admin"], status_code=201)
+async def create_user_api(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: NewAccount
+) -> Account:
+    """Create a doctor, front-desk, admin (or patient) account."""
+    user = await accounts.create_staff_account(
+        db_session,
+        actor_user_id=_actor(request),
+        role=data.role,
+        email=data.email,
+        password=data.password,
+        full_name=data.full_name,
+        clinic_id=data.clinic_id,
+        doctor_id=data.doctor_id,
+        client_addr=client_addr(request),
+    )
+    return _account(user)
+
+
+@patch("/api/users/{user_id:int}", guards=ADMIN, tags=["admin"])
+async def update_user_api(
+    request: Request[Any, Any, Any], db_session: AsyncSession, user_id: int, data: AccountChange
+) -> Account:
+    """Change a user's role (with its clinic or doctor) or (de)activate them."""
+    user = await accounts.update_account(
+        db_session,
+        request.app.state.redis,
+        actor_user_id=_actor(request),
+        user_id=user_id,
+        role=data.role,
+        clinic_id=data.clinic_id,
+        doctor_id=data.doctor_id,
+        is_active=data.is_active,
+        client_addr=client_addr(request),
+    )
+    return _account(user)
+
+
+async def _page(db_session: AsyncSession, **context: Any) -> Template:
+    clinics = (await db_session.execute(select(Clinic.id, Clinic.name).order_by(Clinic.name))).all()
+    doctors = (
+        await db_session.execute(select(Doctor.id, Doctor.full_name).order_by(Doctor.full_name))
+    ).all()
+    context.setdefault("form", {})
+    return Template(
+        "admin/users.html",
+        context={
+            "accounts": await accounts.list_accounts(db_session, staff_only=True),
+            "roles": ROLES,
+            "clinics": clinics,
+            "doctors": doctors,
+            **context,
+        },
+    )
+
+
+@get("/admin/users", guards=ADMIN, include_in_schema=False)
+async def users_page(db_session: AsyncSession) -> Template:
+    """Staff accounts and a form to add one."""
+    return await _page(db_session)
+
+
+@dataclass
+class NewAccountForm:
+    role: str = ""
+    email: str = ""
+    password: str = ""
+    full_name: str = ""
+    clinic_id: str = ""
+    doctor_id: str = ""
+
+
+def _int(raw: str) -> int | None:
+    return int(raw) if raw.strip().isdigit() else None
+
+
+@post("/admin/users", guards=ADMIN, include_in_schema=False)
+async def create_user_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    data: Annotated[NewAccountForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Template:
+    """Create an account from the form; errors keep what was typed."""
+    try:
+        user = await accounts.create_staff_account(
+            db_session,
+            actor_user_id=_actor(request),
+            role=data.role,
+            email=data.email,
+            password=data.password,
+            full_name=data.full_name or None,
+            clinic_id=_int(data.clinic_id),
+            doctor_id=_int(data.doctor_id),
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        form = {**data.__dict__, "password": ""}
+        return await _page(db_session, form=form, error=exc.detail)
+    return await _page(db_session, created=user.email)
+
+
+@dataclass
+class AccountChangeForm:
+    role: str = ""
+    clinic_id: str = ""
+    doctor_id: str = ""
+    is_active: str = ""
+
+
+@post("/admin/users/{user_id:int}", guards=ADMIN, include_in_schema=False)
+async def update_user_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    user_id: int,
+    data: Annotated[AccountChangeForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Template | Redirect:
+    """Apply a role change or (de)activation, then show the list again."""
+    try:
+        await accounts.update_account(
+            db_session,
+            request.app.state.redis,
+            actor_user_id=_actor(request),
+            user_id=user_id,
+            role=data.role or None,
+            clinic_id=_int(data.clinic_id),
+            doctor_id=_int(data.doctor_id),
+            is_active={"true": True, "false": False}.get(data.is_active),
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        return await _page(db_session, error=exc.detail)
+    return Redirect("/admin/users", status_code=303)
+
+
+ROUTES = [
+    list_users_api,
+    create_user_api,
+    update_user_api,
+    users_page,
+    create_user_page,
+    update_user_page,
+]

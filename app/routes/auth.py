@@ -1,0 +1,310 @@
+"""Sign-in pages: login, registration, logout, password change and reset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.datastructures import Cookie
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import accounts, audit
+from app.browser_sessions import COOKIE_NAME, SESSION_TTL_SECONDS, create_session, end_session
+from app.csrf import secure_cookies
+from app.errors import DomainError
+from app.guards import AUTH_LIMITED, PUBLIC, allow, browser_session, client_addr, current_user
+from app.rate_limit import TooManyAttempts
+from app.settings import Settings
+from db.models import User
+
+log = logging.getLogger(__name__)
+Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+def _settings(request: Request[Any, Any, Any]) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def login_limits(settings: Settings) -> accounts.LoginLimits:
+    return accounts.LoginLimits(settings.login_max_failures, settings.login_lock_max_seconds)
+
+
+def safe_next(target: str | None) -> str:
+    """Only our own paths: `//evil.example` and `https://…` would send the user away."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+async def _sign_in(
+    request: Request[Any, Any, Any], db_session: AsyncSession, user: User, target: str
+) -> Redirect:
+    old = browser_session(request)
+    if old is not None:  # a new id at every login: no session fixation
+        await end_session(request.app.state.redis, old.session_id)
+    name = await accounts.display_name(db_session, user.id)
+    session = await create_session(request.app.state.redis, user.id, name)
+    response = Redirect(safe_next(target), status_code=303)
+    response.cookies.append(
+        Cookie(
+            key=COOKIE_NAME,
+            value=session.session_id,
+            max_age=SESSION_TTL_SECONDS,
+            httponly=True,
+            samesite="lax",
+            secure=secure_cookies(_settings(request).public_origin),
+            path="/",
+        )
+    )
+    return response
+
+
+@dataclass
+class LoginForm:
+    email: str = ""
+    password: str = ""
+    next: str = "/"
+
+
+@get("/login", opt=PUBLIC, include_in_schema=False)
+async def login_page(next: str = "/") -> Template:
+    """The login form."""
+    return Template("auth/login.html", context={"email": "", "next": safe_next(next)})
+
+
+@post("/login", opt=AUTH_LIMITED, include_in_schema=False)
+async def login(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    data: Annotated[LoginForm, Form],
+) -> Template | Redirect:
+    """Check the credentials; start a session or show the form again with what was typed."""
+    try:
+        user = await accounts.authenticate(
+            db_session,
+            request.app.state.redis,
+            email=data.email,
+            password=data.password,
+            limits=login_limits(_settings(request)),
+            client_addr=client_addr(request),
+        )
+    except TooManyAttempts as exc:
+        retry = str(exc.extra["retry_after"])
+        context = {"email": data.email, "next": safe_next(data.next), "error": exc.detail}
+        return Template(
+            "auth/login.html", context=context, status_code=429, headers={"Retry-After": retry}
+        )
+    except accounts.BadCredentials as exc:
+        context = {"email": data.email, "next": safe_next(data.next), "error": exc.detail}
+        return Template("auth/login.html", context=context)
+    return await _sign_in(request, db_session, user, data.next)
+
+
+@dataclass
+class RegisterForm:
+    email: str = ""
+    password: str = ""
+    full_name: str = ""
+    date_of_birth: str = ""
+    phone: str = ""
+
+
+@get("/register", opt=PUBLIC, include_in_schema=False)
+async def register_page() -> Template:
+    """The patient registration form."""
+    return Template("auth/register.html", context={"form": RegisterForm()})
+
+
+@post("/register", opt=AUTH_LIMITED, include_in_schema=False)
+async def register(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    data: Annotated[RegisterForm, Form],
+) -> Template | Redirect:
+    """Create a patient account and sign it in."""
+    try:
+        born = dt.date.fromisoformat(data.date_of_birth) if data.date_of_birth else None
+    except ValueError:
+        return Template(
+            "auth/register.html",
+            context={"form": data, "error": "date of birth must be a date (YYYY-MM-DD)"},
+        )
+    try:
+        user = await accounts.register_patient(
+            db_session,
+            email=data.email,
+            password=data.password,
+            full_name=data.full_name,
+            date_of_birth=born,
+            phone=data.phone,
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        return Template("auth/register.html", context={"form": data, "error": exc.detail})
+    return await _sign_in(request, db_session, user, "/me")
+
+
+@get("/logout", guards=[allow()], include_in_schema=False)
+async def logout_page() -> Template:
+    """Asks to confirm: signing out changes state, so it is a POST with a CSRF token."""
+    return Template("auth/logout.html")
+
+
+@post("/logout", guards=[allow()], include_in_schema=False)
+async def logout(request: Request[Any, Any, Any], db_session: AsyncSession) -> Redirect:
+    """End the browser session."""
+    session = browser_session(request)
+    if session is not None:
+        await end_session(request.app.state.redis, session.session_id)
+    user = current_user(request)
+    await audit.record(
+        db_session,
+        actor_user_id=user.id if user else None,
+        action=audit.LOGOUT,
+        client_addr=client_addr(request),
+    )
+    await db_session.commit()
+    response = Redirect("/login", status_code=303)
+    response.delete_cookie(COOKIE_NAME, path="/")
+    return response
+
+
+@get("/me", guards=[allow()], include_in_schema=False)
+async def me_page(request: Request[Any, Any, Any], db_session: AsyncSession) -> Template:
+    """The signed-in user's account page."""
+    user = current_user(request)
+    assert user is not None
+    name = await accounts.display_name(db_session, user.id)
+    return Template("auth/me.html", context={"me": user, "name": name})
+
+
+@dataclass
+class PasswordForm:
+    current_password: str = ""
+    new_password: str = ""
+
+
+@get("/account/password", guards=[allow()], include_in_schema=False)
+async def password_page() -> Template:
+    """The change-password form."""
+    return Template("auth/password.html")
+
+
+@post("/account/password", guards=[allow()], include_in_schema=False)
+async def change_password(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    data: Annotated[PasswordForm, Form],
+) -> Template:
+    """Change one's own password; other sessions end."""
+    user = current_user(request)
+    session = browser_session(request)
+    assert user is not None
+    try:
+        await accounts.change_password(
+            db_session,
+            request.app.state.redis,
+            user_id=user.id,
+            current_password=data.current_password,
+            new_password=data.new_password,
+            keep_session=session.session_id if session else None,
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        return Template("auth/password.html", context={"error": exc.detail})
+    return Template("auth/password.html", context={"done": True})
+
+
+@dataclass
+class ResetRequestForm:
+    email: str = ""
+
+
+@get("/password-reset", opt=PUBLIC, include_in_schema=False)
+async def reset_request_page() -> Template:
+    """Ask for a reset link."""
+    return Template("auth/reset_request.html")
+
+
+async def send_reset_link(
+    request: Request[Any, Any, Any], db_session: AsyncSession, email: str
+) -> None:
+    """Make a reset token and deliver it. Email arrives with a later issue: until then the
+    link is written to the server log in embedded (demo) mode only, never to the page."""
+    token = await accounts.start_password_reset(
+        db_session, request.app.state.redis, email=email, client_addr=client_addr(request)
+    )
+    if token is None:
+        return
+    settings = _settings(request)
+    if settings.embedded:
+        log.warning("password reset link: %s/password-reset/%s", settings.public_origin, token)
+    else:
+        log.warning("password reset requested but no email delivery is configured")
+
+
+@post("/password-reset", opt=AUTH_LIMITED, include_in_schema=False)
+async def reset_request(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    data: Annotated[ResetRequestForm, Form],
+) -> Template:
+    """The same answer whether or not the email has an account."""
+    await send_reset_link(request, db_session, data.email)
+    return Template("auth/reset_request.html", context={"sent": True})
+
+
+@dataclass
+class ResetForm:
+    new_password: str = ""
+
+
+@get("/password-reset/{token:str}", opt=PUBLIC, include_in_schema=False)
+async def reset_page(token: str) -> Template:
+    """Choose a new password with a reset link."""
+    return Template("auth/reset.html", context={"token": token})
+
+
+@post("/password-reset/{token:str}", opt=AUTH_LIMITED, include_in_schema=False)
+async def reset(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    token: str,
+    data: Annotated[ResetForm, Form],
+) -> Template | Redirect:
+    """Set the new password; then sign in with it."""
+    try:
+        await accounts.finish_password_reset(
+            db_session,
+            request.app.state.redis,
+            token=token,
+            new_password=data.new_password,
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        return Template("auth/reset.html", context={"token": token, "error": exc.detail})
+    return Redirect("/login", status_code=303)
+
+
+PAGES = [
+    login_page,
+    login,
+    register_page,
+    register,
+    logout_page,
+    logout,
+    me_page,
+    password_page,
+    change_password,
+    reset_request_page,
+    reset_request,
+    reset_page,
+    reset,
+]

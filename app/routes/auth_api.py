@@ -1,0 +1,194 @@
+"""JSON auth API: registration, tokens, refresh, who am I, passwords."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import accounts, tokens
+from app.guards import AUTH_LIMITED, allow, client_addr, current_user
+from app.routes.auth import login_limits, send_reset_link
+from app.settings import Settings
+
+# Request bodies refuse unknown fields: a typo such as `pasword` must not pass silently.
+
+
+class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
+    email: str
+    password: str
+    full_name: str
+    date_of_birth: dt.date | None = None
+    phone: str | None = None
+
+
+class Registered(msgspec.Struct):
+    id: int
+    email: str
+    role: str
+    patient_id: int | None
+
+
+class Credentials(msgspec.Struct, forbid_unknown_fields=True):
+    email: str
+    password: str
+
+
+class RefreshBody(msgspec.Struct, forbid_unknown_fields=True):
+    refresh_token: str
+
+
+class TokenPair(msgspec.Struct):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "bearer"  # noqa: S105  (the OAuth token type, not a secret)
+
+
+class Me(msgspec.Struct, omit_defaults=True):
+    id: int
+    email: str
+    role: str
+    patient_id: int | None = None
+    doctor_id: int | None = None
+    clinic_id: int | None = None
+
+
+class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
+    current_password: str
+    new_password: str
+
+
+class ResetRequest(msgspec.Struct, forbid_unknown_fields=True):
+    email: str
+
+
+class ResetConfirm(msgspec.Struct, forbid_unknown_fields=True):
+    token: str
+    new_password: str
+
+
+def _settings(request: Request[Any, Any, Any]) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+@post("/api/auth/register", opt=AUTH_LIMITED, tags=["auth"], status_code=201)
+async def register(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: RegisterBody
+) -> Registered:
+    """Patient self-registration."""
+    user = await accounts.register_patient(
+        db_session,
+        email=data.email,
+        password=data.password,
+        full_name=data.full_name,
+        date_of_birth=data.date_of_birth,
+        phone=data.phone,
+        client_addr=client_addr(request),
+    )
+    return Registered(user.id, user.email, user.role, user.patient_id)
+
+
+@post("/api/auth/token", opt=AUTH_LIMITED, tags=["auth"], status_code=200)
+async def token(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: Credentials
+) -> TokenPair:
+    """Exchange email and password for an access token (15 min) and a refresh token."""
+    user = await accounts.authenticate(
+        db_session,
+        request.app.state.redis,
+        email=data.email,
+        password=data.password,
+        limits=login_limits(_settings(request)),
+        client_addr=client_addr(request),
+    )
+    refresh = await tokens.issue_refresh_token(db_session, user.id)
+    await db_session.commit()
+    access = tokens.issue_access_token(
+        _settings(request).secret_key, user_id=user.id, role=user.role
+    )
+    return TokenPair(access, refresh, tokens.ACCESS_TTL_SECONDS)
+
+
+@post("/api/auth/refresh", opt=AUTH_LIMITED, tags=["auth"], status_code=200)
+async def refresh(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: RefreshBody
+) -> TokenPair:
+    """Spend a refresh token for a new pair; a reused one revokes its whole family."""
+    user_id, role, new_refresh = await tokens.rotate_refresh_token(
+        db_session, data.refresh_token, client_addr=client_addr(request)
+    )
+    access = tokens.issue_access_token(_settings(request).secret_key, user_id=user_id, role=role)
+    return TokenPair(access, new_refresh, tokens.ACCESS_TTL_SECONDS)
+
+
+@post("/api/auth/revoke", opt=AUTH_LIMITED, tags=["auth"], status_code=204)
+async def revoke(db_session: AsyncSession, data: RefreshBody) -> None:
+    """API logout: end the refresh token's family."""
+    await tokens.revoke_refresh_token(db_session, data.refresh_token)
+
+
+@get("/api/auth/me", guards=[allow()], tags=["auth"])
+async def me(request: Request[Any, Any, Any]) -> Me:
+    """Who the caller is."""
+    user = current_user(request)
+    assert user is not None
+    return Me(user.id, user.email, user.role, user.patient_id, user.doctor_id, user.clinic_id)
+
+
+@post("/api/auth/password", guards=[allow()], tags=["auth"], status_code=204)
+async def change_password(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: PasswordChange
+) -> None:
+    """Change one's own password; every session and refresh token of the user ends."""
+    user = current_user(request)
+    assert user is not None
+    await accounts.change_password(
+        db_session,
+        request.app.state.redis,
+        user_id=user.id,
+        current_password=data.current_password,
+        new_password=data.new_password,
+        client_addr=client_addr(request),
+    )
+
+
+@post("/api/auth/password-reset", opt=AUTH_LIMITED, tags=["auth"], status_code=202)
+async def password_reset(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: ResetRequest
+) -> Response[dict[str, str]]:
+    """Send a reset link if the account exists; the answer never says whether it does."""
+    await send_reset_link(request, db_session, data.email)
+    return Response(
+        {"detail": "if this email has an account, a reset link is on its way"}, status_code=202
+    )
+
+
+@post("/api/auth/password-reset/confirm", opt=AUTH_LIMITED, tags=["auth"], status_code=204)
+async def password_reset_confirm(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: ResetConfirm
+) -> None:
+    """Set a new password with a reset token."""
+    await accounts.finish_password_reset(
+        db_session,
+        request.app.state.redis,
+        token=data.token,
+        new_password=data.new_password,
+        client_addr=client_addr(request),
+    )
+
+
+ROUTES = [
+    register,
+    token,
+    refresh,
+    revoke,
+    me,
+    change_password,
+    password_reset,
+    password_reset_confirm,
+]
