@@ -1,0 +1,169 @@
+"""The availability cache is never stale: every kind of change, then an immediate read."""
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+import app.slots as slots_module
+from app.slots import SlotCache, compute_days, load_doctor_days
+from tests.integration.world import at, day_after_tomorrow, make_world
+
+
+@pytest.fixture
+async def world(client, session, settings):
+    return await make_world(session, settings.secret_key, patients=4)
+
+
+async def truth(engine, doctor_id, day):
+    """What PostgreSQL says right now, computed without any cache."""
+    from db.session import session_factory
+
+    async with session_factory(engine)() as fresh:
+        lo = dt.datetime.combine(day, dt.time(), dt.UTC) - dt.timedelta(hours=15)
+        data = await load_doctor_days(fresh, doctor_id, lo, lo + dt.timedelta(hours=54))
+    return {s.start: not s.taken for s in compute_days(data, [day])[0].slots}
+
+
+async def served(client, world, day):
+    response = await client.get(
+        "/api/appointments/available-slots",
+        params={"doctor_id": world.doctor_id, "date": day.isoformat()},
+        headers=world.headers("patient0"),
+    )
+    assert response.status_code == 200
+    return {dt.datetime.fromisoformat(s["start"]): s["available"] for s in response.json()["slots"]}
+
+
+async def test_every_kind_of_change_is_seen_by_the_next_read(client, world, engine):
+    day = day_after_tomorrow()
+    admin, desk = world.headers("admin"), world.headers("desk")
+    schedule = f"/api/doctors/{world.doctor_id}/schedule"
+
+    async def check(step):
+        assert await served(client, world, day) == await truth(engine, world.doctor_id, day), step
+
+    for round_ in range(8):
+        await check(f"round {round_} start")  # also fills the cache
+        hour = 9 + round_
+        booked = await client.post(
+            "/api/appointments",
+            json={
+                "doctor_id": world.doctor_id,
+                "start": at(day, hour).isoformat(),
+                "patient_id": world.patients[round_ % 4],
+            },
+            headers=desk,
+        )
+        assert booked.status_code == 201, booked.text
+        await check("after booking")
+        path = f"/api/appointments/{booked.json()['id']}"
+        moved = await client.patch(
+            path, json={"start": at(day, hour + 1).isoformat()}, headers=desk
+        )
+        assert moved.status_code == 200, moved.text
+        await check("after reschedule")
+        assert (await client.patch(path, json={"status": "checked_in"}, headers=desk)).is_success
+        await check("after check-in")
+        assert (await client.patch(path, json={"status": "cancelled"}, headers=desk)).is_success
+        await check("after cancel")
+
+        slot_minutes = 20 if round_ % 2 == 0 else 30
+        ranges = [
+            {"weekday": w, "start": "08:00", "end": "20:00", "slot_minutes": slot_minutes}
+            for w in range(7)
+        ]
+        assert (await client.put(schedule, json={"ranges": ranges}, headers=admin)).is_success
+        await check("after template edit")
+        leave = await client.post(
+            f"/api/doctors/{world.doctor_id}/exceptions",
+            json={
+                "starts_at": at(day, 18).isoformat(),
+                "ends_at": at(day, 18, 40).isoformat(),
+                "kind": "leave",
+            },
+            headers=admin,
+        )
+        assert leave.status_code == 201
+        await check("after exception")
+        closure = await client.post(
+            f"/api/clinics/{world.clinic_id}/exceptions",
+            json={
+                "starts_at": at(day, 8).isoformat(),
+                "ends_at": at(day, 8, 20).isoformat(),
+                "kind": "closure",
+                "cancel_affected": True,
+            },
+            headers=admin,
+        )
+        assert closure.status_code == 201
+        await check("after clinic closure")
+
+
+async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, redis, monkeypatch):
+    """Reader loads, then a booking commits and invalidates, then the reader stores:
+    the version guard must refuse the stale value."""
+    from app import booking
+    from app.booking import BookingRules
+    from app.effects import Effects
+    from app.identity import Principal
+    from db.session import session_factory
+
+    day = day_after_tomorrow()
+    sessions = session_factory(engine)
+    cache = SlotCache(redis)
+    original = slots_module.load_doctor_days
+
+    async def load_then_a_write_lands(session, doctor_id, lo, hi):
+        stale = await original(session, doctor_id, lo, hi)
+        user = world.users["patient0"]
+        actor = Principal(user.id, user.email, "patient", patient_id=user.patient_id)
+        async with sessions() as writer:
+            await booking.book(
+                writer,
+                Effects(redis),
+                actor,
+                doctor_id=world.doctor_id,
+                start=at(day, 10),
+                rules=BookingRules(dt.timedelta(0), dt.timedelta(days=30), 5),
+                now=dt.datetime.now(dt.UTC),
+            )
+        return stale
+
+    monkeypatch.setattr(slots_module, "load_doctor_days", load_then_a_write_lands)
+    async with sessions() as session:
+        _, stale_days = await cache.days(session, world.doctor_id, day, 1)
+    ten = at(day, 10).astimezone(dt.UTC)
+    assert next(s for s in stale_days[0].slots if s.start == ten).taken is False  # it raced
+
+    monkeypatch.setattr(slots_module, "load_doctor_days", original)
+    async with sessions() as session:
+        _, fresh_days = await cache.days(session, world.doctor_id, day, 1)
+    assert next(s for s in fresh_days[0].slots if s.start == ten).taken is True
+
+
+async def test_concurrent_misses_compute_once(world, engine, redis, monkeypatch):
+    from db.session import session_factory
+
+    calls = []
+    original = slots_module.load_doctor_days
+
+    async def counted(*args):
+        calls.append(args[1])
+        await asyncio.sleep(0.05)  # long enough for every reader to arrive
+        return await original(*args)
+
+    monkeypatch.setattr(slots_module, "load_doctor_days", counted)
+    cache = SlotCache(redis)
+    sessions = session_factory(engine)
+
+    async def read():
+        async with sessions() as session:
+            return await cache.days(session, world.doctor_id, day_after_tomorrow(), 1)
+
+    results = await asyncio.gather(*(read() for _ in range(20)))
+    assert len(calls) == 1
+    assert all(r == results[0] for r in results)
+    await read()
+    assert len(calls) == 1  # now a hit
+    assert cache.hits == 1
