@@ -1,6 +1,7 @@
 """Property tests of the pure availability function (hypothesis)."""
 
 import datetime as dt
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -80,7 +81,7 @@ def test_slot_properties(data, ranges, day, tz):
         )
     starts = [s.start for s in slots]
     assert starts == sorted(starts)
-    assert all(a.end <= b.start for a, b in zip(slots, slots[1:], strict=False))
+    assert all(a.end <= b.start for a, b in pairwise(slots))
 
 
 @settings(max_examples=200, deadline=None)
