@@ -10,7 +10,7 @@ from litestar import Request, Response, get, post
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import accounts, tokens
-from app.guards import AUTH_LIMITED, allow, client_addr, current_user
+from app.guards import AUTH_LIMITED, allow, browser_session, client_addr, current_user
 from app.routes.auth import login_limits, send_reset_link
 from app.settings import Settings
 
@@ -144,7 +144,7 @@ async def me(request: Request[Any, Any, Any]) -> Me:
 async def change_password(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: PasswordChange
 ) -> None:
-    """Change one's own password; every session and refresh token of the user ends."""
+    """Change one's own password; the user's other sessions and refresh tokens end."""
     user = current_user(request)
     assert user is not None
     await accounts.change_password(
@@ -153,6 +153,7 @@ async def change_password(
         user_id=user.id,
         current_password=data.current_password,
         new_password=data.new_password,
+        keep_session=session.session_id if (session := browser_session(request)) else None,
         client_addr=client_addr(request),
     )
 

@@ -1,0 +1,197 @@
+"""Browser sign-in: registration, login, logout, sessions, CSRF and redirects."""
+
+import dataclasses
+
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+
+from app.asgi import create_app
+from app.browser_sessions import COOKIE_NAME
+from db.models import AuditEvent, Patient, User
+from tests.integration.auth_helpers import PASSWORD, bearer, browser_login, csrf_from, make_user
+
+
+async def test_register_signs_in_and_shows_name_and_role(client, session):
+    token = csrf_from((await client.get("/register")).text)
+    form = {
+        "full_name": "Ann Patient",
+        "email": "ann@example.test",
+        "password": PASSWORD,
+        "date_of_birth": "1990-04-01",
+        "phone": "+49 30 1234",
+        "csrf_token": token,
+    }
+    response = await client.post("/register", data=form)
+    assert response.status_code == 200  # followed the 303 to /me
+    assert "Ann Patient" in response.text and "patient" in response.text
+    cookie = next(c for c in client.cookies.jar if c.name == COOKIE_NAME)
+    assert cookie.has_nonstandard_attr("HttpOnly") and not cookie.secure
+    patient = await session.scalar(select(Patient).where(Patient.email == "ann@example.test"))
+    assert patient.full_name == "Ann Patient" and str(patient.date_of_birth) == "1990-04-01"
+    actions = (await session.scalars(select(AuditEvent.action))).all()
+    assert "account.registered" in actions
+
+
+async def test_register_errors_keep_what_was_typed(client):
+    token = csrf_from((await client.get("/register")).text)
+    form = {"full_name": "Ann", "email": "ann@example.test", "password": "short"}
+    response = await client.post("/register", data={**form, "csrf_token": token})
+    assert response.status_code == 200
+    assert "at least 10 characters" in response.text
+    assert 'value="ann@example.test"' in response.text and 'value="Ann"' in response.text
+    response = await client.post(
+        "/register", data={**form, "password": "qwertyuiop", "csrf_token": token}
+    )
+    assert "common ones" in response.text
+
+
+async def test_login_logout_and_the_old_cookie_is_dead(client, session):
+    await make_user(session, full_name="Ann Patient")
+    response = await browser_login(client)
+    assert response.status_code == 200 and "Ann Patient" in response.text
+    session_id = client.cookies[COOKIE_NAME]
+    token = csrf_from((await client.get("/me")).text)
+    response = await client.post("/logout", data={"csrf_token": token})
+    assert response.status_code == 200 and "Sign in" in response.text
+    client.cookies.set(COOKIE_NAME, session_id)  # replaying the old cookie
+    response = await client.get("/me", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert response.status_code == 302 and response.headers["location"] == "/login?next=%2Fme"
+    actions = (await session.scalars(select(AuditEvent.action).order_by(AuditEvent.id))).all()
+    assert actions == ["login.succeeded", "logout"]
+
+
+async def test_each_login_gets_a_new_session_id(client, session):
+    await make_user(session)
+    await browser_login(client)
+    first = client.cookies[COOKIE_NAME]
+    await browser_login(client)
+    assert client.cookies[COOKIE_NAME] != first
+
+
+async def test_wrong_password_and_unknown_email_look_the_same(client, session):
+    await make_user(session)
+    wrong = await browser_login(client, password="not the password at all")
+    unknown = await browser_login(client, email="nobody@example.test")
+    assert wrong.status_code == unknown.status_code == 200
+    assert "The email or password is wrong".lower() in wrong.text.lower()
+    assert wrong.text.replace("ann@example.test", "X") == unknown.text.replace(
+        "nobody@example.test", "X"
+    ).replace(csrf_from(unknown.text), csrf_from(wrong.text))
+    events = (await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all()
+    assert [e.action for e in events] == ["login.failed", "login.failed"]
+    assert events[0].actor_user_id is not None and events[1].actor_user_id is None
+
+
+async def test_login_never_redirects_off_site(client, session):
+    await make_user(session)
+    form = {"email": "ann@example.test", "password": PASSWORD}
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example", "/me"):
+        token = csrf_from((await client.get("/login")).text)  # changes with each session
+        response = await client.post(
+            "/login", data={**form, "next": target, "csrf_token": token}, follow_redirects=False
+        )
+        assert response.headers["location"] == ("/me" if target == "/me" else "/")
+
+
+async def test_csrf_is_required_for_cookie_requests(client, session):
+    await make_user(session)
+    await browser_login(client)
+    token = csrf_from((await client.get("/me")).text)
+    # A form post without the token, with a wrong one, or with only a header from elsewhere.
+    assert (await client.post("/logout")).status_code == 403
+    assert (await client.post("/logout", data={"csrf_token": "forged"})).status_code == 403
+    wrong = {"X-CSRF-Token": "forged"}
+    assert (await client.post("/logout", headers=wrong)).status_code == 403
+    # JSON API calls with the session cookie need it too (htmx sends the header).
+    body = {"current_password": PASSWORD, "new_password": "another long secret"}
+    assert (await client.post("/api/auth/password", json=body)).status_code == 403
+    response = await client.post("/api/auth/password", json=body, headers={"X-CSRF-Token": token})
+    assert response.status_code == 204
+    # The header alone works (htmx requests).
+    response = await client.post("/logout", headers={"X-CSRF-Token": token}, follow_redirects=False)
+    assert response.status_code == 303
+
+
+async def test_login_form_is_protected_against_login_csrf(client, session):
+    await make_user(session)
+    form = {"email": "ann@example.test", "password": PASSWORD}
+    # A cross-site form post arrives without our anonymous CSRF cookie or with a wrong token.
+    assert (await client.post("/login", data=form)).status_code == 403
+    await client.get("/login")  # now the cookie is set, but the form still needs the token
+    assert (await client.post("/login", data={**form, "csrf_token": "x"})).status_code == 403
+
+
+async def test_a_session_token_does_not_work_for_another_session(settings, db, redis, session):
+    await make_user(session)
+    await make_user(session, email="bob@example.test")
+    # One app per client: each test client runs its app on its own event loop.
+    async with (
+        AsyncTestClient(app=create_app(settings)) as ann,
+        AsyncTestClient(app=create_app(settings)) as bob,
+    ):
+        await browser_login(ann)
+        await browser_login(bob, email="bob@example.test")
+        bobs_token = csrf_from((await bob.get("/me")).text)
+        response = await ann.post("/logout", data={"csrf_token": bobs_token})
+        assert response.status_code == 403
+
+
+async def test_bearer_requests_need_no_csrf_token(client, session, settings):
+    user = await make_user(session)
+    body = {"current_password": PASSWORD, "new_password": "another long secret"}
+    response = await client.post("/api/auth/password", json=body, headers=bearer(settings, user))
+    assert response.status_code == 204
+
+
+async def test_secure_cookie_when_the_site_is_https(settings, db, redis, session):
+    await make_user(session)
+    https = dataclasses.replace(settings, public_origin="https://medbook.example")
+    async with AsyncTestClient(app=create_app(https), base_url="https://testserver") as client:
+        response = await browser_login(client)
+        assert response.status_code == 200
+        set_cookie = ";".join(
+            h for h in response.history[0].headers.get_list("set-cookie") if COOKIE_NAME in h
+        )
+        assert "Secure" in set_cookie and "HttpOnly" in set_cookie
+        assert "samesite=lax" in set_cookie.lower()
+        assert "max-age=31536000" in response.headers["strict-transport-security"]
+
+
+async def test_pages_send_anonymous_visitors_to_login_and_api_answers_401(client):
+    page = await client.get("/admin/users", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and "<h1>Sign in</h1>" in page.text
+    api = await client.get("/api/auth/me")
+    assert api.status_code == 401 and api.json()["status_code"] == 401
+    htmx = await client.get("/admin/users", headers={"HX-Request": "true"})
+    assert htmx.status_code == 401 and htmx.headers["HX-Redirect"] == "/login"
+
+
+async def test_security_headers_on_pages_and_errors(client):
+    for response in (await client.get("/"), await client.get("/api/auth/me")):
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["cache-control"] == "no-store"
+    page = (await client.get("/")).text
+    assert '<meta name="htmx-config" content=\'{"includeIndicatorStyles": false}\'>' in page
+    assert "<script>" not in page and " style=" not in page
+
+
+async def test_password_change_ends_other_sessions(settings, db, redis, session):
+    await make_user(session)
+    async with (
+        AsyncTestClient(app=create_app(settings)) as laptop,
+        AsyncTestClient(app=create_app(settings)) as phone,
+    ):
+        await browser_login(laptop)
+        await browser_login(phone)
+        token = csrf_from((await laptop.get("/account/password")).text)
+        form = {"current_password": PASSWORD, "new_password": "brand new secret 42"}
+        response = await laptop.post("/account/password", data={**form, "csrf_token": token})
+        assert "Your password was changed" in response.text
+        assert (await laptop.get("/api/auth/me")).status_code == 200
+        assert (await phone.get("/api/auth/me")).status_code == 401
+    user = await session.scalar(select(User).where(User.email == "ann@example.test"))
+    assert user is not None
