@@ -22,7 +22,7 @@ def _id(raw: str) -> int | None:
 async def audit_page(
     db_session: AsyncSession,
     action: str = "",
-    actor: str = "",
+    actor_user: str = "",
     patient: str = "",
     flagged: str = "",
     before: str = "",
@@ -32,7 +32,7 @@ async def audit_page(
     events = await audit.list_events(
         db_session,
         action=action or None,
-        actor_user_id=_id(actor),
+        actor_user_id=_id(actor_user),
         patient_id=_id(patient),
         flagged_only=flagged == "true",
         before_id=_id(before),
@@ -40,7 +40,7 @@ async def audit_page(
     )
     filters = {
         "action": action,
-        "actor": _id(actor),
+        "actor": _id(actor_user),
         "patient": _id(patient),
         "flagged": flagged == "true",
     }
