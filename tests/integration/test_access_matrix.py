@@ -1,4 +1,4 @@
-"""The access matrix (docs/security.md): every route × every role, with and without
+"""The access matrix (docs/security.md): every route by every role, with and without
 credentials, plus the "whose data" cells of the account and audit routes.
 
 Role cells are derived from the routes themselves, so a new route is covered the day it
