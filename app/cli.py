@@ -180,7 +180,7 @@ def seed_scale_cmd(
 
     from app.passwords import hash_password
     from db.seed_demo import DEMO_PASSWORD
-    from db.seed_scale import ScaleSpec, load_scale
+    from db.seed_scale import ScaleLoadRefused, ScaleSpec, load_scale
 
     spec = ScaleSpec(
         clinics=clinics,
@@ -198,15 +198,18 @@ def seed_scale_cmd(
             bar.update(tasks[stage], completed=done, total=total)
 
         started = time.perf_counter()
-        counts = _run(
-            lambda: load_scale(
-                plain_database_url(settings.database_url),
-                spec,
-                password_hash=hash_password(DEMO_PASSWORD),
-                replace=replace,
-                progress=progress,
+        try:
+            counts = _run(
+                lambda: load_scale(
+                    plain_database_url(settings.database_url),
+                    spec,
+                    password_hash=hash_password(DEMO_PASSWORD),
+                    replace=replace,
+                    progress=progress,
+                )
             )
-        )
+        except ScaleLoadRefused as exc:
+            raise click.ClickException(f"{exc} (add --replace to empty it first)") from None
         elapsed = time.perf_counter() - started
     total = sum(counts.values())
     for table, n in counts.items():
