@@ -208,6 +208,9 @@ class Appointment(Base):
     __table_args__ = (
         CheckConstraint(_in("status", APPOINTMENT_STATUSES), name="status"),
         CheckConstraint("ends_at > starts_at", name="end_after_start"),
+        # Lets range queries bound the index scan: nothing that starts over a day before a
+        # window can reach into it.
+        CheckConstraint("ends_at - starts_at <= interval '1 day'", name="at_most_a_day"),
         # The guarantee against double booking (review C-4): PostgreSQL itself refuses two
         # active appointments of one doctor whose half-open time ranges overlap. A row lock
         # (the review's FOR UPDATE SKIP LOCKED) cannot do this: the competing row does not
