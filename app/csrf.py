@@ -85,4 +85,3 @@ async def _needs_token(request: Request[Any, Any, Any], session: object) -> bool
 
 def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
-
