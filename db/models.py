@@ -391,3 +391,80 @@ class RefreshToken(Base):
     used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = _created_at()
+
+
+# --- analytics (issue 8) -------------------------------------------------------------------
+
+# The rollup job finds what changed since its last run by this column: every write path
+# sets it (booking, cancel, reschedule, status changes, bulk). Status changes already touch
+# an indexed column (the INCLUDE of ix_appointments_doctor_starts), so this index costs
+# no HOT update that was possible before.
+Index("ix_appointments_updated_at", Appointment.updated_at)
+
+ANALYTICS_DIMENSIONS = ("hour", "lead_time", "cancel_lead")
+EXPORT_STATUSES = ("queued", "running", "done", "failed", "expired")
+
+
+class ClinicBucketStats(Base):
+    """Per clinic-local day, appointment counts by a second dimension (C-6 rollups).
+
+    `hour`: the clinic-local start hour (0-23), which with the day's weekday gives the
+    hour-of-week heat map and no-shows by hour. `lead_time`: how long before the start
+    it was booked; `cancel_lead`: how long before the start it was cancelled (buckets in
+    app.analytics.LEAD_BUCKETS).
+    """
+
+    __tablename__ = "clinic_bucket_stats"
+    __table_args__ = (
+        CheckConstraint(_in("dimension", ANALYTICS_DIMENSIONS), name="dimension"),
+        # Reports across all clinics read one dimension over a range of days.
+        Index("ix_clinic_bucket_stats_dimension_day", "dimension", "day"),
+    )
+
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    dimension: Mapped[str] = mapped_column(String(16), primary_key=True)
+    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    appointments: Mapped[int] = mapped_column(Integer, server_default="0")  # not cancelled
+    attended: Mapped[int] = mapped_column(Integer, server_default="0")  # checked in, completed
+    no_show: Mapped[int] = mapped_column(Integer, server_default="0")
+    cancelled: Mapped[int] = mapped_column(Integer, server_default="0")
+    refreshed_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+
+class AnalyticsWatermark(Base):
+    """Up to when a rollup job has looked at appointment changes (`updated_at`)."""
+
+    __tablename__ = "analytics_watermarks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    until: Mapped[dt.datetime]
+
+
+class ExportJob(Base):
+    """One CSV export of appointments, written by a SAQ job; the file expires."""
+
+    __tablename__ = "export_jobs"
+    __table_args__ = (
+        CheckConstraint(_in("status", EXPORT_STATUSES), name="status"),
+        CheckConstraint("last_day >= first_day", name="range"),
+        # "My exports", newest first; the purge job scans by expiry.
+        Index("ix_export_jobs_requested_by_created", "requested_by", text("created_at DESC")),
+        Index("ix_export_jobs_expires_at", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requested_by: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    clinic_id: Mapped[int | None] = mapped_column(ForeignKey("clinics.id", ondelete="CASCADE"))
+    first_day: Mapped[dt.date] = mapped_column(Date)
+    last_day: Mapped[dt.date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    rows_total: Mapped[int | None]
+    rows_done: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    storage_key: Mapped[str | None]
+    error: Mapped[str | None]
+    created_at: Mapped[dt.datetime] = _created_at()
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    expires_at: Mapped[dt.datetime | None]
