@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import audit, rate_limit
 from app.browser_sessions import end_user_sessions
 from app.errors import Conflict, DomainError, Invalid, NotFound
+from app.identity import forget_principal
 from app.passwords import (
     hash_password,
     needs_rehash,
@@ -447,6 +448,7 @@ async def update_account(
     except IntegrityError:
         await session.rollback()
         raise Conflict("that doctor already has a login") from None
+    await forget_principal(redis, user_id)
     return user
 
 

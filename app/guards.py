@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 
 from app import rate_limit
 from app.browser_sessions import COOKIE_NAME, BrowserSession, get_session
-from app.identity import Principal, load_principal
+from app.identity import Principal, cached_principal
 from app.settings import Settings
 from app.tokens import verify_access_token
 
@@ -92,8 +92,7 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
 
 
 async def _principal(state: Any, user_id: int) -> Principal | None:
-    async with state.sessions() as session:
-        return await load_principal(session, user_id)
+    return await cached_principal(state.redis, state.sessions, user_id)
 
 
 def browser_session(connection: ASGIConnection) -> BrowserSession | None:
