@@ -28,7 +28,8 @@ from app.effects import Effects
 from app.errors import DomainError
 from app.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.redis import create_redis
-from app.routes import admin_users, audit, auth, auth_api, deps, health, pages
+from app.routes import admin_users, analytics_pages, audit, auth, auth_api, deps, health, pages
+from app.routes.api_analytics import AnalyticsController, analytics_services
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
 from app.security_headers import add_security_headers
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             pages.home,
             DirectoryController,
             AppointmentController,
+            AnalyticsController,
+            *analytics_pages.ROUTES,
             *auth.PAGES,
             *auth_api.ROUTES,
             *admin_users.ROUTES,
@@ -96,7 +99,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DomainError: domain_error_handler,
             NotAuthorizedException: not_signed_in_handler,
         },
-        lifespan=[services],
+        lifespan=[services, analytics_services],
         dependencies={
             "settings": Provide(deps.provide_settings, sync_to_thread=False),
             "effects": Provide(deps.provide_effects, sync_to_thread=False),

@@ -13,6 +13,7 @@ from saq import CronJob
 from app.redis import create_redis
 from app.settings import get_settings
 from db.session import create_engine, session_factory
+from tasks import analytics
 from tasks.housekeeping import heartbeat
 from tasks.queue import create_queue
 
@@ -23,10 +24,25 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["engine"] = create_engine(settings, application_name="medbook-worker")
     ctx["sessions"] = session_factory(ctx["engine"])
     ctx["redis"] = create_redis(settings)
+    # Analytics read the replica when there is one (M-1), with the longer limit (S-4);
+    # rollups write, so they use the primary, also with the longer limit.
+    ctx["analytics_engine"] = create_engine(
+        settings,
+        url=settings.database_read_url or settings.database_url,
+        statement_timeout_ms=settings.analytics_statement_timeout_ms,
+        application_name="medbook-analytics",
+    )
+    ctx["rollup_engine"] = create_engine(
+        settings,
+        statement_timeout_ms=settings.analytics_statement_timeout_ms,
+        application_name="medbook-rollups",
+    )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["engine"].dispose()
+    await ctx["analytics_engine"].dispose()
+    await ctx["rollup_engine"].dispose()
     await ctx["redis"].aclose()
 
 
@@ -35,8 +51,19 @@ def worker_settings() -> dict[str, Any]:
     settings = get_settings()
     return {
         "queue": create_queue(settings),
-        "functions": [heartbeat],
-        "cron_jobs": [CronJob(heartbeat, cron="* * * * *", timeout=10, retries=1)],
+        "functions": [
+            heartbeat,
+            analytics.refresh_rollups,
+            analytics.close_days,
+            analytics.run_export,
+            analytics.purge_exports,
+        ],
+        "cron_jobs": [
+            CronJob(heartbeat, cron="* * * * *", timeout=10, retries=1),
+            CronJob(analytics.refresh_rollups, cron="*/5 * * * *", timeout=240, retries=2),
+            CronJob(analytics.close_days, cron="30 12 * * *", timeout=1800, retries=3),
+            CronJob(analytics.purge_exports, cron="7 * * * *", timeout=300, retries=2),
+        ],
         "concurrency": 10,
         # On SIGTERM let running jobs finish (they are idempotent, but finishing is kinder).
         "shutdown_grace_period_s": 20,

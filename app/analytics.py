@@ -1,0 +1,580 @@
+"""Analytics: rollups computed in SQL, and the reports read from them (review C-6).
+
+Rollups (`clinic_daily_stats` per clinic, local day and doctor; `clinic_bucket_stats` per
+clinic, local day and hour / booking lead time / cancellation lead time) are rebuilt a
+set of days at a time by `refresh_days`: a handful of INSERT … SELECT … GROUP BY … ON
+CONFLICT DO UPDATE statements, so no appointment is ever loaded into Python, and running
+one twice is harmless. Reports then read at most a few hundred thousand small rollup rows,
+whatever the number of appointments.
+
+Available minutes reproduce `app.availability.day_grid` in SQL: every template slot of
+every active doctor on each clinic-local day (weekday and validity in clinic-local
+dates), laid out on the wall clock and converted to an instant with the clinic's zone;
+slots in a spring-forward gap are dropped, ambiguous fall-back times take their first
+occurrence (as `fold=0` does), and slots overlapping the doctor's or the clinic's
+exceptions are not available. Booked minutes are the length of every appointment that is
+not cancelled (a no-show holds its slot). See docs/analytics.md for the definitions.
+
+Domain code: no Litestar here. Functions take an `AsyncConnection` (or session) and plain
+values; the caller picks the engine (the read replica for reports, the primary for
+rollups) and commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, DATE
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.errors import DomainError, Forbidden, Invalid
+from app.identity import Principal
+
+GROUPS = ("clinic", "doctor", "weekday", "hour", "lead_time")
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+# Lead-time buckets, shared by booking lead (start - booked) and cancellation lead
+# (start - cancelled). The SQL below must keep the same boundaries.
+LEAD_BUCKETS = ("under 1 day", "1-2 days", "3-7 days", "8-14 days", "15-30 days", "over 30 days")
+MAX_RANGE_DAYS = 1100  # three years of rollups answer in milliseconds; exports go further
+MAX_EXPORT_DAYS = 3660
+ROLLUP_WATERMARK = "rollups"
+# Changes committed within this margin before a run's start are looked at again by the
+# next run: a write's updated_at is taken before its commit (short transactions, bounded by
+# the idle-in-transaction timeout) and app clocks may differ a little from the database's.
+WATERMARK_MARGIN = dt.timedelta(minutes=2)
+
+Db = AsyncConnection | AsyncSession
+
+
+class ReportTimedOut(DomainError):
+    """A report or export query ran past its statement timeout and was cancelled."""
+
+    status_code = 503
+
+
+def timed_out(exc: BaseException) -> bool:
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return True
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == "57014"  # query_canceled
+
+
+async def _rows(db: Db, sql: Any, params: dict[str, Any]) -> list[Any]:
+    """Run a report query; a cancelled (timed-out) statement becomes a clear 503."""
+    try:
+        return list((await db.execute(sql, params)).all())
+    except (DBAPIError, TimeoutError) as exc:
+        if timed_out(exc):
+            raise ReportTimedOut(
+                "the report took too long and was cancelled; try a shorter range or a single clinic"
+            ) from None
+        raise
+
+
+# --- scope and parameters ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReportScope:
+    """A validated report request: an inclusive range of local days and a clinic (or all)."""
+
+    first_day: dt.date
+    last_day: dt.date
+    clinic_id: int | None
+
+
+def report_scope(
+    actor: Principal,
+    first_day: dt.date | None,
+    last_day: dt.date | None,
+    clinic_id: int | None,
+    today: dt.date,
+    max_days: int = MAX_RANGE_DAYS,
+) -> ReportScope:
+    """Check who may see what: admins any clinic or all; front desks only their own.
+
+    Args:
+        first_day, last_day: the inclusive range; defaults to the 30 days up to `today`.
+        clinic_id: one clinic; None means all for admins and their own for front desks.
+
+    Raises:
+        Forbidden: another role, or a front desk asking for another clinic.
+        Invalid: the range is reversed or longer than MAX_RANGE_DAYS.
+    """
+    if actor.role == "front_desk":
+        if clinic_id is not None and clinic_id != actor.clinic_id:
+            raise Forbidden("front desks see their own clinic's analytics only")
+        clinic_id = actor.clinic_id
+    elif actor.role != "admin":
+        raise Forbidden("analytics are for admins and front desks")
+    last = last_day or today
+    first = first_day or last - dt.timedelta(days=29)
+    if first > last:
+        raise Invalid("`from` must not be after `to`")
+    if (last - first).days + 1 > max_days:
+        raise Invalid(f"a range covers at most {max_days} days")
+    return ReportScope(first, last, clinic_id)
+
+
+def _params(scope: ReportScope, **extra: Any) -> dict[str, Any]:
+    return {"lo": scope.first_day, "hi": scope.last_day, "clinic_id": scope.clinic_id, **extra}
+
+
+_CLINIC = "(CAST(:clinic_id AS bigint) IS NULL OR s.clinic_id = :clinic_id)"
+
+
+# --- reports ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoShowRow:
+    key: int
+    label: str
+    appointments: int  # not cancelled
+    attended: int  # checked in or completed
+    no_show: int
+
+    @property
+    def rate(self) -> float | None:
+        """No-shows among appointments with an outcome (attended or not)."""
+        outcome = self.attended + self.no_show
+        return round(self.no_show / outcome, 4) if outcome else None
+
+
+@dataclass(frozen=True, slots=True)
+class NoShowReport:
+    scope: ReportScope
+    group_by: str
+    rows: list[NoShowRow]
+
+    @property
+    def total(self) -> NoShowRow:
+        return NoShowRow(
+            0,
+            "all",
+            sum(r.appointments for r in self.rows),
+            sum(r.attended for r in self.rows),
+            sum(r.no_show for r in self.rows),
+        )
+
+
+_DAILY_TOTALS = """
+  sum(s.booked + s.checked_in + s.completed + s.no_show) AS appointments,
+  sum(s.checked_in + s.completed) AS attended,
+  sum(s.no_show) AS no_show"""
+
+NO_SHOW_SQL = {
+    "clinic": f"""
+SELECT s.clinic_id, c.name, {_DAILY_TOTALS}
+FROM clinic_daily_stats s JOIN clinics c ON c.id = s.clinic_id
+WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+GROUP BY s.clinic_id, c.name ORDER BY s.clinic_id""",
+    "doctor": f"""
+SELECT s.doctor_id, d.full_name, {_DAILY_TOTALS}
+FROM clinic_daily_stats s JOIN doctors d ON d.id = s.doctor_id
+WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+GROUP BY s.doctor_id, d.full_name ORDER BY s.doctor_id""",
+    "weekday": f"""
+SELECT extract(isodow FROM s.day)::int - 1 AS weekday, '', {_DAILY_TOTALS}
+FROM clinic_daily_stats s
+WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+GROUP BY 1 ORDER BY 1""",
+    "bucket": f"""
+SELECT s.bucket, '', sum(s.appointments), sum(s.attended), sum(s.no_show)
+FROM clinic_bucket_stats s
+WHERE s.dimension = :dimension AND s.day BETWEEN :lo AND :hi AND {_CLINIC}
+GROUP BY s.bucket ORDER BY s.bucket""",
+}
+
+
+def _label(group_by: str, key: int, name: str) -> str:
+    if group_by == "weekday":
+        return WEEKDAYS[key]
+    if group_by == "hour":
+        return f"{key:02d}:00"
+    if group_by == "lead_time":
+        return LEAD_BUCKETS[key]
+    return name
+
+
+async def no_shows(db: Db, scope: ReportScope, group_by: str) -> NoShowReport:
+    """No-show rates grouped by clinic, doctor, weekday, start hour or booking lead time.
+
+    Args:
+        group_by: one of GROUPS. Weekday and hour are clinic-local.
+
+    Raises:
+        Invalid: an unknown grouping.
+        ReportTimedOut: the query ran past the analytics statement timeout.
+    """
+    if group_by not in GROUPS:
+        raise Invalid(f"group_by must be one of {', '.join(GROUPS)}")
+    if group_by in ("hour", "lead_time"):
+        sql, params = NO_SHOW_SQL["bucket"], _params(scope, dimension=group_by)
+    else:
+        sql, params = NO_SHOW_SQL[group_by], _params(scope)
+    rows = await _rows(db, text(sql), params)
+    return NoShowReport(
+        scope,
+        group_by,
+        [
+            NoShowRow(int(k), _label(group_by, int(k), name), int(a), int(att), int(ns))
+            for k, name, a, att, ns in rows
+        ],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PopularSlots:
+    """Appointments (not cancelled) per clinic-local weekday (0 = Monday) and start hour."""
+
+    scope: ReportScope
+    counts: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    @property
+    def max(self) -> int:
+        return max(self.counts.values(), default=0)
+
+    @property
+    def busiest(self) -> list[tuple[str, int]]:
+        """The three busiest weekday-hours, e.g. ("Tue 10:00", 412), for text summaries."""
+        top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        return [(f"{WEEKDAYS[w]} {h:02d}:00", n) for (w, h), n in top if n]
+
+    @property
+    def hours(self) -> list[int]:
+        """The hours that have any booking, widened to whole working days (at least 8-18)."""
+        used = [h for (_, h), n in self.counts.items() if n]
+        return list(range(min([8, *used]), max([17, *used]) + 1))
+
+
+POPULAR_SQL = f"""
+SELECT extract(isodow FROM s.day)::int - 1 AS weekday, s.bucket AS hour, sum(s.appointments)
+FROM clinic_bucket_stats s
+WHERE s.dimension = 'hour' AND s.day BETWEEN :lo AND :hi AND {_CLINIC}
+GROUP BY 1, 2"""
+
+
+async def popular_slots(db: Db, scope: ReportScope) -> PopularSlots:
+    """Bookings per weekday x hour (the heat map)."""
+    rows = await _rows(db, text(POPULAR_SQL), _params(scope))
+    return PopularSlots(scope, {(int(w), int(h)): int(n) for w, h, n in rows})
+
+
+@dataclass(frozen=True, slots=True)
+class UtilisationRow:
+    key: int
+    label: str
+    available_minutes: int
+    booked_minutes: int
+
+    @property
+    def utilisation(self) -> float | None:
+        if not self.available_minutes:
+            return None
+        return round(self.booked_minutes / self.available_minutes, 4)
+
+    @property
+    def idle_minutes(self) -> int:
+        """Template minutes nobody booked: where slots are wasted."""
+        return max(self.available_minutes - self.booked_minutes, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Utilisation:
+    scope: ReportScope
+    by: str  # "clinic" for all clinics, "doctor" for one clinic
+    rows: list[UtilisationRow]
+
+    @property
+    def total(self) -> UtilisationRow:
+        return UtilisationRow(
+            0,
+            "all",
+            sum(r.available_minutes for r in self.rows),
+            sum(r.booked_minutes for r in self.rows),
+        )
+
+
+UTILISATION_SQL = {
+    "clinic": f"""
+SELECT s.clinic_id, c.name, sum(s.available_minutes), sum(s.booked_minutes)
+FROM clinic_daily_stats s JOIN clinics c ON c.id = s.clinic_id
+WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+GROUP BY s.clinic_id, c.name ORDER BY s.clinic_id""",
+    "doctor": f"""
+SELECT s.doctor_id, d.full_name, sum(s.available_minutes), sum(s.booked_minutes)
+FROM clinic_daily_stats s JOIN doctors d ON d.id = s.doctor_id
+WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+GROUP BY s.doctor_id, d.full_name ORDER BY s.doctor_id""",
+}
+
+
+async def utilisation(db: Db, scope: ReportScope) -> Utilisation:
+    """Booked vs. available slot minutes, per clinic (all clinics) or per doctor (one)."""
+    by = "doctor" if scope.clinic_id is not None else "clinic"
+    rows = await _rows(db, text(UTILISATION_SQL[by]), _params(scope))
+    return Utilisation(
+        scope, by, [UtilisationRow(int(k), name, int(a), int(b)) for k, name, a, b in rows]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellations:
+    """Cancellations by how long before the start they came, and the overall rate."""
+
+    scope: ReportScope
+    by_lead: list[tuple[str, int]]
+    cancelled: int
+    appointments: int  # not cancelled
+
+    @property
+    def rate(self) -> float | None:
+        made = self.cancelled + self.appointments
+        return round(self.cancelled / made, 4) if made else None
+
+
+CANCELLATIONS_SQL = f"""
+SELECT s.dimension, s.bucket, sum(s.cancelled), sum(s.appointments)
+FROM clinic_bucket_stats s
+WHERE s.dimension IN ('cancel_lead', 'hour') AND s.day BETWEEN :lo AND :hi AND {_CLINIC}
+GROUP BY 1, 2"""
+
+
+async def cancellations(db: Db, scope: ReportScope) -> Cancellations:
+    """Cancellation counts by lead time, plus the share of bookings that were cancelled."""
+    rows = await _rows(db, text(CANCELLATIONS_SQL), _params(scope))
+    by_lead = dict.fromkeys(range(len(LEAD_BUCKETS)), 0)
+    appointments = 0
+    cancelled = 0
+    for dimension, bucket, n_cancelled, n_appointments in rows:
+        if dimension == "cancel_lead":
+            by_lead[int(bucket)] += int(n_cancelled)
+        else:  # every appointment has exactly one start hour: totals come from there
+            appointments += int(n_appointments)
+            cancelled += int(n_cancelled)
+    return Cancellations(
+        scope, [(LEAD_BUCKETS[b], n) for b, n in by_lead.items()], cancelled, appointments
+    )
+
+
+# --- rollups -----------------------------------------------------------------------------
+
+# Local days as a date[] parameter; the appointment scan is bounded in UTC around them
+# (local days start at most 14 h before and 12 h after UTC midnight) so it uses
+# ix_appointments_clinic_starts / a range scan rather than the whole table.
+_DAYS = bindparam("days", type_=ARRAY(DATE))
+
+DAILY_SQL = text(
+    """
+WITH days AS (SELECT unnest(CAST(:days AS date[])) AS day),
+grid AS (
+  -- day_grid in SQL: each template slot on each local day, on the wall clock first
+  SELECT d.clinic_id, d.id AS doctor_id, dd.day, t.slot_minutes, c.timezone,
+         dd.day + t.start_time + make_interval(mins => t.slot_minutes * k) AS local_start
+  FROM days dd
+  JOIN doctor_schedule_templates t
+    ON t.weekday = extract(isodow FROM dd.day)::int - 1
+   AND (t.valid_from IS NULL OR dd.day >= t.valid_from)
+   AND (t.valid_to IS NULL OR dd.day <= t.valid_to)
+  JOIN doctors d ON d.id = t.doctor_id AND d.active
+  JOIN clinics c ON c.id = d.clinic_id
+  CROSS JOIN LATERAL generate_series(
+    0, (extract(epoch FROM t.end_time - t.start_time)::int / 60) / t.slot_minutes - 1) AS k
+),
+instants AS (
+  -- AT TIME ZONE takes the later reading of an ambiguous (fall-back) wall time; day_grid
+  -- takes the first (fold=0), so step back an hour when that reads the same wall time.
+  SELECT g.*, CASE WHEN ((g.local_start AT TIME ZONE g.timezone) - interval '1 hour')
+                        AT TIME ZONE g.timezone = g.local_start
+                   THEN (g.local_start AT TIME ZONE g.timezone) - interval '1 hour'
+                   ELSE g.local_start AT TIME ZONE g.timezone END AS starts_at
+  FROM grid g
+),
+blocked AS (
+  -- each doctor's own exceptions and their clinic's closures near these days
+  SELECT d.id AS doctor_id, e.starts_at, e.ends_at
+  FROM schedule_exceptions e
+  JOIN doctors d ON d.id = e.doctor_id OR (e.doctor_id IS NULL AND d.clinic_id = e.clinic_id)
+  WHERE e.starts_at < :hi AND e.ends_at > :lo
+),
+open_slots AS (
+  SELECT i.clinic_id, i.doctor_id, i.day, sum(i.slot_minutes) AS minutes
+  FROM instants i
+  WHERE (i.starts_at AT TIME ZONE i.timezone) = i.local_start  -- not in a spring-forward gap
+    AND NOT EXISTS (
+      SELECT 1 FROM blocked b
+      WHERE b.doctor_id = i.doctor_id
+        AND b.starts_at < i.starts_at + make_interval(mins => i.slot_minutes)
+        AND b.ends_at > i.starts_at)
+  GROUP BY 1, 2, 3
+),
+appts AS (
+  SELECT a.clinic_id, a.doctor_id, (a.starts_at AT TIME ZONE c.timezone)::date AS day,
+    count(*) FILTER (WHERE a.status = 'booked') AS booked,
+    count(*) FILTER (WHERE a.status = 'checked_in') AS checked_in,
+    count(*) FILTER (WHERE a.status = 'completed') AS completed,
+    count(*) FILTER (WHERE a.status = 'cancelled') AS cancelled,
+    count(*) FILTER (WHERE a.status = 'no_show') AS no_show,
+    coalesce(sum(extract(epoch FROM a.ends_at - a.starts_at)::int / 60)
+             FILTER (WHERE a.status <> 'cancelled'), 0) AS booked_minutes
+  FROM clinics c
+  CROSS JOIN LATERAL (  -- per clinic: a range of ix_appointments_clinic_starts
+    SELECT * FROM appointments x
+    WHERE x.clinic_id = c.id AND x.starts_at >= :lo AND x.starts_at < :hi
+    OFFSET 0) a  -- OFFSET 0 keeps the per-clinic index scan (no flattening)
+  WHERE (a.starts_at AT TIME ZONE c.timezone)::date IN (SELECT day FROM days)
+  GROUP BY 1, 2, 3
+)
+INSERT INTO clinic_daily_stats AS s (clinic_id, day, doctor_id, booked, checked_in, completed,
+  cancelled, no_show, available_minutes, booked_minutes, refreshed_at)
+SELECT coalesce(a.clinic_id, o.clinic_id), coalesce(a.day, o.day),
+       coalesce(a.doctor_id, o.doctor_id),
+       coalesce(a.booked, 0), coalesce(a.checked_in, 0), coalesce(a.completed, 0),
+       coalesce(a.cancelled, 0), coalesce(a.no_show, 0), coalesce(o.minutes, 0),
+       coalesce(a.booked_minutes, 0), now()
+FROM appts a
+FULL JOIN open_slots o
+  ON o.clinic_id = a.clinic_id AND o.doctor_id = a.doctor_id AND o.day = a.day
+ON CONFLICT (clinic_id, day, doctor_id) DO UPDATE SET
+  booked = excluded.booked, checked_in = excluded.checked_in, completed = excluded.completed,
+  cancelled = excluded.cancelled, no_show = excluded.no_show,
+  available_minutes = excluded.available_minutes, booked_minutes = excluded.booked_minutes,
+  refreshed_at = excluded.refreshed_at
+"""
+).bindparams(_DAYS)
+
+# Lead buckets: < 1 day, 1-2, 3-7, 8-14, 15-30, > 30 days (LEAD_BUCKETS).
+_LEAD = """CASE WHEN {d} < interval '1 day' THEN 0 WHEN {d} < interval '3 days' THEN 1
+  WHEN {d} < interval '8 days' THEN 2 WHEN {d} < interval '15 days' THEN 3
+  WHEN {d} < interval '31 days' THEN 4 ELSE 5 END"""
+
+BUCKETS_SQL = text(
+    f"""
+WITH a AS (
+  SELECT a.clinic_id, a.status, (a.starts_at AT TIME ZONE c.timezone) AS local_start,
+    {_LEAD.format(d="a.starts_at - a.created_at")} AS lead,
+    CASE WHEN a.status = 'cancelled' AND a.cancelled_at IS NOT NULL
+         THEN {_LEAD.format(d="a.starts_at - a.cancelled_at")} END AS cancel_lead
+  FROM clinics c
+  CROSS JOIN LATERAL (
+    SELECT * FROM appointments x
+    WHERE x.clinic_id = c.id AND x.starts_at >= :lo AND x.starts_at < :hi
+    OFFSET 0) a  -- OFFSET 0 keeps the per-clinic index scan (no flattening)
+  WHERE (a.starts_at AT TIME ZONE c.timezone)::date IN (SELECT unnest(CAST(:days AS date[])))
+)
+INSERT INTO clinic_bucket_stats AS s (clinic_id, day, dimension, bucket, appointments,
+  attended, no_show, cancelled, refreshed_at)
+SELECT a.clinic_id, a.local_start::date, v.dimension, v.bucket,
+  count(*) FILTER (WHERE a.status <> 'cancelled'),
+  count(*) FILTER (WHERE a.status IN ('checked_in', 'completed')),
+  count(*) FILTER (WHERE a.status = 'no_show'),
+  count(*) FILTER (WHERE a.status = 'cancelled'),
+  now()
+FROM a CROSS JOIN LATERAL (VALUES
+  ('hour', extract(hour FROM a.local_start)::int),
+  ('lead_time', a.lead),
+  ('cancel_lead', a.cancel_lead)) AS v(dimension, bucket)
+WHERE v.bucket IS NOT NULL
+GROUP BY 1, 2, 3, 4
+ON CONFLICT (clinic_id, day, dimension, bucket) DO UPDATE SET
+  appointments = excluded.appointments, attended = excluded.attended,
+  no_show = excluded.no_show, cancelled = excluded.cancelled,
+  refreshed_at = excluded.refreshed_at
+"""
+).bindparams(_DAYS)
+
+# Rows of the recomputed days that this run did not write describe something that no
+# longer exists (a doctor's last appointment moved away, a template removed): drop them.
+# now() is the transaction's start, which is what this run's upserts wrote.
+PRUNE_SQL = [
+    text(
+        f"DELETE FROM {table} WHERE day IN (SELECT unnest(CAST(:days AS date[]))) "
+        "AND refreshed_at < now()"
+    ).bindparams(_DAYS)
+    for table in ("clinic_daily_stats", "clinic_bucket_stats")
+]
+
+
+def _utc_bounds(days: Sequence[dt.date]) -> tuple[dt.datetime, dt.datetime]:
+    lo = dt.datetime.combine(min(days), dt.time(), tzinfo=dt.UTC) - dt.timedelta(days=1)
+    hi = dt.datetime.combine(max(days), dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=2)
+    return lo, hi
+
+
+async def refresh_days(conn: AsyncConnection, days: Sequence[dt.date]) -> None:
+    """Recompute every clinic's rollups for these clinic-local days (in the caller's
+    transaction). Idempotent: upserts, then prunes what the run did not write.
+
+    Args:
+        conn: a connection to the primary, in a transaction the caller commits.
+        days: local calendar days; any order, duplicates ignored.
+    """
+    unique = sorted(set(days))
+    if not unique:
+        return
+    lo, hi = _utc_bounds(unique)
+    params = {"days": unique, "lo": lo, "hi": hi}
+    # The GROUP BYs sort a month of appointments in memory instead of spilling to disk.
+    await conn.execute(text("SET LOCAL work_mem = '64MB'"))
+    await conn.execute(DAILY_SQL, params)
+    await conn.execute(BUCKETS_SQL, params)
+    for prune in PRUNE_SQL:
+        await conn.execute(prune, {"days": unique})
+
+
+TOUCHED_SQL = text(
+    """
+SELECT DISTINCT (a.starts_at AT TIME ZONE c.timezone)::date
+FROM appointments a JOIN clinics c ON c.id = a.clinic_id
+WHERE a.updated_at >= :since"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    days: list[dt.date]
+    since: dt.datetime
+    until: dt.datetime
+
+
+async def refresh_recent(conn: AsyncConnection, *, around: int = 1) -> RefreshResult:
+    """Refresh today (±`around` days, so every time zone's today is covered) and every day
+    with an appointment booked or changed since the last run; move the watermark.
+
+    Runs in the caller's transaction; the watermark row is locked, so two runs at once
+    take turns. The first run (no watermark) looks back two days; history is the
+    backfill's job.
+    """
+    now = (await conn.execute(text("SELECT now()"))).scalar_one()
+    since = (
+        await conn.execute(
+            text("SELECT until FROM analytics_watermarks WHERE name = :name FOR UPDATE"),
+            {"name": ROLLUP_WATERMARK},
+        )
+    ).scalar_one_or_none()
+    since = (since or now - dt.timedelta(days=2)) - WATERMARK_MARGIN
+    touched = [d for (d,) in (await conn.execute(TOUCHED_SQL, {"since": since})).all()]
+    today = now.astimezone(dt.UTC).date()
+    days = sorted({*touched, *(today + dt.timedelta(days=i) for i in range(-around, around + 1))})
+    await refresh_days(conn, days)
+    await conn.execute(
+        text(
+            "INSERT INTO analytics_watermarks (name, until) VALUES (:name, :until) "
+            "ON CONFLICT (name) DO UPDATE SET until = excluded.until"
+        ),
+        {"name": ROLLUP_WATERMARK, "until": now},
+    )
+    return RefreshResult(days, since, now)
+
+
+def day_chunks(first: dt.date, last: dt.date, size: int = 7) -> list[list[dt.date]]:
+    """Consecutive days from `first` to `last` (inclusive) in lists of at most `size`."""
+    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    return [days[i : i + size] for i in range(0, len(days), size)]

@@ -1,0 +1,151 @@
+"""Analytics pages: the dashboard (charts as server-rendered SVG) and CSV exports.
+
+One URL serves each page and its htmx fragment: with `HX-Request` only the named block
+is rendered, and every answer says `Vary: HX-Request`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.enums import MediaType, RequestEncodingType
+from litestar.params import Body, QueryParameter
+from litestar.response import Redirect, Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app import analytics, exports
+from app.errors import Invalid
+from app.guards import allow
+from app.identity import Principal
+from app.routes.api_analytics import DEPENDENCIES, STAFF, start_export
+from db.models import Clinic
+
+VARY = {"Vary": "HX-Request"}
+
+
+def render(
+    request: Request[Any, Any, Any], name: str, context: dict[str, Any], block: str
+) -> Response[str]:
+    """The whole page, or only `block` for an htmx request."""
+    env = request.app.template_engine.engine  # type: ignore[union-attr]
+    template = env.get_template(name)
+    ctx = {"request": request, **context}
+    if request.headers.get("hx-request"):
+        html = "".join(template.blocks[block](template.new_context(ctx)))
+    else:
+        html = template.render(ctx)
+    return Response(html, media_type=MediaType.HTML, headers=VARY)
+
+
+def _date(raw: str) -> dt.date | None:
+    """Form and query values arrive as text; an empty field means the default."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise Invalid(f"{raw!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _int(raw: str) -> int | None:
+    raw = raw.strip()
+    return int(raw) if raw.isdigit() else None
+
+
+async def _clinics(db_session: AsyncSession, actor: Principal) -> list[tuple[int, str]]:
+    query = select(Clinic.id, Clinic.name).order_by(Clinic.name)
+    if actor.role == "front_desk":
+        query = query.where(Clinic.id == actor.clinic_id)
+    return [(i, n) for i, n in (await db_session.execute(query)).all()]
+
+
+@get("/analytics", guards=[allow(*STAFF)], include_in_schema=False, dependencies=DEPENDENCIES)
+async def dashboard(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    reports_db: AsyncConnection,
+    actor: Principal,
+    now: dt.datetime,
+    first: Annotated[str, QueryParameter(name="from")] = "",
+    last: Annotated[str, QueryParameter(name="to")] = "",
+    clinic_id: str = "",
+    group_by: str = "weekday",
+) -> Response[str]:
+    """No-shows, popular hours, utilisation and cancellations for a range and clinic."""
+    scope = analytics.report_scope(actor, _date(first), _date(last), _int(clinic_id), now.date())
+    if group_by not in analytics.GROUPS:
+        group_by = "weekday"
+    context = {
+        "scope": scope,
+        "group_by": group_by,
+        "groups": analytics.GROUPS,
+        "clinics": await _clinics(db_session, actor),
+        "no_shows": await analytics.no_shows(reports_db, scope, group_by),
+        "no_shows_by_hour": await analytics.no_shows(reports_db, scope, "hour"),
+        "popular": await analytics.popular_slots(reports_db, scope),
+        "utilisation": await analytics.utilisation(reports_db, scope),
+        "cancellations": await analytics.cancellations(reports_db, scope),
+        "weekdays": analytics.WEEKDAYS,
+        "csv_query": _query(scope, group_by),
+    }
+    return render(request, "analytics/dashboard.html", context, "report")
+
+
+def _query(scope: analytics.ReportScope, group_by: str) -> str:
+    parts = [f"from={scope.first_day}", f"to={scope.last_day}", f"group_by={group_by}"]
+    if scope.clinic_id is not None:
+        parts.append(f"clinic_id={scope.clinic_id}")
+    return "&".join(parts)
+
+
+@get("/analytics/exports", guards=[allow(*STAFF)], include_in_schema=False)
+async def exports_page(
+    request: Request[Any, Any, Any], db_session: AsyncSession, actor: Principal, now: dt.datetime
+) -> Response[str]:
+    """My recent exports and a form for a new one."""
+    context = {
+        "exports": await exports.my_exports(db_session, actor),
+        "clinics": await _clinics(db_session, actor),
+        "today": now.date(),
+        "default_first": now.date() - dt.timedelta(days=29),
+    }
+    return render(request, "analytics/exports.html", context, "list")
+
+
+@post("/analytics/exports", guards=[allow(*STAFF)], include_in_schema=False)
+async def export_form(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[str] | Redirect:
+    """Start an export; htmx gets its progress fragment, a plain form a redirect."""
+    view = await start_export(
+        request,
+        db_session,
+        actor,
+        now,
+        _date(data.get("from", "")),
+        _date(data.get("to", "")),
+        _int(data.get("clinic_id", "")),
+    )
+    if request.headers.get("hx-request"):
+        return render(request, "analytics/export.html", {"export": view}, "progress")
+    return Redirect(f"/analytics/exports/{view.id}", status_code=303)
+
+
+@get("/analytics/exports/{export_id:str}", guards=[allow(*STAFF)], include_in_schema=False)
+async def export_page(
+    request: Request[Any, Any, Any], db_session: AsyncSession, actor: Principal, export_id: str
+) -> Response[str]:
+    """One export's progress; the fragment polls itself until the file is ready."""
+    view = await exports.get_export(db_session, actor, export_id)
+    return render(request, "analytics/export.html", {"export": view}, "progress")
+
+
+ROUTES = [dashboard, exports_page, export_form, export_page]

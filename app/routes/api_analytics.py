@@ -1,0 +1,367 @@
+"""JSON API for analytics: no-shows, popular slots, utilisation, cancellations, exports.
+
+Reports read the rollups through the analytics engine (the read replica when
+DATABASE_READ_URL is set, with the analytics statement timeout); export requests are
+written on the primary and run by the worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Litestar, Request, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.params import Parameter, QueryParameter
+from litestar.response import File, Redirect, Response
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app import analytics, exports
+from app.analytics import (
+    Cancellations,
+    NoShowReport,
+    NoShowRow,
+    PopularSlots,
+    ReportScope,
+    Utilisation,
+    UtilisationRow,
+)
+from app.errors import Invalid
+from app.guards import allow, client_addr
+from app.identity import Principal
+from db.session import create_engine
+from tasks.analytics import enqueue_export
+from tasks.queue import create_queue
+
+STAFF = ("admin", "front_desk")
+
+
+@asynccontextmanager
+async def analytics_services(app: Litestar) -> AsyncIterator[None]:
+    """The analytics engine (replica or primary, long timeout) and the job queue."""
+    settings = app.state.settings
+    app.state.analytics_engine = create_engine(
+        settings,
+        url=settings.database_read_url or settings.database_url,
+        statement_timeout_ms=settings.analytics_statement_timeout_ms,
+        application_name="medbook-analytics",
+    )
+    app.state.analytics_queue = create_queue(settings)
+    await app.state.analytics_queue.connect()
+    try:
+        yield
+    finally:
+        await app.state.analytics_queue.disconnect()
+        await app.state.analytics_engine.dispose()
+
+
+async def provide_reports_db(state: State) -> AsyncIterator[AsyncConnection]:
+    """A connection of the analytics engine for one request."""
+    async with state.analytics_engine.connect() as conn:
+        yield conn
+
+
+DEPENDENCIES = {"reports_db": Provide(provide_reports_db)}
+
+From = Annotated[
+    dt.date | None, QueryParameter(name="from", description="first clinic-local day (inclusive)")
+]
+To = Annotated[
+    dt.date | None, QueryParameter(name="to", description="last clinic-local day (inclusive)")
+]
+ClinicId = Annotated[
+    int | None,
+    Parameter(description="one clinic; front desks default to (and may only ask for) theirs"),
+]
+
+
+def scope_for(
+    actor: Principal,
+    now: dt.datetime,
+    first: dt.date | None,
+    last: dt.date | None,
+    clinic_id: int | None,
+) -> ReportScope:
+    return analytics.report_scope(actor, first, last, clinic_id, now.date())
+
+
+class NoShowOut(msgspec.Struct):
+    key: int
+    label: str
+    appointments: int
+    attended: int
+    no_show: int
+    no_show_rate: float | None
+
+
+class NoShowsOut(msgspec.Struct, rename={"first": "from", "last": "to"}):
+    first: dt.date
+    last: dt.date
+    clinic_id: int | None
+    group_by: str
+    rows: list[NoShowOut]
+    total: NoShowOut
+
+
+class PopularSlotsOut(msgspec.Struct, rename={"first": "from", "last": "to"}):
+    first: dt.date
+    last: dt.date
+    clinic_id: int | None
+    weekdays: list[str]
+    bookings: list[list[int]]  # [weekday 0 = Monday][hour 0-23], clinic-local
+    max: int
+
+
+class UtilisationRowOut(msgspec.Struct):
+    key: int
+    label: str
+    available_minutes: int
+    booked_minutes: int
+    idle_minutes: int
+    utilisation: float | None
+
+
+class UtilisationOut(msgspec.Struct, rename={"first": "from", "last": "to"}):
+    first: dt.date
+    last: dt.date
+    clinic_id: int | None
+    by: str
+    rows: list[UtilisationRowOut]
+    total: UtilisationRowOut
+
+
+class CancellationsOut(msgspec.Struct, rename={"first": "from", "last": "to"}):
+    first: dt.date
+    last: dt.date
+    clinic_id: int | None
+    cancelled: int
+    appointments: int
+    cancellation_rate: float | None
+    by_lead_time: dict[str, int]
+
+
+class ExportIn(msgspec.Struct, forbid_unknown_fields=True, rename={"first": "from", "last": "to"}):
+    first: dt.date
+    last: dt.date
+    clinic_id: int | None = None
+
+
+def _no_show(r: NoShowRow) -> NoShowOut:
+    return NoShowOut(r.key, r.label, r.appointments, r.attended, r.no_show, r.rate)
+
+
+def no_shows_out(report: NoShowReport) -> NoShowsOut:
+    s = report.scope
+    return NoShowsOut(
+        s.first_day,
+        s.last_day,
+        s.clinic_id,
+        report.group_by,
+        [_no_show(r) for r in report.rows],
+        _no_show(report.total),
+    )
+
+
+def popular_out(report: PopularSlots) -> PopularSlotsOut:
+    s = report.scope
+    matrix = [[report.counts.get((w, h), 0) for h in range(24)] for w in range(7)]
+    return PopularSlotsOut(
+        s.first_day, s.last_day, s.clinic_id, list(analytics.WEEKDAYS), matrix, report.max
+    )
+
+
+def _util(r: UtilisationRow) -> UtilisationRowOut:
+    return UtilisationRowOut(
+        r.key, r.label, r.available_minutes, r.booked_minutes, r.idle_minutes, r.utilisation
+    )
+
+
+def utilisation_out(report: Utilisation) -> UtilisationOut:
+    s = report.scope
+    return UtilisationOut(
+        s.first_day,
+        s.last_day,
+        s.clinic_id,
+        report.by,
+        [_util(r) for r in report.rows],
+        _util(report.total),
+    )
+
+
+def cancellations_out(report: Cancellations) -> CancellationsOut:
+    s = report.scope
+    return CancellationsOut(
+        s.first_day,
+        s.last_day,
+        s.clinic_id,
+        report.cancelled,
+        report.appointments,
+        report.rate,
+        dict(report.by_lead),
+    )
+
+
+REPORTS = ("no-shows", "popular-slots", "utilisation", "cancellations")
+
+
+async def report_csv(db: AsyncConnection, scope: ReportScope, report: str, group_by: str) -> str:
+    """One report as CSV text (reports are small: at most one row per doctor)."""
+    if report == "no-shows":
+        return exports.no_shows_csv(await analytics.no_shows(db, scope, group_by))
+    if report == "popular-slots":
+        return exports.popular_slots_csv(await analytics.popular_slots(db, scope))
+    if report == "utilisation":
+        return exports.utilisation_csv(await analytics.utilisation(db, scope))
+    if report == "cancellations":
+        return exports.cancellations_csv(await analytics.cancellations(db, scope))
+    raise Invalid(f"report must be one of {', '.join(REPORTS)}")
+
+
+class AnalyticsController(Controller):
+    path = "/api/analytics"
+    tags = ["analytics"]
+    dependencies = DEPENDENCIES
+
+    @get("/no-shows", guards=[allow(*STAFF)])
+    async def no_shows(
+        self,
+        reports_db: AsyncConnection,
+        actor: Principal,
+        now: dt.datetime,
+        first: From = None,
+        last: To = None,
+        group_by: Annotated[
+            str, Parameter(description="clinic, doctor, weekday, hour or lead_time")
+        ] = "clinic",
+        clinic_id: ClinicId = None,
+    ) -> NoShowsOut:
+        """No-show rates (no-shows among appointments with an outcome), grouped."""
+        scope = scope_for(actor, now, first, last, clinic_id)
+        return no_shows_out(await analytics.no_shows(reports_db, scope, group_by))
+
+    @get("/popular-slots", guards=[allow(*STAFF)])
+    async def popular_slots(
+        self,
+        reports_db: AsyncConnection,
+        actor: Principal,
+        now: dt.datetime,
+        first: From = None,
+        last: To = None,
+        clinic_id: ClinicId = None,
+    ) -> PopularSlotsOut:
+        """Appointments (not cancelled) per clinic-local weekday x start hour."""
+        scope = scope_for(actor, now, first, last, clinic_id)
+        return popular_out(await analytics.popular_slots(reports_db, scope))
+
+    @get("/utilisation", guards=[allow(*STAFF)])
+    async def utilisation(
+        self,
+        reports_db: AsyncConnection,
+        actor: Principal,
+        now: dt.datetime,
+        first: From = None,
+        last: To = None,
+        clinic_id: ClinicId = None,
+    ) -> UtilisationOut:
+        """Booked vs. available slot minutes: per clinic, or per doctor of one clinic."""
+        scope = scope_for(actor, now, first, last, clinic_id)
+        return utilisation_out(await analytics.utilisation(reports_db, scope))
+
+    @get("/cancellations", guards=[allow(*STAFF)])
+    async def cancellations(
+        self,
+        reports_db: AsyncConnection,
+        actor: Principal,
+        now: dt.datetime,
+        first: From = None,
+        last: To = None,
+        clinic_id: ClinicId = None,
+    ) -> CancellationsOut:
+        """Cancellations by how long before the start they came, and their share."""
+        scope = scope_for(actor, now, first, last, clinic_id)
+        return cancellations_out(await analytics.cancellations(reports_db, scope))
+
+    @get("/report.csv", guards=[allow(*STAFF)], media_type="text/csv")
+    async def report_as_csv(
+        self,
+        reports_db: AsyncConnection,
+        actor: Principal,
+        now: dt.datetime,
+        report: Annotated[str, Parameter(description=", ".join(REPORTS))],
+        first: From = None,
+        last: To = None,
+        group_by: str = "clinic",
+        clinic_id: ClinicId = None,
+    ) -> Response[str]:
+        """One report as a CSV download."""
+        scope = scope_for(actor, now, first, last, clinic_id)
+        body = await report_csv(reports_db, scope, report, group_by)
+        name = f"{report}-{scope.first_day}-{scope.last_day}.csv"
+        return Response(
+            body,
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    @post("/exports", guards=[allow(*STAFF)], status_code=202)
+    async def request_export(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: AsyncSession,
+        actor: Principal,
+        now: dt.datetime,
+        data: ExportIn,
+    ) -> dict[str, Any]:
+        """Export the appointments of a range as CSV: a job; poll its status."""
+        view = await start_export(
+            request, db_session, actor, now, data.first, data.last, data.clinic_id
+        )
+        return view.as_dict()
+
+    @get("/exports/{export_id:str}", guards=[allow(*STAFF)])
+    async def export_status(
+        self, db_session: AsyncSession, actor: Principal, export_id: str
+    ) -> dict[str, Any]:
+        """An export's progress and, once done, its download URL and expiry."""
+        return (await exports.get_export(db_session, actor, export_id)).as_dict()
+
+    @get("/exports/{export_id:str}/file", guards=[allow(*STAFF)], media_type="text/csv")
+    async def export_file(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: AsyncSession,
+        actor: Principal,
+        now: dt.datetime,
+        export_id: str,
+    ) -> File | Redirect:
+        """The CSV file of a finished export (or a short-lived S3 link to it)."""
+        store = exports.ExportStore(request.app.state.settings)
+        view, found = await exports.download(
+            db_session, store, actor, export_id, client_addr(request), now
+        )
+        if found.url:
+            return Redirect(found.url)
+        assert found.path is not None
+        return File(path=found.path, filename=view.filename, media_type="text/csv")
+
+
+async def start_export(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    first: dt.date | None,
+    last: dt.date | None,
+    clinic_id: int | None,
+) -> exports.ExportView:
+    """Record the request, then (after commit) queue its job."""
+    scope = analytics.report_scope(
+        actor, first, last, clinic_id, now.date(), max_days=analytics.MAX_EXPORT_DAYS
+    )
+    view = await exports.create_export(db_session, actor, scope, client_addr(request))
+    await enqueue_export(request.app.state.analytics_queue, view.id)
+    return view

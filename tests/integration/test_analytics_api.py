@@ -1,0 +1,161 @@
+"""Reports over HTTP: who may see what, the numbers, the dashboard and its fragment."""
+
+import datetime as dt
+import re
+
+import pytest
+from sqlalchemy import text
+
+from app import analytics
+from tests.integration.analytics_data import add_random_appointments, expected_rollups
+from tests.integration.world import make_world
+
+DAYS = [dt.date(2026, 5, 1) + dt.timedelta(days=i) for i in range(14)]
+RANGE = {"from": "2026-05-01", "to": "2026-05-14"}
+
+
+@pytest.fixture
+async def world(client, session, settings, engine):
+    world = await make_world(session, settings.secret_key, patients=5)
+    await add_random_appointments(session, world, DAYS, seed=11)
+    async with engine.begin() as conn:
+        await analytics.refresh_days(conn, DAYS)
+    return world
+
+
+async def get(client, world, who, path, **params):
+    return await client.get(path, params=RANGE | params, headers=world.headers(who))
+
+
+async def test_no_shows_by_clinic_equal_the_direct_aggregate(client, world, session):
+    daily, _ = await expected_rollups(session, DAYS)
+    response = await get(client, world, "admin", "/api/analytics/no-shows", group_by="clinic")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["from"], body["to"], body["clinic_id"]) == ("2026-05-01", "2026-05-14", None)
+    for row in body["rows"]:
+        mine = [v for k, v in daily.items() if k[0] == row["key"]]
+        no_show = sum(v["no_show"] for v in mine)
+        attended = sum(v["checked_in"] + v["completed"] for v in mine)
+        assert (row["no_show"], row["attended"]) == (no_show, attended)
+        assert row["no_show_rate"] == round(no_show / (no_show + attended), 4)
+    assert [r["label"] for r in body["rows"]] == ["Berlin", "New York"]
+    assert body["total"]["no_show"] == sum(v["no_show"] for v in daily.values())
+
+
+@pytest.mark.parametrize("group_by", ["doctor", "weekday", "hour", "lead_time"])
+async def test_every_grouping_adds_up_to_the_same_total(client, world, group_by):
+    by_clinic = (await get(client, world, "admin", "/api/analytics/no-shows")).json()["total"]
+    body = (await get(client, world, "admin", "/api/analytics/no-shows", group_by=group_by)).json()
+    assert body["group_by"] == group_by
+    assert body["total"] | {"key": 0, "label": "all"} == by_clinic
+    assert len(body["rows"]) > 1
+
+
+async def test_popular_slots_and_utilisation(client, world, session):
+    daily, buckets = await expected_rollups(session, DAYS)
+    body = (
+        await get(client, world, "admin", "/api/analytics/popular-slots", clinic_id=world.clinic_id)
+    ).json()
+    expected = [[0] * 24 for _ in range(7)]
+    for (clinic, day, dimension, hour), v in buckets.items():
+        if clinic == world.clinic_id and dimension == "hour":
+            expected[day.weekday()][hour] += v["appointments"]
+    assert body["bookings"] == expected
+    assert body["max"] == max(map(max, expected)) > 0
+
+    body = (
+        await get(client, world, "admin", "/api/analytics/utilisation", clinic_id=world.clinic_id)
+    ).json()
+    assert body["by"] == "doctor"
+    (row,) = body["rows"]
+    assert row["available_minutes"] == 14 * 12 * 60  # 08:00-20:00 every day
+    booked = sum(v["booked_minutes"] for k, v in daily.items() if k[0] == world.clinic_id)
+    assert row["booked_minutes"] == booked
+    assert row["utilisation"] == round(booked / (14 * 12 * 60), 4)
+    everyone = (await get(client, world, "admin", "/api/analytics/utilisation")).json()
+    assert everyone["by"] == "clinic" and len(everyone["rows"]) == 2
+
+
+async def test_front_desk_sees_its_own_clinic_only(client, world):
+    own = await get(client, world, "desk", "/api/analytics/utilisation")
+    assert own.status_code == 200
+    assert own.json()["clinic_id"] == world.clinic_id
+    assert [r["key"] for r in own.json()["rows"]] == [world.doctor_id]
+    other = await get(
+        client, world, "desk", "/api/analytics/no-shows", clinic_id=world.other_clinic_id
+    )
+    assert other.status_code == 403
+    assert "own clinic" in other.json()["detail"]
+    for who in ("doctor", "patient0"):
+        for path in ("/api/analytics/no-shows", "/api/analytics/popular-slots"):
+            assert (await get(client, world, who, path)).status_code == 403
+
+
+async def test_bad_parameters_are_4xx(client, world):
+    reversed_range = await client.get(
+        "/api/analytics/no-shows",
+        params={"from": "2026-05-10", "to": "2026-05-01"},
+        headers=world.headers("admin"),
+    )
+    assert reversed_range.status_code == 422
+    unknown = await get(client, world, "admin", "/api/analytics/no-shows", group_by="moon")
+    assert unknown.status_code == 422
+    too_long = await client.get(
+        "/api/analytics/utilisation",
+        params={"from": "2020-01-01", "to": "2026-01-01"},
+        headers=world.headers("admin"),
+    )
+    assert too_long.status_code == 422
+
+
+async def test_report_csv(client, world):
+    response = await get(
+        client, world, "admin", "/api/analytics/report.csv", report="no-shows", group_by="clinic"
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    lines = response.text.strip().split("\n")
+    assert lines[0] == "clinic,label,appointments,attended,no_show,no_show_rate"
+    assert [line.split(",")[1] for line in lines[1:]] == ["Berlin", "New York"]
+
+
+async def test_openapi_documents_the_three_contract_endpoints(client, world):
+    schema = (await client.get("/schema/openapi.json")).json()
+    for path in ("no-shows", "popular-slots", "utilisation"):
+        operation = schema["paths"][f"/api/analytics/{path}"]["get"]
+        names = {p["name"] for p in operation["parameters"]}
+        assert {"from", "to"} <= names
+
+
+async def test_dashboard_page_and_fragment(client, world):
+    page = await get(client, world, "admin", "/analytics")
+    assert page.status_code == 200
+    html = page.text
+    assert "<html" in html and 'id="report"' in html
+    assert html.count('role="img"') == 5  # five charts, each with a title and a description
+    assert len(re.findall(r"<title id=", html)) == 5 and len(re.findall(r"<desc id=", html)) == 5
+    assert html.count("<table") >= 5  # every chart has its data table
+    assert "Start hour (clinic time)" in html and "No-show rate (%)" in html
+    assert "<script>" not in html and "style=" not in html  # CSP: no inline script or style
+    assert page.headers["vary"] == "HX-Request"
+
+    fragment = await client.get(
+        "/analytics", params=RANGE, headers=world.headers("desk") | {"HX-Request": "true"}
+    )
+    assert fragment.text.lstrip().startswith('<div id="report"')
+    assert "<html" not in fragment.text
+    assert "Berlin" in fragment.text and "New York" not in fragment.text
+    assert fragment.headers["vary"] == "HX-Request"
+
+    assert (await get(client, world, "doctor", "/analytics")).status_code == 403
+    other = await get(client, world, "desk", "/analytics", clinic_id=world.other_clinic_id)
+    assert other.status_code == 403
+
+
+async def test_an_empty_range_renders(client, world, session):
+    await session.execute(text("TRUNCATE clinic_daily_stats, clinic_bucket_stats"))
+    await session.commit()
+    page = await get(client, world, "admin", "/analytics")
+    assert page.status_code == 200
+    assert "No appointments in this range." in page.text

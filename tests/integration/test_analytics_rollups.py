@@ -1,0 +1,150 @@
+"""Rollups equal a direct aggregate: random data, DST days, exceptions, and changes made
+through the API since the last run (picked up by the watermark, not by luck)."""
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import text
+
+from app import analytics
+from tests.integration.analytics_data import (
+    add_odd_schedules,
+    add_random_appointments,
+    expected_rollups,
+    stored_rollups,
+)
+from tests.integration.world import make_world
+
+# Both DST changes of Berlin and New York in 2026, and the days around them.
+DST_DAYS = [dt.date(2026, 3, 1) + dt.timedelta(days=i) for i in range(31)] + [
+    dt.date(2026, 10, 20) + dt.timedelta(days=i) for i in range(14)
+]
+
+
+@pytest.fixture
+async def world(client, session, settings):
+    world = await make_world(session, settings.secret_key, patients=5)
+    await session.execute(text("DELETE FROM analytics_watermarks"))
+    await session.commit()
+    return world
+
+
+async def refresh(engine, days):
+    for chunk in analytics.day_chunks(min(days), max(days), 9):
+        async with engine.begin() as conn:
+            await analytics.refresh_days(conn, [d for d in chunk if d in days])
+
+
+async def test_rollups_equal_a_direct_aggregate_over_random_data(world, session, engine):
+    await add_odd_schedules(session, world)
+    await add_random_appointments(session, world, DST_DAYS, seed=8)
+    await refresh(engine, DST_DAYS)
+    expected = await expected_rollups(session, DST_DAYS)
+    stored = await stored_rollups(session, DST_DAYS)
+    assert stored[0] == expected[0]
+    assert stored[1] == expected[1]
+    # The data really exercises what it claims to.
+    daily = expected[0]
+    assert {k[2] for k in daily} >= {world.doctor_id, world.other_doctor_id}
+    assert sum(r["no_show"] for r in daily.values()) > 10
+    assert any(k[2] == "cancel_lead" for k in expected[1])
+
+
+async def test_available_minutes_match_day_grid_on_dst_and_exception_days(world, session, engine):
+    """The SQL grid against app.availability on the days where it is easiest to get wrong."""
+    await add_odd_schedules(session, world)
+    days = [
+        dt.date(2026, 3, 8),  # New York springs forward; NY closure 14:10-18:00 UTC
+        dt.date(2026, 3, 10),  # Berlin doctor's leave starts 09:45 UTC, mid-slot
+        dt.date(2026, 3, 11),  # the leave covers the whole day
+        dt.date(2026, 3, 12),  # ...and ends 10:05 UTC, mid-slot
+        dt.date(2026, 3, 29),  # Berlin springs forward: the 02:00-03:00 night slots vanish
+        dt.date(2026, 10, 25),  # Berlin falls back: 02:xx happens twice, counted once
+        dt.date(2026, 11, 1),  # New York falls back
+    ]
+    await refresh(engine, days)
+    expected, _ = await expected_rollups(session, days)
+    stored, _ = await stored_rollups(session, days)
+    minutes = {k: v["available_minutes"] for k, v in stored.items()}
+    assert minutes == {k: v["available_minutes"] for k, v in expected.items()}
+    # Spot checks that the expectation is what a person would say.
+    berlin = world.doctor_id
+    assert (world.clinic_id, dt.date(2026, 3, 11), berlin) not in minutes  # on leave all day
+    # 08:00-20:00 Berlin (UTC+1); the leave starts 10:45 and ends 11:05 local time.
+    assert minutes[(world.clinic_id, dt.date(2026, 3, 10), berlin)] == 5 * 30
+    assert minutes[(world.clinic_id, dt.date(2026, 3, 12), berlin)] == (24 - 7) * 30
+    night = max(k[2] for k in minutes)  # the New York night doctor was added last
+    # 00:30-03:30 in 20-minute slots is 9 slots; the 02:00-02:59 wall times do not exist.
+    assert minutes[(world.other_clinic_id, dt.date(2026, 3, 8), night)] == (9 - 3) * 20
+    assert minutes[(world.other_clinic_id, dt.date(2026, 11, 1), night)] == 9 * 20
+
+
+async def test_rollups_follow_bookings_cancels_and_status_changes_since_the_last_run(
+    world, client, session, engine
+):
+    today = dt.datetime.now(dt.UTC).date()
+    days = [today + dt.timedelta(days=i) for i in range(-10, 8)]
+    await add_random_appointments(session, world, days, seed=3, per_day=4)
+    await refresh(engine, days)
+    async with engine.begin() as conn:
+        await analytics.refresh_recent(conn)
+
+    # Through the API, as people would: a new booking five days ahead, a cancellation
+    # four days ahead, and a no-show recorded for an appointment nine days ago (a day
+    # that is already "closed" and outside the always-refreshed window).
+    booked_day = today + dt.timedelta(days=5)
+    free = await client.get(
+        "/api/appointments/available-slots",
+        params={"doctor_id": world.doctor_id, "date": booked_day.isoformat()},
+        headers=world.headers("patient0"),
+    )
+    start = next(s["start"] for s in free.json()["slots"] if s["available"])
+    made = await client.post(
+        "/api/appointments",
+        json={"doctor_id": world.doctor_id, "start": start},
+        headers=world.headers("patient0"),
+    )
+    assert made.status_code == 201, made.text
+    rows = (
+        await session.execute(
+            text(
+                "SELECT id, starts_at FROM appointments WHERE status = 'booked' ORDER BY starts_at"
+            )
+        )
+    ).all()
+    past = next(i for i, s in rows if s.date() == today - dt.timedelta(days=9))
+    future = next(i for i, s in rows if s.date() == today + dt.timedelta(days=4))
+    for appointment_id, status in ((past, "no_show"), (future, "cancelled")):
+        changed = await client.patch(
+            f"/api/appointments/{appointment_id}",
+            json={"status": status},
+            headers=world.headers("admin"),
+        )
+        assert changed.status_code == 200, changed.text
+
+    before = await stored_rollups(session, days)
+    assert before != await expected_rollups(session, days)  # stale until the job runs
+    async with engine.begin() as conn:
+        result = await analytics.refresh_recent(conn)
+    assert {today - dt.timedelta(days=9), booked_day, today + dt.timedelta(days=4)} <= set(
+        result.days
+    )
+    assert await stored_rollups(session, days) == await expected_rollups(session, days)
+
+    # Running it again changes nothing (idempotent), and only looks at the last minutes.
+    async with engine.begin() as conn:
+        again = await analytics.refresh_recent(conn)
+    assert again.since > result.since
+    assert await stored_rollups(session, days) == await expected_rollups(session, days)
+
+
+async def test_a_day_that_lost_its_appointments_and_template_is_pruned(world, session, engine):
+    day = dt.date(2026, 3, 3)
+    await add_random_appointments(session, world, [day], seed=1, per_day=2)
+    await refresh(engine, [day])
+    assert (await stored_rollups(session, [day]))[0]
+    await session.execute(text("DELETE FROM appointments"))
+    await session.execute(text("DELETE FROM doctor_schedule_templates"))
+    await session.commit()
+    await refresh(engine, [day])
+    assert await stored_rollups(session, [day]) == ({}, {})
