@@ -61,8 +61,11 @@ class ReportTimedOut(DomainError):
 def timed_out(exc: BaseException) -> bool:
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return True
-    orig = getattr(exc, "orig", None)
-    return getattr(orig, "sqlstate", None) == "57014"  # query_canceled
+    # SQLAlchemy wraps the driver's error in .orig; COPY uses asyncpg directly.
+    for error in (exc, getattr(exc, "orig", None)):
+        if getattr(error, "sqlstate", None) == "57014":  # query_canceled
+            return True
+    return False
 
 
 async def _rows(db: Db, sql: Any, params: dict[str, Any]) -> list[Any]:
