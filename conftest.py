@@ -58,6 +58,34 @@ async def _recreate(admin_url: str, name: str, drop_only: bool = False) -> None:
         await conn.close()
 
 
+def _claim_redis_database(server: str) -> str:
+    """A Redis database (1-15) no other test run on this machine is using right now, so
+    two runs (two developers' sessions, a run beside CI) never flush each other's keys."""
+    import redis
+
+    for number in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{server}/{number}")
+        if client.set("medbook:test-run", os.getpid(), nx=True, ex=3 * 3600):
+            _stack.callback(client.delete, "medbook:test-run")
+            return f"{server}/{number}"
+        holder = client.get("medbook:test-run")
+        if holder is not None and not _pid_alive(int(holder)):
+            client.set("medbook:test-run", os.getpid(), ex=3 * 3600)
+            _stack.callback(client.delete, "medbook:test-run")
+            return f"{server}/{number}"
+    raise RuntimeError("every Redis database 1-15 is claimed by a running test session")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _created_db
     from app import embedded
@@ -73,7 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
     redis_url = os.environ.get("TEST_REDIS_URL")
     if not redis_url:
         if _reachable("127.0.0.1", 6379):
-            redis_url = "redis://127.0.0.1:6379/15"
+            redis_url = _claim_redis_database("redis://127.0.0.1:6379")
         else:
             redis_url = _stack.enter_context(embedded.redis(services_dir))
 
@@ -153,6 +181,7 @@ async def redis(settings) -> AsyncIterator:
 
     client = create_redis(settings)
     await client.flushdb()
+    await client.set("medbook:test-run", os.getpid(), ex=3 * 3600)  # keep our claim
     yield client
     await client.aclose()
 

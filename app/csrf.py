@@ -44,6 +44,11 @@ class CSRFMiddleware(AbstractMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request: Request[Any, Any, Any] = Request(scope, receive)
+        if _bearer(request):
+            # Authenticated by the token alone, cookies unconsulted: nothing to forge, and
+            # API clients need no CSRF cookie on every answer.
+            await self.app(scope, receive, send)
+            return
         session = scope.get("auth")
         new_cookie: str | None = None
         if isinstance(session, BrowserSession):
@@ -75,9 +80,11 @@ class CSRFMiddleware(AbstractMiddleware):
         await self.app(scope, receive, send_with_cookie)
 
 
+def _bearer(request: Request[Any, Any, Any]) -> bool:
+    return request.headers.get("authorization", "").lower().startswith("bearer ")
+
+
 async def _needs_token(request: Request[Any, Any, Any], session: object) -> bool:
-    if request.headers.get("authorization", "").lower().startswith("bearer "):
-        return False  # authenticated by the token alone; cookies were not consulted
     if isinstance(session, BrowserSession):
         return True
     return not request.url.path.startswith("/api/")

@@ -14,8 +14,8 @@ their own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 from litestar import Request
@@ -49,7 +49,7 @@ PUBLIC: dict[str, Any] = {"public": True}
 # Anonymous endpoints that take a password or make an account: a tight per-address limit.
 AUTH_LIMITED: dict[str, Any] = {"public": True, "rate_limit": "auth"}
 
-Guard = Callable[[ASGIConnection, BaseRouteHandler], None]
+Guard = Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]
 
 
 def current_user(connection: ASGIConnection) -> Principal | None:
@@ -60,7 +60,8 @@ def current_user(connection: ASGIConnection) -> Principal | None:
 def allow(*roles: str) -> Guard:
     """A guard admitting signed-in users with one of `roles` (any role when none given)."""
 
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    # async on purpose: Litestar runs a sync guard in a worker thread, per request.
+    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         user = current_user(connection)
         if user is None:
             raise NotAuthorizedException("sign in first")
@@ -81,18 +82,31 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
             claims = verify_access_token(state.settings.secret_key, authorization[7:].strip())
             if claims is None:
                 raise NotAuthorizedException("the access token is invalid or expired")
-            return AuthenticationResult(user=await _principal(state, claims.user_id), auth=None)
+            user = await _principal(connection, claims.user_id)
+            return AuthenticationResult(user=user, auth=None)
         session_id = connection.cookies.get(COOKIE_NAME)
         if session_id:
             session = await get_session(state.redis, session_id)
             if session is not None:
-                user = await _principal(state, session.user_id)
+                user = await _principal(connection, session.user_id)
                 return AuthenticationResult(user=user, auth=session)
         return AuthenticationResult(user=None, auth=None)
 
 
-async def _principal(state: Any, user_id: int) -> Principal | None:
-    return await cached_principal(state.redis, state.sessions, user_id)
+async def _principal(connection: ASGIConnection, user_id: int) -> Principal | None:
+    """Load the Principal and count the request against the user's rate limit at once;
+    RateLimitMiddleware reads the count from the scope instead of asking Redis again."""
+    state = connection.app.state
+    principal, counted = await cached_principal(
+        state.redis, state.sessions, user_id, rate_key=_user_rate_key(user_id)
+    )
+    if principal is not None and counted is not None:
+        connection.scope["medbook_user_rate"] = counted  # type: ignore[typeddict-unknown-key]
+    return principal
+
+
+def _user_rate_key(user_id: int) -> str:
+    return f"user:{user_id}"
 
 
 def browser_session(connection: ASGIConnection) -> BrowserSession | None:
@@ -124,8 +138,15 @@ class RateLimitMiddleware(AbstractMiddleware):
         checks: list[tuple[str, int]] = []
         if handler is not None and handler.opt.get("rate_limit") == "auth":
             checks.append((f"auth:{addr}", settings.rate_limit_auth_per_minute))
+        counted = cast("tuple[int, int] | None", scope.get("medbook_user_rate"))
         if isinstance(user, Principal):
-            checks.append((f"user:{user.id}", settings.rate_limit_user_per_minute))
+            limit = settings.rate_limit_user_per_minute
+            if counted is None:
+                checks.append((_user_rate_key(user.id), limit))
+            elif limit and counted[0] > limit:  # counted by the authentication step
+                raise rate_limit.TooManyAttempts(
+                    "too many requests; slow down", retry_after=max(counted[1], 1)
+                )
         else:
             checks.append((f"addr:{addr}", settings.rate_limit_anonymous_per_minute))
         try:

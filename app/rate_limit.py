@@ -12,6 +12,7 @@ import hashlib
 from redis.asyncio import Redis
 
 from app.errors import DomainError
+from app.redis_scripts import Script
 
 WINDOW_SECONDS = 60
 FAILURE_MEMORY_SECONDS = 3600  # failed logins are forgotten an hour after the last one
@@ -32,8 +33,11 @@ class TooManyAttempts(DomainError):
     status_code = 429
 
 
+_hit = Script(_HIT)
+
+
 async def _incr(redis: Redis, key: str, window: int) -> tuple[int, int]:
-    count, ttl = await redis.eval(_HIT, 1, key, window)  # type: ignore[misc]
+    count, ttl = await _hit(redis, [key], [window])
     return int(count), int(ttl)
 
 

@@ -76,9 +76,21 @@ class DoctorDays:
 
 @dataclass(frozen=True, slots=True)
 class CachedSlot:
-    start: dt.datetime
-    end: dt.datetime
+    """A slot as cached: rendered once in clinic-local ISO 8601, so a cache hit does no
+    time-zone arithmetic; `starts` (epoch seconds) is for comparing with the window."""
+
+    starts: int
+    start_local: str
+    end_local: str
     taken: bool
+
+    @property
+    def start(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.start_local)
+
+    @property
+    def end(self) -> dt.datetime:
+        return dt.datetime.fromisoformat(self.end_local)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +149,16 @@ def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
     result = []
     for day in days:
         slots = day_slots(day, data.ranges, tz, booked=data.booked, blocked=data.blocked)
-        result.append(DaySlots(day, [CachedSlot(s.start, s.end, not s.available) for s in slots]))
+        cached = [
+            CachedSlot(
+                int(s.start.timestamp()),
+                s.start.astimezone(tz).isoformat(),
+                s.end.astimezone(tz).isoformat(),
+                not s.available,
+            )
+            for s in slots
+        ]
+        result.append(DaySlots(day, cached))
     return result
 
 
@@ -150,22 +171,13 @@ def _version_key(doctor_id: int, day: dt.date) -> str:
 
 
 def _encode(timezone: str, day: DaySlots) -> str:
-    return json.dumps(
-        {
-            "tz": timezone,
-            "s": [[int(s.start.timestamp()), int(s.end.timestamp()), s.taken] for s in day.slots],
-        }
-    )
+    slots = [[s.starts, s.start_local, s.end_local, s.taken] for s in day.slots]
+    return json.dumps({"tz": timezone, "s": slots})
 
 
 def _decode(day: dt.date, raw: bytes | str) -> tuple[str, DaySlots]:
     data = json.loads(raw)
-    utc = dt.UTC
-    slots = [
-        CachedSlot(dt.datetime.fromtimestamp(a, utc), dt.datetime.fromtimestamp(b, utc), t)
-        for a, b, t in data["s"]
-    ]
-    return data["tz"], DaySlots(day, slots)
+    return data["tz"], DaySlots(day, [CachedSlot(*slot) for slot in data["s"]])
 
 
 # Store only if no write bumped the day's version since the reader looked at it.
@@ -197,12 +209,10 @@ class SlotCache:
         """The doctor's slots for `count` days from `first`, and the clinic's time zone."""
         days = [first + dt.timedelta(days=i) for i in range(count)]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for day in days:
-                    pipe.get(_key(doctor_id, day))
-                for day in days:
-                    pipe.get(_version_key(doctor_id, day))
-                found = await pipe.execute()
+            found = await self.redis.mget(
+                [_key(doctor_id, day) for day in days]
+                + [_version_key(doctor_id, day) for day in days]
+            )
         except RedisError as exc:  # Redis is a cache: slower without it, never wrong
             log.warning("availability cache unavailable: %s", exc)
             found = [None] * (2 * count)

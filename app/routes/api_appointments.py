@@ -39,13 +39,14 @@ class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
     status: str
 
 
-def slots_out(day: DaySlots, tz: ZoneInfo, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
+def slots_out(day: DaySlots, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
     """Slots as the API shows them: clinic-local ISO 8601; bookable within [lo, hi]."""
+    first, last = lo.timestamp(), hi.timestamp()
     return [
         {
-            "start": s.start.astimezone(tz).isoformat(),
-            "end": s.end.astimezone(tz).isoformat(),
-            "available": not s.taken and lo <= s.start <= hi,
+            "start": s.start_local,
+            "end": s.end_local,
+            "available": not s.taken and first <= s.starts <= last,
         }
         for s in day.slots
     ]
@@ -98,20 +99,19 @@ class AppointmentController(Controller):
     ) -> dict[str, Any]:
         """A doctor's slots for a day (or `days` days from `date`), each with `available`."""
         timezone, found = await slot_cache.days(db_session, doctor_id, date, days)
-        tz = ZoneInfo(timezone)
         lo, hi = now + rules.min_notice, now + rules.horizon
         if days == 1:
             return {
                 "doctor_id": doctor_id,
                 "date": date,
                 "timezone": timezone,
-                "slots": slots_out(found[0], tz, lo, hi),
+                "slots": slots_out(found[0], lo, hi),
             }
         return {
             "doctor_id": doctor_id,
             "date": date,
             "timezone": timezone,
-            "days": [{"date": d.day, "slots": slots_out(d, tz, lo, hi)} for d in found],
+            "days": [{"date": d.day, "slots": slots_out(d, lo, hi)} for d in found],
         }
 
     @post("", guards=[allow("patient", "front_desk", "admin")])
