@@ -125,11 +125,65 @@ def report_scope(
     return ReportScope(first, last, clinic_id)
 
 
+def _month_start(day: dt.date) -> dt.date:
+    return day.replace(day=1)
+
+
+def _next_month(day: dt.date) -> dt.date:
+    return (day.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+
+
 def _params(scope: ReportScope, **extra: Any) -> dict[str, Any]:
-    return {"lo": scope.first_day, "hi": scope.last_day, "clinic_id": scope.clinic_id, **extra}
+    """The range as whole months (read from the monthly rollups) and the days of the
+    partial months at either end (read from the daily ones). Empty parts get lo > hi."""
+    first, last = scope.first_day, scope.last_day
+    m1 = first if first.day == 1 else _next_month(first)  # first whole month
+    after = _month_start(last + dt.timedelta(days=1))  # the month after the last whole one
+    never = (dt.date(1, 1, 2), dt.date(1, 1, 1))
+    if m1 >= after:  # no whole month inside: all days
+        head, months, tail = (first, last), never, never
+    else:
+        head = (first, m1 - dt.timedelta(days=1)) if first < m1 else never
+        tail = (after, last) if after <= last else never
+        months = (m1, after - dt.timedelta(days=1))
+    return {
+        "h1": head[0], "h2": head[1], "t1": tail[0], "t2": tail[1],
+        "m1": months[0], "m2": months[1], "clinic_id": scope.clinic_id, **extra,
+    }  # fmt: skip
 
 
-_CLINIC = "(CAST(:clinic_id AS bigint) IS NULL OR s.clinic_id = :clinic_id)"
+_CLINIC = "(CAST(:clinic_id AS bigint) IS NULL OR clinic_id = :clinic_id)"
+_DAYS_IN = "(day BETWEEN :h1 AND :h2 OR day BETWEEN :t1 AND :t2)"
+
+# Per clinic and doctor: the edge days from the daily rollup, whole months from the monthly.
+STATS_SOURCE = f"""
+WITH s AS (
+  SELECT clinic_id, doctor_id, booked, checked_in, completed, no_show, available_minutes,
+         booked_minutes
+  FROM clinic_daily_stats WHERE {_DAYS_IN} AND {_CLINIC}
+  UNION ALL
+  SELECT clinic_id, doctor_id, booked, checked_in, completed, no_show, available_minutes,
+         booked_minutes
+  FROM clinic_monthly_stats WHERE month BETWEEN :m1 AND :m2 AND {_CLINIC})"""
+
+# Per clinic, dimension and bucket, with `hour` turned into `hour_of_week` as the monthly
+# table keeps it (weekday * 24 + hour).
+BUCKET_SOURCE = f"""
+WITH s AS (
+  SELECT clinic_id,
+    CASE WHEN dimension = 'hour' THEN 'hour_of_week' ELSE dimension END AS dimension,
+    CASE WHEN dimension = 'hour' THEN (extract(isodow FROM day)::int - 1) * 24 + bucket
+         ELSE bucket END AS bucket,
+    appointments, attended, no_show, cancelled
+  FROM clinic_bucket_stats
+  WHERE dimension IN (SELECT CASE WHEN d = 'hour_of_week' THEN 'hour' ELSE d END
+                      FROM unnest(CAST(:dimensions AS text[])) AS d)
+    AND {_DAYS_IN} AND {_CLINIC}
+  UNION ALL
+  SELECT clinic_id, dimension, bucket, appointments, attended, no_show, cancelled
+  FROM clinic_monthly_buckets
+  WHERE dimension = ANY(CAST(:dimensions AS text[])) AND month BETWEEN :m1 AND :m2
+    AND {_CLINIC})"""
 
 
 # --- reports ------------------------------------------------------------------------------
@@ -167,33 +221,32 @@ class NoShowReport:
         )
 
 
-_DAILY_TOTALS = """
+_TOTALS = """
   sum(s.booked + s.checked_in + s.completed + s.no_show) AS appointments,
   sum(s.checked_in + s.completed) AS attended,
   sum(s.no_show) AS no_show"""
 
 NO_SHOW_SQL = {
-    "clinic": f"""
-SELECT s.clinic_id, c.name, {_DAILY_TOTALS}
-FROM clinic_daily_stats s JOIN clinics c ON c.id = s.clinic_id
-WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+    "clinic": f"""{STATS_SOURCE}
+SELECT s.clinic_id, c.name, {_TOTALS}
+FROM s JOIN clinics c ON c.id = s.clinic_id
 GROUP BY s.clinic_id, c.name ORDER BY s.clinic_id""",
-    "doctor": f"""
-SELECT s.doctor_id, d.full_name, {_DAILY_TOTALS}
-FROM clinic_daily_stats s JOIN doctors d ON d.id = s.doctor_id
-WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+    "doctor": f"""{STATS_SOURCE}
+SELECT s.doctor_id, d.full_name, {_TOTALS}
+FROM s JOIN doctors d ON d.id = s.doctor_id
 GROUP BY s.doctor_id, d.full_name ORDER BY s.doctor_id""",
-    "weekday": f"""
-SELECT extract(isodow FROM s.day)::int - 1 AS weekday, '', {_DAILY_TOTALS}
-FROM clinic_daily_stats s
-WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
-GROUP BY 1 ORDER BY 1""",
-    "bucket": f"""
+    # Weekday and hour come from the hour-of-week buckets (every appointment has one).
+    "weekday": f"""{BUCKET_SOURCE}
+SELECT s.bucket / 24, '', sum(s.appointments), sum(s.attended), sum(s.no_show)
+FROM s WHERE s.dimension = 'hour_of_week' GROUP BY 1 ORDER BY 1""",
+    "hour": f"""{BUCKET_SOURCE}
+SELECT s.bucket % 24, '', sum(s.appointments), sum(s.attended), sum(s.no_show)
+FROM s WHERE s.dimension = 'hour_of_week' GROUP BY 1 ORDER BY 1""",
+    "lead_time": f"""{BUCKET_SOURCE}
 SELECT s.bucket, '', sum(s.appointments), sum(s.attended), sum(s.no_show)
-FROM clinic_bucket_stats s
-WHERE s.dimension = :dimension AND s.day BETWEEN :lo AND :hi AND {_CLINIC}
-GROUP BY s.bucket ORDER BY s.bucket""",
+FROM s WHERE s.dimension = 'lead_time' GROUP BY 1 ORDER BY 1""",
 }
+_DIMENSIONS = {"weekday": ["hour_of_week"], "hour": ["hour_of_week"], "lead_time": ["lead_time"]}
 
 
 def _label(group_by: str, key: int, name: str) -> str:
@@ -218,10 +271,8 @@ async def no_shows(db: Db, scope: ReportScope, group_by: str) -> NoShowReport:
     """
     if group_by not in GROUPS:
         raise Invalid(f"group_by must be one of {', '.join(GROUPS)}")
-    if group_by in ("hour", "lead_time"):
-        sql, params = NO_SHOW_SQL["bucket"], _params(scope, dimension=group_by)
-    else:
-        sql, params = NO_SHOW_SQL[group_by], _params(scope)
+    sql = NO_SHOW_SQL[group_by]
+    params = _params(scope, dimensions=_DIMENSIONS.get(group_by, []))
     rows = await _rows(db, text(sql), params)
     return NoShowReport(
         scope,
@@ -257,16 +308,14 @@ class PopularSlots:
         return list(range(min([8, *used]), max([17, *used]) + 1))
 
 
-POPULAR_SQL = f"""
-SELECT extract(isodow FROM s.day)::int - 1 AS weekday, s.bucket AS hour, sum(s.appointments)
-FROM clinic_bucket_stats s
-WHERE s.dimension = 'hour' AND s.day BETWEEN :lo AND :hi AND {_CLINIC}
-GROUP BY 1, 2"""
+POPULAR_SQL = f"""{BUCKET_SOURCE}
+SELECT s.bucket / 24 AS weekday, s.bucket % 24 AS hour, sum(s.appointments)
+FROM s WHERE s.dimension = 'hour_of_week' GROUP BY s.bucket"""
 
 
 async def popular_slots(db: Db, scope: ReportScope) -> PopularSlots:
     """Bookings per weekday x hour (the heat map)."""
-    rows = await _rows(db, text(POPULAR_SQL), _params(scope))
+    rows = await _rows(db, text(POPULAR_SQL), _params(scope, dimensions=["hour_of_week"]))
     return PopularSlots(scope, {(int(w), int(h)): int(n) for w, h, n in rows})
 
 
@@ -306,15 +355,13 @@ class Utilisation:
 
 
 UTILISATION_SQL = {
-    "clinic": f"""
+    "clinic": f"""{STATS_SOURCE}
 SELECT s.clinic_id, c.name, sum(s.available_minutes), sum(s.booked_minutes)
-FROM clinic_daily_stats s JOIN clinics c ON c.id = s.clinic_id
-WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+FROM s JOIN clinics c ON c.id = s.clinic_id
 GROUP BY s.clinic_id, c.name ORDER BY s.clinic_id""",
-    "doctor": f"""
+    "doctor": f"""{STATS_SOURCE}
 SELECT s.doctor_id, d.full_name, sum(s.available_minutes), sum(s.booked_minutes)
-FROM clinic_daily_stats s JOIN doctors d ON d.id = s.doctor_id
-WHERE s.day BETWEEN :lo AND :hi AND {_CLINIC}
+FROM s JOIN doctors d ON d.id = s.doctor_id
 GROUP BY s.doctor_id, d.full_name ORDER BY s.doctor_id""",
 }
 
@@ -343,16 +390,18 @@ class Cancellations:
         return round(self.cancelled / made, 4) if made else None
 
 
-CANCELLATIONS_SQL = f"""
-SELECT s.dimension, s.bucket, sum(s.cancelled), sum(s.appointments)
-FROM clinic_bucket_stats s
-WHERE s.dimension IN ('cancel_lead', 'hour') AND s.day BETWEEN :lo AND :hi AND {_CLINIC}
-GROUP BY 1, 2"""
+CANCELLATIONS_SQL = f"""{BUCKET_SOURCE}
+SELECT CASE WHEN s.dimension = 'cancel_lead' THEN 'cancel_lead' ELSE 'hour' END,
+       CASE WHEN s.dimension = 'cancel_lead' THEN s.bucket ELSE 0 END,
+       sum(s.cancelled), sum(s.appointments)
+FROM s GROUP BY 1, 2"""
 
 
 async def cancellations(db: Db, scope: ReportScope) -> Cancellations:
     """Cancellation counts by lead time, plus the share of bookings that were cancelled."""
-    rows = await _rows(db, text(CANCELLATIONS_SQL), _params(scope))
+    rows = await _rows(
+        db, text(CANCELLATIONS_SQL), _params(scope, dimensions=["cancel_lead", "hour_of_week"])
+    )
     by_lead = dict.fromkeys(range(len(LEAD_BUCKETS)), 0)
     appointments = 0
     cancelled = 0
@@ -369,14 +418,39 @@ async def cancellations(db: Db, scope: ReportScope) -> Cancellations:
 
 # --- rollups -----------------------------------------------------------------------------
 
-# Local days as a date[] parameter; the appointment scan is bounded in UTC around them
-# (local days start at most 14 h before and 12 h after UTC midnight) so it uses
-# ix_appointments_clinic_starts / a range scan rather than the whole table.
+# Local days as a date[] parameter.
 _DAYS = bindparam("days", type_=ARRAY(DATE))
 
-DAILY_SQL = text(
-    """
+# Lead buckets: < 1 day, 1-2, 3-7, 8-14, 15-30, > 30 days (LEAD_BUCKETS): width_bucket
+# counts the thresholds at or below the lead in days, which is the bucket's index.
+_LEAD = "width_bucket(extract(epoch FROM {d}) / 86400, ARRAY[1, 3, 8, 15, 31]::numeric[])"
+
+# One statement writes both tables from one pass over the appointments (the second INSERT
+# runs as a data-modifying CTE).
+ROLLUP_SQL = text(
+    f"""
 WITH days AS (SELECT unnest(CAST(:days AS date[])) AS day),
+clinic_days AS MATERIALIZED (
+  -- each clinic's local days as instants: appointments are then found by index range
+  -- (ix_appointments_clinic_starts) and get their local day without a conversion per row
+  SELECT c.id AS clinic_id, c.timezone, dd.day,
+         dd.day::timestamp AT TIME ZONE c.timezone AS lo,
+         (dd.day + 1)::timestamp AT TIME ZONE c.timezone AS hi
+  FROM clinics c CROSS JOIN days dd
+),
+appt AS MATERIALIZED (
+  SELECT cd.clinic_id, cd.day, a.doctor_id, a.status,
+    extract(hour FROM a.starts_at AT TIME ZONE cd.timezone)::int AS hour,
+    extract(epoch FROM a.ends_at - a.starts_at)::int / 60 AS minutes,
+    {_LEAD.format(d="a.starts_at - a.created_at")} AS lead,
+    CASE WHEN a.status = 'cancelled' AND a.cancelled_at IS NOT NULL
+         THEN {_LEAD.format(d="a.starts_at - a.cancelled_at")} END AS cancel_lead
+  FROM clinic_days cd
+  CROSS JOIN LATERAL (
+    SELECT * FROM appointments x
+    WHERE x.clinic_id = cd.clinic_id AND x.starts_at >= cd.lo AND x.starts_at < cd.hi
+    OFFSET 0) a  -- OFFSET 0 keeps the index range scan per clinic-day (no flattening)
+),
 grid AS (
   -- day_grid in SQL: each template slot on each local day, on the wall clock first
   SELECT d.clinic_id, d.id AS doctor_id, dd.day, t.slot_minutes, c.timezone,
@@ -419,74 +493,89 @@ open_slots AS (
   GROUP BY 1, 2, 3
 ),
 appts AS (
-  SELECT a.clinic_id, a.doctor_id, (a.starts_at AT TIME ZONE c.timezone)::date AS day,
+  SELECT a.clinic_id, a.doctor_id, a.day,
     count(*) FILTER (WHERE a.status = 'booked') AS booked,
     count(*) FILTER (WHERE a.status = 'checked_in') AS checked_in,
     count(*) FILTER (WHERE a.status = 'completed') AS completed,
     count(*) FILTER (WHERE a.status = 'cancelled') AS cancelled,
     count(*) FILTER (WHERE a.status = 'no_show') AS no_show,
-    coalesce(sum(extract(epoch FROM a.ends_at - a.starts_at)::int / 60)
-             FILTER (WHERE a.status <> 'cancelled'), 0) AS booked_minutes
-  FROM clinics c
-  CROSS JOIN LATERAL (  -- per clinic: a range of ix_appointments_clinic_starts
-    SELECT * FROM appointments x
-    WHERE x.clinic_id = c.id AND x.starts_at >= :lo AND x.starts_at < :hi
-    OFFSET 0) a  -- OFFSET 0 keeps the per-clinic index scan (no flattening)
-  WHERE (a.starts_at AT TIME ZONE c.timezone)::date IN (SELECT day FROM days)
+    coalesce(sum(a.minutes) FILTER (WHERE a.status <> 'cancelled'), 0) AS booked_minutes
+  FROM appt a
   GROUP BY 1, 2, 3
-)
-INSERT INTO clinic_daily_stats AS s (clinic_id, day, doctor_id, booked, checked_in, completed,
-  cancelled, no_show, available_minutes, booked_minutes, refreshed_at)
-SELECT coalesce(a.clinic_id, o.clinic_id), coalesce(a.day, o.day),
-       coalesce(a.doctor_id, o.doctor_id),
-       coalesce(a.booked, 0), coalesce(a.checked_in, 0), coalesce(a.completed, 0),
-       coalesce(a.cancelled, 0), coalesce(a.no_show, 0), coalesce(o.minutes, 0),
-       coalesce(a.booked_minutes, 0), now()
-FROM appts a
-FULL JOIN open_slots o
-  ON o.clinic_id = a.clinic_id AND o.doctor_id = a.doctor_id AND o.day = a.day
-ON CONFLICT (clinic_id, day, doctor_id) DO UPDATE SET
-  booked = excluded.booked, checked_in = excluded.checked_in, completed = excluded.completed,
-  cancelled = excluded.cancelled, no_show = excluded.no_show,
-  available_minutes = excluded.available_minutes, booked_minutes = excluded.booked_minutes,
-  refreshed_at = excluded.refreshed_at
-"""
-).bindparams(_DAYS)
-
-# Lead buckets: < 1 day, 1-2, 3-7, 8-14, 15-30, > 30 days (LEAD_BUCKETS).
-_LEAD = """CASE WHEN {d} < interval '1 day' THEN 0 WHEN {d} < interval '3 days' THEN 1
-  WHEN {d} < interval '8 days' THEN 2 WHEN {d} < interval '15 days' THEN 3
-  WHEN {d} < interval '31 days' THEN 4 ELSE 5 END"""
-
-BUCKETS_SQL = text(
-    f"""
-WITH a AS (
-  SELECT a.clinic_id, a.status, (a.starts_at AT TIME ZONE c.timezone) AS local_start,
-    {_LEAD.format(d="a.starts_at - a.created_at")} AS lead,
-    CASE WHEN a.status = 'cancelled' AND a.cancelled_at IS NOT NULL
-         THEN {_LEAD.format(d="a.starts_at - a.cancelled_at")} END AS cancel_lead
-  FROM clinics c
-  CROSS JOIN LATERAL (
-    SELECT * FROM appointments x
-    WHERE x.clinic_id = c.id AND x.starts_at >= :lo AND x.starts_at < :hi
-    OFFSET 0) a  -- OFFSET 0 keeps the per-clinic index scan (no flattening)
-  WHERE (a.starts_at AT TIME ZONE c.timezone)::date IN (SELECT unnest(CAST(:days AS date[])))
+),
+daily AS (
+  INSERT INTO clinic_daily_stats AS s (clinic_id, day, doctor_id, booked, checked_in,
+    completed, cancelled, no_show, available_minutes, booked_minutes, refreshed_at)
+  SELECT coalesce(a.clinic_id, o.clinic_id), coalesce(a.day, o.day),
+         coalesce(a.doctor_id, o.doctor_id),
+         coalesce(a.booked, 0), coalesce(a.checked_in, 0), coalesce(a.completed, 0),
+         coalesce(a.cancelled, 0), coalesce(a.no_show, 0), coalesce(o.minutes, 0),
+         coalesce(a.booked_minutes, 0), now()
+  FROM appts a
+  FULL JOIN open_slots o
+    ON o.clinic_id = a.clinic_id AND o.doctor_id = a.doctor_id AND o.day = a.day
+  ON CONFLICT (clinic_id, day, doctor_id) DO UPDATE SET
+    booked = excluded.booked, checked_in = excluded.checked_in,
+    completed = excluded.completed, cancelled = excluded.cancelled,
+    no_show = excluded.no_show, available_minutes = excluded.available_minutes,
+    booked_minutes = excluded.booked_minutes, refreshed_at = excluded.refreshed_at
+  RETURNING 1
 )
 INSERT INTO clinic_bucket_stats AS s (clinic_id, day, dimension, bucket, appointments,
   attended, no_show, cancelled, refreshed_at)
-SELECT a.clinic_id, a.local_start::date, v.dimension, v.bucket,
+SELECT a.clinic_id, a.day, v.dimension, v.bucket,
   count(*) FILTER (WHERE a.status <> 'cancelled'),
   count(*) FILTER (WHERE a.status IN ('checked_in', 'completed')),
   count(*) FILTER (WHERE a.status = 'no_show'),
   count(*) FILTER (WHERE a.status = 'cancelled'),
   now()
-FROM a CROSS JOIN LATERAL (VALUES
-  ('hour', extract(hour FROM a.local_start)::int),
-  ('lead_time', a.lead),
-  ('cancel_lead', a.cancel_lead)) AS v(dimension, bucket)
+FROM appt a CROSS JOIN LATERAL (VALUES
+  ('hour', a.hour), ('lead_time', a.lead), ('cancel_lead', a.cancel_lead)
+) AS v(dimension, bucket)
 WHERE v.bucket IS NOT NULL
 GROUP BY 1, 2, 3, 4
 ON CONFLICT (clinic_id, day, dimension, bucket) DO UPDATE SET
+  appointments = excluded.appointments, attended = excluded.attended,
+  no_show = excluded.no_show, cancelled = excluded.cancelled,
+  refreshed_at = excluded.refreshed_at
+"""
+).bindparams(_DAYS)
+
+# Whole months, summed again from the daily rollups after these changed (a month is at
+# most 31 x 500 doctors rows). `hour` keeps its weekday as `hour_of_week`.
+_MONTHS = (
+    "SELECT DISTINCT date_trunc('month', d)::date AS month FROM unnest(CAST(:days AS date[])) d"
+)
+MONTHLY_SQL = text(
+    f"""
+WITH months AS ({_MONTHS}),
+stats AS (
+  INSERT INTO clinic_monthly_stats AS s (clinic_id, month, doctor_id, booked, checked_in,
+    completed, cancelled, no_show, available_minutes, booked_minutes, refreshed_at)
+  SELECT d.clinic_id, m.month, d.doctor_id, sum(d.booked), sum(d.checked_in),
+    sum(d.completed), sum(d.cancelled), sum(d.no_show), sum(d.available_minutes),
+    sum(d.booked_minutes), now()
+  FROM months m
+  JOIN clinic_daily_stats d ON d.day >= m.month AND d.day < m.month + interval '1 month'
+  GROUP BY 1, 2, 3
+  ON CONFLICT (clinic_id, month, doctor_id) DO UPDATE SET
+    booked = excluded.booked, checked_in = excluded.checked_in,
+    completed = excluded.completed, cancelled = excluded.cancelled,
+    no_show = excluded.no_show, available_minutes = excluded.available_minutes,
+    booked_minutes = excluded.booked_minutes, refreshed_at = excluded.refreshed_at
+  RETURNING 1
+)
+INSERT INTO clinic_monthly_buckets AS s (clinic_id, month, dimension, bucket, appointments,
+  attended, no_show, cancelled, refreshed_at)
+SELECT b.clinic_id, m.month,
+  CASE WHEN b.dimension = 'hour' THEN 'hour_of_week' ELSE b.dimension END,
+  CASE WHEN b.dimension = 'hour' THEN (extract(isodow FROM b.day)::int - 1) * 24 + b.bucket
+       ELSE b.bucket END,
+  sum(b.appointments), sum(b.attended), sum(b.no_show), sum(b.cancelled), now()
+FROM months m
+JOIN clinic_bucket_stats b ON b.day >= m.month AND b.day < m.month + interval '1 month'
+GROUP BY 1, 2, 3, 4
+ON CONFLICT (clinic_id, month, dimension, bucket) DO UPDATE SET
   appointments = excluded.appointments, attended = excluded.attended,
   no_show = excluded.no_show, cancelled = excluded.cancelled,
   refreshed_at = excluded.refreshed_at
@@ -502,6 +591,12 @@ PRUNE_SQL = [
         "AND refreshed_at < now()"
     ).bindparams(_DAYS)
     for table in ("clinic_daily_stats", "clinic_bucket_stats")
+]
+PRUNE_MONTHS_SQL = [
+    text(f"DELETE FROM {table} WHERE month IN ({_MONTHS}) AND refreshed_at < now()").bindparams(
+        _DAYS
+    )
+    for table in ("clinic_monthly_stats", "clinic_monthly_buckets")
 ]
 
 
@@ -526,9 +621,11 @@ async def refresh_days(conn: AsyncConnection, days: Sequence[dt.date]) -> None:
     params = {"days": unique, "lo": lo, "hi": hi}
     # The GROUP BYs sort a month of appointments in memory instead of spilling to disk.
     await conn.execute(text("SET LOCAL work_mem = '64MB'"))
-    await conn.execute(DAILY_SQL, params)
-    await conn.execute(BUCKETS_SQL, params)
+    await conn.execute(ROLLUP_SQL, params)
     for prune in PRUNE_SQL:
+        await conn.execute(prune, {"days": unique})
+    await conn.execute(MONTHLY_SQL, {"days": unique})
+    for prune in PRUNE_MONTHS_SQL:
         await conn.execute(prune, {"days": unique})
 
 

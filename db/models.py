@@ -432,6 +432,47 @@ class ClinicBucketStats(Base):
     refreshed_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
 
 
+class ClinicMonthlyStats(Base):
+    """clinic_daily_stats summed per calendar month (of clinic-local days): long ranges
+    read full months here and only their partial edge months day by day."""
+
+    __tablename__ = "clinic_monthly_stats"
+
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
+    month: Mapped[dt.date] = mapped_column(Date, primary_key=True)  # its first day
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"), primary_key=True)
+    booked: Mapped[int] = mapped_column(Integer, server_default="0")
+    checked_in: Mapped[int] = mapped_column(Integer, server_default="0")
+    completed: Mapped[int] = mapped_column(Integer, server_default="0")
+    cancelled: Mapped[int] = mapped_column(Integer, server_default="0")
+    no_show: Mapped[int] = mapped_column(Integer, server_default="0")
+    available_minutes: Mapped[int] = mapped_column(Integer, server_default="0")
+    booked_minutes: Mapped[int] = mapped_column(Integer, server_default="0")
+    refreshed_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+
+class ClinicMonthlyBuckets(Base):
+    """clinic_bucket_stats summed per month; the day's weekday is kept by turning `hour`
+    into `hour_of_week` (weekday * 24 + hour, 0 = Monday 00:00)."""
+
+    __tablename__ = "clinic_monthly_buckets"
+    __table_args__ = (
+        CheckConstraint(
+            _in("dimension", ("hour_of_week", "lead_time", "cancel_lead")), name="dimension"
+        ),
+    )
+
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
+    month: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    dimension: Mapped[str] = mapped_column(String(16), primary_key=True)
+    bucket: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    appointments: Mapped[int] = mapped_column(Integer, server_default="0")
+    attended: Mapped[int] = mapped_column(Integer, server_default="0")
+    no_show: Mapped[int] = mapped_column(Integer, server_default="0")
+    cancelled: Mapped[int] = mapped_column(Integer, server_default="0")
+    refreshed_at: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+
+
 class AnalyticsWatermark(Base):
     """Up to when a rollup job has looked at appointment changes (`updated_at`)."""
 

@@ -131,6 +131,21 @@ async def test_rollups_follow_bookings_cancels_and_status_changes_since_the_last
     )
     assert await stored_rollups(session, days) == await expected_rollups(session, days)
 
+    # The monthly rollups are the daily ones summed (long ranges read those).
+    mismatched = await session.scalar(
+        text(
+            """
+SELECT count(*) FROM (
+  SELECT clinic_id, date_trunc('month', day)::date AS month, doctor_id, sum(no_show) AS n,
+         sum(booked) AS b, sum(cancelled) AS c, sum(available_minutes) AS a
+  FROM clinic_daily_stats GROUP BY 1, 2, 3) d
+FULL JOIN clinic_monthly_stats m USING (clinic_id, month, doctor_id)
+WHERE d.n IS DISTINCT FROM m.no_show OR d.b IS DISTINCT FROM m.booked
+   OR d.c IS DISTINCT FROM m.cancelled OR d.a IS DISTINCT FROM m.available_minutes"""
+        )
+    )
+    assert mismatched == 0
+
     # Running it again changes nothing (idempotent), and only looks at the last minutes.
     async with engine.begin() as conn:
         again = await analytics.refresh_recent(conn)

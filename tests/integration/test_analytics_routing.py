@@ -102,7 +102,7 @@ async def test_reports_and_exports_read_the_replica(world, settings, replica_url
     async with AsyncTestClient(app=app) as client:
         response = await client.get(
             "/api/analytics/utilisation",
-            params={"from": "2026-05-01", "to": "2026-05-31"},
+            params={"from": "2026-05-02", "to": "2026-05-20"},  # days: the daily rollup
             headers=world.headers("admin"),  # the user is on the primary only
         )
         assert response.status_code == 200, response.text

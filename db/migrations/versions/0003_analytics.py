@@ -1,4 +1,4 @@
-"""analytics rollups (hour, lead time), watermark, export jobs, appointments.updated_at index
+"""analytics rollups (daily, monthly; hour, lead time), watermark, export jobs, updated_at index
 
 Revision ID: 0003
 Revises: 0002
@@ -108,10 +108,67 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_index("ix_appointments_updated_at", "appointments", ["updated_at"], unique=False)
+    op.create_table(
+        "clinic_monthly_buckets",
+        sa.Column("clinic_id", sa.BigInteger(), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("dimension", sa.String(length=16), nullable=False),
+        sa.Column("bucket", sa.SmallInteger(), nullable=False),
+        sa.Column("appointments", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("attended", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("no_show", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("cancelled", sa.Integer(), server_default="0", nullable=False),
+        sa.Column(
+            "refreshed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "dimension IN ('hour_of_week', 'lead_time', 'cancel_lead')",
+            name=op.f("ck_clinic_monthly_buckets_dimension"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["clinic_id"], ["clinics.id"], name=op.f("fk_clinic_monthly_buckets_clinic_id_clinics")
+        ),
+        sa.PrimaryKeyConstraint(
+            "clinic_id", "month", "dimension", "bucket", name=op.f("pk_clinic_monthly_buckets")
+        ),
+    )
+    op.create_table(
+        "clinic_monthly_stats",
+        sa.Column("clinic_id", sa.BigInteger(), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("doctor_id", sa.BigInteger(), nullable=False),
+        sa.Column("booked", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("checked_in", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("completed", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("cancelled", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("no_show", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("available_minutes", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("booked_minutes", sa.Integer(), server_default="0", nullable=False),
+        sa.Column(
+            "refreshed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["clinic_id"], ["clinics.id"], name=op.f("fk_clinic_monthly_stats_clinic_id_clinics")
+        ),
+        sa.ForeignKeyConstraint(
+            ["doctor_id"], ["doctors.id"], name=op.f("fk_clinic_monthly_stats_doctor_id_doctors")
+        ),
+        sa.PrimaryKeyConstraint(
+            "clinic_id", "month", "doctor_id", name=op.f("pk_clinic_monthly_stats")
+        ),
+    )
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    op.drop_table("clinic_monthly_stats")
+    op.drop_table("clinic_monthly_buckets")
     op.drop_index("ix_appointments_updated_at", table_name="appointments")
     op.drop_index("ix_export_jobs_requested_by_created", table_name="export_jobs")
     op.drop_index("ix_export_jobs_expires_at", table_name="export_jobs")
