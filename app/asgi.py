@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def services(app: Litestar) -> AsyncIterator[None]:
         app.state.redis = create_redis(settings)
         app.state.effects = Effects(app.state.redis)
-        app.state.slot_cache = SlotCache(app.state.redis)
+        app.state.slot_cache = SlotCache(app.state.redis, app.state.sessions)
         try:
             yield
         finally:

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.availability import Interval, TemplateRange, day_slots, local_day_bounds
 from app.errors import NotFound
@@ -193,9 +193,11 @@ return 0
 
 @dataclass
 class SlotCache:
-    """Reads doctor-days through Redis; counts hits and misses for metrics and benchmarks."""
+    """Reads doctor-days through Redis, opening a database session only on a miss; counts
+    hits and misses for metrics and benchmarks."""
 
     redis: Redis
+    sessions: async_sessionmaker[AsyncSession]
     hits: int = 0
     misses: int = 0
 
@@ -203,9 +205,7 @@ class SlotCache:
         self._script = self.redis.register_script(_SET_IF_VERSION)
         self._inflight: dict[tuple[int, dt.date, dt.date], asyncio.Future] = {}
 
-    async def days(
-        self, session: AsyncSession, doctor_id: int, first: dt.date, count: int
-    ) -> tuple[str, list[DaySlots]]:
+    async def days(self, doctor_id: int, first: dt.date, count: int) -> tuple[str, list[DaySlots]]:
         """The doctor's slots for `count` days from `first`, and the clinic's time zone."""
         days = [first + dt.timedelta(days=i) for i in range(count)]
         try:
@@ -228,7 +228,8 @@ class SlotCache:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            result = await self._compute(session, doctor_id, days, versions)
+            async with self.sessions() as session:
+                result = await self._compute(session, doctor_id, days, versions)
             future.set_result(result)
             return result
         except BaseException as exc:

@@ -89,7 +89,6 @@ class AppointmentController(Controller):
     @get("/available-slots", guards=[allow()])
     async def available_slots(
         self,
-        db_session: AsyncSession,
         slot_cache: SlotCache,
         rules: BookingRules,
         now: dt.datetime,
@@ -98,7 +97,7 @@ class AppointmentController(Controller):
         days: Annotated[int, Parameter(ge=1, le=MAX_DAYS)] = 1,
     ) -> dict[str, Any]:
         """A doctor's slots for a day (or `days` days from `date`), each with `available`."""
-        timezone, found = await slot_cache.days(db_session, doctor_id, date, days)
+        timezone, found = await slot_cache.days(doctor_id, date, days)
         lo, hi = now + rules.min_notice, now + rules.horizon
         if days == 1:
             return {

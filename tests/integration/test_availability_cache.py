@@ -111,7 +111,7 @@ async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, red
 
     day = day_after_tomorrow()
     sessions = session_factory(engine)
-    cache = SlotCache(redis)
+    cache = SlotCache(redis, sessions)
     original = slots_module.load_doctor_days
 
     async def load_then_a_write_lands(session, doctor_id, lo, hi):
@@ -131,14 +131,12 @@ async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, red
         return stale
 
     monkeypatch.setattr(slots_module, "load_doctor_days", load_then_a_write_lands)
-    async with sessions() as session:
-        _, stale_days = await cache.days(session, world.doctor_id, day, 1)
+    _, stale_days = await cache.days(world.doctor_id, day, 1)
     ten = at(day, 10).astimezone(dt.UTC)
     assert next(s for s in stale_days[0].slots if s.start == ten).taken is False  # it raced
 
     monkeypatch.setattr(slots_module, "load_doctor_days", original)
-    async with sessions() as session:
-        _, fresh_days = await cache.days(session, world.doctor_id, day, 1)
+    _, fresh_days = await cache.days(world.doctor_id, day, 1)
     assert next(s for s in fresh_days[0].slots if s.start == ten).taken is True
 
 
@@ -154,12 +152,10 @@ async def test_concurrent_misses_compute_once(world, engine, redis, monkeypatch)
         return await original(*args)
 
     monkeypatch.setattr(slots_module, "load_doctor_days", counted)
-    cache = SlotCache(redis)
-    sessions = session_factory(engine)
+    cache = SlotCache(redis, session_factory(engine))
 
     async def read():
-        async with sessions() as session:
-            return await cache.days(session, world.doctor_id, day_after_tomorrow(), 1)
+        return await cache.days(world.doctor_id, day_after_tomorrow(), 1)
 
     results = await asyncio.gather(*(read() for _ in range(20)))
     assert len(calls) == 1
