@@ -183,6 +183,8 @@ async def add_exception(
         )
     )
     if preview:
+        for appointment in affected:  # a rollback expires what the session holds
+            session.expunge(appointment)
         await session.rollback()
         return ExceptionResult(None, affected, cancelled=False)
     exception = ScheduleException(
