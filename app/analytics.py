@@ -146,40 +146,49 @@ def _params(scope: ReportScope, **extra: Any) -> dict[str, Any]:
         head = (first, m1 - dt.timedelta(days=1)) if first < m1 else never
         tail = (after, last) if after <= last else never
         months = (m1, after - dt.timedelta(days=1))
+    dimensions = extra.get("dimensions", [])
+    daily = ["hour" if d == "hour_of_week" else d for d in dimensions]
     return {
         "h1": head[0], "h2": head[1], "t1": tail[0], "t2": tail[1],
-        "m1": months[0], "m2": months[1], "clinic_id": scope.clinic_id, **extra,
+        "m1": months[0], "m2": months[1], "clinic_id": scope.clinic_id,
+        "daily_dimensions": daily, **extra,
     }  # fmt: skip
 
 
 _CLINIC = "(CAST(:clinic_id AS bigint) IS NULL OR clinic_id = :clinic_id)"
-_DAYS_IN = "(day BETWEEN :h1 AND :h2 OR day BETWEEN :t1 AND :t2)"
+_EDGES = (("h1", "h2"), ("t1", "t2"))  # the head and tail days: two index ranges
 
+_STATS_COLUMNS = (
+    "clinic_id, doctor_id, booked, checked_in, completed, cancelled, no_show, "
+    "available_minutes, booked_minutes"
+)
 # Per clinic and doctor: the edge days from the daily rollup, whole months from the monthly.
 STATS_SOURCE = f"""
-WITH s AS (
-  SELECT clinic_id, doctor_id, booked, checked_in, completed, no_show, available_minutes,
-         booked_minutes
-  FROM clinic_daily_stats WHERE {_DAYS_IN} AND {_CLINIC}
-  UNION ALL
-  SELECT clinic_id, doctor_id, booked, checked_in, completed, no_show, available_minutes,
-         booked_minutes
-  FROM clinic_monthly_stats WHERE month BETWEEN :m1 AND :m2 AND {_CLINIC})"""
+WITH s AS ({
+    " UNION ALL ".join(
+        f"SELECT {_STATS_COLUMNS} FROM clinic_daily_stats "
+        f"WHERE day BETWEEN :{lo} AND :{hi} AND {_CLINIC}"
+        for lo, hi in _EDGES
+    )
+} UNION ALL
+  SELECT {_STATS_COLUMNS} FROM clinic_monthly_stats
+  WHERE month BETWEEN :m1 AND :m2 AND {_CLINIC})"""
 
 # Per clinic, dimension and bucket, with `hour` turned into `hour_of_week` as the monthly
-# table keeps it (weekday * 24 + hour).
-BUCKET_SOURCE = f"""
-WITH s AS (
+# table keeps it (weekday * 24 + hour). Each part is a range of an index on (dimension, day).
+_DAILY_BUCKETS = """
   SELECT clinic_id,
     CASE WHEN dimension = 'hour' THEN 'hour_of_week' ELSE dimension END AS dimension,
     CASE WHEN dimension = 'hour' THEN (extract(isodow FROM day)::int - 1) * 24 + bucket
          ELSE bucket END AS bucket,
     appointments, attended, no_show, cancelled
   FROM clinic_bucket_stats
-  WHERE dimension IN (SELECT CASE WHEN d = 'hour_of_week' THEN 'hour' ELSE d END
-                      FROM unnest(CAST(:dimensions AS text[])) AS d)
-    AND {_DAYS_IN} AND {_CLINIC}
-  UNION ALL
+  WHERE dimension = ANY(CAST(:daily_dimensions AS text[])) AND day BETWEEN :{lo} AND :{hi}
+    AND {clinic}"""
+BUCKET_SOURCE = f"""
+WITH s AS ({
+    " UNION ALL ".join(_DAILY_BUCKETS.format(lo=lo, hi=hi, clinic=_CLINIC) for lo, hi in _EDGES)
+} UNION ALL
   SELECT clinic_id, dimension, bucket, appointments, attended, no_show, cancelled
   FROM clinic_monthly_buckets
   WHERE dimension = ANY(CAST(:dimensions AS text[])) AND month BETWEEN :m1 AND :m2
@@ -391,28 +400,25 @@ class Cancellations:
 
 
 CANCELLATIONS_SQL = f"""{BUCKET_SOURCE}
-SELECT CASE WHEN s.dimension = 'cancel_lead' THEN 'cancel_lead' ELSE 'hour' END,
-       CASE WHEN s.dimension = 'cancel_lead' THEN s.bucket ELSE 0 END,
-       sum(s.cancelled), sum(s.appointments)
-FROM s GROUP BY 1, 2"""
+SELECT s.bucket, sum(s.cancelled) FROM s GROUP BY 1"""
+CANCELLATION_TOTALS_SQL = f"""{STATS_SOURCE}
+SELECT coalesce(sum(s.cancelled), 0),
+       coalesce(sum(s.booked + s.checked_in + s.completed + s.no_show), 0)
+FROM s"""
 
 
 async def cancellations(db: Db, scope: ReportScope) -> Cancellations:
     """Cancellation counts by lead time, plus the share of bookings that were cancelled."""
-    rows = await _rows(
-        db, text(CANCELLATIONS_SQL), _params(scope, dimensions=["cancel_lead", "hour_of_week"])
-    )
+    rows = await _rows(db, text(CANCELLATIONS_SQL), _params(scope, dimensions=["cancel_lead"]))
     by_lead = dict.fromkeys(range(len(LEAD_BUCKETS)), 0)
-    appointments = 0
-    cancelled = 0
-    for dimension, bucket, n_cancelled, n_appointments in rows:
-        if dimension == "cancel_lead":
-            by_lead[int(bucket)] += int(n_cancelled)
-        else:  # every appointment has exactly one start hour: totals come from there
-            appointments += int(n_appointments)
-            cancelled += int(n_cancelled)
+    for bucket, n in rows:
+        by_lead[int(bucket)] += int(n)
+    ((cancelled, appointments),) = await _rows(db, text(CANCELLATION_TOTALS_SQL), _params(scope))
     return Cancellations(
-        scope, [(LEAD_BUCKETS[b], n) for b, n in by_lead.items()], cancelled, appointments
+        scope,
+        [(LEAD_BUCKETS[b], n) for b, n in by_lead.items()],
+        int(cancelled),
+        int(appointments),
     )
 
 
