@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, DATE
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.errors import DomainError, Forbidden, Invalid
 from app.identity import Principal
@@ -50,6 +50,7 @@ ROLLUP_WATERMARK = "rollups"
 WATERMARK_MARGIN = dt.timedelta(minutes=2)
 
 Db = AsyncConnection | AsyncSession
+T = TypeVar("T")
 
 
 class ReportTimedOut(DomainError):
@@ -420,6 +421,33 @@ async def cancellations(db: Db, scope: ReportScope) -> Cancellations:
         int(cancelled),
         int(appointments),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    no_shows: NoShowReport
+    no_shows_by_hour: NoShowReport
+    popular: PopularSlots
+    utilisation: Utilisation
+    cancellations: Cancellations
+
+
+async def dashboard(engine: AsyncEngine, scope: ReportScope, group_by: str) -> Dashboard:
+    """Every report of the dashboard at once, each on its own connection (they are
+    independent reads, so the page costs the slowest of them rather than their sum)."""
+
+    async def on_own_connection(report: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with engine.connect() as conn:
+            return await report(conn)
+
+    a, b, c, d, e = await asyncio.gather(
+        on_own_connection(lambda conn: no_shows(conn, scope, group_by)),
+        on_own_connection(lambda conn: no_shows(conn, scope, "hour")),
+        on_own_connection(lambda conn: popular_slots(conn, scope)),
+        on_own_connection(lambda conn: utilisation(conn, scope)),
+        on_own_connection(lambda conn: cancellations(conn, scope)),
+    )
+    return Dashboard(a, b, c, d, e)
 
 
 # --- rollups -----------------------------------------------------------------------------
