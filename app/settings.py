@@ -68,6 +68,30 @@ class Settings:
     login_lock_max_seconds: int = 900
     log_level: str = "INFO"
 
+    # Notifications (docs/notifications.md). Email goes over SMTP when SMTP_HOST is set,
+    # SMS to a Twilio-style HTTP API when SMS_API_URL is set; otherwise, in embedded mode
+    # (or with NOTIFY_DEV_MAILBOX=1), to the dev mailbox page, and in server mode the send
+    # fails and the row ends on the undelivered page (nothing is dropped silently).
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "medbook <no-reply@medbook.invalid>"
+    smtp_tls: str = "starttls"  # starttls, tls (implicit, port 465) or none
+    sms_api_url: str | None = None
+    sms_account: str | None = None
+    sms_token: str | None = None
+    sms_from: str | None = None
+    notify_dev_mailbox: bool = False
+    notify_max_attempts: int = 6
+    notify_retry_base_seconds: float = 30.0
+    notify_retry_max_seconds: float = 1800.0
+    notify_send_timeout_seconds: float = 15.0
+    notify_lease_seconds: int = 300
+    notify_batch_size: int = 50
+    notify_breaker_threshold: int = 5
+    notify_breaker_cooldown_seconds: float = 30.0
+
     @property
     def documents_dir(self) -> Path:
         return self.data_dir / "documents"
@@ -115,6 +139,30 @@ def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
         raise ValueError("must be more than zero")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("0", "1", "true", "false", "yes", "no"):
+        raise ValueError("must be 1 or 0")
+    return value in ("1", "true", "yes")
+
+
+def _at_least_one(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be 1 or more")
     return value
 
 
@@ -210,6 +258,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_max_failures=_read(env, "LOGIN_MAX_FAILURES", _positive_int, 5),
         login_lock_max_seconds=_read(env, "LOGIN_LOCK_MAX_SECONDS", _positive_int, 900),
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+        smtp_host=env.get("SMTP_HOST") or None,
+        smtp_port=_read(env, "SMTP_PORT", _at_least_one, 587),
+        smtp_user=env.get("SMTP_USER") or None,
+        smtp_password=env.get("SMTP_PASSWORD") or None,
+        smtp_from=env.get("SMTP_FROM") or "medbook <no-reply@medbook.invalid>",
+        smtp_tls=_read(env, "SMTP_TLS", _choice("starttls", "tls", "none"), "starttls"),
+        sms_api_url=(env.get("SMS_API_URL") or "").rstrip("/") or None,
+        sms_account=env.get("SMS_ACCOUNT") or None,
+        sms_token=env.get("SMS_TOKEN") or None,
+        sms_from=env.get("SMS_FROM") or None,
+        notify_dev_mailbox=_read(env, "NOTIFY_DEV_MAILBOX", _flag, embedded),
+        notify_max_attempts=_read(env, "NOTIFY_MAX_ATTEMPTS", _at_least_one, 6),
+        notify_retry_base_seconds=_read(env, "NOTIFY_RETRY_BASE_SECONDS", _positive_float, 30.0),
+        notify_retry_max_seconds=_read(env, "NOTIFY_RETRY_MAX_SECONDS", _positive_float, 1800.0),
+        notify_send_timeout_seconds=_read(
+            env, "NOTIFY_SEND_TIMEOUT_SECONDS", _positive_float, 15.0
+        ),
+        notify_lease_seconds=_read(env, "NOTIFY_LEASE_SECONDS", _at_least_one, 300),
+        notify_batch_size=_read(env, "NOTIFY_BATCH_SIZE", _at_least_one, 50),
+        notify_breaker_threshold=_read(env, "NOTIFY_BREAKER_THRESHOLD", _at_least_one, 5),
+        notify_breaker_cooldown_seconds=_read(
+            env, "NOTIFY_BREAKER_COOLDOWN_SECONDS", _positive_float, 30.0
+        ),
     )
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     Date,
     DateTime,
     ForeignKey,
@@ -509,3 +510,41 @@ class ExportJob(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     expires_at: Mapped[dt.datetime | None]
+
+
+# --- notifications (issue 7) ---------------------------------------------------------------
+
+# A claimed ("queued") row belongs to its send job until `lease_until`; after that the
+# dispatcher may claim it again, so a job lost with Redis (flushed, restarted) or with a
+# killed worker never loses the message. NULL for rows that are not queued.
+Notification.lease_until = Column(  # type: ignore[attr-defined]
+    "lease_until", DateTime(timezone=True), nullable=True
+)
+# The dispatcher's second scan: queued rows whose lease has lapsed; stays small.
+Index(
+    "ix_notifications_lease",
+    Notification.__table__.c.lease_until,
+    postgresql_where=text("status = 'queued'"),
+)
+
+
+class DevMessage(Base):
+    """What would have been sent, in embedded (demo) mode: the dev mailbox page lists it."""
+
+    __tablename__ = "dev_mailbox"
+    __table_args__ = (
+        # The page shows the newest messages first.
+        Index("ix_dev_mailbox_created", text("created_at DESC")),
+    )
+
+    id: Mapped[int] = _id()
+    notification_id: Mapped[int | None] = mapped_column(
+        ForeignKey("notifications.id", ondelete="SET NULL")
+    )
+    channel: Mapped[str] = mapped_column(String(8))
+    recipient: Mapped[str]
+    subject: Mapped[str | None]
+    body_text: Mapped[str]
+    body_html: Mapped[str | None]
+    ics: Mapped[str | None]
+    created_at: Mapped[dt.datetime] = _created_at()
