@@ -1,0 +1,345 @@
+"""Analytics at year scale (issue 8): backfill, annual reports, full export, booking beside it.
+
+Usage (after `medbook seed scale` loaded the year into DATABASE_URL):
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/scale_bench \
+        .venv/bin/python bench/analytics_bench.py [--requests 100] [--skip-backfill]
+
+Steps, each against the real stack:
+
+1. `medbook analytics backfill` over every clinic-local day of the data (a subprocess, as
+   an operator runs it): wall time.
+2. `medbook serve --workers 2` on a free port (Redis: REDIS_URL, default
+   redis://127.0.0.1:6379/3, flushed first); the annual report (all 50 clinics, the whole
+   year) for every report and grouping, `--requests` sequential requests each over HTTP:
+   p50 / p95 / p99. Also the dashboard page (five reports at once) and one clinic's year.
+3. Bookings at 20/s for a while alone, then the export of every appointment (requested
+   through the API, written by the export job in a child process, as the worker would)
+   with bookings at 20/s beside it: booking latency both ways; the export's rows per
+   second and the child's peak resident memory (ru_maxrss), with its size before the
+   export started for comparison. The bench's bookings are deleted afterwards.
+
+The Markdown report is printed and written to bench/results/analytics.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import resource
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.settings import plain_database_url  # noqa: E402
+from app.tokens import issue_access_token  # noqa: E402
+
+REPORTS = [
+    ("no-shows", {"group_by": "clinic"}),
+    ("no-shows", {"group_by": "doctor"}),
+    ("no-shows", {"group_by": "weekday"}),
+    ("no-shows", {"group_by": "hour"}),
+    ("no-shows", {"group_by": "lead_time"}),
+    ("popular-slots", {}),
+    ("utilisation", {}),
+    ("cancellations", {}),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> str:
+    return (
+        f"{statistics.median(values):.1f} | {pct(values, 95):.1f} | {pct(values, 99):.1f} | "
+        f"{len(values)}"
+    )
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+    log = (ROOT / "bench" / "results" / "analytics-server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    process.kill()
+    raise SystemExit("server did not become ready; see bench/results/analytics-server.log")
+
+
+async def data_span(url: str) -> tuple[dt.date, dt.date, int, list[int], list[int]]:
+    conn = await asyncpg.connect(url)
+    try:
+        first, last = await conn.fetchrow(
+            "SELECT min((a.starts_at AT TIME ZONE c.timezone)::date), "
+            "max((a.starts_at AT TIME ZONE c.timezone)::date) "
+            "FROM appointments a JOIN clinics c ON c.id = a.clinic_id"
+        )
+        admin = await conn.fetchval("SELECT id FROM users WHERE role = 'admin' ORDER BY id")
+        patients = [
+            r["id"]
+            for r in await conn.fetch(
+                "SELECT id FROM users WHERE role = 'patient' ORDER BY id LIMIT 2000"
+            )
+        ]
+        doctors = [r["id"] for r in await conn.fetch("SELECT id FROM doctors WHERE active")]
+    finally:
+        await conn.close()
+    if not admin or len(patients) < 500:
+        raise SystemExit("load the year first: medbook seed scale")
+    return first, last, admin, patients, doctors
+
+
+def backfill(env: dict[str, str], first: dt.date, last: dt.date) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "analytics", "backfill", "--from", str(first),
+         "--to", str(last)],
+        env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return time.perf_counter() - started
+
+
+async def timed_get(client: httpx.AsyncClient, path: str, params: dict, headers: dict) -> float:
+    started = time.perf_counter()
+    response = await client.get(path, params=params, headers=headers)
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        raise SystemExit(f"{path} {params}: {response.status_code} {response.text[:300]}")
+    return elapsed
+
+
+async def reports(client, admin_headers, year: dict, requests: int, clinic_id: int) -> list[str]:
+    rows = []
+    cases = [(f"/api/analytics/{name}", extra) for name, extra in REPORTS]
+    cases.append(("/analytics", {}))
+    for path, extra in cases:
+        params = year | extra
+        for _ in range(5):
+            await timed_get(client, path, params, admin_headers)
+        times = [await timed_get(client, path, params, admin_headers) for _ in range(requests)]
+        label = path + (f"?group_by={extra['group_by']}" if extra else "")
+        rows.append(f"| {label} (year, 50 clinics) | {summary(times)} |")
+    one = year | {"clinic_id": clinic_id}
+    times = [
+        await timed_get(client, "/api/analytics/utilisation", one, admin_headers)
+        for _ in range(requests)
+    ]
+    rows.append(f"| /api/analytics/utilisation (year, one clinic) | {summary(times)} |")
+    return rows
+
+
+async def free_slots(client, headers, doctors, today, wanted: int) -> list[tuple[int, str]]:
+    rng = random.Random(8)
+    found: list[tuple[int, str]] = []
+    while len(found) < wanted:
+        doctor = rng.choice(doctors)
+        day = today + dt.timedelta(days=rng.randint(5, 85))
+        response = await client.get(
+            "/api/appointments/available-slots",
+            params={"doctor_id": doctor, "date": day.isoformat()},
+            headers=headers,
+        )
+        free = [s["start"] for s in response.json()["slots"] if s["available"]]
+        found += [(doctor, start) for start in rng.sample(free, min(2, len(free)))]
+    return found[:wanted]
+
+
+async def book_stream(
+    client, slots, tokens, rate: float, stop, booked_ids: list[int]
+) -> list[float]:
+    """Book at `rate` per second until `stop()` says so; latencies in ms."""
+    times: list[float] = []
+    interval = 1 / rate
+    next_at = time.perf_counter()
+    while slots and not stop(len(times)):
+        doctor, start = slots.pop()
+        token = tokens.pop()
+        began = time.perf_counter()
+        response = await client.post(
+            "/api/appointments",
+            json={"doctor_id": doctor, "start": start},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        times.append((time.perf_counter() - began) * 1000)
+        if response.status_code == 201:
+            booked_ids.append(response.json()["id"])
+        elif response.status_code != 409:
+            raise SystemExit(f"booking: {response.status_code} {response.text[:300]}")
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    return times
+
+
+def export_child(export_id: str) -> None:
+    """Run one export as the worker would, then print rows, seconds and memory as JSON."""
+    from app.exports import ExportStore, run_export
+    from app.settings import get_settings
+    from db.session import create_engine
+
+    async def go() -> dict:
+        settings = get_settings()
+        engine = create_engine(settings, application_name="medbook-worker")
+        read = create_engine(
+            settings,
+            url=settings.database_read_url or settings.database_url,
+            statement_timeout_ms=settings.analytics_statement_timeout_ms,
+            application_name="medbook-analytics",
+        )
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        started = time.perf_counter()
+        view = await run_export(engine, read, ExportStore(settings), export_id)
+        seconds = time.perf_counter() - started
+        await engine.dispose()
+        await read.dispose()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {
+            "status": view.status,
+            "rows": view.rows_done,
+            "bytes": view.size_bytes,
+            "seconds": seconds,
+            "rss_before_mb": before,
+            "rss_peak_mb": peak,
+        }
+
+    print(json.dumps(asyncio.run(go())))
+
+
+async def main(args: argparse.Namespace) -> None:
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        raise SystemExit("set DATABASE_URL to the year-scale database")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
+    redis.Redis.from_url(redis_url).flushdb()
+    secret = secrets.token_urlsafe(40)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": secret,
+        "MEDBOOK_DATA_DIR": str(ROOT / "var" / "bench"),
+        "RATE_LIMIT_USER_PER_MINUTE": "0",
+        "LOG_LEVEL": "WARNING",
+        "DB_SLOW_QUERY_MS": "0",  # the backfill's statements are slow by nature
+    }
+    url = plain_database_url(database_url)
+    first, last, admin_id, patients, doctors = await data_span(url)
+    lines = [
+        "# Analytics at year scale",
+        "",
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+        f"data {first} to {last} (`medbook seed scale`).",
+        "",
+    ]
+    if not args.skip_backfill:
+        seconds = backfill(env, first, last)
+        days = (last - first).days + 1
+        lines += [f"Backfill of {days} days, all clinics: **{seconds:.1f} s**.", ""]
+
+    port = free_port()
+    server = start_server(env, port)
+    booked_ids: list[int] = []
+    try:
+        admin = {
+            "Authorization": "Bearer "
+            + issue_access_token(secret, user_id=admin_id, role="admin", ttl_seconds=7200)
+        }
+        year = {"from": str(first), "to": str(last)}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            lines += [
+                "| request | p50 ms | p95 ms | p99 ms | n |",
+                "| --- | --- | --- | --- | --- |",
+                *await reports(client, admin, year, args.requests, clinic_id=1),
+                "",
+            ]
+            tokens = [
+                issue_access_token(secret, user_id=p, role="patient", ttl_seconds=7200)
+                for p in patients
+            ]
+            random.Random(3).shuffle(tokens)
+            slots = await free_slots(client, admin, doctors, dt.date.today(), 1200)
+            alone = await book_stream(client, slots, tokens, 20, lambda n: n >= 200, booked_ids)
+
+            made = await client.post("/api/analytics/exports", json=year, headers=admin)
+            export_id = made.json()["id"]
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, str(Path(__file__)), "--export-child", export_id,
+                env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            beside = await book_stream(
+                client, slots, tokens, 20, lambda n: child.returncode is not None, booked_ids
+            )
+            out, _ = await child.communicate()
+            result = json.loads(out.decode().strip().splitlines()[-1])
+            # The 180 MB file has been measured; do not keep it around.
+            (ROOT / "var" / "bench" / "exports" / f"{export_id}.csv").unlink(missing_ok=True)
+        lines += [
+            f"Export of every appointment ({result['rows']:,} rows, "
+            f"{result['bytes'] / 1e6:.0f} MB of CSV): **{result['seconds']:.1f} s**, "
+            f"**{result['rows'] / result['seconds']:,.0f} rows/s**; peak resident memory of "
+            f"the exporting process **{result['rss_peak_mb']:.0f} MB** "
+            f"({result['rss_before_mb']:.0f} MB before the export started).",
+            "",
+            "| booking (POST /api/appointments, 20/s) | p50 ms | p95 ms | p99 ms | n |",
+            "| --- | --- | --- | --- | --- |",
+            f"| alone | {summary(alone)} |",
+            f"| while the export runs | {summary(beside)} |",
+            "",
+        ]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        if booked_ids:
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute("DELETE FROM appointments WHERE id = ANY($1)", booked_ids)
+            finally:
+                await conn.close()
+        redis.Redis.from_url(redis_url).flushdb()
+    report = "\n".join(lines)
+    print(report)
+    (ROOT / "bench" / "results" / "analytics.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--skip-backfill", action="store_true")
+    parser.add_argument("--export-child", help=argparse.SUPPRESS)
+    cli_args = parser.parse_args()
+    if cli_args.export_child:
+        export_child(cli_args.export_child)
+    else:
+        asyncio.run(main(cli_args))
