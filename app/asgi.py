@@ -28,7 +28,17 @@ from app.effects import Effects
 from app.errors import DomainError
 from app.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.redis import create_redis
-from app.routes import admin_users, analytics_pages, audit, auth, auth_api, deps, health, pages
+from app.routes import (
+    admin_pages,
+    admin_users,
+    analytics_pages,
+    audit,
+    auth,
+    auth_api,
+    deps,
+    health,
+    pages,
+)
 from app.routes.api_analytics import AnalyticsController, analytics_services
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
@@ -82,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *auth.PAGES,
             *auth_api.ROUTES,
             *admin_users.ROUTES,
+            *admin_pages.ROUTES,
             *audit.ROUTES,
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC

@@ -1,0 +1,630 @@
+"""Admin pages: clinics, doctors, weekly templates, leave and clinic closures.
+
+One URL serves each page and its htmx fragment: with `HX-Request` only the named block
+is rendered, and every answer says `Vary: HX-Request`. A form with a mistake comes back
+with 200, the message and what was typed (htmx 2 swaps no 4xx answer). Schedule and
+exception logic lives in `app.directory` and `app.schedules`; this module only turns
+form text into their arguments and their results into rows for the templates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, available_timezones
+
+from litestar import Request, get, post
+from litestar.enums import MediaType, RequestEncodingType
+from litestar.params import Body
+from litestar.response import Response
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import directory, schedules
+from app.effects import Effects
+from app.errors import DomainError, Invalid, NotFound
+from app.guards import allow
+from app.identity import Principal
+from app.settings import Settings
+from db.models import EXCEPTION_KINDS, Appointment, Clinic, Patient, ScheduleException
+
+ADMIN = [allow("admin")]
+VARY = {"Vary": "HX-Request"}
+Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+DASH = "\u2013"  # en dash, for spans of time
+RANGE_FIELDS = ("weekday", "start", "end", "slot_minutes", "valid_from", "valid_to")
+
+
+def render(
+    request: Request[Any, Any, Any], name: str, context: dict[str, Any], block: str
+) -> Response[str]:
+    """The whole page, or only `block` for an htmx request."""
+    env = request.app.template_engine.engine  # type: ignore[union-attr]
+    template = env.get_template(name)
+    ctx = {"request": request, **context}
+    if request.headers.get("hx-request"):
+        html = "".join(template.blocks[block](template.new_context(ctx)))
+    else:
+        html = template.render(ctx)
+    return Response(html, media_type=MediaType.HTML, headers=VARY)
+
+
+@cache
+def timezones() -> list[str]:
+    return sorted(available_timezones())
+
+
+def _int(raw: str) -> int | None:
+    raw = raw.strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def _date(raw: str, label: str) -> dt.date | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise Invalid(f"{label} must be a date (YYYY-MM-DD), got {raw!r}") from None
+
+
+def _time(raw: str, label: str) -> dt.time:
+    raw = raw.strip()
+    if not raw:
+        raise Invalid(f"{label} is missing")
+    try:
+        return dt.time.fromisoformat(raw)
+    except ValueError:
+        raise Invalid(f"{label} must be a time like 09:00, got {raw!r}") from None
+
+
+# --- clinics -------------------------------------------------------------------------
+
+
+@dataclass
+class ClinicForm:
+    name: str = ""
+    timezone: str = ""
+    address: str = ""
+
+
+async def _clinics_page(
+    request: Request[Any, Any, Any], db_session: AsyncSession, **context: Any
+) -> Response[str]:
+    context.setdefault("form", ClinicForm())
+    context["clinics"] = await directory.list_clinics(db_session)
+    context["timezones"] = timezones()
+    return render(request, "admin/clinics.html", context, "clinics")
+
+
+@get("/admin/clinics", guards=ADMIN, include_in_schema=False)
+async def clinics_page(request: Request[Any, Any, Any], db_session: AsyncSession) -> Response[str]:
+    """All clinics and a form to add one."""
+    return await _clinics_page(request, db_session)
+
+
+@post("/admin/clinics", guards=ADMIN, include_in_schema=False, status_code=200)
+async def create_clinic_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    data: Annotated[ClinicForm, Form],
+) -> Response[str]:
+    """Add a clinic; a mistake shows the form again with what was typed."""
+    try:
+        clinic = await directory.create_clinic(
+            db_session,
+            name=data.name,
+            timezone=data.timezone.strip(),
+            address=data.address.strip() or None,
+        )
+    except DomainError as exc:
+        return await _clinics_page(request, db_session, form=data, error=exc.detail)
+    return await _clinics_page(request, db_session, created=clinic)
+
+
+# --- doctors and clinic closures -------------------------------------------------------
+
+
+@dataclass
+class DoctorForm:
+    clinic_id: str = ""
+    name: str = ""
+    specialty: str = ""
+    email: str = ""
+    default_slot_minutes: str = "30"
+
+
+@dataclass
+class ExceptionForm:
+    """Leave or a closure as typed: clinic-local dates and times."""
+
+    start_date: str = ""
+    start_time: str = ""
+    end_date: str = ""
+    end_time: str = ""
+    whole_day: str = ""
+    kind: str = "leave"
+    note: str = ""
+    cancel_affected: str = ""
+    action: str = "preview"  # the button pressed: preview or save
+
+
+@dataclass(frozen=True, slots=True)
+class AffectedRow:
+    id: int
+    day: str
+    time: str
+    patient: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionRow:
+    kind: str
+    span: str
+    note: str
+    clinic_wide: bool
+
+
+@dataclass
+class ExceptionView:
+    """What the exception form shows: the form, a preview or an outcome, upcoming ones."""
+
+    action: str
+    target: str
+    form: ExceptionForm
+    upcoming: list[ExceptionRow] = field(default_factory=list)
+    affected: list[AffectedRow] | None = None  # None: no preview or save yet
+    error: str | None = None
+    saved: bool = False
+    cancelled: bool = False
+    kinds: tuple[str, ...] = EXCEPTION_KINDS
+
+
+def exception_window(form: ExceptionForm, timezone: str) -> tuple[dt.datetime, dt.datetime]:
+    """The form's clinic-local start and end as instants. A whole-day exception runs
+    from the start date's midnight to the midnight after the end date."""
+    zone = ZoneInfo(timezone)
+    first = _date(form.start_date, "the start date")
+    if first is None:
+        raise Invalid("the start date is missing")
+    last = _date(form.end_date, "the end date") or first
+    if form.whole_day:
+        start = dt.datetime.combine(first, dt.time(0), tzinfo=zone)
+        end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(0), tzinfo=zone)
+    else:
+        start_time = _time(form.start_time, "the start time")
+        end_time = _time(form.end_time, "the end time")
+        start = dt.datetime.combine(first, start_time, tzinfo=zone)
+        end = dt.datetime.combine(last, end_time, tzinfo=zone)
+    # Through UTC, so a wall time in a DST gap lands on a real instant.
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+def _span(start: dt.datetime, end: dt.datetime, zone: ZoneInfo) -> str:
+    a, b = start.astimezone(zone), end.astimezone(zone)
+    if a.time() == b.time() == dt.time(0):
+        last = b.date() - dt.timedelta(days=1)
+        days = f"{a:%a %d %b %Y}" + (f" {DASH} {last:%a %d %b %Y}" if last != a.date() else "")
+        return f"{days}, whole day{'s' if last != a.date() else ''}"
+    if a.date() == b.date():
+        return f"{a:%a %d %b %Y}, {a:%H:%M}{DASH}{b:%H:%M}"
+    return f"{a:%a %d %b %Y %H:%M} {DASH} {b:%a %d %b %Y %H:%M}"
+
+
+async def upcoming_exceptions(
+    session: AsyncSession, *, clinic_id: int, doctor_id: int | None, now: dt.datetime
+) -> list[ScheduleException]:
+    """Exceptions not yet over: a doctor's own and their clinic's closures, or (doctor_id
+    None) the clinic's closures only."""
+    mine: ColumnElement[bool] = ScheduleException.doctor_id.is_(None)
+    if doctor_id is not None:
+        mine = or_(mine, ScheduleException.doctor_id == doctor_id)
+    return list(
+        await session.scalars(
+            select(ScheduleException)
+            .where(
+                ScheduleException.clinic_id == clinic_id,
+                ScheduleException.ends_at > now,
+                mine,
+            )
+            .order_by(ScheduleException.starts_at)
+            .limit(100)
+        )
+    )
+
+
+async def _exception_rows(
+    session: AsyncSession, clinic_id: int, doctor_id: int | None, timezone: str, now: dt.datetime
+) -> list[ExceptionRow]:
+    zone = ZoneInfo(timezone)
+    return [
+        ExceptionRow(e.kind, _span(e.starts_at, e.ends_at, zone), e.note or "", e.doctor_id is None)
+        for e in await upcoming_exceptions(
+            session, clinic_id=clinic_id, doctor_id=doctor_id, now=now
+        )
+    ]
+
+
+async def _affected_rows(
+    session: AsyncSession, affected: list[Appointment], timezone: str
+) -> list[AffectedRow]:
+    zone = ZoneInfo(timezone)
+    ids = {a.patient_id for a in affected}
+    names: dict[int, str] = {}
+    if ids:
+        query = select(Patient.id, Patient.full_name).where(Patient.id.in_(ids))
+        names = {i: n for i, n in (await session.execute(query)).tuples()}
+    rows = []
+    for a in affected:
+        start, end = a.starts_at.astimezone(zone), a.ends_at.astimezone(zone)
+        rows.append(
+            AffectedRow(
+                a.id,
+                f"{start:%a %d %b %Y}",
+                f"{start:%H:%M}{DASH}{end:%H:%M}",
+                names.get(a.patient_id, f"patient {a.patient_id}"),
+                a.status.replace("_", " "),
+            )
+        )
+    return rows
+
+
+async def _add_exception(
+    session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    view: ExceptionView,
+    *,
+    clinic_id: int,
+    doctor_id: int | None,
+    timezone: str,
+) -> None:
+    """Preview or save the exception typed into `view.form`; a mistake becomes its error."""
+    form = view.form
+    try:
+        starts_at, ends_at = exception_window(form, timezone)
+        result = await schedules.add_exception(
+            session,
+            effects,
+            clinic_id=clinic_id,
+            doctor_id=doctor_id,
+            kind=form.kind,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            note=form.note.strip() or None,
+            created_by=actor.id,
+            cancel_affected=bool(form.cancel_affected),
+            preview=form.action != "save",
+            now=now,
+        )
+    except DomainError as exc:
+        view.error = exc.detail
+        return
+    view.affected = await _affected_rows(session, result.affected, timezone)
+    if result.exception is not None:
+        view.saved, view.cancelled = True, result.cancelled
+        view.form = ExceptionForm(kind=form.kind)  # saved: an empty form for the next one
+
+
+async def _clinic(session: AsyncSession, clinic_id: int) -> Clinic:
+    clinic = await session.get(Clinic, clinic_id)
+    if clinic is None:
+        raise NotFound(f"clinic {clinic_id} does not exist")
+    return clinic
+
+
+async def _doctors_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    now: dt.datetime,
+    clinic_id: int | None,
+    block: str = "clinic",
+    **context: Any,
+) -> Response[str]:
+    clinic = await db_session.get(Clinic, clinic_id) if clinic_id is not None else None
+    if clinic is not None:
+        closures = context.get("closures") or ExceptionView(
+            f"/admin/clinics/{clinic.id}/exceptions", "closures", ExceptionForm(kind="closure")
+        )
+        closures.upcoming = await _exception_rows(db_session, clinic.id, None, clinic.timezone, now)
+        context["closures"] = closures
+    context.setdefault("form", DoctorForm(clinic_id=str(clinic_id or "")))
+    context["clinic"] = clinic
+    context["clinics"] = await directory.list_clinics(db_session)
+    context["doctors"] = await directory.find_doctors(db_session, clinic_id=clinic_id)
+    return render(request, "admin/doctors.html", context, block)
+
+
+@get("/admin/doctors", guards=ADMIN, include_in_schema=False)
+async def doctors_page(
+    request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime, clinic_id: str = ""
+) -> Response[str]:
+    """A clinic's doctors (all clinics' without `clinic_id`), a form to add one and the
+    clinic's closures."""
+    chosen = _int(clinic_id)
+    if chosen is not None:
+        await _clinic(db_session, chosen)
+    return await _doctors_page(request, db_session, now, chosen)
+
+
+@post("/admin/doctors", guards=ADMIN, include_in_schema=False, status_code=200)
+async def create_doctor_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    now: dt.datetime,
+    data: Annotated[DoctorForm, Form],
+) -> Response[str]:
+    """Add a doctor to a clinic; a mistake shows the form again with what was typed."""
+    clinic_id = _int(data.clinic_id)
+    try:
+        if clinic_id is None:
+            raise Invalid("choose the doctor's clinic")
+        minutes = _int(data.default_slot_minutes)
+        if minutes is None:
+            raise Invalid("the default slot length must be a whole number of minutes")
+        doctor = await directory.create_doctor(
+            db_session,
+            clinic_id=clinic_id,
+            name=data.name,
+            specialty=data.specialty,
+            email=data.email.strip() or None,
+            default_slot_minutes=minutes,
+        )
+    except DomainError as exc:
+        return await _doctors_page(request, db_session, now, clinic_id, form=data, error=exc.detail)
+    return await _doctors_page(request, db_session, now, doctor.clinic_id, created=doctor)
+
+
+@post(
+    "/admin/clinics/{clinic_id:int}/exceptions",
+    guards=ADMIN,
+    include_in_schema=False,
+    status_code=200,
+)
+async def clinic_exception_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    clinic_id: int,
+    data: Annotated[ExceptionForm, Form],
+) -> Response[str]:
+    """Preview or save a closure of the whole clinic."""
+    clinic = await _clinic(db_session, clinic_id)
+    view = ExceptionView(f"/admin/clinics/{clinic.id}/exceptions", "closures", data)
+    timezone = clinic.timezone  # read now: a preview's rollback expires `clinic`
+    await _add_exception(
+        db_session,
+        effects,
+        actor,
+        now,
+        view,
+        clinic_id=clinic_id,
+        doctor_id=None,
+        timezone=timezone,
+    )
+    return await _doctors_page(request, db_session, now, clinic_id, "closures", closures=view)
+
+
+# --- one doctor's weekly template and leave ---------------------------------------------
+
+
+@dataclass
+class RangeRow:
+    """One row of the template editor, as text (what was typed, or what is stored)."""
+
+    weekday: str = "0"
+    start: str = ""
+    end: str = ""
+    slot_minutes: str = ""
+    valid_from: str = ""
+    valid_to: str = ""
+    invalid: bool = False
+    focus: bool = False
+
+    @classmethod
+    def of(cls, r: schedules.RangeIn) -> RangeRow:
+        return cls(
+            str(r.weekday),
+            r.start.strftime("%H:%M"),
+            r.end.strftime("%H:%M"),
+            str(r.slot_minutes),
+            r.valid_from.isoformat() if r.valid_from else "",
+            r.valid_to.isoformat() if r.valid_to else "",
+        )
+
+    def blank(self) -> bool:
+        return not (self.start.strip() or self.end.strip())
+
+
+@dataclass
+class TemplateEditor:
+    rows: list[RangeRow]
+    error: str | None = None
+    saved: bool = False
+    unsaved: bool = False
+
+
+def rows_from_form(form: Any) -> list[RangeRow]:
+    """The editor's rows from its repeated fields, minus those ticked for removal."""
+    columns = [form.getall(name, []) for name in RANGE_FIELDS]
+    removed = {_int(i) for i in form.getall("remove", [])}
+    count = min(len(c) for c in columns)
+    weekday, start, end, slot, first, last = ([str(v) for v in c] for c in columns)
+    return [
+        RangeRow(weekday[i], start[i], end[i], slot[i], first[i], last[i])
+        for i in range(count)
+        if i not in removed
+    ]
+
+
+def ranges_from_rows(rows: list[RangeRow]) -> tuple[list[schedules.RangeIn], list[int]]:
+    """The RangeIns of the non-blank rows, and each one's row position.
+
+    Raises:
+        Invalid: a field that is not a time, date or number, naming its row (1-based).
+    """
+    ranges, positions = [], []
+    for i, row in enumerate(rows):
+        if row.blank():
+            continue
+        label = f"row {i + 1}"
+        weekday, minutes = _int(row.weekday), _int(row.slot_minutes)
+        if weekday is None:
+            raise Invalid(f"{label}: choose a weekday")
+        if minutes is None:
+            raise Invalid(f"{label}: the slot length must be a whole number of minutes")
+        ranges.append(
+            schedules.RangeIn(
+                weekday,
+                _time(row.start, f"{label}: the start"),
+                _time(row.end, f"{label}: the end"),
+                minutes,
+                _date(row.valid_from, f"{label}: valid from"),
+                _date(row.valid_to, f"{label}: valid to"),
+            )
+        )
+        positions.append(i)
+    return ranges, positions
+
+
+def explain(detail: str, positions: list[int], rows: list[RangeRow]) -> str:
+    """The domain's `ranges[i]` become the rows the admin sees, which are marked."""
+    message = re.sub(r"ranges\[(\d+)\]", lambda m: f"row {positions[int(m[1])] + 1}", detail)
+    message = message.replace("slot_minutes", "the slot length")
+    message = message.replace("valid_to", "valid to").replace("valid_from", "valid from")
+    for number in re.findall(r"row (\d+)", message):
+        if 0 < int(number) <= len(rows):
+            rows[int(number) - 1].invalid = True
+    return message
+
+
+async def _schedule_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    now: dt.datetime,
+    doctor_id: int,
+    block: str = "template",
+    *,
+    editor: TemplateEditor | None = None,
+    leave: ExceptionView | None = None,
+) -> Response[str]:
+    doctor, clinic = await directory.get_doctor(db_session, doctor_id)
+    if editor is None:
+        _, ranges = await schedules.get_schedule(db_session, doctor_id)
+        editor = TemplateEditor([RangeRow.of(r) for r in ranges])
+    if leave is None:
+        leave = ExceptionView(
+            f"/admin/doctors/{doctor_id}/exceptions", "exceptions", ExceptionForm()
+        )
+    leave.upcoming = await _exception_rows(db_session, clinic.id, doctor_id, clinic.timezone, now)
+    context = {
+        "doctor": doctor,
+        "clinic": clinic,
+        "editor": editor,
+        "leave": leave,
+        "weekdays": WEEKDAYS,
+    }
+    return render(request, "admin/schedule.html", context, block)
+
+
+@get("/admin/doctors/{doctor_id:int}/schedule", guards=ADMIN, include_in_schema=False)
+async def schedule_page(
+    request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime, doctor_id: int
+) -> Response[str]:
+    """The doctor's weekly template editor, their leave and a form to add leave."""
+    return await _schedule_page(request, db_session, now, doctor_id)
+
+
+@post(
+    "/admin/doctors/{doctor_id:int}/schedule",
+    guards=ADMIN,
+    include_in_schema=False,
+    status_code=200,
+)
+async def save_schedule_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    settings: Settings,
+    now: dt.datetime,
+    doctor_id: int,
+) -> Response[str]:
+    """Add a row to the editor, or save the whole template (replace_schedule)."""
+    form = await request.form()
+    doctor, _ = await directory.get_doctor(db_session, doctor_id)
+    editor = TemplateEditor(rows_from_form(form), unsaved=True)
+    if form.get("action") == "add":
+        weekday = (_int(editor.rows[-1].weekday) or 0) + 1 if editor.rows else 0
+        slot = str(doctor.default_slot_minutes)
+        editor.rows.append(RangeRow(str(weekday % 7), slot_minutes=slot, focus=True))
+        return await _schedule_page(request, db_session, now, doctor_id, editor=editor)
+    positions: list[int] = []
+    try:
+        ranges, positions = ranges_from_rows(editor.rows)
+        await schedules.replace_schedule(
+            db_session,
+            effects,
+            doctor_id,
+            ranges,
+            today=now.date(),
+            horizon_days=settings.booking_horizon_days,
+        )
+    except DomainError as exc:
+        editor.error = explain(exc.detail, positions, editor.rows)
+        return await _schedule_page(request, db_session, now, doctor_id, editor=editor)
+    _, saved = await schedules.get_schedule(db_session, doctor_id)
+    editor = TemplateEditor([RangeRow.of(r) for r in saved], saved=True)
+    return await _schedule_page(request, db_session, now, doctor_id, editor=editor)
+
+
+@post(
+    "/admin/doctors/{doctor_id:int}/exceptions",
+    guards=ADMIN,
+    include_in_schema=False,
+    status_code=200,
+)
+async def doctor_exception_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    doctor_id: int,
+    data: Annotated[ExceptionForm, Form],
+) -> Response[str]:
+    """Preview the appointments leave would hit, or save it (optionally cancelling them)."""
+    _, clinic = await directory.get_doctor(db_session, doctor_id)
+    view = ExceptionView(f"/admin/doctors/{doctor_id}/exceptions", "exceptions", data)
+    clinic_id, timezone = clinic.id, clinic.timezone  # a preview's rollback expires them
+    await _add_exception(
+        db_session,
+        effects,
+        actor,
+        now,
+        view,
+        clinic_id=clinic_id,
+        doctor_id=doctor_id,
+        timezone=timezone,
+    )
+    return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
+
+
+ROUTES = [
+    clinics_page,
+    create_clinic_page,
+    doctors_page,
+    create_doctor_page,
+    clinic_exception_page,
+    schedule_page,
+    save_schedule_page,
+    doctor_exception_page,
+]
