@@ -66,14 +66,20 @@ def _claim_redis_database(server: str) -> str:
     for number in range(15, 0, -1):
         client = redis.Redis.from_url(f"{server}/{number}")
         if client.set("medbook:test-run", os.getpid(), nx=True, ex=3 * 3600):
+            _flush_keeping_claim(client)  # nothing cached by an earlier run may leak in
             _stack.callback(client.delete, "medbook:test-run")
             return f"{server}/{number}"
         holder = client.get("medbook:test-run")
         if holder is not None and not _pid_alive(int(holder)):
-            client.set("medbook:test-run", os.getpid(), ex=3 * 3600)
+            _flush_keeping_claim(client)
             _stack.callback(client.delete, "medbook:test-run")
             return f"{server}/{number}"
     raise RuntimeError("every Redis database 1-15 is claimed by a running test session")
+
+
+def _flush_keeping_claim(client) -> None:
+    client.flushdb()
+    client.set("medbook:test-run", os.getpid(), ex=3 * 3600)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -206,7 +212,7 @@ def free_port() -> int:
 class LiveServer:
     """`medbook serve` in its own process(es), on a free port."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = ROOT / "test-artifacts" / f"server-{self.port}.log"
@@ -214,7 +220,11 @@ class LiveServer:
         cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
         cmd += ["--workers", str(workers)]
         self.process = subprocess.Popen(
-            cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT
+            cmd,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
         self._wait_ready()
 

@@ -22,11 +22,12 @@ from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
-from app import page_context
+from app import page_context, realtime
 from app.csrf import CSRFMiddleware
 from app.effects import Effects
 from app.errors import DomainError
 from app.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
+from app.realtime import Hub
 from app.redis import create_redis
 from app.routes import (
     admin_pages,
@@ -37,7 +38,10 @@ from app.routes import (
     auth_api,
     deps,
     health,
+    live,
     pages,
+    patient_pages,
+    staff_pages,
 )
 from app.routes.api_analytics import AnalyticsController, analytics_services
 from app.routes.api_appointments import AppointmentController
@@ -74,9 +78,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.redis = create_redis(settings)
         app.state.effects = Effects(app.state.redis)
         app.state.slot_cache = SlotCache(app.state.redis, app.state.sessions)
+        hub = app.state.hub = Hub(settings.redis_url, app.state.redis, live.make_renderer(app))
+        app.state.effects.listeners.append(
+            lambda changes: hub.publish_all(realtime.change_messages(changes))
+        )
+        app.state.effects.schedule_listeners.append(
+            lambda doctor_days: hub.publish_all(realtime.schedule_messages(doctor_days))
+        )
+        await hub.start()
         try:
             yield
         finally:
+            await hub.stop()
             await app.state.redis.aclose()
 
     return Litestar(
@@ -87,6 +100,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             pages.home,
             DirectoryController,
             AppointmentController,
+            *patient_pages.ROUTES,
+            *staff_pages.ROUTES,
+            live.live,
             AnalyticsController,
             *analytics_pages.ROUTES,
             *auth.PAGES,

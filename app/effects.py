@@ -28,6 +28,7 @@ class AppointmentChange:
 
 
 Listener = Callable[[Sequence[AppointmentChange]], Awaitable[None]]
+ScheduleListener = Callable[[Sequence[tuple[int, dt.date]]], Awaitable[None]]
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Effects:
 
     redis: Redis
     listeners: list[Listener] = field(default_factory=list)
+    schedule_listeners: list[ScheduleListener] = field(default_factory=list)
 
     async def appointments_changed(self, changes: Sequence[AppointmentChange]) -> None:
         if not changes:
@@ -47,3 +49,5 @@ class Effects:
 
     async def schedule_changed(self, doctor_days: Sequence[tuple[int, dt.date]]) -> None:
         await slots.invalidate(self.redis, doctor_days)
+        for listener in self.schedule_listeners:
+            await listener(doctor_days)

@@ -13,7 +13,8 @@ from app.tokens import issue_access_token
 from db.models import Clinic, Doctor, Patient, ScheduleTemplate, User
 
 BERLIN = ZoneInfo("Europe/Berlin")
-_HASH = hash_password("not-used-in-these-tests")
+PASSWORD = "world-password-1"  # noqa: S105 - test users only
+_HASH = hash_password(PASSWORD)
 
 
 @dataclass

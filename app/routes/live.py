@@ -1,0 +1,140 @@
+"""The websocket behind every live page, and how each audience's fragment is rendered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from typing import Any
+
+from litestar import WebSocket, websocket
+from litestar.datastructures import State
+from litestar.exceptions import WebSocketDisconnect
+from litestar.status_codes import WS_1008_POLICY_VIOLATION
+
+from app import boards, directory
+from app.booking import BookingRules
+from app.guards import allow, check_websocket_origin, current_user
+from app.identity import Principal
+from app.realtime import Hub, LiveSocket, clinic_channel, doctor_channel, parse_channel
+from app.routes.deps import provide_rules
+from db.models import Doctor
+
+MAX_DAYS = 14
+
+
+def make_renderer(app: Any) -> Any:
+    """Render one event for one audience; the hub calls it once per event and audience."""
+
+    async def render(channel: str, audience: str, payload: dict[str, Any]) -> str:
+        state: State = app.state
+        env = app.template_engine.engine
+        kind, ident, day = parse_channel(channel)
+        async with state.sessions() as session:
+            if audience == "slots" and kind == "doctor":
+                rules: BookingRules = provide_rules(state)
+                now = dt.datetime.now(dt.UTC)
+                _, (view,) = await boards.doctor_days(
+                    state.slot_cache, ident, day, 1, now + rules.min_notice, now + rules.horizon
+                )
+                return env.get_template("patient/_day.html").render(day=view, oob=True)
+            if audience == "board" and kind == "clinic":
+                doctor = await session.get_one(Doctor, int(payload["doctor_id"]))
+                column = await boards.board_column(
+                    session, state.slot_cache, doctor.id, doctor.full_name, day
+                )
+                return env.get_template("desk/_column.html").render(column=column, oob=True)
+            if audience == "doctor_day" and kind == "doctor":
+                doctor, _, cards = await boards.doctor_day(session, ident, day)
+                return env.get_template("doctor/_day.html").render(
+                    doctor=doctor, day=day, cards=cards, oob=True
+                )
+        raise ValueError(f"no fragment for {audience} on {channel}")
+
+    return render
+
+
+async def _channels(socket: WebSocket[Any, Any, Any], user: Principal) -> tuple[str, list[str]]:
+    """Which channels this socket may watch, from its query and its user's role."""
+    params = socket.query_params
+    view = params.get("view", "")
+    try:
+        first = dt.date.fromisoformat(params.get("date", ""))
+        if view == "slots":
+            doctor_id = int(params.get("doctor_id", ""))
+            days = min(max(int(params.get("days", "1")), 1), MAX_DAYS)
+            return "slots", [
+                doctor_channel(doctor_id, first + dt.timedelta(days=i)) for i in range(days)
+            ]
+        if view == "board" and user.role in ("front_desk", "admin"):
+            clinic_id = int(params.get("clinic_id", ""))
+            if user.role == "front_desk" and clinic_id != user.clinic_id:
+                raise PermissionError
+            return "board", [clinic_channel(clinic_id, first)]
+        if view == "doctor_day" and user.role == "doctor" and user.doctor_id is not None:
+            return "doctor_day", [doctor_channel(user.doctor_id, first)]
+    except (ValueError, PermissionError):
+        pass
+    raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="not a channel you may see")
+
+
+@websocket("/ws/live", guards=[allow()])
+async def live(socket: WebSocket[Any, Any, Any]) -> None:
+    """Streams HTML fragments (hx-swap-oob) for the page's view until the client leaves.
+
+    On every (re)connect the whole view is sent first, so a browser that missed messages
+    while disconnected is back in sync; htmx-ext-ws never replays missed messages itself.
+    """
+    settings = socket.app.state.settings
+    check_websocket_origin(socket, settings)
+    user = current_user(socket)
+    assert user is not None  # the guard admitted a signed-in user
+    audience, channels = await _channels(socket, user)
+    hub: Hub = socket.app.state.hub
+    await socket.accept()
+    subscription: LiveSocket = hub.join(audience, channels)
+    try:
+        for channel in channels:  # resync: the current state of everything watched
+            _, ident, _ = parse_channel(channel)
+            payload: dict[str, Any] = {}
+            if audience == "board":
+                for doctor in await _clinic_doctors(socket, ident):
+                    payload = {"doctor_id": doctor}
+                    subscription.offer(await hub.render(channel, audience, payload))
+                continue
+            subscription.offer(await hub.render(channel, audience, payload))
+        await _pump(socket, subscription)
+    finally:
+        hub.leave(subscription)
+
+
+async def _clinic_doctors(socket: WebSocket[Any, Any, Any], clinic_id: int) -> list[int]:
+    async with socket.app.state.sessions() as session:
+        return [d.id for d in await directory.find_doctors(session, clinic_id=clinic_id)]
+
+
+async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket) -> None:
+    """Send queued fragments; stop when the client goes or the hub asks us to close."""
+
+    async def client_gone() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await socket.receive_data(mode="text")
+
+    watcher = asyncio.create_task(client_gone())
+    try:
+        while True:
+            getter = asyncio.create_task(subscription.queue.get())
+            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:
+                getter.cancel()
+                return
+            item = getter.result()
+            if isinstance(item, int):  # a close code: fell behind, or Redis went away
+                await socket.close(code=item)
+                return
+            await socket.send_text(item)
+    except WebSocketDisconnect:
+        return
+    finally:
+        watcher.cancel()

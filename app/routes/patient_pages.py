@@ -1,0 +1,327 @@
+"""Patient pages: find a doctor, a doctor's week of free times, book, my appointments."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Response, Template
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import boards, booking, directory
+from app.booking import BookingRules
+from app.effects import Effects
+from app.errors import Conflict, DomainError
+from app.guards import allow
+from app.identity import Principal
+from app.routes.views import fragment, page
+from app.slots import SlotCache
+from db.models import Doctor
+
+WEEK = 7
+Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+async def _doctor_and_clinic(db_session: AsyncSession, doctor_id: int) -> tuple[Any, Any]:
+    """Loaded and detached, so a booking's rollback cannot expire what the page shows."""
+    doctor, clinic = await directory.get_doctor(db_session, doctor_id)
+    db_session.expunge_all()
+    return doctor, clinic
+
+
+def _label(start: dt.datetime, timezone: str) -> str:
+    return start.astimezone(ZoneInfo(timezone)).strftime("%a %d %b, %H:%M")
+
+
+@get("/doctors", guards=[allow()], include_in_schema=False, status_code=200)
+async def find_doctors(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    clinic_id: int | None = None,
+    specialty: str | None = None,
+    name: str | None = None,
+) -> Template | Response[str]:
+    """The doctor directory with filters; htmx asks for the results only."""
+    found = await directory.find_doctors(
+        db_session, clinic_id=clinic_id, specialty=specialty or None, name=name or None
+    )
+    specialties = sorted(
+        set(await db_session.scalars(select(Doctor.specialty).where(Doctor.active.is_(True))))
+    )
+    return page(
+        request,
+        "patient/doctors.html",
+        "results",
+        doctors=found,
+        clinics=await directory.list_clinics(db_session),
+        specialties=specialties,
+        clinic_id=clinic_id,
+        specialty=specialty,
+        name=name,
+    )
+
+
+async def _week_context(
+    db_session: AsyncSession,
+    slot_cache: SlotCache,
+    rules: BookingRules,
+    now: dt.datetime,
+    doctor_id: int,
+    date: dt.date | None,
+) -> dict[str, Any]:
+    doctor, clinic = await directory.get_doctor(db_session, doctor_id)
+    first = date or boards.clinic_today(clinic.timezone, now)
+    _, days = await boards.doctor_days(
+        slot_cache, doctor_id, first, WEEK, now + rules.min_notice, now + rules.horizon
+    )
+    return {
+        "doctor": doctor,
+        "clinic": clinic,
+        "days": days,
+        "first": first,
+        "previous_week": first - dt.timedelta(days=WEEK),
+        "next_week": first + dt.timedelta(days=WEEK),
+    }
+
+
+async def _reschedule_target(
+    db_session: AsyncSession, actor: Principal, appointment_id: int | None
+) -> dict[str, Any] | None:
+    if appointment_id is None:
+        return None
+    appointment = await booking.get_visible(db_session, actor, appointment_id)
+    timezone = await booking.clinic_timezone(db_session, appointment)
+    return {"id": appointment.id, "label": _label(appointment.starts_at, timezone)}
+
+
+@get("/doctors/{doctor_id:int}/slots", guards=[allow()], include_in_schema=False, status_code=200)
+async def doctor_slots(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    slot_cache: SlotCache,
+    rules: BookingRules,
+    now: dt.datetime,
+    actor: Principal,
+    doctor_id: int,
+    date: dt.date | None = None,
+    reschedule: int | None = None,
+) -> Template | Response[str]:
+    """A doctor's week of slots; they change state live while the page is open."""
+    context = await _week_context(db_session, slot_cache, rules, now, doctor_id, date)
+    context["reschedule"] = await _reschedule_target(db_session, actor, reschedule)
+    return page(request, "patient/slots.html", "panel", **context)
+
+
+@get(
+    "/doctors/{doctor_id:int}/book",
+    guards=[allow("patient")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def booking_form(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    doctor_id: int,
+    start: dt.datetime,
+    reschedule: int | None = None,
+) -> Response[str]:
+    """The confirm panel for a chosen slot (a new booking or a move)."""
+    doctor, clinic = await directory.get_doctor(db_session, doctor_id)
+    return fragment(
+        request,
+        "patient/slots.html",
+        "panel",
+        doctor=doctor,
+        clinic=clinic,
+        start=start.isoformat(),
+        start_label=_label(start, clinic.timezone),
+        idempotency_key=secrets.token_urlsafe(16),
+        reschedule=await _reschedule_target(db_session, actor, reschedule),
+    )
+
+
+@post(
+    "/doctors/{doctor_id:int}/book",
+    guards=[allow("patient")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def book(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+    doctor_id: int,
+    data: Annotated[dict[str, str], Form],
+) -> Response[str]:
+    """Book from the panel. Taken meanwhile: say so and offer the nearest free times;
+    any other problem: say what, keeping what was typed."""
+    doctor, clinic = await _doctor_and_clinic(db_session, doctor_id)
+    context: dict[str, Any] = {"doctor": doctor, "clinic": clinic}
+    reason = (data.get("reason") or "").strip() or None
+    try:
+        start = dt.datetime.fromisoformat(data.get("start", ""))
+        result = await booking.book(
+            db_session,
+            effects,
+            actor,
+            doctor_id=doctor_id,
+            start=start,
+            reason=reason,
+            idempotency_key=data.get("idempotency_key") or None,
+            rules=rules,
+            now=now,
+        )
+    except ValueError:
+        context.update(message="Choose a time from the list.", error=True)
+    except Conflict as exc:
+        context.update(
+            message="Sorry — that time was just taken by someone else.",
+            error=True,
+            alternatives=[
+                {
+                    "start": a["start"],
+                    "label": _label(dt.datetime.fromisoformat(a["start"]), clinic.timezone),
+                }
+                for a in exc.extra.get("alternatives", [])
+            ],
+        )
+    except DomainError as exc:
+        context.update(
+            message=exc.detail,
+            error=True,
+            start=data.get("start"),
+            start_label=data.get("start"),
+            reason=reason,
+            idempotency_key=data.get("idempotency_key"),
+        )
+    else:
+        context["booked"] = {"label": _label(result.appointment.starts_at, clinic.timezone)}
+    return fragment(request, "patient/slots.html", "panel", **context)
+
+
+async def _my_context(db_session: AsyncSession, actor: Principal, now: dt.datetime) -> dict:
+    upcoming, _ = await booking.list_appointments(
+        db_session, actor, now=now, when="upcoming", patient_id=actor.patient_id, limit=100
+    )
+    past, _ = await booking.list_appointments(
+        db_session, actor, now=now, when="past", patient_id=actor.patient_id, limit=50
+    )
+
+    def view(row: booking.AppointmentRow) -> dict[str, Any]:
+        local = row.starts_at.astimezone(ZoneInfo(row.timezone))
+        return {
+            "id": row.id,
+            "doctor_id": row.doctor_id,
+            "doctor_name": row.doctor_name,
+            "status": row.status,
+            "label": local.strftime("%a %d %b %Y, %H:%M"),
+            "day": local.date().isoformat(),
+        }
+
+    # Cancelled visits leave the upcoming list (the page says "Cancelled." when it happens).
+    return {
+        "upcoming": [view(r) for r in upcoming if r.status != "cancelled"],
+        "past": [view(r) for r in past],
+    }
+
+
+@get("/me/appointments", guards=[allow("patient")], include_in_schema=False, status_code=200)
+async def my_appointments(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+) -> Template | Response[str]:
+    """The patient's upcoming and past appointments."""
+    return page(
+        request, "patient/appointments.html", "list", **await _my_context(db_session, actor, now)
+    )
+
+
+@post(
+    "/me/appointments/{appointment_id:int}/cancel",
+    guards=[allow("patient")],
+    include_in_schema=False,
+)
+async def cancel(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    appointment_id: int,
+) -> Response[str]:
+    """Cancel one of my appointments; the slot is free for others at once."""
+    try:
+        await booking.change_status(
+            db_session,
+            effects,
+            actor,
+            appointment_id,
+            status="cancelled",
+            now=now,
+            reason="cancelled by patient",
+        )
+        extra: dict[str, Any] = {"message": "Cancelled."}
+    except DomainError as exc:
+        extra = {"message": exc.detail, "error": True}
+    context = await _my_context(db_session, actor, now)
+    return fragment(request, "patient/appointments.html", "list", **context, **extra)
+
+
+@post(
+    "/me/appointments/{appointment_id:int}/reschedule",
+    guards=[allow("patient")],
+    include_in_schema=False,
+)
+async def reschedule(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+    appointment_id: int,
+    data: Annotated[dict[str, str], Form],
+) -> Response[str]:
+    """Move my appointment to the chosen slot: all or nothing."""
+    current = await booking.get_visible(db_session, actor, appointment_id)
+    doctor, clinic = await _doctor_and_clinic(db_session, current.doctor_id)
+    context: dict[str, Any] = {"doctor": doctor, "clinic": clinic}
+    try:
+        start = dt.datetime.fromisoformat(data.get("start", ""))
+        moved = await booking.reschedule(
+            db_session, effects, actor, appointment_id, start=start, rules=rules, now=now
+        )
+    except ValueError:
+        context.update(message="Choose a time from the list.", error=True)
+    except Conflict as exc:
+        context.update(
+            message="Sorry — that time was just taken. Your appointment is unchanged.",
+            error=True,
+            alternatives=[
+                {
+                    "start": a["start"],
+                    "label": _label(dt.datetime.fromisoformat(a["start"]), clinic.timezone),
+                }
+                for a in exc.extra.get("alternatives", [])
+            ],
+        )
+    except DomainError as exc:
+        context.update(message=exc.detail, error=True)
+    else:
+        context.update(booked={"label": _label(moved.starts_at, clinic.timezone)}, moved=True)
+    return fragment(request, "patient/slots.html", "panel", **context)
+
+
+ROUTES = [find_doctors, doctor_slots, booking_form, book, my_appointments, cancel, reschedule]

