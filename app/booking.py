@@ -21,6 +21,7 @@ from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import notifications
 from app.availability import Interval, day_slots
 from app.effects import AppointmentChange, Effects
 from app.errors import Conflict, Forbidden, Invalid, NotFound
@@ -231,7 +232,8 @@ async def book(
     )
     session.add(appointment)
     try:
-        # Notifications (the outbox) will be added here, in this same transaction.
+        # The outbox (confirmation, reminders) in this same transaction.
+        await notifications.appointment_booked(session, appointment, data.timezone, now)
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()
@@ -344,7 +346,8 @@ async def reschedule(
     appointment.starts_at, appointment.ends_at = slot.start, slot.end
     appointment.updated_at = now
     try:
-        # Notifications will be replaced here, in this same transaction.
+        # The outbox: the old time's unsent messages give way to the new time's.
+        await notifications.appointment_rescheduled(session, appointment, data.timezone, now)
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()
@@ -395,6 +398,8 @@ async def change_status(
         appointment.cancelled_at, appointment.cancel_reason = now, reason
     if status == "checked_in":
         appointment.checked_in_at = now
+    # The outbox: unsent reminders are void; a cancellation notice is due now.
+    await notifications.appointments_status_changed(session, [appointment.id], status, now)
     await session.commit()
     timezone = await _clinic_timezone(session, appointment.doctor_id)
     await effects.appointments_changed([_change(appointment, timezone, status)])
@@ -491,6 +496,10 @@ async def bulk_update(
         else []
     )
     changed = list(updated)
+    # The outbox, set-based like the update: void unsent reminders, notify cancellations.
+    await notifications.appointments_status_changed(
+        session, [row[0] for row in changed], status, now
+    )
     await session.commit()
     for row_id in candidates:
         result[row_id] = "invalid_transition"

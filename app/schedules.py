@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import notifications
 from app.effects import AppointmentChange, Effects
 from app.errors import Invalid, NotFound
 from app.slots import local_days
@@ -199,7 +200,7 @@ async def add_exception(
     session.add(exception)
     cancel = cancel_affected and bool(affected)
     if cancel:
-        # Their patients are told by the notifications module (an Effects listener).
+        # Their patients are told: an `exception` notice each, in this same transaction.
         await session.execute(
             update(Appointment)
             .where(Appointment.id.in_([a.id for a in affected]))
@@ -209,6 +210,9 @@ async def add_exception(
                 updated_at=now,
                 cancel_reason=f"doctor unavailable ({kind})",
             )
+        )
+        await notifications.appointments_status_changed(
+            session, [a.id for a in affected], "cancelled", now, notice="exception"
         )
     await session.commit()
     doctors = (

@@ -13,7 +13,7 @@ from saq import CronJob
 from app.redis import create_redis
 from app.settings import get_settings
 from db.session import create_engine, session_factory
-from tasks import analytics
+from tasks import analytics, reminders
 from tasks.housekeeping import heartbeat
 from tasks.queue import create_queue
 
@@ -37,9 +37,11 @@ async def startup(ctx: dict[str, Any]) -> None:
         statement_timeout_ms=settings.analytics_statement_timeout_ms,
         application_name="medbook-rollups",
     )
+    await reminders.startup(ctx)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    await reminders.shutdown(ctx)
     await ctx["engine"].dispose()
     await ctx["analytics_engine"].dispose()
     await ctx["rollup_engine"].dispose()
@@ -57,12 +59,15 @@ def worker_settings() -> dict[str, Any]:
             analytics.close_days,
             analytics.run_export,
             analytics.purge_exports,
+            reminders.dispatch_notifications,
+            reminders.send_notifications,
         ],
         "cron_jobs": [
             CronJob(heartbeat, cron="* * * * *", timeout=10, retries=1),
             CronJob(analytics.refresh_rollups, cron="*/5 * * * *", timeout=240, retries=2),
             CronJob(analytics.close_days, cron="30 12 * * *", timeout=1800, retries=3),
             CronJob(analytics.purge_exports, cron="7 * * * *", timeout=300, retries=2),
+            CronJob(reminders.dispatch_notifications, cron="* * * * *", timeout=120, retries=2),
         ],
         "concurrency": 10,
         # On SIGTERM let running jobs finish (they are idempotent, but finishing is kinder).

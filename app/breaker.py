@@ -1,0 +1,123 @@
+"""A circuit breaker per provider (email, sms), its state in Redis so all workers share it.
+
+Closed: messages go out; each transient failure counts, a success resets the count, and
+a quiet minute forgets it. After `threshold` failures in a row it opens: for `cooldown`
+seconds no worker calls the provider, and send jobs wait (they re-schedule themselves for
+the end of the cooldown without using up an attempt) instead of hammering a provider that
+is down. Then one caller gets the probe; its success closes the breaker, its failure
+opens it for another cooldown. Each step is one Lua script, so workers never race.
+
+If Redis is unreachable the breaker lets messages through: it protects the provider, and
+must never be the reason a reminder is not sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+KEY = "medbook:breaker:{}"
+FAILURE_WINDOW_MS = 60_000
+OPEN_KEEP_MS = 3_600_000  # an open breaker nobody probes is forgotten after an hour
+
+_CHECK = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'open' then return {1, 0} end
+local now = tonumber(ARGV[1])
+local reopen = tonumber(redis.call('HGET', KEYS[1], 'until'))
+if now < reopen then return {0, reopen} end
+local probe = tonumber(redis.call('HGET', KEYS[1], 'probe') or '0')
+if probe > now then return {0, probe} end
+redis.call('HSET', KEYS[1], 'probe', now + tonumber(ARGV[2]))
+return {2, 0}
+"""
+_FAILURE = """
+local now = tonumber(ARGV[1])
+if redis.call('HGET', KEYS[1], 'state') == 'open' then
+  local reopen = tonumber(redis.call('HGET', KEYS[1], 'until'))
+  if now >= reopen then
+    redis.call('HSET', KEYS[1], 'until', now + tonumber(ARGV[3]), 'probe', 0)
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  end
+  return 'open'
+end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if failures >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[3]), 'probe', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return 'opened'
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 'closed'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    probe: bool = False  # this caller is the one probing a half-open breaker
+    retry_at: float | None = None  # epoch seconds to wait until, when not allowed
+
+
+class Breaker:
+    def __init__(
+        self, redis: Redis, name: str, *, threshold: int, cooldown: float, probe_ttl: float
+    ) -> None:
+        self.redis = redis
+        self.name = name
+        self.key = KEY.format(name)
+        self.threshold = threshold
+        self.cooldown_ms = int(cooldown * 1000)
+        self.probe_ttl_ms = int(probe_ttl * 1000)
+        self._check = redis.register_script(_CHECK)
+        self._failure = redis.register_script(_FAILURE)
+
+    async def check(self, now: float) -> Decision:
+        """May this caller send now? (`now` in epoch seconds)"""
+        try:
+            verdict, until = await self._check(
+                keys=[self.key], args=[int(now * 1000), self.probe_ttl_ms]
+            )
+        except RedisError as exc:
+            log.warning("breaker %s unavailable, sending anyway: %s", self.name, exc)
+            return Decision(True)
+        if int(verdict) == 0:
+            return Decision(False, retry_at=int(until) / 1000)
+        return Decision(True, probe=int(verdict) == 2)
+
+    async def success(self) -> None:
+        try:
+            await self.redis.delete(self.key)
+        except RedisError as exc:
+            log.warning("breaker %s: could not record a success: %s", self.name, exc)
+
+    async def failure(self, now: float) -> str:
+        """Count a transient failure; returns `closed`, `opened` (just now) or `open`."""
+        try:
+            state = await self._failure(
+                keys=[self.key],
+                args=[
+                    int(now * 1000),
+                    self.threshold,
+                    self.cooldown_ms,
+                    FAILURE_WINDOW_MS,
+                    max(OPEN_KEEP_MS, self.cooldown_ms * 10),
+                ],
+            )
+        except RedisError as exc:
+            log.warning("breaker %s: could not record a failure: %s", self.name, exc)
+            return "closed"
+        state = state.decode() if isinstance(state, bytes) else str(state)
+        if state == "opened":
+            log.warning("breaker %s opened after %d failures", self.name, self.threshold)
+        return state
+
+    async def state(self) -> str:
+        """`closed` or `open` (for pages, metrics and tests)."""
+        raw = await self.redis.hget(self.key, "state")  # type: ignore[misc]
+        return "open" if raw in (b"open", "open") else "closed"

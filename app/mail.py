@@ -1,0 +1,254 @@
+"""Message text for every notification kind, and email over SMTP (aiosmtplib).
+
+Templates live in templates/mail/: `<kind>.txt` and `<kind>.html` for email (the two
+reminders share `reminder.*`), `sms.txt` for SMS. A message carries what the patient needs
+— doctor, clinic, the local time with its zone, how to cancel — and nothing more: no
+reason for the visit, no name, no record. Emails have an `.ics` attachment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiosmtplib
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from app.notifications import Outgoing, SendFailed
+from app.settings import PROJECT_ROOT, Settings
+
+_env = Environment(
+    loader=FileSystemLoader(PROJECT_ROOT / "templates" / "mail"),
+    autoescape=select_autoescape(["html"]),
+    undefined=StrictUndefined,
+    keep_trailing_newline=False,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_TEMPLATE = {
+    "confirmation": "confirmation",
+    "reminder_24h": "reminder",
+    "reminder_1h": "reminder",
+    "cancellation": "cancellation",
+    "exception": "cancellation",
+}
+SUBJECTS = {
+    "confirmation": "Appointment confirmed",
+    "reminder_24h": "Reminder: your appointment tomorrow",
+    "reminder_1h": "Reminder: your appointment in one hour",
+    "cancellation": "Appointment cancelled",
+    "exception": "Appointment cancelled by the clinic",
+}
+
+
+def local_time(instant: dt.datetime, timezone: str) -> str:
+    """`Tuesday 30 March 2027, 09:00 CEST (Europe/Berlin)`: the clinic's wall time and zone."""
+    local = instant.astimezone(ZoneInfo(timezone))
+    return f"{local:%A} {local.day} {local:%B %Y, %H:%M} {local.tzname()} ({timezone})"
+
+
+def short_time(instant: dt.datetime, timezone: str) -> str:
+    """`Tue 30 Mar 09:00 CEST` for SMS."""
+    local = instant.astimezone(ZoneInfo(timezone))
+    return f"{local:%a} {local.day} {local:%b %H:%M} {local.tzname()}"
+
+
+def context(item: Outgoing, origin: str) -> dict[str, Any]:
+    return {
+        "kind": item.kind,
+        "subject": SUBJECTS[item.kind],
+        "doctor": item.doctor_name,
+        "clinic": item.clinic_name,
+        "address": item.clinic_address,
+        "when": local_time(item.starts_at, item.timezone),
+        "when_short": short_time(item.starts_at, item.timezone),
+        "manage_url": f"{origin.rstrip('/')}/me/appointments",
+        "by_clinic": item.kind == "exception",
+    }
+
+
+def render_text(item: Outgoing, origin: str) -> tuple[str, str, str]:
+    """Subject, plain text and HTML of the email for `item`."""
+    values = context(item, origin)
+    name = _TEMPLATE[item.kind]
+    text = _env.get_template(f"{name}.txt").render(values)
+    html = _env.get_template(f"{name}.html").render(values)
+    return f"{values['subject']}: {values['when_short']}", text, html
+
+
+def render_sms(item: Outgoing, origin: str) -> str:
+    return _env.get_template("sms.txt").render(context(item, origin)).strip()
+
+
+def _ics_text(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,").replace("\n", "\\n")
+
+
+def _fold(line: str) -> str:
+    """RFC 5545 folding: lines of at most 75 octets, continued with a leading space."""
+    out, current = [], ""
+    for char in line:
+        if len((current + char).encode()) > 75:
+            out.append(current)
+            current = " " + char
+        else:
+            current += char
+    out.append(current)
+    return "\r\n".join(out)
+
+
+def _utc(instant: dt.datetime) -> str:
+    return instant.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def calendar(item: Outgoing, origin: str, now: dt.datetime) -> str:
+    """An iCalendar (RFC 5545) event for the appointment; cancelled for cancellations.
+
+    The UID is the appointment's, and SEQUENCE grows with every change, so calendars
+    update (or cancel) the event they already have instead of adding another.
+    """
+    host = origin.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0] or "medbook"
+    cancelled = item.kind not in ("confirmation", "reminder_24h", "reminder_1h")
+    location = item.clinic_name + (f", {item.clinic_address}" if item.clinic_address else "")
+    manage = f"To cancel or reschedule: {origin.rstrip('/')}/me/appointments"
+    lines = [
+        "BEGIN:VCALENDAR",
+        "VERSION:2.0",
+        "PRODID:-//medbook//notifications//EN",
+        "METHOD:PUBLISH",
+        "BEGIN:VEVENT",
+        f"UID:appointment-{item.appointment_id}@{host}",
+        f"SEQUENCE:{int(item.updated_at.timestamp())}",
+        f"DTSTAMP:{_utc(now)}",
+        f"DTSTART:{_utc(item.starts_at)}",
+        f"DTEND:{_utc(item.ends_at)}",
+        f"SUMMARY:{_ics_text('Appointment with ' + item.doctor_name)}",
+        f"LOCATION:{_ics_text(location)}",
+        f"DESCRIPTION:{_ics_text(manage)}",
+        f"STATUS:{'CANCELLED' if cancelled else 'CONFIRMED'}",
+        "END:VEVENT",
+        "END:VCALENDAR",
+    ]
+    return "\r\n".join(_fold(line) for line in lines) + "\r\n"
+
+
+def message_id(notification_id: int, sender: str) -> str:
+    """One Message-ID per outbox row: a retry of the same row carries the same id."""
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "medbook.invalid"
+    return f"<notification-{notification_id}@{domain}>"
+
+
+def build_email(item: Outgoing, *, sender: str, origin: str, now: dt.datetime) -> EmailMessage:
+    """The email for `item`: text and HTML alternatives and an `appointment.ics`."""
+    if not item.email:
+        raise SendFailed("the patient has no email address", permanent=True)
+    subject, text, html = render_text(item, origin)
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = item.email
+    message["Subject"] = subject
+    message["Date"] = format_datetime(now)
+    message["Message-ID"] = message_id(item.id, sender)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
+    message.add_attachment(
+        calendar(item, origin, now).encode(),
+        maintype="text",
+        subtype="calendar",
+        filename="appointment.ics",
+        params={"method": "PUBLISH"},
+    )
+    return message
+
+
+@dataclass
+class SmtpMailer:
+    """SMTP settings; `connection()` opens one session that sends a whole batch."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: str  # starttls, tls, none
+    timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpMailer | None:
+        if not settings.smtp_host:
+            return None
+        return cls(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_user,
+            settings.smtp_password,
+            settings.smtp_tls,
+            settings.notify_send_timeout_seconds,
+        )
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[SmtpConnection]:
+        conn = SmtpConnection(self)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
+class SmtpConnection:
+    """A lazily opened SMTP session, reopened after a failure."""
+
+    def __init__(self, mailer: SmtpMailer) -> None:
+        self.mailer = mailer
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    async def _open(self) -> aiosmtplib.SMTP:
+        m = self.mailer
+        smtp = aiosmtplib.SMTP(
+            hostname=m.host,
+            port=m.port,
+            timeout=m.timeout,
+            use_tls=m.tls == "tls",
+            start_tls=m.tls == "starttls",
+            tls_context=ssl.create_default_context() if m.tls != "none" else None,
+        )
+        await smtp.connect()
+        if m.username:
+            await smtp.login(m.username, m.password or "")
+        return smtp
+
+    async def send(self, message: EmailMessage) -> str:
+        """Send one message; the Message-ID is the id we record.
+
+        Raises:
+            SendFailed: permanent for a refused recipient or message (5xx), else transient.
+        """
+        try:
+            if self._smtp is None or not self._smtp.is_connected:
+                self._smtp = await self._open()
+            await self._smtp.send_message(message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            raise SendFailed(f"recipient refused: {exc}", permanent=min(codes) >= 500) from exc
+        except (aiosmtplib.SMTPDataError, aiosmtplib.SMTPRecipientRefused) as exc:
+            await self.close()
+            raise SendFailed(f"SMTP {exc.code}: {exc.message}", permanent=exc.code >= 500) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
+            raise SendFailed(f"SMTP: {type(exc).__name__}: {exc}") from exc
+        return str(message["Message-ID"])
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None and smtp.is_connected:
+            try:
+                await smtp.quit(timeout=2)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                smtp.close()

@@ -1,0 +1,308 @@
+"""Notifications on the web: the undelivered (dead-letter) page, the dev mailbox, each
+patient's choice of email, SMS or none, and the after-commit "dispatch now" nudge."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request, get, patch, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+from saq import Queue
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import notifications
+from app.effects import AppointmentChange
+from app.errors import DomainError
+from app.guards import allow, client_addr, current_user
+from db.models import DevMessage
+from tasks.queue import create_queue
+from tasks.reminders import enqueue_dispatch
+
+log = logging.getLogger(__name__)
+
+ADMIN = [allow("admin")]
+PATIENT = [allow("patient")]
+PAGE_SIZE = 100
+# Changes after which an outbox row may be due at once (a confirmation, a notice).
+DISPATCH_ON = frozenset({"booked", "rescheduled", "cancelled"})
+
+
+@asynccontextmanager
+async def notification_services(app: Litestar) -> AsyncIterator[None]:
+    """The job queue, and the after-commit listener that asks for a dispatch right away
+    (so a confirmation does not wait for the next minute's cron)."""
+    queue = app.state.notify_queue = create_queue(app.state.settings)
+    await queue.connect()
+
+    async def nudge(changes: Sequence[AppointmentChange]) -> None:
+        if any(c.action in DISPATCH_ON for c in changes):
+            await _kick(queue)
+
+    app.state.effects.listeners.append(nudge)
+    try:
+        yield
+    finally:
+        await queue.disconnect()
+
+
+async def _kick(queue: Queue) -> None:
+    # Never fail a booking for this: the cron finds the rows within a minute anyway.
+    try:
+        await enqueue_dispatch(queue)
+    except Exception as exc:
+        log.warning("could not ask for a notification dispatch: %s", exc)
+
+
+def _actor_id(request: Request[Any, Any, Any]) -> int:
+    user = current_user(request)
+    assert user is not None  # the route is guarded
+    return user.id
+
+
+def _patient_id(request: Request[Any, Any, Any]) -> int:
+    user = current_user(request)
+    assert user is not None and user.patient_id is not None  # patients only
+    return user.patient_id
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+
+class UndeliveredOut(msgspec.Struct):
+    id: int
+    kind: str
+    channel: str
+    due_at: dt.datetime
+    attempts: int
+    last_error: str | None
+    appointment_id: int
+    appointment_starts_at: dt.datetime
+
+
+@get("/api/notifications/undelivered", guards=ADMIN, tags=["notifications"])
+async def undelivered_api(
+    db_session: AsyncSession, before: int | None = None
+) -> list[UndeliveredOut]:
+    """Messages that could not be delivered after every attempt (dead letters)."""
+    rows = await notifications.list_undelivered(db_session, before_id=before, limit=PAGE_SIZE)
+    return [
+        UndeliveredOut(
+            r.id,
+            r.kind,
+            r.channel,
+            r.due_at,
+            r.attempts,
+            r.last_error,
+            r.appointment_id,
+            r.starts_at,
+        )
+        for r in rows
+    ]
+
+
+@post("/api/notifications/{notification_id:int}/retry", guards=ADMIN, tags=["notifications"])
+async def retry_api(
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+) -> dict[str, Any]:
+    """Send an undelivered message again, with fresh attempts."""
+    await notifications.retry_dead(
+        db_session,
+        notification_id,
+        actor_user_id=_actor_id(request),
+        client_addr=client_addr(request),
+    )
+    await _kick(request.app.state.notify_queue)
+    return {"id": notification_id, "status": "pending"}
+
+
+@post("/api/notifications/{notification_id:int}/discard", guards=ADMIN, tags=["notifications"])
+async def discard_api(
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+) -> dict[str, Any]:
+    """Give up on an undelivered message."""
+    await notifications.discard_dead(
+        db_session,
+        notification_id,
+        actor_user_id=_actor_id(request),
+        client_addr=client_addr(request),
+    )
+    return {"id": notification_id, "status": "void"}
+
+
+@get("/admin/notifications", guards=ADMIN, include_in_schema=False)
+async def undelivered_page(db_session: AsyncSession, before: str = "", done: str = "") -> Template:
+    """The undelivered messages, newest first, each with retry and discard."""
+    before_id = int(before) if before.isdigit() else None
+    rows = await notifications.list_undelivered(db_session, before_id=before_id, limit=PAGE_SIZE)
+    return Template(
+        "notifications/undelivered.html",
+        context={"rows": rows, "more": len(rows) == PAGE_SIZE, "done": done},
+    )
+
+
+@post("/admin/notifications/{notification_id:int}/retry", guards=ADMIN, include_in_schema=False)
+async def retry_page(
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+) -> Redirect:
+    """Retry from the page, then show it again."""
+    try:
+        await notifications.retry_dead(
+            db_session,
+            notification_id,
+            actor_user_id=_actor_id(request),
+            client_addr=client_addr(request),
+        )
+    except DomainError:
+        return Redirect("/admin/notifications?done=gone", status_code=303)
+    await _kick(request.app.state.notify_queue)
+    return Redirect(f"/admin/notifications?done=retried-{notification_id}", status_code=303)
+
+
+@post("/admin/notifications/{notification_id:int}/discard", guards=ADMIN, include_in_schema=False)
+async def discard_page(
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+) -> Redirect:
+    """Discard from the page, then show it again."""
+    try:
+        await notifications.discard_dead(
+            db_session,
+            notification_id,
+            actor_user_id=_actor_id(request),
+            client_addr=client_addr(request),
+        )
+    except DomainError:
+        return Redirect("/admin/notifications?done=gone", status_code=303)
+    return Redirect(f"/admin/notifications?done=discarded-{notification_id}", status_code=303)
+
+
+# --- the dev mailbox -----------------------------------------------------------------------
+
+
+@get("/admin/mailbox", guards=ADMIN, include_in_schema=False)
+async def mailbox_page(request: Request[Any, Any, Any], db_session: AsyncSession) -> Template:
+    """What would have been sent (embedded mode has no real email or SMS provider)."""
+    messages = (
+        await db_session.scalars(
+            select(DevMessage)
+            .order_by(DevMessage.created_at.desc(), DevMessage.id.desc())
+            .limit(50)
+        )
+    ).all()
+    settings = request.app.state.settings
+    return Template(
+        "notifications/mailbox.html",
+        context={
+            "messages": messages,
+            "in_use": settings.notify_dev_mailbox,
+            "smtp": bool(settings.smtp_host),
+            "sms": bool(settings.sms_api_url),
+        },
+    )
+
+
+# --- the patient's choice ------------------------------------------------------------------
+
+
+class PreferenceOut(msgspec.Struct):
+    notify_by: str
+    email: str | None
+    phone: str | None
+
+
+class PreferenceIn(msgspec.Struct, forbid_unknown_fields=True):
+    notify_by: str
+    phone: str | None = None
+
+
+def _out(p: notifications.Preference) -> PreferenceOut:
+    return PreferenceOut(p.notify_by, p.email, p.phone)
+
+
+@get("/api/me/notifications", guards=PATIENT, tags=["notifications"])
+async def preference_api(
+    request: Request[Any, Any, Any], db_session: AsyncSession
+) -> PreferenceOut:
+    """How I get confirmations and reminders: `email`, `sms` or `none`."""
+    return _out(await notifications.get_preference(db_session, _patient_id(request)))
+
+
+@patch("/api/me/notifications", guards=PATIENT, tags=["notifications"])
+async def set_preference_api(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: PreferenceIn, now: dt.datetime
+) -> PreferenceOut:
+    """Choose email, SMS (optionally with a new mobile number) or none."""
+    preference = await notifications.set_preference(
+        db_session,
+        _patient_id(request),
+        notify_by=data.notify_by,
+        phone=data.phone,
+        actor_user_id=_actor_id(request),
+        now=now,
+    )
+    return _out(preference)
+
+
+@get("/me/notifications", guards=PATIENT, include_in_schema=False)
+async def preference_page(request: Request[Any, Any, Any], db_session: AsyncSession) -> Template:
+    """The patient's choice of email, SMS or none, as a form."""
+    preference = await notifications.get_preference(db_session, _patient_id(request))
+    return Template("notifications/preferences.html", context={"preference": preference})
+
+
+@dataclass
+class PreferenceForm:
+    notify_by: str = ""
+    phone: str = ""
+
+
+@post("/me/notifications", guards=PATIENT, include_in_schema=False)
+async def save_preference_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    data: Annotated[PreferenceForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
+    now: dt.datetime,
+) -> Template:
+    """Save the choice; errors keep what was typed."""
+    try:
+        preference = await notifications.set_preference(
+            db_session,
+            _patient_id(request),
+            notify_by=data.notify_by,
+            phone=data.phone,
+            actor_user_id=_actor_id(request),
+            now=now,
+        )
+    except DomainError as exc:
+        await db_session.rollback()
+        current = await notifications.get_preference(db_session, _patient_id(request))
+        typed = notifications.Preference(data.notify_by, current.email, data.phone or None)
+        return Template(
+            "notifications/preferences.html", context={"preference": typed, "error": exc.detail}
+        )
+    return Template(
+        "notifications/preferences.html", context={"preference": preference, "saved": True}
+    )
+
+
+NOTIFICATION_ROUTES = [
+    undelivered_api,
+    retry_api,
+    discard_api,
+    undelivered_page,
+    retry_page,
+    discard_page,
+    mailbox_page,
+    preference_api,
+    set_preference_api,
+    preference_page,
+    save_preference_page,
+]
