@@ -46,6 +46,7 @@ from app.routes import (
 from app.routes.api_analytics import AnalyticsController, analytics_services
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.notifications_pages import NOTIFICATION_ROUTES, notification_services
 from app.security_headers import add_security_headers
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.slots import SlotCache
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *admin_users.ROUTES,
             *admin_pages.ROUTES,
             *audit.ROUTES,
+            *NOTIFICATION_ROUTES,
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
             ),
@@ -126,7 +128,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DomainError: domain_error_handler,
             NotAuthorizedException: not_signed_in_handler,
         },
-        lifespan=[services, analytics_services],
+        lifespan=[services, analytics_services, notification_services],
         dependencies={
             "settings": Provide(deps.provide_settings, sync_to_thread=False),
             "effects": Provide(deps.provide_effects, sync_to_thread=False),
