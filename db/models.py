@@ -517,9 +517,7 @@ class ExportJob(Base):
 # A claimed ("queued") row belongs to its send job until `lease_until`; after that the
 # dispatcher may claim it again, so a job lost with Redis (flushed, restarted) or with a
 # killed worker never loses the message. NULL for rows that are not queued.
-Notification.lease_until = Column(  # type: ignore[attr-defined]
-    "lease_until", DateTime(timezone=True), nullable=True
-)
+Notification.lease_until = Column("lease_until", DateTime(timezone=True), nullable=True)
 # The dispatcher's second scan: queued rows whose lease has lapsed; stays small.
 Index(
     "ix_notifications_lease",

@@ -41,7 +41,10 @@ def upgrade() -> None:
         sa.Column("body_html", sa.Text(), nullable=True),
         sa.Column("ics", sa.Text(), nullable=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
             ["notification_id"],
