@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 CLAIM_CHUNK = 1000  # rows per claim transaction
 MAX_PER_DISPATCH = 100_000  # a run stops here; the next minute takes the rest
 ENQUEUE_CONCURRENCY = 20
-LEASE_MARGIN_SECONDS = 30  # an attempt holds its row for the send timeout plus this
 TOUCH_EVERY_SECONDS = 5.0  # heartbeat of a long batch job
 
 Send = Callable[[Outgoing], Awaitable[str]]
@@ -269,7 +268,9 @@ async def send_notifications(
     queue: Queue = ctx["worker"].queue
     timeout = settings.notify_send_timeout_seconds
     lease = dt.timedelta(seconds=settings.notify_lease_seconds)
-    attempt_lease = dt.timedelta(seconds=timeout + LEASE_MARGIN_SECONDS)
+    # An attempt holds its row for the send timeout plus a lease: only a dead worker's
+    # row is ever claimed again, never a slow send's.
+    attempt_lease = dt.timedelta(seconds=timeout + settings.notify_lease_seconds)
     breaker = transports.breaker(channel)
     heartbeat = _Heartbeat(ctx)
     counts = dict.fromkeys(("sent", "failed", "dead", "void", "waiting", "skipped"), 0)
