@@ -23,7 +23,6 @@ The Markdown report is printed and written to bench/results/availability.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import os
 import random
