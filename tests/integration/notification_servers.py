@@ -67,7 +67,7 @@ class SmtpSink:
         self.refuse: list[int] = []
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.stall_rcpt:
             stall, self.stall_rcpt = self.stall_rcpt, 0.0
             self.stalled.set()
@@ -75,7 +75,7 @@ class SmtpSink:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):
         if self.refuse:
             code = self.refuse.pop(0)
             return f"{code} try again later" if code < 500 else f"{code} rejected"
@@ -126,7 +126,7 @@ class SmsApi:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
                 headers = {k.lower(): v for k, v in self.headers.items()}
