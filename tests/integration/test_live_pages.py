@@ -53,19 +53,23 @@ async def test_book_from_the_panel_then_a_stale_panel_hears_it_was_taken(client,
     panel = await client.get(path, params={"start": start}, headers=htmx(token))
     assert "Confirm booking" in panel.text
     key = re.search(r'name="idempotency_key" value="([^"]+)"', panel.text).group(1)
-    booked = await client.post(path, data={"start": start, "reason": "Rash",
-                                           "idempotency_key": key}, headers=htmx(token))
+    booked = await client.post(
+        path, data={"start": start, "reason": "Rash", "idempotency_key": key}, headers=htmx(token)
+    )
     assert booked.status_code == 200 and ">Booked<" in booked.text
 
-    other = await client.post(path, data={"start": start, "idempotency_key": "another"},
-                              headers=htmx(token))
+    other = await client.post(
+        path, data={"start": start, "idempotency_key": "another"}, headers=htmx(token)
+    )
     assert other.status_code == 200
     assert "just taken" in other.text and 'data-available="true"' in other.text
     assert await session.scalar(select(func.count()).select_from(Appointment)) == 1
 
-    off_grid = await client.post(path, data={"start": at(day_after_tomorrow(), 10, 7)
-                                             .isoformat(), "reason": "kept"},
-                                 headers=htmx(token))
+    off_grid = await client.post(
+        path,
+        data={"start": at(day_after_tomorrow(), 10, 7).isoformat(), "reason": "kept"},
+        headers=htmx(token),
+    )
     assert "slot grid" in off_grid.text and "kept" in off_grid.text  # what was typed stays
 
 
@@ -75,16 +79,19 @@ async def test_my_appointments_cancel_and_reschedule(client, world, session):
     path = f"/doctors/{world.doctor_id}/book"
     await client.post(path, data={"start": at(day, 9).isoformat()}, headers=htmx(token))
     mine = await client.get("/me/appointments")
-    appointment_id = int(re.search(r'data-appointment-id="(\d+)" data-status="booked"',
-                                   mine.text).group(1))
-    moved = await client.post(f"/me/appointments/{appointment_id}/reschedule",
-                              data={"start": at(day, 11).isoformat()}, headers=htmx(token))
+    appointment_id = int(
+        re.search(r'data-appointment-id="(\d+)" data-status="booked"', mine.text).group(1)
+    )
+    moved = await client.post(
+        f"/me/appointments/{appointment_id}/reschedule",
+        data={"start": at(day, 11).isoformat()},
+        headers=htmx(token),
+    )
     assert ">Moved<" in moved.text
     row = await session.get(Appointment, appointment_id)
     await session.refresh(row)
     assert row.starts_at == at(day, 11)
-    cancelled = await client.post(f"/me/appointments/{appointment_id}/cancel",
-                                  headers=htmx(token))
+    cancelled = await client.post(f"/me/appointments/{appointment_id}/cancel", headers=htmx(token))
     assert 'data-status="cancelled"' not in cancelled.text.split("<h2>Past</h2>")[0]
     await session.refresh(row)
     assert row.status == "cancelled"
@@ -95,18 +102,32 @@ async def test_desk_board_actions_and_walk_in(client, world, session):
     day = day_after_tomorrow()
     hits = await client.get("/desk/patients", params={"q": "pat"}, headers=htmx(token))
     assert hits.text.count('name="patient_id"') == 3
-    walk_in = await client.post("/desk/walk-in", headers=htmx(token), data={
-        "patient_id": world.patients[1], "doctor_id": world.doctor_id,
-        "date": day.isoformat(), "time": "10:00", "reason": "walk-in"})
+    walk_in = await client.post(
+        "/desk/walk-in",
+        headers=htmx(token),
+        data={
+            "patient_id": world.patients[1],
+            "doctor_id": world.doctor_id,
+            "date": day.isoformat(),
+            "time": "10:00",
+            "reason": "walk-in",
+        },
+    )
     assert "Booked at 10:00" in walk_in.text
     board = await client.get("/desk", params={"date": day.isoformat()})
     card = re.search(r'data-appointment-id="(\d+)" data-status="booked"', board.text)
     assert card and "Patient 1" in board.text
-    done = await client.post(f"/desk/appointments/{card.group(1)}/status",
-                             data={"status": "checked_in"}, headers=htmx(token))
+    done = await client.post(
+        f"/desk/appointments/{card.group(1)}/status",
+        data={"status": "checked_in"},
+        headers=htmx(token),
+    )
     assert "checked in" in done.text
-    again = await client.post(f"/desk/appointments/{card.group(1)}/status",
-                              data={"status": "checked_in"}, headers=htmx(token))
+    again = await client.post(
+        f"/desk/appointments/{card.group(1)}/status",
+        data={"status": "checked_in"},
+        headers=htmx(token),
+    )
     assert 'class="error"' in again.text  # an illegal transition says why, no 5xx
     bulk = await client.post("/desk/bulk-check-in", headers=htmx(token), data={})
     assert "Select the appointments" in bulk.text

@@ -13,7 +13,7 @@ from app.tokens import issue_access_token
 from db.models import Clinic, Doctor, Patient, ScheduleTemplate, User
 
 BERLIN = ZoneInfo("Europe/Berlin")
-PASSWORD = "world-password-1"  # noqa: S105 - test users only
+PASSWORD = "world-password-1"
 _HASH = hash_password(PASSWORD)
 
 
