@@ -399,3 +399,38 @@ def test_backoff_grows_and_stays_within_its_jitter():
             delay = notifications.backoff(attempt, 30, 1800, rng)
             planned = min(1800, 30 * 2 ** (attempt - 1))
             assert 0.75 * planned <= delay <= 1.25 * planned
+
+
+async def test_embedded_mode_fills_the_dev_mailbox_and_server_mode_never_drops_silently(
+    client, world, session, settings, monkeypatch
+):
+    from db.models import DevMessage
+
+    mailbox_settings = notify_settings(settings, notify_dev_mailbox=True)
+    async with running_worker(mailbox_settings, monkeypatch):
+        await book_api(client, world, at(day_after_tomorrow(), 10), who="patient0")
+        await book_api(client, world, at(day_after_tomorrow(), 11), who="patient1")
+        await eventually(lambda: _sent(session, "confirmation"))
+    stored = list(await session.scalars(select(DevMessage).order_by(DevMessage.id)))
+    assert {(m.channel, m.recipient) for m in stored} == {
+        ("email", "ann@patients.test"),
+        ("sms", "+4930123456"),
+    }
+    email = next(m for m in stored if m.channel == "email")
+    assert "is confirmed" in email.body_text and "BEGIN:VEVENT" in (email.ics or "")
+    page = await client.get("/admin/mailbox", headers=world.headers("admin"))
+    assert page.status_code == 200
+    assert "ann@patients.test" in page.text and "+4930123456" in page.text
+    assert (await client.get("/admin/mailbox", headers=world.headers("desk"))).status_code == 403
+
+    # Server mode without SMTP: the row is dead at once, with the reason, on the page.
+    bare = notify_settings(settings, notify_dev_mailbox=False)
+    async with running_worker(bare, monkeypatch):
+        await book_api(client, world, at(day_after_tomorrow(), 12), who="patient2")
+
+        async def dead():
+            rows = [r for r in await outbox(session, kind="confirmation") if r.status == "dead"]
+            return rows
+
+        (row,) = await eventually(dead)
+    assert row.attempts == 1 and "SMTP_HOST" in (row.last_error or "")
