@@ -259,7 +259,7 @@ async def _affected_rows(
     names: dict[int, str] = {}
     if ids:
         query = select(Patient.id, Patient.full_name).where(Patient.id.in_(ids))
-        names = {i: n for i, n in (await session.execute(query)).tuples()}
+        names = {i: n for i, n in (await session.execute(query)).all()}
     rows = []
     for a in affected:
         start, end = a.starts_at.astimezone(zone), a.ends_at.astimezone(zone)

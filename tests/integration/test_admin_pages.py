@@ -303,7 +303,7 @@ async def test_saving_with_cancel_cancels_the_affected_appointments(
         "conference",
     )
     assert (exception.starts_at, exception.ends_at) == (at(day, 9, 30), at(day, 12))
-    rows = dict((await session.execute(select(Appointment.id, Appointment.status))).tuples().all())
+    rows = dict((await session.execute(select(Appointment.id, Appointment.status))).all())
     assert rows[ids["10:00"]] == rows[ids["11:30"]] == "cancelled"
     assert rows[ids["09:00"]] == rows[ids["13:00"]] == "booked"
     page = await client.get(path)
@@ -319,7 +319,7 @@ async def test_saving_with_cancel_cancels_the_affected_appointments(
         },
     )
     assert "1 appointment is still booked in this time" in kept.text
-    rows = dict((await session.execute(select(Appointment.id, Appointment.status))).tuples().all())
+    rows = dict((await session.execute(select(Appointment.id, Appointment.status))).all())
     assert rows[ids["13:00"]] == "booked"
 
 
