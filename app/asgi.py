@@ -22,7 +22,7 @@ from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
-from app import page_context, realtime
+from app import documents, page_context, realtime
 from app.csrf import CSRFMiddleware
 from app.effects import Effects
 from app.errors import DomainError
@@ -41,6 +41,7 @@ from app.routes import (
     live,
     pages,
     patient_pages,
+    records,
     staff_pages,
 )
 from app.routes.api_analytics import AnalyticsController, analytics_services
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def services(app: Litestar) -> AsyncIterator[None]:
         app.state.redis = create_redis(settings)
+        app.state.documents = documents.create_store(settings)  # one S3 client per process
         app.state.effects = Effects(app.state.redis)
         app.state.slot_cache = SlotCache(app.state.redis, app.state.sessions)
         hub = app.state.hub = Hub(settings.redis_url, app.state.redis, live.make_renderer(app))
@@ -112,6 +114,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *admin_pages.ROUTES,
             *audit.ROUTES,
             *NOTIFICATION_ROUTES,
+            *records.ROUTES,
+            *records.upload_routes(settings),
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
             ),

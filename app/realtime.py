@@ -49,6 +49,16 @@ def clinic_channel(clinic_id: int, day: dt.date) -> str:
     return f"clinic:{clinic_id}:{day.isoformat()}"
 
 
+def records_channel(patient_id: int) -> str:
+    """A patient's records: new uploads, for viewers allowed to read them."""
+    return f"records:{patient_id}"
+
+
+def record_messages(patient_id: int, record_id: int) -> list[tuple[str, dict[str, Any]]]:
+    """A committed upload: ids only; each viewer fetches the list through its audited read."""
+    return [(records_channel(patient_id), {"patient_id": patient_id, "record_id": record_id})]
+
+
 def parse_channel(channel: str) -> tuple[str, int, dt.date]:
     kind, ident, day = channel.split(":")
     return kind, int(ident), dt.date.fromisoformat(day)

@@ -48,6 +48,8 @@ class Settings:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_sse: str | None = None
+    # Largest medical record upload (docs/records.md); the upload route alone accepts it.
+    records_max_bytes: int = 20 * 1024 * 1024
 
     # Booking rules.
     booking_min_notice_minutes: int = 60
@@ -243,6 +245,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         s3_access_key_id=env.get("S3_ACCESS_KEY_ID") or None,
         s3_secret_access_key=env.get("S3_SECRET_ACCESS_KEY") or None,
         s3_sse=env.get("S3_SSE") or None,
+        records_max_bytes=_read(env, "RECORDS_MAX_BYTES", _at_least_one, 20 * 1024 * 1024),
         booking_min_notice_minutes=_read(env, "BOOKING_MIN_NOTICE_MINUTES", _positive_int, 60),
         booking_horizon_days=_read(env, "BOOKING_HORIZON_DAYS", _positive_int, 90),
         max_future_appointments_per_doctor=_read(

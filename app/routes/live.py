@@ -12,11 +12,18 @@ from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.status_codes import WS_1008_POLICY_VIOLATION
 
-from app import boards, directory
+from app import boards, directory, records
 from app.booking import BookingRules
 from app.guards import allow, check_websocket_origin, current_user
 from app.identity import Principal
-from app.realtime import Hub, LiveSocket, clinic_channel, doctor_channel, parse_channel
+from app.realtime import (
+    Hub,
+    LiveSocket,
+    clinic_channel,
+    doctor_channel,
+    parse_channel,
+    records_channel,
+)
 from app.routes.deps import provide_rules
 from db.models import Doctor
 
@@ -29,6 +36,11 @@ def make_renderer(app: Any) -> Any:
     async def render(channel: str, audience: str, payload: dict[str, Any]) -> str:
         state: State = app.state
         env = app.template_engine.engine
+        if audience == "records" and channel.startswith("records:"):
+            # Ids only: each viewer's panel then reloads its list through the audited read.
+            return env.get_template("records/_refresh.html").render(
+                patient_id=int(payload["patient_id"])
+            )
         kind, ident, day = parse_channel(channel)
         async with state.sessions() as session:
             if audience == "slots" and kind == "doctor":
@@ -58,6 +70,15 @@ async def _channels(socket: WebSocket[Any, Any, Any], user: Principal) -> tuple[
     """Which channels this socket may watch, from its query and its user's role."""
     params = socket.query_params
     view = params.get("view", "")
+    if view == "records":  # only viewers who may read this patient's records join
+        try:
+            patient_id = int(params.get("patient_id", ""))
+            async with socket.app.state.sessions() as session:
+                if await records.may_follow(session, user, patient_id):
+                    return "records", [records_channel(patient_id)]
+        except ValueError:
+            pass
+        raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="not a channel you may see")
     try:
         first = dt.date.fromisoformat(params.get("date", ""))
         if view == "slots":
@@ -94,6 +115,10 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
     await socket.accept()
     subscription: LiveSocket = hub.join(audience, channels)
     try:
+        if audience == "records":
+            await _records_resync(socket, subscription, hub, channels[0])
+            await _pump(socket, subscription)
+            return
         for channel in channels:  # resync: the current state of everything watched
             _, ident, _ = parse_channel(channel)
             payload: dict[str, Any] = {}
@@ -106,6 +131,22 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
         await _pump(socket, subscription)
     finally:
         hub.leave(subscription)
+
+
+async def _records_resync(
+    socket: WebSocket[Any, Any, Any], subscription: LiveSocket, hub: Hub, channel: str
+) -> None:
+    """Reloading the list is an audited read, so it happens only when the panel (which
+    says the newest record it shows) has really missed an upload while disconnected."""
+    patient_id = int(channel.split(":")[1])
+    try:
+        after = int(socket.query_params.get("after", "0"))
+    except ValueError:
+        after = 0
+    async with socket.app.state.sessions() as session:
+        missed = await records.newer_than(session, patient_id, after)
+    if missed:
+        subscription.offer(await hub.render(channel, "records", {"patient_id": patient_id}))
 
 
 async def _clinic_doctors(socket: WebSocket[Any, Any, Any], clinic_id: int) -> list[int]:

@@ -1,0 +1,403 @@
+"""Medical records: who may read them, the one-query list with download URLs, uploads.
+
+Access (docs/security.md): a patient reads their own records; a doctor those of patients
+with a booked, checked-in or completed appointment with them; anyone else only through
+break-glass (doctors and admins, with a written reason, flagged in the audit); front desks
+never. Every list, view and URL issued writes an audit event in the same transaction, and
+the URLs are handed out only after it commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import audit
+from app.documents import CONTENT_TYPES, DocumentStore, new_key
+from app.errors import DomainError, Forbidden, Invalid, NotFound
+from app.identity import Principal
+from app.realtime import record_messages
+from db.models import RECORD_TYPES, Appointment, Doctor, MedicalRecord, Patient
+
+RECORD_UPLOADED = "records.uploaded"
+# A doctor's appointment in one of these makes the patient theirs to read.
+CARE_STATUSES = ("booked", "checked_in", "completed")
+MIN_REASON_CHARS = 10
+MAX_TITLE_CHARS = 200
+
+# Magic bytes: the type is decided by what the file is, never by its name.
+SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF-", "pdf"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpg"),
+)
+
+Publish = Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]]
+
+
+class TooLarge(DomainError):
+    status_code = 413
+
+
+class UnsupportedType(DomainError):
+    status_code = 415
+
+
+class BreakGlassRequired(Forbidden):
+    """No care relationship: reading needs break-glass with a written reason."""
+
+    patient_name = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Why this actor may read this patient's records."""
+
+    patient_id: int
+    patient_name: str
+    basis: str  # own, care or break_glass
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordItem:
+    id: int
+    record_type: str
+    title: str
+    doctor_name: str | None
+    uploaded_at: dt.datetime
+    content_type: str
+    size: int
+    document_url: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "record_type": self.record_type,
+            "title": self.title,
+            "doctor_name": self.doctor_name,
+            "uploaded_at": self.uploaded_at.isoformat(),
+            "content_type": self.content_type,
+            "size": self.size,
+            "document_url": self.document_url,
+        }
+
+
+def _care(doctor_id: int, patient_id: int) -> Any:
+    return exists().where(
+        Appointment.patient_id == patient_id,
+        Appointment.doctor_id == doctor_id,
+        Appointment.status.in_(CARE_STATUSES),
+    )
+
+
+async def grant(
+    session: AsyncSession, actor: Principal, patient_id: int, *, reason: str | None = None
+) -> Grant:
+    """Decide whether `actor` may read `patient_id`'s records, and on what basis.
+
+    Args:
+        reason: the break-glass justification, for readers without a care relationship.
+
+    Raises:
+        NotFound: no such patient, or another patient's records (no existence leak).
+        BreakGlassRequired: a doctor without care, or an admin, gave no (long enough) reason.
+        Forbidden: front desks, who never see record content.
+    """
+    if actor.role == "front_desk":
+        raise Forbidden("front desks never see medical records")
+    if actor.role == "patient" and actor.patient_id != patient_id:
+        raise NotFound(f"patient {patient_id} not found")
+    care = None
+    if actor.role == "doctor" and actor.doctor_id is not None:
+        care = _care(actor.doctor_id, patient_id)
+    columns: list[Any] = [Patient.full_name]
+    if care is not None:
+        columns.append(care)
+    row = (await session.execute(select(*columns).where(Patient.id == patient_id))).one_or_none()
+    if row is None:
+        raise NotFound(f"patient {patient_id} not found")
+    if actor.role == "patient":
+        return Grant(patient_id, row[0], "own")
+    if care is not None and row[1]:
+        return Grant(patient_id, row[0], "care")
+    reason = (reason or "").strip()
+    if len(reason) < MIN_REASON_CHARS:
+        who = "you have no booked, checked-in or completed appointment with this patient"
+        if actor.role == "admin":
+            who = "admins read records only through break-glass"
+        refusal = BreakGlassRequired(
+            f"{who}; to read them anyway, give a break-glass reason of at least "
+            f"{MIN_REASON_CHARS} characters (it is logged and flagged for review)"
+        )
+        refusal.patient_name = row[0]  # for the page's break-glass form, never the API body
+        raise refusal
+    return Grant(patient_id, row[0], "break_glass", reason[:1000])
+
+
+async def may_follow(session: AsyncSession, actor: Principal, patient_id: int) -> bool:
+    """Whether live updates of this patient's records may reach `actor`: the patient
+    themself and doctors with care only (break-glass is per read, never a subscription)."""
+    if actor.role == "patient":
+        return actor.patient_id == patient_id
+    if actor.role == "doctor" and actor.doctor_id is not None:
+        return bool(await session.scalar(select(_care(actor.doctor_id, patient_id))))
+    return False
+
+
+async def newer_than(session: AsyncSession, patient_id: int, record_id: int) -> bool:
+    """Whether the patient has a record newer than `record_id` (no content read)."""
+    query = select(
+        exists().where(MedicalRecord.patient_id == patient_id, MedicalRecord.id > record_id)
+    )
+    return bool(await session.scalar(query))
+
+
+def _list_query(patient_id: int) -> Any:
+    # One index range (ix_medical_records_patient_uploaded) and a primary-key join per row.
+    return (
+        select(
+            MedicalRecord.id,
+            MedicalRecord.record_type,
+            MedicalRecord.title,
+            Doctor.full_name,
+            MedicalRecord.uploaded_at,
+            MedicalRecord.content_type,
+            MedicalRecord.size,
+            MedicalRecord.storage_key,
+        )
+        .outerjoin(Doctor, Doctor.id == MedicalRecord.author_doctor_id)
+        .where(MedicalRecord.patient_id == patient_id)
+        .order_by(MedicalRecord.uploaded_at.desc(), MedicalRecord.id.desc())
+    )
+
+
+async def _read(
+    session: AsyncSession,
+    store: DocumentStore,
+    actor: Principal,
+    the_grant: Grant,
+    query: Any,
+    *,
+    single: int | None,
+    client_addr: str | None,
+    via: str,
+) -> list[RecordItem]:
+    rows = (await session.execute(query)).all()
+    urls = store.urls([row.storage_key for row in rows])
+    details: dict[str, Any] = {
+        "record_ids": [row.id for row in rows],
+        "urls_issued": len(urls),
+        "basis": the_grant.basis,
+        "via": via,
+    }
+    if the_grant.reason:
+        details["reason"] = the_grant.reason
+    await audit.record(
+        session,
+        actor_user_id=actor.id,
+        action=audit.BREAK_GLASS if the_grant.basis == "break_glass" else audit.RECORD_READ,
+        subject_type="medical_record" if single is not None else "medical_record_list",
+        subject_id=single,
+        patient_id=the_grant.patient_id,
+        client_addr=client_addr,
+        flagged=the_grant.basis == "break_glass",
+        details=details,
+    )
+    await session.commit()  # the trace lands before any URL leaves
+    return [
+        RecordItem(
+            row.id,
+            row.record_type,
+            row.title,
+            row.full_name,
+            row.uploaded_at,
+            row.content_type,
+            row.size,
+            url,
+        )
+        for row, url in zip(rows, urls, strict=True)
+    ]
+
+
+async def list_records(
+    session: AsyncSession,
+    store: DocumentStore,
+    actor: Principal,
+    patient_id: int,
+    *,
+    reason: str | None = None,
+    client_addr: str | None = None,
+    via: str = "api",
+) -> tuple[Grant, list[RecordItem]]:
+    """All of a patient's records, newest first, each with a fresh download URL (C-2).
+
+    One query for the list, URLs signed in process (microseconds each), one audit event
+    naming every record id, committed before the URLs are returned.
+
+    Returns:
+        The grant (basis of access, patient name) and the records.
+    """
+    the_grant = await grant(session, actor, patient_id, reason=reason)
+    items = await _read(
+        session,
+        store,
+        actor,
+        the_grant,
+        _list_query(patient_id),
+        single=None,
+        client_addr=client_addr,
+        via=via,
+    )
+    return the_grant, items
+
+
+async def view_record(
+    session: AsyncSession,
+    store: DocumentStore,
+    actor: Principal,
+    patient_id: int,
+    record_id: int,
+    *,
+    reason: str | None = None,
+    client_addr: str | None = None,
+) -> RecordItem:
+    """One record with a fresh download URL (audited like a list of one)."""
+    the_grant = await grant(session, actor, patient_id, reason=reason)
+    query = _list_query(patient_id).where(MedicalRecord.id == record_id)
+    items = await _read(
+        session,
+        store,
+        actor,
+        the_grant,
+        query,
+        single=record_id,
+        client_addr=client_addr,
+        via="api",
+    )
+    if not items:
+        raise NotFound(f"record {record_id} not found")
+    return items[0]
+
+
+def sniff(data: bytes) -> str | None:
+    """The extension (pdf, png, jpg) the content really is, or None."""
+    for magic, extension in SIGNATURES:
+        if data.startswith(magic):
+            return extension
+    return None
+
+
+async def upload(
+    session: AsyncSession,
+    store: DocumentStore,
+    actor: Principal,
+    patient_id: int,
+    *,
+    data: bytes,
+    record_type: str,
+    title: str,
+    max_bytes: int,
+    client_addr: str | None = None,
+    publish: Publish | None = None,
+) -> MedicalRecord:
+    """Store a document and its row: the object first, then the row in one transaction;
+    if the row fails the object is deleted, so neither exists without the other (a crash
+    between the two leaves an object that `sweep_strays` removes).
+
+    Raises:
+        NotFound, Forbidden: unknown patient, no care relationship (no break-glass writes).
+        TooLarge (413), UnsupportedType (415), Invalid (422): the reason is in the detail.
+    """
+    if actor.role != "doctor" or actor.doctor_id is None:
+        raise Forbidden("only doctors upload records")
+    the_grant = await grant(session, actor, patient_id)  # BreakGlassRequired without care
+    if len(data) > max_bytes:
+        raise TooLarge(f"the file is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
+    if not data:
+        raise Invalid("the file is empty")
+    extension = sniff(data)
+    if extension is None:
+        raise UnsupportedType("the file is not a PDF, PNG or JPEG (checked by its content)")
+    if record_type not in RECORD_TYPES:
+        raise Invalid(f"record_type must be one of {', '.join(RECORD_TYPES)}")
+    title = " ".join(title.split())
+    if not title or len(title) > MAX_TITLE_CHARS or not title.isprintable():
+        raise Invalid(f"give a title of 1 to {MAX_TITLE_CHARS} characters")
+    key = new_key(patient_id, extension)
+    content_type = CONTENT_TYPES[extension]
+    digest = hashlib.sha256(data).hexdigest()
+    await store.put(key, data, content_type)
+    try:
+        record = MedicalRecord(
+            patient_id=the_grant.patient_id,
+            author_doctor_id=actor.doctor_id,
+            record_type=record_type,
+            title=title,
+            storage_key=key,
+            content_type=content_type,
+            size=len(data),
+            sha256=digest,
+        )
+        session.add(record)
+        await session.flush()
+        await audit.record(
+            session,
+            actor_user_id=actor.id,
+            action=RECORD_UPLOADED,
+            subject_type="medical_record",
+            subject_id=record.id,
+            patient_id=patient_id,
+            client_addr=client_addr,
+            details={"record_ids": [record.id], "size": len(data), "sha256": digest},
+        )
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        await store.delete(key)
+        raise
+    if publish is not None:
+        await publish(record_messages(patient_id, record.id))
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    objects_deleted: list[str]
+    rows_without_object: list[int]
+
+
+async def sweep_strays(
+    session: AsyncSession,
+    store: DocumentStore,
+    *,
+    now: dt.datetime,
+    grace: dt.timedelta = dt.timedelta(hours=1),
+    delete: bool = True,
+) -> SweepReport:
+    """Delete stored objects that no row names (an upload that died between its two
+    steps), and report rows whose object is missing. Objects younger than `grace` are
+    left alone: their upload may still be committing."""
+    stored = dict(await store.keys())
+    known = {
+        key: record_id
+        for record_id, key in (
+            await session.execute(select(MedicalRecord.id, MedicalRecord.storage_key))
+        ).all()
+    }
+    strays = sorted(k for k, at in stored.items() if k not in known and at < now - grace)
+    if delete:
+        for key in strays:
+            await store.delete(key)
+    missing = sorted(
+        record_id
+        for key, record_id in known.items()
+        if key.startswith("patients/") and key not in stored
+    )
+    return SweepReport(strays, missing)

@@ -1,0 +1,259 @@
+"""Medical records: the JSON API, the records panel (doctor's day, patient's page), uploads,
+and the signed download route of the local-disk store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import MediaType
+from litestar.response import File, Response, Template
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import records
+from app.documents import CONTENT_TYPES, DiskStore, DocumentStore
+from app.errors import DomainError, Invalid
+from app.guards import PUBLIC, allow, client_addr
+from app.identity import Principal
+from app.routes.views import VARY, page
+from app.settings import Settings
+from db.models import RECORD_TYPES
+
+READERS = ("patient", "doctor", "admin")  # front desks never see content: 403 by role
+# Multipart framing and the form's other fields, on top of the file itself.
+MULTIPART_OVERHEAD = 256 * 1024
+
+
+def _store(request: Request[Any, Any, Any]) -> DocumentStore:
+    return request.app.state.documents
+
+
+@get("/api/patients/{patient_id:int}/records", guards=[allow(*READERS)])
+async def list_api(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    patient_id: int,
+    break_glass_reason: str | None = None,
+) -> dict[str, Any]:
+    """All of a patient's records with download URLs (valid 10 minutes), in one response."""
+    _, items = await records.list_records(
+        db_session,
+        _store(request),
+        actor,
+        patient_id,
+        reason=break_glass_reason,
+        client_addr=client_addr(request),
+    )
+    return {"patient_id": patient_id, "records": [item.as_json() for item in items]}
+
+
+@get("/api/patients/{patient_id:int}/records/{record_id:int}", guards=[allow(*READERS)])
+async def view_api(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    patient_id: int,
+    record_id: int,
+    break_glass_reason: str | None = None,
+) -> dict[str, Any]:
+    """One record with a fresh download URL (the list returns them all at once)."""
+    item = await records.view_record(
+        db_session,
+        _store(request),
+        actor,
+        patient_id,
+        record_id,
+        reason=break_glass_reason,
+        client_addr=client_addr(request),
+    )
+    return item.as_json()
+
+
+async def _form(request: Request[Any, Any, Any]) -> tuple[bytes, str, str]:
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise Invalid("attach the document as the multipart field `file`")
+    data = await upload.read()
+    return data, str(form.get("record_type") or ""), str(form.get("title") or "")
+
+
+def upload_routes(settings: Settings) -> list[Any]:
+    """The upload handlers, with the body limit raised to RECORDS_MAX_BYTES for them only."""
+    limit = settings.records_max_bytes + MULTIPART_OVERHEAD
+
+    @post(
+        "/api/patients/{patient_id:int}/records",
+        guards=[allow("doctor")],
+        request_max_body_size=limit,
+        status_code=201,
+    )
+    async def upload_api(
+        request: Request[Any, Any, Any],
+        db_session: AsyncSession,
+        actor: Principal,
+        patient_id: int,
+    ) -> dict[str, Any]:
+        """Multipart `file`, `record_type`, `title`: a PDF, PNG or JPEG for a patient in
+        the doctor's care."""
+        data, record_type, title = await _form(request)
+        record = await records.upload(
+            db_session,
+            _store(request),
+            actor,
+            patient_id,
+            data=data,
+            record_type=record_type,
+            title=title,
+            max_bytes=settings.records_max_bytes,
+            client_addr=client_addr(request),
+            publish=request.app.state.hub.publish_all,
+        )
+        return {
+            "id": record.id,
+            "patient_id": record.patient_id,
+            "record_type": record.record_type,
+            "title": record.title,
+            "content_type": record.content_type,
+            "size": record.size,
+            "sha256": record.sha256,
+            "uploaded_at": record.uploaded_at.isoformat(),
+        }
+
+    @post(
+        "/patients/{patient_id:int}/records/upload",
+        guards=[allow("doctor")],
+        request_max_body_size=limit,
+        include_in_schema=False,
+        status_code=200,
+    )
+    async def upload_page(
+        request: Request[Any, Any, Any],
+        db_session: AsyncSession,
+        actor: Principal,
+        patient_id: int,
+    ) -> Response[str]:
+        """The panel's upload form; the new row reaches every open panel over the socket."""
+        try:
+            data, record_type, title = await _form(request)
+            record = await records.upload(
+                db_session,
+                _store(request),
+                actor,
+                patient_id,
+                data=data,
+                record_type=record_type,
+                title=title,
+                max_bytes=settings.records_max_bytes,
+                client_addr=client_addr(request),
+                publish=request.app.state.hub.publish_all,
+            )
+        except DomainError as exc:  # htmx swaps only 2xx: say why in the panel
+            return _upload_message(patient_id, exc.detail, error=True)
+        return _upload_message(patient_id, f"Uploaded “{record.title}”.")
+
+    return [upload_api, upload_page]
+
+
+def _upload_message(patient_id: int, text: str, error: bool = False) -> Response[str]:
+    css, role = ("error", "alert") if error else ("notice", "status")
+    safe = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    html = f'<p id="records-upload-msg-{patient_id}" class="{css}" role="{role}">{safe}</p>'
+    return Response(html, media_type=MediaType.HTML, headers=VARY)
+
+
+async def _panel(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    patient_id: int,
+    reason: str | None,
+    part: str,
+) -> Template | Response[str]:
+    context: dict[str, Any] = {
+        "patient_id": patient_id,
+        "record_types": RECORD_TYPES,
+        "can_upload": False,
+        "records": [],
+        "need_reason": None,
+    }
+    try:
+        the_grant, items = await records.list_records(
+            db_session,
+            _store(request),
+            actor,
+            patient_id,
+            reason=reason,
+            client_addr=client_addr(request),
+            via="page",
+        )
+    except records.BreakGlassRequired as exc:
+        context.update(patient_name=exc.patient_name, need_reason=exc.detail)
+        return page(request, "records/panel.html", "panel", **context)
+    context.update(
+        patient_name=the_grant.patient_name,
+        basis=the_grant.basis,
+        records=items,
+        latest_id=max((item.id for item in items), default=0),
+        live=the_grant.basis in ("own", "care"),
+        can_upload=the_grant.basis == "care",
+    )
+    return page(request, "records/panel.html", "list" if part == "list" else "panel", **context)
+
+
+@get("/patients/{patient_id:int}/records", guards=[allow(*READERS)], include_in_schema=False)
+async def panel_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    patient_id: int,
+    break_glass_reason: str | None = None,
+    part: str = "panel",
+) -> Template | Response[str]:
+    """A patient's records: the whole page, the panel for the doctor's day (htmx), or just
+    the list when a live update asks for it. Each is an audited read."""
+    return await _panel(request, db_session, actor, patient_id, break_glass_reason, part)
+
+
+@get("/me/records", guards=[allow("patient")], include_in_schema=False)
+async def my_records(
+    request: Request[Any, Any, Any], db_session: AsyncSession, actor: Principal
+) -> Template | Response[str]:
+    """The signed-in patient's own records."""
+    assert actor.patient_id is not None
+    return await _panel(request, db_session, actor, actor.patient_id, None, "panel")
+
+
+def _gone(status: int, detail: str) -> Response[dict[str, Any]]:
+    return Response({"status_code": status, "detail": detail}, status_code=status)
+
+
+@get("/documents/{key:path}", opt=PUBLIC, include_in_schema=False)
+async def download(
+    request: Request[Any, Any, Any], key: str, expires: str = "", sig: str = ""
+) -> File | Response[dict[str, Any]]:
+    """A document of the local-disk store. Public on purpose: the signed, expiring URL is
+    the credential, issued only by an audited read."""
+    store = _store(request)
+    key = key.lstrip("/")
+    if not isinstance(store, DiskStore):
+        return _gone(404, "not found")
+    verdict = store.verify(key, expires, sig)
+    if verdict == "invalid":  # tampered, made up or not ours: say nothing more
+        return _gone(404, "not found")
+    if verdict == "expired":
+        return _gone(410, "this link has expired; open the records list again for a fresh one")
+    path = store.path(key)
+    if not path.is_file():
+        return _gone(404, "not found")
+    return File(
+        path=path,
+        filename=path.name,
+        media_type=CONTENT_TYPES[path.suffix.lstrip(".")],
+        content_disposition_type="attachment",
+    )
+
+
+ROUTES = [list_api, view_api, panel_page, my_records, download]
