@@ -190,6 +190,16 @@ async def _owned(session: AsyncSession, actor: Principal, export_id: str) -> Exp
     return job
 
 
+async def mark_failed(session: AsyncSession, export_id: str, message: str) -> None:
+    """Record why an export will not run (its job could not be queued)."""
+    await session.execute(
+        update(ExportJob)
+        .where(ExportJob.id == export_id)
+        .values(status="failed", error=message, finished_at=dt.datetime.now(dt.UTC))
+    )
+    await session.commit()
+
+
 async def get_export(session: AsyncSession, actor: Principal, export_id: str) -> ExportView:
     return _view(await _owned(session, actor, export_id))
 

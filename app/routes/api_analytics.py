@@ -8,6 +8,7 @@ written on the primary and run by the worker.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import Parameter, QueryParameter
 from litestar.response import File, Redirect, Response
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import analytics, exports
@@ -27,6 +29,7 @@ from app.analytics import (
     NoShowRow,
     PopularSlots,
     ReportScope,
+    ReportTimedOut,
     Utilisation,
     UtilisationRow,
 )
@@ -37,6 +40,7 @@ from db.session import create_engine
 from tasks.analytics import enqueue_export
 from tasks.queue import create_queue
 
+log = logging.getLogger(__name__)
 STAFF = ("admin", "front_desk")
 
 
@@ -55,7 +59,10 @@ async def analytics_services(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await app.state.analytics_queue.disconnect()
+        try:
+            await app.state.analytics_queue.disconnect()
+        except (RedisError, OSError) as exc:  # Redis down at shutdown must not stop it
+            log.warning("job queue not closed cleanly: %s", exc)
         await app.state.analytics_engine.dispose()
 
 
@@ -363,5 +370,11 @@ async def start_export(
         actor, first, last, clinic_id, now.date(), max_days=analytics.MAX_EXPORT_DAYS
     )
     view = await exports.create_export(db_session, actor, scope, client_addr(request))
-    await enqueue_export(request.app.state.analytics_queue, view.id)
+    try:
+        await enqueue_export(request.app.state.analytics_queue, view.id)
+    except (RedisError, OSError) as exc:
+        log.warning("export %s not queued: %s", view.id, exc)
+        message = "the job queue is unavailable; please try again in a few minutes"
+        await exports.mark_failed(db_session, view.id, message)
+        raise ReportTimedOut(message) from None  # 503, like any analytics outage
     return view
