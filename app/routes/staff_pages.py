@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import NotFoundException
 from litestar.params import Body
 from litestar.response import Response, Template
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import boards, booking, directory
@@ -37,12 +38,15 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _clinic_of(actor: Principal, clinic_id: int | None) -> int:
+async def _clinic_of(db_session: AsyncSession, actor: Principal, clinic_id: int | None) -> int:
+    """A desk sees its own clinic; an admin any (the first one unless they choose)."""
     if actor.role == "front_desk":
         assert actor.clinic_id is not None
         return actor.clinic_id
     if clinic_id is None:
-        raise PermissionDeniedException("admins choose a clinic: /desk?clinic_id=…")
+        clinic_id = await db_session.scalar(select(func.min(Clinic.id)))
+        if clinic_id is None:
+            raise NotFoundException("there is no clinic yet: add one under Clinics")
     return clinic_id
 
 
@@ -57,7 +61,9 @@ async def board(
     clinic_id: int | None = None,
 ) -> Template | Response[str]:
     """Today's (or `date`'s) board for the desk's clinic: doctors as columns, live."""
-    clinic = await db_session.get_one(Clinic, _clinic_of(actor, clinic_id))
+    clinic = await db_session.get(Clinic, await _clinic_of(db_session, actor, clinic_id))
+    if clinic is None:
+        raise NotFoundException("no such clinic")
     day = date or boards.clinic_today(clinic.timezone, now)
     clinic, columns = await boards.clinic_board(db_session, slot_cache, clinic.id, day)
     return page(
