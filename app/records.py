@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit
@@ -110,10 +110,7 @@ async def grant(
         BreakGlassRequired: a doctor without care, or an admin, gave no (long enough) reason.
         Forbidden: front desks, who never see record content.
     """
-    if actor.role == "front_desk":
-        raise Forbidden("front desks never see medical records")
-    if actor.role == "patient" and actor.patient_id != patient_id:
-        raise NotFound(f"patient {patient_id} not found")
+    _refuse_early(actor, patient_id)
     care = None
     if actor.role == "doctor" and actor.doctor_id is not None:
         care = _care(actor.doctor_id, patient_id)
@@ -123,10 +120,23 @@ async def grant(
     row = (await session.execute(select(*columns).where(Patient.id == patient_id))).one_or_none()
     if row is None:
         raise NotFound(f"patient {patient_id} not found")
+    return _decide(actor, patient_id, row[0], care is not None and bool(row[1]), reason)
+
+
+def _refuse_early(actor: Principal, patient_id: int) -> None:
+    if actor.role == "front_desk":
+        raise Forbidden("front desks never see medical records")
+    if actor.role == "patient" and actor.patient_id != patient_id:
+        raise NotFound(f"patient {patient_id} not found")
+
+
+def _decide(
+    actor: Principal, patient_id: int, patient_name: str, care: bool, reason: str | None
+) -> Grant:
     if actor.role == "patient":
-        return Grant(patient_id, row[0], "own")
-    if care is not None and row[1]:
-        return Grant(patient_id, row[0], "care")
+        return Grant(patient_id, patient_name, "own")
+    if care:
+        return Grant(patient_id, patient_name, "care")
     reason = (reason or "").strip()
     if len(reason) < MIN_REASON_CHARS:
         who = "you have no booked, checked-in or completed appointment with this patient"
@@ -136,9 +146,9 @@ async def grant(
             f"{who}; to read them anyway, give a break-glass reason of at least "
             f"{MIN_REASON_CHARS} characters (it is logged and flagged for review)"
         )
-        refusal.patient_name = row[0]  # for the page's break-glass form, never the API body
+        refusal.patient_name = patient_name  # for the page's break-glass form, never the API
         raise refusal
-    return Grant(patient_id, row[0], "break_glass", reason[:1000])
+    return Grant(patient_id, patient_name, "break_glass", reason[:1000])
 
 
 async def may_follow(session: AsyncSession, actor: Principal, patient_id: int) -> bool:
@@ -159,10 +169,26 @@ async def newer_than(session: AsyncSession, patient_id: int, record_id: int) -> 
     return bool(await session.scalar(query))
 
 
-def _list_query(patient_id: int) -> Any:
-    # One index range (ix_medical_records_patient_uploaded) and a primary-key join per row.
+def _grant_and_list_query(actor: Principal, patient_id: int, record_id: int | None) -> Any:
+    """One statement for the access decision and the list: the patient's name and the care
+    relationship (a CTE, evaluated once), then every record through one index range
+    (ix_medical_records_patient_uploaded) with a primary-key join for the author's name.
+    No rows: no such patient. One row with a NULL id: a patient without records."""
+    care: Any = literal(False)
+    if actor.role == "doctor" and actor.doctor_id is not None:
+        care = _care(actor.doctor_id, patient_id)
+    g = (
+        select(Patient.full_name.label("patient_name"), care.label("care"))
+        .where(Patient.id == patient_id)
+        .cte("g")
+    )
+    on = MedicalRecord.patient_id == patient_id
+    if record_id is not None:
+        on = on & (MedicalRecord.id == record_id)
     return (
         select(
+            g.c.patient_name,
+            g.c.care,
             MedicalRecord.id,
             MedicalRecord.record_type,
             MedicalRecord.title,
@@ -172,8 +198,9 @@ def _list_query(patient_id: int) -> Any:
             MedicalRecord.size,
             MedicalRecord.storage_key,
         )
+        .select_from(g)
+        .outerjoin(MedicalRecord, on)
         .outerjoin(Doctor, Doctor.id == MedicalRecord.author_doctor_id)
-        .where(MedicalRecord.patient_id == patient_id)
         .order_by(MedicalRecord.uploaded_at.desc(), MedicalRecord.id.desc())
     )
 
@@ -182,14 +209,19 @@ async def _read(
     session: AsyncSession,
     store: DocumentStore,
     actor: Principal,
-    the_grant: Grant,
-    query: Any,
+    patient_id: int,
     *,
-    single: int | None,
+    record_id: int | None,
+    reason: str | None,
     client_addr: str | None,
     via: str,
-) -> list[RecordItem]:
-    rows = (await session.execute(query)).all()
+) -> tuple[Grant, list[RecordItem]]:
+    _refuse_early(actor, patient_id)
+    found = (await session.execute(_grant_and_list_query(actor, patient_id, record_id))).all()
+    if not found:
+        raise NotFound(f"patient {patient_id} not found")
+    the_grant = _decide(actor, patient_id, found[0].patient_name, bool(found[0].care), reason)
+    rows = [row for row in found if row.id is not None]
     urls = store.urls([row.storage_key for row in rows])
     details: dict[str, Any] = {
         "record_ids": [row.id for row in rows],
@@ -203,15 +235,15 @@ async def _read(
         session,
         actor_user_id=actor.id,
         action=audit.BREAK_GLASS if the_grant.basis == "break_glass" else audit.RECORD_READ,
-        subject_type="medical_record" if single is not None else "medical_record_list",
-        subject_id=single,
-        patient_id=the_grant.patient_id,
+        subject_type="medical_record" if record_id is not None else "medical_record_list",
+        subject_id=record_id,
+        patient_id=patient_id,
         client_addr=client_addr,
         flagged=the_grant.basis == "break_glass",
         details=details,
     )
     await session.commit()  # the trace lands before any URL leaves
-    return [
+    items = [
         RecordItem(
             row.id,
             row.record_type,
@@ -224,6 +256,7 @@ async def _read(
         )
         for row, url in zip(rows, urls, strict=True)
     ]
+    return the_grant, items
 
 
 async def list_records(
@@ -238,24 +271,26 @@ async def list_records(
 ) -> tuple[Grant, list[RecordItem]]:
     """All of a patient's records, newest first, each with a fresh download URL (C-2).
 
-    One query for the list, URLs signed in process (microseconds each), one audit event
-    naming every record id, committed before the URLs are returned.
+    One statement decides access and reads the list, the URLs are signed in process
+    (microseconds each), and one audit event naming every record id is committed before
+    the URLs are returned.
 
     Returns:
         The grant (basis of access, patient name) and the records.
+
+    Raises:
+        NotFound, BreakGlassRequired, Forbidden: as `grant`.
     """
-    the_grant = await grant(session, actor, patient_id, reason=reason)
-    items = await _read(
+    return await _read(
         session,
         store,
         actor,
-        the_grant,
-        _list_query(patient_id),
-        single=None,
+        patient_id,
+        record_id=None,
+        reason=reason,
         client_addr=client_addr,
         via=via,
     )
-    return the_grant, items
 
 
 async def view_record(
@@ -269,15 +304,13 @@ async def view_record(
     client_addr: str | None = None,
 ) -> RecordItem:
     """One record with a fresh download URL (audited like a list of one)."""
-    the_grant = await grant(session, actor, patient_id, reason=reason)
-    query = _list_query(patient_id).where(MedicalRecord.id == record_id)
-    items = await _read(
+    _, items = await _read(
         session,
         store,
         actor,
-        the_grant,
-        query,
-        single=record_id,
+        patient_id,
+        record_id=record_id,
+        reason=reason,
         client_addr=client_addr,
         via="api",
     )
