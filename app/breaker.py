@@ -14,6 +14,7 @@ must never be the reason a reminder is not sent.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -24,10 +25,15 @@ log = logging.getLogger(__name__)
 KEY = "medbook:breaker:{}"
 FAILURE_WINDOW_MS = 60_000
 OPEN_KEEP_MS = 3_600_000  # an open breaker nobody probes is forgotten after an hour
+# A worker that just found the breaker closed, with no failures counted, believes it for
+# this long without asking Redis again (a worker notices another's opening within it).
+TRUST_CLOSED_SECONDS = 1.0
 
 _CHECK = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'open' then return {1, 0} end
+if state ~= 'open' then
+  return {1, tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')}
+end
 local now = tonumber(ARGV[1])
 local reopen = tonumber(redis.call('HGET', KEYS[1], 'until'))
 if now < reopen then return {0, reopen} end
@@ -76,9 +82,13 @@ class Breaker:
         self.probe_ttl_ms = int(probe_ttl * 1000)
         self._check = redis.register_script(_CHECK)
         self._failure = redis.register_script(_FAILURE)
+        self._trusted_until = 0.0  # monotonic
+        self._dirty = False  # failures or a probe seen: a success must reset Redis
 
     async def check(self, now: float) -> Decision:
         """May this caller send now? (`now` in epoch seconds)"""
+        if not self._dirty and time.monotonic() < self._trusted_until:
+            return Decision(True)
         try:
             verdict, until = await self._check(
                 keys=[self.key], args=[int(now * 1000), self.probe_ttl_ms]
@@ -88,16 +98,26 @@ class Breaker:
             return Decision(True)
         if int(verdict) == 0:
             return Decision(False, retry_at=int(until) / 1000)
-        return Decision(True, probe=int(verdict) == 2)
+        if int(verdict) == 2:
+            self._dirty = True
+            return Decision(True, probe=True)
+        self._dirty = int(until) > 0  # failures counted so far
+        self._trusted_until = time.monotonic() + TRUST_CLOSED_SECONDS
+        return Decision(True)
 
     async def success(self) -> None:
+        """Close the breaker and reset its count (one Redis call only when needed)."""
+        if not self._dirty:
+            return
         try:
             await self.redis.delete(self.key)
+            self._dirty = False
         except RedisError as exc:
             log.warning("breaker %s: could not record a success: %s", self.name, exc)
 
     async def failure(self, now: float) -> str:
         """Count a transient failure; returns `closed`, `opened` (just now) or `open`."""
+        self._dirty, self._trusted_until = True, 0.0
         try:
             state = await self._failure(
                 keys=[self.key],

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, select, text, update
+from sqlalchemy import Table, and_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import audit
@@ -38,6 +38,8 @@ ANNOUNCEMENTS = ("confirmation", "reminder_24h", "reminder_1h")
 REMINDERS = ("reminder_24h", "reminder_1h")
 NOTIFY_CHOICES = ("email", "sms", "none")
 LEASE_UNTIL = Notification.__table__.c.lease_until
+# The send path updates the table through Core: no ORM work per message (it adds up).
+ROWS: Table = Notification.__table__  # type: ignore[assignment]
 ERROR_LIMIT = 500  # characters of a provider's error kept on the row
 
 NOTIFICATION_RETRIED = "notification.retried"
@@ -327,22 +329,22 @@ async def start_attempt(
 ) -> bool:
     """Count an attempt and hold the row for its duration; False when another job owns it."""
     result = await conn.execute(
-        update(Notification)
+        update(ROWS)
         .where(
-            Notification.id == item.id,
-            Notification.status == "queued",
-            Notification.attempts == item.token,
+            ROWS.c.id == item.id,
+            ROWS.c.status == "queued",
+            ROWS.c.attempts == item.token,
         )
-        .values(attempts=Notification.attempts + 1, **{LEASE_UNTIL.key: now + lease})
+        .values(attempts=ROWS.c.attempts + 1, lease_until=now + lease)
     )
     return bool(result.rowcount)
 
 
 def _attempt_of(item: Outgoing) -> Any:
     return and_(
-        Notification.id == item.id,
-        Notification.status == "queued",
-        Notification.attempts == item.token + 1,
+        ROWS.c.id == item.id,
+        ROWS.c.status == "queued",
+        ROWS.c.attempts == item.token + 1,
     )
 
 
@@ -351,14 +353,14 @@ async def mark_sent(
 ) -> bool:
     """Record the provider's message id and `sent` in one statement."""
     result = await conn.execute(
-        update(Notification)
+        update(ROWS)
         .where(_attempt_of(item))
         .values(
             status="sent",
             provider_message_id=provider_message_id[:200],
             sent_at=now,
             last_error=None,
-            **{LEASE_UNTIL.key: None},
+            lease_until=None,
         )
     )
     return bool(result.rowcount)
@@ -375,10 +377,10 @@ async def mark_failed(
     """After a failed attempt: keep the claim until `retry_at` (+ lease), or go `dead`."""
     values: dict[str, Any] = {"last_error": error[:ERROR_LIMIT]}
     if retry_at is None:
-        values |= {"status": "dead", LEASE_UNTIL.key: None}
+        values |= {"status": "dead", "lease_until": None}
     else:
         values[LEASE_UNTIL.key] = retry_at + lease
-    await conn.execute(update(Notification).where(_attempt_of(item)).values(**values))
+    await conn.execute(update(ROWS).where(_attempt_of(item)).values(**values))
 
 
 async def postpone(
@@ -386,26 +388,26 @@ async def postpone(
 ) -> bool:
     """The provider's breaker is open: keep the claim, without counting an attempt."""
     result = await conn.execute(
-        update(Notification)
+        update(ROWS)
         .where(
-            Notification.id == item.id,
-            Notification.status == "queued",
-            Notification.attempts == item.token,
+            ROWS.c.id == item.id,
+            ROWS.c.status == "queued",
+            ROWS.c.attempts == item.token,
         )
-        .values(**{LEASE_UNTIL.key: until + lease})
+        .values(lease_until=until + lease)
     )
     return bool(result.rowcount)
 
 
 async def mark_void(conn: AsyncConnection, item: Outgoing, reason: str) -> None:
     await conn.execute(
-        update(Notification)
+        update(ROWS)
         .where(
-            Notification.id == item.id,
-            Notification.status == "queued",
-            Notification.attempts == item.token,
+            ROWS.c.id == item.id,
+            ROWS.c.status == "queued",
+            ROWS.c.attempts == item.token,
         )
-        .values(status="void", last_error=reason, **{LEASE_UNTIL.key: None})
+        .values(status="void", last_error=reason, lease_until=None)
     )
 
 
@@ -605,17 +607,14 @@ async def set_preference(
             )
         else:
             await session.execute(update(Notification).where(unsent).values(channel=channel))
-            have = set(
-                (
-                    await session.execute(
-                        select(Notification.appointment_id, Notification.kind).where(
-                            Notification.appointment_id.in_(ids),
-                            Notification.kind.in_(REMINDERS),
-                            Notification.status.in_(("pending", "queued", "sent", "dead")),
-                        )
-                    )
-                ).tuples()
+            planned = await session.execute(
+                select(Notification.appointment_id, Notification.kind).where(
+                    Notification.appointment_id.in_(ids),
+                    Notification.kind.in_(REMINDERS),
+                    Notification.status.in_(("pending", "queued", "sent", "dead")),
+                )
             )
+            have = {(appointment_id, kind) for appointment_id, kind in planned}
             session.add_all(
                 Notification(appointment_id=row.id, channel=channel, kind=p.kind, due_at=p.due_at)
                 for row in upcoming

@@ -30,7 +30,7 @@ from typing import Any
 
 from saq import Queue
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import mail, notifications, sms
 from app.breaker import Breaker
@@ -275,51 +275,51 @@ async def send_notifications(
     heartbeat = _Heartbeat(ctx)
     counts = dict.fromkeys(("sent", "failed", "dead", "void", "waiting", "skipped"), 0)
 
-    async with engine.connect() as conn:
+    # One connection for the batch, each statement its own transaction (autocommit): an
+    # attempt's start and its `sent` are separate commits, a round trip each.
+    async with engine.connect() as raw:
+        conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
         items = await notifications.load_outgoing(
             conn, [Claim(i, token, channel) for i, token in claims]
         )
-    counts["skipped"] = len(claims) - len(items)
-    async with transports.session(channel) as send:
-        for index, item in enumerate(items):
-            now = _now()
-            if reason := item.moot(now):
-                async with engine.begin() as conn:
+        counts["skipped"] = len(claims) - len(items)
+        async with transports.session(channel) as send:
+            for index, item in enumerate(items):
+                now = _now()
+                if reason := item.moot(now):
                     await notifications.mark_void(conn, item, reason)
-                counts["void"] += 1
-                continue
-            decision = await breaker.check(time.time()) if breaker else None
-            if decision is not None and not decision.allowed:
-                assert decision.retry_at is not None
-                counts["waiting"] = await _wait_for_breaker(
-                    engine, queue, settings, items[index:], decision.retry_at, lease
-                )
-                break
-            async with engine.begin() as conn:
+                    counts["void"] += 1
+                    continue
+                decision = await breaker.check(time.time()) if breaker else None
+                if decision is not None and not decision.allowed:
+                    assert decision.retry_at is not None
+                    counts["waiting"] = await _wait_for_breaker(
+                        conn, queue, settings, items[index:], decision.retry_at, lease
+                    )
+                    break
                 if not await notifications.start_attempt(conn, item, now=now, lease=attempt_lease):
                     counts["skipped"] += 1
                     continue
-            try:
-                async with asyncio.timeout(timeout):
-                    provider_id = await send(item)
-            except (SendFailed, TimeoutError) as exc:
-                failure = exc if isinstance(exc, SendFailed) else SendFailed("timed out")
-                dead = await _failed(engine, queue, settings, item, failure, lease)
-                counts["dead" if dead else "failed"] += 1
-                if breaker is not None and not failure.permanent:
-                    await breaker.failure(time.time())
-            else:
-                async with engine.begin() as conn:
+                try:
+                    async with asyncio.timeout(timeout):
+                        provider_id = await send(item)
+                except (SendFailed, TimeoutError) as exc:
+                    failure = exc if isinstance(exc, SendFailed) else SendFailed("timed out")
+                    dead = await _failed(conn, queue, settings, item, failure, lease)
+                    counts["dead" if dead else "failed"] += 1
+                    if breaker is not None and not failure.permanent:
+                        await breaker.failure(time.time())
+                else:
                     await notifications.mark_sent(conn, item, provider_id, _now())
-                counts["sent"] += 1
-                if breaker is not None:
-                    await breaker.success()
-            await heartbeat.touch()
+                    counts["sent"] += 1
+                    if breaker is not None:
+                        await breaker.success()
+                await heartbeat.touch()
     return counts
 
 
 async def _failed(
-    engine: AsyncEngine,
+    conn: AsyncConnection,
     queue: Queue,
     settings: Settings,
     item: Outgoing,
@@ -341,15 +341,14 @@ async def _failed(
         "retry at " + retry_at.isoformat() if retry_at else "dead",
         failure,
     )
-    async with engine.begin() as conn:
-        await notifications.mark_failed(conn, item, str(failure), retry_at=retry_at, lease=lease)
+    await notifications.mark_failed(conn, item, str(failure), retry_at=retry_at, lease=lease)
     if retry_at is not None:
         await _enqueue_later(queue, settings, [Claim(item.id, attempt, item.channel)], retry_at)
     return retry_at is None
 
 
 async def _wait_for_breaker(
-    engine: AsyncEngine,
+    conn: AsyncConnection,
     queue: Queue,
     settings: Settings,
     items: Sequence[Outgoing],
@@ -362,10 +361,9 @@ async def _wait_for_breaker(
         seconds=random.uniform(0, 2)  # noqa: S311
     )
     kept = []
-    async with engine.begin() as conn:
-        for item in items:
-            if await notifications.postpone(conn, item, when, lease):
-                kept.append(Claim(item.id, item.token, item.channel))
+    for item in items:
+        if await notifications.postpone(conn, item, when, lease):
+            kept.append(Claim(item.id, item.token, item.channel))
     if kept:
         await _enqueue_later(queue, settings, kept, when)
     return len(kept)

@@ -151,7 +151,14 @@ def test_one_message_id_per_row():
         outgoing(), sender="a@b.test", origin="https://m.test", now=dt.datetime.now(UTC)
     )
     assert email["Message-ID"] == "<notification-41@b.test>"
-    assert [p.get_content_type() for p in email.iter_attachments()] == ["text/calendar"]
+    assert [p.get_content_type() for p in email.walk()] == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "text/html",
+        "text/calendar",
+    ]
+    assert email.get_payload()[1].get_filename() == "appointment.ics"
 
 
 def test_moot_messages_are_not_sent():
