@@ -182,7 +182,8 @@ async def main(args: argparse.Namespace) -> str:
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    print(f"loaded {args.count} reminders in {load_seconds:.1f} s; due {due:%H:%M:%S} UTC; log {log}")
+    print(f"loaded {args.count} reminders in {load_seconds:.1f} s; due {due:%H:%M:%S} UTC")
+    print(f"worker log: {log}")
     try:
         deadline = due.timestamp() + args.timeout
         while time.time() < deadline:
