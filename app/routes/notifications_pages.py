@@ -15,6 +15,7 @@ from litestar import Litestar, Request, get, patch, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
+from redis.exceptions import RedisError
 from saq import Queue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,7 +52,10 @@ async def notification_services(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await queue.disconnect()
+        try:
+            await queue.disconnect()
+        except (RedisError, OSError) as exc:  # Redis down at shutdown must not stop it
+            log.warning("notification queue not closed cleanly: %s", exc)
 
 
 async def _kick(queue: Queue) -> None:
