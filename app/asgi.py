@@ -15,12 +15,14 @@ from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
+from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import documents, page_context, realtime
 from app.csrf import CSRFMiddleware
@@ -60,6 +62,14 @@ def domain_error_handler(_: Request, exc: DomainError) -> Response[dict[str, obj
     retry = exc.extra.get("retry_after")
     headers = {"Retry-After": str(retry)} if retry is not None else None
     return Response(body, status_code=exc.status_code, headers=headers)
+
+
+def overloaded_handler(_: Request, exc: Exception) -> Response[dict[str, object]]:
+    """No database connection free within DB_POOL_TIMEOUT: the server is overloaded. Say so
+    with 503 and Retry-After (the request changed nothing) instead of a bare 500."""
+    logging.getLogger("medbook").warning("overloaded: %s", exc)
+    body = {"status_code": 503, "detail": "the server is busy; try again in a moment"}
+    return Response(body, status_code=503, headers={"Retry-After": "1"})
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -131,7 +141,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={
             DomainError: domain_error_handler,
             NotAuthorizedException: not_signed_in_handler,
+            PoolTimeout: overloaded_handler,
         },
+        # A 5xx is a bug: log every unhandled exception with its traceback, not only in debug.
+        logging_config=LoggingConfig(log_exceptions="always"),
         lifespan=[services, analytics_services, notification_services],
         dependencies={
             "settings": Provide(deps.provide_settings, sync_to_thread=False),

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 64
 WATCHDOG_SECONDS = 1.0
+PING_TIMEOUT_SECONDS = 2.0
+PING_FAILURES = 2
 CLOSE_RESYNC = 4000  # our code: "you fell behind, reconnect and resync"
 CLOSE_RESTART = 1012  # service restart: Redis went away
 
@@ -210,17 +212,22 @@ class Hub:
 
     async def _redis_ok(self) -> bool:
         try:
-            async with asyncio.timeout(WATCHDOG_SECONDS):
+            async with asyncio.timeout(PING_TIMEOUT_SECONDS):
                 await self.redis.ping()  # type: ignore[misc]
             return True
         except (RedisError, OSError, TimeoutError):
             return False
 
     async def _watch(self) -> None:
+        failures = 0
         while True:
             await asyncio.sleep(WATCHDOG_SECONDS)
             ok = await self._redis_ok()
-            if self.healthy and not (ok and self._listener_alive()):
+            # A dead listener is certain; a slow ping on a busy machine is not: wait for a
+            # few in a row before dropping every socket.
+            failures = 0 if ok else failures + 1
+            lost = failures >= PING_FAILURES or (ok and not self._listener_alive())
+            if self.healthy and lost:
                 log.warning("live updates lost Redis: closing sockets so browsers resync")
                 for socket in {s for group in self.sockets.values() for s in group}:
                     socket.close(CLOSE_RESTART)
