@@ -77,9 +77,15 @@ class Client:
 
     async def send(self, raw: bytes) -> tuple[int, bytes]:
         if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                return await self._exchange(*self.idle.pop(), raw)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # the server closed an idle keep-alive connection: use a fresh one
+        return await self._exchange(*await asyncio.open_connection(self.host, self.port), raw)
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes
+    ) -> tuple[int, bytes]:
         try:
             writer.write(raw)
             head = await reader.readuntil(b"\r\n\r\n")
