@@ -35,6 +35,14 @@ async def _doctor_and_clinic(db_session: AsyncSession, doctor_id: int) -> tuple[
     return doctor, clinic
 
 
+def _alternatives(taken: Conflict, timezone: str) -> list[dict[str, str]]:
+    """The nearest free times a 409 offers, labelled in the clinic's time."""
+    return [
+        {"start": a["start"], "label": _label(dt.datetime.fromisoformat(a["start"]), timezone)}
+        for a in taken.extra.get("alternatives", [])
+    ]
+
+
 def _label(start: dt.datetime, timezone: str) -> str:
     return start.astimezone(ZoneInfo(timezone)).strftime("%a %d %b, %H:%M")
 
@@ -187,13 +195,7 @@ async def book(
         context.update(
             message="Sorry — that time was just taken by someone else.",
             error=True,
-            alternatives=[
-                {
-                    "start": a["start"],
-                    "label": _label(dt.datetime.fromisoformat(a["start"]), clinic.timezone),
-                }
-                for a in exc.extra.get("alternatives", [])
-            ],
+            alternatives=_alternatives(exc, clinic.timezone),
         )
     except DomainError as exc:
         context.update(
@@ -309,13 +311,7 @@ async def reschedule(
         context.update(
             message="Sorry — that time was just taken. Your appointment is unchanged.",
             error=True,
-            alternatives=[
-                {
-                    "start": a["start"],
-                    "label": _label(dt.datetime.fromisoformat(a["start"]), clinic.timezone),
-                }
-                for a in exc.extra.get("alternatives", [])
-            ],
+            alternatives=_alternatives(exc, clinic.timezone),
         )
     except DomainError as exc:
         context.update(message=exc.detail, error=True)
