@@ -29,10 +29,12 @@ from app.csrf import CSRFMiddleware
 from app.effects import Effects
 from app.errors import DomainError
 from app.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
+from app.metrics import MetricsMiddleware, metrics, metrics_lifespan
 from app.realtime import Hub
 from app.redis import create_redis
 from app.routes import (
     admin_pages,
+    admin_queries,
     admin_users,
     analytics_pages,
     audit,
@@ -54,6 +56,9 @@ from app.security_headers import add_security_headers
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.slots import SlotCache
 from db.session import create_engine, session_factory
+
+# Static files, probes and the metrics scrape need no user, rate limit or CSRF token.
+UNGUARDED = ["^/static/", "^/health/", "^/metrics$"]
 
 
 def domain_error_handler(_: Request, exc: DomainError) -> Response[dict[str, object]]:
@@ -110,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             health.live,
             health.ready,
+            metrics,
             pages.home,
             DirectoryController,
             AppointmentController,
@@ -122,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *auth_api.ROUTES,
             *admin_users.ROUTES,
             *admin_pages.ROUTES,
+            admin_queries.queries_page,
             *audit.ROUTES,
             *NOTIFICATION_ROUTES,
             *records.ROUTES,
@@ -131,9 +138,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ],
         middleware=[
-            DefineMiddleware(AuthMiddleware, exclude=["^/static/", "^/health/"]),
-            DefineMiddleware(RateLimitMiddleware, exclude=["^/static/", "^/health/"]),
-            DefineMiddleware(CSRFMiddleware, exclude=["^/static/", "^/health/"]),
+            # Outermost, so request times include authentication and rate limiting.
+            DefineMiddleware(MetricsMiddleware),
+            DefineMiddleware(AuthMiddleware, exclude=UNGUARDED),
+            DefineMiddleware(RateLimitMiddleware, exclude=UNGUARDED),
+            DefineMiddleware(CSRFMiddleware, exclude=UNGUARDED),
         ],
         before_send=[add_security_headers],
         request_max_body_size=settings.request_max_body_bytes,
@@ -145,7 +154,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         # A 5xx is a bug: log every unhandled exception with its traceback, not only in debug.
         logging_config=LoggingConfig(log_exceptions="always"),
-        lifespan=[services, analytics_services, notification_services],
+        lifespan=[services, analytics_services, notification_services, metrics_lifespan],
         dependencies={
             "settings": Provide(deps.provide_settings, sync_to_thread=False),
             "effects": Provide(deps.provide_effects, sync_to_thread=False),

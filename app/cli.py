@@ -38,6 +38,18 @@ def _services(ctx: click.Context) -> Iterator[Settings]:
         raise click.ClickException(str(exc)) from None
 
 
+def _metrics_dir(settings: Settings, process: str) -> None:
+    """Prometheus multiprocess mode for `process` (web or worker): set
+    PROMETHEUS_MULTIPROC_DIR before any server process imports prometheus-client, and
+    empty it, since values left by an earlier run would be summed into this one's."""
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.data_dir / "metrics")
+    folder = folder / process
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(coro_fn())
 
@@ -71,6 +83,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
     import uvicorn
 
     with _services(ctx) as settings:
+        _metrics_dir(settings, "web")
         uvicorn.run(
             "app.asgi:create_app",
             factory=True,
@@ -89,7 +102,8 @@ def worker(ctx: click.Context) -> None:
     """Run the SAQ worker (reminders, analytics, housekeeping)."""
     from saq.worker import start
 
-    with _services(ctx):
+    with _services(ctx) as settings:
+        _metrics_dir(settings, "worker")  # for job metrics; the worker serves no /metrics
         start("tasks.worker.worker_settings")
 
 

@@ -1,0 +1,274 @@
+"""Prometheus metrics: the request middleware, the counters it keeps and `GET /metrics`.
+
+Several server processes report correctly through prometheus-client's multiprocess mode:
+`medbook serve` sets PROMETHEUS_MULTIPROC_DIR (under the data folder, emptied at start)
+before any worker imports this module, and a scrape of any process sums every process's
+files. Without it, one in-process registry. Per-process values kept elsewhere as plain
+attributes (SlotCache.hits/misses, Hub.pushed, Hub.open_sockets, the pool's checked-out
+connections) are copied into the metrics after each request, every few seconds and at
+scrape. Values that belong to no process (dead notifications, SAQ queue depth) are read
+at scrape with short timeouts, by the process answering it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from litestar import Litestar, Request, get
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
+from litestar.middleware import AbstractMiddleware
+from litestar.response import Response
+from litestar.types import Message, Receive, Scope, Send
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy import text
+
+from app.errors import DomainError
+from app.guards import PUBLIC
+from tasks.queue import QUEUE_NAME
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SCRAPE_TIMEOUT = 0.5  # seconds for each scrape-time query; a slow one is skipped, not waited
+SYNC_INTERVAL = 5.0
+# Fine at the bottom, where medbook's targets are (p99 < 15 ms), coarse up to seconds,
+# where the review's SLAs and the timeouts are.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+EXCLUDED_PREFIXES = ("/metrics", "/static/")
+
+disable_created_metrics()  # `_created` series double the output and no rule reads them
+
+REQUEST_SECONDS = Histogram(
+    "medbook_http_request_duration_seconds",
+    "Time from a request's arrival to its last response byte, per route template.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+REQUESTS = Counter(
+    "medbook_http_requests",
+    "Requests answered, per route template, method and status.",
+    ["method", "route", "status"],
+)
+RATE_LIMITED = Counter(
+    "medbook_rate_limited",
+    "Requests refused with 429 (rate limits and login locks), per route template.",
+    ["route"],
+)
+CACHE_HITS = Counter("medbook_slot_cache_hits", "Doctor-days served from the slot cache.")
+CACHE_MISSES = Counter("medbook_slot_cache_misses", "Doctor-days computed from PostgreSQL.")
+PUSHES = Counter("medbook_websocket_pushes", "Fragments pushed to open websockets.")
+OPEN_SOCKETS = Gauge(
+    "medbook_websockets_open", "Open live-update websockets.", multiprocess_mode="livesum"
+)
+POOL_IN_USE = Gauge(
+    "medbook_db_pool_in_use",
+    "Database connections checked out of the web pool.",
+    multiprocess_mode="livesum",
+)
+POOL_SIZE = Gauge(
+    "medbook_db_pool_size",
+    "Connections the web pool may hold (pool_size + max_overflow).",
+    multiprocess_mode="livesum",
+)
+
+# Read at scrape by the answering process; global values, not per process.
+DEAD_NOTIFICATIONS = "medbook_notifications_dead"
+QUEUE_JOBS = "medbook_queue_jobs"
+
+# Every series name /metrics exposes (what alert rules may reference). A test compares
+# this with a real scrape.
+EXPORTED = frozenset(
+    {
+        "medbook_http_request_duration_seconds_bucket",
+        "medbook_http_request_duration_seconds_sum",
+        "medbook_http_request_duration_seconds_count",
+        "medbook_http_requests_total",
+        "medbook_rate_limited_total",
+        "medbook_slot_cache_hits_total",
+        "medbook_slot_cache_misses_total",
+        "medbook_websocket_pushes_total",
+        "medbook_websockets_open",
+        "medbook_db_pool_in_use",
+        "medbook_db_pool_size",
+        DEAD_NOTIFICATIONS,
+        QUEUE_JOBS,
+    }
+)
+
+
+def _route(scope: Scope) -> str:
+    return str(scope.get("path_template") or "unmatched")
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, HTTPException | DomainError):
+        return int(exc.status_code)
+    return 500
+
+
+class MetricsMiddleware(AbstractMiddleware):
+    """Times each HTTP request and counts it by route template, method and status.
+
+    Outermost of the app's middleware, so the time includes authentication and rate
+    limiting. An exception raised by inner middleware (401, 403, 429) is answered by
+    Litestar outside this middleware; its status is read from the exception.
+    """
+
+    scopes = {ScopeType.HTTP}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"].startswith(EXCLUDED_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            status = _status(exc)
+            raise
+        finally:
+            route, method = _route(scope), str(scope.get("method", "GET"))
+            REQUEST_SECONDS.labels(method, route).observe(time.perf_counter() - started)
+            REQUESTS.labels(method, route, str(status)).inc()
+            if status == 429:
+                RATE_LIMITED.labels(route).inc()
+            sync_process_values(scope["app"])
+
+
+def sync_process_values(app: Litestar) -> None:
+    """Copy this process's plain counters into the metrics (only what grew since last)."""
+    state = app.state
+    seen: dict[str, int] = state.setdefault("metrics_seen", {})
+    sources = []
+    if (cache := state.get("slot_cache")) is not None:
+        sources += [("hits", cache.hits, CACHE_HITS), ("misses", cache.misses, CACHE_MISSES)]
+    if (hub := state.get("hub")) is not None:
+        sources.append(("pushed", hub.pushed, PUSHES))
+        OPEN_SOCKETS.set(hub.open_sockets)
+    for name, value, counter in sources:
+        grown = value - seen.get(name, 0)
+        if grown > 0:
+            counter.inc(grown)
+        seen[name] = value
+    if (engine := state.get("engine")) is not None:
+        POOL_IN_USE.set(engine.pool.checkedout())
+
+
+class _Snapshot:
+    """A collector that yields metric families read just before the scrape."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+async def _dead_notifications(app: Litestar) -> Metric:
+    family = GaugeMetricFamily(DEAD_NOTIFICATIONS, "Notifications not delivered (dead letters).")
+    async with asyncio.timeout(SCRAPE_TIMEOUT), app.state.engine.connect() as conn:
+        # The partial index ix_notifications_dead makes this an index-only count.
+        count = await conn.scalar(text("SELECT count(*) FROM notifications WHERE status = 'dead'"))
+    family.add_metric([], int(count or 0))
+    return family
+
+
+async def _queue_jobs(app: Litestar) -> Metric:
+    family = GaugeMetricFamily(QUEUE_JOBS, "SAQ jobs waiting and running.", labels=["state"])
+    redis = app.state.redis
+    async with asyncio.timeout(SCRAPE_TIMEOUT):
+        queued = await redis.llen(f"saq:{QUEUE_NAME}:queued")
+        active = await redis.llen(f"saq:{QUEUE_NAME}:active")
+    family.add_metric(["queued"], int(queued))
+    family.add_metric(["active"], int(active))
+    return family
+
+
+async def scrape(app: Litestar) -> bytes:
+    """The Prometheus text exposition for this process (or all of them, multiprocess)."""
+    sync_process_values(app)
+    families = []
+    for read in (_dead_notifications, _queue_jobs):
+        try:
+            families.append(await read(app))
+        except Exception as exc:  # a scrape must answer even when PostgreSQL or Redis lag
+            log.warning("metrics: %s skipped: %r", read.__name__, exc)
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(REGISTRY)
+    now = CollectorRegistry(auto_describe=False)
+    now.register(_Snapshot(families))
+    return body + generate_latest(now)
+
+
+@get("/metrics", opt=PUBLIC, include_in_schema=False, tags=["ops"])
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus metrics. Public like /health: expose it to the scraper's network only."""
+    return Response(await scrape(request.app), media_type=CONTENT_TYPE_LATEST)
+
+
+@contextlib.asynccontextmanager
+async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Keep per-process values fresh between requests; retire this process's live gauges
+    on shutdown, so a stopped worker's sockets and connections stop counting."""
+    settings = app.state.settings
+    POOL_SIZE.set(settings.db_pool_size + settings.db_max_overflow)
+
+    async def refresh() -> None:
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL)
+            sync_process_values(app)
+
+    task = asyncio.create_task(refresh())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if os.environ.get(MULTIPROC_ENV):
+            multiprocess.mark_process_dead(os.getpid())
