@@ -125,3 +125,30 @@ async def test_every_exported_name_is_in_a_scrape(client, session, settings):
     assert value(samples, "medbook_notifications_dead") == 0
     assert value(samples, "medbook_queue_jobs", state="queued") >= 0
     assert value(samples, "medbook_db_pool_size") >= settings.db_pool_size
+
+
+def test_two_server_processes_report_one_sum(tmp_path, settings):
+    """`medbook serve --workers 2` in multiprocess mode: whichever process answers the
+    scrape, it reports every process's requests."""
+    import httpx
+
+    from conftest import LiveServer
+
+    server = LiveServer(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    try:
+        for _ in range(20):  # a new connection each time, so both processes take some
+            assert httpx.get(f"{server.url}/health/live", timeout=5).status_code == 200
+        counted = set()
+        for _ in range(6):
+            text = httpx.get(f"{server.url}/metrics", timeout=5).text
+            samples = {
+                (s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            labels = {"method": "GET", "route": "/health/live", "status": "200"}
+            counted.add(value(samples, "medbook_http_requests_total", **labels))
+        assert counted == {20.0}
+        assert list((tmp_path / "web").glob("counter_*.db"))
+    finally:
+        server.stop()
