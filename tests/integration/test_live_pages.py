@@ -82,6 +82,18 @@ async def test_my_appointments_cancel_and_reschedule(client, world, session):
     appointment_id = int(
         re.search(r'data-appointment-id="(\d+)" data-status="booked"', mine.text).group(1)
     )
+    week = await client.get(
+        f"/doctors/{world.doctor_id}/slots",
+        params={"date": day.isoformat(), "reschedule": appointment_id},
+    )
+    assert f'hx-vals=\'{{"reschedule": "{appointment_id}"}}\'' in week.text
+    panel = await client.get(
+        f"/doctors/{world.doctor_id}/book",
+        headers=htmx(token),
+        params={"start": at(day, 11).isoformat(), "reschedule": appointment_id},
+    )
+    assert "Move my appointment" in panel.text
+    assert f"/me/appointments/{appointment_id}/reschedule" in panel.text
     moved = await client.post(
         f"/me/appointments/{appointment_id}/reschedule",
         data={"start": at(day, 11).isoformat()},
