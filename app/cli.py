@@ -46,7 +46,7 @@ def _metrics_dir(settings: Settings, process: str) -> None:
     folder = folder / process
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
-        stale.unlink()
+        stale.unlink(missing_ok=True)  # two workers may start at once
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
