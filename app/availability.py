@@ -3,7 +3,8 @@
 Templates are clinic-local wall time. Each slot is laid out on the wall clock of its day
 and only then turned into an instant, so a 09:00 slot is at 09:00 local on both sides of a
 daylight-saving change. Wall times that do not exist (the spring-forward gap) yield no
-slot; wall times that occur twice (fall-back) use their first occurrence.
+slot, nor does a slot that would run past the start of the next one across that gap; wall
+times that occur twice (fall-back) use their first occurrence.
 """
 
 from __future__ import annotations
@@ -70,20 +71,31 @@ def day_grid(day: dt.date, ranges: Iterable[TemplateRange], tz: ZoneInfo) -> lis
     Returns:
         One interval per slot whose start and end fit in a range on that day.
     """
-    slots: list[Interval] = []
+    candidates: list[tuple[dt.datetime, dt.datetime, dt.datetime | None]] = []
     for r in ranges:
         if not r.applies_on(day):
             continue
         step = dt.timedelta(minutes=r.slot_minutes)
         cursor = dt.datetime.combine(day, r.start)
-        range_end = dt.datetime.combine(day, r.end)
-        while cursor + step <= range_end:
+        wall_end = dt.datetime.combine(day, r.end)
+        end_local = wall_end.replace(tzinfo=tz, fold=0)
+        range_end = end_local.astimezone(UTC) if _exists(end_local, tz) else None
+        while cursor + step <= wall_end:
             local = cursor.replace(tzinfo=tz, fold=0)
             if _exists(local, tz):
                 start = local.astimezone(UTC)
-                slots.append(Interval(start, start + step))
+                candidates.append((start, start + step, range_end))
             cursor += step
-    slots.sort(key=lambda s: s.start)
+    candidates.sort(key=lambda c: c[0])
+    # On a spring-forward day the wall clock jumps an hour: a slot laid out just before the
+    # gap lasts its real length and can run past the next slot's start or past the end of
+    # its range (01:30 + 45 min ends at 03:15 when 02:00-03:00 is skipped). Such a slot is
+    # dropped, so slots never overlap and never outlast the doctor's hours.
+    slots: list[Interval] = []
+    for i, (start, end, range_end) in enumerate(candidates):
+        next_start = candidates[i + 1][0] if i + 1 < len(candidates) else None
+        if (next_start is None or end <= next_start) and (range_end is None or end <= range_end):
+            slots.append(Interval(start, end))
     return slots
 
 

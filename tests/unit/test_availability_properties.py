@@ -84,21 +84,48 @@ def test_slot_properties(data, ranges, day, tz):
     assert all(a.end <= b.start for a, b in pairwise(slots))
 
 
-@settings(max_examples=200, deadline=None)
+def _real(wall: dt.datetime, tz: ZoneInfo) -> dt.datetime | None:
+    """The instant of a wall time, or None when the clocks skip it."""
+    aware = wall.replace(tzinfo=tz)
+    instant = aware.astimezone(dt.UTC)
+    return instant if instant.astimezone(tz).replace(tzinfo=None) == wall else None
+
+
+@settings(max_examples=300, deadline=None)
 @given(ranges=weekly_ranges(), day=DAYS, tz=st.sampled_from(ZONES))
 def test_grid_is_complete_on_ordinary_wall_times(ranges, day, tz):
-    """Each wall time the template names appears once, unless the clocks skip it."""
+    """Each wall time the template names is a slot, unless the clocks skip it, or its
+    slot would run past the next slot or the range's end across the spring-forward gap."""
     slots = day_slots(day, ranges, tz)
-    local_starts = {s.start.astimezone(tz).replace(tzinfo=None) for s in slots}
+    got = {s.start for s in slots}
+    wanted = []  # (start, end, end of its range) for every existing wall time
     for r in ranges:
         if r.weekday != day.weekday():
             continue
+        step = dt.timedelta(minutes=r.slot_minutes)
+        range_end = _real(dt.datetime.combine(day, r.end), tz)
         cursor = dt.datetime.combine(day, r.start)
-        while cursor + dt.timedelta(minutes=r.slot_minutes) <= dt.datetime.combine(day, r.end):
-            aware = cursor.replace(tzinfo=tz)
-            exists = aware.astimezone(dt.UTC).astimezone(tz).replace(tzinfo=None) == cursor
-            assert (cursor in local_starts) == exists
-            cursor += dt.timedelta(minutes=r.slot_minutes)
+        while cursor + step <= dt.datetime.combine(day, r.end):
+            if (instant := _real(cursor, tz)) is not None:
+                wanted.append((instant, instant + step, range_end))
+            cursor += step
+    wanted.sort()
+    for i, (start, end, range_end) in enumerate(wanted):
+        fits = (i + 1 == len(wanted) or end <= wanted[i + 1][0]) and (
+            range_end is None or end <= range_end
+        )
+        assert (start in got) == fits
+    assert len(wanted) - len(slots) <= 1  # at most the one slot that runs into the gap
+
+
+def test_a_slot_across_the_spring_forward_gap_is_dropped_not_overlapped():
+    """Found by hypothesis: New York, 2026-03-08, 00:00-03:45 in 45-minute slots."""
+    tz = ZoneInfo("America/New_York")
+    ranges = [TemplateRange(6, dt.time(0), dt.time(3, 45), 45)]
+    slots = day_slots(dt.date(2026, 3, 8), ranges, tz)
+    starts = [s.start.astimezone(tz).strftime("%H:%M") for s in slots]
+    assert starts == ["00:00", "00:45", "03:00"]  # 01:30-02:15 would end inside the gap
+    assert all(a.end <= b.start for a, b in pairwise(slots))
 
 
 @given(window_start=st.integers(0, 24 * 60), window_len=st.integers(0, 24 * 60))
