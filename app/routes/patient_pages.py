@@ -47,7 +47,7 @@ def _label(start: dt.datetime, timezone: str) -> str:
     return start.astimezone(ZoneInfo(timezone)).strftime("%a %d %b, %H:%M")
 
 
-@get("/doctors", guards=[allow()], include_in_schema=False, status_code=200)
+@get("/doctors", guards=[allow()], include_in_schema=False)
 async def find_doctors(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -108,7 +108,7 @@ async def _reschedule_target(
     return {"id": appointment.id, "label": _label(appointment.starts_at, timezone)}
 
 
-@get("/doctors/{doctor_id:int}/slots", guards=[allow()], include_in_schema=False, status_code=200)
+@get("/doctors/{doctor_id:int}/slots", guards=[allow()], include_in_schema=False)
 async def doctor_slots(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -130,7 +130,6 @@ async def doctor_slots(
     "/doctors/{doctor_id:int}/book",
     guards=[allow("patient")],
     include_in_schema=False,
-    status_code=200,
 )
 async def booking_form(
     request: Request[Any, Any, Any],
@@ -237,7 +236,7 @@ async def _my_context(db_session: AsyncSession, actor: Principal, now: dt.dateti
     }
 
 
-@get("/me/appointments", guards=[allow("patient")], include_in_schema=False, status_code=200)
+@get("/me/appointments", guards=[allow("patient")], include_in_schema=False)
 async def my_appointments(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -254,6 +253,7 @@ async def my_appointments(
     "/me/appointments/{appointment_id:int}/cancel",
     guards=[allow("patient")],
     include_in_schema=False,
+    status_code=200,
 )
 async def cancel(
     request: Request[Any, Any, Any],
@@ -285,6 +285,7 @@ async def cancel(
     "/me/appointments/{appointment_id:int}/reschedule",
     guards=[allow("patient")],
     include_in_schema=False,
+    status_code=200,
 )
 async def reschedule(
     request: Request[Any, Any, Any],

@@ -50,7 +50,7 @@ async def _clinic_of(db_session: AsyncSession, actor: Principal, clinic_id: int 
     return clinic_id
 
 
-@get("/desk", guards=[allow("front_desk", "admin")], include_in_schema=False, status_code=200)
+@get("/desk", guards=[allow("front_desk", "admin")], include_in_schema=False)
 async def board(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -82,6 +82,7 @@ async def board(
     "/desk/appointments/{appointment_id:int}/status",
     guards=[allow("front_desk", "admin")],
     include_in_schema=False,
+    status_code=200,
 )
 async def set_status(
     db_session: AsyncSession,
@@ -145,7 +146,6 @@ async def bulk_check_in(
     "/desk/patients",
     guards=[allow("front_desk", "admin")],
     include_in_schema=False,
-    status_code=200,
 )
 async def patient_search(db_session: AsyncSession, q: str = "") -> Response[str]:
     """Patients by name prefix, as radio choices for the walk-in form."""
@@ -206,7 +206,7 @@ async def walk_in(
     )
 
 
-@get("/doctor/day", guards=[allow("doctor")], include_in_schema=False, status_code=200)
+@get("/doctor/day", guards=[allow("doctor")], include_in_schema=False)
 async def doctor_day(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -236,6 +236,7 @@ async def doctor_day(
     "/doctor/appointments/{appointment_id:int}/status",
     guards=[allow("doctor")],
     include_in_schema=False,
+    status_code=200,
 )
 async def doctor_status(
     db_session: AsyncSession,
