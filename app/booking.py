@@ -523,7 +523,7 @@ async def _timezones(session: AsyncSession, doctor_ids: set[int]) -> dict[int, s
         .join(Clinic, Clinic.id == Doctor.clinic_id)
         .where(Doctor.id.in_(doctor_ids))
     )
-    return dict(rows.tuples().all())
+    return {doctor_id: timezone for doctor_id, timezone in rows}
 
 
 @dataclass(frozen=True, slots=True)
