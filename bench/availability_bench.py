@@ -57,6 +57,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def server_env(database_url: str, redis_url: str, secret: str, **extra: str) -> dict[str, str]:
+    """The environment of a bench's `medbook` processes: server mode, quiet logs."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": secret,
+        "LOG_LEVEL": "WARNING",
+        "MEDBOOK_EMBEDDED": "",
+        **extra,
+    }
+
+
 def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
     log = open(ROOT / "bench" / "results" / "server.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
@@ -247,14 +260,7 @@ async def main() -> None:
     (ROOT / "bench" / "results").mkdir(exist_ok=True)
     redis.Redis.from_url(redis_url).flushdb()
     secret = secrets.token_urlsafe(40)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": secret,
-        "LOG_LEVEL": "WARNING",
-        "MEDBOOK_EMBEDDED": "",
-    }
+    env = server_env(database_url, redis_url, secret)
     port = free_port()
     today = dt.date.today()
     fixtures = await load_fixtures(database_url, secret, today)

@@ -1,0 +1,135 @@
+-- One endpoint class of bench/mixed_bench.py, paced to a fixed schedule (open loop).
+--
+--   MIXED_OUT=out.txt wrk -tN -cN -d<s> -s bench/lua/mixed.lua http://host:port -- data.lua
+--
+-- Every wrk thread owns exactly one connection, so delay() -> request() -> response() run
+-- strictly in turn and each response belongs to the request just sent. Thread i of N sends
+-- its k-th request at t0 + (i + k * N) / rate (CLOCK_MONOTONIC, read through LuaJIT's ffi,
+-- shared by every wrk process of a run). Latency is measured from that scheduled time, or
+-- from the actual send when the timer fired early: a slow answer delays the thread's next
+-- request, and that wait is counted (coordinated omission corrected as wrk2 does).
+-- wrk's own histogram (done()) measures from the actual send: the service time.
+--
+-- The data file returns {rate=, threads=, t0=, seconds=, tokens={...}, items={...}}, each
+-- item {kind, method, path, token index, body or nil}. Class "booking" answers every 201
+-- with a PATCH that cancels the new appointment (the id is read from the body), as the
+-- next request of the same schedule.
+
+local ffi = require("ffi")
+ffi.cdef([[
+typedef struct { long tv_sec; long tv_nsec; } mixed_timespec;
+int clock_gettime(int clk_id, mixed_timespec *tp);
+]])
+local CLOCK_MONOTONIC = 1
+local clock = ffi.new("mixed_timespec")
+
+local function now_us()
+  ffi.C.clock_gettime(CLOCK_MONOTONIC, clock)
+  return tonumber(clock.tv_sec) * 1000000 + tonumber(clock.tv_nsec) / 1000
+end
+
+-- Main state: number the threads and keep them for done().
+local threads = {}
+
+function setup(thread)
+  thread:set("index", #threads)
+  threads[#threads + 1] = thread
+end
+
+-- Thread state. `rows` is global so done() can read it with thread:get().
+local cfg, raw, auth, step_us, t0_us, end_us
+local k, m = 0, 0
+local prepared, kind, scheduled, sent
+local cancel_id, cancel_auth
+rows = {}
+
+function init(args)
+  cfg = dofile(args[1])
+  step_us = 1000000 / cfg.rate
+  t0_us = cfg.t0 * 1000000
+  end_us = t0_us + cfg.seconds * 1000000
+  auth = {}
+  for i, token in ipairs(cfg.tokens) do
+    auth[i] = "Bearer " .. token
+  end
+  raw = {}
+  for i, item in ipairs(cfg.items) do
+    local headers = { Authorization = auth[item[4]] }
+    if item[5] then
+      headers["Content-Type"] = "application/json"
+    end
+    raw[i] = wrk.format(item[2], item[3], headers, item[5])
+  end
+end
+
+local function next_item()
+  -- Threads walk the items interleaved, so they rarely hold the same one at once.
+  local i = (index + m * cfg.threads) % #raw + 1
+  m = m + 1
+  return i
+end
+
+function delay()
+  scheduled = t0_us + (index + k * cfg.threads) * step_us
+  k = k + 1
+  if scheduled >= end_us then
+    prepared = nil
+    return 3600000 -- the schedule is over: park until wrk stops
+  end
+  if cancel_id then
+    kind = "cancel"
+    prepared = wrk.format("PATCH", "/api/appointments/" .. cancel_id, {
+      Authorization = cancel_auth,
+      ["Content-Type"] = "application/json",
+    }, '{"status":"cancelled"}')
+    cancel_id = nil
+  else
+    local i = next_item()
+    kind = cfg.items[i][1]
+    prepared = raw[i]
+    cancel_auth = auth[cfg.items[i][4]]
+  end
+  local wait_ms = (scheduled - now_us()) / 1000
+  if wait_ms <= 0 then
+    return 0
+  end
+  return math.floor(wait_ms)
+end
+
+function request()
+  if not prepared then
+    -- wrk calls request() once to check the script, before any delay(): send nothing real.
+    return wrk.format("GET", "/health/live")
+  end
+  sent = now_us()
+  return prepared
+end
+
+function response(status, headers, body)
+  if not sent then
+    return
+  end
+  local start = scheduled < sent and scheduled or sent
+  rows[#rows + 1] = string.format("%s %d %.1f", kind, status, now_us() - start)
+  if kind == "book" and status == 201 then
+    cancel_id = string.match(body, '"id":%s*(%d+)')
+  end
+  sent = nil
+end
+
+function done(summary, latency, requests)
+  local out = assert(io.open(os.getenv("MIXED_OUT"), "w"))
+  local e = summary.errors
+  out:write(string.format("summary %d %d %d %d %d %d %d\n", summary.requests,
+    summary.duration, e.connect, e.read, e.write, e.status, e.timeout))
+  for _, p in ipairs({ 50, 90, 95, 99, 99.9 }) do
+    out:write(string.format("wrk %g %d\n", p, latency:percentile(p)))
+  end
+  out:write(string.format("wrk 100 %d\n", latency.max))
+  for _, thread in ipairs(threads) do
+    for _, row in ipairs(thread:get("rows")) do
+      out:write(row, "\n")
+    end
+  end
+  out:close()
+end
