@@ -214,13 +214,15 @@ def free_port() -> int:
 class LiveServer:
     """`medbook serve` in its own process(es), on a free port."""
 
-    def __init__(self, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workers: int = 1, env: dict[str, str] | None = None, server: str = "granian"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = ROOT / "test-artifacts" / f"server-{self.port}.log"
         self.log.parent.mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
-        cmd += ["--workers", str(workers)]
+        cmd += ["--workers", str(workers), "--server", server]
         self.process = subprocess.Popen(
             cmd,
             stdout=self.log.open("w"),

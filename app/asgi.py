@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
@@ -22,6 +23,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
+from litestar.types import ASGIApp
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import documents, page_context, realtime
@@ -170,4 +172,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         state=State({"settings": settings, "engine": engine, "sessions": session_factory(engine)}),
         openapi_config=OpenAPIConfig(title="medbook", version="0.1.0", path="/schema"),
+    )
+
+
+def create_proxied_app() -> ASGIApp:
+    """create_app() for granian, which has no proxy-header option of its own: the client
+    address and scheme come from X-Forwarded-For/-Proto when, and only when, the peer is
+    one of FORWARDED_ALLOW_IPS (uvicorn's --proxy-headers does the same)."""
+    from granian.utils.proxies import wrap_asgi_with_proxy_headers
+
+    app = create_app()
+    return cast(
+        "ASGIApp", wrap_asgi_with_proxy_headers(app, app.state.settings.forwarded_allow_ips)
     )

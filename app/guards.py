@@ -115,8 +115,8 @@ def browser_session(connection: ASGIConnection) -> BrowserSession | None:
 
 
 def client_addr(connection: ASGIConnection) -> str | None:
-    """The peer address. Behind a proxy, run uvicorn with --proxy-headers and
-    --forwarded-allow-ips so this is the client's, not the proxy's."""
+    """The peer address. Behind a proxy, set FORWARDED_ALLOW_IPS to the proxy's address
+    so this is the client's, not the proxy's."""
     client = connection.scope.get("client")
     return client[0] if client else None
 

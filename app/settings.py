@@ -58,6 +58,8 @@ class Settings:
 
     # Web.
     public_origin: str = "http://127.0.0.1:8000"
+    # Peers whose X-Forwarded-For/-Proto are believed (the TLS proxy); comma-separated.
+    forwarded_allow_ips: str = "127.0.0.1"
     request_max_body_bytes: int = 1024 * 1024
 
     # Rate limits (review S-6): requests per minute, Redis fixed windows.
@@ -252,6 +254,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "BOOKING_MAX_FUTURE_PER_DOCTOR", _positive_int, 3
         ),
         public_origin=env.get("MEDBOOK_PUBLIC_ORIGIN") or "http://127.0.0.1:8000",
+        forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
         request_max_body_bytes=_read(env, "REQUEST_MAX_BODY_BYTES", _positive_int, 1024 * 1024),
         rate_limit_auth_per_minute=_read(env, "RATE_LIMIT_AUTH_PER_MINUTE", _positive_int, 30),
         rate_limit_anonymous_per_minute=_read(
