@@ -1,6 +1,8 @@
 -- One endpoint class of bench/mixed_bench.py, paced to a fixed schedule (open loop).
 --
---   MIXED_OUT=out.txt wrk -tN -cN -d<s> -s bench/lua/mixed.lua http://host:port -- data.lua
+--   MIXED_OUT=out.txt wrk -tN -cN -d<s> -s bench/lua/mixed.lua http://host:port -- data
+--
+-- Thread i reads data-i.lua: its slice of the class's requests (items i, i + N, ...).
 --
 -- Every wrk thread owns exactly one connection, so delay() -> request() -> response() run
 -- strictly in turn and each response belongs to the request just sent. Thread i of N sends
@@ -10,7 +12,7 @@
 -- request, and that wait is counted (coordinated omission corrected as wrk2 does).
 -- wrk's own histogram (done()) measures from the actual send: the service time.
 --
--- The data file returns {rate=, threads=, t0=, seconds=, tokens={...}, items={...}}, each
+-- A data file returns {rate=, threads=, t0=, seconds=, tokens={...}, items={...}}, each
 -- item {kind, method, path, token index, body or nil}. Class "booking" answers every 201
 -- with a PATCH that cancels the new appointment (the id is read from the body), as the
 -- next request of the same schedule.
@@ -44,7 +46,7 @@ local cancel_id, cancel_auth
 rows = {}
 
 function init(args)
-  cfg = dofile(args[1])
+  cfg = dofile(args[1] .. "-" .. index .. ".lua")
   step_us = 1000000 / cfg.rate
   t0_us = cfg.t0 * 1000000
   end_us = t0_us + cfg.seconds * 1000000
@@ -63,8 +65,7 @@ function init(args)
 end
 
 local function next_item()
-  -- Threads walk the items interleaved, so they rarely hold the same one at once.
-  local i = (index + m * cfg.threads) % #raw + 1
+  local i = m % #raw + 1
   m = m + 1
   return i
 end
@@ -110,7 +111,8 @@ function response(status, headers, body)
     return
   end
   local start = scheduled < sent and scheduled or sent
-  rows[#rows + 1] = string.format("%s %d %.1f", kind, status, now_us() - start)
+  rows[#rows + 1] = string.format("%s %d %.1f %.0f", kind, status, now_us() - start,
+    scheduled - t0_us)
   if kind == "book" and status == 201 then
     cancel_id = string.match(body, '"id":%s*(%d+)')
   end
