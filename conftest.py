@@ -215,7 +215,7 @@ class LiveServer:
     """`medbook serve` in its own process(es), on a free port."""
 
     def __init__(
-        self, workers: int = 1, env: dict[str, str] | None = None, server: str = "granian"
+        self, workers: int = 1, env: dict[str, str] | None = None, server: str = "uvicorn"
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

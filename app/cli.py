@@ -79,8 +79,8 @@ def main(ctx: click.Context, data_dir: str, verbose: bool) -> None:
 @click.option("--workers", default=1, show_default=True, type=int, help="Server processes.")
 @click.option(
     "--server",
-    type=click.Choice(["granian", "uvicorn"]),
-    default="granian",
+    type=click.Choice(["uvicorn", "granian"]),
+    default="uvicorn",
     show_default=True,
     help="HTTP server (bench/server_bench.py compares them).",
 )
@@ -88,9 +88,10 @@ def main(ctx: click.Context, data_dir: str, verbose: bool) -> None:
 def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -> None:
     """Run the web server.
 
-    Granian by default: on cached availability it served more requests per second than
-    uvicorn in the same run (bench/results/servers.md). Both trust X-Forwarded-* only
-    from FORWARDED_ALLOW_IPS (default 127.0.0.1: a TLS proxy on the same host).
+    uvicorn by default: with two processes on two cores it served about a third more
+    cached availability requests per second than granian in the same run, at the same
+    bare-route ceiling (bench/server_bench.py, bench/results/servers.md). Both trust
+    X-Forwarded-* only from FORWARDED_ALLOW_IPS (default 127.0.0.1: a proxy on the host).
     """
     with _services(ctx) as settings:
         _metrics_dir(settings, "web")

@@ -70,10 +70,11 @@ def server_env(database_url: str, redis_url: str, secret: str, **extra: str) -> 
     }
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+def start_server(env: dict[str, str], port: int, server: str = "uvicorn") -> subprocess.Popen:
     log = open(ROOT / "bench" / "results" / "server.log", "w")  # noqa: SIM115
+    serve = ["serve", "--workers", "2", "--port", str(port), "--server", server]
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port)],
+        [sys.executable, "-m", "app.cli", *serve],
         env=env,
         cwd=ROOT,
         stdout=log,
