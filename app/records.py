@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, literal, select
+from sqlalchemy import exists, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit
@@ -23,7 +23,7 @@ from app.documents import CONTENT_TYPES, DocumentStore, new_key
 from app.errors import DomainError, Forbidden, Invalid, NotFound
 from app.identity import Principal
 from app.realtime import record_messages
-from db.models import RECORD_TYPES, Appointment, Doctor, MedicalRecord, Patient
+from db.models import RECORD_TYPES, Appointment, MedicalRecord, Patient
 
 RECORD_UPLOADED = "records.uploaded"
 # A doctor's appointment in one of these makes the patient theirs to read.
@@ -137,8 +137,8 @@ def _decide(
         return Grant(patient_id, patient_name, "own")
     if care:
         return Grant(patient_id, patient_name, "care")
-    reason = (reason or "").strip()
-    if len(reason) < MIN_REASON_CHARS:
+    reason = _break_glass_reason(reason)
+    if reason is None:
         who = "you have no booked, checked-in or completed appointment with this patient"
         if actor.role == "admin":
             who = "admins read records only through break-glass"
@@ -148,7 +148,13 @@ def _decide(
         )
         refusal.patient_name = patient_name  # for the page's break-glass form, never the API
         raise refusal
-    return Grant(patient_id, patient_name, "break_glass", reason[:1000])
+    return Grant(patient_id, patient_name, "break_glass", reason)
+
+
+def _break_glass_reason(reason: str | None) -> str | None:
+    """The reason as logged, or None when it is too short to count."""
+    reason = (reason or "").strip()
+    return reason[:1000] if len(reason) >= MIN_REASON_CHARS else None
 
 
 async def may_follow(session: AsyncSession, actor: Principal, patient_id: int) -> bool:
@@ -169,40 +175,95 @@ async def newer_than(session: AsyncSession, patient_id: int, record_id: int) -> 
     return bool(await session.scalar(query))
 
 
-def _grant_and_list_query(actor: Principal, patient_id: int, record_id: int | None) -> Any:
-    """One statement for the access decision and the list: the patient's name and the care
-    relationship (a CTE, evaluated once), then every record through one index range
-    (ix_medical_records_patient_uploaded) with a primary-key join for the author's name.
-    No rows: no such patient. One row with a NULL id: a patient without records."""
-    care: Any = literal(False)
-    if actor.role == "doctor" and actor.doctor_id is not None:
-        care = _care(actor.doctor_id, patient_id)
-    g = (
-        select(Patient.full_name.label("patient_name"), care.label("care"))
-        .where(Patient.id == patient_id)
-        .cte("g")
-    )
-    on = MedicalRecord.patient_id == patient_id
-    if record_id is not None:
-        on = on & (MedicalRecord.id == record_id)
-    return (
-        select(
-            g.c.patient_name,
-            g.c.care,
-            MedicalRecord.id,
-            MedicalRecord.record_type,
-            MedicalRecord.title,
-            Doctor.full_name,
-            MedicalRecord.uploaded_at,
-            MedicalRecord.content_type,
-            MedicalRecord.size,
-            MedicalRecord.storage_key,
-        )
-        .select_from(g)
-        .outerjoin(MedicalRecord, on)
-        .outerjoin(Doctor, Doctor.id == MedicalRecord.author_doctor_id)
-        .order_by(MedicalRecord.uploaded_at.desc(), MedicalRecord.id.desc())
-    )
+# One statement per read (C-2): the access decision, the list and the audit event, in one
+# round trip and one implicit transaction. `g` decides the basis like `_decide` (own; care:
+# a booked, checked-in or completed appointment with the doctor; break-glass when a reason
+# was given), `r` reads the records only when there is a basis, through
+# ix_medical_records_patient_uploaded with a primary-key join for the author's name, and
+# `audit` inserts the event naming every record id only when there is a basis (a
+# data-modifying CTE runs whether or not the outer query reads it). No rows: no such
+# patient. A NULL basis: refused, nothing read and nothing written. Plain SQL, compiled once:
+# building the equivalent expression per request cost more than executing it.
+READ_AND_AUDIT = text(
+    """
+WITH g AS (
+    SELECT p.full_name AS patient_name,
+           CASE
+               WHEN CAST(:own AS boolean) THEN 'own'
+               WHEN EXISTS (
+                   SELECT FROM appointments a
+                   WHERE a.patient_id = p.id
+                     AND a.doctor_id = CAST(:doctor_id AS bigint)
+                     AND a.status IN ('booked', 'checked_in', 'completed')
+               ) THEN 'care'
+               WHEN CAST(:reason AS text) IS NOT NULL THEN 'break_glass'
+           END AS basis
+    FROM patients p
+    WHERE p.id = CAST(:patient_id AS bigint)
+),
+r AS (
+    SELECT m.id, m.record_type, m.title, d.full_name AS doctor_name, m.uploaded_at,
+           m.content_type, m.size, m.storage_key
+    FROM g
+    JOIN medical_records m
+      ON g.basis IS NOT NULL
+     AND m.patient_id = CAST(:patient_id AS bigint)
+     AND (CAST(:record_id AS bigint) IS NULL OR m.id = CAST(:record_id AS bigint))
+    LEFT JOIN doctors d ON d.id = m.author_doctor_id
+),
+audit AS (
+    INSERT INTO audit_events
+        (actor_user_id, action, subject_type, subject_id, patient_id, client_addr, flagged,
+         details)
+    SELECT CAST(:actor_user_id AS bigint),
+           CASE g.basis WHEN 'break_glass' THEN :break_glass_action ELSE :read_action END,
+           CAST(:subject_type AS text),
+           CAST(:record_id AS bigint),
+           CAST(:patient_id AS bigint),
+           CAST(:client_addr AS inet),
+           g.basis = 'break_glass',
+           jsonb_build_object(
+               'record_ids',
+               (SELECT coalesce(jsonb_agg(r.id ORDER BY r.uploaded_at DESC, r.id DESC), '[]')
+                FROM r),
+               'urls_issued', (SELECT count(*) FROM r),
+               'basis', g.basis,
+               'via', CAST(:via AS text)
+           )
+           || CASE WHEN g.basis = 'break_glass'
+                   THEN jsonb_build_object('reason', CAST(:reason AS text))
+                   ELSE '{}'::jsonb END
+    FROM g
+    WHERE g.basis IS NOT NULL
+)
+SELECT g.patient_name, g.basis, r.id, r.record_type, r.title, r.doctor_name, r.uploaded_at,
+       r.content_type, r.size, r.storage_key
+FROM g LEFT JOIN r ON true
+ORDER BY r.uploaded_at DESC, r.id DESC
+"""
+)
+
+
+async def _run_once(session: AsyncSession, statement: Any, params: dict[str, Any]) -> list[Any]:
+    """Run one statement and commit it, in as few round trips as possible.
+
+    A session that has not begun is given an autocommit connection: the statement is its
+    own transaction (atomic, committed when it returns), with no BEGIN or COMMIT round
+    trips. A session already in a transaction (the caller changed something first) runs it
+    there and commits, so the caller's changes are never split from it.
+    """
+    if session.in_transaction():
+        rows = list((await session.execute(statement, params)).all())
+        await session.commit()
+        return rows
+    conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    try:
+        rows = list((await conn.execute(statement, params)).all())
+    except BaseException:
+        await session.rollback()
+        raise
+    await session.commit()  # ends the session's transaction: the connection goes back
+    return rows
 
 
 async def _read(
@@ -217,38 +278,38 @@ async def _read(
     via: str,
 ) -> tuple[Grant, list[RecordItem]]:
     _refuse_early(actor, patient_id)
-    found = (await session.execute(_grant_and_list_query(actor, patient_id, record_id))).all()
+    reason = _break_glass_reason(reason) if actor.role in ("doctor", "admin") else None
+    found = await _run_once(
+        session,
+        READ_AND_AUDIT,
+        {
+            "own": actor.role == "patient",
+            "doctor_id": actor.doctor_id if actor.role == "doctor" else None,
+            "reason": reason,
+            "patient_id": patient_id,
+            "record_id": record_id,
+            "actor_user_id": actor.id,
+            "break_glass_action": audit.BREAK_GLASS,
+            "read_action": audit.RECORD_READ,
+            "subject_type": "medical_record" if record_id is not None else "medical_record_list",
+            "client_addr": audit._inet(client_addr),  # the ORM path normalises it alike
+            "via": via,
+        },
+    )
     if not found:
         raise NotFound(f"patient {patient_id} not found")
-    the_grant = _decide(actor, patient_id, found[0].patient_name, bool(found[0].care), reason)
+    first = found[0]
+    the_grant = _decide(actor, patient_id, first.patient_name, first.basis == "care", reason)
+    if the_grant.basis != first.basis:  # never hand out a URL without its audit row
+        raise RuntimeError(f"access basis {the_grant.basis} != audited {first.basis}")
     rows = [row for row in found if row.id is not None]
     urls = store.urls([row.storage_key for row in rows])
-    details: dict[str, Any] = {
-        "record_ids": [row.id for row in rows],
-        "urls_issued": len(urls),
-        "basis": the_grant.basis,
-        "via": via,
-    }
-    if the_grant.reason:
-        details["reason"] = the_grant.reason
-    await audit.record(
-        session,
-        actor_user_id=actor.id,
-        action=audit.BREAK_GLASS if the_grant.basis == "break_glass" else audit.RECORD_READ,
-        subject_type="medical_record" if record_id is not None else "medical_record_list",
-        subject_id=record_id,
-        patient_id=patient_id,
-        client_addr=client_addr,
-        flagged=the_grant.basis == "break_glass",
-        details=details,
-    )
-    await session.commit()  # the trace lands before any URL leaves
     items = [
         RecordItem(
             row.id,
             row.record_type,
             row.title,
-            row.full_name,
+            row.doctor_name,
             row.uploaded_at,
             row.content_type,
             row.size,
