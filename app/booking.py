@@ -161,9 +161,7 @@ async def _patient_for(
             raise Forbidden("front desks book only with their own clinic's doctors")
         if patient_id is None:
             raise Invalid("patient_id is required when staff book")
-        if await session.get(Patient, patient_id) is None:
-            raise Invalid(f"patient {patient_id} does not exist")
-        return patient_id
+        return patient_id  # that the patient exists is checked with their facts
     raise Forbidden("your role may not book appointments")
 
 
@@ -210,6 +208,7 @@ async def book(
     start = start.astimezone(dt.UTC)
     data = await _load_around(session, doctor_id, start)
     target = await _patient_for(session, actor, patient_id, data.clinic_id)
+    facts = await _patient_facts(session, target, doctor_id, now)
     digest = _request_hash(doctor_id, start, target, reason)
     if idempotency_key and (
         replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
@@ -217,7 +216,11 @@ async def book(
         return replay
     slot = _find_slot(data, start)
     _check_bookable(data, slot, rules, now)
-    await _check_patient_limit(session, target, doctor_id, rules, now)
+    if facts.held >= rules.max_future_per_doctor:
+        raise Invalid(
+            f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
+            "with one doctor"
+        )
 
     appointment = Appointment(
         doctor_id=doctor_id,
@@ -233,7 +236,9 @@ async def book(
     session.add(appointment)
     try:
         # The outbox (confirmation, reminders) in this same transaction.
-        await notifications.appointment_booked(session, appointment, data.timezone, now)
+        await notifications.appointment_booked(
+            session, appointment, data.timezone, now, facts.channel
+        )
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()
@@ -266,24 +271,40 @@ async def _replay(
     return BookingResult(existing, timezone, replayed=True)
 
 
-async def _check_patient_limit(
-    session: AsyncSession, patient_id: int, doctor_id: int, rules: BookingRules, now: dt.datetime
-) -> None:
-    held = await session.scalar(
+@dataclass(frozen=True, slots=True)
+class _PatientFacts:
+    held: int  # future booked appointments with the doctor being booked
+    channel: str | None  # where the confirmation and reminders go (None: nowhere)
+
+
+async def _patient_facts(
+    session: AsyncSession, patient_id: int, doctor_id: int, now: dt.datetime
+) -> _PatientFacts:
+    """What a booking needs to know of its patient, in one round trip: that they exist,
+    how many future appointments they hold with this doctor, and their notification
+    channel (for the outbox rows written in the same transaction)."""
+    held = (
         select(func.count())
         .select_from(Appointment)
         .where(
-            Appointment.patient_id == patient_id,
+            Appointment.patient_id == Patient.id,
             Appointment.doctor_id == doctor_id,
             Appointment.status == "booked",
             Appointment.starts_at > now,
         )
+        .scalar_subquery()
     )
-    if (held or 0) >= rules.max_future_per_doctor:
-        raise Invalid(
-            f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
-            "with one doctor"
+    row = (
+        await session.execute(
+            select(held, Patient.notify_by, Patient.email, Patient.phone).where(
+                Patient.id == patient_id
+            )
         )
+    ).one_or_none()
+    if row is None:
+        raise Invalid(f"patient {patient_id} does not exist")
+    count, notify_by, email, phone = row
+    return _PatientFacts(int(count), notifications.choose_channel(notify_by, email, phone))
 
 
 def visible(actor: Principal) -> Any:

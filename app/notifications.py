@@ -137,13 +137,20 @@ async def _channels(session: AsyncSession, appointment_ids: Sequence[int]) -> di
 
 
 async def appointment_booked(
-    session: AsyncSession, appointment: Appointment, timezone: str, now: dt.datetime
+    session: AsyncSession,
+    appointment: Appointment,
+    timezone: str,
+    now: dt.datetime,
+    channel: str | None,
 ) -> None:
-    """Add the confirmation and reminders of a new booking to the session's transaction."""
-    await session.flush()  # the appointment's id (and its constraint check) first
-    channel = (await _channels(session, [appointment.id])).get(appointment.id)
+    """Add the confirmation and reminders of a new booking to the session's transaction.
+
+    Args:
+        channel: the patient's channel (`choose_channel`); None sends nothing.
+    """
     if channel is None:
         return
+    await session.flush()  # the appointment's id (and its constraint check) first
     session.add_all(
         Notification(appointment_id=appointment.id, channel=channel, kind=p.kind, due_at=p.due_at)
         for p in plan(appointment.starts_at, timezone, now)
@@ -155,7 +162,8 @@ async def appointment_rescheduled(
 ) -> None:
     """Replace the unsent confirmation and reminders with those of the new time."""
     await _void(session, [appointment.id], ANNOUNCEMENTS)
-    await appointment_booked(session, appointment, timezone, now)
+    channel = (await _channels(session, [appointment.id])).get(appointment.id)
+    await appointment_booked(session, appointment, timezone, now, channel)
 
 
 async def appointments_status_changed(

@@ -152,6 +152,10 @@ async def test_who_may_book_for_whom(client, world, session):
     )
     assert anonymous.status_code == 401
     assert await count(session) == 0
+    unknown = await book(client, world, start, who="desk", patient_id=max(world.patients) + 99)
+    assert unknown.status_code == 422
+    assert "does not exist" in unknown.json()["detail"]
+    assert await count(session) == 0
     desk = await book(client, world, start, who="desk", patient_id=world.patients[1])
     assert desk.status_code == 201
     assert desk.json()["patient_id"] == world.patients[1]
