@@ -581,7 +581,8 @@ def latency_svg(phases: list[tuple[str, Phase, str]]) -> str:
         (max(r.latencies_ms, default=0) for _, ph, _ in phases for r in ph.results.values()),
         default=0,
     )
-    lo, hi = 0.5, 10 ** math.ceil(math.log10(max(longest, 1000)))
+    lo = 0.5
+    hi = next((t for t in (1e3, 2e3, 5e3, 1e4, 2e4, 5e4) if t >= longest), 1e5)
 
     def x(nines: float) -> float:
         return left + plot_w * nines / nines_max
