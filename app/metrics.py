@@ -6,8 +6,14 @@ before any worker imports this module, and a scrape of any process sums every pr
 files. Without it, one in-process registry. Per-process values kept elsewhere as plain
 attributes (SlotCache.hits/misses, Hub.pushed, Hub.open_sockets, the pool's checked-out
 connections) are copied into the metrics after each request, every few seconds and at
-scrape. Values that belong to no process (dead notifications, SAQ queue depth) are read
-at scrape with short timeouts, by the process answering it.
+scrape. The web pool reports each checkout's wait as it happens (db/session.py). Values
+that belong to no process (dead notifications, SAQ queue depth) are read at scrape with
+short timeouts, by the process answering it.
+
+The SAQ worker is a separate process with a folder of its own (`…/metrics/worker`, beside
+`…/metrics/web`; app/cli.py empties each when its process starts): a scrape sums both
+folders, so job durations and failures (tasks/metrics.py) appear in every web process's
+/metrics on the worker's host, counted once per host.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Request, get
@@ -42,6 +49,7 @@ from sqlalchemy import text
 
 from app.errors import DomainError
 from app.guards import PUBLIC
+from db.session import observe_pool_waits
 from tasks.queue import QUEUE_NAME
 
 log = logging.getLogger(__name__)
@@ -103,6 +111,18 @@ POOL_SIZE = Gauge(
     "Connections the web pool may hold (pool_size + max_overflow).",
     multiprocess_mode="livesum",
 )
+# A checkout usually finds an idle connection (microseconds) or opens one (milliseconds);
+# a full pool makes requests queue, up to DB_POOL_TIMEOUT (5 s by default) and a 503.
+POOL_WAIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+POOL_WAIT_SECONDS = Histogram(
+    "medbook_db_pool_wait_seconds",
+    "Time a web request waited for a database connection from the pool.",
+    buckets=(*POOL_WAIT_BUCKETS, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+POOL_TIMEOUTS = Counter(
+    "medbook_db_pool_timeouts",
+    "Checkouts that gave up after DB_POOL_TIMEOUT (answered 503).",
+)
 
 # Read at scrape by the answering process; global values, not per process.
 DEAD_NOTIFICATIONS = "medbook_notifications_dead"
@@ -123,6 +143,15 @@ EXPORTED = frozenset(
         "medbook_websockets_open",
         "medbook_db_pool_in_use",
         "medbook_db_pool_size",
+        "medbook_db_pool_wait_seconds_bucket",
+        "medbook_db_pool_wait_seconds_sum",
+        "medbook_db_pool_wait_seconds_count",
+        "medbook_db_pool_timeouts_total",
+        # From the worker's folder, once a worker on this host has started (tasks/metrics.py).
+        "medbook_job_duration_seconds_bucket",
+        "medbook_job_duration_seconds_sum",
+        "medbook_job_duration_seconds_count",
+        "medbook_job_failures_total",
         DEAD_NOTIFICATIONS,
         QUEUE_JOBS,
     }
@@ -176,6 +205,12 @@ class MetricsMiddleware(AbstractMiddleware):
             sync_process_values(scope["app"])
 
 
+def _pool_wait(seconds: float, timed_out: bool) -> None:
+    POOL_WAIT_SECONDS.observe(seconds)
+    if timed_out:
+        POOL_TIMEOUTS.inc()
+
+
 def sync_process_values(app: Litestar) -> None:
     """Copy this process's plain counters into the metrics (only what grew since last)."""
     state = app.state
@@ -193,6 +228,31 @@ def sync_process_values(app: Litestar) -> None:
         seen[name] = value
     if (engine := state.get("engine")) is not None:
         POOL_IN_USE.set(engine.pool.checkedout())
+
+
+def _multiprocess_folders(web: Path) -> list[Path]:
+    """This host's folders of multiprocess files: the web processes' and, when `medbook
+    serve` laid them out (`…/web`), the worker's beside it."""
+    worker = web.parent / "worker"
+    return [web, worker] if web.name == "web" and worker.is_dir() else [web]
+
+
+class _MultiprocessFiles:
+    """prometheus-client's multiprocess collector over several folders: every file of
+    every folder merged into one set of families (sums across processes)."""
+
+    def __init__(self, folders: list[Path]) -> None:
+        self.folders = folders
+
+    def collect(self) -> Iterable[Metric]:
+        for attempt in range(3):
+            files = [str(f) for folder in self.folders for f in sorted(folder.glob("*.db"))]
+            try:
+                return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+            except FileNotFoundError:  # a restarting worker emptied its folder meanwhile
+                if attempt == 2:
+                    raise
+        return []
 
 
 class _Snapshot:
@@ -234,9 +294,9 @@ async def scrape(app: Litestar) -> bytes:
             families.append(await read(app))
         except Exception as exc:  # a scrape must answer even when PostgreSQL or Redis lag
             log.warning("metrics: %s skipped: %r", read.__name__, exc)
-    if os.environ.get(MULTIPROC_ENV):
+    if folder := os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(_MultiprocessFiles(_multiprocess_folders(Path(folder))))
         body = generate_latest(registry)
     else:
         body = generate_latest(REGISTRY)
@@ -257,6 +317,7 @@ async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
     on shutdown, so a stopped worker's sockets and connections stop counting."""
     settings = app.state.settings
     POOL_SIZE.set(settings.db_pool_size + settings.db_max_overflow)
+    observe_pool_waits(app.state.engine, _pool_wait)
 
     async def refresh() -> None:
         while True:
@@ -267,6 +328,7 @@ async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        observe_pool_waits(app.state.engine, None)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

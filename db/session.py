@@ -1,6 +1,7 @@
 """Engines and sessions: pooling, per-connection timeouts and the slow-query log.
 
-Review findings handled here: S-2 (pool size, overflow, wait), M-5 (validation and recycle,
+Review findings handled here: S-2 (pool size, overflow, wait, and the wait timed for
+/metrics), M-5 (validation and recycle,
 so a connection cut by a firewall or a server restart is replaced instead of failing a
 request), S-4 (statement and idle-in-transaction timeouts set on every connection) and S-5
 (statements slower than a threshold are logged with their duration).
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app.settings import Settings
 
@@ -22,6 +26,44 @@ slow_log = logging.getLogger("medbook.slow_query")
 
 # A connection back in the pool for less than this is handed out without a ping (M-5).
 PING_AFTER_IDLE_SECONDS = 1.0
+
+# Called with (seconds a checkout waited for a connection, whether the wait timed out).
+PoolWaitObserver = Callable[[float, bool], None]
+
+
+class TimedPool(AsyncAdaptedQueuePool):
+    """The asyncio queue pool, reporting how long each checkout waited: for an idle
+    connection, for a new one to open, or until DB_POOL_TIMEOUT gave up (S-2)."""
+
+    on_wait: PoolWaitObserver | None = None
+    # Log under SQLAlchemy's own pool logger, so logging set for `sqlalchemy` covers it.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
+
+    def _do_get(self) -> Any:
+        observe = self.on_wait
+        if observe is None:
+            return super()._do_get()
+        started = time.perf_counter()
+        try:
+            connection = super()._do_get()
+        except PoolTimeout:
+            observe(time.perf_counter() - started, True)
+            raise
+        observe(time.perf_counter() - started, False)
+        return connection
+
+    def recreate(self) -> TimedPool:
+        pool = super().recreate()
+        assert isinstance(pool, TimedPool)
+        pool.on_wait = self.on_wait  # dispose() swaps the pool: keep reporting
+        return pool
+
+
+def observe_pool_waits(engine: AsyncEngine, observe: PoolWaitObserver | None) -> None:
+    """Report how long each checkout from `engine`'s pool waits (None stops reporting)."""
+    pool = engine.sync_engine.pool
+    if isinstance(pool, TimedPool):
+        pool.on_wait = observe
 
 
 def create_engine(
@@ -49,6 +91,7 @@ def create_engine(
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
+        poolclass=TimedPool,
         connect_args={
             "server_settings": {
                 "application_name": application_name,

@@ -10,12 +10,24 @@ from typing import Any
 
 from saq import CronJob
 
+from app.documents import create_store
 from app.redis import create_redis
 from app.settings import get_settings
 from db.session import create_engine, session_factory
-from tasks import analytics, reminders
-from tasks.housekeeping import heartbeat
+from tasks import analytics, metrics, reminders
+from tasks.housekeeping import heartbeat, sweep_documents
 from tasks.queue import create_queue
+
+FUNCTIONS = [
+    heartbeat,
+    sweep_documents,
+    analytics.refresh_rollups,
+    analytics.close_days,
+    analytics.run_export,
+    analytics.purge_exports,
+    reminders.dispatch_notifications,
+    reminders.send_notifications,
+]
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -24,6 +36,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["engine"] = create_engine(settings, application_name="medbook-worker")
     ctx["sessions"] = session_factory(ctx["engine"])
     ctx["redis"] = create_redis(settings)
+    ctx["documents"] = create_store(settings)  # the web's store: S3, or the same disk folder
     # Analytics read the replica when there is one (M-1), with the longer limit (S-4);
     # rollups write, so they use the primary, also with the longer limit.
     ctx["analytics_engine"] = create_engine(
@@ -38,6 +51,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         application_name="medbook-rollups",
     )
     await reminders.startup(ctx)
+    metrics.prepare(FUNCTIONS)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -53,17 +67,11 @@ def worker_settings() -> dict[str, Any]:
     settings = get_settings()
     return {
         "queue": create_queue(settings),
-        "functions": [
-            heartbeat,
-            analytics.refresh_rollups,
-            analytics.close_days,
-            analytics.run_export,
-            analytics.purge_exports,
-            reminders.dispatch_notifications,
-            reminders.send_notifications,
-        ],
+        "functions": FUNCTIONS,
         "cron_jobs": [
             CronJob(heartbeat, cron="* * * * *", timeout=10, retries=1),
+            # Strays come only from a process killed mid-upload: once a day is plenty.
+            CronJob(sweep_documents, cron="17 3 * * *", timeout=1800, retries=2),
             CronJob(analytics.refresh_rollups, cron="*/5 * * * *", timeout=240, retries=2),
             CronJob(analytics.close_days, cron="30 12 * * *", timeout=1800, retries=3),
             CronJob(analytics.purge_exports, cron="7 * * * *", timeout=300, retries=2),
@@ -74,4 +82,7 @@ def worker_settings() -> dict[str, Any]:
         "shutdown_grace_period_s": 20,
         "startup": startup,
         "shutdown": shutdown,
+        # Job durations and failures for /metrics (tasks/metrics.py).
+        "before_process": metrics.before_process,
+        "after_process": metrics.after_process,
     }

@@ -117,6 +117,10 @@ async def test_rate_limit_rejections_are_counted(settings, db, redis):
 
 
 async def test_every_exported_name_is_in_a_scrape(client, session, settings):
+    from tasks import metrics as job_metrics
+    from tasks.worker import FUNCTIONS
+
+    job_metrics.prepare(FUNCTIONS)  # what a worker does at start (in its own process)
     await make_user(session, "patient", "p@example.test")
     assert (await client.get("/health/live")).status_code == 200  # one timed request
     samples = await scrape(client)
@@ -125,6 +129,8 @@ async def test_every_exported_name_is_in_a_scrape(client, session, settings):
     assert value(samples, "medbook_notifications_dead") == 0
     assert value(samples, "medbook_queue_jobs", state="queued") >= 0
     assert value(samples, "medbook_db_pool_size") >= settings.db_pool_size
+    assert value(samples, "medbook_db_pool_wait_seconds_count") >= 1
+    assert value(samples, "medbook_job_failures_total", function="heartbeat") >= 0
 
 
 def test_two_server_processes_report_one_sum(tmp_path, settings):

@@ -53,12 +53,16 @@ def test_every_expression_reads_only_exported_series():
         assert found, rule["alert"]
         assert found <= EXPORTED, (rule["alert"], found - EXPORTED)
         used |= found
-    # Latency, errors, dead letters and queue lag each have a rule.
+    # Latency, errors, dead letters, queue lag, pool waits and job failures each have a rule.
     for needed in (
         "medbook_http_request_duration_seconds_bucket",
         "medbook_http_requests_total",
         "medbook_notifications_dead",
         "medbook_queue_jobs",
+        "medbook_db_pool_wait_seconds_bucket",
+        "medbook_db_pool_timeouts_total",
+        "medbook_job_failures_total",
+        "medbook_job_duration_seconds_bucket",
     ):
         assert needed in used
 
