@@ -1,0 +1,178 @@
+"""A records read is one statement in one round trip: the access decision, the list and
+the audit row together, on an autocommit connection (no BEGIN, no COMMIT), committed before
+any URL is returned; the API and the panel run the same statement; a refused read writes
+nothing; a caller already in a transaction keeps its changes with the read's."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import event, func, select, text
+
+from app import audit, records
+from app.identity import Principal
+from db.models import Appointment, AuditEvent, MedicalRecord
+from db.session import session_factory
+from tests.integration.world import at, make_world
+
+
+class Statements(list):
+    """Every statement an engine runs while watched, with whether its connection was in a
+    transaction when it was sent."""
+
+    def before(self, conn, cursor, statement, params, context, many):
+        self.append((statement, conn.connection.driver_connection.is_in_transaction()))
+
+
+def watch(engine) -> Statements:
+    statements = Statements()
+    event.listen(engine.sync_engine, "before_cursor_execute", statements.before)
+    return statements
+
+
+@pytest.fixture
+async def seen(db):
+    statements = watch(db)
+    yield statements
+    event.remove(db.sync_engine, "before_cursor_execute", statements.before)
+
+
+@pytest.fixture
+async def world(session, settings):
+    world = await make_world(session, settings.secret_key, patients=2)
+    day = dt.date.today() - dt.timedelta(days=2)
+    session.add(
+        Appointment(
+            doctor_id=world.doctor_id,
+            patient_id=world.patients[0],
+            clinic_id=world.clinic_id,
+            starts_at=at(day, 9),
+            ends_at=at(day, 9, 30),
+            status="completed",
+        )
+    )
+    for n in range(3):
+        session.add(
+            MedicalRecord(
+                patient_id=world.patients[0],
+                author_doctor_id=world.doctor_id,
+                record_type="lab_result",
+                title=f"Result {n}",
+                storage_key=f"patients/{world.patients[0]}/{n:032x}.pdf",
+                content_type="application/pdf",
+                size=10,
+                sha256="0" * 64,
+            )
+        )
+    await session.commit()
+    return world
+
+
+def is_read(statement: str) -> bool:
+    """The compiled READ_AND_AUDIT (its text with $n placeholders)."""
+    return "INSERT INTO audit_events" in statement and "FROM g LEFT JOIN r ON true" in statement
+
+
+def doctor(world) -> Principal:
+    user = world.users["doctor"]
+    return Principal(user.id, user.email, "doctor", doctor_id=world.doctor_id)
+
+
+async def audit_rows(engine) -> list[AuditEvent]:
+    async with session_factory(engine)() as other:  # another connection: committed rows only
+        return list((await other.scalars(select(AuditEvent).order_by(AuditEvent.id))).all())
+
+
+async def test_a_list_is_one_autocommit_statement_committed_before_it_returns(
+    db, world, seen, client
+):
+    store = client.app.state.documents
+    async with session_factory(db)() as session:
+        grant, items = await records.list_records(
+            session, store, doctor(world), world.patients[0], client_addr="10.0.0.7"
+        )
+        assert not session.in_transaction()  # the connection went back to the pool
+    assert grant.basis == "care" and len(items) == 3
+    assert all(item.document_url for item in items)
+    assert len(seen) == 1
+    statement, in_transaction = seen[0]
+    assert is_read(statement)
+    assert not in_transaction  # autocommit: no BEGIN before it, no COMMIT after it
+    (row,) = await audit_rows(db)
+    assert row.action == audit.RECORD_READ and not row.flagged
+    assert row.actor_user_id == world.users["doctor"].id and row.patient_id == world.patients[0]
+    assert row.details == {
+        "record_ids": [item.id for item in items],
+        "urls_issued": 3,
+        "basis": "care",
+        "via": "api",
+    }
+    assert str(row.client_addr) == "10.0.0.7" and row.subject_type == "medical_record_list"
+
+
+async def test_the_api_and_the_panel_run_the_same_statement(world, client):
+    seen = watch(client.app.state.engine)
+    doctor_headers = world.headers("doctor")
+    api = await client.get(f"/api/patients/{world.patients[0]}/records", headers=doctor_headers)
+    panel = await client.get(f"/patients/{world.patients[0]}/records", headers=doctor_headers)
+    assert api.status_code == 200 and panel.status_code == 200
+    reads = [s for s, _ in seen if is_read(s)]
+    assert len(reads) == 2
+
+
+async def test_a_refused_read_writes_nothing(db, world, client):
+    store = client.app.state.documents
+    async with session_factory(db)() as session:
+        with pytest.raises(records.BreakGlassRequired):
+            await records.list_records(session, store, doctor(world), world.patients[1])
+        with pytest.raises(records.BreakGlassRequired):  # too short to count as a reason
+            await records.list_records(
+                session, store, doctor(world), world.patients[1], reason="   because  "
+            )
+    assert await audit_rows(db) == []
+
+
+async def test_break_glass_is_flagged_with_its_reason(db, world, client):
+    store = client.app.state.documents
+    async with session_factory(db)() as session:
+        grant, items = await records.list_records(
+            session, store, doctor(world), world.patients[1], reason="  covering for Dr. Who  "
+        )
+    assert grant.basis == "break_glass" and items == []
+    (row,) = await audit_rows(db)
+    assert row.action == audit.BREAK_GLASS and row.flagged
+    assert row.details == {
+        "record_ids": [],
+        "urls_issued": 0,
+        "basis": "break_glass",
+        "via": "api",
+        "reason": "covering for Dr. Who",
+    }
+
+
+async def test_a_caller_in_a_transaction_commits_its_change_with_the_read(db, world, client):
+    store = client.app.state.documents
+    async with session_factory(db)() as session:
+        await session.execute(
+            text("UPDATE patients SET phone = '+4930123' WHERE id = :id"), {"id": world.patients[0]}
+        )
+        assert session.in_transaction()
+        view = await records.view_record(
+            session, store, doctor(world), world.patients[0], (await first_record(session, world))
+        )
+        assert not session.in_transaction()
+    assert view.title.startswith("Result")
+    async with session_factory(db)() as other:
+        phone = await other.scalar(
+            text("SELECT phone FROM patients WHERE id = :id"), {"id": world.patients[0]}
+        )
+    assert phone == "+4930123"
+    (row,) = await audit_rows(db)
+    assert row.subject_type == "medical_record" and row.subject_id == view.id
+
+
+async def first_record(session, world) -> int:
+    return await session.scalar(
+        select(func.min(MedicalRecord.id)).where(MedicalRecord.patient_id == world.patients[0])
+    )
