@@ -5,16 +5,15 @@ nothing; a caller already in a transaction keeps its changes with the read's."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 from sqlalchemy import event, func, select, text
 
 from app import audit, records
 from app.identity import Principal
-from db.models import Appointment, AuditEvent, MedicalRecord
+from db.models import AuditEvent, MedicalRecord
 from db.session import session_factory
-from tests.integration.world import at, make_world
+from tests.integration.test_records import add_appointment
+from tests.integration.world import make_world
 
 
 class Statements(list):
@@ -41,17 +40,7 @@ async def seen(db):
 @pytest.fixture
 async def world(session, settings):
     world = await make_world(session, settings.secret_key, patients=2)
-    day = dt.date.today() - dt.timedelta(days=2)
-    session.add(
-        Appointment(
-            doctor_id=world.doctor_id,
-            patient_id=world.patients[0],
-            clinic_id=world.clinic_id,
-            starts_at=at(day, 9),
-            ends_at=at(day, 9, 30),
-            status="completed",
-        )
-    )
+    await add_appointment(session, world, world.patients[0], "completed", 9)
     for n in range(3):
         session.add(
             MedicalRecord(
