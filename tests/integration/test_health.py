@@ -39,3 +39,9 @@ async def test_home_page_loads_vendored_htmx(client):
     script = await client.get("/static/vendor/htmx-2.0.8.min.js")
     assert script.status_code == 200
     assert 'version:"2.0.8"' in script.text.replace(" ", "")
+
+
+async def test_the_pool_is_filled_at_start(settings, db, redis):
+    app = create_app(settings)
+    async with AsyncTestClient(app=app):
+        assert app.state.engine.pool.checkedin() == settings.db_pool_size
