@@ -70,7 +70,9 @@ MIX = {"availability": 0.60, "booking": 0.15, "records": 0.15, "lists": 0.10}
 # Requests/s per wrk thread. Each thread holds one connection, so a connection is busy for
 # rate x service time of each second: kept low, a slow answer rarely delays the next one.
 PER_THREAD = 2.5
-GRACE = 5.0  # seconds wrk keeps running after the schedule ends, for late answers
+# Seconds wrk keeps running after the schedule ends, for late answers: under uvicorn's
+# 5 s keep-alive timeout, or it closes the idle connections and wrk counts read errors.
+GRACE = 3.5
 REASON = "mixed bench"  # marks the bench's own bookings, deleted at the end
 KINDS = {
     "availability": "availability",
@@ -105,12 +107,26 @@ class Phase:
         )
         return bad + self.socket_errors
 
+    def error_codes(self) -> str:
+        """The statuses counted as errors, e.g. `book 422: 3, records 503: 1`."""
+        bad = [
+            f"{kind} {code}: {n}"
+            for kind, r in self.results.items()
+            for code, n in sorted(r.statuses.items())
+            if not 200 <= code < 400 and not (kind == "book" and code == 409)
+        ]
+        if self.socket_errors:
+            bad.append(f"socket errors: {self.socket_errors}")
+        return ", ".join(bad)
+
     def worst_p99(self) -> float:
         return max((r.pct(99) for r in self.results.values() if r.count), default=math.nan)
 
-    def passes(self) -> bool:
-        """Every endpoint's p99 under 50 ms, and every request due was answered."""
-        return self.worst_p99() < 50 and self.unanswered == 0
+    def passes(self, every_endpoint: bool = True) -> bool:
+        """p99 under 50 ms (of every endpoint, or of all requests together), and every
+        request due was answered."""
+        p99 = self.worst_p99() if every_endpoint else self.total().pct(99)
+        return p99 < 50 and self.unanswered == 0
 
     def total(self) -> Result:
         merged = Result("all")
@@ -347,6 +363,18 @@ def cpu_seconds(server: int, worker: int) -> dict[str, float]:
     return {"server": tree(server), "worker": tree(worker), "machine": busy}
 
 
+def settle(server: int, worker: int, limit: float = 60) -> float:
+    """Wait until the server has worked off what an earlier phase left queued (under 0.2 of
+    a core for a second); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = cpu_seconds(server, worker)["server"]
+        time.sleep(1)
+        if cpu_seconds(server, worker)["server"] - before < 0.2:
+            break
+    return time.monotonic() - started
+
+
 def cpu_line(before: dict[str, float], after: dict[str, float], phase: Phase) -> str:
     """Where the machine's CPU went during a phase."""
     used = delta(after, before)
@@ -354,8 +382,8 @@ def cpu_line(before: dict[str, float], after: dict[str, float], phase: Phase) ->
     cores = os.cpu_count() or 1
     rest = used["machine"] - used["server"] - used["worker"]
     return (
-        f"CPU during the phase: machine {used['machine'] / phase.seconds / cores:.0%} busy "
-        f"of {cores} cores; the two server processes {used['server'] * 1000 / count:.2f} ms "
+        f"CPU during the phase: {used['machine'] / phase.seconds:.2f} of the machine's "
+        f"{cores} cores busy; the two server processes {used['server'] * 1000 / count:.2f} ms "
         f"per request ({used['server'] / phase.seconds:.2f} cores), the worker "
         f"{used['worker'] / phase.seconds:.2f} cores, everything else (PostgreSQL, Redis, "
         f"wrk, the websocket helper, other users of the machine) {rest / phase.seconds:.2f} "
@@ -657,7 +685,7 @@ async def main() -> None:
     parser.add_argument("--seconds-400", type=float, default=60)
     parser.add_argument("--warmup-seconds", type=float, default=20)
     parser.add_argument("--step-seconds", type=float, default=20)
-    parser.add_argument("--steps", default="50,100,150,200,300,400,600,800")
+    parser.add_argument("--steps", default="25,50,100,150,200,300,400,600,800")
     parser.add_argument("--ceiling-seconds", type=int, default=10)
     parser.add_argument("--sockets", type=int, default=300)
     parser.add_argument("--hold-sockets", help=argparse.SUPPRESS)
@@ -721,13 +749,16 @@ async def main() -> None:
         client.close()
         run_mix(base, fixtures, 200, args.warmup_seconds, workdir)
 
+        settle(server.pid, worker.pid)
         before = metrics(base)
         load_before = os.getloadavg()[0]
         cpu = [cpu_seconds(server.pid, worker.pid)]
         at200 = run_mix(base, fixtures, 200, args.seconds_200, workdir)
         cpu.append(cpu_seconds(server.pid, worker.pid))
         print("\n".join(phase_table(at200)), flush=True)
+        settle(server.pid, worker.pid)
         mid = metrics(base)
+        cpu.append(cpu_seconds(server.pid, worker.pid))
         at400 = run_mix(base, fixtures, 400, args.seconds_400, workdir)
         cpu.append(cpu_seconds(server.pid, worker.pid))
         print("\n".join(phase_table(at400)), flush=True)
@@ -736,11 +767,13 @@ async def main() -> None:
 
         steps: list[Phase] = []
         for rate in (float(r) for r in args.steps.split(",")):
+            settle(server.pid, worker.pid)
             step = run_mix(base, fixtures, rate, args.step_seconds, workdir)
             steps.append(step)
-            print(f"step {rate:.0f} req/s: worst p99 {step.worst_p99():.1f} ms", flush=True)
-            if not step.passes():
+            print(f"step {rate:.0f}/s: worst p99 {step.worst_p99():.1f} ms", step.error_codes())
+            if not step.passes(every_endpoint=False):
                 break
+        settle(server.pid, worker.pid)
         ceiling = best_under_50ms(base, tokens[:1], ["/health/live"], args.ceiling_seconds)
         socket_counts = stop_sockets(sockets)
         sockets = None
@@ -763,10 +796,14 @@ async def main() -> None:
     finally:
         await conn.close()
 
-    passing = [s for s in steps if s.passes()]
-    best = max(passing, key=lambda s: s.rate) if passing else None
-    best_rate = best.total().rate if best else 0.0
-    ratio = best_rate / ceiling["rps"] if ceiling["rps"] else math.nan
+    def best_rate(every_endpoint: bool) -> float:
+        return max((s.total().rate for s in steps if s.passes(every_endpoint)), default=0.0)
+
+    strict, overall = best_rate(True), best_rate(False)
+
+    def ratio(rate: float) -> str:
+        return f"{rate / ceiling['rps']:.3f}" if ceiling["rps"] else "n/a"
+
     m200, m400 = delta(mid, before), delta(after, mid)
 
     def hit_ratio(m: dict[str, float]) -> float:
@@ -823,7 +860,7 @@ async def main() -> None:
         f"Slot cache hit ratio {hit_ratio(m400):.1%}; 5xx counted by /metrics: "
         f"{m400['5xx']:.0f}; websocket pushes: {m400['medbook_websocket_pushes_total']:.0f}.",
         "",
-        cpu_line(cpu[1], cpu[2], at400),
+        cpu_line(cpu[2], cpu[3], at400),
         "",
         *timeline_table(at400, 6),
         "",
@@ -838,12 +875,14 @@ async def main() -> None:
         worst = max(((r.pct(99), r.name) for r in s.results.values() if r.count), default=(0, ""))
         lines.append(
             f"| {s.rate:.0f} | {total.rate:.1f} | {total.pct(50):.2f} | {total.pct(99):.2f} | "
-            f"{worst[0]:.1f} ({worst[1]}) | {s.errors()} | {s.conflicts} | {s.unanswered} |"
+            f"{worst[0]:.1f} ({worst[1]}) | {s.errors()} {s.error_codes()} | {s.conflicts} | "
+            f"{s.unanswered} |"
         )
     lines += [
         "",
-        "A step passes when the p99 of every endpoint stays under 50 ms and every request "
-        "due in the step was answered.",
+        "Steps rise until the p99 of all requests together reaches 50 ms or a request due "
+        "goes unanswered; a step passes when that p99 (or, stricter, every endpoint's p99) "
+        "stays under 50 ms and every request due in it was answered.",
         "",
         "## The framework's ceiling: `/health/live`, closed loop (wrk, 4-64 connections)",
         "",
@@ -852,8 +891,12 @@ async def main() -> None:
         f"| bare JSON route | {ceiling['connections']} | {ceiling['rps']:.0f} | "
         f"{ceiling['p50']:.2f} | {ceiling['p99']:.2f} | {ceiling.get('non2xx', 0)} |",
         "",
-        f"Highest mixed rate with every p99 < 50 ms: **{best_rate:.0f} req/s**; the bare route "
-        f"reaches {ceiling['rps']:.0f} req/s with p99 < 50 ms: ratio **{ratio:.3f}**.",
+        "| highest mixed rate with p99 < 50 ms | req/s | ÷ bare route |",
+        "| --- | ---: | ---: |",
+        f"| every endpoint's p99 | {strict:.0f} | {ratio(strict)} |",
+        f"| all requests together | {overall:.0f} | {ratio(overall)} |",
+        "",
+        "A rate of 0 means no step passed, not even the lowest.",
         "",
         f"The bench's own bookings were deleted afterwards ({removed}).",
         "",
