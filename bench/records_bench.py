@@ -31,6 +31,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -243,6 +244,7 @@ def moto_with_objects(keys: list[str]):
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per PUT and GET
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
