@@ -35,7 +35,7 @@ RECORD_READ = "records.read"
 RECORD_ACCESS_ACTIONS = (RECORD_READ, BREAK_GLASS)
 
 
-def _inet(client_addr: str | None) -> str | None:
+def inet(client_addr: str | None) -> str | None:
     """An address PostgreSQL's inet accepts, or None (test clients call themselves names)."""
     if not client_addr:
         return None
@@ -75,7 +75,7 @@ async def record(
             subject_type=subject_type,
             subject_id=subject_id,
             patient_id=patient_id,
-            client_addr=_inet(client_addr),
+            client_addr=inet(client_addr),
             flagged=flagged,
             details=details or {},
         )

@@ -292,7 +292,7 @@ async def _read(
             "break_glass_action": audit.BREAK_GLASS,
             "read_action": audit.RECORD_READ,
             "subject_type": "medical_record" if record_id is not None else "medical_record_list",
-            "client_addr": audit._inet(client_addr),  # the ORM path normalises it alike
+            "client_addr": audit.inet(client_addr),  # the ORM path normalises it alike
             "via": via,
         },
     )

@@ -121,6 +121,10 @@ async def test_every_exported_name_is_in_a_scrape(client, session, settings):
     from tasks.worker import FUNCTIONS
 
     job_metrics.prepare(FUNCTIONS)  # what a worker does at start (in its own process)
+    tight = dataclasses.replace(settings, rate_limit_anonymous_per_minute=1)
+    async with AsyncTestClient(app=create_app(tight)) as limited:
+        for _ in range(2):  # the second is refused: the rate-limit series exists
+            await limited.get("/login")
     await make_user(session, "patient", "p@example.test")
     assert (await client.get("/health/live")).status_code == 200  # one timed request
     samples = await scrape(client)
