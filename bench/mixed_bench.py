@@ -152,12 +152,30 @@ def lua_value(value: object) -> str:
     raise TypeError(type(value))
 
 
+async def delete_bookings(database_url: str, conn: asyncpg.Connection | None = None) -> str:
+    """Delete the bench's own bookings (their notifications go with them). Their dev
+    mailbox rows go first: dev_mailbox.notification_id has no index, so letting ON DELETE
+    SET NULL find them costs a scan of the mailbox per notification."""
+    own = conn is None
+    conn = conn or await asyncpg.connect(plain_database_url(database_url))
+    try:
+        await conn.execute(
+            "DELETE FROM dev_mailbox m USING notifications n, appointments a "
+            "WHERE m.notification_id = n.id AND n.appointment_id = a.id AND a.reason = $1",
+            REASON,
+        )
+        return str(await conn.execute("DELETE FROM appointments WHERE reason = $1", REASON))
+    finally:
+        if own:
+            await conn.close()
+
+
 async def load_fixtures(database_url: str, secret: str, today: dt.date) -> dict:
     """Users and their tokens, and the request items of every class except booking."""
     heavy = await records_bench.load_fixtures(database_url, secret)  # 50 records, a doctor
     conn = await asyncpg.connect(plain_database_url(database_url))
     try:
-        await conn.execute("DELETE FROM appointments WHERE reason = $1", REASON)
+        await delete_bookings(database_url, conn)
         doctors = await conn.fetch(
             "SELECT d.id, c.timezone FROM doctors d JOIN clinics c ON c.id = d.clinic_id "
             "WHERE d.active ORDER BY d.id"
@@ -363,14 +381,15 @@ def cpu_seconds(server: int, worker: int) -> dict[str, float]:
     return {"server": tree(server), "worker": tree(worker), "machine": busy}
 
 
-def settle(server: int, worker: int, limit: float = 60) -> float:
-    """Wait until the server has worked off what an earlier phase left queued (under 0.2 of
-    a core for a second); returns the seconds waited."""
+def settle(server: int, worker: int, limit: float = 120) -> float:
+    """Wait until the server and the worker have worked off what an earlier phase left
+    queued (together under 0.3 of a core for a second); returns the seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < limit:
-        before = cpu_seconds(server, worker)["server"]
+        before = cpu_seconds(server, worker)
         time.sleep(1)
-        if cpu_seconds(server, worker)["server"] - before < 0.2:
+        after = cpu_seconds(server, worker)
+        if after["server"] + after["worker"] - before["server"] - before["worker"] < 0.3:
             break
     return time.monotonic() - started
 
@@ -771,8 +790,8 @@ async def main() -> None:
             step = run_mix(base, fixtures, rate, args.step_seconds, workdir)
             steps.append(step)
             print(f"step {rate:.0f}/s: worst p99 {step.worst_p99():.1f} ms", step.error_codes())
-            if not step.passes(every_endpoint=False):
-                break
+            if not any(s.passes(every_endpoint=False) for s in steps[-2:]):
+                break  # two failures in a row: one could be noise
         settle(server.pid, worker.pid)
         ceiling = best_under_50ms(base, tokens[:1], ["/health/live"], args.ceiling_seconds)
         socket_counts = stop_sockets(sockets)
@@ -790,11 +809,7 @@ async def main() -> None:
         worker_log.close()
         bench_redis.delete("medbook:test-run")
     shutil.rmtree(workdir, ignore_errors=True)
-    conn = await asyncpg.connect(plain_database_url(database_url))
-    try:
-        removed = await conn.execute("DELETE FROM appointments WHERE reason = $1", REASON)
-    finally:
-        await conn.close()
+    removed = await delete_bookings(database_url)
 
     def best_rate(every_endpoint: bool) -> float:
         return max((s.total().rate for s in steps if s.passes(every_endpoint)), default=0.0)
@@ -880,9 +895,9 @@ async def main() -> None:
         )
     lines += [
         "",
-        "Steps rise until the p99 of all requests together reaches 50 ms or a request due "
-        "goes unanswered; a step passes when that p99 (or, stricter, every endpoint's p99) "
-        "stays under 50 ms and every request due in it was answered.",
+        "Steps rise until twice in a row the p99 of all requests together reaches 50 ms or "
+        "a request due goes unanswered; a step passes when that p99 (or, stricter, every "
+        "endpoint's p99) stays under 50 ms and every request due in it was answered.",
         "",
         "## The framework's ceiling: `/health/live`, closed loop (wrk, 4-64 connections)",
         "",
