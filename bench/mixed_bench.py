@@ -377,8 +377,16 @@ def cpu_seconds(server: int, worker: int) -> dict[str, float]:
         return total
 
     machine = psutil.cpu_times()
-    busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
-    return {"server": tree(server), "worker": tree(worker), "machine": busy}
+    # Linux counts guest time inside user time as well.
+    # Linux counts guest time inside user time as well; steal is the hypervisor's.
+    waiting = ("idle", "iowait", "guest", "guest_nice", "steal")
+    busy = sum(machine) - sum(getattr(machine, name, 0.0) for name in waiting)
+    return {
+        "server": tree(server),
+        "worker": tree(worker),
+        "machine": busy,
+        "steal": getattr(machine, "steal", 0.0),
+    }
 
 
 def settle(server: int, worker: int, limit: float = 120) -> float:
@@ -406,7 +414,7 @@ def cpu_line(before: dict[str, float], after: dict[str, float], phase: Phase) ->
         f"per request ({used['server'] / phase.seconds:.2f} cores), the worker "
         f"{used['worker'] / phase.seconds:.2f} cores, everything else (PostgreSQL, Redis, "
         f"wrk, the websocket helper, other users of the machine) {rest / phase.seconds:.2f} "
-        "cores."
+        f"cores; taken by the hypervisor (steal) {used['steal'] / phase.seconds:.2f} cores."
     )
 
 
@@ -834,7 +842,7 @@ async def main() -> None:
         "(uvicorn) and one `medbook worker`; PostgreSQL, Redis and the load generator share "
         f"the same {os.cpu_count()}-core machine. Load: wrk {wrk_version()} with "
         "`bench/lua/mixed.lua`, one process per endpoint class, one connection per wrk "
-        f"thread at ≤ {PER_THREAD:.0f} req/s, each request sent at its scheduled time; "
+        f"thread at ≤ {PER_THREAD:g} req/s, each request sent at its scheduled time; "
         "latency counts from that time (a late send counts), so the server's queueing is "
         "not hidden. The `wrk p99` column is wrk's own histogram of the same class, from "
         "the actual send. Load average (1 min) before / after the two main phases: "
