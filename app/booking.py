@@ -318,17 +318,33 @@ def visible(actor: Principal) -> Any:
     return Appointment.patient_id == actor.patient_id
 
 
-async def get_visible(
-    session: AsyncSession, actor: Principal, appointment_id: int, *, for_update: bool = False
-) -> Appointment:
+async def get_visible(session: AsyncSession, actor: Principal, appointment_id: int) -> Appointment:
     """The appointment if the actor may see it; NotFound otherwise (no existence leak)."""
     query = select(Appointment).where(Appointment.id == appointment_id, visible(actor))
-    if for_update:
-        query = query.with_for_update()
     appointment = await session.scalar(query)
     if appointment is None:
         raise NotFound(f"appointment {appointment_id} not found")
     return appointment
+
+
+async def _locked_with_timezone(
+    session: AsyncSession, actor: Principal, appointment_id: int
+) -> tuple[Appointment, str]:
+    """The visible appointment, locked for a change, with its clinic's time zone (read in
+    the same statement: asking afterwards cost a transaction of its own per change)."""
+    from db.models import Clinic
+
+    row = (
+        await session.execute(
+            select(Appointment, Clinic.timezone)
+            .join(Clinic, Clinic.id == Appointment.clinic_id)
+            .where(Appointment.id == appointment_id, visible(actor))
+            .with_for_update(of=Appointment)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"appointment {appointment_id} not found")
+    return row[0], row[1]
 
 
 async def reschedule(
@@ -340,7 +356,7 @@ async def reschedule(
     start: dt.datetime,
     rules: BookingRules,
     now: dt.datetime,
-) -> Appointment:
+) -> BookingResult:
     """Move a booked appointment to another slot of the same doctor, atomically.
 
     Either the new slot is taken and the old one freed in one commit, or nothing changes.
@@ -354,7 +370,7 @@ async def reschedule(
     if start.tzinfo is None:
         raise Invalid("start must include a UTC offset")
     start = start.astimezone(dt.UTC)
-    appointment = await get_visible(session, actor, appointment_id, for_update=True)
+    appointment, _ = await _locked_with_timezone(session, actor, appointment_id)
     if actor.role == "doctor":
         raise Forbidden("doctors do not reschedule; the front desk does")
     if appointment.status != "booked":
@@ -376,7 +392,7 @@ async def reschedule(
             raise await _taken(session, doctor_id, slot.start, rules, now) from None
         raise
     await effects.appointments_changed([_change(appointment, data.timezone, "rescheduled", old)])
-    return appointment
+    return BookingResult(appointment, data.timezone, replayed=False)
 
 
 def _check_transition(
@@ -401,7 +417,7 @@ async def change_status(
     status: str,
     now: dt.datetime,
     reason: str | None = None,
-) -> Appointment:
+) -> BookingResult:
     """Check in, complete, cancel or mark a no-show, following the state machine.
 
     Raises:
@@ -411,7 +427,7 @@ async def change_status(
     """
     if status not in TRANSITIONS:
         raise Invalid(f"unknown status {status!r}")
-    appointment = await get_visible(session, actor, appointment_id, for_update=True)
+    appointment, timezone = await _locked_with_timezone(session, actor, appointment_id)
     _check_transition(actor, appointment, status, now)
     appointment.status = status
     appointment.updated_at = now
@@ -422,9 +438,8 @@ async def change_status(
     # The outbox: unsent reminders are void; a cancellation notice is due now.
     await notifications.appointments_status_changed(session, [appointment.id], status, now)
     await session.commit()
-    timezone = await _clinic_timezone(session, appointment.doctor_id)
     await effects.appointments_changed([_change(appointment, timezone, status)])
-    return appointment
+    return BookingResult(appointment, timezone, replayed=False)
 
 
 async def clinic_timezone(session: AsyncSession, appointment: Appointment) -> str:

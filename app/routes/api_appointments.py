@@ -202,7 +202,7 @@ class AppointmentController(Controller):
         if (data.status is None) == (data.start is None):
             raise Invalid("give either status or start")
         if data.start is not None:
-            appointment = await booking.reschedule(
+            result = await booking.reschedule(
                 db_session,
                 effects,
                 actor,
@@ -213,7 +213,7 @@ class AppointmentController(Controller):
             )
         else:
             assert data.status is not None
-            appointment = await booking.change_status(
+            result = await booking.change_status(
                 db_session,
                 effects,
                 actor,
@@ -222,7 +222,7 @@ class AppointmentController(Controller):
                 now=now,
                 reason=data.reason,
             )
-        return appointment_out(appointment, await booking.clinic_timezone(db_session, appointment))
+        return appointment_out(result.appointment, result.timezone)
 
     @post("/bulk-update", guards=[allow("front_desk", "admin")], status_code=200)
     async def bulk_update(

@@ -317,7 +317,8 @@ async def reschedule(
     except DomainError as exc:
         context.update(message=exc.detail, error=True)
     else:
-        context.update(booked={"label": _label(moved.starts_at, clinic.timezone)}, moved=True)
+        label = _label(moved.appointment.starts_at, moved.timezone)
+        context.update(booked={"label": label}, moved=True)
     return fragment(request, "patient/slots.html", "panel", **context)
 
 

@@ -14,7 +14,9 @@ from tests.integration.world import at, day_after_tomorrow, make_world
 
 
 @pytest.fixture
-async def two_processes(db):
+async def two_processes(db, redis):
+    # `redis` empties the run's Redis: user ids restart with every test's world, and a
+    # Principal an earlier test cached for the same id must not speak for these users.
     server = LiveServer(workers=2)
     yield server
     server.stop()
