@@ -389,6 +389,7 @@ def cpu_seconds(server: int, worker: int) -> dict[str, float]:
         "worker": tree(worker),
         "machine": busy,
         "steal": getattr(machine, "steal", 0.0),
+        "wall": time.monotonic(),
     }
 
 
@@ -409,15 +410,16 @@ def cpu_line(before: dict[str, float], after: dict[str, float], phase: Phase) ->
     """Where the machine's CPU went during a phase."""
     used = delta(after, before)
     count = phase.total().count or 1
+    wall = used["wall"]  # the phase with wrk's start and grace: a few seconds more
     cores = os.cpu_count() or 1
     rest = used["machine"] - used["server"] - used["worker"]
     return (
-        f"CPU during the phase: {used['machine'] / phase.seconds:.2f} of the machine's "
+        f"CPU during the phase: {used['machine'] / wall:.2f} of the machine's "
         f"{cores} cores busy; the two server processes {used['server'] * 1000 / count:.2f} ms "
-        f"per request ({used['server'] / phase.seconds:.2f} cores), the worker "
-        f"{used['worker'] / phase.seconds:.2f} cores, everything else (PostgreSQL, Redis, "
-        f"wrk, the websocket helper, other users of the machine) {rest / phase.seconds:.2f} "
-        f"cores; taken by the hypervisor (steal) {used['steal'] / phase.seconds:.2f} cores."
+        f"per request ({used['server'] / wall:.2f} cores), the worker "
+        f"{used['worker'] / wall:.2f} cores, everything else (PostgreSQL, Redis, "
+        f"wrk, the websocket helper, other users of the machine) {rest / wall:.2f} "
+        f"cores; taken by the hypervisor (steal) {used['steal'] / wall:.2f} cores."
     )
 
 
