@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.redis_scripts import Script
 from db.models import User
@@ -28,7 +28,7 @@ class Principal:
     clinic_id: int | None = None
 
 
-async def load_principal(session: AsyncSession, user_id: int) -> Principal | None:
+async def load_principal(session: AsyncSession | AsyncConnection, user_id: int) -> Principal | None:
     """The active user with this id, or None (unknown or deactivated)."""
     row = (
         await session.execute(
@@ -44,8 +44,11 @@ async def load_principal(session: AsyncSession, user_id: int) -> Principal | Non
 # a ping, BEGIN, the query and ROLLBACK; one Redis GET is several times cheaper. Account
 # changes call `forget_principal` after their commit; a reader stores what it loaded only
 # if no change happened since it looked (the same version guard as the slot cache), and
-# the TTL bounds anything that slips through, e.g. a change while Redis was down.
-PRINCIPAL_TTL_SECONDS = 60
+# the TTL bounds anything that slips through, e.g. a change while Redis was down. Five
+# minutes, not one: a reload costs ~2 ms of CPU, and with a one-minute TTL the year-scale
+# benchmark's 1,000 users all reloaded within seconds of each other once a minute (the
+# availability bench's cache-miss phase had a p95 of 300+ ms from that alone).
+PRINCIPAL_TTL_SECONDS = 300
 _SET_IF_VERSION = """
 local current = redis.call('GET', KEYS[2])
 if (current == false and ARGV[2] == '') or current == ARGV[2] then
@@ -107,7 +110,9 @@ async def cached_principal(
     if raw is not None:
         return Principal(**json.loads(raw)), counted
     async with sessions() as session:
-        principal = await load_principal(session, user_id)
+        # A read-only autocommit connection: one round trip, no BEGIN/ROLLBACK around it.
+        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        principal = await load_principal(connection, user_id)
     if principal is not None:
         with suppress(RedisError):
             await _set_if_version(
