@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.settings import plain_database_url  # noqa: E402
 from app.tokens import issue_access_token  # noqa: E402
+from bench.availability_bench import start_server  # noqa: E402
 
 REPORTS = [
     ("no-shows", {"group_by": "clinic"}),
@@ -77,26 +78,6 @@ def summary(values: list[float]) -> str:
         f"{statistics.median(values):.1f} | {pct(values, 95):.1f} | {pct(values, 99):.1f} | "
         f"{len(values)}"
     )
-
-
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
-    log = (ROOT / "bench" / "results" / "analytics-server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("server did not become ready; see bench/results/analytics-server.log")
 
 
 async def data_span(url: str) -> tuple[dt.date, dt.date, int, list[int], list[int]]:
@@ -269,7 +250,7 @@ async def main(args: argparse.Namespace) -> None:
         lines += [f"Backfill of {days} days, all clinics: **{seconds:.1f} s**.", ""]
 
     port = free_port()
-    server = start_server(env, port)
+    server = start_server(env, port, log_name="analytics-server.log")
     booked_ids: list[int] = []
     try:
         admin = {

@@ -70,8 +70,12 @@ def server_env(database_url: str, redis_url: str, secret: str, **extra: str) -> 
     }
 
 
-def start_server(env: dict[str, str], port: int, server: str = "uvicorn") -> subprocess.Popen:
-    log = open(ROOT / "bench" / "results" / "server.log", "w")  # noqa: SIM115
+def start_server(
+    env: dict[str, str], port: int, server: str = "uvicorn", log_name: str = "server.log"
+) -> subprocess.Popen:
+    """`medbook serve --workers 2` on `port`, once /health/ready answers; its output goes
+    to bench/results/`log_name`. Every bench starts its server with this."""
+    log = open(ROOT / "bench" / "results" / log_name, "w")  # noqa: SIM115
     serve = ["serve", "--workers", "2", "--port", str(port), "--server", server]
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", *serve],
@@ -88,7 +92,7 @@ def start_server(env: dict[str, str], port: int, server: str = "uvicorn") -> sub
         except httpx.HTTPError:
             time.sleep(0.3)
     process.kill()
-    raise SystemExit("server did not become ready; see bench/results/server.log")
+    raise SystemExit(f"server did not become ready; see bench/results/{log_name}")
 
 
 async def load_fixtures(database_url: str, secret: str, today: dt.date) -> dict:

@@ -36,7 +36,6 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from app.documents import DiskStore, new_key  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
 from app.tokens import issue_access_token  # noqa: E402
-from bench.availability_bench import free_port  # noqa: E402
+from bench.availability_bench import free_port, start_server  # noqa: E402
 from bench.loadgen import HEADER, Client, Result, run  # noqa: E402
 
 RECORDS = 50
@@ -59,26 +58,6 @@ BENCH_TITLE = "bench record"
 DATA_DIR = ROOT / "var" / "bench-records"
 BUCKET = "medbook-bench"
 PDF = b"%PDF-1.4\n" + b"0" * 40_000 + b"\n%%EOF\n"
-
-
-def start_server(env: dict[str, str], port: int, name: str) -> subprocess.Popen:
-    log = open(ROOT / "bench" / "results" / f"records-server-{name}.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit(f"server did not become ready; see bench/results/records-server-{name}.log")
 
 
 async def load_fixtures(database_url: str, secret: str) -> dict:
@@ -266,7 +245,7 @@ def moto_with_objects(keys: list[str]):
 
 async def measure_backend(name: str, env: dict[str, str], fixtures: dict, args) -> list[str]:
     port = free_port()
-    server = start_server(env, port, name)
+    server = start_server(env, port, log_name=f"records-server-{name}.log")
     try:
         pid, headers = fixtures["patient_id"], fixtures["headers"]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
