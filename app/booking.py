@@ -27,7 +27,7 @@ from app.effects import AppointmentChange, Effects
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.identity import Principal
 from app.slots import DoctorDays, load_doctor_days, local_days
-from db.models import Appointment, Doctor, Patient
+from db.models import Appointment, Clinic, Doctor, Patient
 
 # Legal status changes; anything else answers 422.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -332,8 +332,6 @@ async def _locked_with_timezone(
 ) -> tuple[Appointment, str]:
     """The visible appointment, locked for a change, with its clinic's time zone (read in
     the same statement: asking afterwards cost a transaction of its own per change)."""
-    from db.models import Clinic
-
     row = (
         await session.execute(
             select(Appointment, Clinic.timezone)
@@ -448,8 +446,6 @@ async def clinic_timezone(session: AsyncSession, appointment: Appointment) -> st
 
 
 async def _clinic_timezone(session: AsyncSession, doctor_id: int) -> str:
-    from db.models import Clinic
-
     tz = await session.scalar(
         select(Clinic.timezone)
         .join(Doctor, Doctor.clinic_id == Clinic.id)
@@ -550,8 +546,6 @@ async def bulk_update(
 
 
 async def _timezones(session: AsyncSession, doctor_ids: set[int]) -> dict[int, str]:
-    from db.models import Clinic
-
     if not doctor_ids:
         return {}
     rows = await session.execute(
@@ -613,8 +607,6 @@ async def list_appointments(
     Returns:
         The rows and the cursor of the next page (None at the end).
     """
-    from db.models import Clinic
-
     if not 1 <= limit <= 200:
         raise Invalid("limit must be between 1 and 200")
     if when not in (None, "upcoming", "past"):
@@ -692,8 +684,6 @@ def local_days_window(day: dt.date, timezone: str) -> Interval:
 async def _zone_for_filter(
     session: AsyncSession, doctor_id: int | None, clinic_id: int | None, actor: Principal
 ) -> str:
-    from db.models import Clinic
-
     if doctor_id is not None:
         return await _clinic_timezone(session, doctor_id)
     clinic = clinic_id or actor.clinic_id
