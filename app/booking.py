@@ -466,7 +466,8 @@ async def bulk_update(
     """Set one status on many appointments in one set-based UPDATE (review M-3).
 
     Returns:
-        For each id: `updated`, `not_found`, `forbidden` or `invalid_transition`.
+        For each id: `updated`, `not_found` (unknown or not the actor's to see) or
+        `invalid_transition`.
     """
     if status not in TRANSITIONS:
         raise Invalid(f"unknown status {status!r}")
@@ -490,9 +491,9 @@ async def bulk_update(
     candidates = []
     for row_id, current, starts_at, ends_at, may_see in rows:
         if not may_see:
-            # Staff of another clinic: say forbidden rather than pretend it is missing,
-            # since bulk ids come from the staff's own board.
-            result[row_id] = "forbidden" if actor.role in ("front_desk", "admin") else "not_found"
+            # Another clinic's appointment answers exactly like an unknown id: no
+            # existence leak (docs/security.md, "404 or 403?").
+            result[row_id] = "not_found"
         elif (
             status not in TRANSITIONS[current]
             or (status == "no_show" and now < starts_at)
