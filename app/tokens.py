@@ -8,6 +8,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from sqlalchemy import select, update
@@ -134,21 +135,40 @@ async def rotate_refresh_token(
     return stored.user_id, role, new_token
 
 
-async def revoke_family(session: AsyncSession, family_id: str, now: dt.datetime) -> None:
-    await session.execute(
+async def revoke_family(session: AsyncSession, family_id: str, now: dt.datetime) -> int:
+    """Revoke the family's live tokens; how many were live."""
+    result: Any = await session.execute(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
+    return int(result.rowcount or 0)
 
 
-async def revoke_refresh_token(session: AsyncSession, token: str) -> None:
-    """End the family this token belongs to (API logout). Commits; unknown tokens are ignored."""
-    family = await session.scalar(
-        select(RefreshToken.family_id).where(RefreshToken.token_hash == _digest(token))
-    )
-    if family is not None:
-        await revoke_family(session, family, dt.datetime.now(dt.UTC))
+async def revoke_refresh_token(
+    session: AsyncSession, token: str, *, client_addr: str | None = None
+) -> None:
+    """End the family this token belongs to (API logout), audited as `logout` like the
+    browser's. Commits; unknown or already revoked tokens are ignored."""
+    row = (
+        await session.execute(
+            select(RefreshToken.family_id, RefreshToken.user_id).where(
+                RefreshToken.token_hash == _digest(token)
+            )
+        )
+    ).one_or_none()
+    if row is not None:
+        family, user_id = row
+        if not await revoke_family(session, family, dt.datetime.now(dt.UTC)):
+            return  # already ended: a repeated logout is not a new event
+        await audit.record(
+            session,
+            actor_user_id=user_id,
+            action=audit.LOGOUT,
+            subject_type="refresh_token_family",
+            client_addr=client_addr,
+            details={"via": "api", "family_id": family},
+        )
         await session.commit()
 
 

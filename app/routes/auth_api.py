@@ -127,9 +127,13 @@ async def refresh(
 
 
 @post("/api/auth/revoke", opt=AUTH_LIMITED, tags=["auth"], status_code=204)
-async def revoke(db_session: AsyncSession, data: RefreshBody) -> None:
-    """API logout: end the refresh token's family."""
-    await tokens.revoke_refresh_token(db_session, data.refresh_token)
+async def revoke(
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: RefreshBody
+) -> None:
+    """API logout: end the refresh token's family (audited as `logout`)."""
+    await tokens.revoke_refresh_token(
+        db_session, data.refresh_token, client_addr=client_addr(request)
+    )
 
 
 @get("/api/auth/me", guards=[allow()], tags=["auth"])

@@ -3,11 +3,12 @@
 import dataclasses
 import time
 
+import jwt
 from argon2 import PasswordHasher
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from app import accounts
+from app import accounts, rate_limit
 from app.asgi import create_app
 from app.tokens import issue_access_token
 from db.models import AuditEvent, RefreshToken, User
@@ -134,6 +135,68 @@ async def test_revoked_and_unknown_refresh_tokens_are_refused(client, session):
     assert response.status_code == 401
 
 
+async def test_api_logout_is_audited_like_the_browser_logout(client, session):
+    user = await make_user(session)
+    pair = (await client.post("/api/auth/token", json=CREDS)).json()
+    body = {"refresh_token": pair["refresh_token"]}
+    assert (await client.post("/api/auth/revoke", json=body)).status_code == 204
+    assert (await client.post("/api/auth/revoke", json=body)).status_code == 204  # no new event
+    assert (
+        await client.post("/api/auth/revoke", json={"refresh_token": "made-up"})
+    ).status_code == 204
+    events = (await session.scalars(select(AuditEvent).where(AuditEvent.action == "logout"))).all()
+    assert [(e.actor_user_id, e.details["via"]) for e in events] == [(user.id, "api")]
+    family = await session.scalar(select(RefreshToken.family_id))
+    assert events[0].details["family_id"] == family
+
+
+async def test_access_token_carries_minimal_claims_and_lives_at_most_15_minutes(
+    client, session, settings
+):
+    user = await make_user(session)
+    pair = (await client.post("/api/auth/token", json=CREDS)).json()
+    after = int(time.time())
+    token = pair["access_token"]
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    claims = jwt.decode(token, settings.secret_key, algorithms=["HS256"])
+    assert {"sub", "role", "exp", "jti"} <= set(claims) <= {"sub", "role", "exp", "jti", "iat"}
+    assert claims["sub"] == str(user.id) and claims["role"] == "patient" and claims["jti"]
+    assert after < claims["exp"] <= after + 15 * 60
+    if "iat" in claims:
+        assert claims["exp"] - claims["iat"] <= 15 * 60
+    assert "ann@example.test" not in jwt.api_jws.base64url_decode(token.split(".")[1]).decode()
+
+
+async def test_many_accounts_failing_from_one_address_slow_that_address(
+    settings, db, redis, session
+):
+    """A guesser trying one password on many accounts never trips any account's lock;
+    the address counter (ADDRESS_FACTOR x the account threshold) must stop it."""
+    await make_user(session)
+    strict = dataclasses.replace(settings, login_max_failures=2, rate_limit_auth_per_minute=0)
+    threshold = 2 * rate_limit.ADDRESS_FACTOR
+    async with AsyncTestClient(app=create_app(strict)) as client:
+        for i in range(threshold):  # one failure per account: below each account's threshold
+            wrong = {"email": f"victim{i}@example.test", "password": "Summer2024!x"}
+            answer = await client.post("/api/auth/token", json=wrong)
+            assert answer.status_code == 401, i
+        fresh = await client.post(
+            "/api/auth/token", json={"email": "victim-new@example.test", "password": "guess guess"}
+        )
+        assert fresh.status_code == 429 and int(fresh.headers["Retry-After"]) >= 1
+        right = await client.post("/api/auth/token", json=CREDS)  # even a real login waits
+        assert right.status_code == 429 and int(right.headers["Retry-After"]) >= 1
+        browser = await client.get("/login")
+        assert browser.status_code == 200  # the pages stay readable; only attempts wait
+    locked = (
+        await session.scalars(select(AuditEvent).where(AuditEvent.action == "login.locked"))
+    ).all()
+    assert len(locked) == 1 and locked[0].flagged
+    # Each account saw one failure only: it was the address that was locked.
+    assert await redis.ttl("login:lock:addr:testclient") > 0
+    assert not await redis.keys("login:lock:acct:*")
+
+
 async def test_login_never_tells_whether_an_email_exists(client, session):
     await make_user(session)
     # Warm up both paths (the dummy hash is made on first use).
@@ -196,11 +259,11 @@ async def test_signed_in_users_are_rate_limited_per_user(settings, db, redis, se
     bob = await make_user(session, email="bob@example.test")
     tight = dataclasses.replace(settings, rate_limit_user_per_minute=5)
     async with AsyncTestClient(app=create_app(tight)) as client:
-        codes = [
-            (await client.get("/api/auth/me", headers=bearer(settings, ann))).status_code
-            for _ in range(6)
-        ]
-        assert codes == [200] * 5 + [429]
+        headers = bearer(settings, ann)
+        answers = [await client.get("/api/auth/me", headers=headers) for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 5 + [429]
+        assert 1 <= int(answers[-1].headers["Retry-After"]) <= 60
+        assert answers[-1].json()["detail"] == "too many requests; slow down"
         assert (await client.get("/api/auth/me", headers=bearer(settings, bob))).status_code == 200
 
 
