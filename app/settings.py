@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 T = TypeVar("T")
 
@@ -109,11 +110,32 @@ def async_database_url(url: str) -> str:
 
     Returns:
         The same URL with the `postgresql+asyncpg` scheme.
+
+    Raises:
+        ValueError: for another scheme, or a host list with a port that is not a number
+            (asyncpg would fail later, with a traceback, on the first connection).
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+")[0] not in {"postgres", "postgresql"}:
         raise ValueError("must start with postgresql://")
+    _check_hosts(urlsplit(url).netloc)
     return f"postgresql+asyncpg://{rest}"
+
+
+def _check_hosts(netloc: str) -> None:
+    """Every `host[:port]` of a (possibly multi-host, libpq-style) authority is sane."""
+    hosts = netloc.rpartition("@")[2]
+    for host in hosts.split(",") if hosts else []:
+        name, port = host, ""
+        if host.startswith("["):  # [::1]:5432
+            name, _, after = host[1:].partition("]")
+            port = after.removeprefix(":")
+        elif host.count(":") == 1:
+            name, port = host.split(":")
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+        if any(c.isspace() or c in "/?#" for c in name):
+            raise ValueError(f"host {name!r} is not a host name")
 
 
 def plain_database_url(url: str) -> str:
@@ -129,7 +151,16 @@ def _read(env: Mapping[str, str], name: str, parse: Callable[[str], T], default:
     try:
         return parse(raw)
     except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{name}={raw!r} is not valid: {exc}") from None
+        raise SettingsError(f"{name}={redact(raw)!r} is not valid: {exc}") from None
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by `***`, safe to print or log."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.partition("@")
+    if not sep or not at or ":" not in userinfo.split("/")[0]:
+        return url
+    return f"{scheme}://{userinfo.split(':')[0]}:***@{hosts}"
 
 
 def _positive_int(raw: str) -> int:
@@ -171,10 +202,74 @@ def _at_least_one(raw: str) -> int:
 
 
 def _redis_url(raw: str) -> str:
-    # broadcaster and SAQ choose their backend by scheme and accept only redis://.
-    if not raw.startswith(("redis://", "rediss://")):
-        raise ValueError("must start with redis:// or rediss://")
+    """`redis://`, `rediss://` or `unix:///path/to/redis.sock?db=N` (embedded mode).
+
+    Every client is built with redis-py's `from_url`, which takes all three: app/redis.py,
+    tasks/queue.py and broadcaster's RedisBackend (app/realtime.py constructs it itself,
+    since `Broadcast(url)` would accept only redis://).
+    """
+    parts = urlsplit(raw)
+    query = parse_qs(parts.query)
+    if parts.scheme == "unix":
+        if parts.hostname or not parts.path.startswith("/"):
+            raise ValueError("a unix:// URL needs an absolute socket path (unix:///…)")
+        db = (query.get("db") or ["0"])[0]
+    elif parts.scheme in ("redis", "rediss"):
+        _check_hosts(parts.netloc)
+        if len(parts.netloc.rpartition("@")[2].split(",")) > 1:
+            raise ValueError("takes one host")
+        db = parts.path.strip("/") or (query.get("db") or ["0"])[0]
+    else:
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    if not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number")
     return raw
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+# The values S3 accepts for x-amz-server-side-encryption, spelled as S3 wants them.
+S3_SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _s3_sse(raw: str) -> str:
+    for value in S3_SSE_VALUES:
+        if raw.strip().lower() == value.lower():
+            return value
+    raise ValueError(f"must be one of {', '.join(S3_SSE_VALUES)}")
+
+
+def _origin(raw: str) -> str:
+    """An http(s) origin: scheme, host and optional port, nothing after (a trailing
+    slash is forgiven). Websocket Origin checks and links in emails depend on it."""
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// origin, e.g. https://medbook.example")
+    if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError("must be an origin only (scheme, host, port), without a path")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ValueError("has a port that is not a number") from None
+    return value
+
+
+def _attempts(raw: str) -> int:
+    value = int(raw)
+    if value < MIN_NOTIFY_ATTEMPTS:
+        raise ValueError(f"must be {MIN_NOTIFY_ATTEMPTS} or more (docs/notifications.md)")
+    return value
+
+
+# Issue 5 (notifications): a message is tried at least five times before it is undelivered.
+MIN_NOTIFY_ATTEMPTS = 5
 
 
 def _embedded_secret(data_dir: Path) -> str:
@@ -246,14 +341,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
         s3_access_key_id=env.get("S3_ACCESS_KEY_ID") or None,
         s3_secret_access_key=env.get("S3_SECRET_ACCESS_KEY") or None,
-        s3_sse=env.get("S3_SSE") or None,
+        s3_sse=_read(env, "S3_SSE", _s3_sse, None),
         records_max_bytes=_read(env, "RECORDS_MAX_BYTES", _at_least_one, 20 * 1024 * 1024),
         booking_min_notice_minutes=_read(env, "BOOKING_MIN_NOTICE_MINUTES", _positive_int, 60),
         booking_horizon_days=_read(env, "BOOKING_HORIZON_DAYS", _positive_int, 90),
         max_future_appointments_per_doctor=_read(
             env, "BOOKING_MAX_FUTURE_PER_DOCTOR", _positive_int, 3
         ),
-        public_origin=env.get("MEDBOOK_PUBLIC_ORIGIN") or "http://127.0.0.1:8000",
+        public_origin=_read(env, "MEDBOOK_PUBLIC_ORIGIN", _origin, "http://127.0.0.1:8000"),
         forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
         request_max_body_bytes=_read(env, "REQUEST_MAX_BODY_BYTES", _positive_int, 1024 * 1024),
         rate_limit_auth_per_minute=_read(env, "RATE_LIMIT_AUTH_PER_MINUTE", _positive_int, 30),
@@ -263,7 +358,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit_user_per_minute=_read(env, "RATE_LIMIT_USER_PER_MINUTE", _positive_int, 1000),
         login_max_failures=_read(env, "LOGIN_MAX_FAILURES", _positive_int, 5),
         login_lock_max_seconds=_read(env, "LOGIN_LOCK_MAX_SECONDS", _positive_int, 900),
-        log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+        log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
         smtp_host=env.get("SMTP_HOST") or None,
         smtp_port=_read(env, "SMTP_PORT", _at_least_one, 587),
         smtp_user=env.get("SMTP_USER") or None,
@@ -275,7 +370,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sms_token=env.get("SMS_TOKEN") or None,
         sms_from=env.get("SMS_FROM") or None,
         notify_dev_mailbox=_read(env, "NOTIFY_DEV_MAILBOX", _flag, embedded),
-        notify_max_attempts=_read(env, "NOTIFY_MAX_ATTEMPTS", _at_least_one, 6),
+        notify_max_attempts=_read(env, "NOTIFY_MAX_ATTEMPTS", _attempts, 6),
         notify_retry_base_seconds=_read(env, "NOTIFY_RETRY_BASE_SECONDS", _positive_float, 30.0),
         notify_retry_max_seconds=_read(env, "NOTIFY_RETRY_MAX_SECONDS", _positive_float, 1800.0),
         notify_send_timeout_seconds=_read(

@@ -33,8 +33,23 @@ def test_defaults_and_overrides():
         ("DB_POOL_TIMEOUT", "0"),
         ("DATABASE_URL", "mysql://u@h/d"),
         ("DATABASE_READ_URL", "sqlite:///x"),
-        ("REDIS_URL", "unix:///tmp/redis.sock"),
+        ("DATABASE_URL", "postgresql://x@127.0.0.1:abc/db"),
+        ("DATABASE_URL", "postgresql://x@h1:5432,h2:99999/db"),
+        ("REDIS_URL", "memcached://cache.example:11211"),
+        ("REDIS_URL", "redis://cache.example:port/0"),
+        ("REDIS_URL", "redis://cache.example:70000/0"),
+        ("REDIS_URL", "redis://cache.example:6379/zero"),
+        ("REDIS_URL", "unix://relative/redis.sock"),
+        ("REDIS_URL", "unix:///var/redis.sock?db=first"),
         ("SECRET_KEY", "short"),
+        ("LOG_LEVEL", "bogus"),
+        ("S3_SSE", "rot13"),
+        ("MEDBOOK_PUBLIC_ORIGIN", "medbook.example"),
+        ("MEDBOOK_PUBLIC_ORIGIN", "ftp://medbook.example"),
+        ("MEDBOOK_PUBLIC_ORIGIN", "https://medbook.example/app"),
+        ("MEDBOOK_PUBLIC_ORIGIN", "https://medbook.example:https"),
+        ("NOTIFY_MAX_ATTEMPTS", "4"),
+        ("NOTIFY_MAX_ATTEMPTS", "five"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value):
@@ -58,3 +73,32 @@ def test_embedded_mode_generates_and_keeps_a_secret_key(tmp_path):
     assert len(first) >= 32
     assert first == second
     assert (tmp_path / "secret_key").read_text() == first
+
+
+def test_a_bad_url_is_reported_without_its_password():
+    with pytest.raises(SettingsError) as info:
+        load_settings({**BASE, "DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:abc/db"})
+    assert "DATABASE_URL" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_embedded_redis_socket_url_is_accepted():
+    url = "unix:///srv/medbook/var/redis.sock?db=0"
+    assert load_settings({**BASE, "REDIS_URL": url}).redis_url == url
+    assert load_settings({**BASE, "REDIS_URL": "rediss://:pw@cache.example:6380/2"}).redis_url
+
+
+def test_values_are_normalised_to_what_their_consumers_expect():
+    settings = load_settings(
+        {
+            **BASE,
+            "LOG_LEVEL": "debug",
+            "S3_SSE": "aws:KMS",
+            "MEDBOOK_PUBLIC_ORIGIN": "https://medbook.example:8443/",
+            "NOTIFY_MAX_ATTEMPTS": "5",
+        }
+    )
+    assert settings.log_level == "DEBUG"
+    assert settings.s3_sse == "aws:kms"  # S3 wants this exact spelling
+    assert settings.public_origin == "https://medbook.example:8443"
+    assert settings.notify_max_attempts == 5
