@@ -17,6 +17,7 @@ import msgspec
 from litestar import Controller, Litestar, Request, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 from litestar.response import File, Redirect, Response
 from redis.exceptions import RedisError
@@ -42,6 +43,7 @@ from tasks.queue import create_queue
 
 log = logging.getLogger(__name__)
 STAFF = ("admin", "front_desk")
+REPORTS = ("no-shows", "popular-slots", "utilisation", "cancellations")
 
 
 @asynccontextmanager
@@ -84,6 +86,67 @@ ClinicId = Annotated[
     int | None,
     Parameter(description="one clinic; front desks default to (and may only ask for) theirs"),
 ]
+GroupBy = Annotated[
+    str,
+    Parameter(
+        description="what to group no-show rates by (weekday and hour are clinic-local)",
+        schema_extra={"enum": list(analytics.GROUPS)},
+    ),
+]
+ReportName = Annotated[
+    str, Parameter(description="which report", schema_extra={"enum": list(REPORTS)})
+]
+
+
+class ErrorOut(msgspec.Struct):
+    """Every error answer: `{status_code, detail}`."""
+
+    status_code: int
+    detail: str
+
+
+def _error(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorOut, description=description, generate_examples=False)
+
+
+def report_errors(unknown: str) -> dict[int, ResponseSpec]:
+    """What a report route really answers besides 200 (tests/integration/test_analytics_api.py
+    checks these against the schema and against the app). `unknown`: its enum parameters."""
+    return {
+        400: _error(
+            "a parameter that does not parse: a date not YYYY-MM-DD, a non-integer clinic_id"
+        ),
+        401: _error("not signed in"),
+        403: _error(
+            "not an admin or front desk, or a front desk asking for another clinic than its own"
+        ),
+        422: _error(
+            f"`from` after `to` or a range longer than {analytics.MAX_RANGE_DAYS:,} days"
+            + (f"; an unknown {unknown}" if unknown else "")
+        ),
+        503: _error(
+            "the report ran past the analytics statement timeout and was cancelled; "
+            "try a shorter range or a single clinic"
+        ),
+    }
+
+
+REPORT_ERRORS = report_errors("")
+EXPORT_ERRORS = {
+    400: _error("a body that does not parse: missing `from`/`to`, a date not YYYY-MM-DD"),
+    401: REPORT_ERRORS[401],
+    403: REPORT_ERRORS[403],
+    422: _error(f"`from` after `to`, or a range longer than {analytics.MAX_EXPORT_DAYS:,} days"),
+    503: _error("the job queue is unavailable; the export is marked failed, ask again later"),
+}
+MY_EXPORT_ERRORS = {
+    401: REPORT_ERRORS[401],
+    403: _error("not an admin or front desk"),
+    404: _error(
+        "no such export, someone else's (only the requester or an admin sees one), "
+        "not finished yet, or expired"
+    ),
+}
 
 
 def scope_for(
@@ -151,6 +214,29 @@ class CancellationsOut(msgspec.Struct, rename={"first": "from", "last": "to"}):
     by_lead_time: dict[str, int]
 
 
+class ExportOut(msgspec.Struct, rename={"first": "from", "last": "to"}):
+    """An export's state; `download_url` once it is done, until `expires_at`."""
+
+    id: str
+    status: str  # queued, running, done, failed, expired
+    first: dt.date
+    last: dt.date
+    clinic_id: int | None
+    rows_total: int | None
+    rows_done: int
+    percent: int
+    size_bytes: int
+    error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    download_url: str | None
+
+
+def export_out(view: exports.ExportView) -> ExportOut:
+    return msgspec.convert(view.as_dict(), ExportOut)
+
+
 class ExportIn(msgspec.Struct, forbid_unknown_fields=True, rename={"first": "from", "last": "to"}):
     first: dt.date
     last: dt.date
@@ -212,9 +298,6 @@ def cancellations_out(report: Cancellations) -> CancellationsOut:
     )
 
 
-REPORTS = ("no-shows", "popular-slots", "utilisation", "cancellations")
-
-
 async def report_csv(db: AsyncConnection, scope: ReportScope, report: str, group_by: str) -> str:
     """One report as CSV text (reports are small: at most one row per doctor)."""
     if report == "no-shows":
@@ -233,7 +316,7 @@ class AnalyticsController(Controller):
     tags = ["analytics"]
     dependencies = DEPENDENCIES
 
-    @get("/no-shows", guards=[allow(*STAFF)])
+    @get("/no-shows", guards=[allow(*STAFF)], responses=report_errors("`group_by`"))
     async def no_shows(
         self,
         reports_db: AsyncConnection,
@@ -241,16 +324,14 @@ class AnalyticsController(Controller):
         now: dt.datetime,
         first: From = None,
         last: To = None,
-        group_by: Annotated[
-            str, Parameter(description="clinic, doctor, weekday, hour or lead_time")
-        ] = "clinic",
+        group_by: GroupBy = "clinic",
         clinic_id: ClinicId = None,
     ) -> NoShowsOut:
         """No-show rates (no-shows among appointments with an outcome), grouped."""
         scope = scope_for(actor, now, first, last, clinic_id)
         return no_shows_out(await analytics.no_shows(reports_db, scope, group_by))
 
-    @get("/popular-slots", guards=[allow(*STAFF)])
+    @get("/popular-slots", guards=[allow(*STAFF)], responses=REPORT_ERRORS)
     async def popular_slots(
         self,
         reports_db: AsyncConnection,
@@ -264,7 +345,7 @@ class AnalyticsController(Controller):
         scope = scope_for(actor, now, first, last, clinic_id)
         return popular_out(await analytics.popular_slots(reports_db, scope))
 
-    @get("/utilisation", guards=[allow(*STAFF)])
+    @get("/utilisation", guards=[allow(*STAFF)], responses=REPORT_ERRORS)
     async def utilisation(
         self,
         reports_db: AsyncConnection,
@@ -278,7 +359,7 @@ class AnalyticsController(Controller):
         scope = scope_for(actor, now, first, last, clinic_id)
         return utilisation_out(await analytics.utilisation(reports_db, scope))
 
-    @get("/cancellations", guards=[allow(*STAFF)])
+    @get("/cancellations", guards=[allow(*STAFF)], responses=REPORT_ERRORS)
     async def cancellations(
         self,
         reports_db: AsyncConnection,
@@ -292,16 +373,21 @@ class AnalyticsController(Controller):
         scope = scope_for(actor, now, first, last, clinic_id)
         return cancellations_out(await analytics.cancellations(reports_db, scope))
 
-    @get("/report.csv", guards=[allow(*STAFF)], media_type="text/csv")
+    @get(
+        "/report.csv",
+        guards=[allow(*STAFF)],
+        media_type="text/csv",
+        responses=report_errors("`report` or `group_by`"),
+    )
     async def report_as_csv(
         self,
         reports_db: AsyncConnection,
         actor: Principal,
         now: dt.datetime,
-        report: Annotated[str, Parameter(description=", ".join(REPORTS))],
+        report: ReportName,
         first: From = None,
         last: To = None,
-        group_by: str = "clinic",
+        group_by: GroupBy = "clinic",
         clinic_id: ClinicId = None,
     ) -> Response[str]:
         """One report as a CSV download."""
@@ -314,7 +400,7 @@ class AnalyticsController(Controller):
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
-    @post("/exports", guards=[allow(*STAFF)], status_code=202)
+    @post("/exports", guards=[allow(*STAFF)], status_code=202, responses=EXPORT_ERRORS)
     async def request_export(
         self,
         request: Request[Any, Any, Any],
@@ -322,21 +408,31 @@ class AnalyticsController(Controller):
         actor: Principal,
         now: dt.datetime,
         data: ExportIn,
-    ) -> dict[str, Any]:
+    ) -> ExportOut:
         """Export the appointments of a range as CSV: a job; poll its status."""
         view = await start_export(
             request, db_session, actor, now, data.first, data.last, data.clinic_id
         )
-        return view.as_dict()
+        return export_out(view)
 
-    @get("/exports/{export_id:str}", guards=[allow(*STAFF)])
+    @get("/exports/{export_id:str}", guards=[allow(*STAFF)], responses=MY_EXPORT_ERRORS)
     async def export_status(
         self, db_session: AsyncSession, actor: Principal, export_id: str
-    ) -> dict[str, Any]:
+    ) -> ExportOut:
         """An export's progress and, once done, its download URL and expiry."""
-        return (await exports.get_export(db_session, actor, export_id)).as_dict()
+        return export_out(await exports.get_export(db_session, actor, export_id))
 
-    @get("/exports/{export_id:str}/file", guards=[allow(*STAFF)], media_type="text/csv")
+    @get(
+        "/exports/{export_id:str}/file",
+        guards=[allow(*STAFF)],
+        media_type="text/csv",
+        responses={
+            302: ResponseSpec(
+                None, description="with S3 storage: a redirect to a pre-signed URL (15 minutes)"
+            ),
+            **MY_EXPORT_ERRORS,
+        },
+    )
     async def export_file(
         self,
         request: Request[Any, Any, Any],

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from app import analytics
+from app.routes import api_analytics
 from tests.integration.analytics_data import add_random_appointments, expected_rollups
 from tests.integration.world import make_world
 
@@ -107,6 +108,12 @@ async def test_bad_parameters_are_4xx(client, world):
         headers=world.headers("admin"),
     )
     assert too_long.status_code == 422
+    assert "at most 1100 days" in too_long.json()["detail"]
+    # What does not parse is Litestar's 400, still JSON with a detail.
+    for params in ({"from": "May 1st"}, {"clinic_id": "one"}):
+        unparsable = await get(client, world, "admin", "/api/analytics/popular-slots", **params)
+        assert unparsable.status_code == 400, unparsable.text
+        assert unparsable.json()["status_code"] == 400 and unparsable.json()["detail"]
 
 
 async def test_report_csv(client, world):
@@ -121,11 +128,52 @@ async def test_report_csv(client, world):
 
 
 async def test_openapi_documents_the_three_contract_endpoints(client, world):
+    """The parameters of ../shared/DESIGN.md, `group_by`'s allowed values, and the answers
+    the app really gives (each one is provoked in the tests above and in
+    test_analytics_routing.py: 403 other clinic, 422 bad range, 400 unparsable, 503 timeout)."""
     schema = (await client.get("/schema/openapi.json")).json()
-    for path in ("no-shows", "popular-slots", "utilisation"):
+    contract = {
+        "no-shows": {"from", "to", "group_by", "clinic_id"},
+        "popular-slots": {"from", "to", "clinic_id"},
+        "utilisation": {"from", "to", "clinic_id"},
+        "cancellations": {"from", "to", "clinic_id"},
+    }
+    for path, expected in contract.items():
         operation = schema["paths"][f"/api/analytics/{path}"]["get"]
-        names = {p["name"] for p in operation["parameters"]}
-        assert {"from", "to"} <= names
+        parameters = {p["name"]: p for p in operation["parameters"]}
+        assert set(parameters) == expected
+        for name in expected:
+            assert parameters[name]["in"] == "query" and not parameters[name]["required"]
+            assert parameters[name].get("description")
+        for name in ("from", "to"):
+            formats = {s.get("format") for s in parameters[name]["schema"]["oneOf"]}
+            assert "date" in formats
+        assert {"200", "400", "401", "403", "422", "503"} <= set(operation["responses"])
+        error = operation["responses"]["403"]["content"]["application/json"]["schema"]
+        assert error["$ref"].endswith("/ErrorOut")
+        assert "another clinic" in operation["responses"]["403"]["description"]
+        assert "timeout" in operation["responses"]["503"]["description"]
+        ok = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert ok.rsplit("/", 1)[1] in schema["components"]["schemas"]
+    group_by = {
+        p["name"]: p for p in schema["paths"]["/api/analytics/no-shows"]["get"]["parameters"]
+    }["group_by"]["schema"]
+    assert group_by["enum"] == ["clinic", "doctor", "weekday", "hour", "lead_time"]
+    assert group_by["default"] == "clinic"
+    error_out = schema["components"]["schemas"]["ErrorOut"]
+    assert set(error_out["required"]) == {"status_code", "detail"}
+    csv_report = schema["paths"]["/api/analytics/report.csv"]["get"]
+    report = next(p for p in csv_report["parameters"] if p["name"] == "report")
+    assert report["required"] and report["schema"]["enum"] == list(api_analytics.REPORTS)
+    export = schema["paths"]["/api/analytics/exports"]["post"]
+    assert {"202", "400", "403", "422", "503"} <= set(export["responses"])
+    file = schema["paths"]["/api/analytics/exports/{export_id}/file"]["get"]["responses"]
+    assert {"200", "302", "404"} <= set(file)
+
+    # Each enum value is accepted and anything else is the documented 422, not a 500.
+    for value in group_by["enum"]:
+        response = await get(client, world, "admin", "/api/analytics/no-shows", group_by=value)
+        assert response.status_code == 200, (value, response.text)
 
 
 async def test_dashboard_page_and_fragment(client, world):
