@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.availability import local_day_bounds
@@ -70,9 +70,18 @@ class Card:
 
 @dataclass(frozen=True, slots=True)
 class Row:
+    """One time of the clinic's grid in one doctor's column.
+
+    `slot`: a slot of this doctor's hours (it carries data-slot-start and data-available);
+    otherwise either appointments off the hours (the template changed after they were
+    booked) or an empty filler, so the rows of every column line up.
+    """
+
     label: str
     start: str
     cards: list[Card]
+    slot: bool = True
+    available: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +92,13 @@ class Column:
     rows: list[Row]
 
 
-async def _cards(session: AsyncSession, day: dt.date, timezone: str, **where: int) -> list[Card]:
+# The desk may book a slot that started this long ago (a patient who walks in late).
+WALK_IN_GRACE = dt.timedelta(minutes=15)
+
+
+async def _cards(
+    session: AsyncSession, day: dt.date, timezone: str, **where: int | list[int]
+) -> list[Card]:
     tz = ZoneInfo(timezone)
     bounds = local_day_bounds(day, tz)
     query = (
@@ -101,7 +116,8 @@ async def _cards(session: AsyncSession, day: dt.date, timezone: str, **where: in
         .order_by(Appointment.starts_at, Appointment.id)
     )
     for column, value in where.items():
-        query = query.where(getattr(Appointment, column) == value)
+        attribute = getattr(Appointment, column)
+        query = query.where(attribute.in_(value) if isinstance(value, list) else attribute == value)
     cards = []
     for row in await session.execute(query):
         local = row.starts_at.astimezone(tz)
@@ -120,39 +136,100 @@ async def _cards(session: AsyncSession, day: dt.date, timezone: str, **where: in
     return cards
 
 
-async def board_column(
-    session: AsyncSession, cache: SlotCache, doctor_id: int, doctor_name: str, day: dt.date
+def _instant(start: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(start)
+
+
+def _column(
+    doctor_id: int,
+    doctor_name: str,
+    day: DaySlots,
+    cards: list[Card],
+    grid: list[str],
+    bookable_from: float,
 ) -> Column:
-    """A doctor's day on the board: every slot of the template, with its appointments;
-    appointments off the grid (the template changed after booking) get rows of their own."""
-    timezone, (slots,) = await cache.days(doctor_id, day, 1)
-    cards = await _cards(session, day, timezone, doctor_id=doctor_id)
+    slots = {s.start_local: s for s in day.slots}
     by_start: dict[str, list[Card]] = {}
     for card in cards:
         by_start.setdefault(card.start, []).append(card)
-    rows = [
-        Row(s.start_local[11:16], s.start_local, by_start.pop(s.start_local, []))
-        for s in slots.slots
-    ]
-    rows += [Row(c[0].label, start, c) for start, c in by_start.items()]
-    rows.sort(key=lambda r: r.start)
-    return Column(doctor_id, doctor_name, day, rows)
+    rows = []
+    for start in grid:
+        slot = slots.get(start)
+        here = by_start.get(start, [])
+        label = start[11:16]
+        if slot is not None:
+            available = not slot.taken and slot.starts >= bookable_from
+            rows.append(Row(label, start, here, slot=True, available=available))
+        else:
+            rows.append(Row(label, start, here, slot=False))
+    return Column(doctor_id, doctor_name, day.day, rows)
 
 
 async def clinic_board(
-    session: AsyncSession, cache: SlotCache, clinic_id: int, day: dt.date
+    session: AsyncSession,
+    cache: SlotCache,
+    clinic_id: int,
+    day: dt.date,
+    *,
+    now: dt.datetime | None = None,
+    only_doctor_id: int | None = None,
 ) -> tuple[Clinic, list[Column]]:
-    """The front desk's board: one column per active doctor of the clinic."""
+    """The front desk's board: one column per active doctor of the clinic, all on one time
+    grid (every doctor's slot starts and appointment times), so rows line up across
+    columns. A slot is available when it is free and the desk could still book it
+    (started at most WALK_IN_GRACE ago). `only_doctor_id`: just that doctor's column, on
+    the same grid (a live update redraws one column)."""
     clinic = await session.get_one(Clinic, clinic_id)
+    active: ColumnElement[bool] = Doctor.active.is_(True)
+    if only_doctor_id is not None:  # a live update may name a doctor just deactivated
+        active = active | (Doctor.id == only_doctor_id)
     doctors = (
         await session.execute(
             select(Doctor.id, Doctor.full_name)
-            .where(Doctor.clinic_id == clinic_id, Doctor.active.is_(True))
-            .order_by(Doctor.full_name)
+            .where(Doctor.clinic_id == clinic_id, active)
+            .order_by(Doctor.full_name, Doctor.id)
         )
     ).all()
-    columns = [await board_column(session, cache, d.id, d.full_name, day) for d in doctors]
+    ids = [d.id for d in doctors]
+    cards = await _cards(session, day, clinic.timezone, doctor_id=ids) if ids else []
+    days = {d.id: (await cache.days(d.id, day, 1))[1][0] for d in doctors}
+    grid = sorted(
+        {s.start_local for d in days.values() for s in d.slots} | {c.start for c in cards},
+        key=_instant,
+    )
+    bookable_from = ((now or dt.datetime.now(dt.UTC)) - WALK_IN_GRACE).timestamp()
+    columns = [
+        _column(
+            d.id,
+            d.full_name,
+            days[d.id],
+            [c for c in cards if c.doctor_id == d.id],
+            grid,
+            bookable_from,
+        )
+        for d in doctors
+        if only_doctor_id is None or d.id == only_doctor_id
+    ]
     return clinic, columns
+
+
+async def board_column(
+    session: AsyncSession,
+    cache: SlotCache,
+    doctor_id: int,
+    doctor_name: str,
+    day: dt.date,
+    *,
+    now: dt.datetime | None = None,
+) -> Column:
+    """A doctor's column of the board, on the clinic's grid (see `clinic_board`)."""
+    clinic_id = await session.scalar(select(Doctor.clinic_id).where(Doctor.id == doctor_id))
+    if clinic_id is None:
+        return Column(doctor_id, doctor_name, day, [])
+    _, columns = await clinic_board(
+        session, cache, clinic_id, day, now=now, only_doctor_id=doctor_id
+    )
+    return columns[0] if columns else Column(doctor_id, doctor_name, day, [])
 
 
 async def doctor_day(
@@ -176,15 +253,24 @@ class PatientHit:
 
 
 async def search_patients(session: AsyncSession, text: str, limit: int = 20) -> list[PatientHit]:
-    """Patients whose name starts with `text` (case-insensitive; the name index)."""
-    text = text.strip().lower()
+    """Patients any word of whose name starts with `text` ("fis" finds "Lena Fischer" and
+    "Fischer-Lang"), case-insensitive; names that start with it come first.
+
+    The front desk searches the shared patient directory (name and date of birth only), so
+    that a patient new to this clinic can be booked as a walk-in. A whole-name prefix can
+    use `ix_patients_lower_full_name`; a word inside the name is found by scanning the
+    table until a trigram index (pg_trgm GIN on `lower(full_name)`) serves all three.
+    """
+    text = " ".join(text.lower().split())
     if len(text) < 2:
         return []
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    name = func.lower(Patient.full_name)
+    starts = name.like(f"{escaped}%")
     rows = await session.execute(
         select(Patient.id, Patient.full_name, Patient.date_of_birth)
-        .where(func.lower(Patient.full_name).like(f"{escaped}%"))
-        .order_by(func.lower(Patient.full_name))
+        .where(starts | name.like(f"% {escaped}%") | name.like(f"%-{escaped}%"))
+        .order_by(starts.desc(), name, Patient.id)
         .limit(limit)
     )
     return [PatientHit(*row) for row in rows]

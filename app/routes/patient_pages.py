@@ -25,6 +25,7 @@ from app.slots import SlotCache
 from db.models import Doctor
 
 WEEK = 7
+MAX_REASON = 500  # the textarea's maxlength
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
@@ -138,8 +139,10 @@ async def booking_form(
     doctor_id: int,
     start: dt.datetime,
     reschedule: int | None = None,
+    reason: str | None = None,
 ) -> Response[str]:
-    """The confirm panel for a chosen slot (a new booking or a move)."""
+    """The confirm panel for a chosen slot (a new booking or a move); `reason` carries
+    what the patient had typed in the panel it replaces."""
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     return fragment(
         request,
@@ -151,6 +154,7 @@ async def booking_form(
         start_label=_label(start, clinic.timezone),
         idempotency_key=secrets.token_urlsafe(16),
         reschedule=await _reschedule_target(db_session, actor, reschedule),
+        reason=(reason or "")[:MAX_REASON] or None,
     )
 
 
@@ -189,12 +193,13 @@ async def book(
             now=now,
         )
     except ValueError:
-        context.update(message="Choose a time from the list.", error=True)
+        context.update(message="Choose a time from the list.", error=True, reason=reason)
     except Conflict as exc:
         context.update(
             message="Sorry — that time was just taken by someone else.",
             error=True,
             alternatives=_alternatives(exc, clinic.timezone),
+            reason=reason,
         )
     except DomainError as exc:
         context.update(
@@ -297,10 +302,12 @@ async def reschedule(
     appointment_id: int,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
-    """Move my appointment to the chosen slot: all or nothing."""
+    """Move my appointment to the chosen slot: all or nothing. When it fails the panel
+    stays a reschedule panel, so a nearby time offered moves the same appointment."""
     current = await booking.get_visible(db_session, actor, appointment_id)
     doctor, clinic = await _doctor_and_clinic(db_session, current.doctor_id)
-    context: dict[str, Any] = {"doctor": doctor, "clinic": clinic}
+    target = {"id": current.id, "label": _label(current.starts_at, clinic.timezone)}
+    context: dict[str, Any] = {"doctor": doctor, "clinic": clinic, "reschedule": target}
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
         moved = await booking.reschedule(

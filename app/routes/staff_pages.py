@@ -65,12 +65,16 @@ async def board(
     if clinic is None:
         raise NotFoundException("no such clinic")
     day = date or boards.clinic_today(clinic.timezone, now)
-    clinic, columns = await boards.clinic_board(db_session, slot_cache, clinic.id, day)
+    clinic, columns = await boards.clinic_board(db_session, slot_cache, clinic.id, day, now=now)
+    # An admin chooses the clinic; the desk's date links then keep it.
+    clinics = await directory.list_clinics(db_session) if actor.role == "admin" else []
     return page(
         request,
         "desk/board.html",
         "content",
         clinic=clinic,
+        clinics=clinics,
+        keep_clinic=f"&clinic_id={clinic.id}" if actor.role == "admin" else "",
         columns=columns,
         day=day,
         previous_day=day - dt.timedelta(days=1),
@@ -197,7 +201,7 @@ async def walk_in(
             patient_id=patient_id,
             reason=data.get("reason") or None,
             rules=desk_rules,
-            now=now - dt.timedelta(minutes=15),
+            now=now - boards.WALK_IN_GRACE,
         )
     except DomainError as exc:
         return _message(exc.detail, True, "walk-in-msg")
