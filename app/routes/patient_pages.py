@@ -37,11 +37,11 @@ async def _doctor_and_clinic(db_session: AsyncSession, doctor_id: int) -> tuple[
 
 
 def _alternatives(taken: Conflict, timezone: str) -> list[dict[str, str]]:
-    """The nearest free times a 409 offers, labelled in the clinic's time."""
-    return [
-        {"start": a["start"], "label": _label(dt.datetime.fromisoformat(a["start"]), timezone)}
-        for a in taken.extra.get("alternatives", [])
-    ]
+    """The nearest free times a 409 offers, in the clinic's time like every other slot
+    element's data-slot-start."""
+    tz = ZoneInfo(timezone)
+    starts = [dt.datetime.fromisoformat(a["start"]) for a in taken.extra.get("alternatives", [])]
+    return [{"start": s.astimezone(tz).isoformat(), "label": _label(s, timezone)} for s in starts]
 
 
 def _label(start: dt.datetime, timezone: str) -> str:
