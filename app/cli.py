@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import click
 
@@ -23,8 +25,16 @@ T = TypeVar("T")
 
 
 @contextmanager
-def _services(ctx: click.Context) -> Iterator[Settings]:
-    """Start embedded services for whatever URL is missing, then read settings once."""
+def _services(
+    ctx: click.Context, *, database: bool = True, redis: bool = False
+) -> Iterator[Settings]:
+    """Start embedded services for whatever URL is missing, then read settings once.
+
+    Args:
+        ctx: the command's context (its `--data-dir`).
+        database: stop with one line unless PostgreSQL answers.
+        redis: stop with one line unless Redis answers.
+    """
     data_dir = Path(ctx.obj["data_dir"]).resolve()
     os.environ["MEDBOOK_DATA_DIR"] = str(data_dir)
     try:
@@ -33,9 +43,73 @@ def _services(ctx: click.Context) -> Iterator[Settings]:
                 settings = get_settings()
             except SettingsError as exc:
                 raise click.ClickException(str(exc)) from None
+            problem = (database and _database_problem(settings)) or (
+                redis and _redis_problem(settings)
+            )
+            if problem:
+                raise click.ClickException(problem)
             yield settings
-    except SettingsError as exc:  # pragma: no cover - raised before services start
+    except embedded.EmbeddedError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def database_address(url: str) -> str:
+    """Where a PostgreSQL URL points (host:port/database or the socket folder), never
+    its password."""
+    parts = urlsplit(plain_database_url(url))
+    hosts = parts.netloc.rpartition("@")[2] or ",".join(
+        parse_qs(parts.query).get("host", ["localhost"])
+    )
+    return f"{hosts}{parts.path}"
+
+
+def redis_address(url: str) -> str:
+    """Where a Redis URL points (host:port/db or the socket path), never its password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _database_problem(settings: Settings) -> str | None:
+    """None when PostgreSQL accepts a connection; else one line saying why not."""
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(plain_database_url(settings.database_url), timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = "no answer within 5 s" if isinstance(exc, TimeoutError) else _one_line(exc)
+        where = database_address(settings.database_url)
+        return f"cannot reach PostgreSQL at {where} (DATABASE_URL): {reason}"
+    return None
+
+
+def _redis_problem(settings: Settings) -> str | None:
+    """None when Redis answers PING; else one line saying why not."""
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout,
+        socket_timeout=settings.redis_timeout,
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        where = redis_address(settings.redis_url)
+        return f"cannot reach Redis at {where} (REDIS_URL): {_one_line(exc)}"
+    finally:
+        client.close()
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def _metrics_dir(settings: Settings, process: str) -> None:
@@ -93,7 +167,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
     bare-route ceiling (bench/server_bench.py, bench/results/servers.md). Both trust
     X-Forwarded-* only from FORWARDED_ALLOW_IPS (default 127.0.0.1: a proxy on the host).
     """
-    with _services(ctx) as settings:
+    with _services(ctx, redis=True) as settings:
         _metrics_dir(settings, "web")
         level = settings.log_level.lower()
         if server == "uvicorn":
@@ -134,7 +208,7 @@ def worker(ctx: click.Context) -> None:
     """Run the SAQ worker (reminders, analytics, housekeeping)."""
     from saq.worker import start
 
-    with _services(ctx) as settings:
+    with _services(ctx, redis=True) as settings:
         _metrics_dir(settings, "worker")  # for job metrics; the worker serves no /metrics
         start("tasks.worker.worker_settings")
 
@@ -370,31 +444,112 @@ def users_create(
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--ready-timeout",
+    default=120.0,
+    show_default=True,
+    type=float,
+    help="Seconds to wait for /health/ready.",
+)
 @click.pass_context
-def demo(ctx: click.Context, host: str, port: int) -> None:
-    """Everything at once: services, migrations, demo data, web server and worker."""
+def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None:
+    """Everything at once: services, migrations, demo data, web server and worker.
+
+    The URL and logins are printed only once the server answers /health/ready. If the
+    server or the worker exits (a port in use, a crash), the other is stopped and the
+    command fails with one line saying which and why.
+    """
     from db import migrate
     from db.seed_demo import DEMO_PASSWORD, LOGINS
 
-    with _services(ctx) as settings:
+    with _services(ctx, redis=True) as settings:
         migrate.upgrade(plain_database_url(settings.database_url))
         _run(lambda: _seed_demo(settings))
         base = [sys.executable, "-m", "app.cli", "--data-dir", ctx.obj["data_dir"]]
-        children = [
-            subprocess.Popen([*base, "serve", "--host", host, "--port", str(port)]),
-            subprocess.Popen([*base, "worker"]),
-        ]
-        click.echo(f"\nmedbook is running at http://{host}:{port}/  (Ctrl-C stops everything)")
-        click.echo(f"demo logins, password {DEMO_PASSWORD!r}:")
-        for email, role, _ in LOGINS:
-            click.echo(f"  {role:<11} {email}")
+        children = {
+            "web server": subprocess.Popen([*base, "serve", "--host", host, "--port", str(port)]),
+            "worker": subprocess.Popen([*base, "worker"]),
+        }
+        url = f"http://{host}:{port}/"
+        probe = f"http://{_loopback(host)}:{port}/health/ready"
         try:
-            while all(child.poll() is None for child in children):
-                time.sleep(0.5)
+            failure = _wait_ready(children, probe, ready_timeout, host, port)
+            if failure is None:
+                click.echo(f"\nmedbook is running at {url}  (Ctrl-C stops everything)")
+                click.echo(f"demo logins, password {DEMO_PASSWORD!r}:")
+                for email, role, _ in LOGINS:
+                    click.echo(f"  {role:<11} {email}")
+                failure = _watch(children, host, port)
         except KeyboardInterrupt:
-            pass
+            failure = None
         finally:
-            _stop(children)
+            _stop(list(children.values()))
+    if failure:
+        raise click.ClickException(failure)
+
+
+def _loopback(host: str) -> str:
+    """Where to reach a server bound to `host` from this machine."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(  # noqa: S104
+        host, f"[{host}]" if ":" in host else host
+    )
+
+
+def _exited(
+    children: dict[str, subprocess.Popen[bytes]], host: str, port: int, when: str
+) -> str | None:
+    """One line for the first child that has exited, or None while all run."""
+    for name, child in children.items():
+        code = child.poll()
+        if code is None:
+            continue
+        line = f"the {name} exited {when} (exit code {code}); stopped everything"
+        if name == "web server" and not _port_free(host, port):
+            line += f": port {port} on {host} is in use (choose another with --port)"
+        return line
+    return None
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_ready(
+    children: dict[str, subprocess.Popen[bytes]],
+    probe: str,
+    timeout: float,
+    host: str,
+    port: int,
+) -> str | None:
+    """Poll /health/ready until 200; None then, else one line saying what went wrong."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if failure := _exited(children, host, port, "before medbook was ready"):
+            return failure
+        try:
+            if httpx.get(probe, timeout=2).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return f"{probe} did not answer 200 within {timeout:.0f} s; stopped everything"
+
+
+def _watch(children: dict[str, subprocess.Popen[bytes]], host: str, port: int) -> str | None:
+    """Wait until a child exits (then say which) or Ctrl-C (KeyboardInterrupt)."""
+    while True:
+        if failure := _exited(children, host, port, "unexpectedly"):
+            return failure
+        time.sleep(0.5)
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:

@@ -1,12 +1,18 @@
 """The `medbook` command, run as a user would run it."""
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
+import httpx
+import psutil
 import pytest
 from sqlalchemy import func, select
 
+from conftest import free_port
 from db.models import Appointment, Clinic, User
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,6 +36,48 @@ def test_a_bad_setting_stops_with_one_clear_line():
     assert len(lines) == 1, result.stderr
     assert "DB_POOL_SIZE" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def one_line_error(result) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "current"],
+        ["db", "upgrade"],
+        ["seed", "demo"],
+        ["seed", "scale", "--clinics", "1"],
+        ["users", "create", "--role", "admin", "--email", "a@x.test", "--password", "p" * 20],
+    ],
+)
+def test_an_unreachable_database_stops_a_command_with_one_line(command):
+    port = free_port()  # nothing listens there
+    url = f"postgresql://medbook:hunter2-secret@127.0.0.1:{port}/medbook"
+    line = one_line_error(medbook(*command, env={"DATABASE_URL": url}))
+    assert f"PostgreSQL at 127.0.0.1:{port}/medbook" in line
+    assert "DATABASE_URL" in line
+    assert "hunter2" not in line
+
+
+def test_a_missing_database_is_named(settings):
+    url = os.environ["TEST_ADMIN_DATABASE_URL"].rsplit("/", 1)[0] + "/no_such_medbook_db"
+    line = one_line_error(medbook("db", "current", env={"DATABASE_URL": url}))
+    assert 'database "no_such_medbook_db" does not exist' in line
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"]])
+def test_an_unreachable_redis_stops_a_server_with_one_line(command):
+    port = free_port()
+    url = f"redis://:hunter2-secret@127.0.0.1:{port}/3"
+    line = one_line_error(medbook(*command, env={"REDIS_URL": url}))
+    assert f"Redis at 127.0.0.1:{port}/3 (REDIS_URL)" in line
+    assert "hunter2" not in line
 
 
 def test_db_current_reports_head(db):
@@ -99,3 +147,64 @@ def test_users_create_refuses_a_front_desk_without_a_clinic(db):
     )
     assert result.returncode != 0
     assert "clinic" in result.stderr
+
+
+def processes_started_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(marker in part for part in cmdline) and proc.info["status"] != "zombie":
+            found.append(proc)
+    return found
+
+
+def wait_until_gone(marker: str, timeout: float = 30) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_started_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_demo_fails_with_one_line_when_its_port_is_taken(db, tmp_path):
+    data_dir = str(tmp_path / "demo-data")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = medbook("--data-dir", data_dir, "demo", "--port", str(port))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr.split("Error:")[-1]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "web server exited" in last
+    assert f"port {port} on 127.0.0.1 is in use" in last
+    assert "medbook is running" not in result.stdout  # no URL for a server that is not up
+    assert wait_until_gone(data_dir) == []  # the worker was stopped too
+
+
+def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(db, tmp_path):
+    data_dir = str(tmp_path / "demo-data")
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "--data-dir", data_dir, "demo", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # ends at EOF if demo dies; pytest-timeout bounds it
+            if "medbook is running at" in line:
+                break
+        else:
+            pytest.fail(f"demo exited with {demo.wait()} before printing its URL")
+        assert f"http://127.0.0.1:{port}/" in line
+        # Printed only once ready: the server answers at once.
+        assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200
+        assert len(processes_started_with(data_dir)) >= 3  # demo, web server, worker
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert wait_until_gone(data_dir) == []
