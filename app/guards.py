@@ -95,14 +95,30 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
 
 async def _principal(connection: ASGIConnection, user_id: int) -> Principal | None:
     """Load the Principal and count the request against the user's rate limit at once;
-    RateLimitMiddleware reads the count from the scope instead of asking Redis again."""
+    RateLimitMiddleware reads the count from the scope instead of asking Redis again.
+
+    A route may also name Redis keys it will read (`opt={"prefetch": f}`, `f` taking the
+    query parameters): they come back in the same round trip and wait in the scope for
+    the handler (`prefetched`). The availability route uses this so that a cache hit costs
+    one Redis round trip, not two.
+    """
     state = connection.app.state
-    principal, counted = await cached_principal(
-        state.redis, state.sessions, user_id, rate_key=_user_rate_key(user_id)
+    handler = connection.scope.get("route_handler")
+    keys_for = handler.opt.get("prefetch") if handler is not None else None
+    prefetch = keys_for(connection.query_params) if keys_for is not None else ()
+    principal, counted, fetched = await cached_principal(
+        state.redis, state.sessions, user_id, rate_key=_user_rate_key(user_id), prefetch=prefetch
     )
     if principal is not None and counted is not None:
         connection.scope["medbook_user_rate"] = counted  # type: ignore[typeddict-unknown-key]
+    if principal is not None and fetched:
+        connection.scope["medbook_prefetched"] = fetched  # type: ignore[typeddict-unknown-key]
     return principal
+
+
+def prefetched(connection: ASGIConnection) -> dict[str, bytes | None]:
+    """The Redis values the authentication step fetched for this route (may be empty)."""
+    return cast("dict[str, bytes | None]", connection.scope.get("medbook_prefetched") or {})
 
 
 def _user_rate_key(user_id: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 
@@ -64,14 +65,18 @@ def _keys(user_id: int) -> tuple[str, str]:
 
 # One round trip for what every signed-in request needs from Redis: the cached Principal
 # and its version, plus the caller's per-user rate-limit window counted (INCR with expiry,
-# as app/rate_limit.py does). On this machine a Redis round trip costs ~0.25 ms from
-# Python, so folding two into one is a measured saving on every API call.
+# as app/rate_limit.py does), plus any keys the route asked to have fetched ahead (the
+# availability route's cached doctor-days, see `prefetch`). On this machine a Redis round
+# trip costs ~0.25 ms from Python, and more under load, when every hop waits for another
+# process to be scheduled; folding them into one is a measured saving on every API call.
 _PRINCIPAL_AND_COUNT = """
 local n = redis.call('INCR', KEYS[3])
 if n == 1 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
 local ttl = redis.call('TTL', KEYS[3])
 if ttl < 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]); ttl = tonumber(ARGV[1]) end
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), n, ttl}
+local out = {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), n, ttl}
+for i = 4, #KEYS do out[i + 1] = redis.call('GET', KEYS[i]) end
+return out
 """
 _principal_and_count = Script(_PRINCIPAL_AND_COUNT)
 _set_if_version = Script(_SET_IF_VERSION)
@@ -84,31 +89,36 @@ async def cached_principal(
     *,
     rate_key: str | None = None,
     rate_window: int = 60,
-) -> tuple[Principal | None, tuple[int, int] | None]:
+    prefetch: Sequence[str] = (),
+) -> tuple[Principal | None, tuple[int, int] | None, dict[str, bytes | None] | None]:
     """The active user with this id, from Redis when possible, else PostgreSQL.
 
     Args:
         rate_key: also count this request in that rate-limit window (same round trip).
+        prefetch: also GET these keys in the same round trip.
 
     Returns:
-        The Principal (None: unknown or deactivated) and, when `rate_key` was given and
-        Redis answered, the window's (count, seconds left).
+        The Principal (None: unknown or deactivated); when `rate_key` was given and Redis
+        answered, the window's (count, seconds left); when Redis answered, the prefetched
+        keys' values (None for a missing key).
     """
     key, version_key = _keys(user_id)
     raw = version = None
     counted: tuple[int, int] | None = None
+    fetched: dict[str, bytes | None] | None = None
     try:
         if rate_key is None:
-            raw, version = await redis.mget(key, version_key)
+            raw, version, *values = await redis.mget(key, version_key, *prefetch)
         else:
-            raw, version, count, ttl = await _principal_and_count(
-                redis, [key, version_key, "rl:" + rate_key], [rate_window]
+            raw, version, count, ttl, *values = await _principal_and_count(
+                redis, [key, version_key, "rl:" + rate_key, *prefetch], [rate_window]
             )
             counted = (int(count), int(ttl))
+        fetched = dict(zip(prefetch, values, strict=True))
     except RedisError:
         pass
     if raw is not None:
-        return Principal(**json.loads(raw)), counted
+        return Principal(**json.loads(raw)), counted, fetched
     async with sessions() as session:
         # A read-only autocommit connection: one round trip, no BEGIN/ROLLBACK around it.
         connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
@@ -120,7 +130,7 @@ async def cached_principal(
                 [key, version_key],
                 [json.dumps(asdict(principal)), (version or b"").decode(), PRINCIPAL_TTL_SECONDS],
             )
-    return principal, counted
+    return principal, counted, fetched
 
 
 async def forget_principal(redis: Redis, user_id: int) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -170,6 +170,25 @@ def _version_key(doctor_id: int, day: dt.date) -> str:
     return f"availver:{doctor_id}:{day.isoformat()}"
 
 
+def prefetch_keys(query: Mapping[str, str]) -> list[str]:
+    """The cache keys an availability request (`doctor_id`, `date`, `days`) will read, so
+    the authentication step can fetch them in its round trip; none if the query is bad
+    (the handler then answers the 400 itself)."""
+    try:
+        doctor_id, first = int(query["doctor_id"]), dt.date.fromisoformat(query["date"])
+        count = int(query.get("days", 1))
+    except (KeyError, ValueError):
+        return []
+    if not 1 <= count <= MAX_DAYS:
+        return []
+    return _day_keys(doctor_id, [first + dt.timedelta(days=i) for i in range(count)])
+
+
+def _day_keys(doctor_id: int, days: list[dt.date]) -> list[str]:
+    """The days' cached values, then their versions."""
+    return [_key(doctor_id, d) for d in days] + [_version_key(doctor_id, d) for d in days]
+
+
 def _encode(timezone: str, day: DaySlots) -> str:
     slots = [[s.starts, s.start_local, s.end_local, s.taken] for s in day.slots]
     return json.dumps({"tz": timezone, "s": slots})
@@ -205,21 +224,34 @@ class SlotCache:
         self._script = self.redis.register_script(_SET_IF_VERSION)
         self._inflight: dict[tuple[int, dt.date, dt.date], asyncio.Future] = {}
 
-    async def days(self, doctor_id: int, first: dt.date, count: int) -> tuple[str, list[DaySlots]]:
-        """The doctor's slots for `count` days from `first`, and the clinic's time zone."""
+    async def days(
+        self,
+        doctor_id: int,
+        first: dt.date,
+        count: int,
+        prefetched: Mapping[str, bytes | None] | None = None,
+    ) -> tuple[str, list[DaySlots]]:
+        """The doctor's slots for `count` days from `first`, and the clinic's time zone.
+
+        Args:
+            prefetched: values of `prefetch_keys` already read from Redis in this request.
+        """
         days = [first + dt.timedelta(days=i) for i in range(count)]
-        try:
-            found = await self.redis.mget(
-                [_key(doctor_id, day) for day in days]
-                + [_version_key(doctor_id, day) for day in days]
-            )
-        except RedisError as exc:  # Redis is a cache: slower without it, never wrong
-            log.warning("availability cache unavailable: %s", exc)
-            found = [None] * (2 * count)
+        keys = _day_keys(doctor_id, days)
+        found: list[bytes | None]
+        if prefetched and all(k in prefetched for k in keys):
+            found = [prefetched[k] for k in keys]
+        else:
+            try:
+                found = await self.redis.mget(keys)
+            except RedisError as exc:  # Redis is a cache: slower without it, never wrong
+                log.warning("availability cache unavailable: %s", exc)
+                found = [None] * (2 * count)
         cached, versions = found[:count], found[count:]
-        if all(v is not None for v in cached):
+        hits = [raw for raw in cached if raw is not None]
+        if len(hits) == count:
             self.hits += count
-            decoded = [_decode(day, raw) for day, raw in zip(days, cached, strict=True)]
+            decoded = [_decode(day, raw) for day, raw in zip(days, hits, strict=True)]
             return decoded[0][0], [d for _, d in decoded]
         self.misses += sum(v is None for v in cached)
         key = (doctor_id, first, days[-1])

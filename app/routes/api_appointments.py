@@ -7,16 +7,16 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from litestar import Controller, Response, get, patch, post
+from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import booking
+from app import booking, slots
 from app.booking import AppointmentRow, BookingRules
 from app.effects import Effects
 from app.errors import Invalid
-from app.guards import allow
+from app.guards import allow, prefetched
 from app.identity import Principal
 from app.routes import deps
 from app.slots import MAX_DAYS, DaySlots, SlotCache
@@ -88,9 +88,10 @@ class AppointmentController(Controller):
     path = "/api/appointments"
     tags = ["appointments"]
 
-    @get("/available-slots", guards=[allow()])
+    @get("/available-slots", guards=[allow()], opt={"prefetch": slots.prefetch_keys})
     async def available_slots(
         self,
+        request: Request[Any, Any, Any],
         state: State,
         doctor_id: int,
         date: dt.date,
@@ -104,7 +105,7 @@ class AppointmentController(Controller):
         """
         slot_cache: SlotCache = state.slot_cache
         rules, now = deps.provide_rules(state), deps.provide_now()
-        timezone, found = await slot_cache.days(doctor_id, date, days)
+        timezone, found = await slot_cache.days(doctor_id, date, days, prefetched(request))
         lo, hi = now + rules.min_notice, now + rules.horizon
         if days == 1:
             return {

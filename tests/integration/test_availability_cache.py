@@ -163,3 +163,32 @@ async def test_concurrent_misses_compute_once(world, engine, redis, monkeypatch)
     await read()
     assert len(calls) == 1  # now a hit
     assert cache.hits == 1
+
+
+async def test_a_cache_hit_costs_one_redis_round_trip(client, world, engine):
+    """The authentication step fetches the route's cached doctor-day with the Principal
+    and the rate count: a hit sends one command to Redis, and answers the truth."""
+    day = day_after_tomorrow()
+    await served(client, world, day)  # caches the Principal and the day
+    redis = client.app.state.redis
+    original, sent = redis.execute_command, []
+
+    async def recording(*args, **kwargs):
+        sent.append(args[0])
+        return await original(*args, **kwargs)
+
+    redis.execute_command = recording
+    try:
+        answer = await served(client, world, day)
+    finally:
+        del redis.execute_command
+    assert [command for command in sent if command != "PING"] == ["EVALSHA"]
+    assert answer == await truth(engine, world.doctor_id, day)
+
+
+async def test_a_bad_availability_query_still_gets_its_400(client, world):
+    for params in ({"doctor_id": "x", "date": "2026-01-01"}, {"doctor_id": 1, "date": "soon"}):
+        response = await client.get(
+            "/api/appointments/available-slots", params=params, headers=world.headers("patient0")
+        )
+        assert response.status_code == 400, response.text
