@@ -17,6 +17,7 @@ import msgspec
 from litestar import Controller, Litestar, Request, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 from litestar.response import File, Redirect, Response
@@ -447,7 +448,9 @@ class AnalyticsController(Controller):
             db_session, store, actor, export_id, client_addr(request), now
         )
         if found.url:
-            return Redirect(found.url)
+            # The route's text/csv would be taken for the redirect's own (empty) body,
+            # which Litestar refuses with a 500: a redirect is plain text.
+            return Redirect(found.url, media_type=MediaType.TEXT)
         assert found.path is not None
         return File(path=found.path, filename=view.filename, media_type="text/csv")
 
