@@ -284,6 +284,12 @@ def seed_demo_cmd(ctx: click.Context) -> None:
 @click.option("--doctors-per-clinic", default=10, show_default=True, type=int)
 @click.option("--patients", default=100_000, show_default=True, type=int)
 @click.option("--appointments", default=1_800_000, show_default=True, type=int)
+@click.option(
+    "--today",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The day the year is built around (9 months back, 3 ahead); default: today. "
+    "With the same --seed and --today, every run loads the same rows.",
+)
 @click.option("--replace", is_flag=True, help="Empty every table first.")
 @click.pass_context
 def seed_scale_cmd(
@@ -293,6 +299,7 @@ def seed_scale_cmd(
     doctors_per_clinic: int,
     patients: int,
     appointments: int,
+    today: Any,
     replace: bool,
 ) -> None:
     """The review's year: 50 clinics, 500 doctors, 100,000 patients, 1.8 M appointments."""
@@ -308,6 +315,7 @@ def seed_scale_cmd(
         patients=patients,
         target_appointments=appointments,
         seed=seed_value,
+        today=today.date() if today else None,
     )
     with _services(ctx) as settings, Progress() as bar:
         tasks: dict[str, TaskID] = {}

@@ -144,7 +144,9 @@ class ScaleSpec:
     patients: int = 100_000
     target_appointments: int = 1_800_000
     seed: int = 42
-    today: dt.date | None = None  # None → date.today()
+    # The window's anchor; None → date.today(). Fix it (`medbook seed scale --today`) for
+    # the same rows on any day: with a seed alone the window moves with the calendar.
+    today: dt.date | None = None
     months_back: int = 9
     months_ahead: int = 3
 

@@ -1,5 +1,6 @@
 """The `medbook` command, run as a user would run it."""
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -147,6 +148,46 @@ def test_users_create_refuses_a_front_desk_without_a_clinic(db):
     )
     assert result.returncode != 0
     assert "clinic" in result.stderr
+
+
+async def scale_fingerprint(session) -> tuple:
+    from sqlalchemy import text
+
+    row = (
+        await session.execute(
+            text(
+                "SELECT count(*), min(starts_at), max(starts_at), md5(string_agg("
+                "concat_ws(',', doctor_id, patient_id, starts_at, status, created_at), ';' "
+                "ORDER BY id)) FROM appointments"
+            )
+        )
+    ).one()
+    await session.rollback()
+    return tuple(row)
+
+
+async def test_seed_scale_with_today_loads_the_same_rows_on_any_day(session):
+    args = ["seed", "scale", "--seed", "7", "--clinics", "1", "--doctors-per-clinic", "2"]
+    args += ["--patients", "40", "--appointments", "300", "--replace"]
+    first = medbook(*args, "--today", "2024-02-29")
+    assert first.returncode == 0, first.stderr
+    count, earliest, latest, digest = await scale_fingerprint(session)
+    assert count > 100
+    # The window is built around --today, not the calendar: 9 months back, 3 ahead.
+    assert earliest.date() >= dt.date(2023, 5, 28)
+    assert latest.date() <= dt.date(2024, 5, 30)
+    again = medbook(*args, "--today", "2024-02-29")
+    assert again.returncode == 0, again.stderr
+    assert await scale_fingerprint(session) == (count, earliest, latest, digest)
+    other_day = medbook(*args, "--today", "2024-03-07")
+    assert other_day.returncode == 0, other_day.stderr
+    assert (await scale_fingerprint(session))[3] != digest
+
+
+def test_seed_scale_refuses_a_malformed_today(db):
+    result = medbook("seed", "scale", "--today", "29.02.2024")
+    assert result.returncode != 0
+    assert "--today" in result.stderr
 
 
 def processes_started_with(marker: str) -> list[psutil.Process]:
