@@ -134,7 +134,10 @@ class User(Base):
         ),
         # Login looks users up by email, case-insensitively; one account per address.
         Index("uq_users_lower_email", text("lower(email)"), unique=True),
+        # One login per patient record: the account is the patient's identity, and a second
+        # login would see the same records and bookings. Also the index on this foreign key.
         Index("uq_users_patient_id", "patient_id", unique=True),
+        # One login per doctor, so "the doctor's day" belongs to exactly one account.
         Index("uq_users_doctor_id", "doctor_id", unique=True),
     )
 
@@ -281,6 +284,8 @@ class MedicalRecord(Base):
     author_doctor_id: Mapped[int | None] = mapped_column(ForeignKey("doctors.id"))
     record_type: Mapped[str] = mapped_column(String(32))
     title: Mapped[str]
+    # Unique: one stored object per row, so deleting a record can never delete a document
+    # another row still names; the stray sweep matches objects to rows by this key.
     storage_key: Mapped[str] = mapped_column(unique=True)
     content_type: Mapped[str]
     size: Mapped[int]
@@ -331,8 +336,9 @@ class AuditEvent(Base):
             text("at DESC"),
             postgresql_where=text("patient_id IS NOT NULL"),
         ),
-        # The admin page filters by actor and by time.
+        # The admin page filters by actor and by time...
         Index("ix_audit_events_actor_at", "actor_user_id", text("at DESC")),
+        # ...and, unfiltered, pages through everything newest first.
         Index("ix_audit_events_at", text("at DESC")),
     )
 
@@ -357,6 +363,7 @@ class ClinicDailyStats(Base):
         Index("ix_clinic_daily_stats_day_clinic", "day", "clinic_id"),
     )
 
+    # The key is the rollup's upsert target (ON CONFLICT): one row per clinic, day, doctor.
     clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
     day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"), primary_key=True)
@@ -387,6 +394,8 @@ class RefreshToken(Base):
     id: Mapped[int] = _id()
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     family_id: Mapped[str] = mapped_column(String(32))
+    # Unique: a refresh is looked up by its hash alone (app/tokens.py), and one hash must
+    # name one row, or reuse detection could revoke the wrong family.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
@@ -422,6 +431,7 @@ class ClinicBucketStats(Base):
         Index("ix_clinic_bucket_stats_dimension_day", "dimension", "day"),
     )
 
+    # The key is the rollup's upsert target, and serves a clinic's range of days.
     clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
     day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     dimension: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -439,6 +449,7 @@ class ClinicMonthlyStats(Base):
 
     __tablename__ = "clinic_monthly_stats"
 
+    # The key is the monthly roll-up's upsert target, and serves a clinic's months.
     clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
     month: Mapped[dt.date] = mapped_column(Date, primary_key=True)  # its first day
     doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"), primary_key=True)
@@ -463,6 +474,7 @@ class ClinicMonthlyBuckets(Base):
         ),
     )
 
+    # The key is the monthly roll-up's upsert target, and serves a clinic's months.
     clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"), primary_key=True)
     month: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     dimension: Mapped[str] = mapped_column(String(16), primary_key=True)
