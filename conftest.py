@@ -1,9 +1,11 @@
 """Test services and shared fixtures for tests/ and e2e/.
 
 Real PostgreSQL and Redis, chosen once per run before any app module reads settings:
-TEST_DATABASE_URL / TEST_REDIS_URL when set, else the machine's local servers when
-reachable, else embedded ones (started under var/test-services). Each run gets its own
-fresh, migrated database, dropped at the end.
+TEST_DATABASE_URL / TEST_REDIS_URL when set, else the machine's local servers when they
+accept us (a server that is down, lacks the database, refuses our login or our CREATE
+DATABASE is passed over), else embedded ones (PostgreSQL under var/test-services, Redis in
+a temporary folder of the run's own). MEDBOOK_TEST_EMBEDDED=1 skips the local servers.
+Each run gets its own fresh, migrated database, dropped at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
@@ -94,24 +97,92 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# The machine's own servers, tried in order when TEST_DATABASE_URL / TEST_REDIS_URL are not
+# set. CI's PostgreSQL has a `test` database; a developer's may only have `postgres`.
+LOCAL_POSTGRES = (
+    "postgresql://postgres@127.0.0.1:5432/test",
+    "postgresql://postgres@127.0.0.1:5432/postgres",
+)
+LOCAL_REDIS = "redis://127.0.0.1:6379"
+
+
+def postgres_problem(url: str) -> str | None:
+    """None when `url` accepts us and lets us create the run's database; else why not
+    (no server, no such database, authentication, no CREATEDB right)."""
+
+    async def probe() -> str | None:
+        conn = await asyncpg.connect(url, timeout=3)
+        try:
+            may_create = await conn.fetchval(
+                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
+        finally:
+            await conn.close()
+        return None if may_create else "may not create databases"
+
+    try:
+        return asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def redis_problem(url: str) -> str | None:
+    """None when a Redis at `url` answers PING (and lets us write); else why not."""
+    client = redis_sync.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        client.ping()
+    except redis_sync.RedisError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    return None
+
+
+def _choose_postgres(services_dir: Path) -> str:
+    explicit = os.environ.get("TEST_DATABASE_URL")
+    if explicit:
+        if problem := postgres_problem(explicit):
+            raise pytest.UsageError(f"TEST_DATABASE_URL cannot be used: {problem}")
+        return explicit
+    if os.environ.get("MEDBOOK_TEST_EMBEDDED") != "1":
+        for url in LOCAL_POSTGRES if _reachable("127.0.0.1", 5432) else ():
+            if (problem := postgres_problem(url)) is None:
+                return url
+            print(f"local PostgreSQL {url} not usable ({problem})", file=sys.stderr)
+    from app import embedded
+
+    print("tests use an embedded PostgreSQL", file=sys.stderr)
+    return _stack.enter_context(embedded.postgres(services_dir))
+
+
+def _choose_redis() -> str:
+    explicit = os.environ.get("TEST_REDIS_URL")
+    if explicit:
+        if problem := redis_problem(explicit):
+            raise pytest.UsageError(f"TEST_REDIS_URL cannot be used: {problem}")
+        return explicit
+    if os.environ.get("MEDBOOK_TEST_EMBEDDED") != "1" and _reachable("127.0.0.1", 6379):
+        problem = redis_problem(f"{LOCAL_REDIS}/0")
+        if problem is None:
+            return _claim_redis_database(LOCAL_REDIS)
+        print(f"local Redis {LOCAL_REDIS} not usable ({problem})", file=sys.stderr)
+    from app import embedded
+
+    # A folder of this run's own: two runs never share a server or a dump file. Short,
+    # under the temp folder, so its unix socket path fits.
+    folder = Path(tempfile.mkdtemp(prefix="medbook-test-redis-"))
+    _stack.callback(shutil.rmtree, folder, ignore_errors=True)
+    print("tests use an embedded Redis", file=sys.stderr)
+    return _stack.enter_context(embedded.redis(folder))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _created_db
-    from app import embedded
     from db import migrate
 
     services_dir = ROOT / "var" / "test-services"
-    base_pg = os.environ.get("TEST_DATABASE_URL")
-    if not base_pg:
-        if _reachable("127.0.0.1", 5432):
-            base_pg = "postgresql://postgres@127.0.0.1:5432/test"
-        else:
-            base_pg = _stack.enter_context(embedded.postgres(services_dir))
-    redis_url = os.environ.get("TEST_REDIS_URL")
-    if not redis_url:
-        if _reachable("127.0.0.1", 6379):
-            redis_url = _claim_redis_database("redis://127.0.0.1:6379")
-        else:
-            redis_url = _stack.enter_context(embedded.redis(services_dir))
+    base_pg = _choose_postgres(services_dir)
+    redis_url = _choose_redis()
 
     name = f"medbook_test_{os.getpid()}"
     asyncio.run(_recreate(base_pg, name))
