@@ -1,12 +1,19 @@
-"""Connection validation (M-5): idle connections are pinged on checkout, busy ones are not.
+"""Connections: validation (M-5), per-connection limits (S-4), the slow-query log (S-5).
+
+Validation: idle connections are pinged on checkout, busy ones are not.
 
 A real PostgreSQL backend is killed with pg_terminate_backend while its connection sits in
 the pool; the next checkout must notice and hand out a working connection instead.
 """
 
 import asyncio
+import dataclasses
+import logging
+import re
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from db.session import create_engine
 
@@ -70,3 +77,98 @@ async def test_a_connection_idle_past_the_window_is_pinged_once_and_kept(setting
         assert len(pings) == 1
     finally:
         await pooled.dispose()
+
+
+# --- per-connection limits (S-4), application_name and the slow-query log (S-5) ---------
+
+
+async def test_every_connection_carries_its_timeouts_and_name(settings):
+    limits = dataclasses.replace(
+        settings, statement_timeout_ms=1234, idle_in_transaction_timeout_ms=4321
+    )
+    pooled = create_engine(limits, application_name="medbook-limits-test")
+    try:
+        async with pooled.connect() as conn:
+            assert await conn.scalar(text("SHOW statement_timeout")) == "1234ms"
+            assert await conn.scalar(text("SHOW idle_in_transaction_session_timeout")) == "4321ms"
+            assert await conn.scalar(text("SHOW application_name")) == "medbook-limits-test"
+            # What the server shows other sessions (and the DBA) for this connection.
+            seen = await conn.scalar(
+                text("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+            )
+            assert seen == "medbook-limits-test"
+    finally:
+        await pooled.dispose()
+
+
+async def test_a_longer_limit_for_analytics_overrides_the_default(settings):
+    pooled = create_engine(settings, statement_timeout_ms=60000)
+    try:
+        async with pooled.connect() as conn:
+            assert await conn.scalar(text("SHOW statement_timeout")) == "1min"
+    finally:
+        await pooled.dispose()
+
+
+async def test_a_statement_past_its_limit_is_cancelled(settings):
+    pooled = create_engine(dataclasses.replace(settings, statement_timeout_ms=100))
+    try:
+        async with pooled.connect() as conn:
+            with pytest.raises(DBAPIError, match="statement timeout"):
+                await conn.execute(text("SELECT pg_sleep(5)"))
+    finally:
+        await pooled.dispose()
+
+
+async def test_a_transaction_left_idle_is_ended_by_the_server(settings):
+    pooled = create_engine(dataclasses.replace(settings, idle_in_transaction_timeout_ms=100))
+    try:
+        async with pooled.connect() as conn:
+            await conn.execute(text("SELECT 1"))  # opens the transaction (autobegin)
+            pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+            await asyncio.sleep(0.2)
+            # The server ends the session 100 ms into the idle transaction; poll (with a
+            # deadline) from another connection until it is gone rather than guess a sleep.
+            async with pooled.connect() as other:
+                for _ in range(100):
+                    alive = await other.scalar(
+                        text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                        {"pid": pid},
+                    )
+                    if not alive:
+                        break
+                    await asyncio.sleep(0.1)
+                assert not alive
+            with pytest.raises(DBAPIError):
+                await conn.execute(text("SELECT 1"))
+    finally:
+        await pooled.dispose()
+
+
+async def test_a_slow_statement_is_logged_with_its_duration(settings, caplog):
+    pooled = create_engine(dataclasses.replace(settings, slow_query_ms=100))
+    try:
+        with caplog.at_level(logging.WARNING, logger="medbook.slow_query"):
+            async with pooled.connect() as conn:
+                await conn.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": 0.25})
+    finally:
+        await pooled.dispose()
+    slow = [r for r in caplog.records if r.name == "medbook.slow_query"]
+    assert len(slow) == 1
+    message = slow[0].getMessage()
+    match = re.fullmatch(r"slow query (\d+\.\d) ms: (.*)", message)
+    assert match, message
+    assert float(match.group(1)) >= 250  # pg_sleep waits at least that long
+    assert "pg_sleep" in match.group(2)
+    assert "0.25" not in match.group(2)  # values are bound, never written to the log
+
+
+async def test_the_slow_query_log_can_be_turned_off(settings, caplog):
+    pooled = create_engine(dataclasses.replace(settings, slow_query_ms=0))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="medbook.slow_query"):
+            async with pooled.connect() as conn:
+                await conn.execute(text("SELECT pg_sleep(0.1)"))
+    finally:
+        await pooled.dispose()
+    assert [r for r in caplog.records if r.name == "medbook.slow_query"] == []
