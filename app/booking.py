@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, and_, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,7 +27,13 @@ from app.availability import Interval, day_slots
 from app.effects import AppointmentChange, Effects
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.identity import Principal
-from app.slots import DoctorDays, load_doctor_days, local_days
+from app.slots import (
+    DoctorDays,
+    doctor_days_from_row,
+    doctor_days_sql,
+    load_doctor_days,
+    local_days,
+)
 from db.models import Appointment, Clinic, Doctor, Patient
 
 # Legal status changes; anything else answers 422.
@@ -147,21 +154,19 @@ async def _taken(
     )
 
 
-async def _patient_for(
-    session: AsyncSession, actor: Principal, patient_id: int | None, clinic_id: int
-) -> int:
-    """Who the booking is for: patients book for themselves, front desks for anyone."""
+def _target_patient(actor: Principal, patient_id: int | None) -> int:
+    """Who the booking is for: patients book for themselves, front desks and admins for
+    anyone (a front desk only with its own clinic's doctors: checked once the doctor's
+    clinic is known; that the patient exists is checked with their facts)."""
     if actor.role == "patient":
         if patient_id is not None and patient_id != actor.patient_id:
             raise Forbidden("patients can book only for themselves")
         assert actor.patient_id is not None
         return actor.patient_id
     if actor.role in ("front_desk", "admin"):
-        if actor.role == "front_desk" and actor.clinic_id != clinic_id:
-            raise Forbidden("front desks book only with their own clinic's doctors")
         if patient_id is None:
             raise Invalid("patient_id is required when staff book")
-        return patient_id  # that the patient exists is checked with their facts
+        return patient_id
     raise Forbidden("your role may not book appointments")
 
 
@@ -174,6 +179,83 @@ def _change(
     return AppointmentChange(
         appointment.id, appointment.doctor_id, appointment.clinic_id, tuple(sorted(days)), action
     )
+
+
+# What a booking reads, in one round trip: the doctor's days around the slot (for the
+# grid, leave and the good error messages) and, of the patient, that they exist, how many
+# future appointments they hold with this doctor, and how they want to be told.
+_BOOKING_FACTS_SQL = doctor_days_sql(
+    """,
+  (SELECT json_build_array(p.notify_by, p.email, p.phone,
+            (SELECT count(*) FROM appointments h
+              WHERE h.patient_id = p.id AND h.doctor_id = d.id AND h.status = 'booked'
+                AND h.starts_at > :now))
+     FROM patients p WHERE p.id = :patient_id) AS patient"""
+)
+
+# The booking and its outbox rows (confirmation, reminders) in one statement: one
+# statement is atomic on its own, so this needs no BEGIN/COMMIT round trips. The
+# exclusion constraint `no_overlap` decides who gets a contested slot, right here.
+_INSERT_BOOKING_SQL = text(
+    """
+WITH booked AS (
+  INSERT INTO appointments (doctor_id, patient_id, clinic_id, starts_at, ends_at, reason,
+                            idempotency_key, idempotency_hash, booked_by)
+  VALUES (:doctor_id, :patient_id, :clinic_id, :starts_at, :ends_at, :reason,
+          :idempotency_key, :idempotency_hash, :booked_by)
+  RETURNING *
+), outbox AS (
+  INSERT INTO notifications (appointment_id, channel, kind, due_at)
+  SELECT booked.id, CAST(:channel AS varchar), plan.kind, plan.due_at
+    FROM booked, unnest(CAST(:kinds AS text[]), CAST(:dues AS timestamptz[])) AS plan(kind, due_at)
+)
+SELECT * FROM booked
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _PatientFacts:
+    held: int  # future booked appointments with the doctor being booked
+    channel: str | None  # where the confirmation and reminders go (None: nowhere)
+
+
+async def _booking_facts(
+    session: AsyncSession, doctor_id: int, start: dt.datetime, patient_id: int, now: dt.datetime
+) -> tuple[DoctorDays, _PatientFacts | None]:
+    """The doctor's days around `start` and the patient's facts (None: no such patient).
+
+    Raises:
+        NotFound: no such doctor.
+    """
+    row = (
+        await session.execute(
+            _BOOKING_FACTS_SQL,
+            {
+                "doctor_id": doctor_id,
+                "lo": start - dt.timedelta(days=1),
+                "hi": start + dt.timedelta(days=1),
+                "patient_id": patient_id,
+                "now": now,
+            },
+        )
+    ).one_or_none()
+    data = doctor_days_from_row(doctor_id, row)
+    assert row is not None
+    raw = row[6]
+    if raw is None:
+        return data, None
+    notify_by, email, phone, held = json.loads(raw) if isinstance(raw, str) else raw
+    return data, _PatientFacts(int(held), notifications.choose_channel(notify_by, email, phone))
+
+
+async def _one_statement_session(session: AsyncSession) -> None:
+    """Run this request's statements in autocommit mode when nothing else has begun a
+    transaction on the session: a booking is one atomic statement, and BEGIN and COMMIT
+    would be two more round trips. (A caller that already began one keeps it; the final
+    commit then commits it.)"""
+    if not session.in_transaction():
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 async def book(
@@ -191,6 +273,9 @@ async def book(
 ) -> BookingResult:
     """Book one slot. Commits, then runs the after-commit effects.
 
+    Two round trips to PostgreSQL: what the checks need (doctor's days, patient), then
+    the booking with its outbox rows as one atomic statement.
+
     Args:
         actor: who is booking (a patient for themself, or staff for `patient_id`).
         start: the slot's start; must be exactly on the doctor's grid.
@@ -199,16 +284,21 @@ async def book(
     Raises:
         Conflict: the slot is taken (with `alternatives`).
         Invalid: not on the grid, in the past, too soon, beyond the horizon, on leave,
-            too many future appointments with this doctor, or a reused key with another body.
+            too many future appointments with this doctor, no such patient, or a reused
+            key with another body.
         Forbidden: booking for someone the actor may not book for.
         NotFound: no such doctor.
     """
     if start.tzinfo is None:
         raise Invalid("start must include a UTC offset, e.g. 2026-06-01T09:00:00+02:00")
     start = start.astimezone(dt.UTC)
-    data = await _load_around(session, doctor_id, start)
-    target = await _patient_for(session, actor, patient_id, data.clinic_id)
-    facts = await _patient_facts(session, target, doctor_id, now)
+    target = _target_patient(actor, patient_id)
+    await _one_statement_session(session)
+    data, facts = await _booking_facts(session, doctor_id, start, target, now)
+    if actor.role == "front_desk" and actor.clinic_id != data.clinic_id:
+        raise Forbidden("front desks book only with their own clinic's doctors")
+    if facts is None:
+        raise Invalid(f"patient {target} does not exist")
     digest = _request_hash(doctor_id, start, target, reason)
     if idempotency_key and (
         replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
@@ -221,24 +311,27 @@ async def book(
             f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
             "with one doctor"
         )
-
-    appointment = Appointment(
-        doctor_id=doctor_id,
-        patient_id=target,
-        clinic_id=data.clinic_id,
-        starts_at=slot.start,
-        ends_at=slot.end,
-        reason=reason,
-        idempotency_key=idempotency_key,
-        idempotency_hash=digest if idempotency_key else None,
-        booked_by=actor.id,
-    )
-    session.add(appointment)
+    planned = notifications.plan(slot.start, data.timezone, now) if facts.channel else []
     try:
-        # The outbox (confirmation, reminders) in this same transaction.
-        await notifications.appointment_booked(
-            session, appointment, data.timezone, now, facts.channel
-        )
+        row = (
+            await session.execute(
+                _INSERT_BOOKING_SQL,
+                {
+                    "doctor_id": doctor_id,
+                    "patient_id": target,
+                    "clinic_id": data.clinic_id,
+                    "starts_at": slot.start,
+                    "ends_at": slot.end,
+                    "reason": reason,
+                    "idempotency_key": idempotency_key,
+                    "idempotency_hash": digest if idempotency_key else None,
+                    "booked_by": actor.id,
+                    "channel": facts.channel,
+                    "kinds": [p.kind for p in planned],
+                    "dues": [p.due_at for p in planned],
+                },
+            )
+        ).one()
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()
@@ -252,6 +345,7 @@ async def book(
         ):
             return replay
         raise
+    appointment = Appointment(**row._mapping)
     await effects.appointments_changed([_change(appointment, data.timezone, "booked")])
     return BookingResult(appointment, data.timezone, replayed=False)
 
@@ -269,42 +363,6 @@ async def _replay(
     if existing.idempotency_hash != digest:
         raise Invalid("this Idempotency-Key was already used for a different booking")
     return BookingResult(existing, timezone, replayed=True)
-
-
-@dataclass(frozen=True, slots=True)
-class _PatientFacts:
-    held: int  # future booked appointments with the doctor being booked
-    channel: str | None  # where the confirmation and reminders go (None: nowhere)
-
-
-async def _patient_facts(
-    session: AsyncSession, patient_id: int, doctor_id: int, now: dt.datetime
-) -> _PatientFacts:
-    """What a booking needs to know of its patient, in one round trip: that they exist,
-    how many future appointments they hold with this doctor, and their notification
-    channel (for the outbox rows written in the same transaction)."""
-    held = (
-        select(func.count())
-        .select_from(Appointment)
-        .where(
-            Appointment.patient_id == Patient.id,
-            Appointment.doctor_id == doctor_id,
-            Appointment.status == "booked",
-            Appointment.starts_at > now,
-        )
-        .scalar_subquery()
-    )
-    row = (
-        await session.execute(
-            select(held, Patient.notify_by, Patient.email, Patient.phone).where(
-                Patient.id == patient_id
-            )
-        )
-    ).one_or_none()
-    if row is None:
-        raise Invalid(f"patient {patient_id} does not exist")
-    count, notify_by, email, phone = row
-    return _PatientFacts(int(count), notifications.choose_channel(notify_by, email, phone))
 
 
 def visible(actor: Principal) -> Any:

@@ -17,13 +17,14 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.availability import Interval, TemplateRange, day_slots, local_day_bounds
@@ -39,8 +40,7 @@ MAX_DAYS = 14
 # templates by (doctor_id, weekday), exceptions by (doctor_id, starts_at) and the clinic's
 # (clinic_id, starts_at) partial index, bookings by (doctor_id, starts_at) INCLUDE (...).
 # Bookings are at most a day long (a check constraint), which bounds the scan from below.
-DOCTOR_DAYS_SQL = text(
-    """
+_DOCTOR_DAYS = """
 SELECT d.clinic_id, c.timezone, d.active,
   (SELECT coalesce(json_agg(json_build_array(t.weekday, t.start_time, t.end_time,
                                              t.slot_minutes, t.valid_from, t.valid_to)), '[]')
@@ -54,11 +54,20 @@ SELECT d.clinic_id, c.timezone, d.active,
   ARRAY(SELECT tstzrange(a.starts_at, a.ends_at) FROM appointments a
          WHERE a.doctor_id = d.id AND a.status <> 'cancelled'
            AND a.starts_at >= CAST(:lo AS timestamptz) - interval '1 day'
-           AND a.starts_at < :hi AND a.ends_at > :lo) AS booked
+           AND a.starts_at < :hi AND a.ends_at > :lo) AS booked{extra}
 FROM doctors d JOIN clinics c ON c.id = d.clinic_id
 WHERE d.id = :doctor_id
 """
-)
+
+
+def doctor_days_sql(extra_columns: str = "") -> TextClause:
+    """The doctor-days query, with `extra_columns` (", expr AS name, ...") appended to its
+    select list, so a caller that needs a little more (booking: the patient) still makes
+    one round trip. Read the extra columns after the first six of the row."""
+    return text(_DOCTOR_DAYS.format(extra=extra_columns))
+
+
+DOCTOR_DAYS_SQL = doctor_days_sql()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +138,18 @@ async def load_doctor_days(
     row = (
         await session.execute(DOCTOR_DAYS_SQL, {"doctor_id": doctor_id, "lo": lo, "hi": hi})
     ).one_or_none()
+    return doctor_days_from_row(doctor_id, row)
+
+
+def doctor_days_from_row(doctor_id: int, row: Sequence[Any] | None) -> DoctorDays:
+    """A row of `doctor_days_sql` (its first six columns) as DoctorDays.
+
+    Raises:
+        NotFound: no row: no such doctor.
+    """
     if row is None:
         raise NotFound(f"doctor {doctor_id} does not exist")
-    clinic_id, timezone, active, templates, blocked, booked = row
+    clinic_id, timezone, active, templates, blocked, booked = row[:6]
     return DoctorDays(
         doctor_id,
         clinic_id,
