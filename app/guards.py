@@ -33,7 +33,7 @@ from litestar.middleware.authentication import (
     AuthenticationResult,
 )
 from litestar.response import Redirect, Response
-from litestar.status_codes import WS_1008_POLICY_VIOLATION
+from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 from litestar.types import Receive, Scope, Send
 from redis.exceptions import RedisError
 
@@ -140,11 +140,13 @@ def client_addr(connection: ASGIConnection) -> str | None:
 class RateLimitMiddleware(AbstractMiddleware):
     """Per-user limits for signed-in callers, per-address for anonymous ones (S-6).
 
-    Runs after authentication. Fails open when Redis is down: Redis holds nothing that
-    cannot be rebuilt, and an outage must slow nobody's booking.
+    Runs after authentication, on requests and websocket handshakes alike (a handshake
+    counts as one request; an over-limit one is refused before it is accepted). Fails
+    open when Redis is down: Redis holds nothing that cannot be rebuilt, and an outage
+    must slow nobody's booking.
     """
 
-    scopes = {ScopeType.HTTP}
+    scopes = {ScopeType.HTTP, ScopeType.WEBSOCKET}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings: Settings = scope["app"].state.settings
@@ -155,17 +157,18 @@ class RateLimitMiddleware(AbstractMiddleware):
         if handler is not None and handler.opt.get("rate_limit") == "auth":
             checks.append((f"auth:{addr}", settings.rate_limit_auth_per_minute))
         counted = cast("tuple[int, int] | None", scope.get("medbook_user_rate"))
+        over: int | None = None  # seconds to wait, when the authentication step's count is over
         if isinstance(user, Principal):
             limit = settings.rate_limit_user_per_minute
             if counted is None:
                 checks.append((_user_rate_key(user.id), limit))
             elif limit and counted[0] > limit:  # counted by the authentication step
-                raise rate_limit.TooManyAttempts(
-                    "too many requests; slow down", retry_after=max(counted[1], 1)
-                )
+                over = max(counted[1], 1)
         else:
             checks.append((f"addr:{addr}", settings.rate_limit_anonymous_per_minute))
         try:
+            if over is not None:
+                raise rate_limit.TooManyAttempts("too many requests; slow down", retry_after=over)
             for key, limit in checks:
                 if (wait := await rate_limit.hit(scope["app"].state.redis, key, limit)) is not None:
                     raise rate_limit.TooManyAttempts(
@@ -173,6 +176,12 @@ class RateLimitMiddleware(AbstractMiddleware):
                     )
         except RedisError as exc:
             log.warning("rate limit skipped, Redis unavailable: %s", exc)
+        except rate_limit.TooManyAttempts:
+            if scope["type"] == ScopeType.WEBSOCKET:  # no status line to send: refuse it
+                raise WebSocketDisconnect(
+                    code=WS_1013_TRY_AGAIN_LATER, detail="too many requests; slow down"
+                ) from None
+            raise
         await self.app(scope, receive, send)
 
 
