@@ -671,6 +671,40 @@ WHERE a.updated_at >= :since"""
 )
 
 
+# Days whose stored count of booked appointments no longer matches the appointments, for
+# the doctors with a change since the watermark. A reschedule moves a booked appointment
+# from day A to day B of the same doctor and leaves only B to find by `updated_at`; A's
+# `booked` is now one too high, and this finds it. Per doctor it is an index-only count
+# over ix_appointments_doctor_starts (booked ones, from a week ago to the booking horizon
+# and beyond) and a range of the daily rollup.
+RECONCILE_PAST_DAYS = 7
+RECONCILE_FUTURE_DAYS = 400
+DRIFTED_SQL = text(
+    """
+WITH touched AS MATERIALIZED (
+  SELECT DISTINCT a.clinic_id, a.doctor_id FROM appointments a WHERE a.updated_at >= :since
+),
+actual AS (
+  SELECT t.clinic_id, t.doctor_id, (a.starts_at AT TIME ZONE c.timezone)::date AS day,
+         count(*) AS n
+  FROM touched t
+  JOIN clinics c ON c.id = t.clinic_id
+  JOIN appointments a ON a.doctor_id = t.doctor_id AND a.starts_at >= :lo AND a.starts_at < :hi
+  WHERE a.status = 'booked'
+  GROUP BY 1, 2, 3
+),
+stored AS (
+  SELECT s.clinic_id, s.doctor_id, s.day, s.booked AS n
+  FROM touched t
+  JOIN clinic_daily_stats s
+    ON s.clinic_id = t.clinic_id AND s.day BETWEEN :first AND :last AND s.doctor_id = t.doctor_id
+  WHERE s.booked > 0
+)
+SELECT DISTINCT day FROM actual FULL JOIN stored USING (clinic_id, doctor_id, day)
+WHERE day BETWEEN :first AND :last AND coalesce(actual.n, 0) <> coalesce(stored.n, 0)"""
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RefreshResult:
     days: list[dt.date]
@@ -679,8 +713,9 @@ class RefreshResult:
 
 
 async def refresh_recent(conn: AsyncConnection, *, around: int = 1) -> RefreshResult:
-    """Refresh today (±`around` days, so every time zone's today is covered) and every day
-    with an appointment booked or changed since the last run; move the watermark.
+    """Refresh today (±`around` days, so every time zone's today is covered), every day
+    with an appointment booked or changed since the last run, and every day those changes
+    left behind (a reschedule's old day: DRIFTED_SQL); move the watermark.
 
     Runs in the caller's transaction; the watermark row is locked, so two runs at once
     take turns. The first run (no watermark) looks back two days; history is the
@@ -696,7 +731,14 @@ async def refresh_recent(conn: AsyncConnection, *, around: int = 1) -> RefreshRe
     since = (since or now - dt.timedelta(days=2)) - WATERMARK_MARGIN
     touched = [d for (d,) in (await conn.execute(TOUCHED_SQL, {"since": since})).all()]
     today = now.astimezone(dt.UTC).date()
-    days = sorted({*touched, *(today + dt.timedelta(days=i) for i in range(-around, around + 1))})
+    first = today - dt.timedelta(days=RECONCILE_PAST_DAYS)
+    last = today + dt.timedelta(days=RECONCILE_FUTURE_DAYS)
+    lo, hi = _utc_bounds([first, last])
+    window = {"since": since, "first": first, "last": last, "lo": lo, "hi": hi}
+    drifted = [d for (d,) in (await conn.execute(DRIFTED_SQL, window)).all()]
+    days = sorted(
+        {*touched, *drifted, *(today + dt.timedelta(days=i) for i in range(-around, around + 1))}
+    )
     await refresh_days(conn, days)
     await conn.execute(
         text(

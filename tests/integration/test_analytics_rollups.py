@@ -163,3 +163,52 @@ async def test_a_day_that_lost_its_appointments_and_template_is_pruned(world, se
     await session.commit()
     await refresh(engine, [day])
     assert await stored_rollups(session, [day]) == ({}, {})
+
+
+async def test_a_reschedule_refreshes_the_day_it_left_too(world, client, session, engine):
+    """The job finds changed appointments by `updated_at`, which leads to the new day only;
+    the old day's counts must not stay one too high until the nightly close."""
+    today = dt.datetime.now(dt.UTC).date()
+    days = [today + dt.timedelta(days=i) for i in range(-3, 12)]
+    await add_random_appointments(session, world, days, seed=21, per_day=3)
+    # Random booking times can lie after now: put every change before the first run.
+    await session.execute(text("UPDATE appointments SET updated_at = now() - interval '1 hour'"))
+    await session.commit()
+    await refresh(engine, days)
+    async with engine.begin() as conn:
+        await analytics.refresh_recent(conn)  # sets the watermark: nothing changed after it
+    old_day = today + dt.timedelta(days=6)  # outside today ± 1, refreshed every run anyway
+    new_day = today + dt.timedelta(days=9)
+    appointment_id = (
+        await session.execute(
+            text(
+                "SELECT id FROM appointments WHERE status = 'booked' "
+                "AND doctor_id = :doctor AND (starts_at AT TIME ZONE 'Europe/Berlin')::date = :day "
+                "ORDER BY starts_at LIMIT 1"
+            ),
+            {"doctor": world.doctor_id, "day": old_day},
+        )
+    ).scalar_one()
+    free = await client.get(
+        "/api/appointments/available-slots",
+        params={"doctor_id": world.doctor_id, "date": new_day.isoformat()},
+        headers=world.headers("desk"),
+    )
+    start = next(s["start"] for s in free.json()["slots"] if s["available"])
+    moved = await client.patch(
+        f"/api/appointments/{appointment_id}", json={"start": start}, headers=world.headers("desk")
+    )
+    assert moved.status_code == 200, moved.text
+    key = (world.clinic_id, old_day, world.doctor_id)
+    stale = (await stored_rollups(session, [old_day]))[0][key]
+    fresh = (await expected_rollups(session, [old_day]))[0][key]
+    assert stale["booked"] == fresh["booked"] + 1  # what the job has to notice
+
+    async with engine.begin() as conn:
+        result = await analytics.refresh_recent(conn)
+    # The job's `updated_at` scan finds the new day only; the old one is found by its count,
+    # and nothing else of the doctor's window is recomputed.
+    always = {today + dt.timedelta(days=i) for i in (-1, 0, 1)}
+    assert set(result.days) == always | {old_day, new_day}
+    assert await stored_rollups(session, days) == await expected_rollups(session, days)
+    # Only the days that changed, not the whole window of the touched doctor.
