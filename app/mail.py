@@ -178,6 +178,15 @@ def build_email(item: Outgoing, *, sender: str, origin: str, now: dt.datetime) -
     return message
 
 
+def provider_id(message_id: str, reply: str) -> str:
+    """What we record as an email's provider id: our Message-ID, then the server's answer
+    to DATA, e.g. `<notification-41@clinic.test> (2.0.0 Ok: queued as 4XyZ12)`. The
+    Message-ID finds the message at the patient's end; the queue id in the answer (which
+    every MTA words its own way, hence kept whole) finds it in the relay's logs."""
+    answer = " ".join(reply.split())
+    return f"{message_id} ({answer})" if answer else message_id
+
+
 @dataclass
 class SmtpMailer:
     """SMTP settings; `connection()` opens one session that sends a whole batch."""
@@ -234,7 +243,7 @@ class SmtpConnection:
         return smtp
 
     async def send(self, message: Message) -> str:
-        """Send one message; the Message-ID is the id we record.
+        """Send one message; returns its provider id (`provider_id`).
 
         Raises:
             SendFailed: permanent for a refused recipient or message (5xx), else transient.
@@ -242,7 +251,7 @@ class SmtpConnection:
         try:
             if self._smtp is None or not self._smtp.is_connected:
                 self._smtp = await self._open()
-            await self._smtp.send_message(message)
+            _, reply = await self._smtp.send_message(message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             raise SendFailed(f"recipient refused: {exc}", permanent=min(codes) >= 500) from exc
@@ -252,7 +261,7 @@ class SmtpConnection:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self.close()
             raise SendFailed(f"SMTP: {type(exc).__name__}: {exc}") from exc
-        return str(message["Message-ID"])
+        return provider_id(str(message["Message-ID"]), reply)
 
     async def close(self) -> None:
         smtp, self._smtp = self._smtp, None

@@ -37,6 +37,7 @@ from db.models import Appointment, Clinic, Doctor, Notification, Patient
 ANNOUNCEMENTS = ("confirmation", "reminder_24h", "reminder_1h")
 REMINDERS = ("reminder_24h", "reminder_1h")
 NOTIFY_CHOICES = ("email", "sms", "none")
+UNSENT = ("pending", "queued")
 LEASE_UNTIL = Notification.__table__.c.lease_until
 # The send path updates the table through Core: no ORM work per message (it adds up).
 ROWS: Table = Notification.__table__  # type: ignore[assignment]
@@ -197,7 +198,7 @@ async def _void(
         .where(
             Notification.appointment_id.in_(appointment_ids),
             Notification.kind.in_(kinds),
-            Notification.status.in_(("pending", "queued")),
+            Notification.status.in_(UNSENT),
         )
         .values(status="void", last_error="no longer applies")
         .execution_options(synchronize_session=False)
@@ -332,46 +333,46 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
     return [Outgoing(*row) for row in rows if tokens[row[0]] == row[1]]  # type: ignore[call-arg]
 
 
+def _row_with(item: Outgoing, attempts: int) -> Any:
+    """The row of `item` while it is `queued` with this many attempts, i.e. still ours."""
+    return and_(ROWS.c.id == item.id, ROWS.c.status == "queued", ROWS.c.attempts == attempts)
+
+
+def _claim_of(item: Outgoing) -> Any:
+    """The row as claimed: no attempt of this claim has started."""
+    return _row_with(item, item.token)
+
+
+def _attempt_of(item: Outgoing) -> Any:
+    """The row during this claim's attempt (`start_attempt` counted it)."""
+    return _row_with(item, item.token + 1)
+
+
+async def _set(conn: AsyncConnection, where: Any, **values: Any) -> bool:
+    result = await conn.execute(update(ROWS).where(where).values(**values))
+    return bool(result.rowcount)
+
+
 async def start_attempt(
     conn: AsyncConnection, item: Outgoing, *, now: dt.datetime, lease: dt.timedelta
 ) -> bool:
     """Count an attempt and hold the row for its duration; False when another job owns it."""
-    result = await conn.execute(
-        update(ROWS)
-        .where(
-            ROWS.c.id == item.id,
-            ROWS.c.status == "queued",
-            ROWS.c.attempts == item.token,
-        )
-        .values(attempts=ROWS.c.attempts + 1, lease_until=now + lease)
-    )
-    return bool(result.rowcount)
-
-
-def _attempt_of(item: Outgoing) -> Any:
-    return and_(
-        ROWS.c.id == item.id,
-        ROWS.c.status == "queued",
-        ROWS.c.attempts == item.token + 1,
-    )
+    return await _set(conn, _claim_of(item), attempts=ROWS.c.attempts + 1, lease_until=now + lease)
 
 
 async def mark_sent(
     conn: AsyncConnection, item: Outgoing, provider_message_id: str, now: dt.datetime
 ) -> bool:
     """Record the provider's message id and `sent` in one statement."""
-    result = await conn.execute(
-        update(ROWS)
-        .where(_attempt_of(item))
-        .values(
-            status="sent",
-            provider_message_id=provider_message_id[:200],
-            sent_at=now,
-            last_error=None,
-            lease_until=None,
-        )
+    return await _set(
+        conn,
+        _attempt_of(item),
+        status="sent",
+        provider_message_id=provider_message_id[:200],
+        sent_at=now,
+        last_error=None,
+        lease_until=None,
     )
-    return bool(result.rowcount)
 
 
 async def mark_failed(
@@ -388,35 +389,18 @@ async def mark_failed(
         values |= {"status": "dead", "lease_until": None}
     else:
         values[LEASE_UNTIL.key] = retry_at + lease
-    await conn.execute(update(ROWS).where(_attempt_of(item)).values(**values))
+    await _set(conn, _attempt_of(item), **values)
 
 
 async def postpone(
     conn: AsyncConnection, item: Outgoing, until: dt.datetime, lease: dt.timedelta
 ) -> bool:
     """The provider's breaker is open: keep the claim, without counting an attempt."""
-    result = await conn.execute(
-        update(ROWS)
-        .where(
-            ROWS.c.id == item.id,
-            ROWS.c.status == "queued",
-            ROWS.c.attempts == item.token,
-        )
-        .values(lease_until=until + lease)
-    )
-    return bool(result.rowcount)
+    return await _set(conn, _claim_of(item), lease_until=until + lease)
 
 
 async def mark_void(conn: AsyncConnection, item: Outgoing, reason: str) -> None:
-    await conn.execute(
-        update(ROWS)
-        .where(
-            ROWS.c.id == item.id,
-            ROWS.c.status == "queued",
-            ROWS.c.attempts == item.token,
-        )
-        .values(status="void", last_error=reason, lease_until=None)
-    )
+    await _set(conn, _claim_of(item), status="void", last_error=reason, lease_until=None)
 
 
 # --- the undelivered page (dead letters) ---------------------------------------------------
@@ -607,7 +591,7 @@ async def set_preference(
     if ids:
         unsent = and_(
             Notification.appointment_id.in_(ids),
-            Notification.status.in_(("pending", "queued")),
+            Notification.status.in_(UNSENT),
         )
         if channel is None:
             await session.execute(

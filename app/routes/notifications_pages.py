@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 ADMIN = [allow("admin")]
 PATIENT = [allow("patient")]
 PAGE_SIZE = 100
+PREFERENCES_PAGE = "notifications/preferences.html"
+# `notifications.retry_dead` or `notifications.discard_dead`.
+DeadLetterAction = Callable[..., Awaitable[None]]
 # Changes after which an outbox row may be due at once (a confirmation, a notice).
 DISPATCH_ON = frozenset({"booked", "rescheduled", "cancelled"})
 
@@ -113,18 +116,32 @@ async def undelivered_api(
     ]
 
 
-@post("/api/notifications/{notification_id:int}/retry", guards=ADMIN, tags=["notifications"])
-async def retry_api(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
-) -> dict[str, Any]:
-    """Send an undelivered message again, with fresh attempts."""
-    await notifications.retry_dead(
+async def _act(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    notification_id: int,
+    action: DeadLetterAction,
+    *,
+    dispatch: bool = False,
+) -> None:
+    """Retry or discard a dead letter as the signed-in admin; `dispatch`: then ask for a
+    dispatch, so a retried message goes out at once."""
+    await action(
         db_session,
         notification_id,
         actor_user_id=_actor_id(request),
         client_addr=client_addr(request),
     )
-    await _kick(request.app.state.notify_queue)
+    if dispatch:
+        await _kick(request.app.state.notify_queue)
+
+
+@post("/api/notifications/{notification_id:int}/retry", guards=ADMIN, tags=["notifications"])
+async def retry_api(
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+) -> dict[str, Any]:
+    """Send an undelivered message again, with fresh attempts."""
+    await _act(request, db_session, notification_id, notifications.retry_dead, dispatch=True)
     return {"id": notification_id, "status": "pending"}
 
 
@@ -133,12 +150,7 @@ async def discard_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
 ) -> dict[str, Any]:
     """Give up on an undelivered message."""
-    await notifications.discard_dead(
-        db_session,
-        notification_id,
-        actor_user_id=_actor_id(request),
-        client_addr=client_addr(request),
-    )
+    await _act(request, db_session, notification_id, notifications.discard_dead)
     return {"id": notification_id, "status": "void"}
 
 
@@ -153,22 +165,31 @@ async def undelivered_page(db_session: AsyncSession, before: str = "", done: str
     )
 
 
+async def _act_from_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    notification_id: int,
+    action: DeadLetterAction,
+    done: str,
+    *,
+    dispatch: bool = False,
+) -> Redirect:
+    """`_act`, then back to the page, which says what was done (or that the row is gone)."""
+    try:
+        await _act(request, db_session, notification_id, action, dispatch=dispatch)
+    except DomainError:
+        return Redirect("/admin/notifications?done=gone", status_code=303)
+    return Redirect(f"/admin/notifications?done={done}-{notification_id}", status_code=303)
+
+
 @post("/admin/notifications/{notification_id:int}/retry", guards=ADMIN, include_in_schema=False)
 async def retry_page(
     request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
 ) -> Redirect:
     """Retry from the page, then show it again."""
-    try:
-        await notifications.retry_dead(
-            db_session,
-            notification_id,
-            actor_user_id=_actor_id(request),
-            client_addr=client_addr(request),
-        )
-    except DomainError:
-        return Redirect("/admin/notifications?done=gone", status_code=303)
-    await _kick(request.app.state.notify_queue)
-    return Redirect(f"/admin/notifications?done=retried-{notification_id}", status_code=303)
+    return await _act_from_page(
+        request, db_session, notification_id, notifications.retry_dead, "retried", dispatch=True
+    )
 
 
 @post("/admin/notifications/{notification_id:int}/discard", guards=ADMIN, include_in_schema=False)
@@ -176,16 +197,9 @@ async def discard_page(
     request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
 ) -> Redirect:
     """Discard from the page, then show it again."""
-    try:
-        await notifications.discard_dead(
-            db_session,
-            notification_id,
-            actor_user_id=_actor_id(request),
-            client_addr=client_addr(request),
-        )
-    except DomainError:
-        return Redirect("/admin/notifications?done=gone", status_code=303)
-    return Redirect(f"/admin/notifications?done=discarded-{notification_id}", status_code=303)
+    return await _act_from_page(
+        request, db_session, notification_id, notifications.discard_dead, "discarded"
+    )
 
 
 # --- the dev mailbox -----------------------------------------------------------------------
@@ -231,6 +245,24 @@ def _out(p: notifications.Preference) -> PreferenceOut:
     return PreferenceOut(p.notify_by, p.email, p.phone)
 
 
+async def _set_my_preference(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    notify_by: str,
+    phone: str | None,
+    now: dt.datetime,
+) -> notifications.Preference:
+    """The signed-in patient chooses for themselves (and is the audited actor)."""
+    return await notifications.set_preference(
+        db_session,
+        _patient_id(request),
+        notify_by=notify_by,
+        phone=phone,
+        actor_user_id=_actor_id(request),
+        now=now,
+    )
+
+
 @get("/api/me/notifications", guards=PATIENT, tags=["notifications"])
 async def preference_api(
     request: Request[Any, Any, Any], db_session: AsyncSession
@@ -244,22 +276,14 @@ async def set_preference_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: PreferenceIn, now: dt.datetime
 ) -> PreferenceOut:
     """Choose email, SMS (optionally with a new mobile number) or none."""
-    preference = await notifications.set_preference(
-        db_session,
-        _patient_id(request),
-        notify_by=data.notify_by,
-        phone=data.phone,
-        actor_user_id=_actor_id(request),
-        now=now,
-    )
-    return _out(preference)
+    return _out(await _set_my_preference(request, db_session, data.notify_by, data.phone, now))
 
 
 @get("/me/notifications", guards=PATIENT, include_in_schema=False)
 async def preference_page(request: Request[Any, Any, Any], db_session: AsyncSession) -> Template:
     """The patient's choice of email, SMS or none, as a form."""
     preference = await notifications.get_preference(db_session, _patient_id(request))
-    return Template("notifications/preferences.html", context={"preference": preference})
+    return Template(PREFERENCES_PAGE, context={"preference": preference})
 
 
 @dataclass
@@ -277,24 +301,13 @@ async def save_preference_page(
 ) -> Template:
     """Save the choice; errors keep what was typed."""
     try:
-        preference = await notifications.set_preference(
-            db_session,
-            _patient_id(request),
-            notify_by=data.notify_by,
-            phone=data.phone,
-            actor_user_id=_actor_id(request),
-            now=now,
-        )
+        preference = await _set_my_preference(request, db_session, data.notify_by, data.phone, now)
     except DomainError as exc:
         await db_session.rollback()
         current = await notifications.get_preference(db_session, _patient_id(request))
         typed = notifications.Preference(data.notify_by, current.email, data.phone or None)
-        return Template(
-            "notifications/preferences.html", context={"preference": typed, "error": exc.detail}
-        )
-    return Template(
-        "notifications/preferences.html", context={"preference": preference, "saved": True}
-    )
+        return Template(PREFERENCES_PAGE, context={"preference": typed, "error": exc.detail})
+    return Template(PREFERENCES_PAGE, context={"preference": preference, "saved": True})
 
 
 NOTIFICATION_ROUTES = [

@@ -28,6 +28,12 @@ class Received:
     at: float
     to: list[str]
     message: EmailMessage
+    queue_id: str  # what the sink named it in its answer to DATA
+
+    @property
+    def provider_id(self) -> str:
+        """What medbook should record for it: its Message-ID and the sink's answer."""
+        return f"{self.message['Message-ID']} (2.0.0 Ok: queued as {self.queue_id})"
 
     @property
     def text(self) -> str:
@@ -57,6 +63,7 @@ class SmtpSink:
     `stall_rcpt`: hold the next RCPT for this many seconds (a send that is in progress
     when a worker dies; the message has not been handed over yet).
     `refuse`: answer DATA with this code (e.g. 451) for the next N messages.
+    An accepted message is answered as Postfix does, `250 2.0.0 Ok: queued as <id>`.
     """
 
     def __init__(self) -> None:
@@ -81,8 +88,9 @@ class SmtpSink:
             return f"{code} try again later" if code < 500 else f"{code} rejected"
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
-        self.messages.append(Received(time.time(), list(envelope.rcpt_tos), message))
-        return "250 Message accepted for delivery"
+        queue_id = f"4Q{self.port}X{len(self.messages) + 1:05d}"
+        self.messages.append(Received(time.time(), list(envelope.rcpt_tos), message, queue_id))
+        return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def by_message_id(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -181,8 +189,16 @@ class SmsApi:
         self.stop()
 
 
-def notify_settings(settings: Any, **changes: Any) -> Any:
-    """Test settings: fast retries and leases; providers as given."""
+def notify_settings(
+    settings: Any, *, smtp: SmtpSink | None = None, sms: SmsApi | None = None, **changes: Any
+) -> Any:
+    """Test settings: fast retries and leases; email to `smtp`, SMS to `sms` (account AC1,
+    token t0k) when given; any other setting as `changes` says."""
+    providers: dict[str, Any] = {}
+    if smtp is not None:
+        providers |= {"smtp_host": "127.0.0.1", "smtp_port": smtp.port}
+    if sms is not None:
+        providers |= {"sms_api_url": sms.url, "sms_account": "AC1", "sms_token": "t0k"}
     base = {
         "notify_retry_base_seconds": 1.0,
         "notify_retry_max_seconds": 30.0,
@@ -194,7 +210,7 @@ def notify_settings(settings: Any, **changes: Any) -> Any:
         "smtp_from": "Clinic Reminders <reminders@medbook.test>",
         "public_origin": "https://medbook.test",
     }
-    return dataclasses.replace(settings, **(base | changes))
+    return dataclasses.replace(settings, **(base | providers | changes))
 
 
 @asynccontextmanager

@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
 
-from db.models import Notification, Patient
 from tasks.reminders import dispatch
 from tests.integration.notification_servers import (
     SmsApi,
@@ -31,27 +29,22 @@ from tests.integration.notification_servers import (
     notify_settings,
     running_worker,
 )
-from tests.integration.world import at, day_after_tomorrow, make_world
+from tests.integration.notification_world import book_api, outbox, world_with_contacts
+from tests.integration.world import at, day_after_tomorrow
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+CONTACTS = [
+    ("ann@patients.test", "+4930111", "email"),
+    ("bob@patients.test", "+4930222", "sms"),
+    ("cy@patients.test", "+4930333", "email"),
+]
+
+
 @pytest.fixture
 async def world(client, session, settings):
-    world = await make_world(session, settings.secret_key, patients=3)
-    contacts = [
-        ("ann@patients.test", "+4930111", "email"),
-        ("bob@patients.test", "+4930222", "sms"),
-        ("cy@patients.test", "+4930333", "email"),
-    ]
-    for patient_id, (email, phone, notify_by) in zip(world.patients, contacts, strict=True):
-        await session.execute(
-            update(Patient)
-            .where(Patient.id == patient_id)
-            .values(email=email, phone=phone, notify_by=notify_by)
-        )
-    await session.commit()
-    return world
+    return await world_with_contacts(session, settings.secret_key, CONTACTS)
 
 
 def start_worker_process(env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -79,18 +72,8 @@ async def wait_for(event, process, log: Path, timeout: float = 40.0) -> None:
     raise AssertionError(f"the worker never reached the provider:\n{log.read_text()}")
 
 
-async def rows(session, kind="confirmation"):
-    query = select(Notification).where(Notification.kind == kind).order_by(Notification.id)
-    return list(await session.scalars(query.execution_options(populate_existing=True)))
-
-
 async def book(client, world, hour, who):
-    response = await client.post(
-        "/api/appointments",
-        json={"doctor_id": world.doctor_id, "start": at(day_after_tomorrow(), hour).isoformat()},
-        headers=world.headers(who),
-    )
-    assert response.status_code == 201, response.text
+    await book_api(client, world, at(day_after_tomorrow(), hour), who)
 
 
 async def recover(session, engine, worker_settings, monkeypatch, kind="confirmation"):
@@ -99,7 +82,7 @@ async def recover(session, engine, worker_settings, monkeypatch, kind="confirmat
 
         async def all_sent():
             await dispatch(engine, worker.queue, worker_settings)
-            found = await rows(session, kind)
+            found = await outbox(session, kind=kind)
             return all(r.status == "sent" for r in found) and found
 
         return await eventually(all_sent, timeout=40, interval=1.0)
@@ -134,7 +117,7 @@ async def test_worker_killed_during_an_smtp_send_loses_nothing_and_sends_once(
             kill(process)
         # The worker sends concurrently: the other booking's message may not have
         # started, or may already be sent (once); only the stalled one is mid-send.
-        before = {r.id: (r.status, r.attempts) for r in await rows(session)}
+        before = {r.id: (r.status, r.attempts) for r in await outbox(session, kind="confirmation")}
         in_flight = [i for i, state in before.items() if state == ("queued", 1)]
         assert len(in_flight) == 1, before
         (other,) = set(before) - set(in_flight)
@@ -143,14 +126,14 @@ async def test_worker_killed_during_an_smtp_send_loses_nothing_and_sends_once(
 
         worker_settings = notify_settings(
             settings,
-            smtp_host="127.0.0.1",
-            smtp_port=sink.port,
+            smtp=sink,
             notify_send_timeout_seconds=6.0,
             notify_lease_seconds=2,
         )
         sent = await recover(session, engine, worker_settings, monkeypatch)
     assert sorted(m.to[0] for m in sink.messages) == ["ann@patients.test", "cy@patients.test"]
-    assert sink.by_message_id() == {r.provider_message_id: 1 for r in sent}
+    assert max(sink.by_message_id().values()) == 1
+    assert {r.provider_message_id for r in sent} == {m.provider_id for m in sink.messages}
     assert {r.id: r.attempts for r in sent} == {in_flight[0]: 2, other: 1}
 
 
@@ -171,15 +154,13 @@ async def test_worker_killed_after_the_sms_provider_accepted_sends_once(
             await wait_for(api.accepted, process, log)
         finally:
             kill(process)
-        (row,) = await rows(session)
+        (row,) = await outbox(session, kind="confirmation")
         assert (row.status, row.attempts) == ("queued", 1)
         assert len(api.delivered) == 1  # the provider has it; we do not know yet
 
         worker_settings = notify_settings(
             settings,
-            sms_api_url=api.url,
-            sms_account="AC1",
-            sms_token="t0k",
+            sms=api,
             notify_send_timeout_seconds=6.0,
             notify_lease_seconds=2,
         )

@@ -30,44 +30,27 @@ from tests.integration.notification_servers import (
     notify_settings,
     running_worker,
 )
-from tests.integration.world import BERLIN, at, day_after_tomorrow, make_world
+from tests.integration.notification_world import (
+    book_api,
+    cancel_by_leave,
+    outbox,
+    world_with_contacts,
+)
+from tests.integration.world import BERLIN, at, day_after_tomorrow
 
 NEW_YORK = ZoneInfo("America/New_York")
 
 
+CONTACTS = [
+    ("ann@patients.test", None, "email"),
+    ("bob@patients.test", "+4930123456", "sms"),
+    ("cy@patients.test", "+4930654321", "email"),
+]
+
+
 @pytest.fixture
 async def world(client, session, settings):
-    world = await make_world(session, settings.secret_key, patients=3)
-    contacts = [
-        ("ann@patients.test", None, "email"),
-        ("bob@patients.test", "+4930123456", "sms"),
-        ("cy@patients.test", "+4930654321", "email"),
-    ]
-    for patient_id, (email, phone, notify_by) in zip(world.patients, contacts, strict=True):
-        await session.execute(
-            update(Patient)
-            .where(Patient.id == patient_id)
-            .values(email=email, phone=phone, notify_by=notify_by)
-        )
-    await session.commit()
-    return world
-
-
-async def book_api(client, world, start, who="patient0"):
-    response = await client.post(
-        "/api/appointments",
-        json={"doctor_id": world.doctor_id, "start": start.isoformat()},
-        headers=world.headers(who),
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-async def outbox(session, **where):
-    query = select(Notification).order_by(Notification.id)
-    for name, value in where.items():
-        query = query.where(getattr(Notification, name) == value)
-    return list(await session.scalars(query.execution_options(populate_existing=True)))
+    return await world_with_contacts(session, settings.secret_key, CONTACTS)
 
 
 def ics_field(ics: str, name: str) -> str:
@@ -88,7 +71,7 @@ async def test_email_confirmation_reminders_and_notice_reach_a_real_smtp_server(
     day = day_after_tomorrow()
     start = at(day, 10)
     with SmtpSink() as sink:
-        worker_settings = notify_settings(settings, smtp_host="127.0.0.1", smtp_port=sink.port)
+        worker_settings = notify_settings(settings, smtp=sink)
         async with running_worker(worker_settings, monkeypatch) as worker:
             appointment_id = await book_api(client, world, start)
             # No cron involved: the booking's after-commit nudge dispatches at once.
@@ -130,13 +113,92 @@ async def test_email_confirmation_reminders_and_notice_reach_a_real_smtp_server(
         ("confirmation", "reminder_24h", "reminder_1h", "cancellation"), sink.messages, strict=True
     ):
         assert rows[kind].status == "sent" and rows[kind].attempts == 1
-        assert rows[kind].provider_message_id == message.message["Message-ID"]
+        # Our Message-ID and what the server called it ("queued as ...").
+        assert rows[kind].provider_message_id == message.provider_id
+        assert f"queued as {message.queue_id}" in rows[kind].provider_message_id
     assert len(set(sink.by_message_id())) == 4
+
+
+def sms_when(start: dt.datetime, tz: ZoneInfo) -> str:
+    local = start.astimezone(tz)
+    return f"{local:%a} {local.day} {local:%b %H:%M} {local.tzname()}"
+
+
+async def test_exception_and_cancellation_notices_are_delivered_by_email_and_sms(
+    client, world, session, settings, monkeypatch
+):
+    day = day_after_tomorrow()
+    with SmtpSink() as sink, SmsApi() as api:
+        worker_settings = notify_settings(settings, smtp=sink, sms=api)
+        async with running_worker(worker_settings, monkeypatch):
+            by_email = await book_api(client, world, at(day, 10), who="patient0")
+            by_sms = await book_api(client, world, at(day, 11), who="patient1")
+            own_cancel = await book_api(client, world, at(day, 16), who="patient1")
+            await eventually(lambda: _sent(session, "confirmation"))
+            cancelled = await client.patch(
+                f"/api/appointments/{own_cancel}",
+                json={"status": "cancelled"},
+                headers=world.headers("patient1"),
+            )
+            assert cancelled.status_code == 200, cancelled.text
+            await eventually(lambda: _sent(session, "cancellation"))
+            # The doctor's leave covers 10:00 and 11:00; the admin cancels what it hits.
+            await cancel_by_leave(client, world, at(day, 9), at(day, 13))
+            await eventually(lambda: _sent(session, "exception"))
+
+    rows = {(n.appointment_id, n.kind): n for n in await outbox(session)}
+    assert {key for key, n in rows.items() if n.status == "sent"} == {
+        (by_email, "confirmation"),
+        (by_sms, "confirmation"),
+        (own_cancel, "confirmation"),
+        (own_cancel, "cancellation"),
+        (by_email, "exception"),
+        (by_sms, "exception"),
+    }  # everything else (the reminders) became void
+
+    # Email: the exception notice, after the confirmation.
+    assert len(sink.messages) == 2
+    notice = sink.messages[1]
+    assert notice.to == ["ann@patients.test"]
+    assert notice.message["Subject"] == (
+        f"Appointment cancelled by the clinic: {sms_when(at(day, 10), BERLIN)}"
+    )
+    when = when_text(at(day, 10), BERLIN, "Europe/Berlin")
+    for body in (notice.text, notice.html):
+        assert "the doctor is unavailable, so the clinic has cancelled your appointment" in body
+        assert when in body and "Dr. Berlin" in body
+    assert ics_field(notice.ics, "STATUS") == "CANCELLED"
+    assert ics_field(notice.ics, "UID").startswith(f"appointment-{by_email}@")
+    assert rows[by_email, "exception"].provider_message_id == notice.provider_id
+
+    # SMS: two confirmations, the patient's own cancellation, then the exception notice.
+    sms = sorted(api.delivered.values(), key=lambda m: m["at"])
+    assert [m["to"] for m in sms] == ["+4930123456"] * 4
+    own, exception = sms[2], sms[3]
+    assert own["body"].startswith(
+        f"medbook: Appointment cancelled: {sms_when(at(day, 16), BERLIN)}, Dr. Berlin, Berlin."
+    )
+    assert "To rebook: https://medbook.test/me/appointments" in own["body"]
+    assert exception["body"].startswith(
+        "medbook: Cancelled by the clinic (doctor unavailable): "
+        f"{sms_when(at(day, 11), BERLIN)}, Dr. Berlin, Berlin."
+    )
+    assert rows[own_cancel, "cancellation"].provider_message_id == own["sid"]
+    assert rows[by_sms, "exception"].provider_message_id == exception["sid"]
 
 
 async def _count(sink, n):
     assert len(sink.messages) <= n, "more messages than rows"
     return len(sink.messages) == n
+
+
+# Backoff base of the growing-gaps test. The gap after failed attempt n is at least its
+# delay, ≥ 0.75·p (p = base·2^(n-1)): the retry is scheduled from the failure's answer. It
+# is at most the delay plus L, the wait from the retry time to the next request (SAQ's
+# scheduler moves due jobs once a second, then the job starts): ≤ 1.25·p + L. With L below
+# 0.25·base (1.5 s) every gap is < 1.5·p = 0.75·(2p), the least the next gap can be, so the
+# gaps grow for every jitter draw.
+GAPS_BASE = 6.0
 
 
 async def test_sms_fails_three_times_then_succeeds_with_growing_gaps(
@@ -145,18 +207,22 @@ async def test_sms_fails_three_times_then_succeeds_with_growing_gaps(
     with SmsApi() as api:
         api.fail_next = 3
         worker_settings = notify_settings(
-            settings, sms_api_url=api.url, sms_account="AC1", sms_token="t0k", sms_from="+1555"
+            settings,
+            sms=api,
+            sms_from="+1555",
+            notify_retry_base_seconds=GAPS_BASE,
+            notify_retry_max_seconds=8 * GAPS_BASE,
         )
         async with running_worker(worker_settings, monkeypatch):
             await book_api(client, world, at(day_after_tomorrow(), 10), who="patient1")
-            await eventually(lambda: _sent(session, "confirmation"), timeout=30)
+            await eventually(lambda: _sent(session, "confirmation"), timeout=20 * GAPS_BASE)
     times = [t for t, _, _ in api.requests]
     assert len(times) == 4 and len(api.delivered) == 1
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # base 1 s doubling, ±25 % jitter; SAQ's scheduler ticks once a second.
-    for gap, planned in zip(gaps, (1, 2, 4), strict=True):
-        assert 0.75 * planned - 0.05 <= gap <= 1.25 * planned + 1.3, gaps
-    assert gaps[0] < gaps[2] and gaps[1] < gaps[2], gaps
+    for n, gap in enumerate(gaps, start=1):
+        planned = GAPS_BASE * 2 ** (n - 1)
+        assert 0.75 * planned <= gap < 1.5 * planned, (n, gaps)
+    assert gaps[0] < gaps[1] < gaps[2], gaps
     (row,) = await outbox(session, kind="confirmation")
     assert row.attempts == 4 and row.last_error is None
     (message,) = api.delivered.values()
@@ -186,9 +252,7 @@ async def test_always_failing_sms_goes_dead_then_retry_and_discard_from_the_unde
         api.always_fail = True
         worker_settings = notify_settings(
             settings,
-            sms_api_url=api.url,
-            sms_account="AC1",
-            sms_token="t0k",
+            sms=api,
             notify_max_attempts=5,
             notify_retry_base_seconds=0.3,
             notify_breaker_threshold=100,
@@ -257,9 +321,7 @@ async def test_breaker_opens_while_the_sms_provider_is_down_then_a_probe_closes_
     api = SmsApi()  # not started: connection refused
     worker_settings = notify_settings(
         settings,
-        sms_api_url=api.url,
-        sms_account="AC1",
-        sms_token="t0k",
+        sms=api,
         notify_breaker_threshold=3,
         notify_breaker_cooldown_seconds=3.0,
         notify_retry_base_seconds=0.5,
@@ -296,14 +358,7 @@ async def test_a_redis_flush_with_reminders_pending_loses_nothing(
 ):
     day = day_after_tomorrow()
     with SmtpSink() as sink, SmsApi() as api:
-        worker_settings = notify_settings(
-            settings,
-            smtp_host="127.0.0.1",
-            smtp_port=sink.port,
-            sms_api_url=api.url,
-            sms_account="AC1",
-            sms_token="t0k",
-        )
+        worker_settings = notify_settings(settings, smtp=sink, sms=api)
         async with running_worker(worker_settings, monkeypatch):
             for i, who in enumerate(("patient0", "patient1", "patient2")):
                 await book_api(client, world, at(day, 10 + i), who=who)
@@ -375,7 +430,7 @@ async def test_reminders_around_daylight_saving_changes_land_at_the_right_local_
     assert start - hour_before == dt.timedelta(hours=1)
 
     with SmtpSink() as sink:
-        worker_settings = notify_settings(settings, smtp_host="127.0.0.1", smtp_port=sink.port)
+        worker_settings = notify_settings(settings, smtp=sink)
         async with running_worker(worker_settings, monkeypatch) as worker:
             # The cron's run in the minute the reminder falls due (the confirmation, due
             # at the booking three days earlier, goes out in the same run).

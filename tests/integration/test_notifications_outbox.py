@@ -10,53 +10,32 @@ from app.booking import BookingRules, book
 from app.effects import Effects
 from app.identity import Principal
 from db.models import Appointment, Notification, Patient
-from tests.integration.world import BERLIN, at, day_after_tomorrow, make_world
+from tests.integration.auth_helpers import browser_login, csrf_from
+from tests.integration.notification_world import (
+    book_api,
+    cancel_by_leave,
+    outbox,
+    world_with_contacts,
+)
+from tests.integration.world import BERLIN, PASSWORD, at, day_after_tomorrow
+
+CONTACTS = [
+    ("ann@patients.test", None, "email"),
+    ("bob@patients.test", "+4930123456", "sms"),
+    ("cy@patients.test", None, "none"),
+]
 
 
 @pytest.fixture
 async def world(client, session, settings):
-    world = await make_world(session, settings.secret_key, patients=3)
-    await session.execute(
-        update(Patient)
-        .where(Patient.id == world.patients[0])
-        .values(email="ann@patients.test", notify_by="email")
-    )
-    await session.execute(
-        update(Patient)
-        .where(Patient.id == world.patients[1])
-        .values(phone="+4930123456", email="bob@patients.test", notify_by="sms")
-    )
-    await session.execute(
-        update(Patient)
-        .where(Patient.id == world.patients[2])
-        .values(email="cy@patients.test", notify_by="none")
-    )
-    await session.commit()
-    return world
-
-
-async def rows(session, appointment_id=None):
-    query = select(Notification).order_by(Notification.id)
-    if appointment_id is not None:
-        query = query.where(Notification.appointment_id == appointment_id)
-    return list(await session.scalars(query.execution_options(populate_existing=True)))
-
-
-async def book_api(client, world, start, who="patient0"):
-    response = await client.post(
-        "/api/appointments",
-        json={"doctor_id": world.doctor_id, "start": start.isoformat()},
-        headers=world.headers(who),
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+    return await world_with_contacts(session, settings.secret_key, CONTACTS)
 
 
 async def test_a_booking_writes_its_confirmation_and_both_reminders(client, world, session):
     start = at(day_after_tomorrow(), 10)
     before = dt.datetime.now(dt.UTC)
     appointment_id = await book_api(client, world, start)
-    found = await rows(session, appointment_id)
+    found = await outbox(session, appointment_id=appointment_id)
     assert [(n.kind, n.channel, n.status) for n in found] == [
         ("confirmation", "email", "pending"),
         ("reminder_24h", "email", "pending"),
@@ -72,8 +51,8 @@ async def test_channel_follows_the_patients_choice(client, world, session):
     day = day_after_tomorrow()
     sms_id = await book_api(client, world, at(day, 11), who="patient1")
     none_id = await book_api(client, world, at(day, 12), who="patient2")
-    assert {n.channel for n in await rows(session, sms_id)} == {"sms"}
-    assert await rows(session, none_id) == []
+    assert {n.channel for n in await outbox(session, appointment_id=sms_id)} == {"sms"}
+    assert await outbox(session, appointment_id=none_id) == []
 
 
 async def test_a_failed_booking_leaves_no_rows(client, world, session):
@@ -85,7 +64,7 @@ async def test_a_failed_booking_leaves_no_rows(client, world, session):
         headers=world.headers("patient1"),
     )
     assert taken.status_code == 409
-    assert {n.appointment_id for n in await rows(session)} == {
+    assert {n.appointment_id for n in await outbox(session)} == {
         await session.scalar(select(Appointment.id))
     }
 
@@ -105,7 +84,9 @@ async def test_reschedule_replaces_unsent_messages(client, world, session):
         headers=world.headers("patient0"),
     )
     assert moved.status_code == 200, moved.text
-    found = [(n.kind, n.status, n.due_at) for n in await rows(session, appointment_id)]
+    found = [
+        (n.kind, n.status, n.due_at) for n in await outbox(session, appointment_id=appointment_id)
+    ]
     assert [(k, s) for k, s, _ in found] == [
         ("confirmation", "sent"),  # what was sent stays sent
         ("reminder_24h", "void"),
@@ -126,7 +107,7 @@ async def test_cancel_voids_unsent_reminders_and_sends_a_notice(client, world, s
         headers=world.headers("patient0"),
     )
     assert cancelled.status_code == 200, cancelled.text
-    assert [(n.kind, n.status) for n in await rows(session, appointment_id)] == [
+    assert [(n.kind, n.status) for n in await outbox(session, appointment_id=appointment_id)] == [
         ("confirmation", "void"),
         ("reminder_24h", "void"),
         ("reminder_1h", "void"),
@@ -144,9 +125,9 @@ async def test_bulk_cancel_and_check_in(client, world, session):
         headers=world.headers("desk"),
     )
     assert result.status_code == 200, result.text
-    notices = [n for n in await rows(session) if n.kind == "cancellation"]
+    notices = [n for n in await outbox(session) if n.kind == "cancellation"]
     assert {(n.appointment_id, n.channel) for n in notices} == {(first, "email"), (second, "sms")}
-    assert {n.status for n in await rows(session) if n.kind != "cancellation"} == {"void"}
+    assert {n.status for n in await outbox(session) if n.kind != "cancellation"} == {"void"}
 
 
 async def test_a_schedule_exception_notifies_each_affected_patient(client, world, session):
@@ -154,18 +135,8 @@ async def test_a_schedule_exception_notifies_each_affected_patient(client, world
     first = await book_api(client, world, at(day, 10))
     second = await book_api(client, world, at(day, 11), who="patient1")
     silent = await book_api(client, world, at(day, 12), who="patient2")
-    leave = await client.post(
-        f"/api/doctors/{world.doctor_id}/exceptions",
-        json={
-            "starts_at": at(day, 9).isoformat(),
-            "ends_at": at(day, 13).isoformat(),
-            "kind": "leave",
-            "cancel_affected": True,
-        },
-        headers=world.headers("admin"),
-    )
-    assert leave.status_code == 201, leave.text
-    notices = [n for n in await rows(session) if n.kind == "exception"]
+    await cancel_by_leave(client, world, at(day, 9), at(day, 13))
+    notices = [n for n in await outbox(session) if n.kind == "exception"]
     assert {(n.appointment_id, n.channel) for n in notices} == {(first, "email"), (second, "sms")}
     assert silent not in {n.appointment_id for n in notices}  # chose none
 
@@ -190,13 +161,13 @@ async def test_late_bookings_skip_reminders_already_past(session, world, redis):
     result = await book(
         session, Effects(redis), actor, doctor_id=world.doctor_id, start=start, rules=rules, now=now
     )
-    kinds = [n.kind for n in await rows(session, result.appointment.id)]
+    kinds = [n.kind for n in await outbox(session, appointment_id=result.appointment.id)]
     assert kinds == ["confirmation", "reminder_1h"]  # the day-before time has passed
 
 
 async def test_preference_change_moves_unsent_messages(client, world, session):
     appointment_id = await book_api(client, world, at(day_after_tomorrow(), 10), who="patient2")
-    assert await rows(session, appointment_id) == []  # chose none
+    assert await outbox(session, appointment_id=appointment_id) == []  # chose none
     sms = await client.patch(
         "/api/me/notifications",
         json={"notify_by": "sms", "phone": "+4915112345678"},
@@ -208,7 +179,7 @@ async def test_preference_change_moves_unsent_messages(client, world, session):
         "email": "cy@patients.test",
         "phone": "+4915112345678",
     }
-    assert [(n.kind, n.channel) for n in await rows(session, appointment_id)] == [
+    assert [(n.kind, n.channel) for n in await outbox(session, appointment_id=appointment_id)] == [
         ("reminder_24h", "sms"),
         ("reminder_1h", "sms"),
     ]
@@ -216,29 +187,93 @@ async def test_preference_change_moves_unsent_messages(client, world, session):
         "/api/me/notifications", json={"notify_by": "email"}, headers=world.headers("patient2")
     )
     assert email.status_code == 200
-    assert {n.channel for n in await rows(session, appointment_id)} == {"email"}
-    assert len(await rows(session, appointment_id)) == 2  # moved, not duplicated
+    assert {n.channel for n in await outbox(session, appointment_id=appointment_id)} == {"email"}
+    assert len(await outbox(session, appointment_id=appointment_id)) == 2  # moved, not duplicated
     off = await client.patch(
         "/api/me/notifications", json={"notify_by": "none"}, headers=world.headers("patient2")
     )
     assert off.status_code == 200
-    assert {n.status for n in await rows(session, appointment_id)} == {"void"}
+    assert {n.status for n in await outbox(session, appointment_id=appointment_id)} == {"void"}
 
 
-async def test_preference_rules_and_page(client, world, session):
-    no_phone = await client.patch(
-        "/api/me/notifications", json={"notify_by": "sms"}, headers=world.headers("patient0")
-    )
-    assert no_phone.status_code == 422 and "mobile" in no_phone.json()["detail"]
-    bad = await client.patch(
-        "/api/me/notifications", json={"notify_by": "pigeon"}, headers=world.headers("patient0")
-    )
-    assert bad.status_code == 422
-    staff = await client.get("/api/me/notifications", headers=world.headers("desk"))
-    assert staff.status_code == 403
-    page = await client.get("/me/notifications", headers=world.headers("patient0"))
+async def notify_by(session, patient_index, world):
+    patient = await session.get(Patient, world.patients[patient_index], populate_existing=True)
+    return patient.notify_by, patient.phone
+
+
+async def test_the_preference_api_refuses_bad_input_and_changes_nothing(client, world, session):
+    ann = world.headers("patient0")
+    refused = {
+        # (body, status, what the answer says)
+        '{"notify_by": "sms"}': (422, "mobile"),
+        '{"notify_by": "pigeon"}': (422, "notify_by must be one of"),
+        '{"notify_by": "sms", "phone": "030 1234"}': (422, "international number"),
+        '{"notify_by": "sms", "phone": "+49"}': (422, "international number"),
+        '{"notify_by": "email", "pager": "+4930"}': (400, "pager"),
+        '{"phone": "+4930123456"}': (400, "notify_by"),
+        '{"notify_by": 3}': (400, "notify_by"),
+        '{"notify_by": ': (400, ""),
+    }
+    for body, (status, says) in refused.items():
+        answer = await client.patch(
+            "/api/me/notifications",
+            content=body,
+            headers=ann | {"content-type": "application/json"},
+        )
+        assert answer.status_code == status, (body, answer.text)
+        assert says in answer.text, (body, answer.text)
+    assert await notify_by(session, 0, world) == ("email", None)
+    for staff in ("desk", "admin"):
+        assert (
+            await client.get("/api/me/notifications", headers=world.headers(staff))
+        ).status_code == 403
+        assert (
+            await client.patch(
+                "/api/me/notifications", json={"notify_by": "none"}, headers=world.headers(staff)
+            )
+        ).status_code == 403
+    page = await client.get("/me/notifications", headers=ann)
     assert page.status_code == 200
     assert 'value="email" checked' in page.text and "ann@patients.test" in page.text
+
+
+async def test_the_preference_form_saves_and_keeps_what_was_typed_on_errors(client, world, session):
+    appointment_id = await book_api(client, world, at(day_after_tomorrow(), 10))
+    assert (await browser_login(client, "p0@t.test", PASSWORD)).status_code == 200
+    token = csrf_from((await client.get("/me/notifications")).text)
+
+    async def submit(**form):
+        return await client.post("/me/notifications", data=form)
+
+    forged = await submit(notify_by="none")  # no CSRF token: another site's form
+    assert forged.status_code == 403
+    assert await notify_by(session, 0, world) == ("email", None)
+
+    no_phone = await submit(notify_by="sms", phone="", csrf_token=token)
+    assert no_phone.status_code == 200  # the form again, as the other pages' forms do
+    assert '<p class="error" role="alert">add a mobile number' in no_phone.text
+    assert 'value="sms" checked' in no_phone.text  # the choice stays as made
+
+    bad_phone = await submit(notify_by="sms", phone="030 1234", csrf_token=token)
+    assert "international number" in bad_phone.text
+    assert 'value="sms" checked' in bad_phone.text and 'value="030 1234"' in bad_phone.text
+
+    unknown = await submit(notify_by="pigeon", csrf_token=token)
+    assert unknown.status_code == 200 and "notify_by must be one of" in unknown.text
+    assert "checked" not in unknown.text
+    assert await notify_by(session, 0, world) == ("email", None)  # none of these saved
+    assert {n.channel for n in await outbox(session, appointment_id=appointment_id)} == {"email"}
+
+    sms = await submit(notify_by="sms", phone=" +4915112345678 ", csrf_token=token)
+    assert sms.status_code == 200 and "Saved." in sms.text
+    assert 'value="sms" checked' in sms.text and 'value="+4915112345678"' in sms.text
+    assert await notify_by(session, 0, world) == ("sms", "+4915112345678")
+    assert {n.channel for n in await outbox(session, appointment_id=appointment_id)} == {"sms"}
+
+    off = await submit(notify_by="none", phone="+4915112345678", csrf_token=token)
+    assert "Saved." in off.text and 'value="none" checked' in off.text
+    assert await notify_by(session, 0, world) == ("none", "+4915112345678")
+    assert {n.status for n in await outbox(session, appointment_id=appointment_id)} == {"void"}
 
 
 def test_channel_choice_falls_back_only_when_the_address_is_missing():

@@ -109,7 +109,10 @@ def test_local_time_names_the_zone():
     assert mail.short_time(outgoing().starts_at, "Europe/Berlin") == "Sun 28 Mar 09:00 CEST"
 
 
-@pytest.mark.parametrize("kind", ["confirmation", "reminder_24h", "reminder_1h", "cancellation"])
+KINDS = ["confirmation", "reminder_24h", "reminder_1h", "cancellation", "exception"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_renders_what_the_patient_needs_and_no_more(kind):
     item = outgoing(kind, cancel_reason="private reason")
     subject, text, html = mail.render_text(item, "https://medbook.test")
@@ -121,6 +124,29 @@ def test_every_kind_renders_what_the_patient_needs_and_no_more(kind):
     assert "09:00 CEST" in subject
     sms = mail.render_sms(item, "https://medbook.test")
     assert len(sms) <= 320 and "Sun 28 Mar 09:00 CEST" in sms
+
+
+@pytest.mark.parametrize(
+    ("kind", "subject", "says", "sms_says"),
+    [
+        ("confirmation", "Appointment confirmed", "is confirmed", "Appointment confirmed"),
+        ("cancellation", "Appointment cancelled", "has been cancelled", "Appointment cancelled"),
+        (
+            "exception",
+            "Appointment cancelled by the clinic",
+            "the doctor is unavailable, so the clinic has cancelled your appointment",
+            "Cancelled by the clinic (doctor unavailable)",
+        ),
+    ],
+)
+def test_each_kind_says_what_happened(kind, subject, says, sms_says):
+    subject_line, text, html = mail.render_text(outgoing(kind), "https://medbook.test")
+    assert subject_line == f"{subject}: Sun 28 Mar 09:00 CEST"
+    assert says in text and says in html
+    sms = mail.render_sms(outgoing(kind), "https://medbook.test")
+    assert sms.startswith(f"medbook: {sms_says}: Sun 28 Mar 09:00 CEST, Dr. Anna Becker")
+    # A notice says how to book again; an announcement how to cancel.
+    assert ("To rebook:" in sms) == (kind != "confirmation")
 
 
 def test_html_is_escaped():
@@ -139,8 +165,16 @@ def test_the_ics_event_is_well_formed():
     assert "DTSTART:20270328T070000Z" in unfolded and "DTEND:20270328T073000Z" in unfolded
     assert "UID:appointment-7@medbook.test" in unfolded
     assert "LOCATION:Spreeufer Praxis\\, Long Street 1\\, " in unfolded
-    cancelled = mail.calendar(outgoing("cancellation"), "https://medbook.test", now)
-    assert "STATUS:CANCELLED" in cancelled
+    for notice in ("cancellation", "exception"):
+        assert "STATUS:CANCELLED" in mail.calendar(outgoing(notice), "https://medbook.test", now)
+
+
+def test_the_smtp_provider_id_keeps_the_servers_answer():
+    assert mail.provider_id("<notification-41@b.test>", "2.0.0 Ok: queued as 4XyZ12") == (
+        "<notification-41@b.test> (2.0.0 Ok: queued as 4XyZ12)"
+    )
+    assert mail.provider_id("<n@b.test>", "OK id=1abc\n  more") == "<n@b.test> (OK id=1abc more)"
+    assert mail.provider_id("<n@b.test>", "") == "<n@b.test>"
 
 
 def test_one_message_id_per_row():
