@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from app.availability import Interval, TemplateRange, day_slots, local_day_bounds
 from app.errors import NotFound
+from app.redis_scripts import Script
 
 log = logging.getLogger(__name__)
 
@@ -218,13 +219,20 @@ def _decode(day: dt.date, raw: bytes | str) -> tuple[str, DaySlots]:
 
 
 # Store only if no write bumped the day's version since the reader looked at it.
+# Every computed day in one call (one round trip, however many days; a redis-py pipeline
+# of scripts would add a SCRIPT EXISTS round trip of its own). KEYS: each day's value key
+# then its version key; ARGV: the TTL, then each day's value and the version its reader saw.
 _SET_IF_VERSION = """
-local current = redis.call('GET', KEYS[2])
-if (current == false and ARGV[2] == '') or current == ARGV[2] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-  return 1
+local stored = 0
+for i = 1, #KEYS, 2 do
+  local current = redis.call('GET', KEYS[i + 1])
+  local seen = ARGV[i + 2]
+  if (current == false and seen == '') or current == seen then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1])
+    stored = stored + 1
+  end
 end
-return 0
+return stored
 """
 
 
@@ -239,7 +247,7 @@ class SlotCache:
     misses: int = 0
 
     def __post_init__(self) -> None:
-        self._script = self.redis.register_script(_SET_IF_VERSION)
+        self._store = Script(_SET_IF_VERSION)
         self._inflight: dict[tuple[int, dt.date, dt.date], asyncio.Future] = {}
 
     async def days(
@@ -306,19 +314,13 @@ class SlotCache:
         hi = dt.datetime.combine(days[-1], dt.time(), dt.UTC) + dt.timedelta(hours=39)
         data = await load_doctor_days(session, doctor_id, lo, hi)
         computed = compute_days(data, days) if data.active else [DaySlots(d, []) for d in days]
+        keys: list[str] = []
+        args: list[str | int] = [CACHE_TTL_SECONDS]
+        for day, version in zip(computed, versions, strict=True):
+            keys += [_key(doctor_id, day.day), _version_key(doctor_id, day.day)]
+            args += [_encode(data.timezone, day), (version or b"").decode()]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for day, version in zip(computed, versions, strict=True):
-                    await self._script(
-                        keys=[_key(doctor_id, day.day), _version_key(doctor_id, day.day)],
-                        args=[
-                            _encode(data.timezone, day),
-                            (version or b"").decode(),
-                            CACHE_TTL_SECONDS,
-                        ],
-                        client=pipe,
-                    )
-                await pipe.execute()
+            await self._store(self.redis, keys, args)
         except RedisError as exc:
             log.warning("could not cache availability: %s", exc)
         return data.timezone, computed

@@ -192,3 +192,16 @@ async def test_a_bad_availability_query_still_gets_its_400(client, world):
             "/api/appointments/available-slots", params=params, headers=world.headers("patient0")
         )
         assert response.status_code == 400, response.text
+
+
+async def test_a_week_miss_caches_every_day_in_one_call(world, engine, redis):
+    from db.session import session_factory
+
+    cache = SlotCache(redis, session_factory(engine))
+    first = day_after_tomorrow()
+    _, week = await cache.days(world.doctor_id, first, 7)
+    assert cache.misses == 7
+    for offset, computed in enumerate(week):
+        _, (day,) = await cache.days(world.doctor_id, first + dt.timedelta(days=offset), 1)
+        assert day == computed
+    assert cache.hits == 7 and cache.misses == 7
