@@ -1,14 +1,20 @@
 """Browser sign-in: registration, login, logout, sessions, CSRF and redirects."""
 
 import dataclasses
+import logging
+import re
 
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
+from app import exports
+from app.analytics import ReportScope
 from app.asgi import create_app
 from app.browser_sessions import COOKIE_NAME
-from db.models import AuditEvent, Patient, User
+from app.identity import load_principal
+from db.models import AuditEvent, Clinic, Patient, User
 from tests.integration.auth_helpers import PASSWORD, bearer, browser_login, csrf_from, make_user
+from tests.integration.world import at, day_after_tomorrow, make_world
 
 
 async def test_register_signs_in_and_shows_name_and_role(client, session):
@@ -195,3 +201,159 @@ async def test_password_change_ends_other_sessions(settings, db, redis, session)
         assert (await phone.get("/api/auth/me")).status_code == 401
     user = await session.scalar(select(User).where(User.email == "ann@example.test"))
     assert user is not None
+
+
+async def test_admin_pages_create_staff_and_change_roles(client, session):
+    admin = await make_user(session, "admin", "root@example.test")
+    clinic = Clinic(name="Spree", timezone="Europe/Berlin")
+    session.add(clinic)
+    await session.commit()
+    await browser_login(client, "root@example.test")
+    token = csrf_from((await client.get("/admin/users")).text)
+    form = {"role": "front_desk", "email": "desk@example.test", "password": "a long password"}
+    refused = await client.post("/admin/users", data={**form, "csrf_token": token})
+    assert refused.status_code == 200 and "needs an existing clinic id" in refused.text
+    assert 'value="desk@example.test"' in refused.text and "a long password" not in refused.text
+    no_csrf = await client.post("/admin/users", data={**form, "clinic_id": str(clinic.id)})
+    assert no_csrf.status_code == 403
+    created = await client.post(
+        "/admin/users", data={**form, "clinic_id": str(clinic.id), "csrf_token": token}
+    )
+    assert created.status_code == 200 and "desk@example.test" in created.text
+    desk = await session.scalar(select(User).where(User.email == "desk@example.test"))
+    assert desk is not None and desk.role == "front_desk" and desk.clinic_id == clinic.id
+    changed = await client.post(
+        f"/admin/users/{desk.id}",
+        data={"role": "admin", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert changed.status_code == 303 and changed.headers["location"] == "/admin/users"
+    await session.refresh(desk)
+    assert desk.role == "admin" and desk.clinic_id is None
+    self_demote = await client.post(
+        f"/admin/users/{admin.id}", data={"role": "patient", "csrf_token": token}
+    )
+    assert "cannot demote or deactivate themselves" in self_demote.text
+    await session.refresh(admin)
+    assert admin.role == "admin"
+    events = (
+        await session.execute(
+            select(AuditEvent.action, AuditEvent.actor_user_id, AuditEvent.subject_id)
+            .where(AuditEvent.action.like("account.%"))
+            .order_by(AuditEvent.id)
+        )
+    ).all()
+    assert [tuple(e) for e in events] == [
+        ("account.created", admin.id, desk.id),
+        ("account.role_changed", admin.id, desk.id),
+    ]
+
+
+class Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_password_reset_pages_end_to_end(settings, db, redis, session):
+    """The reset link reaches the account holder through the server log in embedded (demo)
+    mode only (no email delivery yet; docs/security.md); never through the page."""
+    await make_user(session)
+    demo = dataclasses.replace(settings, embedded=True)
+    async with AsyncTestClient(app=create_app(demo)) as client:
+        page = await client.get("/password-reset")
+        token = csrf_from(page.text)
+        # Litestar's logging config replaces the root handlers (and so pytest's caplog):
+        # listen on the route module's own logger instead.
+        log = Captured()
+        logging.getLogger("app.routes.auth").addHandler(log)
+        try:
+            for email in ("nobody@example.test", "ann@example.test"):
+                sent = await client.post(
+                    "/password-reset", data={"email": email, "csrf_token": token}
+                )
+                assert sent.status_code == 200 and "/password-reset/" not in sent.text
+        finally:
+            logging.getLogger("app.routes.auth").removeHandler(log)
+        answers = [m for m in log.messages if "password reset link" in m]
+        assert len(answers) == 1  # only the real account gets a link
+        link = re.search(r"/password-reset/([\w-]+)", answers[0])
+        assert link
+        reset_path = link.group(0)
+        form_page = await client.get(reset_path)
+        assert form_page.status_code == 200
+        token = csrf_from(form_page.text)
+        weak = await client.post(reset_path, data={"new_password": "short", "csrf_token": token})
+        assert "at least 10 characters" in weak.text  # the link is not spent by a typo
+        done = await client.post(
+            reset_path,
+            data={"new_password": "a fresh long secret", "csrf_token": token},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303 and done.headers["location"] == "/login"
+        again = await client.post(
+            reset_path, data={"new_password": "another fresh secret", "csrf_token": token}
+        )
+        assert "invalid or has expired" in again.text  # single use
+        assert (await browser_login(client, password=PASSWORD)).url.path == "/login"
+        signed_in = await browser_login(client, password="a fresh long secret")
+        assert signed_in.status_code == 200 and signed_in.url.path == "/"
+    actions = (await session.scalars(select(AuditEvent.action).order_by(AuditEvent.id))).all()
+    assert "password.reset_requested" in actions and "password.reset" in actions
+
+
+INLINE_SCRIPT = re.compile(r"<script\b(?![^>]*\bsrc=)[^>]*>", re.I)
+EVENT_HANDLER = re.compile(r"<[a-z][^>]*\s(on[a-z]+|hx-on[:\w-]*)\s*=", re.I)
+STYLE_ATTRIBUTE = re.compile(r"<[a-z][^>]*\sstyle\s*=", re.I)
+
+
+async def test_no_page_needs_inline_script_or_style(client, session, settings):
+    """The CSP forbids inline scripts, handlers and style attributes: GET every page a
+    role can open, as that role, and look for any."""
+    from tests.integration.test_access_matrix import EXPECTED, PUBLIC
+
+    world = await make_world(session, settings.secret_key, patients=1)
+    desk = await load_principal(session, world.users["desk"].id)
+    assert desk is not None
+    export = await exports.create_export(
+        session, desk, ReportScope(day_after_tomorrow(), day_after_tomorrow(), None), None
+    )
+    start = at(day_after_tomorrow(), 10).isoformat()
+    fill = {
+        "{doctor_id:int}": str(world.doctor_id),
+        "{patient_id:int}": str(world.patients[0]),
+        "{export_id:str}": export.id,
+        "{token:str}": "a-token-nobody-has",
+    }
+    query = {"/doctors/{doctor_id:int}/book": {"start": start}, "/desk/patients": {"q": "pa"}}
+    as_role = {"patient": "patient0", "doctor": "doctor", "front_desk": "desk", "admin": "admin"}
+    not_pages = ("/api/", "/health/", "/metrics", "/static/", "/schema", "/documents/")
+    problems, seen = [], 0
+    for (method, template), rule in EXPECTED.items():
+        if method != "GET" or template.startswith(not_pages):
+            continue
+        path = template
+        for name, value in fill.items():
+            path = path.replace(name, value)
+        callers = [None] if rule == PUBLIC else [as_role[r] for r in rule]
+        if template == "/patients/{patient_id:int}/records":
+            callers = ["patient0"]  # a doctor needs care or break-glass: test_records.py
+        for caller in callers:
+            headers = {"Accept": "text/html"} | (world.headers(caller) if caller else {})
+            page = await client.get(path, params=query.get(template), headers=headers)
+            if page.status_code != 200:
+                problems.append(f"{caller} GET {path}: {page.status_code}")
+                continue
+            seen += 1
+            for name, pattern in (
+                ("inline script", INLINE_SCRIPT),
+                ("event handler", EVENT_HANDLER),
+                ("style attribute", STYLE_ATTRIBUTE),
+            ):
+                if found := pattern.search(page.text):
+                    problems.append(f"{caller} GET {path}: {name} {found.group(0)[:80]!r}")
+    assert problems == []
+    assert seen >= 35  # really every page, each as every role that may open it
