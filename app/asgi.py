@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import cast
 
 from advanced_alchemy.extensions.litestar import (
@@ -29,11 +30,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import documents, page_context, realtime
+from app import documents, page_context, realtime, slots
 from app.csrf import CSRFMiddleware
 from app.effects import Effects
-from app.errors import DomainError
+from app.errors import DomainError, NotFound
 from app.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
+from app.identity import load_principal
 from app.metrics import MetricsMiddleware, metrics, metrics_lifespan
 from app.realtime import Hub
 from app.redis import create_redis
@@ -83,15 +85,24 @@ def overloaded_handler(_: Request, exc: Exception) -> Response[dict[str, object]
 
 
 async def warm_pool(engine: AsyncEngine, count: int) -> None:
-    """Open `count` pooled connections before the first request, so the first requests
-    after a start or deploy do not each wait for a new PostgreSQL backend to be forked and
-    authenticated. (It does not remove the whole first-burst stall: the first second of
-    cache misses in a new process still measured a p50 of ~250 ms, cause not yet found.)
-    A database that is down only logs here: /health/ready reports it, and requests retry
-    the pool."""
+    """Open `count` pooled connections before the first request, and on each run the hot
+    reads once (availability, the Principal).
+
+    Opening them spares the first requests after a start or deploy the fork and
+    authentication of new PostgreSQL backends. Running the statements spares them the rest
+    of a backend's first use: asyncpg prepares each statement and introspects its types
+    once per connection, and a new backend plans with cold catalog caches (the
+    availability query's first run on a fresh connection measured 60-100 ms, its second
+    1-5 ms). That was the ~250 ms stall of the first burst of cache misses in a new
+    process. A database that is down only logs here: /health/ready reports it, and
+    requests retry the pool."""
+    now = dt.datetime.now(dt.UTC)
 
     async def hold() -> None:
-        async with engine.connect():
+        async with engine.connect() as connection:
+            with suppress(NotFound):  # doctor 0: no rows, same statement
+                await slots.load_doctor_days(connection, 0, now, now)
+            await load_principal(connection, 0)
             await asyncio.sleep(0.05)  # held together, so each opens its own connection
 
     try:
