@@ -1,5 +1,13 @@
-"""Browser fixtures: a headless system Chromium driven by Playwright."""
+"""Browser fixtures: a headless system Chromium driven by Playwright, and the SAQ worker
+beside the live server ("real server + worker")."""
 
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -7,7 +15,88 @@ from playwright.sync_api import sync_playwright
 
 from e2e.browser import chromium_path
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+class Worker:
+    """`medbook worker` in its own process, with the live server's environment (the same
+    database, Redis and secret); ready once it has run a job enqueued just for that."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.env = {**os.environ, **(env or {})}
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.log = ARTIFACTS / f"worker-{os.getpid()}-{time.monotonic_ns()}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "-v", "worker"],
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        import asyncio
+        import threading
+
+        import redis
+
+        from app.settings import load_settings
+        from tasks.housekeeping import HEARTBEAT_KEY
+        from tasks.queue import create_queue
+
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        client.delete(HEARTBEAT_KEY)
+
+        async def enqueue() -> None:
+            queue = create_queue(load_settings(self.env))
+            await queue.connect()
+            try:
+                await queue.enqueue("heartbeat")
+            finally:
+                await queue.disconnect()
+
+        # In a thread: the test session may already run an event loop (pytest-asyncio).
+        thread = threading.Thread(target=lambda: asyncio.run(enqueue()))
+        thread.start()
+        thread.join()
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"worker exited; see {self.log}:\n{self.log.read_text()}")
+                if client.get(HEARTBEAT_KEY):
+                    return
+                time.sleep(0.2)
+        finally:
+            client.close()
+        raise RuntimeError(f"worker ran no job in {timeout}s; see {self.log}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(settings) -> Iterator[Worker]:
+    process = Worker()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(live_server, worker):
+    """The root conftest's server, with a worker running beside it for every browser test."""
+    return live_server
 
 
 @pytest.fixture(scope="session")
@@ -41,5 +130,7 @@ def page(browser):
 def screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    # caret="initial": hiding the caret leaves style="" on inputs, which htmx would then
+    # copy onto swapped-in elements and the CSP (no inline style) refuses.
+    page.screenshot(path=str(path), full_page=True, caret="initial")
     return path

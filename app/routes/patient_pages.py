@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import ValidationException
 from litestar.params import Body
 from litestar.response import Response, Template
 from sqlalchemy import select
@@ -52,13 +53,18 @@ def _label(start: dt.datetime, timezone: str) -> str:
 async def find_doctors(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
-    clinic_id: int | None = None,
+    clinic_id: str | None = None,
     specialty: str | None = None,
     name: str | None = None,
 ) -> Template | Response[str]:
-    """The doctor directory with filters; htmx asks for the results only."""
+    """The doctor directory with filters; htmx asks for the results only. The filter form
+    sends `clinic_id=` for "Any clinic"."""
+    try:
+        clinic = int(clinic_id) if clinic_id else None
+    except ValueError:
+        raise ValidationException("clinic_id must be a clinic's number") from None
     found = await directory.find_doctors(
-        db_session, clinic_id=clinic_id, specialty=specialty or None, name=name or None
+        db_session, clinic_id=clinic, specialty=specialty or None, name=name or None
     )
     specialties = sorted(
         set(await db_session.scalars(select(Doctor.specialty).where(Doctor.active.is_(True))))
@@ -70,7 +76,7 @@ async def find_doctors(
         doctors=found,
         clinics=await directory.list_clinics(db_session),
         specialties=specialties,
-        clinic_id=clinic_id,
+        clinic_id=clinic,
         specialty=specialty,
         name=name,
     )

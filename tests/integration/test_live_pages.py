@@ -231,7 +231,7 @@ async def test_a_taken_slot_keeps_the_typed_reason(client, world, session):
     assert "Choose a time from the list" in unreadable.text
     assert ">Cough</textarea>" in unreadable.text
     week = await client.get(f"/doctors/{world.doctor_id}/slots", params={"date": day.isoformat()})
-    assert 'class="week" hx-include="#booking-panel [name=reason]"' in week.text
+    assert 'class="week" hx-include="#booking-panel [name=reason], #live .week"' in week.text
     count = select(func.count()).select_from(Appointment)
     assert await session.scalar(count) == 1  # only the other patient's booking
 
