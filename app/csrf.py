@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar.connection import Request
 from litestar.datastructures import MutableScopeHeaders
@@ -37,6 +38,27 @@ _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 def secure_cookies(public_origin: str) -> bool:
     """Cookies get `Secure` whenever the site is served over https."""
     return public_origin.startswith("https://")
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def insecure_origin_warning(public_origin: str) -> str | None:
+    """What to log at start-up when the site is plain http on a host other than this
+    machine: session cookies then go without `Secure` (a `Secure` cookie would never come
+    back over http, so nobody could sign in), readable by anyone on the network path.
+
+    Returns:
+        The warning, or None for https and for loopback (the demo, tests).
+    """
+    parts = urlsplit(public_origin)
+    if parts.scheme == "https" or (parts.hostname or "").lower() in LOOPBACK_HOSTS:
+        return None
+    return (
+        f"MEDBOOK_PUBLIC_ORIGIN is {public_origin}: session cookies are sent without Secure "
+        "over plain http; serve the site over https and set MEDBOOK_PUBLIC_ORIGIN to its "
+        "https:// origin"
+    )
 
 
 class CSRFMiddleware(AbstractMiddleware):

@@ -11,6 +11,7 @@ from app import exports
 from app.analytics import ReportScope
 from app.asgi import create_app
 from app.browser_sessions import COOKIE_NAME
+from app.csrf import insecure_origin_warning
 from app.identity import load_principal
 from db.models import AuditEvent, Clinic, Patient, User
 from tests.integration.auth_helpers import PASSWORD, bearer, browser_login, csrf_from, make_user
@@ -357,3 +358,10 @@ async def test_no_page_needs_inline_script_or_style(client, session, settings):
                     problems.append(f"{caller} GET {path}: {name} {found.group(0)[:80]!r}")
     assert problems == []
     assert seen >= 35  # really every page, each as every role that may open it
+
+
+def test_plain_http_off_this_machine_is_warned_about():
+    for origin in ("https://medbook.example", "http://127.0.0.1:8000", "http://localhost:8000"):
+        assert insecure_origin_warning(origin) is None, origin
+    warning = insecure_origin_warning("http://clinic.example:8000")
+    assert warning is not None and "Secure" in warning and "https://" in warning
