@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, DATE
@@ -44,13 +45,13 @@ LEAD_BUCKETS = ("under 1 day", "1-2 days", "3-7 days", "8-14 days", "15-30 days"
 MAX_RANGE_DAYS = 1100  # three years of rollups answer in milliseconds; exports go further
 MAX_EXPORT_DAYS = 3660
 ROLLUP_WATERMARK = "rollups"
+GENERATION = "rollups_changed"  # moved by every refresh_days: a cache key for reports
 # Changes committed within this margin before a run's start are looked at again by the
 # next run: a write's updated_at is taken before its commit (short transactions, bounded by
 # the idle-in-transaction timeout) and app clocks may differ a little from the database's.
 WATERMARK_MARGIN = dt.timedelta(minutes=2)
 
 Db = AsyncConnection | AsyncSession
-T = TypeVar("T")
 
 
 class ReportTimedOut(DomainError):
@@ -432,22 +433,157 @@ class Dashboard:
     cancellations: Cancellations
 
 
-async def dashboard(engine: AsyncEngine, scope: ReportScope, group_by: str) -> Dashboard:
-    """Every report of the dashboard at once, each on its own connection (they are
-    independent reads, so the page costs the slowest of them rather than their sum)."""
+# The dashboard reads each rollup source once, in two statements, and derives its five
+# reports in Python from at most one row per doctor and 180 bucket rows (the separate
+# report queries read the 100,000 hour-of-week rows of a 50-clinic year three times).
+DASHBOARD_STATS_SQL = f"""{STATS_SOURCE},
+g AS (
+  SELECT clinic_id, doctor_id, sum(booked) AS booked, sum(checked_in) AS checked_in,
+    sum(completed) AS completed, sum(cancelled) AS cancelled, sum(no_show) AS no_show,
+    sum(available_minutes) AS available_minutes, sum(booked_minutes) AS booked_minutes
+  FROM s GROUP BY 1, 2)
+SELECT g.clinic_id, c.name, g.doctor_id, d.full_name, g.booked, g.checked_in, g.completed,
+       g.cancelled, g.no_show, g.available_minutes, g.booked_minutes
+FROM g JOIN clinics c ON c.id = g.clinic_id JOIN doctors d ON d.id = g.doctor_id"""
+DASHBOARD_BUCKETS_SQL = f"""{BUCKET_SOURCE}
+SELECT s.dimension, s.bucket, sum(s.appointments), sum(s.attended), sum(s.no_show),
+       sum(s.cancelled)
+FROM s GROUP BY 1, 2"""
+_DASHBOARD_DIMENSIONS = ["hour_of_week", "lead_time", "cancel_lead"]
 
-    async def on_own_connection(report: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        async with engine.connect() as conn:
-            return await report(conn)
 
-    a, b, c, d, e = await asyncio.gather(
-        on_own_connection(lambda conn: no_shows(conn, scope, group_by)),
-        on_own_connection(lambda conn: no_shows(conn, scope, "hour")),
-        on_own_connection(lambda conn: popular_slots(conn, scope)),
-        on_own_connection(lambda conn: utilisation(conn, scope)),
-        on_own_connection(lambda conn: cancellations(conn, scope)),
+@dataclass(slots=True)
+class _Tally:
+    """Sums of one report row while the dashboard adds them up."""
+
+    label: str
+    appointments: int = 0
+    attended: int = 0
+    no_show: int = 0
+    available_minutes: int = 0
+    booked_minutes: int = 0
+
+
+def _no_show_rows(tallies: dict[int, _Tally]) -> list[NoShowRow]:
+    return [
+        NoShowRow(k, t.label, t.appointments, t.attended, t.no_show)
+        for k, t in sorted(tallies.items())
+    ]
+
+
+def dashboard_from_rows(
+    scope: ReportScope, group_by: str, stats: Sequence[Any], buckets: Sequence[Any]
+) -> Dashboard:
+    """The five reports from the two dashboard queries' rows; each equals what its own
+    report function answers (tests/integration/test_analytics_api.py checks this)."""
+    by_clinic: dict[int, _Tally] = {}
+    by_doctor: dict[int, _Tally] = {}
+    cancelled_total = appointments_total = 0
+    for clinic_id, clinic, doctor_id, doctor, bk, ci, co, ca, ns, avail, bmin in stats:
+        made, attended = bk + ci + co + ns, ci + co
+        cancelled_total += ca
+        appointments_total += made
+        for tallies, key, label in ((by_clinic, clinic_id, clinic), (by_doctor, doctor_id, doctor)):
+            t = tallies.get(key)
+            if t is None:
+                t = tallies[key] = _Tally(label)
+            t.appointments += made
+            t.attended += attended
+            t.no_show += ns
+            t.available_minutes += avail
+            t.booked_minutes += bmin
+    by_weekday: dict[int, _Tally] = {}
+    by_hour: dict[int, _Tally] = {}
+    by_lead: dict[int, _Tally] = {}
+    counts: dict[tuple[int, int], int] = {}
+    cancel_lead = dict.fromkeys(range(len(LEAD_BUCKETS)), 0)
+    for dimension, bucket, appointments, attended, no_show, cancelled in buckets:
+        if dimension == "hour_of_week":
+            weekday, hour = divmod(bucket, 24)
+            counts[(weekday, hour)] = int(appointments)
+            targets = ((by_weekday, weekday, WEEKDAYS[weekday]), (by_hour, hour, f"{hour:02d}:00"))
+        elif dimension == "lead_time":
+            targets = ((by_lead, bucket, LEAD_BUCKETS[bucket]),)
+        else:  # cancel_lead
+            cancel_lead[int(bucket)] += int(cancelled)
+            continue
+        for tallies, key, label in targets:
+            t = tallies.get(key)
+            if t is None:
+                t = tallies[key] = _Tally(label)
+            t.appointments += appointments
+            t.attended += attended
+            t.no_show += no_show
+    grouped = {
+        "clinic": by_clinic,
+        "doctor": by_doctor,
+        "weekday": by_weekday,
+        "hour": by_hour,
+        "lead_time": by_lead,
+    }
+    util_by = "doctor" if scope.clinic_id is not None else "clinic"
+    return Dashboard(
+        NoShowReport(scope, group_by, _no_show_rows(grouped[group_by])),
+        NoShowReport(scope, "hour", _no_show_rows(by_hour)),
+        PopularSlots(scope, counts),
+        Utilisation(
+            scope,
+            util_by,
+            [
+                UtilisationRow(k, t.label, t.available_minutes, t.booked_minutes)
+                for k, t in sorted(grouped[util_by].items())
+            ],
+        ),
+        Cancellations(
+            scope,
+            [(LEAD_BUCKETS[b], n) for b, n in cancel_lead.items()],
+            cancelled_total,
+            appointments_total,
+        ),
     )
-    return Dashboard(a, b, c, d, e)
+
+
+# Dashboards already computed in this process, by database, rollup generation, range,
+# clinic and grouping. Rollups change only through `refresh_days`, which moves the
+# generation in the same transaction, so an entry is exact until the next refresh (every
+# few minutes for today's figures) and is then simply never asked for again.
+_DASHBOARDS: OrderedDict[tuple[Any, ...], Dashboard] = OrderedDict()
+DASHBOARD_CACHE_SIZE = 64
+GENERATION_SQL = text(f"SELECT until FROM analytics_watermarks WHERE name = '{GENERATION}'")
+
+
+async def dashboard(engine: AsyncEngine, scope: ReportScope, group_by: str) -> Dashboard:
+    """Every report of the dashboard at once: two statements, each on its own connection
+    (independent reads, so the page costs the slower of them rather than their sum); the
+    same dashboard again is answered from memory until the rollups next change.
+
+    Raises:
+        Invalid: an unknown grouping.
+        ReportTimedOut: a query ran past the analytics statement timeout.
+    """
+    if group_by not in GROUPS:
+        raise Invalid(f"group_by must be one of {', '.join(GROUPS)}")
+    async with engine.connect() as conn:
+        generation = (await _rows(conn, GENERATION_SQL, {}) or [(None,)])[0][0]
+    key = (engine.url, generation, scope, group_by)
+    if generation is not None and (cached := _DASHBOARDS.get(key)) is not None:
+        _DASHBOARDS.move_to_end(key)
+        return cached
+
+    async def on_own_connection(sql: str, params: dict[str, Any]) -> list[Any]:
+        async with engine.connect() as conn:
+            return await _rows(conn, text(sql), params)
+
+    stats, buckets = await asyncio.gather(
+        on_own_connection(DASHBOARD_STATS_SQL, _params(scope)),
+        on_own_connection(DASHBOARD_BUCKETS_SQL, _params(scope, dimensions=_DASHBOARD_DIMENSIONS)),
+    )
+    report = dashboard_from_rows(scope, group_by, stats, buckets)
+    if generation is not None:
+        _DASHBOARDS[key] = report
+        while len(_DASHBOARDS) > DASHBOARD_CACHE_SIZE:
+            _DASHBOARDS.popitem(last=False)
+    return report
 
 
 # --- rollups -----------------------------------------------------------------------------
@@ -634,6 +770,14 @@ PRUNE_MONTHS_SQL = [
 ]
 
 
+BUMP_GENERATION_SQL = text(
+    f"""
+INSERT INTO analytics_watermarks (name, until) VALUES ('{GENERATION}', clock_timestamp())
+ON CONFLICT (name) DO UPDATE
+SET until = greatest(analytics_watermarks.until + interval '1 microsecond', excluded.until)"""
+)
+
+
 def _utc_bounds(days: Sequence[dt.date]) -> tuple[dt.datetime, dt.datetime]:
     lo = dt.datetime.combine(min(days), dt.time(), tzinfo=dt.UTC) - dt.timedelta(days=1)
     hi = dt.datetime.combine(max(days), dt.time(), tzinfo=dt.UTC) + dt.timedelta(days=2)
@@ -661,6 +805,8 @@ async def refresh_days(conn: AsyncConnection, days: Sequence[dt.date]) -> None:
     await conn.execute(MONTHLY_SQL, {"days": unique})
     for prune in PRUNE_MONTHS_SQL:
         await conn.execute(prune, {"days": unique})
+    # Last, so concurrent refreshes (cron and a backfill) hold this row only until commit.
+    await conn.execute(BUMP_GENERATION_SQL)
 
 
 TOUCHED_SQL = text(

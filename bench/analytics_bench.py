@@ -12,14 +12,20 @@ Steps, each against the real stack:
 2. `medbook serve --workers 2` on a free port (Redis: REDIS_URL, default
    redis://127.0.0.1:6379/3, flushed first); the annual report (all 50 clinics, the whole
    year) for every report and grouping, `--requests` sequential requests each over HTTP:
-   p50 / p95 / p99. Also the dashboard page (five reports at once) and one clinic's year.
+   p50 / p95 / p99, and the CPU time per request of the server processes plus the
+   PostgreSQL backends serving this database (a figure that a busy, shared machine
+   disturbs far less than wall time). Also the dashboard page (all its reports), once
+   repeating one range and once with a different range every request (nothing cached can
+   answer), and one clinic's year. The rollup tables are ANALYZEd first (autovacuum may be
+   off, as on the test cluster; without statistics the planner spills small sorts to disk).
 3. Bookings at 20/s for a while alone, then the export of every appointment (requested
    through the API, written by the export job in a child process, as the worker would)
    with bookings at 20/s beside it: booking latency both ways; the export's rows per
    second and the child's peak resident memory (ru_maxrss), with its size before the
    export started for comparison. The bench's bookings are deleted afterwards.
 
-The Markdown report is printed and written to bench/results/analytics.md.
+The Markdown report is printed and written to bench/results/analytics.md (`--out`).
+`--reports-only` stops after step 2.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +110,58 @@ async def data_span(url: str) -> tuple[dt.date, dt.date, int, list[int], list[in
     return first, last, admin, patients, doctors
 
 
+ROLLUPS = "clinic_daily_stats, clinic_bucket_stats, clinic_monthly_stats, clinic_monthly_buckets"
+
+
+async def analyze_rollups(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"ANALYZE {ROLLUPS}")
+    finally:
+        await conn.close()
+
+
+class CpuMeter:
+    """CPU seconds of the server's process tree and of the PostgreSQL backends connected
+    to the bench's database (the server's pools: they stay connected between requests)."""
+
+    def __init__(self, server_pid: int, url: str) -> None:
+        self.server_pid = server_pid
+        self.url = url
+
+    async def seconds(self) -> float:
+        conn = await asyncpg.connect(self.url)
+        try:
+            pids = [
+                r["pid"]
+                for r in await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+            ]
+        finally:
+            await conn.close()
+        procs: list[psutil.Process] = []
+        try:
+            root = psutil.Process(self.server_pid)
+            procs += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+        for pid in pids:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                continue
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+
 def backfill(env: dict[str, str], first: dt.date, last: dt.date) -> float:
     started = time.perf_counter()
     subprocess.run(
@@ -122,23 +181,48 @@ async def timed_get(client: httpx.AsyncClient, path: str, params: dict, headers:
     return elapsed
 
 
-async def reports(client, admin_headers, year: dict, requests: int, clinic_id: int) -> list[str]:
+async def timed_case(
+    client, meter: CpuMeter, path: str, params_for, headers: dict, requests: int
+) -> str:
+    """`requests` sequential GETs (after 5 warm-ups): latency percentiles, CPU per request."""
+    for i in range(5):
+        await timed_get(client, path, params_for(i), headers)
+    before = await meter.seconds()
+    times = [await timed_get(client, path, params_for(i), headers) for i in range(requests)]
+    cpu_ms = (await meter.seconds() - before) * 1000 / requests
+    return f"{summary(times)} | {cpu_ms:.1f} |"
+
+
+async def reports(
+    client, meter: CpuMeter, admin_headers, year: dict, requests: int, clinic_id: int
+) -> list[str]:
     rows = []
     cases = [(f"/api/analytics/{name}", extra) for name, extra in REPORTS]
     cases.append(("/analytics", {}))
     for path, extra in cases:
         params = year | extra
-        for _ in range(5):
-            await timed_get(client, path, params, admin_headers)
-        times = [await timed_get(client, path, params, admin_headers) for _ in range(requests)]
+        line = await timed_case(client, meter, path, lambda _, p=params: p, admin_headers, requests)
         label = path + (f"?group_by={extra['group_by']}" if extra else "")
-        rows.append(f"| {label} (year, 50 clinics) | {summary(times)} |")
+        rows.append(f"| {label} (year, 50 clinics) | {line}")
+
+    first, last = (dt.date.fromisoformat(year[k]) for k in ("from", "to"))
+
+    def shifted(i: int) -> dict:
+        """A different year-long range each request (a day later each time, wrapping
+        within the data), so no cached answer can serve it."""
+        k = i % 60
+        return {
+            "from": str(first + dt.timedelta(days=k)),
+            "to": str(last - dt.timedelta(days=59 - k)),
+        }
+
+    line = await timed_case(client, meter, "/analytics", shifted, admin_headers, requests)
+    rows.append(f"| /analytics (about a year, 50 clinics, another range each request) | {line}")
     one = year | {"clinic_id": clinic_id}
-    times = [
-        await timed_get(client, "/api/analytics/utilisation", one, admin_headers)
-        for _ in range(requests)
-    ]
-    rows.append(f"| /api/analytics/utilisation (year, one clinic) | {summary(times)} |")
+    line = await timed_case(
+        client, meter, "/api/analytics/utilisation", lambda _: one, admin_headers, requests
+    )
+    rows.append(f"| /api/analytics/utilisation (year, one clinic) | {line}")
     return rows
 
 
@@ -249,6 +333,7 @@ async def main(args: argparse.Namespace) -> None:
         days = (last - first).days + 1
         lines += [f"Backfill of {days} days, all clinics: **{seconds:.1f} s**.", ""]
 
+    await analyze_rollups(url)
     port = free_port()
     server = start_server(env, port, log_name="analytics-server.log")
     booked_ids: list[int] = []
@@ -259,12 +344,19 @@ async def main(args: argparse.Namespace) -> None:
         }
         year = {"from": str(first), "to": str(last)}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            meter = CpuMeter(server.pid, url)
             lines += [
-                "| request | p50 ms | p95 ms | p99 ms | n |",
-                "| --- | --- | --- | --- | --- |",
-                *await reports(client, admin, year, args.requests, clinic_id=1),
+                "| request | p50 ms | p95 ms | p99 ms | n | CPU ms per request |",
+                "| --- | --- | --- | --- | --- | --- |",
+                *await reports(client, meter, admin, year, args.requests, clinic_id=1),
+                "",
+                "CPU per request: the two server processes plus the PostgreSQL backends "
+                "connected to this database, user + system.",
                 "",
             ]
+            if args.reports_only:
+                finish(lines, args.out)
+                return
             tokens = [
                 issue_access_token(secret, user_id=p, role="patient", ttl_seconds=7200)
                 for p in patients
@@ -309,15 +401,21 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await conn.close()
         redis.Redis.from_url(redis_url).flushdb()
+    finish(lines, args.out)
+
+
+def finish(lines: list[str], out: Path) -> None:
     report = "\n".join(lines)
     print(report)
-    (ROOT / "bench" / "results" / "analytics.md").write_text(report + "\n")
+    out.write_text(report + "\n")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--skip-backfill", action="store_true")
+    parser.add_argument("--reports-only", action="store_true", help="stop after the reports")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "analytics.md")
     parser.add_argument("--export-child", help=argparse.SUPPRESS)
     cli_args = parser.parse_args()
     if cli_args.export_child:

@@ -6,6 +6,7 @@ is rendered, and every answer says `Vary: HX-Request`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Annotated, Any
 
@@ -78,12 +79,15 @@ async def dashboard(
     scope = analytics.report_scope(actor, _date(first), _date(last), _int(clinic_id), now.date())
     if group_by not in analytics.GROUPS:
         group_by = "weekday"
-    reports = await analytics.dashboard(request.app.state.analytics_engine, scope, group_by)
+    reports, clinics = await asyncio.gather(
+        analytics.dashboard(request.app.state.analytics_engine, scope, group_by),
+        _clinics(db_session, actor),
+    )
     context = {
         "scope": scope,
         "group_by": group_by,
         "groups": analytics.GROUPS,
-        "clinics": await _clinics(db_session, actor),
+        "clinics": clinics,
         "no_shows": reports.no_shows,
         "no_shows_by_hour": reports.no_shows_by_hour,
         "popular": reports.popular,

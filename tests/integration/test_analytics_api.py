@@ -264,3 +264,39 @@ async def test_long_ranges_read_whole_months_and_edge_days_alike(client, session
         if dt.date(2026, 5, 3) <= k[1] <= dt.date(2026, 5, 30)
     )
     assert body["total"]["no_show"] == expected
+
+
+async def test_dashboard_equals_the_separate_reports_and_follows_each_refresh(
+    world, engine, session
+):
+    """The dashboard derives its five reports from two queries and keeps them in memory
+    until the rollups change: the same numbers as each report's own query, never stale."""
+    for clinic_id in (None, world.clinic_id):
+        scope = analytics.ReportScope(DAYS[0], DAYS[-1], clinic_id)
+        for group_by in analytics.GROUPS:
+            board = await analytics.dashboard(engine, scope, group_by)
+            async with engine.connect() as conn:
+                assert board.no_shows == await analytics.no_shows(conn, scope, group_by)
+                assert board.no_shows_by_hour == await analytics.no_shows(conn, scope, "hour")
+                assert board.popular == await analytics.popular_slots(conn, scope)
+                assert board.utilisation == await analytics.utilisation(conn, scope)
+                assert board.cancellations == await analytics.cancellations(conn, scope)
+            assert board.no_shows.rows and board.popular.counts and board.utilisation.rows
+
+    scope = analytics.ReportScope(DAYS[0], DAYS[-1], None)
+    first = await analytics.dashboard(engine, scope, "clinic")
+    assert await analytics.dashboard(engine, scope, "clinic") is first  # from memory
+    changed = await session.scalar(
+        text(
+            "UPDATE appointments SET status = 'no_show', updated_at = now() WHERE id = "
+            "(SELECT min(id) FROM appointments WHERE status = 'booked' "
+            "AND starts_at >= '2026-05-02' AND starts_at < '2026-05-13') RETURNING id"
+        )
+    )
+    await session.commit()
+    assert changed is not None
+    async with engine.begin() as conn:
+        await analytics.refresh_days(conn, DAYS)
+    after = await analytics.dashboard(engine, scope, "clinic")
+    assert after.no_shows.total.no_show == first.no_shows.total.no_show + 1
+    assert after.cancellations.appointments == first.cancellations.appointments
