@@ -497,6 +497,7 @@ def dashboard_from_rows(
     by_lead: dict[int, _Tally] = {}
     counts: dict[tuple[int, int], int] = {}
     cancel_lead = dict.fromkeys(range(len(LEAD_BUCKETS)), 0)
+    targets: tuple[tuple[dict[int, _Tally], int, str], ...]
     for dimension, bucket, appointments, attended, no_show, cancelled in buckets:
         if dimension == "hour_of_week":
             weekday, hour = divmod(bucket, 24)
