@@ -301,9 +301,15 @@ class LiveServer:
             cwd=ROOT,
             env={**os.environ, **(env or {})},
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # a server left running would serve (and load) the next tests
+            raise
 
-    def _wait_ready(self, timeout: float = 30) -> None:
+    # A deadline, not a speed check: on a loaded 2-core machine a cold start (imports,
+    # pool warm-up) has taken over 20 s.
+    def _wait_ready(self, timeout: float = 90) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
