@@ -8,12 +8,17 @@ grid for patients, the board for front desks, the day list for doctors) and hand
 HTML to every socket of that audience through a bounded queue.
 
 Failure handling:
-- A slow socket whose queue is full is closed (code 4000); the browser reconnects and the
+- A slow socket whose queue is full is closed with 1013 ("try again later", one of the
+  codes htmx-ext-ws reconnects on: 1006, 1011, 1012, 1013); the browser reconnects and the
   server sends the whole current view again, so nothing is lost and memory stays bounded.
+- A socket gets its view only once Redis has confirmed the subscription of every channel
+  it watches (`Hub.subscribed`): an event is then either in the view or delivered after it.
 - broadcaster swallows Redis disconnects (encode/broadcaster#144): its listener task just
   dies. A watchdog pings Redis every second and checks that task; on failure it closes
-  every socket (code 1012) so browsers reconnect, and rebuilds the subscription once
-  Redis answers again. Reconnecting clients get a full resync on connect.
+  every socket (code 1012) so browsers reconnect, and rebuilds the subscriptions once
+  Redis answers again. A socket that reconnects meanwhile waits for them (or is told to
+  try again later). A ping that times out while the event loop itself was late is no
+  evidence against Redis (an overloaded process is not a dead Redis) and is not counted.
 """
 
 from __future__ import annotations
@@ -26,10 +31,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from broadcaster import Broadcast
+from broadcaster import Broadcast, Event
+from broadcaster._backends.redis import RedisBackend
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.effects import AppointmentChange
 
@@ -39,7 +48,13 @@ QUEUE_LIMIT = 64
 WATCHDOG_SECONDS = 1.0
 PING_TIMEOUT_SECONDS = 2.0
 PING_FAILURES = 2
-CLOSE_RESYNC = 4000  # our code: "you fell behind, reconnect and resync"
+# A ping timeout counts against Redis only if the loop was never this late meanwhile: a
+# ping needs about four loop turns, so a loop this slow can time it out by itself.
+LOOP_LAG_LIMIT = PING_TIMEOUT_SECONDS / 4
+LAG_TICK_SECONDS = 0.1
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0  # Redis confirms a SUBSCRIBE within a round trip
+CONNECT_TIMEOUT_SECONDS = 2.0
+CLOSE_RESYNC = 1013  # try again later: "you fell behind (or we are not ready), resync"
 CLOSE_RESTART = 1012  # service restart: Redis went away
 
 
@@ -91,6 +106,114 @@ class LiveSocket:
 Renderer = Callable[[str, str, dict[str, Any]], Awaitable[str]]
 
 
+def _with_connect_timeout(url: str) -> str:
+    """Give broadcaster's connection a connect timeout, never a read timeout: a pub/sub
+    connection sits idle for as long as nothing changes."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(key == "socket_connect_timeout" for key, _ in query):
+        query.append(("socket_connect_timeout", str(CONNECT_TIMEOUT_SECONDS)))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class ConfirmedRedisBackend(RedisBackend):
+    """broadcaster's Redis backend, built from any URL redis-py takes (`redis://`,
+    `rediss://`, `unix://`), whose `subscribe` returns only once Redis has confirmed it.
+
+    Redis delivers a message to a subscriber only if its SUBSCRIBE was processed before the
+    PUBLISH; redis-py returns as soon as the command is written. Waiting for the
+    confirmation lets a socket render its view knowing every later event will reach it.
+    Subscribe and unsubscribe are serialised so they reach Redis in the order called.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__(_with_connect_timeout(url))
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._order = asyncio.Lock()
+
+    async def subscribe(self, channel: str) -> None:
+        async with self._order:
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirmations[channel] = confirmed
+            try:
+                await self._pubsub.subscribe(channel)
+                # Only now: redis-py's listen() ends at once while it has no channels yet,
+                # which is how broadcaster's own order loses every message with redis-py 8.
+                self._ready.set()
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
+                    await confirmed
+            finally:
+                self._confirmations.pop(channel, None)
+
+    async def unsubscribe(self, channel: str) -> None:
+        async with self._order:
+            await self._pubsub.unsubscribe(channel)
+
+    async def _pubsub_listener(self) -> None:
+        while True:
+            await self._ready.wait()
+            async for message in self._pubsub.listen():
+                kind = message["type"]
+                if kind == "message":
+                    event = Event(
+                        channel=message["channel"].decode(), message=message["data"].decode()
+                    )
+                    await self._queue.put(event)
+                elif kind == "subscribe":
+                    waiter = self._confirmations.get(message["channel"].decode())
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+            self._ready.clear()  # no channels left: wait for the next subscribe
+
+
+def _note_end(task: asyncio.Task[None]) -> None:
+    """A subscription ends when its sockets leave or Redis goes; the watchdog handles the
+    latter, so an error here (unsubscribing from a broken connection) is only noted."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.debug("%s ended: %r", task.get_name(), error)
+
+
+@dataclass(eq=False)
+class _Subscription:
+    """The hub's one subscription to a channel, and whether Redis has confirmed it."""
+
+    task: asyncio.Task[None]
+    ready: bool = False
+
+
+class LoopLag:
+    """How late this event loop runs timers: a tick that notes its own delay."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._last = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._last = asyncio.get_running_loop().time()
+        self._task = asyncio.create_task(self._tick(), name="realtime-loop-lag")
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    def reset(self) -> None:
+        self.worst = 0.0
+
+    def since_reset(self) -> float:
+        """The worst delay since `reset`, counting a tick that is late right now."""
+        overdue = asyncio.get_running_loop().time() - self._last - LAG_TICK_SECONDS
+        return max(self.worst, overdue)
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(LAG_TICK_SECONDS)
+            now = loop.time()
+            self.worst = max(self.worst, now - self._last - LAG_TICK_SECONDS)
+            self._last = now
+
+
 class Hub:
     """The process's fan-out point between Redis pub/sub and websockets."""
 
@@ -98,14 +221,21 @@ class Hub:
         self.redis_url = redis_url
         self.redis = redis
         self.render = render
+        # Redis pub/sub ignores the database number: apps (and test runs) sharing a server
+        # on different databases would hear each other's events without this prefix.
+        self.prefix = f"db{redis.connection_pool.connection_kwargs.get('db', 0)}:"
         self.broadcast: Broadcast | None = None
         self.sockets: dict[str, set[LiveSocket]] = {}
-        self.subscriptions: dict[str, asyncio.Task[None]] = {}
+        self.subscriptions: dict[str, _Subscription] = {}
         self.healthy = False
         self.pushed = 0
+        self.busy_pings = 0  # pings that timed out while this loop was too late to judge
+        self.lag = LoopLag()
+        self._changed = asyncio.Event()  # set (and replaced) when a subscription is ready
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.lag.start()
         try:
             await self._connect()
         except (RedisError, OSError) as exc:  # the watchdog connects once Redis answers
@@ -124,6 +254,7 @@ class Hub:
     async def stop(self) -> None:
         if self._watchdog:
             self._watchdog.cancel()
+        self.lag.stop()
         for socket in {s for group in self.sockets.values() for s in group}:
             socket.close(CLOSE_RESTART)
         await self._disconnect()
@@ -132,7 +263,7 @@ class Hub:
         """Publish through Redis so every process (this one included) hears it."""
         if self.broadcast is None:
             raise RedisError("live updates are not connected")
-        await self.broadcast.publish(channel, json.dumps(payload))
+        await self.broadcast.publish(self.prefix + channel, json.dumps(payload))
 
     def join(self, audience: str, channels: Sequence[str]) -> LiveSocket:
         socket = LiveSocket(audience, tuple(channels))
@@ -142,6 +273,23 @@ class Hub:
                 self._subscribe(channel)
         return socket
 
+    async def subscribed(self, socket: LiveSocket, seconds: float) -> bool:
+        """Wait until Redis has confirmed a subscription to every channel of `socket`
+        (while Redis is away, until the watchdog has subscribed again). False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            changed = self._changed
+            subs = [self.subscriptions.get(channel) for channel in socket.channels]
+            if all(sub is not None and sub.ready for sub in subs):
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+
     def leave(self, socket: LiveSocket) -> None:
         for channel in socket.channels:
             group = self.sockets.get(channel)
@@ -150,26 +298,39 @@ class Hub:
             group.discard(socket)
             if not group:
                 del self.sockets[channel]
-                task = self.subscriptions.pop(channel, None)
-                if task:
-                    task.cancel()
+                sub = self.subscriptions.pop(channel, None)
+                if sub:
+                    sub.task.cancel()
 
     @property
     def open_sockets(self) -> int:
         return len({s for group in self.sockets.values() for s in group})
 
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     def _subscribe(self, channel: str) -> None:
-        self.subscriptions[channel] = asyncio.create_task(
-            self._listen(channel), name=f"live:{channel}"
-        )
+        task = asyncio.create_task(self._listen(channel), name=f"live:{channel}")
+        task.add_done_callback(_note_end)
+        self.subscriptions[channel] = _Subscription(task)
 
     async def _listen(self, channel: str) -> None:
         assert self.broadcast is not None
-        async with self.broadcast.subscribe(channel) as subscriber:
-            async for event in subscriber:  # type: ignore[union-attr]
-                if event is None:
-                    return
-                await self._fan_out(channel, json.loads(event.message))
+        try:
+            async with self.broadcast.subscribe(self.prefix + channel) as subscriber:
+                sub = self.subscriptions.get(channel)
+                if sub is not None and sub.task is asyncio.current_task():
+                    sub.ready = True  # Redis confirmed it (ConfirmedRedisBackend)
+                    self._notify()
+                async for event in subscriber:  # type: ignore[union-attr]
+                    if event is None:
+                        return
+                    await self._fan_out(channel, json.loads(event.message))
+        except KeyError:
+            # broadcaster's cleanup when cancelled or timed out before it recorded the
+            # subscription; the watchdog notices a subscription that ended by itself.
+            log.debug("subscription to %s ended before Redis confirmed it", channel)
 
     async def _fan_out(self, channel: str, payload: dict[str, Any]) -> None:
         by_audience: dict[str, list[LiveSocket]] = {}
@@ -181,6 +342,8 @@ class Hub:
             except Exception:
                 log.exception("could not render %s for %s", channel, audience)
                 continue
+            if not html:  # this audience has nothing to show for this event
+                continue
             for socket in sockets:
                 if socket.offer(html):
                     self.pushed += 1
@@ -188,7 +351,7 @@ class Hub:
                     socket.close(CLOSE_RESYNC)
 
     async def _connect(self) -> None:
-        broadcast = Broadcast(self.redis_url)
+        broadcast = Broadcast(backend=ConfirmedRedisBackend(self.redis_url))
         await broadcast.connect()
         self.broadcast = broadcast
         self.healthy = True
@@ -196,11 +359,17 @@ class Hub:
             self._subscribe(channel)
 
     async def _disconnect(self) -> None:
-        for task in self.subscriptions.values():
+        tasks = [sub.task for sub in self.subscriptions.values()]
+        for task in tasks:
             task.cancel()
         self.subscriptions.clear()
         broadcast, self.broadcast = self.broadcast, None
         self.healthy = False
+        self._notify()
+        if tasks:  # let them unsubscribe (or fail to, Redis may be gone) before we close
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+                    await asyncio.gather(*tasks, return_exceptions=True)
         if broadcast is not None:
             with contextlib.suppress(Exception):  # it may already be broken
                 await broadcast.disconnect()
@@ -208,23 +377,37 @@ class Hub:
     def _listener_alive(self) -> bool:
         backend = getattr(self.broadcast, "_backend", None)
         task = getattr(backend, "_listener", None)
-        return task is None or not task.done()
+        if task is not None and task.done():
+            return False
+        # A subscription that ended by itself (Redis never confirmed it, or it broke)
+        # leaves its channel's sockets without events.
+        return not any(sub.task.done() for sub in self.subscriptions.values())
 
-    async def _redis_ok(self) -> bool:
+    async def _redis_check(self) -> bool | None:
+        """True if Redis answered; False if it failed; None if the ping timed out while
+        this process's own loop was too late to tell."""
+        self.lag.reset()
         try:
             async with asyncio.timeout(PING_TIMEOUT_SECONDS):
                 await self.redis.ping()  # type: ignore[misc]
             return True
-        except (RedisError, OSError, TimeoutError):
+        except (TimeoutError, RedisTimeoutError):
+            if self.lag.since_reset() > LOOP_LAG_LIMIT:
+                return None
+            return False
+        except (RedisConnectionError, RedisError, OSError):
             return False
 
     async def _watch(self) -> None:
         failures = 0
         while True:
             await asyncio.sleep(WATCHDOG_SECONDS)
-            ok = await self._redis_ok()
-            # A dead listener is certain; a slow ping on a busy machine is not: wait for a
-            # few in a row before dropping every socket.
+            ok = await self._redis_check()
+            if ok is None:  # busy, not broken: keep the count as it is
+                self.busy_pings += 1
+                log.info("live updates: event loop too busy to judge Redis; not counted")
+                continue
+            # A dead listener is certain; one failed ping is not: wait for a few in a row.
             failures = 0 if ok else failures + 1
             lost = failures >= PING_FAILURES or (ok and not self._listener_alive())
             if self.healthy and lost:

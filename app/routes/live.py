@@ -17,6 +17,8 @@ from app.booking import BookingRules
 from app.guards import allow, check_websocket_origin, current_user
 from app.identity import Principal
 from app.realtime import (
+    CLOSE_RESYNC,
+    SUBSCRIBE_TIMEOUT_SECONDS,
     Hub,
     LiveSocket,
     clinic_channel,
@@ -50,6 +52,18 @@ def make_renderer(app: Any) -> Any:
                     state.slot_cache, ident, day, 1, now + rules.min_notice, now + rules.horizon
                 )
                 return env.get_template("patient/_day.html").render(day=view, oob=True)
+            if audience == "board" and kind == "doctor":
+                # The board watches its doctors' channels for schedule changes only (their
+                # appointments come on the clinic channel). Hours make the clinic's time
+                # grid, which every column shares, so every column is redrawn.
+                if payload.get("action") != "schedule":
+                    return ""
+                doctor = await session.get_one(Doctor, ident)
+                _, columns = await boards.clinic_board(
+                    session, state.slot_cache, doctor.clinic_id, day
+                )
+                column_html = env.get_template("desk/_column.html")
+                return "".join(column_html.render(column=c, oob=True) for c in columns)
             if audience == "board" and kind == "clinic":
                 doctor = await session.get_one(Doctor, int(payload["doctor_id"]))
                 column = await boards.board_column(
@@ -105,6 +119,8 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
 
     On every (re)connect the whole view is sent first, so a browser that missed messages
     while disconnected is back in sync; htmx-ext-ws never replays missed messages itself.
+    The view is rendered only after Redis has confirmed the subscriptions, so an event is
+    either already in it or delivered after it.
     """
     settings = socket.app.state.settings
     check_websocket_origin(socket, settings)
@@ -112,22 +128,31 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
     assert user is not None  # the guard admitted a signed-in user
     audience, channels = await _channels(socket, user)
     hub: Hub = socket.app.state.hub
+    doctors: list[int] = []
+    watched = list(channels)
+    if audience == "board":  # its doctors' schedule changes reshape its columns
+        _, clinic_id, day = parse_channel(channels[0])
+        doctors = await _clinic_doctors(socket, clinic_id)
+        watched += [doctor_channel(doctor, day) for doctor in doctors]
     await socket.accept()
-    subscription: LiveSocket = hub.join(audience, channels)
+    subscription: LiveSocket = hub.join(audience, watched)
     try:
+        if not await hub.subscribed(subscription, SUBSCRIBE_TIMEOUT_SECONDS):
+            # Redis is away or slow: the browser comes back later (htmx-ext-ws reconnects
+            # on 1013) rather than showing a view that would not update.
+            await socket.close(code=CLOSE_RESYNC)
+            return
         if audience == "records":
             await _records_resync(socket, subscription, hub, channels[0])
             await _pump(socket, subscription)
             return
         for channel in channels:  # resync: the current state of everything watched
-            _, ident, _ = parse_channel(channel)
-            payload: dict[str, Any] = {}
             if audience == "board":
-                for doctor in await _clinic_doctors(socket, ident):
+                for doctor in doctors:
                     payload = {"doctor_id": doctor}
                     subscription.offer(await hub.render(channel, audience, payload))
                 continue
-            subscription.offer(await hub.render(channel, audience, payload))
+            subscription.offer(await hub.render(channel, audience, {}))
         await _pump(socket, subscription)
     finally:
         hub.leave(subscription)

@@ -1,21 +1,27 @@
 """The live-update hub against real Redis: cross-process delivery, render once per audience,
-bounded queues, and recovery when Redis goes away."""
+bounded queues, subscribing before the view, and recovery when Redis goes away (but not
+when only the event loop is busy)."""
 
 import asyncio
 import datetime as dt
+import time
 
+import pytest
 from redis.asyncio import Redis
 
+from app import realtime
 from app.effects import AppointmentChange
 from app.realtime import (
     CLOSE_RESTART,
     CLOSE_RESYNC,
     QUEUE_LIMIT,
+    ConfirmedRedisBackend,
     Hub,
     change_messages,
     doctor_channel,
 )
 from conftest import OwnRedis
+from tests.integration.world import day_after_tomorrow, make_world
 
 DAY = dt.date(2030, 1, 7)
 
@@ -111,3 +117,187 @@ async def test_losing_redis_closes_sockets_and_the_hub_recovers(tmp_path):
         await hub.stop()
         await client.aclose()
         own.stop()
+
+
+def test_the_resync_close_code_is_one_htmx_ext_ws_reconnects_on():
+    # static/vendor/htmx-ext-ws-2.0.4.min.js: `[1006,1011,1012,1013].indexOf(e.code)>=0`
+    assert CLOSE_RESYNC in (1006, 1011, 1012, 1013)
+    assert CLOSE_RESTART in (1006, 1011, 1012, 1013)
+
+
+async def test_a_socket_is_subscribed_in_redis_before_it_is_given_its_view(settings):
+    """`subscribed` returns only once Redis itself counts the subscription, so an event
+    published right after (by anyone) reaches the socket: none falls between view and feed."""
+    client, publisher = Redis.from_url(settings.redis_url), Redis.from_url(settings.redis_url)
+    hub = Hub(settings.redis_url, client, Renders())
+    await hub.start()
+    try:
+        for n in range(20):  # fresh channels: each one a first subscription of this process
+            socket = hub.join("slots", [doctor_channel(100 + n, DAY)])
+            assert await hub.subscribed(socket, 5)
+            receivers = await publisher.publish(
+                hub.prefix + doctor_channel(100 + n, DAY), f'{{"appointment_id": {n}}}'
+            )
+            assert receivers == 1  # Redis had processed our SUBSCRIBE already
+            assert await next_item(socket) == f"<div>slots:{n}</div>"
+    finally:
+        await hub.stop()
+        await client.aclose()
+        await publisher.aclose()
+
+
+async def test_a_socket_joining_while_redis_is_away_waits_for_the_new_subscription(tmp_path):
+    own = OwnRedis(tmp_path)
+    own.start()
+    client = Redis.from_url(own.url, socket_timeout=1, socket_connect_timeout=1)
+    hub = Hub(own.url, client, Renders())
+    await hub.start()
+    publisher = None
+    try:
+        channel = doctor_channel(10, DAY)
+        first = hub.join("slots", [channel])
+        assert await hub.subscribed(first, 5)
+        own.stop()
+        assert await next_item(first, timeout=10) == CLOSE_RESTART
+        hub.leave(first)
+        # The browser reconnects before the hub has Redis back: no view for it yet.
+        early = hub.join("slots", [channel])
+        assert not await hub.subscribed(early, 0.5)
+        waiting = asyncio.create_task(hub.subscribed(early, 30))
+        own.start()
+        assert await waiting  # once the watchdog has subscribed again...
+        publisher = Redis.from_url(own.url)
+        assert await publisher.publish(hub.prefix + channel, '{"appointment_id": 6}') == 1
+        assert await next_item(early) == "<div>slots:6</div>"  # ...nothing is missed
+    finally:
+        await hub.stop()
+        await client.aclose()
+        if publisher is not None:
+            await publisher.aclose()
+        own.stop()
+
+
+async def test_a_busy_event_loop_is_not_taken_for_a_lost_redis(settings, monkeypatch):
+    """Pings time out when this process's loop is blocked; Redis is fine, so the sockets
+    stay open (seen under overload: every socket closed for a slow loop)."""
+    monkeypatch.setattr(realtime, "WATCHDOG_SECONDS", 0.2)
+    monkeypatch.setattr(realtime, "PING_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(realtime, "LOOP_LAG_LIMIT", 0.125)
+    client = Redis.from_url(settings.redis_url)
+    hub = Hub(settings.redis_url, client, Renders())
+    await hub.start()
+    try:
+        channel = doctor_channel(11, DAY)
+        socket = hub.join("slots", [channel])
+        assert await hub.subscribed(socket, 5)
+        for _ in range(12):  # every loop turn takes longer than a ping may
+            time.sleep(0.6)
+            await asyncio.sleep(0)
+        assert socket.queue.empty() and hub.healthy  # nobody was told Redis is gone...
+        assert hub.busy_pings >= realtime.PING_FAILURES  # ...though pings did time out
+        await hub.publish(channel, {"appointment_id": 12})
+        assert await next_item(socket) == "<div>slots:12</div>"
+    finally:
+        await hub.stop()
+        await client.aclose()
+
+
+async def test_broadcaster_connects_over_a_unix_socket(tmp_path):
+    import subprocess
+
+    from conftest import _redis_binary
+
+    path = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        [_redis_binary(), "--port", "0", "--unixsocket", str(path), "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{path}?db=0"
+    client = Redis.from_url(url)
+    hub = Hub(url, client, Renders())
+    try:
+        for _ in range(100):
+            if path.exists():
+                break
+            await asyncio.sleep(0.05)
+        await hub.start()
+        assert hub.healthy
+        backend = hub.broadcast._backend
+        assert isinstance(backend, ConfirmedRedisBackend)
+        kwargs = backend._conn.connection_pool.connection_kwargs
+        assert kwargs["path"] == str(path)
+        assert kwargs["socket_connect_timeout"] == realtime.CONNECT_TIMEOUT_SECONDS
+        assert kwargs.get("socket_timeout") is None  # pub/sub sits idle: no read timeout
+        socket = hub.join("slots", [doctor_channel(12, DAY)])
+        assert await hub.subscribed(socket, 5)
+        await hub.publish(doctor_channel(12, DAY), {"appointment_id": 13})
+        assert await next_item(socket) == "<div>slots:13</div>"
+    finally:
+        await hub.stop()
+        await client.aclose()
+        server.kill()
+
+
+async def test_hubs_on_different_redis_databases_do_not_hear_each_other(settings):
+    """Redis pub/sub ignores the database number; test runs (and apps) sharing a server on
+    different databases must not redraw each other's screens."""
+    here = Redis.from_url(settings.redis_url)
+    other_db = (here.connection_pool.connection_kwargs.get("db", 0) + 1) % 16
+    there = Redis(
+        **{**here.connection_pool.connection_kwargs, "db": other_db}  # same server
+    )
+    ours, theirs = (
+        Hub(settings.redis_url, here, Renders()),
+        Hub(settings.redis_url, there, Renders()),
+    )
+    await ours.start()
+    await theirs.start()
+    try:
+        channel = doctor_channel(14, DAY)
+        socket = ours.join("slots", [channel])
+        assert await ours.subscribed(socket, 5)
+        await theirs.publish(channel, {"appointment_id": 1})  # another database's event
+        await ours.publish(channel, {"appointment_id": 2})
+        assert await next_item(socket) == "<div>slots:2</div>"  # ours came, theirs never did
+    finally:
+        await ours.stop()
+        await theirs.stop()
+        await here.aclose()
+        await there.aclose()
+
+
+@pytest.fixture
+async def board_world(client, session, settings):
+    return await make_world(session, settings.secret_key, patients=1)
+
+
+async def test_a_schedule_change_reaches_the_open_desk_board(board_world, live_server):
+    """Board rows come from weekly hours: a template edit redraws the doctor's column live."""
+    import httpx
+    import websockets
+
+    day = day_after_tomorrow()
+    url = live_server.url.replace("http", "ws") + (
+        f"/ws/live?view=board&clinic_id={board_world.clinic_id}&date={day.isoformat()}"
+    )
+    column = f'id="column-{board_world.doctor_id}-{day.isoformat()}"'
+    async with websockets.connect(
+        url, origin=live_server.url, additional_headers=board_world.headers("desk"), open_timeout=5
+    ) as board:
+        view = await asyncio.wait_for(board.recv(), 5)  # the whole board, first
+        assert column in view and view.count("<time") == 24  # 08:00-20:00, 30 minutes
+        async with httpx.AsyncClient(base_url=live_server.url) as http:
+            changed = await http.put(
+                f"/api/doctors/{board_world.doctor_id}/schedule",
+                json={
+                    "ranges": [
+                        {"weekday": w, "start": "08:00", "end": "09:00", "slot_minutes": 30}
+                        for w in range(7)
+                    ]
+                },
+                headers=board_world.headers("admin"),
+            )
+        assert changed.status_code == 200, changed.text
+        update = await asyncio.wait_for(board.recv(), 5)
+        assert column in update and "hx-swap-oob" in update
+        assert update.count("<time") == 2  # 08:00 and 08:30: the new hours
