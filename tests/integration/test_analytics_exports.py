@@ -1,6 +1,7 @@
 """CSV exports: the file holds exactly the query's rows, no more patient data than ids,
 access is scoped, requests and downloads are audited, files expire, memory stays flat."""
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -10,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
-from app import exports
+from app import analytics, exports
 from app.settings import Settings
 from db.session import create_engine
 from tasks import analytics as jobs
@@ -228,3 +229,98 @@ async def test_export_pages_show_progress_then_a_link(client, world, settings, c
     assert "Available until" in done.text
     listing = await client.get("/analytics/exports", headers=world.headers("desk"))
     assert export_id in listing.text
+
+
+async def test_the_page_shows_partial_progress_while_the_job_writes(
+    client, world, session, settings, ctx, monkeypatch
+):
+    """Mid-run, the polled fragment shows rows so far of the total and a partial bar. The
+    job is held right after its first progress write (a gate around COPY's output;
+    nothing faked, no sleeps): the page and the API are read then, and the job let go."""
+    await session.execute(text("SET LOCAL statement_timeout = 0"))  # a busy machine
+    await session.execute(
+        text(
+            """
+INSERT INTO appointments (doctor_id, patient_id, clinic_id, starts_at, ends_at, status,
+                          created_at, updated_at)
+SELECT :doctor, :patient, :clinic, t, t + interval '10 minutes', 'completed', t, t
+FROM generate_series(0, 19999) AS i,
+     LATERAL (SELECT timestamptz '2020-01-01' + interval '10 minutes' * i) AS s(t)"""
+        ),
+        {"doctor": world.doctor_id, "patient": world.patients[0], "clinic": world.clinic_id},
+    )
+    await session.commit()
+    monkeypatch.setattr(exports, "PROGRESS_EVERY_SECONDS", 0)  # a progress write per chunk
+    written = asyncio.Event()
+    go_on = asyncio.Event()
+    real_copy = exports.copy_appointments
+
+    async def held_copy(read_engine, first_day, last_day, clinic_id, output):
+        lines = 0
+
+        async def gated(chunk: bytes) -> None:
+            nonlocal lines
+            await output(chunk)  # writes the file and, here, the progress row
+            lines += chunk.count(b"\n")
+            if lines > 1 and not written.is_set():  # a row past the header is recorded
+                written.set()
+                await go_on.wait()
+
+        await real_copy(read_engine, first_day, last_day, clinic_id, gated)
+
+    monkeypatch.setattr(exports, "copy_appointments", held_copy)
+    started = await client.post(
+        "/analytics/exports",
+        data={"from": "2019-12-31", "to": "2020-06-30", "clinic_id": str(world.clinic_id)},
+        headers=world.headers("admin") | {"HX-Request": "true"},
+    )
+    assert started.status_code in (200, 201), started.text
+    export_id = started.text.split('id="export-')[1].split('"')[0]
+    job = asyncio.create_task(run_queued(settings, ctx, export_id))
+    try:
+        await asyncio.wait_for(written.wait(), timeout=60)
+        fragment = await client.get(
+            f"/analytics/exports/{export_id}",
+            headers=world.headers("admin") | {"HX-Request": "true"},
+        )
+        status = (
+            await client.get(f"/api/analytics/exports/{export_id}", headers=world.headers("admin"))
+        ).json()
+    finally:
+        go_on.set()
+        result = await asyncio.wait_for(job, timeout=120)
+    assert status["status"] == "running"
+    assert status["rows_total"] == 20_000
+    assert 0 < status["rows_done"] < 20_000
+    assert 0 < status["percent"] < 100
+    assert 'hx-trigger="every 1s"' in fragment.text  # still polling
+    assert f'value="{status["percent"]}"' in fragment.text
+    assert f"Writing: {status['rows_done']:,} of 20,000 rows" in " ".join(fragment.text.split())
+    assert result == {"status": "done", "rows": 20_000}
+
+
+async def test_ranges_past_the_caps_are_a_clear_422(client, world):
+    """Exports take up to MAX_EXPORT_DAYS (ten years), reports MAX_RANGE_DAYS (three)."""
+    last = dt.date(2026, 4, 10)
+    at_cap = last - dt.timedelta(days=analytics.MAX_EXPORT_DAYS - 1)
+    ok = await request_export(client, world, **{"from": str(at_cap), "to": str(last)})
+    assert ok.status_code == 202, ok.text
+    too_long = await request_export(
+        client, world, **{"from": str(at_cap - dt.timedelta(days=1)), "to": str(last)}
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"] == "a range covers at most 3660 days"
+    report_cap = last - dt.timedelta(days=analytics.MAX_RANGE_DAYS - 1)
+    for path in ("/api/analytics/no-shows", "/analytics", "/api/analytics/report.csv"):
+        params = {"to": str(last), "report": "no-shows"}
+        fine = await client.get(
+            path, params=params | {"from": str(report_cap)}, headers=world.headers("admin")
+        )
+        assert fine.status_code == 200, (path, fine.text)
+        refused = await client.get(
+            path,
+            params=params | {"from": str(report_cap - dt.timedelta(days=1))},
+            headers=world.headers("admin"),
+        )
+        assert refused.status_code == 422, (path, refused.text)
+        assert refused.json()["detail"] == "a range covers at most 1100 days"
