@@ -333,9 +333,9 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
     return [Outgoing(*row) for row in rows if tokens[row[0]] == row[1]]  # type: ignore[call-arg]
 
 
-def _row_with(item: Outgoing, attempts: int) -> Any:
+def _row_with(item: Outgoing, attempts: int, statuses: Sequence[str] = ("queued",)) -> Any:
     """The row of `item` while it is `queued` with this many attempts, i.e. still ours."""
-    return and_(ROWS.c.id == item.id, ROWS.c.status == "queued", ROWS.c.attempts == attempts)
+    return and_(ROWS.c.id == item.id, ROWS.c.status.in_(statuses), ROWS.c.attempts == attempts)
 
 
 def _claim_of(item: Outgoing) -> Any:
@@ -363,10 +363,16 @@ async def start_attempt(
 async def mark_sent(
     conn: AsyncConnection, item: Outgoing, provider_message_id: str, now: dt.datetime
 ) -> bool:
-    """Record the provider's message id and `sent` in one statement."""
+    """Record the provider's message id and `sent` in one statement.
+
+    A row made `void` while this attempt was in flight (its appointment was cancelled or
+    moved, the patient opted out) becomes `sent` too: the provider took the message, and
+    the outbox must say what went out. Only this attempt's row matches (`attempts`), and a
+    void row is never claimed again, so nothing else can have moved it since.
+    """
     return await _set(
         conn,
-        _attempt_of(item),
+        _row_with(item, item.token + 1, ("queued", "void")),
         status="sent",
         provider_message_id=provider_message_id[:200],
         sent_at=now,

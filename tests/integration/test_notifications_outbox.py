@@ -115,6 +115,35 @@ async def test_cancel_voids_unsent_reminders_and_sends_a_notice(client, world, s
     ]
 
 
+async def test_a_message_sent_while_its_appointment_is_cancelled_is_recorded_as_sent(
+    client, world, session, engine
+):
+    appointment_id = await book_api(client, world, at(day_after_tomorrow(), 10))
+    now, lease = dt.datetime.now(dt.UTC), dt.timedelta(minutes=5)
+    async with engine.begin() as conn:  # the dispatcher claims the confirmation
+        claims = await notifications.claim_due(conn, now=now, lease=lease, limit=10)
+    async with engine.begin() as conn:  # a send job starts its attempt
+        (item,) = await notifications.load_outgoing(conn, claims)
+        assert item.kind == "confirmation"
+        assert await notifications.start_attempt(conn, item, now=now, lease=lease)
+    # While the SMTP server takes the message, the patient cancels.
+    cancelled = await client.patch(
+        f"/api/appointments/{appointment_id}",
+        json={"status": "cancelled"},
+        headers=world.headers("patient0"),
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert (await outbox(session, id=item.id))[0].status == "void"
+    async with engine.begin() as conn:  # the server's answer arrives
+        assert await notifications.mark_sent(conn, item, "<n@medbook.test> (queued as Q1)", now)
+        assert not await notifications.mark_sent(conn, item, "twice", now)
+    found = {n.kind: n for n in await outbox(session, appointment_id=appointment_id)}
+    sent = found["confirmation"]
+    assert (sent.status, sent.last_error) == ("sent", None)
+    assert sent.provider_message_id == "<n@medbook.test> (queued as Q1)"
+    assert found["reminder_24h"].status == "void" and found["cancellation"].status == "pending"
+
+
 async def test_bulk_cancel_and_check_in(client, world, session):
     day = day_after_tomorrow()
     first = await book_api(client, world, at(day, 10))
