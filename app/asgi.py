@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import documents, page_context, realtime, slots
+from app import csrf, documents, page_context, realtime, slots
 from app.csrf import CSRFMiddleware
 from app.effects import Effects
 from app.errors import DomainError, NotFound
@@ -115,6 +115,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the web application for the given (or the process's) settings."""
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if warning := csrf.insecure_origin_warning(settings.public_origin):
+        logging.getLogger("medbook").warning(warning)
     engine = create_engine(settings, application_name="medbook-web")
     db = SQLAlchemyAsyncConfig(
         engine_instance=engine,

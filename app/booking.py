@@ -524,16 +524,18 @@ async def bulk_update(
     """Set one status on many appointments in one set-based UPDATE (review M-3).
 
     Returns:
-        For each id: `updated`, `not_found` (unknown or not the actor's to see) or
-        `invalid_transition`.
+        For each id: `updated`; `not_found` (unknown, or not the actor's to see: another
+        clinic's answers like an unknown id); `forbidden` (the actor's to see, but their
+        role may not set this status, e.g. a doctor cancelling); `invalid_transition`.
     """
     if status not in TRANSITIONS:
         raise Invalid(f"unknown status {status!r}")
+    if not any(status in targets for targets in TRANSITIONS.values()):
+        raise Invalid(f"no appointment can be set back to {status}")
     ids = list(dict.fromkeys(appointment_ids))
     if not ids or len(ids) > MAX_BULK:
         raise Invalid(f"give between 1 and {MAX_BULK} appointment ids")
-    if status not in ROLE_TARGETS.get(actor.role, frozenset()):
-        raise Forbidden(f"your role may not mark appointments {status}")
+    may_set = status in ROLE_TARGETS.get(actor.role, frozenset())
     rows = (
         await session.execute(
             select(
@@ -552,6 +554,8 @@ async def bulk_update(
             # Another clinic's appointment answers exactly like an unknown id: no
             # existence leak (docs/security.md, "404 or 403?").
             result[row_id] = "not_found"
+        elif not may_set:  # e.g. a doctor cancelling: theirs to see, not to cancel
+            result[row_id] = "forbidden"
         elif (
             status not in TRANSITIONS[current]
             or (status == "no_show" and now < starts_at)

@@ -225,7 +225,7 @@ class AppointmentController(Controller):
             )
         return appointment_out(result.appointment, result.timezone)
 
-    @post("/bulk-update", guards=[allow("front_desk", "admin")], status_code=200)
+    @post("/bulk-update", guards=[allow("doctor", "front_desk", "admin")], status_code=200)
     async def bulk_update(
         self,
         db_session: AsyncSession,

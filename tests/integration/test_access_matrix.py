@@ -113,7 +113,7 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("POST", "/api/appointments"): ("patient", "front_desk", "admin"),
     ("GET", "/api/appointments/{appointment_id:int}"): ANY,
     ("PATCH", "/api/appointments/{appointment_id:int}"): ANY,
-    ("POST", "/api/appointments/bulk-update"): STAFF,
+    ("POST", "/api/appointments/bulk-update"): ("doctor", *STAFF),
     # patient pages
     ("GET", "/doctors"): ANY,
     ("GET", "/doctors/{doctor_id:int}/slots"): ANY,

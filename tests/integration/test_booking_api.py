@@ -369,3 +369,48 @@ async def test_bad_input_is_4xx(client, world):
         headers=world.headers("patient0"),
     )
     assert no_doctor.status_code == 404
+
+
+async def test_a_doctor_bulk_updates_only_what_doctors_may_set(client, world, session):
+    """Doctors run their own day in bulk (check in, complete, no-show); a status their role
+    may never set is `forbidden` per id for their own appointments, and another doctor's
+    appointment is `not_found` like an unknown id."""
+    day = day_after_tomorrow()
+    mine = [
+        (await book(client, world, at(day, h), who=f"patient{h - 9}")).json()["id"] for h in (9, 10)
+    ]
+    theirs = await client.post(
+        "/api/appointments",
+        json={
+            "doctor_id": world.other_doctor_id,
+            "patient_id": world.patients[3],
+            "start": at(day, 10, tz=_ny()).isoformat(),
+        },
+        headers=world.headers("other_desk"),
+    )
+    assert theirs.status_code == 201, theirs.text
+    ids = [*mine, theirs.json()["id"]]
+
+    async def bulk(status):
+        response = await client.post(
+            "/api/appointments/bulk-update",
+            json={"appointment_ids": ids, "status": status},
+            headers=world.headers("doctor"),
+        )
+        assert response.status_code == 200, response.text
+        return {r["id"]: r["result"] for r in response.json()["results"]}
+
+    assert await bulk("cancelled") == {
+        mine[0]: "forbidden",
+        mine[1]: "forbidden",
+        ids[2]: "not_found",
+    }
+    assert await bulk("checked_in") == {mine[0]: "updated", mine[1]: "updated", ids[2]: "not_found"}
+    statuses = dict((await session.execute(select(Appointment.id, Appointment.status))).all())
+    assert [statuses[i] for i in ids] == ["checked_in", "checked_in", "booked"]
+    back = await client.post(
+        "/api/appointments/bulk-update",
+        json={"appointment_ids": mine, "status": "booked"},
+        headers=world.headers("desk"),
+    )
+    assert back.status_code == 422
