@@ -76,6 +76,13 @@ def record_messages(patient_id: int, record_id: int) -> list[tuple[str, dict[str
     return [(records_channel(patient_id), {"patient_id": patient_id, "record_id": record_id})]
 
 
+def channel_prefix(redis: Redis) -> str:
+    """What the hub puts before a channel name on the wire. Redis pub/sub ignores the
+    database number: apps (and test runs) sharing a server on different databases would
+    hear each other's events without it."""
+    return f"db{redis.connection_pool.connection_kwargs.get('db', 0)}:"
+
+
 def parse_channel(channel: str) -> tuple[str, int, dt.date]:
     kind, ident, day = channel.split(":")
     return kind, int(ident), dt.date.fromisoformat(day)
@@ -221,9 +228,7 @@ class Hub:
         self.redis_url = redis_url
         self.redis = redis
         self.render = render
-        # Redis pub/sub ignores the database number: apps (and test runs) sharing a server
-        # on different databases would hear each other's events without this prefix.
-        self.prefix = f"db{redis.connection_pool.connection_kwargs.get('db', 0)}:"
+        self.prefix = channel_prefix(redis)
         self.broadcast: Broadcast | None = None
         self.sockets: dict[str, set[LiveSocket]] = {}
         self.subscriptions: dict[str, _Subscription] = {}
