@@ -329,3 +329,15 @@ async def test_admin_chooses_the_clinic_of_the_board(client, world):
     assert f'href="/desk?date={following}&amp;clinic_id={world.other_clinic_id}"' in other.text
     assert f'href="/desk?clinic_id={world.other_clinic_id}">Today' in other.text
     assert f"clinic_id={world.other_clinic_id}&date={day}" in other.text.replace("&amp;", "&")
+
+
+async def test_doctor_filter_form_with_any_clinic(client, world):
+    await sign_in(client, "p0@t.test")
+    hx = {"HX-Request": "1"}
+    fragment = await client.get("/doctors?clinic_id=&specialty=&name=ny", headers=hx)
+    assert fragment.status_code == 200  # "Any clinic" sends an empty clinic_id
+    assert "Dr. NY" in fragment.text and "Dr. Berlin" not in fragment.text
+    chosen = await client.get(f"/doctors?clinic_id={world.clinic_id}&name=", headers=hx)
+    assert "Dr. Berlin" in chosen.text and "Dr. NY" not in chosen.text
+    bad = await client.get("/doctors?clinic_id=berlin", headers=hx)
+    assert bad.status_code == 400
