@@ -560,16 +560,32 @@ def _watch(children: dict[str, subprocess.Popen[bytes]], host: str, port: int) -
         time.sleep(0.5)
 
 
+# The worker lets running jobs finish for up to 20 s (tasks/worker.py); the services
+# stop only after every child has exited, so wait a little longer than that.
+STOP_WAIT_SECONDS = 30
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 10
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
+    """Stop the children gracefully, then (past the wait) for good. A Ctrl-C in the
+    terminal has already sent them SIGINT; a second one there, or a second SIGINT from us
+    (uvicorn takes it as "force quit"), must not cut their shutdown short, so we send
+    SIGTERM and ignore further Ctrl-Cs until they are gone."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if any(child.poll() is None for child in children):
+            click.echo("stopping medbook…", err=True)
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":
