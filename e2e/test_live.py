@@ -24,11 +24,16 @@ def _in_thread(coro_factory):
     box = {}
 
     def target():
-        box["value"] = asyncio.run(coro_factory())
+        try:
+            box["value"] = asyncio.run(coro_factory())
+        except BaseException as exc:  # handed to the test's thread below
+            box["error"] = exc
 
     thread = threading.Thread(target=target)
     thread.start()
     thread.join()
+    if "error" in box:
+        raise box["error"]
     return box["value"]
 
 

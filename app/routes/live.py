@@ -202,5 +202,10 @@ async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket) -> N
             await socket.send_text(item)
     except WebSocketDisconnect:
         return
+    except RuntimeError as exc:
+        # uvicorn's way of saying the client closed first (it has answered the close
+        # frame, so nothing more may be sent): the same as a disconnect, not an error.
+        if "websocket.close" not in str(exc):
+            raise
     finally:
         watcher.cancel()
