@@ -134,10 +134,11 @@ async def test_a_separate_worker_process_reports_through_the_web_scrape(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    server = LiveServer(env=env)
+    server = None
     queue = create_queue(settings)
-    await queue.connect()
-    try:
+    try:  # the worker is stopped even when the server never comes up
+        server = LiveServer(env=env)
+        await queue.connect()
         job = await queue.enqueue("heartbeat", timeout=10)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -165,7 +166,8 @@ async def test_a_separate_worker_process_reports_through_the_web_scrape(
         }
     finally:
         await queue.disconnect()
-        server.stop()
+        if server is not None:
+            server.stop()
         worker.terminate()
         try:
             worker.wait(timeout=5)  # SAQ would wait its 20 s grace; the test is done
