@@ -217,7 +217,7 @@ async def reports(
         }
 
     line = await timed_case(client, meter, "/analytics", shifted, admin_headers, requests)
-    rows.append(f"| /analytics (about a year, 50 clinics, another range each request) | {line}")
+    rows.append(f"| /analytics (10 months, 50 clinics, another range each request) | {line}")
     one = year | {"clinic_id": clinic_id}
     line = await timed_case(
         client, meter, "/api/analytics/utilisation", lambda _: one, admin_headers, requests
