@@ -133,11 +133,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.effects = Effects(app.state.redis)
         app.state.slot_cache = SlotCache(app.state.redis, app.state.sessions)
         hub = app.state.hub = Hub(settings.redis_url, app.state.redis, live.make_renderer(app))
-        app.state.effects.listeners.append(
-            lambda changes: hub.publish_all(realtime.change_messages(changes))
+        app.state.effects.publishers.append(
+            lambda pipe, changes: hub.queue_publish(pipe, realtime.change_messages(changes))
         )
-        app.state.effects.schedule_listeners.append(
-            lambda doctor_days: hub.publish_all(realtime.schedule_messages(doctor_days))
+        app.state.effects.schedule_publishers.append(
+            lambda pipe, days: hub.queue_publish(pipe, realtime.schedule_messages(days))
         )
         await hub.start()
         await warm_pool(engine, settings.db_pool_size)

@@ -1,19 +1,28 @@
 """What happens after a change to appointments or schedules is committed.
 
 Domain functions commit, then call `Effects.appointments_changed` (or `schedule_changed`)
-in the same code path, so no write can forget to invalidate the availability cache or,
-once live updates land, to publish. Payloads carry ids and days, never patient data.
+in the same code path, so no write can forget to invalidate the availability cache or to
+publish the live update. Payloads carry ids and days, never patient data.
+
+The invalidation and the live-update messages go to Redis in one pipeline: one round trip
+after each change instead of one per command, and Redis runs them in order, so a screen
+that hears a message and re-reads the cache never finds the old value.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from app import slots
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,27 +36,46 @@ class AppointmentChange:
     action: str  # booked, rescheduled, cancelled, checked_in, completed, no_show
 
 
+DoctorDays = Sequence[tuple[int, dt.date]]
+# Queue commands on the pipeline that carries the invalidation (live-update publishing).
+Publisher = Callable[[Pipeline, Sequence[AppointmentChange]], None]
+SchedulePublisher = Callable[[Pipeline, DoctorDays], None]
+# Anything else, run after the pipeline (asking for a notification dispatch).
 Listener = Callable[[Sequence[AppointmentChange]], Awaitable[None]]
-ScheduleListener = Callable[[Sequence[tuple[int, dt.date]]], Awaitable[None]]
 
 
 @dataclass
 class Effects:
-    """After-commit side effects. `listeners` lets later modules (live updates,
-    notifications) subscribe without booking code knowing them."""
+    """After-commit side effects. Later modules (live updates, notifications) subscribe
+    through `publishers` and `listeners` without booking code knowing them."""
 
     redis: Redis
+    publishers: list[Publisher] = field(default_factory=list)
+    schedule_publishers: list[SchedulePublisher] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
-    schedule_listeners: list[ScheduleListener] = field(default_factory=list)
 
     async def appointments_changed(self, changes: Sequence[AppointmentChange]) -> None:
         if not changes:
             return
-        await slots.invalidate(self.redis, [(c.doctor_id, day) for c in changes for day in c.days])
+        days = [(c.doctor_id, day) for c in changes for day in c.days]
+        await self._send(days, lambda pipe: [p(pipe, changes) for p in self.publishers])
         for listener in self.listeners:
             await listener(changes)
 
-    async def schedule_changed(self, doctor_days: Sequence[tuple[int, dt.date]]) -> None:
-        await slots.invalidate(self.redis, doctor_days)
-        for listener in self.schedule_listeners:
-            await listener(doctor_days)
+    async def schedule_changed(self, doctor_days: DoctorDays) -> None:
+        await self._send(
+            doctor_days, lambda pipe: [p(pipe, doctor_days) for p in self.schedule_publishers]
+        )
+
+    async def _send(self, doctor_days: DoctorDays, publish: Callable[[Pipeline], object]) -> None:
+        if not doctor_days:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                slots.queue_invalidation(pipe, doctor_days)
+                publish(pipe)
+                await pipe.execute()
+        except RedisError as exc:
+            # The cache's TTL bounds a missed invalidation; open screens resync when they
+            # reconnect. The change itself is committed: never fail the request for this.
+            log.error("after-commit invalidation/publish failed for %s: %s", doctor_days, exc)

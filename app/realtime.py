@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from broadcaster import Broadcast, Event
 from broadcaster._backends.redis import RedisBackend
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -263,6 +264,13 @@ class Hub:
         for socket in {s for group in self.sockets.values() for s in group}:
             socket.close(CLOSE_RESTART)
         await self._disconnect()
+
+    def queue_publish(self, pipe: Pipeline, messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Queue messages on a pipeline of the app's Redis client (app/effects.py sends
+        them with the cache invalidation they follow, in one round trip). Any client of
+        the same Redis reaches every process's subscription: PUBLISH is server-wide."""
+        for channel, payload in messages:
+            pipe.publish(self.prefix + channel, json.dumps(payload))
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         """Publish through Redis so every process (this one included) hears it."""

@@ -3,12 +3,12 @@
 Cache design (review C-5). The cached value of a doctor-day is its slots with a `taken`
 flag; the bookable window (minimum notice, horizon) depends on *now* and is applied on
 every read, so time passing never makes a cached value stale. Every write that can change
-a day (booking, cancel, reschedule, status change, template edit, exception) calls
-`invalidate()` after its commit, which bumps the day's version and deletes the value. A
-reader that missed notes the version *before* it reads PostgreSQL and stores its result
-only if the version is unchanged (one Lua call), so a computation that raced a write is
-never cached. The TTL is only a safety net. Concurrent misses of one key in one process
-share one computation.
+a day (booking, cancel, reschedule, status change, template edit, exception) runs
+`queue_invalidation()` after its commit (through app/effects.py), which bumps the day's
+version and deletes the value. A reader that missed notes the version *before* it reads
+PostgreSQL and stores its result only if the version is unchanged (one Lua call), so a
+computation that raced a write is never cached. The TTL is only a safety net. Concurrent
+misses of one key in one process share one computation.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
@@ -326,24 +327,18 @@ class SlotCache:
         return data.timezone, computed
 
 
-async def invalidate(redis: Redis, doctor_days: Iterable[tuple[int, dt.date]]) -> None:
-    """Forget cached doctor-days after a committed change. Call after commit, never before.
+def queue_invalidation(pipe: Pipeline, doctor_days: Iterable[tuple[int, dt.date]]) -> None:
+    """Queue, on a pipeline, forgetting cached doctor-days after a committed change: each
+    day's version is bumped (so a reader that raced the change does not store its result)
+    and its value deleted. Run after commit, never before (app/effects.py does).
 
     Args:
         doctor_days: (doctor id, clinic-local day) pairs whose slots may have changed.
     """
-    pairs = set(doctor_days)
-    if not pairs:
-        return
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            for doctor_id, day in pairs:
-                pipe.incr(_version_key(doctor_id, day))
-                pipe.expire(_version_key(doctor_id, day), VERSION_TTL_SECONDS)
-                pipe.delete(_key(doctor_id, day))
-            await pipe.execute()
-    except RedisError as exc:  # the TTL bounds how long a missed invalidation can last
-        log.error("availability invalidation failed for %s: %s", sorted(pairs), exc)
+    for doctor_id, day in set(doctor_days):
+        pipe.incr(_version_key(doctor_id, day))
+        pipe.expire(_version_key(doctor_id, day), VERSION_TTL_SECONDS)
+        pipe.delete(_key(doctor_id, day))
 
 
 def local_days(start: dt.datetime, end: dt.datetime, timezone: str) -> list[dt.date]:
