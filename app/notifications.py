@@ -334,7 +334,8 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
 
 
 def _row_with(item: Outgoing, attempts: int, statuses: Sequence[str] = ("queued",)) -> Any:
-    """The row of `item` while it is `queued` with this many attempts, i.e. still ours."""
+    """The row of `item` while its status is one of `statuses` (normally only `queued`) and
+    it has this many attempts: the fencing check that it is still this job's."""
     return and_(ROWS.c.id == item.id, ROWS.c.status.in_(statuses), ROWS.c.attempts == attempts)
 
 
