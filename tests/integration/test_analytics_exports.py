@@ -262,7 +262,8 @@ FROM generate_series(0, 19999) AS i,
             nonlocal lines
             await output(chunk)  # writes the file and, here, the progress row
             lines += chunk.count(b"\n")
-            if lines > 1 and not written.is_set():  # a row past the header is recorded
+            # 1 % written and recorded (the header line is not a row)
+            if lines - 1 >= 20_000 // 100 and not written.is_set():
                 written.set()
                 await go_on.wait()
 
