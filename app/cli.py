@@ -350,6 +350,14 @@ def analytics() -> None:
     """Analytics rollups."""
 
 
+ROLLUP_TABLES = (
+    "clinic_daily_stats",
+    "clinic_bucket_stats",
+    "clinic_monthly_stats",
+    "clinic_monthly_buckets",
+)
+
+
 @analytics.command("backfill")
 @click.option("--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]))
 @click.option("--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]))
@@ -358,6 +366,7 @@ def analytics() -> None:
 def analytics_backfill(ctx: click.Context, first: Any, last: Any, chunk_days: int) -> None:
     """Rebuild the rollups of every clinic for clinic-local days FROM..TO (inclusive)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from sqlalchemy import text
 
     from app.analytics import day_chunks, refresh_days
     from db.session import create_engine
@@ -377,6 +386,11 @@ def analytics_backfill(ctx: click.Context, first: Any, last: Any, chunk_days: in
                 async with engine.begin() as conn:
                     await refresh_days(conn, days)
                 advance(len(days))
+            # Fresh statistics for the planner: a bulk rewrite leaves the rollups
+            # unanalysed until autovacuum gets to them (never, where it is off), and the
+            # reports' plans then spill small sorts to disk.
+            async with engine.begin() as conn:
+                await conn.execute(text(f"ANALYZE {', '.join(ROLLUP_TABLES)}"))
         finally:
             await engine.dispose()
 

@@ -2,6 +2,9 @@
 
 import datetime as dt
 
+from sqlalchemy import text
+
+from app.cli import ROLLUP_TABLES
 from tests.integration.analytics_data import (
     add_random_appointments,
     expected_rollups,
@@ -22,6 +25,14 @@ async def test_backfill_rebuilds_the_range_with_a_progress_bar(session, settings
     assert result.returncode == 0, result.stderr
     assert "rebuilt 12 days of rollups" in result.stdout
     assert await stored_rollups(session, DAYS) == await expected_rollups(session, DAYS)
+    analysed = await session.execute(
+        text(
+            "SELECT relname FROM pg_stat_user_tables "
+            "WHERE relname = ANY(:tables) AND last_analyze IS NOT NULL"
+        ),
+        {"tables": list(ROLLUP_TABLES)},
+    )
+    assert sorted(analysed.scalars()) == sorted(ROLLUP_TABLES)  # the planner has statistics
 
     reversed_range = medbook("analytics", "backfill", "--from", "2026-03-03", "--to", "2026-02-20")
     assert reversed_range.returncode != 0
