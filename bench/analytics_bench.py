@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.settings import plain_database_url  # noqa: E402
 from app.tokens import issue_access_token  # noqa: E402
-from bench.availability_bench import start_server  # noqa: E402
+from bench.availability_bench import server_env, start_server  # noqa: E402
 
 REPORTS = [
     ("no-shows", {"group_by": "clinic"}),
@@ -309,16 +309,14 @@ async def main(args: argparse.Namespace) -> None:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/3")
     redis.Redis.from_url(redis_url).flushdb()
     secret = secrets.token_urlsafe(40)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": secret,
-        "MEDBOOK_DATA_DIR": str(ROOT / "var" / "bench"),
-        "RATE_LIMIT_USER_PER_MINUTE": "0",
-        "LOG_LEVEL": "WARNING",
-        "DB_SLOW_QUERY_MS": "0",  # the backfill's statements are slow by nature
-    }
+    env = server_env(
+        database_url,
+        redis_url,
+        secret,
+        MEDBOOK_DATA_DIR=str(ROOT / "var" / "bench"),
+        RATE_LIMIT_USER_PER_MINUTE="0",
+        DB_SLOW_QUERY_MS="0",  # the backfill's statements are slow by nature
+    )
     url = plain_database_url(database_url)
     first, last, admin_id, patients, doctors = await data_span(url)
     lines = [

@@ -66,6 +66,10 @@ def server_env(database_url: str, redis_url: str, secret: str, **extra: str) -> 
         "SECRET_KEY": secret,
         "LOG_LEVEL": "WARNING",
         "MEDBOOK_EMBEDDED": "",
+        # Benches rerun on one year and their patients keep what earlier runs booked; the
+        # per-doctor limit is still checked (its count is part of every booking's query),
+        # only its threshold is out of the way.
+        "BOOKING_MAX_FUTURE_PER_DOCTOR": "1000",
         **extra,
     }
 
@@ -220,6 +224,15 @@ async def before_and_after(database_url: str, redis_url: str, doctors, today, sa
         rows = await conn.fetch(
             "SELECT starts_at, ends_at FROM appointments WHERE doctor_id = $1 "
             "AND starts_at >= $2 AND starts_at < $3 AND status <> 'cancelled'",
+            doctor_id,
+            lo,
+            lo + dt.timedelta(days=1),
+        )
+        rows += await conn.fetch(  # leave and closures block slots too
+            "SELECT starts_at, ends_at FROM schedule_exceptions "
+            "WHERE (doctor_id = $1 OR (doctor_id IS NULL AND clinic_id = "
+            "(SELECT clinic_id FROM doctors WHERE id = $1))) "
+            "AND starts_at < $3 AND ends_at > $2",
             doctor_id,
             lo,
             lo + dt.timedelta(days=1),

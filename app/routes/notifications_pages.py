@@ -3,6 +3,7 @@ patient's choice of email, SMS or none, and the after-commit "dispatch now" nudg
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,14 +48,22 @@ async def notification_services(app: Litestar) -> AsyncIterator[None]:
     queue = app.state.notify_queue = create_queue(app.state.settings)
     await queue.connect()
 
+    asking: set[asyncio.Task[None]] = set()
+
     async def nudge(changes: Sequence[AppointmentChange]) -> None:
+        # Asked in the background: the booking's answer need not wait for the enqueue's
+        # round trip, and a lost ask only means the cron finds the rows within a minute.
         if any(c.action in DISPATCH_ON for c in changes):
-            await _kick(queue)
+            task = asyncio.create_task(_kick(queue))
+            asking.add(task)
+            task.add_done_callback(asking.discard)
 
     app.state.effects.listeners.append(nudge)
     try:
         yield
     finally:
+        if asking:
+            await asyncio.gather(*asking, return_exceptions=True)
         try:
             await queue.disconnect()
         except (RedisError, OSError) as exc:  # Redis down at shutdown must not stop it
