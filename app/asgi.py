@@ -26,11 +26,13 @@ from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 from litestar.types import ASGIApp
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import csrf, documents, page_context, realtime, slots
+from app import booking, csrf, documents, page_context, realtime, slots
 from app.csrf import CSRFMiddleware
 from app.effects import Effects
 from app.errors import DomainError, NotFound
@@ -86,7 +88,7 @@ def overloaded_handler(_: Request, exc: Exception) -> Response[dict[str, object]
 
 async def warm_pool(engine: AsyncEngine, count: int) -> None:
     """Open `count` pooled connections before the first request, and on each run the hot
-    reads once (availability, the Principal).
+    statements once (availability, the Principal, booking's two).
 
     Opening them spares the first requests after a start or deploy the fork and
     authentication of new PostgreSQL backends. Running the statements spares them the rest
@@ -103,12 +105,23 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
             with suppress(NotFound):  # doctor 0: no rows, same statement
                 await slots.load_doctor_days(connection, 0, now, now)
             await load_principal(connection, 0)
+            await booking.warm_up(connection)
             await asyncio.sleep(0.05)  # held together, so each opens its own connection
 
     try:
         await asyncio.gather(*(hold() for _ in range(count)))
     except (OSError, SQLAlchemyError) as exc:
         logging.getLogger("medbook").warning("database not reachable at start: %s", exc)
+
+
+async def warm_redis(redis: Redis, count: int) -> None:
+    """Open `count` Redis connections at start (concurrent PINGs each take one): redis-py
+    opens them on demand, and a request that opens one pays its connect and handshake
+    round trips. Redis being down only logs here, as for the database."""
+    try:
+        await asyncio.gather(*(redis.execute_command("PING") for _ in range(count)))
+    except RedisError as exc:
+        logging.getLogger("medbook").warning("Redis not reachable at start: %s", exc)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -141,6 +154,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         await hub.start()
         await warm_pool(engine, settings.db_pool_size)
+        await warm_redis(app.state.redis, settings.db_pool_size)
         try:
             yield
         finally:

@@ -14,13 +14,14 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import notifications
 from app.availability import Interval, day_slots
@@ -221,7 +222,11 @@ class _PatientFacts:
 
 
 async def _booking_facts(
-    session: AsyncSession, doctor_id: int, start: dt.datetime, patient_id: int, now: dt.datetime
+    session: AsyncSession | AsyncConnection,
+    doctor_id: int,
+    start: dt.datetime,
+    patient_id: int,
+    now: dt.datetime,
 ) -> tuple[DoctorDays, _PatientFacts | None]:
     """The doctor's days around `start` and the patient's facts (None: no such patient).
 
@@ -247,6 +252,36 @@ async def _booking_facts(
         return data, None
     notify_by, email, phone, held = json.loads(raw) if isinstance(raw, str) else raw
     return data, _PatientFacts(int(held), notifications.choose_channel(notify_by, email, phone))
+
+
+async def warm_up(connection: AsyncConnection) -> None:
+    """Prepare booking's two statements on a fresh pooled connection (app start): a
+    connection's first booking otherwise pays for preparing them and for its backend's
+    cold catalog caches (10-25 ms more, measured), which lands in booking's p99. The
+    insert ends where it starts, so its check constraint refuses it (inside a savepoint)
+    before the exclusion constraint is consulted: prepared, nothing written or locked.
+    (A refused insert that reached the exclusion constraint would make the pool's ten
+    warm-ups wait on each other.)"""
+    now = dt.datetime.now(dt.UTC)
+    with suppress(NotFound):
+        await _booking_facts(connection, 0, now, 0, now)
+    nothing = {
+        "doctor_id": 0,
+        "patient_id": 0,
+        "clinic_id": 0,
+        "starts_at": now,
+        "ends_at": now,  # fails the end-after-start check before any index is touched
+        "reason": None,
+        "idempotency_key": None,
+        "idempotency_hash": None,
+        "booked_by": None,
+        "channel": None,
+        "kinds": [],
+        "dues": [],
+    }
+    with suppress(IntegrityError):
+        async with connection.begin_nested():
+            await connection.execute(_INSERT_BOOKING_SQL, nothing)
 
 
 async def _one_statement_session(session: AsyncSession) -> None:
