@@ -75,6 +75,9 @@ async def main() -> None:
     patients = await conn.fetch("SELECT id FROM users WHERE role = 'patient' ORDER BY id LIMIT 200")
     await conn.close()
     day = dt.date.today() + dt.timedelta(days=30)
+    # A working day: the seed closes every clinic at weekends, on 1 January and 25 December.
+    while day.weekday() >= 5 or (day.month, day.day) in {(1, 1), (12, 25)}:
+        day += dt.timedelta(days=1)
     rng = random.Random(9)
     channels = [(d, day) for d in rng.sample(doctors, args.channels)]
     cookies = [(await create_session(redis, p["id"])).session_id for p in patients]
@@ -163,6 +166,8 @@ async def main() -> None:
     server.wait(timeout=15)
 
     ordered = sorted(delays)
+    if not ordered:
+        raise SystemExit(f"no fragment measured ({booked} bookings made on {day}); see the log")
 
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, round(p / 100 * len(ordered)) - 1)]
