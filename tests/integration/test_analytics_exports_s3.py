@@ -12,37 +12,24 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 from litestar.testing import AsyncTestClient
-from moto.server import ThreadedMotoServer
 from sqlalchemy import text
 
 from app import exports
 from app.asgi import create_app
-from conftest import free_port
 from db.session import create_engine
 from tasks import analytics as jobs
 from tests.integration.analytics_data import add_random_appointments
+from tests.integration.s3_server import REGION, s3_server
 from tests.integration.test_analytics_exports import DAYS, expected_rows, parse, run_queued
 from tests.integration.world import make_world
 
 BUCKET = "medbook-exports-test"
-REGION = "eu-central-1"
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    yield endpoint
-    server.stop()
+    with s3_server(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

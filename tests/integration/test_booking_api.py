@@ -249,16 +249,7 @@ async def test_bulk_update_reports_each_id(client, world, session):
     await client.patch(
         f"/api/appointments/{done}", json={"status": "cancelled"}, headers=world.headers("desk")
     )
-    ny = await client.post(
-        "/api/appointments",
-        json={
-            "doctor_id": world.other_doctor_id,
-            "patient_id": world.patients[3],
-            "start": at(day, 10, tz=_ny()).isoformat(),
-        },
-        headers=world.headers("other_desk"),
-    )
-    assert ny.status_code == 201, ny.text
+    ny = await book_in_new_york(client, world, day)
     response = await client.post(
         "/api/appointments/bulk-update",
         json={
@@ -285,6 +276,21 @@ async def test_bulk_update_reports_each_id(client, world, session):
         headers=world.headers("patient0"),
     )
     assert patient.status_code == 403
+
+
+async def book_in_new_york(client, world, day):
+    """Another clinic's appointment: the New York desk books its doctor at 10:00 there."""
+    response = await client.post(
+        "/api/appointments",
+        json={
+            "doctor_id": world.other_doctor_id,
+            "patient_id": world.patients[3],
+            "start": at(day, 10, tz=_ny()).isoformat(),
+        },
+        headers=world.headers("other_desk"),
+    )
+    assert response.status_code == 201, response.text
+    return response
 
 
 def _ny():
@@ -379,16 +385,7 @@ async def test_a_doctor_bulk_updates_only_what_doctors_may_set(client, world, se
     mine = [
         (await book(client, world, at(day, h), who=f"patient{h - 9}")).json()["id"] for h in (9, 10)
     ]
-    theirs = await client.post(
-        "/api/appointments",
-        json={
-            "doctor_id": world.other_doctor_id,
-            "patient_id": world.patients[3],
-            "start": at(day, 10, tz=_ny()).isoformat(),
-        },
-        headers=world.headers("other_desk"),
-    )
-    assert theirs.status_code == 201, theirs.text
+    theirs = await book_in_new_york(client, world, day)
     ids = [*mine, theirs.json()["id"]]
 
     async def bulk(status):

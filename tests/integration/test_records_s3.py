@@ -9,17 +9,15 @@ import hashlib
 import time
 from urllib.parse import parse_qsl, urlsplit
 
-import boto3
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from app.asgi import create_app
 from app.documents import URL_SECONDS, S3Store
-from conftest import free_port
 from db.models import MedicalRecord
+from tests.integration.s3_server import s3_server
 from tests.integration.test_records import PDF, PNG, add_appointment, upload
 from tests.integration.world import make_world
 
@@ -28,19 +26,8 @@ BUCKET = "medbook-records-test"
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="eu-central-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
-    yield endpoint
-    server.stop()
+    with s3_server(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
