@@ -464,6 +464,14 @@ class _Tally:
     booked_minutes: int = 0
 
 
+def _tally(tallies: dict[int, _Tally], key: int, label: str) -> _Tally:
+    """The row for `key`, started with its label the first time it is seen."""
+    t = tallies.get(key)
+    if t is None:
+        t = tallies[key] = _Tally(label)
+    return t
+
+
 def _no_show_rows(tallies: dict[int, _Tally]) -> list[NoShowRow]:
     return [
         NoShowRow(k, t.label, t.appointments, t.attended, t.no_show)
@@ -484,9 +492,7 @@ def dashboard_from_rows(
         cancelled_total += ca
         appointments_total += made
         for tallies, key, label in ((by_clinic, clinic_id, clinic), (by_doctor, doctor_id, doctor)):
-            t = tallies.get(key)
-            if t is None:
-                t = tallies[key] = _Tally(label)
+            t = _tally(tallies, key, label)
             t.appointments += made
             t.attended += attended
             t.no_show += ns
@@ -509,9 +515,7 @@ def dashboard_from_rows(
             cancel_lead[int(bucket)] += int(cancelled)
             continue
         for tallies, key, label in targets:
-            t = tallies.get(key)
-            if t is None:
-                t = tallies[key] = _Tally(label)
+            t = _tally(tallies, key, label)
             t.appointments += appointments
             t.attended += attended
             t.no_show += no_show

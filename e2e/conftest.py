@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+from conftest import stop_process
 from e2e.browser import chromium_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,12 +79,7 @@ class Worker:
         raise RuntimeError(f"worker ran no job in {timeout}s; see {self.log}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture(scope="session")
