@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import notifications
@@ -70,9 +70,17 @@ class BookingResult:
     replayed: bool  # an Idempotency-Key retry answered with the original booking
 
 
-def _constraint(exc: IntegrityError) -> str | None:
+def _constraint(exc: DBAPIError) -> str | None:
     cause = getattr(exc.orig, "__cause__", None)
     return getattr(cause, "constraint_name", None)
+
+
+def _lost_the_slot(exc: DBAPIError) -> bool:
+    """The write lost a contested slot: the exclusion constraint refused it, or PostgreSQL
+    broke a deadlock between two writers each waiting on the other's exclusion check (this
+    happens when concurrent inserts conflict; the survivor holds the slot)."""
+    cause = getattr(exc.orig, "__cause__", None)
+    return _constraint(exc) == "no_overlap" or getattr(cause, "sqlstate", None) == "40P01"
 
 
 def _request_hash(doctor_id: int, start: dt.datetime, patient_id: int, reason: str | None) -> str:
@@ -368,9 +376,9 @@ async def book(
             )
         ).one()
         await session.commit()
-    except IntegrityError as exc:
+    except DBAPIError as exc:
         await session.rollback()
-        if _constraint(exc) == "no_overlap":
+        if _lost_the_slot(exc):
             raise await _taken(session, doctor_id, slot.start, rules, now) from None
         # A concurrent retry with the same key won the race: answer as it did.
         if (
@@ -477,9 +485,9 @@ async def reschedule(
         # The outbox: the old time's unsent messages give way to the new time's.
         await notifications.appointment_rescheduled(session, appointment, data.timezone, now)
         await session.commit()
-    except IntegrityError as exc:
+    except DBAPIError as exc:
         await session.rollback()
-        if _constraint(exc) == "no_overlap":
+        if _lost_the_slot(exc):
             raise await _taken(session, doctor_id, slot.start, rules, now) from None
         raise
     await effects.appointments_changed([_change(appointment, data.timezone, "rescheduled", old)])
