@@ -265,12 +265,23 @@ async def before_and_after(database_url: str, redis_url: str, doctors, today, sa
     return before, miss, hit
 
 
+SCENARIOS = ["bare", "hit", "miss", "mixed", "wrk", "before"]
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--booking-rate", type=float, default=20)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        default=SCENARIOS,
+        help="run just these parts (default: all), e.g. `--only miss` while tuning misses",
+    )
     args = parser.parse_args()
+    only = set(args.only)
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         raise SystemExit("set DATABASE_URL to the database `medbook seed scale` loaded")
@@ -340,21 +351,23 @@ async def main() -> None:
         await run(client, {"warm-up": (args.rate, me)}, len(tokens) / args.rate)
         await run(client, {"warm-up": (args.rate, availability(cold, len(cold) // 2))}, 5)
         results = []
-        for name, stream in (
-            ("bare JSON route", bare),
-            ("availability, cache hit", availability(warm)),
-            ("availability, cache miss", availability(cold)),
+        for part, name, stream in (
+            ("bare", "bare JSON route", bare),
+            ("hit", "availability, cache hit", availability(warm)),
+            ("miss", "availability, cache miss", availability(cold)),
         ):
-            results += (await run(client, {name: (args.rate, stream)}, s)).values()
-        mixed = await run(
-            client,
-            {
-                "availability (hit) with bookings": (args.rate, availability(warm)),
-                "booking at 20/s": (args.booking_rate, booking),
-            },
-            s,
-        )
-        results += mixed.values()
+            if part in only:
+                results += (await run(client, {name: (args.rate, stream)}, s)).values()
+        if "mixed" in only:
+            mixed = await run(
+                client,
+                {
+                    "availability (hit) with bookings": (args.rate, availability(warm)),
+                    "booking at 20/s": (args.booking_rate, booking),
+                },
+                s,
+            )
+            results += mixed.values()
         client.close()
 
         lines += [
@@ -368,7 +381,7 @@ async def main() -> None:
         ]
         lines += [r.row() for r in results]
 
-        if shutil.which("wrk"):
+        if "wrk" in only and shutil.which("wrk"):
             paths = [
                 f"/api/appointments/available-slots?doctor_id={d}&date={day.isoformat()}"
                 for d, day in warm
@@ -391,12 +404,15 @@ async def main() -> None:
                 f"Cached availability reaches **{ratio:.2f}×** the bare route's "
                 "throughput (target ≥ 0.25).",
             ]
-        else:
+        elif "wrk" in only:
             lines += ["", "wrk not found (`apt-get install wrk`): closed-loop part skipped."]
     finally:
         server.terminate()
         server.wait(timeout=15)
 
+    if "before" not in only:
+        finish(lines)
+        return
     before, miss, hit = await before_and_after(database_url, redis_url, doctors, today)
     lines += [
         "",
@@ -420,6 +436,11 @@ async def main() -> None:
         f"Medbook's miss path is **{speedup:.0f}×** faster than the review's design, its hit path "
         f"**{statistics.median(before) / statistics.median(hit):.0f}×** (medians).",
     ]
+    finish(lines)
+
+
+def finish(lines: list[str]) -> None:
+    """Print the report and write it to bench/results/availability.md."""
     report = "\n".join(lines) + "\n"
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     (ROOT / "bench" / "results" / "availability.md").write_text(
