@@ -103,7 +103,7 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
     async def hold() -> None:
         async with engine.connect() as connection:
             with suppress(NotFound):  # doctor 0: no rows, same statement
-                await slots.load_doctor_days(connection, 0, now, now)
+                await slots.fetch_doctor_days(connection, 0, now, now)
             await load_principal(connection, 0)
             await booking.warm_up(connection)
             await asyncio.sleep(0.05)  # held together, so each opens its own connection
@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.redis = create_redis(settings)
         app.state.documents = documents.create_store(settings)  # one S3 client per process
         app.state.effects = Effects(app.state.redis)
-        app.state.slot_cache = SlotCache(app.state.redis, app.state.sessions)
+        app.state.slot_cache = SlotCache(app.state.redis, engine)
         hub = app.state.hub = Hub(settings.redis_url, app.state.redis, live.make_renderer(app))
         app.state.effects.publishers.append(
             lambda pipe, changes: hub.queue_publish(pipe, realtime.change_messages(changes))

@@ -8,7 +8,7 @@ a day (booking, cancel, reschedule, status change, template edit, exception) run
 version and deletes the value. A reader that missed notes the version *before* it reads
 PostgreSQL and stores its result only if the version is unchanged (one Lua call), so a
 computation that raced a write is never cached. The TTL is only a safety net. Concurrent
-misses of one key in one process share one computation.
+misses of one key in one process share one computation, if they saw the same versions.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,11 +28,12 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import TextClause, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from app.availability import Interval, TemplateRange, day_slots, local_day_bounds
+from app.availability import Interval, TemplateRange, day_grid, local_day_bounds, taken_flags
 from app.errors import NotFound
 from app.redis_scripts import Script
+from db.session import driver_fetchrow
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,12 @@ def doctor_days_sql(extra_columns: str = "") -> TextClause:
 
 
 DOCTOR_DAYS_SQL = doctor_days_sql()
+# The same statement in asyncpg's placeholders, for the cache-miss path (`fetch_doctor_days`).
+_DOCTOR_DAYS_NATIVE = re.sub(
+    r":(doctor_id|lo|hi)\b",
+    lambda m: {"doctor_id": "$1", "lo": "$2", "hi": "$3"}[m[1]],
+    _DOCTOR_DAYS.format(extra=""),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +152,19 @@ async def load_doctor_days(
     return doctor_days_from_row(doctor_id, row)
 
 
+async def fetch_doctor_days(
+    connection: AsyncConnection, doctor_id: int, lo: dt.datetime, hi: dt.datetime
+) -> DoctorDays:
+    """`load_doctor_days` on a pooled connection outside any transaction, through asyncpg
+    directly (`db.session.driver_fetchrow`): the cache-miss path.
+
+    Raises:
+        NotFound: no such doctor.
+    """
+    row = await driver_fetchrow(connection, _DOCTOR_DAYS_NATIVE, doctor_id, lo, hi)
+    return doctor_days_from_row(doctor_id, row)
+
+
 def doctor_days_from_row(doctor_id: int, row: Sequence[Any] | None) -> DoctorDays:
     """A row of `doctor_days_sql` (its first six columns) as DoctorDays.
 
@@ -166,20 +188,38 @@ def doctor_days_from_row(doctor_id: int, row: Sequence[Any] | None) -> DoctorDay
 def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
     """Slots with their taken flag (bookings and exceptions), ignoring notice and horizon."""
     tz = ZoneInfo(data.timezone)
+    busy = [*data.booked, *data.blocked]
     result = []
     for day in days:
-        slots = day_slots(day, data.ranges, tz, booked=data.booked, blocked=data.blocked)
+        grid, rendered = _laid_out(day, tuple(r for r in data.ranges if r.applies_on(day)), tz)
+        flags = taken_flags(grid, busy)
         cached = [
-            CachedSlot(
-                int(s.start.timestamp()),
-                s.start.astimezone(tz).isoformat(),
-                s.end.astimezone(tz).isoformat(),
-                not s.available,
-            )
-            for s in slots
+            CachedSlot(starts, start, end, taken)
+            for (starts, start, end), taken in zip(rendered, flags, strict=True)
         ]
         result.append(DaySlots(day, cached))
     return result
+
+
+@lru_cache(maxsize=8192)
+def _laid_out(
+    day: dt.date, ranges: tuple[TemplateRange, ...], tz: ZoneInfo
+) -> tuple[tuple[Interval, ...], tuple[tuple[int, str, str], ...]]:
+    """A day's grid and its slots rendered as cached (epoch start, local ISO start and
+    end). It depends only on the day, the ranges that apply on it and the zone, and
+    doctors share hours (the year-scale seed: 412 distinct day shapes per zone and weekday
+    for 2,617 doctor-weekdays), so it is remembered per process (a few MB at most).
+    Laying out and rendering was most of a cache miss's Python time."""
+    grid = tuple(day_grid(day, ranges, tz))
+    rendered = tuple(
+        (
+            int(s.start.timestamp()),
+            s.start.astimezone(tz).isoformat(),
+            s.end.astimezone(tz).isoformat(),
+        )
+        for s in grid
+    )
+    return grid, rendered
 
 
 def _key(doctor_id: int, day: dt.date) -> str:
@@ -239,17 +279,17 @@ return stored
 
 @dataclass
 class SlotCache:
-    """Reads doctor-days through Redis, opening a database session only on a miss; counts
-    hits and misses for metrics and benchmarks."""
+    """Reads doctor-days through Redis, taking a database connection only on a miss;
+    counts hits and misses for metrics and benchmarks."""
 
     redis: Redis
-    sessions: async_sessionmaker[AsyncSession]
+    engine: AsyncEngine
     hits: int = 0
     misses: int = 0
 
     def __post_init__(self) -> None:
         self._store = Script(_SET_IF_VERSION)
-        self._inflight: dict[tuple[int, dt.date, dt.date], asyncio.Future] = {}
+        self._inflight: dict[tuple[Any, ...], asyncio.Future] = {}
 
     async def days(
         self,
@@ -281,18 +321,17 @@ class SlotCache:
             decoded = [_decode(day, raw) for day, raw in zip(days, hits, strict=True)]
             return decoded[0][0], [d for _, d in decoded]
         self.misses += sum(v is None for v in cached)
-        key = (doctor_id, first, days[-1])
+        # Only a computation that saw the same versions is shared: one that began before a
+        # write bumped them would hand a reader arriving after that write a stale answer.
+        key = (doctor_id, first, days[-1], tuple(versions))
         if key in self._inflight:
             return await asyncio.shield(self._inflight[key])
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            # A read-only autocommit connection: no BEGIN/ROLLBACK round trips around the
-            # one query (each costs ~0.25 ms through the driver on this kind of machine).
-            async with self.sessions() as session:
-                connection = await session.connection(
-                    execution_options={"isolation_level": "AUTOCOMMIT"}
-                )
+            # One statement outside a transaction: no BEGIN/ROLLBACK round trips around it
+            # (each costs ~0.25 ms through the driver on this kind of machine).
+            async with self.engine.connect() as connection:
                 result = await self._compute(connection, doctor_id, days, versions)
             future.set_result(result)
             return result
@@ -305,7 +344,7 @@ class SlotCache:
 
     async def _compute(
         self,
-        session: AsyncSession | AsyncConnection,
+        connection: AsyncConnection,
         doctor_id: int,
         days: list[dt.date],
         versions: list[bytes | None],
@@ -313,7 +352,7 @@ class SlotCache:
         # Bounds wide enough for any zone (UTC-12 to UTC+14); the pure code cuts exactly.
         lo = dt.datetime.combine(days[0], dt.time(), dt.UTC) - dt.timedelta(hours=15)
         hi = dt.datetime.combine(days[-1], dt.time(), dt.UTC) + dt.timedelta(hours=39)
-        data = await load_doctor_days(session, doctor_id, lo, hi)
+        data = await fetch_doctor_days(connection, doctor_id, lo, hi)
         computed = compute_days(data, days) if data.active else [DaySlots(d, []) for d in days]
         keys: list[str] = []
         args: list[str | int] = [CACHE_TTL_SECONDS]

@@ -198,7 +198,7 @@ async def before_and_after(database_url: str, redis_url: str, doctors, today, sa
     sessions = session_factory(engine)
     from redis.asyncio import Redis
 
-    cache = SlotCache(Redis.from_url(redis_url), sessions)
+    cache = SlotCache(Redis.from_url(redis_url), engine)
     conn = await asyncpg.connect(plain_database_url(database_url))
     await conn.execute(
         "SET enable_indexscan = off; SET enable_bitmapscan = off;SET enable_indexonlyscan = off"

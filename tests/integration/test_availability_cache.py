@@ -111,11 +111,11 @@ async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, red
 
     day = day_after_tomorrow()
     sessions = session_factory(engine)
-    cache = SlotCache(redis, sessions)
-    original = slots_module.load_doctor_days
+    cache = SlotCache(redis, engine)
+    original = slots_module.fetch_doctor_days
 
-    async def load_then_a_write_lands(session, doctor_id, lo, hi):
-        stale = await original(session, doctor_id, lo, hi)
+    async def load_then_a_write_lands(connection, doctor_id, lo, hi):
+        stale = await original(connection, doctor_id, lo, hi)
         user = world.users["patient0"]
         actor = Principal(user.id, user.email, "patient", patient_id=user.patient_id)
         async with sessions() as writer:
@@ -130,29 +130,28 @@ async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, red
             )
         return stale
 
-    monkeypatch.setattr(slots_module, "load_doctor_days", load_then_a_write_lands)
+    monkeypatch.setattr(slots_module, "fetch_doctor_days", load_then_a_write_lands)
     _, stale_days = await cache.days(world.doctor_id, day, 1)
     ten = at(day, 10).astimezone(dt.UTC)
     assert next(s for s in stale_days[0].slots if s.start == ten).taken is False  # it raced
 
-    monkeypatch.setattr(slots_module, "load_doctor_days", original)
+    monkeypatch.setattr(slots_module, "fetch_doctor_days", original)
     _, fresh_days = await cache.days(world.doctor_id, day, 1)
     assert next(s for s in fresh_days[0].slots if s.start == ten).taken is True
 
 
 async def test_concurrent_misses_compute_once(world, engine, redis, monkeypatch):
-    from db.session import session_factory
 
     calls = []
-    original = slots_module.load_doctor_days
+    original = slots_module.fetch_doctor_days
 
     async def counted(*args):
         calls.append(args[1])
         await asyncio.sleep(0.05)  # long enough for every reader to arrive
         return await original(*args)
 
-    monkeypatch.setattr(slots_module, "load_doctor_days", counted)
-    cache = SlotCache(redis, session_factory(engine))
+    monkeypatch.setattr(slots_module, "fetch_doctor_days", counted)
+    cache = SlotCache(redis, engine)
 
     async def read():
         return await cache.days(world.doctor_id, day_after_tomorrow(), 1)
@@ -195,9 +194,8 @@ async def test_a_bad_availability_query_still_gets_its_400(client, world):
 
 
 async def test_a_week_miss_caches_every_day_in_one_call(world, engine, redis):
-    from db.session import session_factory
 
-    cache = SlotCache(redis, session_factory(engine))
+    cache = SlotCache(redis, engine)
     first = day_after_tomorrow()
     _, week = await cache.days(world.doctor_id, first, 7)
     assert cache.misses == 7
@@ -205,3 +203,51 @@ async def test_a_week_miss_caches_every_day_in_one_call(world, engine, redis):
         _, (day,) = await cache.days(world.doctor_id, first + dt.timedelta(days=offset), 1)
         assert day == computed
     assert cache.hits == 7 and cache.misses == 7
+
+
+async def test_a_read_after_a_write_does_not_join_an_older_computation(
+    world, engine, redis, monkeypatch
+):
+    """Reader A's computation is slow; meanwhile a booking commits and invalidates; reader
+    B, arriving after that, must not be handed A's (older) answer."""
+    from app import booking
+    from app.booking import BookingRules
+    from app.effects import Effects
+    from app.identity import Principal
+    from db.session import session_factory
+
+    day = day_after_tomorrow()
+    cache = SlotCache(redis, engine)
+    original = slots_module.fetch_doctor_days
+    a_has_read = asyncio.Event()
+    release_a = asyncio.Event()
+
+    async def slow_for_a(connection, doctor_id, lo, hi):
+        data = await original(connection, doctor_id, lo, hi)
+        if not a_has_read.is_set():
+            a_has_read.set()
+            await release_a.wait()
+        return data
+
+    monkeypatch.setattr(slots_module, "fetch_doctor_days", slow_for_a)
+    reader_a = asyncio.create_task(cache.days(world.doctor_id, day, 1))
+    await a_has_read.wait()
+    user = world.users["patient0"]
+    async with session_factory(engine)() as writer:
+        effects = Effects(redis)
+        await booking.book(
+            writer,
+            effects,
+            Principal(user.id, user.email, "patient", patient_id=user.patient_id),
+            doctor_id=world.doctor_id,
+            start=at(day, 10),
+            rules=BookingRules(dt.timedelta(0), dt.timedelta(days=30), 5),
+            now=dt.datetime.now(dt.UTC),
+        )
+    ten = at(day, 10).astimezone(dt.UTC)
+    reader_b = asyncio.create_task(cache.days(world.doctor_id, day, 1))
+    await asyncio.sleep(0.05)  # B is under way (it would be waiting on A if it joined)
+    release_a.set()
+    (_, (a_day,)), (_, (b_day,)) = await asyncio.gather(reader_a, reader_b)
+    assert next(s for s in a_day.slots if s.start == ten).taken is False  # began before
+    assert next(s for s in b_day.slots if s.start == ten).taken is True

@@ -11,12 +11,19 @@ import dataclasses
 import logging
 import re
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from db.session import create_engine
+from db.session import create_engine, driver_fetchrow
 
+# What asyncpg raises on a connection whose backend is gone, by how far it got to notice.
+DRIVER_CONNECTION_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
 IDLE = 0.3  # seconds: a short alive-bypass window, so the test need not wait long
 
 
@@ -172,3 +179,40 @@ async def test_the_slow_query_log_can_be_turned_off(settings, caplog):
     finally:
         await pooled.dispose()
     assert [r for r in caplog.records if r.name == "medbook.slow_query"] == []
+
+
+async def test_a_slow_driver_statement_is_logged_too(settings, caplog):
+    """The availability miss path runs its statement through asyncpg directly
+    (driver_fetchrow): the slow-query log still sees it, without its values."""
+    pooled = create_engine(dataclasses.replace(settings, slow_query_ms=100))
+    try:
+        with caplog.at_level(logging.WARNING, logger="medbook.slow_query"):
+            async with pooled.connect() as conn:
+                row = await driver_fetchrow(conn, "SELECT pg_sleep($1), 7 AS seven", 0.25)
+                fast = await driver_fetchrow(conn, "SELECT 1")
+    finally:
+        await pooled.dispose()
+    assert row["seven"] == 7 and fast[0] == 1
+    slow = [r.getMessage() for r in caplog.records if r.name == "medbook.slow_query"]
+    assert len(slow) == 1, slow
+    match = re.fullmatch(r"slow query (\d+\.\d) ms: (.*)", slow[0])
+    assert match and float(match.group(1)) >= 250 and "pg_sleep($1)" in match.group(2)
+
+
+async def test_a_driver_statement_on_a_killed_backend_replaces_the_connection(settings, engine):
+    """A pooled connection whose backend died (within the no-ping window) fails its
+    statement; it is invalidated, so the next checkout gets a new backend instead of
+    failing again."""
+    pooled = create_engine(dataclasses.replace(settings, db_pool_size=1, db_max_overflow=0))
+    try:
+        async with pooled.connect() as conn:
+            pid = (await driver_fetchrow(conn, "SELECT pg_backend_pid()"))[0]
+        await terminate(engine, pid)
+        with pytest.raises(DRIVER_CONNECTION_ERRORS):
+            async with pooled.connect() as conn:
+                await driver_fetchrow(conn, "SELECT 1")
+        async with pooled.connect() as conn:
+            fresh = (await driver_fetchrow(conn, "SELECT pg_backend_pid()"))[0]
+        assert fresh != pid
+    finally:
+        await pooled.dispose()
