@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -124,6 +125,22 @@ async def warm_redis(redis: Redis, count: int) -> None:
         logging.getLogger("medbook").warning("Redis not reachable at start: %s", exc)
 
 
+@asynccontextmanager
+async def freeze_startup_heap(_: Litestar) -> AsyncIterator[None]:
+    """Once everything has started, move every object alive so far (modules, the app, its
+    routes, pools, compiled templates) out of the garbage collector's reach.
+
+    Those few hundred thousand objects live as long as the process, yet each full
+    (generation 2) collection walked them all: 40-110 ms per collection in each worker,
+    measured with gc.callbacks, several in the first seconds after a start (the stall of
+    the first requests after a deploy) and, once in-process caches grow, now and then
+    under load. After `gc.freeze()` a full collection walks only what came later. Runs
+    last among the lifespans, so everything they set up is included."""
+    gc.collect()
+    gc.freeze()
+    yield
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the web application for the given (or the process's) settings."""
     settings = settings or get_settings()
@@ -206,7 +223,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         # A 5xx is a bug: log every unhandled exception with its traceback, not only in debug.
         logging_config=LoggingConfig(log_exceptions="always"),
-        lifespan=[services, analytics_services, notification_services, metrics_lifespan],
+        lifespan=[
+            services,
+            analytics_services,
+            notification_services,
+            metrics_lifespan,
+            freeze_startup_heap,
+        ],
         dependencies={
             "settings": Provide(deps.provide_settings, sync_to_thread=False),
             "effects": Provide(deps.provide_effects, sync_to_thread=False),

@@ -128,34 +128,24 @@ def day_slots(
     Returns:
         Slots in time order.
     """
-    grid = day_grid(day, ranges, tz)
+    busy = sorted([*booked, *blocked], key=lambda i: i.start)
     result: list[Slot] = []
-    for slot, taken in zip(grid, taken_flags(grid, [*booked, *blocked]), strict=True):
+    first = 0  # busy intervals before this index end before the current slot starts
+    for slot in day_grid(day, ranges, tz):
+        while first < len(busy) and busy[first].end <= slot.start:
+            first += 1
+        taken = False
+        i = first
+        while i < len(busy) and busy[i].start < slot.end:
+            if busy[i].end > slot.start:
+                taken = True
+                break
+            i += 1
         in_window = (not_before is None or slot.start >= not_before) and (
             not_after is None or slot.start <= not_after
         )
         result.append(Slot(slot.start, slot.end, in_window and not taken))
     return result
-
-
-def taken_flags(grid: Sequence[Interval], busy: Iterable[Interval]) -> list[bool]:
-    """For each slot of a time-ordered grid, whether a busy interval (a booking or an
-    exception) overlaps it. Busy intervals are sorted once and swept alongside the slots."""
-    ordered = sorted(busy, key=lambda i: i.start)
-    flags: list[bool] = []
-    first = 0  # busy intervals before this index end before the current slot starts
-    for slot in grid:
-        while first < len(ordered) and ordered[first].end <= slot.start:
-            first += 1
-        taken = False
-        i = first
-        while i < len(ordered) and ordered[i].start < slot.end:
-            if ordered[i].end > slot.start:
-                taken = True
-                break
-            i += 1
-        flags.append(taken)
-    return flags
 
 
 def local_day_bounds(day: dt.date, tz: ZoneInfo) -> Interval:

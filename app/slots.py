@@ -20,7 +20,6 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -30,7 +29,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from app.availability import Interval, TemplateRange, day_grid, local_day_bounds, taken_flags
+from app.availability import Interval, TemplateRange, day_slots, local_day_bounds
 from app.errors import NotFound
 from app.redis_scripts import Script
 from db.session import driver_fetchrow
@@ -188,38 +187,20 @@ def doctor_days_from_row(doctor_id: int, row: Sequence[Any] | None) -> DoctorDay
 def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
     """Slots with their taken flag (bookings and exceptions), ignoring notice and horizon."""
     tz = ZoneInfo(data.timezone)
-    busy = [*data.booked, *data.blocked]
     result = []
     for day in days:
-        grid, rendered = _laid_out(day, tuple(r for r in data.ranges if r.applies_on(day)), tz)
-        flags = taken_flags(grid, busy)
+        slots = day_slots(day, data.ranges, tz, booked=data.booked, blocked=data.blocked)
         cached = [
-            CachedSlot(starts, start, end, taken)
-            for (starts, start, end), taken in zip(rendered, flags, strict=True)
+            CachedSlot(
+                int(s.start.timestamp()),
+                s.start.astimezone(tz).isoformat(),
+                s.end.astimezone(tz).isoformat(),
+                not s.available,
+            )
+            for s in slots
         ]
         result.append(DaySlots(day, cached))
     return result
-
-
-@lru_cache(maxsize=8192)
-def _laid_out(
-    day: dt.date, ranges: tuple[TemplateRange, ...], tz: ZoneInfo
-) -> tuple[tuple[Interval, ...], tuple[tuple[int, str, str], ...]]:
-    """A day's grid and its slots rendered as cached (epoch start, local ISO start and
-    end). It depends only on the day, the ranges that apply on it and the zone, and
-    doctors share hours (the year-scale seed: 412 distinct day shapes per zone and weekday
-    for 2,617 doctor-weekdays), so it is remembered per process (a few MB at most).
-    Laying out and rendering was most of a cache miss's Python time."""
-    grid = tuple(day_grid(day, ranges, tz))
-    rendered = tuple(
-        (
-            int(s.start.timestamp()),
-            s.start.astimezone(tz).isoformat(),
-            s.end.astimezone(tz).isoformat(),
-        )
-        for s in grid
-    )
-    return grid, rendered
 
 
 def _key(doctor_id: int, day: dt.date) -> str:

@@ -138,24 +138,3 @@ def test_notice_and_horizon_window(window_start, window_len):
     hi = lo + dt.timedelta(minutes=window_len)
     for slot in day_slots(day, ranges, tz, not_before=lo, not_after=hi):
         assert slot.available == (lo <= slot.start <= hi)
-
-
-@settings(max_examples=200, deadline=None)
-@given(data=st.data(), ranges=weekly_ranges(), day=DAYS, tz=st.sampled_from(ZONES))
-def test_the_remembered_layout_answers_as_the_pure_function(data, ranges, day, tz):
-    """slots.compute_days reuses a day's laid-out grid across doctors with the same hours:
-    two doctors sharing it, one with bookings, each get exactly the pure function's answer
-    (nothing of one doctor's bookings leaks into the other's)."""
-    from app.slots import DoctorDays, compute_days
-
-    booked = intervals_on(day, tz, data.draw, data.draw(st.integers(1, 6)))
-    blocked = intervals_on(day, tz, data.draw, data.draw(st.integers(0, 2)))
-    busy_doctor = DoctorDays(1, 1, tz.key, True, ranges, blocked, booked)
-    idle_doctor = DoctorDays(2, 1, tz.key, True, list(ranges), [], [])
-    for doctor in (busy_doctor, idle_doctor, busy_doctor):
-        (computed,) = compute_days(doctor, [day])
-        expected = day_slots(day, ranges, tz, booked=doctor.booked, blocked=doctor.blocked)
-        assert [(s.start, s.end, not s.taken) for s in computed.slots] == [
-            (s.start, s.end, s.available) for s in expected
-        ]
-        assert all(s.start_local == s.start.astimezone(tz).isoformat() for s in computed.slots)
