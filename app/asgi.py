@@ -135,10 +135,14 @@ async def freeze_startup_heap(_: Litestar) -> AsyncIterator[None]:
     measured with gc.callbacks, several in the first seconds after a start (the stall of
     the first requests after a deploy) and, once in-process caches grow, now and then
     under load. After `gc.freeze()` a full collection walks only what came later. Runs
-    last among the lifespans, so everything they set up is included."""
+    last among the lifespans, so everything they set up is included; at shutdown the
+    objects are handed back (an app built and stopped in a test process is collected)."""
     gc.collect()
     gc.freeze()
-    yield
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
