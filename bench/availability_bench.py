@@ -188,14 +188,13 @@ def best_under_50ms(url: str, tokens: list[str], paths: list[str], seconds: int)
 async def before_and_after(database_url: str, redis_url: str, doctors, today, samples=30):
     """In process: the review's design against medbook's, on the same doctor-days."""
     from app.settings import load_settings
-    from app.slots import SlotCache, compute_days, load_doctor_days
-    from db.session import create_engine, session_factory
+    from app.slots import SlotCache, compute_days, fetch_doctor_days
+    from db.session import create_engine
 
     settings = load_settings(
         {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "SECRET_KEY": "x" * 40}
     )
     engine = create_engine(settings, application_name="bench")
-    sessions = session_factory(engine)
     from redis.asyncio import Redis
 
     cache = SlotCache(Redis.from_url(redis_url), engine)
@@ -247,10 +246,10 @@ async def before_and_after(database_url: str, redis_url: str, doctors, today, sa
         before.append((time.perf_counter() - started) * 1000)
 
         started = time.perf_counter()
-        async with sessions() as session:
+        async with engine.connect() as connection:  # as SlotCache does on a miss
             lo_utc = dt.datetime.combine(day, dt.time(), dt.UTC) - dt.timedelta(hours=15)
-            data = await load_doctor_days(
-                session, doctor_id, lo_utc, lo_utc + dt.timedelta(hours=54)
+            data = await fetch_doctor_days(
+                connection, doctor_id, lo_utc, lo_utc + dt.timedelta(hours=54)
             )
             ours = compute_days(data, [day])
         miss.append((time.perf_counter() - started) * 1000)
