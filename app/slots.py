@@ -18,8 +18,9 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -278,11 +279,17 @@ class SlotCache:
         first: dt.date,
         count: int,
         prefetched: Mapping[str, bytes | None] | None = None,
+        later: list[Callable[[], Awaitable[None]]] | None = None,
     ) -> tuple[str, list[DaySlots]]:
         """The doctor's slots for `count` days from `first`, and the clinic's time zone.
 
         Args:
             prefetched: values of `prefetch_keys` already read from Redis in this request.
+            later: when given, a miss's store into Redis is appended here for the caller to
+                run once it has answered (the API route runs it as the response's
+                background task: the client does not wait for that round trip), instead of
+                being awaited before this returns. The version guard makes a late store
+                as safe as an early one.
         """
         days = [first + dt.timedelta(days=i) for i in range(count)]
         keys = _day_keys(doctor_id, days)
@@ -313,7 +320,7 @@ class SlotCache:
             # One statement outside a transaction: no BEGIN/ROLLBACK round trips around it
             # (each costs ~0.25 ms through the driver on this kind of machine).
             async with self.engine.connect() as connection:
-                result = await self._compute(connection, doctor_id, days, versions)
+                result = await self._compute(connection, doctor_id, days, versions, later)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -329,6 +336,7 @@ class SlotCache:
         doctor_id: int,
         days: list[dt.date],
         versions: list[bytes | None],
+        later: list[Callable[[], Awaitable[None]]] | None,
     ) -> tuple[str, list[DaySlots]]:
         # Bounds wide enough for any zone (UTC-12 to UTC+14); the pure code cuts exactly.
         lo = dt.datetime.combine(days[0], dt.time(), dt.UTC) - dt.timedelta(hours=15)
@@ -340,11 +348,18 @@ class SlotCache:
         for day, version in zip(computed, versions, strict=True):
             keys += [_key(doctor_id, day.day), _version_key(doctor_id, day.day)]
             args += [_encode(data.timezone, day), (version or b"").decode()]
+        store = partial(self._store_days, keys, args)
+        if later is None:
+            await store()
+        else:
+            later.append(store)
+        return data.timezone, computed
+
+    async def _store_days(self, keys: list[str], args: list[str | int]) -> None:
         try:
             await self._store(self.redis, keys, args)
         except RedisError as exc:
             log.warning("could not cache availability: %s", exc)
-        return data.timezone, computed
 
 
 def queue_invalidation(pipe: Pipeline, doctor_days: Iterable[tuple[int, dt.date]]) -> None:

@@ -251,3 +251,18 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
     (_, (a_day,)), (_, (b_day,)) = await asyncio.gather(reader_a, reader_b)
     assert next(s for s in a_day.slots if s.start == ten).taken is False  # began before
     assert next(s for s in b_day.slots if s.start == ten).taken is True
+
+
+async def test_a_deferred_store_waits_for_its_caller(world, engine, redis):
+    """With `later`, a miss answers first and stores when the caller runs what it was
+    handed (the API route: after its response has been sent)."""
+    cache = SlotCache(redis, engine)
+    day = day_after_tomorrow()
+    later: list = []
+    _, (computed,) = await cache.days(world.doctor_id, day, 1, later=later)
+    assert len(later) == 1
+    assert await redis.get(f"avail:{world.doctor_id}:{day.isoformat()}") is None
+    for store in later:
+        await store()
+    _, (again,) = await cache.days(world.doctor_id, day, 1)
+    assert again == computed and cache.hits == 1 and cache.misses == 1
