@@ -125,11 +125,13 @@ async def load_fixtures(database_url: str, secret: str, today: dt.date) -> dict:
 
 
 async def free_slots(client, headers, doctors, today, wanted: int) -> list[tuple[int, str]]:
-    """Free slots far enough ahead, spread over doctors, for the booking stream."""
+    """Free slots far enough ahead, spread over doctors, for the booking stream: up to three
+    per doctor-day, walking doctor-days 20-80 days ahead in a shuffled order (reruns on
+    the same year book what earlier runs found, so later runs look further)."""
     found: list[tuple[int, str]] = []
-    rng = random.Random(7)
-    for doctor_id, _ in rng.sample(doctors, len(doctors)):
-        day = today + dt.timedelta(days=rng.randint(20, 80))
+    pairs = [(d, today + dt.timedelta(days=k)) for d, _ in doctors for k in range(20, 81)]
+    random.Random(7).shuffle(pairs)
+    for doctor_id, day in pairs:
         response = await client.get(
             "/api/appointments/available-slots",
             params={"doctor_id": doctor_id, "date": day.isoformat()},
@@ -138,8 +140,8 @@ async def free_slots(client, headers, doctors, today, wanted: int) -> list[tuple
         free = [s["start"] for s in response.json()["slots"] if s["available"]]
         found += [(doctor_id, start) for start in free[:3]]
         if len(found) >= wanted:
-            break
-    return found[:wanted]
+            return found[:wanted]
+    raise SystemExit(f"only {len(found)} free slots 20-80 days ahead; reload the year")
 
 
 def wrk_run(url: str, tokens: list[str], paths: list[str], seconds: int, connections: int) -> dict:
