@@ -144,6 +144,16 @@ async def free_slots(client, headers, doctors, today, wanted: int) -> list[tuple
     raise SystemExit(f"only {len(found)} free slots 20-80 days ahead; reload the year")
 
 
+def cache_counts(base: str) -> tuple[float, float]:
+    """The server's slot-cache hit and miss counters (every process), read from /metrics."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+
+    def total(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    return total("medbook_slot_cache_hits_total"), total("medbook_slot_cache_misses_total")
+
+
 def wrk_run(url: str, tokens: list[str], paths: list[str], seconds: int, connections: int) -> dict:
     script = ROOT / "bench" / "results" / "wrk_paths.lua"
     quoted = ",".join(f'"{p}"' for p in paths)
@@ -302,6 +312,13 @@ async def main() -> None:
         limits = httpx.Limits(max_connections=20)
         async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as http:
             auth = {"Authorization": f"Bearer {tokens[0]}"}
+            bookable = await free_slots(
+                http, auth, doctors, today, int(args.booking_rate * args.seconds) + 10
+            )
+            # Forget the days that search cached, so the miss phase meets only misses.
+            cache = redis.Redis.from_url(redis_url)
+            for key in cache.scan_iter("avail:*", count=1000):
+                cache.delete(key)
             rng = random.Random(3)
             warm = [
                 (d, today + dt.timedelta(days=rng.randint(1, 14)))
@@ -313,9 +330,6 @@ async def main() -> None:
                     params={"doctor_id": doctor_id, "date": day.isoformat()},
                     headers=auth,
                 )
-            bookable = await free_slots(
-                http, auth, doctors, today, int(args.booking_rate * args.seconds) + 10
-            )
         cold = [(d, today + dt.timedelta(days=k)) for k in range(15, 80) for d, _ in doctors]
         random.Random(5).shuffle(cold)
         # Many users, as in life: each stays far below the per-user rate limit.
@@ -352,13 +366,21 @@ async def main() -> None:
         await run(client, {"warm-up": (args.rate, me)}, len(tokens) / args.rate)
         await run(client, {"warm-up": (args.rate, availability(cold, len(cold) // 2))}, 5)
         results = []
+        counted: list[str] = []  # what the server says each phase was, hits or misses
         for part, name, stream in (
             ("bare", "bare JSON route", bare),
             ("hit", "availability, cache hit", availability(warm)),
             ("miss", "availability, cache miss", availability(cold)),
         ):
             if part in only:
+                hits, misses = cache_counts(base)
                 results += (await run(client, {name: (args.rate, stream)}, s)).values()
+                if part in ("hit", "miss"):
+                    now_hits, now_misses = cache_counts(base)
+                    counted.append(
+                        f"{name}: the server counted {now_hits - hits:,.0f} hits and "
+                        f"{now_misses - misses:,.0f} misses."
+                    )
         if "mixed" in only:
             mixed = await run(
                 client,
@@ -381,6 +403,7 @@ async def main() -> None:
             HEADER,
         ]
         lines += [r.row() for r in results]
+        lines += ["", *counted]
 
         if "wrk" in only and shutil.which("wrk"):
             paths = [
