@@ -132,9 +132,9 @@ async def freeze_startup_heap(_: Litestar) -> AsyncIterator[None]:
 
     Those few hundred thousand objects live as long as the process, yet each full
     (generation 2) collection walked them all: 40-110 ms per collection in each worker,
-    measured with gc.callbacks, several in the first seconds after a start (the stall of
-    the first requests after a deploy) and, once in-process caches grow, now and then
-    under load. After `gc.freeze()` a full collection walks only what came later. Runs
+    measured with gc.callbacks, several in the first seconds after a start: every request
+    in flight stalled ~125 ms (the first requests after a deploy). After `gc.freeze()` a
+    full collection walks only what came later. Runs
     last among the lifespans, so everything they set up is included; at shutdown the
     objects are handed back (an app built and stopped in a test process is collected)."""
     gc.collect()
