@@ -372,15 +372,16 @@ async def main() -> None:
             ("hit", "availability, cache hit", availability(warm)),
             ("miss", "availability, cache miss", availability(cold)),
         ):
-            if part in only:
-                hits, misses = cache_counts(base)
-                results += (await run(client, {name: (args.rate, stream)}, s)).values()
-                if part in ("hit", "miss"):
-                    now_hits, now_misses = cache_counts(base)
-                    counted.append(
-                        f"{name}: the server counted {now_hits - hits:,.0f} hits and "
-                        f"{now_misses - misses:,.0f} misses."
-                    )
+            if part not in only:
+                continue
+            hits, misses = cache_counts(base)
+            results += (await run(client, {name: (args.rate, stream)}, s)).values()
+            if part != "bare":
+                now_hits, now_misses = cache_counts(base)
+                counted.append(
+                    f"{name}: the server counted {now_hits - hits:,.0f} hits and "
+                    f"{now_misses - misses:,.0f} misses."
+                )
         if "mixed" in only:
             mixed = await run(
                 client,

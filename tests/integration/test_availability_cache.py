@@ -100,34 +100,37 @@ async def test_every_kind_of_change_is_seen_by_the_next_read(client, world, engi
         await check("after clinic closure")
 
 
-async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, redis, monkeypatch):
-    """Reader loads, then a booking commits and invalidates, then the reader stores:
-    the version guard must refuse the stale value."""
+async def book_at_ten(engine, redis, world, day):
+    """patient0 books 10:00 on `day` through the domain code (commit, then invalidation)."""
     from app import booking
     from app.booking import BookingRules
     from app.effects import Effects
     from app.identity import Principal
     from db.session import session_factory
 
+    user = world.users["patient0"]
+    async with session_factory(engine)() as writer:
+        await booking.book(
+            writer,
+            Effects(redis),
+            Principal(user.id, user.email, "patient", patient_id=user.patient_id),
+            doctor_id=world.doctor_id,
+            start=at(day, 10),
+            rules=BookingRules(dt.timedelta(0), dt.timedelta(days=30), 5),
+            now=dt.datetime.now(dt.UTC),
+        )
+
+
+async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, redis, monkeypatch):
+    """Reader loads, then a booking commits and invalidates, then the reader stores:
+    the version guard must refuse the stale value."""
     day = day_after_tomorrow()
-    sessions = session_factory(engine)
     cache = SlotCache(redis, engine)
     original = slots_module.fetch_doctor_days
 
     async def load_then_a_write_lands(connection, doctor_id, lo, hi):
         stale = await original(connection, doctor_id, lo, hi)
-        user = world.users["patient0"]
-        actor = Principal(user.id, user.email, "patient", patient_id=user.patient_id)
-        async with sessions() as writer:
-            await booking.book(
-                writer,
-                Effects(redis),
-                actor,
-                doctor_id=world.doctor_id,
-                start=at(day, 10),
-                rules=BookingRules(dt.timedelta(0), dt.timedelta(days=30), 5),
-                now=dt.datetime.now(dt.UTC),
-            )
+        await book_at_ten(engine, redis, world, day)
         return stale
 
     monkeypatch.setattr(slots_module, "fetch_doctor_days", load_then_a_write_lands)
@@ -141,7 +144,6 @@ async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, red
 
 
 async def test_concurrent_misses_compute_once(world, engine, redis, monkeypatch):
-
     calls = []
     original = slots_module.fetch_doctor_days
 
@@ -194,7 +196,6 @@ async def test_a_bad_availability_query_still_gets_its_400(client, world):
 
 
 async def test_a_week_miss_caches_every_day_in_one_call(world, engine, redis):
-
     cache = SlotCache(redis, engine)
     first = day_after_tomorrow()
     _, week = await cache.days(world.doctor_id, first, 7)
@@ -210,12 +211,6 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
 ):
     """Reader A's computation is slow; meanwhile a booking commits and invalidates; reader
     B, arriving after that, must not be handed A's (older) answer."""
-    from app import booking
-    from app.booking import BookingRules
-    from app.effects import Effects
-    from app.identity import Principal
-    from db.session import session_factory
-
     day = day_after_tomorrow()
     cache = SlotCache(redis, engine)
     original = slots_module.fetch_doctor_days
@@ -232,18 +227,7 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
     monkeypatch.setattr(slots_module, "fetch_doctor_days", slow_for_a)
     reader_a = asyncio.create_task(cache.days(world.doctor_id, day, 1))
     await a_has_read.wait()
-    user = world.users["patient0"]
-    async with session_factory(engine)() as writer:
-        effects = Effects(redis)
-        await booking.book(
-            writer,
-            effects,
-            Principal(user.id, user.email, "patient", patient_id=user.patient_id),
-            doctor_id=world.doctor_id,
-            start=at(day, 10),
-            rules=BookingRules(dt.timedelta(0), dt.timedelta(days=30), 5),
-            now=dt.datetime.now(dt.UTC),
-        )
+    await book_at_ten(engine, redis, world, day)
     ten = at(day, 10).astimezone(dt.UTC)
     reader_b = asyncio.create_task(cache.days(world.doctor_id, day, 1))
     await asyncio.sleep(0.05)  # B is under way (it would be waiting on A if it joined)
