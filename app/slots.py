@@ -192,12 +192,7 @@ def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
     for day in days:
         slots = day_slots(day, data.ranges, tz, booked=data.booked, blocked=data.blocked)
         cached = [
-            CachedSlot(
-                int(s.start.timestamp()),
-                s.start.astimezone(tz).isoformat(),
-                s.end.astimezone(tz).isoformat(),
-                not s.available,
-            )
+            CachedSlot(int(s.start.timestamp()), s.start_local, s.end_local, not s.available)
             for s in slots
         ]
         result.append(DaySlots(day, cached))
