@@ -181,6 +181,11 @@ async def test_security_headers_on_pages_and_errors(client):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert response.headers["cache-control"] == "no-store"
+        for name in ("content-security-policy", "x-frame-options", "cache-control"):
+            assert len(response.headers.get_list(name)) == 1, name
+    static = await client.get("/static/css/app.css")
+    assert static.status_code == 200 and static.headers["x-frame-options"] == "DENY"
+    assert "no-store" not in static.headers.get("cache-control", "")
     page = (await client.get("/")).text
     assert '<meta name="htmx-config" content=\'{"includeIndicatorStyles": false}\'>' in page
     assert "<script>" not in page and " style=" not in page
