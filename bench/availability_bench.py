@@ -23,6 +23,7 @@ The Markdown report is printed and written to bench/results/availability.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import random
@@ -38,6 +39,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
+import psutil
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +154,44 @@ def cache_counts(base: str) -> tuple[float, float]:
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
     return total("medbook_slot_cache_hits_total"), total("medbook_slot_cache_misses_total")
+
+
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's processes, every PostgreSQL and Redis
+    process on the machine, and this load generator: the four that share the two cores."""
+    groups = {"server": 0.0, "postgres": 0.0, "redis": 0.0, "load generator": 0.0}
+    server = {server_pid}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        server |= {c.pid for c in psutil.Process(server_pid).children(recursive=True)}
+    for proc in psutil.process_iter(["name"]):
+        try:
+            name = proc.info["name"] or ""
+            group = (
+                "server"
+                if proc.pid in server
+                else "load generator"
+                if proc.pid == os.getpid()
+                else "postgres"
+                if name.startswith("postgres")
+                else "redis"
+                if name.startswith("redis")
+                else None
+            )
+            if group is not None:
+                times = proc.cpu_times()
+                groups[group] += times.user + times.system
+                if group == "server":
+                    groups["server (system)"] = groups.get("server (system)", 0.0) + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return groups
+
+
+def cpu_line(name: str, before: dict[str, float], after: dict[str, float], count: int) -> str:
+    """CPU milliseconds per request of each group over one phase."""
+    parts = [f"{g} {(after[g] - before[g]) * 1000 / count:.2f}" for g in before]
+    total = sum(after.values()) - sum(before.values())
+    return f"{name}: CPU ms per request: {', '.join(parts)} (all {total * 1000 / count:.2f})."
 
 
 def wrk_run(url: str, tokens: list[str], paths: list[str], seconds: int, connections: int) -> dict:
@@ -367,6 +407,7 @@ async def main() -> None:
         await run(client, {"warm-up": (args.rate, availability(cold, len(cold) // 2))}, 5)
         results = []
         counted: list[str] = []  # what the server says each phase was, hits or misses
+        cpu_used: list[str] = []  # where each phase's CPU went
         for part, name, stream in (
             ("bare", "bare JSON route", bare),
             ("hit", "availability, cache hit", availability(warm)),
@@ -375,7 +416,10 @@ async def main() -> None:
             if part not in only:
                 continue
             hits, misses = cache_counts(base)
-            results += (await run(client, {name: (args.rate, stream)}, s)).values()
+            cpu_before = cpu_seconds(server.pid)
+            measured = (await run(client, {name: (args.rate, stream)}, s)).values()
+            cpu_used.append(cpu_line(name, cpu_before, cpu_seconds(server.pid), int(args.rate * s)))
+            results += measured
             if part != "bare":
                 now_hits, now_misses = cache_counts(base)
                 counted.append(
@@ -404,7 +448,7 @@ async def main() -> None:
             HEADER,
         ]
         lines += [r.row() for r in results]
-        lines += ["", *counted]
+        lines += ["", *counted, "", *cpu_used]
 
         if "wrk" in only and shutil.which("wrk"):
             paths = [
