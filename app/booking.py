@@ -29,6 +29,7 @@ from app.effects import AppointmentChange, Effects
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.identity import Principal
 from app.slots import (
+    DOCTOR_DAYS_COLUMNS,
     DoctorDays,
     doctor_days_from_row,
     doctor_days_sql,
@@ -255,7 +256,7 @@ async def _booking_facts(
     ).one_or_none()
     data = doctor_days_from_row(doctor_id, row)
     assert row is not None
-    raw = row[6]
+    raw = row[DOCTOR_DAYS_COLUMNS]
     if raw is None:
         return data, None
     notify_by, email, phone, held = json.loads(raw) if isinstance(raw, str) else raw
