@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import cast
 
 from advanced_alchemy.extensions.litestar import (
@@ -36,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import booking, csrf, documents, page_context, realtime, slots
 from app.csrf import CSRFMiddleware
 from app.effects import Effects
-from app.errors import DomainError, NotFound
+from app.errors import DomainError
 from app.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.identity import load_principal
 from app.metrics import MetricsMiddleware, metrics, metrics_lifespan
@@ -99,12 +98,10 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
     1-5 ms). That was the ~250 ms stall of the first burst of cache misses in a new
     process. A database that is down only logs here: /health/ready reports it, and
     requests retry the pool."""
-    now = dt.datetime.now(dt.UTC)
 
     async def hold() -> None:
         async with engine.connect() as connection:
-            with suppress(NotFound):  # doctor 0: no rows, same statement
-                await slots.fetch_doctor_days(connection, 0, now, now)
+            await slots.prepare(connection)
             await load_principal(connection, 0)
             await booking.warm_up(connection)
             await asyncio.sleep(0.05)  # held together, so each opens its own connection

@@ -163,16 +163,26 @@ async def load_doctor_days(
 
 
 async def fetch_doctor_days(
-    connection: AsyncConnection, doctor_id: int, lo: dt.datetime, hi: dt.datetime
+    engine: AsyncEngine, doctor_id: int, lo: dt.datetime, hi: dt.datetime
 ) -> DoctorDays:
-    """`load_doctor_days` on a pooled connection outside any transaction, through asyncpg
-    directly (`db.session.driver_fetchrow`): the cache-miss path.
+    """`load_doctor_days` on a connection of `engine`'s pool, outside any transaction,
+    through asyncpg directly (`db.session.driver_fetchrow`): the cache-miss path.
 
     Raises:
         NotFound: no such doctor.
     """
-    row = await driver_fetchrow(connection, _DOCTOR_DAYS_NATIVE, doctor_id, lo, hi)
+    row = await driver_fetchrow(engine, _DOCTOR_DAYS_NATIVE, doctor_id, lo, hi)
     return doctor_days_from_row(doctor_id, row)
+
+
+async def prepare(connection: AsyncConnection) -> None:
+    """Prepare the cache-miss statement on this pooled connection (at start: a fresh
+    connection's first run of it costs 60-100 ms, see app/asgi.py `warm_pool`)."""
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    now = dt.datetime.now(dt.UTC)
+    await driver.fetchrow(_DOCTOR_DAYS_NATIVE, 0, now, now)  # doctor 0: no row
 
 
 def doctor_days_from_row(doctor_id: int, row: Sequence[Any] | None) -> DoctorDays:
@@ -324,8 +334,7 @@ class SlotCache:
         try:
             # One statement outside a transaction: no BEGIN/ROLLBACK round trips around it
             # (each costs ~0.25 ms through the driver on this kind of machine).
-            async with self.engine.connect() as connection:
-                result = await self._compute(connection, doctor_id, days, versions, later)
+            result = await self._compute(doctor_id, days, versions, later)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -337,7 +346,6 @@ class SlotCache:
 
     async def _compute(
         self,
-        connection: AsyncConnection,
         doctor_id: int,
         days: list[dt.date],
         versions: list[bytes | None],
@@ -346,7 +354,7 @@ class SlotCache:
         # Bounds wide enough for any zone (UTC-12 to UTC+14); the pure code cuts exactly.
         lo = dt.datetime.combine(days[0], dt.time(), dt.UTC) - dt.timedelta(hours=15)
         hi = dt.datetime.combine(days[-1], dt.time(), dt.UTC) + dt.timedelta(hours=39)
-        data = await fetch_doctor_days(connection, doctor_id, lo, hi)
+        data = await fetch_doctor_days(self.engine, doctor_id, lo, hi)
         computed = compute_days(data, days) if data.active else [DaySlots(d, []) for d in days]
         keys: list[str] = []
         args: list[str | int] = [CACHE_TTL_SECONDS]

@@ -187,9 +187,8 @@ async def test_a_slow_driver_statement_is_logged_too(settings, caplog):
     pooled = create_engine(dataclasses.replace(settings, slow_query_ms=100))
     try:
         with caplog.at_level(logging.WARNING, logger="medbook.slow_query"):
-            async with pooled.connect() as conn:
-                row = await driver_fetchrow(conn, "SELECT pg_sleep($1), 7 AS seven", 0.25)
-                fast = await driver_fetchrow(conn, "SELECT 1")
+            row = await driver_fetchrow(pooled, "SELECT pg_sleep($1), 7 AS seven", 0.25)
+            fast = await driver_fetchrow(pooled, "SELECT 1")
     finally:
         await pooled.dispose()
     assert row["seven"] == 7 and fast[0] == 1
@@ -205,14 +204,12 @@ async def test_a_driver_statement_on_a_killed_backend_replaces_the_connection(se
     failing again."""
     pooled = create_engine(dataclasses.replace(settings, db_pool_size=1, db_max_overflow=0))
     try:
-        async with pooled.connect() as conn:
-            pid = (await driver_fetchrow(conn, "SELECT pg_backend_pid()"))[0]
+        pid = (await driver_fetchrow(pooled, "SELECT pg_backend_pid()"))[0]
         await terminate(engine, pid)
         with pytest.raises(DRIVER_CONNECTION_ERRORS):
-            async with pooled.connect() as conn:
-                await driver_fetchrow(conn, "SELECT 1")
-        async with pooled.connect() as conn:
-            fresh = (await driver_fetchrow(conn, "SELECT pg_backend_pid()"))[0]
+            await driver_fetchrow(pooled, "SELECT 1")
+        fresh = (await driver_fetchrow(pooled, "SELECT pg_backend_pid()"))[0]
         assert fresh != pid
+        assert pooled.sync_engine.pool.checkedout() == 0  # every checkout went back
     finally:
         await pooled.dispose()
