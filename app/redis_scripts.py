@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 
 class Script:
-    """A Lua script registered once per process; redis-py loads it into a server that
-    does not know it yet (after a restart or a flush) and retries."""
+    """A Lua script sent by its SHA; loaded into a server that does not know it yet
+    (after a restart or a flush) and sent again.
+
+    One EVALSHA through `execute_command`: redis-py's own script objects add an import,
+    a deprecation wrapper and argument copies to every call (~40 us of CPU on this kind
+    of machine, on the route every API request takes)."""
 
     def __init__(self, body: str) -> None:
         self.body = body
-        self._script: AsyncScript | None = None
+        self.sha = hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(
         self, redis: Redis, keys: Sequence[str], args: Iterable[str | int | float] = ()
     ) -> Any:
-        if self._script is None:
-            self._script = redis.register_script(self.body)
-        return await self._script(keys=list(keys), args=list(args), client=redis)
+        try:
+            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.execute_command("SCRIPT LOAD", self.body)
+            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)

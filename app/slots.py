@@ -21,7 +21,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
@@ -109,8 +109,7 @@ class DoctorDays:
     booked: list[Interval]
 
 
-@dataclass(frozen=True, slots=True)
-class CachedSlot:
+class CachedSlot(NamedTuple):
     """A slot as cached: rendered once in clinic-local ISO 8601, so a cache hit does no
     time-zone arithmetic; `starts` (epoch seconds) is for comparing with the window."""
 
