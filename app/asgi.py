@@ -222,8 +222,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             NotAuthorizedException: not_signed_in_handler,
             PoolTimeout: overloaded_handler,
         },
-        # A 5xx is a bug: log every unhandled exception with its traceback, not only in debug.
-        logging_config=LoggingConfig(log_exceptions="always"),
+        # A 5xx is a bug: log every unhandled exception with its traceback, not only in
+        # debug. An expected 4xx answer (a taken slot, a bad query, a rate limit) is not an
+        # error: Litestar would log each with a traceback too, flooding the log under load.
+        logging_config=LoggingConfig(
+            log_exceptions="always", disable_stack_trace=set(range(400, 500))
+        ),
         lifespan=[
             services,
             analytics_services,
