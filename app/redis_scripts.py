@@ -23,7 +23,7 @@ class Script:
         self.sha = hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(
-        self, redis: Redis, keys: Sequence[str], args: Iterable[str | int | float] = ()
+        self, redis: Redis, keys: Sequence[str], args: Iterable[bytes | str | int | float] = ()
     ) -> Any:
         try:
             return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)

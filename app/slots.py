@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -24,6 +23,7 @@ from functools import partial
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
@@ -245,14 +245,25 @@ def _day_keys(doctor_id: int, days: list[dt.date]) -> list[str]:
     return [_key(doctor_id, d) for d in days] + [_version_key(doctor_id, d) for d in days]
 
 
-def _encode(timezone: str, day: DaySlots) -> str:
-    slots = [[s.starts, s.start_local, s.end_local, s.taken] for s in day.slots]
-    return json.dumps({"tz": timezone, "s": slots})
+class _CachedDay(msgspec.Struct):
+    """A cached doctor-day as stored in Redis: {"tz": zone, "s": [[starts, start_local,
+    end_local, taken], ...]}; msgspec writes and reads it in C, slots as CachedSlot."""
+
+    tz: str
+    s: list[CachedSlot]
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_CachedDay)
+
+
+def _encode(timezone: str, day: DaySlots) -> bytes:
+    return _encoder.encode(_CachedDay(timezone, day.slots))
 
 
 def _decode(day: dt.date, raw: bytes | str) -> tuple[str, DaySlots]:
-    data = json.loads(raw)
-    return data["tz"], DaySlots(day, [CachedSlot(*slot) for slot in data["s"]])
+    data = _decoder.decode(raw)
+    return data.tz, DaySlots(day, data.s)
 
 
 # Store only if no write bumped the day's version since the reader looked at it.
@@ -356,7 +367,7 @@ class SlotCache:
         data = await fetch_doctor_days(self.engine, doctor_id, lo, hi)
         computed = compute_days(data, days) if data.active else [DaySlots(d, []) for d in days]
         keys: list[str] = []
-        args: list[str | int] = [CACHE_TTL_SECONDS]
+        args: list[bytes | str | int] = [CACHE_TTL_SECONDS]
         for day, version in zip(computed, versions, strict=True):
             keys += [_key(doctor_id, day.day), _version_key(doctor_id, day.day)]
             args += [_encode(data.timezone, day), (version or b"").decode()]
@@ -367,7 +378,7 @@ class SlotCache:
             later.append(store)
         return data.timezone, computed
 
-    async def _store_days(self, keys: list[str], args: list[str | int]) -> None:
+    async def _store_days(self, keys: list[str], args: list[bytes | str | int]) -> None:
         try:
             await self._store(self.redis, keys, args)
         except RedisError as exc:
