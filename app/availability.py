@@ -76,8 +76,9 @@ def _offset_suffix(offset: dt.timedelta) -> str:
 def _unique_offset(wall: dt.datetime, tz: ZoneInfo) -> dt.timedelta | None:
     """The UTC offset of a naive wall time that occurs exactly once; None when it falls in
     a spring-forward gap or a fall-back fold. By PEP 495 a wall time's two readings
-    (fold=0 and fold=1) differ there and only there, so comparing them is an exact test;
-    it costs two offset look-ups (~0.1 us each) instead of conversions (~1 us each)."""
+    (fold=0 and fold=1) differ there and only there, so comparing them is an exact test:
+    two offset look-ups (~0.1 us each) and a `replace` (~2.5 us), where the general
+    conversion below takes five conversions and replaces."""
     offset = tz.utcoffset(wall)
     return offset if offset == tz.utcoffset(wall.replace(fold=1)) else None
 
