@@ -47,8 +47,9 @@ MAX_DAYS = 14
 # Bookings are at most a day long (a check constraint), which bounds the scan from below.
 # Everything comes back as arrays of plain columns (times, dates, instants), which the
 # driver decodes in C: JSON for the templates and range values for the intervals cost
-# ~0.1 ms more of Python per miss on this kind of machine. An aggregate over no rows is
-# NULL (no exceptions, no bookings): read as empty.
+# ~0.1 ms more of Python per miss on this kind of machine. The arrays of one aggregate
+# query are in the same row order (every aggregate sees the rows in one pass). An
+# aggregate over no rows is NULL (no exceptions, no bookings): read as empty.
 _DOCTOR_DAYS = """
 SELECT d.clinic_id, c.timezone, d.active,
   t.weekdays, t.starts, t.ends, t.minutes, t.valid_from, t.valid_to,
