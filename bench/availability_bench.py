@@ -159,7 +159,9 @@ def cache_counts(base: str) -> tuple[float, float]:
 def cpu_seconds(server_pid: int) -> dict[str, float]:
     """CPU seconds used so far by the server's processes, every PostgreSQL and Redis
     process on the machine, and this load generator: the four that share the two cores."""
-    groups = {"server": 0.0, "postgres": 0.0, "redis": 0.0, "load generator": 0.0}
+    groups = dict.fromkeys(
+        ["server", "server (system)", "postgres", "redis", "load generator"], 0.0
+    )
     server = {server_pid}
     with contextlib.suppress(psutil.NoSuchProcess):
         server |= {c.pid for c in psutil.Process(server_pid).children(recursive=True)}
@@ -180,8 +182,8 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
             if group is not None:
                 times = proc.cpu_times()
                 groups[group] += times.user + times.system
-                if group == "server":
-                    groups["server (system)"] = groups.get("server (system)", 0.0) + times.system
+                if group == "server":  # its kernel share, already counted in "server"
+                    groups["server (system)"] += times.system
         except psutil.NoSuchProcess:
             continue
     return groups
@@ -190,7 +192,7 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
 def cpu_line(name: str, before: dict[str, float], after: dict[str, float], count: int) -> str:
     """CPU milliseconds per request of each group over one phase."""
     parts = [f"{g} {(after[g] - before[g]) * 1000 / count:.2f}" for g in before]
-    total = sum(after.values()) - sum(before.values())
+    total = sum(after[g] - before[g] for g in before if g != "server (system)")
     return f"{name}: CPU ms per request: {', '.join(parts)} (all {total * 1000 / count:.2f})."
 
 
