@@ -116,7 +116,7 @@ def create_engine(
         execution_options={SLOW_QUERY_OPTION: settings.slow_query_ms},
     )
     _validate_idle_connections(engine, ping_after_idle_seconds)
-    _log_slow_statements(engine, settings.slow_query_ms)
+    _log_slow_statements(engine)
     return engine
 
 
@@ -151,7 +151,20 @@ def _validate_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None
             raise DisconnectionError("connection failed its ping; replacing it") from exc
 
 
-def _log_slow_statements(engine: AsyncEngine, threshold_ms: int) -> None:
+def _slow_query_ms(engine: AsyncEngine) -> int:
+    """The engine's slow-query threshold in ms (0: no log), set once by `create_engine`."""
+    return int(engine.sync_engine.get_execution_options().get(SLOW_QUERY_OPTION, 0))
+
+
+def _log_if_slow(threshold_ms: int, started: float, statement: str) -> None:
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if threshold_ms and elapsed_ms >= threshold_ms:
+        # The statement text is the normalised form: values are bound, never inlined.
+        slow_log.warning("slow query %.1f ms: %s", elapsed_ms, " ".join(statement.split())[:2000])
+
+
+def _log_slow_statements(engine: AsyncEngine) -> None:
+    threshold_ms = _slow_query_ms(engine)
     if threshold_ms <= 0:
         return
 
@@ -161,13 +174,7 @@ def _log_slow_statements(engine: AsyncEngine, threshold_ms: int) -> None:
 
     @event.listens_for(engine.sync_engine, "after_cursor_execute")
     def _end(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool):
-        started = conn.info["medbook_query_start"].pop()
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if elapsed_ms >= threshold_ms:
-            # The statement text is the normalised form: values are bound, never inlined.
-            slow_log.warning(
-                "slow query %.1f ms: %s", elapsed_ms, " ".join(statement.split())[:2000]
-            )
+        _log_if_slow(threshold_ms, conn.info["medbook_query_start"].pop(), statement)
 
 
 async def driver_fetchrow(engine: AsyncEngine, query: str, *args: Any) -> Any:
@@ -205,10 +212,7 @@ async def driver_fetchrow(engine: AsyncEngine, query: str, *args: Any) -> Any:
             raise
     finally:
         await greenlet_spawn(pooled.close)  # back to the pool (or, invalidated, dropped)
-    threshold = engine.sync_engine.get_execution_options().get(SLOW_QUERY_OPTION, 0)
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    if threshold and elapsed_ms >= threshold:
-        slow_log.warning("slow query %.1f ms: %s", elapsed_ms, " ".join(query.split())[:2000])
+    _log_if_slow(_slow_query_ms(engine), started, query)
     return row
 
 

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.background_tasks import BackgroundTask, BackgroundTasks
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import booking, slots
@@ -131,7 +131,7 @@ class AppointmentController(Controller):
         now: dt.datetime,
         data: BookingIn,
         idempotency_key: Annotated[
-            str | None, Parameter(header="Idempotency-Key", max_length=200)
+            str | None, HeaderParameter(name="Idempotency-Key", max_length=200)
         ] = None,
     ) -> Response[dict[str, Any]]:
         """Book a slot: 201, or 409 with `alternatives` when it has just been taken."""
