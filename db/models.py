@@ -108,16 +108,6 @@ class Patient(Base):
     __tablename__ = "patients"
     __table_args__ = (
         CheckConstraint(_in("notify_by", ("email", "sms", "none")), name="notify_by"),
-        # Front-desk patient search by name (prefix, case-insensitive).
-        Index("ix_patients_lower_full_name", text("lower(full_name) text_pattern_ops")),
-        # The front desk's walk-in search matches the start of any word of the name
-        # (`LIKE '% fis%'`), which a btree cannot serve: a trigram index can (100,000
-        # patients: a 0.6-1 s scan without it, 0.2 ms with it).
-        Index(
-            "ix_patients_name_trgm",
-            text("lower(full_name) gin_trgm_ops"),
-            postgresql_using="gin",
-        ),
     )
 
     id: Mapped[int] = _id()
@@ -127,6 +117,29 @@ class Patient(Base):
     email: Mapped[str | None]
     notify_by: Mapped[str] = mapped_column(server_default="email")
     created_at: Mapped[dt.datetime] = _created_at()
+
+
+# Front-desk patient search by name. The operator classes go in `postgresql_ops`, keyed by
+# the expression's label, not into the expression's text: written into the text, alembic
+# warns and skips comparing the expression, so tests/integration/test_models_match_
+# migrations.py missed a drift (lower -> upper passed). Now it catches one; alembic still
+# does not compare operator classes.
+_lower_full_name = func.lower(Patient.full_name).label("lower_full_name")
+# Prefix, case-insensitive.
+Index(
+    "ix_patients_lower_full_name",
+    _lower_full_name,
+    postgresql_ops={"lower_full_name": "text_pattern_ops"},
+)
+# The walk-in search matches the start of any word of the name (`LIKE '% fis%'`), which a
+# btree cannot serve: a trigram index can (100,000 patients: a 0.6-1 s scan without it,
+# 0.2 ms with it).
+Index(
+    "ix_patients_name_trgm",
+    _lower_full_name,
+    postgresql_using="gin",
+    postgresql_ops={"lower_full_name": "gin_trgm_ops"},
+)
 
 
 class User(Base):
