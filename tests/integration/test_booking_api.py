@@ -121,6 +121,60 @@ async def test_past_horizon_notice_and_leave_are_422(client, world, settings):
     assert on_leave.status_code == 422 and "not available" in on_leave.json()["detail"]
 
 
+async def test_an_exception_over_bookings_reports_them_and_cancels_only_when_asked(
+    client, world, session
+):
+    day = day_after_tomorrow()
+    hit = [
+        (await book(client, world, at(day, h), who=f"patient{i}")).json()["id"]
+        for i, h in ((0, 10), (1, 11))
+    ]
+    spared = (await book(client, world, at(day, 15), who="patient2")).json()["id"]
+    span = {"starts_at": at(day, 9, 30).isoformat(), "ends_at": at(day, 12).isoformat()}
+
+    async def status(appointment_id):
+        row = await session.get(Appointment, appointment_id, populate_existing=True)
+        return row.status
+
+    preview = await client.post(
+        f"/api/doctors/{world.doctor_id}/exceptions",
+        json={**span, "preview": True, "cancel_affected": True},
+        headers=world.headers("admin"),
+    )
+    assert preview.status_code == 201, preview.text
+    assert preview.json()["exception"] is None and preview.json()["cancelled"] is False
+    assert sorted(a["id"] for a in preview.json()["affected"]) == sorted(hit)
+    assert (await slots(client, world, day))[at(day, 9, 30).isoformat()] is True  # nothing saved
+
+    leave = await client.post(
+        f"/api/doctors/{world.doctor_id}/exceptions",
+        json=span,
+        headers=world.headers("admin"),
+    )
+    assert leave.status_code == 201, leave.text
+    body = leave.json()
+    assert body["exception"]["doctor_id"] == world.doctor_id and body["cancelled"] is False
+    affected = sorted(body["affected"], key=lambda a: a["start"])
+    assert [a["id"] for a in affected] == hit
+    assert [a["patient_id"] for a in affected] == world.patients[:2]
+    assert [await status(i) for i in (*hit, spared)] == ["booked"] * 3  # reported, kept
+
+    closure = await client.post(
+        f"/api/clinics/{world.clinic_id}/exceptions",
+        json={**span, "kind": "closure", "cancel_affected": True},
+        headers=world.headers("admin"),
+    )
+    assert closure.status_code == 201, closure.text
+    assert closure.json()["exception"]["doctor_id"] is None
+    assert closure.json()["cancelled"] is True
+    assert sorted(a["id"] for a in closure.json()["affected"]) == sorted(hit)
+    assert [await status(i) for i in (*hit, spared)] == ["cancelled", "cancelled", "booked"]
+    free = await slots(client, world, day)
+    assert free[at(day, 10).isoformat()] is False  # inside the leave: cancelled, not bookable
+    assert free[at(day, 15).isoformat()] is False  # still held by the spared booking
+    assert free[at(day, 14).isoformat()] is True
+
+
 def world_tz():
     from tests.integration.world import BERLIN
 
