@@ -264,7 +264,9 @@ async def _seed_demo(settings: Settings) -> bool:
     engine = create_engine(settings, application_name="medbook-seed")
     try:
         async with session_factory(engine)() as session:
-            return await seed_demo(session)
+            return await seed_demo(
+                session, max_future_per_doctor=settings.max_future_appointments_per_doctor
+            )
     finally:
         await engine.dispose()
 

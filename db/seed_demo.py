@@ -27,7 +27,35 @@ DOCTORS = [  # clinic index, name, specialty, slot minutes
     (1, "Dr. Maya Patel", "General practice", 30),
     (1, "Dr. Samuel Okafor", "Dermatology", 15),
 ]
-PATIENTS = ["Lena Fischer", "Tom Schulz", "Grace Kim", "Luis Ortega", "Aisha Rahman"]
+# The first two have the demo's patient logins. Enough patients to fill a week's boards
+# while each stays under the booking rules' limit per doctor (see `seed_demo`).
+PATIENTS = [
+    "Lena Fischer",
+    "Tom Schulz",
+    "Grace Kim",
+    "Luis Ortega",
+    "Aisha Rahman",
+    "Jan Novak",
+    "Mei Chen",
+    "Omar Haddad",
+    "Sofia Rossi",
+    "Kwame Mensah",
+    "Ingrid Larsen",
+    "Diego Alvarez",
+    "Priya Sharma",
+    "Noah Becker",
+    "Hana Sato",
+    "Emeka Obi",
+    "Clara Dubois",
+    "Mateo Silva",
+    "Zeynep Kaya",
+    "Ravi Patel",
+    "Olga Ivanova",
+    "Samir Nasser",
+    "Freya Olsen",
+    "Tariq Aziz",
+    "Elena Popescu",
+]
 
 # The logins the README lists: (email, role, link).
 LOGINS = [
@@ -50,11 +78,18 @@ def weekly_template(slot_minutes: int) -> list[tuple[int, dt.time, dt.time, int]
     ]
 
 
-async def seed_demo(session: AsyncSession, today: dt.date | None = None) -> bool:
+async def seed_demo(
+    session: AsyncSession, today: dt.date | None = None, max_future_per_doctor: int = 3
+) -> bool:
     """Load the demo data once. Commits.
+
+    The week's bookings leave every patient room to book: each holds fewer than
+    `max_future_per_doctor` appointments with any one doctor (a slot is left free when no
+    patient has room). Loaded past the limit, a demo patient's every booking was a 422.
 
     Args:
         today: the day the demo week starts (today when omitted).
+        max_future_per_doctor: the booking rules' limit (BOOKING_MAX_FUTURE_PER_DOCTOR).
 
     Returns:
         True when data was loaded, False when it was already there.
@@ -103,9 +138,11 @@ async def seed_demo(session: AsyncSession, today: dt.date | None = None) -> bool
                 user.patient_id = target.id
         session.add(user)
 
-    # A week of bookings: every third slot of each working day, patients in turn.
-    n = 0
+    # A week of bookings: every third slot of each working day, patients in turn, each at
+    # most `max_future_per_doctor - 1` times per doctor; the slots past that stay free.
+    per_doctor = max(max_future_per_doctor - 1, 0)
     for doctor in doctors:
+        takers = iter([patient for _ in range(per_doctor) for patient in patients])
         clinic = next(c for c in clinics if c.id == doctor.clinic_id)
         ranges = [
             TemplateRange(w, s, e, m) for w, s, e, m in weekly_template(doctor.default_slot_minutes)
@@ -113,18 +150,17 @@ async def seed_demo(session: AsyncSession, today: dt.date | None = None) -> bool
         for offset in range(7):
             day = today + dt.timedelta(days=offset)
             for i, slot in enumerate(day_grid(day, ranges, ZoneInfo(clinic.timezone))):
-                if i % 3:
+                if i % 3 or (patient := next(takers, None)) is None:
                     continue
                 session.add(
                     Appointment(
                         doctor_id=doctor.id,
-                        patient_id=patients[n % len(patients)].id,
+                        patient_id=patient.id,
                         clinic_id=clinic.id,
                         starts_at=slot.start,
                         ends_at=slot.end,
                         reason="Check-up",
                     )
                 )
-                n += 1
     await session.commit()
     return True

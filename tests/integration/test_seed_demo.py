@@ -1,0 +1,47 @@
+"""The demo data keeps the booking rules: a demo patient can book with every demo doctor."""
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import Appointment, Doctor, User
+from db.seed_demo import seed_demo
+from tests.integration.auth_helpers import bearer
+
+
+@pytest.mark.parametrize("limit", [2, 3])  # at 2 the cap binds: 25 patients, 50 slots
+async def test_demo_patients_hold_fewer_than_the_limit_per_doctor(session, limit):
+    assert await seed_demo(session, max_future_per_doctor=limit)
+    held = (
+        await session.execute(
+            select(Appointment.patient_id, Appointment.doctor_id, func.count())
+            .where(Appointment.starts_at > func.now(), Appointment.status != "cancelled")
+            .group_by(Appointment.patient_id, Appointment.doctor_id)
+        )
+    ).all()
+    assert held and max(n for *_, n in held) == limit - 1
+    # Still a week of bookings on every doctor's board.
+    per_doctor = await session.execute(
+        select(Appointment.doctor_id, func.count()).group_by(Appointment.doctor_id)
+    )
+    assert all(n >= 15 for _, n in per_doctor)
+
+
+async def test_the_demo_patient_login_can_book_with_every_doctor(client, session, settings):
+    await seed_demo(session, max_future_per_doctor=settings.max_future_appointments_per_doctor)
+    user = await session.scalar(select(User).where(User.email == "patient@demo.test"))
+    headers = bearer(settings, user)
+    start_day = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    for doctor_id in await session.scalars(select(Doctor.id)):
+        week = await client.get(
+            "/api/appointments/available-slots",
+            params={"doctor_id": doctor_id, "date": start_day, "days": 7},
+            headers=headers,
+        )
+        assert week.status_code == 200, week.text
+        free = [s["start"] for d in week.json()["days"] for s in d["slots"] if s["available"]]
+        booked = await client.post(
+            "/api/appointments", json={"doctor_id": doctor_id, "start": free[0]}, headers=headers
+        )
+        assert booked.status_code == 201, (doctor_id, booked.text)
