@@ -37,8 +37,9 @@ def _services(
     """
     data_dir = Path(ctx.obj["data_dir"]).resolve()
     os.environ["MEDBOOK_DATA_DIR"] = str(data_dir)
+    starts_any = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
     try:
-        with embedded.services(data_dir):
+        with _terminate_cleanly(starts_any), embedded.services(data_dir):
             try:
                 settings = get_settings()
             except SettingsError as exc:
@@ -51,6 +52,38 @@ def _services(
             yield settings
     except embedded.EmbeddedError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# A `kill` sends SIGTERM, a closed terminal SIGHUP.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _terminate_cleanly(enabled: bool) -> Iterator[None]:
+    """While embedded services run, SIGTERM and SIGHUP end the command as a SystemExit
+    (status 128 + the signal's number, as a shell reports a death by that signal), so the
+    `with` blocks unwind and stop what this command started. Dying by the signal left the
+    embedded PostgreSQL and Redis running, and the next `make run` then refused to start
+    ("an embedded Redis is already running"). A signal that was ignored (nohup) stays
+    ignored. Servers (uvicorn, the SAQ worker) handle these signals themselves while they
+    run and re-raise them when done, which lands here."""
+    if not enabled:
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {
+        sig: signal.signal(sig, stop)
+        for sig in STOP_SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def database_address(url: str) -> str:
@@ -585,8 +618,8 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     """Stop the children gracefully, then (past the wait) for good. A Ctrl-C in the
     terminal has already sent them SIGINT; a second one there, or a second SIGINT from us
     (uvicorn takes it as "force quit"), must not cut their shutdown short, so we send
-    SIGTERM and ignore further Ctrl-Cs until they are gone."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    SIGTERM and ignore further Ctrl-Cs (and SIGTERM, SIGHUP) until they are gone."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         if any(child.poll() is None for child in children):
             click.echo("stopping medbook…", err=True)
@@ -601,7 +634,8 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
                 child.kill()
                 child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 import datetime as dt
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -249,3 +251,38 @@ def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(db, tmp_path
         if demo.poll() is None:
             demo.kill()
     assert wait_until_gone(data_dir) == []
+
+
+def test_embedded_services_stop_when_demo_is_killed_or_its_terminal_closes():
+    """`kill` (SIGTERM) or a closed terminal (SIGHUP) stops the embedded PostgreSQL and
+    Redis too, so the next run on the same data folder starts (it used to find their
+    socket taken)."""
+    data_dir = tempfile.mkdtemp(prefix="mb-")  # short: the Redis socket lives inside
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    try:
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            port = free_port()
+            command = ["demo", "--port", str(port)]
+            demo = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "--data-dir", data_dir, *command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                cwd=ROOT,
+                env=env,
+            )
+            try:
+                assert demo.stdout is not None
+                if not any("medbook is running at" in line for line in demo.stdout):
+                    pytest.fail(f"demo exited with {demo.wait()} before printing its URL")
+                names = {" ".join(p.info["cmdline"][:1]) for p in processes_started_with(data_dir)}
+                assert any("postgres" in n for n in names), names  # embedded ones, with
+                assert any("redis-server" in n for n in names), names  # the folder in them
+                demo.send_signal(stop)
+                assert demo.wait(timeout=90) == 128 + stop
+            finally:
+                if demo.poll() is None:
+                    demo.kill()
+            assert wait_until_gone(data_dir) == []
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
