@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 @contextmanager
 def _services(
-    ctx: click.Context, *, database: bool = True, redis: bool = False
+    ctx: click.Context, *, database: bool = True, redis: bool = False, migrated: bool = False
 ) -> Iterator[Settings]:
     """Start embedded services for whatever URL is missing, then read settings once.
 
@@ -34,6 +34,7 @@ def _services(
         ctx: the command's context (its `--data-dir`).
         database: stop with one line unless PostgreSQL answers.
         redis: stop with one line unless Redis answers.
+        migrated: stop with one line unless the database's schema is migrated.
     """
     data_dir = Path(ctx.obj["data_dir"]).resolve()
     os.environ["MEDBOOK_DATA_DIR"] = str(data_dir)
@@ -44,7 +45,7 @@ def _services(
                 settings = get_settings()
             except SettingsError as exc:
                 raise click.ClickException(str(exc)) from None
-            problem = (database and _database_problem(settings)) or (
+            problem = (database and _database_problem(settings, migrated=migrated)) or (
                 redis and _redis_problem(settings)
             )
             if problem:
@@ -104,20 +105,41 @@ def redis_address(url: str) -> str:
     return f"{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
-def _database_problem(settings: Settings) -> str | None:
-    """None when PostgreSQL accepts a connection; else one line saying why not."""
+def _database_problem(settings: Settings, *, migrated: bool = False) -> str | None:
+    """None when PostgreSQL accepts a connection; else one line saying why not.
+
+    With `migrated`, also when its schema lags this code's migrations: a server started
+    on an unmigrated database failed its start-up with a page of traceback. A revision
+    this code does not know (a newer release migrated first) is let through, so a
+    rollout whose migrations only add can run old and new servers side by side.
+    """
     import asyncpg
 
-    async def probe() -> None:
-        conn = await asyncpg.connect(plain_database_url(settings.database_url), timeout=5)
-        await conn.close()
+    from db import migrate
 
+    async def revision() -> str | None:
+        conn = await asyncpg.connect(plain_database_url(settings.database_url), timeout=5)
+        try:
+            return await conn.fetchval("SELECT version_num FROM alembic_version")
+        except asyncpg.UndefinedTableError:
+            return None  # never migrated
+        finally:
+            await conn.close()
+
+    where = database_address(settings.database_url)
     try:
-        asyncio.run(probe())
+        at = asyncio.run(revision())
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = "no answer within 5 s" if isinstance(exc, TimeoutError) else _one_line(exc)
-        where = database_address(settings.database_url)
         return f"cannot reach PostgreSQL at {where} (DATABASE_URL): {reason}"
+    if not migrated:
+        return None
+    known = migrate.revisions()
+    if at is None or at in known[1:]:
+        return (
+            f"the database at {where} is at migration {at or 'none'}, this medbook needs "
+            f"{known[0]}: run `medbook db upgrade` first"
+        )
     return None
 
 
@@ -200,7 +222,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
     bare-route ceiling (bench/server_bench.py, bench/results/servers.md). Both trust
     X-Forwarded-* only from FORWARDED_ALLOW_IPS (default 127.0.0.1: a proxy on the host).
     """
-    with _services(ctx, redis=True) as settings:
+    with _services(ctx, redis=True, migrated=True) as settings:
         _metrics_dir(settings, "web")
         level = settings.log_level.lower()
         if server == "uvicorn":
@@ -241,7 +263,7 @@ def worker(ctx: click.Context) -> None:
     """Run the SAQ worker (reminders, analytics, housekeeping)."""
     from saq.worker import start
 
-    with _services(ctx, redis=True) as settings:
+    with _services(ctx, redis=True, migrated=True) as settings:
         _metrics_dir(settings, "worker")  # for job metrics; the worker serves no /metrics
         start("tasks.worker.worker_settings")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -32,3 +33,9 @@ def current(database_url: str) -> str:
     out = io.StringIO()
     command.current(alembic_config(database_url, out))
     return out.getvalue().strip()
+
+
+def revisions() -> list[str]:
+    """Every migration's revision id, the newest (head) first."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return [revision.revision for revision in script.walk_revisions()]

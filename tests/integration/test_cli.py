@@ -1,5 +1,7 @@
 """The `medbook` command, run as a user would run it."""
 
+import asyncio
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -10,12 +12,15 @@ import sys
 import tempfile
 import time
 
+import asyncpg
 import httpx
 import psutil
 import pytest
 from sqlalchemy import func, select
 
-from conftest import free_port
+from app.cli import _database_problem
+from conftest import _recreate, free_port, with_database
+from db import migrate
 from db.models import Appointment, Clinic, User
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -72,6 +77,44 @@ def test_a_missing_database_is_named(settings):
     url = os.environ["TEST_ADMIN_DATABASE_URL"].rsplit("/", 1)[0] + "/no_such_medbook_db"
     line = one_line_error(medbook("db", "current", env={"DATABASE_URL": url}))
     assert 'database "no_such_medbook_db" does not exist' in line
+
+
+@pytest.fixture
+async def blank_database():
+    """The URL of a database of its own, empty, dropped afterwards."""
+    admin = os.environ["TEST_ADMIN_DATABASE_URL"]
+    name = f"medbook_blank_{os.getpid()}"
+    await _recreate(admin, name)
+    yield with_database(admin, name)
+    await _recreate(admin, name, drop_only=True)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"]])
+def test_a_server_on_an_unmigrated_database_stops_with_one_line(command, blank_database):
+    line = one_line_error(medbook(*command, env={"DATABASE_URL": blank_database}))
+    assert "is at migration none" in line and "run `medbook db upgrade` first" in line
+
+
+async def test_servers_need_the_newest_migration_but_not_this_code_s_own(blank_database, settings):
+    newest, older = migrate.revisions()[:2]
+    at = dataclasses.replace(settings, database_url=blank_database)
+
+    async def problem(migrated=True):  # it runs its own event loop, as the command does
+        return await asyncio.to_thread(_database_problem, at, migrated=migrated) or ""
+
+    assert "at migration none" in await problem()
+    assert await problem(migrated=False) == ""  # the db commands ask only that it answers
+    await asyncio.to_thread(migrate.upgrade, blank_database, older)
+    assert f"at migration {older}, this medbook needs {newest}" in await problem()
+    await asyncio.to_thread(migrate.upgrade, blank_database)
+    assert await problem() == ""
+    # A newer release migrated first: old servers still start beside the new ones.
+    conn = await asyncpg.connect(blank_database)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    finally:
+        await conn.close()
+    assert await problem() == ""
 
 
 @pytest.mark.parametrize("command", [["serve"], ["worker"]])
