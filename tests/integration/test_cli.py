@@ -300,6 +300,13 @@ def test_embedded_services_stop_when_demo_is_killed_or_its_terminal_closes():
     """`kill` (SIGTERM) or a closed terminal (SIGHUP) stops the embedded PostgreSQL and
     Redis too, so the next run on the same data folder starts (it used to find their
     socket taken)."""
+
+    def as_in_a_terminal() -> None:
+        # This test may itself run under nohup (SIGHUP ignored, which a child inherits and
+        # medbook then respects); a terminal's shell starts commands with both at default.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+
     data_dir = tempfile.mkdtemp(prefix="mb-")  # short: the Redis socket lives inside
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     try:
@@ -313,6 +320,7 @@ def test_embedded_services_stop_when_demo_is_killed_or_its_terminal_closes():
                 text=True,
                 cwd=ROOT,
                 env=env,
+                preexec_fn=as_in_a_terminal,
             )
             try:
                 assert demo.stdout is not None
@@ -328,4 +336,6 @@ def test_embedded_services_stop_when_demo_is_killed_or_its_terminal_closes():
                     demo.kill()
             assert wait_until_gone(data_dir) == []
     finally:
+        for leftover in processes_started_with(data_dir):  # after a failure: none may linger
+            leftover.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
