@@ -66,8 +66,8 @@ def _terminate_cleanly(enabled: bool) -> Iterator[None]:
     `with` blocks unwind and stop what this command started. Dying by the signal left the
     embedded PostgreSQL and Redis running, and the next `make run` then refused to start
     ("an embedded Redis is already running"). A signal that was ignored (nohup) stays
-    ignored. Servers (uvicorn, the SAQ worker) handle these signals themselves while they
-    run and re-raise them when done, which lands here."""
+    ignored. While a server runs it handles these signals itself: the SAQ worker then
+    returns, and uvicorn raises the signal again once it has stopped, which lands here."""
     if not enabled:
         yield
         return
@@ -115,16 +115,16 @@ def _database_problem(settings: Settings, *, migrated: bool = False) -> str | No
     """
     import asyncpg
 
-    from db import migrate
-
     async def revision() -> str | None:
         conn = await asyncpg.connect(plain_database_url(settings.database_url), timeout=5)
         try:
-            return await conn.fetchval("SELECT version_num FROM alembic_version")
+            if migrated:
+                return await conn.fetchval("SELECT version_num FROM alembic_version")
         except asyncpg.UndefinedTableError:
-            return None  # never migrated
+            pass  # never migrated
         finally:
             await conn.close()
+        return None
 
     where = database_address(settings.database_url)
     try:
@@ -134,6 +134,8 @@ def _database_problem(settings: Settings, *, migrated: bool = False) -> str | No
         return f"cannot reach PostgreSQL at {where} (DATABASE_URL): {reason}"
     if not migrated:
         return None
+    from db import migrate
+
     known = migrate.revisions()
     if at is None or at in known[1:]:
         return (
