@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.availability import TemplateRange, day_grid
+from app.availability import Interval, TemplateRange, day_grid
 from app.passwords import hash_password
 from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User
 
@@ -138,11 +138,21 @@ async def seed_demo(
                 user.patient_id = target.id
         session.add(user)
 
-    # A week of bookings: every third slot of each working day, patients in turn, each at
-    # most `max_future_per_doctor - 1` times per doctor; the slots past that stay free.
+    # A week of bookings: every third slot of each working day, patients in turn, skipping
+    # a patient who is booked elsewhere at that time or already holds
+    # `max_future_per_doctor` - 1 with this doctor; a slot no patient may take stays free.
     per_doctor = max(max_future_per_doctor - 1, 0)
+    busy: dict[int, list[Interval]] = {patient.id: [] for patient in patients}
+    held: dict[int, int] = {}
+
+    def may_take(patient: Patient, slot: Interval) -> bool:
+        return held[patient.id] < per_doctor and not any(
+            slot.start < other.end and other.start < slot.end for other in busy[patient.id]
+        )
+
+    turn = 0
     for doctor in doctors:
-        takers = iter([patient for _ in range(per_doctor) for patient in patients])
+        held = dict.fromkeys(busy, 0)
         clinic = next(c for c in clinics if c.id == doctor.clinic_id)
         ranges = [
             TemplateRange(w, s, e, m) for w, s, e, m in weekly_template(doctor.default_slot_minutes)
@@ -150,8 +160,15 @@ async def seed_demo(
         for offset in range(7):
             day = today + dt.timedelta(days=offset)
             for i, slot in enumerate(day_grid(day, ranges, ZoneInfo(clinic.timezone))):
-                if i % 3 or (patient := next(takers, None)) is None:
+                in_turn = patients[turn:] + patients[:turn]
+                if (
+                    i % 3
+                    or (patient := next((p for p in in_turn if may_take(p, slot)), None)) is None
+                ):
                     continue
+                turn = (patients.index(patient) + 1) % len(patients)
+                held[patient.id] += 1
+                busy[patient.id].append(slot)
                 session.add(
                     Appointment(
                         doctor_id=doctor.id,

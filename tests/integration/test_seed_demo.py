@@ -3,7 +3,7 @@
 import datetime as dt
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from db.models import Appointment, Doctor, User
 from db.seed_demo import seed_demo
@@ -21,6 +21,15 @@ async def test_demo_patients_hold_fewer_than_the_limit_per_doctor(session, limit
         )
     ).all()
     assert held and max(n for *_, n in held) == limit - 1
+    # Nobody is booked with two doctors at once.
+    clashes = await session.scalar(
+        text(
+            "SELECT count(*) FROM appointments a JOIN appointments b"
+            " ON a.patient_id = b.patient_id AND a.id < b.id"
+            " AND a.starts_at < b.ends_at AND b.starts_at < a.ends_at"
+        )
+    )
+    assert clashes == 0
     # Still a week of bookings on every doctor's board.
     per_doctor = await session.execute(
         select(Appointment.doctor_id, func.count()).group_by(Appointment.doctor_id)
