@@ -122,8 +122,8 @@ class Patient(Base):
 # Front-desk patient search by name. The operator classes go in `postgresql_ops`, keyed by
 # the expression's label, not into the expression's text: written into the text, alembic
 # warns and skips comparing the expression, so tests/integration/test_models_match_
-# migrations.py missed a drift (lower -> upper passed). Now it catches one; alembic still
-# does not compare operator classes.
+# migrations.py missed a drift (lower -> upper passed). Alembic still does not compare
+# operator classes; that test checks them against pg_indexes itself.
 _lower_full_name = func.lower(Patient.full_name).label("lower_full_name")
 # Prefix, case-insensitive.
 Index(
