@@ -160,11 +160,11 @@ async def seed_demo(
         for offset in range(7):
             day = today + dt.timedelta(days=offset)
             for i, slot in enumerate(day_grid(day, ranges, ZoneInfo(clinic.timezone))):
+                if i % 3:
+                    continue
                 in_turn = patients[turn:] + patients[:turn]
-                if (
-                    i % 3
-                    or (patient := next((p for p in in_turn if may_take(p, slot)), None)) is None
-                ):
+                patient = next((p for p in in_turn if may_take(p, slot)), None)
+                if patient is None:
                     continue
                 turn = (patients.index(patient) + 1) % len(patients)
                 held[patient.id] += 1

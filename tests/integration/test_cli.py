@@ -267,23 +267,28 @@ def test_demo_fails_with_one_line_when_its_port_is_taken(db, tmp_path):
     assert wait_until_gone(data_dir) == []  # the worker was stopped too
 
 
-def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(db, tmp_path):
-    data_dir = str(tmp_path / "demo-data")
-    port = free_port()
+def start_demo(data_dir: str, port: int, **popen) -> tuple[subprocess.Popen, str]:
+    """`medbook demo` in a process of its own, once it has printed its URL (that line)."""
     demo = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "--data-dir", data_dir, "demo", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         cwd=ROOT,
+        **popen,
     )
+    assert demo.stdout is not None
+    for line in demo.stdout:  # ends at EOF if demo dies; pytest-timeout bounds it
+        if "medbook is running at" in line:
+            return demo, line
+    pytest.fail(f"demo exited with {demo.wait()} before printing its URL")
+
+
+def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(db, tmp_path):
+    data_dir = str(tmp_path / "demo-data")
+    port = free_port()
+    demo, line = start_demo(data_dir, port)
     try:
-        assert demo.stdout is not None
-        for line in demo.stdout:  # ends at EOF if demo dies; pytest-timeout bounds it
-            if "medbook is running at" in line:
-                break
-        else:
-            pytest.fail(f"demo exited with {demo.wait()} before printing its URL")
         assert f"http://127.0.0.1:{port}/" in line
         # Printed only once ready: the server answers at once.
         assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200
@@ -311,21 +316,8 @@ def test_embedded_services_stop_when_demo_is_killed_or_its_terminal_closes():
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     try:
         for stop in (signal.SIGTERM, signal.SIGHUP):
-            port = free_port()
-            command = ["demo", "--port", str(port)]
-            demo = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "--data-dir", data_dir, *command],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                cwd=ROOT,
-                env=env,
-                preexec_fn=as_in_a_terminal,
-            )
+            demo, _ = start_demo(data_dir, free_port(), env=env, preexec_fn=as_in_a_terminal)
             try:
-                assert demo.stdout is not None
-                if not any("medbook is running at" in line for line in demo.stdout):
-                    pytest.fail(f"demo exited with {demo.wait()} before printing its URL")
                 names = {" ".join(p.info["cmdline"][:1]) for p in processes_started_with(data_dir)}
                 assert any("postgres" in n for n in names), names  # embedded ones, with
                 assert any("redis-server" in n for n in names), names  # the folder in them
