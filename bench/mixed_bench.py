@@ -52,8 +52,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.access.tokens import issue_access_token  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
-from app.tokens import issue_access_token  # noqa: E402
 from bench import records_bench  # noqa: E402
 from bench.availability_bench import (  # noqa: E402
     best_under_50ms,
@@ -498,7 +498,7 @@ async def start_sockets(
 ) -> subprocess.Popen:
     from redis.asyncio import Redis
 
-    from app.browser_sessions import COOKIE_NAME, create_session
+    from app.access.browser_sessions import COOKIE_NAME, create_session
 
     client = Redis.from_url(redis_url)
     cookies = [(await create_session(client, p["id"])).session_id for p in patients[:200]]

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/token_verify.py [redis://127.0.0.1:6379/15]
 
-Times app.tokens.verify_access_token against one Redis GET of a cached validation
+Times app.access.tokens.verify_access_token against one Redis GET of a cached validation
 (the least a cache lookup costs: one round trip), both with the real clients.
 """
 
@@ -15,7 +15,7 @@ import time
 
 from redis.asyncio import Redis
 
-from app.tokens import issue_access_token, verify_access_token
+from app.access.tokens import issue_access_token, verify_access_token
 
 SECRET = "s" * 48
 N = 20_000

@@ -36,9 +36,9 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.browser_sessions import COOKIE_NAME, create_session  # noqa: E402
+from app.access.browser_sessions import COOKIE_NAME, create_session  # noqa: E402
+from app.access.tokens import issue_access_token  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
-from app.tokens import issue_access_token  # noqa: E402
 from bench.availability_bench import free_port, start_server  # noqa: E402
 
 

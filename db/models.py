@@ -415,7 +415,7 @@ class RefreshToken(Base):
     id: Mapped[int] = _id()
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     family_id: Mapped[str] = mapped_column(String(32))
-    # Unique: a refresh is looked up by its hash alone (app/tokens.py), and one hash must
+    # Unique: a refresh is looked up by its hash alone (app/access/tokens.py), and one hash must
     # name one row, or reuse detection could revoke the wrong family.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[dt.datetime]
@@ -442,7 +442,7 @@ class ClinicBucketStats(Base):
     `hour`: the clinic-local start hour (0-23), which with the day's weekday gives the
     hour-of-week heat map and no-shows by hour. `lead_time`: how long before the start
     it was booked; `cancel_lead`: how long before the start it was cancelled (buckets in
-    app.analytics.LEAD_BUCKETS).
+    app.analytics.analytics.LEAD_BUCKETS).
     """
 
     __tablename__ = "clinic_bucket_stats"

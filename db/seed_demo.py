@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.availability import Interval, TemplateRange, day_grid
-from app.passwords import hash_password
+from app.access.passwords import hash_password
+from app.scheduling.availability import Interval, TemplateRange, day_grid
 from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User
 
 DEMO_PASSWORD = "medbook-demo"  # noqa: S105 - printed on purpose: these are demo logins

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from app.availability import TemplateRange, day_grid
+from app.scheduling.availability import TemplateRange, day_grid
 from app.settings import plain_database_url
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ def make_people(settings, tag: str) -> dict[str, int | str]:
     """An admin and a patient login, a Berlin clinic and a doctor with no hours yet."""
 
     async def create():
-        from app.accounts import create_user
+        from app.access.accounts import create_user
         from db.models import Clinic, Doctor
         from db.session import create_engine, session_factory
 

@@ -18,7 +18,7 @@ PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n"
 
 def give_care(settings, world) -> None:
     """Both doctors see patient 0 today (a second doctor gets a login), so both may read."""
-    from app.passwords import hash_password
+    from app.access.passwords import hash_password
     from db.models import Appointment, User
     from db.session import create_engine, session_factory
     from tests.integration.world import PASSWORD

@@ -16,7 +16,7 @@ from typing import Any
 
 from saq import Queue
 
-from app import analytics, exports
+from app.analytics import analytics, exports
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ async def close_days(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_export(ctx: dict[str, Any], *, export_id: str) -> dict[str, Any]:
-    """Write one CSV export (see app.exports.run_export)."""
+    """Write one CSV export (see app.analytics.exports.run_export)."""
     view = await exports.run_export(
         ctx["engine"],
         ctx["analytics_engine"],

@@ -7,7 +7,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from app import records
+from app.records import records
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The worker is a process of its own: `medbook worker` sets PROMETHEUS_MULTIPROC_DIR to
 `…/metrics/worker` (app/cli.py), beside the web processes' `…/metrics/web`, so these values
 land in prometheus-client's multiprocess files there, and `GET /metrics` of a web process on
-the same host sums that folder with its own (app/metrics.py). Only these two series live
+the same host sums that folder with its own (app/web/metrics.py). Only these two series live
 here: the worker imports nothing of the web layer's metrics, so it writes no web series.
 """
 

@@ -1,4 +1,4 @@
-"""SAQ jobs that deliver the notification outbox (app/notifications.py).
+"""SAQ jobs that deliver the notification outbox (app/notifications/notifications.py).
 
 `dispatch_notifications` (cron every minute, UTC; also enqueued right after a booking
 commits) claims due rows with `FOR UPDATE SKIP LOCKED` and enqueues one
@@ -32,9 +32,9 @@ from saq import Queue
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app import mail, notifications, sms
-from app.breaker import Breaker
-from app.notifications import Claim, Outgoing, SendFailed
+from app.notifications import mail, notifications, sms
+from app.notifications.breaker import Breaker
+from app.notifications.notifications import Claim, Outgoing, SendFailed
 from app.settings import Settings
 from db.models import DevMessage
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from saq import CronJob
 
-from app.documents import create_store
+from app.records.documents import create_store
 from app.redis import create_redis
 from app.settings import get_settings
 from db.session import create_engine, session_factory

@@ -3,8 +3,9 @@
 One URL serves each page and its htmx fragment: with `HX-Request` only the named block
 is rendered, and every answer says `Vary: HX-Request`. A form with a mistake comes back
 with 200, the message and what was typed (htmx 2 swaps no 4xx answer). Schedule and
-exception logic lives in `app.directory` and `app.schedules`; this module only turns
-form text into their arguments and their results into rows for the templates.
+exception logic lives in `app.scheduling.directory` and `app.scheduling.schedules`;
+this module only turns form text into their arguments and their results into rows for
+the templates.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from litestar.response import Response
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import directory, schedules
-from app.effects import Effects
+from app.access.identity import Principal
 from app.errors import DomainError, Invalid, NotFound
-from app.guards import allow
-from app.identity import Principal
+from app.live.effects import Effects
+from app.scheduling import directory, schedules
 from app.settings import Settings
+from app.web.guards import allow
 from db.models import EXCEPTION_KINDS, Appointment, Clinic, Patient, ScheduleException
 
 ADMIN = [allow("admin")]

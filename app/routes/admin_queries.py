@@ -6,8 +6,8 @@ from litestar import get
 from litestar.response import Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import query_stats
-from app.guards import allow
+from app.analytics import query_stats
+from app.web.guards import allow
 
 
 @get("/admin/queries", guards=[allow("admin")], include_in_schema=False)

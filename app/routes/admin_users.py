@@ -13,9 +13,9 @@ from litestar.response import Redirect, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import accounts
+from app.access import accounts
 from app.errors import DomainError
-from app.guards import allow, client_addr, current_user
+from app.web.guards import allow, client_addr, current_user
 from db.models import ROLES, Clinic, Doctor
 
 ADMIN = [allow("admin")]

@@ -17,11 +17,11 @@ from litestar.response import Redirect, Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import analytics, exports
+from app.access.identity import Principal
+from app.analytics import analytics, exports
 from app.errors import Invalid
-from app.guards import allow
-from app.identity import Principal
 from app.routes.api_analytics import STAFF, start_export
+from app.web.guards import allow
 from db.models import Clinic
 
 VARY = {"Vary": "HX-Request"}

@@ -24,8 +24,9 @@ from litestar.response import File, Redirect, Response
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app import analytics, exports
-from app.analytics import (
+from app.access.identity import Principal
+from app.analytics import analytics, exports
+from app.analytics.analytics import (
     Cancellations,
     NoShowReport,
     NoShowRow,
@@ -36,8 +37,7 @@ from app.analytics import (
     UtilisationRow,
 )
 from app.errors import Invalid
-from app.guards import allow, client_addr
-from app.identity import Principal
+from app.web.guards import allow, client_addr
 from db.session import create_engine
 from tasks.analytics import enqueue_export
 from tasks.queue import create_queue

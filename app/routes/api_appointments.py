@@ -14,14 +14,15 @@ from litestar.datastructures import State
 from litestar.params import HeaderParameter, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import booking, slots
-from app.booking import AppointmentRow, BookingRules
-from app.effects import Effects
+from app.access.identity import Principal
+from app.appointments import booking
+from app.appointments.booking import AppointmentRow, BookingRules
 from app.errors import Invalid
-from app.guards import allow, prefetched
-from app.identity import Principal
+from app.live.effects import Effects
 from app.routes import deps
-from app.slots import MAX_DAYS, DaySlots, SlotCache
+from app.scheduling import slots
+from app.scheduling.slots import MAX_DAYS, DaySlots, SlotCache
+from app.web.guards import allow, prefetched
 from db.models import Appointment
 
 

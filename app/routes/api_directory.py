@@ -9,11 +9,11 @@ import msgspec
 from litestar import Controller, get, post, put
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import directory, schedules
-from app.effects import Effects
-from app.guards import allow
-from app.identity import Principal
+from app.access.identity import Principal
+from app.live.effects import Effects
+from app.scheduling import directory, schedules
 from app.settings import Settings
+from app.web.guards import allow
 from db.models import Appointment, Clinic, Doctor
 
 

@@ -8,8 +8,8 @@ from litestar import Request, get
 from litestar.response import Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import audit
-from app.guards import allow, current_user
+from app.access import audit
+from app.web.guards import allow, current_user
 
 PAGE_SIZE = 100
 

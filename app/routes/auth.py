@@ -14,13 +14,18 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import accounts, audit
-from app.browser_sessions import COOKIE_NAME, SESSION_TTL_SECONDS, create_session, end_session
-from app.csrf import secure_cookies
+from app.access import accounts, audit
+from app.access.browser_sessions import (
+    COOKIE_NAME,
+    SESSION_TTL_SECONDS,
+    create_session,
+    end_session,
+)
+from app.access.rate_limit import TooManyAttempts
 from app.errors import DomainError
-from app.guards import AUTH_LIMITED, PUBLIC, allow, browser_session, client_addr, current_user
-from app.rate_limit import TooManyAttempts
 from app.settings import Settings
+from app.web.csrf import secure_cookies
+from app.web.guards import AUTH_LIMITED, PUBLIC, allow, browser_session, client_addr, current_user
 from db.models import User
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ import msgspec
 from litestar import Request, Response, get, post
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import accounts, tokens
-from app.guards import AUTH_LIMITED, allow, browser_session, client_addr, current_user
+from app.access import accounts, tokens
 from app.routes.auth import login_limits, send_reset_link
 from app.settings import Settings
+from app.web.guards import AUTH_LIMITED, allow, browser_session, client_addr, current_user
 
 # Request bodies refuse unknown fields: a typo such as `pasword` must not pass silently.
 

@@ -8,11 +8,11 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
-from app.booking import BookingRules
-from app.effects import Effects
-from app.identity import Principal
+from app.access.identity import Principal
+from app.appointments.booking import BookingRules
+from app.live.effects import Effects
+from app.scheduling.slots import SlotCache
 from app.settings import Settings
-from app.slots import SlotCache
 
 
 def provide_settings(state: State) -> Settings:

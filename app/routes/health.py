@@ -9,7 +9,7 @@ from litestar.response import Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.guards import PUBLIC
+from app.web.guards import PUBLIC
 
 PROBE_TIMEOUT = 2.0
 

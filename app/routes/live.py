@@ -12,11 +12,10 @@ from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.status_codes import WS_1008_POLICY_VIOLATION
 
-from app import boards, directory, records
-from app.booking import BookingRules
-from app.guards import allow, check_websocket_origin, current_user
-from app.identity import Principal
-from app.realtime import (
+from app.access.identity import Principal
+from app.appointments.booking import BookingRules
+from app.live import boards
+from app.live.realtime import (
     CLOSE_RESYNC,
     SUBSCRIBE_TIMEOUT_SECONDS,
     Hub,
@@ -26,7 +25,10 @@ from app.realtime import (
     parse_channel,
     records_channel,
 )
+from app.records import records
 from app.routes.deps import provide_rules
+from app.scheduling import directory
+from app.web.guards import allow, check_websocket_origin, current_user
 from db.models import Doctor
 
 MAX_DAYS = 14

@@ -21,10 +21,10 @@ from saq import Queue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import notifications
-from app.effects import AppointmentChange
 from app.errors import DomainError
-from app.guards import allow, client_addr, current_user
+from app.live.effects import AppointmentChange
+from app.notifications import notifications
+from app.web.guards import allow, client_addr, current_user
 from db.models import DevMessage
 from tasks.queue import create_queue
 from tasks.reminders import enqueue_dispatch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import get
 from litestar.response import Template
 
-from app.guards import PUBLIC
+from app.web.guards import PUBLIC
 
 
 @get("/", opt=PUBLIC, include_in_schema=False)

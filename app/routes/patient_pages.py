@@ -15,14 +15,16 @@ from litestar.response import Response, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import boards, booking, directory
-from app.booking import BookingRules
-from app.effects import Effects
+from app.access.identity import Principal
+from app.appointments import booking
+from app.appointments.booking import BookingRules
 from app.errors import Conflict, DomainError
-from app.guards import allow
-from app.identity import Principal
+from app.live import boards
+from app.live.effects import Effects
 from app.routes.views import fragment, page
-from app.slots import SlotCache
+from app.scheduling import directory
+from app.scheduling.slots import SlotCache
+from app.web.guards import allow
 from db.models import Doctor
 
 WEEK = 7

@@ -11,13 +11,13 @@ from litestar.enums import MediaType
 from litestar.response import File, Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import records
-from app.documents import CONTENT_TYPES, DiskStore, DocumentStore
+from app.access.identity import Principal
 from app.errors import DomainError, Invalid
-from app.guards import PUBLIC, allow, client_addr
-from app.identity import Principal
+from app.records import records
+from app.records.documents import CONTENT_TYPES, DiskStore, DocumentStore
 from app.routes.views import VARY, page
 from app.settings import Settings
+from app.web.guards import PUBLIC, allow, client_addr
 from db.models import RECORD_TYPES
 
 READERS = ("patient", "doctor", "admin")  # front desks never see content: 403 by role

@@ -1,5 +1,5 @@
 """Random appointments, templates and exceptions for analytics tests, and the rollups
-computed the slow, obvious way in Python (app.availability.day_slots for minutes)."""
+computed the slow, obvious way in Python (app.scheduling.availability.day_slots for minutes)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.availability import Interval, TemplateRange, day_slots
+from app.scheduling.availability import Interval, TemplateRange, day_slots
 from db.models import Appointment, Clinic, Doctor, ScheduleException, ScheduleTemplate
 
 STATUSES = ("booked", "checked_in", "completed", "cancelled", "no_show")

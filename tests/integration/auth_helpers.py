@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from app.accounts import create_user
-from app.tokens import issue_access_token
+from app.access.accounts import create_user
+from app.access.tokens import issue_access_token
 
 PASSWORD = "correct horse battery"
 

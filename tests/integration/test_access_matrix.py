@@ -16,10 +16,11 @@ from litestar.routes import HTTPRoute, WebSocketRoute
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from app import audit, exports
-from app.analytics import ReportScope
-from app.asgi import create_app
-from app.identity import load_principal
+from app.access import audit
+from app.access.identity import load_principal
+from app.analytics import exports
+from app.analytics.analytics import ReportScope
+from app.web.asgi import create_app
 from db.models import Appointment, Clinic, Doctor
 from tests.integration.auth_helpers import bearer, make_user
 from tests.integration.world import at, day_after_tomorrow, make_world

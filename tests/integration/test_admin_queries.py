@@ -3,7 +3,7 @@ extension is installed and preloaded, otherwise how to enable it."""
 
 from sqlalchemy import text
 
-from app.query_stats import ENABLE_HINT
+from app.analytics.query_stats import ENABLE_HINT
 from tests.integration.auth_helpers import bearer, make_user
 
 

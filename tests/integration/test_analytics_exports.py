@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
-from app import analytics, exports
+from app.analytics import analytics, exports
 from app.settings import Settings
 from db.session import create_engine
 from tasks import analytics as jobs

@@ -14,8 +14,8 @@ from botocore.exceptions import ClientError
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
-from app import exports
-from app.asgi import create_app
+from app.analytics import exports
+from app.web.asgi import create_app
 from db.session import create_engine
 from tasks import analytics as jobs
 from tests.integration.analytics_data import add_random_appointments

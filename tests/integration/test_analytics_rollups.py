@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import text
 
-from app import analytics
+from app.analytics import analytics
 from tests.integration.analytics_data import (
     add_odd_schedules,
     add_random_appointments,
@@ -51,7 +51,7 @@ async def test_rollups_equal_a_direct_aggregate_over_random_data(world, session,
 
 
 async def test_available_minutes_match_day_grid_on_dst_and_exception_days(world, session, engine):
-    """The SQL grid against app.availability on the days where it is easiest to get wrong."""
+    """The SQL grid against app.scheduling.availability on the days easiest to get wrong."""
     await add_odd_schedules(session, world)
     days = [
         dt.date(2026, 3, 8),  # New York springs forward; NY closure 14:10-18:00 UTC

@@ -12,9 +12,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
-from app import exports
-from app.asgi import create_app
+from app.analytics import exports
 from app.settings import async_database_url
+from app.web.asgi import create_app
 from conftest import _recreate, with_database
 from db import migrate
 from db.session import create_engine

@@ -8,9 +8,9 @@ from argon2 import PasswordHasher
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from app import accounts, rate_limit
-from app.asgi import create_app
-from app.tokens import issue_access_token
+from app.access import accounts, rate_limit
+from app.access.tokens import issue_access_token
+from app.web.asgi import create_app
 from db.models import AuditEvent, RefreshToken, User
 from tests.integration.auth_helpers import PASSWORD, bearer, make_user
 

@@ -7,12 +7,12 @@ import re
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from app import exports
-from app.analytics import ReportScope
-from app.asgi import create_app
-from app.browser_sessions import COOKIE_NAME
-from app.csrf import insecure_origin_warning
-from app.identity import load_principal
+from app.access.browser_sessions import COOKIE_NAME
+from app.access.identity import load_principal
+from app.analytics import exports
+from app.analytics.analytics import ReportScope
+from app.web.asgi import create_app
+from app.web.csrf import insecure_origin_warning
 from db.models import AuditEvent, Clinic, Patient, User
 from tests.integration.auth_helpers import PASSWORD, bearer, browser_login, csrf_from, make_user
 from tests.integration.world import at, day_after_tomorrow, make_world

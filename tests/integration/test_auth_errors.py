@@ -3,9 +3,9 @@
 from litestar import get
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
 from app.errors import Conflict
-from app.guards import PUBLIC
+from app.web.asgi import create_app
+from app.web.guards import PUBLIC
 
 
 @get("/test-domain-error", opt=PUBLIC)

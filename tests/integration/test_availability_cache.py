@@ -5,8 +5,8 @@ import datetime as dt
 
 import pytest
 
-import app.slots as slots_module
-from app.slots import SlotCache, compute_days, load_doctor_days
+import app.scheduling.slots as slots_module
+from app.scheduling.slots import SlotCache, compute_days, load_doctor_days
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -102,10 +102,10 @@ async def test_every_kind_of_change_is_seen_by_the_next_read(client, world, engi
 
 async def book_at_ten(engine, redis, world, day):
     """patient0 books 10:00 on `day` through the domain code (commit, then invalidation)."""
-    from app import booking
-    from app.booking import BookingRules
-    from app.effects import Effects
-    from app.identity import Principal
+    from app.access.identity import Principal
+    from app.appointments import booking
+    from app.appointments.booking import BookingRules
+    from app.live.effects import Effects
     from db.session import session_factory
 
     user = world.users["patient0"]

@@ -6,8 +6,8 @@ import logging
 from litestar import get
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
-from app.guards import PUBLIC
+from app.web.asgi import create_app
+from app.web.guards import PUBLIC
 from tests.integration.world import day_after_tomorrow, make_world
 
 

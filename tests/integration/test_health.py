@@ -4,7 +4,7 @@ import dataclasses
 
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.web.asgi import create_app
 from conftest import free_port
 
 
@@ -48,7 +48,7 @@ async def test_the_pool_is_filled_at_start(settings, db, redis):
 
 
 async def test_a_started_app_keeps_its_start_up_heap_out_of_collections(settings):
-    """After start every object alive is frozen (full collections skip them: app/asgi.py);
+    """After start every object alive is frozen (full collections skip them: app/web/asgi.py);
     at shutdown they are handed back to the collector."""
     import gc
 

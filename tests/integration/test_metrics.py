@@ -6,8 +6,8 @@ import dataclasses
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
-from app.asgi import create_app
+from app.web import metrics
+from app.web.asgi import create_app
 from tests.integration.auth_helpers import bearer, make_user
 from tests.integration.world import day_after_tomorrow, make_world
 

@@ -16,11 +16,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select, update
 
-from app import notifications
-from app.booking import BookingRules, book
-from app.breaker import Breaker
-from app.effects import Effects
-from app.identity import Principal
+from app.access.identity import Principal
+from app.appointments.booking import BookingRules, book
+from app.live.effects import Effects
+from app.notifications import notifications
+from app.notifications.breaker import Breaker
 from db.models import AuditEvent, Notification, Patient
 from tasks.reminders import dispatch
 from tests.integration.notification_servers import (

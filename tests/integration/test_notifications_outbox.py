@@ -5,10 +5,10 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, update
 
-from app import notifications
-from app.booking import BookingRules, book
-from app.effects import Effects
-from app.identity import Principal
+from app.access.identity import Principal
+from app.appointments.booking import BookingRules, book
+from app.live.effects import Effects
+from app.notifications import notifications
 from db.models import Appointment, Notification, Patient
 from tests.integration.auth_helpers import browser_login, csrf_from
 from tests.integration.notification_world import (

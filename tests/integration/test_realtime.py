@@ -9,9 +9,9 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from app import realtime
-from app.effects import AppointmentChange
-from app.realtime import (
+from app.live import realtime
+from app.live.effects import AppointmentChange
+from app.live.realtime import (
     CLOSE_RESTART,
     CLOSE_RESYNC,
     QUEUE_LIMIT,

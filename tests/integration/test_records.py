@@ -16,10 +16,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select, text
 
-from app import audit, records
-from app.asgi import create_app
-from app.documents import URL_SECONDS, DiskStore
-from app.identity import Principal
+from app.access import audit
+from app.access.identity import Principal
+from app.records import records
+from app.records.documents import URL_SECONDS, DiskStore
+from app.web.asgi import create_app
 from db.models import Appointment, AuditEvent, MedicalRecord, User
 from tests.integration.auth_helpers import csrf_from
 from tests.integration.world import PASSWORD, World, at, make_world

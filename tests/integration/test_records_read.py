@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import event, func, select, text
 
-from app import audit, records
-from app.identity import Principal
+from app.access import audit
+from app.access.identity import Principal
+from app.records import records
 from db.models import AuditEvent, MedicalRecord
 from db.session import session_factory
 from tests.integration.test_records import add_appointment

@@ -14,8 +14,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from app.asgi import create_app
-from app.documents import URL_SECONDS, S3Store
+from app.records.documents import URL_SECONDS, S3Store
+from app.web.asgi import create_app
 from db.models import MedicalRecord
 from tests.integration.s3_server import s3_server
 from tests.integration.test_records import PDF, PNG, add_appointment, upload
@@ -120,8 +120,8 @@ async def test_one_client_per_process_and_urls_match_botocore(s3_client, s3_endp
 async def test_failed_row_deletes_the_s3_object(s3_client, session, settings, engine):
     from sqlalchemy import text
 
-    from app import records
-    from app.identity import Principal
+    from app.access.identity import Principal
+    from app.records import records
 
     store = s3_client.app.state.documents
     world = await make_world(session, settings.secret_key, patients=1)

@@ -2,7 +2,7 @@
 
 from litestar.routes import HTTPRoute, WebSocketRoute
 
-from app.asgi import create_app
+from app.web.asgi import create_app
 
 # Litestar's OpenAPI pages are made by the framework and carry neither a guard nor
 # opt=PUBLIC. They are public by a written decision (docs/security.md, "OpenAPI schema"):

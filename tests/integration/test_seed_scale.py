@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from app.availability import TemplateRange, day_grid
+from app.scheduling.availability import TemplateRange, day_grid
 from db.migrate import upgrade
 from db.seed_scale import ScaleLoadRefused, ScaleSpec, fill_rate, load_scale, make_plan
 

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.passwords import hash_password
-from app.tokens import issue_access_token
+from app.access.passwords import hash_password
+from app.access.tokens import issue_access_token
 from db.models import Clinic, Doctor, Patient, ScheduleTemplate, User
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -1,10 +1,10 @@
-"""Access-token verification, including the remembered signatures (app/tokens.py)."""
+"""Access-token verification, including the remembered signatures (app/access/tokens.py)."""
 
 import jwt
 import pytest
 
-from app import tokens
-from app.tokens import issue_access_token, verify_access_token
+from app.access import tokens
+from app.access.tokens import issue_access_token, verify_access_token
 
 SECRET = "s" * 48
 

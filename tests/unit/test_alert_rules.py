@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from app.metrics import EXPORTED
+from app.web.metrics import EXPORTED
 
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "alerts.yml"
 # PromQL words that are not series: aggregation modifiers, set and comparison operators.

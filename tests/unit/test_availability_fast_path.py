@@ -1,6 +1,6 @@
 """The grid's arithmetic fast path against the obvious conversions, slot for slot.
 
-`app.availability` turns a wall time that occurs once into an instant by subtracting its
+`app.scheduling.availability` turns a wall time that occurs once into an instant by subtracting its
 offset, and renders it from the wall time; only gap and fold times take the general
 `astimezone` conversion. This file keeps the general conversion for every wall time (the
 code before the fast path) as an oracle and checks both agree on instants and renderings,
@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.availability import TemplateRange, day_slots
+from app.scheduling.availability import TemplateRange, day_slots
 from tests.unit.test_availability_properties import weekly_ranges
 
 UTC = dt.UTC

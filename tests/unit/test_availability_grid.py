@@ -3,7 +3,13 @@
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from app.availability import Interval, TemplateRange, day_grid, day_slots, local_day_bounds
+from app.scheduling.availability import (
+    Interval,
+    TemplateRange,
+    day_grid,
+    day_slots,
+    local_day_bounds,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

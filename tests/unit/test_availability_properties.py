@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.availability import Interval, TemplateRange, day_slots
+from app.scheduling.availability import Interval, TemplateRange, day_slots
 
 ZONES = [ZoneInfo(z) for z in ("Europe/Berlin", "America/New_York", "Australia/Sydney", "UTC")]
 # Days around every 2026 transition of these zones, plus ordinary days.

@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl, urlsplit
 import botocore.credentials
 import pytest
 
-from app.documents import URL_SECONDS, DiskStore, S3Store, new_key, valid_key
-from app.records import sniff
+from app.records.documents import URL_SECONDS, DiskStore, S3Store, new_key, valid_key
+from app.records.records import sniff
 from app.settings import load_settings
 
 BASE = load_settings(

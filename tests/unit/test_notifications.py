@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app import mail, notifications
-from app.notifications import Outgoing, plan
+from app.notifications import mail, notifications
+from app.notifications.notifications import Outgoing, plan
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -3,7 +3,7 @@
 import datetime as dt
 import json
 
-from app.slots import CachedSlot, DaySlots, _decode, _encode
+from app.scheduling.slots import CachedSlot, DaySlots, _decode, _encode
 
 DAY = dt.date(2027, 1, 11)
 SLOTS = [

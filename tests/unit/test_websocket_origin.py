@@ -6,9 +6,9 @@ import pytest
 from litestar.connection import ASGIConnection
 from litestar.exceptions import WebSocketDisconnect
 
-from app.guards import check_websocket_origin
-from app.identity import Principal
+from app.access.identity import Principal
 from app.settings import load_settings
+from app.web.guards import check_websocket_origin
 
 SETTINGS = dataclasses.replace(
     load_settings(

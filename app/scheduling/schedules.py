@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import notifications
-from app.effects import AppointmentChange, Effects
 from app.errors import Invalid, NotFound
-from app.slots import local_days
+from app.live.effects import AppointmentChange, Effects
+from app.notifications import notifications
+from app.scheduling.slots import local_days
 from db.models import (
     EXCEPTION_KINDS,
     Appointment,

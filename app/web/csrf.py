@@ -26,7 +26,7 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.middleware import AbstractMiddleware
 from litestar.types import Message, Receive, Scope, Send
 
-from app.browser_sessions import BrowserSession
+from app.access.browser_sessions import BrowserSession
 
 COOKIE_NAME = "medbook_csrf"
 HEADER_NAME = "x-csrf-token"

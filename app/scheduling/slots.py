@@ -4,7 +4,7 @@ Cache design (review C-5). The cached value of a doctor-day is its slots with a 
 flag; the bookable window (minimum notice, horizon) depends on *now* and is applied on
 every read, so time passing never makes a cached value stale. Every write that can change
 a day (booking, cancel, reschedule, status change, template edit, exception) runs
-`queue_invalidation()` after its commit (through app/effects.py), which bumps the day's
+`queue_invalidation()` after its commit (through app/live/effects.py), which bumps the day's
 version and deletes the value. A reader that missed notes the version *before* it reads
 PostgreSQL and stores its result only if the version is unchanged (one Lua call), so a
 computation that raced a write is never cached. The TTL is only a safety net. Concurrent
@@ -30,9 +30,9 @@ from redis.exceptions import RedisError
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from app.availability import Interval, TemplateRange, day_slots, local_day_bounds
 from app.errors import NotFound
 from app.redis_scripts import Script
+from app.scheduling.availability import Interval, TemplateRange, day_slots, local_day_bounds
 from db.session import driver_fetchrow
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ async def fetch_doctor_days(
 
 async def prepare(connection: AsyncConnection) -> None:
     """Prepare the cache-miss statement on this pooled connection (at start: a fresh
-    connection's first run of it costs 60-100 ms, see app/asgi.py `warm_pool`)."""
+    connection's first run of it costs 60-100 ms, see app/web/asgi.py `warm_pool`)."""
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
@@ -388,7 +388,7 @@ class SlotCache:
 def queue_invalidation(pipe: Pipeline, doctor_days: Iterable[tuple[int, dt.date]]) -> None:
     """Queue, on a pipeline, forgetting cached doctor-days after a committed change: each
     day's version is bumped (so a reader that raced the change does not store its result)
-    and its value deleted. Run after commit, never before (app/effects.py does).
+    and its value deleted. Run after commit, never before (app/live/effects.py does).
 
     Args:
         doctor_days: (doctor id, clinic-local day) pairs whose slots may have changed.

@@ -13,18 +13,18 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import audit, rate_limit
-from app.browser_sessions import end_user_sessions
-from app.errors import Conflict, DomainError, Invalid, NotFound
-from app.identity import forget_principal
-from app.passwords import (
+from app.access import audit, rate_limit
+from app.access.browser_sessions import end_user_sessions
+from app.access.identity import forget_principal
+from app.access.passwords import (
     hash_password,
     needs_rehash,
     password_problem,
     verify_password,
     verify_unknown_user,
 )
-from app.tokens import revoke_user_tokens
+from app.access.tokens import revoke_user_tokens
+from app.errors import Conflict, DomainError, Invalid, NotFound
 from db.models import ROLES, Clinic, Doctor, Patient, User
 
 log = logging.getLogger(__name__)

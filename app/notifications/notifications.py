@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Table, and_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app import audit
+from app.access import audit
 from app.errors import Invalid, NotFound
 from db.models import Appointment, Clinic, Doctor, Notification, Patient
 

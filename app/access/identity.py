@@ -65,7 +65,7 @@ def _keys(user_id: int) -> tuple[str, str]:
 
 # One round trip for what every signed-in request needs from Redis: the cached Principal
 # and its version, plus the caller's per-user rate-limit window counted (INCR with expiry,
-# as app/rate_limit.py does), plus any keys the route asked to have fetched ahead (the
+# as app/access/rate_limit.py does), plus any keys the route asked to have fetched ahead (the
 # availability route's cached doctor-days, see `prefetch`). On this machine a Redis round
 # trip costs ~0.25 ms from Python, and more under load, when every hop waits for another
 # process to be scheduled; folding them into one is a measured saving on every API call.

@@ -48,7 +48,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import text
 
 from app.errors import DomainError
-from app.guards import PUBLIC
+from app.web.guards import PUBLIC
 from db.session import observe_pool_waits
 from tasks.queue import QUEUE_NAME
 

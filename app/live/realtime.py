@@ -41,7 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.effects import AppointmentChange
+from app.live.effects import AppointmentChange
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class Hub:
         await self._disconnect()
 
     def queue_publish(self, pipe: Pipeline, messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Queue messages on a pipeline of the app's Redis client (app/effects.py sends
+        """Queue messages on a pipeline of the app's Redis client (app/live/effects.py sends
         them with the cache invalidation they follow, in one round trip). Any client of
         the same Redis reaches every process's subscription: PUBLISH is server-wide."""
         for channel, payload in messages:

@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import exists, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import audit
-from app.documents import CONTENT_TYPES, DocumentStore, new_key
+from app.access import audit
+from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid, NotFound
-from app.identity import Principal
-from app.realtime import record_messages
+from app.live.realtime import record_messages
+from app.records.documents import CONTENT_TYPES, DocumentStore, new_key
 from db.models import RECORD_TYPES, Appointment, MedicalRecord, Patient
 
 RECORD_UPLOADED = "records.uploaded"

@@ -30,8 +30,9 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app import audit
-from app.analytics import (
+from app.access import audit
+from app.access.identity import Principal
+from app.analytics.analytics import (
     WEEKDAYS,
     Cancellations,
     NoShowReport,
@@ -41,7 +42,6 @@ from app.analytics import (
     timed_out,
 )
 from app.errors import NotFound
-from app.identity import Principal
 from app.settings import Settings
 from db.models import ExportJob
 

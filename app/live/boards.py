@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.availability import local_day_bounds
-from app.slots import DaySlots, SlotCache
+from app.scheduling.availability import local_day_bounds
+from app.scheduling.slots import DaySlots, SlotCache
 from db.models import Appointment, Clinic, Doctor, Patient
 
 

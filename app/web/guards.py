@@ -37,11 +37,11 @@ from litestar.status_codes import WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LA
 from litestar.types import Receive, Scope, Send
 from redis.exceptions import RedisError
 
-from app import rate_limit
-from app.browser_sessions import COOKIE_NAME, BrowserSession, get_session
-from app.identity import Principal, cached_principal
+from app.access import rate_limit
+from app.access.browser_sessions import COOKIE_NAME, BrowserSession, get_session
+from app.access.identity import Principal, cached_principal
+from app.access.tokens import verify_access_token
 from app.settings import Settings
-from app.tokens import verify_access_token
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from sqlalchemy import Select, and_, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app import notifications
-from app.availability import Interval, day_slots
-from app.effects import AppointmentChange, Effects
+from app.access.identity import Principal
 from app.errors import Conflict, Forbidden, Invalid, NotFound
-from app.identity import Principal
-from app.slots import (
+from app.live.effects import AppointmentChange, Effects
+from app.notifications import notifications
+from app.scheduling.availability import Interval, day_slots
+from app.scheduling.slots import (
     DOCTOR_DAYS_COLUMNS,
     DoctorDays,
     doctor_days_from_row,
@@ -783,7 +783,7 @@ async def list_appointments(
 
 
 def local_days_window(day: dt.date, timezone: str) -> Interval:
-    from app.availability import local_day_bounds
+    from app.scheduling.availability import local_day_bounds
 
     return local_day_bounds(day, ZoneInfo(timezone))
 

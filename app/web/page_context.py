@@ -7,8 +7,8 @@ from typing import Any
 
 from litestar.plugins.jinja import JinjaTemplateEngine
 
-from app.browser_sessions import BrowserSession
-from app.identity import Principal
+from app.access.browser_sessions import BrowserSession
+from app.access.identity import Principal
 
 
 def _scope(context: Mapping[str, Any]) -> Mapping[str, Any]:

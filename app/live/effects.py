@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from app import slots
+from app.scheduling import slots
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import jwt
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import audit
+from app.access import audit
 from app.errors import DomainError
 from db.models import RefreshToken, User
 

@@ -7,7 +7,7 @@ CONFLICT DO UPDATE statements, so no appointment is ever loaded into Python, and
 one twice is harmless. Reports then read at most a few hundred thousand small rollup rows,
 whatever the number of appointments.
 
-Available minutes reproduce `app.availability.day_grid` in SQL: every template slot of
+Available minutes reproduce `app.scheduling.availability.day_grid` in SQL: every template slot of
 every active doctor on each clinic-local day (weekday and validity in clinic-local
 dates), laid out on the wall clock and converted to an instant with the clinic's zone;
 slots in a spring-forward gap are dropped, ambiguous fall-back times take their first
@@ -34,8 +34,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, DATE
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid
-from app.identity import Principal
 
 GROUPS = ("clinic", "doctor", "weekday", "hour", "lead_time")
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

@@ -32,14 +32,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import booking, csrf, documents, page_context, realtime, slots
-from app.csrf import CSRFMiddleware
-from app.effects import Effects
+from app.access.identity import load_principal
+from app.appointments import booking
 from app.errors import DomainError
-from app.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
-from app.identity import load_principal
-from app.metrics import MetricsMiddleware, metrics, metrics_lifespan
-from app.realtime import Hub
+from app.live import realtime
+from app.live.effects import Effects
+from app.live.realtime import Hub
+from app.records import documents
 from app.redis import create_redis
 from app.routes import (
     admin_pages,
@@ -61,9 +60,14 @@ from app.routes.api_analytics import AnalyticsController, analytics_services
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
 from app.routes.notifications_pages import NOTIFICATION_ROUTES, notification_services
-from app.security_headers import add_security_headers
+from app.scheduling import slots
+from app.scheduling.slots import SlotCache
 from app.settings import PROJECT_ROOT, Settings, get_settings
-from app.slots import SlotCache
+from app.web import csrf, page_context
+from app.web.csrf import CSRFMiddleware
+from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
+from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
+from app.web.security_headers import add_security_headers
 from db.session import create_engine, session_factory
 
 # Static files, probes and the metrics scrape need no user, rate limit or CSRF token.

@@ -1,0 +1,1 @@
+"""Reports from the daily rollups, the rollups themselves, and CSV exports."""

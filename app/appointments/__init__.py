@@ -1,0 +1,1 @@
+"""Booking, rescheduling and status changes of appointments, and the rules they follow."""

@@ -1,0 +1,1 @@
+"""Confirmations and reminders: planning, the outbox, delivery by e-mail and SMS."""

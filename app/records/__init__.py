@@ -1,0 +1,1 @@
+"""Medical records: who may read them, and where their documents are stored."""
