@@ -18,40 +18,26 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
 from litestar import Request, get, post
-from litestar.enums import MediaType, RequestEncodingType
+from litestar.enums import RequestEncodingType
 from litestar.params import Body
-from litestar.response import Response
+from litestar.response import Response, Template
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid, NotFound
 from app.live.effects import Effects
+from app.routes.views import page
 from app.scheduling import directory, schedules
 from app.settings import Settings
 from app.web.guards import allow
 from db.models import EXCEPTION_KINDS, Appointment, Clinic, Patient, ScheduleException
 
 ADMIN = [allow("admin")]
-VARY = {"Vary": "HX-Request"}
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 DASH = "\u2013"  # en dash, for spans of time
 RANGE_FIELDS = ("weekday", "start", "end", "slot_minutes", "valid_from", "valid_to")
-
-
-def render(
-    request: Request[Any, Any, Any], name: str, context: dict[str, Any], block: str
-) -> Response[str]:
-    """The whole page, or only `block` for an htmx request."""
-    env = request.app.template_engine.engine  # type: ignore[union-attr]
-    template = env.get_template(name)
-    ctx = {"request": request, **context}
-    if request.headers.get("hx-request"):
-        html = "".join(template.blocks[block](template.new_context(ctx)))
-    else:
-        html = template.render(ctx)
-    return Response(html, media_type=MediaType.HTML, headers=VARY)
 
 
 @cache
@@ -96,15 +82,17 @@ class ClinicForm:
 
 async def _clinics_page(
     request: Request[Any, Any, Any], db_session: AsyncSession, **context: Any
-) -> Response[str]:
+) -> Template | Response[str]:
     context.setdefault("form", ClinicForm())
     context["clinics"] = await directory.list_clinics(db_session)
     context["timezones"] = timezones()
-    return render(request, "admin/clinics.html", context, "clinics")
+    return page(request, "admin/clinics.html", "clinics", **context)
 
 
 @get("/admin/clinics", guards=ADMIN, include_in_schema=False)
-async def clinics_page(request: Request[Any, Any, Any], db_session: AsyncSession) -> Response[str]:
+async def clinics_page(
+    request: Request[Any, Any, Any], db_session: AsyncSession
+) -> Template | Response[str]:
     """All clinics and a form to add one."""
     return await _clinics_page(request, db_session)
 
@@ -114,7 +102,7 @@ async def create_clinic_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     data: Annotated[ClinicForm, Form],
-) -> Response[str]:
+) -> Template | Response[str]:
     """Add a clinic; a mistake shows the form again with what was typed."""
     try:
         clinic = await directory.create_clinic(
@@ -328,7 +316,7 @@ async def _doctors_page(
     clinic_id: int | None,
     block: str = "clinic",
     **context: Any,
-) -> Response[str]:
+) -> Template | Response[str]:
     clinic = await db_session.get(Clinic, clinic_id) if clinic_id is not None else None
     if clinic is not None:
         closures = context.get("closures") or ExceptionView(
@@ -340,13 +328,13 @@ async def _doctors_page(
     context["clinic"] = clinic
     context["clinics"] = await directory.list_clinics(db_session)
     context["doctors"] = await directory.find_doctors(db_session, clinic_id=clinic_id)
-    return render(request, "admin/doctors.html", context, block)
+    return page(request, "admin/doctors.html", block, **context)
 
 
 @get("/admin/doctors", guards=ADMIN, include_in_schema=False)
 async def doctors_page(
     request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime, clinic_id: str = ""
-) -> Response[str]:
+) -> Template | Response[str]:
     """A clinic's doctors (all clinics' without `clinic_id`), a form to add one and the
     clinic's closures."""
     chosen = _int(clinic_id)
@@ -361,7 +349,7 @@ async def create_doctor_page(
     db_session: AsyncSession,
     now: dt.datetime,
     data: Annotated[DoctorForm, Form],
-) -> Response[str]:
+) -> Template | Response[str]:
     """Add a doctor to a clinic; a mistake shows the form again with what was typed."""
     clinic_id = _int(data.clinic_id)
     try:
@@ -397,7 +385,7 @@ async def clinic_exception_page(
     now: dt.datetime,
     clinic_id: int,
     data: Annotated[ExceptionForm, Form],
-) -> Response[str]:
+) -> Template | Response[str]:
     """Preview or save a closure of the whole clinic."""
     clinic = await _clinic(db_session, clinic_id)
     view = ExceptionView(f"/admin/clinics/{clinic.id}/exceptions", "closures", data)
@@ -517,7 +505,7 @@ async def _schedule_page(
     *,
     editor: TemplateEditor | None = None,
     leave: ExceptionView | None = None,
-) -> Response[str]:
+) -> Template | Response[str]:
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     if editor is None:
         _, ranges = await schedules.get_schedule(db_session, doctor_id)
@@ -534,13 +522,13 @@ async def _schedule_page(
         "leave": leave,
         "weekdays": WEEKDAYS,
     }
-    return render(request, "admin/schedule.html", context, block)
+    return page(request, "admin/schedule.html", block, **context)
 
 
 @get("/admin/doctors/{doctor_id:int}/schedule", guards=ADMIN, include_in_schema=False)
 async def schedule_page(
     request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime, doctor_id: int
-) -> Response[str]:
+) -> Template | Response[str]:
     """The doctor's weekly template editor, their leave and a form to add leave."""
     return await _schedule_page(request, db_session, now, doctor_id)
 
@@ -558,7 +546,7 @@ async def save_schedule_page(
     settings: Settings,
     now: dt.datetime,
     doctor_id: int,
-) -> Response[str]:
+) -> Template | Response[str]:
     """Add a row to the editor, or save the whole template (replace_schedule)."""
     form = await request.form()
     doctor, _ = await directory.get_doctor(db_session, doctor_id)
@@ -601,7 +589,7 @@ async def doctor_exception_page(
     now: dt.datetime,
     doctor_id: int,
     data: Annotated[ExceptionForm, Form],
-) -> Response[str]:
+) -> Template | Response[str]:
     """Preview the appointments leave would hit, or save it (optionally cancelling them)."""
     _, clinic = await directory.get_doctor(db_session, doctor_id)
     view = ExceptionView(f"/admin/doctors/{doctor_id}/exceptions", "exceptions", data)

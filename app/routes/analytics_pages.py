@@ -11,9 +11,9 @@ import datetime as dt
 from typing import Annotated, Any
 
 from litestar import Request, get, post
-from litestar.enums import MediaType, RequestEncodingType
+from litestar.enums import RequestEncodingType
 from litestar.params import Body, QueryParameter
-from litestar.response import Redirect, Response
+from litestar.response import Redirect, Response, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,24 +21,9 @@ from app.access.identity import Principal
 from app.analytics import analytics, exports
 from app.errors import Invalid
 from app.routes.api_analytics import STAFF, start_export
+from app.routes.views import fragment, page
 from app.web.guards import allow
 from db.models import Clinic
-
-VARY = {"Vary": "HX-Request"}
-
-
-def render(
-    request: Request[Any, Any, Any], name: str, context: dict[str, Any], block: str
-) -> Response[str]:
-    """The whole page, or only `block` for an htmx request."""
-    env = request.app.template_engine.engine  # type: ignore[union-attr]
-    template = env.get_template(name)
-    ctx = {"request": request, **context}
-    if request.headers.get("hx-request"):
-        html = "".join(template.blocks[block](template.new_context(ctx)))
-    else:
-        html = template.render(ctx)
-    return Response(html, media_type=MediaType.HTML, headers=VARY)
 
 
 def _date(raw: str) -> dt.date | None:
@@ -74,7 +59,7 @@ async def dashboard(
     last: Annotated[str, QueryParameter(name="to")] = "",
     clinic_id: str = "",
     group_by: str = "weekday",
-) -> Response[str]:
+) -> Template | Response[str]:
     """No-shows, popular hours, utilisation and cancellations for a range and clinic."""
     scope = analytics.report_scope(actor, _date(first), _date(last), _int(clinic_id), now.date())
     if group_by not in analytics.GROUPS:
@@ -96,7 +81,7 @@ async def dashboard(
         "weekdays": analytics.WEEKDAYS,
         "csv_query": _query(scope, group_by),
     }
-    return render(request, "analytics/dashboard.html", context, "report")
+    return page(request, "analytics/dashboard.html", "report", **context)
 
 
 def _query(scope: analytics.ReportScope, group_by: str) -> str:
@@ -109,7 +94,7 @@ def _query(scope: analytics.ReportScope, group_by: str) -> str:
 @get("/analytics/exports", guards=[allow(*STAFF)], include_in_schema=False)
 async def exports_page(
     request: Request[Any, Any, Any], db_session: AsyncSession, actor: Principal, now: dt.datetime
-) -> Response[str]:
+) -> Template | Response[str]:
     """My recent exports and a form for a new one."""
     context = {
         "exports": await exports.my_exports(db_session, actor),
@@ -117,7 +102,7 @@ async def exports_page(
         "today": now.date(),
         "default_first": now.date() - dt.timedelta(days=29),
     }
-    return render(request, "analytics/exports.html", context, "list")
+    return page(request, "analytics/exports.html", "list", **context)
 
 
 @post("/analytics/exports", guards=[allow(*STAFF)], include_in_schema=False)
@@ -139,17 +124,17 @@ async def export_form(
         _int(data.get("clinic_id", "")),
     )
     if request.headers.get("hx-request"):
-        return render(request, "analytics/export.html", {"export": view}, "progress")
+        return fragment(request, "analytics/export.html", "progress", export=view)
     return Redirect(f"/analytics/exports/{view.id}", status_code=303)
 
 
 @get("/analytics/exports/{export_id:str}", guards=[allow(*STAFF)], include_in_schema=False)
 async def export_page(
     request: Request[Any, Any, Any], db_session: AsyncSession, actor: Principal, export_id: str
-) -> Response[str]:
+) -> Template | Response[str]:
     """One export's progress; the fragment polls itself until the file is ready."""
     view = await exports.get_export(db_session, actor, export_id)
-    return render(request, "analytics/export.html", {"export": view}, "progress")
+    return page(request, "analytics/export.html", "progress", export=view)
 
 
 ROUTES = [dashboard, exports_page, export_form, export_page]

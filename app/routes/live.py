@@ -26,6 +26,7 @@ from app.live.realtime import (
     records_channel,
 )
 from app.records import records
+from app.routes import views
 from app.routes.deps import provide_rules
 from app.scheduling import directory
 from app.web.guards import allow, check_websocket_origin, current_user
@@ -39,12 +40,10 @@ def make_renderer(app: Any) -> Any:
 
     async def render(channel: str, audience: str, payload: dict[str, Any]) -> str:
         state: State = app.state
-        env = app.template_engine.engine
+        env = views.environment(app)
         if audience == "records" and channel.startswith("records:"):
             # Ids only: each viewer's panel then reloads its list through the audited read.
-            return env.get_template("records/_refresh.html").render(
-                patient_id=int(payload["patient_id"])
-            )
+            return views.render(env, "records/_refresh.html", patient_id=int(payload["patient_id"]))
         kind, ident, day = parse_channel(channel)
         async with state.sessions() as session:
             if audience == "slots" and kind == "doctor":
@@ -53,7 +52,7 @@ def make_renderer(app: Any) -> Any:
                 _, (view,) = await boards.doctor_days(
                     state.slot_cache, ident, day, 1, now + rules.min_notice, now + rules.horizon
                 )
-                return env.get_template("patient/_day.html").render(day=view, oob=True)
+                return views.render(env, "patient/_day.html", day=view, oob=True)
             if audience == "board" and kind == "doctor":
                 # The board watches its doctors' channels for schedule changes only (their
                 # appointments come on the clinic channel). Hours make the clinic's time
@@ -64,18 +63,19 @@ def make_renderer(app: Any) -> Any:
                 _, columns = await boards.clinic_board(
                     session, state.slot_cache, doctor.clinic_id, day
                 )
-                column_html = env.get_template("desk/_column.html")
-                return "".join(column_html.render(column=c, oob=True) for c in columns)
+                return "".join(
+                    views.render(env, "desk/_column.html", column=c, oob=True) for c in columns
+                )
             if audience == "board" and kind == "clinic":
                 doctor = await session.get_one(Doctor, int(payload["doctor_id"]))
                 column = await boards.board_column(
                     session, state.slot_cache, doctor.id, doctor.full_name, day
                 )
-                return env.get_template("desk/_column.html").render(column=column, oob=True)
+                return views.render(env, "desk/_column.html", column=column, oob=True)
             if audience == "doctor_day" and kind == "doctor":
                 doctor, _, cards = await boards.doctor_day(session, ident, day)
-                return env.get_template("doctor/_day.html").render(
-                    doctor=doctor, day=day, cards=cards, oob=True
+                return views.render(
+                    env, "doctor/_day.html", doctor=doctor, day=day, cards=cards, oob=True
                 )
         raise ValueError(f"no fragment for {audience} on {channel}")
 

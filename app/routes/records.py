@@ -7,7 +7,6 @@ from typing import Any
 
 from litestar import Request, get, post
 from litestar.datastructures import UploadFile
-from litestar.enums import MediaType
 from litestar.response import File, Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +14,7 @@ from app.access.identity import Principal
 from app.errors import DomainError, Invalid
 from app.records import records
 from app.records.documents import CONTENT_TYPES, DiskStore, DocumentStore
-from app.routes.views import VARY, page
+from app.routes.views import message, page
 from app.settings import Settings
 from app.web.guards import PUBLIC, allow, client_addr
 from db.models import RECORD_TYPES
@@ -151,17 +150,18 @@ def upload_routes(settings: Settings) -> list[Any]:
                 publish=request.app.state.hub.publish_all,
             )
         except DomainError as exc:  # htmx swaps only 2xx: say why in the panel
-            return _upload_message(patient_id, exc.detail, error=True)
-        return _upload_message(patient_id, f"Uploaded “{record.title}”.")
+            return _upload_message(request, patient_id, exc.detail, error=True)
+        return _upload_message(request, patient_id, f"Uploaded “{record.title}”.")
 
     return [upload_api, upload_page]
 
 
-def _upload_message(patient_id: int, text: str, error: bool = False) -> Response[str]:
-    css, role = ("error", "alert") if error else ("notice", "status")
-    safe = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    html = f'<p id="records-upload-msg-{patient_id}" class="{css}" role="{role}">{safe}</p>'
-    return Response(html, media_type=MediaType.HTML, headers=VARY)
+def _upload_message(
+    request: Request[Any, Any, Any], patient_id: int, text: str, error: bool = False
+) -> Response[str]:
+    """Replaces the panel's upload message (records/panel.html)."""
+    element = f"records-upload-msg-{patient_id}"
+    return message(request, element, text, error=error, polite=False)
 
 
 async def _panel(

@@ -20,24 +20,15 @@ from app.appointments.booking import BookingRules
 from app.errors import DomainError
 from app.live import boards
 from app.live.effects import Effects
-from app.routes.views import VARY, page
+from app.routes.views import fragment, message, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
 from app.web.guards import allow
 from db.models import Clinic
 
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
-
-
-def _message(text: str, error: bool = False, element: str = "board-message") -> Response[str]:
-    css = "error" if error else "notice"
-    role = "alert" if error else "status"
-    html = f'<p id="{element}" class="{css}" role="{role}" aria-live="polite">{_escape(text)}</p>'
-    return Response(html, media_type="text/html", headers=VARY)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+# The elements an action's message replaces (desk/board.html, doctor/day.html).
+BOARD_MESSAGE, WALK_IN_MESSAGE, DAY_MESSAGE = "board-message", "walk-in-msg", "day-message"
 
 
 async def _clinic_of(db_session: AsyncSession, actor: Principal, clinic_id: int | None) -> int:
@@ -91,6 +82,7 @@ async def board(
     status_code=200,
 )
 async def set_status(
+    request: Request[Any, Any, Any],
     db_session: AsyncSession,
     effects: Effects,
     actor: Principal,
@@ -111,8 +103,10 @@ async def set_status(
             reason="cancelled by front desk",
         )
     except DomainError as exc:
-        return _message(exc.detail, error=True)
-    return _message(f"Appointment {appointment_id}: {status.replace('_', ' ')}.")
+        return message(request, BOARD_MESSAGE, exc.detail, error=True)
+    return message(
+        request, BOARD_MESSAGE, f"Appointment {appointment_id}: {status.replace('_', ' ')}."
+    )
 
 
 @post(
@@ -133,19 +127,21 @@ async def bulk_check_in(
     try:
         ids = [int(v) for v in form.getall("appointment_ids")] if "appointment_ids" in form else []
     except ValueError:
-        return _message("The selection is not valid; reload the board.", error=True)
+        text = "The selection is not valid; reload the board."
+        return message(request, BOARD_MESSAGE, text, error=True)
     if not ids:
-        return _message("Select the appointments to check in first.", error=True)
+        text = "Select the appointments to check in first."
+        return message(request, BOARD_MESSAGE, text, error=True)
     try:
         results = await booking.bulk_update(
             db_session, effects, actor, ids, status="checked_in", now=now
         )
     except DomainError as exc:
-        return _message(exc.detail, error=True)
+        return message(request, BOARD_MESSAGE, exc.detail, error=True)
     done = sum(r == "updated" for r in results.values())
     skipped = len(results) - done
     text = f"Checked in {done}." + (f" {skipped} could not be checked in." if skipped else "")
-    return _message(text, error=bool(skipped))
+    return message(request, BOARD_MESSAGE, text, error=bool(skipped))
 
 
 @get(
@@ -153,27 +149,19 @@ async def bulk_check_in(
     guards=[allow("front_desk", "admin")],
     include_in_schema=False,
 )
-async def patient_search(db_session: AsyncSession, q: str = "") -> Response[str]:
+async def patient_search(
+    request: Request[Any, Any, Any], db_session: AsyncSession, q: str = ""
+) -> Response[str]:
     """Patients by name prefix, as radio choices for the walk-in form."""
     hits = await boards.search_patients(db_session, q)
-    if not hits:
-        html = '<p class="muted">Type at least two letters of the surname or first name.</p>'
-    else:
-        items = "".join(
-            f'<li><label><input type="radio" name="patient_id" value="{h.id}" required> '
-            f"{_escape(h.full_name)}"
-            f"{' · born ' + h.date_of_birth.isoformat() if h.date_of_birth else ''}"
-            "</label></li>"
-            for h in hits
-        )
-        html = f'<ul class="patient-hits">{items}</ul>'
-    return Response(html, media_type="text/html", headers=VARY)
+    return fragment(request, "desk/_patient_hits.html", hits=hits)
 
 
 @post(
     "/desk/walk-in", guards=[allow("front_desk", "admin")], include_in_schema=False, status_code=200
 )
 async def walk_in(
+    request: Request[Any, Any, Any],
     db_session: AsyncSession,
     effects: Effects,
     actor: Principal,
@@ -187,7 +175,8 @@ async def walk_in(
         day = dt.date.fromisoformat(data.get("date", ""))
         hour, minute = (int(part) for part in data.get("time", "").split(":"))
     except ValueError:
-        return _message("Choose a patient, a doctor and a time like 10:30.", True, "walk-in-msg")
+        text = "Choose a patient, a doctor and a time like 10:30."
+        return message(request, WALK_IN_MESSAGE, text, error=True)
     _, clinic = await directory.get_doctor(db_session, doctor_id)
     start = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=ZoneInfo(clinic.timezone))
     # The desk books what is in front of it: the notice rule is for patients booking online,
@@ -206,10 +195,9 @@ async def walk_in(
             now=now - boards.WALK_IN_GRACE,
         )
     except DomainError as exc:
-        return _message(exc.detail, True, "walk-in-msg")
-    return _message(
-        f"Booked at {data['time']} (appointment {result.appointment.id}).", element="walk-in-msg"
-    )
+        return message(request, WALK_IN_MESSAGE, exc.detail, error=True)
+    text = f"Booked at {data['time']} (appointment {result.appointment.id})."
+    return message(request, WALK_IN_MESSAGE, text)
 
 
 @get("/doctor/day", guards=[allow("doctor")], include_in_schema=False)
@@ -245,6 +233,7 @@ async def doctor_day(
     status_code=200,
 )
 async def doctor_status(
+    request: Request[Any, Any, Any],
     db_session: AsyncSession,
     effects: Effects,
     actor: Principal,
@@ -259,8 +248,8 @@ async def doctor_status(
             db_session, effects, actor, appointment_id, status=status, now=now
         )
     except DomainError as exc:
-        return _message(exc.detail, True, "day-message")
-    return _message(f"Marked {status.replace('_', ' ')}.", element="day-message")
+        return message(request, DAY_MESSAGE, exc.detail, error=True)
+    return message(request, DAY_MESSAGE, f"Marked {status.replace('_', ' ')}.")
 
 
 ROUTES = [board, set_status, bulk_check_in, patient_search, walk_in, doctor_day, doctor_status]
