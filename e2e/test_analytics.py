@@ -21,7 +21,7 @@ def in_thread(coro):
 async def _world(email: str) -> tuple[int, dt.date, dt.date]:
     """A clinic with a doctor, ten days of appointments and their rollups; an admin."""
     from app.access.passwords import hash_password
-    from app.analytics import analytics
+    from app.analytics import reports as analytics
     from app.settings import get_settings
     from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User
     from db.session import create_engine, session_factory

@@ -16,7 +16,8 @@ from typing import Any
 
 from saq import Queue
 
-from app.analytics import analytics, exports
+from app.analytics import exports
+from app.analytics import reports as analytics
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.access import audit
 from app.access.identity import Principal
-from app.analytics.analytics import (
+from app.analytics.reports import (
     WEEKDAYS,
     Cancellations,
     NoShowReport,

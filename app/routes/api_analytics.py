@@ -25,8 +25,9 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.access.identity import Principal
-from app.analytics import analytics, exports
-from app.analytics.analytics import (
+from app.analytics import exports
+from app.analytics import reports as analytics
+from app.analytics.reports import (
     Cancellations,
     NoShowReport,
     NoShowRow,

@@ -6,7 +6,7 @@ import re
 import pytest
 from sqlalchemy import text
 
-from app.analytics import analytics
+from app.analytics import reports as analytics
 from app.routes import api_analytics
 from tests.integration.analytics_data import add_random_appointments, expected_rollups
 from tests.integration.world import make_world

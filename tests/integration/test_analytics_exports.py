@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
-from app.analytics import analytics, exports
+from app.analytics import exports
+from app.analytics import reports as analytics
 from app.settings import Settings
 from db.session import create_engine
 from tasks import analytics as jobs

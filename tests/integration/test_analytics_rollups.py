@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import text
 
-from app.analytics import analytics
+from app.analytics import reports as analytics
 from tests.integration.analytics_data import (
     add_odd_schedules,
     add_random_appointments,
