@@ -11,8 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
-from app.analytics import exports
-from app.analytics import reports as analytics
+from app.analytics import exports, reports
 from app.settings import Settings
 from db.session import create_engine
 from tasks import analytics as jobs
@@ -304,7 +303,7 @@ FROM generate_series(0, 19999) AS i,
 async def test_ranges_past_the_caps_are_a_clear_422(client, world):
     """Exports take up to MAX_EXPORT_DAYS (ten years), reports MAX_RANGE_DAYS (three)."""
     last = dt.date(2026, 4, 10)
-    at_cap = last - dt.timedelta(days=analytics.MAX_EXPORT_DAYS - 1)
+    at_cap = last - dt.timedelta(days=reports.MAX_EXPORT_DAYS - 1)
     ok = await request_export(client, world, **{"from": str(at_cap), "to": str(last)})
     assert ok.status_code == 202, ok.text
     too_long = await request_export(
@@ -312,7 +311,7 @@ async def test_ranges_past_the_caps_are_a_clear_422(client, world):
     )
     assert too_long.status_code == 422
     assert too_long.json()["detail"] == "a range covers at most 3660 days"
-    report_cap = last - dt.timedelta(days=analytics.MAX_RANGE_DAYS - 1)
+    report_cap = last - dt.timedelta(days=reports.MAX_RANGE_DAYS - 1)
     for path in ("/api/analytics/no-shows", "/analytics", "/api/analytics/report.csv"):
         params = {"to": str(last), "report": "no-shows"}
         fine = await client.get(
