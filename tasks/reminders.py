@@ -32,9 +32,10 @@ from saq import Queue
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.notifications import mail, notifications, sms
+from app.notifications import mail, sms
+from app.notifications import outbox as notifications
 from app.notifications.breaker import Breaker
-from app.notifications.notifications import Claim, Outgoing, SendFailed
+from app.notifications.outbox import Claim, Outgoing, SendFailed
 from app.settings import Settings
 from db.models import DevMessage
 

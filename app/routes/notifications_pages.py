@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError
 from app.live.effects import AppointmentChange
-from app.notifications import notifications
+from app.notifications import outbox as notifications
 from app.web.guards import allow, client_addr, current_user
 from db.models import DevMessage
 from tasks.queue import create_queue

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from app.access.identity import Principal
 from app.appointments.booking import BookingRules, book
 from app.live.effects import Effects
-from app.notifications import notifications
+from app.notifications import outbox as notifications
 from app.notifications.breaker import Breaker
 from db.models import AuditEvent, Notification, Patient
 from tasks.reminders import dispatch

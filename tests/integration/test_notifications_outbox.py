@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from app.access.identity import Principal
 from app.appointments.booking import BookingRules, book
 from app.live.effects import Effects
-from app.notifications import notifications
+from app.notifications import outbox as notifications
 from db.models import Appointment, Notification, Patient
 from tests.integration.auth_helpers import browser_login, csrf_from
 from tests.integration.notification_world import (

@@ -7,8 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.notifications import mail, notifications
-from app.notifications.notifications import Outgoing, plan
+from app.notifications import mail
+from app.notifications import outbox as notifications
+from app.notifications.outbox import Outgoing, plan
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
