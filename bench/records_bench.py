@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.access.tokens import issue_access_token  # noqa: E402
-from app.records.documents import DiskStore, new_key  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
+from app.storage import DiskStore, new_key  # noqa: E402
 from bench.availability_bench import free_port, start_server  # noqa: E402
 from bench.loadgen import HEADER, Client, Result, run  # noqa: E402
 
@@ -133,8 +133,8 @@ async def load_fixtures(database_url: str, secret: str) -> dict:
 
 def signing_costs(keys: list[str], reps: int = 200) -> list[tuple[str, float, float]]:
     """Milliseconds to sign the 50 URLs of one list: median and p95 over `reps` lists."""
-    from app.records.documents import S3Store
     from app.settings import load_settings
+    from app.storage import S3Store
 
     settings = load_settings(
         {

@@ -22,7 +22,7 @@ from app.access import audit
 from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid, NotFound
 from app.live.realtime import record_messages
-from app.records.documents import CONTENT_TYPES, DocumentStore, new_key
+from app.storage import CONTENT_TYPES, DocumentStore, new_key
 from db.models import RECORD_TYPES, Appointment, MedicalRecord, Patient
 
 RECORD_UPLOADED = "records.uploaded"

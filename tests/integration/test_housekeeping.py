@@ -9,7 +9,7 @@ import time
 
 from saq import Worker
 
-from app.records.documents import DiskStore, new_key
+from app.storage import DiskStore, new_key
 from db.models import MedicalRecord
 from tasks.housekeeping import sweep_documents
 from tasks.worker import worker_settings

@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 from app.access import audit
 from app.access.identity import Principal
 from app.records import records
-from app.records.documents import URL_SECONDS, DiskStore
+from app.storage import URL_SECONDS, DiskStore
 from app.web.asgi import create_app
 from db.models import Appointment, AuditEvent, MedicalRecord, User
 from tests.integration.auth_helpers import csrf_from

@@ -14,7 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from app.records.documents import URL_SECONDS, S3Store
+from app.storage import URL_SECONDS, S3Store
 from app.web.asgi import create_app
 from db.models import MedicalRecord
 from tests.integration.s3_server import s3_server

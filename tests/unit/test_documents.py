@@ -9,9 +9,9 @@ from urllib.parse import parse_qsl, urlsplit
 import botocore.credentials
 import pytest
 
-from app.records.documents import URL_SECONDS, DiskStore, S3Store, new_key, valid_key
 from app.records.records import sniff
 from app.settings import load_settings
+from app.storage import URL_SECONDS, DiskStore, S3Store, new_key, valid_key
 
 BASE = load_settings(
     {"DATABASE_URL": "postgresql://x@h/db", "REDIS_URL": "redis://h", "SECRET_KEY": "k" * 40}
