@@ -1,10 +1,12 @@
-"""Document storage for medical records: S3 (boto3) or the local disk in embedded mode.
+"""File storage: an S3 bucket (boto3), or a folder on the local disk in embedded mode.
 
-Both backends hand out short-lived download URLs (`URL_SECONDS`, under 15 minutes):
-S3 pre-signed GET URLs, or app URLs `/documents/{key}?expires=&sig=` carrying an HMAC that
-the download route checks in constant time. Writes and deletes are blocking calls and run
-in a worker thread; signing is pure CPU and runs inline because it costs microseconds
-(docs/records.md has the measurements behind that).
+Records' documents (app/records/documents.py) and CSV exports (app/analytics/exports.py)
+both keep their files here, by key (`patients/…`, `exports/…`). Both backends hand out
+short-lived download URLs (`URL_SECONDS`, under 15 minutes): S3 pre-signed GET URLs, or app
+URLs `{url_path}{key}?expires=&sig=` carrying an HMAC that the app's download route checks
+in constant time. Writes and deletes are blocking calls and run in a worker thread;
+signing is pure CPU and runs inline because it costs microseconds (docs/records.md has the
+measurements behind that).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,33 +32,32 @@ from app.settings import Settings
 # record link is for the consultation in progress, and a reload issues fresh ones.
 URL_SECONDS = 600
 
-# Keys are ours (`patients/{id}/{uuid}.{ext}`), never a user's file name.
-_KEY = re.compile(r"^[a-z0-9][a-z0-9_\-]*(/[a-z0-9][a-z0-9_\-]*)*\.(pdf|png|jpg)$")
-CONTENT_TYPES = {"pdf": "application/pdf", "png": "image/png", "jpg": "image/jpeg"}
-
-
-def new_key(patient_id: int, extension: str) -> str:
-    """A fresh, unguessable storage key for one of a patient's documents."""
-    return f"patients/{patient_id}/{uuid.uuid4().hex}.{extension}"
+# Keys are ours (`patients/{id}/{uuid}.pdf`, `exports/{id}.csv`), never a user's file name,
+# and only of the kinds of file medbook stores.
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_\-]*(/[a-z0-9][a-z0-9_\-]*)*\.(pdf|png|jpg|csv)$")
 
 
 def valid_key(key: str) -> bool:
     return bool(_KEY.match(key)) and ".." not in key
 
 
-class DocumentStore(Protocol):
-    """What the records code needs from a storage backend."""
+class Store(Protocol):
+    """What documents and exports need from a storage backend."""
 
     kind: str
 
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Store a finished local file under `key`; the local file is gone afterwards."""
+        ...
+
     async def get(self, key: str) -> bytes: ...
 
     async def delete(self, key: str) -> None: ...
 
-    async def keys(self) -> list[tuple[str, dt.datetime]]:
-        """Every stored key with its last-modified instant (for the stray sweep)."""
+    async def keys(self, prefix: str) -> list[tuple[str, dt.datetime]]:
+        """Every stored key under `prefix` with its last-modified instant."""
         ...
 
     def urls(self, keys: list[str], *, now: float | None = None) -> list[str]:
@@ -156,10 +158,10 @@ _PROBE_KEY = "medbook-probe"
 
 
 class S3Store:
-    """Documents in an S3 bucket (or an S3-compatible store at `S3_ENDPOINT_URL`).
+    """Files in an S3 bucket (or an S3-compatible store at `S3_ENDPOINT_URL`).
 
-    One boto3 client per process, made here at start-up (a client costs 10-400 ms; boto3
-    clients are thread-safe, so the worker threads share it).
+    One boto3 client per process (`create_store` shares it; a client costs 10-400 ms;
+    boto3 clients are thread-safe, so the worker threads share it).
     """
 
     kind = "s3"
@@ -206,6 +208,16 @@ class S3Store:
             **extra,
         )
 
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        extra: dict[str, Any] = {"ContentType": content_type}
+        if self.sse:
+            extra["ServerSideEncryption"] = self.sse
+        # upload_file streams from disk, in parts when the file is large.
+        await asyncio.to_thread(
+            self.client.upload_file, str(path), self.bucket, key, ExtraArgs=extra
+        )
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
     async def get(self, key: str) -> bytes:
         def read() -> bytes:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -215,11 +227,11 @@ class S3Store:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=key)
 
-    async def keys(self) -> list[tuple[str, dt.datetime]]:
+    async def keys(self, prefix: str) -> list[tuple[str, dt.datetime]]:
         def scan() -> list[tuple[str, dt.datetime]]:
             found = []
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix="patients/"
+                Bucket=self.bucket, Prefix=prefix
             )
             for page in pages:
                 found += [(o["Key"], o["LastModified"]) for o in page.get("Contents", ())]
@@ -231,6 +243,21 @@ class S3Store:
         instant = dt.datetime.fromtimestamp(int(time.time() if now is None else now), dt.UTC)
         return self.presigner.urls(keys, URL_SECONDS, instant)
 
+    def download_url(self, key: str, filename: str, seconds: int) -> str:
+        """A pre-signed GET that saves the file as `filename` (botocore signs this one:
+        the fast presigner signs no response headers)."""
+        return str(
+            self.client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+                ExpiresIn=seconds,
+            )
+        )
+
 
 # --- Local disk ---------------------------------------------------------------------------
 
@@ -238,22 +265,26 @@ Verdict = Literal["ok", "invalid", "expired"]
 
 
 class DiskStore:
-    """Documents under a folder (embedded mode), served by the app at signed URLs."""
+    """Files under a folder (embedded mode); the app serves them at signed URLs under
+    `url_path` when it is given."""
 
     kind = "disk"
 
-    def __init__(self, root: Path, secret_key: str) -> None:
+    def __init__(self, root: Path, secret_key: str, url_path: str | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        # A key of its own, so a download signature can never stand in for anything else.
-        self._key = hmac.new(secret_key.encode(), b"medbook-documents-v1", hashlib.sha256).digest()
+        self.url_path = url_path
+        # A key of its own per URL space ("medbook-documents-v1" for /documents/), so a
+        # download signature can never stand in for anything else.
+        purpose = f"medbook-{(url_path or '').strip('/')}-v1"
+        self._key = hmac.new(secret_key.encode(), purpose.encode(), hashlib.sha256).digest()
 
     def path(self, key: str) -> Path:
         if not valid_key(key):
-            raise ValueError("not a document key")
+            raise ValueError("not a storage key")
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root):
-            raise ValueError("not a document key")
+            raise ValueError("not a storage key")
         return path
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
@@ -270,24 +301,33 @@ class DiskStore:
 
         await asyncio.to_thread(write)
 
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        target = self.path(key)
+
+        def move() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)  # a rename when both are on one file system
+
+        await asyncio.to_thread(move)
+
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.path(key).read_bytes)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path(key).unlink, missing_ok=True)
 
-    async def keys(self) -> list[tuple[str, dt.datetime]]:
+    async def keys(self, prefix: str) -> list[tuple[str, dt.datetime]]:
         def scan() -> list[tuple[str, dt.datetime]]:
             found = []
-            for path in self._files():
+            for path in self._files(prefix):
                 modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
                 found.append((path.relative_to(self.root).as_posix(), modified))
             return found
 
         return await asyncio.to_thread(scan)
 
-    def _files(self) -> Iterator[Path]:
-        base = self.root / "patients"
+    def _files(self, prefix: str) -> Iterator[Path]:
+        base = self.root / prefix.strip("/")
         if base.exists():
             yield from (p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -295,11 +335,13 @@ class DiskStore:
         return hmac.new(self._key, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
     def urls(self, keys: list[str], *, now: float | None = None) -> list[str]:
+        if self.url_path is None:
+            raise RuntimeError(f"the app serves no downloads from {self.root}")
         expires = int(time.time() if now is None else now) + URL_SECONDS
         out = []
         for key in keys:
             sig = self.signature(key, expires)
-            out.append(f"/documents/{quote(key, safe='/')}?expires={expires}&sig={sig}")
+            out.append(f"{self.url_path}{quote(key, safe='/')}?expires={expires}&sig={sig}")
         return out
 
     def verify(self, key: str, expires: str, sig: str, *, now: float | None = None) -> Verdict:
@@ -317,8 +359,29 @@ class DiskStore:
         return "ok"
 
 
-def create_store(settings: Settings) -> DocumentStore:
-    """The backend the settings choose: S3 when S3_BUCKET is set, else the local disk."""
-    if settings.s3_bucket:
-        return S3Store(settings)
-    return DiskStore(settings.documents_dir, settings.secret_key)
+# The S3 stores of this process, by configuration: one boto3 client each, shared by
+# documents and exports (a client costs 10-400 ms).
+_S3_STORES: dict[tuple[str | None, ...], S3Store] = {}
+
+
+def create_store(settings: Settings, folder: Path, url_path: str | None = None) -> Store:
+    """The backend the settings choose: the S3 bucket when S3_BUCKET is set (one store and
+    client per process, whoever asks), else `folder` on the local disk.
+
+    Args:
+        url_path: where the app serves signed downloads of `folder` (disk only).
+    """
+    if not settings.s3_bucket:
+        return DiskStore(folder, settings.secret_key, url_path)
+    config = (
+        settings.s3_bucket,
+        settings.s3_region,
+        settings.s3_endpoint_url,
+        settings.s3_access_key_id,
+        settings.s3_secret_access_key,
+        settings.s3_sse,
+    )
+    store = _S3_STORES.get(config)
+    if store is None:
+        store = _S3_STORES[config] = S3Store(settings)
+    return store

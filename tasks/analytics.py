@@ -48,10 +48,12 @@ async def close_days(ctx: dict[str, Any]) -> dict[str, Any]:
 
 async def run_export(ctx: dict[str, Any], *, export_id: str) -> dict[str, Any]:
     """Write one CSV export (see app.analytics.exports.run_export)."""
+    settings = ctx["settings"]
     view = await exports.run_export(
         ctx["engine"],
         ctx["analytics_engine"],
-        exports.ExportStore(ctx["settings"]),
+        exports.export_store(settings),
+        exports.work_dir(settings),
         export_id,
     )
     return {"status": view.status, "rows": view.rows_done}
@@ -59,7 +61,7 @@ async def run_export(ctx: dict[str, Any], *, export_id: str) -> dict[str, Any]:
 
 async def purge_exports(ctx: dict[str, Any]) -> int:
     """Hourly: delete expired export files."""
-    store = exports.ExportStore(ctx["settings"])
+    store = exports.export_store(ctx["settings"])
     return await exports.purge_expired(ctx["engine"], store, dt.datetime.now(dt.UTC))
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from saq import CronJob
 
+from app.records.documents import create_store
 from app.redis import create_redis
 from app.settings import get_settings
-from app.storage import create_store
 from db.session import create_engine, session_factory
 from tasks import analytics, metrics, reminders
 from tasks.housekeeping import heartbeat, sweep_documents

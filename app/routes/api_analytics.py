@@ -444,7 +444,7 @@ class AnalyticsController(Controller):
         export_id: str,
     ) -> File | Redirect:
         """The CSV file of a finished export (or a short-lived S3 link to it)."""
-        store = exports.ExportStore(request.app.state.settings)
+        store = exports.export_store(request.app.state.settings)
         view, found = await exports.download(
             db_session, store, actor, export_id, client_addr(request), now
         )

@@ -32,13 +32,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import storage as documents
 from app.access.identity import load_principal
 from app.appointments import booking
 from app.errors import DomainError
 from app.live import realtime
 from app.live.effects import Effects
 from app.live.realtime import Hub
+from app.records import documents
 from app.redis import create_redis
 from app.routes import (
     admin_pages,

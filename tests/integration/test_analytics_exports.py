@@ -152,7 +152,7 @@ async def test_an_expired_export_is_deleted_and_cannot_be_downloaded(
 ):
     export_id = (await request_export(client, world)).json()["id"]
     await run_queued(settings, ctx, export_id)
-    path = exports.ExportStore(settings).dir / f"{export_id}.csv"
+    path = exports.work_dir(settings) / f"{export_id}.csv"
     assert path.exists()
     await session.execute(
         text("UPDATE export_jobs SET expires_at = now() - interval '1 minute' WHERE id = :id"),
@@ -167,6 +167,24 @@ async def test_an_expired_export_is_deleted_and_cannot_be_downloaded(
     assert file.status_code == 404
     # Running the job again leaves an expired export alone (idempotent).
     assert (await jobs.run_export(ctx, export_id=export_id))["status"] == "expired"
+
+
+async def test_a_finished_export_whose_file_is_gone_is_a_404_not_audited(
+    client, world, session, settings, ctx
+):
+    export_id = (await request_export(client, world)).json()["id"]
+    await run_queued(settings, ctx, export_id)
+    (exports.work_dir(settings) / f"{export_id}.csv").unlink()  # a lost disk, a manual clean-up
+    file = await client.get(
+        f"/api/analytics/exports/{export_id}/file", headers=world.headers("admin")
+    )
+    assert file.status_code == 404
+    assert "request it again" in file.json()["detail"]
+    downloads = await session.scalar(
+        text("SELECT count(*) FROM audit_events WHERE action = :action"),
+        {"action": exports.EXPORT_DOWNLOADED},
+    )
+    assert downloads == 0
 
 
 async def test_export_memory_stays_flat_however_many_rows(client, world, session, settings, ctx):
@@ -198,7 +216,11 @@ FROM generate_series(0, 9999) AS i,
     try:
         tracemalloc.reset_peak()
         view = await exports.run_export(
-            ctx["engine"], ctx["analytics_engine"], exports.ExportStore(settings), export_id
+            ctx["engine"],
+            ctx["analytics_engine"],
+            exports.export_store(settings),
+            exports.work_dir(settings),
+            export_id,
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
