@@ -427,7 +427,7 @@ def analytics_backfill(ctx: click.Context, first: Any, last: Any, chunk_days: in
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from sqlalchemy import text
 
-    from app.analytics.analytics import day_chunks, refresh_days
+    from app.analytics.rollups import day_chunks, refresh_days
     from db.session import create_engine
 
     if last < first:

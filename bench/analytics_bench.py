@@ -270,7 +270,7 @@ async def book_stream(
 
 def export_child(export_id: str) -> None:
     """Run one export as the worker would, then print rows, seconds and memory as JSON."""
-    from app.analytics.exports import ExportStore, run_export
+    from app.analytics.exports import export_store, run_export, work_dir
     from app.settings import get_settings
     from db.session import create_engine
 
@@ -285,7 +285,7 @@ def export_child(export_id: str) -> None:
         )
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started = time.perf_counter()
-        view = await run_export(engine, read, ExportStore(settings), export_id)
+        view = await run_export(engine, read, export_store(settings), work_dir(settings), export_id)
         seconds = time.perf_counter() - started
         await engine.dispose()
         await read.dispose()

@@ -48,8 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.access.tokens import issue_access_token  # noqa: E402
-from app.records.documents import DiskStore, new_key  # noqa: E402
+from app.records.documents import URL_PATH, new_key  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
+from app.storage import DiskStore  # noqa: E402
 from bench.availability_bench import free_port, start_server  # noqa: E402
 from bench.loadgen import HEADER, Client, Result, run  # noqa: E402
 
@@ -133,8 +134,8 @@ async def load_fixtures(database_url: str, secret: str) -> dict:
 
 def signing_costs(keys: list[str], reps: int = 200) -> list[tuple[str, float, float]]:
     """Milliseconds to sign the 50 URLs of one list: median and p95 over `reps` lists."""
-    from app.records.documents import S3Store
     from app.settings import load_settings
+    from app.storage import S3Store
 
     settings = load_settings(
         {
@@ -148,7 +149,7 @@ def signing_costs(keys: list[str], reps: int = 200) -> list[tuple[str, float, fl
         }
     )
     s3 = S3Store(settings)
-    disk = DiskStore(DATA_DIR / "documents", "k" * 40)
+    disk = DiskStore(DATA_DIR / "documents", "k" * 40, URL_PATH)
 
     def botocore_list() -> None:
         for key in keys:

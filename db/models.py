@@ -442,7 +442,7 @@ class ClinicBucketStats(Base):
     `hour`: the clinic-local start hour (0-23), which with the day's weekday gives the
     hour-of-week heat map and no-shows by hour. `lead_time`: how long before the start
     it was booked; `cancel_lead`: how long before the start it was cancelled (buckets in
-    app.analytics.analytics.LEAD_BUCKETS).
+    app.analytics.rollups.LEAD_BUCKETS).
     """
 
     __tablename__ = "clinic_bucket_stats"

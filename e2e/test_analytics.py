@@ -21,7 +21,7 @@ def in_thread(coro):
 async def _world(email: str) -> tuple[int, dt.date, dt.date]:
     """A clinic with a doctor, ten days of appointments and their rollups; an admin."""
     from app.access.passwords import hash_password
-    from app.analytics import analytics
+    from app.analytics import rollups
     from app.settings import get_settings
     from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User
     from db.session import create_engine, session_factory
@@ -64,7 +64,7 @@ async def _world(email: str) -> tuple[int, dt.date, dt.date]:
             await session.commit()
             clinic_id = clinic.id
         async with engine.begin() as conn:
-            await analytics.refresh_days(conn, days)
+            await rollups.refresh_days(conn, days)
     finally:
         await engine.dispose()
     return clinic_id, days[-1], last

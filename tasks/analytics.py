@@ -16,7 +16,7 @@ from typing import Any
 
 from saq import Queue
 
-from app.analytics import analytics, exports
+from app.analytics import exports, rollups
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ async def refresh_rollups(ctx: dict[str, Any]) -> dict[str, Any]:
     """Every few minutes: today in every time zone, plus every day with an appointment
     booked or changed since the previous run."""
     async with ctx["rollup_engine"].begin() as conn:
-        result = await analytics.refresh_recent(conn)
+        result = await rollups.refresh_recent(conn)
     log.info("rollups refreshed for %d days", len(result.days))
     return {"days": [d.isoformat() for d in result.days], "until": result.until.isoformat()}
 
@@ -39,19 +39,21 @@ async def close_days(ctx: dict[str, Any]) -> dict[str, Any]:
     day (appointment changes are picked up every few minutes by `refresh_rollups`)."""
     today = dt.datetime.now(dt.UTC).date()
     horizon = ctx["settings"].booking_horizon_days
-    chunks = analytics.day_chunks(today - dt.timedelta(days=2), today + dt.timedelta(days=horizon))
+    chunks = rollups.day_chunks(today - dt.timedelta(days=2), today + dt.timedelta(days=horizon))
     for days in chunks:
         async with ctx["rollup_engine"].begin() as conn:  # one short transaction a week
-            await analytics.refresh_days(conn, days)
+            await rollups.refresh_days(conn, days)
     return {"from": chunks[0][0].isoformat(), "to": chunks[-1][-1].isoformat()}
 
 
 async def run_export(ctx: dict[str, Any], *, export_id: str) -> dict[str, Any]:
     """Write one CSV export (see app.analytics.exports.run_export)."""
+    settings = ctx["settings"]
     view = await exports.run_export(
         ctx["engine"],
         ctx["analytics_engine"],
-        exports.ExportStore(ctx["settings"]),
+        exports.export_store(settings),
+        exports.work_dir(settings),
         export_id,
     )
     return {"status": view.status, "rows": view.rows_done}
@@ -59,7 +61,7 @@ async def run_export(ctx: dict[str, Any], *, export_id: str) -> dict[str, Any]:
 
 async def purge_exports(ctx: dict[str, Any]) -> int:
     """Hourly: delete expired export files."""
-    store = exports.ExportStore(ctx["settings"])
+    store = exports.export_store(ctx["settings"])
     return await exports.purge_expired(ctx["engine"], store, dt.datetime.now(dt.UTC))
 
 

@@ -3,8 +3,9 @@
 An appointment export is a row in `export_jobs` plus a SAQ job (`tasks.analytics.run_export`)
 that streams `COPY (SELECT …) TO STDOUT` from the read engine straight into a file, a
 chunk at a time, so memory stays flat whatever the range; progress (rows written) goes to
-the job row on the primary every half second. The file lives under
-`settings.data_dir/exports`, or in S3 when `S3_BUCKET` is set, until it expires.
+the job row on the primary every half second. The finished file is stored as
+`exports/{id}.csv` (app/storage.py: under `settings.data_dir`, or in S3 when `S3_BUCKET`
+is set) until it expires.
 
 What a CSV holds is deliberately little (docs/analytics.md): ids, times, status, doctor
 and clinic. No names, no reason for the visit (free text that may hold health details):
@@ -23,16 +24,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app import storage
 from app.access import audit
 from app.access.identity import Principal
-from app.analytics.analytics import (
+from app.analytics.reports import (
     WEEKDAYS,
     Cancellations,
     NoShowReport,
@@ -43,6 +44,7 @@ from app.analytics.analytics import (
 )
 from app.errors import NotFound
 from app.settings import Settings
+from app.storage import DiskStore, S3Store, Store
 from db.models import ExportJob
 
 log = logging.getLogger(__name__)
@@ -225,76 +227,40 @@ class Download:
     url: str | None = None
 
 
-@lru_cache(maxsize=4)
-def _s3_client(region: str, endpoint: str | None, key_id: str | None, secret: str | None) -> Any:
-    import boto3  # only when S3 is configured
-
-    # One client per process: creating one costs far more than signing a URL.
-    return boto3.client(
-        "s3",
-        region_name=region,
-        endpoint_url=endpoint,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-    )
+def export_store(settings: Settings) -> Store:
+    """Where finished exports live: the S3 bucket, or `data_dir` (keys `exports/{id}.csv`)."""
+    return storage.create_store(settings, settings.data_dir)
 
 
-class ExportStore:
-    """Where finished files live: `data_dir/exports` on disk, or the S3 bucket."""
+def work_dir(settings: Settings) -> Path:
+    """Where an export is written before it is stored (beside its place on the disk)."""
+    return settings.data_dir / "exports"
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.dir = settings.data_dir / "exports"
 
-    def _s3(self) -> Any:
-        s = self.settings
-        return _s3_client(
-            s.s3_region, s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key
-        )
+def _key(export_id: str) -> str:
+    return f"exports/{export_id}.csv"
 
-    def work_path(self, export_id: str) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return self.dir / f"{export_id}.csv"
 
-    async def publish(self, export_id: str, path: Path) -> str:
-        """Make a written file downloadable; returns its storage key."""
-        if not self.settings.s3_bucket:
-            return path.name
-        key = f"exports/{export_id}.csv"
-        extra: dict[str, Any] = {"ContentType": "text/csv"}
-        if self.settings.s3_sse:
-            extra["ServerSideEncryption"] = self.settings.s3_sse
-        await asyncio.to_thread(
-            self._s3().upload_file, str(path), self.settings.s3_bucket, key, ExtraArgs=extra
-        )
-        await asyncio.to_thread(path.unlink, missing_ok=True)
-        return key
+def stored_file(store: Store, key: str, filename: str, until: dt.datetime) -> Download:
+    """The stored file itself on disk, or a pre-signed URL that lives until the export
+    expires (between one and fifteen minutes).
 
-    def download(self, key: str, filename: str, until: dt.datetime) -> Download:
-        if not self.settings.s3_bucket:
-            return Download(path=self.dir / Path(key).name)
-        seconds = max(60, min(900, int((until - dt.datetime.now(dt.UTC)).total_seconds())))
-        url = self._s3().generate_presigned_url(
-            "get_object",
-            Params={
-                "Bucket": self.settings.s3_bucket,
-                "Key": key,
-                "ResponseContentDisposition": f'attachment; filename="{filename}"',
-            },
-            ExpiresIn=seconds,
-        )
-        return Download(url=url)
-
-    async def delete(self, key: str) -> None:
-        if not self.settings.s3_bucket:
-            (self.dir / Path(key).name).unlink(missing_ok=True)
-            return
-        await asyncio.to_thread(self._s3().delete_object, Bucket=self.settings.s3_bucket, Key=key)
+    Raises:
+        NotFound: the file is no longer on the disk.
+    """
+    if isinstance(store, DiskStore):
+        path = store.path(key)
+        if not path.is_file():
+            raise NotFound("this export's file is gone; request it again")
+        return Download(path=path)
+    assert isinstance(store, S3Store)
+    seconds = max(60, min(900, int((until - dt.datetime.now(dt.UTC)).total_seconds())))
+    return Download(url=store.download_url(key, filename, seconds))
 
 
 async def download(
     session: AsyncSession,
-    store: ExportStore,
+    store: Store,
     actor: Principal,
     export_id: str,
     client_addr: str | None,
@@ -311,6 +277,8 @@ async def download(
     if job.expires_at is not None and job.expires_at <= now:
         raise NotFound("this export has expired; request it again")
     view = _view(job)
+    assert view.expires_at is not None
+    found = stored_file(store, job.storage_key, view.filename, view.expires_at)
     await audit.record(
         session,
         actor_user_id=actor.id,
@@ -320,8 +288,7 @@ async def download(
         details={"export_id": job.id, "rows": job.rows_done},
     )
     await session.commit()
-    assert view.expires_at is not None
-    return view, store.download(job.storage_key, view.filename, view.expires_at)
+    return view, found
 
 
 # --- the job ----------------------------------------------------------------------------------
@@ -354,7 +321,7 @@ async def count_appointments(
 
 
 async def run_export(
-    engine: AsyncEngine, read_engine: AsyncEngine, store: ExportStore, export_id: str
+    engine: AsyncEngine, read_engine: AsyncEngine, store: Store, work: Path, export_id: str
 ) -> ExportView:
     """Write one export's CSV and mark it done. Safe to run again: a finished export is
     left alone, an unfinished one starts over.
@@ -362,6 +329,7 @@ async def run_export(
     Args:
         engine: the primary, where the job row is kept.
         read_engine: where appointments are read (the replica when configured).
+        work: the folder the file is written in before it is stored (`work_dir`).
     """
     async with AsyncSession(engine, expire_on_commit=False) as session:
         job = await session.get(ExportJob, export_id)
@@ -377,8 +345,8 @@ async def run_export(
 
     started = dt.datetime.now(dt.UTC)
     await set_fields(status="running", started_at=started, rows_done=0, error=None)
-    path = store.work_path(export_id)
-    partial = path.with_suffix(".part")
+    await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+    partial = work / f"{export_id}.part"
     rows, size, last = -1, 0, time.monotonic()  # -1: the header line is not a row
     try:
         total = await count_appointments(read_engine, first_day, last_day, clinic_id)
@@ -396,8 +364,8 @@ async def run_export(
                     await set_fields(rows_done=max(rows, 0), size_bytes=size)
 
             await copy_appointments(read_engine, first_day, last_day, clinic_id, write)
-        partial.replace(path)
-        key = await store.publish(export_id, path)
+        key = _key(export_id)
+        await store.put_file(key, partial, "text/csv")
     except Exception as exc:
         partial.unlink(missing_ok=True)
         message = (
@@ -426,7 +394,7 @@ async def run_export(
         return _view(job)
 
 
-async def purge_expired(engine: AsyncEngine, store: ExportStore, now: dt.datetime) -> int:
+async def purge_expired(engine: AsyncEngine, store: Store, now: dt.datetime) -> int:
     """Delete the files of expired exports and mark them expired; returns how many."""
     async with engine.begin() as conn:
         rows = (

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from app.access.identity import Principal
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
-from app.notifications import notifications
+from app.notifications import planning as notifications
 from app.scheduling.availability import Interval, day_slots
 from app.scheduling.slots import (
     DOCTOR_DAYS_COLUMNS,

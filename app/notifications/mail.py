@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import aiosmtplib
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from app.notifications.notifications import Outgoing, SendFailed
+from app.notifications.outbox import Outgoing, SendFailed
 from app.settings import PROJECT_ROOT, Settings
 
 _env = Environment(

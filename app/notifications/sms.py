@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from app.notifications.notifications import SendFailed
+from app.notifications.outbox import SendFailed
 from app.settings import Settings
 
 # 408 and 429 are "try later"; every other 4xx means this request will never work.

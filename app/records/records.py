@@ -22,7 +22,8 @@ from app.access import audit
 from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid, NotFound
 from app.live.realtime import record_messages
-from app.records.documents import CONTENT_TYPES, DocumentStore, new_key
+from app.records.documents import CONTENT_TYPES, FOLDER, new_key
+from app.storage import Store as DocumentStore
 from db.models import RECORD_TYPES, Appointment, MedicalRecord, Patient
 
 RECORD_UPLOADED = "records.uploaded"
@@ -478,7 +479,7 @@ async def sweep_strays(
     """Delete stored objects that no row names (an upload that died between its two
     steps), and report rows whose object is missing. Objects younger than `grace` are
     left alone: their upload may still be committing."""
-    stored = dict(await store.keys())
+    stored = dict(await store.keys(FOLDER))
     known = {
         key: record_id
         for record_id, key in (

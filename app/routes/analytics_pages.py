@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.analytics import analytics, exports
+from app.analytics import exports
+from app.analytics import reports as analytics
 from app.errors import Invalid
 from app.routes.api_analytics import STAFF, start_export
 from app.routes.views import fragment, page

@@ -25,8 +25,9 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.access.identity import Principal
-from app.analytics import analytics, exports
-from app.analytics.analytics import (
+from app.analytics import exports
+from app.analytics import reports as analytics
+from app.analytics.reports import (
     Cancellations,
     NoShowReport,
     NoShowRow,
@@ -443,7 +444,7 @@ class AnalyticsController(Controller):
         export_id: str,
     ) -> File | Redirect:
         """The CSV file of a finished export (or a short-lived S3 link to it)."""
-        store = exports.ExportStore(request.app.state.settings)
+        store = exports.export_store(request.app.state.settings)
         view, found = await exports.download(
             db_session, store, actor, export_id, client_addr(request), now
         )

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError
 from app.live.effects import AppointmentChange
-from app.notifications import notifications
+from app.notifications import outbox, preferences
 from app.web.guards import allow, client_addr, current_user
 from db.models import DevMessage
 from tasks.queue import create_queue
@@ -35,7 +35,7 @@ ADMIN = [allow("admin")]
 PATIENT = [allow("patient")]
 PAGE_SIZE = 100
 PREFERENCES_PAGE = "notifications/preferences.html"
-# `notifications.retry_dead` or `notifications.discard_dead`.
+# `outbox.retry_dead` or `outbox.discard_dead`.
 DeadLetterAction = Callable[..., Awaitable[None]]
 # Changes after which an outbox row may be due at once (a confirmation, a notice).
 DISPATCH_ON = frozenset({"booked", "rescheduled", "cancelled"})
@@ -109,7 +109,7 @@ async def undelivered_api(
     db_session: AsyncSession, before: int | None = None
 ) -> list[UndeliveredOut]:
     """Messages that could not be delivered after every attempt (dead letters)."""
-    rows = await notifications.list_undelivered(db_session, before_id=before, limit=PAGE_SIZE)
+    rows = await outbox.list_undelivered(db_session, before_id=before, limit=PAGE_SIZE)
     return [
         UndeliveredOut(
             r.id,
@@ -150,7 +150,7 @@ async def retry_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
 ) -> dict[str, Any]:
     """Send an undelivered message again, with fresh attempts."""
-    await _act(request, db_session, notification_id, notifications.retry_dead, dispatch=True)
+    await _act(request, db_session, notification_id, outbox.retry_dead, dispatch=True)
     return {"id": notification_id, "status": "pending"}
 
 
@@ -159,7 +159,7 @@ async def discard_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
 ) -> dict[str, Any]:
     """Give up on an undelivered message."""
-    await _act(request, db_session, notification_id, notifications.discard_dead)
+    await _act(request, db_session, notification_id, outbox.discard_dead)
     return {"id": notification_id, "status": "void"}
 
 
@@ -167,7 +167,7 @@ async def discard_api(
 async def undelivered_page(db_session: AsyncSession, before: str = "", done: str = "") -> Template:
     """The undelivered messages, newest first, each with retry and discard."""
     before_id = int(before) if before.isdigit() else None
-    rows = await notifications.list_undelivered(db_session, before_id=before_id, limit=PAGE_SIZE)
+    rows = await outbox.list_undelivered(db_session, before_id=before_id, limit=PAGE_SIZE)
     return Template(
         "notifications/undelivered.html",
         context={"rows": rows, "more": len(rows) == PAGE_SIZE, "done": done},
@@ -197,7 +197,7 @@ async def retry_page(
 ) -> Redirect:
     """Retry from the page, then show it again."""
     return await _act_from_page(
-        request, db_session, notification_id, notifications.retry_dead, "retried", dispatch=True
+        request, db_session, notification_id, outbox.retry_dead, "retried", dispatch=True
     )
 
 
@@ -207,7 +207,7 @@ async def discard_page(
 ) -> Redirect:
     """Discard from the page, then show it again."""
     return await _act_from_page(
-        request, db_session, notification_id, notifications.discard_dead, "discarded"
+        request, db_session, notification_id, outbox.discard_dead, "discarded"
     )
 
 
@@ -250,7 +250,7 @@ class PreferenceIn(msgspec.Struct, forbid_unknown_fields=True):
     phone: str | None = None
 
 
-def _out(p: notifications.Preference) -> PreferenceOut:
+def _out(p: preferences.Preference) -> PreferenceOut:
     return PreferenceOut(p.notify_by, p.email, p.phone)
 
 
@@ -260,9 +260,9 @@ async def _set_my_preference(
     notify_by: str,
     phone: str | None,
     now: dt.datetime,
-) -> notifications.Preference:
+) -> preferences.Preference:
     """The signed-in patient chooses for themselves (and is the audited actor)."""
-    return await notifications.set_preference(
+    return await preferences.set_preference(
         db_session,
         _patient_id(request),
         notify_by=notify_by,
@@ -277,7 +277,7 @@ async def preference_api(
     request: Request[Any, Any, Any], db_session: AsyncSession
 ) -> PreferenceOut:
     """How I get confirmations and reminders: `email`, `sms` or `none`."""
-    return _out(await notifications.get_preference(db_session, _patient_id(request)))
+    return _out(await preferences.get_preference(db_session, _patient_id(request)))
 
 
 @patch("/api/me/notifications", guards=PATIENT, tags=["notifications"])
@@ -291,7 +291,7 @@ async def set_preference_api(
 @get("/me/notifications", guards=PATIENT, include_in_schema=False)
 async def preference_page(request: Request[Any, Any, Any], db_session: AsyncSession) -> Template:
     """The patient's choice of email, SMS or none, as a form."""
-    preference = await notifications.get_preference(db_session, _patient_id(request))
+    preference = await preferences.get_preference(db_session, _patient_id(request))
     return Template(PREFERENCES_PAGE, context={"preference": preference})
 
 
@@ -313,8 +313,8 @@ async def save_preference_page(
         preference = await _set_my_preference(request, db_session, data.notify_by, data.phone, now)
     except DomainError as exc:
         await db_session.rollback()
-        current = await notifications.get_preference(db_session, _patient_id(request))
-        typed = notifications.Preference(data.notify_by, current.email, data.phone or None)
+        current = await preferences.get_preference(db_session, _patient_id(request))
+        typed = preferences.Preference(data.notify_by, current.email, data.phone or None)
         return Template(PREFERENCES_PAGE, context={"preference": typed, "error": exc.detail})
     return Template(PREFERENCES_PAGE, context={"preference": preference, "saved": True})
 

@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid
 from app.records import records
-from app.records.documents import CONTENT_TYPES, DiskStore, DocumentStore
+from app.records.documents import CONTENT_TYPES
 from app.routes.views import message, page
 from app.settings import Settings
+from app.storage import DiskStore
+from app.storage import Store as DocumentStore
 from app.web.guards import PUBLIC, allow, client_addr
 from db.models import RECORD_TYPES
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
-from app.notifications import notifications
+from app.notifications import planning as notifications
 from app.scheduling.slots import local_days
 from db.models import (
     EXCEPTION_KINDS,

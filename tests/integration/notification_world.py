@@ -61,7 +61,7 @@ async def cancel_by_leave(
     return dict(response.json())
 
 
-async def outbox(session: AsyncSession, **where: Any) -> list[Notification]:
+async def outbox_rows(session: AsyncSession, **where: Any) -> list[Notification]:
     """The outbox rows (fresh from the database) whose columns equal `where`, oldest first."""
     query = select(Notification).order_by(Notification.id)
     for name, value in where.items():

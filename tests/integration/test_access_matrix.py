@@ -19,7 +19,7 @@ from sqlalchemy import select
 from app.access import audit
 from app.access.identity import load_principal
 from app.analytics import exports
-from app.analytics.analytics import ReportScope
+from app.analytics.reports import ReportScope
 from app.web.asgi import create_app
 from db.models import Appointment, Clinic, Doctor
 from tests.integration.auth_helpers import bearer, make_user

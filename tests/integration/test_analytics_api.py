@@ -6,7 +6,7 @@ import re
 import pytest
 from sqlalchemy import text
 
-from app.analytics import analytics
+from app.analytics import reports, rollups
 from app.routes import api_analytics
 from tests.integration.analytics_data import add_random_appointments, expected_rollups
 from tests.integration.world import make_world
@@ -20,7 +20,7 @@ async def world(client, session, settings, engine):
     world = await make_world(session, settings.secret_key, patients=5)
     await add_random_appointments(session, world, DAYS, seed=11)
     async with engine.begin() as conn:
-        await analytics.refresh_days(conn, DAYS)
+        await rollups.refresh_days(conn, DAYS)
     return world
 
 
@@ -216,8 +216,8 @@ async def test_long_ranges_read_whole_months_and_edge_days_alike(client, session
     days = [dt.date(2026, 4, 20) + dt.timedelta(days=i) for i in range(52)]
     await add_random_appointments(session, world, days, seed=17, per_day=3)
     async with engine.begin() as conn:
-        for chunk in analytics.day_chunks(days[0], days[-1], 10):
-            await analytics.refresh_days(conn, chunk)
+        for chunk in rollups.day_chunks(days[0], days[-1], 10):
+            await rollups.refresh_days(conn, chunk)
     monthly = await session.scalar(text("SELECT count(*) FROM clinic_monthly_stats"))
     assert monthly == 2 * 3  # two doctors, April to June
     daily, buckets = await expected_rollups(session, days)
@@ -272,20 +272,20 @@ async def test_dashboard_equals_the_separate_reports_and_follows_each_refresh(
     """The dashboard derives its five reports from two queries and keeps them in memory
     until the rollups change: the same numbers as each report's own query, never stale."""
     for clinic_id in (None, world.clinic_id):
-        scope = analytics.ReportScope(DAYS[0], DAYS[-1], clinic_id)
-        for group_by in analytics.GROUPS:
-            board = await analytics.dashboard(engine, scope, group_by)
+        scope = reports.ReportScope(DAYS[0], DAYS[-1], clinic_id)
+        for group_by in reports.GROUPS:
+            board = await reports.dashboard(engine, scope, group_by)
             async with engine.connect() as conn:
-                assert board.no_shows == await analytics.no_shows(conn, scope, group_by)
-                assert board.no_shows_by_hour == await analytics.no_shows(conn, scope, "hour")
-                assert board.popular == await analytics.popular_slots(conn, scope)
-                assert board.utilisation == await analytics.utilisation(conn, scope)
-                assert board.cancellations == await analytics.cancellations(conn, scope)
+                assert board.no_shows == await reports.no_shows(conn, scope, group_by)
+                assert board.no_shows_by_hour == await reports.no_shows(conn, scope, "hour")
+                assert board.popular == await reports.popular_slots(conn, scope)
+                assert board.utilisation == await reports.utilisation(conn, scope)
+                assert board.cancellations == await reports.cancellations(conn, scope)
             assert board.no_shows.rows and board.popular.counts and board.utilisation.rows
 
-    scope = analytics.ReportScope(DAYS[0], DAYS[-1], None)
-    first = await analytics.dashboard(engine, scope, "clinic")
-    assert await analytics.dashboard(engine, scope, "clinic") is first  # from memory
+    scope = reports.ReportScope(DAYS[0], DAYS[-1], None)
+    first = await reports.dashboard(engine, scope, "clinic")
+    assert await reports.dashboard(engine, scope, "clinic") is first  # from memory
     changed = await session.scalar(
         text(
             "UPDATE appointments SET status = 'no_show', updated_at = now() WHERE id = "
@@ -296,7 +296,7 @@ async def test_dashboard_equals_the_separate_reports_and_follows_each_refresh(
     await session.commit()
     assert changed is not None
     async with engine.begin() as conn:
-        await analytics.refresh_days(conn, DAYS)
-    after = await analytics.dashboard(engine, scope, "clinic")
+        await rollups.refresh_days(conn, DAYS)
+    after = await reports.dashboard(engine, scope, "clinic")
     assert after.no_shows.total.no_show == first.no_shows.total.no_show + 1
     assert after.cancellations.appointments == first.cancellations.appointments

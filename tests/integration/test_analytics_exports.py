@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
-from app.analytics import analytics, exports
+from app.analytics import exports, reports
 from app.settings import Settings
 from db.session import create_engine
 from tasks import analytics as jobs
@@ -152,7 +152,7 @@ async def test_an_expired_export_is_deleted_and_cannot_be_downloaded(
 ):
     export_id = (await request_export(client, world)).json()["id"]
     await run_queued(settings, ctx, export_id)
-    path = exports.ExportStore(settings).dir / f"{export_id}.csv"
+    path = exports.work_dir(settings) / f"{export_id}.csv"
     assert path.exists()
     await session.execute(
         text("UPDATE export_jobs SET expires_at = now() - interval '1 minute' WHERE id = :id"),
@@ -167,6 +167,24 @@ async def test_an_expired_export_is_deleted_and_cannot_be_downloaded(
     assert file.status_code == 404
     # Running the job again leaves an expired export alone (idempotent).
     assert (await jobs.run_export(ctx, export_id=export_id))["status"] == "expired"
+
+
+async def test_a_finished_export_whose_file_is_gone_is_a_404_not_audited(
+    client, world, session, settings, ctx
+):
+    export_id = (await request_export(client, world)).json()["id"]
+    await run_queued(settings, ctx, export_id)
+    (exports.work_dir(settings) / f"{export_id}.csv").unlink()  # a lost disk, a manual clean-up
+    file = await client.get(
+        f"/api/analytics/exports/{export_id}/file", headers=world.headers("admin")
+    )
+    assert file.status_code == 404
+    assert "request it again" in file.json()["detail"]
+    downloads = await session.scalar(
+        text("SELECT count(*) FROM audit_events WHERE action = :action"),
+        {"action": exports.EXPORT_DOWNLOADED},
+    )
+    assert downloads == 0
 
 
 async def test_export_memory_stays_flat_however_many_rows(client, world, session, settings, ctx):
@@ -198,7 +216,11 @@ FROM generate_series(0, 9999) AS i,
     try:
         tracemalloc.reset_peak()
         view = await exports.run_export(
-            ctx["engine"], ctx["analytics_engine"], exports.ExportStore(settings), export_id
+            ctx["engine"],
+            ctx["analytics_engine"],
+            exports.export_store(settings),
+            exports.work_dir(settings),
+            export_id,
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -303,7 +325,7 @@ FROM generate_series(0, 19999) AS i,
 async def test_ranges_past_the_caps_are_a_clear_422(client, world):
     """Exports take up to MAX_EXPORT_DAYS (ten years), reports MAX_RANGE_DAYS (three)."""
     last = dt.date(2026, 4, 10)
-    at_cap = last - dt.timedelta(days=analytics.MAX_EXPORT_DAYS - 1)
+    at_cap = last - dt.timedelta(days=reports.MAX_EXPORT_DAYS - 1)
     ok = await request_export(client, world, **{"from": str(at_cap), "to": str(last)})
     assert ok.status_code == 202, ok.text
     too_long = await request_export(
@@ -311,7 +333,7 @@ async def test_ranges_past_the_caps_are_a_clear_422(client, world):
     )
     assert too_long.status_code == 422
     assert too_long.json()["detail"] == "a range covers at most 3660 days"
-    report_cap = last - dt.timedelta(days=analytics.MAX_RANGE_DAYS - 1)
+    report_cap = last - dt.timedelta(days=reports.MAX_RANGE_DAYS - 1)
     for path in ("/api/analytics/no-shows", "/analytics", "/api/analytics/report.csv"):
         params = {"to": str(last), "report": "no-shows"}
         fine = await client.get(

@@ -96,7 +96,7 @@ async def test_export_to_s3_download_by_presigned_url_and_delete_on_expiry(
     header, rows = parse(body)
     assert header == list(exports.COLUMNS)
     assert rows == await expected_rows(session)
-    local = exports.ExportStore(s3_settings).dir
+    local = exports.work_dir(s3_settings)
     assert not (local / f"{export_id}.csv").exists()
     assert not (local / f"{export_id}.part").exists()
 
@@ -144,14 +144,14 @@ async def test_export_to_s3_download_by_presigned_url_and_delete_on_expiry(
 async def test_the_export_file_expiry_falls_inside_the_presigned_life(s3_settings):
     """A link never outlives its export by more than the 60-second floor, and is never
     longer than 15 minutes."""
-    store = exports.ExportStore(s3_settings)
+    store = exports.export_store(s3_settings)
     now = dt.datetime.now(dt.UTC)
     for left, expected in (
         (dt.timedelta(hours=5), 900),
         (dt.timedelta(minutes=5), 300),
         (dt.timedelta(seconds=10), 60),
     ):
-        found = store.download("exports/x.csv", "x.csv", now + left)
+        found = exports.stored_file(store, "exports/x.csv", "x.csv", now + left)
         assert found.path is None and found.url is not None
         seconds = int(dict(parse_qsl(urlsplit(found.url).query))["X-Amz-Expires"])
         assert expected - 2 <= seconds <= expected

@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import text
 
-from app.analytics import analytics
+from app.analytics import rollups
 from tests.integration.analytics_data import (
     add_odd_schedules,
     add_random_appointments,
@@ -30,9 +30,9 @@ async def world(client, session, settings):
 
 
 async def refresh(engine, days):
-    for chunk in analytics.day_chunks(min(days), max(days), 9):
+    for chunk in rollups.day_chunks(min(days), max(days), 9):
         async with engine.begin() as conn:
-            await analytics.refresh_days(conn, [d for d in chunk if d in days])
+            await rollups.refresh_days(conn, [d for d in chunk if d in days])
 
 
 async def test_rollups_equal_a_direct_aggregate_over_random_data(world, session, engine):
@@ -87,7 +87,7 @@ async def test_rollups_follow_bookings_cancels_and_status_changes_since_the_last
     await add_random_appointments(session, world, days, seed=3, per_day=4)
     await refresh(engine, days)
     async with engine.begin() as conn:
-        await analytics.refresh_recent(conn)
+        await rollups.refresh_recent(conn)
 
     # Through the API, as people would: a new booking five days ahead, a cancellation
     # four days ahead, and a no-show recorded for an appointment nine days ago (a day
@@ -125,7 +125,7 @@ async def test_rollups_follow_bookings_cancels_and_status_changes_since_the_last
     before = await stored_rollups(session, days)
     assert before != await expected_rollups(session, days)  # stale until the job runs
     async with engine.begin() as conn:
-        result = await analytics.refresh_recent(conn)
+        result = await rollups.refresh_recent(conn)
     assert {today - dt.timedelta(days=9), booked_day, today + dt.timedelta(days=4)} <= set(
         result.days
     )
@@ -148,7 +148,7 @@ WHERE d.n IS DISTINCT FROM m.no_show OR d.b IS DISTINCT FROM m.booked
 
     # Running it again changes nothing (idempotent), and only looks at the last minutes.
     async with engine.begin() as conn:
-        again = await analytics.refresh_recent(conn)
+        again = await rollups.refresh_recent(conn)
     assert again.since > result.since
     assert await stored_rollups(session, days) == await expected_rollups(session, days)
 
@@ -176,7 +176,7 @@ async def test_a_reschedule_refreshes_the_day_it_left_too(world, client, session
     await session.commit()
     await refresh(engine, days)
     async with engine.begin() as conn:
-        await analytics.refresh_recent(conn)  # sets the watermark: nothing changed after it
+        await rollups.refresh_recent(conn)  # sets the watermark: nothing changed after it
     old_day = today + dt.timedelta(days=6)  # outside today ± 1, refreshed every run anyway
     new_day = today + dt.timedelta(days=9)
     appointment_id = (
@@ -205,7 +205,7 @@ async def test_a_reschedule_refreshes_the_day_it_left_too(world, client, session
     assert stale["booked"] == fresh["booked"] + 1  # what the job has to notice
 
     async with engine.begin() as conn:
-        result = await analytics.refresh_recent(conn)
+        result = await rollups.refresh_recent(conn)
     # The job's `updated_at` scan finds the new day only; the old one is found by its count,
     # and nothing else of the doctor's window is recomputed.
     always = {today + dt.timedelta(days=i) for i in (-1, 0, 1)}

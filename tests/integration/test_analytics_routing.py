@@ -125,7 +125,7 @@ async def test_reports_and_exports_read_the_replica(world, settings, replica_url
             assert (await jobs.run_export(ctx, export_id=export.json()["id"]))["rows"] == 1
         finally:
             await read.dispose()
-        path = exports.ExportStore(replica).dir / f"{export.json()['id']}.csv"
+        path = exports.work_dir(replica) / f"{export.json()['id']}.csv"
         assert path.read_text().splitlines()[1].startswith("7777,77,77,77,")
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from app.access.browser_sessions import COOKIE_NAME
 from app.access.identity import load_principal
 from app.analytics import exports
-from app.analytics.analytics import ReportScope
+from app.analytics.reports import ReportScope
 from app.web.asgi import create_app
 from app.web.csrf import insecure_origin_warning
 from db.models import AuditEvent, Clinic, Patient, User

@@ -9,7 +9,8 @@ import time
 
 from saq import Worker
 
-from app.records.documents import DiskStore, new_key
+from app.records.documents import FOLDER, create_store, new_key
+from app.storage import DiskStore
 from db.models import MedicalRecord
 from tasks.housekeeping import sweep_documents
 from tasks.worker import worker_settings
@@ -47,7 +48,8 @@ async def test_the_worker_sweeps_stray_documents(session, settings, redis):
     shutil.rmtree(settings.documents_dir / "patients", ignore_errors=True)
     world = await make_world(session, settings.secret_key, patients=1)
     patient = world.patients[0]
-    store = DiskStore(settings.documents_dir, settings.secret_key)  # the worker's store
+    store = create_store(settings)  # the worker's store
+    assert isinstance(store, DiskStore)
     recorded, lost = new_key(patient, "pdf"), new_key(patient, "pdf")
     stray_old, stray_young = new_key(patient, "pdf"), new_key(patient, "pdf")
     for key in (recorded, stray_old, stray_young):
@@ -74,7 +76,7 @@ async def test_the_worker_sweeps_stray_documents(session, settings, redis):
 
     assert job.status == "complete", job.error
     assert job.result == {"objects_deleted": [stray_old], "rows_without_object": [rows[1].id]}
-    left = sorted(key for key, _ in await store.keys())
+    left = sorted(key for key, _ in await store.keys(FOLDER))
     assert left == sorted([recorded, stray_young])  # a young object may still be committing
     again = await run_job("sweep_documents")  # idempotent: nothing left to delete
     assert again.result == {"objects_deleted": [], "rows_without_object": [rows[1].id]}

@@ -29,7 +29,7 @@ from tests.integration.notification_servers import (
     notify_settings,
     running_worker,
 )
-from tests.integration.notification_world import book_api, outbox, world_with_contacts
+from tests.integration.notification_world import book_api, outbox_rows, world_with_contacts
 from tests.integration.world import at, day_after_tomorrow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ async def recover(session, engine, worker_settings, monkeypatch, kind="confirmat
 
         async def all_sent():
             await dispatch(engine, worker.queue, worker_settings)
-            found = await outbox(session, kind=kind)
+            found = await outbox_rows(session, kind=kind)
             return all(r.status == "sent" for r in found) and found
 
         return await eventually(all_sent, timeout=40, interval=1.0)
@@ -117,7 +117,9 @@ async def test_worker_killed_during_an_smtp_send_loses_nothing_and_sends_once(
             kill(process)
         # The worker sends concurrently: the other booking's message may not have
         # started, or may already be sent (once); only the stalled one is mid-send.
-        before = {r.id: (r.status, r.attempts) for r in await outbox(session, kind="confirmation")}
+        before = {
+            r.id: (r.status, r.attempts) for r in await outbox_rows(session, kind="confirmation")
+        }
         in_flight = [i for i, state in before.items() if state == ("queued", 1)]
         assert len(in_flight) == 1, before
         (other,) = set(before) - set(in_flight)
@@ -154,7 +156,7 @@ async def test_worker_killed_after_the_sms_provider_accepted_sends_once(
             await wait_for(api.accepted, process, log)
         finally:
             kill(process)
-        (row,) = await outbox(session, kind="confirmation")
+        (row,) = await outbox_rows(session, kind="confirmation")
         assert (row.status, row.attempts) == ("queued", 1)
         assert len(api.delivered) == 1  # the provider has it; we do not know yet
 

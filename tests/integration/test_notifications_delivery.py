@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from app.access.identity import Principal
 from app.appointments.booking import BookingRules, book
 from app.live.effects import Effects
-from app.notifications import notifications
+from app.notifications import outbox
 from app.notifications.breaker import Breaker
 from db.models import AuditEvent, Notification, Patient
 from tasks.reminders import dispatch
@@ -33,7 +33,7 @@ from tests.integration.notification_servers import (
 from tests.integration.notification_world import (
     book_api,
     cancel_by_leave,
-    outbox,
+    outbox_rows,
     world_with_contacts,
 )
 from tests.integration.world import BERLIN, at, day_after_tomorrow
@@ -77,7 +77,7 @@ async def test_email_confirmation_reminders_and_notice_reach_a_real_smtp_server(
             # No cron involved: the booking's after-commit nudge dispatches at once.
             await eventually(lambda: _delivered(session, sink, 1))
             for kind, expected in (("reminder_24h", 2), ("reminder_1h", 3)):
-                (row,) = await outbox(session, kind=kind)
+                (row,) = await outbox_rows(session, kind=kind)
                 await dispatch(engine, worker.queue, worker_settings, now=row.due_at)
                 await eventually(lambda n=expected: _delivered(session, sink, n))
             cancelled = await client.patch(
@@ -107,7 +107,7 @@ async def test_email_confirmation_reminders_and_notice_reach_a_real_smtp_server(
     assert ics_field(confirmation.ics, "STATUS") == "CONFIRMED"
     assert ics_field(notice.ics, "STATUS") == "CANCELLED"
     # The day-before reminder went out when its row was due: same wall time, day before.
-    rows = {n.kind: n for n in await outbox(session)}
+    rows = {n.kind: n for n in await outbox_rows(session)}
     assert rows["reminder_24h"].due_at.astimezone(BERLIN) == at(day - dt.timedelta(days=1), 10)
     for kind, message in zip(
         ("confirmation", "reminder_24h", "reminder_1h", "cancellation"), sink.messages, strict=True
@@ -146,7 +146,7 @@ async def test_exception_and_cancellation_notices_are_delivered_by_email_and_sms
             await cancel_by_leave(client, world, at(day, 9), at(day, 13))
             await eventually(lambda: _sent(session, "exception"))
 
-    rows = {(n.appointment_id, n.kind): n for n in await outbox(session)}
+    rows = {(n.appointment_id, n.kind): n for n in await outbox_rows(session)}
     assert {key for key, n in rows.items() if n.status == "sent"} == {
         (by_email, "confirmation"),
         (by_sms, "confirmation"),
@@ -192,7 +192,7 @@ async def _delivered(session, sink, n):
     server's answer: a test that moved the clock on (a row's attempt would look lapsed) or
     cancelled while a send is in flight would not test what it means to."""
     assert len(sink.messages) <= n, "more messages than rows"
-    return len(sink.messages) == n and len(await outbox(session, status="sent")) == n
+    return len(sink.messages) == n and len(await outbox_rows(session, status="sent")) == n
 
 
 # Backoff base of the growing-gaps test. The gap after failed attempt n is at least its
@@ -226,7 +226,7 @@ async def test_sms_fails_three_times_then_succeeds_with_growing_gaps(
         planned = GAPS_BASE * 2 ** (n - 1)
         assert 0.75 * planned <= gap < 1.5 * planned, (n, gaps)
     assert gaps[0] < gaps[1] < gaps[2], gaps
-    (row,) = await outbox(session, kind="confirmation")
+    (row,) = await outbox_rows(session, kind="confirmation")
     assert row.attempts == 4 and row.last_error is None
     (message,) = api.delivered.values()
     assert row.provider_message_id == message["sid"]
@@ -240,7 +240,7 @@ async def test_sms_fails_three_times_then_succeeds_with_growing_gaps(
 
 
 async def _sent(session, kind):
-    rows = await outbox(session, kind=kind)
+    rows = await outbox_rows(session, kind=kind)
     return rows and all(r.status == "sent" for r in rows)
 
 
@@ -266,7 +266,7 @@ async def test_always_failing_sms_goes_dead_then_retry_and_discard_from_the_unde
             await book_api(client, world, at(day, 11), who="patient2")
 
             async def both_dead():
-                rows = await outbox(session, kind="confirmation")
+                rows = await outbox_rows(session, kind="confirmation")
                 return all(r.status == "dead" for r in rows) and rows
 
             first, second = await eventually(both_dead, timeout=40)
@@ -303,7 +303,7 @@ async def test_always_failing_sms_goes_dead_then_retry_and_discard_from_the_unde
 
 
 async def _row(session, notification_id):
-    (row,) = await outbox(session, id=notification_id)
+    (row,) = await outbox_rows(session, id=notification_id)
     return row
 
 
@@ -348,7 +348,7 @@ async def test_breaker_opens_while_the_sms_provider_is_down_then_a_probe_closes_
             await eventually(lambda: _sent(session, "confirmation"), timeout=30)
     finally:
         api.stop()
-    rows = await outbox(session, kind="confirmation")
+    rows = await outbox_rows(session, kind="confirmation")
     assert len(rows) == 5 and len(api.delivered) == 5
     # Waiting rows did not burn attempts: every row has its one success, and at most the
     # failures before the breaker opened (and a failed probe) on top.
@@ -368,7 +368,7 @@ async def test_a_redis_flush_with_reminders_pending_loses_nothing(
             await eventually(lambda: _sent(session, "confirmation"))
         # No worker now. The day-before reminders fall due: the cron claims them and
         # enqueues their jobs, then Redis loses everything (flush, restart, failover).
-        due_24h = max(r.due_at for r in await outbox(session, kind="reminder_24h"))
+        due_24h = max(r.due_at for r in await outbox_rows(session, kind="reminder_24h"))
         from tasks.queue import create_queue
 
         queue = create_queue(worker_settings)
@@ -378,7 +378,7 @@ async def test_a_redis_flush_with_reminders_pending_loses_nothing(
         finally:
             await queue.disconnect()
         assert claimed["claimed"] == 3
-        assert {r.status for r in await outbox(session, kind="reminder_24h")} == {"queued"}
+        assert {r.status for r in await outbox_rows(session, kind="reminder_24h")} == {"queued"}
         await redis.flushdb()
         await redis.set("medbook:test-run", os.getpid(), ex=3 * 3600)  # keep our claim
         assert await redis.dbsize() == 1
@@ -389,7 +389,7 @@ async def test_a_redis_flush_with_reminders_pending_loses_nothing(
                 "claimed"
             ] == 3
             await eventually(lambda: _sent(session, "reminder_24h"))
-            due_1h = max(r.due_at for r in await outbox(session, kind="reminder_1h"))
+            due_1h = max(r.due_at for r in await outbox_rows(session, kind="reminder_1h"))
             await dispatch(engine, worker.queue, worker_settings, now=due_1h)
             await eventually(lambda: _sent(session, "reminder_1h"))
     # Every row delivered exactly once: 2 email patients x 3 messages, 1 SMS patient x 3.
@@ -422,7 +422,7 @@ async def test_reminders_around_daylight_saving_changes_land_at_the_right_local_
     result = await book(
         session, Effects(redis), actor, doctor_id=doctor, start=start, rules=rules, now=booked_at
     )
-    rows = {n.kind: n for n in await outbox(session, appointment_id=result.appointment.id)}
+    rows = {n.kind: n for n in await outbox_rows(session, appointment_id=result.appointment.id)}
     day_before = rows["reminder_24h"].due_at
     hour_before = rows["reminder_1h"].due_at
     assert day_before.astimezone(zone) == dt.datetime.combine(
@@ -454,7 +454,7 @@ def test_backoff_grows_and_stays_within_its_jitter():
     rng = random.Random(7)
     for attempt in range(1, 8):
         for _ in range(50):
-            delay = notifications.backoff(attempt, 30, 1800, rng)
+            delay = outbox.backoff(attempt, 30, 1800, rng)
             planned = min(1800, 30 * 2 ** (attempt - 1))
             assert 0.75 * planned <= delay <= 1.25 * planned
 
@@ -487,7 +487,9 @@ async def test_embedded_mode_fills_the_dev_mailbox_and_server_mode_never_drops_s
         await book_api(client, world, at(day_after_tomorrow(), 12), who="patient2")
 
         async def dead():
-            rows = [r for r in await outbox(session, kind="confirmation") if r.status == "dead"]
+            rows = [
+                r for r in await outbox_rows(session, kind="confirmation") if r.status == "dead"
+            ]
             return rows
 
         (row,) = await eventually(dead)

@@ -8,13 +8,13 @@ from sqlalchemy import select, update
 from app.access.identity import Principal
 from app.appointments.booking import BookingRules, book
 from app.live.effects import Effects
-from app.notifications import notifications
+from app.notifications import outbox, planning
 from db.models import Appointment, Notification, Patient
 from tests.integration.auth_helpers import browser_login, csrf_from
 from tests.integration.notification_world import (
     book_api,
     cancel_by_leave,
-    outbox,
+    outbox_rows,
     world_with_contacts,
 )
 from tests.integration.world import BERLIN, PASSWORD, at, day_after_tomorrow
@@ -35,7 +35,7 @@ async def test_a_booking_writes_its_confirmation_and_both_reminders(client, worl
     start = at(day_after_tomorrow(), 10)
     before = dt.datetime.now(dt.UTC)
     appointment_id = await book_api(client, world, start)
-    found = await outbox(session, appointment_id=appointment_id)
+    found = await outbox_rows(session, appointment_id=appointment_id)
     assert [(n.kind, n.channel, n.status) for n in found] == [
         ("confirmation", "email", "pending"),
         ("reminder_24h", "email", "pending"),
@@ -51,8 +51,8 @@ async def test_channel_follows_the_patients_choice(client, world, session):
     day = day_after_tomorrow()
     sms_id = await book_api(client, world, at(day, 11), who="patient1")
     none_id = await book_api(client, world, at(day, 12), who="patient2")
-    assert {n.channel for n in await outbox(session, appointment_id=sms_id)} == {"sms"}
-    assert await outbox(session, appointment_id=none_id) == []
+    assert {n.channel for n in await outbox_rows(session, appointment_id=sms_id)} == {"sms"}
+    assert await outbox_rows(session, appointment_id=none_id) == []
 
 
 async def test_a_failed_booking_leaves_no_rows(client, world, session):
@@ -64,7 +64,7 @@ async def test_a_failed_booking_leaves_no_rows(client, world, session):
         headers=world.headers("patient1"),
     )
     assert taken.status_code == 409
-    assert {n.appointment_id for n in await outbox(session)} == {
+    assert {n.appointment_id for n in await outbox_rows(session)} == {
         await session.scalar(select(Appointment.id))
     }
 
@@ -85,7 +85,8 @@ async def test_reschedule_replaces_unsent_messages(client, world, session):
     )
     assert moved.status_code == 200, moved.text
     found = [
-        (n.kind, n.status, n.due_at) for n in await outbox(session, appointment_id=appointment_id)
+        (n.kind, n.status, n.due_at)
+        for n in await outbox_rows(session, appointment_id=appointment_id)
     ]
     assert [(k, s) for k, s, _ in found] == [
         ("confirmation", "sent"),  # what was sent stays sent
@@ -107,7 +108,9 @@ async def test_cancel_voids_unsent_reminders_and_sends_a_notice(client, world, s
         headers=world.headers("patient0"),
     )
     assert cancelled.status_code == 200, cancelled.text
-    assert [(n.kind, n.status) for n in await outbox(session, appointment_id=appointment_id)] == [
+    assert [
+        (n.kind, n.status) for n in await outbox_rows(session, appointment_id=appointment_id)
+    ] == [
         ("confirmation", "void"),
         ("reminder_24h", "void"),
         ("reminder_1h", "void"),
@@ -121,11 +124,11 @@ async def test_a_message_sent_while_its_appointment_is_cancelled_is_recorded_as_
     appointment_id = await book_api(client, world, at(day_after_tomorrow(), 10))
     now, lease = dt.datetime.now(dt.UTC), dt.timedelta(minutes=5)
     async with engine.begin() as conn:  # the dispatcher claims the confirmation
-        claims = await notifications.claim_due(conn, now=now, lease=lease, limit=10)
+        claims = await outbox.claim_due(conn, now=now, lease=lease, limit=10)
     async with engine.begin() as conn:  # a send job starts its attempt
-        (item,) = await notifications.load_outgoing(conn, claims)
+        (item,) = await outbox.load_outgoing(conn, claims)
         assert item.kind == "confirmation"
-        assert await notifications.start_attempt(conn, item, now=now, lease=lease)
+        assert await outbox.start_attempt(conn, item, now=now, lease=lease)
     # While the SMTP server takes the message, the patient cancels.
     cancelled = await client.patch(
         f"/api/appointments/{appointment_id}",
@@ -133,11 +136,11 @@ async def test_a_message_sent_while_its_appointment_is_cancelled_is_recorded_as_
         headers=world.headers("patient0"),
     )
     assert cancelled.status_code == 200, cancelled.text
-    assert (await outbox(session, id=item.id))[0].status == "void"
+    assert (await outbox_rows(session, id=item.id))[0].status == "void"
     async with engine.begin() as conn:  # the server's answer arrives
-        assert await notifications.mark_sent(conn, item, "<n@medbook.test> (queued as Q1)", now)
-        assert not await notifications.mark_sent(conn, item, "twice", now)
-    found = {n.kind: n for n in await outbox(session, appointment_id=appointment_id)}
+        assert await outbox.mark_sent(conn, item, "<n@medbook.test> (queued as Q1)", now)
+        assert not await outbox.mark_sent(conn, item, "twice", now)
+    found = {n.kind: n for n in await outbox_rows(session, appointment_id=appointment_id)}
     sent = found["confirmation"]
     assert (sent.status, sent.last_error) == ("sent", None)
     assert sent.provider_message_id == "<n@medbook.test> (queued as Q1)"
@@ -154,9 +157,9 @@ async def test_bulk_cancel_and_check_in(client, world, session):
         headers=world.headers("desk"),
     )
     assert result.status_code == 200, result.text
-    notices = [n for n in await outbox(session) if n.kind == "cancellation"]
+    notices = [n for n in await outbox_rows(session) if n.kind == "cancellation"]
     assert {(n.appointment_id, n.channel) for n in notices} == {(first, "email"), (second, "sms")}
-    assert {n.status for n in await outbox(session) if n.kind != "cancellation"} == {"void"}
+    assert {n.status for n in await outbox_rows(session) if n.kind != "cancellation"} == {"void"}
 
 
 async def test_a_schedule_exception_notifies_each_affected_patient(client, world, session):
@@ -165,7 +168,7 @@ async def test_a_schedule_exception_notifies_each_affected_patient(client, world
     second = await book_api(client, world, at(day, 11), who="patient1")
     silent = await book_api(client, world, at(day, 12), who="patient2")
     await cancel_by_leave(client, world, at(day, 9), at(day, 13))
-    notices = [n for n in await outbox(session) if n.kind == "exception"]
+    notices = [n for n in await outbox_rows(session) if n.kind == "exception"]
     assert {(n.appointment_id, n.channel) for n in notices} == {(first, "email"), (second, "sms")}
     assert silent not in {n.appointment_id for n in notices}  # chose none
 
@@ -190,13 +193,13 @@ async def test_late_bookings_skip_reminders_already_past(session, world, redis):
     result = await book(
         session, Effects(redis), actor, doctor_id=world.doctor_id, start=start, rules=rules, now=now
     )
-    kinds = [n.kind for n in await outbox(session, appointment_id=result.appointment.id)]
+    kinds = [n.kind for n in await outbox_rows(session, appointment_id=result.appointment.id)]
     assert kinds == ["confirmation", "reminder_1h"]  # the day-before time has passed
 
 
 async def test_preference_change_moves_unsent_messages(client, world, session):
     appointment_id = await book_api(client, world, at(day_after_tomorrow(), 10), who="patient2")
-    assert await outbox(session, appointment_id=appointment_id) == []  # chose none
+    assert await outbox_rows(session, appointment_id=appointment_id) == []  # chose none
     sms = await client.patch(
         "/api/me/notifications",
         json={"notify_by": "sms", "phone": "+4915112345678"},
@@ -208,7 +211,9 @@ async def test_preference_change_moves_unsent_messages(client, world, session):
         "email": "cy@patients.test",
         "phone": "+4915112345678",
     }
-    assert [(n.kind, n.channel) for n in await outbox(session, appointment_id=appointment_id)] == [
+    assert [
+        (n.kind, n.channel) for n in await outbox_rows(session, appointment_id=appointment_id)
+    ] == [
         ("reminder_24h", "sms"),
         ("reminder_1h", "sms"),
     ]
@@ -216,13 +221,17 @@ async def test_preference_change_moves_unsent_messages(client, world, session):
         "/api/me/notifications", json={"notify_by": "email"}, headers=world.headers("patient2")
     )
     assert email.status_code == 200
-    assert {n.channel for n in await outbox(session, appointment_id=appointment_id)} == {"email"}
-    assert len(await outbox(session, appointment_id=appointment_id)) == 2  # moved, not duplicated
+    assert {n.channel for n in await outbox_rows(session, appointment_id=appointment_id)} == {
+        "email"
+    }
+    assert (
+        len(await outbox_rows(session, appointment_id=appointment_id)) == 2
+    )  # moved, not duplicated
     off = await client.patch(
         "/api/me/notifications", json={"notify_by": "none"}, headers=world.headers("patient2")
     )
     assert off.status_code == 200
-    assert {n.status for n in await outbox(session, appointment_id=appointment_id)} == {"void"}
+    assert {n.status for n in await outbox_rows(session, appointment_id=appointment_id)} == {"void"}
 
 
 async def notify_by(session, patient_index, world):
@@ -291,24 +300,26 @@ async def test_the_preference_form_saves_and_keeps_what_was_typed_on_errors(clie
     assert unknown.status_code == 200 and "notify_by must be one of" in unknown.text
     assert "checked" not in unknown.text
     assert await notify_by(session, 0, world) == ("email", None)  # none of these saved
-    assert {n.channel for n in await outbox(session, appointment_id=appointment_id)} == {"email"}
+    assert {n.channel for n in await outbox_rows(session, appointment_id=appointment_id)} == {
+        "email"
+    }
 
     sms = await submit(notify_by="sms", phone=" +4915112345678 ", csrf_token=token)
     assert sms.status_code == 200 and "Saved." in sms.text
     assert 'value="sms" checked' in sms.text and 'value="+4915112345678"' in sms.text
     assert await notify_by(session, 0, world) == ("sms", "+4915112345678")
-    assert {n.channel for n in await outbox(session, appointment_id=appointment_id)} == {"sms"}
+    assert {n.channel for n in await outbox_rows(session, appointment_id=appointment_id)} == {"sms"}
 
     off = await submit(notify_by="none", phone="+4915112345678", csrf_token=token)
     assert "Saved." in off.text and 'value="none" checked' in off.text
     assert await notify_by(session, 0, world) == ("none", "+4915112345678")
-    assert {n.status for n in await outbox(session, appointment_id=appointment_id)} == {"void"}
+    assert {n.status for n in await outbox_rows(session, appointment_id=appointment_id)} == {"void"}
 
 
 def test_channel_choice_falls_back_only_when_the_address_is_missing():
-    assert notifications.choose_channel("email", "a@b.test", "+491") == "email"
-    assert notifications.choose_channel("sms", "a@b.test", "+491") == "sms"
-    assert notifications.choose_channel("sms", "a@b.test", None) == "email"
-    assert notifications.choose_channel("email", None, "+491") == "sms"
-    assert notifications.choose_channel("none", "a@b.test", "+491") is None
-    assert notifications.choose_channel("email", None, None) is None
+    assert planning.choose_channel("email", "a@b.test", "+491") == "email"
+    assert planning.choose_channel("sms", "a@b.test", "+491") == "sms"
+    assert planning.choose_channel("sms", "a@b.test", None) == "email"
+    assert planning.choose_channel("email", None, "+491") == "sms"
+    assert planning.choose_channel("none", "a@b.test", "+491") is None
+    assert planning.choose_channel("email", None, None) is None

@@ -19,7 +19,8 @@ from sqlalchemy import func, select, text
 from app.access import audit
 from app.access.identity import Principal
 from app.records import records
-from app.records.documents import URL_SECONDS, DiskStore
+from app.records.documents import FOLDER
+from app.storage import URL_SECONDS, DiskStore
 from app.web.asgi import create_app
 from db.models import Appointment, AuditEvent, MedicalRecord, User
 from tests.integration.auth_helpers import csrf_from
@@ -292,7 +293,7 @@ async def test_every_read_is_audited_with_viewer_patient_and_record_ids(client, 
 
 
 async def stored_files(store: DiskStore) -> list[str]:
-    return [key for key, _ in await store.keys()]
+    return [key for key, _ in await store.keys(FOLDER)]
 
 
 async def test_upload_validation_says_why(client, rw, session, settings):

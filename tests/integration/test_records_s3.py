@@ -14,7 +14,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from app.records.documents import URL_SECONDS, S3Store
+from app.records.documents import FOLDER
+from app.storage import URL_SECONDS, S3Store
 from app.web.asgi import create_app
 from db.models import MedicalRecord
 from tests.integration.s3_server import s3_server
@@ -74,7 +75,7 @@ async def test_upload_to_s3_and_download_through_presigned_urls(s3_client, sessi
     keys = (await session.scalars(select(MedicalRecord.storage_key))).all()
     head = store.client.head_object(Bucket=BUCKET, Key=keys[0])
     assert head["ServerSideEncryption"] == "AES256"
-    assert sorted(k for k, _ in await store.keys()) == sorted(keys)
+    assert sorted(k for k, _ in await store.keys(FOLDER)) == sorted(keys)
 
 
 async def test_presigned_urls_carry_their_issue_time_and_life(s3_client, session, settings):
@@ -126,7 +127,7 @@ async def test_failed_row_deletes_the_s3_object(s3_client, session, settings, en
     store = s3_client.app.state.documents
     world = await make_world(session, settings.secret_key, patients=1)
     await add_appointment(session, world, world.patients[0], "booked", 9)
-    before = await store.keys()
+    before = await store.keys(FOLDER)
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -158,7 +159,7 @@ async def test_failed_row_deletes_the_s3_object(s3_client, session, settings, en
                 title="x",
                 max_bytes=1 << 20,
             )
-        assert await store.keys() == before
+        assert await store.keys(FOLDER) == before
     finally:
         await session.rollback()
         async with engine.begin() as conn:

@@ -9,9 +9,10 @@ from urllib.parse import parse_qsl, urlsplit
 import botocore.credentials
 import pytest
 
-from app.records.documents import URL_SECONDS, DiskStore, S3Store, new_key, valid_key
+from app.records.documents import FOLDER, URL_PATH, new_key
 from app.records.records import sniff
 from app.settings import load_settings
+from app.storage import URL_SECONDS, DiskStore, S3Store, valid_key
 
 BASE = load_settings(
     {"DATABASE_URL": "postgresql://x@h/db", "REDIS_URL": "redis://h", "SECRET_KEY": "k" * 40}
@@ -71,7 +72,7 @@ def test_a_list_of_fifty_urls_is_signed_in_well_under_a_millisecond_each():
 
 
 def test_disk_urls_verify_and_refuse_tampering_and_expiry(tmp_path):
-    store = DiskStore(tmp_path, "s" * 40)
+    store = DiskStore(tmp_path, "s" * 40, URL_PATH)
     key = new_key(3, "pdf")
     now = time.time()
     (url,) = store.urls([key], now=now)
@@ -89,7 +90,10 @@ def test_disk_urls_verify_and_refuse_tampering_and_expiry(tmp_path):
     assert store.verify(key, params["expires"], params["sig"], now=now + URL_SECONDS) == "expired"
     assert store.verify(key, "", "", now=now) == "invalid"
     # Another secret (another installation) signs differently.
-    assert DiskStore(tmp_path, "t" * 40).verify(key, params["expires"], params["sig"]) == "invalid"
+    assert (
+        DiskStore(tmp_path, "t" * 40, URL_PATH).verify(key, params["expires"], params["sig"])
+        == "invalid"
+    )
 
 
 @pytest.mark.parametrize(
@@ -105,7 +109,7 @@ def test_disk_urls_verify_and_refuse_tampering_and_expiry(tmp_path):
     ],
 )
 def test_only_our_keys_are_accepted(tmp_path, key):
-    store = DiskStore(tmp_path, "s" * 40)
+    store = DiskStore(tmp_path, "s" * 40, URL_PATH)
     assert not valid_key(key)
     with pytest.raises(ValueError):
         store.path(key)
@@ -113,14 +117,14 @@ def test_only_our_keys_are_accepted(tmp_path, key):
 
 
 async def test_disk_store_round_trip_and_keys(tmp_path):
-    store = DiskStore(tmp_path, "s" * 40)
+    store = DiskStore(tmp_path, "s" * 40, URL_PATH)
     key = new_key(9, "png")
     await store.put(key, b"\x89PNG\r\n\x1a\nrest", "image/png")
     assert await store.get(key) == b"\x89PNG\r\n\x1a\nrest"
-    assert [k for k, _ in await store.keys()] == [key]
+    assert [k for k, _ in await store.keys(FOLDER)] == [key]
     await store.delete(key)
     await store.delete(key)  # twice is harmless
-    assert await store.keys() == []
+    assert await store.keys(FOLDER) == []
 
 
 @pytest.mark.parametrize(

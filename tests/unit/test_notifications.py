@@ -7,8 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.notifications import mail, notifications
-from app.notifications.notifications import Outgoing, plan
+from app.notifications import mail, outbox, planning
+from app.notifications.outbox import Outgoing
+from app.notifications.planning import plan
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -46,13 +47,13 @@ def test_the_day_before_reminder_keeps_the_local_wall_time(start, hours_before):
 def test_a_wall_time_missing_the_day_before_moves_forward_by_the_gap():
     # 02:30 does not exist on 28 March 2027 in Berlin: the reminder comes at 03:30 CEST.
     start = local(dt.date(2027, 3, 29), 2, 30)
-    due = notifications.day_before_same_wall_time(start, "Europe/Berlin").astimezone(BERLIN)
+    due = planning.day_before_same_wall_time(start, "Europe/Berlin").astimezone(BERLIN)
     assert (due.date(), due.time(), due.tzname()) == (dt.date(2027, 3, 28), dt.time(3, 30), "CEST")
 
 
 def test_an_ambiguous_wall_time_the_day_before_is_its_first_occurrence():
     start = local(dt.date(2027, 11, 1), 2, 30)  # 02:30 happened twice on 31 October
-    due = notifications.day_before_same_wall_time(start, "Europe/Berlin")
+    due = planning.day_before_same_wall_time(start, "Europe/Berlin")
     assert due == dt.datetime(2027, 10, 31, 0, 30, tzinfo=UTC)  # 02:30 CEST
 
 
@@ -75,7 +76,7 @@ def test_only_future_reminders_are_planned():
 def test_backoff_doubles_with_bounded_jitter_and_a_cap():
     rng = random.Random(1)
     for attempt, planned in ((1, 30), (2, 60), (3, 120), (4, 240), (7, 1800), (12, 1800)):
-        delays = [notifications.backoff(attempt, 30, 1800, rng) for _ in range(200)]
+        delays = [outbox.backoff(attempt, 30, 1800, rng) for _ in range(200)]
         assert min(delays) >= 0.75 * planned and max(delays) <= 1.25 * planned
         assert max(delays) - min(delays) > 0.2 * planned  # it really is spread
 

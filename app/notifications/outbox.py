@@ -1,11 +1,9 @@
-"""The notification outbox: which messages an appointment implies, and each row's life.
+"""The notification outbox: each row's life from claim to `sent` or `dead`.
 
-Booking, rescheduling, cancelling and schedule exceptions write their outbox rows in
-their own transaction (so a booking never commits without its confirmation and
-reminders, and a cancelled appointment never keeps a pending reminder). The SAQ
-dispatcher (tasks/reminders.py) claims due rows with `FOR UPDATE SKIP LOCKED`; send jobs
-record each attempt here. PostgreSQL is the truth: Redis only carries the jobs, and a
-claimed row whose lease lapses is claimed again (docs/notifications.md).
+The SAQ dispatcher (tasks/reminders.py) claims due rows with `FOR UPDATE SKIP LOCKED`;
+send jobs record each attempt here. PostgreSQL is the truth: Redis only carries the jobs,
+and a claimed row whose lease lapses is claimed again (docs/notifications.md). Rows are
+written by app/notifications/planning.py.
 
 Row states: `pending` (waits for `due_at`) → `queued` (claimed; its job owns it until
 `lease_until`) → `sent`, or `dead` after the last attempt (the undelivered page can put
@@ -29,15 +27,10 @@ from sqlalchemy import Table, and_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.access import audit
-from app.errors import Invalid, NotFound
+from app.errors import NotFound
+from app.notifications.planning import ANNOUNCEMENTS
 from db.models import Appointment, Clinic, Doctor, Notification, Patient
 
-# Messages that announce a coming appointment; a cancellation or a status change makes
-# the unsent ones moot.
-ANNOUNCEMENTS = ("confirmation", "reminder_24h", "reminder_1h")
-REMINDERS = ("reminder_24h", "reminder_1h")
-NOTIFY_CHOICES = ("email", "sms", "none")
-UNSENT = ("pending", "queued")
 LEASE_UNTIL = Notification.__table__.c.lease_until
 # The send path updates the table through Core: no ORM work per message (it adds up).
 ROWS: Table = Notification.__table__  # type: ignore[assignment]
@@ -45,7 +38,6 @@ ERROR_LIMIT = 500  # characters of a provider's error kept on the row
 
 NOTIFICATION_RETRIED = "notification.retried"
 NOTIFICATION_DISCARDED = "notification.discarded"
-NOTIFY_PREFERENCE_CHANGED = "notification.preference_changed"
 
 
 class SendFailed(Exception):
@@ -57,152 +49,11 @@ class SendFailed(Exception):
         self.permanent = permanent
 
 
-# --- what an appointment implies (pure) ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Planned:
-    kind: str
-    due_at: dt.datetime
-
-
-def day_before_same_wall_time(starts_at: dt.datetime, timezone: str) -> dt.datetime:
-    """The instant one calendar day before `starts_at` at the same clinic-local wall time.
-
-    Across a DST change this is 23 or 25 real hours earlier: a 09:00 appointment gets its
-    reminder at 09:00 the day before, as the patient expects. A wall time that does not
-    exist that day (inside the spring-forward gap) moves forward by the gap, as clocks do;
-    one that occurs twice (autumn) is the first occurrence.
-    """
-    tz = ZoneInfo(timezone)
-    local = starts_at.astimezone(tz)
-    before = dt.datetime.combine(local.date() - dt.timedelta(days=1), local.time(), tzinfo=tz)
-    # Round trip through UTC normalises a nonexistent wall time (fold=0 uses the offset
-    # in force before the transition).
-    return before.astimezone(dt.UTC)
-
-
-def plan(starts_at: dt.datetime, timezone: str, now: dt.datetime) -> list[Planned]:
-    """The messages a new (or moved) booking implies.
-
-    Args:
-        starts_at: the appointment's start (an instant).
-        timezone: the clinic's IANA zone, in which "the day before" is counted.
-        now: the booking's time; the confirmation is due then.
-
-    Returns:
-        A confirmation now; a reminder at the same local wall time the day before and one
-        60 real minutes before, each only when it is still in the future.
-    """
-    planned = [Planned("confirmation", now)]
-    reminders = (
-        ("reminder_24h", day_before_same_wall_time(starts_at, timezone)),
-        ("reminder_1h", starts_at.astimezone(dt.UTC) - dt.timedelta(hours=1)),
-    )
-    planned += [Planned(kind, due) for kind, due in reminders if due > now]
-    return planned
-
-
-def choose_channel(notify_by: str, email: str | None, phone: str | None) -> str | None:
-    """The channel to use: the patient's choice, the other one when the chosen address is
-    missing (a missed reminder is a missed appointment), none when they chose none."""
-    if notify_by == "none":
-        return None
-    order = ("email", "sms") if notify_by == "email" else ("sms", "email")
-    addresses = {"email": email, "sms": phone}
-    return next((channel for channel in order if addresses[channel]), None)
-
-
 def backoff(attempt: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt number `attempt` (1-based): base·2^(n-1), capped,
     with ±25 % jitter, so retries of many rows spread out yet each gap still grows."""
     delay = min(maximum, base * 2 ** max(attempt - 1, 0))
     return delay * (0.75 + 0.5 * (rng or random).random())  # jitter, not secrets
-
-
-# --- outbox writes, inside the caller's transaction ----------------------------------------
-
-
-async def _channels(session: AsyncSession, appointment_ids: Sequence[int]) -> dict[int, str]:
-    rows = await session.execute(
-        select(Appointment.id, Patient.notify_by, Patient.email, Patient.phone)
-        .join(Patient, Patient.id == Appointment.patient_id)
-        .where(Appointment.id.in_(appointment_ids))
-    )
-    channels = {}
-    for appointment_id, notify_by, email, phone in rows:
-        channel = choose_channel(notify_by, email, phone)
-        if channel is not None:
-            channels[appointment_id] = channel
-    return channels
-
-
-async def appointment_booked(
-    session: AsyncSession,
-    appointment: Appointment,
-    timezone: str,
-    now: dt.datetime,
-    channel: str | None,
-) -> None:
-    """Add the confirmation and reminders of a new booking to the session's transaction.
-
-    Args:
-        channel: the patient's channel (`choose_channel`); None sends nothing.
-    """
-    if channel is None:
-        return
-    await session.flush()  # the appointment's id (and its constraint check) first
-    session.add_all(
-        Notification(appointment_id=appointment.id, channel=channel, kind=p.kind, due_at=p.due_at)
-        for p in plan(appointment.starts_at, timezone, now)
-    )
-
-
-async def appointment_rescheduled(
-    session: AsyncSession, appointment: Appointment, timezone: str, now: dt.datetime
-) -> None:
-    """Replace the unsent confirmation and reminders with those of the new time."""
-    await _void(session, [appointment.id], ANNOUNCEMENTS)
-    channel = (await _channels(session, [appointment.id])).get(appointment.id)
-    await appointment_booked(session, appointment, timezone, now, channel)
-
-
-async def appointments_status_changed(
-    session: AsyncSession,
-    appointment_ids: Sequence[int],
-    status: str,
-    now: dt.datetime,
-    *,
-    notice: str = "cancellation",
-) -> None:
-    """Void the unsent confirmation and reminders of appointments that left `booked`;
-    for cancelled ones add a notice (`cancellation`, or `exception` when a schedule
-    exception cancelled them), due now. Set-based: two statements for any number."""
-    if not appointment_ids:
-        return
-    await _void(session, appointment_ids, ANNOUNCEMENTS)
-    if status != "cancelled":
-        return
-    channels = await _channels(session, appointment_ids)
-    session.add_all(
-        Notification(appointment_id=appointment_id, channel=channel, kind=notice, due_at=now)
-        for appointment_id, channel in channels.items()
-    )
-
-
-async def _void(
-    session: AsyncSession, appointment_ids: Sequence[int], kinds: Sequence[str]
-) -> None:
-    await session.execute(
-        update(Notification)
-        .where(
-            Notification.appointment_id.in_(appointment_ids),
-            Notification.kind.in_(kinds),
-            Notification.status.in_(UNSENT),
-        )
-        .values(status="void", last_error="no longer applies")
-        .execution_options(synchronize_session=False)
-    )
 
 
 # --- the dispatcher's claim ----------------------------------------------------------------
@@ -527,112 +378,3 @@ async def discard_dead(
         {"status": "void"},
         client_addr,
     )
-
-
-# --- the patient's choice ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Preference:
-    notify_by: str
-    email: str | None
-    phone: str | None
-
-
-async def get_preference(session: AsyncSession, patient_id: int) -> Preference:
-    row = (
-        await session.execute(
-            select(Patient.notify_by, Patient.email, Patient.phone).where(Patient.id == patient_id)
-        )
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"patient {patient_id} not found")
-    return Preference(*row)
-
-
-async def set_preference(
-    session: AsyncSession,
-    patient_id: int,
-    *,
-    notify_by: str,
-    phone: str | None = None,
-    actor_user_id: int,
-    now: dt.datetime,
-) -> Preference:
-    """Choose email, SMS or none (optionally with a new phone number). Unsent messages of
-    the patient's upcoming appointments follow the new choice at once: they move to the
-    new channel, or become void for `none`; reminders that were never planned (the patient
-    had chosen none) are added. Commits.
-
-    Raises:
-        Invalid: an unknown choice, or a channel without an address.
-    """
-    if notify_by not in NOTIFY_CHOICES:
-        raise Invalid(f"notify_by must be one of {', '.join(NOTIFY_CHOICES)}")
-    patient = await session.get(Patient, patient_id, with_for_update=True)
-    if patient is None:
-        raise NotFound(f"patient {patient_id} not found")
-    if phone is not None:
-        phone = phone.strip()
-        if phone and not _looks_like_phone(phone):
-            raise Invalid("phone must be an international number such as +4930123456")
-        patient.phone = phone or None
-    if notify_by == "sms" and not patient.phone:
-        raise Invalid("add a mobile number to get messages by SMS")
-    if notify_by == "email" and not patient.email:
-        raise Invalid("there is no email address to send to")
-    patient.notify_by = notify_by
-    channel = choose_channel(notify_by, patient.email, patient.phone)
-    upcoming = (
-        await session.execute(
-            select(Appointment.id, Appointment.starts_at, Clinic.timezone)
-            .join(Clinic, Clinic.id == Appointment.clinic_id)
-            .where(
-                Appointment.patient_id == patient_id,
-                Appointment.status == "booked",
-                Appointment.starts_at > now,
-            )
-        )
-    ).all()
-    ids = [row.id for row in upcoming]
-    if ids:
-        unsent = and_(
-            Notification.appointment_id.in_(ids),
-            Notification.status.in_(UNSENT),
-        )
-        if channel is None:
-            await session.execute(
-                update(Notification).where(unsent).values(status="void", last_error="opted out")
-            )
-        else:
-            await session.execute(update(Notification).where(unsent).values(channel=channel))
-            planned = await session.execute(
-                select(Notification.appointment_id, Notification.kind).where(
-                    Notification.appointment_id.in_(ids),
-                    Notification.kind.in_(REMINDERS),
-                    Notification.status.in_(("pending", "queued", "sent", "dead")),
-                )
-            )
-            have = {(appointment_id, kind) for appointment_id, kind in planned}
-            session.add_all(
-                Notification(appointment_id=row.id, channel=channel, kind=p.kind, due_at=p.due_at)
-                for row in upcoming
-                for p in plan(row.starts_at, row.timezone, now)
-                if p.kind in REMINDERS and (row.id, p.kind) not in have
-            )
-    await audit.record(
-        session,
-        actor_user_id=actor_user_id,
-        action=NOTIFY_PREFERENCE_CHANGED,
-        subject_type="patient",
-        subject_id=patient_id,
-        patient_id=patient_id,
-        details={"notify_by": notify_by},
-    )
-    await session.commit()
-    return Preference(patient.notify_by, patient.email, patient.phone)
-
-
-def _looks_like_phone(phone: str) -> bool:
-    digits = phone[1:] if phone.startswith("+") else phone
-    return phone.startswith("+") and digits.isdigit() and 7 <= len(digits) <= 15
