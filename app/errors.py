@@ -1,8 +1,16 @@
-"""Domain errors. Domain modules raise these; the web layer maps them to 4xx answers."""
+"""Domain errors, which the web layer maps to 4xx answers, and which failures of
+PostgreSQL and Redis are outages (503), not bugs."""
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Any
+
+import asyncpg
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 
 class DomainError(Exception):
@@ -30,3 +38,72 @@ class Conflict(DomainError):
 
 class Invalid(DomainError):
     status_code = 422
+
+
+# What a failure of PostgreSQL or Redis means for the request that met it (`outage`).
+BUSY = "busy"  # overloaded: no pool connection in time, a statement cancelled by its timeout
+DOWN = "down"  # unreachable, restarting or refusing connections
+
+# SQLSTATEs that say the database cannot serve now, not that the request is wrong.
+_BUSY_STATES = frozenset({"57014", "53300"})  # statement timeout, too many connections
+_DOWN_STATES = frozenset({"57P01", "57P02", "57P03"})  # shutdown, crash, still starting
+# Socket errors of a peer that is down or unreachable (a full disk or a missing file is not).
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+    }
+)
+
+
+def outage(exc: BaseException) -> str | None:
+    """Whether `exc`, or an error it wraps, says PostgreSQL or Redis cannot serve now: a
+    503 with Retry-After, not a bug's 500.
+
+    Args:
+        exc: what a request raised (SQLAlchemy wraps the driver's error in `.orig`, and
+            that one the asyncpg error in `__cause__`).
+
+    Returns:
+        BUSY, DOWN, or None for any other error.
+    """
+    error: BaseException | None = exc
+    for _ in range(6):  # a chain is short; never follow a cycle
+        if error is None:
+            return None
+        if kind := _kind(error):
+            return kind
+        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
+    return None
+
+
+def _kind(error: BaseException) -> str | None:
+    if isinstance(error, PoolTimeout):
+        return BUSY
+    state = getattr(error, "sqlstate", None)
+    if isinstance(state, str):
+        if state in _BUSY_STATES:
+            return BUSY
+        if state.startswith("08") or state in _DOWN_STATES:  # class 08: connection errors
+            return DOWN
+    if isinstance(error, RedisConnectionError | RedisTimeoutError):
+        return DOWN
+    if getattr(error, "connection_invalidated", False):  # SQLAlchemy saw a disconnect
+        return DOWN
+    if isinstance(error, asyncpg.InterfaceError):  # asyncpg's own, on a connection it lost
+        return DOWN if "connection is closed" in str(error) else None
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror):
+        return DOWN
+    # asyncio reports a refused connection to every address of a name (localhost: ::1 and
+    # 127.0.0.1) as one OSError without an errno.
+    if isinstance(error, OSError) and (
+        error.errno in _NETWORK_ERRNOS or str(error).startswith("Multiple exceptions")
+    ):
+        return DOWN
+    return None

@@ -62,6 +62,11 @@ class Settings:
     # Peers whose X-Forwarded-For/-Proto are believed (the TLS proxy); comma-separated.
     forwarded_allow_ips: str = "127.0.0.1"
     request_max_body_bytes: int = 1024 * 1024
+    # Admission control per server process (issue #17, app/web/admission.py): requests in
+    # flight (default: the pool's connections), how many may wait, and for how long.
+    admission_max_in_flight: int = 15
+    admission_max_queue: int = 60
+    admission_max_wait_ms: int = 30
 
     # Rate limits (review S-6): requests per minute, Redis fixed windows.
     rate_limit_auth_per_minute: int = 30
@@ -316,6 +321,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key = _embedded_secret(data_dir)
     if len(secret_key) < 32:
         raise SettingsError("SECRET_KEY must be at least 32 characters")
+    pool_size = _read(env, "DB_POOL_SIZE", _positive_int, 10)
+    max_overflow = _read(env, "DB_MAX_OVERFLOW", _positive_int, 5)
+    in_flight = _read(
+        env, "ADMISSION_MAX_IN_FLIGHT", _at_least_one, max(pool_size + max_overflow, 1)
+    )
     return Settings(
         database_url=database_url,
         database_read_url=read_url,
@@ -323,8 +333,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key=secret_key,
         data_dir=data_dir,
         embedded=embedded,
-        db_pool_size=_read(env, "DB_POOL_SIZE", _positive_int, 10),
-        db_max_overflow=_read(env, "DB_MAX_OVERFLOW", _positive_int, 5),
+        db_pool_size=pool_size,
+        db_max_overflow=max_overflow,
         db_pool_timeout=_read(env, "DB_POOL_TIMEOUT", _positive_float, 5.0),
         db_pool_recycle=_read(env, "DB_POOL_RECYCLE", _positive_int, 1800),
         statement_timeout_ms=_read(env, "DB_STATEMENT_TIMEOUT_MS", _positive_int, 5000),
@@ -351,6 +361,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_origin=_read(env, "MEDBOOK_PUBLIC_ORIGIN", _origin, "http://127.0.0.1:8000"),
         forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
         request_max_body_bytes=_read(env, "REQUEST_MAX_BODY_BYTES", _positive_int, 1024 * 1024),
+        admission_max_in_flight=in_flight,
+        admission_max_queue=_read(env, "ADMISSION_MAX_QUEUE", _positive_int, 4 * in_flight),
+        admission_max_wait_ms=_read(env, "ADMISSION_MAX_WAIT_MS", _positive_int, 30),
         rate_limit_auth_per_minute=_read(env, "RATE_LIMIT_AUTH_PER_MINUTE", _positive_int, 30),
         rate_limit_anonymous_per_minute=_read(
             env, "RATE_LIMIT_ANONYMOUS_PER_MINUTE", _positive_int, 300

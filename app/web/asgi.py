@@ -29,7 +29,6 @@ from litestar.types import ASGIApp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access.identity import load_principal
@@ -64,9 +63,11 @@ from app.scheduling import slots
 from app.scheduling.slots import SlotCache
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.web import csrf, page_context
+from app.web.admission import Admission, AdmissionMiddleware
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
+from app.web.outages import OUTAGE_HANDLERS
 from app.web.security_headers import add_security_headers
 from db.session import create_engine, session_factory
 
@@ -80,14 +81,6 @@ def domain_error_handler(_: Request, exc: DomainError) -> Response[dict[str, obj
     retry = exc.extra.get("retry_after")
     headers = {"Retry-After": str(retry)} if retry is not None else None
     return Response(body, status_code=exc.status_code, headers=headers)
-
-
-def overloaded_handler(_: Request, exc: Exception) -> Response[dict[str, object]]:
-    """No database connection free within DB_POOL_TIMEOUT: the server is overloaded. Say so
-    with 503 and Retry-After (the request changed nothing) instead of a bare 500."""
-    logging.getLogger("medbook").warning("overloaded: %s", exc)
-    body = {"status_code": 503, "detail": "the server is busy; try again in a moment"}
-    return Response(body, status_code=503, headers={"Retry-After": "1"})
 
 
 async def warm_pool(engine: AsyncEngine, count: int) -> None:
@@ -214,6 +207,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[
             # Outermost, so request times include authentication and rate limiting.
             DefineMiddleware(MetricsMiddleware),
+            # Next, so a refused request is counted and timed, and costs nothing more.
+            DefineMiddleware(AdmissionMiddleware, admission=Admission.from_settings(settings)),
             DefineMiddleware(AuthMiddleware, exclude=UNGUARDED),
             DefineMiddleware(RateLimitMiddleware, exclude=UNGUARDED),
             DefineMiddleware(CSRFMiddleware, exclude=UNGUARDED),
@@ -224,7 +219,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={
             DomainError: domain_error_handler,
             NotAuthorizedException: not_signed_in_handler,
-            PoolTimeout: overloaded_handler,
+            **OUTAGE_HANDLERS,  # PostgreSQL or Redis down or overloaded: 503, not 500
         },
         # A 5xx is a bug: log every unhandled exception with its traceback, not only in
         # debug. An expected 4xx answer (a taken slot, a bad query, a rate limit) is not an

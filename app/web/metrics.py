@@ -123,6 +123,15 @@ POOL_TIMEOUTS = Counter(
     "medbook_db_pool_timeouts",
     "Checkouts that gave up after DB_POOL_TIMEOUT (answered 503).",
 )
+ADMISSION_SHED = Counter(
+    "medbook_admission_shed",
+    "Requests refused with 503 by admission control (app/web/admission.py): the wait "
+    "queue was full, or no slot came within ADMISSION_MAX_WAIT_MS.",
+    ["reason"],
+)
+# Bound once: the shed path must stay cheap, and both series exist from the start.
+ADMISSION_SHED_QUEUE_FULL = ADMISSION_SHED.labels("queue_full")
+ADMISSION_SHED_WAITED = ADMISSION_SHED.labels("waited")
 
 # Read at scrape by the answering process; global values, not per process.
 DEAD_NOTIFICATIONS = "medbook_notifications_dead"
@@ -147,6 +156,7 @@ EXPORTED = frozenset(
         "medbook_db_pool_wait_seconds_sum",
         "medbook_db_pool_wait_seconds_count",
         "medbook_db_pool_timeouts_total",
+        "medbook_admission_shed_total",
         # From the worker's folder, once a worker on this host has started (tasks/metrics.py).
         "medbook_job_duration_seconds_bucket",
         "medbook_job_duration_seconds_sum",

@@ -1,0 +1,65 @@
+"""PostgreSQL or Redis down, restarting or overloaded: a 503 with Retry-After (a page in
+words for a browser), never a 500. The app recovers by itself once they answer again:
+the pool opens new connections, redis-py reconnects."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from litestar import Request
+from litestar.response import Response, Template
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.errors import BUSY, outage
+from app.web.admission import BUSY_DETAIL, BUSY_PAGE, RETRY_AFTER_SECONDS
+from app.web.guards import wants_html
+
+log = logging.getLogger("medbook")
+
+DOWN_RETRY_AFTER_SECONDS = 5  # a restart or failover takes seconds, not milliseconds
+DOWN_DETAIL = "the service is briefly unavailable; try again in a moment"
+DOWN_PAGE = {
+    "heading": "medbook is briefly unavailable",
+    "message": (
+        "A service medbook depends on is not answering right now, so your request could "
+        "not be carried out. It usually comes back within moments. If you were booking, "
+        "check your appointments before booking again."
+    ),
+}
+
+
+def outage_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """503 with Retry-After for an outage (`app.errors.outage`); any other error of these
+    types is a bug, answered 500 as Litestar would (its traceback is already logged)."""
+    kind = outage(exc)
+    if kind is None:
+        return Response({"status_code": 500, "detail": "Internal Server Error"}, status_code=500)
+    log.warning("503 for %s %s: %s: %s", request.method, request.url.path, kind, exc)
+    busy = kind == BUSY
+    retry = RETRY_AFTER_SECONDS if busy else DOWN_RETRY_AFTER_SECONDS
+    headers = {"Retry-After": str(retry), "Cache-Control": "no-store"}
+    if wants_html(request):
+        context = {**(BUSY_PAGE if busy else DOWN_PAGE), "retry_after": retry}
+        return Template(
+            "errors/unavailable.html", context=context, status_code=503, headers=headers
+        )
+    body = {"status_code": 503, "detail": BUSY_DETAIL if busy else DOWN_DETAIL}
+    return Response(body, status_code=503, headers=headers)
+
+
+# The types an outage arrives as: SQLAlchemy's (pool timeout, wrapped driver errors),
+# asyncpg's raised directly (driver_fetchrow), redis-py's, and plain socket errors (a
+# refused connection passes through SQLAlchemy's connect unwrapped).
+OUTAGE_HANDLERS = {
+    error: outage_handler
+    for error in (
+        SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        RedisError,
+        OSError,
+    )
+}
