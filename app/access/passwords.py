@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from functools import lru_cache
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def password_problem(password: str, *, role: str = "patient", email: str = "") -
     """Why a new password is refused, or None when it is acceptable.
 
     Args:
-        role: staff roles get the stronger policy: 12 characters, and not containing the
+        role: staff roles get the stronger policy: 12 characters, not a common password
+            with digits or symbols around it (`Password2026!`), and not containing the
             local part of their email.
         email: the account's email (staff only).
     """
@@ -68,6 +70,9 @@ def password_problem(password: str, *, role: str = "patient", email: str = "") -
         return f"password must be at most {MAX_LENGTH} characters"
     if password.strip().lower() in common_passwords():
         return "this password is one of the most common ones; choose another"
+    core = password.lower().strip(string.digits + string.punctuation + string.whitespace)
+    if staff and core in common_passwords():
+        return "this password is a common one with digits or symbols added; choose another"
     local = email.strip().split("@")[0].lower()
     if staff and len(local) >= _LOCAL_PART_MIN and local in password.lower():
         return "a staff password must not contain the name part of the email address"
