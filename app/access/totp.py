@@ -95,9 +95,12 @@ async def confirm_enrolment(
 
     Raises:
         Forbidden: not a staff account.
-        Invalid: no secret on offer (expired), or the code does not match it.
+        Invalid: one is already on, no secret on offer (expired), or the code does not
+            match it.
     """
     _require_staff(user)
+    if user.totp_secret is not None:
+        raise Invalid("a second factor is already on; switch it off first to change it")
     raw = await redis.get(f"{_CANDIDATE_PREFIX}{user.id}")
     if raw is None:
         raise Invalid("the set-up expired; open the page again for a new secret")

@@ -71,6 +71,8 @@ async def test_enrolment_page_then_sign_in_asks_for_the_code(client, session):
     assert user.totp_secret == secret and len(user.totp_recovery_hashes) == 10
     assert not set(codes) & set(user.totp_recovery_hashes)  # stored hashed only
     assert "Recovery codes left: 10" in (await client.get("/account/totp")).text
+    twice = await client.post("/account/totp", data={"code": following, "csrf_token": token})
+    assert "already on" in twice.text
 
     client.cookies.clear()
     first = await browser_login(client, EMAIL)
