@@ -151,7 +151,9 @@ async def rotate_refresh_token(
             .with_for_update()
         )
     ).all()
-    stored = next(t for t in family if t.token_hash == digest)
+    stored = next((t for t in family if t.token_hash == digest), None)
+    if stored is None:  # deleted (expired, swept) between the two statements
+        raise InvalidRefreshToken("the refresh token is not valid")
     if stored.revoked_at is not None:
         raise InvalidRefreshToken("the refresh token was revoked; sign in again")
     if stored.used_at is not None:
