@@ -28,7 +28,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import INET, JSONB, ExcludeConstraint
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, ExcludeConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("patient", "doctor", "front_desk", "admin")
@@ -172,6 +172,15 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[dt.datetime] = _created_at()
     password_changed_at: Mapped[dt.datetime] = _created_at()
+    # Second factor (staff only, app/access/totp.py). The base32 TOTP secret once enrolment
+    # is confirmed; the last time step accepted, so a code cannot be replayed in its window;
+    # the sha256 of each unused recovery code; and whether an admin requires a second factor.
+    totp_secret: Mapped[str | None]
+    totp_last_step: Mapped[int | None]
+    totp_recovery_hashes: Mapped[list[str]] = mapped_column(
+        ARRAY(String(64)), server_default=text("'{}'")
+    )
+    totp_required: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class ScheduleTemplate(Base):

@@ -28,6 +28,11 @@ ACCOUNT_REACTIVATED = "account.reactivated"
 PASSWORD_CHANGED = "password.changed"  # noqa: S105
 PASSWORD_RESET_REQUESTED = "password.reset_requested"  # noqa: S105
 PASSWORD_RESET = "password.reset"  # noqa: S105
+SESSIONS_REVOKED = "sessions.revoked"
+TOTP_ENROLLED = "totp.enrolled"
+TOTP_REMOVED = "totp.removed"
+TOTP_REQUIRED = "totp.required"
+RECOVERY_CODE_USED = "totp.recovery_code_used"
 BREAK_GLASS = "records.break_glass"
 RECORD_READ = "records.read"
 

@@ -35,6 +35,7 @@ class Registered(msgspec.Struct):
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
     email: str
     password: str
+    totp: str | None = None  # an authenticator or recovery code: staff with a second factor
 
 
 class RefreshBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,7 +98,8 @@ async def register(
 async def token(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: Credentials
 ) -> TokenPair:
-    """Exchange email and password for an access token (15 min) and a refresh token."""
+    """Exchange email and password (and `totp`, when the account has a second factor) for
+    an access token (15 min) and a refresh token."""
     user = await accounts.authenticate(
         db_session,
         request.app.state.redis,
@@ -105,6 +107,7 @@ async def token(
         password=data.password,
         limits=login_limits(_settings(request)),
         client_addr=client_addr(request),
+        totp_code=data.totp,
     )
     refresh = await tokens.issue_refresh_token(db_session, user.id)
     await db_session.commit()
@@ -118,7 +121,8 @@ async def token(
 async def refresh(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: RefreshBody
 ) -> TokenPair:
-    """Spend a refresh token for a new pair; a reused one revokes its whole family."""
+    """Spend a refresh token for a new pair; a reused one revokes its whole family (the
+    previous token is accepted again for a short grace: docs/security.md)."""
     user_id, role, new_refresh = await tokens.rotate_refresh_token(
         db_session, data.refresh_token, client_addr=client_addr(request)
     )

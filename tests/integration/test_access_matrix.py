@@ -62,6 +62,8 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     # sign-in pages and the auth API
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,
+    ("POST", "/login/totp"): PUBLIC,
+    ("POST", "/login/totp-setup"): PUBLIC,
     ("GET", "/register"): PUBLIC,
     ("POST", "/register"): PUBLIC,
     ("GET", "/password-reset"): PUBLIC,
@@ -81,6 +83,9 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/me"): ANY,
     ("GET", "/account/password"): ANY,
     ("POST", "/account/password"): ANY,
+    ("GET", "/account/totp"): ("doctor", "front_desk", "admin"),
+    ("POST", "/account/totp"): ("doctor", "front_desk", "admin"),
+    ("POST", "/account/totp/remove"): ("doctor", "front_desk", "admin"),
     ("GET", "/me/access-log"): PATIENT,
     # accounts and the audit trail
     ("GET", "/api/users"): ADMIN,
