@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -16,9 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import click
 
-from app import embedded
+from app import embedded, supervisor
 from app.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, plain_database_url
-from app.supervisor import _loopback, _stop, _terminate_cleanly, _wait_ready, _watch
 
 T = TypeVar("T")
 
@@ -39,7 +37,7 @@ def _services(
     os.environ["MEDBOOK_DATA_DIR"] = str(data_dir)
     starts_any = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
     try:
-        with _terminate_cleanly(starts_any), embedded.services(data_dir):
+        with supervisor.terminate_cleanly(starts_any), embedded.services(data_dir):
             try:
                 settings = get_settings()
             except SettingsError as exc:
@@ -514,24 +512,24 @@ def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None
         migrate.upgrade(plain_database_url(settings.database_url))
         _run(lambda: _seed_demo(settings))
         base = [sys.executable, "-m", "app.cli", "--data-dir", ctx.obj["data_dir"]]
-        children = {
-            "web server": subprocess.Popen([*base, "serve", "--host", host, "--port", str(port)]),
-            "worker": subprocess.Popen([*base, "worker"]),
-        }
-        url = f"http://{host}:{port}/"
-        probe = f"http://{_loopback(host)}:{port}/health/ready"
-        try:
-            failure = _wait_ready(children, probe, ready_timeout, host, port)
-            if failure is None:
-                click.echo(f"\nmedbook is running at {url}  (Ctrl-C stops everything)")
-                click.echo(f"demo logins, password {DEMO_PASSWORD!r}:")
-                for email, role, _ in LOGINS:
-                    click.echo(f"  {role:<11} {email}")
-                failure = _watch(children, host, port)
-        except KeyboardInterrupt:
-            failure = None
-        finally:
-            _stop(list(children.values()))
+
+        def announce() -> None:
+            click.echo(f"\nmedbook is running at http://{host}:{port}/  (Ctrl-C stops everything)")
+            click.echo(f"demo logins, password {DEMO_PASSWORD!r}:")
+            for email, role, _ in LOGINS:
+                click.echo(f"  {role:<11} {email}")
+
+        failure = supervisor.supervise(
+            {
+                "web server": [*base, "serve", "--host", host, "--port", str(port)],
+                "worker": [*base, "worker"],
+            },
+            probe=f"http://{supervisor.loopback(host)}:{port}/health/ready",
+            ready_timeout=ready_timeout,
+            host=host,
+            port=port,
+            on_ready=announce,
+        )
     if failure:
         raise click.ClickException(failure)
 

@@ -1,14 +1,20 @@
-"""Running child processes: the demo's web server and worker, and the signals that stop
-them and us."""
+"""Running child processes: the demo's web server and worker, which die with it however
+it dies, watchdogs that stop detached servers when their owner is killed, and the signals
+that stop them and us."""
 
 from __future__ import annotations
 
+import ctypes
+import importlib
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,7 +24,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
-def _terminate_cleanly(enabled: bool) -> Iterator[None]:
+def terminate_cleanly(enabled: bool) -> Iterator[None]:
     """While embedded services run, SIGTERM and SIGHUP end the command as a SystemExit
     (status 128 + the signal's number, as a shell reports a death by that signal), so the
     `with` blocks unwind and stop what this command started. Dying by the signal left the
@@ -45,7 +51,127 @@ def _terminate_cleanly(enabled: bool) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _loopback(host: str) -> str:
+def supervise(
+    commands: Mapping[str, Sequence[str]],
+    *,
+    probe: str,
+    ready_timeout: float,
+    host: str,
+    port: int,
+    on_ready: Callable[[], None],
+) -> str | None:
+    """Run `commands` as children that die with us, call `on_ready` once `probe` answers
+    200, then run until a child exits or Ctrl-C; stop every child either way.
+
+    Args:
+        commands: the children's command lines by name ("web server", "worker").
+        probe: the URL that answers 200 once the web server is ready.
+        ready_timeout: seconds to wait for that.
+        host: the web server's address, and
+        port: its port, both named when it exits because the port is taken.
+        on_ready: called once, when ready.
+
+    Returns:
+        None after Ctrl-C, else one line saying which child failed and why.
+    """
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, command in commands.items():
+            children[name] = start_child(command)
+        failure = _wait_ready(children, probe, ready_timeout, host, port)
+        if failure is None:
+            on_ready()
+            failure = _watch(children, host, port)
+    except KeyboardInterrupt:
+        failure = None
+    finally:
+        stop(list(children.values()))
+    return failure
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def start_child(command: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start a child that gets SIGTERM from the kernel when we die, however we die (a
+    SIGKILL included; Linux only), and that holds our watchdogs' pipes open (see
+    `watchdog`), so the services it uses stop only after it has gone too."""
+    return subprocess.Popen(command, preexec_fn=_dies_with_us(), pass_fds=tuple(_watchdog_pipes))
+
+
+def _dies_with_us() -> Callable[[], None] | None:
+    """A preexec_fn setting the child's parent-death signal; None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded before the fork
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # we died before the line above took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+# The writing ends of the pipes our watchdogs wait on; children from `start_child` get
+# copies, so a watchdog acts only once we and they are all gone.
+_watchdog_pipes: list[int] = []
+STAND_DOWN = b"stand down"
+
+
+@contextmanager
+def watchdog(action: str, *args: str) -> Iterator[None]:
+    """If this process dies inside the block (a SIGKILL, a crash), a process of its own
+    calls `action` ("module:function") with `args`: how servers that detach themselves
+    (the embedded PostgreSQL and Redis) are stopped when nobody is left to stop them.
+
+    The watchdog reads a pipe whose writing end only we and our `start_child` children
+    hold; the kernel closes it however a process ends. Leaving the block tells the
+    watchdog to stand down. It runs in a session of its own, so a Ctrl-C, a closed
+    terminal or a signal to our process group does not end it with us.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        dog = subprocess.Popen(
+            [sys.executable, "-m", __name__, action, *args],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent,  # where `app` is importable
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    _watchdog_pipes.append(write_end)
+    try:
+        yield
+    finally:
+        _watchdog_pipes.remove(write_end)
+        with suppress(OSError):
+            os.write(write_end, STAND_DOWN)
+        os.close(write_end)
+        with suppress(subprocess.TimeoutExpired):  # a child still holds the pipe: it
+            dog.wait(timeout=5)  # stands down once that one is gone
+
+
+def _keep_watch(action: str, args: list[str]) -> None:
+    """The watchdog: wait until every writer of the pipe on stdin is gone; unless told
+    to stand down first, run the action."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.stdin.buffer.read() == STAND_DOWN:
+        return
+    module, _, name = action.partition(":")
+    getattr(importlib.import_module(module), name)(*args)
+
+
+def loopback(host: str) -> str:
     """Where to reach a server bound to `host` from this machine."""
     return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(  # noqa: S104
         host, f"[{host}]" if ":" in host else host
@@ -114,7 +240,7 @@ def _watch(children: dict[str, subprocess.Popen[bytes]], host: str, port: int) -
 STOP_WAIT_SECONDS = 30
 
 
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+def stop(children: list[subprocess.Popen[bytes]]) -> None:
     """Stop the children gracefully, then (past the wait) for good. A Ctrl-C in the
     terminal has already sent them SIGINT; a second one there, or a second SIGINT from us
     (uvicorn takes it as "force quit"), must not cut their shutdown short, so we send
@@ -136,3 +262,7 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    _keep_watch(sys.argv[1], sys.argv[2:])
