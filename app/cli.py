@@ -228,11 +228,11 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run the SAQ worker (reminders, analytics, housekeeping)."""
-    from saq.worker import start
-
     with _services(ctx, redis=True, migrated=True) as settings:
         _metrics_dir(settings, "worker")  # for job metrics; the worker serves no /metrics
-        start("tasks.worker.worker_settings")
+        from tasks.worker import run, worker_settings  # prometheus-client: after the line above
+
+        run(worker_settings())
 
 
 @main.group()
