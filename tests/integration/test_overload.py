@@ -12,10 +12,11 @@ from tests.integration.world import make_world
 async def test_pool_exhaustion_is_503(settings, session, redis, database_url):
     world = await make_world(session, settings.secret_key, patients=1)
     await session.close()
-    server = LiveServer(env={"DB_POOL_SIZE": "1", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "0.3"})
     headers = world.headers("patient0")
-    locker = await asyncpg.connect(database_url)
+    server = LiveServer(env={"DB_POOL_SIZE": "1", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "0.3"})
+    locker = None
     try:
+        locker = await asyncpg.connect(database_url)
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             assert (await client.get("/api/clinics", headers=headers)).status_code == 200
             tx = locker.transaction()
@@ -34,7 +35,8 @@ async def test_pool_exhaustion_is_503(settings, session, redis, database_url):
                 client.get("/api/clinics", headers=headers), second(), release()
             )
     finally:
-        await locker.close()
+        if locker is not None:
+            await locker.close()
         server.stop()
     assert busy.status_code == 503
     assert busy.headers["retry-after"] == "1"
