@@ -6,9 +6,11 @@ timeout and retry count, so a job run twice, or swept after a killed worker, is 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from saq import CronJob
+from saq import Worker as SaqWorker
 
 from app.records.documents import create_store
 from app.redis import create_redis
@@ -86,3 +88,56 @@ def worker_settings() -> dict[str, Any]:
         "before_process": metrics.before_process,
         "after_process": metrics.after_process,
     }
+
+
+class Worker(SaqWorker):
+    """SAQ's worker, stopping at once when idle (SAQ 0.26 waits the whole grace period).
+
+    On SIGTERM or SIGINT SAQ waits for every task of its own, up to the grace period:
+    not only the jobs running, but its upkeep loops (the sweep sleeps 60 s) and the
+    dequeues blocked in Redis (tobymao/saq#280). We cancel those two and wait only for
+    the jobs. A dequeue cancelled just as Redis handed it a job leaves that job in the
+    active list, not started; the next sweep (any worker's) retries it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._upkeep_tasks: list[asyncio.Task[None]] = []
+        self._dequeuing: set[asyncio.Task[Any]] = set()
+        dequeue = self.queue.dequeue
+
+        async def tracked_dequeue(*args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            self._dequeuing.add(task)
+            try:
+                return await dequeue(*args, **kwargs)
+            finally:
+                self._dequeuing.discard(task)
+
+        # SAQ's process() calls queue.dequeue itself: this is where we see who waits in it.
+        self.queue.dequeue = tracked_dequeue  # type: ignore[method-assign]
+
+    async def upkeep(self) -> list[asyncio.Task[None]]:
+        self._upkeep_tasks = await super().upkeep()
+        return self._upkeep_tasks
+
+    async def stop(self) -> None:
+        self.event.set()  # no new dequeue starts from here on
+        for task in (*self._upkeep_tasks, *self._dequeuing):
+            task.cancel()
+        await super().stop()
+
+
+def run(settings: dict[str, Any]) -> None:
+    """Run a worker with `settings` until SIGTERM or SIGINT."""
+    worker = Worker(**settings)
+
+    async def work() -> None:
+        try:
+            await worker.queue.connect()
+            await worker.start()
+        finally:
+            await worker.queue.disconnect()
+
+    asyncio.run(work())
