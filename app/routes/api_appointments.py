@@ -15,8 +15,9 @@ from litestar.params import HeaderParameter, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments import commands
-from app.appointments.commands import AppointmentRow, BookingRules
+from app.appointments import commands, queries
+from app.appointments.queries import AppointmentRow
+from app.appointments.rules import BookingRules
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes import deps
@@ -167,7 +168,7 @@ class AppointmentController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
         """The caller's appointments, filtered; `next_cursor` fetches the next page."""
-        rows, next_cursor = await commands.list_appointments(
+        rows, next_cursor = await queries.list_appointments(
             db_session,
             actor,
             now=now,
@@ -186,8 +187,9 @@ class AppointmentController(Controller):
         self, db_session: AsyncSession, actor: Principal, appointment_id: int
     ) -> dict[str, Any]:
         """One appointment the caller may see (404 otherwise)."""
-        appointment = await commands.get_visible(db_session, actor, appointment_id)
-        return appointment_out(appointment, await commands.clinic_timezone(db_session, appointment))
+        appointment = await queries.get_visible(db_session, actor, appointment_id)
+        timezone = await queries.clinic_timezone(db_session, appointment.doctor_id)
+        return appointment_out(appointment, timezone)
 
     @patch("/{appointment_id:int}", guards=[allow()])
     async def change(

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
 from app.appointments import commands
-from app.appointments.commands import BookingRules
+from app.appointments.rules import BookingRules
 from app.errors import DomainError
 from app.live import boards
 from app.live.effects import Effects

@@ -104,7 +104,7 @@ async def book_at_ten(engine, redis, world, day):
     """patient0 books 10:00 on `day` through the domain code (commit, then invalidation)."""
     from app.access.identity import Principal
     from app.appointments import commands
-    from app.appointments.commands import BookingRules
+    from app.appointments.rules import BookingRules
     from app.live.effects import Effects
     from db.session import session_factory
 
