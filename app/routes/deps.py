@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
 from app.access.identity import Principal
-from app.appointments.booking import BookingRules
+from app.appointments.rules import BookingRules
 from app.live.effects import Effects
 from app.scheduling.slots import SlotCache
 from app.settings import Settings

@@ -13,7 +13,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.status_codes import WS_1008_POLICY_VIOLATION
 
 from app.access.identity import Principal
-from app.appointments.booking import BookingRules
+from app.appointments.rules import BookingRules
 from app.live import boards
 from app.live.realtime import (
     CLOSE_RESYNC,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.appointments import rules
 from app.errors import Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
 from app.notifications import planning as notifications
@@ -175,7 +176,7 @@ async def add_exception(
             select(Appointment)
             .where(
                 scope,
-                Appointment.status.in_(("booked", "checked_in")),
+                Appointment.status.in_(rules.sources("cancelled")),
                 Appointment.starts_at < ends_at,
                 Appointment.ends_at > starts_at,
             )
@@ -200,15 +201,17 @@ async def add_exception(
     session.add(exception)
     cancel = cancel_affected and bool(affected)
     if cancel:
+        for a in affected:  # leave and closures cancel what they cover, ended or not
+            rules.check_transition(rules.SCHEDULE, a, "cancelled", now)
         # Their patients are told: an `exception` notice each, in this same transaction.
         await session.execute(
             update(Appointment)
             .where(Appointment.id.in_([a.id for a in affected]))
             .values(
-                status="cancelled",
-                cancelled_at=now,
-                updated_at=now,
-                cancel_reason=f"doctor unavailable ({kind})",
+                {
+                    **rules.status_columns("cancelled", now),
+                    "cancel_reason": f"doctor unavailable ({kind})",
+                }
             )
         )
         await notifications.appointments_status_changed(

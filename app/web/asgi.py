@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access.identity import load_principal
-from app.appointments import booking
+from app.appointments import commands
 from app.errors import DomainError
 from app.live import realtime
 from app.live.effects import Effects
@@ -100,7 +100,7 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
         async with engine.connect() as connection:
             await slots.prepare(connection)
             await load_principal(connection, 0)
-            await booking.warm_up(connection)
+            await commands.warm_up(connection)
             await asyncio.sleep(0.05)  # held together, so each opens its own connection
 
     try:

@@ -103,14 +103,14 @@ async def test_every_kind_of_change_is_seen_by_the_next_read(client, world, engi
 async def book_at_ten(engine, redis, world, day):
     """patient0 books 10:00 on `day` through the domain code (commit, then invalidation)."""
     from app.access.identity import Principal
-    from app.appointments import booking
-    from app.appointments.booking import BookingRules
+    from app.appointments import commands
+    from app.appointments.rules import BookingRules
     from app.live.effects import Effects
     from db.session import session_factory
 
     user = world.users["patient0"]
     async with session_factory(engine)() as writer:
-        await booking.book(
+        await commands.book(
             writer,
             Effects(redis),
             Principal(user.id, user.email, "patient", patient_id=user.patient_id),
