@@ -302,6 +302,54 @@ def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(db, tmp_path
     assert wait_until_gone(data_dir) == []
 
 
+@pytest.mark.parametrize("services", ["configured", "embedded"])
+def test_ctrl_c_in_a_terminal_stops_the_demo_quietly(db, services):
+    """A terminal's Ctrl-C reaches the whole foreground process group (`make`, the demo,
+    its web server and worker) at once. Children that stop because of it have not "exited
+    unexpectedly": the demo says nothing of the kind and exits 0, so `make run` does not
+    report an error; with embedded services (what `make run` starts) too."""
+    data_dir = tempfile.mkdtemp(prefix="mb-")  # short: an embedded Redis socket lives inside
+    env = dict(os.environ)
+    if services == "embedded":
+        env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    demo = start_process(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "--data-dir",
+            data_dir,
+            "demo",
+            "--port",
+            str(free_port()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            if "medbook is running at" in line:
+                break
+        else:
+            pytest.fail(f"demo exited with {demo.wait()} before printing its URL")
+        os.killpg(demo.pid, signal.SIGINT)  # as the terminal does: the whole group
+        _, stderr = demo.communicate(timeout=15)
+        assert demo.returncode == 0, stderr
+        assert "unexpectedly" not in stderr
+        assert "Error" not in stderr
+    finally:
+        stop_process(demo)
+        alive = wait_until_gone(data_dir)
+        for leftover in alive:
+            leftover.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert alive == []
+
+
 def test_nothing_outlives_a_demo_that_is_killed_or_whose_terminal_closes():
     """`kill` (SIGTERM) or a closed terminal (SIGHUP) stops the embedded PostgreSQL and
     Redis too, so the next run on the same data folder starts (it used to find their
