@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts
 from app.errors import DomainError
+from app.services import Services
 from app.web.guards import allow, client_addr, current_user
 from db.models import ROLES, Clinic, Doctor
 
@@ -91,7 +92,7 @@ async def update_user_api(
     """Change a user's role (with its clinic or doctor) or (de)activate them."""
     user = await accounts.update_account(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         actor_user_id=_actor(request),
         user_id=user_id,
         role=data.role,
@@ -185,7 +186,7 @@ async def update_user_page(
     try:
         await accounts.update_account(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             actor_user_id=_actor(request),
             user_id=user_id,
             role=data.role or None,

@@ -23,6 +23,7 @@ from app.access.browser_sessions import (
 )
 from app.access.rate_limit import TooManyAttempts
 from app.errors import DomainError
+from app.services import Services
 from app.settings import Settings
 from app.web.csrf import secure_cookies
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, browser_session, client_addr, current_user
@@ -33,7 +34,7 @@ Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:
-    settings: Settings = request.app.state.settings
+    settings: Settings = Services.of(request.app).settings
     return settings
 
 
@@ -53,9 +54,9 @@ async def _sign_in(
 ) -> Redirect:
     old = browser_session(request)
     if old is not None:  # a new id at every login: no session fixation
-        await end_session(request.app.state.redis, old.session_id)
+        await end_session(Services.of(request.app).redis, old.session_id)
     name = await accounts.display_name(db_session, user.id)
-    session = await create_session(request.app.state.redis, user.id, name)
+    session = await create_session(Services.of(request.app).redis, user.id, name)
     response = Redirect(safe_next(target), status_code=303)
     response.cookies.append(
         Cookie(
@@ -94,7 +95,7 @@ async def login(
     try:
         user = await accounts.authenticate(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             email=data.email,
             password=data.password,
             limits=login_limits(_settings(request)),
@@ -167,7 +168,7 @@ async def logout(request: Request[Any, Any, Any], db_session: AsyncSession) -> R
     """End the browser session."""
     session = browser_session(request)
     if session is not None:
-        await end_session(request.app.state.redis, session.session_id)
+        await end_session(Services.of(request.app).redis, session.session_id)
     user = current_user(request)
     await audit.record(
         db_session,
@@ -215,7 +216,7 @@ async def change_password(
     try:
         await accounts.change_password(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             user_id=user.id,
             current_password=data.current_password,
             new_password=data.new_password,
@@ -244,7 +245,7 @@ async def send_reset_link(
     """Make a reset token and deliver it. Email arrives with a later issue: until then the
     link is written to the server log in embedded (demo) mode only, never to the page."""
     token = await accounts.start_password_reset(
-        db_session, request.app.state.redis, email=email, client_addr=client_addr(request)
+        db_session, Services.of(request.app).redis, email=email, client_addr=client_addr(request)
     )
     if token is None:
         return
@@ -288,7 +289,7 @@ async def reset(
     try:
         await accounts.finish_password_reset(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             token=token,
             new_password=data.new_password,
             client_addr=client_addr(request),

@@ -15,7 +15,6 @@ from advanced_alchemy.extensions.litestar import (
     SQLAlchemyPlugin,
 )
 from litestar import Litestar, Request
-from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException
 from litestar.logging.config import LoggingConfig
@@ -35,11 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.access.identity import load_principal
 from app.appointments import booking
 from app.errors import DomainError
-from app.live import realtime
-from app.live.effects import Effects
-from app.live.realtime import Hub
-from app.records import documents
-from app.redis import create_redis
 from app.routes import (
     admin_pages,
     admin_queries,
@@ -56,19 +50,19 @@ from app.routes import (
     records,
     staff_pages,
 )
-from app.routes.api_analytics import AnalyticsController, analytics_services
+from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
-from app.routes.notifications_pages import NOTIFICATION_ROUTES, notification_services
+from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
-from app.scheduling.slots import SlotCache
+from app.services import start_services
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.web import csrf, page_context
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
 from app.web.security_headers import add_security_headers
-from db.session import create_engine, session_factory
+from db.session import create_engine
 
 # Static files, probes and the metrics scrape need no user, rate limit or CSRF token.
 UNGUARDED = ["^/static/", "^/health/", "^/metrics$"]
@@ -163,26 +157,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def services(app: Litestar) -> AsyncIterator[None]:
-        app.state.redis = create_redis(settings)
-        app.state.documents = documents.create_store(settings)  # one S3 client per process
-        app.state.effects = Effects(app.state.redis)
-        app.state.slot_cache = SlotCache(app.state.redis, engine)
-        hub = app.state.hub = Hub(settings.redis_url, app.state.redis, live.make_renderer(app))
-        app.state.effects.publishers.append(
-            lambda pipe, changes: hub.queue_publish(pipe, realtime.change_messages(changes))
+        started = await start_services(
+            settings, process="web", engine=engine, render=live.make_renderer(app)
         )
-        app.state.effects.schedule_publishers.append(
-            lambda pipe, days: hub.queue_publish(pipe, realtime.schedule_messages(days))
-        )
-        await hub.start()
-        await warm_pool(engine, settings.db_pool_size)
-        await warm_redis(app.state.redis, settings.db_pool_size)
+        app.state.services = started
         try:
+            await warm_pool(engine, settings.db_pool_size)
+            await warm_redis(started.redis, settings.db_pool_size)
             yield
         finally:
-            await hub.stop()
-            await app.state.redis.aclose()
-            await engine.dispose()
+            await started.stop()
+            del app.state.services
 
     return Litestar(
         debug=settings.log_level == "DEBUG",
@@ -234,12 +219,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         lifespan=[
             services,
-            analytics_services,
-            notification_services,
             metrics_lifespan,
             freeze_startup_heap,
         ],
         dependencies={
+            "services": Provide(deps.provide_services, sync_to_thread=False),
             "settings": Provide(deps.provide_settings, sync_to_thread=False),
             "effects": Provide(deps.provide_effects, sync_to_thread=False),
             "slot_cache": Provide(deps.provide_slot_cache, sync_to_thread=False),
@@ -252,7 +236,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             engine=JinjaTemplateEngine,
             engine_callback=page_context.register,
         ),
-        state=State({"settings": settings, "engine": engine, "sessions": session_factory(engine)}),
         openapi_config=OpenAPIConfig(title="medbook", version="0.1.0", path="/schema"),
     )
 
@@ -263,7 +246,7 @@ def create_proxied_app() -> ASGIApp:
     one of FORWARDED_ALLOW_IPS (uvicorn's --proxy-headers does the same)."""
     from granian.utils.proxies import wrap_asgi_with_proxy_headers
 
-    app = create_app()
+    settings = get_settings()
     return cast(
-        "ASGIApp", wrap_asgi_with_proxy_headers(app, app.state.settings.forwarded_allow_ips)
+        "ASGIApp", wrap_asgi_with_proxy_headers(create_app(settings), settings.forwarded_allow_ips)
     )
