@@ -158,6 +158,7 @@ async def test_failed_row_deletes_the_s3_object(s3_client, session, settings, en
                 record_type="note",
                 title="x",
                 max_bytes=1 << 20,
+                effects=Services.of(s3_client.app).effects,
             )
         assert await store.keys() == before
     finally:
