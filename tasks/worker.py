@@ -6,6 +6,7 @@ timeout and retry count, so a job run twice, or swept after a killed worker, is 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from saq import CronJob
@@ -51,6 +52,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 def worker_settings() -> dict[str, Any]:
     """Built on call, so settings are read only once the environment is final."""
     settings = get_settings()
+    # LOG_LEVEL decides, as in the web app (`medbook worker` starts at the CLI's level):
+    # SAQ logs each job it enqueues, runs and finishes at INFO.
+    logging.getLogger().setLevel(settings.log_level)
     return {
         "queue": create_queue(settings),
         "functions": FUNCTIONS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -16,7 +17,8 @@ from advanced_alchemy.extensions.litestar import (
 )
 from litestar import Litestar, Request
 from litestar.di import Provide
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import InternalServerException, NotAuthorizedException
+from litestar.exceptions.responses import create_exception_response
 from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -24,7 +26,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
-from litestar.types import ASGIApp
+from litestar.types import ASGIApp, Logger, Scope
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -66,6 +68,9 @@ from db.session import create_engine
 
 # Static files, probes and the metrics scrape need no user, rate limit or CSRF token.
 UNGUARDED = ["^/static/", "^/health/", "^/metrics$"]
+# What Litestar raises (as a 500) when the client hangs up before its body has arrived.
+CLIENT_GONE = "client disconnected prematurely"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for it: no one reads it, metrics count it apart
 
 
 def domain_error_handler(_: Request, exc: DomainError) -> Response[dict[str, object]]:
@@ -82,6 +87,29 @@ def overloaded_handler(_: Request, exc: Exception) -> Response[dict[str, object]
     logging.getLogger("medbook").warning("overloaded: %s", exc)
     body = {"status_code": 503, "detail": "the server is busy; try again in a moment"}
     return Response(body, status_code=503, headers={"Retry-After": "1"})
+
+
+def client_gone(exc: BaseException | None) -> bool:
+    return isinstance(exc, InternalServerException) and exc.detail == CLIENT_GONE
+
+
+def internal_error_handler(request: Request, exc: InternalServerException) -> Response[object]:
+    """A client that hung up mid-upload is no server error: 499, not 500."""
+    if client_gone(exc):
+        body = {"status_code": CLIENT_CLOSED_REQUEST, "detail": "the client closed the request"}
+        return Response(body, status_code=CLIENT_CLOSED_REQUEST)
+    return create_exception_response(request, exc)
+
+
+def log_uncaught(logger: Logger, scope: Scope, _: list[str]) -> None:
+    """Litestar's log of an unhandled exception (ERROR, with its traceback), except for a
+    client that hung up mid-request: one line at INFO, since nothing went wrong here."""
+    if client_gone(sys.exc_info()[1]):
+        logger.info("client hung up mid-request: %s %s", scope.get("method", ""), scope["path"])
+        return
+    logger.exception(
+        "Uncaught exception (connection_type=%s, path=%r):", scope["type"], scope["path"]
+    )
 
 
 async def warm_pool(engine: AsyncEngine, count: int) -> None:
@@ -210,12 +238,25 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DomainError: domain_error_handler,
             NotAuthorizedException: not_signed_in_handler,
             PoolTimeout: overloaded_handler,
+            InternalServerException: internal_error_handler,
         },
         # A 5xx is a bug: log every unhandled exception with its traceback, not only in
         # debug. An expected 4xx answer (a taken slot, a bad query, a rate limit) is not an
         # error: Litestar would log each with a traceback too, flooding the log under load.
+        # LOG_LEVEL sets the root level (Litestar's default is INFO whatever it says), so
+        # WARNING also silences SAQ's line for each job enqueued.
         logging_config=LoggingConfig(
-            log_exceptions="always", disable_stack_trace=set(range(400, 500))
+            root={"handlers": ["queue_listener"], "level": settings.log_level},
+            loggers={
+                "litestar": {
+                    "level": settings.log_level,
+                    "handlers": ["queue_listener"],
+                    "propagate": False,
+                }
+            },
+            log_exceptions="always",
+            disable_stack_trace=set(range(400, 500)),
+            exception_logging_handler=log_uncaught,
         ),
         lifespan=[
             services,
