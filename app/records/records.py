@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import audit
 from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid, NotFound
-from app.live.realtime import record_messages
+from app.live.effects import Effects
 from app.records.documents import CONTENT_TYPES, FOLDER, new_key
 from app.storage import Store as DocumentStore
 from db.models import RECORD_TYPES, Appointment, MedicalRecord, Patient
@@ -38,8 +37,6 @@ SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpg"),
 )
-
-Publish = Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]]
 
 
 class TooLarge(DomainError):
@@ -399,12 +396,13 @@ async def upload(
     record_type: str,
     title: str,
     max_bytes: int,
+    effects: Effects,
     client_addr: str | None = None,
-    publish: Publish | None = None,
 ) -> MedicalRecord:
     """Store a document and its row: the object first, then the row in one transaction;
     if the row fails the object is deleted, so neither exists without the other (a crash
-    between the two leaves an object that `sweep_strays` removes).
+    between the two leaves an object that `sweep_strays` removes). Once it is committed,
+    `effects` tells every open records panel of the patient (ids only).
 
     Raises:
         NotFound, Forbidden: unknown patient, no care relationship (no break-glass writes).
@@ -457,8 +455,7 @@ async def upload(
         await session.rollback()
         await store.delete(key)
         raise
-    if publish is not None:
-        await publish(record_messages(patient_id, record.id))
+    await effects.record_uploaded(patient_id, record.id)
     return record
 
 

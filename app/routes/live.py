@@ -8,7 +8,6 @@ import datetime as dt
 from typing import Any
 
 from litestar import WebSocket, websocket
-from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.status_codes import WS_1008_POLICY_VIOLATION
 
@@ -27,8 +26,9 @@ from app.live.realtime import (
 )
 from app.records import records
 from app.routes import views
-from app.routes.deps import provide_rules
+from app.routes.deps import booking_rules
 from app.scheduling import directory
+from app.services import Services
 from app.web.guards import allow, check_websocket_origin, current_user
 from db.models import Doctor
 
@@ -39,18 +39,18 @@ def make_renderer(app: Any) -> Any:
     """Render one event for one audience; the hub calls it once per event and audience."""
 
     async def render(channel: str, audience: str, payload: dict[str, Any]) -> str:
-        state: State = app.state
+        services = Services.of(app)
         env = views.environment(app)
         if audience == "records" and channel.startswith("records:"):
             # Ids only: each viewer's panel then reloads its list through the audited read.
             return views.render(env, "records/_refresh.html", patient_id=int(payload["patient_id"]))
         kind, ident, day = parse_channel(channel)
-        async with state.sessions() as session:
+        async with services.sessions() as session:
             if audience == "slots" and kind == "doctor":
-                rules: BookingRules = provide_rules(state)
+                rules: BookingRules = booking_rules(services.settings)
                 now = dt.datetime.now(dt.UTC)
                 _, (view,) = await boards.doctor_days(
-                    state.slot_cache, ident, day, 1, now + rules.min_notice, now + rules.horizon
+                    services.slot_cache, ident, day, 1, now + rules.min_notice, now + rules.horizon
                 )
                 return views.render(env, "patient/_day.html", day=view, oob=True)
             if audience == "board" and kind == "doctor":
@@ -61,7 +61,7 @@ def make_renderer(app: Any) -> Any:
                     return ""
                 doctor = await session.get_one(Doctor, ident)
                 _, columns = await boards.clinic_board(
-                    session, state.slot_cache, doctor.clinic_id, day
+                    session, services.slot_cache, doctor.clinic_id, day
                 )
                 return "".join(
                     views.render(env, "desk/_column.html", column=c, oob=True) for c in columns
@@ -69,7 +69,7 @@ def make_renderer(app: Any) -> Any:
             if audience == "board" and kind == "clinic":
                 doctor = await session.get_one(Doctor, int(payload["doctor_id"]))
                 column = await boards.board_column(
-                    session, state.slot_cache, doctor.id, doctor.full_name, day
+                    session, services.slot_cache, doctor.id, doctor.full_name, day
                 )
                 return views.render(env, "desk/_column.html", column=column, oob=True)
             if audience == "doctor_day" and kind == "doctor":
@@ -89,7 +89,7 @@ async def _channels(socket: WebSocket[Any, Any, Any], user: Principal) -> tuple[
     if view == "records":  # only viewers who may read this patient's records join
         try:
             patient_id = int(params.get("patient_id", ""))
-            async with socket.app.state.sessions() as session:
+            async with Services.of(socket.app).sessions() as session:
                 if await records.may_follow(session, user, patient_id):
                     return "records", [records_channel(patient_id)]
         except ValueError:
@@ -124,12 +124,14 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
     The view is rendered only after Redis has confirmed the subscriptions, so an event is
     either already in it or delivered after it.
     """
-    settings = socket.app.state.settings
+    services = Services.of(socket.app)
+    settings = services.settings
     check_websocket_origin(socket, settings)
     user = current_user(socket)
     assert user is not None  # the guard admitted a signed-in user
     audience, channels = await _channels(socket, user)
-    hub: Hub = socket.app.state.hub
+    hub = services.hub
+    assert hub is not None  # the web app serves its sockets through one
     doctors: list[int] = []
     watched = list(channels)
     if audience == "board":  # its doctors' schedule changes reshape its columns
@@ -170,14 +172,14 @@ async def _records_resync(
         after = int(socket.query_params.get("after", "0"))
     except ValueError:
         after = 0
-    async with socket.app.state.sessions() as session:
+    async with Services.of(socket.app).sessions() as session:
         missed = await records.newer_than(session, patient_id, after)
     if missed:
         subscription.offer(await hub.render(channel, "records", {"patient_id": patient_id}))
 
 
 async def _clinic_doctors(socket: WebSocket[Any, Any, Any], clinic_id: int) -> list[int]:
-    async with socket.app.state.sessions() as session:
+    async with Services.of(socket.app).sessions() as session:
         return [d.id for d in await directory.find_doctors(session, clinic_id=clinic_id)]
 
 

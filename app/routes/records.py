@@ -12,9 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid
+from app.live.effects import Effects
 from app.records import records
 from app.records.documents import CONTENT_TYPES
 from app.routes.views import message, page
+from app.services import Services
 from app.settings import Settings
 from app.storage import DiskStore
 from app.storage import Store as DocumentStore
@@ -27,7 +29,7 @@ MULTIPART_OVERHEAD = 256 * 1024
 
 
 def _store(request: Request[Any, Any, Any]) -> DocumentStore:
-    return request.app.state.documents
+    return Services.of(request.app).documents
 
 
 @get("/api/patients/{patient_id:int}/records", guards=[allow(*READERS)])
@@ -95,6 +97,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         request: Request[Any, Any, Any],
         db_session: AsyncSession,
         actor: Principal,
+        effects: Effects,
         patient_id: int,
     ) -> dict[str, Any]:
         """Multipart `file`, `record_type`, `title`: a PDF, PNG or JPEG for a patient in
@@ -109,8 +112,8 @@ def upload_routes(settings: Settings) -> list[Any]:
             record_type=record_type,
             title=title,
             max_bytes=settings.records_max_bytes,
+            effects=effects,
             client_addr=client_addr(request),
-            publish=request.app.state.hub.publish_all,
         )
         return {
             "id": record.id,
@@ -134,6 +137,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         request: Request[Any, Any, Any],
         db_session: AsyncSession,
         actor: Principal,
+        effects: Effects,
         patient_id: int,
     ) -> Response[str]:
         """The panel's upload form; the new row reaches every open panel over the socket."""
@@ -148,8 +152,8 @@ def upload_routes(settings: Settings) -> list[Any]:
                 record_type=record_type,
                 title=title,
                 max_bytes=settings.records_max_bytes,
+                effects=effects,
                 client_addr=client_addr(request),
-                publish=request.app.state.hub.publish_all,
             )
         except DomainError as exc:  # htmx swaps only 2xx: say why in the panel
             return _upload_message(request, patient_id, exc.detail, error=True)

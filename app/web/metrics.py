@@ -46,8 +46,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import text
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app.errors import DomainError
+from app.services import Services
 from app.web.guards import PUBLIC
 from db.session import observe_pool_waits
 from tasks.queue import QUEUE_NAME
@@ -223,12 +225,11 @@ def _pool_wait(seconds: float, timed_out: bool) -> None:
 
 def sync_process_values(app: Litestar) -> None:
     """Copy this process's plain counters into the metrics (only what grew since last)."""
-    state = app.state
-    seen: dict[str, int] = state.setdefault("metrics_seen", {})
-    sources = []
-    if (cache := state.get("slot_cache")) is not None:
-        sources += [("hits", cache.hits, CACHE_HITS), ("misses", cache.misses, CACHE_MISSES)]
-    if (hub := state.get("hub")) is not None:
+    services = Services.of(app)
+    seen: dict[str, int] = app.state.setdefault("metrics_seen", {})
+    cache, hub = services.slot_cache, services.hub
+    sources = [("hits", cache.hits, CACHE_HITS), ("misses", cache.misses, CACHE_MISSES)]
+    if hub is not None:
         sources.append(("pushed", hub.pushed, PUSHES))
         OPEN_SOCKETS.set(hub.open_sockets)
     for name, value, counter in sources:
@@ -236,8 +237,8 @@ def sync_process_values(app: Litestar) -> None:
         if grown > 0:
             counter.inc(grown)
         seen[name] = value
-    if (engine := state.get("engine")) is not None:
-        POOL_IN_USE.set(engine.pool.checkedout())
+    if isinstance(pool := services.engine.pool, AsyncAdaptedQueuePool):
+        POOL_IN_USE.set(pool.checkedout())
 
 
 def _multiprocess_folders(web: Path) -> list[Path]:
@@ -277,7 +278,7 @@ class _Snapshot:
 
 async def _dead_notifications(app: Litestar) -> Metric:
     family = GaugeMetricFamily(DEAD_NOTIFICATIONS, "Notifications not delivered (dead letters).")
-    async with asyncio.timeout(SCRAPE_TIMEOUT), app.state.engine.connect() as conn:
+    async with asyncio.timeout(SCRAPE_TIMEOUT), Services.of(app).engine.connect() as conn:
         # The partial index ix_notifications_dead makes this an index-only count.
         count = await conn.scalar(text("SELECT count(*) FROM notifications WHERE status = 'dead'"))
     family.add_metric([], int(count or 0))
@@ -286,7 +287,7 @@ async def _dead_notifications(app: Litestar) -> Metric:
 
 async def _queue_jobs(app: Litestar) -> Metric:
     family = GaugeMetricFamily(QUEUE_JOBS, "SAQ jobs waiting and running.", labels=["state"])
-    redis = app.state.redis
+    redis: Any = Services.of(app).redis  # redis-py's stubs mix its sync and async types
     async with asyncio.timeout(SCRAPE_TIMEOUT):
         queued = await redis.llen(f"saq:{QUEUE_NAME}:queued")
         active = await redis.llen(f"saq:{QUEUE_NAME}:active")
@@ -325,9 +326,9 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
     """Keep per-process values fresh between requests; retire this process's live gauges
     on shutdown, so a stopped worker's sockets and connections stop counting."""
-    settings = app.state.settings
-    POOL_SIZE.set(settings.db_pool_size + settings.db_max_overflow)
-    observe_pool_waits(app.state.engine, _pool_wait)
+    services = Services.of(app)
+    POOL_SIZE.set(services.settings.db_pool_size + services.settings.db_max_overflow)
+    observe_pool_waits(services.engine, _pool_wait)
 
     async def refresh() -> None:
         while True:
@@ -338,7 +339,7 @@ async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        observe_pool_waits(app.state.engine, None)
+        observe_pool_waits(services.engine, None)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -7,6 +7,7 @@ import pytest
 
 import app.scheduling.slots as slots_module
 from app.scheduling.slots import SlotCache, compute_days, load_doctor_days
+from app.services import Services
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -171,7 +172,7 @@ async def test_a_cache_hit_costs_one_redis_round_trip(client, world, engine):
     and the rate count: a hit sends one command to Redis, and answers the truth."""
     day = day_after_tomorrow()
     await served(client, world, day)  # caches the Principal and the day
-    redis = client.app.state.redis
+    redis = Services.of(client.app).redis
     original, sent = redis.execute_command, []
 
     async def recording(*args, **kwargs):

@@ -18,8 +18,10 @@ from sqlalchemy import func, select, text
 
 from app.access import audit
 from app.access.identity import Principal
+from app.live.effects import Effects
 from app.records import records
 from app.records.documents import FOLDER
+from app.services import Services
 from app.storage import URL_SECONDS, DiskStore
 from app.web.asgi import create_app
 from db.models import Appointment, AuditEvent, MedicalRecord, User
@@ -74,7 +76,7 @@ async def rw(client, session, settings) -> RecordsWorld:
     await add_appointment(session, world, care, "booked", 9)
     await add_appointment(session, world, cancelled, "cancelled", 10)
     await add_appointment(session, world, no_show, "no_show", 11)
-    return RecordsWorld(world, care, cancelled, no_show, client.app.state.documents)
+    return RecordsWorld(world, care, cancelled, no_show, Services.of(client.app).documents)
 
 
 async def upload(
@@ -343,7 +345,7 @@ async def test_size_limit_from_settings(db, redis, settings, session):
         huge = await upload(client, doctor, world.patients[0], data=PDF + b"0" * 2_000_000)
         assert huge.status_code == 413
         # Other routes keep the app-wide 1 MiB limit; this one accepts 20 MB by default.
-        store = app.state.documents
+        store = Services.of(app).documents
         assert len(await stored_files(store)) == 1
     assert settings.records_max_bytes == 20 * 1024 * 1024
 
@@ -354,7 +356,7 @@ async def test_default_limit_accepts_a_five_megabyte_scan(client, rw):
     assert created.status_code == 201 and created.json()["size"] == len(big)
 
 
-async def test_a_failing_row_leaves_no_object(rw, session, engine):
+async def test_a_failing_row_leaves_no_object(rw, session, engine, redis):
     """The object is written first; when the row's transaction fails, it is deleted."""
     async with engine.begin() as conn:
         await conn.execute(
@@ -386,6 +388,7 @@ async def test_a_failing_row_leaves_no_object(rw, session, engine):
                 record_type="note",
                 title="Never stored",
                 max_bytes=1 << 20,
+                effects=Effects(redis),
             )
         assert await stored_files(rw.store) == []
         assert await session.scalar(select(func.count()).select_from(MedicalRecord)) == 0

@@ -11,6 +11,7 @@ from sqlalchemy import event, func, select, text
 from app.access import audit
 from app.access.identity import Principal
 from app.records import records
+from app.services import Services
 from db.models import AuditEvent, MedicalRecord
 from db.session import session_factory
 from tests.integration.test_records import add_appointment
@@ -77,7 +78,7 @@ async def audit_rows(engine) -> list[AuditEvent]:
 async def test_a_list_is_one_autocommit_statement_committed_before_it_returns(
     db, world, seen, client
 ):
-    store = client.app.state.documents
+    store = Services.of(client.app).documents
     async with session_factory(db)() as session:
         grant, items = await records.list_records(
             session, store, doctor(world), world.patients[0], client_addr="10.0.0.7"
@@ -102,7 +103,7 @@ async def test_a_list_is_one_autocommit_statement_committed_before_it_returns(
 
 
 async def test_the_api_and_the_panel_run_the_same_statement(world, client):
-    seen = watch(client.app.state.engine)
+    seen = watch(Services.of(client.app).engine)
     doctor_headers = world.headers("doctor")
     api = await client.get(f"/api/patients/{world.patients[0]}/records", headers=doctor_headers)
     panel = await client.get(f"/patients/{world.patients[0]}/records", headers=doctor_headers)
@@ -112,7 +113,7 @@ async def test_the_api_and_the_panel_run_the_same_statement(world, client):
 
 
 async def test_a_refused_read_writes_nothing(db, world, client):
-    store = client.app.state.documents
+    store = Services.of(client.app).documents
     async with session_factory(db)() as session:
         with pytest.raises(records.BreakGlassRequired):
             await records.list_records(session, store, doctor(world), world.patients[1])
@@ -124,7 +125,7 @@ async def test_a_refused_read_writes_nothing(db, world, client):
 
 
 async def test_break_glass_is_flagged_with_its_reason(db, world, client):
-    store = client.app.state.documents
+    store = Services.of(client.app).documents
     async with session_factory(db)() as session:
         grant, items = await records.list_records(
             session, store, doctor(world), world.patients[1], reason="  covering for Dr. Who  "
@@ -142,7 +143,7 @@ async def test_break_glass_is_flagged_with_its_reason(db, world, client):
 
 
 async def test_a_caller_in_a_transaction_commits_its_change_with_the_read(db, world, client):
-    store = client.app.state.documents
+    store = Services.of(client.app).documents
     async with session_factory(db)() as session:
         await session.execute(
             text("UPDATE patients SET phone = '+4930123' WHERE id = :id"), {"id": world.patients[0]}
