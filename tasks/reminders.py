@@ -308,7 +308,7 @@ async def send_notifications(
                     dead = await _failed(conn, queue, settings, item, failure, lease)
                     counts["dead" if dead else "failed"] += 1
                     if breaker is not None and not failure.permanent:
-                        await breaker.failure(time.time())
+                        await breaker.failure(time.time(), str(failure))
                 else:
                     await notifications.mark_sent(conn, item, provider_id, _now())
                     counts["sent"] += 1

@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import DomainError
 from app.live.effects import AppointmentChange
 from app.notifications import notifications
+from app.notifications.breaker import PROVIDERS, BreakerState, read_state
+from app.settings import Settings
 from app.web.guards import allow, client_addr, current_user
 from db.models import DevMessage
 from tasks.queue import create_queue
@@ -164,13 +166,36 @@ async def discard_api(
 
 
 @get("/admin/notifications", guards=ADMIN, include_in_schema=False)
-async def undelivered_page(db_session: AsyncSession, before: str = "", done: str = "") -> Template:
-    """The undelivered messages, newest first, each with retry and discard."""
+async def undelivered_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    settings: Settings,
+    now: dt.datetime,
+    before: str = "",
+    done: str = "",
+) -> Template:
+    """Each provider's circuit breaker, and the undelivered messages, newest first, each
+    with retry and discard."""
     before_id = int(before) if before.isdigit() else None
     rows = await notifications.list_undelivered(db_session, before_id=before_id, limit=PAGE_SIZE)
+    configured = {"email": bool(settings.smtp_host), "sms": bool(settings.sms_api_url)}
+    breakers: list[BreakerState] | None = None
+    try:
+        breakers = [
+            await read_state(request.app.state.redis, name, now.timestamp()) for name in PROVIDERS
+        ]
+    except RedisError as exc:  # the page still lists what is undelivered
+        log.warning("breaker state unavailable: %s", exc)
     return Template(
         "notifications/undelivered.html",
-        context={"rows": rows, "more": len(rows) == PAGE_SIZE, "done": done},
+        context={
+            "rows": rows,
+            "more": len(rows) == PAGE_SIZE,
+            "done": done,
+            "breakers": breakers,
+            "configured": configured,
+            "settings": settings,
+        },
     )
 
 
