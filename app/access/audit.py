@@ -30,6 +30,8 @@ PASSWORD_RESET_REQUESTED = "password.reset_requested"  # noqa: S105
 PASSWORD_RESET = "password.reset"  # noqa: S105
 BREAK_GLASS = "records.break_glass"
 RECORD_READ = "records.read"
+SCHEDULE_EXCEPTION_CHANGED = "schedule_exception.changed"
+SCHEDULE_EXCEPTION_WITHDRAWN = "schedule_exception.withdrawn"
 
 # What a patient's access log shows: reads of their records by someone else.
 RECORD_ACCESS_ACTIONS = (RECORD_READ, BREAK_GLASS)
