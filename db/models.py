@@ -39,6 +39,8 @@ EXCEPTION_KINDS = ("leave", "holiday", "closure", "other")
 NOTIFICATION_CHANNELS = ("email", "sms")
 NOTIFICATION_KINDS = ("confirmation", "reminder_24h", "reminder_1h", "cancellation", "exception")
 NOTIFICATION_STATUSES = ("pending", "queued", "sent", "dead", "void")
+# A clinic's name as compared for uniqueness: no case, no spaces (uq_clinics_name_key).
+CLINIC_NAME_KEY = r"lower(regexp_replace(name, '\s+', '', 'g'))"
 RECORD_TYPES = ("lab_result", "prescription", "imaging", "referral", "note", "other")
 
 
@@ -74,6 +76,11 @@ def _created_at() -> Mapped[dt.datetime]:
 
 class Clinic(Base):
     __tablename__ = "clinics"
+    __table_args__ = (
+        # Two clinics may not share a name, compared without case and spaces: a patient
+        # choosing "Praxis Mitte" must know which one it is (app/scheduling/directory.py).
+        Index("uq_clinics_name_key", text(CLINIC_NAME_KEY), unique=True),
+    )
 
     id: Mapped[int] = _id()
     name: Mapped[str]

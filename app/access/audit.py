@@ -35,6 +35,8 @@ TOTP_REQUIRED = "totp.required"
 RECOVERY_CODE_USED = "totp.recovery_code_used"
 BREAK_GLASS = "records.break_glass"
 RECORD_READ = "records.read"
+SCHEDULE_EXCEPTION_CHANGED = "schedule_exception.changed"
+SCHEDULE_EXCEPTION_WITHDRAWN = "schedule_exception.withdrawn"
 
 # What a patient's access log shows: reads of their records by someone else.
 RECORD_ACCESS_ACTIONS = (RECORD_READ, BREAK_GLASS)

@@ -6,11 +6,12 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access import audit
 from app.appointments import rules
-from app.errors import Invalid, NotFound
+from app.errors import Conflict, Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
 from app.notifications import planning as notifications
 from app.scheduling.slots import local_days
@@ -156,12 +157,7 @@ async def add_exception(
     Returns:
         The exception and the active appointments it overlaps.
     """
-    if kind not in EXCEPTION_KINDS:
-        raise Invalid(f"kind must be one of {', '.join(EXCEPTION_KINDS)}")
-    if starts_at.tzinfo is None or ends_at.tzinfo is None:
-        raise Invalid("starts_at and ends_at must include a UTC offset")
-    if ends_at <= starts_at:
-        raise Invalid("ends_at must be after starts_at")
+    _check_window(kind, starts_at, ends_at)
     clinic = await session.get(Clinic, clinic_id)
     if clinic is None:
         raise NotFound(f"clinic {clinic_id} does not exist")
@@ -171,19 +167,7 @@ async def add_exception(
         if doctor is None or doctor.clinic_id != clinic_id:
             raise NotFound(f"doctor {doctor_id} does not exist")
         scope = Appointment.doctor_id == doctor_id
-    affected = list(
-        await session.scalars(
-            select(Appointment)
-            .where(
-                scope,
-                Appointment.status.in_(rules.sources("cancelled")),
-                Appointment.starts_at < ends_at,
-                Appointment.ends_at > starts_at,
-            )
-            .order_by(Appointment.starts_at)
-            .with_for_update()
-        )
-    )
+    affected = await _covered(session, scope, starts_at, ends_at)
     if preview:
         for appointment in affected:  # a rollback expires what the session holds
             session.expunge(appointment)
@@ -239,3 +223,176 @@ async def add_exception(
             ]
         )
     return ExceptionResult(exception, affected, cancelled=cancel)
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionEdit:
+    """What an admin changes in leave or a closure: None keeps a field, a note of "" clears
+    it."""
+
+    kind: str | None = None
+    starts_at: dt.datetime | None = None
+    ends_at: dt.datetime | None = None
+    note: str | None = None
+
+
+async def change_exception(
+    session: AsyncSession,
+    effects: Effects,
+    *,
+    exception_id: int,
+    doctor_id: int,
+    edit: ExceptionEdit,
+    actor_id: int | None,
+    preview: bool,
+    now: dt.datetime,
+) -> ExceptionResult:
+    """Change the dates, kind or note of a doctor's leave that is not over yet. Commits
+    unless preview; audited.
+
+    Bookings in the new time are reported, never cancelled: a longer leave over booked
+    appointments is for the front desk to settle, as when leave is added.
+
+    Returns:
+        The changed exception and the active appointments its new time overlaps.
+
+    Raises:
+        NotFound: no such exception of this doctor.
+        Conflict: it is over; its record stays as it was.
+    """
+    exception, timezone = await _planned(session, exception_id, doctor_id, now)
+    before = (exception.starts_at, exception.ends_at)
+    kind = edit.kind or exception.kind
+    starts_at = edit.starts_at or exception.starts_at
+    ends_at = edit.ends_at or exception.ends_at
+    note = exception.note if edit.note is None else edit.note.strip() or None
+    _check_window(kind, starts_at, ends_at)
+    affected = await _covered(session, Appointment.doctor_id == doctor_id, starts_at, ends_at)
+    if preview:
+        for appointment in affected:
+            session.expunge(appointment)
+        await session.rollback()
+        return ExceptionResult(None, affected, cancelled=False)
+    changes = {
+        name: [_text(old), _text(new)]
+        for name, old, new in (
+            ("kind", exception.kind, kind),
+            ("starts_at", exception.starts_at, starts_at),
+            ("ends_at", exception.ends_at, ends_at),
+            ("note", exception.note, note),
+        )
+        if old != new
+    }
+    exception.kind, exception.starts_at, exception.ends_at = kind, starts_at, ends_at
+    exception.note = note
+    await audit.record(
+        session,
+        actor_user_id=actor_id,
+        action=audit.SCHEDULE_EXCEPTION_CHANGED,
+        subject_type="schedule_exception",
+        subject_id=exception.id,
+        details={"doctor_id": doctor_id, **changes},
+    )
+    await session.commit()
+    days = sorted(
+        set(local_days(*before, timezone)) | set(local_days(starts_at, ends_at, timezone))
+    )
+    await effects.schedule_changed([(doctor_id, day) for day in days])
+    return ExceptionResult(exception, affected, cancelled=False)
+
+
+async def withdraw_exception(
+    session: AsyncSession,
+    effects: Effects,
+    *,
+    exception_id: int,
+    doctor_id: int,
+    actor_id: int | None,
+    now: dt.datetime,
+) -> None:
+    """Withdraw a doctor's leave that is not over: its slots reopen. Commits; audited with
+    what was withdrawn.
+
+    Raises:
+        NotFound: no such exception of this doctor.
+        Conflict: it is over; its record stays.
+    """
+    exception, timezone = await _planned(session, exception_id, doctor_id, now)
+    days = local_days(exception.starts_at, exception.ends_at, timezone)
+    await audit.record(
+        session,
+        actor_user_id=actor_id,
+        action=audit.SCHEDULE_EXCEPTION_WITHDRAWN,
+        subject_type="schedule_exception",
+        subject_id=exception.id,
+        details={
+            "doctor_id": doctor_id,
+            "kind": exception.kind,
+            "starts_at": _text(exception.starts_at),
+            "ends_at": _text(exception.ends_at),
+            "note": exception.note,
+        },
+    )
+    await session.delete(exception)
+    await session.commit()
+    await effects.schedule_changed([(doctor_id, day) for day in days])
+
+
+def _check_window(kind: str, starts_at: dt.datetime, ends_at: dt.datetime) -> None:
+    if kind not in EXCEPTION_KINDS:
+        raise Invalid(f"kind must be one of {', '.join(EXCEPTION_KINDS)}")
+    if starts_at.tzinfo is None or ends_at.tzinfo is None:
+        raise Invalid("starts_at and ends_at must include a UTC offset")
+    if ends_at <= starts_at:
+        raise Invalid("ends_at must be after starts_at")
+
+
+async def _covered(
+    session: AsyncSession,
+    scope: ColumnElement[bool],
+    starts_at: dt.datetime,
+    ends_at: dt.datetime,
+) -> list[Appointment]:
+    """The appointments in `scope` overlapping the time that leave may cancel (by the
+    state machine), locked until commit."""
+    return list(
+        await session.scalars(
+            select(Appointment)
+            .where(
+                scope,
+                Appointment.status.in_(rules.sources("cancelled")),
+                Appointment.starts_at < ends_at,
+                Appointment.ends_at > starts_at,
+            )
+            .order_by(Appointment.starts_at)
+            .with_for_update()
+        )
+    )
+
+
+async def _planned(
+    session: AsyncSession, exception_id: int, doctor_id: int, now: dt.datetime
+) -> tuple[ScheduleException, str]:
+    """The doctor's exception (locked) with its clinic's time zone, if it is not over."""
+    row = (
+        await session.execute(
+            select(ScheduleException, Clinic.timezone)
+            .join(Clinic, Clinic.id == ScheduleException.clinic_id)
+            .where(
+                ScheduleException.id == exception_id,
+                ScheduleException.doctor_id == doctor_id,
+            )
+            .with_for_update(of=ScheduleException)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"exception {exception_id} does not exist here")
+    exception, timezone = row
+    if exception.ends_at <= now:
+        raise Conflict("this time off is over and stays on record; it cannot be changed")
+    return exception, timezone
+
+
+def _text(value: object) -> object:
+    """An audit detail: instants in UTC, so a change of offset alone is not a change."""
+    return value.astimezone(dt.UTC).isoformat() if isinstance(value, dt.datetime) else value
