@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from app.analytics.analytics import day_chunks, refresh_days
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.passwords import hash_password
+from app.analytics.rollups import day_chunks, refresh_days
 from app.scheduling.availability import Interval, TemplateRange, day_grid
 from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User
 
