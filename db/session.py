@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     async_sessionmaker,
     create_async_engine,
@@ -213,6 +214,23 @@ async def driver_fetchrow(engine: AsyncEngine, query: str, *args: Any) -> Any:
         await greenlet_spawn(pooled.close)  # back to the pool (or, invalidated, dropped)
     _log_if_slow(_slow_query_ms(engine), started, query)
     return row
+
+
+async def driver_fetchmany(connection: AsyncConnection, query: str, args: list[tuple]) -> list:
+    """The rows of one statement run once per tuple of `args`, sent together straight
+    through asyncpg on `connection`: one round trip, and one transaction (the connection's
+    own, or PostgreSQL's implicit one around the batch, committed at its end). Each run
+    takes a fresh snapshot (READ COMMITTED). The slow-query log applies.
+
+    Args:
+        query: SQL with asyncpg's $1, $2 ... placeholders.
+    """
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    started = time.perf_counter()
+    rows = await driver.fetchmany(query, args)
+    _log_if_slow(_slow_query_ms(connection.engine), started, query)
+    return rows
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:

@@ -17,15 +17,16 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+import asyncpg
+from sqlalchemy import literal_column, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.appointments.queries import nearest_free, visible
 from app.appointments.rules import BookingRules
-from app.appointments.statements import BOOKING_FACTS_SQL, INSERT_BOOKING_SQL
+from app.appointments.statements import BOOK_SQL, BOOKING_FACTS_SQL, held_lock
 from app.errors import Conflict, Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
 from app.notifications import planning as notifications
@@ -34,10 +35,10 @@ from app.scheduling.slots import (
     DOCTOR_DAYS_COLUMNS,
     DoctorDays,
     doctor_days_from_row,
-    load_doctor_days,
     local_days,
 )
 from db.models import Appointment, Clinic
+from db.session import driver_fetchmany
 
 MAX_BULK = 500
 
@@ -49,28 +50,26 @@ class BookingResult:
     replayed: bool  # an Idempotency-Key retry answered with the original booking
 
 
-def _constraint(exc: DBAPIError) -> str | None:
-    cause = getattr(exc.orig, "__cause__", None)
-    return getattr(cause, "constraint_name", None)
+def _server_error(exc: Exception) -> Any:
+    """PostgreSQL's error as asyncpg raised it, also from inside SQLAlchemy's wrapper."""
+    return getattr(exc.orig, "__cause__", None) if isinstance(exc, DBAPIError) else exc
 
 
-def _lost_the_slot(exc: DBAPIError) -> bool:
+def _constraint(exc: Exception) -> str | None:
+    return getattr(_server_error(exc), "constraint_name", None)
+
+
+def _lost_the_slot(exc: Exception) -> bool:
     """The write lost a contested slot: the exclusion constraint refused it, or PostgreSQL
     broke a deadlock between two writers each waiting on the other's exclusion check (this
     happens when concurrent inserts conflict; the survivor holds the slot)."""
-    cause = getattr(exc.orig, "__cause__", None)
-    return _constraint(exc) == "no_overlap" or getattr(cause, "sqlstate", None) == "40P01"
+    sqlstate = getattr(_server_error(exc), "sqlstate", None)
+    return _constraint(exc) == "no_overlap" or sqlstate == "40P01"
 
 
 def _request_hash(doctor_id: int, start: dt.datetime, patient_id: int, reason: str | None) -> str:
     text = f"{doctor_id}|{start.astimezone(dt.UTC).isoformat()}|{patient_id}|{reason or ''}"
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-async def _load_around(session: AsyncSession, doctor_id: int, start: dt.datetime) -> DoctorDays:
-    return await load_doctor_days(
-        session, doctor_id, start - dt.timedelta(days=1), start + dt.timedelta(days=1)
-    )
 
 
 async def _taken(
@@ -140,36 +139,29 @@ async def warm_up(connection: AsyncConnection) -> None:
     connection's first booking otherwise pays for preparing them and for its backend's
     cold catalog caches (10-25 ms more, measured), which lands in booking's p99. The
     insert ends where it starts, so its check constraint refuses it (inside a savepoint)
-    before the exclusion constraint is consulted: prepared, nothing written or locked.
-    (A refused insert that reached the exclusion constraint would make the pool's ten
-    warm-ups wait on each other.)"""
+    before the exclusion constraint is consulted: prepared, nothing written. (A refused
+    insert that reached the exclusion constraint, or one lock for all, would make the
+    pool's ten warm-ups wait on each other: each locks a patient id of its own, its
+    backend's negated pid.)"""
     now = dt.datetime.now(dt.UTC)
     with suppress(NotFound):
         await _booking_facts(connection, 0, now, 0, now)
-    nothing = {
-        "doctor_id": 0,
-        "patient_id": 0,
-        "clinic_id": 0,
-        "starts_at": now,
-        "ends_at": now,  # fails the end-after-start check before any index is touched
-        "reason": None,
-        "idempotency_key": None,
-        "idempotency_hash": None,
-        "booked_by": None,
-        "channel": None,
-        "kinds": [],
-        "dues": [],
-    }
-    with suppress(IntegrityError):
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    patient = -driver.get_server_pid()
+    empty: list[Any] = []
+    # starts_at == ends_at fails the end-after-start check before any index is touched
+    nothing = (0, patient, 0, now, now, None, None, None, None, None, empty, empty, 1, now)
+    with suppress(asyncpg.CheckViolationError):
         async with connection.begin_nested():
-            await connection.execute(INSERT_BOOKING_SQL, nothing)
+            await driver_fetchmany(connection, BOOK_SQL, [(*nothing, False), (*nothing, True)])
 
 
 async def _one_statement_session(session: AsyncSession) -> None:
     """Run this request's statements in autocommit mode when nothing else has begun a
-    transaction on the session: a booking is one atomic statement, and BEGIN and COMMIT
-    would be two more round trips. (A caller that already began one keeps it; the final
-    commit then commits it.)"""
+    transaction on the session: a booking's write is one batch that PostgreSQL runs in
+    a transaction of its own, and BEGIN and COMMIT would be two more round trips. (A
+    caller that already began one keeps it; the final commit then commits it.)"""
     if not session.in_transaction():
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
@@ -190,7 +182,10 @@ async def book(
     """Book one slot. Commits, then runs the after-commit effects.
 
     Two round trips to PostgreSQL: what the checks need (doctor's days, patient), then
-    the booking with its outbox rows as one atomic statement.
+    the booking with its outbox rows, atomically (`statements.BOOK_SQL`). The second
+    takes a lock on the patient's bookings with this doctor and counts them under it, so
+    parallel requests cannot take a patient past the limit; concurrent retries with one
+    Idempotency-Key queue on the same lock and get the first one's booking.
 
     Args:
         actor: who is booking (a patient for themself, or staff for `patient_id`).
@@ -223,32 +218,33 @@ async def book(
     booking_rules.check_bookable(data, slot, rules, now)
     booking_rules.check_room_for_one_more(facts.held, rules)
     planned = notifications.plan(slot.start, data.timezone, now) if facts.channel else []
+    values = (
+        doctor_id,
+        target,
+        data.clinic_id,
+        slot.start,
+        slot.end,
+        reason,
+        idempotency_key,
+        digest if idempotency_key else None,
+        actor.id,
+        facts.channel,
+        [p.kind for p in planned],
+        [p.due_at for p in planned],
+        rules.max_future_per_doctor,
+        now,
+    )
     try:
-        row = (
-            await session.execute(
-                INSERT_BOOKING_SQL,
-                {
-                    "doctor_id": doctor_id,
-                    "patient_id": target,
-                    "clinic_id": data.clinic_id,
-                    "starts_at": slot.start,
-                    "ends_at": slot.end,
-                    "reason": reason,
-                    "idempotency_key": idempotency_key,
-                    "idempotency_hash": digest if idempotency_key else None,
-                    "booked_by": actor.id,
-                    "channel": facts.channel,
-                    "kinds": [p.kind for p in planned],
-                    "dues": [p.due_at for p in planned],
-                },
-            )
-        ).one()
+        rows = await driver_fetchmany(
+            await session.connection(), BOOK_SQL, [(*values, False), (*values, True)]
+        )
         await session.commit()
-    except DBAPIError as exc:
+    except asyncpg.PostgresError as exc:
         await session.rollback()
         if _lost_the_slot(exc):
             raise await _taken(session, doctor_id, slot.start, rules, now) from None
-        # A concurrent retry with the same key won the race: answer as it did.
+        # The same key with another body, booked at this moment (another doctor, so not
+        # queued behind this one on the lock): answer as a later retry would.
         if (
             _constraint(exc) == "uq_appointments_idempotency"
             and idempotency_key
@@ -256,7 +252,13 @@ async def book(
         ):
             return replay
         raise
-    appointment = Appointment(**row._mapping)
+    if not rows:  # counted under the lock: parallel bookings got there first
+        raise booking_rules.over_the_limit(rules)
+    columns = dict(rows[0])
+    replayed = columns.pop("replayed")
+    appointment = Appointment(**columns)
+    if replayed:  # a retry queued behind its first attempt: answer as it did
+        return _replayed(appointment, digest, data.timezone)
     await effects.appointments_changed([_change(appointment, data.timezone, "booked")])
     return BookingResult(appointment, data.timezone, replayed=False)
 
@@ -269,26 +271,36 @@ async def _replay(
             Appointment.booked_by == actor.id, Appointment.idempotency_key == key
         )
     )
-    if existing is None:
-        return None
-    if existing.idempotency_hash != digest:
+    return None if existing is None else _replayed(existing, digest, timezone)
+
+
+def _replayed(earlier: Appointment, digest: str, timezone: str) -> BookingResult:
+    """The booking made earlier under the request's key, if the request is the same."""
+    if earlier.idempotency_hash != digest:
         raise Invalid("this Idempotency-Key was already used for a different booking")
-    return BookingResult(existing, timezone, replayed=True)
+    return BookingResult(earlier, timezone, replayed=True)
 
 
 async def _locked_with_timezone(
-    session: AsyncSession, actor: Principal, appointment_id: int
+    session: AsyncSession, actor: Principal, appointment_id: int, *, held: bool = False
 ) -> tuple[Appointment, str]:
     """The visible appointment, locked for a change, with its clinic's time zone (read in
-    the same statement: asking afterwards cost a transaction of its own per change)."""
-    row = (
-        await session.execute(
-            select(Appointment, Clinic.timezone)
-            .join(Clinic, Clinic.id == Appointment.clinic_id)
-            .where(Appointment.id == appointment_id, visible(actor))
-            .with_for_update(of=Appointment)
-        )
-    ).one_or_none()
+    the same statement: asking afterwards cost a transaction of its own per change).
+
+    Args:
+        held: also take the lock on what its patient holds with its doctor, as booking
+            does, so that statements after this one count their bookings race-free.
+    """
+    query = (
+        select(Appointment, Clinic.timezone)
+        .join(Clinic, Clinic.id == Appointment.clinic_id)
+        .where(Appointment.id == appointment_id, visible(actor))
+        .with_for_update(of=Appointment)
+    )
+    if held:
+        lock = held_lock("appointments.patient_id", "appointments.doctor_id")
+        query = query.add_columns(literal_column(lock))
+    row = (await session.execute(query)).one_or_none()
     if row is None:
         raise NotFound(f"appointment {appointment_id} not found")
     return row[0], row[1]
@@ -307,6 +319,8 @@ async def reschedule(
     """Move a booked appointment to another slot of the same doctor, atomically.
 
     Either the new slot is taken and the old one freed in one commit, or nothing changes.
+    A booking that has already begun counts toward the patient's limit again once moved
+    into the future, so the move counts under the same lock as booking.
 
     Raises:
         Conflict: the new slot is taken (with alternatives); the appointment is unchanged.
@@ -317,11 +331,15 @@ async def reschedule(
     if start.tzinfo is None:
         raise Invalid("start must include a UTC offset")
     start = start.astimezone(dt.UTC)
-    appointment, _ = await _locked_with_timezone(session, actor, appointment_id)
+    appointment, _ = await _locked_with_timezone(session, actor, appointment_id, held=True)
     booking_rules.check_reschedule(actor.role, appointment.status)
-    data = await _load_around(session, appointment.doctor_id, start)
+    data, facts = await _booking_facts(
+        session, appointment.doctor_id, start, appointment.patient_id, now
+    )
+    assert facts is not None  # the appointment's patient
     slot = booking_rules.find_slot(data, start)
     booking_rules.check_bookable(data, slot, rules, now)
+    booking_rules.check_room_to_move(facts.held, appointment.starts_at, now, rules)
     old = Interval(appointment.starts_at, appointment.ends_at)
     doctor_id = appointment.doctor_id  # read now: after a rollback the object is expired
     appointment.starts_at, appointment.ends_at = slot.start, slot.end

@@ -187,7 +187,21 @@ def check_room_for_one_more(held: int, rules: BookingRules) -> None:
     """Raises Invalid when a patient holding `held` future bookings with a doctor may not
     take another one with them."""
     if held >= rules.max_future_per_doctor:
-        raise Invalid(
-            f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
-            "with one doctor"
-        )
+        raise over_the_limit(rules)
+
+
+def check_room_to_move(
+    held: int, starts_at: dt.datetime, now: dt.datetime, rules: BookingRules
+) -> None:
+    """Raises Invalid when moving a booking that starts at `starts_at` to a future slot
+    would take the patient past the limit: only one that has already begun (not counted
+    in `held`, their future bookings with the doctor) adds to what they hold."""
+    if starts_at <= now:
+        check_room_for_one_more(held, rules)
+
+
+def over_the_limit(rules: BookingRules) -> Invalid:
+    return Invalid(
+        f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
+        "with one doctor"
+    )

@@ -221,3 +221,13 @@ def test_a_patient_holds_at_most_the_limit_with_one_doctor():
     for held in (3, 4):
         with pytest.raises(Invalid, match="at most 3 future appointments"):
             rules.check_room_for_one_more(held, BOOKING)
+
+
+def test_a_move_adds_to_what_is_held_only_for_a_booking_already_begun():
+    future, begun = NOON + dt.timedelta(hours=1), NOON - dt.timedelta(minutes=10)
+    for held in (3, 5):  # at or over the limit: a future booking still moves
+        rules.check_room_to_move(held, future, NOON, BOOKING)
+    rules.check_room_to_move(2, begun, NOON, BOOKING)
+    for starts_at in (begun, NOON):
+        with pytest.raises(Invalid, match="at most 3 future appointments"):
+            rules.check_room_to_move(3, starts_at, NOON, BOOKING)
