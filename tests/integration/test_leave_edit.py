@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from app.access import audit
+from app.services import Services
 from db.models import Appointment, AuditEvent, ScheduleException
 from tests.integration.auth_helpers import browser_login, csrf_from
 from tests.integration.test_availability_cache import served, truth
@@ -25,7 +26,7 @@ async def world(session, settings):
 def touched(client):
     """The (doctor, day) pairs every schedule change invalidates and announces."""
     seen: list[tuple[int, dt.date]] = []
-    client.app.state.effects.schedule_publishers.append(lambda pipe, days: seen.extend(days))
+    Services.of(client.app).effects.schedule_publishers.append(lambda pipe, days: seen.extend(days))
     return seen
 
 
