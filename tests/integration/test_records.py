@@ -200,8 +200,21 @@ async def test_who_may_list_whose_records(client, rw, session, who, patient, rea
         assert event.action == (audit.BREAK_GLASS if reason else audit.RECORD_READ)
         if reason:
             assert event.details["reason"] == reason
+    elif expected == 401:
+        assert new == []  # nobody to name: the guard answers before any read
     else:
-        assert new == []  # a refused read issues no URL and leaves no read event
+        # A refused read issues no URL and no read event, but leaves its own trace.
+        (event,) = new
+        why = {"desk": "wrong_role", "other_desk": "wrong_role", "patient0": "not_own"}
+        assert event.action == audit.RECORD_REFUSED
+        assert event.actor_user_id == rw.world.users[who].id
+        assert event.details["asked_patient_id"] == ids[patient]
+        assert event.details["reason"] == (
+            "not_found" if patient == "unknown" else why.get(who, "not_in_care")
+        )
+        # The patient column only names a patient who exists (a foreign key).
+        assert event.patient_id == (None if patient == "unknown" else ids[patient])
+        assert event.flagged is (who != "doctor" and who != "admin")
     if expected == 403 and who == "doctor":
         assert "break-glass" in response.json()["detail"]
 
@@ -473,8 +486,14 @@ async def test_doctor_day_opens_the_panel_and_uploads_from_it(client, rw, sessio
         f"/patients/{rw.cancelled}/records", params={"break_glass_reason": REASON}, headers=hx
     )
     assert "logged and flagged" in opened.text and "Upload a document" not in opened.text
-    page_reads = [e for e in await events(session) if e.details.get("via") == "page"]
-    assert len(page_reads) == 3 and page_reads[-1].flagged
+    page_events = [e for e in await events(session) if e.details.get("via") == "page"]
+    assert [e.action for e in page_events] == [
+        audit.RECORD_READ,
+        audit.RECORD_READ,
+        audit.RECORD_REFUSED,  # the break-glass form: refused until a reason is given
+        audit.BREAK_GLASS,
+    ]
+    assert page_events[-1].flagged
 
 
 async def test_patient_sees_own_records_page_and_desk_never(client, rw):
