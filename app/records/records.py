@@ -359,7 +359,7 @@ async def _read(
     if the_grant.basis != first.basis:  # never hand out a URL without its audit row
         raise RuntimeError(f"access basis {the_grant.basis} != audited {first.basis}")
     rows = [row for row in found if row.id is not None]
-    urls = store.urls([row.storage_key for row in rows])
+    urls = store.urls([row.storage_key for row in rows], issued_to=actor.id)
     items = [
         RecordItem(
             row.id,
@@ -434,6 +434,42 @@ async def view_record(
     if not items:
         raise NotFound(f"record {record_id} not found")
     return items[0]
+
+
+async def audit_download(
+    session: AsyncSession, key: str, *, issued_to: int | None, client_addr: str | None
+) -> bool:
+    """Record a download of a document through its signed URL (the disk store's route).
+    Commits before the file is sent.
+
+    Args:
+        issued_to: the user the URL was issued to (signed into it), who is taken as the
+            actor: the URL is their credential.
+
+    Returns:
+        False when no record names `key` (a stray object): nothing is served then.
+    """
+    found = (
+        await session.execute(
+            select(MedicalRecord.id, MedicalRecord.patient_id).where(
+                MedicalRecord.storage_key == key
+            )
+        )
+    ).one_or_none()
+    if found is None:
+        return False
+    await audit.record(
+        session,
+        actor_user_id=issued_to,
+        action=audit.RECORD_DOWNLOADED,
+        subject_type="medical_record",
+        subject_id=found.id,
+        patient_id=found.patient_id,
+        client_addr=client_addr,
+        details={"via": "signed_url"},
+    )
+    await session.commit()
+    return True
 
 
 def sniff(data: bytes) -> str | None:

@@ -236,21 +236,32 @@ def _gone(status: int, detail: str) -> Response[dict[str, Any]]:
 
 @get("/documents/{key:path}", opt=PUBLIC, include_in_schema=False)
 async def download(
-    request: Request[Any, Any, Any], key: str, expires: str = "", sig: str = ""
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    key: str,
+    expires: str = "",
+    sig: str = "",
+    u: str = "",
 ) -> File | Response[dict[str, Any]]:
     """A document of the local-disk store. Public on purpose: the signed, expiring URL is
-    the credential, issued only by an audited read."""
+    the credential, issued only by an audited read to the user `u` it names; each download
+    is audited in turn."""
     store = _store(request)
     key = key.lstrip("/")
     if not isinstance(store, DiskStore):
         return _gone(404, "not found")
-    verdict = store.verify(key, expires, sig)
+    verdict = store.verify(key, expires, sig, issued_to=u)
     if verdict == "invalid":  # tampered, made up or not ours: say nothing more
         return _gone(404, "not found")
     if verdict == "expired":
         return _gone(410, "this link has expired; open the records list again for a fresh one")
     path = store.path(key)
     if not path.is_file():
+        return _gone(404, "not found")
+    issued_to = int(u) if u else None
+    if not await records.audit_download(
+        db_session, key, issued_to=issued_to, client_addr=client_addr(request)
+    ):
         return _gone(404, "not found")
     return File(
         path=path,

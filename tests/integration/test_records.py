@@ -158,6 +158,32 @@ async def test_expired_and_tampered_download_urls_are_refused(client, rw, sessio
     assert (await client.get(url)).status_code == 200
 
 
+async def test_a_download_through_the_signed_url_is_audited_as_its_user(client, rw, session):
+    await upload(client, rw.h("doctor"), rw.care)
+    listed = await client.get(f"/api/patients/{rw.care}/records", headers=rw.h("patient0"))
+    (record,) = listed.json()["records"]
+    url = record["document_url"]
+    params = dict(parse_qsl(urlsplit(url).query))
+    patient0 = rw.world.users["patient0"].id
+    assert params["u"] == str(patient0)  # the URL names whom it was issued to, signed
+    for someone_else in ("u=999999", f"u={rw.world.users['doctor'].id}", "u="):
+        forged = url.replace(f"u={patient0}", someone_else)
+        assert (await client.get(forged)).status_code == 404, forged
+    assert await events(session, audit.RECORD_DOWNLOADED) == []
+    got = await client.get(url)
+    assert got.status_code == 200 and got.content == PDF
+    (download,) = await events(session, audit.RECORD_DOWNLOADED)
+    assert (download.actor_user_id, download.subject_type, download.subject_id) == (
+        patient0,
+        "medical_record",
+        record["id"],
+    )
+    assert download.patient_id == rw.care and download.details == {"via": "signed_url"}
+    # The patient's own access log shows it among the reads.
+    log = await audit.record_access_log(session, rw.care)
+    assert audit.RECORD_DOWNLOADED in [row.action for row in log]
+
+
 # --- access matrix: every role by relationship ------------------------------------------
 
 
