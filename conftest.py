@@ -40,6 +40,9 @@ DATA_TABLES = (
     "audit_events, notifications, medical_records, appointments, schedule_exceptions, "
     "doctor_schedule_templates, clinic_daily_stats, users, patients, doctors, clinics"
 )
+# audit_events refuses TRUNCATE unless the session allows it (migration 0009); only the
+# harness does, inside the emptying transaction.
+ALLOW_AUDIT_TRUNCATE = "SET LOCAL medbook.allow_audit_truncate = on"
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -245,6 +248,7 @@ async def db(engine) -> AsyncIterator:
     from sqlalchemy import text
 
     async with engine.begin() as conn:
+        await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
         await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
     yield engine
 

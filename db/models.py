@@ -215,6 +215,34 @@ class ScheduleTemplate(Base):
     valid_to: Mapped[dt.date | None] = mapped_column(Date)
 
 
+class ScheduleTemplateHistory(Base):
+    """A weekly range as it was before its template was replaced, with who replaced it and
+    when: replacing a template moves its rows here, so every past version can be read.
+
+    A table of its own rather than stamping `valid_to` on the live rows: valid_from/valid_to
+    are the admin's own dates (summer hours), and availability reads the live table alone.
+    """
+
+    __tablename__ = "doctor_schedule_template_history"
+    __table_args__ = (
+        # A doctor's versions, newest first.
+        Index("ix_doctor_schedule_template_history_doctor_replaced", "doctor_id", "replaced_at"),
+    )
+
+    id: Mapped[int] = _id()
+    # No cascade: the history outlives what it describes.
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"))
+    weekday: Mapped[int] = mapped_column(SmallInteger)
+    start_time: Mapped[dt.time] = mapped_column(Time)
+    end_time: Mapped[dt.time] = mapped_column(Time)
+    slot_minutes: Mapped[int] = mapped_column(SmallInteger)
+    valid_from: Mapped[dt.date | None] = mapped_column(Date)
+    valid_to: Mapped[dt.date | None] = mapped_column(Date)
+    replaced_at: Mapped[dt.datetime]
+    replaced_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str | None]
+
+
 class ScheduleException(Base):
     """Leave, a holiday or a closure: a doctor's or a whole clinic's, any span of instants."""
 
@@ -364,6 +392,8 @@ class Notification(Base):
 
 
 class AuditEvent(Base):
+    """Append-only: a trigger (migration 0009) refuses UPDATE, DELETE and TRUNCATE."""
+
     __tablename__ = "audit_events"
     __table_args__ = (
         # "Who viewed my records": a patient's events, newest first.

@@ -12,7 +12,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from conftest import DATA_TABLES, LiveServer
+from conftest import ALLOW_AUDIT_TRUNCATE, DATA_TABLES, LiveServer
 from e2e.conftest import screenshot
 from tests.integration.world import PASSWORD, World, at, day_after_tomorrow, make_world
 
@@ -52,6 +52,7 @@ def fresh_world(settings, patients: int = 3) -> World:
         await redis.aclose()
         try:
             async with engine.begin() as conn:
+                await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
                 await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
             async with session_factory(engine)() as session:
                 return await make_world(session, settings.secret_key, patients=patients)

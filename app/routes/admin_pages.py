@@ -563,6 +563,7 @@ async def save_schedule_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     effects: Effects,
+    actor: Principal,
     settings: Settings,
     now: dt.datetime,
     doctor_id: int,
@@ -586,6 +587,7 @@ async def save_schedule_page(
             ranges,
             today=now.date(),
             horizon_days=settings.booking_horizon_days,
+            actor_user_id=actor.id,
         )
     except DomainError as exc:
         editor.error = explain(exc.detail, positions, editor.rows)

@@ -42,6 +42,7 @@ class RangeBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
     ranges: list[RangeBody]
+    reason: str | None = None  # kept with the replaced ranges and in the audit event
 
 
 class ExceptionPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -199,6 +200,7 @@ class DirectoryController(Controller):
         self,
         db_session: AsyncSession,
         effects: Effects,
+        actor: Principal,
         doctor_id: int,
         data: ScheduleIn,
         now: dt.datetime,
@@ -212,6 +214,8 @@ class DirectoryController(Controller):
             _ranges(data),
             today=now.date(),
             horizon_days=settings.booking_horizon_days,
+            actor_user_id=actor.id,
+            reason=(data.reason or "").strip()[:500] or None,
         )
         timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
         return schedule_out(doctor_id, timezone, ranges)

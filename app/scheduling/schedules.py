@@ -6,7 +6,8 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import BigInteger, ColumnElement, Text, delete, insert, literal, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import audit
@@ -22,6 +23,7 @@ from db.models import (
     Doctor,
     ScheduleException,
     ScheduleTemplate,
+    ScheduleTemplateHistory,
 )
 
 # Days of cache to forget when a template changes: everything bookable, plus a margin.
@@ -89,6 +91,10 @@ async def get_schedule(session: AsyncSession, doctor_id: int) -> tuple[str, list
     ]
 
 
+# The live ranges a replacement moves to the history, in the history's column order.
+_KEPT = ("weekday", "start_time", "end_time", "slot_minutes", "valid_from", "valid_to")
+
+
 async def replace_schedule(
     session: AsyncSession,
     effects: Effects,
@@ -97,16 +103,40 @@ async def replace_schedule(
     *,
     today: dt.date,
     horizon_days: int,
+    actor_user_id: int | None,
+    reason: str | None = None,
 ) -> list[RangeIn]:
     """Replace the doctor's whole weekly template in one transaction. Commits.
 
+    The replaced ranges move to doctor_schedule_template_history, stamped with the actor,
+    the instant and the reason, and a `schedule.replaced` audit event commits with them.
     Existing appointments are kept even if they fall outside the new hours: the front
     desk sees them and decides (a template change is not a cancellation).
+
+    Args:
+        actor_user_id: who replaced it (None only for a command-line tool).
+        reason: why, when the caller asked for one.
     """
     validate_ranges(ranges)
     if await session.get(Doctor, doctor_id) is None:
         raise NotFound(f"doctor {doctor_id} does not exist")
-    await session.execute(delete(ScheduleTemplate).where(ScheduleTemplate.doctor_id == doctor_id))
+    replaced_at = dt.datetime.now(dt.UTC)
+    live = ScheduleTemplate.doctor_id == doctor_id
+    kept = await session.execute(
+        insert(ScheduleTemplateHistory).from_select(
+            ["doctor_id", *_KEPT, "replaced_at", "replaced_by", "reason"],
+            select(
+                ScheduleTemplate.doctor_id,
+                *(getattr(ScheduleTemplate, column) for column in _KEPT),
+                literal(replaced_at),
+                literal(actor_user_id, BigInteger),
+                literal(reason, Text),
+            )
+            .where(live)
+            .order_by(ScheduleTemplate.weekday, ScheduleTemplate.start_time),
+        )
+    )
+    await session.execute(delete(ScheduleTemplate).where(live))
     session.add_all(
         ScheduleTemplate(
             doctor_id=doctor_id,
@@ -119,11 +149,62 @@ async def replace_schedule(
         )
         for r in ranges
     )
+    await audit.record(
+        session,
+        actor_user_id=actor_user_id,
+        action=audit.SCHEDULE_REPLACED,
+        subject_type="doctor",
+        subject_id=doctor_id,
+        details={
+            "replaced_at": replaced_at.isoformat(),  # its rows in the history table
+            "ranges_before": _rowcount(kept),
+            "ranges_after": len(ranges),
+            "reason": reason,
+        },
+    )
     await session.commit()
     first = today - dt.timedelta(days=INVALIDATE_DAYS_BACK)
     days = [first + dt.timedelta(days=i) for i in range(horizon_days + 3)]
     await effects.schedule_changed([(doctor_id, d) for d in days])
     return list(ranges)
+
+
+def _rowcount(result: object) -> int:
+    return result.rowcount if isinstance(result, CursorResult) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacedTemplate:
+    """A weekly template as it was until an admin replaced it."""
+
+    replaced_at: dt.datetime
+    replaced_by: int | None
+    reason: str | None
+    ranges: list[RangeIn]
+
+
+async def schedule_history(session: AsyncSession, doctor_id: int) -> list[ReplacedTemplate]:
+    """Every replaced version of the doctor's template, newest first."""
+    rows = await session.scalars(
+        select(ScheduleTemplateHistory)
+        .where(ScheduleTemplateHistory.doctor_id == doctor_id)
+        .order_by(
+            ScheduleTemplateHistory.replaced_at.desc(),
+            ScheduleTemplateHistory.weekday,
+            ScheduleTemplateHistory.start_time,
+        )
+    )
+    versions: dict[dt.datetime, ReplacedTemplate] = {}
+    for r in rows:
+        version = versions.get(r.replaced_at)
+        if version is None:
+            version = versions[r.replaced_at] = ReplacedTemplate(
+                r.replaced_at, r.replaced_by, r.reason, []
+            )
+        version.ranges.append(
+            RangeIn(r.weekday, r.start_time, r.end_time, r.slot_minutes, r.valid_from, r.valid_to)
+        )
+    return list(versions.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +229,9 @@ async def add_exception(
     preview: bool,
     now: dt.datetime,
 ) -> ExceptionResult:
-    """Add leave or a closure (doctor_id None = the whole clinic). Commits unless preview.
+    """Add leave or a closure (doctor_id None = the whole clinic). Commits unless preview,
+    with a `schedule.exception_added` audit event naming the actor and every appointment
+    it cancelled.
 
     Args:
         cancel_affected: cancel the active bookings it covers (else they are only reported).
@@ -183,6 +266,7 @@ async def add_exception(
         created_by=created_by,
     )
     session.add(exception)
+    await session.flush()  # its id, for the audit event
     cancel = cancel_affected and bool(affected)
     if cancel:
         for a in affected:  # leave and closures cancel what they cover, ended or not
@@ -201,6 +285,24 @@ async def add_exception(
         await notifications.appointments_status_changed(
             session, [a.id for a in affected], "cancelled", now, notice="exception"
         )
+    await audit.record(
+        session,
+        actor_user_id=created_by,
+        action=audit.EXCEPTION_ADDED,
+        subject_type="schedule_exception",
+        subject_id=exception.id,
+        details={
+            "clinic_id": clinic_id,
+            "doctor_id": doctor_id,
+            "kind": kind,
+            "starts_at": starts_at.isoformat(),
+            "ends_at": ends_at.isoformat(),
+            "note": note,
+            # What it did to bookings: cancelled them (each told), or only reported them.
+            "cancelled_appointment_ids": [a.id for a in affected] if cancel else [],
+            "overlapping_appointment_ids": [a.id for a in affected],
+        },
+    )
     await session.commit()
     doctors = (
         [doctor_id]

@@ -1,7 +1,7 @@
 """clinics: one clinic per name, compared without case and spaces
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0009
 Create Date: 2026-12-07 00:30:00
 
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0011"
-down_revision: str | Sequence[str] | None = "0007"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
