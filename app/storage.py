@@ -102,8 +102,8 @@ class FastPresigner:
     event hooks and endpoint resolution, so a list of 50 held the event loop noticeably
     (bench/README.md). The signature itself is four HMACs and a SHA-256: this class learns
     the endpoint and credential scope from one botocore URL at start-up, caches the day's
-    signing key and signs in a small fraction of that time. `tests/unit/test_documents.py` checks that it produces exactly
-    botocore's URL.
+    signing key and signs in a small fraction of that time. `tests/unit/test_documents.py`
+    checks that it produces exactly botocore's URL.
     """
 
     def __init__(self, probe_url: str, credentials: Any) -> None:
