@@ -34,6 +34,8 @@ TOTP_REMOVED = "totp.removed"
 TOTP_REQUIRED = "totp.required"
 RECOVERY_CODE_USED = "totp.recovery_code_used"
 BREAK_GLASS = "records.break_glass"
+APPOINTMENT_STATUS_CHANGED = "appointment.status_changed"
+APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
 RECORD_READ = "records.read"
 
 # What a patient's access log shows: reads of their records by someone else.
