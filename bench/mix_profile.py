@@ -140,29 +140,45 @@ async def measure(
 
 
 def top_entries(path: Path, count: int = 12) -> tuple[list[tuple[str, float]], ...]:
-    """A speedscope profile's frames by own and by total share of the samples."""
+    """A speedscope profile's frames by own share of the samples, and medbook's own
+    functions (app/, db/) by total share (the frames of the server around them are in
+    every sample and say nothing)."""
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
+    names = [f"{f['name']} ({Path(f.get('file', '?')).name})" for f in frames]
+    ours = {
+        i
+        for i, f in enumerate(frames)
+        if any(f"/{part}/" in f.get("file", "") for part in ("app", "db"))
+        and "site-packages" not in f.get("file", "")
+    }
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
     for profile in data["profiles"]:
         for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
-            names = [
-                f"{frames[i]['name']} ({Path(frames[i].get('file', '?')).name})" for i in stack
-            ]
-            if not names:
+            if not stack:
                 continue
             samples += weight
-            own[names[-1]] += weight
-            for name in set(names):
-                total[name] += weight
+            own[names[stack[-1]]] += weight
+            for i in set(stack) & ours:
+                total[names[i]] += weight
     if not samples:
         return [], []
     return (
         [(n, w / samples) for n, w in own.most_common(count)],
         [(n, w / samples) for n, w in total.most_common(count)],
     )
+
+
+def print_profiles() -> None:
+    """Each profile's top entries (`python bench/mix_profile.py --show`)."""
+    for path in sorted(PROFILES.glob("*.json")):
+        own, total = top_entries(path)
+        print(f"\n{path.stem}: own time")
+        print("\n".join(f"  {share:6.1%}  {name}" for name, share in own))
+        print(f"{path.stem}: medbook's functions by total time")
+        print("\n".join(f"  {share:6.1%}  {name}" for name, share in total))
 
 
 async def fixtures_for_changes(database_url: str, secret: str) -> dict:
@@ -325,7 +341,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="per class")
     parser.add_argument("--profile", action="store_true", help="also run under py-spy")
+    parser.add_argument("--show", action="store_true", help="only print the last profiles")
     args = parser.parse_args()
+    if args.show:
+        print_profiles()
+        return
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         raise SystemExit("set DATABASE_URL to a database `medbook seed scale` loaded")
@@ -359,12 +379,7 @@ async def main() -> None:
         bench_redis.delete("medbook:test-run")
         print(f"bench bookings ({REASON!r}) deleted: {await delete_bookings(database_url)}")
     if args.profile:
-        for path in sorted(PROFILES.glob("*.json")):
-            own, total = top_entries(path)
-            print(f"\n{path.stem}: own time")
-            print("\n".join(f"  {share:6.1%}  {name}" for name, share in own))
-            print(f"{path.stem}: total time")
-            print("\n".join(f"  {share:6.1%}  {name}" for name, share in total))
+        print_profiles()
 
 
 if __name__ == "__main__":
