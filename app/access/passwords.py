@@ -15,7 +15,17 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from app.errors import Overloaded
 
-_hasher = PasswordHasher()
+# argon2id with OWASP's recommended parameters for a web service (19 MiB, 2 passes, one
+# lane), not argon2-cffi's defaults (64 MiB, 3 passes, 4 lanes): those cost about eight
+# times the CPU per sign-in, which at a few sign-ins per hundred requests was more than
+# all other work of the mix together (bench/README.md, 2026-12-07). Hashes made with other
+# parameters are re-hashed at the next sign-in (`needs_rehash`). docs/security.md.
+ARGON2_TIME_COST = 2
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_LANES = 1
+_hasher = PasswordHasher(
+    time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_LANES
+)
 T = TypeVar("T")
 
 # A hash takes tens to hundreds of milliseconds of CPU; on the event loop it stalled every
