@@ -286,6 +286,9 @@ def _use_services(services: dict[str, str | None], name: str) -> None:
         }
     )
     os.environ.setdefault("TEST_ADMIN_DATABASE_URL", postgres)
+    # Every app a test starts (in process or as a server) opens its whole pool at start:
+    # a small one is quicker to open and keeps parallel runs within max_connections.
+    os.environ.setdefault("DB_POOL_SIZE", "4")
 
 
 _SERVICES = pytest.StashKey[dict[str, str | None]]()

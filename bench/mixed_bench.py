@@ -37,6 +37,7 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -730,11 +731,12 @@ async def main() -> None:
         raise SystemExit("set DATABASE_URL to the database `medbook seed scale` loaded")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
     bench_redis = redis.Redis.from_url(redis_url)
-    holder = bench_redis.get("medbook:test-run")
-    if holder is not None and psutil.pid_exists(int(holder)):
+    # Test runs claim a database in database 0 (conftest.py): take it, or refuse.
+    claims = redis.Redis(**{**bench_redis.connection_pool.connection_kwargs, "db": 0})
+    claim = f"medbook:test-claim:{bench_redis.connection_pool.connection_kwargs.get('db', 0)}"
+    if not claims.set(claim, f"{socket.gethostname()}:{os.getpid()}", nx=True, ex=3 * 3600):
         raise SystemExit(f"{redis_url} is claimed by a test run; set BENCH_REDIS_URL")
     bench_redis.flushdb()
-    bench_redis.set("medbook:test-run", os.getpid(), ex=3 * 3600)  # test runs keep off it
     RESULTS.mkdir(exist_ok=True)
     secret = secrets.token_urlsafe(40)
     env = server_env(
@@ -821,7 +823,7 @@ async def main() -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
         worker_log.close()
-        bench_redis.delete("medbook:test-run")
+        claims.delete(claim)
     shutil.rmtree(workdir, ignore_errors=True)
     removed = await delete_bookings(database_url)
 
