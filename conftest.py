@@ -275,12 +275,14 @@ def _use_services(services: dict[str, str | None], name: str) -> None:
     assert postgres and template and services["redis"]
     asyncio.run(_recreate(postgres, name, template=template))
     redis_url = services["redis_as_is"] or _claim_redis_database(services["redis"])
+    data_dir = ROOT / "var" / f"test-data-{os.getpid()}"
+    _stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
     os.environ.update(
         {
             "DATABASE_URL": with_database(postgres, name),
             "REDIS_URL": redis_url,
             "SECRET_KEY": secrets.token_urlsafe(40),
-            "MEDBOOK_DATA_DIR": str(ROOT / "var" / f"test-data-{os.getpid()}"),
+            "MEDBOOK_DATA_DIR": str(data_dir),
             "MEDBOOK_EMBEDDED": "",
             "DB_SLOW_QUERY_MS": "1000",
         }
