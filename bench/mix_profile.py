@@ -50,6 +50,7 @@ from bench.mixed_bench import (  # noqa: E402
     claim_redis,
     delete_bookings,
     load_fixtures,
+    release_redis,
 )
 from db.seed_demo import DEMO_PASSWORD  # noqa: E402
 
@@ -376,7 +377,7 @@ async def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        bench_redis.delete("medbook:test-run")
+        release_redis(bench_redis)
         print(f"bench bookings ({REASON!r}) deleted: {await delete_bookings(database_url)}")
     if args.profile:
         print_profiles()

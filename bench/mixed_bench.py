@@ -40,6 +40,7 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -143,17 +144,25 @@ class Phase:
 
 
 def claim_redis(default_url: str, seconds: int) -> tuple[str, redis.Redis]:
-    """The bench's Redis database (BENCH_REDIS_URL, else `default_url`), flushed and
-    claimed for `seconds` with the key the test suite claims its own with, so that test
-    runs keep off it; the caller deletes the key when done."""
+    """The bench's Redis database (BENCH_REDIS_URL, else `default_url`), claimed for
+    `seconds` the way test runs claim theirs (`medbook:test-claim:N` in database 0,
+    conftest.py), so that test runs keep off it, then flushed; `release_redis` ends the
+    claim."""
     redis_url = os.environ.get("BENCH_REDIS_URL", default_url)
     bench_redis = redis.Redis.from_url(redis_url)
-    holder = bench_redis.get("medbook:test-run")
-    if holder is not None and psutil.pid_exists(int(holder)):
+    kwargs = bench_redis.connection_pool.connection_kwargs
+    claims = redis.Redis(**{**kwargs, "db": 0})
+    claim = f"medbook:test-claim:{kwargs.get('db', 0)}"
+    if not claims.set(claim, f"{socket.gethostname()}:{os.getpid()}", nx=True, ex=seconds):
         raise SystemExit(f"{redis_url} is claimed by a test run; set BENCH_REDIS_URL")
     bench_redis.flushdb()
-    bench_redis.set("medbook:test-run", os.getpid(), ex=seconds)
     return redis_url, bench_redis
+
+
+def release_redis(bench_redis: redis.Redis) -> None:
+    """End the claim `claim_redis` took."""
+    kwargs = bench_redis.connection_pool.connection_kwargs
+    redis.Redis(**{**kwargs, "db": 0}).delete(f"medbook:test-claim:{kwargs.get('db', 0)}")
 
 
 def lua_value(value: object) -> str:
@@ -861,7 +870,7 @@ async def main() -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
         worker_log.close()
-        bench_redis.delete("medbook:test-run")
+        release_redis(bench_redis)
     shutil.rmtree(workdir, ignore_errors=True)
     removed = await delete_bookings(database_url)
 
