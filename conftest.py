@@ -297,6 +297,11 @@ def _use_services(services: dict[str, str | None], name: str) -> None:
     # Every app a test starts (in process or as a server) opens its whole pool at start:
     # a small one is quicker to open and keeps parallel runs within max_connections.
     os.environ.setdefault("DB_POOL_SIZE", "4")
+    # Admission control sheds what waits over ADMISSION_MAX_WAIT_MS (30 ms by default): right
+    # for a server, wrong for tests that fire 50 racing bookings on a busy 2-core machine
+    # running three test processes, where a request may well wait longer than that. Tests
+    # of shedding itself (test_admission.py) set their own tiny limits.
+    os.environ.setdefault("ADMISSION_MAX_WAIT_MS", "10000")
 
 
 _SERVICES = pytest.StashKey[dict[str, str | None]]()
