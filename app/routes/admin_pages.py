@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid, NotFound
 from app.live.effects import Effects
+from app.routes.inputs import Id
 from app.routes.views import page
 from app.scheduling import directory, schedules
 from app.settings import Settings
@@ -271,7 +272,7 @@ async def _add_exception(
     now: dt.datetime,
     view: ExceptionView,
     *,
-    clinic_id: int,
+    clinic_id: Id,
     doctor_id: int | None,
     timezone: str,
 ) -> None:
@@ -383,7 +384,7 @@ async def clinic_exception_page(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    clinic_id: int,
+    clinic_id: Id,
     data: Annotated[ExceptionForm, Form],
 ) -> Template | Response[str]:
     """Preview or save a closure of the whole clinic."""
@@ -500,7 +501,7 @@ async def _schedule_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
     block: str = "template",
     *,
     editor: TemplateEditor | None = None,
@@ -527,7 +528,7 @@ async def _schedule_page(
 
 @get("/admin/doctors/{doctor_id:int}/schedule", guards=ADMIN, include_in_schema=False)
 async def schedule_page(
-    request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime, doctor_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime, doctor_id: Id
 ) -> Template | Response[str]:
     """The doctor's weekly template editor, their leave and a form to add leave."""
     return await _schedule_page(request, db_session, now, doctor_id)
@@ -545,7 +546,7 @@ async def save_schedule_page(
     effects: Effects,
     settings: Settings,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
 ) -> Template | Response[str]:
     """Add a row to the editor, or save the whole template (replace_schedule)."""
     form = await request.form()
@@ -587,7 +588,7 @@ async def doctor_exception_page(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
     data: Annotated[ExceptionForm, Form],
 ) -> Template | Response[str]:
     """Preview the appointments leave would hit, or save it (optionally cancelling them)."""

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts
 from app.errors import DomainError
+from app.routes.inputs import Id, IdField
 from app.web.guards import allow, client_addr, current_user
 from db.models import ROLES, Clinic, Doctor
 
@@ -26,14 +27,14 @@ class NewAccount(msgspec.Struct, forbid_unknown_fields=True):
     email: str
     password: str
     full_name: str | None = None
-    clinic_id: int | None = None
-    doctor_id: int | None = None
+    clinic_id: IdField | None = None
+    doctor_id: IdField | None = None
 
 
 class AccountChange(msgspec.Struct, forbid_unknown_fields=True):
     role: str | None = None
-    clinic_id: int | None = None
-    doctor_id: int | None = None
+    clinic_id: IdField | None = None
+    doctor_id: IdField | None = None
     is_active: bool | None = None
 
 
@@ -86,7 +87,7 @@ async def create_user_api(
 
 @patch("/api/users/{user_id:int}", guards=ADMIN, tags=["admin"])
 async def update_user_api(
-    request: Request[Any, Any, Any], db_session: AsyncSession, user_id: int, data: AccountChange
+    request: Request[Any, Any, Any], db_session: AsyncSession, user_id: Id, data: AccountChange
 ) -> Account:
     """Change a user's role (with its clinic or doctor) or (de)activate them."""
     user = await accounts.update_account(
@@ -178,7 +179,7 @@ class AccountChangeForm:
 async def update_user_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
-    user_id: int,
+    user_id: Id,
     data: Annotated[AccountChangeForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template | Redirect:
     """Apply a role change or (de)activation, then show the list again."""

@@ -37,8 +37,10 @@ from app.analytics.reports import (
     Utilisation,
     UtilisationRow,
 )
-from app.errors import Invalid
+from app.errors import Invalid, NotFound
+from app.routes.inputs import INT64_MAX, IdField, check_day
 from app.web.guards import allow, client_addr
+from db.models import Clinic
 from db.session import create_engine
 from tasks.analytics import enqueue_export
 from tasks.queue import create_queue
@@ -86,7 +88,12 @@ To = Annotated[
 ]
 ClinicId = Annotated[
     int | None,
-    Parameter(description="one clinic; front desks default to (and may only ask for) theirs"),
+    Parameter(
+        description="one clinic; front desks default to (and may only ask for) theirs",
+        ge=1,
+        le=INT64_MAX,
+        schema_extra={"minimum": 1, "maximum": INT64_MAX},
+    ),
 ]
 GroupBy = Annotated[
     str,
@@ -158,6 +165,8 @@ def scope_for(
     last: dt.date | None,
     clinic_id: int | None,
 ) -> ReportScope:
+    check_day(first, "from")
+    check_day(last, "to")
     return analytics.report_scope(actor, first, last, clinic_id, now.date())
 
 
@@ -242,7 +251,7 @@ def export_out(view: exports.ExportView) -> ExportOut:
 class ExportIn(msgspec.Struct, forbid_unknown_fields=True, rename={"first": "from", "last": "to"}):
     first: dt.date
     last: dt.date
-    clinic_id: int | None = None
+    clinic_id: IdField | None = None
 
 
 def _no_show(r: NoShowRow) -> NoShowOut:
@@ -466,9 +475,13 @@ async def start_export(
     clinic_id: int | None,
 ) -> exports.ExportView:
     """Record the request, then (after commit) queue its job."""
+    check_day(first, "from")
+    check_day(last, "to")
     scope = analytics.report_scope(
         actor, first, last, clinic_id, now.date(), max_days=analytics.MAX_EXPORT_DAYS
     )
+    if scope.clinic_id is not None and await db_session.get(Clinic, scope.clinic_id) is None:
+        raise NotFound(f"clinic {scope.clinic_id} does not exist")
     view = await exports.create_export(db_session, actor, scope, client_addr(request))
     try:
         await enqueue_export(request.app.state.analytics_queue, view.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -20,28 +20,32 @@ from app.appointments.booking import AppointmentRow, BookingRules
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes import deps
+from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment
 from app.scheduling import slots
 from app.scheduling.slots import MAX_DAYS, DaySlots, SlotCache
 from app.web.guards import allow, prefetched
 from db.models import Appointment
 
+# What a status change may ask for (booking.TRANSITIONS has each one's allowed sources).
+Status = Literal["booked", "checked_in", "completed", "no_show", "cancelled"]
+
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
-    doctor_id: int
+    doctor_id: IdField
     start: dt.datetime
-    patient_id: int | None = None
+    patient_id: IdField | None = None
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 class AppointmentPatch(msgspec.Struct, forbid_unknown_fields=True):
-    status: str | None = None
+    status: Status | None = None
     start: dt.datetime | None = None
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
-    appointment_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=500)]
-    status: str
+    appointment_ids: Annotated[list[IdField], msgspec.Meta(min_length=1, max_length=500)]
+    status: Status
 
 
 def slots_out(day: DaySlots, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
@@ -96,7 +100,7 @@ class AppointmentController(Controller):
         self,
         request: Request[Any, Any, Any],
         state: State,
-        doctor_id: int,
+        doctor_id: Id,
         date: dt.date,
         days: Annotated[int, Parameter(ge=1, le=MAX_DAYS)] = 1,
     ) -> Response[dict[str, Any]]:
@@ -107,6 +111,7 @@ class AppointmentController(Controller):
         request, which cost a tenth of this route's CPU (measured with py-spy). On a cache
         miss the computed days are stored in Redis after the answer has been sent.
         """
+        check_day(date)
         slot_cache: SlotCache = state.slot_cache
         rules, now = deps.provide_rules(state), deps.provide_now()
         later: list[Callable[[], Awaitable[None]]] = []
@@ -136,6 +141,7 @@ class AppointmentController(Controller):
         ] = None,
     ) -> Response[dict[str, Any]]:
         """Book a slot: 201, or 409 with `alternatives` when it has just been taken."""
+        check_moment(data.start, "start")
         result = await booking.book(
             db_session,
             effects,
@@ -158,15 +164,16 @@ class AppointmentController(Controller):
         db_session: AsyncSession,
         actor: Principal,
         now: dt.datetime,
-        doctor_id: int | None = None,
-        patient_id: int | None = None,
-        clinic_id: int | None = None,
+        doctor_id: OptionalId = None,
+        patient_id: OptionalId = None,
+        clinic_id: OptionalId = None,
         date: dt.date | None = None,
-        when: str | None = None,
-        cursor: str | None = None,
+        when: Literal["upcoming", "past"] | None = None,
+        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
         """The caller's appointments, filtered; `next_cursor` fetches the next page."""
+        check_day(date)
         rows, next_cursor = await booking.list_appointments(
             db_session,
             actor,
@@ -183,7 +190,7 @@ class AppointmentController(Controller):
 
     @get("/{appointment_id:int}", guards=[allow()])
     async def get_appointment(
-        self, db_session: AsyncSession, actor: Principal, appointment_id: int
+        self, db_session: AsyncSession, actor: Principal, appointment_id: Id
     ) -> dict[str, Any]:
         """One appointment the caller may see (404 otherwise)."""
         appointment = await booking.get_visible(db_session, actor, appointment_id)
@@ -197,12 +204,13 @@ class AppointmentController(Controller):
         actor: Principal,
         rules: BookingRules,
         now: dt.datetime,
-        appointment_id: int,
+        appointment_id: Id,
         data: AppointmentPatch,
     ) -> dict[str, Any]:
         """Reschedule (`start`) or change status (`status`: cancelled, checked_in, …)."""
         if (data.status is None) == (data.start is None):
             raise Invalid("give either status or start")
+        check_moment(data.start, "start")
         if data.start is not None:
             result = await booking.reschedule(
                 db_session,

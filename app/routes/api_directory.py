@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post, put
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
+from app.errors import Invalid
 from app.live.effects import Effects
+from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment, parse_clock
 from app.scheduling import directory, schedules
 from app.settings import Settings
 from app.web.guards import allow
 from db.models import Appointment, Clinic, Doctor
+
+# A wall-clock time as the schedule API writes it.
+Clock = Annotated[str, msgspec.Meta(pattern=r"^\d{2}:\d{2}$", examples=["09:00"])]
 
 
 class ClinicIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -24,18 +29,18 @@ class ClinicIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class DoctorIn(msgspec.Struct, forbid_unknown_fields=True):
-    clinic_id: int
+    clinic_id: IdField
     name: str
     specialty: str
     email: str | None = None
-    default_slot_minutes: int = 30
+    default_slot_minutes: Annotated[int, msgspec.Meta(ge=5, le=240)] = 30
 
 
 class RangeBody(msgspec.Struct, forbid_unknown_fields=True):
-    weekday: int
-    start: str
-    end: str
-    slot_minutes: int
+    weekday: Annotated[int, msgspec.Meta(ge=0, le=6)]
+    start: Clock
+    end: Clock
+    slot_minutes: Annotated[int, msgspec.Meta(ge=5, le=240)]
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None
 
@@ -75,14 +80,15 @@ def doctor_out(doctor: Doctor) -> dict[str, Any]:
 
 def _time(text: str, field: str) -> dt.time:
     try:
-        return dt.time.fromisoformat(text)
+        return parse_clock(text)
     except ValueError:
-        from app.errors import Invalid
-
         raise Invalid(f"{field} must be a time like 09:00, got {text!r}") from None
 
 
 def _ranges(body: ScheduleIn) -> list[schedules.RangeIn]:
+    for i, r in enumerate(body.ranges):
+        check_day(r.valid_from, f"ranges[{i}].valid_from")
+        check_day(r.valid_to, f"ranges[{i}].valid_to")
     return [
         schedules.RangeIn(
             r.weekday,
@@ -145,7 +151,7 @@ class DirectoryController(Controller):
     async def doctors(
         self,
         db_session: AsyncSession,
-        clinic_id: int | None = None,
+        clinic_id: OptionalId = None,
         specialty: str | None = None,
         name: str | None = None,
     ) -> list[dict[str, Any]]:
@@ -179,7 +185,7 @@ class DirectoryController(Controller):
         return doctor_out(doctor)
 
     @get("/doctors/{doctor_id:int}/schedule", guards=[allow()])
-    async def schedule(self, db_session: AsyncSession, doctor_id: int) -> dict[str, Any]:
+    async def schedule(self, db_session: AsyncSession, doctor_id: Id) -> dict[str, Any]:
         """The doctor's weekly ranges in clinic-local time."""
         timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
         return schedule_out(doctor_id, timezone, ranges)
@@ -189,7 +195,7 @@ class DirectoryController(Controller):
         self,
         db_session: AsyncSession,
         effects: Effects,
-        doctor_id: int,
+        doctor_id: Id,
         data: ScheduleIn,
         now: dt.datetime,
         settings: Settings,
@@ -212,7 +218,7 @@ class DirectoryController(Controller):
         db_session: AsyncSession,
         effects: Effects,
         actor: Principal,
-        doctor_id: int,
+        doctor_id: Id,
         data: ExceptionIn,
         now: dt.datetime,
     ) -> dict[str, Any]:
@@ -226,7 +232,7 @@ class DirectoryController(Controller):
         db_session: AsyncSession,
         effects: Effects,
         actor: Principal,
-        clinic_id: int,
+        clinic_id: Id,
         data: ExceptionIn,
         now: dt.datetime,
     ) -> dict[str, Any]:
@@ -238,11 +244,13 @@ async def _exception(
     db_session: AsyncSession,
     effects: Effects,
     actor: Principal,
-    clinic_id: int,
+    clinic_id: Id,
     doctor_id: int | None,
     data: ExceptionIn,
     now: dt.datetime,
 ) -> dict[str, Any]:
+    check_moment(data.starts_at, "starts_at")
+    check_moment(data.ends_at, "ends_at")
     result = await schedules.add_exception(
         db_session,
         effects,

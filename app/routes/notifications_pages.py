@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import DomainError
 from app.live.effects import AppointmentChange
 from app.notifications import outbox, preferences
+from app.routes.inputs import Id, OptionalId
 from app.web.guards import allow, client_addr, current_user
 from db.models import DevMessage
 from tasks.queue import create_queue
@@ -106,7 +107,7 @@ class UndeliveredOut(msgspec.Struct):
 
 @get("/api/notifications/undelivered", guards=ADMIN, tags=["notifications"])
 async def undelivered_api(
-    db_session: AsyncSession, before: int | None = None
+    db_session: AsyncSession, before: OptionalId = None
 ) -> list[UndeliveredOut]:
     """Messages that could not be delivered after every attempt (dead letters)."""
     rows = await outbox.list_undelivered(db_session, before_id=before, limit=PAGE_SIZE)
@@ -128,7 +129,7 @@ async def undelivered_api(
 async def _act(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
-    notification_id: int,
+    notification_id: Id,
     action: DeadLetterAction,
     *,
     dispatch: bool = False,
@@ -147,7 +148,7 @@ async def _act(
 
 @post("/api/notifications/{notification_id:int}/retry", guards=ADMIN, tags=["notifications"])
 async def retry_api(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> dict[str, Any]:
     """Send an undelivered message again, with fresh attempts."""
     await _act(request, db_session, notification_id, outbox.retry_dead, dispatch=True)
@@ -156,7 +157,7 @@ async def retry_api(
 
 @post("/api/notifications/{notification_id:int}/discard", guards=ADMIN, tags=["notifications"])
 async def discard_api(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> dict[str, Any]:
     """Give up on an undelivered message."""
     await _act(request, db_session, notification_id, outbox.discard_dead)
@@ -177,7 +178,7 @@ async def undelivered_page(db_session: AsyncSession, before: str = "", done: str
 async def _act_from_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
-    notification_id: int,
+    notification_id: Id,
     action: DeadLetterAction,
     done: str,
     *,
@@ -193,7 +194,7 @@ async def _act_from_page(
 
 @post("/admin/notifications/{notification_id:int}/retry", guards=ADMIN, include_in_schema=False)
 async def retry_page(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> Redirect:
     """Retry from the page, then show it again."""
     return await _act_from_page(
@@ -203,7 +204,7 @@ async def retry_page(
 
 @post("/admin/notifications/{notification_id:int}/discard", guards=ADMIN, include_in_schema=False)
 async def discard_page(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> Redirect:
     """Discard from the page, then show it again."""
     return await _act_from_page(

@@ -14,6 +14,7 @@ from app.access.identity import Principal
 from app.errors import DomainError, Invalid
 from app.records import records
 from app.records.documents import CONTENT_TYPES
+from app.routes.inputs import Id
 from app.routes.views import message, page
 from app.settings import Settings
 from app.storage import DiskStore
@@ -35,7 +36,7 @@ async def list_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     break_glass_reason: str | None = None,
 ) -> dict[str, Any]:
     """All of a patient's records with download URLs (valid 10 minutes), in one response."""
@@ -55,8 +56,8 @@ async def view_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
-    record_id: int,
+    patient_id: Id,
+    record_id: Id,
     break_glass_reason: str | None = None,
 ) -> dict[str, Any]:
     """One record with a fresh download URL (the list returns them all at once)."""
@@ -95,7 +96,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         request: Request[Any, Any, Any],
         db_session: AsyncSession,
         actor: Principal,
-        patient_id: int,
+        patient_id: Id,
     ) -> dict[str, Any]:
         """Multipart `file`, `record_type`, `title`: a PDF, PNG or JPEG for a patient in
         the doctor's care."""
@@ -134,7 +135,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         request: Request[Any, Any, Any],
         db_session: AsyncSession,
         actor: Principal,
-        patient_id: int,
+        patient_id: Id,
     ) -> Response[str]:
         """The panel's upload form; the new row reaches every open panel over the socket."""
         try:
@@ -170,7 +171,7 @@ async def _panel(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     reason: str | None,
     part: str,
 ) -> Template | Response[str]:
@@ -210,7 +211,7 @@ async def panel_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     break_glass_reason: str | None = None,
     part: str = "panel",
 ) -> Template | Response[str]:

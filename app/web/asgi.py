@@ -58,6 +58,7 @@ from app.routes import (
 from app.routes.api_analytics import AnalyticsController, analytics_services
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.inputs import refuse_bad_input
 from app.routes.notifications_pages import NOTIFICATION_ROUTES, notification_services
 from app.scheduling import slots
 from app.scheduling.slots import SlotCache
@@ -214,6 +215,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DefineMiddleware(CSRFMiddleware, exclude=UNGUARDED),
         ],
         before_send=[add_security_headers],
+        # NUL characters and deeply nested JSON: one 400 before any handler parses them.
+        before_request=refuse_bad_input,
         request_max_body_size=settings.request_max_body_bytes,
         plugins=[SQLAlchemyPlugin(config=db)],
         exception_handlers={
