@@ -65,6 +65,7 @@ from app.scheduling.slots import SlotCache
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.web import csrf, page_context
 from app.web.admission import Admission, AdmissionMiddleware
+from app.web.api_docs import VendoredSwagger
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
@@ -251,7 +252,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             engine_callback=page_context.register,
         ),
         state=State({"settings": settings, "engine": engine, "sessions": session_factory(engine)}),
-        openapi_config=OpenAPIConfig(title="medbook", version="0.1.0", path="/schema"),
+        # Swagger UI only, served from static/vendor (the CDN renderers broke under our CSP).
+        openapi_config=OpenAPIConfig(
+            title="medbook",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[VendoredSwagger(path=["/", "/swagger"])],
+        ),
     )
 
 
