@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import accounts
 from app.errors import DomainError
 from app.routes.inputs import Id, IdField
+from app.routes.responses import BY_ID_RULES, READ, SIGNED_IN, answers
 from app.web.guards import allow, client_addr, current_user
 from db.models import ROLES, Clinic, Doctor
 
@@ -60,13 +61,19 @@ def _account(row: Any) -> Account:
     )
 
 
-@get("/api/users", guards=ADMIN, tags=["admin"])
+@get("/api/users", guards=ADMIN, tags=["admin"], responses=READ)
 async def list_users_api(db_session: AsyncSession, role: str | None = None) -> list[Account]:
     """Accounts, newest first, optionally of one role."""
     return [_account(r) for r in await accounts.list_accounts(db_session, role=role)]
 
 
-@post("/api/users", guards=ADMIN, tags=["admin"], status_code=201)
+@post(
+    "/api/users",
+    guards=ADMIN,
+    tags=["admin"],
+    status_code=201,
+    responses=answers(*SIGNED_IN, 409, 422),
+)
 async def create_user_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: NewAccount
 ) -> Account:
@@ -85,7 +92,7 @@ async def create_user_api(
     return _account(user)
 
 
-@patch("/api/users/{user_id:int}", guards=ADMIN, tags=["admin"])
+@patch("/api/users/{user_id:int}", guards=ADMIN, tags=["admin"], responses=BY_ID_RULES)
 async def update_user_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, user_id: Id, data: AccountChange
 ) -> Account:

@@ -21,6 +21,7 @@ from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes import deps
 from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment
+from app.routes.responses import BOOKING, BY_ID, BY_ID_RULES, RULES
 from app.scheduling import slots
 from app.scheduling.slots import MAX_DAYS, DaySlots, SlotCache
 from app.web.guards import allow, prefetched
@@ -95,7 +96,12 @@ class AppointmentController(Controller):
     path = "/api/appointments"
     tags = ["appointments"]
 
-    @get("/available-slots", guards=[allow()], opt={"prefetch": slots.prefetch_keys})
+    @get(
+        "/available-slots",
+        guards=[allow()],
+        opt={"prefetch": slots.prefetch_keys},
+        responses=BY_ID_RULES,
+    )
     async def available_slots(
         self,
         request: Request[Any, Any, Any],
@@ -127,7 +133,7 @@ class AppointmentController(Controller):
         background = BackgroundTasks([BackgroundTask(f) for f in later]) if later else None
         return Response(body, background=background)
 
-    @post("", guards=[allow("patient", "front_desk", "admin")])
+    @post("", guards=[allow("patient", "front_desk", "admin")], responses=BOOKING)
     async def book(
         self,
         db_session: AsyncSession,
@@ -158,7 +164,7 @@ class AppointmentController(Controller):
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         return Response(body, status_code=201, headers=headers)
 
-    @get("", guards=[allow()])
+    @get("", guards=[allow()], responses=RULES)
     async def list_appointments(
         self,
         db_session: AsyncSession,
@@ -188,7 +194,7 @@ class AppointmentController(Controller):
         )
         return {"items": [row_out(r) for r in rows], "next_cursor": next_cursor}
 
-    @get("/{appointment_id:int}", guards=[allow()])
+    @get("/{appointment_id:int}", guards=[allow()], responses=BY_ID)
     async def get_appointment(
         self, db_session: AsyncSession, actor: Principal, appointment_id: Id
     ) -> dict[str, Any]:
@@ -196,7 +202,7 @@ class AppointmentController(Controller):
         appointment = await booking.get_visible(db_session, actor, appointment_id)
         return appointment_out(appointment, await booking.clinic_timezone(db_session, appointment))
 
-    @patch("/{appointment_id:int}", guards=[allow()])
+    @patch("/{appointment_id:int}", guards=[allow()], responses=BOOKING)
     async def change(
         self,
         db_session: AsyncSession,
@@ -234,7 +240,12 @@ class AppointmentController(Controller):
             )
         return appointment_out(result.appointment, result.timezone)
 
-    @post("/bulk-update", guards=[allow("doctor", "front_desk", "admin")], status_code=200)
+    @post(
+        "/bulk-update",
+        guards=[allow("doctor", "front_desk", "admin")],
+        status_code=200,
+        responses=RULES,
+    )
     async def bulk_update(
         self,
         db_session: AsyncSession,

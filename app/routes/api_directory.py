@@ -13,6 +13,7 @@ from app.access.identity import Principal
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment, parse_clock
+from app.routes.responses import BY_ID, BY_ID_RULES, READ, RULES
 from app.scheduling import directory, schedules
 from app.settings import Settings
 from app.web.guards import allow
@@ -134,12 +135,12 @@ class DirectoryController(Controller):
     path = "/api"
     tags = ["directory"]
 
-    @get("/clinics", guards=[allow()])
+    @get("/clinics", guards=[allow()], responses=READ)
     async def clinics(self, db_session: AsyncSession) -> list[dict[str, Any]]:
         """All clinics."""
         return [clinic_out(c) for c in await directory.list_clinics(db_session)]
 
-    @post("/clinics", guards=[allow("admin")])
+    @post("/clinics", guards=[allow("admin")], responses=RULES)
     async def create_clinic(self, db_session: AsyncSession, data: ClinicIn) -> dict[str, Any]:
         """Add a clinic (admins)."""
         clinic = await directory.create_clinic(
@@ -147,7 +148,7 @@ class DirectoryController(Controller):
         )
         return clinic_out(clinic)
 
-    @get("/doctors", guards=[allow()])
+    @get("/doctors", guards=[allow()], responses=READ)
     async def doctors(
         self,
         db_session: AsyncSession,
@@ -171,7 +172,7 @@ class DirectoryController(Controller):
             for d in found
         ]
 
-    @post("/doctors", guards=[allow("admin")])
+    @post("/doctors", guards=[allow("admin")], responses=RULES)
     async def create_doctor(self, db_session: AsyncSession, data: DoctorIn) -> dict[str, Any]:
         """Add a doctor to a clinic (admins)."""
         doctor = await directory.create_doctor(
@@ -184,13 +185,13 @@ class DirectoryController(Controller):
         )
         return doctor_out(doctor)
 
-    @get("/doctors/{doctor_id:int}/schedule", guards=[allow()])
+    @get("/doctors/{doctor_id:int}/schedule", guards=[allow()], responses=BY_ID)
     async def schedule(self, db_session: AsyncSession, doctor_id: Id) -> dict[str, Any]:
         """The doctor's weekly ranges in clinic-local time."""
         timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
         return schedule_out(doctor_id, timezone, ranges)
 
-    @put("/doctors/{doctor_id:int}/schedule", guards=[allow("admin")])
+    @put("/doctors/{doctor_id:int}/schedule", guards=[allow("admin")], responses=BY_ID_RULES)
     async def replace_schedule(
         self,
         db_session: AsyncSession,
@@ -212,7 +213,7 @@ class DirectoryController(Controller):
         timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
         return schedule_out(doctor_id, timezone, ranges)
 
-    @post("/doctors/{doctor_id:int}/exceptions", guards=[allow("admin")])
+    @post("/doctors/{doctor_id:int}/exceptions", guards=[allow("admin")], responses=BY_ID_RULES)
     async def doctor_exception(
         self,
         db_session: AsyncSession,
@@ -226,7 +227,7 @@ class DirectoryController(Controller):
         doctor, _ = await directory.get_doctor(db_session, doctor_id)
         return await _exception(db_session, effects, actor, doctor.clinic_id, doctor_id, data, now)
 
-    @post("/clinics/{clinic_id:int}/exceptions", guards=[allow("admin")])
+    @post("/clinics/{clinic_id:int}/exceptions", guards=[allow("admin")], responses=BY_ID_RULES)
     async def clinic_exception(
         self,
         db_session: AsyncSession,

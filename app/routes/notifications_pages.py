@@ -25,6 +25,7 @@ from app.errors import DomainError
 from app.live.effects import AppointmentChange
 from app.notifications import outbox, preferences
 from app.routes.inputs import Id, OptionalId
+from app.routes.responses import BY_ID_RULES, READ, RULES
 from app.web.guards import allow, client_addr, current_user
 from db.models import DevMessage
 from tasks.queue import create_queue
@@ -105,7 +106,7 @@ class UndeliveredOut(msgspec.Struct):
     appointment_starts_at: dt.datetime
 
 
-@get("/api/notifications/undelivered", guards=ADMIN, tags=["notifications"])
+@get("/api/notifications/undelivered", guards=ADMIN, tags=["notifications"], responses=READ)
 async def undelivered_api(
     db_session: AsyncSession, before: OptionalId = None
 ) -> list[UndeliveredOut]:
@@ -146,7 +147,12 @@ async def _act(
         await _kick(request.app.state.notify_queue)
 
 
-@post("/api/notifications/{notification_id:int}/retry", guards=ADMIN, tags=["notifications"])
+@post(
+    "/api/notifications/{notification_id:int}/retry",
+    guards=ADMIN,
+    tags=["notifications"],
+    responses=BY_ID_RULES,
+)
 async def retry_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> dict[str, Any]:
@@ -155,7 +161,12 @@ async def retry_api(
     return {"id": notification_id, "status": "pending"}
 
 
-@post("/api/notifications/{notification_id:int}/discard", guards=ADMIN, tags=["notifications"])
+@post(
+    "/api/notifications/{notification_id:int}/discard",
+    guards=ADMIN,
+    tags=["notifications"],
+    responses=BY_ID_RULES,
+)
 async def discard_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> dict[str, Any]:
@@ -273,7 +284,7 @@ async def _set_my_preference(
     )
 
 
-@get("/api/me/notifications", guards=PATIENT, tags=["notifications"])
+@get("/api/me/notifications", guards=PATIENT, tags=["notifications"], responses=READ)
 async def preference_api(
     request: Request[Any, Any, Any], db_session: AsyncSession
 ) -> PreferenceOut:
@@ -281,7 +292,7 @@ async def preference_api(
     return _out(await preferences.get_preference(db_session, _patient_id(request)))
 
 
-@patch("/api/me/notifications", guards=PATIENT, tags=["notifications"])
+@patch("/api/me/notifications", guards=PATIENT, tags=["notifications"], responses=RULES)
 async def set_preference_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: PreferenceIn, now: dt.datetime
 ) -> PreferenceOut:

@@ -15,6 +15,7 @@ from app.errors import DomainError, Invalid
 from app.records import records
 from app.records.documents import CONTENT_TYPES
 from app.routes.inputs import Id
+from app.routes.responses import BY_ID_RULES, SIGNED_IN, answers
 from app.routes.views import message, page
 from app.settings import Settings
 from app.storage import DiskStore
@@ -31,7 +32,7 @@ def _store(request: Request[Any, Any, Any]) -> DocumentStore:
     return request.app.state.documents
 
 
-@get("/api/patients/{patient_id:int}/records", guards=[allow(*READERS)])
+@get("/api/patients/{patient_id:int}/records", guards=[allow(*READERS)], responses=BY_ID_RULES)
 async def list_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -51,7 +52,11 @@ async def list_api(
     return {"patient_id": patient_id, "records": [item.as_json() for item in items]}
 
 
-@get("/api/patients/{patient_id:int}/records/{record_id:int}", guards=[allow(*READERS)])
+@get(
+    "/api/patients/{patient_id:int}/records/{record_id:int}",
+    guards=[allow(*READERS)],
+    responses=BY_ID_RULES,
+)
 async def view_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -91,6 +96,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         guards=[allow("doctor")],
         request_max_body_size=limit,
         status_code=201,
+        responses=answers(*SIGNED_IN, 404, 413, 422),
     )
     async def upload_api(
         request: Request[Any, Any, Any],
