@@ -1,6 +1,7 @@
 """The API documentation in a real browser: Swagger UI runs from our own files under the
 page's Content-Security-Policy and lists the operations."""
 
+from app.web.api_docs import SWAGGER_SCRIPTS
 from e2e.conftest import screenshot
 
 
@@ -13,7 +14,11 @@ def test_swagger_page_lists_the_operations(page, live_server):
     )
     page.on("response", lambda r: loaded.__setitem__(r.url.rsplit("/", 1)[-1], r.status))
     for path in ("/schema/swagger", "/schema"):
-        page.goto(live_server.url + path)
+        answer = page.goto(live_server.url + path)
+        assert answer is not None
+        csp = answer.headers["content-security-policy"]
+        scripts = " ".join(live_server.url + src for src in SWAGGER_SCRIPTS)
+        assert f"script-src {scripts};" in csp and "unsafe" not in csp  # exactly those files
         booking = page.locator(".opblock-post", has_text="/api/appointments").first
         booking.wait_for()
         assert "POST" in booking.inner_text() and "/api/appointments" in booking.inner_text()

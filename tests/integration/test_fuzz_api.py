@@ -42,7 +42,7 @@ PUBLIC_PATHS = {
     "/api/auth/password-reset/confirm",
 }
 ROLES = ("anonymous", "patient0", "desk", "doctor", "admin")
-EXAMPLES_PER_OPERATION = 6
+EXAMPLES_PER_OPERATION = 5
 NO_LIMITS = {
     "RATE_LIMIT_AUTH_PER_MINUTE": "0",
     "RATE_LIMIT_ANONYMOUS_PER_MINUTE": "0",
