@@ -29,6 +29,9 @@ import pytest
 import pytest_asyncio
 import redis as redis_sync
 
+from tests import processes
+from tests.processes import kill_process, start_process, stop_process
+
 ROOT = Path(__file__).resolve().parent
 _stack = ExitStack()
 _created_db: tuple[str, str] | None = None
@@ -37,6 +40,9 @@ DATA_TABLES = (
     "audit_events, notifications, medical_records, appointments, schedule_exceptions, "
     "doctor_schedule_templates, clinic_daily_stats, users, patients, doctors, clinics"
 )
+# audit_events refuses TRUNCATE unless the session allows it (migration 0009); only the
+# harness does, inside the emptying transaction.
+ALLOW_AUDIT_TRUNCATE = "SET LOCAL medbook.allow_audit_truncate = on"
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -242,6 +248,7 @@ async def db(engine) -> AsyncIterator:
     from sqlalchemy import text
 
     async with engine.begin() as conn:
+        await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
         await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
     yield engine
 
@@ -294,13 +301,14 @@ class LiveServer:
         self.log.parent.mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
         cmd += ["--workers", str(workers), "--server", server]
-        self.process = subprocess.Popen(
-            cmd,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-        )
+        with self.log.open("w") as log:
+            self.process = start_process(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+            )
         try:
             self._wait_ready()
         except BaseException:
@@ -328,16 +336,6 @@ class LiveServer:
         stop_process(self.process)
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM, ten seconds to finish, then SIGKILL; reaped either way."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="session")
 def live_server(settings) -> Iterator[LiveServer]:
     server = LiveServer()
@@ -363,7 +361,7 @@ class OwnRedis:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        self.process = start_process(
             [
                 _redis_binary(),
                 "--port",
@@ -381,16 +379,93 @@ class OwnRedis:
             ],
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis_sync.Redis.from_url(self.url).ping():
-                    return
-            except redis_sync.ConnectionError:
-                time.sleep(0.05)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis_sync.Redis.from_url(self.url)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"redis exited with {self.process.returncode}")
+                try:
+                    if client.ping():
+                        return
+                except redis_sync.ConnectionError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
         raise RuntimeError("redis did not start")
 
     def stop(self) -> None:
+        """Gone at once, as a crashed server is (its append-only file is kept)."""
         if self.process:
-            self.process.kill()
-            self.process.wait()
+            kill_process(self.process)
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[OwnRedis]:
+    """A started Redis of the test's own, stopped after it."""
+    own = OwnRedis(tmp_path)
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
+# The run's own folders: a process whose command line names one was started by this run.
+_run_folders: set[str] = set()
+# Processes alive when the tests began (the run's embedded services and their watchdogs).
+_before_tests: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _processes_end_with_their_test(request) -> Iterator[None]:
+    """What a test started (tests/processes.py) and left running is stopped after it."""
+    kept = processes.running()
+    if "tmp_path" in request.fixturenames:
+        _run_folders.add(str(request.getfixturevalue("tmp_path_factory").getbasetemp()))
+    yield
+    processes.stop_all_except(kept)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _before_tests.update(processes.descendants())
+    _run_folders.add(os.environ.get("MEDBOOK_DATA_DIR", ""))
+
+
+_left_by_workers: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist: what a worker found left behind (see pytest_sessionfinish)."""
+    _left_by_workers.extend(getattr(node, "workeroutput", {}).get("processes_left_behind", []))
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A run fails when it leaves a process behind; those found are killed and named."""
+    config = session.config
+    if config.pluginmanager.hasplugin("dsession"):  # xdist's controller: workers search
+        left = _left_by_workers
+    else:
+        left = processes.stop_left_behind(_run_folders, _before_tests)
+        if hasattr(config, "workeroutput"):  # an xdist worker: the controller fails the run
+            config.workeroutput["processes_left_behind"] = left
+    if not left:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print("processes this run left behind (now killed):", *left, sep="\n", file=sys.stderr)
+    else:
+        reporter.ensure_newline()
+        reporter.write_sep("=", "processes this run left behind (now killed)", red=True)
+        for line in left:
+            reporter.write_line(line, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

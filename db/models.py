@@ -28,7 +28,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import INET, JSONB, ExcludeConstraint
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, ExcludeConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("patient", "doctor", "front_desk", "admin")
@@ -39,6 +39,8 @@ EXCEPTION_KINDS = ("leave", "holiday", "closure", "other")
 NOTIFICATION_CHANNELS = ("email", "sms")
 NOTIFICATION_KINDS = ("confirmation", "reminder_24h", "reminder_1h", "cancellation", "exception")
 NOTIFICATION_STATUSES = ("pending", "queued", "sent", "dead", "void")
+# A clinic's name as compared for uniqueness: no case, no spaces (uq_clinics_name_key).
+CLINIC_NAME_KEY = r"lower(regexp_replace(name, '\s+', '', 'g'))"
 RECORD_TYPES = ("lab_result", "prescription", "imaging", "referral", "note", "other")
 
 
@@ -74,6 +76,11 @@ def _created_at() -> Mapped[dt.datetime]:
 
 class Clinic(Base):
     __tablename__ = "clinics"
+    __table_args__ = (
+        # Two clinics may not share a name, compared without case and spaces: a patient
+        # choosing "Praxis Mitte" must know which one it is (app/scheduling/directory.py).
+        Index("uq_clinics_name_key", text(CLINIC_NAME_KEY), unique=True),
+    )
 
     id: Mapped[int] = _id()
     name: Mapped[str]
@@ -172,6 +179,15 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[dt.datetime] = _created_at()
     password_changed_at: Mapped[dt.datetime] = _created_at()
+    # Second factor (staff only, app/access/totp.py). The base32 TOTP secret once enrolment
+    # is confirmed; the last time step accepted, so a code cannot be replayed in its window;
+    # the sha256 of each unused recovery code; and whether an admin requires a second factor.
+    totp_secret: Mapped[str | None]
+    totp_last_step: Mapped[int | None]
+    totp_recovery_hashes: Mapped[list[str]] = mapped_column(
+        ARRAY(String(64)), server_default=text("'{}'")
+    )
+    totp_required: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class ScheduleTemplate(Base):
@@ -197,6 +213,34 @@ class ScheduleTemplate(Base):
     slot_minutes: Mapped[int] = mapped_column(SmallInteger)
     valid_from: Mapped[dt.date | None] = mapped_column(Date)
     valid_to: Mapped[dt.date | None] = mapped_column(Date)
+
+
+class ScheduleTemplateHistory(Base):
+    """A weekly range as it was before its template was replaced, with who replaced it and
+    when: replacing a template moves its rows here, so every past version can be read.
+
+    A table of its own rather than stamping `valid_to` on the live rows: valid_from/valid_to
+    are the admin's own dates (summer hours), and availability reads the live table alone.
+    """
+
+    __tablename__ = "doctor_schedule_template_history"
+    __table_args__ = (
+        # A doctor's versions, newest first.
+        Index("ix_doctor_schedule_template_history_doctor_replaced", "doctor_id", "replaced_at"),
+    )
+
+    id: Mapped[int] = _id()
+    # No cascade: the history outlives what it describes.
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"))
+    weekday: Mapped[int] = mapped_column(SmallInteger)
+    start_time: Mapped[dt.time] = mapped_column(Time)
+    end_time: Mapped[dt.time] = mapped_column(Time)
+    slot_minutes: Mapped[int] = mapped_column(SmallInteger)
+    valid_from: Mapped[dt.date | None] = mapped_column(Date)
+    valid_to: Mapped[dt.date | None] = mapped_column(Date)
+    replaced_at: Mapped[dt.datetime]
+    replaced_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str | None]
 
 
 class ScheduleException(Base):
@@ -348,6 +392,8 @@ class Notification(Base):
 
 
 class AuditEvent(Base):
+    """Append-only: a trigger (migration 0009) refuses UPDATE, DELETE and TRUNCATE."""
+
     __tablename__ = "audit_events"
     __table_args__ = (
         # "Who viewed my records": a patient's events, newest first.

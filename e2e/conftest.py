@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from conftest import stop_process
 from e2e.browser import chromium_path
+from tests.processes import start_process, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -28,13 +28,14 @@ class Worker:
         self.env = {**os.environ, **(env or {})}
         ARTIFACTS.mkdir(exist_ok=True)
         self.log = ARTIFACTS / f"worker-{os.getpid()}-{time.monotonic_ns()}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "-v", "worker"],
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=self.env,
-        )
+        with self.log.open("w") as log:
+            self.process = start_process(
+                [sys.executable, "-m", "app.cli", "-v", "worker"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=self.env,
+            )
         try:
             self._wait_ready()
         except BaseException:
@@ -96,7 +97,7 @@ def live_server(live_server, worker):
 
 
 @pytest.fixture(scope="session")
-def browser():
+def chromium():
     path = chromium_path()
     assert path, "no Chromium: run `python e2e/browser.py --ensure` (make test does)"
     with sync_playwright() as pw:
@@ -113,6 +114,14 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def browser(chromium):
+    """The run's Chromium; every context a test opens in it is closed after the test."""
+    yield chromium
+    for context in chromium.contexts:
+        context.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from conftest import DATA_TABLES, LiveServer, OwnRedis
+from conftest import ALLOW_AUDIT_TRUNCATE, DATA_TABLES, LiveServer
 from e2e.conftest import screenshot
 from tests.integration.world import PASSWORD, World, at, day_after_tomorrow, make_world
 
@@ -52,6 +52,7 @@ def fresh_world(settings, patients: int = 3) -> World:
         await redis.aclose()
         try:
             async with engine.begin() as conn:
+                await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
                 await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
             async with session_factory(engine)() as session:
                 return await make_world(session, settings.secret_key, patients=patients)
@@ -167,10 +168,9 @@ def test_board_and_doctor_day_follow_bookings_and_check_ins(
     screenshot(doctor, "live-doctor-day")
 
 
-def test_live_updates_survive_a_redis_restart(browser, settings, tmp_path):
+def test_live_updates_survive_a_redis_restart(browser, settings, own_redis):
     world = fresh_world(settings)
-    own = OwnRedis(tmp_path)
-    own.start()
+    own = own_redis
     server = LiveServer(env={"REDIS_URL": own.url})
     try:
         day = day_after_tomorrow()
@@ -193,4 +193,3 @@ def test_live_updates_survive_a_redis_restart(browser, settings, tmp_path):
         screenshot(viewer, "live-after-redis-restart")
     finally:
         server.stop()
-        own.stop()

@@ -1,4 +1,5 @@
-"""User accounts: creation with the right link for each role, login, passwords, roles."""
+"""User accounts: creation with the right link for each role, sign-in (password, then the
+staff's second factor), passwords and their reset, roles."""
 
 from __future__ import annotations
 
@@ -13,16 +14,18 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access import audit, rate_limit
+from app.access import audit, rate_limit, totp
 from app.access.browser_sessions import end_user_sessions
 from app.access.identity import forget_principal
 from app.access.passwords import (
+    STAFF_ROLES,
     hash_password,
     needs_rehash,
     password_problem,
     verify_password,
     verify_unknown_user,
 )
+from app.access.rate_limit import LoginLimits
 from app.access.tokens import revoke_user_tokens
 from app.errors import Conflict, DomainError, Invalid, NotFound
 from db.models import ROLES, Clinic, Doctor, Patient, User
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RESET_TTL_SECONDS = 30 * 60
 _RESET_PREFIX = "password-reset:"
+_USER_RESETS_PREFIX = "password-resets:"  # a set of a user's live reset keys, to void them all
 BAD_CREDENTIALS = "the email or password is wrong"
 
 
@@ -38,6 +42,30 @@ class BadCredentials(DomainError):
     """401 with one message for an unknown email and a wrong password alike."""
 
     status_code = 401
+
+
+class SecondFactorRequired(DomainError):
+    """401: the password was right; the account's authentication code is still needed.
+
+    `user_id` and `email` are for the sign-in page's next step, never for the answer.
+    """
+
+    status_code = 401
+
+    def __init__(self, detail: str, *, user_id: int, email: str) -> None:
+        super().__init__(detail)
+        self.user_id = user_id
+        self.email = email
+
+
+class EnrolmentRequired(SecondFactorRequired):
+    """401: the password was right, but an admin requires a second factor not yet set up."""
+
+
+CODE_REQUIRED = "this account needs the code from its authenticator app: send it as `totp`"
+ENROLMENT_REQUIRED = (
+    "this account must set up a second factor first: sign in on the web page to do so"
+)
 
 
 def normalise_email(email: str) -> str:
@@ -77,7 +105,7 @@ async def create_user(
         raise Invalid(f"role must be one of {', '.join(ROLES)}")
     email = normalise_email(email)
     if password_hash is None:
-        if problem := password_problem(password):
+        if problem := password_problem(password, role=role, email=email):
             raise Invalid(problem)
         password_hash = hash_password(password)
     user = User(email=email, password_hash=password_hash, role=role)
@@ -157,12 +185,6 @@ async def _user_by_email(session: AsyncSession, email: str) -> User | None:
     return await session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
 
 
-@dataclass(frozen=True, slots=True)
-class LoginLimits:
-    max_failures: int
-    max_lock_seconds: int
-
-
 async def authenticate(
     session: AsyncSession,
     redis: Redis,
@@ -171,15 +193,21 @@ async def authenticate(
     password: str,
     limits: LoginLimits,
     client_addr: str | None = None,
+    totp_code: str | None = None,
 ) -> User:
     """Check a login, with throttling and an audit trail. Commits.
 
     An unknown email costs the same argon2 verification as a known one and gets the same
-    answer, so neither the message nor the time tells whether an account exists.
+    answer, so neither the message nor the time tells whether an account exists. An
+    account with a second factor also needs `totp_code` (a TOTP or recovery code).
 
     Raises:
-        TooManyAttempts: this account or address failed too often recently.
+        TooManyAttempts: this account or address failed too often recently, or too many
+            wrong codes.
         BadCredentials: unknown email, wrong password or deactivated account.
+        SecondFactorRequired: the password is right and a code is needed (none given).
+        EnrolmentRequired: the password is right; the second factor must be set up first.
+        totp.WrongCode: the code is wrong or already used.
     """
     if wait := await rate_limit.login_lock_remaining(redis, email, client_addr):
         raise rate_limit.TooManyAttempts(
@@ -223,7 +251,24 @@ async def authenticate(
     assert user is not None
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
-    await rate_limit.login_succeeded(redis, email)
+    if user.totp_secret is None and user.totp_required and user.role in STAFF_ROLES:
+        await session.commit()
+        raise EnrolmentRequired(ENROLMENT_REQUIRED, user_id=user.id, email=user.email)
+    if user.totp_secret is not None:
+        if not totp_code:
+            await session.commit()
+            raise SecondFactorRequired(CODE_REQUIRED, user_id=user.id, email=user.email)
+        await totp.check_code(
+            session, redis, user=user, code=totp_code, limits=limits, client_addr=client_addr
+        )
+    await _signed_in(session, redis, user, client_addr)
+    return user
+
+
+async def _signed_in(
+    session: AsyncSession, redis: Redis, user: User, client_addr: str | None
+) -> None:
+    await rate_limit.login_succeeded(redis, user.email)
     await audit.record(
         session,
         actor_user_id=user.id,
@@ -233,18 +278,129 @@ async def authenticate(
         client_addr=client_addr,
     )
     await session.commit()
+
+
+SIGN_IN_EXPIRED = "this sign-in expired; enter your email and password again"
+
+
+async def _pending_user(session: AsyncSession, redis: Redis, token: str, enrol: bool) -> User:
+    step = await totp.pending(redis, token)
+    user = await session.get(User, step.user_id) if step and step.enrol == enrol else None
+    if user is None or not user.is_active:
+        raise Invalid(SIGN_IN_EXPIRED)
     return user
 
 
-async def _set_password(
-    session: AsyncSession, redis: Redis, user: User, new_password: str, keep_session: str | None
+async def finish_sign_in(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    pending: str,
+    code: str,
+    limits: LoginLimits,
+    client_addr: str | None = None,
+) -> User:
+    """The second step of a browser sign-in: the code after the password. Commits.
+
+    Args:
+        pending: the token the password step handed out (`totp.start_pending`).
+
+    Raises:
+        Invalid: the pending sign-in is unknown or expired.
+        totp.WrongCode, TooManyAttempts: as `totp.check_code`.
+    """
+    user = await _pending_user(session, redis, pending, enrol=False)
+    await totp.check_code(
+        session, redis, user=user, code=code, limits=limits, client_addr=client_addr
+    )
+    await totp.end_pending(redis, pending)
+    await _signed_in(session, redis, user, client_addr)
+    return user
+
+
+async def enrol_and_sign_in(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    pending: str,
+    code: str,
+    client_addr: str | None = None,
+) -> tuple[User, list[str]]:
+    """The second step of a sign-in whose second factor an admin requires but which has
+    none yet: confirm the offered secret with a code. Commits.
+
+    Returns:
+        The user and their recovery codes (shown once).
+
+    Raises:
+        Invalid: the pending sign-in expired, or the code does not match.
+    """
+    user = await _pending_user(session, redis, pending, enrol=True)
+    codes = await totp.confirm_enrolment(
+        session, redis, user=user, code=code, client_addr=client_addr
+    )
+    await totp.end_pending(redis, pending)
+    await _signed_in(session, redis, user, client_addr)
+    return user, codes
+
+
+def _password_problem(user: User, password: str) -> str | None:
+    return password_problem(password, role=user.role, email=user.email)
+
+
+async def sign_out_everywhere(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    user_id: int,
+    reason: str,
+    actor_user_id: int | None,
+    keep_session: str | None = None,
+    client_addr: str | None = None,
 ) -> None:
-    if problem := password_problem(new_password):
+    """End the user's browser sessions (but `keep_session`) and refresh-token families,
+    audited as `sessions.revoked` with the reason; no commit.
+
+    The refresh tokens are revoked in the caller's transaction; the browser sessions live
+    in Redis and end at once, so a rolled-back change still signs the user out (harmless).
+    """
+    families = await revoke_user_tokens(session, user_id)
+    ended = await end_user_sessions(redis, user_id, keep=keep_session)
+    await audit.record(
+        session,
+        actor_user_id=actor_user_id,
+        action=audit.SESSIONS_REVOKED,
+        subject_type="user",
+        subject_id=user_id,
+        client_addr=client_addr,
+        details={"reason": reason, "browser_sessions": ended, "token_families": families},
+    )
+
+
+async def _set_password(
+    session: AsyncSession,
+    redis: Redis,
+    user: User,
+    new_password: str,
+    *,
+    reason: str,
+    keep_session: str | None = None,
+    client_addr: str | None = None,
+) -> None:
+    if problem := _password_problem(user, new_password):
         raise Invalid(problem)
     user.password_hash = hash_password(new_password)
     user.password_changed_at = dt.datetime.now(dt.UTC)
-    await revoke_user_tokens(session, user.id)
-    await end_user_sessions(redis, user.id, keep=keep_session)
+    await _void_reset_links(redis, user.id)
+    await sign_out_everywhere(
+        session,
+        redis,
+        user_id=user.id,
+        reason=reason,
+        actor_user_id=user.id,
+        keep_session=keep_session,
+        client_addr=client_addr,
+    )
 
 
 async def change_password(
@@ -266,7 +422,15 @@ async def change_password(
     user = await session.get_one(User, user_id)
     if not verify_password(user.password_hash, current_password):
         raise BadCredentials("the current password is wrong")
-    await _set_password(session, redis, user, new_password, keep_session)
+    await _set_password(
+        session,
+        redis,
+        user,
+        new_password,
+        reason=audit.PASSWORD_CHANGED,
+        keep_session=keep_session,
+        client_addr=client_addr,
+    )
     await audit.record(
         session,
         actor_user_id=user_id,
@@ -282,14 +446,22 @@ def _reset_key(token: str) -> str:
     return _RESET_PREFIX + hashlib.sha256(token.encode()).hexdigest()
 
 
+async def _void_reset_links(redis: Redis, user_id: int) -> None:
+    """Every reset link issued to the user stops working (a reset or change happened)."""
+    index = f"{_USER_RESETS_PREFIX}{user_id}"
+    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in await redis.smembers(index)]  # type: ignore[misc]
+    await redis.delete(index, *keys)
+
+
 async def start_password_reset(
     session: AsyncSession, redis: Redis, *, email: str, client_addr: str | None = None
 ) -> str | None:
     """Make a one-time reset token for the account with this email. Commits.
 
     Only the token's sha256 is stored (in Redis, expiring after 30 minutes: a lost token
-    is simply requested again). The caller delivers the token and must never show it to
-    the requester, nor reveal whether the account exists.
+    is simply requested again), and listed under the user, so that a completed reset or
+    a password change voids every link still out. The caller delivers the token and must
+    never show it to the requester, nor reveal whether the account exists.
 
     Returns:
         The token, or None when no active account has this email.
@@ -298,7 +470,12 @@ async def start_password_reset(
     if user is None or not user.is_active:
         return None
     token = secrets.token_urlsafe(32)
-    await redis.set(_reset_key(token), user.id, ex=RESET_TTL_SECONDS)
+    index = f"{_USER_RESETS_PREFIX}{user.id}"
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(_reset_key(token), user.id, ex=RESET_TTL_SECONDS)
+        pipe.sadd(index, _reset_key(token))
+        pipe.expire(index, RESET_TTL_SECONDS)  # the newest link outlives every older one
+        await pipe.execute()
     await audit.record(
         session,
         actor_user_id=None,
@@ -319,18 +496,26 @@ async def finish_password_reset(
     new_password: str,
     client_addr: str | None = None,
 ) -> None:
-    """Set a new password with a reset token; the token is spent. Commits.
+    """Set a new password with a reset token. Commits.
+
+    The token is spent, every other reset link of the account is voided, and every
+    browser session and refresh-token family of the account ends.
 
     Raises:
-        Invalid: unknown, used or expired token, or a refused password.
+        Invalid: unknown, used, voided or expired token, or a refused password.
     """
-    if problem := password_problem(new_password):
-        raise Invalid(problem)  # before spending the token, so a typo does not waste it
-    raw = await redis.getdel(_reset_key(token))
+    expired = Invalid("this reset link is invalid or has expired; ask for a new one")
+    raw = await redis.get(_reset_key(token))
     user = await session.get(User, int(raw)) if raw is not None else None
     if user is None or not user.is_active:
-        raise Invalid("this reset link is invalid or has expired; ask for a new one")
-    await _set_password(session, redis, user, new_password, None)
+        raise expired
+    if problem := _password_problem(user, new_password):
+        raise Invalid(problem)  # before spending the token, so a typo does not waste it
+    if await redis.getdel(_reset_key(token)) is None:
+        raise expired  # spent meanwhile by a parallel request
+    await _set_password(
+        session, redis, user, new_password, reason=audit.PASSWORD_RESET, client_addr=client_addr
+    )
     await audit.record(
         session,
         actor_user_id=user.id,
@@ -387,16 +572,20 @@ async def update_account(
     clinic_id: int | None = None,
     doctor_id: int | None = None,
     is_active: bool | None = None,
+    totp_required: bool | None = None,
+    remove_totp: bool = False,
     client_addr: str | None = None,
 ) -> User:
-    """An admin changes a user's role (with its link) or deactivates/reactivates them.
+    """An admin changes a user's role (with its link), deactivates/reactivates them,
+    requires a second factor of a staff account, or removes one (a lost phone).
 
     Deactivation ends the user's sessions and refresh tokens at once; access tokens stop
     working on their next request (the middleware loads only active users). Commits.
 
     Raises:
         NotFound: no such user.
-        Invalid: unknown role, missing link, an admin deactivating or demoting themself.
+        Invalid: unknown role, missing link, an admin deactivating or demoting themself,
+            a second factor asked of a patient, an admin removing their own.
     """
     user = await session.get(User, user_id)
     if user is None:
@@ -433,8 +622,14 @@ async def update_account(
     if is_active is not None and is_active != user.is_active:
         user.is_active = is_active
         if not is_active:
-            await revoke_user_tokens(session, user_id)
-            await end_user_sessions(redis, user_id)
+            await sign_out_everywhere(
+                session,
+                redis,
+                user_id=user_id,
+                reason=audit.ACCOUNT_DEACTIVATED,
+                actor_user_id=actor_user_id,
+                client_addr=client_addr,
+            )
         await audit.record(
             session,
             actor_user_id=actor_user_id,
@@ -443,6 +638,9 @@ async def update_account(
             subject_id=user_id,
             client_addr=client_addr,
         )
+    await _second_factor_change(
+        session, user, actor_user_id, totp_required, remove_totp, client_addr
+    )
     try:
         await session.commit()
     except IntegrityError:
@@ -450,6 +648,33 @@ async def update_account(
         raise Conflict("that doctor already has a login") from None
     await forget_principal(redis, user_id)
     return user
+
+
+async def _second_factor_change(
+    session: AsyncSession,
+    user: User,
+    actor_user_id: int,
+    required: bool | None,
+    remove: bool,
+    client_addr: str | None,
+) -> None:
+    if (required or remove) and user.role not in STAFF_ROLES:
+        raise Invalid("a second factor is for staff accounts (doctor, front desk, admin)")
+    if remove and user.totp_secret is not None:
+        if user.id == actor_user_id:
+            raise Invalid("remove your own second factor from your account page, with a code")
+        await totp.remove(session, user=user, actor_user_id=actor_user_id, client_addr=client_addr)
+    if required is not None and required != user.totp_required:
+        user.totp_required = required
+        await audit.record(
+            session,
+            actor_user_id=actor_user_id,
+            action=audit.TOTP_REQUIRED,
+            subject_type="user",
+            subject_id=user.id,
+            client_addr=client_addr,
+            details={"required": required},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +687,8 @@ class AccountRow:
     patient_id: int | None
     is_active: bool
     created_at: dt.datetime
+    totp_enabled: bool
+    totp_required: bool
 
 
 async def list_accounts(
@@ -477,13 +704,15 @@ async def list_accounts(
         User.patient_id,
         User.is_active,
         User.created_at,
+        User.totp_secret.is_not(None).label("totp_enabled"),
+        User.totp_required,
     ).order_by(User.id.desc())
     if role:
         query = query.where(User.role == role)
     if staff_only:
         query = query.where(User.role != "patient")
     rows = (await session.execute(query.limit(limit))).all()
-    return [AccountRow(*row) for row in rows]
+    return [AccountRow(**row._asdict()) for row in rows]
 
 
 async def display_name(session: AsyncSession, user_id: int) -> str:

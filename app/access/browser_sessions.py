@@ -51,11 +51,14 @@ async def end_session(redis: Redis, session_id: str) -> None:
     await redis.delete(_PREFIX + session_id)
 
 
-async def end_user_sessions(redis: Redis, user_id: int, *, keep: str | None = None) -> None:
-    """End every session of a user but `keep` (password change, deactivation)."""
+async def end_user_sessions(redis: Redis, user_id: int, *, keep: str | None = None) -> int:
+    """End every session of a user but `keep` (password change, deactivation); how many
+    were still live."""
     key = _USER_PREFIX + str(user_id)
     ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await redis.smembers(key)]  # type: ignore[misc]
     doomed = [i for i in ids if i != keep]
-    if doomed:
-        await redis.delete(*(_PREFIX + i for i in doomed))
-        await redis.srem(key, *doomed)  # type: ignore[misc]
+    if not doomed:
+        return 0
+    ended = int(await redis.delete(*(_PREFIX + i for i in doomed)))
+    await redis.srem(key, *doomed)  # type: ignore[misc]
+    return ended

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 _hasher = PasswordHasher()
 
 MIN_LENGTH = 10
+STAFF_MIN_LENGTH = 12  # staff see every patient's data: a stronger floor (issue #22)
+STAFF_ROLES = ("doctor", "front_desk", "admin")
+_LOCAL_PART_MIN = 3  # a shorter local part ("a@…") would forbid half the alphabet
 MAX_LENGTH = 256  # argon2 takes any length; this bounds the work one request can ask for
 _COMMON = Path(__file__).with_name("common_passwords.txt")
 
@@ -49,12 +53,27 @@ def common_passwords() -> frozenset[str]:
     return frozenset(line.strip().lower() for line in lines if line and not line.startswith("#"))
 
 
-def password_problem(password: str) -> str | None:
-    """Why a new password is refused, or None when it is acceptable."""
-    if len(password) < MIN_LENGTH:
-        return f"password must be at least {MIN_LENGTH} characters"
+def password_problem(password: str, *, role: str = "patient", email: str = "") -> str | None:
+    """Why a new password is refused, or None when it is acceptable.
+
+    Args:
+        role: staff roles get the stronger policy: 12 characters, not a common password
+            with digits or symbols around it (`Password2026!`), and not containing the
+            local part of their email.
+        email: the account's email (staff only).
+    """
+    staff = role in STAFF_ROLES
+    minimum = STAFF_MIN_LENGTH if staff else MIN_LENGTH
+    if len(password) < minimum:
+        return f"password must be at least {minimum} characters"
     if len(password) > MAX_LENGTH:
         return f"password must be at most {MAX_LENGTH} characters"
     if password.strip().lower() in common_passwords():
         return "this password is one of the most common ones; choose another"
+    core = password.lower().strip(string.digits + string.punctuation + string.whitespace)
+    if staff and core in common_passwords():
+        return "this password is a common one with digits or symbols added; choose another"
+    local = email.strip().split("@")[0].lower()
+    if staff and len(local) >= _LOCAL_PART_MIN and local in password.lower():
+        return "a staff password must not contain the name part of the email address"
     return None

@@ -8,6 +8,7 @@ burst up to its whole minute's allowance, which is what page loads with htmx nee
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -25,6 +26,14 @@ local ttl = redis.call('TTL', KEYS[1])
 if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {n, ttl}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    """Failures before a lock, and the longest lock (settings: LOGIN_MAX_FAILURES, …)."""
+
+    max_failures: int
+    max_lock_seconds: int
 
 
 class TooManyAttempts(DomainError):
@@ -62,8 +71,22 @@ async def login_lock_remaining(redis: Redis, email: str, client_addr: str | None
     keys = [f"login:lock:acct:{_account_key(email)}"]
     if client_addr:
         keys.append(f"login:lock:addr:{client_addr}")
+    return await _lock_remaining(redis, keys)
+
+
+async def _lock_remaining(redis: Redis, keys: list[str]) -> int:
     ttls = [await redis.ttl(key) for key in keys]
     return max([t for t in ttls if t > 0], default=0)
+
+
+async def _count_failure(redis: Redis, kind: str, ident: str, threshold: int, max_lock: int) -> int:
+    """Count one failure; from the threshold on, lock with a doubling delay (seconds set)."""
+    count, _ = await _incr(redis, f"login:fail:{kind}:{ident}", FAILURE_MEMORY_SECONDS)
+    if threshold and count >= threshold:
+        seconds = min(2 ** (count - threshold + 1), max_lock)
+        await redis.set(f"login:lock:{kind}:{ident}", 1, ex=seconds)
+        return seconds
+    return 0
 
 
 async def login_failed(
@@ -74,16 +97,10 @@ async def login_failed(
     Returns:
         The seconds of the lock just set, or 0 when below the threshold.
     """
-    locked = 0
-    targets = [("acct", _account_key(email), max_failures)]
+    locked = await _count_failure(redis, "acct", _account_key(email), max_failures, max_lock)
     if client_addr:
-        targets.append(("addr", client_addr, max_failures * ADDRESS_FACTOR))
-    for kind, ident, threshold in targets:
-        count, _ = await _incr(redis, f"login:fail:{kind}:{ident}", FAILURE_MEMORY_SECONDS)
-        if threshold and count >= threshold:
-            seconds = min(2 ** (count - threshold + 1), max_lock)
-            await redis.set(f"login:lock:{kind}:{ident}", 1, ex=seconds)
-            locked = max(locked, seconds)
+        threshold = max_failures * ADDRESS_FACTOR
+        locked = max(locked, await _count_failure(redis, "addr", client_addr, threshold, max_lock))
     return locked
 
 
@@ -92,3 +109,21 @@ async def login_succeeded(redis: Redis, email: str) -> None:
     guesser who also owns one real account)."""
     key = _account_key(email)
     await redis.delete(f"login:fail:acct:{key}", f"login:lock:acct:{key}")
+
+
+# Second-factor codes are counted per user on their own: whoever types them already knows
+# the password, so a correct password must not reset the count of wrong codes.
+
+
+async def code_lock_remaining(redis: Redis, user_id: int) -> int:
+    """Seconds before this user may try another authentication code (0: now)."""
+    return await _lock_remaining(redis, [f"login:lock:code:{user_id}"])
+
+
+async def code_failed(redis: Redis, user_id: int, *, max_failures: int, max_lock: int) -> int:
+    """Count a wrong authentication code; the seconds of the lock just set, or 0."""
+    return await _count_failure(redis, "code", str(user_id), max_failures, max_lock)
+
+
+async def code_succeeded(redis: Redis, user_id: int) -> None:
+    await redis.delete(f"login:fail:code:{user_id}", f"login:lock:code:{user_id}")

@@ -49,8 +49,9 @@ def verify_access_token(secret: str, token: str) -> AccessClaims | None:
     A token whose signature this process has checked before is not checked again: its
     claims are remembered (keyed by the secret and the token's exact text, so a changed
     character or another secret is a new entry) and only its expiry is re-read. Verifying
-    an HS256 JWT with PyJWT costs ~125 us of CPU on this kind of machine, and a client
-    sends the same token with every request for up to 15 minutes. Only valid tokens are
+    an HS256 JWT with PyJWT was the largest single cost of a cached API request
+    (bench/README.md), and a client sends the same token with every request for up to 15
+    minutes. Only valid tokens are
     remembered, at most `VERIFIED_MAX` (~3 MB), forgotten all at once when full.
     """
     key = (secret, token)
@@ -84,6 +85,9 @@ def _verify(secret: str, token: str) -> AccessClaims | None:
 # Refresh tokens: opaque, random, kept server-side as sha256 only, rotated on every use.
 
 REFRESH_TTL = dt.timedelta(days=14)
+# A client that refreshes twice at once (two tabs, a retry after a lost answer) presents
+# the same token twice; within this grace the second gets a pair too (docs/security.md).
+REFRESH_GRACE = dt.timedelta(seconds=20)
 
 
 class InvalidRefreshToken(DomainError):
@@ -112,12 +116,20 @@ async def issue_refresh_token(
 
 
 async def rotate_refresh_token(
-    session: AsyncSession, token: str, *, client_addr: str | None = None
+    session: AsyncSession,
+    token: str,
+    *,
+    client_addr: str | None = None,
+    grace: dt.timedelta = REFRESH_GRACE,
 ) -> tuple[int, str, str]:
     """Spend a refresh token and issue its successor. Commits.
 
-    Presenting a token that was already spent means two parties hold it (it leaked):
-    the whole family is revoked, the attempt audited, and the caller refused.
+    Presenting a token that was already spent means two parties hold it (it leaked): the
+    whole family is revoked, the attempt audited, and the caller refused. One exception,
+    for a client's parallel or retried refreshes: the immediately previous token (spent
+    less than `grace` ago, and nothing of its family spent since) is exchanged again for a
+    new token of the same family. Rotations within one family run one at a time (its rows
+    are locked), so parallel requests cannot both see a token unspent, nor race the check.
 
     Returns:
         (user id, role, new refresh token).
@@ -126,38 +138,62 @@ async def rotate_refresh_token(
         InvalidRefreshToken: unknown, expired, revoked or reused token, or inactive user.
     """
     now = dt.datetime.now(dt.UTC)
-    row = (
-        await session.execute(
-            select(RefreshToken, User.role, User.is_active)
-            .join(User, User.id == RefreshToken.user_id)
-            .where(RefreshToken.token_hash == _digest(token))
-            .with_for_update(of=RefreshToken)
-        )
-    ).one_or_none()
-    if row is None:
+    digest = _digest(token)
+    family_id = await session.scalar(
+        select(RefreshToken.family_id).where(RefreshToken.token_hash == digest)
+    )
+    if family_id is None:
         raise InvalidRefreshToken("the refresh token is not valid")
-    stored, role, active = row
-    if stored.used_at is not None and stored.revoked_at is None:
-        await revoke_family(session, stored.family_id, now)
-        await audit.record(
-            session,
-            actor_user_id=stored.user_id,
-            action=audit.TOKEN_REFRESH_REUSED,
-            subject_type="refresh_token_family",
-            client_addr=client_addr,
-            flagged=True,
-            details={"family_id": stored.family_id},
+    family = (
+        await session.scalars(
+            select(RefreshToken)
+            .where(RefreshToken.family_id == family_id)
+            .order_by(RefreshToken.id)  # one lock order for every request: no deadlock
+            .with_for_update()
         )
-        await session.commit()
-        raise InvalidRefreshToken("the refresh token was already used; sign in again")
-    if stored.revoked_at is not None or stored.used_at is not None:
+    ).all()
+    stored = next((t for t in family if t.token_hash == digest), None)
+    if stored is None:  # deleted (expired, swept) between the two statements
+        raise InvalidRefreshToken("the refresh token is not valid")
+    if stored.revoked_at is not None:
         raise InvalidRefreshToken("the refresh token was revoked; sign in again")
+    if stored.used_at is not None:
+        spent_at = stored.used_at
+        moved_on = any(t.used_at is not None and t.used_at > spent_at for t in family)
+        if moved_on or now - spent_at > grace:
+            await _reused(session, stored, now, client_addr)
+            raise InvalidRefreshToken("the refresh token was already used; sign in again")
+    else:
+        stored.used_at = now
+        # Successors handed out within the grace that the client did not keep: spent, so
+        # whoever presents one later (after the grace) is treated as a reuse.
+        for other in family:
+            if other.used_at is None and other.revoked_at is None:
+                other.used_at = now
+    role, active = (
+        await session.execute(select(User.role, User.is_active).where(User.id == stored.user_id))
+    ).one()
     if stored.expires_at <= now or not active:
         raise InvalidRefreshToken("the refresh token has expired; sign in again")
-    stored.used_at = now
-    new_token = await issue_refresh_token(session, stored.user_id, family_id=stored.family_id)
+    new_token = await issue_refresh_token(session, stored.user_id, family_id=family_id)
     await session.commit()
     return stored.user_id, role, new_token
+
+
+async def _reused(
+    session: AsyncSession, stored: RefreshToken, now: dt.datetime, client_addr: str | None
+) -> None:
+    await revoke_family(session, stored.family_id, now)
+    await audit.record(
+        session,
+        actor_user_id=stored.user_id,
+        action=audit.TOKEN_REFRESH_REUSED,
+        subject_type="refresh_token_family",
+        client_addr=client_addr,
+        flagged=True,
+        details={"family_id": stored.family_id},
+    )
+    await session.commit()
 
 
 async def revoke_family(session: AsyncSession, family_id: str, now: dt.datetime) -> int:
@@ -197,10 +233,16 @@ async def revoke_refresh_token(
         await session.commit()
 
 
-async def revoke_user_tokens(session: AsyncSession, user_id: int) -> None:
-    """Revoke every live refresh token of a user (password change, deactivation); no commit."""
-    await session.execute(
+async def revoke_user_tokens(session: AsyncSession, user_id: int) -> int:
+    """Revoke every live refresh token of a user (password change, deactivation); no commit.
+
+    Returns:
+        How many token families were still live.
+    """
+    families = await session.scalars(
         update(RefreshToken)
         .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=dt.datetime.now(dt.UTC))
+        .returning(RefreshToken.family_id)
     )
+    return len(set(families))

@@ -17,8 +17,9 @@ from app.access import accounts
 from app.errors import DomainError
 from app.routes.inputs import Id, IdField
 from app.routes.responses import BY_ID_RULES, READ, SIGNED_IN, answers
+from app.services import Services
 from app.web.guards import allow, client_addr, current_user
-from db.models import ROLES, Clinic, Doctor
+from db.models import ROLES, Clinic, Doctor, User
 
 ADMIN = [allow("admin")]
 
@@ -37,6 +38,8 @@ class AccountChange(msgspec.Struct, forbid_unknown_fields=True):
     clinic_id: IdField | None = None
     doctor_id: IdField | None = None
     is_active: bool | None = None
+    totp_required: bool | None = None
+    remove_totp: bool = False  # the user lost their phone and recovery codes
 
 
 class Account(msgspec.Struct):
@@ -47,6 +50,8 @@ class Account(msgspec.Struct):
     doctor_id: int | None
     patient_id: int | None
     is_active: bool
+    totp_enabled: bool = False
+    totp_required: bool = False
 
 
 def _actor(request: Request[Any, Any, Any]) -> int:
@@ -55,16 +60,25 @@ def _actor(request: Request[Any, Any, Any]) -> int:
     return user.id
 
 
-def _account(row: Any) -> Account:
+def _account(a: accounts.AccountRow | User, totp_enabled: bool) -> Account:
     return Account(
-        row.id, row.email, row.role, row.clinic_id, row.doctor_id, row.patient_id, row.is_active
+        a.id,
+        a.email,
+        a.role,
+        a.clinic_id,
+        a.doctor_id,
+        a.patient_id,
+        a.is_active,
+        totp_enabled,
+        a.totp_required,
     )
 
 
 @get("/api/users", guards=ADMIN, tags=["admin"], responses=READ)
 async def list_users_api(db_session: AsyncSession, role: str | None = None) -> list[Account]:
     """Accounts, newest first, optionally of one role."""
-    return [_account(r) for r in await accounts.list_accounts(db_session, role=role)]
+    rows = await accounts.list_accounts(db_session, role=role)
+    return [_account(r, r.totp_enabled) for r in rows]
 
 
 @post(
@@ -89,26 +103,29 @@ async def create_user_api(
         doctor_id=data.doctor_id,
         client_addr=client_addr(request),
     )
-    return _account(user)
+    return _account(user, user.totp_secret is not None)
 
 
 @patch("/api/users/{user_id:int}", guards=ADMIN, tags=["admin"], responses=BY_ID_RULES)
 async def update_user_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, user_id: Id, data: AccountChange
 ) -> Account:
-    """Change a user's role (with its clinic or doctor) or (de)activate them."""
+    """Change a user's role (with its clinic or doctor), (de)activate them, require a
+    second factor of a staff account or remove one."""
     user = await accounts.update_account(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         actor_user_id=_actor(request),
         user_id=user_id,
         role=data.role,
         clinic_id=data.clinic_id,
         doctor_id=data.doctor_id,
         is_active=data.is_active,
+        totp_required=data.totp_required,
+        remove_totp=data.remove_totp,
         client_addr=client_addr(request),
     )
-    return _account(user)
+    return _account(user, user.totp_secret is not None)
 
 
 async def _page(db_session: AsyncSession, **context: Any) -> Template:
@@ -149,6 +166,10 @@ def _int(raw: str) -> int | None:
     return int(raw) if raw.strip().isdigit() else None
 
 
+def _flag(raw: str) -> bool | None:
+    return {"true": True, "false": False}.get(raw)
+
+
 @post("/admin/users", guards=ADMIN, include_in_schema=False)
 async def create_user_page(
     request: Request[Any, Any, Any],
@@ -180,6 +201,8 @@ class AccountChangeForm:
     clinic_id: str = ""
     doctor_id: str = ""
     is_active: str = ""
+    totp_required: str = ""
+    remove_totp: str = ""
 
 
 @post("/admin/users/{user_id:int}", guards=ADMIN, include_in_schema=False)
@@ -189,17 +212,19 @@ async def update_user_page(
     user_id: Id,
     data: Annotated[AccountChangeForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template | Redirect:
-    """Apply a role change or (de)activation, then show the list again."""
+    """Apply a role change, (de)activation or second-factor change; show the list again."""
     try:
         await accounts.update_account(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             actor_user_id=_actor(request),
             user_id=user_id,
             role=data.role or None,
             clinic_id=_int(data.clinic_id),
             doctor_id=_int(data.doctor_id),
-            is_active={"true": True, "false": False}.get(data.is_active),
+            is_active=_flag(data.is_active),
+            totp_required=_flag(data.totp_required),
+            remove_totp=data.remove_totp == "true",
             client_addr=client_addr(request),
         )
     except DomainError as exc:

@@ -10,24 +10,25 @@ from zoneinfo import ZoneInfo
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.background_tasks import BackgroundTask, BackgroundTasks
-from litestar.datastructures import State
 from litestar.params import HeaderParameter, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments import booking
-from app.appointments.booking import AppointmentRow, BookingRules
+from app.appointments import commands, queries
+from app.appointments.queries import AppointmentRow
+from app.appointments.rules import BookingRules
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes import deps
 from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment
 from app.routes.responses import BOOKING, BY_ID, BY_ID_RULES, RULES
 from app.scheduling import slots
-from app.scheduling.slots import MAX_DAYS, DaySlots, SlotCache
+from app.scheduling.slots import MAX_DAYS, DaySlots
+from app.services import Services
 from app.web.guards import allow, prefetched
 from db.models import Appointment
 
-# What a status change may ask for (booking.TRANSITIONS has each one's allowed sources).
+# What a status change may ask for (app.appointments.rules.TRANSITIONS has their sources).
 Status = Literal["booked", "checked_in", "completed", "no_show", "cancelled"]
 
 
@@ -105,21 +106,21 @@ class AppointmentController(Controller):
     async def available_slots(
         self,
         request: Request[Any, Any, Any],
-        state: State,
         doctor_id: Id,
         date: dt.date,
         days: Annotated[int, Parameter(ge=1, le=MAX_DAYS)] = 1,
     ) -> Response[dict[str, Any]]:
         """A doctor's slots for a day (or `days` days from `date`), each with `available`.
 
-        The busiest route reads its services from `state` instead of taking them as
+        The busiest route reads its services with `Services.of` instead of taking them as
         dependencies: Litestar resolves several dependencies in an anyio task group per
         request, which cost a tenth of this route's CPU (measured with py-spy). On a cache
         miss the computed days are stored in Redis after the answer has been sent.
         """
         check_day(date)
-        slot_cache: SlotCache = state.slot_cache
-        rules, now = deps.provide_rules(state), deps.provide_now()
+        services = Services.of(request.app)
+        slot_cache = services.slot_cache
+        rules, now = deps.booking_rules(services.settings), deps.provide_now()
         later: list[Callable[[], Awaitable[None]]] = []
         timezone, found = await slot_cache.days(
             doctor_id, date, days, prefetched(request), later=later
@@ -148,7 +149,7 @@ class AppointmentController(Controller):
     ) -> Response[dict[str, Any]]:
         """Book a slot: 201, or 409 with `alternatives` when it has just been taken."""
         check_moment(data.start, "start")
-        result = await booking.book(
+        result = await commands.book(
             db_session,
             effects,
             actor,
@@ -180,7 +181,7 @@ class AppointmentController(Controller):
     ) -> dict[str, Any]:
         """The caller's appointments, filtered; `next_cursor` fetches the next page."""
         check_day(date)
-        rows, next_cursor = await booking.list_appointments(
+        rows, next_cursor = await queries.list_appointments(
             db_session,
             actor,
             now=now,
@@ -199,8 +200,9 @@ class AppointmentController(Controller):
         self, db_session: AsyncSession, actor: Principal, appointment_id: Id
     ) -> dict[str, Any]:
         """One appointment the caller may see (404 otherwise)."""
-        appointment = await booking.get_visible(db_session, actor, appointment_id)
-        return appointment_out(appointment, await booking.clinic_timezone(db_session, appointment))
+        appointment = await queries.get_visible(db_session, actor, appointment_id)
+        timezone = await queries.clinic_timezone(db_session, appointment.doctor_id)
+        return appointment_out(appointment, timezone)
 
     @patch("/{appointment_id:int}", guards=[allow()], responses=BOOKING)
     async def change(
@@ -218,7 +220,7 @@ class AppointmentController(Controller):
             raise Invalid("give either status or start")
         check_moment(data.start, "start")
         if data.start is not None:
-            result = await booking.reschedule(
+            result = await commands.reschedule(
                 db_session,
                 effects,
                 actor,
@@ -229,7 +231,7 @@ class AppointmentController(Controller):
             )
         else:
             assert data.status is not None
-            result = await booking.change_status(
+            result = await commands.change_status(
                 db_session,
                 effects,
                 actor,
@@ -255,7 +257,7 @@ class AppointmentController(Controller):
         data: BulkIn,
     ) -> dict[str, Any]:
         """One status for many appointments in one statement; a result per id."""
-        results = await booking.bulk_update(
+        results = await commands.bulk_update(
             db_session, effects, actor, data.appointment_ids, status=data.status, now=now
         )
         return {"results": [{"id": i, "result": r} for i, r in results.items()]}

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import accounts, tokens
 from app.routes.auth import login_limits, send_reset_link
 from app.routes.responses import ANY_ROUTE, PUBLIC, READ, RULES, answers
+from app.services import Services
 from app.settings import Settings
 from app.web.guards import AUTH_LIMITED, allow, browser_session, client_addr, current_user
 
@@ -36,6 +37,7 @@ class Registered(msgspec.Struct):
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
     email: str
     password: str
+    totp: str | None = None  # an authenticator or recovery code: staff with a second factor
 
 
 class RefreshBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -73,7 +75,7 @@ class ResetConfirm(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:
-    settings: Settings = request.app.state.settings
+    settings: Settings = Services.of(request.app).settings
     return settings
 
 
@@ -110,14 +112,16 @@ async def register(
 async def token(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: Credentials
 ) -> TokenPair:
-    """Exchange email and password for an access token (15 min) and a refresh token."""
+    """Exchange email and password (and `totp`, when the account has a second factor) for
+    an access token (15 min) and a refresh token."""
     user = await accounts.authenticate(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         email=data.email,
         password=data.password,
         limits=login_limits(_settings(request)),
         client_addr=client_addr(request),
+        totp_code=data.totp,
     )
     refresh = await tokens.issue_refresh_token(db_session, user.id)
     await db_session.commit()
@@ -131,7 +135,8 @@ async def token(
 async def refresh(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: RefreshBody
 ) -> TokenPair:
-    """Spend a refresh token for a new pair; a reused one revokes its whole family."""
+    """Spend a refresh token for a new pair; a reused one revokes its whole family (the
+    previous token is accepted again for a short grace: docs/security.md)."""
     user_id, role, new_refresh = await tokens.rotate_refresh_token(
         db_session, data.refresh_token, client_addr=client_addr(request)
     )
@@ -166,7 +171,7 @@ async def change_password(
     assert user is not None
     await accounts.change_password(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         user_id=user.id,
         current_password=data.current_password,
         new_password=data.new_password,
@@ -205,7 +210,7 @@ async def password_reset_confirm(
     """Set a new password with a reset token."""
     await accounts.finish_password_reset(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         token=data.token,
         new_password=data.new_password,
         client_addr=client_addr(request),

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments import booking
-from app.appointments.booking import BookingRules
+from app.appointments import commands, queries
+from app.appointments.rules import BookingRules
 from app.errors import Conflict, DomainError
 from app.live import boards
 from app.live.effects import Effects
@@ -114,8 +114,8 @@ async def _reschedule_target(
 ) -> dict[str, Any] | None:
     if appointment_id is None:
         return None
-    appointment = await booking.get_visible(db_session, actor, appointment_id)
-    timezone = await booking.clinic_timezone(db_session, appointment)
+    appointment = await queries.get_visible(db_session, actor, appointment_id)
+    timezone = await queries.clinic_timezone(db_session, appointment.doctor_id)
     return {"id": appointment.id, "label": _label(appointment.starts_at, timezone)}
 
 
@@ -192,7 +192,7 @@ async def book(
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
         check_moment(start, "start")
-        result = await booking.book(
+        result = await commands.book(
             db_session,
             effects,
             actor,
@@ -227,14 +227,14 @@ async def book(
 
 
 async def _my_context(db_session: AsyncSession, actor: Principal, now: dt.datetime) -> dict:
-    upcoming, _ = await booking.list_appointments(
+    upcoming, _ = await queries.list_appointments(
         db_session, actor, now=now, when="upcoming", patient_id=actor.patient_id, limit=100
     )
-    past, _ = await booking.list_appointments(
+    past, _ = await queries.list_appointments(
         db_session, actor, now=now, when="past", patient_id=actor.patient_id, limit=50
     )
 
-    def view(row: booking.AppointmentRow) -> dict[str, Any]:
+    def view(row: queries.AppointmentRow) -> dict[str, Any]:
         local = row.starts_at.astimezone(ZoneInfo(row.timezone))
         return {
             "id": row.id,
@@ -281,7 +281,7 @@ async def cancel(
 ) -> Response[str]:
     """Cancel one of my appointments; the slot is free for others at once."""
     try:
-        await booking.change_status(
+        await commands.change_status(
             db_session,
             effects,
             actor,
@@ -315,14 +315,14 @@ async def reschedule(
 ) -> Response[str]:
     """Move my appointment to the chosen slot: all or nothing. When it fails the panel
     stays a reschedule panel, so a nearby time offered moves the same appointment."""
-    current = await booking.get_visible(db_session, actor, appointment_id)
+    current = await queries.get_visible(db_session, actor, appointment_id)
     doctor, clinic = await _doctor_and_clinic(db_session, current.doctor_id)
     target = {"id": current.id, "label": _label(current.starts_at, clinic.timezone)}
     context: dict[str, Any] = {"doctor": doctor, "clinic": clinic, "reschedule": target}
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
         check_moment(start, "start")
-        moved = await booking.reschedule(
+        moved = await commands.reschedule(
             db_session, effects, actor, appointment_id, start=start, rules=rules, now=now
         )
     except ValueError:

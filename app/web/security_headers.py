@@ -12,6 +12,7 @@ import re
 
 from litestar.types import Message, Scope
 
+from app.services import Services
 from app.web.api_docs import SWAGGER_CSS, SWAGGER_SCRIPTS
 
 CSP_BASE = [
@@ -67,7 +68,7 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
     # Pages and answers about people must not sit in shared or browser caches.
     if b"cache-control" not in present and not scope["path"].startswith("/static/"):
         headers.append(_NO_STORE)
-    https = scope["app"].state.settings.public_origin.startswith("https://")
+    https = Services.of(scope["app"]).settings.public_origin.startswith("https://")
     if https and _HSTS[0] not in present:
         headers.append(_HSTS)
     message["headers"] = headers

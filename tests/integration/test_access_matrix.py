@@ -58,6 +58,8 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     # sign-in pages and the auth API
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,
+    ("POST", "/login/totp"): PUBLIC,
+    ("POST", "/login/totp-setup"): PUBLIC,
     ("GET", "/register"): PUBLIC,
     ("POST", "/register"): PUBLIC,
     ("GET", "/password-reset"): PUBLIC,
@@ -77,6 +79,9 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/me"): ANY,
     ("GET", "/account/password"): ANY,
     ("POST", "/account/password"): ANY,
+    ("GET", "/account/totp"): ("doctor", "front_desk", "admin"),
+    ("POST", "/account/totp"): ("doctor", "front_desk", "admin"),
+    ("POST", "/account/totp/remove"): ("doctor", "front_desk", "admin"),
     ("GET", "/me/access-log"): PATIENT,
     # accounts and the audit trail
     ("GET", "/api/users"): ADMIN,
@@ -96,6 +101,8 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/api/doctors/{doctor_id:int}/schedule"): ANY,
     ("PUT", "/api/doctors/{doctor_id:int}/schedule"): ADMIN,
     ("POST", "/api/doctors/{doctor_id:int}/exceptions"): ADMIN,
+    ("PATCH", "/api/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
+    ("DELETE", "/api/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
     ("GET", "/admin/clinics"): ADMIN,
     ("POST", "/admin/clinics"): ADMIN,
     ("POST", "/admin/clinics/{clinic_id:int}/exceptions"): ADMIN,
@@ -104,6 +111,9 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/admin/doctors/{doctor_id:int}/schedule"): ADMIN,
     ("POST", "/admin/doctors/{doctor_id:int}/schedule"): ADMIN,
     ("POST", "/admin/doctors/{doctor_id:int}/exceptions"): ADMIN,
+    ("GET", "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
+    ("POST", "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
+    ("POST", "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}/withdraw"): ADMIN,
     # appointments (API)
     ("GET", "/api/appointments/available-slots"): ANY,
     ("GET", "/api/appointments"): ANY,

@@ -1,20 +1,22 @@
 """The JSON auth API: registration, tokens, refresh rotation, throttling, bad input."""
 
 import dataclasses
+import datetime as dt
 import time
 
 import jwt
 from argon2 import PasswordHasher
 from litestar.testing import AsyncTestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.access import accounts, rate_limit
-from app.access.tokens import issue_access_token
+from app.access.tokens import REFRESH_GRACE, issue_access_token
 from app.web.asgi import create_app
 from db.models import AuditEvent, RefreshToken, User
 from tests.integration.auth_helpers import PASSWORD, bearer, make_user
 
 CREDS = {"email": "ann@example.test", "password": PASSWORD}
+GRACE_AGO = REFRESH_GRACE + dt.timedelta(seconds=1)  # a spent token's age just past the grace
 
 
 async def test_register_then_token_then_me(client):
@@ -108,8 +110,10 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client, session):
     auth = {"Authorization": f"Bearer {second['access_token']}"}
     assert (await client.get("/api/auth/me", headers=auth)).status_code == 200
 
-    # The first token leaked and is replayed: refused, and the legitimate holder's newer
-    # token dies with it, so the thief's copy is worth nothing either.
+    # The first token leaked and is replayed after the grace: refused, and the legitimate
+    # holder's newer token dies with it, so the thief's copy is worth nothing either.
+    await session.execute(update(RefreshToken).values(used_at=RefreshToken.used_at - GRACE_AGO))
+    await session.commit()
     replay = await client.post("/api/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert replay.status_code == 401 and "already used" in replay.json()["detail"]
     newer = await client.post("/api/auth/refresh", json={"refresh_token": second["refresh_token"]})

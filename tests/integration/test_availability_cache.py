@@ -7,6 +7,7 @@ import pytest
 
 import app.scheduling.slots as slots_module
 from app.scheduling.slots import SlotCache, compute_days, load_doctor_days
+from app.services import Services
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -103,14 +104,14 @@ async def test_every_kind_of_change_is_seen_by_the_next_read(client, world, engi
 async def book_at_ten(engine, redis, world, day):
     """patient0 books 10:00 on `day` through the domain code (commit, then invalidation)."""
     from app.access.identity import Principal
-    from app.appointments import booking
-    from app.appointments.booking import BookingRules
+    from app.appointments import commands
+    from app.appointments.rules import BookingRules
     from app.live.effects import Effects
     from db.session import session_factory
 
     user = world.users["patient0"]
     async with session_factory(engine)() as writer:
-        await booking.book(
+        await commands.book(
             writer,
             Effects(redis),
             Principal(user.id, user.email, "patient", patient_id=user.patient_id),
@@ -171,7 +172,7 @@ async def test_a_cache_hit_costs_one_redis_round_trip(client, world, engine):
     and the rate count: a hit sends one command to Redis, and answers the truth."""
     day = day_after_tomorrow()
     await served(client, world, day)  # caches the Principal and the day
-    redis = client.app.state.redis
+    redis = Services.of(client.app).redis
     original, sent = redis.execute_command, []
 
     async def recording(*args, **kwargs):

@@ -20,8 +20,8 @@ from app.live.realtime import (
     change_messages,
     doctor_channel,
 )
-from conftest import OwnRedis
 from tests.integration.world import day_after_tomorrow, make_world
+from tests.processes import kill_process, start_process
 
 DAY = dt.date(2030, 1, 7)
 
@@ -90,9 +90,8 @@ async def test_a_slow_socket_is_told_to_resync_instead_of_growing(settings):
         await client.aclose()
 
 
-async def test_losing_redis_closes_sockets_and_the_hub_recovers(tmp_path):
-    own = OwnRedis(tmp_path)
-    own.start()
+async def test_losing_redis_closes_sockets_and_the_hub_recovers(own_redis):
+    own = own_redis
     client = Redis.from_url(own.url, socket_timeout=1, socket_connect_timeout=1)
     hub = Hub(own.url, client, Renders())
     await hub.start()
@@ -116,7 +115,6 @@ async def test_losing_redis_closes_sockets_and_the_hub_recovers(tmp_path):
     finally:
         await hub.stop()
         await client.aclose()
-        own.stop()
 
 
 def test_the_resync_close_code_is_one_htmx_ext_ws_reconnects_on():
@@ -146,9 +144,8 @@ async def test_a_socket_is_subscribed_in_redis_before_it_is_given_its_view(setti
         await publisher.aclose()
 
 
-async def test_a_socket_joining_while_redis_is_away_waits_for_the_new_subscription(tmp_path):
-    own = OwnRedis(tmp_path)
-    own.start()
+async def test_a_socket_joining_while_redis_is_away_waits_for_the_new_subscription(own_redis):
+    own = own_redis
     client = Redis.from_url(own.url, socket_timeout=1, socket_connect_timeout=1)
     hub = Hub(own.url, client, Renders())
     await hub.start()
@@ -174,7 +171,6 @@ async def test_a_socket_joining_while_redis_is_away_waits_for_the_new_subscripti
         await client.aclose()
         if publisher is not None:
             await publisher.aclose()
-        own.stop()
 
 
 async def test_a_busy_event_loop_is_not_taken_for_a_lost_redis(settings, monkeypatch):
@@ -208,13 +204,13 @@ async def test_broadcaster_connects_over_a_unix_socket(tmp_path):
     from conftest import _redis_binary
 
     path = tmp_path / "redis.sock"
-    server = subprocess.Popen(
-        [_redis_binary(), "--port", "0", "--unixsocket", str(path), "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
     url = f"unix://{path}?db=0"
     client = Redis.from_url(url)
     hub = Hub(url, client, Renders())
+    server = start_process(
+        [_redis_binary(), "--port", "0", "--unixsocket", str(path), "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             if path.exists():
@@ -235,7 +231,7 @@ async def test_broadcaster_connects_over_a_unix_socket(tmp_path):
     finally:
         await hub.stop()
         await client.aclose()
-        server.kill()
+        kill_process(server)
 
 
 async def test_hubs_on_different_redis_databases_do_not_hear_each_other(settings):
