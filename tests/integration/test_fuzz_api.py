@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from app.settings import get_settings
 from app.web.asgi import create_app
-from conftest import DATA_TABLES, LiveServer
+from conftest import ALLOW_AUDIT_TRUNCATE, DATA_TABLES, LiveServer
 from db.session import create_engine, session_factory
 from tests.integration.world import World, make_world
 
@@ -54,6 +54,7 @@ async def _fresh_world(app_settings) -> World:
     engine = create_engine(app_settings, application_name="medbook-fuzz")
     try:
         async with engine.begin() as conn:
+            await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
             await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
         async with session_factory(engine)() as session:
             return await make_world(session, app_settings.secret_key, patients=2)
