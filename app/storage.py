@@ -98,12 +98,12 @@ class _Endpoint:
 class FastPresigner:
     """AWS Signature V4 query signing for S3 GETs, equivalent to botocore's presigner.
 
-    botocore's `generate_presigned_url` costs ~0.4 ms per URL here (request model,
-    event hooks, endpoint resolution), so a list of 50 held the event loop for 20+ ms.
-    The signature itself is four HMACs and a SHA-256: this class learns the endpoint and
-    credential scope from one botocore URL at start-up, caches the day's signing key and
-    signs in ~15 µs. `tests/unit/test_documents.py` checks that it produces exactly
-    botocore's URL.
+    botocore's `generate_presigned_url` spends most of its time in its request model,
+    event hooks and endpoint resolution, so a list of 50 held the event loop noticeably
+    (bench/README.md). The signature itself is four HMACs and a SHA-256: this class learns
+    the endpoint and credential scope from one botocore URL at start-up, caches the day's
+    signing key and signs in a small fraction of that time. `tests/unit/test_documents.py`
+    checks that it produces exactly botocore's URL.
     """
 
     def __init__(self, probe_url: str, credentials: Any) -> None:
@@ -168,7 +168,7 @@ _PROBE_KEY = "medbook-probe"
 class S3Store:
     """Files in an S3 bucket (or an S3-compatible store at `S3_ENDPOINT_URL`).
 
-    One boto3 client per process (`create_store` shares it; a client costs 10-400 ms;
+    One boto3 client per process (`create_store` shares it; a client is slow to build;
     boto3 clients are thread-safe, so the worker threads share it).
     """
 
@@ -381,7 +381,7 @@ class DiskStore:
 
 
 # The S3 stores of this process, by configuration: one boto3 client each, shared by
-# documents and exports (a client costs 10-400 ms).
+# documents and exports (a client is slow to build).
 _S3_STORES: dict[tuple[str | None, ...], S3Store] = {}
 
 

@@ -326,6 +326,10 @@ class Appointment(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     idempotency_hash: Mapped[str | None] = mapped_column(String(64))
     booked_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # Who made the last change of status or time, and why (the reason given, or what
+    # cancelled it: leave, a closure); the audit trail holds every change (issue #22).
+    changed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    change_reason: Mapped[str | None]
     created_at: Mapped[dt.datetime] = _created_at()
     updated_at: Mapped[dt.datetime] = _created_at()
     checked_in_at: Mapped[dt.datetime | None]

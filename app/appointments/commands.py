@@ -18,15 +18,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import literal_column, select, update
+from sqlalchemy import literal_column, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.access import audit
 from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.appointments.queries import nearest_free, visible
 from app.appointments.rules import BookingRules
-from app.appointments.statements import BOOK_SQL, BOOKING_FACTS_SQL, held_lock
+from app.appointments.statements import (
+    BOOK_SQL,
+    BOOKING_FACTS_SQL,
+    CHANGE_STATUS_SQL,
+    held_lock,
+)
 from app.errors import Conflict, Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
 from app.notifications import planning as notifications
@@ -315,10 +321,12 @@ async def reschedule(
     start: dt.datetime,
     rules: BookingRules,
     now: dt.datetime,
+    reason: str | None = None,
 ) -> BookingResult:
     """Move a booked appointment to another slot of the same doctor, atomically.
 
-    Either the new slot is taken and the old one freed in one commit, or nothing changes.
+    Either the new slot is taken and the old one freed in one commit, or nothing changes;
+    the row records who moved it and why, the audit trail the times before and after.
     A booking that has already begun counts toward the patient's limit again once moved
     into the future, so the move counts under the same lock as booking.
 
@@ -344,9 +352,23 @@ async def reschedule(
     doctor_id = appointment.doctor_id  # read now: after a rollback the object is expired
     appointment.starts_at, appointment.ends_at = slot.start, slot.end
     appointment.updated_at = now
+    appointment.changed_by, appointment.change_reason = actor.id, reason
     try:
         # The outbox: the old time's unsent messages give way to the new time's.
         await notifications.appointment_rescheduled(session, appointment, data.timezone, now)
+        await audit.record(
+            session,
+            actor_user_id=actor.id,
+            action=audit.APPOINTMENT_RESCHEDULED,
+            subject_type="appointment",
+            subject_id=appointment.id,
+            patient_id=appointment.patient_id,
+            details={
+                "from": [old.start.isoformat(), old.end.isoformat()],
+                "to": [slot.start.isoformat(), slot.end.isoformat()],
+                "reason": reason,
+            },
+        )
         await session.commit()
     except DBAPIError as exc:
         await session.rollback()
@@ -355,6 +377,89 @@ async def reschedule(
         raise
     await effects.appointments_changed([_change(appointment, data.timezone, "rescheduled", old)])
     return BookingResult(appointment, data.timezone, replayed=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """An appointment as the change found it (what `rules.refusal` reads)."""
+
+    status: str
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+
+
+def _seen_by(actor: Principal) -> dict[str, int | None]:
+    """`queries.visible` as the statement's parameters (None: any)."""
+    see: dict[str, int | None] = dict.fromkeys(("see_clinic", "see_doctor", "see_patient"))
+    if actor.role == "front_desk":
+        see["see_clinic"] = actor.clinic_id if actor.clinic_id is not None else -1
+    elif actor.role == "doctor":
+        see["see_doctor"] = actor.doctor_id if actor.doctor_id is not None else -1
+    elif actor.role != "admin":
+        see["see_patient"] = actor.patient_id if actor.patient_id is not None else -1
+    return see
+
+
+async def set_status(
+    session: AsyncSession | AsyncConnection,
+    appointment_ids: Sequence[int],
+    status: str,
+    *,
+    setter: str,
+    actor_user_id: int | None,
+    now: dt.datetime,
+    seen: dict[str, int | None],
+    reason: str | None = None,
+    notice: str = "cancellation",
+    details: dict[str, Any] | None = None,
+) -> list[Any]:
+    """Set `status` on those of the appointments the rules let `setter` change, with their
+    outbox and audit rows, in one statement (CHANGE_STATUS_SQL); joins the caller's
+    transaction, or is one on its own in autocommit.
+
+    Args:
+        setter: the actor's role, or `rules.SCHEDULE` for leave and closures.
+        seen: which appointments the actor may see (`_seen_by`).
+        notice: the notice a cancellation sends (`cancellation`, or `exception`).
+        details: more for each audit event (e.g. which schedule exception).
+
+    Returns:
+        A row per appointment found (see CHANGE_STATUS_SQL); `id` is None for those
+        left unchanged.
+    """
+    guard = booking_rules.guard(setter, status, now)
+    columns = booking_rules.status_columns(status, now)
+    result = await session.execute(
+        CHANGE_STATUS_SQL,
+        {
+            **seen,
+            "ids": list(appointment_ids),
+            "status": status,
+            "now": now,
+            "cancelled_at": columns.get("cancelled_at"),
+            "checked_in_at": columns.get("checked_in_at"),
+            "reason": reason,
+            "actor": actor_user_id,
+            "allowed_from": list(guard.allowed_from),
+            "started_by": guard.started_by,
+            "ends_after": guard.ends_after,
+            "announcements": list(notifications.ANNOUNCEMENTS),
+            "unsent": list(notifications.UNSENT),
+            "notice": notice,
+            "action": audit.APPOINTMENT_STATUS_CHANGED,
+            "details": json.dumps(details or {}),
+        },
+    )
+    return list(result)
+
+
+def changed_appointment(row: Any) -> Appointment:
+    """The appointment as a changed row of `set_status` left it (detached)."""
+    mapping = row._mapping
+    return Appointment(**{name: mapping[name] for name in _COLUMNS})
+
+
+_COLUMNS = tuple(Appointment.__table__.columns.keys())
 
 
 async def change_status(
@@ -367,7 +472,8 @@ async def change_status(
     now: dt.datetime,
     reason: str | None = None,
 ) -> BookingResult:
-    """Check in, complete, cancel or mark a no-show, following the state machine.
+    """Check in, complete, cancel or mark a no-show, following the state machine: one
+    statement, with the outbox and audit rows (`set_status`). Commits.
 
     Raises:
         Invalid: an illegal transition (e.g. completed -> cancelled).
@@ -375,17 +481,31 @@ async def change_status(
         NotFound: not visible to the actor.
     """
     booking_rules.check_known(status)
-    appointment, timezone = await _locked_with_timezone(session, actor, appointment_id)
-    booking_rules.check_transition(actor.role, appointment, status, now)
-    for column, value in booking_rules.status_columns(status, now).items():
-        setattr(appointment, column, value)
-    if status == "cancelled":
-        appointment.cancel_reason = reason
-    # The outbox: unsent reminders are void; a cancellation notice is due now.
-    await notifications.appointments_status_changed(session, [appointment.id], status, now)
-    await session.commit()
-    await effects.appointments_changed([_change(appointment, timezone, status)])
-    return BookingResult(appointment, timezone, replayed=False)
+    await _one_statement_session(session)
+    for _ in range(2):
+        rows = await set_status(
+            session,
+            [appointment_id],
+            status,
+            setter=actor.role,
+            actor_user_id=actor.id,
+            now=now,
+            seen=_seen_by(actor),
+            reason=reason,
+        )
+        await session.commit()
+        if not rows or not rows[0].may_see:
+            raise NotFound(f"appointment {appointment_id} not found")
+        row = rows[0]
+        if row.id is not None:
+            appointment = changed_appointment(row)
+            await effects.appointments_changed([_change(appointment, row.timezone, status)])
+            return BookingResult(appointment, row.timezone, replayed=False)
+        found = _Found(row.found_status, row.found_starts_at, row.found_ends_at)
+        booking_rules.check_transition(actor.role, found, status, now)
+        # Allowed as it was read, refused once locked: another change came first. The
+        # second pass reads what it did and answers with the reason.
+    raise Conflict("the appointment has just been changed; reload it")
 
 
 async def bulk_update(
@@ -397,7 +517,8 @@ async def bulk_update(
     status: str,
     now: dt.datetime,
 ) -> dict[int, str]:
-    """Set one status on many appointments in one set-based UPDATE (review M-3).
+    """Set one status on many appointments in one statement (review M-3), with their
+    outbox and audit rows (`set_status`). Commits.
 
     Returns:
         For each id: `updated`; `not_found` (unknown, or not the actor's to see: another
@@ -408,64 +529,35 @@ async def bulk_update(
     ids = list(dict.fromkeys(appointment_ids))
     if not ids or len(ids) > MAX_BULK:
         raise Invalid(f"give between 1 and {MAX_BULK} appointment ids")
-    rows = (
-        await session.execute(
-            select(
-                Appointment.id,
-                Appointment.status,
-                Appointment.starts_at,
-                Appointment.ends_at,
-                visible(actor).label("may_see"),
-            ).where(Appointment.id.in_(ids))
-        )
-    ).all()
-    result = dict.fromkeys(ids, "not_found")
-    candidates = []
-    for row in rows:
-        if not row.may_see:
-            # Another clinic's appointment answers exactly like an unknown id: no
-            # existence leak (docs/security.md, "404 or 403?").
-            result[row.id] = "not_found"
-        elif why := booking_rules.refusal(actor.role, row, status, now):
-            # forbidden: e.g. a doctor cancelling (theirs to see, not to cancel)
-            result[row.id] = "forbidden" if why.kind == "forbidden" else "invalid_transition"
-        else:
-            candidates.append(row.id)
-    updated: Any = (
-        await session.execute(
-            update(Appointment)
-            .where(
-                Appointment.id.in_(candidates),
-                # re-checked: rows may have moved on since they were read
-                Appointment.status.in_(booking_rules.sources(status)),
-                visible(actor),
-                Clinic.id == Appointment.clinic_id,
-            )
-            .values(booking_rules.status_columns(status, now))
-            .returning(
-                Appointment.id,
-                Appointment.doctor_id,
-                Appointment.clinic_id,
-                Appointment.starts_at,
-                Appointment.ends_at,
-                Clinic.timezone,
-            )
-        )
-        if candidates
-        else []
-    )
-    changed = list(updated)
-    # The outbox, set-based like the update: void unsent reminders, notify cancellations.
-    await notifications.appointments_status_changed(
-        session, [row[0] for row in changed], status, now
+    await _one_statement_session(session)
+    rows = await set_status(
+        session,
+        ids,
+        status,
+        setter=actor.role,
+        actor_user_id=actor.id,
+        now=now,
+        seen=_seen_by(actor),
+        details={"bulk": True},
     )
     await session.commit()
-    for row_id in candidates:
-        result[row_id] = "invalid_transition"
+    result = dict.fromkeys(ids, "not_found")
     changes = []
-    for row_id, doctor_id, clinic_id, starts_at, ends_at, timezone in changed:
-        result[row_id] = "updated"
-        days = tuple(local_days(starts_at, ends_at, timezone))
-        changes.append(AppointmentChange(row_id, doctor_id, clinic_id, days, status))
+    for row in rows:
+        if row.id is not None:
+            result[row.id] = "updated"
+            days = tuple(local_days(row.starts_at, row.ends_at, row.timezone))
+            changes.append(AppointmentChange(row.id, row.doctor_id, row.clinic_id, days, status))
+        elif not row.may_see:
+            # Another clinic's appointment answers exactly like an unknown id: no
+            # existence leak (docs/security.md, "404 or 403?").
+            result[row.found_id] = "not_found"
+        else:
+            found = _Found(row.found_status, row.found_starts_at, row.found_ends_at)
+            why = booking_rules.refusal(actor.role, found, status, now)
+            # forbidden: e.g. a doctor cancelling (theirs to see, not to cancel); no
+            # reason as read: another change came first.
+            forbidden = why is not None and why.kind == "forbidden"
+            result[row.found_id] = "forbidden" if forbidden else "invalid_transition"
     await effects.appointments_changed(changes)
     return result

@@ -108,6 +108,29 @@ def refusal(setter: str, appointment: Booked, target: str, now: dt.datetime) -> 
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """`refusal` as conditions on the row, for an UPDATE that changes only what it may:
+    the status is one of `allowed_from`, it started by `started_by` and ends after
+    `ends_after` (None: no such condition)."""
+
+    allowed_from: tuple[str, ...]
+    started_by: dt.datetime | None
+    ends_after: dt.datetime | None
+
+
+def guard(setter: str, target: str, now: dt.datetime) -> Guard:
+    """The rows `setter` may set to `target` now (no status at all when their role may not):
+    exactly those for which `refusal` gives no reason."""
+    if target not in ROLE_TARGETS.get(setter, frozenset()):
+        return Guard((), None, None)
+    return Guard(
+        tuple(sorted(sources(target))),
+        now if target == "no_show" else None,
+        now if target == "cancelled" and setter != SCHEDULE else None,
+    )
+
+
 def check_transition(setter: str, appointment: Booked, target: str, now: dt.datetime) -> None:
     """Raises Forbidden or Invalid when `refusal` gives a reason."""
     why = refusal(setter, appointment, target, now)

@@ -6,15 +6,14 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, ColumnElement, Text, delete, insert, literal, select, update
+from sqlalchemy import BigInteger, ColumnElement, Text, delete, insert, literal, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import audit
-from app.appointments import rules
+from app.appointments import commands, rules
 from app.errors import Conflict, Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
-from app.notifications import planning as notifications
 from app.scheduling.slots import local_days
 from db.models import (
     EXCEPTION_KINDS,
@@ -271,20 +270,23 @@ async def add_exception(
     if cancel:
         for a in affected:  # leave and closures cancel what they cover, ended or not
             rules.check_transition(rules.SCHEDULE, a, "cancelled", now)
-        # Their patients are told: an `exception` notice each, in this same transaction.
-        await session.execute(
-            update(Appointment)
-            .where(Appointment.id.in_([a.id for a in affected]))
-            .values(
-                {
-                    **rules.status_columns("cancelled", now),
-                    "cancel_reason": f"doctor unavailable ({kind})",
-                }
-            )
+        await session.flush()  # the exception's id, for the audit events
+        # In this same transaction: each row records who and why, its patient gets an
+        # `exception` notice, the audit trail an event per appointment.
+        rows = await commands.set_status(
+            session,
+            [a.id for a in affected],
+            "cancelled",
+            setter=rules.SCHEDULE,
+            actor_user_id=created_by,
+            now=now,
+            seen={"see_clinic": clinic_id, "see_doctor": None, "see_patient": None},
+            reason=f"doctor unavailable ({kind})",
+            notice="exception",
+            details={"schedule_exception_id": exception.id, "kind": kind},
         )
-        await notifications.appointments_status_changed(
-            session, [a.id for a in affected], "cancelled", now, notice="exception"
-        )
+        changed = {row.id: commands.changed_appointment(row) for row in rows if row.id}
+        affected = [changed.get(a.id, a) for a in affected]
     await audit.record(
         session,
         actor_user_id=created_by,

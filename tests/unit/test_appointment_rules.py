@@ -83,6 +83,20 @@ def test_every_transition_by_every_setter_at_every_moment(setter, current, targe
         assert raised.value.args[0] == why.message
 
 
+@pytest.mark.parametrize(("setter", "current", "target", "moment"), CASES)
+def test_the_guard_passes_exactly_the_rows_refusal_allows(setter, current, target, moment):
+    """The status-change statement's WHERE, written out in Python: the same verdict as
+    `refusal` for every setter, state, target and moment."""
+    now = MOMENTS[moment]
+    guard = rules.guard(setter, target, now)
+    passes = (
+        current in guard.allowed_from
+        and (guard.started_by is None or guard.started_by >= STARTS)
+        and (guard.ends_after is None or guard.ends_after < ENDS)
+    )
+    assert passes == (expected(setter, current, target, moment) is None)
+
+
 def test_the_table_covers_every_state_and_nothing_else():
     assert set(STATES) == rules.STATUSES
     assert {(s, t) for s in STATES for t in STATES if t in rules.TRANSITIONS[s]} == LEGAL
