@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid, NotFound
 from app.live.effects import Effects
-from app.routes.inputs import Id
+from app.routes.inputs import Id, check_day
 from app.routes.views import page
 from app.scheduling import directory, schedules
 from app.settings import Settings
@@ -56,9 +56,11 @@ def _date(raw: str, label: str) -> dt.date | None:
     if not raw:
         return None
     try:
-        return dt.date.fromisoformat(raw)
+        day = dt.date.fromisoformat(raw)
     except ValueError:
         raise Invalid(f"{label} must be a date (YYYY-MM-DD), got {raw!r}") from None
+    check_day(day, label)  # a day either side stays within Python's dates
+    return day
 
 
 def _time(raw: str, label: str) -> dt.time:

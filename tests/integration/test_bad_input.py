@@ -61,6 +61,9 @@ BIG_INTS = [
         f"/api/doctors/{HUGE}/exceptions",
         {"starts_at": "2030-01-01T00:00Z", "ends_at": "2030-01-02T00:00Z"},
     ),
+    ("admin", "PATCH", f"/api/doctors/1/exceptions/{HUGE}", {"note": "x"}),
+    ("admin", "DELETE", f"/api/doctors/{HUGE}/exceptions/1", None),
+    ("admin", "GET", f"/admin/doctors/1/exceptions/{HUGE}", None),
     ("admin", "GET", f"/api/patients/{HUGE}/records", None),
     ("admin", "GET", f"/api/patients/1/records/{HUGE}", None),
     ("admin", "PATCH", f"/api/users/{HUGE}", {}),
@@ -122,7 +125,21 @@ def far_day_requests(world, day: str):
             f"/api/doctors/{doctor}/exceptions",
             {"starts_at": start, "ends_at": start},
         ),
+        ("admin", "PATCH", f"/api/doctors/{doctor}/exceptions/1", {"starts_at": start}),
     ]
+
+
+@pytest.mark.parametrize("day", FAR_DAYS)
+@pytest.mark.parametrize("whole_day", ["on", ""])
+async def test_leave_on_a_far_day_from_the_admin_page_says_the_range(client, world, day, whole_day):
+    form = {"start_date": day, "end_date": day, "start_time": "09:00", "end_time": "10:00"}
+    answer = await client.post(
+        f"/admin/doctors/{world.doctor_id}/exceptions",
+        data={**form, "whole_day": whole_day, "kind": "leave", "action": "preview"},
+        headers=world.headers("admin") | {"HX-Request": "true"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert "between 1900-01-01 and 2999-12-31" in answer.text
 
 
 @pytest.mark.parametrize("day", FAR_DAYS)
