@@ -21,6 +21,7 @@ from app.appointments.rules import BookingRules
 from app.errors import Conflict, DomainError
 from app.live import boards
 from app.live.effects import Effects
+from app.routes.inputs import Id, OptionalId, check_day, check_moment
 from app.routes.views import fragment, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
@@ -32,7 +33,7 @@ MAX_REASON = 500  # the textarea's maxlength
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
-async def _doctor_and_clinic(db_session: AsyncSession, doctor_id: int) -> tuple[Any, Any]:
+async def _doctor_and_clinic(db_session: AsyncSession, doctor_id: Id) -> tuple[Any, Any]:
     """Loaded and detached, so a booking's rollback cannot expire what the page shows."""
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     db_session.expunge_all()
@@ -92,6 +93,7 @@ async def _week_context(
     doctor_id: int,
     date: dt.date | None,
 ) -> dict[str, Any]:
+    check_day(date)
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     first = date or boards.clinic_today(clinic.timezone, now)
     _, days = await boards.doctor_days(
@@ -125,9 +127,9 @@ async def doctor_slots(
     rules: BookingRules,
     now: dt.datetime,
     actor: Principal,
-    doctor_id: int,
+    doctor_id: Id,
     date: dt.date | None = None,
-    reschedule: int | None = None,
+    reschedule: OptionalId = None,
 ) -> Template | Response[str]:
     """A doctor's week of slots; they change state live while the page is open."""
     context = await _week_context(db_session, slot_cache, rules, now, doctor_id, date)
@@ -144,7 +146,7 @@ async def booking_form(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    doctor_id: int,
+    doctor_id: Id,
     start: dt.datetime,
     reschedule: int | None = None,
     reason: str | None = None,
@@ -179,7 +181,7 @@ async def book(
     actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Book from the panel. Taken meanwhile: say so and offer the nearest free times;
@@ -189,6 +191,7 @@ async def book(
     reason = (data.get("reason") or "").strip() or None
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
+        check_moment(start, "start")
         result = await commands.book(
             db_session,
             effects,
@@ -274,7 +277,7 @@ async def cancel(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    appointment_id: int,
+    appointment_id: Id,
 ) -> Response[str]:
     """Cancel one of my appointments; the slot is free for others at once."""
     try:
@@ -307,7 +310,7 @@ async def reschedule(
     actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
-    appointment_id: int,
+    appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Move my appointment to the chosen slot: all or nothing. When it fails the panel
@@ -318,6 +321,7 @@ async def reschedule(
     context: dict[str, Any] = {"doctor": doctor, "clinic": clinic, "reschedule": target}
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
+        check_moment(start, "start")
         moved = await commands.reschedule(
             db_session, effects, actor, appointment_id, start=start, rules=rules, now=now
         )

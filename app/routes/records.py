@@ -15,6 +15,9 @@ from app.errors import DomainError, Invalid
 from app.live.effects import Effects
 from app.records import records
 from app.records.documents import CONTENT_TYPES
+from app.routes.inputs import Id
+from app.routes.responses import BY_ID_RULES, answers
+from app.routes.responses import SIGNED_IN as SIGNED_IN_ANSWERS
 from app.routes.views import message, page
 from app.services import Services
 from app.settings import Settings
@@ -34,12 +37,12 @@ def _store(request: Request[Any, Any, Any]) -> DocumentStore:
     return Services.of(request.app).documents
 
 
-@get("/api/patients/{patient_id:int}/records", guards=[SIGNED_IN])
+@get("/api/patients/{patient_id:int}/records", guards=[SIGNED_IN], responses=BY_ID_RULES)
 async def list_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     break_glass_reason: str | None = None,
 ) -> dict[str, Any]:
     """All of a patient's records with download URLs (valid 10 minutes), in one response."""
@@ -54,13 +57,17 @@ async def list_api(
     return {"patient_id": patient_id, "records": [item.as_json() for item in items]}
 
 
-@get("/api/patients/{patient_id:int}/records/{record_id:int}", guards=[SIGNED_IN])
+@get(
+    "/api/patients/{patient_id:int}/records/{record_id:int}",
+    guards=[SIGNED_IN],
+    responses=BY_ID_RULES,
+)
 async def view_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
-    record_id: int,
+    patient_id: Id,
+    record_id: Id,
     break_glass_reason: str | None = None,
 ) -> dict[str, Any]:
     """One record with a fresh download URL (the list returns them all at once)."""
@@ -94,13 +101,14 @@ def upload_routes(settings: Settings) -> list[Any]:
         guards=[allow("doctor")],
         request_max_body_size=limit,
         status_code=201,
+        responses=answers(*SIGNED_IN_ANSWERS, 404, 413, 422),
     )
     async def upload_api(
         request: Request[Any, Any, Any],
         db_session: AsyncSession,
         actor: Principal,
         effects: Effects,
-        patient_id: int,
+        patient_id: Id,
     ) -> dict[str, Any]:
         """Multipart `file`, `record_type`, `title`: a PDF, PNG or JPEG for a patient in
         the doctor's care."""
@@ -140,7 +148,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         db_session: AsyncSession,
         actor: Principal,
         effects: Effects,
-        patient_id: int,
+        patient_id: Id,
     ) -> Response[str]:
         """The panel's upload form; the new row reaches every open panel over the socket."""
         try:
@@ -176,7 +184,7 @@ async def _panel(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     reason: str | None,
     part: str,
 ) -> Template | Response[str]:
@@ -216,7 +224,7 @@ async def panel_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     break_glass_reason: str | None = None,
     part: str = "panel",
 ) -> Template | Response[str]:

@@ -20,6 +20,7 @@ from app.appointments.rules import BookingRules
 from app.errors import DomainError
 from app.live import boards
 from app.live.effects import Effects
+from app.routes.inputs import Id, OptionalId, check_day, parse_clock, parse_day, parse_id
 from app.routes.views import fragment, message, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
@@ -51,9 +52,10 @@ async def board(
     actor: Principal,
     now: dt.datetime,
     date: dt.date | None = None,
-    clinic_id: int | None = None,
+    clinic_id: OptionalId = None,
 ) -> Template | Response[str]:
     """Today's (or `date`'s) board for the desk's clinic: doctors as columns, live."""
+    check_day(date)
     clinic = await db_session.get(Clinic, await _clinic_of(db_session, actor, clinic_id))
     if clinic is None:
         raise NotFoundException("no such clinic")
@@ -87,7 +89,7 @@ async def set_status(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    appointment_id: int,
+    appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Check in, no-show or cancel from the board; every open board updates live."""
@@ -171,14 +173,20 @@ async def walk_in(
 ) -> Response[str]:
     """Book a walk-in for a found patient at a time on the doctor's grid."""
     try:
-        doctor_id, patient_id = int(data.get("doctor_id", "")), int(data.get("patient_id", ""))
-        day = dt.date.fromisoformat(data.get("date", ""))
-        hour, minute = (int(part) for part in data.get("time", "").split(":"))
+        doctor_id, patient_id = (
+            parse_id(data.get("doctor_id", "")),
+            parse_id(data.get("patient_id", "")),
+        )
+        day = parse_day(data.get("date", ""))
+        clock = parse_clock(data.get("time", ""))
     except ValueError:
-        text = "Choose a patient, a doctor and a time like 10:30."
+        text = "Choose a patient, a doctor, a day and a time like 10:30."
         return message(request, WALK_IN_MESSAGE, text, error=True)
-    _, clinic = await directory.get_doctor(db_session, doctor_id)
-    start = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=ZoneInfo(clinic.timezone))
+    try:
+        _, clinic = await directory.get_doctor(db_session, doctor_id)
+    except DomainError as exc:
+        return message(request, WALK_IN_MESSAGE, exc.detail, error=True)
+    start = dt.datetime.combine(day, clock, tzinfo=ZoneInfo(clinic.timezone))
     # The desk books what is in front of it: the notice rule is for patients booking online,
     # and a patient who walks in a few minutes late still gets the slot that just started.
     desk_rules = BookingRules(dt.timedelta(0), rules.horizon, rules.max_future_per_doctor)
@@ -209,6 +217,7 @@ async def doctor_day(
     date: dt.date | None = None,
 ) -> Template | Response[str]:
     """The doctor's appointments of the day with their status, live."""
+    check_day(date)
     assert actor.doctor_id is not None
     doctor, clinic = await directory.get_doctor(db_session, actor.doctor_id)
     day = date or boards.clinic_today(clinic.timezone, now)
@@ -238,7 +247,7 @@ async def doctor_status(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    appointment_id: int,
+    appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """The doctor checks in, completes or marks a no-show for their own patient."""

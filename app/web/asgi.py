@@ -54,12 +54,14 @@ from app.routes import (
 from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.inputs import refuse_bad_input
 from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
 from app.services import start_services
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.web import csrf, page_context
 from app.web.admission import Admission, AdmissionMiddleware
+from app.web.api_docs import VendoredSwagger
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
@@ -227,6 +229,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DefineMiddleware(CSRFMiddleware, exclude=UNGUARDED),
         ],
         before_send=[add_security_headers],
+        # NUL characters and deeply nested JSON: one 400 before any handler parses them.
+        before_request=refuse_bad_input,
         request_max_body_size=settings.request_max_body_bytes,
         plugins=[SQLAlchemyPlugin(config=db)],
         exception_handlers={
@@ -272,7 +276,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             engine=JinjaTemplateEngine,
             engine_callback=page_context.register,
         ),
-        openapi_config=OpenAPIConfig(title="medbook", version="0.1.0", path="/schema"),
+        # Swagger UI only, served from static/vendor (the CDN renderers broke under our CSP).
+        openapi_config=OpenAPIConfig(
+            title="medbook",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[VendoredSwagger(path=["/", "/swagger"])],
+        ),
     )
 
 
