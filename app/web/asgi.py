@@ -114,10 +114,9 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
     Opening them spares the first requests after a start or deploy the fork and
     authentication of new PostgreSQL backends. Running the statements spares them the rest
     of a backend's first use: asyncpg prepares each statement and introspects its types
-    once per connection, and a new backend plans with cold catalog caches (the
-    availability query's first run on a fresh connection measured 60-100 ms, its second
-    1-5 ms). That was the ~250 ms stall of the first burst of cache misses in a new
-    process. A database that is down only logs here: /health/ready reports it, and
+    once per connection, and a new backend plans with cold catalog caches (a statement's
+    first run on a fresh connection is many times slower than its second; bench/README.md).
+    That was the stall of the first burst of cache misses in a new process. A database that is down only logs here: /health/ready reports it, and
     requests retry the pool."""
 
     async def hold() -> None:
@@ -149,9 +148,9 @@ async def freeze_startup_heap(_: Litestar) -> AsyncIterator[None]:
     routes, pools, compiled templates) out of the garbage collector's reach.
 
     Those few hundred thousand objects live as long as the process, yet each full
-    (generation 2) collection walked them all: 40-110 ms per collection in each worker,
-    measured with gc.callbacks, several in the first seconds after a start: every request
-    in flight stalled ~125 ms (the first requests after a deploy). After `gc.freeze()` a
+    (generation 2) collection walked them all, several times in the first seconds after a
+    start (measured with gc.callbacks; bench/README.md), and every request in flight
+    stalled with it (the first requests after a deploy). After `gc.freeze()` a
     full collection walks only what came later. Runs
     last among the lifespans, so everything they set up is included; at shutdown the
     objects are handed back (an app built and stopped in a test process is collected)."""
