@@ -116,8 +116,8 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
     of a backend's first use: asyncpg prepares each statement and introspects its types
     once per connection, and a new backend plans with cold catalog caches (a statement's
     first run on a fresh connection is many times slower than its second; bench/README.md).
-    That was the stall of the first burst of cache misses in a new process. A database that is down only logs here: /health/ready reports it, and
-    requests retry the pool."""
+    That was the stall of the first burst of cache misses in a new process. A database
+    that is down only logs here: /health/ready reports it, and requests retry the pool."""
 
     async def hold() -> None:
         async with engine.connect() as connection:
