@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +22,13 @@ from app.access import audit
 from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid, NotFound
 from app.live.effects import Effects
-from app.records.documents import CONTENT_TYPES, FOLDER, new_key
+from app.records.documents import (
+    CONTENT_TYPES,
+    FOLDER,
+    content_disposition,
+    download_name,
+    new_key,
+)
 from app.storage import Store as DocumentStore
 from db.models import RECORD_TYPES, Appointment, MedicalRecord, Patient
 
@@ -48,9 +55,8 @@ class UnsupportedType(DomainError):
 
 
 class BreakGlassRequired(Forbidden):
-    """No care relationship: reading needs break-glass with a written reason."""
-
-    patient_name = ""
+    """No care relationship: reading needs break-glass with a written reason. It says
+    nothing about the patient: whoever meets it may not see them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,12 @@ class RecordItem:
     content_type: str
     size: int
     document_url: str | None
+    timezone: str = "UTC"  # the author's clinic's, for showing the time
+
+    @property
+    def uploaded_local(self) -> dt.datetime:
+        """When it was uploaded, in its clinic's time zone."""
+        return self.uploaded_at.astimezone(ZoneInfo(self.timezone))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -140,12 +152,10 @@ def _decide(
         who = "you have no booked, checked-in or completed appointment with this patient"
         if actor.role == "admin":
             who = "admins read records only through break-glass"
-        refusal = BreakGlassRequired(
+        raise BreakGlassRequired(
             f"{who}; to read them anyway, give a break-glass reason of at least "
             f"{MIN_REASON_CHARS} characters (it is logged and flagged for review)"
         )
-        refusal.patient_name = patient_name  # for the page's break-glass form, never the API
-        raise refusal
     return Grant(patient_id, patient_name, "break_glass", reason)
 
 
@@ -201,13 +211,14 @@ WITH g AS (
 ),
 r AS (
     SELECT m.id, m.record_type, m.title, d.full_name AS doctor_name, m.uploaded_at,
-           m.content_type, m.size, m.storage_key
+           m.content_type, m.size, m.storage_key, c.timezone
     FROM g
     JOIN medical_records m
       ON g.basis IS NOT NULL
      AND m.patient_id = CAST(:patient_id AS bigint)
      AND (CAST(:record_id AS bigint) IS NULL OR m.id = CAST(:record_id AS bigint))
     LEFT JOIN doctors d ON d.id = m.author_doctor_id
+    LEFT JOIN clinics c ON c.id = d.clinic_id
 ),
 audit AS (
     INSERT INTO audit_events
@@ -235,7 +246,7 @@ audit AS (
     WHERE g.basis IS NOT NULL
 )
 SELECT g.patient_name, g.basis, r.id, r.record_type, r.title, r.doctor_name, r.uploaded_at,
-       r.content_type, r.size, r.storage_key
+       r.content_type, r.size, r.storage_key, r.timezone
 FROM g LEFT JOIN r ON true
 ORDER BY r.uploaded_at DESC, r.id DESC
 """
@@ -301,7 +312,10 @@ async def _read(
     if the_grant.basis != first.basis:  # never hand out a URL without its audit row
         raise RuntimeError(f"access basis {the_grant.basis} != audited {first.basis}")
     rows = [row for row in found if row.id is not None]
-    urls = store.urls([row.storage_key for row in rows])
+    names = [download_name(row.title, row.record_type, row.content_type) for row in rows]
+    urls = store.urls(
+        [row.storage_key for row in rows], dispositions=[content_disposition(n) for n in names]
+    )
     items = [
         RecordItem(
             row.id,
@@ -312,6 +326,7 @@ async def _read(
             row.content_type,
             row.size,
             url,
+            row.timezone or "UTC",
         )
         for row, url in zip(rows, urls, strict=True)
     ]
@@ -376,6 +391,21 @@ async def view_record(
     if not items:
         raise NotFound(f"record {record_id} not found")
     return items[0]
+
+
+async def stored_as(session: AsyncSession, key: str) -> tuple[str, str] | None:
+    """The name a stored document downloads as and its content type; None for a key no
+    record names (its row is gone)."""
+    row = (
+        await session.execute(
+            select(
+                MedicalRecord.title, MedicalRecord.record_type, MedicalRecord.content_type
+            ).where(MedicalRecord.storage_key == key)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return download_name(row.title, row.record_type, row.content_type), row.content_type
 
 
 def sniff(data: bytes) -> str | None:

@@ -14,7 +14,7 @@ from app.access.identity import Principal
 from app.errors import DomainError, Invalid
 from app.live.effects import Effects
 from app.records import records
-from app.records.documents import CONTENT_TYPES
+from app.records.documents import content_disposition
 from app.routes.views import message, page
 from app.services import Services
 from app.settings import Settings
@@ -184,6 +184,7 @@ async def _panel(
         "can_upload": False,
         "records": [],
         "need_reason": None,
+        "patient_name": None,
     }
     try:
         the_grant, items = await records.list_records(
@@ -196,7 +197,8 @@ async def _panel(
             via="page",
         )
     except records.BreakGlassRequired as exc:
-        context.update(patient_name=exc.patient_name, need_reason=exc.detail)
+        # Nothing about a patient the reader may not see: not even the name.
+        context.update(need_reason=exc.detail)
         return page(request, "records/panel.html", "panel", **context)
     context.update(
         patient_name=the_grant.patient_name,
@@ -238,10 +240,14 @@ def _gone(status: int, detail: str) -> Response[dict[str, Any]]:
 
 @get("/documents/{key:path}", opt=PUBLIC, include_in_schema=False)
 async def download(
-    request: Request[Any, Any, Any], key: str, expires: str = "", sig: str = ""
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    key: str,
+    expires: str = "",
+    sig: str = "",
 ) -> File | Response[dict[str, Any]]:
-    """A document of the local-disk store. Public on purpose: the signed, expiring URL is
-    the credential, issued only by an audited read."""
+    """A document of the local-disk store, saved under its title and type. Public on
+    purpose: the signed, expiring URL is the credential, issued only by an audited read."""
     store = _store(request)
     key = key.lstrip("/")
     if not isinstance(store, DiskStore):
@@ -252,13 +258,15 @@ async def download(
     if verdict == "expired":
         return _gone(410, "this link has expired; open the records list again for a fresh one")
     path = store.path(key)
-    if not path.is_file():
+    stored = await records.stored_as(db_session, key)
+    if stored is None or not path.is_file():
         return _gone(404, "not found")
+    filename, content_type = stored
     return File(
         path=path,
-        filename=path.name,
-        media_type=CONTENT_TYPES[path.suffix.lstrip(".")],
-        content_disposition_type="attachment",
+        filename=filename,
+        media_type=content_type,
+        headers={"content-disposition": content_disposition(filename)},
     )
 
 
