@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.access import audit
 from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.appointments.queries import nearest_free, visible
@@ -40,6 +41,8 @@ from app.scheduling.slots import (
 from db.models import Appointment, Clinic
 
 MAX_BULK = 500
+CHECK_IN_UNDONE = "appointment.check_in_undone"
+LIMIT_OVERRIDDEN = "appointment.limit_overridden"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,7 @@ async def book(
     patient_id: int | None = None,
     reason: str | None = None,
     idempotency_key: str | None = None,
+    override_reason: str | None = None,
 ) -> BookingResult:
     """Book one slot. Commits, then runs the after-commit effects.
 
@@ -196,6 +200,8 @@ async def book(
         actor: who is booking (a patient for themself, or staff for `patient_id`).
         start: the slot's start; must be exactly on the doctor's grid.
         idempotency_key: the client's key; the same key and body return the original.
+        override_reason: why staff book beyond the per-doctor limit; when they do, it is
+            recorded in an audit event committed with the booking.
 
     Raises:
         Conflict: the slot is taken (with `alternatives`).
@@ -209,7 +215,9 @@ async def book(
         raise Invalid("start must include a UTC offset, e.g. 2026-06-01T09:00:00+02:00")
     start = start.astimezone(dt.UTC)
     target = booking_rules.target_patient(actor, patient_id)
-    await _one_statement_session(session)
+    override_reason = booking_rules.check_override(actor.role, override_reason)
+    if override_reason is None:  # an override adds its audit row: a transaction then
+        await _one_statement_session(session)
     data, facts = await _booking_facts(session, doctor_id, start, target, now)
     booking_rules.check_desk_clinic(actor, data.clinic_id)
     if facts is None:
@@ -221,7 +229,9 @@ async def book(
         return replay
     slot = booking_rules.find_slot(data, start)
     booking_rules.check_bookable(data, slot, rules, now)
-    booking_rules.check_room_for_one_more(facts.held, rules)
+    beyond_limit = booking_rules.check_room_for_one_more(
+        facts.held, rules, role=actor.role, override_reason=override_reason
+    )
     planned = notifications.plan(slot.start, data.timezone, now) if facts.channel else []
     try:
         row = (
@@ -243,6 +253,16 @@ async def book(
                 },
             )
         ).one()
+        if beyond_limit:
+            await audit.record(
+                session,
+                actor_user_id=actor.id,
+                action=LIMIT_OVERRIDDEN,
+                subject_type="appointment",
+                subject_id=row.id,
+                patient_id=target,
+                details={"reason": override_reason, "held": facts.held, "doctor_id": doctor_id},
+            )
         await session.commit()
     except DBAPIError as exc:
         await session.rollback()
@@ -349,22 +369,36 @@ async def change_status(
     now: dt.datetime,
     reason: str | None = None,
 ) -> BookingResult:
-    """Check in, complete, cancel or mark a no-show, following the state machine.
+    """Check in, complete, cancel or mark a no-show, following the state machine; or undo
+    a check-in (`booked`), which is audited.
 
     Raises:
-        Invalid: an illegal transition (e.g. completed -> cancelled).
+        Invalid: an illegal transition (e.g. completed -> cancelled), a check-in on
+            another day, an undo too late.
         Forbidden: the actor's role may not set this status.
         NotFound: not visible to the actor.
     """
     booking_rules.check_known(status)
     appointment, timezone = await _locked_with_timezone(session, actor, appointment_id)
-    booking_rules.check_transition(actor.role, appointment, status, now)
+    checked_in_at = appointment.checked_in_at
+    booking_rules.check_transition(actor.role, appointment, status, now, timezone=timezone)
     for column, value in booking_rules.status_columns(status, now).items():
         setattr(appointment, column, value)
     if status == "cancelled":
         appointment.cancel_reason = reason
-    # The outbox: unsent reminders are void; a cancellation notice is due now.
-    await notifications.appointments_status_changed(session, [appointment.id], status, now)
+    if status == "booked":
+        await audit.record(
+            session,
+            actor_user_id=actor.id,
+            action=CHECK_IN_UNDONE,
+            subject_type="appointment",
+            subject_id=appointment.id,
+            patient_id=appointment.patient_id,
+            details={"checked_in_at": checked_in_at.isoformat() if checked_in_at else None},
+        )
+    else:
+        # The outbox: unsent reminders are void; a cancellation notice is due now.
+        await notifications.appointments_status_changed(session, [appointment.id], status, now)
     await session.commit()
     await effects.appointments_changed([_change(appointment, timezone, status)])
     return BookingResult(appointment, timezone, replayed=False)
@@ -397,8 +431,12 @@ async def bulk_update(
                 Appointment.status,
                 Appointment.starts_at,
                 Appointment.ends_at,
+                Appointment.checked_in_at,
+                Clinic.timezone,
                 visible(actor).label("may_see"),
-            ).where(Appointment.id.in_(ids))
+            )
+            .join(Clinic, Clinic.id == Appointment.clinic_id)
+            .where(Appointment.id.in_(ids))
         )
     ).all()
     result = dict.fromkeys(ids, "not_found")
@@ -408,7 +446,7 @@ async def bulk_update(
             # Another clinic's appointment answers exactly like an unknown id: no
             # existence leak (docs/security.md, "404 or 403?").
             result[row.id] = "not_found"
-        elif why := booking_rules.refusal(actor.role, row, status, now):
+        elif why := booking_rules.refusal(actor.role, row, status, now, timezone=row.timezone):
             # forbidden: e.g. a doctor cancelling (theirs to see, not to cancel)
             result[row.id] = "forbidden" if why.kind == "forbidden" else "invalid_transition"
         else:
