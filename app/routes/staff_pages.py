@@ -31,8 +31,14 @@ Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 BOARD_MESSAGE, WALK_IN_MESSAGE, DAY_MESSAGE = "board-message", "walk-in-msg", "day-message"
 NEW_PATIENT_MESSAGE = "new-patient-msg"
 NOT_VALID = "The selection is not valid; reload the board."
-# What the desk and the doctor are told once a status is set.
-DONE = {"booked": "check-in undone", "checked_in": "checked in", "no_show": "no-show"}
+
+
+def _done(status: str) -> str:
+    return DONE.get(status, status.replace("_", " "))
+
+
+# What the desk and the doctor are told once a status is set (else the status in words).
+DONE = {"booked": "check-in undone"}
 # A result of moving or cancelling conflicting bookings, in the board's words.
 RESOLVED = {
     "moved": "moved",
@@ -118,9 +124,7 @@ async def set_status(
         )
     except DomainError as exc:
         return message(request, BOARD_MESSAGE, exc.detail, error=True)
-    return message(
-        request, BOARD_MESSAGE, f"Appointment {appointment_id}: {DONE.get(status, status)}."
-    )
+    return message(request, BOARD_MESSAGE, f"Appointment {appointment_id}: {_done(status)}.")
 
 
 def _selected_ids(form: Any) -> list[int] | None:
@@ -354,7 +358,7 @@ async def doctor_status(
         )
     except DomainError as exc:
         return message(request, DAY_MESSAGE, exc.detail, error=True)
-    return message(request, DAY_MESSAGE, f"Marked {DONE.get(status, status)}.")
+    return message(request, DAY_MESSAGE, f"Marked {_done(status)}.")
 
 
 ROUTES = [
