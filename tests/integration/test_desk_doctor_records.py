@@ -1,12 +1,11 @@
 """What the doctor sees of records (issue #23 item 12): times in the clinic's zone,
-downloads named by title and type (disk and S3), and a refusal that says nothing about
-the patient."""
+downloads named by title and type (S3's: tests/integration/test_records_s3.py), and a
+refusal that says nothing about the patient."""
 
 from __future__ import annotations
 
 import re
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -14,10 +13,9 @@ from app.records.documents import content_disposition
 from db.models import MedicalRecord
 from tests.integration.auth_helpers import browser_login
 from tests.integration.test_records import PDF, add_appointment, empty_documents, upload
-from tests.integration.test_records_s3 import s3_client, s3_endpoint
 from tests.integration.world import BERLIN, PASSWORD, make_world
 
-__all__ = ["empty_documents", "s3_client", "s3_endpoint"]  # fixtures used from there
+__all__ = ["empty_documents"]  # the fixture that empties the documents folder per test
 NAME = "Röntgen Thorax (imaging).pdf"
 
 
@@ -64,19 +62,3 @@ async def test_the_refusal_page_says_nothing_about_the_patient(client, world):
     assert panel and 'aria-label="Medical records"' in panel.group(0)
     allowed = await client.get(f"/patients/{world.patients[0]}/records")
     assert "Records — Patient 0" in allowed.text  # a patient in their care is named
-
-
-async def test_an_s3_download_is_named_by_title_and_type(s3_client, session, settings):
-    world = await make_world(session, settings.secret_key, patients=1)
-    patient = world.patients[0]
-    await add_appointment(session, world, patient, "booked", 9)
-    doctor = world.headers("doctor")
-    created = await upload(
-        s3_client, doctor, patient, record_type="imaging", title="Röntgen Thorax"
-    )
-    assert created.status_code == 201, created.text
-    listed = (await s3_client.get(f"/api/patients/{patient}/records", headers=doctor)).json()
-    async with httpx.AsyncClient() as http:
-        got = await http.get(listed["records"][0]["document_url"])
-    assert got.status_code == 200 and got.content == PDF
-    assert got.headers["content-disposition"] == content_disposition(NAME)
