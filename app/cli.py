@@ -297,7 +297,7 @@ async def _seed_demo(settings: Settings) -> bool:
 @click.pass_context
 def seed_demo_cmd(ctx: click.Context) -> None:
     """Two clinics, doctors, patients, a week of bookings, one login per role."""
-    with _services(ctx) as settings:
+    with _services(ctx, migrated=True) as settings:
         loaded = _run(lambda: _seed_demo(settings))
         click.echo("demo data loaded" if loaded else "demo data already present")
 
@@ -341,7 +341,7 @@ def seed_scale_cmd(
         seed=seed_value,
         today=today.date() if today else None,
     )
-    with _services(ctx) as settings, Progress() as bar:
+    with _services(ctx, migrated=True) as settings, Progress() as bar:
         tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -425,7 +425,7 @@ def analytics_backfill(ctx: click.Context, first: Any, last: Any, chunk_days: in
         TextColumn("{task.completed}/{task.total} days"),
         TimeRemainingColumn(),
     )
-    with _services(ctx) as settings, Progress(*columns) as bar:
+    with _services(ctx, migrated=True) as settings, Progress(*columns) as bar:
         task = bar.add_task("rollups", total=total)
         started = time.perf_counter()
         _run(lambda: backfill(settings, lambda n: bar.advance(task, n)))
@@ -479,7 +479,7 @@ def users_create(
         finally:
             await engine.dispose()
 
-    with _services(ctx) as settings:
+    with _services(ctx, migrated=True) as settings:
         try:
             user_id = _run(lambda: create(settings))
         except DomainError as exc:

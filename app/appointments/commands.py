@@ -17,8 +17,9 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+import asyncpg
+from sqlalchemy import literal_column, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.access import audit
@@ -26,7 +27,12 @@ from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.appointments.queries import nearest_free, visible
 from app.appointments.rules import BookingRules
-from app.appointments.statements import BOOKING_FACTS_SQL, INSERT_BOOKING_SQL
+from app.appointments.statements import (
+    BOOK_SQL,
+    BOOKING_FACTS_SQL,
+    CHANGE_STATUS_SQL,
+    held_lock,
+)
 from app.errors import Conflict, Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
 from app.notifications import planning as notifications
@@ -35,14 +41,15 @@ from app.scheduling.slots import (
     DOCTOR_DAYS_COLUMNS,
     DoctorDays,
     doctor_days_from_row,
-    load_doctor_days,
     local_days,
 )
 from db.models import Appointment, Clinic
+from db.session import driver_fetchmany
 
 MAX_BULK = 500
-CHECK_IN_UNDONE = "appointment.check_in_undone"
-LIMIT_OVERRIDDEN = "appointment.limit_overridden"
+# The audit events of an undone check-in and of staff booking beyond the limit.
+CHECK_IN_UNDONE = audit.APPOINTMENT_CHECK_IN_UNDONE
+LIMIT_OVERRIDDEN = audit.APPOINTMENT_LIMIT_OVERRIDDEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,28 +59,26 @@ class BookingResult:
     replayed: bool  # an Idempotency-Key retry answered with the original booking
 
 
-def _constraint(exc: DBAPIError) -> str | None:
-    cause = getattr(exc.orig, "__cause__", None)
-    return getattr(cause, "constraint_name", None)
+def _server_error(exc: Exception) -> Any:
+    """PostgreSQL's error as asyncpg raised it, also from inside SQLAlchemy's wrapper."""
+    return getattr(exc.orig, "__cause__", None) if isinstance(exc, DBAPIError) else exc
 
 
-def _lost_the_slot(exc: DBAPIError) -> bool:
+def _constraint(exc: Exception) -> str | None:
+    return getattr(_server_error(exc), "constraint_name", None)
+
+
+def _lost_the_slot(exc: Exception) -> bool:
     """The write lost a contested slot: the exclusion constraint refused it, or PostgreSQL
     broke a deadlock between two writers each waiting on the other's exclusion check (this
     happens when concurrent inserts conflict; the survivor holds the slot)."""
-    cause = getattr(exc.orig, "__cause__", None)
-    return _constraint(exc) == "no_overlap" or getattr(cause, "sqlstate", None) == "40P01"
+    sqlstate = getattr(_server_error(exc), "sqlstate", None)
+    return _constraint(exc) == "no_overlap" or sqlstate == "40P01"
 
 
 def _request_hash(doctor_id: int, start: dt.datetime, patient_id: int, reason: str | None) -> str:
     text = f"{doctor_id}|{start.astimezone(dt.UTC).isoformat()}|{patient_id}|{reason or ''}"
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-async def _load_around(session: AsyncSession, doctor_id: int, start: dt.datetime) -> DoctorDays:
-    return await load_doctor_days(
-        session, doctor_id, start - dt.timedelta(days=1), start + dt.timedelta(days=1)
-    )
 
 
 async def _taken(
@@ -143,36 +148,31 @@ async def warm_up(connection: AsyncConnection) -> None:
     connection's first booking otherwise pays for preparing them and for its backend's
     cold catalog caches (10-25 ms more, measured), which lands in booking's p99. The
     insert ends where it starts, so its check constraint refuses it (inside a savepoint)
-    before the exclusion constraint is consulted: prepared, nothing written or locked.
-    (A refused insert that reached the exclusion constraint would make the pool's ten
-    warm-ups wait on each other.)"""
+    before the exclusion constraint is consulted: prepared, nothing written. (A refused
+    insert that reached the exclusion constraint, or one lock for all, would make the
+    pool's ten warm-ups wait on each other: each locks a patient id of its own, its
+    backend's negated pid.)"""
     now = dt.datetime.now(dt.UTC)
     with suppress(NotFound):
         await _booking_facts(connection, 0, now, 0, now)
-    nothing = {
-        "doctor_id": 0,
-        "patient_id": 0,
-        "clinic_id": 0,
-        "starts_at": now,
-        "ends_at": now,  # fails the end-after-start check before any index is touched
-        "reason": None,
-        "idempotency_key": None,
-        "idempotency_hash": None,
-        "booked_by": None,
-        "channel": None,
-        "kinds": [],
-        "dues": [],
-    }
-    with suppress(IntegrityError):
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    patient = -driver.get_server_pid()
+    empty: list[Any] = []
+    # starts_at == ends_at fails the end-after-start check before any index is touched
+    nothing = (0, patient, 0, now, now, None, None, None, None, None, empty, empty, 1, now)
+    with suppress(asyncpg.CheckViolationError):
         async with connection.begin_nested():
-            await connection.execute(INSERT_BOOKING_SQL, nothing)
+            await driver_fetchmany(
+                connection, BOOK_SQL, [(*nothing, False, None), (*nothing, True, None)]
+            )
 
 
 async def _one_statement_session(session: AsyncSession) -> None:
     """Run this request's statements in autocommit mode when nothing else has begun a
-    transaction on the session: a booking is one atomic statement, and BEGIN and COMMIT
-    would be two more round trips. (A caller that already began one keeps it; the final
-    commit then commits it.)"""
+    transaction on the session: a booking's write is one batch that PostgreSQL runs in
+    a transaction of its own, and BEGIN and COMMIT would be two more round trips. (A
+    caller that already began one keeps it; the final commit then commits it.)"""
     if not session.in_transaction():
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
@@ -194,7 +194,10 @@ async def book(
     """Book one slot. Commits, then runs the after-commit effects.
 
     Two round trips to PostgreSQL: what the checks need (doctor's days, patient), then
-    the booking with its outbox rows as one atomic statement.
+    the booking with its outbox rows, atomically (`statements.BOOK_SQL`). The second
+    takes a lock on the patient's bookings with this doctor and counts them under it, so
+    parallel requests cannot take a patient past the limit; concurrent retries with one
+    Idempotency-Key queue on the same lock and get the first one's booking.
 
     Args:
         actor: who is booking (a patient for themself, or staff for `patient_id`).
@@ -216,8 +219,7 @@ async def book(
     start = start.astimezone(dt.UTC)
     target = booking_rules.target_patient(actor, patient_id)
     override_reason = booking_rules.check_override(actor.role, override_reason)
-    if override_reason is None:  # an override adds its audit row: a transaction then
-        await _one_statement_session(session)
+    await _one_statement_session(session)
     data, facts = await _booking_facts(session, doctor_id, start, target, now)
     booking_rules.check_desk_clinic(actor, data.clinic_id)
     if facts is None:
@@ -229,46 +231,41 @@ async def book(
         return replay
     slot = booking_rules.find_slot(data, start)
     booking_rules.check_bookable(data, slot, rules, now)
-    beyond_limit = booking_rules.check_room_for_one_more(
+    # Beyond the limit only on staff's reason; the booking statement counts again under
+    # its lock and writes the audit event of an override with the booking.
+    booking_rules.check_room_for_one_more(
         facts.held, rules, role=actor.role, override_reason=override_reason
     )
     planned = notifications.plan(slot.start, data.timezone, now) if facts.channel else []
+    values = (
+        doctor_id,
+        target,
+        data.clinic_id,
+        slot.start,
+        slot.end,
+        reason,
+        idempotency_key,
+        digest if idempotency_key else None,
+        actor.id,
+        facts.channel,
+        [p.kind for p in planned],
+        [p.due_at for p in planned],
+        rules.max_future_per_doctor,
+        now,
+    )
     try:
-        row = (
-            await session.execute(
-                INSERT_BOOKING_SQL,
-                {
-                    "doctor_id": doctor_id,
-                    "patient_id": target,
-                    "clinic_id": data.clinic_id,
-                    "starts_at": slot.start,
-                    "ends_at": slot.end,
-                    "reason": reason,
-                    "idempotency_key": idempotency_key,
-                    "idempotency_hash": digest if idempotency_key else None,
-                    "booked_by": actor.id,
-                    "channel": facts.channel,
-                    "kinds": [p.kind for p in planned],
-                    "dues": [p.due_at for p in planned],
-                },
-            )
-        ).one()
-        if beyond_limit:
-            await audit.record(
-                session,
-                actor_user_id=actor.id,
-                action=LIMIT_OVERRIDDEN,
-                subject_type="appointment",
-                subject_id=row.id,
-                patient_id=target,
-                details={"reason": override_reason, "held": facts.held, "doctor_id": doctor_id},
-            )
+        rows = await driver_fetchmany(
+            await session.connection(),
+            BOOK_SQL,
+            [(*values, False, override_reason), (*values, True, override_reason)],
+        )
         await session.commit()
-    except DBAPIError as exc:
+    except asyncpg.PostgresError as exc:
         await session.rollback()
         if _lost_the_slot(exc):
             raise await _taken(session, doctor_id, slot.start, rules, now) from None
-        # A concurrent retry with the same key won the race: answer as it did.
+        # The same key with another body, booked at this moment (another doctor, so not
+        # queued behind this one on the lock): answer as a later retry would.
         if (
             _constraint(exc) == "uq_appointments_idempotency"
             and idempotency_key
@@ -276,7 +273,13 @@ async def book(
         ):
             return replay
         raise
-    appointment = Appointment(**row._mapping)
+    if not rows:  # counted under the lock: parallel bookings got there first
+        raise booking_rules.over_the_limit(rules, role=actor.role)
+    columns = dict(rows[0])
+    replayed = columns.pop("replayed")
+    appointment = Appointment(**columns)
+    if replayed:  # a retry queued behind its first attempt: answer as it did
+        return _replayed(appointment, digest, data.timezone)
     await effects.appointments_changed([_change(appointment, data.timezone, "booked")])
     return BookingResult(appointment, data.timezone, replayed=False)
 
@@ -289,26 +292,36 @@ async def _replay(
             Appointment.booked_by == actor.id, Appointment.idempotency_key == key
         )
     )
-    if existing is None:
-        return None
-    if existing.idempotency_hash != digest:
+    return None if existing is None else _replayed(existing, digest, timezone)
+
+
+def _replayed(earlier: Appointment, digest: str, timezone: str) -> BookingResult:
+    """The booking made earlier under the request's key, if the request is the same."""
+    if earlier.idempotency_hash != digest:
         raise Invalid("this Idempotency-Key was already used for a different booking")
-    return BookingResult(existing, timezone, replayed=True)
+    return BookingResult(earlier, timezone, replayed=True)
 
 
 async def _locked_with_timezone(
-    session: AsyncSession, actor: Principal, appointment_id: int
+    session: AsyncSession, actor: Principal, appointment_id: int, *, held: bool = False
 ) -> tuple[Appointment, str]:
     """The visible appointment, locked for a change, with its clinic's time zone (read in
-    the same statement: asking afterwards cost a transaction of its own per change)."""
-    row = (
-        await session.execute(
-            select(Appointment, Clinic.timezone)
-            .join(Clinic, Clinic.id == Appointment.clinic_id)
-            .where(Appointment.id == appointment_id, visible(actor))
-            .with_for_update(of=Appointment)
-        )
-    ).one_or_none()
+    the same statement: asking afterwards cost a transaction of its own per change).
+
+    Args:
+        held: also take the lock on what its patient holds with its doctor, as booking
+            does, so that statements after this one count their bookings race-free.
+    """
+    query = (
+        select(Appointment, Clinic.timezone)
+        .join(Clinic, Clinic.id == Appointment.clinic_id)
+        .where(Appointment.id == appointment_id, visible(actor))
+        .with_for_update(of=Appointment)
+    )
+    if held:
+        lock = held_lock("appointments.patient_id", "appointments.doctor_id")
+        query = query.add_columns(literal_column(lock))
+    row = (await session.execute(query)).one_or_none()
     if row is None:
         raise NotFound(f"appointment {appointment_id} not found")
     return row[0], row[1]
@@ -323,10 +336,14 @@ async def reschedule(
     start: dt.datetime,
     rules: BookingRules,
     now: dt.datetime,
+    reason: str | None = None,
 ) -> BookingResult:
     """Move a booked appointment to another slot of the same doctor, atomically.
 
-    Either the new slot is taken and the old one freed in one commit, or nothing changes.
+    Either the new slot is taken and the old one freed in one commit, or nothing changes;
+    the row records who moved it and why, the audit trail the times before and after.
+    A booking that has already begun counts toward the patient's limit again once moved
+    into the future, so the move counts under the same lock as booking.
 
     Raises:
         Conflict: the new slot is taken (with alternatives); the appointment is unchanged.
@@ -337,18 +354,36 @@ async def reschedule(
     if start.tzinfo is None:
         raise Invalid("start must include a UTC offset")
     start = start.astimezone(dt.UTC)
-    appointment, _ = await _locked_with_timezone(session, actor, appointment_id)
+    appointment, _ = await _locked_with_timezone(session, actor, appointment_id, held=True)
     booking_rules.check_reschedule(actor.role, appointment.status)
-    data = await _load_around(session, appointment.doctor_id, start)
+    data, facts = await _booking_facts(
+        session, appointment.doctor_id, start, appointment.patient_id, now
+    )
+    assert facts is not None  # the appointment's patient
     slot = booking_rules.find_slot(data, start)
     booking_rules.check_bookable(data, slot, rules, now)
+    booking_rules.check_room_to_move(facts.held, appointment.starts_at, now, rules)
     old = Interval(appointment.starts_at, appointment.ends_at)
     doctor_id = appointment.doctor_id  # read now: after a rollback the object is expired
     appointment.starts_at, appointment.ends_at = slot.start, slot.end
     appointment.updated_at = now
+    appointment.changed_by, appointment.change_reason = actor.id, reason
     try:
         # The outbox: the old time's unsent messages give way to the new time's.
         await notifications.appointment_rescheduled(session, appointment, data.timezone, now)
+        await audit.record(
+            session,
+            actor_user_id=actor.id,
+            action=audit.APPOINTMENT_RESCHEDULED,
+            subject_type="appointment",
+            subject_id=appointment.id,
+            patient_id=appointment.patient_id,
+            details={
+                "from": [old.start.isoformat(), old.end.isoformat()],
+                "to": [slot.start.isoformat(), slot.end.isoformat()],
+                "reason": reason,
+            },
+        )
         await session.commit()
     except DBAPIError as exc:
         await session.rollback()
@@ -357,6 +392,100 @@ async def reschedule(
         raise
     await effects.appointments_changed([_change(appointment, data.timezone, "rescheduled", old)])
     return BookingResult(appointment, data.timezone, replayed=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """An appointment as the change found it (what `rules.refusal` reads)."""
+
+    status: str
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    checked_in_at: dt.datetime | None
+
+
+def _found(row: Any) -> _Found:
+    """What a row of `set_status` says the appointment was before the change."""
+    return _Found(row.found_status, row.found_starts_at, row.found_ends_at, row.found_checked_in_at)
+
+
+def _seen_by(actor: Principal) -> dict[str, int | None]:
+    """`queries.visible` as the statement's parameters (None: any)."""
+    see: dict[str, int | None] = dict.fromkeys(("see_clinic", "see_doctor", "see_patient"))
+    if actor.role == "front_desk":
+        see["see_clinic"] = actor.clinic_id if actor.clinic_id is not None else -1
+    elif actor.role == "doctor":
+        see["see_doctor"] = actor.doctor_id if actor.doctor_id is not None else -1
+    elif actor.role != "admin":
+        see["see_patient"] = actor.patient_id if actor.patient_id is not None else -1
+    return see
+
+
+async def set_status(
+    session: AsyncSession | AsyncConnection,
+    appointment_ids: Sequence[int],
+    status: str,
+    *,
+    setter: str,
+    actor_user_id: int | None,
+    now: dt.datetime,
+    seen: dict[str, int | None],
+    reason: str | None = None,
+    notice: str = "cancellation",
+    details: dict[str, Any] | None = None,
+) -> list[Any]:
+    """Set `status` on those of the appointments the rules let `setter` change, with their
+    outbox and audit rows, in one statement (CHANGE_STATUS_SQL); joins the caller's
+    transaction, or is one on its own in autocommit.
+
+    Args:
+        setter: the actor's role, or `rules.SCHEDULE` for leave and closures.
+        seen: which appointments the actor may see (`_seen_by`).
+        notice: the notice a cancellation sends (`cancellation`, or `exception`).
+        details: more for each audit event (e.g. which schedule exception).
+
+    Returns:
+        A row per appointment found (see CHANGE_STATUS_SQL); `id` is None for those
+        left unchanged.
+    """
+    guard = booking_rules.guard(setter, status, now)
+    columns = booking_rules.status_columns(status, now)
+    result = await session.execute(
+        CHANGE_STATUS_SQL,
+        {
+            **seen,
+            "ids": list(appointment_ids),
+            "status": status,
+            "now": now,
+            "cancelled_at": columns.get("cancelled_at"),
+            "checked_in_at": columns.get("checked_in_at"),
+            # an undone check-in clears its stamp (`status_columns` sets it to None)
+            "clear_checked_in": "checked_in_at" in columns and columns["checked_in_at"] is None,
+            "reason": reason,
+            "actor": actor_user_id,
+            "allowed_from": list(guard.allowed_from),
+            "started_by": guard.started_by,
+            "ends_after": guard.ends_after,
+            "on_day_of": guard.on_day_of,
+            "checked_in_since": guard.checked_in_since,
+            "announcements": list(notifications.ANNOUNCEMENTS),
+            "unsent": list(notifications.UNSENT),
+            "notice": notice,
+            # An undone check-in has an event of its own, saying when the check-in was.
+            "action": CHECK_IN_UNDONE if status == "booked" else audit.APPOINTMENT_STATUS_CHANGED,
+            "details": json.dumps(details or {}),
+        },
+    )
+    return list(result)
+
+
+def changed_appointment(row: Any) -> Appointment:
+    """The appointment as a changed row of `set_status` left it (detached)."""
+    mapping = row._mapping
+    return Appointment(**{name: mapping[name] for name in _COLUMNS})
+
+
+_COLUMNS = tuple(Appointment.__table__.columns.keys())
 
 
 async def change_status(
@@ -369,8 +498,9 @@ async def change_status(
     now: dt.datetime,
     reason: str | None = None,
 ) -> BookingResult:
-    """Check in, complete, cancel or mark a no-show, following the state machine; or undo
-    a check-in (`booked`), which is audited.
+    """Check in, complete, cancel or mark a no-show, following the state machine, or undo
+    a check-in (`booked`): one statement, with the outbox and audit rows (`set_status`).
+    Commits.
 
     Raises:
         Invalid: an illegal transition (e.g. completed -> cancelled), a check-in on
@@ -379,29 +509,30 @@ async def change_status(
         NotFound: not visible to the actor.
     """
     booking_rules.check_known(status)
-    appointment, timezone = await _locked_with_timezone(session, actor, appointment_id)
-    checked_in_at = appointment.checked_in_at
-    booking_rules.check_transition(actor.role, appointment, status, now, timezone=timezone)
-    for column, value in booking_rules.status_columns(status, now).items():
-        setattr(appointment, column, value)
-    if status == "cancelled":
-        appointment.cancel_reason = reason
-    if status == "booked":
-        await audit.record(
+    await _one_statement_session(session)
+    for _ in range(2):
+        rows = await set_status(
             session,
+            [appointment_id],
+            status,
+            setter=actor.role,
             actor_user_id=actor.id,
-            action=CHECK_IN_UNDONE,
-            subject_type="appointment",
-            subject_id=appointment.id,
-            patient_id=appointment.patient_id,
-            details={"checked_in_at": checked_in_at.isoformat() if checked_in_at else None},
+            now=now,
+            seen=_seen_by(actor),
+            reason=reason,
         )
-    else:
-        # The outbox: unsent reminders are void; a cancellation notice is due now.
-        await notifications.appointments_status_changed(session, [appointment.id], status, now)
-    await session.commit()
-    await effects.appointments_changed([_change(appointment, timezone, status)])
-    return BookingResult(appointment, timezone, replayed=False)
+        await session.commit()
+        if not rows or not rows[0].may_see:
+            raise NotFound(f"appointment {appointment_id} not found")
+        row = rows[0]
+        if row.id is not None:
+            appointment = changed_appointment(row)
+            await effects.appointments_changed([_change(appointment, row.timezone, status)])
+            return BookingResult(appointment, row.timezone, replayed=False)
+        booking_rules.check_transition(actor.role, _found(row), status, now, timezone=row.timezone)
+        # Allowed as it was read, refused once locked: another change came first. The
+        # second pass reads what it did and answers with the reason.
+    raise Conflict("the appointment has just been changed; reload it")
 
 
 async def bulk_update(
@@ -413,7 +544,8 @@ async def bulk_update(
     status: str,
     now: dt.datetime,
 ) -> dict[int, str]:
-    """Set one status on many appointments in one set-based UPDATE (review M-3).
+    """Set one status on many appointments in one statement (review M-3), with their
+    outbox and audit rows (`set_status`). Commits.
 
     Returns:
         For each id: `updated`; `not_found` (unknown, or not the actor's to see: another
@@ -424,68 +556,34 @@ async def bulk_update(
     ids = list(dict.fromkeys(appointment_ids))
     if not ids or len(ids) > MAX_BULK:
         raise Invalid(f"give between 1 and {MAX_BULK} appointment ids")
-    rows = (
-        await session.execute(
-            select(
-                Appointment.id,
-                Appointment.status,
-                Appointment.starts_at,
-                Appointment.ends_at,
-                Appointment.checked_in_at,
-                Clinic.timezone,
-                visible(actor).label("may_see"),
-            )
-            .join(Clinic, Clinic.id == Appointment.clinic_id)
-            .where(Appointment.id.in_(ids))
-        )
-    ).all()
-    result = dict.fromkeys(ids, "not_found")
-    candidates = []
-    for row in rows:
-        if not row.may_see:
-            # Another clinic's appointment answers exactly like an unknown id: no
-            # existence leak (docs/security.md, "404 or 403?").
-            result[row.id] = "not_found"
-        elif why := booking_rules.refusal(actor.role, row, status, now, timezone=row.timezone):
-            # forbidden: e.g. a doctor cancelling (theirs to see, not to cancel)
-            result[row.id] = "forbidden" if why.kind == "forbidden" else "invalid_transition"
-        else:
-            candidates.append(row.id)
-    updated: Any = (
-        await session.execute(
-            update(Appointment)
-            .where(
-                Appointment.id.in_(candidates),
-                # re-checked: rows may have moved on since they were read
-                Appointment.status.in_(booking_rules.sources(status)),
-                visible(actor),
-                Clinic.id == Appointment.clinic_id,
-            )
-            .values(booking_rules.status_columns(status, now))
-            .returning(
-                Appointment.id,
-                Appointment.doctor_id,
-                Appointment.clinic_id,
-                Appointment.starts_at,
-                Appointment.ends_at,
-                Clinic.timezone,
-            )
-        )
-        if candidates
-        else []
-    )
-    changed = list(updated)
-    # The outbox, set-based like the update: void unsent reminders, notify cancellations.
-    await notifications.appointments_status_changed(
-        session, [row[0] for row in changed], status, now
+    await _one_statement_session(session)
+    rows = await set_status(
+        session,
+        ids,
+        status,
+        setter=actor.role,
+        actor_user_id=actor.id,
+        now=now,
+        seen=_seen_by(actor),
+        details={"bulk": True},
     )
     await session.commit()
-    for row_id in candidates:
-        result[row_id] = "invalid_transition"
+    result = dict.fromkeys(ids, "not_found")
     changes = []
-    for row_id, doctor_id, clinic_id, starts_at, ends_at, timezone in changed:
-        result[row_id] = "updated"
-        days = tuple(local_days(starts_at, ends_at, timezone))
-        changes.append(AppointmentChange(row_id, doctor_id, clinic_id, days, status))
+    for row in rows:
+        if row.id is not None:
+            result[row.id] = "updated"
+            days = tuple(local_days(row.starts_at, row.ends_at, row.timezone))
+            changes.append(AppointmentChange(row.id, row.doctor_id, row.clinic_id, days, status))
+        elif not row.may_see:
+            # Another clinic's appointment answers exactly like an unknown id: no
+            # existence leak (docs/security.md, "404 or 403?").
+            result[row.found_id] = "not_found"
+        else:
+            why = booking_rules.refusal(actor.role, _found(row), status, now, timezone=row.timezone)
+            # forbidden: e.g. a doctor cancelling (theirs to see, not to cancel); no
+            # reason as read: another change came first.
+            forbidden = why is not None and why.kind == "forbidden"
+            result[row.found_id] = "forbidden" if forbidden else "invalid_transition"
     await effects.appointments_changed(changes)
     return result

@@ -139,6 +139,35 @@ def refusal(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """`refusal` as conditions on the row, for an UPDATE that changes only what it may:
+    the status is one of `allowed_from`, it started by `started_by` and ends after
+    `ends_after`, it starts on the clinic-local day of `on_day_of` (a check-in), it was
+    checked in at or after `checked_in_since` (an undone check-in) (None: no such condition)."""
+
+    allowed_from: tuple[str, ...]
+    started_by: dt.datetime | None
+    ends_after: dt.datetime | None
+    on_day_of: dt.datetime | None = None
+    checked_in_since: dt.datetime | None = None
+
+
+def guard(setter: str, target: str, now: dt.datetime) -> Guard:
+    """The rows `setter` may set to `target` now (no status at all when their role may not):
+    exactly those for which `refusal` gives no reason (the day of a check-in is judged in
+    each appointment's clinic's time zone)."""
+    if target not in ROLE_TARGETS.get(setter, frozenset()):
+        return Guard((), None, None)
+    return Guard(
+        tuple(sorted(sources(target))),
+        now if target == "no_show" else None,
+        now if target == "cancelled" and setter != SCHEDULE else None,
+        now if target == "checked_in" else None,
+        now - UNDO_CHECK_IN if target == "booked" else None,
+    )
+
+
 def check_transition(
     setter: str,
     appointment: Booked,
@@ -256,10 +285,25 @@ def check_room_for_one_more(
         return False
     if override_reason and role in MAY_OVERRIDE_LIMIT:
         return True
+    raise over_the_limit(rules, role=role)
+
+
+def check_room_to_move(
+    held: int, starts_at: dt.datetime, now: dt.datetime, rules: BookingRules
+) -> None:
+    """Raises Invalid when moving a booking that starts at `starts_at` to a future slot
+    would take the patient past the limit: only one that has already begun (not counted
+    in `held`, their future bookings with the doctor) adds to what they hold."""
+    if starts_at <= now:
+        check_room_for_one_more(held, rules)
+
+
+def over_the_limit(rules: BookingRules, *, role: str = "patient") -> Invalid:
+    """The refusal of a booking beyond the limit; staff are told a reason lets them."""
     limit = (
         f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
         "with one doctor"
     )
     if role in MAY_OVERRIDE_LIMIT:
         limit += "; to book beyond it, give an override_reason (it is recorded)"
-    raise Invalid(limit)
+    return Invalid(limit)

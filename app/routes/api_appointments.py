@@ -223,6 +223,7 @@ class AppointmentController(Controller):
                 start=data.start,
                 rules=rules,
                 now=now,
+                reason=data.reason,
             )
         else:
             assert data.status is not None

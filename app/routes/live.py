@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 from typing import Any
 
 from litestar import WebSocket, websocket
@@ -15,7 +16,9 @@ from app.access.identity import Principal
 from app.appointments.rules import BookingRules
 from app.live import boards
 from app.live.realtime import (
+    CLOSE_GRACE_SECONDS,
     CLOSE_RESYNC,
+    SEND_TIMEOUT_SECONDS,
     SUBSCRIBE_TIMEOUT_SECONDS,
     Hub,
     LiveSocket,
@@ -33,6 +36,7 @@ from app.web.guards import allow, check_websocket_origin, current_user
 from db.models import Doctor
 
 MAX_DAYS = 14
+log = logging.getLogger(__name__)
 
 
 def make_renderer(app: Any) -> Any:
@@ -148,7 +152,7 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
             return
         if audience == "records":
             await _records_resync(socket, subscription, hub, channels[0])
-            await _pump(socket, subscription)
+            await _pump(socket, subscription, hub)
             return
         for channel in channels:  # resync: the current state of everything watched
             if audience == "board":
@@ -157,7 +161,7 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
                     subscription.offer(await hub.render(channel, audience, payload))
                 continue
             subscription.offer(await hub.render(channel, audience, {}))
-        await _pump(socket, subscription)
+        await _pump(socket, subscription, hub)
     finally:
         hub.leave(subscription)
 
@@ -183,8 +187,9 @@ async def _clinic_doctors(socket: WebSocket[Any, Any, Any], clinic_id: int) -> l
         return [d.id for d in await directory.find_doctors(session, clinic_id=clinic_id)]
 
 
-async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket) -> None:
-    """Send queued fragments; stop when the client goes or the hub asks us to close."""
+async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket, hub: Hub) -> None:
+    """Send queued fragments; stop when the client goes, the hub asks us to close, or a
+    send cannot finish (the client stopped reading)."""
 
     async def client_gone() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -203,7 +208,12 @@ async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket) -> N
             if isinstance(item, int):  # a close code: fell behind, or Redis went away
                 await socket.close(code=item)
                 return
-            await socket.send_text(item)
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    await socket.send_text(item)
+            except TimeoutError:
+                await _drop_stuck(socket, subscription, hub)
+                return
     except WebSocketDisconnect:
         return
     except RuntimeError as exc:
@@ -213,3 +223,16 @@ async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket) -> N
             raise
     finally:
         watcher.cancel()
+
+
+async def _drop_stuck(socket: WebSocket[Any, Any, Any], subscription: LiveSocket, hub: Hub) -> None:
+    """A client that stopped reading: forget it now (no more renders or queueing for it),
+    then say 1013 so the page resyncs when it reads again. The close frame waits for room
+    in the same full buffers, so it gets CLOSE_GRACE_SECONDS; after that the handler
+    returns and the server closes the connection (the browser sees 1006 and also resyncs).
+    """
+    hub.leave(subscription)
+    log.info("live socket stopped reading for %ss: dropped", SEND_TIMEOUT_SECONDS)
+    with contextlib.suppress(TimeoutError, WebSocketDisconnect, RuntimeError):
+        async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+            await socket.close(code=CLOSE_RESYNC)

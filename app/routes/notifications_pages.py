@@ -4,6 +4,7 @@ patient's choice of email, SMS or none."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -13,14 +14,19 @@ from litestar import Request, get, patch, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError
 from app.notifications import outbox, preferences
+from app.notifications.breaker import PROVIDERS, BreakerState, read_state
 from app.services import Services, ask_for_dispatch
+from app.settings import Settings
 from app.web.guards import allow, client_addr, current_user
 from db.models import DevMessage
+
+log = logging.getLogger(__name__)
 
 ADMIN = [allow("admin")]
 PATIENT = [allow("patient")]
@@ -116,13 +122,37 @@ async def discard_api(
 
 
 @get("/admin/notifications", guards=ADMIN, include_in_schema=False)
-async def undelivered_page(db_session: AsyncSession, before: str = "", done: str = "") -> Template:
-    """The undelivered messages, newest first, each with retry and discard."""
+async def undelivered_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    settings: Settings,
+    now: dt.datetime,
+    before: str = "",
+    done: str = "",
+) -> Template:
+    """Each provider's circuit breaker, and the undelivered messages, newest first, each
+    with retry and discard."""
     before_id = int(before) if before.isdigit() else None
     rows = await outbox.list_undelivered(db_session, before_id=before_id, limit=PAGE_SIZE)
+    configured = {"email": bool(settings.smtp_host), "sms": bool(settings.sms_api_url)}
+    breakers: list[BreakerState] | None = None
+    try:
+        breakers = [
+            await read_state(Services.of(request.app).redis, name, now.timestamp())
+            for name in PROVIDERS
+        ]
+    except RedisError as exc:  # the page still lists what is undelivered
+        log.warning("breaker state unavailable: %s", exc)
     return Template(
         "notifications/undelivered.html",
-        context={"rows": rows, "more": len(rows) == PAGE_SIZE, "done": done},
+        context={
+            "rows": rows,
+            "more": len(rows) == PAGE_SIZE,
+            "done": done,
+            "breakers": breakers,
+            "configured": configured,
+            "settings": settings,
+        },
     )
 
 

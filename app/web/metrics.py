@@ -49,6 +49,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app.errors import DomainError
+from app.notifications.breaker import PROVIDERS, read_state
 from app.services import Services
 from app.web.guards import PUBLIC
 from db.session import observe_pool_waits
@@ -138,6 +139,9 @@ ADMISSION_SHED_WAITED = ADMISSION_SHED.labels("waited")
 # Read at scrape by the answering process; global values, not per process.
 DEAD_NOTIFICATIONS = "medbook_notifications_dead"
 QUEUE_JOBS = "medbook_queue_jobs"
+BREAKER_OPEN = "medbook_notify_breaker_open"
+BREAKER_OPEN_UNTIL = "medbook_notify_breaker_open_until_seconds"
+BREAKER_FAILURES = "medbook_notify_breaker_failures"
 
 # Every series name /metrics exposes (what alert rules may reference). A test compares
 # this with a real scrape.
@@ -166,6 +170,9 @@ EXPORTED = frozenset(
         "medbook_job_failures_total",
         DEAD_NOTIFICATIONS,
         QUEUE_JOBS,
+        BREAKER_OPEN,
+        BREAKER_OPEN_UNTIL,
+        BREAKER_FAILURES,
     }
 )
 
@@ -276,16 +283,16 @@ class _Snapshot:
         return self.families
 
 
-async def _dead_notifications(app: Litestar) -> Metric:
+async def _dead_notifications(app: Litestar) -> list[Metric]:
     family = GaugeMetricFamily(DEAD_NOTIFICATIONS, "Notifications not delivered (dead letters).")
     async with asyncio.timeout(SCRAPE_TIMEOUT), Services.of(app).engine.connect() as conn:
         # The partial index ix_notifications_dead makes this an index-only count.
         count = await conn.scalar(text("SELECT count(*) FROM notifications WHERE status = 'dead'"))
     family.add_metric([], int(count or 0))
-    return family
+    return [family]
 
 
-async def _queue_jobs(app: Litestar) -> Metric:
+async def _queue_jobs(app: Litestar) -> list[Metric]:
     family = GaugeMetricFamily(QUEUE_JOBS, "SAQ jobs waiting and running.", labels=["state"])
     redis: Any = Services.of(app).redis  # redis-py's stubs mix its sync and async types
     async with asyncio.timeout(SCRAPE_TIMEOUT):
@@ -293,16 +300,41 @@ async def _queue_jobs(app: Litestar) -> Metric:
         active = await redis.llen(f"saq:{QUEUE_NAME}:active")
     family.add_metric(["queued"], int(queued))
     family.add_metric(["active"], int(active))
-    return family
+    return [family]
+
+
+async def _breakers(app: Litestar) -> list[Metric]:
+    opened = GaugeMetricFamily(
+        BREAKER_OPEN,
+        "1 while a provider's circuit breaker is open or half-open (sends wait), else 0.",
+        labels=["channel"],
+    )
+    until = GaugeMetricFamily(
+        BREAKER_OPEN_UNTIL,
+        "Epoch seconds an open breaker's cooldown ends (0 when closed).",
+        labels=["channel"],
+    )
+    failures = GaugeMetricFamily(
+        BREAKER_FAILURES,
+        "Transient send failures in a row, counted by a closed breaker.",
+        labels=["channel"],
+    )
+    async with asyncio.timeout(SCRAPE_TIMEOUT):
+        for name in PROVIDERS:
+            state = await read_state(Services.of(app).redis, name, time.time())
+            opened.add_metric([name], int(state.state != "closed"))
+            until.add_metric([name], state.open_until.timestamp() if state.open_until else 0)
+            failures.add_metric([name], state.failures)
+    return [opened, until, failures]
 
 
 async def scrape(app: Litestar) -> bytes:
     """The Prometheus text exposition for this process (or all of them, multiprocess)."""
     sync_process_values(app)
     families = []
-    for read in (_dead_notifications, _queue_jobs):
+    for read in (_dead_notifications, _queue_jobs, _breakers):
         try:
-            families.append(await read(app))
+            families += await read(app)
         except Exception as exc:  # a scrape must answer even when PostgreSQL or Redis lag
             log.warning("metrics: %s skipped: %r", read.__name__, exc)
     if folder := os.environ.get(MULTIPROC_ENV):

@@ -218,9 +218,12 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
     cache = SlotCache(redis, engine)
     original = slots_module.fetch_doctor_days
     a_has_read = asyncio.Event()
+    b_reads = asyncio.Event()
     release_a = asyncio.Event()
 
     async def slow_for_a(connection, doctor_id, lo, hi):
+        if a_has_read.is_set():
+            b_reads.set()
         data = await original(connection, doctor_id, lo, hi)
         if not a_has_read.is_set():
             a_has_read.set()
@@ -233,8 +236,12 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
     await book_at_ten(engine, redis, world, day)
     ten = at(day, 10).astimezone(dt.UTC)
     reader_b = asyncio.create_task(cache.days(world.doctor_id, day, 1))
-    await asyncio.sleep(0.05)  # B is under way (it would be waiting on A if it joined)
-    release_a.set()
+    try:
+        # B reads the database itself while A is still held; had it joined A's
+        # computation it would never read, and this wait would fail.
+        await asyncio.wait_for(b_reads.wait(), 30)
+    finally:
+        release_a.set()
     (_, (a_day,)), (_, (b_day,)) = await asyncio.gather(reader_a, reader_b)
     assert next(s for s in a_day.slots if s.start == ten).taken is False  # began before
     assert next(s for s in b_day.slots if s.start == ten).taken is True

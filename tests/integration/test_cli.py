@@ -87,8 +87,19 @@ async def blank_database():
     await _recreate(admin, name, drop_only=True)
 
 
-@pytest.mark.parametrize("command", [["serve"], ["worker"]])
-def test_a_server_on_an_unmigrated_database_stops_with_one_line(command, blank_database):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve"],
+        ["worker"],
+        ["seed", "demo"],
+        ["seed", "scale", "--clinics", "1"],
+        ["analytics", "backfill", "--from", "2026-01-01", "--to", "2026-01-02"],
+        ["users", "create", "--role", "admin", "--email", "a@x.test", "--password", "p" * 20],
+    ],
+)
+def test_a_command_on_an_unmigrated_database_stops_with_one_line(command, blank_database):
+    """Not a traceback ending in 'relation "clinics" does not exist' (issue 23, item 20)."""
     line = one_line_error(medbook(*command, env={"DATABASE_URL": blank_database}))
     assert "is at migration none" in line and "run `medbook db upgrade` first" in line
 

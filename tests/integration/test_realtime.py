@@ -29,10 +29,19 @@ DAY = dt.date(2030, 1, 7)
 class Renders:
     def __init__(self):
         self.calls = []
+        self._rendered = asyncio.Event()
 
     async def __call__(self, channel, audience, payload):
         self.calls.append((channel, audience))
+        self._rendered.set()
         return f"<div>{audience}:{payload.get('appointment_id')}</div>"
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        """Until `count` events were rendered (each is offered to its sockets right after)."""
+        async with asyncio.timeout(timeout):
+            while len(self.calls) < count:
+                self._rendered.clear()
+                await self._rendered.wait()
 
 
 async def next_item(socket, timeout=3.0):
@@ -55,7 +64,8 @@ async def test_a_change_reaches_sockets_of_another_process_rendered_once_per_aud
         channel = doctor_channel(7, DAY)
         patients = [viewer.join("slots", [channel]) for _ in range(25)]
         doctor = viewer.join("doctor_day", [channel])
-        await asyncio.sleep(0.3)  # subscriptions registered with Redis
+        for socket in [*patients, doctor]:
+            assert await viewer.subscribed(socket, 5)
         change = AppointmentChange(41, 7, 3, (DAY,), "booked")
         await writer.publish_all(change_messages([change]))  # doctor + clinic channels
         got = [await next_item(s) for s in patients]
@@ -71,15 +81,16 @@ async def test_a_change_reaches_sockets_of_another_process_rendered_once_per_aud
 
 async def test_a_slow_socket_is_told_to_resync_instead_of_growing(settings):
     client = Redis.from_url(settings.redis_url)
-    hub = Hub(settings.redis_url, client, Renders())
+    renders = Renders()
+    hub = Hub(settings.redis_url, client, renders)
     await hub.start()
     try:
         channel = doctor_channel(8, DAY)
         slow = hub.join("slots", [channel])
-        await asyncio.sleep(0.3)
+        assert await hub.subscribed(slow, 5)
         for n in range(QUEUE_LIMIT + 5):  # nobody drains this socket
             await hub.publish(channel, {"appointment_id": n})
-        await asyncio.sleep(0.5)
+        await renders.wait_for(QUEUE_LIMIT + 5)
         items = []
         while not slow.queue.empty():
             items.append(slow.queue.get_nowait())
@@ -98,18 +109,14 @@ async def test_losing_redis_closes_sockets_and_the_hub_recovers(own_redis):
     try:
         channel = doctor_channel(9, DAY)
         socket = hub.join("slots", [channel])
-        await asyncio.sleep(0.3)
+        assert await hub.subscribed(socket, 5)
         own.stop()
         assert await next_item(socket, timeout=10) == CLOSE_RESTART  # browsers will reconnect
         hub.leave(socket)
         own.start()
-        for _ in range(100):  # the watchdog reconnects by itself
-            if hub.healthy:
-                break
-            await asyncio.sleep(0.1)
-        assert hub.healthy
         again = hub.join("slots", [channel])
-        await asyncio.sleep(0.3)
+        assert await hub.subscribed(again, 30)  # once the watchdog has reconnected by itself
+        assert hub.healthy
         await hub.publish(channel, {"appointment_id": 5})
         assert await next_item(again) == "<div>slots:5</div>"
     finally:

@@ -1,7 +1,7 @@
 """A records read is one statement in one round trip: the access decision, the list and
 the audit row together, on an autocommit connection (no BEGIN, no COMMIT), committed before
 any URL is returned; the API and the panel run the same statement; a refused read writes
-nothing; a caller already in a transaction keeps its changes with the read's."""
+only its refusal; a caller already in a transaction keeps its changes with the read's."""
 
 from __future__ import annotations
 
@@ -112,16 +112,34 @@ async def test_the_api_and_the_panel_run_the_same_statement(world, client):
     assert len(reads) == 2
 
 
-async def test_a_refused_read_writes_nothing(db, world, client):
+async def test_a_refused_read_writes_its_refusal_and_no_read(db, world, client):
     store = Services.of(client.app).documents
+    desk = world.users["desk"]
     async with session_factory(db)() as session:
         with pytest.raises(records.BreakGlassRequired):
             await records.list_records(session, store, doctor(world), world.patients[1])
         with pytest.raises(records.BreakGlassRequired):  # too short to count as a reason
-            await records.list_records(
-                session, store, doctor(world), world.patients[1], reason="   because  "
+            await records.view_record(
+                session, store, doctor(world), world.patients[1], 5, reason="   because  "
             )
-    assert await audit_rows(db) == []
+        with pytest.raises(records.Forbidden):
+            await records.list_records(
+                session, store, Principal(desk.id, desk.email, "front_desk"), world.patients[0]
+            )
+        with pytest.raises(records.NotFound):
+            await records.list_records(session, store, doctor(world), 987654, reason="x" * 20)
+    rows = await audit_rows(db)
+    assert [row.action for row in rows] == [audit.RECORD_REFUSED] * 4
+    assert [row.details["reason"] for row in rows] == [
+        "not_in_care",
+        "not_in_care",
+        "wrong_role",
+        "not_found",
+    ]
+    assert [row.patient_id for row in rows] == [world.patients[1]] * 2 + [world.patients[0], None]
+    assert [row.subject_id for row in rows] == [None, 5, None, None]
+    assert rows[2].actor_user_id == desk.id and rows[2].flagged
+    assert rows[3].details["asked_patient_id"] == 987654
 
 
 async def test_break_glass_is_flagged_with_its_reason(db, world, client):

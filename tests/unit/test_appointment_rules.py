@@ -103,6 +103,22 @@ def test_every_transition_by_every_setter_at_every_moment(setter, current, targe
         assert raised.value.args[0] == why.message
 
 
+@pytest.mark.parametrize(("setter", "current", "target", "moment"), CASES)
+def test_the_guard_passes_exactly_the_rows_refusal_allows(setter, current, target, moment):
+    """The status-change statement's WHERE, written out in Python: the same verdict as
+    `refusal` for every setter, state, target and moment."""
+    now = MOMENTS[moment]
+    guard = rules.guard(setter, target, now)
+    passes = (
+        current in guard.allowed_from
+        and (guard.started_by is None or guard.started_by >= STARTS)
+        and (guard.ends_after is None or guard.ends_after < ENDS)
+        and (guard.on_day_of is None or guard.on_day_of.date() == STARTS.date())  # UTC clinic
+        and (guard.checked_in_since is None or guard.checked_in_since <= CHECKED_IN)
+    )
+    assert passes == (expected(setter, current, target, moment) is None)
+
+
 def test_the_table_covers_every_state_and_nothing_else():
     assert set(STATES) == rules.STATUSES
     assert {(s, t) for s in STATES for t in STATES if t in rules.TRANSITIONS[s]} == LEGAL
@@ -295,3 +311,13 @@ def test_only_the_desk_and_admins_may_override_the_limit(role):
     with pytest.raises(Forbidden, match="only the front desk and admins"):
         rules.check_override(role, "because")
     assert rules.check_override(role, None) is None
+
+
+def test_a_move_adds_to_what_is_held_only_for_a_booking_already_begun():
+    future, begun = NOON + dt.timedelta(hours=1), NOON - dt.timedelta(minutes=10)
+    for held in (3, 5):  # at or over the limit: a future booking still moves
+        rules.check_room_to_move(held, future, NOON, BOOKING)
+    rules.check_room_to_move(2, begun, NOON, BOOKING)
+    for starts_at in (begun, NOON):
+        with pytest.raises(Invalid, match="at most 3 future appointments"):
+            rules.check_room_to_move(3, starts_at, NOON, BOOKING)
