@@ -17,7 +17,9 @@ from db.session import session_factory
 from tests.integration.test_booking_limits_race import RULES, actor, all_read_before_any_writes
 from tests.integration.world import at, day_after_tomorrow, make_world
 
-RETRIES = 10
+# Each retry holds a pooled connection at the barrier: no more than the test engine's pool
+# (DB_POOL_SIZE 4 + DB_MAX_OVERFLOW 5 in conftest.py), or the last never gets one.
+RETRIES = 8
 NEW_YORK = ZoneInfo("America/New_York")
 
 
