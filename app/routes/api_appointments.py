@@ -14,7 +14,7 @@ from litestar.params import HeaderParameter, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments import commands, queries
+from app.appointments import commands, conflicts, queries
 from app.appointments.queries import AppointmentRow
 from app.appointments.rules import BookingRules
 from app.errors import Invalid
@@ -37,6 +37,9 @@ class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
     start: dt.datetime
     patient_id: IdField | None = None
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    # Staff only: why this patient may hold more future bookings with the doctor than
+    # BOOKING_MAX_FUTURE_PER_DOCTOR (recorded in the audit trail).
+    override_reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 class AppointmentPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,6 +51,11 @@ class AppointmentPatch(msgspec.Struct, forbid_unknown_fields=True):
 class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
     appointment_ids: Annotated[list[IdField], msgspec.Meta(min_length=1, max_length=500)]
     status: Status
+
+
+class ConflictsIn(msgspec.Struct, forbid_unknown_fields=True):
+    appointment_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=500)]
+    action: str  # move or cancel
 
 
 def slots_out(day: DaySlots, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
@@ -158,6 +166,7 @@ class AppointmentController(Controller):
             patient_id=data.patient_id,
             reason=data.reason,
             idempotency_key=idempotency_key,
+            override_reason=data.override_reason,
             rules=rules,
             now=now,
         )
@@ -262,3 +271,37 @@ class AppointmentController(Controller):
             db_session, effects, actor, data.appointment_ids, status=data.status, now=now
         )
         return {"results": [{"id": i, "result": r} for i, r in results.items()]}
+
+    @post("/conflicts", guards=[allow("front_desk", "admin")], status_code=200)
+    async def resolve_conflicts(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        rules: BookingRules,
+        now: dt.datetime,
+        data: ConflictsIn,
+    ) -> dict[str, Any]:
+        """Move (`move`: each to its doctor's first free time from its day on) or cancel
+        with a notice (`cancel`) bookings that leave or a closure left in place; each one
+        on its own, a result per id."""
+        results = await conflicts.resolve(
+            db_session,
+            effects,
+            actor,
+            data.appointment_ids,
+            action=data.action,
+            rules=rules,
+            now=now,
+        )
+        return {
+            "results": [
+                {
+                    "id": r.id,
+                    "result": r.result,
+                    "start": r.start.isoformat() if r.start else None,
+                    "detail": r.detail,
+                }
+                for r in results
+            ]
+        }

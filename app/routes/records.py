@@ -14,7 +14,7 @@ from app.access.identity import Principal
 from app.errors import DomainError, Invalid
 from app.live.effects import Effects
 from app.records import records
-from app.records.documents import CONTENT_TYPES
+from app.records.documents import content_disposition
 from app.routes.inputs import Id
 from app.routes.responses import BY_ID_RULES, answers
 from app.routes.responses import SIGNED_IN as SIGNED_IN_ANSWERS
@@ -194,6 +194,7 @@ async def _panel(
         "can_upload": False,
         "records": [],
         "need_reason": None,
+        "patient_name": None,
     }
     try:
         the_grant, items = await records.list_records(
@@ -206,7 +207,8 @@ async def _panel(
             via="page",
         )
     except records.BreakGlassRequired as exc:
-        context.update(patient_name=exc.patient_name, need_reason=exc.detail)
+        # Nothing about a patient the reader may not see: not even the name.
+        context.update(need_reason=exc.detail)
         return page(request, "records/panel.html", "panel", **context)
     context.update(
         patient_name=the_grant.patient_name,
@@ -255,9 +257,9 @@ async def download(
     sig: str = "",
     u: str = "",
 ) -> File | Response[dict[str, Any]]:
-    """A document of the local-disk store. Public on purpose: the signed, expiring URL is
-    the credential, issued only by an audited read to the user `u` it names; each download
-    is audited in turn."""
+    """A document of the local-disk store, saved under its title and type. Public on
+    purpose: the signed, expiring URL is the credential, issued only by an audited read to
+    the user `u` it names; each download is audited in turn."""
     store = _store(request)
     key = key.lstrip("/")
     if not isinstance(store, DiskStore):
@@ -271,15 +273,17 @@ async def download(
     if not path.is_file():
         return _gone(404, "not found")
     issued_to = int(u) if u else None
-    if not await records.audit_download(
+    stored = await records.audit_download(
         db_session, key, issued_to=issued_to, client_addr=client_addr(request)
-    ):
+    )
+    if stored is None:
         return _gone(404, "not found")
+    filename, content_type = stored
     return File(
         path=path,
-        filename=path.name,
-        media_type=CONTENT_TYPES[path.suffix.lstrip(".")],
-        content_disposition_type="attachment",
+        filename=filename,
+        media_type=content_type,
+        headers={"content-disposition": content_disposition(filename)},
     )
 
 

@@ -121,6 +121,7 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/api/appointments/{appointment_id:int}"): ANY,
     ("PATCH", "/api/appointments/{appointment_id:int}"): ANY,
     ("POST", "/api/appointments/bulk-update"): ("doctor", *STAFF),
+    ("POST", "/api/appointments/conflicts"): STAFF,
     # patient pages
     ("GET", "/doctors"): ANY,
     ("GET", "/doctors/{doctor_id:int}/slots"): ANY,
@@ -133,7 +134,9 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/desk"): STAFF,
     ("POST", "/desk/appointments/{appointment_id:int}/status"): STAFF,
     ("POST", "/desk/bulk-check-in"): STAFF,
+    ("POST", "/desk/conflicts/{action:str}"): STAFF,
     ("GET", "/desk/patients"): STAFF,
+    ("POST", "/desk/patients"): STAFF,
     ("POST", "/desk/walk-in"): STAFF,
     ("GET", "/doctor/day"): DOCTOR,
     ("POST", "/doctor/appointments/{appointment_id:int}/status"): DOCTOR,
@@ -427,6 +430,7 @@ async def test_page_routes_whose_data(client, session, settings):
         {
             "doctor_id": str(w.other_doctor_id),
             "patient_id": str(w.patients[0]),
+            "q": "Patient 0",
             "date": w.day.isoformat(),
             "time": "15:00",
         },
