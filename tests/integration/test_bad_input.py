@@ -186,6 +186,7 @@ async def walk_in(client, world, **fields):
     form = {
         "doctor_id": str(world.doctor_id),
         "patient_id": str(world.patients[0]),
+        "q": "Patient 0",  # the search that shows that patient selected
         "date": day_after_tomorrow().isoformat(),
         "time": "10:30",
         **fields,
