@@ -216,8 +216,9 @@ WITH booked AS (
   RETURNING *
 ), outbox AS (
   INSERT INTO notifications (appointment_id, channel, kind, due_at)
-  SELECT booked.id, CAST(:channel AS varchar), plan.kind, plan.due_at
-    FROM booked, unnest(CAST(:kinds AS text[]), CAST(:dues AS timestamptz[])) AS plan(kind, due_at)
+  SELECT booked.id, chosen.channel, plan.kind, plan.due_at
+    FROM booked, unnest(CAST(:channels AS varchar[])) AS chosen(channel),
+         unnest(CAST(:kinds AS text[]), CAST(:dues AS timestamptz[])) AS plan(kind, due_at)
 )
 SELECT * FROM booked
 """
@@ -227,7 +228,7 @@ SELECT * FROM booked
 @dataclass(frozen=True, slots=True)
 class _PatientFacts:
     held: int  # future booked appointments with the doctor being booked
-    channel: str | None  # where the confirmation and reminders go (None: nowhere)
+    channels: tuple[str, ...]  # where the confirmation and reminders go (none: nowhere)
 
 
 async def _booking_facts(
@@ -260,7 +261,7 @@ async def _booking_facts(
     if raw is None:
         return data, None
     notify_by, email, phone, held = json.loads(raw) if isinstance(raw, str) else raw
-    return data, _PatientFacts(int(held), notifications.choose_channel(notify_by, email, phone))
+    return data, _PatientFacts(int(held), notifications.choose_channels(notify_by, email, phone))
 
 
 async def warm_up(connection: AsyncConnection) -> None:
@@ -284,7 +285,7 @@ async def warm_up(connection: AsyncConnection) -> None:
         "idempotency_key": None,
         "idempotency_hash": None,
         "booked_by": None,
-        "channel": None,
+        "channels": [],
         "kinds": [],
         "dues": [],
     }
@@ -355,7 +356,7 @@ async def book(
             f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
             "with one doctor"
         )
-    planned = notifications.plan(slot.start, data.timezone, now) if facts.channel else []
+    planned = notifications.plan(slot.start, data.timezone, now) if facts.channels else []
     try:
         row = (
             await session.execute(
@@ -370,7 +371,7 @@ async def book(
                     "idempotency_key": idempotency_key,
                     "idempotency_hash": digest if idempotency_key else None,
                     "booked_by": actor.id,
-                    "channel": facts.channel,
+                    "channels": list(facts.channels),
                     "kinds": [p.kind for p in planned],
                     "dues": [p.due_at for p in planned],
                 },
