@@ -29,6 +29,7 @@ from app.access.passwords import (
 from app.access.rate_limit import LoginLimits
 from app.access.tokens import revoke_user_tokens
 from app.errors import Conflict, DomainError, Invalid, NotFound
+from app.notifications import preferences
 from db.models import LANGUAGES, ROLES, Clinic, Doctor, Notification, Patient, User
 
 log = logging.getLogger(__name__)
@@ -644,6 +645,75 @@ async def _email_taken(session: AsyncSession, email: str, user_id: int) -> bool:
     return found is not None
 
 
+async def _new_email(session: AsyncSession, user_id: int, new_email: str) -> str:
+    email = normalise_email(new_email)
+    user = await session.get_one(User, user_id)
+    if user.patient_id is None:
+        raise Invalid("only patients have a profile")
+    if email.lower() == user.email.lower():
+        raise Invalid("that is already your email address")
+    if await _email_taken(session, email, user_id):
+        raise Conflict("this email is already registered")
+    return email
+
+
+async def save_profile(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    user_id: int,
+    full_name: str,
+    email: str,
+    phone: str,
+    language: str,
+    by_email: bool,
+    by_sms: bool,
+    now: dt.datetime,
+    client_addr: str | None = None,
+) -> bool:
+    """A patient saves their profile page: name, language, phone, channels (any of
+    e-mail and SMS), and a new address (verified before use). All checked before
+    anything is saved; commits.
+
+    Returns:
+        Whether a verification link went to a new address.
+
+    Raises:
+        Invalid, Conflict: as `update_profile`, `preferences.set_preference` and
+            `request_email_change`; nothing is saved then.
+    """
+    user = await session.get_one(User, user_id)
+    current = {user.email.lower()}
+    if user.patient_id is not None:
+        pending = await session.scalar(
+            select(Patient.pending_email).where(Patient.id == user.patient_id)
+        )
+        current.add((pending or "").lower())
+    changed = email.strip().lower() not in current
+    if changed:
+        await _new_email(session, user_id, email)
+    notify_by = {(True, True): "both", (True, False): "email", (False, True): "sms"}.get(
+        (by_email, by_sms), "none"
+    )
+    await update_profile(
+        session, user_id=user_id, full_name=full_name, language=language, client_addr=client_addr
+    )
+    assert user.patient_id is not None  # update_profile checked
+    await preferences.set_preference(
+        session,
+        user.patient_id,
+        notify_by=notify_by,
+        phone=phone,
+        actor_user_id=user_id,
+        now=now,
+    )
+    if changed:
+        await request_email_change(
+            session, redis, user_id=user_id, new_email=email, client_addr=client_addr
+        )
+    return changed
+
+
 async def request_email_change(
     session: AsyncSession,
     redis: Redis,
@@ -660,14 +730,9 @@ async def request_email_change(
         Invalid: not an address, or the current one.
         Conflict: another account has it.
     """
-    email = normalise_email(new_email)
+    email = await _new_email(session, user_id, new_email)
     user = await session.get_one(User, user_id)
-    if user.patient_id is None:
-        raise Invalid("only patients have a profile")
-    if email.lower() == user.email.lower():
-        raise Invalid("that is already your email address")
-    if await _email_taken(session, email, user_id):
-        raise Conflict("this email is already registered")
+    assert user.patient_id is not None  # _new_email checked
     patient = await session.get_one(Patient, user.patient_id, with_for_update=True)
     patient.pending_email = email
     token = secrets.token_urlsafe(32)

@@ -1,9 +1,11 @@
-"""Patient pages: find a doctor, a doctor's week of free times, book, my appointments."""
+"""Patient pages: find a doctor, a doctor's week of free times, book, my appointments,
+my profile (and the link that confirms a new e-mail address)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+from dataclasses import dataclass
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -15,17 +17,19 @@ from litestar.response import Response, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access import accounts
 from app.access.identity import Principal
 from app.appointments import booking
 from app.appointments.booking import BookingRules
 from app.errors import Conflict, DomainError
 from app.live import boards
 from app.live.effects import Effects
+from app.routes.auth import dispatch_soon
 from app.routes.views import fragment, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
-from app.web.guards import allow
-from db.models import Doctor
+from app.web.guards import AUTH_LIMITED, PUBLIC, allow, client_addr
+from db.models import LANGUAGES, Doctor
 
 WEEK = 7
 MAX_REASON = 500  # the textarea's maxlength
@@ -337,4 +341,89 @@ async def reschedule(
     return fragment(request, "patient/slots.html", "panel", **context)
 
 
-ROUTES = [find_doctors, doctor_slots, booking_form, book, my_appointments, cancel, reschedule]
+@dataclass
+class ProfileForm:
+    full_name: str = ""
+    email: str = ""
+    phone: str = ""
+    language: str = "en"
+    by_email: bool = False
+    by_sms: bool = False
+
+
+def _profile_page(profile: accounts.Profile | ProfileForm, **context: Any) -> Template:
+    return Template("patient/profile.html", context={"profile": profile, **context})
+
+
+@get("/me/profile", guards=[allow("patient")], include_in_schema=False)
+async def profile_page(db_session: AsyncSession, actor: Principal) -> Template:
+    """My name, e-mail, phone, language and how I get messages."""
+    profile = await accounts.get_profile(db_session, actor.id)
+    return _profile_page(profile, languages=LANGUAGES)
+
+
+@post("/me/profile", guards=[allow("patient")], include_in_schema=False, status_code=200)
+async def save_profile(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    data: Annotated[ProfileForm, Form],
+) -> Template:
+    """Save the profile; errors keep what was typed and save nothing."""
+    try:
+        verify = await accounts.save_profile(
+            db_session,
+            request.app.state.redis,
+            user_id=actor.id,
+            full_name=data.full_name,
+            email=data.email,
+            phone=data.phone,
+            language=data.language,
+            by_email=data.by_email,
+            by_sms=data.by_sms,
+            now=now,
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        await db_session.rollback()
+        return _profile_page(data, languages=LANGUAGES, error=exc.detail, typed=True)
+    if verify:
+        await dispatch_soon(request)
+    profile = await accounts.get_profile(db_session, actor.id)
+    return _profile_page(profile, languages=LANGUAGES, saved=True, verify=verify)
+
+
+@get("/email-verify/{token:str}", opt=PUBLIC, include_in_schema=False)
+async def email_verify_page(token: str) -> Template:
+    """Confirm a new address: a button, since mail scanners open links on their own."""
+    return Template("patient/email_verify.html", context={"token": token})
+
+
+@post("/email-verify/{token:str}", opt=AUTH_LIMITED, include_in_schema=False, status_code=200)
+async def email_verify(
+    request: Request[Any, Any, Any], db_session: AsyncSession, token: str
+) -> Template:
+    """The pending address becomes the account's."""
+    try:
+        email = await accounts.confirm_email_change(
+            db_session, request.app.state.redis, token=token, client_addr=client_addr(request)
+        )
+    except DomainError as exc:
+        return Template("patient/email_verify.html", context={"token": token, "error": exc.detail})
+    return Template("patient/email_verify.html", context={"done": email})
+
+
+ROUTES = [
+    find_doctors,
+    doctor_slots,
+    booking_form,
+    book,
+    my_appointments,
+    cancel,
+    reschedule,
+    profile_page,
+    save_profile,
+    email_verify_page,
+    email_verify,
+]
