@@ -305,6 +305,9 @@ class Appointment(Base):
     updated_at: Mapped[dt.datetime] = _created_at()
     checked_in_at: Mapped[dt.datetime | None]
     cancelled_at: Mapped[dt.datetime | None]
+    # Who cancelled (NULL: the clinic, by a schedule exception or a bulk change): the
+    # patient's page tells "cancelled by the clinic" from their own cancellation.
+    cancelled_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
     doctor: Mapped[Doctor] = relationship(lazy="raise")
     patient: Mapped[Patient] = relationship(lazy="raise")

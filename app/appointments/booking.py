@@ -187,7 +187,12 @@ def _change(
     for interval in extra:
         days.update(local_days(interval.start, interval.end, timezone))
     return AppointmentChange(
-        appointment.id, appointment.doctor_id, appointment.clinic_id, tuple(sorted(days)), action
+        appointment.id,
+        appointment.doctor_id,
+        appointment.clinic_id,
+        tuple(sorted(days)),
+        action,
+        appointment.patient_id,
     )
 
 
@@ -534,6 +539,7 @@ async def change_status(
     appointment.updated_at = now
     if status == "cancelled":
         appointment.cancelled_at, appointment.cancel_reason = now, reason
+        appointment.cancelled_by = actor.id
     if status == "checked_in":
         appointment.checked_in_at = now
     # The outbox: unsent reminders are void; a cancellation notice is due now.
@@ -630,6 +636,7 @@ async def bulk_update(
                 Appointment.clinic_id,
                 Appointment.starts_at,
                 Appointment.ends_at,
+                Appointment.patient_id,
             )
         )
         if candidates
@@ -645,10 +652,10 @@ async def bulk_update(
         result[row_id] = "invalid_transition"
     timezones = await _timezones(session, {row[1] for row in changed})
     changes = []
-    for row_id, doctor_id, clinic_id, starts_at, ends_at in changed:
+    for row_id, doctor_id, clinic_id, starts_at, ends_at, patient_id in changed:
         result[row_id] = "updated"
         days = tuple(local_days(starts_at, ends_at, timezones[doctor_id]))
-        changes.append(AppointmentChange(row_id, doctor_id, clinic_id, days, status))
+        changes.append(AppointmentChange(row_id, doctor_id, clinic_id, days, status, patient_id))
     await effects.appointments_changed(changes)
     return result
 

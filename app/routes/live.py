@@ -23,13 +23,14 @@ from app.live.realtime import (
     clinic_channel,
     doctor_channel,
     parse_channel,
+    patient_channel,
     records_channel,
 )
 from app.records import records
 from app.routes import views
 from app.routes.deps import provide_rules
 from app.scheduling import directory
-from app.web.guards import allow, check_websocket_origin, current_user
+from app.web.guards import PUBLIC, check_websocket_origin, current_user
 from db.models import Doctor
 
 MAX_DAYS = 14
@@ -44,13 +45,28 @@ def make_renderer(app: Any) -> Any:
         if audience == "records" and channel.startswith("records:"):
             # Ids only: each viewer's panel then reloads its list through the audited read.
             return views.render(env, "records/_refresh.html", patient_id=int(payload["patient_id"]))
+        if audience == "my_appointments" and channel.startswith("patient:"):
+            # The channel is the patient's own: one render per event, for their sockets.
+            async with state.sessions() as session:
+                now = dt.datetime.now(dt.UTC)
+                patient_id = int(channel.split(":")[1])
+                upcoming, past = await boards.my_appointments(session, patient_id, now)
+            return views.render(
+                env, "patient/appointments.html", "list", upcoming=upcoming, past=past, oob=True
+            )
         kind, ident, day = parse_channel(channel)
         async with state.sessions() as session:
             if audience == "slots" and kind == "doctor":
                 rules: BookingRules = provide_rules(state)
                 now = dt.datetime.now(dt.UTC)
                 _, (view,) = await boards.doctor_days(
-                    state.slot_cache, ident, day, 1, now + rules.min_notice, now + rules.horizon
+                    state.slot_cache,
+                    ident,
+                    day,
+                    1,
+                    now + rules.min_notice,
+                    now + rules.horizon,
+                    now,
                 )
                 return views.render(env, "patient/_day.html", day=view, oob=True)
             if audience == "board" and kind == "doctor":
@@ -82,11 +98,16 @@ def make_renderer(app: Any) -> Any:
     return render
 
 
-async def _channels(socket: WebSocket[Any, Any, Any], user: Principal) -> tuple[str, list[str]]:
-    """Which channels this socket may watch, from its query and its user's role."""
+async def _channels(
+    socket: WebSocket[Any, Any, Any], user: Principal | None
+) -> tuple[str, list[str]]:
+    """Which channels this socket may watch, from its query and its user's role; a
+    visitor (no user) only the free times."""
     params = socket.query_params
     view = params.get("view", "")
-    if view == "records":  # only viewers who may read this patient's records join
+    if view == "my_appointments" and user is not None and user.patient_id is not None:
+        return "my_appointments", [patient_channel(user.patient_id)]  # only one's own
+    if view == "records" and user is not None:  # only who may read the patient's records
         try:
             patient_id = int(params.get("patient_id", ""))
             async with socket.app.state.sessions() as session:
@@ -103,6 +124,8 @@ async def _channels(socket: WebSocket[Any, Any, Any], user: Principal) -> tuple[
             return "slots", [
                 doctor_channel(doctor_id, first + dt.timedelta(days=i)) for i in range(days)
             ]
+        if user is None:
+            raise PermissionError
         if view == "board" and user.role in ("front_desk", "admin"):
             clinic_id = int(params.get("clinic_id", ""))
             if user.role == "front_desk" and clinic_id != user.clinic_id:
@@ -115,7 +138,7 @@ async def _channels(socket: WebSocket[Any, Any, Any], user: Principal) -> tuple[
     raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="not a channel you may see")
 
 
-@websocket("/ws/live", guards=[allow()])
+@websocket("/ws/live", opt=PUBLIC)
 async def live(socket: WebSocket[Any, Any, Any]) -> None:
     """Streams HTML fragments (hx-swap-oob) for the page's view until the client leaves.
 
@@ -125,9 +148,10 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
     either already in it or delivered after it.
     """
     settings = socket.app.state.settings
-    check_websocket_origin(socket, settings)
+    # Free times are no one's secret: visitors may watch them (read-only: the socket
+    # ignores what the client sends). Every other view needs a session.
+    check_websocket_origin(socket, settings, signed_in=socket.query_params.get("view") != "slots")
     user = current_user(socket)
-    assert user is not None  # the guard admitted a signed-in user
     audience, channels = await _channels(socket, user)
     hub: Hub = socket.app.state.hub
     doctors: list[int] = []

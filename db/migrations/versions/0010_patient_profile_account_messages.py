@@ -1,4 +1,5 @@
-"""patients: language, pending e-mail, both channels; notifications about accounts
+"""patients: language, pending e-mail, both channels; notifications about accounts;
+appointments: who cancelled
 
 Revision ID: 0010
 Revises: 0007
@@ -35,6 +36,15 @@ def upgrade() -> None:
         op.f("ck_patients_notify_by"), "patients", "notify_by IN ('email', 'sms', 'both', 'none')"
     )
 
+    op.add_column("appointments", sa.Column("cancelled_by", sa.BigInteger(), nullable=True))
+    op.create_foreign_key(
+        op.f("fk_appointments_cancelled_by_users"),
+        "appointments",
+        "users",
+        ["cancelled_by"],
+        ["id"],
+        ondelete="SET NULL",
+    )
     op.alter_column("notifications", "appointment_id", nullable=True)
     op.add_column("notifications", sa.Column("user_id", sa.BigInteger(), nullable=True))
     op.add_column("notifications", sa.Column("ref", sa.String(length=64), nullable=True))
@@ -78,6 +88,10 @@ def downgrade() -> None:
     op.drop_column("notifications", "ref")
     op.drop_column("notifications", "user_id")
     op.alter_column("notifications", "appointment_id", nullable=False)
+    op.drop_constraint(
+        op.f("fk_appointments_cancelled_by_users"), "appointments", type_="foreignkey"
+    )
+    op.drop_column("appointments", "cancelled_by")
     op.execute("UPDATE patients SET notify_by = 'email' WHERE notify_by = 'both'")
     op.drop_constraint(op.f("ck_patients_notify_by"), "patients", type_="check")
     op.create_check_constraint(
