@@ -215,16 +215,15 @@ def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
     result = []
     for day in days:
         slots = day_slots(day, data.ranges, tz, booked=data.booked, blocked=data.blocked)
-        away = day_slots(day, data.ranges, tz, blocked=data.blocked) if data.blocked else slots
+        # Which of them an exception (leave, closure) blocks: those never free up.
+        away = (
+            [not a.available for a in day_slots(day, data.ranges, tz, blocked=data.blocked)]
+            if data.blocked
+            else [False] * len(slots)
+        )
         cached = [
-            CachedSlot(
-                int(s.start.timestamp()),
-                s.start_local,
-                s.end_local,
-                not s.available,
-                not a.available,
-            )
-            for s, a in zip(slots, away, strict=True)
+            CachedSlot(int(s.start.timestamp()), s.start_local, s.end_local, not s.available, b)
+            for s, b in zip(slots, away, strict=True)
         ]
         result.append(DaySlots(day, cached))
     return result
