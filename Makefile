@@ -26,10 +26,13 @@ dev: $(VENV)/.dev-installed
 run: install
 	$(BIN)/medbook demo
 
-## make test: unit, integration and browser tests against real services.
+## make test: unit, integration and browser tests against real services, on TEST_WORKERS
+## pytest-xdist workers (each with its own database and Redis number; the browser tests
+## together on one of them).
+TEST_WORKERS ?= 3
 test: dev
 	$(BIN)/python e2e/browser.py --ensure
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: dev
 	$(BIN)/ruff check app db tasks tests e2e bench conftest.py

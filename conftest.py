@@ -5,7 +5,9 @@ TEST_DATABASE_URL / TEST_REDIS_URL when set, else the machine's local servers wh
 accept us (a server that is down, lacks the database, refuses our login or our CREATE
 DATABASE is passed over), else embedded ones (PostgreSQL under var/test-services, Redis in
 a temporary folder of the run's own). MEDBOOK_TEST_EMBEDDED=1 skips the local servers.
-Each run gets its own fresh, migrated database, dropped at the end.
+The run migrates one template database; each test process (each pytest-xdist worker, or
+the run itself) clones its own database from it and claims a Redis database of its own
+(1-15). Every database of the run is dropped at the end.
 """
 
 from __future__ import annotations
@@ -22,21 +24,26 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 import redis as redis_sync
 
+from tests import processes
+from tests.processes import kill_process, start_process, stop_process
+
 ROOT = Path(__file__).resolve().parent
 _stack = ExitStack()
-_created_db: tuple[str, str] | None = None
 
 DATA_TABLES = (
     "audit_events, notifications, medical_records, appointments, schedule_exceptions, "
     "doctor_schedule_templates, clinic_daily_stats, users, patients, doctors, clinics"
 )
+# audit_events refuses TRUNCATE unless the session allows it (migration 0009); only the
+# harness does, inside the emptying transaction.
+ALLOW_AUDIT_TRUNCATE = "SET LOCAL medbook.allow_audit_truncate = on"
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -53,38 +60,80 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-async def _recreate(admin_url: str, name: str, drop_only: bool = False) -> None:
+async def _recreate(
+    admin_url: str, name: str, drop_only: bool = False, template: str | None = None
+) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if not drop_only:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            copy = f' TEMPLATE "{template}"' if template else ""
+            await conn.execute(f'CREATE DATABASE "{name}"{copy}')
     finally:
         await conn.close()
 
 
+def redis_database_url(server: str, number: int) -> str:
+    """The URL of database `number` on the Redis at `server` (`redis://` or `unix://`)."""
+    parts = urlsplit(server)
+    if parts.scheme == "unix":
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"]
+        return urlunsplit(parts._replace(query=urlencode([*query, ("db", str(number))])))
+    return urlunsplit(parts._replace(path=f"/{number}", query=""))
+
+
+# Claims live in database 0, which no test flushes (each test process flushes only the
+# database it claimed), as `medbook:test-claim:<number>` = "<host>:<pid>".
+CLAIM_KEY = "medbook:test-claim:{}"
+CLAIM_SECONDS = 3 * 3600  # longer than any run; a crash elsewhere frees its number then
+_TAKE_OVER = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then"
+    " return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end return false"
+)
+_RELEASE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
 def _claim_redis_database(server: str) -> str:
-    """A Redis database (1-15) no other test run on this machine is using right now, so
-    two runs (two developers' sessions, a run beside CI) never flush each other's keys."""
-    import redis
+    """A Redis database (1-15) on `server` that no other test process is using right now
+    (another developer's run, CI beside it, another xdist worker of this run), flushed.
+    A claim whose holder died on this host is taken over."""
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    claims = redis_sync.Redis.from_url(redis_database_url(server, 0))
+    # From 1 up: a run of the older conftest claims from 15 down, inside the database.
+    for number in range(1, 16):
+        key = CLAIM_KEY.format(number)
+        if _held_the_old_way(redis_database_url(server, number)):
+            continue
+        taken = claims.set(key, holder, nx=True, ex=CLAIM_SECONDS)
+        if not taken:
+            current = claims.get(key)
+            taken = current is not None and _abandoned(current.decode())
+            # Atomic: of two runs that both found it abandoned, one takes it over.
+            taken = taken and claims.eval(_TAKE_OVER, 1, key, current, holder, CLAIM_SECONDS)
+        if taken:
+            url = redis_database_url(server, number)
+            with redis_sync.Redis.from_url(url) as claimed:
+                claimed.flushdb()  # nothing cached by an earlier run may leak in
+            _stack.callback(claims.close)
+            _stack.callback(claims.eval, _RELEASE, 1, key, holder)
+            return url
+    claims.close()
+    raise RuntimeError(f"every Redis database 1-15 of {server} is claimed by a test process")
 
-    for number in range(15, 0, -1):
-        client = redis.Redis.from_url(f"{server}/{number}")
-        if client.set("medbook:test-run", os.getpid(), nx=True, ex=3 * 3600):
-            _flush_keeping_claim(client)  # nothing cached by an earlier run may leak in
-            _stack.callback(client.delete, "medbook:test-run")
-            return f"{server}/{number}"
-        holder = client.get("medbook:test-run")
-        if holder is not None and not _pid_alive(int(holder)):
-            _flush_keeping_claim(client)
-            _stack.callback(client.delete, "medbook:test-run")
-            return f"{server}/{number}"
-    raise RuntimeError("every Redis database 1-15 is claimed by a running test session")
+
+def _held_the_old_way(url: str) -> bool:
+    """A run of the older conftest holds this database (its key `medbook:test-run` in the
+    database itself, with the holder's pid on this host)."""
+    with redis_sync.Redis.from_url(url) as client:
+        pid = client.get("medbook:test-run")
+    return pid is not None and pid.isdigit() and _pid_alive(int(pid))
 
 
-def _flush_keeping_claim(client) -> None:
-    client.flushdb()
-    client.set("medbook:test-run", os.getpid(), ex=3 * 3600)
+def _abandoned(holder: str) -> bool:
+    host, _, pid = holder.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -155,16 +204,18 @@ def _choose_postgres(services_dir: Path) -> str:
     return _stack.enter_context(embedded.postgres(services_dir))
 
 
-def _choose_redis() -> str:
+def _choose_redis() -> tuple[str, str | None]:
+    """The Redis server whose databases the run claims, and TEST_REDIS_URL when it names
+    the database to use as it is."""
     explicit = os.environ.get("TEST_REDIS_URL")
     if explicit:
         if problem := redis_problem(explicit):
             raise pytest.UsageError(f"TEST_REDIS_URL cannot be used: {problem}")
-        return explicit
+        return explicit, explicit
     if os.environ.get("MEDBOOK_TEST_EMBEDDED") != "1" and _reachable("127.0.0.1", 6379):
         problem = redis_problem(f"{LOCAL_REDIS}/0")
         if problem is None:
-            return _claim_redis_database(LOCAL_REDIS)
+            return LOCAL_REDIS, None
         print(f"local Redis {LOCAL_REDIS} not usable ({problem})", file=sys.stderr)
     from app import embedded
 
@@ -173,25 +224,68 @@ def _choose_redis() -> str:
     folder = Path(tempfile.mkdtemp(prefix="medbook-test-redis-"))
     _stack.callback(shutil.rmtree, folder, ignore_errors=True)
     print("tests use an embedded Redis", file=sys.stderr)
-    return _stack.enter_context(embedded.redis(folder))
+    return _stack.enter_context(embedded.redis(folder)), None
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    global _created_db
+def _distributed(config: pytest.Config) -> bool:
+    """True in the controller of a pytest-xdist run (`-n N`): its workers run the tests."""
+    return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
+
+
+def _start_services(config: pytest.Config) -> dict[str, str | None]:
+    """Choose PostgreSQL and Redis and migrate the run's template database, once per run
+    (in the xdist controller when there is one); every test process clones the template."""
     from db import migrate
 
-    services_dir = ROOT / "var" / "test-services"
-    base_pg = _choose_postgres(services_dir)
-    redis_url = _choose_redis()
+    postgres = _choose_postgres(ROOT / "var" / "test-services")
+    redis_server, redis_as_is = _choose_redis()
+    prefix = f"medbook_test_{os.getpid()}"
+    template = f"{prefix}_template"
+    asyncio.run(_recreate(postgres, template))
+    # Every database of the run, the workers' too (even a crashed worker's), at the end.
+    _stack.callback(_drop_run_databases, postgres, prefix)
+    migrate.upgrade(with_database(postgres, template))
+    return {
+        "postgres": postgres,
+        "template": template,
+        "redis": redis_server,
+        # Workers share no database: with TEST_REDIS_URL each claims one on its server.
+        "redis_as_is": None if _distributed(config) else redis_as_is,
+    }
 
-    name = f"medbook_test_{os.getpid()}"
-    asyncio.run(_recreate(base_pg, name))
-    _created_db = (base_pg, name)
-    db_url = with_database(base_pg, name)
+
+def _drop_run_databases(admin_url: str, prefix: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            names = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname = $1 OR starts_with(datname, $2)",
+                prefix,
+                f"{prefix}_",
+            )
+            for (name,) in names:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(drop())
+    except Exception as exc:  # the run's result matters more than this cleanup
+        print(f"could not drop the test databases {prefix}*: {exc}", file=sys.stderr)
+
+
+def _use_services(services: dict[str, str | None], name: str) -> None:
+    """Point this test process (and every server it starts) at a database of its own,
+    cloned from the run's template, and a Redis database it claimed."""
+    postgres, template = services["postgres"], services["template"]
+    assert postgres and template and services["redis"]
+    asyncio.run(_recreate(postgres, name, template=template))
+    redis_url = services["redis_as_is"] or _claim_redis_database(services["redis"])
     data_dir = ROOT / "var" / f"test-data-{os.getpid()}"
+    _stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
     os.environ.update(
         {
-            "DATABASE_URL": db_url,
+            "DATABASE_URL": with_database(postgres, name),
             "REDIS_URL": redis_url,
             "SECRET_KEY": secrets.token_urlsafe(40),
             "MEDBOOK_DATA_DIR": str(data_dir),
@@ -199,17 +293,51 @@ def pytest_configure(config: pytest.Config) -> None:
             "DB_SLOW_QUERY_MS": "1000",
         }
     )
-    os.environ.setdefault("TEST_ADMIN_DATABASE_URL", base_pg)
-    migrate.upgrade(db_url)
+    os.environ.setdefault("TEST_ADMIN_DATABASE_URL", postgres)
+    # Every app a test starts (in process or as a server) opens its whole pool at start:
+    # a small one is quicker to open and keeps parallel runs within max_connections.
+    os.environ.setdefault("DB_POOL_SIZE", "4")
+    # Admission control sheds what waits over ADMISSION_MAX_WAIT_MS (30 ms by default): right
+    # for a server, wrong for tests that fire 50 racing bookings on a busy 2-core machine
+    # running three test processes, where a request may well wait longer than that. Tests
+    # of shedding itself (test_admission.py) set their own tiny limits.
+    os.environ.setdefault("ADMISSION_MAX_WAIT_MS", "10000")
+
+
+_SERVICES = pytest.StashKey[dict[str, str | None]]()
+
+
+class _ReleaseServices:
+    """Stops what `pytest_configure` started once the session's fixtures are torn down: an
+    xdist worker is stopped 5 s after its last report, often before its unconfigure."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        _stack.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_ReleaseServices(), "medbook-release-services")
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:  # an xdist worker: the controller started the services
+        services = worker["medbook_services"]
+        _use_services(
+            services, f"{services['template'].removesuffix('_template')}_{worker['workerid']}"
+        )
+        return
+    services = config.stash[_SERVICES] = _start_services(config)
+    if not _distributed(config):
+        _use_services(services, f"medbook_test_{os.getpid()}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Hand each xdist worker the run's services (it picks its own database in them)."""
+    node.workerinput["medbook_services"] = node.config.stash[_SERVICES]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _created_db is not None:
-        try:
-            asyncio.run(_recreate(*_created_db, drop_only=True))
-        except Exception as exc:  # the run's result matters more than this cleanup
-            print(f"could not drop the test database: {exc}", file=sys.stderr)
-    _stack.close()
+    _stack.close()  # when the session never finished (a usage error); else a no-op
 
 
 @pytest.fixture(scope="session")
@@ -242,6 +370,7 @@ async def db(engine) -> AsyncIterator:
     from sqlalchemy import text
 
     async with engine.begin() as conn:
+        await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
         await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
     yield engine
 
@@ -259,8 +388,7 @@ async def redis(settings) -> AsyncIterator:
     from app.redis import create_redis
 
     client = create_redis(settings)
-    await client.flushdb()
-    await client.set("medbook:test-run", os.getpid(), ex=3 * 3600)  # keep our claim
+    await client.flushdb()  # the claim lives in database 0 (see _claim_redis_database)
     yield client
     await client.aclose()
 
@@ -294,13 +422,14 @@ class LiveServer:
         self.log.parent.mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
         cmd += ["--workers", str(workers), "--server", server]
-        self.process = subprocess.Popen(
-            cmd,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-        )
+        with self.log.open("w") as log:
+            self.process = start_process(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+            )
         try:
             self._wait_ready()
         except BaseException:
@@ -328,16 +457,6 @@ class LiveServer:
         stop_process(self.process)
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM, ten seconds to finish, then SIGKILL; reaped either way."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="session")
 def live_server(settings) -> Iterator[LiveServer]:
     server = LiveServer()
@@ -363,7 +482,7 @@ class OwnRedis:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        self.process = start_process(
             [
                 _redis_binary(),
                 "--port",
@@ -381,16 +500,93 @@ class OwnRedis:
             ],
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis_sync.Redis.from_url(self.url).ping():
-                    return
-            except redis_sync.ConnectionError:
-                time.sleep(0.05)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis_sync.Redis.from_url(self.url)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"redis exited with {self.process.returncode}")
+                try:
+                    if client.ping():
+                        return
+                except redis_sync.ConnectionError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
         raise RuntimeError("redis did not start")
 
     def stop(self) -> None:
+        """Gone at once, as a crashed server is (its append-only file is kept)."""
         if self.process:
-            self.process.kill()
-            self.process.wait()
+            kill_process(self.process)
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[OwnRedis]:
+    """A started Redis of the test's own, stopped after it."""
+    own = OwnRedis(tmp_path)
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
+# The run's own folders: a process whose command line names one was started by this run.
+_run_folders: set[str] = set()
+# Processes alive when the tests began (the run's embedded services and their watchdogs).
+_before_tests: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _processes_end_with_their_test(request) -> Iterator[None]:
+    """What a test started (tests/processes.py) and left running is stopped after it."""
+    kept = processes.running()
+    if "tmp_path" in request.fixturenames:
+        _run_folders.add(str(request.getfixturevalue("tmp_path_factory").getbasetemp()))
+    yield
+    processes.stop_all_except(kept)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _before_tests.update(processes.descendants())
+    _run_folders.add(os.environ.get("MEDBOOK_DATA_DIR", ""))
+
+
+_left_by_workers: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist: what a worker found left behind (see pytest_sessionfinish)."""
+    _left_by_workers.extend(getattr(node, "workeroutput", {}).get("processes_left_behind", []))
+
+
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A run fails when it leaves a process behind; those found are killed and named."""
+    config = session.config
+    if config.pluginmanager.hasplugin("dsession"):  # xdist's controller: workers search
+        left = _left_by_workers
+    else:
+        left = processes.stop_left_behind(_run_folders, _before_tests)
+        if hasattr(config, "workeroutput"):  # an xdist worker: the controller fails the run
+            config.workeroutput["processes_left_behind"] = left
+    if not left:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print("processes this run left behind (now killed):", *left, sep="\n", file=sys.stderr)
+    else:
+        reporter.ensure_newline()
+        reporter.write_sep("=", "processes this run left behind (now killed)", red=True)
+        for line in left:
+            reporter.write_line(line, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -18,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import click
 
-from app import embedded
+from app import embedded, supervisor
 from app.settings import PROJECT_ROOT, Settings, SettingsError, get_settings, plain_database_url
 
 T = TypeVar("T")
@@ -40,7 +37,7 @@ def _services(
     os.environ["MEDBOOK_DATA_DIR"] = str(data_dir)
     starts_any = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
     try:
-        with _terminate_cleanly(starts_any), embedded.services(data_dir):
+        with supervisor.terminate_cleanly(starts_any), embedded.services(data_dir):
             try:
                 settings = get_settings()
             except SettingsError as exc:
@@ -53,38 +50,6 @@ def _services(
             yield settings
     except embedded.EmbeddedError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-# A `kill` sends SIGTERM, a closed terminal SIGHUP.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-@contextmanager
-def _terminate_cleanly(enabled: bool) -> Iterator[None]:
-    """While embedded services run, SIGTERM and SIGHUP end the command as a SystemExit
-    (status 128 + the signal's number, as a shell reports a death by that signal), so the
-    `with` blocks unwind and stop what this command started. Dying by the signal left the
-    embedded PostgreSQL and Redis running, and the next `make run` then refused to start
-    ("an embedded Redis is already running"). A signal that was ignored (nohup) stays
-    ignored. While a server runs it handles these signals itself: the SAQ worker then
-    returns, and uvicorn raises the signal again once it has stopped, which lands here."""
-    if not enabled:
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {
-        sig: signal.signal(sig, stop)
-        for sig in STOP_SIGNALS
-        if signal.getsignal(sig) is not signal.SIG_IGN
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def database_address(url: str) -> str:
@@ -263,11 +228,11 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run the SAQ worker (reminders, analytics, housekeeping)."""
-    from saq.worker import start
-
     with _services(ctx, redis=True, migrated=True) as settings:
         _metrics_dir(settings, "worker")  # for job metrics; the worker serves no /metrics
-        start("tasks.worker.worker_settings")
+        from tasks.worker import run, worker_settings  # prometheus-client: after the line above
+
+        run(worker_settings())
 
 
 @main.group()
@@ -332,7 +297,7 @@ async def _seed_demo(settings: Settings) -> bool:
 @click.pass_context
 def seed_demo_cmd(ctx: click.Context) -> None:
     """Two clinics, doctors, patients, a week of bookings, one login per role."""
-    with _services(ctx) as settings:
+    with _services(ctx, migrated=True) as settings:
         loaded = _run(lambda: _seed_demo(settings))
         click.echo("demo data loaded" if loaded else "demo data already present")
 
@@ -376,7 +341,7 @@ def seed_scale_cmd(
         seed=seed_value,
         today=today.date() if today else None,
     )
-    with _services(ctx) as settings, Progress() as bar:
+    with _services(ctx, migrated=True) as settings, Progress() as bar:
         tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -460,7 +425,7 @@ def analytics_backfill(ctx: click.Context, first: Any, last: Any, chunk_days: in
         TextColumn("{task.completed}/{task.total} days"),
         TimeRemainingColumn(),
     )
-    with _services(ctx) as settings, Progress(*columns) as bar:
+    with _services(ctx, migrated=True) as settings, Progress(*columns) as bar:
         task = bar.add_task("rollups", total=total)
         started = time.perf_counter()
         _run(lambda: backfill(settings, lambda n: bar.advance(task, n)))
@@ -514,7 +479,7 @@ def users_create(
         finally:
             await engine.dispose()
 
-    with _services(ctx) as settings:
+    with _services(ctx, migrated=True) as settings:
         try:
             user_id = _run(lambda: create(settings))
         except DomainError as exc:
@@ -547,119 +512,26 @@ def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None
         migrate.upgrade(plain_database_url(settings.database_url))
         _run(lambda: _seed_demo(settings))
         base = [sys.executable, "-m", "app.cli", "--data-dir", ctx.obj["data_dir"]]
-        children = {
-            "web server": subprocess.Popen([*base, "serve", "--host", host, "--port", str(port)]),
-            "worker": subprocess.Popen([*base, "worker"]),
-        }
-        url = f"http://{host}:{port}/"
-        probe = f"http://{_loopback(host)}:{port}/health/ready"
-        try:
-            failure = _wait_ready(children, probe, ready_timeout, host, port)
-            if failure is None:
-                click.echo(f"\nmedbook is running at {url}  (Ctrl-C stops everything)")
-                click.echo(f"demo logins, password {DEMO_PASSWORD!r}:")
-                for email, role, _ in LOGINS:
-                    click.echo(f"  {role:<11} {email}")
-                failure = _watch(children, host, port)
-        except KeyboardInterrupt:
-            failure = None
-        finally:
-            _stop(list(children.values()))
+
+        def announce() -> None:
+            click.echo(f"\nmedbook is running at http://{host}:{port}/  (Ctrl-C stops everything)")
+            click.echo(f"demo logins, password {DEMO_PASSWORD!r}:")
+            for email, role, _ in LOGINS:
+                click.echo(f"  {role:<11} {email}")
+
+        failure = supervisor.supervise(
+            {
+                "web server": [*base, "serve", "--host", host, "--port", str(port)],
+                "worker": [*base, "worker"],
+            },
+            probe=f"http://{supervisor.loopback(host)}:{port}/health/ready",
+            ready_timeout=ready_timeout,
+            host=host,
+            port=port,
+            on_ready=announce,
+        )
     if failure:
         raise click.ClickException(failure)
-
-
-def _loopback(host: str) -> str:
-    """Where to reach a server bound to `host` from this machine."""
-    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(  # noqa: S104
-        host, f"[{host}]" if ":" in host else host
-    )
-
-
-def _exited(
-    children: dict[str, subprocess.Popen[bytes]], host: str, port: int, when: str
-) -> str | None:
-    """One line for the first child that has exited, or None while all run."""
-    for name, child in children.items():
-        code = child.poll()
-        if code is None:
-            continue
-        line = f"the {name} exited {when} (exit code {code}); stopped everything"
-        if name == "web server" and not _port_free(host, port):
-            line += f": port {port} on {host} is in use (choose another with --port)"
-        return line
-    return None
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _wait_ready(
-    children: dict[str, subprocess.Popen[bytes]],
-    probe: str,
-    timeout: float,
-    host: str,
-    port: int,
-) -> str | None:
-    """Poll /health/ready until 200; None then, else one line saying what went wrong."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if failure := _exited(children, host, port, "before medbook was ready"):
-            return failure
-        try:
-            if httpx.get(probe, timeout=2).status_code == 200:
-                return None
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    return f"{probe} did not answer 200 within {timeout:.0f} s; stopped everything"
-
-
-def _watch(children: dict[str, subprocess.Popen[bytes]], host: str, port: int) -> str | None:
-    """Wait until a child exits (then say which) or Ctrl-C (KeyboardInterrupt)."""
-    while True:
-        if failure := _exited(children, host, port, "unexpectedly"):
-            return failure
-        time.sleep(0.5)
-
-
-# The worker lets running jobs finish for up to 20 s (tasks/worker.py); the services
-# stop only after every child has exited, so wait a little longer than that.
-STOP_WAIT_SECONDS = 30
-
-
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
-    """Stop the children gracefully, then (past the wait) for good. A Ctrl-C in the
-    terminal has already sent them SIGINT; a second one there, or a second SIGINT from us
-    (uvicorn takes it as "force quit"), must not cut their shutdown short, so we send
-    SIGTERM and ignore further Ctrl-Cs (and SIGTERM, SIGHUP) until they are gone."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *STOP_SIGNALS)}
-    try:
-        if any(child.poll() is None for child in children):
-            click.echo("stopping medbook…", err=True)
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + STOP_WAIT_SECONDS
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

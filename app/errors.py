@@ -40,6 +40,11 @@ class Invalid(DomainError):
     status_code = 422
 
 
+class Overloaded(Exception):
+    """This process already has as much of some work as it takes on (password hashing):
+    answered like an overloaded database, 503 with Retry-After."""
+
+
 # What a failure of PostgreSQL or Redis means for the request that met it (`outage`).
 BUSY = "busy"  # overloaded: no pool connection in time, a statement cancelled by its timeout
 DOWN = "down"  # unreachable, restarting or refusing connections
@@ -84,7 +89,7 @@ def outage(exc: BaseException) -> str | None:
 
 
 def _kind(error: BaseException) -> str | None:
-    if isinstance(error, PoolTimeout):
+    if isinstance(error, PoolTimeout | Overloaded):
         return BUSY
     state = getattr(error, "sqlstate", None)
     if isinstance(state, str):

@@ -15,8 +15,8 @@ class Script:
     (after a restart or a flush) and sent again.
 
     One EVALSHA through `execute_command`: redis-py's own script objects add an import,
-    a deprecation wrapper and argument copies to every call (~40 us of CPU on this kind
-    of machine, on the route every API request takes)."""
+    a deprecation wrapper and argument copies to every call, on the route every API
+    request takes."""
 
     def __init__(self, body: str) -> None:
         self.body = body

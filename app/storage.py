@@ -60,8 +60,16 @@ class Store(Protocol):
         """Every stored key under `prefix` with its last-modified instant."""
         ...
 
-    def urls(self, keys: list[str], *, now: float | None = None) -> list[str]:
-        """Download URLs for `keys`, valid for URL_SECONDS from `now` (epoch seconds)."""
+    def urls(
+        self, keys: list[str], *, now: float | None = None, issued_to: int | None = None
+    ) -> list[str]:
+        """Download URLs for `keys`, valid for URL_SECONDS from `now` (epoch seconds).
+
+        Args:
+            issued_to: the user the URLs are for; the disk store signs it into the URL so
+                its download route can audit who downloaded (S3 cannot: its server access
+                logs are the trail there, docs/security.md).
+        """
         ...
 
 
@@ -90,12 +98,12 @@ class _Endpoint:
 class FastPresigner:
     """AWS Signature V4 query signing for S3 GETs, equivalent to botocore's presigner.
 
-    botocore's `generate_presigned_url` costs ~0.4 ms per URL here (request model,
-    event hooks, endpoint resolution), so a list of 50 held the event loop for 20+ ms.
-    The signature itself is four HMACs and a SHA-256: this class learns the endpoint and
-    credential scope from one botocore URL at start-up, caches the day's signing key and
-    signs in ~15 µs. `tests/unit/test_documents.py` checks that it produces exactly
-    botocore's URL.
+    botocore's `generate_presigned_url` spends most of its time in its request model,
+    event hooks and endpoint resolution, so a list of 50 held the event loop noticeably
+    (bench/README.md). The signature itself is four HMACs and a SHA-256: this class learns
+    the endpoint and credential scope from one botocore URL at start-up, caches the day's
+    signing key and signs in a small fraction of that time. `tests/unit/test_documents.py`
+    checks that it produces exactly botocore's URL.
     """
 
     def __init__(self, probe_url: str, credentials: Any) -> None:
@@ -160,7 +168,7 @@ _PROBE_KEY = "medbook-probe"
 class S3Store:
     """Files in an S3 bucket (or an S3-compatible store at `S3_ENDPOINT_URL`).
 
-    One boto3 client per process (`create_store` shares it; a client costs 10-400 ms;
+    One boto3 client per process (`create_store` shares it; a client is slow to build;
     boto3 clients are thread-safe, so the worker threads share it).
     """
 
@@ -239,7 +247,9 @@ class S3Store:
 
         return await asyncio.to_thread(scan)
 
-    def urls(self, keys: list[str], *, now: float | None = None) -> list[str]:
+    def urls(
+        self, keys: list[str], *, now: float | None = None, issued_to: int | None = None
+    ) -> list[str]:
         instant = dt.datetime.fromtimestamp(int(time.time() if now is None else now), dt.UTC)
         return self.presigner.urls(keys, URL_SECONDS, instant)
 
@@ -331,28 +341,39 @@ class DiskStore:
         if base.exists():
             yield from (p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
 
-    def signature(self, key: str, expires: int) -> str:
-        return hmac.new(self._key, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    def signature(self, key: str, expires: int, issued_to: str = "") -> str:
+        message = f"{key}\n{expires}" + (f"\n{issued_to}" if issued_to else "")
+        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
 
-    def urls(self, keys: list[str], *, now: float | None = None) -> list[str]:
+    def urls(
+        self, keys: list[str], *, now: float | None = None, issued_to: int | None = None
+    ) -> list[str]:
         if self.url_path is None:
             raise RuntimeError(f"the app serves no downloads from {self.root}")
         expires = int(time.time() if now is None else now) + URL_SECONDS
+        user = "" if issued_to is None else str(issued_to)
+        tail = f"&u={user}" if user else ""
         out = []
         for key in keys:
-            sig = self.signature(key, expires)
-            out.append(f"{self.url_path}{quote(key, safe='/')}?expires={expires}&sig={sig}")
+            sig = self.signature(key, expires, user)
+            out.append(f"{self.url_path}{quote(key, safe='/')}?expires={expires}{tail}&sig={sig}")
         return out
 
-    def verify(self, key: str, expires: str, sig: str, *, now: float | None = None) -> Verdict:
-        """Check a download URL: the signature in constant time, then the expiry.
+    def verify(
+        self, key: str, expires: str, sig: str, *, issued_to: str = "", now: float | None = None
+    ) -> Verdict:
+        """Check a download URL: the signature (over key, expiry and the user it was issued
+        to, when it names one) in constant time, then the expiry.
 
         A bad signature says nothing more than "invalid"; only a URL this app issued can
         be told apart as expired.
         """
         if not valid_key(key) or not expires.isdigit() or len(expires) > 12:
             return "invalid"
-        if not hmac.compare_digest(self.signature(key, int(expires)).encode(), sig.encode()):
+        if issued_to and (not issued_to.isdigit() or len(issued_to) > 19):
+            return "invalid"
+        expected = self.signature(key, int(expires), issued_to)
+        if not hmac.compare_digest(expected.encode(), sig.encode()):
             return "invalid"
         if int(expires) <= (time.time() if now is None else now):
             return "expired"
@@ -360,7 +381,7 @@ class DiskStore:
 
 
 # The S3 stores of this process, by configuration: one boto3 client each, shared by
-# documents and exports (a client costs 10-400 ms).
+# documents and exports (a client is slow to build).
 _S3_STORES: dict[tuple[str | None, ...], S3Store] = {}
 
 

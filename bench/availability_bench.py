@@ -77,12 +77,16 @@ def server_env(database_url: str, redis_url: str, secret: str, **extra: str) -> 
 
 
 def start_server(
-    env: dict[str, str], port: int, server: str = "uvicorn", log_name: str = "server.log"
+    env: dict[str, str],
+    port: int,
+    server: str = "uvicorn",
+    log_name: str = "server.log",
+    workers: int = 2,
 ) -> subprocess.Popen:
     """`medbook serve --workers 2` on `port`, once /health/ready answers; its output goes
     to bench/results/`log_name`. Every bench starts its server with this."""
     log = open(ROOT / "bench" / "results" / log_name, "w")  # noqa: SIM115
-    serve = ["serve", "--workers", "2", "--port", str(port), "--server", server]
+    serve = ["serve", "--workers", str(workers), "--port", str(port), "--server", server]
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", *serve],
         env=env,

@@ -14,7 +14,10 @@ a fixed schedule so latency counts from the time a request was due:
 - availability 60 % (doctor-days over the next three weeks, hits and misses as they come);
 - booking and cancel 15 % (book a precomputed free slot, cancel it with PATCH);
 - record lists 15 % (a doctor in care or the patient; one patient holds 50 records);
-- appointment lists 10 % (a patient's upcoming, a doctor's day, a front desk's clinic day).
+- appointment lists 10 % (a patient's upcoming, a doctor's day, a front desk's clinic day);
+- sign-ins 3 % (a patient signs in with their password, then refreshes the pair's refresh
+  token: each is a request; sign-ins come in bursts in real life, and argon2 is the
+  costliest thing a request can ask for).
 
 Phases: warm-up; steps of --step-seconds at rising rates until the p99 reaches 50 ms twice
 in a row; 200 requests/s for --seconds-200; 400 requests/s for --seconds-400; then the
@@ -37,6 +40,7 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -63,10 +67,11 @@ from bench.availability_bench import (  # noqa: E402
     start_server,
 )
 from bench.loadgen import Client, Result, run  # noqa: E402
+from db.seed_demo import DEMO_PASSWORD  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 LUA = ROOT / "bench" / "lua" / "mixed.lua"
-MIX = {"availability": 0.60, "booking": 0.15, "records": 0.15, "lists": 0.10}
+MIX = {"availability": 0.58, "booking": 0.14, "records": 0.15, "lists": 0.10, "auth": 0.03}
 # Requests/s per wrk thread. Each thread holds one connection, so a connection is busy for
 # rate x service time of each second: kept low, a slow answer rarely delays the next one.
 PER_THREAD = 2.5
@@ -80,8 +85,10 @@ KINDS = {
     "cancel": "cancel (PATCH)",
     "records": "record lists",
     "lists": "appointment lists",
+    "sign-in": "sign-in (POST)",
+    "refresh": "token refresh (POST)",
 }
-Item = tuple[str, str, str, int, str | None]  # kind, method, path, token index, body
+Item = tuple[str, str, str, int | None, str | None]  # kind, method, path, token index, body
 
 
 @dataclass
@@ -136,6 +143,28 @@ class Phase:
         return merged
 
 
+def claim_redis(default_url: str, seconds: int) -> tuple[str, redis.Redis]:
+    """The bench's Redis database (BENCH_REDIS_URL, else `default_url`), claimed for
+    `seconds` the way test runs claim theirs (`medbook:test-claim:N` in database 0,
+    conftest.py), so that test runs keep off it, then flushed; `release_redis` ends the
+    claim."""
+    redis_url = os.environ.get("BENCH_REDIS_URL", default_url)
+    bench_redis = redis.Redis.from_url(redis_url)
+    kwargs = bench_redis.connection_pool.connection_kwargs
+    claims = redis.Redis(**{**kwargs, "db": 0})
+    claim = f"medbook:test-claim:{kwargs.get('db', 0)}"
+    if not claims.set(claim, f"{socket.gethostname()}:{os.getpid()}", nx=True, ex=seconds):
+        raise SystemExit(f"{redis_url} is claimed by a test run; set BENCH_REDIS_URL")
+    bench_redis.flushdb()
+    return redis_url, bench_redis
+
+
+def release_redis(bench_redis: redis.Redis) -> None:
+    """End the claim `claim_redis` took."""
+    kwargs = bench_redis.connection_pool.connection_kwargs
+    redis.Redis(**{**kwargs, "db": 0}).delete(f"medbook:test-claim:{kwargs.get('db', 0)}")
+
+
 def lua_value(value: object) -> str:
     """A Python value as Lua source (strings are ASCII here, so JSON escapes are Lua's)."""
     if value is None:
@@ -181,7 +210,8 @@ async def load_fixtures(database_url: str, secret: str, today: dt.date) -> dict:
             "WHERE d.active ORDER BY d.id"
         )
         patients = await conn.fetch(
-            "SELECT id, patient_id FROM users WHERE role = 'patient' ORDER BY id LIMIT 1000"
+            "SELECT id, patient_id, email FROM users WHERE role = 'patient' AND is_active "
+            "ORDER BY id LIMIT 1000"
         )
         doctor_users = await conn.fetch(
             "SELECT id, doctor_id FROM users WHERE role = 'doctor' ORDER BY id"
@@ -259,13 +289,23 @@ async def load_fixtures(database_url: str, secret: str, today: dt.date) -> dict:
             day = today + dt.timedelta(days=rng.randint(0, 6))
             path = f"/api/appointments?clinic_id={desk['clinic_id']}&date={day}"
             lists.append(("lists", "GET", path, token(desk["id"], "front_desk"), None))
+    # Sign-ins: every one with the password `medbook seed scale` gives every login.
+    auth: list[Item] = []
+    for p in rng.sample(list(patients), len(patients)):
+        body = json.dumps({"email": p["email"], "password": DEMO_PASSWORD})
+        auth.append(("sign-in", "POST", "/api/auth/token", None, body))
     return {
         "doctors": [(d["id"], d["timezone"]) for d in doctors],
         "patients": patients,
         "bookers": [(p["patient_id"], t) for p, t in zip(patients, patient_tokens, strict=True)],
         "held": {(h["patient_id"], h["doctor_id"]) for h in held},
         "tokens": tokens,
-        "items": {"availability": availability, "records": records, "lists": lists},
+        "items": {
+            "availability": availability,
+            "records": records,
+            "lists": lists,
+            "auth": auth,
+        },
         "appointments": appointments,
         "record_count": record_count,
         "heavy_patient": heavy["patient_id"],
@@ -300,8 +340,9 @@ def run_mix(base: str, fixtures: dict, rate: float, seconds: float, workdir: Pat
         data = workdir / cls
         for index in range(threads[cls]):
             items = fixtures["items"][cls][index :: threads[cls]]
-            used = sorted({item[3] for item in items})
-            renumber = {old: new for new, old in enumerate(used, start=1)}
+            used = sorted({item[3] for item in items if item[3] is not None})
+            renumber: dict[int | None, int | None] = {None: None}
+            renumber.update({old: new for new, old in enumerate(used, start=1)})
             config = {
                 "rate": rate * share,
                 "threads": threads[cls],
@@ -546,6 +587,8 @@ CLASS_OF = {
     "cancel": "booking",
     "records": "records",
     "lists": "lists",
+    "sign-in": "auth",
+    "refresh": "auth",
 }
 
 
@@ -629,6 +672,8 @@ COLOURS = {
     "cancel": "#ff7f0e",
     "records": "#2ca02c",
     "lists": "#9467bd",
+    "sign-in": "#8c564b",
+    "refresh": "#e377c2",
 }
 
 
@@ -720,6 +765,7 @@ async def main() -> None:
     parser.add_argument("--steps", default="25,50,100,150,200,300,400,600,800")
     parser.add_argument("--ceiling-seconds", type=int, default=10)
     parser.add_argument("--sockets", type=int, default=300)
+    parser.add_argument("--cpu-requests", type=int, default=200, help="per class, closed loop")
     parser.add_argument("--hold-sockets", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hold_sockets:
@@ -728,13 +774,7 @@ async def main() -> None:
     database_url = os.environ.get("DATABASE_URL")
     if not database_url:
         raise SystemExit("set DATABASE_URL to the database `medbook seed scale` loaded")
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
-    bench_redis = redis.Redis.from_url(redis_url)
-    holder = bench_redis.get("medbook:test-run")
-    if holder is not None and psutil.pid_exists(int(holder)):
-        raise SystemExit(f"{redis_url} is claimed by a test run; set BENCH_REDIS_URL")
-    bench_redis.flushdb()
-    bench_redis.set("medbook:test-run", os.getpid(), ex=3 * 3600)  # test runs keep off it
+    redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/5", 3 * 3600)
     RESULTS.mkdir(exist_ok=True)
     secret = secrets.token_urlsafe(40)
     env = server_env(
@@ -743,6 +783,9 @@ async def main() -> None:
         secret,
         MEDBOOK_DATA_DIR=str(records_bench.DATA_DIR),  # the 50 records' documents
         NOTIFY_DEV_MAILBOX="1",  # the worker delivers confirmations to the dev mailbox
+        # Every sign-in comes from the load generator's one address; the per-address
+        # limit (30 a minute) is for the open internet, not for this mix.
+        RATE_LIMIT_AUTH_PER_MINUTE="1000000",
     )
     today = dt.date.today()
     fixtures = await load_fixtures(database_url, secret, today)
@@ -807,6 +850,12 @@ async def main() -> None:
         after = metrics(base)
         load_after = os.getloadavg()[0]
         settle(server.pid, worker.pid)
+        from bench.mix_profile import CONCURRENCY, cpu_per_class
+
+        per_class = await cpu_per_class(
+            base, server.pid, database_url, secret, fixtures, args.cpu_requests
+        )
+        settle(server.pid, worker.pid)
         ceiling = best_under_50ms(base, tokens[:1], ["/health/live"], args.ceiling_seconds)
         socket_counts = stop_sockets(sockets)
         sockets = None
@@ -821,7 +870,7 @@ async def main() -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
         worker_log.close()
-        bench_redis.delete("medbook:test-run")
+        release_redis(bench_redis)
     shutil.rmtree(workdir, ignore_errors=True)
     removed = await delete_bookings(database_url)
 
@@ -860,7 +909,9 @@ async def main() -> None:
         f"{MIX['records']:.0%} ({fixtures['readers']} patients with records, read by "
         "themselves or a doctor in their care; one list in six is patient "
         f"{fixtures['heavy_patient']}'s 50 records), appointment lists {MIX['lists']:.0%} "
-        "(a patient's upcoming, a doctor's day, a front desk's clinic day). "
+        "(a patient's upcoming, a doctor's day, a front desk's clinic day), sign-ins "
+        f"{MIX['auth']:.0%} (a patient's email and password, then a refresh of the new "
+        "refresh token: each counts as a request). "
         f"{socket_counts['opened']} live-update websockets were held open throughout "
         f"({socket_counts['failed']} failed to open, {socket_counts['messages']} pushes "
         f"received, {socket_counts['closed_by_server']} closed by the server).",
@@ -892,6 +943,15 @@ async def main() -> None:
         cpu_line(cpu[2], cpu[3], at400),
         "",
         *timeline_table(at400, 6),
+        "",
+        "## Server CPU per request of each class",
+        "",
+        f"After the phases, each class alone, {CONCURRENCY} requests at a time, closed loop "
+        "(`bench/mix_profile.py`): the CPU seconds of the server processes over the class's "
+        "requests. Status changes and bulk updates are not in the mix; they are measured "
+        "beside it (check-in and complete by the doctor, a front desk cancelling ten).",
+        "",
+        *per_class,
         "",
         f"## Highest rate with p99 < 50 ms ({args.step_seconds:.0f} s steps)",
         "",

@@ -45,6 +45,8 @@ NOTIFICATION_KINDS = APPOINTMENT_NOTICES + ACCOUNT_NOTICES
 NOTIFY_CHOICES = ("email", "sms", "both", "none")
 LANGUAGES = ("en", "de", "fr", "es")
 NOTIFICATION_STATUSES = ("pending", "queued", "sent", "dead", "void")
+# A clinic's name as compared for uniqueness: no case, no spaces (uq_clinics_name_key).
+CLINIC_NAME_KEY = r"lower(regexp_replace(name, '\s+', '', 'g'))"
 RECORD_TYPES = ("lab_result", "prescription", "imaging", "referral", "note", "other")
 
 
@@ -80,6 +82,11 @@ def _created_at() -> Mapped[dt.datetime]:
 
 class Clinic(Base):
     __tablename__ = "clinics"
+    __table_args__ = (
+        # Two clinics may not share a name, compared without case and spaces: a patient
+        # choosing "Praxis Mitte" must know which one it is (app/scheduling/directory.py).
+        Index("uq_clinics_name_key", text(CLINIC_NAME_KEY), unique=True),
+    )
 
     id: Mapped[int] = _id()
     name: Mapped[str]
@@ -218,6 +225,34 @@ class ScheduleTemplate(Base):
     valid_to: Mapped[dt.date | None] = mapped_column(Date)
 
 
+class ScheduleTemplateHistory(Base):
+    """A weekly range as it was before its template was replaced, with who replaced it and
+    when: replacing a template moves its rows here, so every past version can be read.
+
+    A table of its own rather than stamping `valid_to` on the live rows: valid_from/valid_to
+    are the admin's own dates (summer hours), and availability reads the live table alone.
+    """
+
+    __tablename__ = "doctor_schedule_template_history"
+    __table_args__ = (
+        # A doctor's versions, newest first.
+        Index("ix_doctor_schedule_template_history_doctor_replaced", "doctor_id", "replaced_at"),
+    )
+
+    id: Mapped[int] = _id()
+    # No cascade: the history outlives what it describes.
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"))
+    weekday: Mapped[int] = mapped_column(SmallInteger)
+    start_time: Mapped[dt.time] = mapped_column(Time)
+    end_time: Mapped[dt.time] = mapped_column(Time)
+    slot_minutes: Mapped[int] = mapped_column(SmallInteger)
+    valid_from: Mapped[dt.date | None] = mapped_column(Date)
+    valid_to: Mapped[dt.date | None] = mapped_column(Date)
+    replaced_at: Mapped[dt.datetime]
+    replaced_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str | None]
+
+
 class ScheduleException(Base):
     """Leave, a holiday or a closure: a doctor's or a whole clinic's, any span of instants."""
 
@@ -301,13 +336,16 @@ class Appointment(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     idempotency_hash: Mapped[str | None] = mapped_column(String(64))
     booked_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # Who made the last change of status or time, and why (the reason given, or what
+    # cancelled it: leave, a closure); the audit trail holds every change (issue #22).
+    # A cancelled appointment changes no more, so then it is who cancelled: the patient's
+    # page tells "cancelled by the clinic" from the patient's own cancellation by it.
+    changed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    change_reason: Mapped[str | None]
     created_at: Mapped[dt.datetime] = _created_at()
     updated_at: Mapped[dt.datetime] = _created_at()
     checked_in_at: Mapped[dt.datetime | None]
     cancelled_at: Mapped[dt.datetime | None]
-    # Who cancelled (NULL: the clinic, by a schedule exception or a bulk change): the
-    # patient's page tells "cancelled by the clinic" from their own cancellation.
-    cancelled_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
     doctor: Mapped[Doctor] = relationship(lazy="raise")
     patient: Mapped[Patient] = relationship(lazy="raise")
@@ -380,6 +418,8 @@ class Notification(Base):
 
 
 class AuditEvent(Base):
+    """Append-only: a trigger (migration 0009) refuses UPDATE, DELETE and TRUNCATE."""
+
     __tablename__ = "audit_events"
     __table_args__ = (
         # "Who viewed my records": a patient's events, newest first.

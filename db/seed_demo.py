@@ -1,4 +1,5 @@
-"""Demo data: two clinics in different time zones, doctors, patients, a week of bookings.
+"""Demo data: two clinics in different time zones, doctors, patients, a week of bookings,
+and months of past visits (completed, no-shows, cancellations) with their analytics rollups.
 
 Idempotent: a second run finds the demo clinics and changes nothing.
 """
@@ -6,12 +7,16 @@ Idempotent: a second run finds the demo clinics and changes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import random
+from collections.abc import Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.passwords import hash_password
+from app.analytics.rollups import day_chunks, refresh_days
 from app.scheduling.availability import Interval, TemplateRange, day_grid
 from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User
 
@@ -56,6 +61,13 @@ PATIENTS = [
     "Tariq Aziz",
     "Elena Popescu",
 ]
+
+# Past months for the analytics pages: every chart's default range (30 days) has data.
+HISTORY_DAYS = 120
+# A past slot is booked with this chance; then its fate, by these weights.
+HISTORY_BOOKED = 0.6
+OUTCOMES = ("completed", "no_show", "cancelled")
+OUTCOME_WEIGHTS = (80, 8, 12)
 
 # The logins the README lists: (email, role, link).
 LOGINS = [
@@ -146,9 +158,7 @@ async def seed_demo(
     held: dict[int, int] = {}
 
     def may_take(patient: Patient, slot: Interval) -> bool:
-        return held[patient.id] < per_doctor and not any(
-            slot.start < other.end and other.start < slot.end for other in busy[patient.id]
-        )
+        return held[patient.id] < per_doctor and not _overlaps(slot, busy[patient.id])
 
     turn = 0
     for doctor in doctors:
@@ -162,22 +172,97 @@ async def seed_demo(
             for i, slot in enumerate(day_grid(day, ranges, ZoneInfo(clinic.timezone))):
                 if i % 3:
                     continue
-                in_turn = patients[turn:] + patients[:turn]
-                patient = next((p for p in in_turn if may_take(p, slot)), None)
+                patient, turn = _next_patient(patients, turn, slot, may_take)
                 if patient is None:
                     continue
-                turn = (patients.index(patient) + 1) % len(patients)
                 held[patient.id] += 1
                 busy[patient.id].append(slot)
-                session.add(
-                    Appointment(
-                        doctor_id=doctor.id,
-                        patient_id=patient.id,
-                        clinic_id=clinic.id,
-                        starts_at=slot.start,
-                        ends_at=slot.end,
-                        reason="Check-up",
-                    )
-                )
+                session.add(_visit(doctor, patient, slot))
+    _add_history(session, clinics, doctors, patients, busy, today)
     await session.commit()
+    # The rollups the analytics pages read, as `medbook analytics backfill` computes them:
+    # a week per statement, on fresh planner statistics, keeps each under the timeout.
+    await session.execute(text("ANALYZE appointments"))
+    for days in day_chunks(today - dt.timedelta(days=HISTORY_DAYS), today):
+        await refresh_days(await session.connection(), days)
+        await session.commit()
     return True
+
+
+def _overlaps(slot: Interval, taken: list[Interval]) -> bool:
+    return any(slot.start < other.end and other.start < slot.end for other in taken)
+
+
+def _next_patient(
+    patients: list[Patient],
+    turn: int,
+    slot: Interval,
+    fits: Callable[[Patient, Interval], bool],
+) -> tuple[Patient | None, int]:
+    """The first patient from `turn` on who fits the slot, and whose turn is next."""
+    in_turn = patients[turn:] + patients[:turn]
+    patient = next((p for p in in_turn if fits(p, slot)), None)
+    if patient is None:
+        return None, turn
+    return patient, (patients.index(patient) + 1) % len(patients)
+
+
+def _visit(doctor: Doctor, patient: Patient, slot: Interval, **state: Any) -> Appointment:
+    return Appointment(
+        doctor_id=doctor.id,
+        patient_id=patient.id,
+        clinic_id=doctor.clinic_id,
+        starts_at=slot.start,
+        ends_at=slot.end,
+        reason="Check-up",
+        **state,
+    )
+
+
+def _add_history(
+    session: AsyncSession,
+    clinics: list[Clinic],
+    doctors: list[Doctor],
+    patients: list[Patient],
+    busy: dict[int, list[Interval]],
+    today: dt.date,
+) -> None:
+    """HISTORY_DAYS of past visits: each slot booked by chance, then completed, missed or
+    cancelled (by chance too, with a seeded generator so every demo is alike). Patients
+    take turns and are never in two places at once; the booking cap is for the future
+    only."""
+    chance = random.Random(23)
+    turn = 0
+
+    def free(patient: Patient, slot: Interval) -> bool:
+        return not _overlaps(slot, busy[patient.id])
+
+    for doctor in doctors:
+        clinic = next(c for c in clinics if c.id == doctor.clinic_id)
+        ranges = [
+            TemplateRange(w, s, e, m) for w, s, e, m in weekly_template(doctor.default_slot_minutes)
+        ]
+        for offset in range(HISTORY_DAYS, 0, -1):
+            day = today - dt.timedelta(days=offset)
+            for slot in day_grid(day, ranges, ZoneInfo(clinic.timezone)):
+                if chance.random() >= HISTORY_BOOKED:
+                    continue
+                patient, turn = _next_patient(patients, turn, slot, free)
+                if patient is None:
+                    continue
+                busy[patient.id].append(slot)
+                status = chance.choices(OUTCOMES, OUTCOME_WEIGHTS)[0]
+                booked_at = slot.start - dt.timedelta(
+                    days=chance.randint(1, 21), hours=chance.randint(0, 8)
+                )
+                appointment = _visit(
+                    doctor, patient, slot, status=status, created_at=booked_at, updated_at=slot.end
+                )
+                if status == "completed":
+                    appointment.checked_in_at = slot.start - dt.timedelta(minutes=5)
+                elif status == "cancelled":
+                    before = dt.timedelta(hours=chance.choice((2, 20, 50, 120)))
+                    appointment.cancelled_at = max(booked_at, slot.start - before)
+                    appointment.updated_at = appointment.cancelled_at
+                    appointment.cancel_reason = "patient cancelled"
+                session.add(appointment)

@@ -649,6 +649,8 @@ def _appointment(
 
 async def _make_room(conn: asyncpg.Connection, replace: bool) -> None:
     if replace:
+        # Replacing is emptying the whole database, its audit trail too (migration 0009).
+        await conn.execute("SET LOCAL medbook.allow_audit_truncate = on")
         await conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
         return
     # Any row at all would collide with the ids we supply, not only appointments.

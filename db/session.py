@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     async_sessionmaker,
     create_async_engine,
@@ -125,8 +126,8 @@ def _validate_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None
 
     M-5 asks for connection validation. SQLAlchemy's `pool_pre_ping` pings on *every*
     checkout, and for asyncpg a ping is three round trips (BEGIN, an empty statement,
-    ROLLBACK: the dialect wraps it in a transaction for pgbouncer), about 0.75 ms on every
-    request that touches the database. A connection that was in use a moment ago is alive
+    ROLLBACK: the dialect wraps it in a transaction for pgbouncer), on every request that
+    touches the database. A connection that was in use a moment ago is alive
     as far as any ping could tell, so, like HikariCP's alive-bypass window, we ping only
     connections idle for a while: those are the ones a firewall or a restart can have
     cut. A failed ping raises `DisconnectionError`, and the pool replaces the connection
@@ -182,9 +183,8 @@ async def driver_fetchrow(engine: AsyncEngine, query: str, *args: Any) -> Any:
     checked out of `engine`'s pool: asyncpg's own prepared-statement cache, no
     transaction (PostgreSQL runs a lone statement in its own), none of SQLAlchemy's
     Connection, cursor and result layers. For the hottest read (an availability cache
-    miss): the layers cost a third of the query's time in process (0.39 -> 0.30 ms), and
-    the Connection around a checkout another ~95 us of CPU (engine.connect() and its
-    close 191 us, the pool's own checkout and return 93 us, on this kind of machine).
+    miss): the layers cost a third of the query's time in process, and the Connection
+    around a checkout doubles the CPU of the checkout and return (bench/README.md).
     The connection is still the pool's: checkout pings, recycling and the pool-wait
     metric apply. The slow-query log applies too; a connection that failed other than by
     the server refusing the statement is invalidated (replaced), as SQLAlchemy does for
@@ -214,6 +214,23 @@ async def driver_fetchrow(engine: AsyncEngine, query: str, *args: Any) -> Any:
         await greenlet_spawn(pooled.close)  # back to the pool (or, invalidated, dropped)
     _log_if_slow(_slow_query_ms(engine), started, query)
     return row
+
+
+async def driver_fetchmany(connection: AsyncConnection, query: str, args: list[tuple]) -> list:
+    """The rows of one statement run once per tuple of `args`, sent together straight
+    through asyncpg on `connection`: one round trip, and one transaction (the connection's
+    own, or PostgreSQL's implicit one around the batch, committed at its end). Each run
+    takes a fresh snapshot (READ COMMITTED). The slow-query log applies.
+
+    Args:
+        query: SQL with asyncpg's $1, $2 ... placeholders.
+    """
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    started = time.perf_counter()
+    rows = await driver.fetchmany(query, args)
+    _log_if_slow(_slow_query_ms(connection.engine), started, query)
+    return rows
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from conftest import stop_process
 from e2e.browser import chromium_path
+from tests.processes import start_process, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -28,13 +28,14 @@ class Worker:
         self.env = {**os.environ, **(env or {})}
         ARTIFACTS.mkdir(exist_ok=True)
         self.log = ARTIFACTS / f"worker-{os.getpid()}-{time.monotonic_ns()}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "-v", "worker"],
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=self.env,
-        )
+        with self.log.open("w") as log:
+            self.process = start_process(
+                [sys.executable, "-m", "app.cli", "-v", "worker"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=self.env,
+            )
         try:
             self._wait_ready()
         except BaseException:
@@ -82,6 +83,15 @@ class Worker:
         stop_process(self.process)
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Browser tests stay on one xdist worker (`--dist loadgroup`): one live server, worker
+    and Chromium for all of them, not one set per worker."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
 @pytest.fixture(scope="session")
 def worker(settings) -> Iterator[Worker]:
     process = Worker()
@@ -96,7 +106,7 @@ def live_server(live_server, worker):
 
 
 @pytest.fixture(scope="session")
-def browser():
+def chromium():
     path = chromium_path()
     assert path, "no Chromium: run `python e2e/browser.py --ensure` (make test does)"
     with sync_playwright() as pw:
@@ -116,11 +126,80 @@ def browser():
 
 
 @pytest.fixture
+def browser(chromium):
+    """The run's Chromium; every context a test opens in it is closed after the test."""
+    yield chromium
+    for context in chromium.contexts:
+        context.close()
+
+
+@pytest.fixture
 def page(browser):
     context = browser.new_context()
     page = context.new_page()
     yield page
     context.close()
+
+
+# Counts the page's live-socket events (htmx-ext-ws), so a test waits on them, not on time.
+_COUNT_LIVE_EVENTS = """
+window.__live = {opens: 0, closes: 0, messages: 0};
+document.addEventListener("htmx:wsOpen", () => window.__live.opens++);
+document.addEventListener("htmx:wsClose", () => window.__live.closes++);
+document.addEventListener("htmx:wsAfterMessage", () => window.__live.messages++);
+"""
+LIVE_EVENT_WAIT_MS = 30_000  # a deadline, not a speed check (a loaded 2-core machine)
+
+
+def live_page(browser, **context_options):
+    """A page of a fresh browser context whose live-socket events `wait_for_live` sees."""
+    context = browser.new_context(**context_options)
+    context.add_init_script(_COUNT_LIVE_EVENTS)
+    return context.new_page()
+
+
+def wait_for_live(page, event: str = "messages", count: int = 1) -> None:
+    """Until the page's live socket has had `count` of `event` (opens, closes, messages)
+    since the page loaded. The server sends its first message (the whole view) only once
+    Redis has confirmed the socket's subscriptions: from then on no event is missed."""
+    # A function, not an expression: polling an expression needs eval, which the CSP bars.
+    page.wait_for_function(
+        "([event, count]) => window.__live !== undefined && window.__live[event] >= count",
+        arg=[event, count],
+        timeout=LIVE_EVENT_WAIT_MS,
+    )
+
+
+def mark_document(page) -> None:
+    """Mark the loaded document; `same_document` is False after any reload or navigation."""
+    page.evaluate("window.__sameDocument = true")
+
+
+def same_document(page) -> bool:
+    return page.evaluate("window.__sameDocument === true")
+
+
+def report_live_time(record_property, what: str, started: float) -> float:
+    """Note how long a live change took to show (printed at the end of the run). The
+    one-second promise is bench/websocket_bench.py's to check, on a quiet machine."""
+    seconds = time.monotonic() - started
+    record_property(f"live update: {what}", f"{seconds:.2f} s")
+    return seconds
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    lines = [
+        f"{report.nodeid.split('::')[-1]}: {name.removeprefix('live update: ')} {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name.startswith("live update: ")
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "time from a change to its live update in a browser")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def screenshot(page, name: str) -> Path:

@@ -11,7 +11,7 @@ import httpx
 from playwright.sync_api import expect
 
 from e2e.conftest import screenshot
-from e2e.test_live import LIVE_TIMEOUT_MS, _in_thread, fresh_world, sign_in, slot
+from e2e.test_live import LIVE_WAIT_MS, _in_thread, fresh_world, sign_in, slot
 from tests.integration.world import PASSWORD, at, day_after_tomorrow
 
 
@@ -162,7 +162,7 @@ def test_my_appointments_shows_a_clinic_cancellation_live(browser, live_server, 
     page.wait_for_function("() => window.liveMessages >= 1")  # subscribed and resynced
 
     _leave(live_server, world, start - dt.timedelta(minutes=30), start + dt.timedelta(minutes=30))
-    expect(item).to_have_attribute("data-cancelled-by", "clinic", timeout=LIVE_TIMEOUT_MS * 5)
+    expect(item).to_have_attribute("data-cancelled-by", "clinic", timeout=LIVE_WAIT_MS * 2)
     expect(item).to_contain_text("cancelled by the clinic")
     expect(item).to_contain_text("Reason: doctor unavailable (leave)")
     expect(page.get_by_role("button", name="Cancel")).to_have_count(0)

@@ -6,14 +6,15 @@ timeout and retry count, so a job run twice, or swept after a killed worker, is 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from saq import CronJob
+from saq import Worker as SaqWorker
 
-from app.records.documents import create_store
-from app.redis import create_redis
+from app.services import start_services
 from app.settings import get_settings
-from db.session import create_engine, session_factory
 from tasks import analytics, metrics, reminders
 from tasks.housekeeping import heartbeat, sweep_documents
 from tasks.queue import create_queue
@@ -31,40 +32,31 @@ FUNCTIONS = [
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    settings = get_settings()
-    ctx["settings"] = settings
-    ctx["engine"] = create_engine(settings, application_name="medbook-worker")
-    ctx["sessions"] = session_factory(ctx["engine"])
-    ctx["redis"] = create_redis(settings)
-    ctx["documents"] = create_store(settings)  # the web's store: S3, or the same disk folder
-    # Analytics read the replica when there is one (M-1), with the longer limit (S-4);
-    # rollups write, so they use the primary, also with the longer limit.
-    ctx["analytics_engine"] = create_engine(
-        settings,
-        url=settings.database_read_url or settings.database_url,
-        statement_timeout_ms=settings.analytics_statement_timeout_ms,
-        application_name="medbook-analytics",
-    )
-    ctx["rollup_engine"] = create_engine(
-        settings,
-        statement_timeout_ms=settings.analytics_statement_timeout_ms,
-        application_name="medbook-rollups",
-    )
+    services = await start_services(get_settings(), process="worker", queue=ctx["worker"].queue)
+    ctx["services"] = services
+    # Jobs read their services from ctx by these names (tests hand a job its own).
+    ctx["settings"] = services.settings
+    ctx["engine"] = services.engine
+    ctx["sessions"] = services.sessions
+    ctx["redis"] = services.redis
+    ctx["documents"] = services.documents  # the web's store: S3, or the same disk folder
+    ctx["analytics_engine"] = services.analytics_engine
+    ctx["rollup_engine"] = services.rollup_engine
     await reminders.startup(ctx)
     metrics.prepare(FUNCTIONS)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     await reminders.shutdown(ctx)
-    await ctx["engine"].dispose()
-    await ctx["analytics_engine"].dispose()
-    await ctx["rollup_engine"].dispose()
-    await ctx["redis"].aclose()
+    await ctx["services"].stop()
 
 
 def worker_settings() -> dict[str, Any]:
     """Built on call, so settings are read only once the environment is final."""
     settings = get_settings()
+    # LOG_LEVEL decides, as in the web app (`medbook worker` starts at the CLI's level):
+    # SAQ logs each job it enqueues, runs and finishes at INFO.
+    logging.getLogger().setLevel(settings.log_level)
     return {
         "queue": create_queue(settings),
         "functions": FUNCTIONS,
@@ -86,3 +78,56 @@ def worker_settings() -> dict[str, Any]:
         "before_process": metrics.before_process,
         "after_process": metrics.after_process,
     }
+
+
+class Worker(SaqWorker):
+    """SAQ's worker, stopping at once when idle (SAQ 0.26 waits the whole grace period).
+
+    On SIGTERM or SIGINT SAQ waits for every task of its own, up to the grace period:
+    not only the jobs running, but its upkeep loops (the sweep sleeps 60 s) and the
+    dequeues blocked in Redis (tobymao/saq#280). We cancel those two and wait only for
+    the jobs. A dequeue cancelled just as Redis handed it a job leaves that job in the
+    active list, not started; the next sweep (any worker's) retries it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._upkeep_tasks: list[asyncio.Task[None]] = []
+        self._dequeuing: set[asyncio.Task[Any]] = set()
+        dequeue = self.queue.dequeue
+
+        async def tracked_dequeue(*args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            self._dequeuing.add(task)
+            try:
+                return await dequeue(*args, **kwargs)
+            finally:
+                self._dequeuing.discard(task)
+
+        # SAQ's process() calls queue.dequeue itself: this is where we see who waits in it.
+        self.queue.dequeue = tracked_dequeue  # type: ignore[method-assign]
+
+    async def upkeep(self) -> list[asyncio.Task[None]]:
+        self._upkeep_tasks = await super().upkeep()
+        return self._upkeep_tasks
+
+    async def stop(self) -> None:
+        self.event.set()  # no new dequeue starts from here on
+        for task in (*self._upkeep_tasks, *self._dequeuing):
+            task.cancel()
+        await super().stop()
+
+
+def run(settings: dict[str, Any]) -> None:
+    """Run a worker with `settings` until SIGTERM or SIGINT."""
+    worker = Worker(**settings)
+
+    async def work() -> None:
+        try:
+            await worker.queue.connect()
+            await worker.start()
+        finally:
+            await worker.queue.disconnect()
+
+    asyncio.run(work())

@@ -20,11 +20,11 @@ from app.access.browser_sessions import end_user_sessions
 from app.access.identity import forget_principal
 from app.access.passwords import (
     STAFF_ROLES,
-    hash_password,
+    hash_off_loop,
     needs_rehash,
     password_problem,
-    verify_password,
-    verify_unknown_user,
+    verify_off_loop,
+    verify_unknown_user_off_loop,
 )
 from app.access.rate_limit import LoginLimits
 from app.access.tokens import revoke_user_tokens
@@ -117,7 +117,7 @@ async def create_user(
     if password_hash is None:
         if problem := password_problem(password, role=role, email=email):
             raise Invalid(problem)
-        password_hash = hash_password(password)
+        password_hash = await hash_off_loop(password)
     user = User(email=email, password_hash=password_hash, role=role)
     if role == "patient":
         patient = Patient(
@@ -224,12 +224,15 @@ async def authenticate(
             "too many failed sign-ins; try again later", retry_after=wait
         )
     user = await _user_by_email(session, email)
+    # Hand the connection back while the password hashes: a burst of sign-ins would
+    # otherwise hold the pool's connections for their whole wait for the hashing threads.
+    await session.commit()
     if user is None or not user.is_active:
-        ok = verify_unknown_user(password) if user is None else False
+        ok = await verify_unknown_user_off_loop(password) if user is None else False
         if user is not None:
-            verify_password(user.password_hash, password)  # same work as a real check
+            await verify_off_loop(user.password_hash, password)  # same work as a real check
     else:
-        ok = verify_password(user.password_hash, password)
+        ok = await verify_off_loop(user.password_hash, password)
     if not ok:
         await audit.record(
             session,
@@ -260,7 +263,7 @@ async def authenticate(
         raise BadCredentials(BAD_CREDENTIALS)
     assert user is not None
     if needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+        user.password_hash = await hash_off_loop(password)
     if user.totp_secret is None and user.totp_required and user.role in STAFF_ROLES:
         await session.commit()
         raise EnrolmentRequired(ENROLMENT_REQUIRED, user_id=user.id, email=user.email)
@@ -399,7 +402,7 @@ async def _set_password(
 ) -> None:
     if problem := _password_problem(user, new_password):
         raise Invalid(problem)
-    user.password_hash = hash_password(new_password)
+    user.password_hash = await hash_off_loop(new_password)
     user.password_changed_at = dt.datetime.now(dt.UTC)
     await _void_reset_links(redis, user.id)
     await sign_out_everywhere(
@@ -430,7 +433,7 @@ async def change_password(
         Invalid: the new password is refused.
     """
     user = await session.get_one(User, user_id)
-    if not verify_password(user.password_hash, current_password):
+    if not await verify_off_loop(user.password_hash, current_password):
         raise BadCredentials("the current password is wrong")
     await _set_password(
         session,

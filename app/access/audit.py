@@ -1,4 +1,5 @@
-"""The audit trail: who did what to whose data, from where. Rows are never updated."""
+"""The audit trail: who did what to whose data, from where. Append-only: PostgreSQL refuses
+UPDATE, DELETE and TRUNCATE of audit_events (migration 0009, docs/security.md)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,18 @@ TOTP_REMOVED = "totp.removed"
 TOTP_REQUIRED = "totp.required"
 RECOVERY_CODE_USED = "totp.recovery_code_used"
 BREAK_GLASS = "records.break_glass"
+APPOINTMENT_STATUS_CHANGED = "appointment.status_changed"
+APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
 RECORD_READ = "records.read"
+SCHEDULE_EXCEPTION_CHANGED = "schedule_exception.changed"
+SCHEDULE_EXCEPTION_WITHDRAWN = "schedule_exception.withdrawn"
+RECORD_REFUSED = "records.refused"  # details.reason: not_found, not_own, wrong_role, not_in_care
+RECORD_DOWNLOADED = "records.downloaded"  # through a signed URL of the local-disk store
+SCHEDULE_REPLACED = "schedule.replaced"
+EXCEPTION_ADDED = "schedule.exception_added"
 
-# What a patient's access log shows: reads of their records by someone else.
-RECORD_ACCESS_ACTIONS = (RECORD_READ, BREAK_GLASS)
+# What a patient's access log shows: reads and downloads of their records.
+RECORD_ACCESS_ACTIONS = (RECORD_READ, BREAK_GLASS, RECORD_DOWNLOADED)
 
 
 def inet(client_addr: str | None) -> str | None:

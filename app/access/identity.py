@@ -46,9 +46,9 @@ async def load_principal(session: AsyncSession | AsyncConnection, user_id: int) 
 # changes call `forget_principal` after their commit; a reader stores what it loaded only
 # if no change happened since it looked (the same version guard as the slot cache), and
 # the TTL bounds anything that slips through, e.g. a change while Redis was down. Five
-# minutes, not one: a reload costs ~2 ms of CPU, and with a one-minute TTL the year-scale
-# benchmark's 1,000 users all reloaded within seconds of each other once a minute (the
-# availability bench's cache-miss phase had a p95 of 300+ ms from that alone).
+# minutes, not one: with a one-minute TTL the year-scale benchmark's 1,000 users all
+# reloaded within seconds of each other once a minute, which alone made the availability
+# bench's cache-miss p95 several times worse (bench/README.md).
 PRINCIPAL_TTL_SECONDS = 300
 _SET_IF_VERSION = """
 local current = redis.call('GET', KEYS[2])
@@ -66,9 +66,10 @@ def _keys(user_id: int) -> tuple[str, str]:
 # One round trip for what every signed-in request needs from Redis: the cached Principal
 # and its version, plus the caller's per-user rate-limit window counted (INCR with expiry,
 # as app/access/rate_limit.py does), plus any keys the route asked to have fetched ahead (the
-# availability route's cached doctor-days, see `prefetch`). On this machine a Redis round
-# trip costs ~0.25 ms from Python, and more under load, when every hop waits for another
-# process to be scheduled; folding them into one is a measured saving on every API call.
+# availability route's cached doctor-days, see `prefetch`). A Redis round trip from
+# Python costs more than the work it fetches, and more under load, when every hop waits
+# for another process to be scheduled; folding them into one is a measured saving on
+# every API call (bench/README.md).
 _PRINCIPAL_AND_COUNT = """
 local n = redis.call('INCR', KEYS[3])
 if n == 1 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import string
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-_hasher = PasswordHasher()
+from app.errors import Overloaded
+
+# argon2id with OWASP's recommended parameters for a web service (19 MiB, 2 passes, one
+# lane), not argon2-cffi's defaults (64 MiB, 3 passes, 4 lanes): those cost about eight
+# times the CPU per sign-in, which at a few sign-ins per hundred requests was more than
+# all other work of the mix together (bench/README.md, 2026-12-07). Hashes made with other
+# parameters are re-hashed at the next sign-in (`needs_rehash`). docs/security.md.
+ARGON2_TIME_COST = 2
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_LANES = 1
+_hasher = PasswordHasher(
+    time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_LANES
+)
+T = TypeVar("T")
+
+# A hash takes tens to hundreds of milliseconds of CPU; on the event loop it stalled every
+# request of the process (issue #17: 148 inserts logged as slow while 320 patients signed
+# in). argon2-cffi releases the GIL, so threads hash while the loop serves. Two threads:
+# the machines we run on have two cores; more would only queue in the kernel. Beyond
+# HASH_THREADS + HASH_WAITING hashes in flight a burst is shed (503 + Retry-After).
+HASH_THREADS = 2
+HASH_WAITING = 30
 
 MIN_LENGTH = 10
 STAFF_MIN_LENGTH = 12  # staff see every patient's data: a stronger floor (issue #22)
@@ -44,6 +69,47 @@ def verify_unknown_user(password: str) -> bool:
 def needs_rehash(password_hash: str) -> bool:
     """True when the hash was made with older parameters than today's."""
     return _hasher.check_needs_rehash(password_hash)
+
+
+class HashPool:
+    """A few threads for argon2, and a bound on the hashes waiting for them."""
+
+    def __init__(self, threads: int = HASH_THREADS, waiting: int = HASH_WAITING) -> None:
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="argon2")
+        self._limit = threads + waiting
+        self._in_flight = 0
+
+    async def run(self, work: Callable[..., T], *args: str) -> T:
+        """Run `work(*args)` in a thread.
+
+        Raises:
+            Overloaded: the threads are busy and enough hashes already wait.
+        """
+        if self._in_flight >= self._limit:
+            raise Overloaded("too many sign-ins at once")
+        self._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._threads, work, *args)
+        finally:
+            self._in_flight -= 1
+
+
+pool = HashPool()
+
+
+async def hash_off_loop(password: str) -> str:
+    """`hash_password` in the hashing threads (see HashPool)."""
+    return await pool.run(hash_password, password)
+
+
+async def verify_off_loop(password_hash: str, password: str) -> bool:
+    """`verify_password` in the hashing threads (see HashPool)."""
+    return await pool.run(verify_password, password_hash, password)
+
+
+async def verify_unknown_user_off_loop(password: str) -> bool:
+    """`verify_unknown_user` in the hashing threads (see HashPool)."""
+    return await pool.run(verify_unknown_user, password)
 
 
 @lru_cache(maxsize=1)

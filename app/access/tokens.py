@@ -49,8 +49,9 @@ def verify_access_token(secret: str, token: str) -> AccessClaims | None:
     A token whose signature this process has checked before is not checked again: its
     claims are remembered (keyed by the secret and the token's exact text, so a changed
     character or another secret is a new entry) and only its expiry is re-read. Verifying
-    an HS256 JWT with PyJWT costs ~125 us of CPU on this kind of machine, and a client
-    sends the same token with every request for up to 15 minutes. Only valid tokens are
+    an HS256 JWT with PyJWT was the largest single cost of a cached API request
+    (bench/README.md), and a client sends the same token with every request for up to 15
+    minutes. Only valid tokens are
     remembered, at most `VERIFIED_MAX` (~3 MB), forgotten all at once when full.
     """
     key = (secret, token)

@@ -339,8 +339,8 @@ async def my_appointments(
 ) -> tuple[list[MyAppointment], list[MyAppointment]]:
     """A patient's coming appointments and their last 50 past ones. A coming one the
     clinic cancelled stays (so none silently vanishes); the patient's own cancellations
-    leave the list. A cancellation by anyone but the patient's own login (or by no one:
-    a schedule exception, a bulk change) was the clinic's."""
+    leave the list. A cancellation by anyone but the patient's own login (`changed_by`:
+    a cancelled appointment's last change is its cancellation) was the clinic's."""
     canceller = aliased(User)
     query = (
         select(
@@ -356,7 +356,7 @@ async def my_appointments(
         )
         .join(Doctor, Doctor.id == Appointment.doctor_id)
         .join(Clinic, Clinic.id == Appointment.clinic_id)
-        .outerjoin(canceller, canceller.id == Appointment.cancelled_by)
+        .outerjoin(canceller, canceller.id == Appointment.changed_by)
         .where(Appointment.patient_id == patient_id)
     )
     coming = await session.execute(

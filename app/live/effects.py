@@ -1,8 +1,9 @@
-"""What happens after a change to appointments or schedules is committed.
+"""What happens after a change to appointments, schedules or records is committed.
 
-Domain functions commit, then call `Effects.appointments_changed` (or `schedule_changed`)
-in the same code path, so no write can forget to invalidate the availability cache or to
-publish the live update. Payloads carry ids and days, never patient data.
+Domain functions commit, then call `Effects.appointments_changed` (or `schedule_changed`,
+`record_uploaded`) in the same code path, so no write can forget to invalidate the
+availability cache or to publish the live update. Payloads carry ids and days, never
+patient data.
 
 The invalidation and the live-update messages go to Redis in one pipeline: one round trip
 after each change instead of one per command, and Redis runs them in order, so a screen
@@ -41,6 +42,7 @@ DoctorDays = Sequence[tuple[int, dt.date]]
 # Queue commands on the pipeline that carries the invalidation (live-update publishing).
 Publisher = Callable[[Pipeline, Sequence[AppointmentChange]], None]
 SchedulePublisher = Callable[[Pipeline, DoctorDays], None]
+RecordPublisher = Callable[[Pipeline, int, int], None]  # patient id, record id
 # Anything else, run after the pipeline (asking for a notification dispatch).
 Listener = Callable[[Sequence[AppointmentChange]], Awaitable[None]]
 
@@ -53,30 +55,48 @@ class Effects:
     redis: Redis
     publishers: list[Publisher] = field(default_factory=list)
     schedule_publishers: list[SchedulePublisher] = field(default_factory=list)
+    record_publishers: list[RecordPublisher] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
 
     async def appointments_changed(self, changes: Sequence[AppointmentChange]) -> None:
         if not changes:
             return
         days = [(c.doctor_id, day) for c in changes for day in c.days]
-        await self._send(days, lambda pipe: [p(pipe, changes) for p in self.publishers])
+        await self._send(
+            days,
+            days,
+            lambda pipe: [p(pipe, changes) for p in self.publishers],
+        )
         for listener in self.listeners:
             await listener(changes)
 
     async def schedule_changed(self, doctor_days: DoctorDays) -> None:
-        await self._send(
-            doctor_days, lambda pipe: [p(pipe, doctor_days) for p in self.schedule_publishers]
-        )
-
-    async def _send(self, doctor_days: DoctorDays, publish: Callable[[Pipeline], object]) -> None:
         if not doctor_days:
             return
+        await self._send(
+            doctor_days,
+            doctor_days,
+            lambda pipe: [p(pipe, doctor_days) for p in self.schedule_publishers],
+        )
+
+    async def record_uploaded(self, patient_id: int, record_id: int) -> None:
+        """A committed upload: open records panels hear of it (nothing is cached)."""
+        await self._send(
+            f"record {record_id}",
+            [],
+            lambda pipe: [p(pipe, patient_id, record_id) for p in self.record_publishers],
+        )
+
+    async def _send(
+        self, what: object, doctor_days: DoctorDays, publish: Callable[[Pipeline], object]
+    ) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                slots.queue_invalidation(pipe, doctor_days)
+                if doctor_days:
+                    slots.queue_invalidation(pipe, doctor_days)
                 publish(pipe)
-                await pipe.execute()
+                await pipe.execute()  # an empty pipeline sends nothing
         except RedisError as exc:
             # The cache's TTL bounds a missed invalidation; open screens resync when they
             # reconnect. The change itself is committed: never fail the request for this.
-            log.error("after-commit invalidation/publish failed for %s: %s", doctor_days, exc)
+            log.error("after-commit invalidation/publish failed for %s: %s", what, exc)

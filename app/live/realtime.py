@@ -11,6 +11,9 @@ Failure handling:
 - A slow socket whose queue is full is closed with 1013 ("try again later", one of the
   codes htmx-ext-ws reconnects on: 1006, 1011, 1012, 1013); the browser reconnects and the
   server sends the whole current view again, so nothing is lost and memory stays bounded.
+- A client that stops reading altogether blocks the send itself (the queue is never read
+  again): a send that takes SEND_TIMEOUT_SECONDS drops the socket from the hub at once and
+  sends 1013 if the close frame gets out within CLOSE_GRACE_SECONDS (app/routes/live.py).
 - A socket gets its view only once Redis has confirmed the subscription of every channel
   it watches (`Hub.subscribed`): an event is then either in the view or delivered after it.
 - broadcaster swallows Redis disconnects (encode/broadcaster#144): its listener task just
@@ -55,6 +58,10 @@ LOOP_LAG_LIMIT = PING_TIMEOUT_SECONDS / 4
 LAG_TICK_SECONDS = 0.1
 SUBSCRIBE_TIMEOUT_SECONDS = 5.0  # Redis confirms a SUBSCRIBE within a round trip
 CONNECT_TIMEOUT_SECONDS = 2.0
+# A send that cannot finish in this long means the client stopped reading (its buffers and
+# ours are full): the socket is dropped, and told 1013 if the close frame still gets out.
+SEND_TIMEOUT_SECONDS = 10.0
+CLOSE_GRACE_SECONDS = 10.0
 CLOSE_RESYNC = 1013  # try again later: "you fell behind (or we are not ready), resync"
 CLOSE_RESTART = 1012  # service restart: Redis went away
 

@@ -9,10 +9,14 @@ opens it for another cooldown. Each step is one Lua script, so workers never rac
 
 If Redis is unreachable the breaker lets messages through: it protects the provider, and
 must never be the reason a reminder is not sent.
+
+Each failure's error is kept for a day beside the breaker (a success does not erase it), so
+the notifications page and /metrics can show what the provider last said (`read_state`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +27,10 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 KEY = "medbook:breaker:{}"
+LAST_ERROR_KEY = "medbook:breaker:{}:last_error"
+PROVIDERS = ("email", "sms")
+LAST_ERROR_KEEP_MS = 86_400_000
+LAST_ERROR_CHARS = 300
 FAILURE_WINDOW_MS = 60_000
 OPEN_KEEP_MS = 3_600_000  # an open breaker nobody probes is forgotten after an hour
 # A worker that just found the breaker closed, with no failures counted, believes it for
@@ -44,6 +52,8 @@ return {2, 0}
 """
 _FAILURE = """
 local now = tonumber(ARGV[1])
+redis.call('HSET', KEYS[2], 'at', now, 'error', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
 if redis.call('HGET', KEYS[1], 'state') == 'open' then
   local reopen = tonumber(redis.call('HGET', KEYS[1], 'until'))
   if now >= reopen then
@@ -77,6 +87,7 @@ class Breaker:
         self.redis = redis
         self.name = name
         self.key = KEY.format(name)
+        self.last_error_key = LAST_ERROR_KEY.format(name)
         self.threshold = threshold
         self.cooldown_ms = int(cooldown * 1000)
         self.probe_ttl_ms = int(probe_ttl * 1000)
@@ -115,18 +126,21 @@ class Breaker:
         except RedisError as exc:
             log.warning("breaker %s: could not record a success: %s", self.name, exc)
 
-    async def failure(self, now: float) -> str:
-        """Count a transient failure; returns `closed`, `opened` (just now) or `open`."""
+    async def failure(self, now: float, error: str = "") -> str:
+        """Count a transient failure (`error`: what the provider said); returns `closed`,
+        `opened` (just now) or `open`."""
         self._dirty, self._trusted_until = True, 0.0
         try:
             state = await self._failure(
-                keys=[self.key],
+                keys=[self.key, self.last_error_key],
                 args=[
                     int(now * 1000),
                     self.threshold,
                     self.cooldown_ms,
                     FAILURE_WINDOW_MS,
                     max(OPEN_KEEP_MS, self.cooldown_ms * 10),
+                    error[:LAST_ERROR_CHARS],
+                    LAST_ERROR_KEEP_MS,
                 ],
             )
         except RedisError as exc:
@@ -141,3 +155,44 @@ class Breaker:
         """`closed` or `open` (for pages, metrics and tests)."""
         raw = await self.redis.hget(self.key, "state")  # type: ignore[misc]
         return "open" if raw in (b"open", "open") else "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """A provider's breaker as an admin sees it."""
+
+    name: str
+    state: str  # closed, open, or half_open (cooldown over: the next message probes)
+    open_until: dt.datetime | None
+    failures: int  # transient failures in a row while closed
+    last_error: str | None
+    last_error_at: dt.datetime | None
+
+
+async def read_state(redis: Redis, name: str, now: float) -> BreakerState:
+    """The breaker of provider `name` (`now` in epoch seconds). Raises RedisError."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(KEY.format(name))
+        pipe.hgetall(LAST_ERROR_KEY.format(name))
+        breaker, last = (_texts(h) for h in await pipe.execute())
+    state, open_until = "closed", None
+    if breaker.get("state") == "open":
+        until = int(breaker["until"]) / 1000
+        open_until = dt.datetime.fromtimestamp(until, dt.UTC)
+        state = "open" if now < until else "half_open"
+    at = last.get("at")
+    return BreakerState(
+        name,
+        state,
+        open_until,
+        int(breaker.get("failures", 0)),
+        last.get("error") or None,
+        dt.datetime.fromtimestamp(int(at) / 1000, dt.UTC) if at else None,
+    )
+
+
+def _texts(values: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in values.items()
+    }

@@ -204,7 +204,7 @@ async def send_batch(
                     dead = await _failed(conn, later, settings, item, failure, lease)
                     counts["dead" if dead else "failed"] += 1
                     if breaker is not None and not failure.permanent:
-                        await breaker.failure(time.time())
+                        await breaker.failure(time.time(), str(failure))
                 else:
                     await outbox.mark_sent(conn, item, provider_id, _now())
                     counts["sent"] += 1

@@ -4,27 +4,27 @@ Access (docs/security.md): a patient reads their own records; a doctor those of 
 with a booked, checked-in or completed appointment with them; anyone else only through
 break-glass (doctors and admins, with a written reason, flagged in the audit); front desks
 never. Every list, view and URL issued writes an audit event in the same transaction, and
-the URLs are handed out only after it commits.
+the URLs are handed out only after it commits; a refused read writes a `records.refused`
+event (who, whose, why); a download through a signed URL of the disk store, its own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, select, text
+from sqlalchemy import exists, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import audit
 from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid, NotFound
-from app.live.realtime import record_messages
+from app.live.effects import Effects
 from app.records.documents import CONTENT_TYPES, FOLDER, new_key
 from app.storage import Store as DocumentStore
-from db.models import RECORD_TYPES, Appointment, MedicalRecord, Patient
+from db.models import RECORD_TYPES, Appointment, AuditEvent, MedicalRecord, Patient
 
 RECORD_UPLOADED = "records.uploaded"
 # A doctor's appointment in one of these makes the patient theirs to read.
@@ -38,8 +38,6 @@ SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpg"),
 )
-
-Publish = Callable[[Sequence[tuple[str, dict[str, Any]]]], Awaitable[None]]
 
 
 class TooLarge(DomainError):
@@ -267,6 +265,52 @@ async def _run_once(session: AsyncSession, statement: Any, params: dict[str, Any
     return rows
 
 
+def _refusal_reason(actor: Principal, patient_id: int, refusal: DomainError) -> str:
+    if isinstance(refusal, BreakGlassRequired):
+        return "not_in_care"  # a doctor without care, or an admin, and no break-glass reason
+    if isinstance(refusal, Forbidden):
+        return "wrong_role"
+    if actor.role == "patient" and actor.patient_id != patient_id:
+        return "not_own"
+    return "not_found"
+
+
+async def _audit_refusal(
+    session: AsyncSession,
+    actor: Principal,
+    patient_id: int,
+    record_id: int | None,
+    refusal: DomainError,
+    *,
+    client_addr: str | None,
+    via: str,
+) -> None:
+    """One `records.refused` event, committed: who asked for whose records and why they
+    were refused. The patient column is set only when that patient exists (the foreign
+    key); the id asked for is always in the details. Like a read, it commits with whatever
+    the caller's transaction holds."""
+    reason = _refusal_reason(actor, patient_id, refusal)
+    await session.execute(
+        insert(AuditEvent).values(
+            actor_user_id=actor.id,
+            action=audit.RECORD_REFUSED,
+            subject_type="medical_record" if record_id is not None else "medical_record_list",
+            subject_id=record_id,
+            patient_id=select(Patient.id).where(Patient.id == patient_id).scalar_subquery(),
+            client_addr=audit.inet(client_addr),
+            # A patient trying another's id, or a front desk at records: worth a look.
+            flagged=reason in ("not_own", "wrong_role"),
+            details={
+                "reason": reason,
+                "role": actor.role,
+                "asked_patient_id": patient_id,
+                "via": via,
+            },
+        )
+    )
+    await session.commit()
+
+
 async def _read(
     session: AsyncSession,
     store: DocumentStore,
@@ -278,33 +322,41 @@ async def _read(
     client_addr: str | None,
     via: str,
 ) -> tuple[Grant, list[RecordItem]]:
-    _refuse_early(actor, patient_id)
-    reason = _break_glass_reason(reason) if actor.role in ("doctor", "admin") else None
-    found = await _run_once(
-        session,
-        READ_AND_AUDIT,
-        {
-            "own": actor.role == "patient",
-            "doctor_id": actor.doctor_id if actor.role == "doctor" else None,
-            "reason": reason,
-            "patient_id": patient_id,
-            "record_id": record_id,
-            "actor_user_id": actor.id,
-            "break_glass_action": audit.BREAK_GLASS,
-            "read_action": audit.RECORD_READ,
-            "subject_type": "medical_record" if record_id is not None else "medical_record_list",
-            "client_addr": audit.inet(client_addr),  # the ORM path normalises it alike
-            "via": via,
-        },
-    )
-    if not found:
-        raise NotFound(f"patient {patient_id} not found")
-    first = found[0]
-    the_grant = _decide(actor, patient_id, first.patient_name, first.basis == "care", reason)
+    try:
+        _refuse_early(actor, patient_id)
+        reason = _break_glass_reason(reason) if actor.role in ("doctor", "admin") else None
+        found = await _run_once(
+            session,
+            READ_AND_AUDIT,
+            {
+                "own": actor.role == "patient",
+                "doctor_id": actor.doctor_id if actor.role == "doctor" else None,
+                "reason": reason,
+                "patient_id": patient_id,
+                "record_id": record_id,
+                "actor_user_id": actor.id,
+                "break_glass_action": audit.BREAK_GLASS,
+                "read_action": audit.RECORD_READ,
+                "subject_type": "medical_record"
+                if record_id is not None
+                else "medical_record_list",
+                "client_addr": audit.inet(client_addr),  # the ORM path normalises it alike
+                "via": via,
+            },
+        )
+        if not found:
+            raise NotFound(f"patient {patient_id} not found")
+        first = found[0]
+        the_grant = _decide(actor, patient_id, first.patient_name, first.basis == "care", reason)
+    except (Forbidden, NotFound) as refusal:
+        await _audit_refusal(
+            session, actor, patient_id, record_id, refusal, client_addr=client_addr, via=via
+        )
+        raise
     if the_grant.basis != first.basis:  # never hand out a URL without its audit row
         raise RuntimeError(f"access basis {the_grant.basis} != audited {first.basis}")
     rows = [row for row in found if row.id is not None]
-    urls = store.urls([row.storage_key for row in rows])
+    urls = store.urls([row.storage_key for row in rows], issued_to=actor.id)
     items = [
         RecordItem(
             row.id,
@@ -381,6 +433,42 @@ async def view_record(
     return items[0]
 
 
+async def audit_download(
+    session: AsyncSession, key: str, *, issued_to: int | None, client_addr: str | None
+) -> bool:
+    """Record a download of a document through its signed URL (the disk store's route).
+    Commits before the file is sent.
+
+    Args:
+        issued_to: the user the URL was issued to (signed into it), who is taken as the
+            actor: the URL is their credential.
+
+    Returns:
+        False when no record names `key` (a stray object): nothing is served then.
+    """
+    found = (
+        await session.execute(
+            select(MedicalRecord.id, MedicalRecord.patient_id).where(
+                MedicalRecord.storage_key == key
+            )
+        )
+    ).one_or_none()
+    if found is None:
+        return False
+    await audit.record(
+        session,
+        actor_user_id=issued_to,
+        action=audit.RECORD_DOWNLOADED,
+        subject_type="medical_record",
+        subject_id=found.id,
+        patient_id=found.patient_id,
+        client_addr=client_addr,
+        details={"via": "signed_url"},
+    )
+    await session.commit()
+    return True
+
+
 def sniff(data: bytes) -> str | None:
     """The extension (pdf, png, jpg) the content really is, or None."""
     for magic, extension in SIGNATURES:
@@ -399,12 +487,13 @@ async def upload(
     record_type: str,
     title: str,
     max_bytes: int,
+    effects: Effects,
     client_addr: str | None = None,
-    publish: Publish | None = None,
 ) -> MedicalRecord:
     """Store a document and its row: the object first, then the row in one transaction;
     if the row fails the object is deleted, so neither exists without the other (a crash
-    between the two leaves an object that `sweep_strays` removes).
+    between the two leaves an object that `sweep_strays` removes). Once it is committed,
+    `effects` tells every open records panel of the patient (ids only).
 
     Raises:
         NotFound, Forbidden: unknown patient, no care relationship (no break-glass writes).
@@ -457,8 +546,7 @@ async def upload(
         await session.rollback()
         await store.delete(key)
         raise
-    if publish is not None:
-        await publish(record_messages(patient_id, record.id))
+    await effects.record_uploaded(patient_id, record.id)
     return record
 
 

@@ -154,6 +154,7 @@ class AffectedRow:
 
 @dataclass(frozen=True, slots=True)
 class ExceptionRow:
+    id: int
     kind: str
     span: str
     note: str
@@ -173,6 +174,9 @@ class ExceptionView:
     saved: bool = False
     cancelled: bool = False
     kinds: tuple[str, ...] = EXCEPTION_KINDS
+    editable_base: str | None = None  # a doctor's leave: its rows link to edit and withdraw
+    editing: int | None = None  # the exception the form changes; None: the form adds one
+    withdrawn: bool = False
 
 
 def exception_window(form: ExceptionForm, timezone: str) -> tuple[dt.datetime, dt.datetime]:
@@ -193,6 +197,21 @@ def exception_window(form: ExceptionForm, timezone: str) -> tuple[dt.datetime, d
         end = dt.datetime.combine(last, end_time, tzinfo=zone)
     # Through UTC, so a wall time in a DST gap lands on a real instant.
     return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+def exception_form(exception: ScheduleException, timezone: str) -> ExceptionForm:
+    """The form showing a saved exception, for changing it (exception_window's inverse)."""
+    zone = ZoneInfo(timezone)
+    start, end = exception.starts_at.astimezone(zone), exception.ends_at.astimezone(zone)
+    form = ExceptionForm(kind=exception.kind, note=exception.note or "", action="save")
+    if start.time() == end.time() == dt.time(0):
+        form.whole_day = "on"
+        form.start_date = start.date().isoformat()
+        form.end_date = (end.date() - dt.timedelta(days=1)).isoformat()
+        return form
+    form.start_date, form.start_time = start.date().isoformat(), f"{start:%H:%M}"
+    form.end_date, form.end_time = end.date().isoformat(), f"{end:%H:%M}"
+    return form
 
 
 def _span(start: dt.datetime, end: dt.datetime, zone: ZoneInfo) -> str:
@@ -233,7 +252,9 @@ async def _exception_rows(
 ) -> list[ExceptionRow]:
     zone = ZoneInfo(timezone)
     return [
-        ExceptionRow(e.kind, _span(e.starts_at, e.ends_at, zone), e.note or "", e.doctor_id is None)
+        ExceptionRow(
+            e.id, e.kind, _span(e.starts_at, e.ends_at, zone), e.note or "", e.doctor_id is None
+        )
         for e in await upcoming_exceptions(
             session, clinic_id=clinic_id, doctor_id=doctor_id, now=now
         )
@@ -511,9 +532,8 @@ async def _schedule_page(
         _, ranges = await schedules.get_schedule(db_session, doctor_id)
         editor = TemplateEditor([RangeRow.of(r) for r in ranges])
     if leave is None:
-        leave = ExceptionView(
-            f"/admin/doctors/{doctor_id}/exceptions", "exceptions", ExceptionForm()
-        )
+        leave = _new_leave_view(doctor_id)
+    leave.editable_base = f"/admin/doctors/{doctor_id}/exceptions"
     leave.upcoming = await _exception_rows(db_session, clinic.id, doctor_id, clinic.timezone, now)
     context = {
         "doctor": doctor,
@@ -543,6 +563,7 @@ async def save_schedule_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     effects: Effects,
+    actor: Principal,
     settings: Settings,
     now: dt.datetime,
     doctor_id: int,
@@ -566,6 +587,7 @@ async def save_schedule_page(
             ranges,
             today=now.date(),
             horizon_days=settings.booking_horizon_days,
+            actor_user_id=actor.id,
         )
     except DomainError as exc:
         editor.error = explain(exc.detail, positions, editor.rows)
@@ -607,6 +629,123 @@ async def doctor_exception_page(
     return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
 
 
+def _new_leave_view(doctor_id: int) -> ExceptionView:
+    return ExceptionView(f"/admin/doctors/{doctor_id}/exceptions", "exceptions", ExceptionForm())
+
+
+def _leave_view(doctor_id: int, exception_id: int, form: ExceptionForm) -> ExceptionView:
+    view = ExceptionView(
+        f"/admin/doctors/{doctor_id}/exceptions/{exception_id}", "exceptions", form
+    )
+    view.editing = exception_id
+    return view
+
+
+@get(
+    "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}",
+    guards=ADMIN,
+    include_in_schema=False,
+)
+async def leave_edit_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    now: dt.datetime,
+    doctor_id: int,
+    exception_id: int,
+) -> Template | Response[str]:
+    """The leave form filled with one planned leave, to change it."""
+    _, clinic = await directory.get_doctor(db_session, doctor_id)
+    exception = await db_session.scalar(
+        select(ScheduleException).where(
+            ScheduleException.id == exception_id, ScheduleException.doctor_id == doctor_id
+        )
+    )
+    if exception is None:
+        raise NotFound(f"leave {exception_id} of doctor {doctor_id} does not exist")
+    view = _leave_view(doctor_id, exception_id, exception_form(exception, clinic.timezone))
+    return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
+
+
+@post(
+    "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}",
+    guards=ADMIN,
+    include_in_schema=False,
+    status_code=200,
+)
+async def change_leave_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    doctor_id: int,
+    exception_id: int,
+    data: Annotated[ExceptionForm, Form],
+) -> Template | Response[str]:
+    """Preview the bookings changed leave would cover, or save the change."""
+    _, clinic = await directory.get_doctor(db_session, doctor_id)
+    timezone = clinic.timezone  # read now: a preview's rollback expires `clinic`
+    view = _leave_view(doctor_id, exception_id, data)
+    try:
+        starts_at, ends_at = exception_window(data, timezone)
+        result = await schedules.change_exception(
+            db_session,
+            effects,
+            exception_id=exception_id,
+            doctor_id=doctor_id,
+            edit=schedules.ExceptionEdit(data.kind, starts_at, ends_at, data.note),
+            actor_id=actor.id,
+            preview=data.action != "save",
+            now=now,
+        )
+    except NotFound:
+        raise
+    except DomainError as exc:
+        view.error = exc.detail
+    else:
+        affected = await _affected_rows(db_session, result.affected, timezone)
+        if result.exception is not None:  # saved: back to adding leave
+            view = _new_leave_view(doctor_id)
+            view.saved = True
+        view.affected = affected
+    return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
+
+
+@post(
+    "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}/withdraw",
+    guards=ADMIN,
+    include_in_schema=False,
+    status_code=200,
+)
+async def withdraw_leave_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    doctor_id: int,
+    exception_id: int,
+) -> Template | Response[str]:
+    """Withdraw planned leave: its slots reopen."""
+    view = _new_leave_view(doctor_id)
+    try:
+        await schedules.withdraw_exception(
+            db_session,
+            effects,
+            exception_id=exception_id,
+            doctor_id=doctor_id,
+            actor_id=actor.id,
+            now=now,
+        )
+    except NotFound:
+        raise
+    except DomainError as exc:
+        view.error = exc.detail
+    else:
+        view.withdrawn = True
+    return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
+
+
 ROUTES = [
     clinics_page,
     create_clinic_page,
@@ -616,4 +755,7 @@ ROUTES = [
     schedule_page,
     save_schedule_page,
     doctor_exception_page,
+    leave_edit_page,
+    change_leave_page,
+    withdraw_leave_page,
 ]

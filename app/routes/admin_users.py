@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts
 from app.errors import DomainError
+from app.services import Services
 from app.web.guards import allow, client_addr, current_user
 from db.models import ROLES, Clinic, Doctor, User
 
@@ -105,7 +106,7 @@ async def update_user_api(
     second factor of a staff account or remove one."""
     user = await accounts.update_account(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         actor_user_id=_actor(request),
         user_id=user_id,
         role=data.role,
@@ -207,7 +208,7 @@ async def update_user_page(
     try:
         await accounts.update_account(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             actor_user_id=_actor(request),
             user_id=user_id,
             role=data.role or None,

@@ -23,6 +23,7 @@ from app.analytics import reports as analytics
 from app.errors import Invalid
 from app.routes.api_analytics import STAFF, start_export
 from app.routes.views import fragment, page
+from app.services import Services
 from app.web.guards import allow
 from db.models import Clinic
 
@@ -66,7 +67,7 @@ async def dashboard(
     if group_by not in analytics.GROUPS:
         group_by = "weekday"
     reports, clinics = await asyncio.gather(
-        analytics.dashboard(request.app.state.analytics_engine, scope, group_by),
+        analytics.dashboard(Services.of(request.app).analytics_engine, scope, group_by),
         _clinics(db_session, actor),
     )
     context = {

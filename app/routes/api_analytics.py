@@ -10,12 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Litestar, Request, get, post
-from litestar.datastructures import State
+from litestar import Controller, Request, get, post
 from litestar.di import Provide
 from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
@@ -38,41 +36,19 @@ from app.analytics.reports import (
     UtilisationRow,
 )
 from app.errors import Invalid
+from app.services import Services
 from app.web.guards import allow, client_addr
-from db.session import create_engine
 from tasks.analytics import enqueue_export
-from tasks.queue import create_queue
 
 log = logging.getLogger(__name__)
 STAFF = ("admin", "front_desk")
 REPORTS = ("no-shows", "popular-slots", "utilisation", "cancellations")
 
 
-@asynccontextmanager
-async def analytics_services(app: Litestar) -> AsyncIterator[None]:
-    """The analytics engine (replica or primary, long timeout) and the job queue."""
-    settings = app.state.settings
-    app.state.analytics_engine = create_engine(
-        settings,
-        url=settings.database_read_url or settings.database_url,
-        statement_timeout_ms=settings.analytics_statement_timeout_ms,
-        application_name="medbook-analytics",
-    )
-    app.state.analytics_queue = create_queue(settings)
-    await app.state.analytics_queue.connect()
-    try:
-        yield
-    finally:
-        try:
-            await app.state.analytics_queue.disconnect()
-        except (RedisError, OSError) as exc:  # Redis down at shutdown must not stop it
-            log.warning("job queue not closed cleanly: %s", exc)
-        await app.state.analytics_engine.dispose()
-
-
-async def provide_reports_db(state: State) -> AsyncIterator[AsyncConnection]:
-    """A connection of the analytics engine for one request."""
-    async with state.analytics_engine.connect() as conn:
+async def provide_reports_db(services: Services) -> AsyncIterator[AsyncConnection]:
+    """A connection of the analytics engine (replica or primary, long timeout) for one
+    request."""
+    async with services.analytics_engine.connect() as conn:
         yield conn
 
 
@@ -444,7 +420,7 @@ class AnalyticsController(Controller):
         export_id: str,
     ) -> File | Redirect:
         """The CSV file of a finished export (or a short-lived S3 link to it)."""
-        store = exports.export_store(request.app.state.settings)
+        store = Services.of(request.app).exports
         view, found = await exports.download(
             db_session, store, actor, export_id, client_addr(request), now
         )
@@ -471,7 +447,7 @@ async def start_export(
     )
     view = await exports.create_export(db_session, actor, scope, client_addr(request))
     try:
-        await enqueue_export(request.app.state.analytics_queue, view.id)
+        await enqueue_export(Services.of(request.app).queue, view.id)
     except (RedisError, OSError) as exc:
         log.warning("export %s not queued: %s", view.id, exc)
         message = "the job queue is unavailable; please try again in a few minutes"

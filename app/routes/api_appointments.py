@@ -10,18 +10,19 @@ from zoneinfo import ZoneInfo
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.background_tasks import BackgroundTask, BackgroundTasks
-from litestar.datastructures import State
 from litestar.params import HeaderParameter, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments import booking
-from app.appointments.booking import AppointmentRow, BookingRules
+from app.appointments import commands, queries
+from app.appointments.queries import AppointmentRow
+from app.appointments.rules import BookingRules
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes import deps
 from app.scheduling import slots
-from app.scheduling.slots import MAX_DAYS, DaySlots, SlotCache
+from app.scheduling.slots import MAX_DAYS, DaySlots
+from app.services import Services
 from app.web.guards import allow, prefetched
 from db.models import Appointment
 
@@ -95,20 +96,20 @@ class AppointmentController(Controller):
     async def available_slots(
         self,
         request: Request[Any, Any, Any],
-        state: State,
         doctor_id: int,
         date: dt.date,
         days: Annotated[int, Parameter(ge=1, le=MAX_DAYS)] = 1,
     ) -> Response[dict[str, Any]]:
         """A doctor's slots for a day (or `days` days from `date`), each with `available`.
 
-        The busiest route reads its services from `state` instead of taking them as
+        The busiest route reads its services with `Services.of` instead of taking them as
         dependencies: Litestar resolves several dependencies in an anyio task group per
         request, which cost a tenth of this route's CPU (measured with py-spy). On a cache
         miss the computed days are stored in Redis after the answer has been sent.
         """
-        slot_cache: SlotCache = state.slot_cache
-        rules, now = deps.provide_rules(state), deps.provide_now()
+        services = Services.of(request.app)
+        slot_cache = services.slot_cache
+        rules, now = deps.booking_rules(services.settings), deps.provide_now()
         later: list[Callable[[], Awaitable[None]]] = []
         timezone, found = await slot_cache.days(
             doctor_id, date, days, prefetched(request), later=later
@@ -136,7 +137,7 @@ class AppointmentController(Controller):
         ] = None,
     ) -> Response[dict[str, Any]]:
         """Book a slot: 201, or 409 with `alternatives` when it has just been taken."""
-        result = await booking.book(
+        result = await commands.book(
             db_session,
             effects,
             actor,
@@ -167,7 +168,7 @@ class AppointmentController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
         """The caller's appointments, filtered; `next_cursor` fetches the next page."""
-        rows, next_cursor = await booking.list_appointments(
+        rows, next_cursor = await queries.list_appointments(
             db_session,
             actor,
             now=now,
@@ -186,8 +187,9 @@ class AppointmentController(Controller):
         self, db_session: AsyncSession, actor: Principal, appointment_id: int
     ) -> dict[str, Any]:
         """One appointment the caller may see (404 otherwise)."""
-        appointment = await booking.get_visible(db_session, actor, appointment_id)
-        return appointment_out(appointment, await booking.clinic_timezone(db_session, appointment))
+        appointment = await queries.get_visible(db_session, actor, appointment_id)
+        timezone = await queries.clinic_timezone(db_session, appointment.doctor_id)
+        return appointment_out(appointment, timezone)
 
     @patch("/{appointment_id:int}", guards=[allow()])
     async def change(
@@ -204,7 +206,7 @@ class AppointmentController(Controller):
         if (data.status is None) == (data.start is None):
             raise Invalid("give either status or start")
         if data.start is not None:
-            result = await booking.reschedule(
+            result = await commands.reschedule(
                 db_session,
                 effects,
                 actor,
@@ -212,10 +214,11 @@ class AppointmentController(Controller):
                 start=data.start,
                 rules=rules,
                 now=now,
+                reason=data.reason,
             )
         else:
             assert data.status is not None
-            result = await booking.change_status(
+            result = await commands.change_status(
                 db_session,
                 effects,
                 actor,
@@ -236,7 +239,7 @@ class AppointmentController(Controller):
         data: BulkIn,
     ) -> dict[str, Any]:
         """One status for many appointments in one statement; a result per id."""
-        results = await booking.bulk_update(
+        results = await commands.bulk_update(
             db_session, effects, actor, data.appointment_ids, status=data.status, now=now
         )
         return {"results": [{"id": i, "result": r} for i, r in results.items()]}

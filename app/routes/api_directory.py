@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 import msgspec
-from litestar import Controller, get, post, put
+from litestar import Controller, delete, get, patch, post, put
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
@@ -42,6 +42,17 @@ class RangeBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
     ranges: list[RangeBody]
+    reason: str | None = None  # kept with the replaced ranges and in the audit event
+
+
+class ExceptionPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Only the fields given change; a note of "" clears it."""
+
+    starts_at: dt.datetime | None = None
+    ends_at: dt.datetime | None = None
+    kind: str | None = None
+    note: str | None = None
+    preview: bool = False
 
 
 class ExceptionIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -189,6 +200,7 @@ class DirectoryController(Controller):
         self,
         db_session: AsyncSession,
         effects: Effects,
+        actor: Principal,
         doctor_id: int,
         data: ScheduleIn,
         now: dt.datetime,
@@ -202,6 +214,8 @@ class DirectoryController(Controller):
             _ranges(data),
             today=now.date(),
             horizon_days=settings.booking_horizon_days,
+            actor_user_id=actor.id,
+            reason=(data.reason or "").strip()[:500] or None,
         )
         timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
         return schedule_out(doctor_id, timezone, ranges)
@@ -219,6 +233,55 @@ class DirectoryController(Controller):
         """Leave for one doctor; reports (and optionally cancels) the bookings it covers."""
         doctor, _ = await directory.get_doctor(db_session, doctor_id)
         return await _exception(db_session, effects, actor, doctor.clinic_id, doctor_id, data, now)
+
+    @patch("/doctors/{doctor_id:int}/exceptions/{exception_id:int}", guards=[allow("admin")])
+    async def change_doctor_exception(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        doctor_id: int,
+        exception_id: int,
+        data: ExceptionPatch,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        """Change the dates, kind or note of a doctor's leave that is not over; reports the
+        bookings its new time covers (they are kept)."""
+        result = await schedules.change_exception(
+            db_session,
+            effects,
+            exception_id=exception_id,
+            doctor_id=doctor_id,
+            edit=schedules.ExceptionEdit(data.kind, data.starts_at, data.ends_at, data.note),
+            actor_id=actor.id,
+            preview=data.preview,
+            now=now,
+        )
+        return exception_result_out(result)
+
+    @delete(
+        "/doctors/{doctor_id:int}/exceptions/{exception_id:int}",
+        guards=[allow("admin")],
+        status_code=204,
+    )
+    async def withdraw_doctor_exception(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        doctor_id: int,
+        exception_id: int,
+        now: dt.datetime,
+    ) -> None:
+        """Withdraw a doctor's leave that is not over: its slots reopen."""
+        await schedules.withdraw_exception(
+            db_session,
+            effects,
+            exception_id=exception_id,
+            doctor_id=doctor_id,
+            actor_id=actor.id,
+            now=now,
+        )
 
     @post("/clinics/{clinic_id:int}/exceptions", guards=[allow("admin")])
     async def clinic_exception(
@@ -257,6 +320,10 @@ async def _exception(
         preview=data.preview,
         now=now,
     )
+    return exception_result_out(result)
+
+
+def exception_result_out(result: schedules.ExceptionResult) -> dict[str, Any]:
     exception = result.exception
     return {
         "exception": None

@@ -4,7 +4,6 @@ password change and reset, the second factor's set-up."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -24,20 +23,19 @@ from app.access.browser_sessions import (
 )
 from app.access.rate_limit import LoginLimits, TooManyAttempts
 from app.errors import DomainError, Invalid
+from app.services import Services, ask_for_dispatch
 from app.settings import Settings
 from app.web.csrf import secure_cookies
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, browser_session, client_addr, current_user
 from db.models import User
-from tasks.reminders import enqueue_dispatch
 
 STAFF = [allow("doctor", "front_desk", "admin")]
 
-log = logging.getLogger(__name__)
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:
-    settings: Settings = request.app.state.settings
+    settings: Settings = Services.of(request.app).settings
     return settings
 
 
@@ -63,13 +61,7 @@ def landing(role: str, target: str | None) -> str:
 async def dispatch_soon(request: Request[Any, Any, Any]) -> None:
     """Ask the worker to send what is due now (a reset link should not wait for the
     minute's cron); a lost ask only means the cron sends it within a minute."""
-    queue = getattr(request.app.state, "notify_queue", None)
-    if queue is None:
-        return
-    try:
-        await enqueue_dispatch(queue)
-    except Exception as exc:
-        log.warning("could not ask for a notification dispatch: %s", exc)
+    await ask_for_dispatch(Services.of(request.app).queue)
 
 
 def safe_next(target: str | None) -> str:
@@ -84,9 +76,9 @@ async def _session_cookie(
 ) -> Cookie:
     old = browser_session(request)
     if old is not None:  # a new id at every login: no session fixation
-        await end_session(request.app.state.redis, old.session_id)
+        await end_session(Services.of(request.app).redis, old.session_id)
     name = await accounts.display_name(db_session, user.id)
-    session = await create_session(request.app.state.redis, user.id, name)
+    session = await create_session(Services.of(request.app).redis, user.id, name)
     return Cookie(
         key=COOKIE_NAME,
         value=session.session_id,
@@ -115,7 +107,7 @@ async def _second_step(
     request: Request[Any, Any, Any], exc: accounts.SecondFactorRequired, target: str
 ) -> Template:
     """The page after a right password: ask for the code, or set the second factor up."""
-    redis = request.app.state.redis
+    redis = Services.of(request.app).redis
     enrol = isinstance(exc, accounts.EnrolmentRequired)
     pending = await totp.start_pending(redis, exc.user_id, enrol=enrol)
     context: dict[str, Any] = {"pending": pending, "next": safe_next(target)}
@@ -157,7 +149,7 @@ async def login(
     try:
         user = await accounts.authenticate(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             email=data.email,
             password=data.password,
             limits=login_limits(_settings(request)),
@@ -197,7 +189,7 @@ async def login_code(
     try:
         user = await accounts.finish_sign_in(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             pending=data.pending,
             code=data.code,
             limits=login_limits(_settings(request)),
@@ -220,7 +212,7 @@ async def login_totp_setup(
 ) -> Template:
     """The second step when an admin requires a second factor not yet set up: confirm the
     offered secret with a code; signed in, the recovery codes are shown once."""
-    redis = request.app.state.redis
+    redis = Services.of(request.app).redis
     try:
         user, codes = await accounts.enrol_and_sign_in(
             db_session,
@@ -305,7 +297,7 @@ async def logout(request: Request[Any, Any, Any], db_session: AsyncSession) -> R
     """End the browser session."""
     session = browser_session(request)
     if session is not None:
-        await end_session(request.app.state.redis, session.session_id)
+        await end_session(Services.of(request.app).redis, session.session_id)
     user = current_user(request)
     await audit.record(
         db_session,
@@ -352,7 +344,7 @@ async def _totp_page(
     user = await _own_account(request, db_session)
     context |= {"enrolled": user.totp_secret is not None, "required": user.totp_required}
     if user.totp_secret is None:
-        secret = await totp.candidate_secret(request.app.state.redis, user.id)
+        secret = await totp.candidate_secret(Services.of(request.app).redis, user.id)
         context |= {"secret": secret, "uri": totp.provisioning_uri(secret, user.email)}
     else:
         context["remaining"] = len(user.totp_recovery_hashes)
@@ -381,7 +373,7 @@ async def totp_enrol(
     try:
         codes = await totp.confirm_enrolment(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             user=user,
             code=data.code,
             client_addr=client_addr(request),
@@ -402,7 +394,7 @@ async def totp_remove(
     try:
         await totp.remove_own(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             user=user,
             code=data.code,
             limits=login_limits(_settings(request)),
@@ -429,7 +421,7 @@ async def change_password(
     try:
         await accounts.change_password(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             user_id=user.id,
             current_password=data.current_password,
             new_password=data.new_password,
@@ -458,7 +450,7 @@ async def send_reset_link(
     """Make a reset token; its link goes out by email through the outbox (the dev
     mailbox in embedded mode), never to the page or the log."""
     token = await accounts.start_password_reset(
-        db_session, request.app.state.redis, email=email, client_addr=client_addr(request)
+        db_session, Services.of(request.app).redis, email=email, client_addr=client_addr(request)
     )
     if token is not None:
         await dispatch_soon(request)
@@ -497,7 +489,7 @@ async def reset(
     try:
         await accounts.finish_password_reset(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             token=token,
             new_password=data.new_password,
             client_addr=client_addr(request),

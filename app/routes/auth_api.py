@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts, tokens
 from app.routes.auth import login_limits, send_reset_link
+from app.services import Services
 from app.settings import Settings
 from app.web.guards import AUTH_LIMITED, allow, browser_session, client_addr, current_user
 
@@ -73,7 +74,7 @@ class ResetConfirm(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:
-    settings: Settings = request.app.state.settings
+    settings: Settings = Services.of(request.app).settings
     return settings
 
 
@@ -102,7 +103,7 @@ async def token(
     an access token (15 min) and a refresh token."""
     user = await accounts.authenticate(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         email=data.email,
         password=data.password,
         limits=login_limits(_settings(request)),
@@ -157,7 +158,7 @@ async def change_password(
     assert user is not None
     await accounts.change_password(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         user_id=user.id,
         current_password=data.current_password,
         new_password=data.new_password,
@@ -184,7 +185,7 @@ async def password_reset_confirm(
     """Set a new password with a reset token."""
     await accounts.finish_password_reset(
         db_session,
-        request.app.state.redis,
+        Services.of(request.app).redis,
         token=data.token,
         new_password=data.new_password,
         client_addr=client_addr(request),

@@ -5,30 +5,38 @@ from __future__ import annotations
 import datetime as dt
 
 from litestar import Request
-from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
+from litestar.types import Scope
 
 from app.access.identity import Principal
-from app.appointments.booking import BookingRules
+from app.appointments.rules import BookingRules
 from app.live.effects import Effects
 from app.scheduling.slots import SlotCache
+from app.services import Services
 from app.settings import Settings
 
 
-def provide_settings(state: State) -> Settings:
-    return state.settings
+def provide_services(scope: Scope) -> Services:
+    return Services.of(scope["app"])
 
 
-def provide_effects(state: State) -> Effects:
-    return state.effects
+def provide_settings(scope: Scope) -> Settings:
+    return Services.of(scope["app"]).settings
 
 
-def provide_slot_cache(state: State) -> SlotCache:
-    return state.slot_cache
+def provide_effects(scope: Scope) -> Effects:
+    return Services.of(scope["app"]).effects
 
 
-def provide_rules(state: State) -> BookingRules:
-    settings = state.settings
+def provide_slot_cache(scope: Scope) -> SlotCache:
+    return Services.of(scope["app"]).slot_cache
+
+
+def provide_rules(scope: Scope) -> BookingRules:
+    return booking_rules(Services.of(scope["app"]).settings)
+
+
+def booking_rules(settings: Settings) -> BookingRules:
     return BookingRules(
         min_notice=dt.timedelta(minutes=settings.booking_min_notice_minutes),
         horizon=dt.timedelta(days=settings.booking_horizon_days),

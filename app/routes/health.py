@@ -9,6 +9,7 @@ from litestar.response import Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.services import Services
 from app.web.guards import PUBLIC
 
 PROBE_TIMEOUT = 2.0
@@ -40,9 +41,8 @@ async def _redis_ok(redis: object) -> bool:
 @get("/health/ready", opt=PUBLIC, tags=["ops"])
 async def ready(request: Request) -> Response[dict[str, object]]:
     """200 when PostgreSQL and Redis both answer; 503 naming what is down."""
-    pg, rd = await asyncio.gather(
-        _postgres_ok(request.app.state.engine), _redis_ok(request.app.state.redis)
-    )
+    services = Services.of(request.app)
+    pg, rd = await asyncio.gather(_postgres_ok(services.engine), _redis_ok(services.redis))
     down = [name for name, ok in (("postgresql", pg), ("redis", rd)) if not ok]
     body: dict[str, object] = {"status": "ok" if not down else "unavailable", "down": down}
     return Response(body, status_code=503 if down else 200)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 from typing import Any
 
 from litestar import WebSocket, websocket
-from litestar.datastructures import State
 from litestar.exceptions import WebSocketDisconnect
 from litestar.status_codes import WS_1008_POLICY_VIOLATION
 
 from app.access.identity import Principal
-from app.appointments.booking import BookingRules
+from app.appointments.rules import BookingRules
 from app.live import boards
 from app.live.realtime import (
+    CLOSE_GRACE_SECONDS,
     CLOSE_RESYNC,
+    SEND_TIMEOUT_SECONDS,
     SUBSCRIBE_TIMEOUT_SECONDS,
     Hub,
     LiveSocket,
@@ -28,26 +30,28 @@ from app.live.realtime import (
 )
 from app.records import records
 from app.routes import views
-from app.routes.deps import provide_rules
+from app.routes.deps import booking_rules
 from app.scheduling import directory
+from app.services import Services
 from app.web.guards import PUBLIC, check_websocket_origin, current_user
 from db.models import Doctor
 
 MAX_DAYS = 14
+log = logging.getLogger(__name__)
 
 
 def make_renderer(app: Any) -> Any:
     """Render one event for one audience; the hub calls it once per event and audience."""
 
     async def render(channel: str, audience: str, payload: dict[str, Any]) -> str:
-        state: State = app.state
+        services = Services.of(app)
         env = views.environment(app)
         if audience == "records" and channel.startswith("records:"):
             # Ids only: each viewer's panel then reloads its list through the audited read.
             return views.render(env, "records/_refresh.html", patient_id=int(payload["patient_id"]))
         if audience == "my_appointments" and channel.startswith("patient:"):
             # The channel is the patient's own: one render per event, for their sockets.
-            async with state.sessions() as session:
+            async with services.sessions() as session:
                 now = dt.datetime.now(dt.UTC)
                 patient_id = int(channel.split(":")[1])
                 upcoming, past = await boards.my_appointments(session, patient_id, now)
@@ -55,12 +59,12 @@ def make_renderer(app: Any) -> Any:
                 env, "patient/appointments.html", "list", upcoming=upcoming, past=past, oob=True
             )
         kind, ident, day = parse_channel(channel)
-        async with state.sessions() as session:
+        async with services.sessions() as session:
             if audience == "slots" and kind == "doctor":
-                rules: BookingRules = provide_rules(state)
+                rules: BookingRules = booking_rules(services.settings)
                 now = dt.datetime.now(dt.UTC)
                 _, (view,) = await boards.doctor_days(
-                    state.slot_cache,
+                    services.slot_cache,
                     ident,
                     day,
                     1,
@@ -77,7 +81,7 @@ def make_renderer(app: Any) -> Any:
                     return ""
                 doctor = await session.get_one(Doctor, ident)
                 _, columns = await boards.clinic_board(
-                    session, state.slot_cache, doctor.clinic_id, day
+                    session, services.slot_cache, doctor.clinic_id, day
                 )
                 return "".join(
                     views.render(env, "desk/_column.html", column=c, oob=True) for c in columns
@@ -85,7 +89,7 @@ def make_renderer(app: Any) -> Any:
             if audience == "board" and kind == "clinic":
                 doctor = await session.get_one(Doctor, int(payload["doctor_id"]))
                 column = await boards.board_column(
-                    session, state.slot_cache, doctor.id, doctor.full_name, day
+                    session, services.slot_cache, doctor.id, doctor.full_name, day
                 )
                 return views.render(env, "desk/_column.html", column=column, oob=True)
             if audience == "doctor_day" and kind == "doctor":
@@ -110,7 +114,7 @@ async def _channels(
     if view == "records" and user is not None:  # only who may read the patient's records
         try:
             patient_id = int(params.get("patient_id", ""))
-            async with socket.app.state.sessions() as session:
+            async with Services.of(socket.app).sessions() as session:
                 if await records.may_follow(session, user, patient_id):
                     return "records", [records_channel(patient_id)]
         except ValueError:
@@ -147,13 +151,15 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
     The view is rendered only after Redis has confirmed the subscriptions, so an event is
     either already in it or delivered after it.
     """
-    settings = socket.app.state.settings
+    services = Services.of(socket.app)
+    settings = services.settings
     # Free times are no one's secret: visitors may watch them (read-only: the socket
     # ignores what the client sends). Every other view needs a session.
     check_websocket_origin(socket, settings, signed_in=socket.query_params.get("view") != "slots")
     user = current_user(socket)
     audience, channels = await _channels(socket, user)
-    hub: Hub = socket.app.state.hub
+    hub = services.hub
+    assert hub is not None  # the web app serves its sockets through one
     doctors: list[int] = []
     watched = list(channels)
     if audience == "board":  # its doctors' schedule changes reshape its columns
@@ -170,7 +176,7 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
             return
         if audience == "records":
             await _records_resync(socket, subscription, hub, channels[0])
-            await _pump(socket, subscription)
+            await _pump(socket, subscription, hub)
             return
         for channel in channels:  # resync: the current state of everything watched
             if audience == "board":
@@ -179,7 +185,7 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
                     subscription.offer(await hub.render(channel, audience, payload))
                 continue
             subscription.offer(await hub.render(channel, audience, {}))
-        await _pump(socket, subscription)
+        await _pump(socket, subscription, hub)
     finally:
         hub.leave(subscription)
 
@@ -194,19 +200,20 @@ async def _records_resync(
         after = int(socket.query_params.get("after", "0"))
     except ValueError:
         after = 0
-    async with socket.app.state.sessions() as session:
+    async with Services.of(socket.app).sessions() as session:
         missed = await records.newer_than(session, patient_id, after)
     if missed:
         subscription.offer(await hub.render(channel, "records", {"patient_id": patient_id}))
 
 
 async def _clinic_doctors(socket: WebSocket[Any, Any, Any], clinic_id: int) -> list[int]:
-    async with socket.app.state.sessions() as session:
+    async with Services.of(socket.app).sessions() as session:
         return [d.id for d in await directory.find_doctors(session, clinic_id=clinic_id)]
 
 
-async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket) -> None:
-    """Send queued fragments; stop when the client goes or the hub asks us to close."""
+async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket, hub: Hub) -> None:
+    """Send queued fragments; stop when the client goes, the hub asks us to close, or a
+    send cannot finish (the client stopped reading)."""
 
     async def client_gone() -> None:
         with contextlib.suppress(WebSocketDisconnect):
@@ -225,7 +232,12 @@ async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket) -> N
             if isinstance(item, int):  # a close code: fell behind, or Redis went away
                 await socket.close(code=item)
                 return
-            await socket.send_text(item)
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                    await socket.send_text(item)
+            except TimeoutError:
+                await _drop_stuck(socket, subscription, hub)
+                return
     except WebSocketDisconnect:
         return
     except RuntimeError as exc:
@@ -235,3 +247,16 @@ async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket) -> N
             raise
     finally:
         watcher.cancel()
+
+
+async def _drop_stuck(socket: WebSocket[Any, Any, Any], subscription: LiveSocket, hub: Hub) -> None:
+    """A client that stopped reading: forget it now (no more renders or queueing for it),
+    then say 1013 so the page resyncs when it reads again. The close frame waits for room
+    in the same full buffers, so it gets CLOSE_GRACE_SECONDS; after that the handler
+    returns and the server closes the connection (the browser sees 1006 and also resyncs).
+    """
+    hub.leave(subscription)
+    log.info("live socket stopped reading for %ss: dropped", SEND_TIMEOUT_SECONDS)
+    with contextlib.suppress(TimeoutError, WebSocketDisconnect, RuntimeError):
+        async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+            await socket.close(code=CLOSE_RESYNC)

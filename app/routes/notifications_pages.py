@@ -1,33 +1,30 @@
 """Notifications on the web: the undelivered (dead-letter) page, the dev mailbox, each
-patient's choice of email, SMS or none, and the after-commit "dispatch now" nudge."""
+patient's choice of email, SMS or none."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Litestar, Request, get, patch, post
+from litestar import Request, get, patch, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
 from redis.exceptions import RedisError
-from saq import Queue
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError
-from app.live.effects import AppointmentChange
 from app.notifications import outbox, preferences
+from app.notifications.breaker import PROVIDERS, BreakerState, read_state
+from app.services import Services, ask_for_dispatch
+from app.settings import Settings
 from app.web.guards import allow, client_addr, current_user
 from db.models import DevMessage
-from tasks.queue import create_queue
-from tasks.reminders import enqueue_dispatch
 
 log = logging.getLogger(__name__)
 
@@ -37,45 +34,6 @@ PAGE_SIZE = 100
 PREFERENCES_PAGE = "notifications/preferences.html"
 # `outbox.retry_dead` or `outbox.discard_dead`.
 DeadLetterAction = Callable[..., Awaitable[None]]
-# Changes after which an outbox row may be due at once (a confirmation, a notice).
-DISPATCH_ON = frozenset({"booked", "rescheduled", "cancelled"})
-
-
-@asynccontextmanager
-async def notification_services(app: Litestar) -> AsyncIterator[None]:
-    """The job queue, and the after-commit listener that asks for a dispatch right away
-    (so a confirmation does not wait for the next minute's cron)."""
-    queue = app.state.notify_queue = create_queue(app.state.settings)
-    await queue.connect()
-
-    asking: set[asyncio.Task[None]] = set()
-
-    async def nudge(changes: Sequence[AppointmentChange]) -> None:
-        # Asked in the background: the booking's answer need not wait for the enqueue's
-        # round trip, and a lost ask only means the cron finds the rows within a minute.
-        if any(c.action in DISPATCH_ON for c in changes):
-            task = asyncio.create_task(_kick(queue))
-            asking.add(task)
-            task.add_done_callback(asking.discard)
-
-    app.state.effects.listeners.append(nudge)
-    try:
-        yield
-    finally:
-        if asking:
-            await asyncio.gather(*asking, return_exceptions=True)
-        try:
-            await queue.disconnect()
-        except (RedisError, OSError) as exc:  # Redis down at shutdown must not stop it
-            log.warning("notification queue not closed cleanly: %s", exc)
-
-
-async def _kick(queue: Queue) -> None:
-    # Never fail a booking for this: the cron finds the rows within a minute anyway.
-    try:
-        await enqueue_dispatch(queue)
-    except Exception as exc:
-        log.warning("could not ask for a notification dispatch: %s", exc)
 
 
 def _actor_id(request: Request[Any, Any, Any]) -> int:
@@ -142,7 +100,7 @@ async def _act(
         client_addr=client_addr(request),
     )
     if dispatch:
-        await _kick(request.app.state.notify_queue)
+        await ask_for_dispatch(Services.of(request.app).queue)
 
 
 @post("/api/notifications/{notification_id:int}/retry", guards=ADMIN, tags=["notifications"])
@@ -164,13 +122,37 @@ async def discard_api(
 
 
 @get("/admin/notifications", guards=ADMIN, include_in_schema=False)
-async def undelivered_page(db_session: AsyncSession, before: str = "", done: str = "") -> Template:
-    """The undelivered messages, newest first, each with retry and discard."""
+async def undelivered_page(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    settings: Settings,
+    now: dt.datetime,
+    before: str = "",
+    done: str = "",
+) -> Template:
+    """Each provider's circuit breaker, and the undelivered messages, newest first, each
+    with retry and discard."""
     before_id = int(before) if before.isdigit() else None
     rows = await outbox.list_undelivered(db_session, before_id=before_id, limit=PAGE_SIZE)
+    configured = {"email": bool(settings.smtp_host), "sms": bool(settings.sms_api_url)}
+    breakers: list[BreakerState] | None = None
+    try:
+        breakers = [
+            await read_state(Services.of(request.app).redis, name, now.timestamp())
+            for name in PROVIDERS
+        ]
+    except RedisError as exc:  # the page still lists what is undelivered
+        log.warning("breaker state unavailable: %s", exc)
     return Template(
         "notifications/undelivered.html",
-        context={"rows": rows, "more": len(rows) == PAGE_SIZE, "done": done},
+        context={
+            "rows": rows,
+            "more": len(rows) == PAGE_SIZE,
+            "done": done,
+            "breakers": breakers,
+            "configured": configured,
+            "settings": settings,
+        },
     )
 
 
@@ -224,7 +206,7 @@ async def mailbox_page(request: Request[Any, Any, Any], db_session: AsyncSession
             .limit(50)
         )
     ).all()
-    settings = request.app.state.settings
+    settings = Services.of(request.app).settings
     return Template(
         "notifications/mailbox.html",
         context={

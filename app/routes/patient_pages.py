@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts
 from app.access.identity import Principal
-from app.appointments import booking
-from app.appointments.booking import BookingRules
+from app.appointments import commands, queries
+from app.appointments.rules import BookingRules
 from app.errors import Conflict, DomainError
 from app.live import boards
 from app.live.effects import Effects
@@ -29,6 +29,7 @@ from app.routes.auth import dispatch_soon
 from app.routes.views import fragment, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
+from app.services import Services
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, client_addr, current_user
 from db.models import LANGUAGES, Doctor
 
@@ -117,8 +118,8 @@ async def _reschedule_target(
 ) -> dict[str, Any] | None:
     if appointment_id is None:
         return None
-    appointment = await booking.get_visible(db_session, actor, appointment_id)
-    timezone = await booking.clinic_timezone(db_session, appointment)
+    appointment = await queries.get_visible(db_session, actor, appointment_id)
+    timezone = await queries.clinic_timezone(db_session, appointment.doctor_id)
     return {"id": appointment.id, "label": _label(appointment.starts_at, timezone)}
 
 
@@ -267,7 +268,7 @@ async def book(
     reason = (data.get("reason") or "").strip() or None
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
-        result = await booking.book(
+        result = await commands.book(
             db_session,
             effects,
             actor,
@@ -331,7 +332,7 @@ async def cancel(
 ) -> Response[str]:
     """Cancel one of my appointments; the slot is free for others at once."""
     try:
-        await booking.change_status(
+        await commands.change_status(
             db_session,
             effects,
             actor,
@@ -365,13 +366,13 @@ async def reschedule(
 ) -> Response[str]:
     """Move my appointment to the chosen slot: all or nothing. When it fails the panel
     stays a reschedule panel, so a nearby time offered moves the same appointment."""
-    current = await booking.get_visible(db_session, actor, appointment_id)
+    current = await queries.get_visible(db_session, actor, appointment_id)
     doctor, clinic = await _doctor_and_clinic(db_session, current.doctor_id)
     target = {"id": current.id, "label": _label(current.starts_at, clinic.timezone)}
     context: dict[str, Any] = {"doctor": doctor, "clinic": clinic, "reschedule": target}
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
-        moved = await booking.reschedule(
+        moved = await commands.reschedule(
             db_session, effects, actor, appointment_id, start=start, rules=rules, now=now
         )
     except ValueError:
@@ -423,7 +424,7 @@ async def save_profile(
     try:
         verify = await accounts.save_profile(
             db_session,
-            request.app.state.redis,
+            Services.of(request.app).redis,
             user_id=actor.id,
             full_name=data.full_name,
             email=data.email,
@@ -456,7 +457,10 @@ async def email_verify(
     """The pending address becomes the account's."""
     try:
         email = await accounts.confirm_email_change(
-            db_session, request.app.state.redis, token=token, client_addr=client_addr(request)
+            db_session,
+            Services.of(request.app).redis,
+            token=token,
+            client_addr=client_addr(request),
         )
     except DomainError as exc:
         return Template("patient/email_verify.html", context={"token": token, "error": exc.detail})

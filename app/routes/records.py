@@ -12,25 +12,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid
+from app.live.effects import Effects
 from app.records import records
 from app.records.documents import CONTENT_TYPES
 from app.routes.views import message, page
+from app.services import Services
 from app.settings import Settings
 from app.storage import DiskStore
 from app.storage import Store as DocumentStore
 from app.web.guards import PUBLIC, allow, client_addr
 from db.models import RECORD_TYPES
 
-READERS = ("patient", "doctor", "admin")  # front desks never see content: 403 by role
+# Reads admit every signed-in role: records.py refuses front desks (403) itself, so the
+# refusal is audited like every other (a guard's 403 would leave no trace).
+SIGNED_IN = allow()
 # Multipart framing and the form's other fields, on top of the file itself.
 MULTIPART_OVERHEAD = 256 * 1024
 
 
 def _store(request: Request[Any, Any, Any]) -> DocumentStore:
-    return request.app.state.documents
+    return Services.of(request.app).documents
 
 
-@get("/api/patients/{patient_id:int}/records", guards=[allow(*READERS)])
+@get("/api/patients/{patient_id:int}/records", guards=[SIGNED_IN])
 async def list_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -50,7 +54,7 @@ async def list_api(
     return {"patient_id": patient_id, "records": [item.as_json() for item in items]}
 
 
-@get("/api/patients/{patient_id:int}/records/{record_id:int}", guards=[allow(*READERS)])
+@get("/api/patients/{patient_id:int}/records/{record_id:int}", guards=[SIGNED_IN])
 async def view_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -95,6 +99,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         request: Request[Any, Any, Any],
         db_session: AsyncSession,
         actor: Principal,
+        effects: Effects,
         patient_id: int,
     ) -> dict[str, Any]:
         """Multipart `file`, `record_type`, `title`: a PDF, PNG or JPEG for a patient in
@@ -109,8 +114,8 @@ def upload_routes(settings: Settings) -> list[Any]:
             record_type=record_type,
             title=title,
             max_bytes=settings.records_max_bytes,
+            effects=effects,
             client_addr=client_addr(request),
-            publish=request.app.state.hub.publish_all,
         )
         return {
             "id": record.id,
@@ -134,6 +139,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         request: Request[Any, Any, Any],
         db_session: AsyncSession,
         actor: Principal,
+        effects: Effects,
         patient_id: int,
     ) -> Response[str]:
         """The panel's upload form; the new row reaches every open panel over the socket."""
@@ -148,8 +154,8 @@ def upload_routes(settings: Settings) -> list[Any]:
                 record_type=record_type,
                 title=title,
                 max_bytes=settings.records_max_bytes,
+                effects=effects,
                 client_addr=client_addr(request),
-                publish=request.app.state.hub.publish_all,
             )
         except DomainError as exc:  # htmx swaps only 2xx: say why in the panel
             return _upload_message(request, patient_id, exc.detail, error=True)
@@ -205,7 +211,7 @@ async def _panel(
     return page(request, "records/panel.html", "list" if part == "list" else "panel", **context)
 
 
-@get("/patients/{patient_id:int}/records", guards=[allow(*READERS)], include_in_schema=False)
+@get("/patients/{patient_id:int}/records", guards=[SIGNED_IN], include_in_schema=False)
 async def panel_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -234,21 +240,32 @@ def _gone(status: int, detail: str) -> Response[dict[str, Any]]:
 
 @get("/documents/{key:path}", opt=PUBLIC, include_in_schema=False)
 async def download(
-    request: Request[Any, Any, Any], key: str, expires: str = "", sig: str = ""
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    key: str,
+    expires: str = "",
+    sig: str = "",
+    u: str = "",
 ) -> File | Response[dict[str, Any]]:
     """A document of the local-disk store. Public on purpose: the signed, expiring URL is
-    the credential, issued only by an audited read."""
+    the credential, issued only by an audited read to the user `u` it names; each download
+    is audited in turn."""
     store = _store(request)
     key = key.lstrip("/")
     if not isinstance(store, DiskStore):
         return _gone(404, "not found")
-    verdict = store.verify(key, expires, sig)
+    verdict = store.verify(key, expires, sig, issued_to=u)
     if verdict == "invalid":  # tampered, made up or not ours: say nothing more
         return _gone(404, "not found")
     if verdict == "expired":
         return _gone(410, "this link has expired; open the records list again for a fresh one")
     path = store.path(key)
     if not path.is_file():
+        return _gone(404, "not found")
+    issued_to = int(u) if u else None
+    if not await records.audit_download(
+        db_session, key, issued_to=issued_to, client_addr=client_addr(request)
+    ):
         return _gone(404, "not found")
     return File(
         path=path,

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments import booking
-from app.appointments.booking import BookingRules
+from app.appointments import commands
+from app.appointments.rules import BookingRules
 from app.errors import DomainError
 from app.live import boards
 from app.live.effects import Effects
@@ -93,7 +93,7 @@ async def set_status(
     """Check in, no-show or cancel from the board; every open board updates live."""
     status = data.get("status", "")
     try:
-        await booking.change_status(
+        await commands.change_status(
             db_session,
             effects,
             actor,
@@ -133,7 +133,7 @@ async def bulk_check_in(
         text = "Select the appointments to check in first."
         return message(request, BOARD_MESSAGE, text, error=True)
     try:
-        results = await booking.bulk_update(
+        results = await commands.bulk_update(
             db_session, effects, actor, ids, status="checked_in", now=now
         )
     except DomainError as exc:
@@ -183,7 +183,7 @@ async def walk_in(
     # and a patient who walks in a few minutes late still gets the slot that just started.
     desk_rules = BookingRules(dt.timedelta(0), rules.horizon, rules.max_future_per_doctor)
     try:
-        result = await booking.book(
+        result = await commands.book(
             db_session,
             effects,
             actor,
@@ -244,7 +244,7 @@ async def doctor_status(
     """The doctor checks in, completes or marks a no-show for their own patient."""
     status = data.get("status", "")
     try:
-        await booking.change_status(
+        await commands.change_status(
             db_session, effects, actor, appointment_id, status=status, now=now
         )
     except DomainError as exc:

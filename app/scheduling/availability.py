@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 UTC = dt.UTC
 
 # The value types below are named tuples: immutable like frozen dataclasses, but built in
-# ~0.8 us instead of ~1.8 us on this kind of machine, and a cache miss builds a hundred.
+# less than half the time, and a cache miss builds a hundred (bench/README.md, "Figures
+# behind the code").
 
 
 class TemplateRange(NamedTuple):
@@ -77,8 +78,8 @@ def _unique_offset(wall: dt.datetime, tz: ZoneInfo) -> dt.timedelta | None:
     """The UTC offset of a naive wall time that occurs exactly once; None when it falls in
     a spring-forward gap or a fall-back fold. By PEP 495 a wall time's two readings
     (fold=0 and fold=1) differ there and only there, so comparing them is an exact test:
-    two offset look-ups (~0.1 us each) and a `replace` (~2.5 us), where the general
-    conversion below takes five conversions and replaces."""
+    two offset look-ups and a `replace`, where the general conversion below takes five
+    conversions and replaces."""
     offset = tz.utcoffset(wall)
     return offset if offset == tz.utcoffset(wall.replace(fold=1)) else None
 
@@ -94,9 +95,8 @@ def _instant(wall: dt.datetime, tz: ZoneInfo) -> tuple[dt.datetime, str] | None:
     occurrence when it happens twice, None when it does not exist.
 
     Most wall times occur once, and for them the instant is plain arithmetic on the offset
-    (`datetime.replace` and `astimezone` cost ~1-2 us each on this kind of machine, a
-    tenth of a miss's Python time over a day's slots); the rare gap or fold takes the
-    general conversion."""
+    (`datetime.replace` and `astimezone` add up to a tenth of a miss's Python time over a
+    day's slots); the rare gap or fold takes the general conversion."""
     offset = _unique_offset(wall, tz)
     if offset is not None:
         instant = _UTC_EPOCH + (wall - _NAIVE_EPOCH - offset)

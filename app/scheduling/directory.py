@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, literal, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
-from app.errors import Invalid, NotFound
+from app.errors import Conflict, Invalid, NotFound
 from db.models import Clinic, Doctor
 
 
@@ -29,14 +31,37 @@ async def create_clinic(
 
     Raises:
         Invalid: empty name or unknown time zone.
+        Conflict: another clinic has this name, compared without case and spaces.
     """
-    if not name.strip():
+    name = " ".join(name.split())
+    if not name:
         raise Invalid("a clinic needs a name")
     valid_timezone(timezone)
-    clinic = Clinic(name=name.strip(), timezone=timezone, address=address)
+    twin = await session.scalar(
+        select(Clinic.name).where(_name_key(Clinic.name) == _name_key(literal(name))).limit(1)
+    )
+    if twin is not None:
+        raise _same_name(twin)
+    clinic = Clinic(name=name, timezone=timezone, address=address)
     session.add(clinic)
-    await session.commit()
+    try:
+        await session.commit()
+    except IntegrityError:  # created meanwhile by another request (uq_clinics_name_key)
+        await session.rollback()
+        raise _same_name(name) from None
     return clinic
+
+
+def _name_key(name: ColumnElement[str] | InstrumentedAttribute[str]) -> ColumnElement[str]:
+    """The clinic name as uq_clinics_name_key compares it (db.models.CLINIC_NAME_KEY)."""
+    return func.lower(func.regexp_replace(name, r"\s+", "", "g"))
+
+
+def _same_name(existing: str) -> Conflict:
+    return Conflict(
+        f"a clinic named {existing!r} already exists: tell the two apart in the name,"
+        " for example by their city or street"
+    )
 
 
 async def list_clinics(session: AsyncSession) -> list[Clinic]:

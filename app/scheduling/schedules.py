@@ -6,12 +6,14 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import BigInteger, ColumnElement, Text, delete, insert, literal, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Invalid, NotFound
+from app.access import audit
+from app.appointments import commands, rules
+from app.errors import Conflict, Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
-from app.notifications import planning as notifications
 from app.scheduling.slots import local_days
 from db.models import (
     EXCEPTION_KINDS,
@@ -20,6 +22,7 @@ from db.models import (
     Doctor,
     ScheduleException,
     ScheduleTemplate,
+    ScheduleTemplateHistory,
 )
 
 # Days of cache to forget when a template changes: everything bookable, plus a margin.
@@ -87,6 +90,10 @@ async def get_schedule(session: AsyncSession, doctor_id: int) -> tuple[str, list
     ]
 
 
+# The live ranges a replacement moves to the history, in the history's column order.
+_KEPT = ("weekday", "start_time", "end_time", "slot_minutes", "valid_from", "valid_to")
+
+
 async def replace_schedule(
     session: AsyncSession,
     effects: Effects,
@@ -95,16 +102,40 @@ async def replace_schedule(
     *,
     today: dt.date,
     horizon_days: int,
+    actor_user_id: int | None,
+    reason: str | None = None,
 ) -> list[RangeIn]:
     """Replace the doctor's whole weekly template in one transaction. Commits.
 
+    The replaced ranges move to doctor_schedule_template_history, stamped with the actor,
+    the instant and the reason, and a `schedule.replaced` audit event commits with them.
     Existing appointments are kept even if they fall outside the new hours: the front
     desk sees them and decides (a template change is not a cancellation).
+
+    Args:
+        actor_user_id: who replaced it (None only for a command-line tool).
+        reason: why, when the caller asked for one.
     """
     validate_ranges(ranges)
     if await session.get(Doctor, doctor_id) is None:
         raise NotFound(f"doctor {doctor_id} does not exist")
-    await session.execute(delete(ScheduleTemplate).where(ScheduleTemplate.doctor_id == doctor_id))
+    replaced_at = dt.datetime.now(dt.UTC)
+    live = ScheduleTemplate.doctor_id == doctor_id
+    kept = await session.execute(
+        insert(ScheduleTemplateHistory).from_select(
+            ["doctor_id", *_KEPT, "replaced_at", "replaced_by", "reason"],
+            select(
+                ScheduleTemplate.doctor_id,
+                *(getattr(ScheduleTemplate, column) for column in _KEPT),
+                literal(replaced_at),
+                literal(actor_user_id, BigInteger),
+                literal(reason, Text),
+            )
+            .where(live)
+            .order_by(ScheduleTemplate.weekday, ScheduleTemplate.start_time),
+        )
+    )
+    await session.execute(delete(ScheduleTemplate).where(live))
     session.add_all(
         ScheduleTemplate(
             doctor_id=doctor_id,
@@ -117,11 +148,62 @@ async def replace_schedule(
         )
         for r in ranges
     )
+    await audit.record(
+        session,
+        actor_user_id=actor_user_id,
+        action=audit.SCHEDULE_REPLACED,
+        subject_type="doctor",
+        subject_id=doctor_id,
+        details={
+            "replaced_at": replaced_at.isoformat(),  # its rows in the history table
+            "ranges_before": _rowcount(kept),
+            "ranges_after": len(ranges),
+            "reason": reason,
+        },
+    )
     await session.commit()
     first = today - dt.timedelta(days=INVALIDATE_DAYS_BACK)
     days = [first + dt.timedelta(days=i) for i in range(horizon_days + 3)]
     await effects.schedule_changed([(doctor_id, d) for d in days])
     return list(ranges)
+
+
+def _rowcount(result: object) -> int:
+    return result.rowcount if isinstance(result, CursorResult) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacedTemplate:
+    """A weekly template as it was until an admin replaced it."""
+
+    replaced_at: dt.datetime
+    replaced_by: int | None
+    reason: str | None
+    ranges: list[RangeIn]
+
+
+async def schedule_history(session: AsyncSession, doctor_id: int) -> list[ReplacedTemplate]:
+    """Every replaced version of the doctor's template, newest first."""
+    rows = await session.scalars(
+        select(ScheduleTemplateHistory)
+        .where(ScheduleTemplateHistory.doctor_id == doctor_id)
+        .order_by(
+            ScheduleTemplateHistory.replaced_at.desc(),
+            ScheduleTemplateHistory.weekday,
+            ScheduleTemplateHistory.start_time,
+        )
+    )
+    versions: dict[dt.datetime, ReplacedTemplate] = {}
+    for r in rows:
+        version = versions.get(r.replaced_at)
+        if version is None:
+            version = versions[r.replaced_at] = ReplacedTemplate(
+                r.replaced_at, r.replaced_by, r.reason, []
+            )
+        version.ranges.append(
+            RangeIn(r.weekday, r.start_time, r.end_time, r.slot_minutes, r.valid_from, r.valid_to)
+        )
+    return list(versions.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +228,9 @@ async def add_exception(
     preview: bool,
     now: dt.datetime,
 ) -> ExceptionResult:
-    """Add leave or a closure (doctor_id None = the whole clinic). Commits unless preview.
+    """Add leave or a closure (doctor_id None = the whole clinic). Commits unless preview,
+    with a `schedule.exception_added` audit event naming the actor and every appointment
+    it cancelled.
 
     Args:
         cancel_affected: cancel the active bookings it covers (else they are only reported).
@@ -155,12 +239,7 @@ async def add_exception(
     Returns:
         The exception and the active appointments it overlaps.
     """
-    if kind not in EXCEPTION_KINDS:
-        raise Invalid(f"kind must be one of {', '.join(EXCEPTION_KINDS)}")
-    if starts_at.tzinfo is None or ends_at.tzinfo is None:
-        raise Invalid("starts_at and ends_at must include a UTC offset")
-    if ends_at <= starts_at:
-        raise Invalid("ends_at must be after starts_at")
+    _check_window(kind, starts_at, ends_at)
     clinic = await session.get(Clinic, clinic_id)
     if clinic is None:
         raise NotFound(f"clinic {clinic_id} does not exist")
@@ -170,19 +249,7 @@ async def add_exception(
         if doctor is None or doctor.clinic_id != clinic_id:
             raise NotFound(f"doctor {doctor_id} does not exist")
         scope = Appointment.doctor_id == doctor_id
-    affected = list(
-        await session.scalars(
-            select(Appointment)
-            .where(
-                scope,
-                Appointment.status.in_(("booked", "checked_in")),
-                Appointment.starts_at < ends_at,
-                Appointment.ends_at > starts_at,
-            )
-            .order_by(Appointment.starts_at)
-            .with_for_update()
-        )
-    )
+    affected = await _covered(session, scope, starts_at, ends_at)
     if preview:
         for appointment in affected:  # a rollback expires what the session holds
             session.expunge(appointment)
@@ -198,22 +265,46 @@ async def add_exception(
         created_by=created_by,
     )
     session.add(exception)
+    await session.flush()  # its id, for the audit event
     cancel = cancel_affected and bool(affected)
     if cancel:
-        # Their patients are told: an `exception` notice each, in this same transaction.
-        await session.execute(
-            update(Appointment)
-            .where(Appointment.id.in_([a.id for a in affected]))
-            .values(
-                status="cancelled",
-                cancelled_at=now,
-                updated_at=now,
-                cancel_reason=f"doctor unavailable ({kind})",
-            )
+        for a in affected:  # leave and closures cancel what they cover, ended or not
+            rules.check_transition(rules.SCHEDULE, a, "cancelled", now)
+        await session.flush()  # the exception's id, for the audit events
+        # In this same transaction: each row records who and why, its patient gets an
+        # `exception` notice, the audit trail an event per appointment.
+        rows = await commands.set_status(
+            session,
+            [a.id for a in affected],
+            "cancelled",
+            setter=rules.SCHEDULE,
+            actor_user_id=created_by,
+            now=now,
+            seen={"see_clinic": clinic_id, "see_doctor": None, "see_patient": None},
+            reason=f"doctor unavailable ({kind})",
+            notice="exception",
+            details={"schedule_exception_id": exception.id, "kind": kind},
         )
-        await notifications.appointments_status_changed(
-            session, [a.id for a in affected], "cancelled", now, notice="exception"
-        )
+        changed = {row.id: commands.changed_appointment(row) for row in rows if row.id}
+        affected = [changed.get(a.id, a) for a in affected]
+    await audit.record(
+        session,
+        actor_user_id=created_by,
+        action=audit.EXCEPTION_ADDED,
+        subject_type="schedule_exception",
+        subject_id=exception.id,
+        details={
+            "clinic_id": clinic_id,
+            "doctor_id": doctor_id,
+            "kind": kind,
+            "starts_at": starts_at.isoformat(),
+            "ends_at": ends_at.isoformat(),
+            "note": note,
+            # What it did to bookings: cancelled them (each told), or only reported them.
+            "cancelled_appointment_ids": [a.id for a in affected] if cancel else [],
+            "overlapping_appointment_ids": [a.id for a in affected],
+        },
+    )
     await session.commit()
     doctors = (
         [doctor_id]
@@ -237,3 +328,176 @@ async def add_exception(
             ]
         )
     return ExceptionResult(exception, affected, cancelled=cancel)
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionEdit:
+    """What an admin changes in leave or a closure: None keeps a field, a note of "" clears
+    it."""
+
+    kind: str | None = None
+    starts_at: dt.datetime | None = None
+    ends_at: dt.datetime | None = None
+    note: str | None = None
+
+
+async def change_exception(
+    session: AsyncSession,
+    effects: Effects,
+    *,
+    exception_id: int,
+    doctor_id: int,
+    edit: ExceptionEdit,
+    actor_id: int | None,
+    preview: bool,
+    now: dt.datetime,
+) -> ExceptionResult:
+    """Change the dates, kind or note of a doctor's leave that is not over yet. Commits
+    unless preview; audited.
+
+    Bookings in the new time are reported, never cancelled: a longer leave over booked
+    appointments is for the front desk to settle, as when leave is added.
+
+    Returns:
+        The changed exception and the active appointments its new time overlaps.
+
+    Raises:
+        NotFound: no such exception of this doctor.
+        Conflict: it is over; its record stays as it was.
+    """
+    exception, timezone = await _planned(session, exception_id, doctor_id, now)
+    before = (exception.starts_at, exception.ends_at)
+    kind = edit.kind or exception.kind
+    starts_at = edit.starts_at or exception.starts_at
+    ends_at = edit.ends_at or exception.ends_at
+    note = exception.note if edit.note is None else edit.note.strip() or None
+    _check_window(kind, starts_at, ends_at)
+    affected = await _covered(session, Appointment.doctor_id == doctor_id, starts_at, ends_at)
+    if preview:
+        for appointment in affected:
+            session.expunge(appointment)
+        await session.rollback()
+        return ExceptionResult(None, affected, cancelled=False)
+    changes = {
+        name: [_text(old), _text(new)]
+        for name, old, new in (
+            ("kind", exception.kind, kind),
+            ("starts_at", exception.starts_at, starts_at),
+            ("ends_at", exception.ends_at, ends_at),
+            ("note", exception.note, note),
+        )
+        if old != new
+    }
+    exception.kind, exception.starts_at, exception.ends_at = kind, starts_at, ends_at
+    exception.note = note
+    await audit.record(
+        session,
+        actor_user_id=actor_id,
+        action=audit.SCHEDULE_EXCEPTION_CHANGED,
+        subject_type="schedule_exception",
+        subject_id=exception.id,
+        details={"doctor_id": doctor_id, **changes},
+    )
+    await session.commit()
+    days = sorted(
+        set(local_days(*before, timezone)) | set(local_days(starts_at, ends_at, timezone))
+    )
+    await effects.schedule_changed([(doctor_id, day) for day in days])
+    return ExceptionResult(exception, affected, cancelled=False)
+
+
+async def withdraw_exception(
+    session: AsyncSession,
+    effects: Effects,
+    *,
+    exception_id: int,
+    doctor_id: int,
+    actor_id: int | None,
+    now: dt.datetime,
+) -> None:
+    """Withdraw a doctor's leave that is not over: its slots reopen. Commits; audited with
+    what was withdrawn.
+
+    Raises:
+        NotFound: no such exception of this doctor.
+        Conflict: it is over; its record stays.
+    """
+    exception, timezone = await _planned(session, exception_id, doctor_id, now)
+    days = local_days(exception.starts_at, exception.ends_at, timezone)
+    await audit.record(
+        session,
+        actor_user_id=actor_id,
+        action=audit.SCHEDULE_EXCEPTION_WITHDRAWN,
+        subject_type="schedule_exception",
+        subject_id=exception.id,
+        details={
+            "doctor_id": doctor_id,
+            "kind": exception.kind,
+            "starts_at": _text(exception.starts_at),
+            "ends_at": _text(exception.ends_at),
+            "note": exception.note,
+        },
+    )
+    await session.delete(exception)
+    await session.commit()
+    await effects.schedule_changed([(doctor_id, day) for day in days])
+
+
+def _check_window(kind: str, starts_at: dt.datetime, ends_at: dt.datetime) -> None:
+    if kind not in EXCEPTION_KINDS:
+        raise Invalid(f"kind must be one of {', '.join(EXCEPTION_KINDS)}")
+    if starts_at.tzinfo is None or ends_at.tzinfo is None:
+        raise Invalid("starts_at and ends_at must include a UTC offset")
+    if ends_at <= starts_at:
+        raise Invalid("ends_at must be after starts_at")
+
+
+async def _covered(
+    session: AsyncSession,
+    scope: ColumnElement[bool],
+    starts_at: dt.datetime,
+    ends_at: dt.datetime,
+) -> list[Appointment]:
+    """The appointments in `scope` overlapping the time that leave may cancel (by the
+    state machine), locked until commit."""
+    return list(
+        await session.scalars(
+            select(Appointment)
+            .where(
+                scope,
+                Appointment.status.in_(rules.sources("cancelled")),
+                Appointment.starts_at < ends_at,
+                Appointment.ends_at > starts_at,
+            )
+            .order_by(Appointment.starts_at)
+            .with_for_update()
+        )
+    )
+
+
+async def _planned(
+    session: AsyncSession, exception_id: int, doctor_id: int, now: dt.datetime
+) -> tuple[ScheduleException, str]:
+    """The doctor's exception (locked) with its clinic's time zone, if it is not over."""
+    row = (
+        await session.execute(
+            select(ScheduleException, Clinic.timezone)
+            .join(Clinic, Clinic.id == ScheduleException.clinic_id)
+            .where(
+                ScheduleException.id == exception_id,
+                ScheduleException.doctor_id == doctor_id,
+            )
+            .with_for_update(of=ScheduleException)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"exception {exception_id} does not exist here")
+    exception, timezone = row
+    if exception.ends_at <= now:
+        raise Conflict("this time off is over and stays on record; it cannot be changed")
+    return exception, timezone
+
+
+def _text(value: object) -> object:
+    """An audit detail: instants in UTC, so a change of offset alone is not a change."""
+    return value.astimezone(dt.UTC).isoformat() if isinstance(value, dt.datetime) else value

@@ -47,7 +47,7 @@ MAX_DAYS = 14
 # Bookings are at most a day long (a check constraint), which bounds the scan from below.
 # Everything comes back as arrays of plain columns (times, dates, instants), which the
 # driver decodes in C: JSON for the templates and range values for the intervals cost
-# ~0.1 ms more of Python per miss on this kind of machine. The arrays of one aggregate
+# measurably more Python per miss (bench/README.md). The arrays of one aggregate
 # query are in the same row order (every aggregate sees the rows in one pass). An
 # aggregate over no rows is NULL (no exceptions, no bookings): read as empty.
 _DOCTOR_DAYS = """
@@ -169,7 +169,7 @@ async def fetch_doctor_days(
     engine: AsyncEngine, doctor_id: int, lo: dt.datetime, hi: dt.datetime
 ) -> DoctorDays:
     """`load_doctor_days` on a connection of `engine`'s pool, outside any transaction (no
-    BEGIN/ROLLBACK round trips, ~0.25 ms each through the driver), through asyncpg
+    BEGIN/ROLLBACK round trips), through asyncpg
     directly (`db.session.driver_fetchrow`): the cache-miss path.
 
     Raises:
@@ -181,7 +181,7 @@ async def fetch_doctor_days(
 
 async def prepare(connection: AsyncConnection) -> None:
     """Prepare the cache-miss statement on this pooled connection (at start: a fresh
-    connection's first run of it costs 60-100 ms, see app/web/asgi.py `warm_pool`)."""
+    connection's first run of it is slow, see app/web/asgi.py `warm_pool`)."""
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None

@@ -2,15 +2,14 @@
 the rest, and a fast 503 with Retry-After for those that cannot be served in time.
 
 Without it every queue on the way (the kernel's, uvicorn's, the pool's, PostgreSQL's)
-grows without bound under a burst, and answers come 10-40 s late (issue #17). Here a
+grows without bound under a burst, and answers come many seconds late. Here a
 request either starts within ADMISSION_MAX_WAIT_MS or is refused at once, having changed
 nothing; the requests admitted keep their normal latency. Websockets, `/health/*`,
 `/metrics` and static files pass straight through: probes and live pushes must keep
 working while the site sheds load.
 
 Pure ASGI on the hot path: an admitted request with a free slot costs two integer updates
-and a prefix test (about 2 us per request over calling the app directly, measured in
-process on the 2-core development machine).
+and a prefix test (its cost in process is in bench/README.md).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -15,9 +16,9 @@ from advanced_alchemy.extensions.litestar import (
     SQLAlchemyPlugin,
 )
 from litestar import Litestar, Request
-from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import InternalServerException, NotAuthorizedException
+from litestar.exceptions.responses import create_exception_response
 from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -25,20 +26,15 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
-from litestar.types import ASGIApp
+from litestar.types import ASGIApp, Logger, Scope
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access.identity import load_principal
-from app.appointments import booking
+from app.appointments import commands
 from app.errors import DomainError
-from app.live import realtime
-from app.live.effects import Effects
-from app.live.realtime import Hub
-from app.records import documents
-from app.redis import create_redis
 from app.routes import (
     admin_pages,
     admin_queries,
@@ -55,12 +51,12 @@ from app.routes import (
     records,
     staff_pages,
 )
-from app.routes.api_analytics import AnalyticsController, analytics_services
+from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
-from app.routes.notifications_pages import NOTIFICATION_ROUTES, notification_services
+from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
-from app.scheduling.slots import SlotCache
+from app.services import start_services
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.web import csrf, page_context
 from app.web.admission import Admission, AdmissionMiddleware
@@ -69,10 +65,13 @@ from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_sign
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
 from app.web.outages import OUTAGE_HANDLERS
 from app.web.security_headers import add_security_headers
-from db.session import create_engine, session_factory
+from db.session import create_engine
 
 # Static files, probes and the metrics scrape need no user, rate limit or CSRF token.
 UNGUARDED = ["^/static/", "^/health/", "^/metrics$"]
+# What Litestar raises (as a 500) when the client hangs up before its body has arrived.
+CLIENT_GONE = "client disconnected prematurely"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for it: no one reads it, metrics count it apart
 
 
 def domain_error_handler(_: Request, exc: DomainError) -> Response[dict[str, object]]:
@@ -81,6 +80,29 @@ def domain_error_handler(_: Request, exc: DomainError) -> Response[dict[str, obj
     retry = exc.extra.get("retry_after")
     headers = {"Retry-After": str(retry)} if retry is not None else None
     return Response(body, status_code=exc.status_code, headers=headers)
+
+
+def client_gone(exc: BaseException | None) -> bool:
+    return isinstance(exc, InternalServerException) and exc.detail == CLIENT_GONE
+
+
+def internal_error_handler(request: Request, exc: InternalServerException) -> Response[object]:
+    """A client that hung up mid-upload is no server error: 499, not 500."""
+    if client_gone(exc):
+        body = {"status_code": CLIENT_CLOSED_REQUEST, "detail": "the client closed the request"}
+        return Response(body, status_code=CLIENT_CLOSED_REQUEST)
+    return create_exception_response(request, exc)
+
+
+def log_uncaught(logger: Logger, scope: Scope, _: list[str]) -> None:
+    """Litestar's log of an unhandled exception (ERROR, with its traceback), except for a
+    client that hung up mid-request: one line at INFO, since nothing went wrong here."""
+    if client_gone(sys.exc_info()[1]):
+        logger.info("client hung up mid-request: %s %s", scope.get("method", ""), scope["path"])
+        return
+    logger.exception(
+        "Uncaught exception (connection_type=%s, path=%r):", scope["type"], scope["path"]
+    )
 
 
 async def warm_pool(engine: AsyncEngine, count: int) -> None:
@@ -100,7 +122,7 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
         async with engine.connect() as connection:
             await slots.prepare(connection)
             await load_principal(connection, 0)
-            await booking.warm_up(connection)
+            await commands.warm_up(connection)
             await asyncio.sleep(0.05)  # held together, so each opens its own connection
 
     try:
@@ -156,26 +178,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def services(app: Litestar) -> AsyncIterator[None]:
-        app.state.redis = create_redis(settings)
-        app.state.documents = documents.create_store(settings)  # one S3 client per process
-        app.state.effects = Effects(app.state.redis)
-        app.state.slot_cache = SlotCache(app.state.redis, engine)
-        hub = app.state.hub = Hub(settings.redis_url, app.state.redis, live.make_renderer(app))
-        app.state.effects.publishers.append(
-            lambda pipe, changes: hub.queue_publish(pipe, realtime.change_messages(changes))
+        started = await start_services(
+            settings, process="web", engine=engine, render=live.make_renderer(app)
         )
-        app.state.effects.schedule_publishers.append(
-            lambda pipe, days: hub.queue_publish(pipe, realtime.schedule_messages(days))
-        )
-        await hub.start()
-        await warm_pool(engine, settings.db_pool_size)
-        await warm_redis(app.state.redis, settings.db_pool_size)
+        app.state.services = started
         try:
+            await warm_pool(engine, settings.db_pool_size)
+            await warm_redis(started.redis, settings.db_pool_size)
             yield
         finally:
-            await hub.stop()
-            await app.state.redis.aclose()
-            await engine.dispose()
+            await started.stop()
+            del app.state.services
 
     return Litestar(
         debug=settings.log_level == "DEBUG",
@@ -220,21 +233,33 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DomainError: domain_error_handler,
             NotAuthorizedException: not_signed_in_handler,
             **OUTAGE_HANDLERS,  # PostgreSQL or Redis down or overloaded: 503, not 500
+            InternalServerException: internal_error_handler,
         },
         # A 5xx is a bug: log every unhandled exception with its traceback, not only in
         # debug. An expected 4xx answer (a taken slot, a bad query, a rate limit) is not an
         # error: Litestar would log each with a traceback too, flooding the log under load.
+        # LOG_LEVEL sets the root level (Litestar's default is INFO whatever it says), so
+        # WARNING also silences SAQ's line for each job enqueued.
         logging_config=LoggingConfig(
-            log_exceptions="always", disable_stack_trace=set(range(400, 500))
+            root={"handlers": ["queue_listener"], "level": settings.log_level},
+            loggers={
+                "litestar": {
+                    "level": settings.log_level,
+                    "handlers": ["queue_listener"],
+                    "propagate": False,
+                }
+            },
+            log_exceptions="always",
+            disable_stack_trace=set(range(400, 500)),
+            exception_logging_handler=log_uncaught,
         ),
         lifespan=[
             services,
-            analytics_services,
-            notification_services,
             metrics_lifespan,
             freeze_startup_heap,
         ],
         dependencies={
+            "services": Provide(deps.provide_services, sync_to_thread=False),
             "settings": Provide(deps.provide_settings, sync_to_thread=False),
             "effects": Provide(deps.provide_effects, sync_to_thread=False),
             "slot_cache": Provide(deps.provide_slot_cache, sync_to_thread=False),
@@ -247,7 +272,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             engine=JinjaTemplateEngine,
             engine_callback=page_context.register,
         ),
-        state=State({"settings": settings, "engine": engine, "sessions": session_factory(engine)}),
         openapi_config=OpenAPIConfig(title="medbook", version="0.1.0", path="/schema"),
     )
 
@@ -258,7 +282,7 @@ def create_proxied_app() -> ASGIApp:
     one of FORWARDED_ALLOW_IPS (uvicorn's --proxy-headers does the same)."""
     from granian.utils.proxies import wrap_asgi_with_proxy_headers
 
-    app = create_app()
+    settings = get_settings()
     return cast(
-        "ASGIApp", wrap_asgi_with_proxy_headers(app, app.state.settings.forwarded_allow_ips)
+        "ASGIApp", wrap_asgi_with_proxy_headers(create_app(settings), settings.forwarded_allow_ips)
     )

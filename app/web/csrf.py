@@ -27,6 +27,7 @@ from litestar.middleware import AbstractMiddleware
 from litestar.types import Message, Receive, Scope, Send
 
 from app.access.browser_sessions import BrowserSession
+from app.services import Services
 
 COOKIE_NAME = "medbook_csrf"
 HEADER_NAME = "x-csrf-token"
@@ -91,7 +92,8 @@ class CSRFMiddleware(AbstractMiddleware):
         if new_cookie is None:
             await self.app(scope, receive, send)
             return
-        secure = "; Secure" if secure_cookies(scope["app"].state.settings.public_origin) else ""
+        origin = Services.of(scope["app"]).settings.public_origin
+        secure = "; Secure" if secure_cookies(origin) else ""
         cookie = f"{COOKIE_NAME}={new_cookie}; Path=/; HttpOnly; SameSite=Lax{secure}"
 
         async def send_with_cookie(message: Message) -> None:

@@ -41,6 +41,7 @@ from app.access import rate_limit
 from app.access.browser_sessions import COOKIE_NAME, BrowserSession, get_session
 from app.access.identity import Principal, cached_principal
 from app.access.tokens import verify_access_token
+from app.services import Services
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,17 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
     """Sets `scope["user"]` to the Principal (or None) and `scope["auth"]` to the session."""
 
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
-        state = connection.app.state
+        services = Services.of(connection.app)
         authorization = connection.headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):
-            claims = verify_access_token(state.settings.secret_key, authorization[7:].strip())
+            claims = verify_access_token(services.settings.secret_key, authorization[7:].strip())
             if claims is None:
                 raise NotAuthorizedException("the access token is invalid or expired")
             user = await _principal(connection, claims.user_id)
             return AuthenticationResult(user=user, auth=None)
         session_id = connection.cookies.get(COOKIE_NAME)
         if session_id:
-            session = await get_session(state.redis, session_id)
+            session = await get_session(services.redis, session_id)
             if session is not None:
                 user = await _principal(connection, session.user_id)
                 return AuthenticationResult(user=user, auth=session)
@@ -102,12 +103,16 @@ async def _principal(connection: ASGIConnection, user_id: int) -> Principal | No
     the handler (`prefetched`). The availability route uses this so that a cache hit costs
     one Redis round trip, not two.
     """
-    state = connection.app.state
+    services = Services.of(connection.app)
     handler = connection.scope.get("route_handler")
     keys_for = handler.opt.get("prefetch") if handler is not None else None
     prefetch = keys_for(connection.query_params) if keys_for is not None else ()
     principal, counted, fetched = await cached_principal(
-        state.redis, state.sessions, user_id, rate_key=_user_rate_key(user_id), prefetch=prefetch
+        services.redis,
+        services.sessions,
+        user_id,
+        rate_key=_user_rate_key(user_id),
+        prefetch=prefetch,
     )
     if principal is not None and counted is not None:
         connection.scope["medbook_user_rate"] = counted  # type: ignore[typeddict-unknown-key]
@@ -149,7 +154,8 @@ class RateLimitMiddleware(AbstractMiddleware):
     scopes = {ScopeType.HTTP, ScopeType.WEBSOCKET}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        settings: Settings = scope["app"].state.settings
+        services = Services.of(scope["app"])
+        settings = services.settings
         user = scope.get("user")
         handler = scope.get("route_handler")
         addr = (scope.get("client") or ("unknown",))[0]
@@ -170,7 +176,7 @@ class RateLimitMiddleware(AbstractMiddleware):
             if over is not None:
                 raise rate_limit.TooManyAttempts("too many requests; slow down", retry_after=over)
             for key, limit in checks:
-                if (wait := await rate_limit.hit(scope["app"].state.redis, key, limit)) is not None:
+                if (wait := await rate_limit.hit(services.redis, key, limit)) is not None:
                     raise rate_limit.TooManyAttempts(
                         "too many requests; slow down", retry_after=wait
                     )

@@ -46,8 +46,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import text
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app.errors import DomainError
+from app.notifications.breaker import PROVIDERS, read_state
+from app.services import Services
 from app.web.guards import PUBLIC
 from db.session import observe_pool_waits
 from tasks.queue import QUEUE_NAME
@@ -136,6 +139,9 @@ ADMISSION_SHED_WAITED = ADMISSION_SHED.labels("waited")
 # Read at scrape by the answering process; global values, not per process.
 DEAD_NOTIFICATIONS = "medbook_notifications_dead"
 QUEUE_JOBS = "medbook_queue_jobs"
+BREAKER_OPEN = "medbook_notify_breaker_open"
+BREAKER_OPEN_UNTIL = "medbook_notify_breaker_open_until_seconds"
+BREAKER_FAILURES = "medbook_notify_breaker_failures"
 
 # Every series name /metrics exposes (what alert rules may reference). A test compares
 # this with a real scrape.
@@ -164,6 +170,9 @@ EXPORTED = frozenset(
         "medbook_job_failures_total",
         DEAD_NOTIFICATIONS,
         QUEUE_JOBS,
+        BREAKER_OPEN,
+        BREAKER_OPEN_UNTIL,
+        BREAKER_FAILURES,
     }
 )
 
@@ -223,12 +232,11 @@ def _pool_wait(seconds: float, timed_out: bool) -> None:
 
 def sync_process_values(app: Litestar) -> None:
     """Copy this process's plain counters into the metrics (only what grew since last)."""
-    state = app.state
-    seen: dict[str, int] = state.setdefault("metrics_seen", {})
-    sources = []
-    if (cache := state.get("slot_cache")) is not None:
-        sources += [("hits", cache.hits, CACHE_HITS), ("misses", cache.misses, CACHE_MISSES)]
-    if (hub := state.get("hub")) is not None:
+    services = Services.of(app)
+    seen: dict[str, int] = app.state.setdefault("metrics_seen", {})
+    cache, hub = services.slot_cache, services.hub
+    sources = [("hits", cache.hits, CACHE_HITS), ("misses", cache.misses, CACHE_MISSES)]
+    if hub is not None:
         sources.append(("pushed", hub.pushed, PUSHES))
         OPEN_SOCKETS.set(hub.open_sockets)
     for name, value, counter in sources:
@@ -236,8 +244,8 @@ def sync_process_values(app: Litestar) -> None:
         if grown > 0:
             counter.inc(grown)
         seen[name] = value
-    if (engine := state.get("engine")) is not None:
-        POOL_IN_USE.set(engine.pool.checkedout())
+    if isinstance(pool := services.engine.pool, AsyncAdaptedQueuePool):
+        POOL_IN_USE.set(pool.checkedout())
 
 
 def _multiprocess_folders(web: Path) -> list[Path]:
@@ -275,33 +283,58 @@ class _Snapshot:
         return self.families
 
 
-async def _dead_notifications(app: Litestar) -> Metric:
+async def _dead_notifications(app: Litestar) -> list[Metric]:
     family = GaugeMetricFamily(DEAD_NOTIFICATIONS, "Notifications not delivered (dead letters).")
-    async with asyncio.timeout(SCRAPE_TIMEOUT), app.state.engine.connect() as conn:
+    async with asyncio.timeout(SCRAPE_TIMEOUT), Services.of(app).engine.connect() as conn:
         # The partial index ix_notifications_dead makes this an index-only count.
         count = await conn.scalar(text("SELECT count(*) FROM notifications WHERE status = 'dead'"))
     family.add_metric([], int(count or 0))
-    return family
+    return [family]
 
 
-async def _queue_jobs(app: Litestar) -> Metric:
+async def _queue_jobs(app: Litestar) -> list[Metric]:
     family = GaugeMetricFamily(QUEUE_JOBS, "SAQ jobs waiting and running.", labels=["state"])
-    redis = app.state.redis
+    redis: Any = Services.of(app).redis  # redis-py's stubs mix its sync and async types
     async with asyncio.timeout(SCRAPE_TIMEOUT):
         queued = await redis.llen(f"saq:{QUEUE_NAME}:queued")
         active = await redis.llen(f"saq:{QUEUE_NAME}:active")
     family.add_metric(["queued"], int(queued))
     family.add_metric(["active"], int(active))
-    return family
+    return [family]
+
+
+async def _breakers(app: Litestar) -> list[Metric]:
+    opened = GaugeMetricFamily(
+        BREAKER_OPEN,
+        "1 while a provider's circuit breaker is open or half-open (sends wait), else 0.",
+        labels=["channel"],
+    )
+    until = GaugeMetricFamily(
+        BREAKER_OPEN_UNTIL,
+        "Epoch seconds an open breaker's cooldown ends (0 when closed).",
+        labels=["channel"],
+    )
+    failures = GaugeMetricFamily(
+        BREAKER_FAILURES,
+        "Transient send failures in a row, counted by a closed breaker.",
+        labels=["channel"],
+    )
+    async with asyncio.timeout(SCRAPE_TIMEOUT):
+        for name in PROVIDERS:
+            state = await read_state(Services.of(app).redis, name, time.time())
+            opened.add_metric([name], int(state.state != "closed"))
+            until.add_metric([name], state.open_until.timestamp() if state.open_until else 0)
+            failures.add_metric([name], state.failures)
+    return [opened, until, failures]
 
 
 async def scrape(app: Litestar) -> bytes:
     """The Prometheus text exposition for this process (or all of them, multiprocess)."""
     sync_process_values(app)
     families = []
-    for read in (_dead_notifications, _queue_jobs):
+    for read in (_dead_notifications, _queue_jobs, _breakers):
         try:
-            families.append(await read(app))
+            families += await read(app)
         except Exception as exc:  # a scrape must answer even when PostgreSQL or Redis lag
             log.warning("metrics: %s skipped: %r", read.__name__, exc)
     if folder := os.environ.get(MULTIPROC_ENV):
@@ -325,9 +358,9 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
     """Keep per-process values fresh between requests; retire this process's live gauges
     on shutdown, so a stopped worker's sockets and connections stop counting."""
-    settings = app.state.settings
-    POOL_SIZE.set(settings.db_pool_size + settings.db_max_overflow)
-    observe_pool_waits(app.state.engine, _pool_wait)
+    services = Services.of(app)
+    POOL_SIZE.set(services.settings.db_pool_size + services.settings.db_max_overflow)
+    observe_pool_waits(services.engine, _pool_wait)
 
     async def refresh() -> None:
         while True:
@@ -338,7 +371,7 @@ async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        observe_pool_waits(app.state.engine, None)
+        observe_pool_waits(services.engine, None)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

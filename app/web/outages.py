@@ -13,7 +13,7 @@ from litestar.response import Response, Template
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import BUSY, outage
+from app.errors import BUSY, Overloaded, outage
 from app.web.admission import BUSY_DETAIL, BUSY_PAGE, RETRY_AFTER_SECONDS
 from app.web.guards import wants_html
 
@@ -51,8 +51,8 @@ def outage_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 
 # The types an outage arrives as: SQLAlchemy's (pool timeout, wrapped driver errors),
-# asyncpg's raised directly (driver_fetchrow), redis-py's, and plain socket errors (a
-# refused connection passes through SQLAlchemy's connect unwrapped).
+# asyncpg's raised directly (driver_fetchrow), redis-py's, plain socket errors (a
+# refused connection passes through SQLAlchemy's connect unwrapped), and our own overload.
 OUTAGE_HANDLERS = {
     error: outage_handler
     for error in (
@@ -61,5 +61,6 @@ OUTAGE_HANDLERS = {
         asyncpg.InterfaceError,
         RedisError,
         OSError,
+        Overloaded,
     )
 }

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from litestar.types import Message, Scope
 
+from app.services import Services
+
 CSP = "; ".join(
     [
         "default-src 'self'",
@@ -51,7 +53,7 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
     # Pages and answers about people must not sit in shared or browser caches.
     if b"cache-control" not in present and not scope["path"].startswith("/static/"):
         headers.append(_NO_STORE)
-    https = scope["app"].state.settings.public_origin.startswith("https://")
+    https = Services.of(scope["app"]).settings.public_origin.startswith("https://")
     if https and _HSTS[0] not in present:
         headers.append(_HSTS)
     message["headers"] = headers

@@ -13,9 +13,10 @@
 -- wrk's own histogram (done()) measures from the actual send: the service time.
 --
 -- A data file returns {rate=, threads=, t0=, seconds=, tokens={...}, items={...}}, each
--- item {kind, method, path, token index, body or nil}. Class "booking" answers every 201
--- with a PATCH that cancels the new appointment (the id is read from the body), as the
--- next request of the same schedule.
+-- item {kind, method, path, token index or nil, body or nil}. Class "booking" answers every
+-- 201 with a PATCH that cancels the new appointment (the id is read from the body), class
+-- "auth" every signed-in 200 with a refresh of the new refresh token, as the next request
+-- of the same schedule.
 
 local ffi = require("ffi")
 ffi.cdef([[
@@ -42,7 +43,7 @@ end
 local cfg, raw, auth, step_us, t0_us, end_us
 local k, m = 0, 0
 local prepared, kind, scheduled, sent
-local cancel_id, cancel_auth
+local cancel_id, cancel_auth, refresh_token
 rows = {}
 
 function init(args)
@@ -84,6 +85,12 @@ function delay()
       ["Content-Type"] = "application/json",
     }, '{"status":"cancelled"}')
     cancel_id = nil
+  elseif refresh_token then
+    kind = "refresh"
+    prepared = wrk.format("POST", "/api/auth/refresh", {
+      ["Content-Type"] = "application/json",
+    }, '{"refresh_token":"' .. refresh_token .. '"}')
+    refresh_token = nil
   else
     local i = next_item()
     kind = cfg.items[i][1]
@@ -115,6 +122,8 @@ function response(status, headers, body)
     scheduled - t0_us)
   if kind == "book" and status == 201 then
     cancel_id = string.match(body, '"id":%s*(%d+)')
+  elseif kind == "sign-in" and status == 200 then
+    refresh_token = string.match(body, '"refresh_token":%s*"([^"]+)"')
   end
   sent = nil
 end

@@ -105,6 +105,8 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/api/doctors/{doctor_id:int}/schedule"): ANY,
     ("PUT", "/api/doctors/{doctor_id:int}/schedule"): ADMIN,
     ("POST", "/api/doctors/{doctor_id:int}/exceptions"): ADMIN,
+    ("PATCH", "/api/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
+    ("DELETE", "/api/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
     ("GET", "/admin/clinics"): ADMIN,
     ("POST", "/admin/clinics"): ADMIN,
     ("POST", "/admin/clinics/{clinic_id:int}/exceptions"): ADMIN,
@@ -113,6 +115,9 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/admin/doctors/{doctor_id:int}/schedule"): ADMIN,
     ("POST", "/admin/doctors/{doctor_id:int}/schedule"): ADMIN,
     ("POST", "/admin/doctors/{doctor_id:int}/exceptions"): ADMIN,
+    ("GET", "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
+    ("POST", "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
+    ("POST", "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}/withdraw"): ADMIN,
     # appointments (API)
     ("GET", "/api/appointments/available-slots"): ANY,
     ("GET", "/api/appointments"): ANY,

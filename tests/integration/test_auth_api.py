@@ -5,6 +5,7 @@ import datetime as dt
 import time
 
 import jwt
+import pytest
 from argon2 import PasswordHasher
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select, update
@@ -271,14 +272,22 @@ async def test_signed_in_users_are_rate_limited_per_user(settings, db, redis, se
         assert (await client.get("/api/auth/me", headers=bearer(settings, bob))).status_code == 200
 
 
-async def test_login_rehashes_passwords_made_with_old_parameters(client, session):
-    weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
+@pytest.mark.parametrize(
+    "old",
+    [
+        PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1),  # weaker
+        PasswordHasher(),  # argon2-cffi's defaults, what medbook used before
+    ],
+)
+async def test_login_rehashes_passwords_made_with_other_parameters(client, session, old):
+    before = old.hash(PASSWORD)
     user = await accounts.create_user(
-        session, role="patient", email="ann@example.test", password="", password_hash=weak
+        session, role="patient", email="ann@example.test", password="", password_hash=before
     )
     assert (await client.post("/api/auth/token", json=CREDS)).status_code == 200
     await session.refresh(user)
-    assert user.password_hash != weak and "m=65536" in user.password_hash
+    assert user.password_hash != before
+    assert user.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
     assert (await client.post("/api/auth/token", json=CREDS)).status_code == 200
 
 

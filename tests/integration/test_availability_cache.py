@@ -7,6 +7,7 @@ import pytest
 
 import app.scheduling.slots as slots_module
 from app.scheduling.slots import SlotCache, compute_days, load_doctor_days
+from app.services import Services
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -103,14 +104,14 @@ async def test_every_kind_of_change_is_seen_by_the_next_read(client, world, engi
 async def book_at_ten(engine, redis, world, day):
     """patient0 books 10:00 on `day` through the domain code (commit, then invalidation)."""
     from app.access.identity import Principal
-    from app.appointments import booking
-    from app.appointments.booking import BookingRules
+    from app.appointments import commands
+    from app.appointments.rules import BookingRules
     from app.live.effects import Effects
     from db.session import session_factory
 
     user = world.users["patient0"]
     async with session_factory(engine)() as writer:
-        await booking.book(
+        await commands.book(
             writer,
             Effects(redis),
             Principal(user.id, user.email, "patient", patient_id=user.patient_id),
@@ -171,7 +172,7 @@ async def test_a_cache_hit_costs_one_redis_round_trip(client, world, engine):
     and the rate count: a hit sends one command to Redis, and answers the truth."""
     day = day_after_tomorrow()
     await served(client, world, day)  # caches the Principal and the day
-    redis = client.app.state.redis
+    redis = Services.of(client.app).redis
     original, sent = redis.execute_command, []
 
     async def recording(*args, **kwargs):
@@ -215,9 +216,12 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
     cache = SlotCache(redis, engine)
     original = slots_module.fetch_doctor_days
     a_has_read = asyncio.Event()
+    b_reads = asyncio.Event()
     release_a = asyncio.Event()
 
     async def slow_for_a(connection, doctor_id, lo, hi):
+        if a_has_read.is_set():
+            b_reads.set()
         data = await original(connection, doctor_id, lo, hi)
         if not a_has_read.is_set():
             a_has_read.set()
@@ -230,8 +234,12 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
     await book_at_ten(engine, redis, world, day)
     ten = at(day, 10).astimezone(dt.UTC)
     reader_b = asyncio.create_task(cache.days(world.doctor_id, day, 1))
-    await asyncio.sleep(0.05)  # B is under way (it would be waiting on A if it joined)
-    release_a.set()
+    try:
+        # B reads the database itself while A is still held; had it joined A's
+        # computation it would never read, and this wait would fail.
+        await asyncio.wait_for(b_reads.wait(), 30)
+    finally:
+        release_a.set()
     (_, (a_day,)), (_, (b_day,)) = await asyncio.gather(reader_a, reader_b)
     assert next(s for s in a_day.slots if s.start == ten).taken is False  # began before
     assert next(s for s in b_day.slots if s.start == ten).taken is True

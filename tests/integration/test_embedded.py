@@ -125,3 +125,28 @@ def test_a_socket_left_by_a_killed_run_is_replaced(tmp_path):
     stale.close()
     with embedded.redis(folder) as redis_url:
         assert redis_sync.Redis.from_url(redis_url).ping()
+
+
+async def test_the_slow_query_page_has_statements_with_no_setup(tmp_path):
+    """Zero-setup mode: pg_stat_statements is preloaded and created in the database, so
+    the admin's /admin/queries lists statements instead of how to enable it."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from app.analytics.query_stats import top_statements
+    from app.settings import async_database_url
+
+    with embedded.postgres(tmp_path / "var") as pg_url:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            assert "pg_stat_statements" in await conn.fetchval("SHOW shared_preload_libraries")
+            await conn.execute("SELECT 1 AS medbook_probe")
+        finally:
+            await conn.close()
+        engine = create_async_engine(async_database_url(pg_url))
+        try:
+            async with AsyncSession(engine) as session:
+                stats = await top_statements(session, top=50)
+        finally:
+            await engine.dispose()
+    assert stats.unavailable is None
+    assert any("medbook_probe" in s.query for s in stats.by_total)

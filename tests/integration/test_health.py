@@ -4,6 +4,7 @@ import dataclasses
 
 from litestar.testing import AsyncTestClient
 
+from app.services import Services
 from app.web.asgi import create_app
 from conftest import free_port
 
@@ -44,7 +45,7 @@ async def test_home_page_loads_vendored_htmx(client):
 async def test_the_pool_is_filled_at_start(settings, db, redis):
     app = create_app(settings)
     async with AsyncTestClient(app=app):
-        assert app.state.engine.pool.checkedin() == settings.db_pool_size
+        assert Services.of(app).engine.pool.checkedin() == settings.db_pool_size
 
 
 async def test_a_started_app_keeps_its_start_up_heap_out_of_collections(settings):

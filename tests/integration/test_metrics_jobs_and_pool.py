@@ -20,6 +20,7 @@ from tasks.queue import create_queue
 from tasks.worker import worker_settings
 from tests.integration.auth_helpers import bearer, make_user
 from tests.integration.test_metrics import scrape, value
+from tests.processes import start_process, stop_process
 
 WAIT = "medbook_db_pool_wait_seconds"
 TIMEOUTS = "medbook_db_pool_timeouts_total"
@@ -51,8 +52,9 @@ async def test_a_full_pool_is_timed_and_its_timeouts_counted(
     await session.commit()
     headers = bearer(settings, patient)
     server = LiveServer(env={"DB_POOL_SIZE": "1", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "0.3"})
-    locker = await asyncpg.connect(database_url)
+    locker = None
     try:
+        locker = await asyncpg.connect(database_url)
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             assert (await client.get("/api/clinics", headers=headers)).status_code == 200
             before = await scrape(client)
@@ -64,7 +66,8 @@ async def test_a_full_pool_is_timed_and_its_timeouts_counted(
             assert (await stuck).status_code == 200
             after = await scrape(client)
     finally:
-        await locker.close()
+        if locker is not None:
+            await locker.close()
         server.stop()
     assert busy.status_code == 503
     assert value(after, TIMEOUTS) - value(before, TIMEOUTS) == 1
@@ -126,16 +129,16 @@ async def test_a_separate_worker_process_reports_through_the_web_scrape(
     """`medbook worker` writes its multiprocess files to …/worker, `medbook serve` to
     …/web; the web's /metrics sums both, so job series reach Prometheus."""
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    log = (ROOT / "test-artifacts" / "worker-metrics.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = None
     queue = create_queue(settings)
+    with (ROOT / "test-artifacts" / "worker-metrics.log").open("w") as log:
+        worker = start_process(
+            [sys.executable, "-m", "app.cli", "worker"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = None
     try:  # the worker is stopped even when the server never comes up
         server = LiveServer(env=env)
         await queue.connect()
@@ -168,9 +171,4 @@ async def test_a_separate_worker_process_reports_through_the_web_scrape(
         await queue.disconnect()
         if server is not None:
             server.stop()
-        worker.terminate()
-        try:
-            worker.wait(timeout=5)  # SAQ would wait its 20 s grace; the test is done
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        log.close()
+        stop_process(worker)

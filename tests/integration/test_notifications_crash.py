@@ -14,7 +14,6 @@ describes; for SMTP it is the time between the server's 250 and our commit.
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.integration.notification_servers import (
 )
 from tests.integration.notification_world import book_api, outbox_rows, world_with_contacts
 from tests.integration.world import at, day_after_tomorrow
+from tests.processes import kill_process, start_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,18 +48,14 @@ async def world(client, session, settings):
 
 
 def start_worker_process(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
-        env={**os.environ, **env},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-
-
-def kill(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
+    with log.open("w") as out:
+        return start_process(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
 
 
 async def wait_for(event, process, log: Path, timeout: float = 40.0) -> None:
@@ -114,7 +110,7 @@ async def test_worker_killed_during_an_smtp_send_loses_nothing_and_sends_once(
         try:
             await wait_for(sink.stalled, process, log)
         finally:
-            kill(process)
+            kill_process(process)
         # The worker sends concurrently: the other booking's message may not have
         # started, or may already be sent (once); only the stalled one is mid-send.
         before = {
@@ -155,7 +151,7 @@ async def test_worker_killed_after_the_sms_provider_accepted_sends_once(
         try:
             await wait_for(api.accepted, process, log)
         finally:
-            kill(process)
+            kill_process(process)
         (row,) = await outbox_rows(session, kind="confirmation")
         assert (row.status, row.attempts) == ("queued", 1)
         assert len(api.delivered) == 1  # the provider has it; we do not know yet

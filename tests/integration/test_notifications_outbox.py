@@ -6,7 +6,8 @@ import pytest
 from sqlalchemy import select, update
 
 from app.access.identity import Principal
-from app.appointments.booking import BookingRules, book
+from app.appointments.commands import book
+from app.appointments.rules import BookingRules
 from app.live.effects import Effects
 from app.notifications import outbox, planning
 from db.models import Appointment, Notification, Patient

@@ -20,8 +20,8 @@ from app.live.realtime import (
     change_messages,
     doctor_channel,
 )
-from conftest import OwnRedis
 from tests.integration.world import day_after_tomorrow, make_world
+from tests.processes import kill_process, start_process
 
 DAY = dt.date(2030, 1, 7)
 
@@ -29,10 +29,19 @@ DAY = dt.date(2030, 1, 7)
 class Renders:
     def __init__(self):
         self.calls = []
+        self._rendered = asyncio.Event()
 
     async def __call__(self, channel, audience, payload):
         self.calls.append((channel, audience))
+        self._rendered.set()
         return f"<div>{audience}:{payload.get('appointment_id')}</div>"
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> None:
+        """Until `count` events were rendered (each is offered to its sockets right after)."""
+        async with asyncio.timeout(timeout):
+            while len(self.calls) < count:
+                self._rendered.clear()
+                await self._rendered.wait()
 
 
 async def next_item(socket, timeout=3.0):
@@ -55,7 +64,8 @@ async def test_a_change_reaches_sockets_of_another_process_rendered_once_per_aud
         channel = doctor_channel(7, DAY)
         patients = [viewer.join("slots", [channel]) for _ in range(25)]
         doctor = viewer.join("doctor_day", [channel])
-        await asyncio.sleep(0.3)  # subscriptions registered with Redis
+        for socket in [*patients, doctor]:
+            assert await viewer.subscribed(socket, 5)
         change = AppointmentChange(41, 7, 3, (DAY,), "booked")
         await writer.publish_all(change_messages([change]))  # doctor + clinic channels
         got = [await next_item(s) for s in patients]
@@ -71,15 +81,16 @@ async def test_a_change_reaches_sockets_of_another_process_rendered_once_per_aud
 
 async def test_a_slow_socket_is_told_to_resync_instead_of_growing(settings):
     client = Redis.from_url(settings.redis_url)
-    hub = Hub(settings.redis_url, client, Renders())
+    renders = Renders()
+    hub = Hub(settings.redis_url, client, renders)
     await hub.start()
     try:
         channel = doctor_channel(8, DAY)
         slow = hub.join("slots", [channel])
-        await asyncio.sleep(0.3)
+        assert await hub.subscribed(slow, 5)
         for n in range(QUEUE_LIMIT + 5):  # nobody drains this socket
             await hub.publish(channel, {"appointment_id": n})
-        await asyncio.sleep(0.5)
+        await renders.wait_for(QUEUE_LIMIT + 5)
         items = []
         while not slow.queue.empty():
             items.append(slow.queue.get_nowait())
@@ -90,33 +101,27 @@ async def test_a_slow_socket_is_told_to_resync_instead_of_growing(settings):
         await client.aclose()
 
 
-async def test_losing_redis_closes_sockets_and_the_hub_recovers(tmp_path):
-    own = OwnRedis(tmp_path)
-    own.start()
+async def test_losing_redis_closes_sockets_and_the_hub_recovers(own_redis):
+    own = own_redis
     client = Redis.from_url(own.url, socket_timeout=1, socket_connect_timeout=1)
     hub = Hub(own.url, client, Renders())
     await hub.start()
     try:
         channel = doctor_channel(9, DAY)
         socket = hub.join("slots", [channel])
-        await asyncio.sleep(0.3)
+        assert await hub.subscribed(socket, 5)
         own.stop()
         assert await next_item(socket, timeout=10) == CLOSE_RESTART  # browsers will reconnect
         hub.leave(socket)
         own.start()
-        for _ in range(100):  # the watchdog reconnects by itself
-            if hub.healthy:
-                break
-            await asyncio.sleep(0.1)
-        assert hub.healthy
         again = hub.join("slots", [channel])
-        await asyncio.sleep(0.3)
+        assert await hub.subscribed(again, 30)  # once the watchdog has reconnected by itself
+        assert hub.healthy
         await hub.publish(channel, {"appointment_id": 5})
         assert await next_item(again) == "<div>slots:5</div>"
     finally:
         await hub.stop()
         await client.aclose()
-        own.stop()
 
 
 def test_the_resync_close_code_is_one_htmx_ext_ws_reconnects_on():
@@ -146,9 +151,8 @@ async def test_a_socket_is_subscribed_in_redis_before_it_is_given_its_view(setti
         await publisher.aclose()
 
 
-async def test_a_socket_joining_while_redis_is_away_waits_for_the_new_subscription(tmp_path):
-    own = OwnRedis(tmp_path)
-    own.start()
+async def test_a_socket_joining_while_redis_is_away_waits_for_the_new_subscription(own_redis):
+    own = own_redis
     client = Redis.from_url(own.url, socket_timeout=1, socket_connect_timeout=1)
     hub = Hub(own.url, client, Renders())
     await hub.start()
@@ -174,7 +178,6 @@ async def test_a_socket_joining_while_redis_is_away_waits_for_the_new_subscripti
         await client.aclose()
         if publisher is not None:
             await publisher.aclose()
-        own.stop()
 
 
 async def test_a_busy_event_loop_is_not_taken_for_a_lost_redis(settings, monkeypatch):
@@ -208,13 +211,13 @@ async def test_broadcaster_connects_over_a_unix_socket(tmp_path):
     from conftest import _redis_binary
 
     path = tmp_path / "redis.sock"
-    server = subprocess.Popen(
-        [_redis_binary(), "--port", "0", "--unixsocket", str(path), "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
     url = f"unix://{path}?db=0"
     client = Redis.from_url(url)
     hub = Hub(url, client, Renders())
+    server = start_process(
+        [_redis_binary(), "--port", "0", "--unixsocket", str(path), "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             if path.exists():
@@ -235,7 +238,7 @@ async def test_broadcaster_connects_over_a_unix_socket(tmp_path):
     finally:
         await hub.stop()
         await client.aclose()
-        server.kill()
+        kill_process(server)
 
 
 async def test_hubs_on_different_redis_databases_do_not_hear_each_other(settings):

@@ -18,8 +18,10 @@ from sqlalchemy import func, select, text
 
 from app.access import audit
 from app.access.identity import Principal
+from app.live.effects import Effects
 from app.records import records
 from app.records.documents import FOLDER
+from app.services import Services
 from app.storage import URL_SECONDS, DiskStore
 from app.web.asgi import create_app
 from db.models import Appointment, AuditEvent, MedicalRecord, User
@@ -74,7 +76,7 @@ async def rw(client, session, settings) -> RecordsWorld:
     await add_appointment(session, world, care, "booked", 9)
     await add_appointment(session, world, cancelled, "cancelled", 10)
     await add_appointment(session, world, no_show, "no_show", 11)
-    return RecordsWorld(world, care, cancelled, no_show, client.app.state.documents)
+    return RecordsWorld(world, care, cancelled, no_show, Services.of(client.app).documents)
 
 
 async def upload(
@@ -158,6 +160,32 @@ async def test_expired_and_tampered_download_urls_are_refused(client, rw, sessio
     assert (await client.get(url)).status_code == 200
 
 
+async def test_a_download_through_the_signed_url_is_audited_as_its_user(client, rw, session):
+    await upload(client, rw.h("doctor"), rw.care)
+    listed = await client.get(f"/api/patients/{rw.care}/records", headers=rw.h("patient0"))
+    (record,) = listed.json()["records"]
+    url = record["document_url"]
+    params = dict(parse_qsl(urlsplit(url).query))
+    patient0 = rw.world.users["patient0"].id
+    assert params["u"] == str(patient0)  # the URL names whom it was issued to, signed
+    for someone_else in ("u=999999", f"u={rw.world.users['doctor'].id}", "u="):
+        forged = url.replace(f"u={patient0}", someone_else)
+        assert (await client.get(forged)).status_code == 404, forged
+    assert await events(session, audit.RECORD_DOWNLOADED) == []
+    got = await client.get(url)
+    assert got.status_code == 200 and got.content == PDF
+    (download,) = await events(session, audit.RECORD_DOWNLOADED)
+    assert (download.actor_user_id, download.subject_type, download.subject_id) == (
+        patient0,
+        "medical_record",
+        record["id"],
+    )
+    assert download.patient_id == rw.care and download.details == {"via": "signed_url"}
+    # The patient's own access log shows it among the reads.
+    log = await audit.record_access_log(session, rw.care)
+    assert audit.RECORD_DOWNLOADED in [row.action for row in log]
+
+
 # --- access matrix: every role by relationship ------------------------------------------
 
 
@@ -200,8 +228,21 @@ async def test_who_may_list_whose_records(client, rw, session, who, patient, rea
         assert event.action == (audit.BREAK_GLASS if reason else audit.RECORD_READ)
         if reason:
             assert event.details["reason"] == reason
+    elif expected == 401:
+        assert new == []  # nobody to name: the guard answers before any read
     else:
-        assert new == []  # a refused read issues no URL and leaves no read event
+        # A refused read issues no URL and no read event, but leaves its own trace.
+        (event,) = new
+        why = {"desk": "wrong_role", "other_desk": "wrong_role", "patient0": "not_own"}
+        assert event.action == audit.RECORD_REFUSED
+        assert event.actor_user_id == rw.world.users[who].id
+        assert event.details["asked_patient_id"] == ids[patient]
+        assert event.details["reason"] == (
+            "not_found" if patient == "unknown" else why.get(who, "not_in_care")
+        )
+        # The patient column only names a patient who exists (a foreign key).
+        assert event.patient_id == (None if patient == "unknown" else ids[patient])
+        assert event.flagged is (who != "doctor" and who != "admin")
     if expected == 403 and who == "doctor":
         assert "break-glass" in response.json()["detail"]
 
@@ -343,7 +384,7 @@ async def test_size_limit_from_settings(db, redis, settings, session):
         huge = await upload(client, doctor, world.patients[0], data=PDF + b"0" * 2_000_000)
         assert huge.status_code == 413
         # Other routes keep the app-wide 1 MiB limit; this one accepts 20 MB by default.
-        store = app.state.documents
+        store = Services.of(app).documents
         assert len(await stored_files(store)) == 1
     assert settings.records_max_bytes == 20 * 1024 * 1024
 
@@ -354,7 +395,7 @@ async def test_default_limit_accepts_a_five_megabyte_scan(client, rw):
     assert created.status_code == 201 and created.json()["size"] == len(big)
 
 
-async def test_a_failing_row_leaves_no_object(rw, session, engine):
+async def test_a_failing_row_leaves_no_object(rw, session, engine, redis):
     """The object is written first; when the row's transaction fails, it is deleted."""
     async with engine.begin() as conn:
         await conn.execute(
@@ -386,6 +427,7 @@ async def test_a_failing_row_leaves_no_object(rw, session, engine):
                 record_type="note",
                 title="Never stored",
                 max_bytes=1 << 20,
+                effects=Effects(redis),
             )
         assert await stored_files(rw.store) == []
         assert await session.scalar(select(func.count()).select_from(MedicalRecord)) == 0
@@ -473,8 +515,14 @@ async def test_doctor_day_opens_the_panel_and_uploads_from_it(client, rw, sessio
         f"/patients/{rw.cancelled}/records", params={"break_glass_reason": REASON}, headers=hx
     )
     assert "logged and flagged" in opened.text and "Upload a document" not in opened.text
-    page_reads = [e for e in await events(session) if e.details.get("via") == "page"]
-    assert len(page_reads) == 3 and page_reads[-1].flagged
+    page_events = [e for e in await events(session) if e.details.get("via") == "page"]
+    assert [e.action for e in page_events] == [
+        audit.RECORD_READ,
+        audit.RECORD_READ,
+        audit.RECORD_REFUSED,  # the break-glass form: refused until a reason is given
+        audit.BREAK_GLASS,
+    ]
+    assert page_events[-1].flagged
 
 
 async def test_patient_sees_own_records_page_and_desk_never(client, rw):

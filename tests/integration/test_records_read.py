@@ -1,7 +1,7 @@
 """A records read is one statement in one round trip: the access decision, the list and
 the audit row together, on an autocommit connection (no BEGIN, no COMMIT), committed before
 any URL is returned; the API and the panel run the same statement; a refused read writes
-nothing; a caller already in a transaction keeps its changes with the read's."""
+only its refusal; a caller already in a transaction keeps its changes with the read's."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import event, func, select, text
 from app.access import audit
 from app.access.identity import Principal
 from app.records import records
+from app.services import Services
 from db.models import AuditEvent, MedicalRecord
 from db.session import session_factory
 from tests.integration.test_records import add_appointment
@@ -77,7 +78,7 @@ async def audit_rows(engine) -> list[AuditEvent]:
 async def test_a_list_is_one_autocommit_statement_committed_before_it_returns(
     db, world, seen, client
 ):
-    store = client.app.state.documents
+    store = Services.of(client.app).documents
     async with session_factory(db)() as session:
         grant, items = await records.list_records(
             session, store, doctor(world), world.patients[0], client_addr="10.0.0.7"
@@ -102,7 +103,7 @@ async def test_a_list_is_one_autocommit_statement_committed_before_it_returns(
 
 
 async def test_the_api_and_the_panel_run_the_same_statement(world, client):
-    seen = watch(client.app.state.engine)
+    seen = watch(Services.of(client.app).engine)
     doctor_headers = world.headers("doctor")
     api = await client.get(f"/api/patients/{world.patients[0]}/records", headers=doctor_headers)
     panel = await client.get(f"/patients/{world.patients[0]}/records", headers=doctor_headers)
@@ -111,20 +112,38 @@ async def test_the_api_and_the_panel_run_the_same_statement(world, client):
     assert len(reads) == 2
 
 
-async def test_a_refused_read_writes_nothing(db, world, client):
-    store = client.app.state.documents
+async def test_a_refused_read_writes_its_refusal_and_no_read(db, world, client):
+    store = Services.of(client.app).documents
+    desk = world.users["desk"]
     async with session_factory(db)() as session:
         with pytest.raises(records.BreakGlassRequired):
             await records.list_records(session, store, doctor(world), world.patients[1])
         with pytest.raises(records.BreakGlassRequired):  # too short to count as a reason
-            await records.list_records(
-                session, store, doctor(world), world.patients[1], reason="   because  "
+            await records.view_record(
+                session, store, doctor(world), world.patients[1], 5, reason="   because  "
             )
-    assert await audit_rows(db) == []
+        with pytest.raises(records.Forbidden):
+            await records.list_records(
+                session, store, Principal(desk.id, desk.email, "front_desk"), world.patients[0]
+            )
+        with pytest.raises(records.NotFound):
+            await records.list_records(session, store, doctor(world), 987654, reason="x" * 20)
+    rows = await audit_rows(db)
+    assert [row.action for row in rows] == [audit.RECORD_REFUSED] * 4
+    assert [row.details["reason"] for row in rows] == [
+        "not_in_care",
+        "not_in_care",
+        "wrong_role",
+        "not_found",
+    ]
+    assert [row.patient_id for row in rows] == [world.patients[1]] * 2 + [world.patients[0], None]
+    assert [row.subject_id for row in rows] == [None, 5, None, None]
+    assert rows[2].actor_user_id == desk.id and rows[2].flagged
+    assert rows[3].details["asked_patient_id"] == 987654
 
 
 async def test_break_glass_is_flagged_with_its_reason(db, world, client):
-    store = client.app.state.documents
+    store = Services.of(client.app).documents
     async with session_factory(db)() as session:
         grant, items = await records.list_records(
             session, store, doctor(world), world.patients[1], reason="  covering for Dr. Who  "
@@ -142,7 +161,7 @@ async def test_break_glass_is_flagged_with_its_reason(db, world, client):
 
 
 async def test_a_caller_in_a_transaction_commits_its_change_with_the_read(db, world, client):
-    store = client.app.state.documents
+    store = Services.of(client.app).documents
     async with session_factory(db)() as session:
         await session.execute(
             text("UPDATE patients SET phone = '+4930123' WHERE id = :id"), {"id": world.patients[0]}

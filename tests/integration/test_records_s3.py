@@ -15,6 +15,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from app.records.documents import FOLDER
+from app.services import Services
 from app.storage import URL_SECONDS, S3Store
 from app.web.asgi import create_app
 from db.models import MedicalRecord
@@ -47,7 +48,7 @@ async def s3_client(db, redis, settings, s3_endpoint):
 
 
 async def test_upload_to_s3_and_download_through_presigned_urls(s3_client, session, settings):
-    store = s3_client.app.state.documents
+    store = Services.of(s3_client.app).documents
     assert isinstance(store, S3Store)
     world = await make_world(session, settings.secret_key, patients=1)
     patient = world.patients[0]
@@ -84,7 +85,7 @@ async def test_presigned_urls_carry_their_issue_time_and_life(s3_client, session
     "Request has expired" once X-Amz-Date + X-Amz-Expires has passed. What we can show:
     every URL states a life of at most 15 minutes from the moment it was issued, and is
     signed exactly as botocore signs it (next test and tests/unit/test_documents.py)."""
-    store = s3_client.app.state.documents
+    store = Services.of(s3_client.app).documents
     world = await make_world(session, settings.secret_key, patients=1)
     await add_appointment(session, world, world.patients[0], "completed", 9)
     await upload(s3_client, world.headers("doctor"), world.patients[0])
@@ -106,8 +107,8 @@ async def test_presigned_urls_carry_their_issue_time_and_life(s3_client, session
 
 
 async def test_one_client_per_process_and_urls_match_botocore(s3_client, s3_endpoint):
-    store = s3_client.app.state.documents
-    assert s3_client.app.state.documents is store  # made once, in the lifespan
+    store = Services.of(s3_client.app).documents
+    assert Services.of(s3_client.app).documents is store  # made once, in the lifespan
     key = "patients/1/0123456789abcdef0123456789abcdef.pdf"
     reference = store.client.generate_presigned_url(
         "get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=URL_SECONDS
@@ -124,7 +125,7 @@ async def test_failed_row_deletes_the_s3_object(s3_client, session, settings, en
     from app.access.identity import Principal
     from app.records import records
 
-    store = s3_client.app.state.documents
+    store = Services.of(s3_client.app).documents
     world = await make_world(session, settings.secret_key, patients=1)
     await add_appointment(session, world, world.patients[0], "booked", 9)
     before = await store.keys(FOLDER)
@@ -158,6 +159,7 @@ async def test_failed_row_deletes_the_s3_object(s3_client, session, settings, en
                 record_type="note",
                 title="x",
                 max_bytes=1 << 20,
+                effects=Services.of(s3_client.app).effects,
             )
         assert await store.keys(FOLDER) == before
     finally:

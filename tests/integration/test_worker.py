@@ -1,9 +1,19 @@
-"""The SAQ worker runs our jobs against the real Redis."""
+"""The SAQ worker runs our jobs against the real Redis, and stops at once when idle."""
 
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
 from saq import Worker
+from saq.job import Status
 
+from conftest import ROOT
 from tasks.housekeeping import HEARTBEAT_KEY
+from tasks.queue import create_queue
 from tasks.worker import worker_settings
+from tests.processes import start_process, stop_process
 
 
 async def test_worker_runs_the_heartbeat_job(redis):
@@ -21,3 +31,72 @@ async def test_worker_runs_the_heartbeat_job(redis):
         assert await redis.get(HEARTBEAT_KEY) == job.result.encode()
     finally:
         await queue.disconnect()
+
+
+def start_worker(log, *command) -> subprocess.Popen:
+    """`medbook worker`, or `command` (a Python one), in a process group of its own."""
+    with log.open("w") as out:
+        return start_process(
+            [sys.executable, *(command or ("-m", "app.cli", "worker"))],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+# Well below the 20 s the worker grants running jobs, and generous for a loaded machine.
+IDLE_STOP_DEADLINE = 10
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_an_idle_worker_stops_at_once(stop, redis, settings, tmp_path):
+    """SAQ waited its whole grace period for its own upkeep loops and blocked dequeues."""
+    log = tmp_path / "worker.log"
+    worker = start_worker(log)
+    queue = create_queue(settings)
+    await queue.connect()
+    try:
+        job = await queue.enqueue("heartbeat")
+        await job.refresh(until_complete=60)  # the worker is up, and idle again
+        assert job.status == "complete", log.read_text()
+        worker.send_signal(stop)
+        code = await asyncio.to_thread(worker.wait, IDLE_STOP_DEADLINE)
+        assert code == 0, log.read_text()
+    finally:
+        await queue.disconnect()
+        stop_process(worker)
+
+
+# A worker whose one extra job goes on working for 2 s once the worker is told to stop.
+WORKER_WITH_A_JOB_AT_WORK = """
+import asyncio
+from tasks.worker import run, worker_settings
+
+async def still_working(ctx):
+    await ctx["worker"].event.wait()  # set by SIGTERM
+    await asyncio.sleep(2)
+    return "finished"
+
+settings = worker_settings()
+settings["functions"] = [*settings["functions"], still_working]
+settings["cron_jobs"] = []
+run(settings)
+"""
+
+
+async def test_a_running_job_finishes_when_the_worker_is_told_to_stop(redis, settings, tmp_path):
+    log = tmp_path / "worker.log"
+    worker = start_worker(log, "-c", WORKER_WITH_A_JOB_AT_WORK)
+    queue = create_queue(settings)
+    await queue.connect()
+    try:
+        job = await queue.enqueue("still_working", timeout=60)
+        await queue.listen([job.key], lambda _, status: status == Status.ACTIVE, timeout=60)
+        worker.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(worker.wait, 60)
+        assert code == 0, log.read_text()
+        await job.refresh()
+        assert (job.status, job.result) == ("complete", "finished"), log.read_text()
+    finally:
+        await queue.disconnect()
+        stop_process(worker)

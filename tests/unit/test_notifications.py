@@ -150,6 +150,25 @@ def test_each_kind_says_what_happened(kind, subject, says, sms_says):
     assert ("To rebook:" in sms) == (kind != "confirmation")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("address", ["Am Ufer 1, 10999 Berlin", None])
+def test_plain_text_keeps_its_paragraphs(kind, address):
+    # The template tags ate line ends: "…10999 BerlinTo book another time".
+    _, text, _ = mail.render_text(outgoing(kind, clinic_address=address), "https://m.test")
+    paragraphs = text.split("\n\n")
+    assert len(paragraphs) == 4, text
+    opening, details, how_to, signature = paragraphs
+    assert "\n" not in opening and opening.endswith(".")
+    clinic = "Spreeufer Praxis" + (f", {address}" if address else "")
+    assert details.splitlines() == [
+        "When:   Sunday 28 March 2027, 09:00 CEST (Europe/Berlin)",
+        "Doctor: Dr. Anna Becker",
+        f"Clinic: {clinic}",
+    ]
+    assert "https://m.test/me/appointments" in how_to
+    assert signature == "-- medbook (sent automatically)"
+
+
 def test_html_is_escaped():
     _, _, html = mail.render_text(outgoing(doctor_name="Dr. <b>X</b>"), "https://m.test")
     assert "<b>X</b>" not in html and "&lt;b&gt;X&lt;/b&gt;" in html

@@ -1,8 +1,7 @@
-"""patients: language, pending e-mail, both channels; notifications about accounts;
-appointments: who cancelled
+"""patients: language, pending e-mail, both channels; notifications about accounts
 
-Revision ID: 0010
-Revises: 0007
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-07 12:00:00
 
 """
@@ -13,8 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0010"
-down_revision: str | Sequence[str] | None = "0007"
+revision: str = "0012"
+down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -36,15 +35,6 @@ def upgrade() -> None:
         op.f("ck_patients_notify_by"), "patients", "notify_by IN ('email', 'sms', 'both', 'none')"
     )
 
-    op.add_column("appointments", sa.Column("cancelled_by", sa.BigInteger(), nullable=True))
-    op.create_foreign_key(
-        op.f("fk_appointments_cancelled_by_users"),
-        "appointments",
-        "users",
-        ["cancelled_by"],
-        ["id"],
-        ondelete="SET NULL",
-    )
     op.alter_column("notifications", "appointment_id", nullable=True)
     op.add_column("notifications", sa.Column("user_id", sa.BigInteger(), nullable=True))
     op.add_column("notifications", sa.Column("ref", sa.String(length=64), nullable=True))
@@ -88,10 +78,6 @@ def downgrade() -> None:
     op.drop_column("notifications", "ref")
     op.drop_column("notifications", "user_id")
     op.alter_column("notifications", "appointment_id", nullable=False)
-    op.drop_constraint(
-        op.f("fk_appointments_cancelled_by_users"), "appointments", type_="foreignkey"
-    )
-    op.drop_column("appointments", "cancelled_by")
     op.execute("UPDATE patients SET notify_by = 'email' WHERE notify_by = 'both'")
     op.drop_constraint(op.f("ck_patients_notify_by"), "patients", type_="check")
     op.create_check_constraint(

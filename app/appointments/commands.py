@@ -1,0 +1,572 @@
+"""Book, reschedule, change status and bulk-update appointments: one transaction each.
+
+The no-double-booking guarantee is PostgreSQL's exclusion constraint `no_overlap` (see
+docs/architecture.md); nothing here checks-then-inserts. The reads before a write only
+produce good error messages (not on the grid, on leave, past, beyond the horizon); the
+insert or update itself decides who gets a contested slot, and its violation becomes a
+409 with the nearest free alternatives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy import literal_column, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from app.access import audit
+from app.access.identity import Principal
+from app.appointments import rules as booking_rules
+from app.appointments.queries import nearest_free, visible
+from app.appointments.rules import BookingRules
+from app.appointments.statements import (
+    BOOK_SQL,
+    BOOKING_FACTS_SQL,
+    CHANGE_STATUS_SQL,
+    held_lock,
+)
+from app.errors import Conflict, Invalid, NotFound
+from app.live.effects import AppointmentChange, Effects
+from app.notifications import planning as notifications
+from app.scheduling.availability import Interval
+from app.scheduling.slots import (
+    DOCTOR_DAYS_COLUMNS,
+    DoctorDays,
+    doctor_days_from_row,
+    local_days,
+)
+from db.models import Appointment, Clinic
+from db.session import driver_fetchmany
+
+MAX_BULK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class BookingResult:
+    appointment: Appointment
+    timezone: str  # the clinic's, for showing the times
+    replayed: bool  # an Idempotency-Key retry answered with the original booking
+
+
+def _server_error(exc: Exception) -> Any:
+    """PostgreSQL's error as asyncpg raised it, also from inside SQLAlchemy's wrapper."""
+    return getattr(exc.orig, "__cause__", None) if isinstance(exc, DBAPIError) else exc
+
+
+def _constraint(exc: Exception) -> str | None:
+    return getattr(_server_error(exc), "constraint_name", None)
+
+
+def _lost_the_slot(exc: Exception) -> bool:
+    """The write lost a contested slot: the exclusion constraint refused it, or PostgreSQL
+    broke a deadlock between two writers each waiting on the other's exclusion check (this
+    happens when concurrent inserts conflict; the survivor holds the slot)."""
+    sqlstate = getattr(_server_error(exc), "sqlstate", None)
+    return _constraint(exc) == "no_overlap" or sqlstate == "40P01"
+
+
+def _request_hash(doctor_id: int, start: dt.datetime, patient_id: int, reason: str | None) -> str:
+    text = f"{doctor_id}|{start.astimezone(dt.UTC).isoformat()}|{patient_id}|{reason or ''}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def _taken(
+    session: AsyncSession, doctor_id: int, start: dt.datetime, rules: BookingRules, now: dt.datetime
+) -> Conflict:
+    alternatives = await nearest_free(session, doctor_id, start, rules, now)
+    return Conflict(
+        "this time has just been taken",
+        alternatives=[
+            {"start": a.start.isoformat(), "end": a.end.isoformat()} for a in alternatives
+        ],
+    )
+
+
+def _change(
+    appointment: Appointment, timezone: str, action: str, *extra: Interval
+) -> AppointmentChange:
+    days = set(local_days(appointment.starts_at, appointment.ends_at, timezone))
+    for interval in extra:
+        days.update(local_days(interval.start, interval.end, timezone))
+    return AppointmentChange(
+        appointment.id,
+        appointment.doctor_id,
+        appointment.clinic_id,
+        tuple(sorted(days)),
+        action,
+        appointment.patient_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _PatientFacts:
+    held: int  # future booked appointments with the doctor being booked
+    channels: tuple[str, ...]  # where the confirmation and reminders go (none: nowhere)
+
+
+async def _booking_facts(
+    session: AsyncSession | AsyncConnection,
+    doctor_id: int,
+    start: dt.datetime,
+    patient_id: int,
+    now: dt.datetime,
+) -> tuple[DoctorDays, _PatientFacts | None]:
+    """The doctor's days around `start` and the patient's facts (None: no such patient).
+
+    Raises:
+        NotFound: no such doctor.
+    """
+    row = (
+        await session.execute(
+            BOOKING_FACTS_SQL,
+            {
+                "doctor_id": doctor_id,
+                "lo": start - dt.timedelta(days=1),
+                "hi": start + dt.timedelta(days=1),
+                "patient_id": patient_id,
+                "now": now,
+            },
+        )
+    ).one_or_none()
+    data = doctor_days_from_row(doctor_id, row)
+    assert row is not None
+    raw = row[DOCTOR_DAYS_COLUMNS]
+    if raw is None:
+        return data, None
+    notify_by, email, phone, held = json.loads(raw) if isinstance(raw, str) else raw
+    return data, _PatientFacts(int(held), notifications.choose_channels(notify_by, email, phone))
+
+
+async def warm_up(connection: AsyncConnection) -> None:
+    """Prepare booking's two statements on a fresh pooled connection (app start): a
+    connection's first booking otherwise pays for preparing them and for its backend's
+    cold catalog caches (10-25 ms more, measured), which lands in booking's p99. The
+    insert ends where it starts, so its check constraint refuses it (inside a savepoint)
+    before the exclusion constraint is consulted: prepared, nothing written. (A refused
+    insert that reached the exclusion constraint, or one lock for all, would make the
+    pool's ten warm-ups wait on each other: each locks a patient id of its own, its
+    backend's negated pid.)"""
+    now = dt.datetime.now(dt.UTC)
+    with suppress(NotFound):
+        await _booking_facts(connection, 0, now, 0, now)
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    patient = -driver.get_server_pid()
+    empty: list[Any] = []
+    # starts_at == ends_at fails the end-after-start check before any index is touched
+    nothing = (0, patient, 0, now, now, None, None, None, None, empty, empty, empty, 1, now)
+    with suppress(asyncpg.CheckViolationError):
+        async with connection.begin_nested():
+            await driver_fetchmany(connection, BOOK_SQL, [(*nothing, False), (*nothing, True)])
+
+
+async def _one_statement_session(session: AsyncSession) -> None:
+    """Run this request's statements in autocommit mode when nothing else has begun a
+    transaction on the session: a booking's write is one batch that PostgreSQL runs in
+    a transaction of its own, and BEGIN and COMMIT would be two more round trips. (A
+    caller that already began one keeps it; the final commit then commits it.)"""
+    if not session.in_transaction():
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+async def book(
+    session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    *,
+    doctor_id: int,
+    start: dt.datetime,
+    rules: BookingRules,
+    now: dt.datetime,
+    patient_id: int | None = None,
+    reason: str | None = None,
+    idempotency_key: str | None = None,
+) -> BookingResult:
+    """Book one slot. Commits, then runs the after-commit effects.
+
+    Two round trips to PostgreSQL: what the checks need (doctor's days, patient), then
+    the booking with its outbox rows, atomically (`statements.BOOK_SQL`). The second
+    takes a lock on the patient's bookings with this doctor and counts them under it, so
+    parallel requests cannot take a patient past the limit; concurrent retries with one
+    Idempotency-Key queue on the same lock and get the first one's booking.
+
+    Args:
+        actor: who is booking (a patient for themself, or staff for `patient_id`).
+        start: the slot's start; must be exactly on the doctor's grid.
+        idempotency_key: the client's key; the same key and body return the original.
+
+    Raises:
+        Conflict: the slot is taken (with `alternatives`).
+        Invalid: not on the grid, in the past, too soon, beyond the horizon, on leave,
+            too many future appointments with this doctor, no such patient, or a reused
+            key with another body.
+        Forbidden: booking for someone the actor may not book for.
+        NotFound: no such doctor.
+    """
+    if start.tzinfo is None:
+        raise Invalid("start must include a UTC offset, e.g. 2026-06-01T09:00:00+02:00")
+    start = start.astimezone(dt.UTC)
+    target = booking_rules.target_patient(actor, patient_id)
+    await _one_statement_session(session)
+    data, facts = await _booking_facts(session, doctor_id, start, target, now)
+    booking_rules.check_desk_clinic(actor, data.clinic_id)
+    if facts is None:
+        raise Invalid(f"patient {target} does not exist")
+    digest = _request_hash(doctor_id, start, target, reason)
+    if idempotency_key and (
+        replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
+    ):
+        return replay
+    slot = booking_rules.find_slot(data, start)
+    booking_rules.check_bookable(data, slot, rules, now)
+    booking_rules.check_room_for_one_more(facts.held, rules)
+    planned = notifications.plan(slot.start, data.timezone, now) if facts.channels else []
+    values = (
+        doctor_id,
+        target,
+        data.clinic_id,
+        slot.start,
+        slot.end,
+        reason,
+        idempotency_key,
+        digest if idempotency_key else None,
+        actor.id,
+        list(facts.channels),
+        [p.kind for p in planned],
+        [p.due_at for p in planned],
+        rules.max_future_per_doctor,
+        now,
+    )
+    try:
+        rows = await driver_fetchmany(
+            await session.connection(), BOOK_SQL, [(*values, False), (*values, True)]
+        )
+        await session.commit()
+    except asyncpg.PostgresError as exc:
+        await session.rollback()
+        if _lost_the_slot(exc):
+            raise await _taken(session, doctor_id, slot.start, rules, now) from None
+        # The same key with another body, booked at this moment (another doctor, so not
+        # queued behind this one on the lock): answer as a later retry would.
+        if (
+            _constraint(exc) == "uq_appointments_idempotency"
+            and idempotency_key
+            and (replay := await _replay(session, actor, idempotency_key, digest, data.timezone))
+        ):
+            return replay
+        raise
+    if not rows:  # counted under the lock: parallel bookings got there first
+        raise booking_rules.over_the_limit(rules)
+    columns = dict(rows[0])
+    replayed = columns.pop("replayed")
+    appointment = Appointment(**columns)
+    if replayed:  # a retry queued behind its first attempt: answer as it did
+        return _replayed(appointment, digest, data.timezone)
+    await effects.appointments_changed([_change(appointment, data.timezone, "booked")])
+    return BookingResult(appointment, data.timezone, replayed=False)
+
+
+async def _replay(
+    session: AsyncSession, actor: Principal, key: str, digest: str, timezone: str
+) -> BookingResult | None:
+    existing = await session.scalar(
+        select(Appointment).where(
+            Appointment.booked_by == actor.id, Appointment.idempotency_key == key
+        )
+    )
+    return None if existing is None else _replayed(existing, digest, timezone)
+
+
+def _replayed(earlier: Appointment, digest: str, timezone: str) -> BookingResult:
+    """The booking made earlier under the request's key, if the request is the same."""
+    if earlier.idempotency_hash != digest:
+        raise Invalid("this Idempotency-Key was already used for a different booking")
+    return BookingResult(earlier, timezone, replayed=True)
+
+
+async def _locked_with_timezone(
+    session: AsyncSession, actor: Principal, appointment_id: int, *, held: bool = False
+) -> tuple[Appointment, str]:
+    """The visible appointment, locked for a change, with its clinic's time zone (read in
+    the same statement: asking afterwards cost a transaction of its own per change).
+
+    Args:
+        held: also take the lock on what its patient holds with its doctor, as booking
+            does, so that statements after this one count their bookings race-free.
+    """
+    query = (
+        select(Appointment, Clinic.timezone)
+        .join(Clinic, Clinic.id == Appointment.clinic_id)
+        .where(Appointment.id == appointment_id, visible(actor))
+        .with_for_update(of=Appointment)
+    )
+    if held:
+        lock = held_lock("appointments.patient_id", "appointments.doctor_id")
+        query = query.add_columns(literal_column(lock))
+    row = (await session.execute(query)).one_or_none()
+    if row is None:
+        raise NotFound(f"appointment {appointment_id} not found")
+    return row[0], row[1]
+
+
+async def reschedule(
+    session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    appointment_id: int,
+    *,
+    start: dt.datetime,
+    rules: BookingRules,
+    now: dt.datetime,
+    reason: str | None = None,
+) -> BookingResult:
+    """Move a booked appointment to another slot of the same doctor, atomically.
+
+    Either the new slot is taken and the old one freed in one commit, or nothing changes;
+    the row records who moved it and why, the audit trail the times before and after.
+    A booking that has already begun counts toward the patient's limit again once moved
+    into the future, so the move counts under the same lock as booking.
+
+    Raises:
+        Conflict: the new slot is taken (with alternatives); the appointment is unchanged.
+        Invalid: not booked any more, or the new time is not bookable.
+        Forbidden: the actor's role may not reschedule (doctors).
+        NotFound: not visible to the actor.
+    """
+    if start.tzinfo is None:
+        raise Invalid("start must include a UTC offset")
+    start = start.astimezone(dt.UTC)
+    appointment, _ = await _locked_with_timezone(session, actor, appointment_id, held=True)
+    booking_rules.check_reschedule(actor.role, appointment.status)
+    data, facts = await _booking_facts(
+        session, appointment.doctor_id, start, appointment.patient_id, now
+    )
+    assert facts is not None  # the appointment's patient
+    slot = booking_rules.find_slot(data, start)
+    booking_rules.check_bookable(data, slot, rules, now)
+    booking_rules.check_room_to_move(facts.held, appointment.starts_at, now, rules)
+    old = Interval(appointment.starts_at, appointment.ends_at)
+    doctor_id = appointment.doctor_id  # read now: after a rollback the object is expired
+    appointment.starts_at, appointment.ends_at = slot.start, slot.end
+    appointment.updated_at = now
+    appointment.changed_by, appointment.change_reason = actor.id, reason
+    try:
+        # The outbox: the old time's unsent messages give way to the new time's.
+        await notifications.appointment_rescheduled(session, appointment, data.timezone, now)
+        await audit.record(
+            session,
+            actor_user_id=actor.id,
+            action=audit.APPOINTMENT_RESCHEDULED,
+            subject_type="appointment",
+            subject_id=appointment.id,
+            patient_id=appointment.patient_id,
+            details={
+                "from": [old.start.isoformat(), old.end.isoformat()],
+                "to": [slot.start.isoformat(), slot.end.isoformat()],
+                "reason": reason,
+            },
+        )
+        await session.commit()
+    except DBAPIError as exc:
+        await session.rollback()
+        if _lost_the_slot(exc):
+            raise await _taken(session, doctor_id, slot.start, rules, now) from None
+        raise
+    await effects.appointments_changed([_change(appointment, data.timezone, "rescheduled", old)])
+    return BookingResult(appointment, data.timezone, replayed=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """An appointment as the change found it (what `rules.refusal` reads)."""
+
+    status: str
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+
+
+def _seen_by(actor: Principal) -> dict[str, int | None]:
+    """`queries.visible` as the statement's parameters (None: any)."""
+    see: dict[str, int | None] = dict.fromkeys(("see_clinic", "see_doctor", "see_patient"))
+    if actor.role == "front_desk":
+        see["see_clinic"] = actor.clinic_id if actor.clinic_id is not None else -1
+    elif actor.role == "doctor":
+        see["see_doctor"] = actor.doctor_id if actor.doctor_id is not None else -1
+    elif actor.role != "admin":
+        see["see_patient"] = actor.patient_id if actor.patient_id is not None else -1
+    return see
+
+
+async def set_status(
+    session: AsyncSession | AsyncConnection,
+    appointment_ids: Sequence[int],
+    status: str,
+    *,
+    setter: str,
+    actor_user_id: int | None,
+    now: dt.datetime,
+    seen: dict[str, int | None],
+    reason: str | None = None,
+    notice: str = "cancellation",
+    details: dict[str, Any] | None = None,
+) -> list[Any]:
+    """Set `status` on those of the appointments the rules let `setter` change, with their
+    outbox and audit rows, in one statement (CHANGE_STATUS_SQL); joins the caller's
+    transaction, or is one on its own in autocommit.
+
+    Args:
+        setter: the actor's role, or `rules.SCHEDULE` for leave and closures.
+        seen: which appointments the actor may see (`_seen_by`).
+        notice: the notice a cancellation sends (`cancellation`, or `exception`).
+        details: more for each audit event (e.g. which schedule exception).
+
+    Returns:
+        A row per appointment found (see CHANGE_STATUS_SQL); `id` is None for those
+        left unchanged.
+    """
+    guard = booking_rules.guard(setter, status, now)
+    columns = booking_rules.status_columns(status, now)
+    result = await session.execute(
+        CHANGE_STATUS_SQL,
+        {
+            **seen,
+            "ids": list(appointment_ids),
+            "status": status,
+            "now": now,
+            "cancelled_at": columns.get("cancelled_at"),
+            "checked_in_at": columns.get("checked_in_at"),
+            "reason": reason,
+            "actor": actor_user_id,
+            "allowed_from": list(guard.allowed_from),
+            "started_by": guard.started_by,
+            "ends_after": guard.ends_after,
+            "announcements": list(notifications.ANNOUNCEMENTS),
+            "unsent": list(notifications.UNSENT),
+            "notice": notice,
+            "action": audit.APPOINTMENT_STATUS_CHANGED,
+            "details": json.dumps(details or {}),
+        },
+    )
+    return list(result)
+
+
+def changed_appointment(row: Any) -> Appointment:
+    """The appointment as a changed row of `set_status` left it (detached)."""
+    mapping = row._mapping
+    return Appointment(**{name: mapping[name] for name in _COLUMNS})
+
+
+_COLUMNS = tuple(Appointment.__table__.columns.keys())
+
+
+async def change_status(
+    session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    appointment_id: int,
+    *,
+    status: str,
+    now: dt.datetime,
+    reason: str | None = None,
+) -> BookingResult:
+    """Check in, complete, cancel or mark a no-show, following the state machine: one
+    statement, with the outbox and audit rows (`set_status`). Commits.
+
+    Raises:
+        Invalid: an illegal transition (e.g. completed -> cancelled).
+        Forbidden: the actor's role may not set this status.
+        NotFound: not visible to the actor.
+    """
+    booking_rules.check_known(status)
+    await _one_statement_session(session)
+    for _ in range(2):
+        rows = await set_status(
+            session,
+            [appointment_id],
+            status,
+            setter=actor.role,
+            actor_user_id=actor.id,
+            now=now,
+            seen=_seen_by(actor),
+            reason=reason,
+        )
+        await session.commit()
+        if not rows or not rows[0].may_see:
+            raise NotFound(f"appointment {appointment_id} not found")
+        row = rows[0]
+        if row.id is not None:
+            appointment = changed_appointment(row)
+            await effects.appointments_changed([_change(appointment, row.timezone, status)])
+            return BookingResult(appointment, row.timezone, replayed=False)
+        found = _Found(row.found_status, row.found_starts_at, row.found_ends_at)
+        booking_rules.check_transition(actor.role, found, status, now)
+        # Allowed as it was read, refused once locked: another change came first. The
+        # second pass reads what it did and answers with the reason.
+    raise Conflict("the appointment has just been changed; reload it")
+
+
+async def bulk_update(
+    session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    appointment_ids: Sequence[int],
+    *,
+    status: str,
+    now: dt.datetime,
+) -> dict[int, str]:
+    """Set one status on many appointments in one statement (review M-3), with their
+    outbox and audit rows (`set_status`). Commits.
+
+    Returns:
+        For each id: `updated`; `not_found` (unknown, or not the actor's to see: another
+        clinic's answers like an unknown id); `forbidden` (the actor's to see, but their
+        role may not set this status, e.g. a doctor cancelling); `invalid_transition`.
+    """
+    booking_rules.check_bulk_target(status)
+    ids = list(dict.fromkeys(appointment_ids))
+    if not ids or len(ids) > MAX_BULK:
+        raise Invalid(f"give between 1 and {MAX_BULK} appointment ids")
+    await _one_statement_session(session)
+    rows = await set_status(
+        session,
+        ids,
+        status,
+        setter=actor.role,
+        actor_user_id=actor.id,
+        now=now,
+        seen=_seen_by(actor),
+        details={"bulk": True},
+    )
+    await session.commit()
+    result = dict.fromkeys(ids, "not_found")
+    changes = []
+    for row in rows:
+        if row.id is not None:
+            result[row.id] = "updated"
+            days = tuple(local_days(row.starts_at, row.ends_at, row.timezone))
+            changes.append(
+                AppointmentChange(
+                    row.id, row.doctor_id, row.clinic_id, days, status, row.patient_id
+                )
+            )
+        elif not row.may_see:
+            # Another clinic's appointment answers exactly like an unknown id: no
+            # existence leak (docs/security.md, "404 or 403?").
+            result[row.found_id] = "not_found"
+        else:
+            found = _Found(row.found_status, row.found_starts_at, row.found_ends_at)
+            why = booking_rules.refusal(actor.role, found, status, now)
+            # forbidden: e.g. a doctor cancelling (theirs to see, not to cancel); no
+            # reason as read: another change came first.
+            forbidden = why is not None and why.kind == "forbidden"
+            result[row.found_id] = "forbidden" if forbidden else "invalid_transition"
+    await effects.appointments_changed(changes)
+    return result

@@ -1,0 +1,230 @@
+"""What may happen to an appointment, and when: pure rules, no I/O.
+
+The state machine, who may set which status, the time conditions on a change, who may
+book for whom, and what makes a slot bookable. Every path that books or changes a status
+asks these (the API, the pages, bulk updates, leave and closures).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+from zoneinfo import ZoneInfo
+
+from app.errors import Forbidden, Invalid
+from app.scheduling.availability import Interval, day_slots
+
+if TYPE_CHECKING:
+    from app.access.identity import Principal
+    from app.scheduling.slots import DoctorDays
+
+# Legal status changes; anything else answers 422.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "booked": frozenset({"checked_in", "cancelled", "no_show"}),
+    "checked_in": frozenset({"completed", "cancelled"}),
+    "completed": frozenset(),
+    "cancelled": frozenset(),
+    "no_show": frozenset(),
+}
+STATUSES = frozenset(TRANSITIONS)
+# Who sets a status: a signed-in role, or the clinic's calendar when leave or a closure
+# cancels the bookings it covers (not a role anyone signs in with).
+SCHEDULE = "schedule"
+# What each may set. Patients cancel their own (visibility limits them to their own);
+# doctors run their own day.
+ROLE_TARGETS: dict[str, frozenset[str]] = {
+    "patient": frozenset({"cancelled"}),
+    "doctor": frozenset({"checked_in", "completed", "no_show"}),
+    "front_desk": frozenset({"checked_in", "completed", "cancelled", "no_show"}),
+    "admin": frozenset({"checked_in", "completed", "cancelled", "no_show"}),
+    SCHEDULE: frozenset({"cancelled"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BookingRules:
+    min_notice: dt.timedelta
+    horizon: dt.timedelta
+    max_future_per_doctor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a status change may not happen: `forbidden` (403) or `invalid` (422)."""
+
+    kind: Literal["forbidden", "invalid"]
+    message: str
+
+
+def sources(target: str) -> frozenset[str]:
+    """The statuses from which `target` can be reached."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+def status_columns(target: str, now: dt.datetime) -> dict[str, object]:
+    """The columns a change to `target` sets: the status and when it happened."""
+    columns: dict[str, object] = {"status": target, "updated_at": now}
+    if target == "cancelled":
+        columns["cancelled_at"] = now
+    if target == "checked_in":
+        columns["checked_in_at"] = now
+    return columns
+
+
+def check_known(target: str) -> None:
+    """Raises Invalid for a status that does not exist."""
+    if target not in STATUSES:
+        raise Invalid(f"unknown status {target!r}")
+
+
+class Booked(Protocol):
+    """What the rules read of an appointment (the ORM object, or a row of its columns)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def starts_at(self) -> dt.datetime: ...
+    @property
+    def ends_at(self) -> dt.datetime: ...
+
+
+def refusal(setter: str, appointment: Booked, target: str, now: dt.datetime) -> Refusal | None:
+    """Why `setter` (a role, or SCHEDULE) may not set `target` on the appointment; None if
+    they may. The role is judged first, then the state machine, then the clock: a no-show
+    only after the start, no cancelling once it has ended (except by leave or closure,
+    which cancel what they cover)."""
+    current = appointment.status
+    if target not in ROLE_TARGETS.get(setter, frozenset()):
+        return Refusal("forbidden", f"your role may not mark appointments {target}")
+    if target not in TRANSITIONS[current]:
+        return Refusal("invalid", f"a {current} appointment cannot become {target}")
+    if target == "no_show" and now < appointment.starts_at:
+        return Refusal("invalid", "a no-show can be recorded only after the start time")
+    if target == "cancelled" and setter != SCHEDULE and now >= appointment.ends_at:
+        return Refusal(
+            "invalid", "a past appointment cannot be cancelled; mark it completed or no-show"
+        )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """`refusal` as conditions on the row, for an UPDATE that changes only what it may:
+    the status is one of `allowed_from`, it started by `started_by` and ends after
+    `ends_after` (None: no such condition)."""
+
+    allowed_from: tuple[str, ...]
+    started_by: dt.datetime | None
+    ends_after: dt.datetime | None
+
+
+def guard(setter: str, target: str, now: dt.datetime) -> Guard:
+    """The rows `setter` may set to `target` now (no status at all when their role may not):
+    exactly those for which `refusal` gives no reason."""
+    if target not in ROLE_TARGETS.get(setter, frozenset()):
+        return Guard((), None, None)
+    return Guard(
+        tuple(sorted(sources(target))),
+        now if target == "no_show" else None,
+        now if target == "cancelled" and setter != SCHEDULE else None,
+    )
+
+
+def check_transition(setter: str, appointment: Booked, target: str, now: dt.datetime) -> None:
+    """Raises Forbidden or Invalid when `refusal` gives a reason."""
+    why = refusal(setter, appointment, target, now)
+    if why is not None:
+        raise (Forbidden if why.kind == "forbidden" else Invalid)(why.message)
+
+
+def check_bulk_target(target: str) -> None:
+    """Raises Invalid for a status no appointment can be set to (unknown, or `booked`)."""
+    check_known(target)
+    if not sources(target):
+        raise Invalid(f"no appointment can be set back to {target}")
+
+
+def check_reschedule(role: str, current: str) -> None:
+    """Patients move their own bookings, front desks and admins anyone's; doctors do not.
+
+    Raises:
+        Forbidden: a doctor.
+        Invalid: the appointment is no longer booked.
+    """
+    if role == "doctor":
+        raise Forbidden("doctors do not reschedule; the front desk does")
+    if current != "booked":
+        raise Invalid(f"a {current} appointment cannot be rescheduled")
+
+
+def target_patient(actor: Principal, patient_id: int | None) -> int:
+    """Who the booking is for: patients book for themselves, front desks and admins for
+    anyone (a front desk only with its own clinic's doctors: see `check_desk_clinic`;
+    that the patient exists is checked with their facts)."""
+    if actor.role == "patient":
+        if patient_id is not None and patient_id != actor.patient_id:
+            raise Forbidden("patients can book only for themselves")
+        assert actor.patient_id is not None
+        return actor.patient_id
+    if actor.role in ("front_desk", "admin"):
+        if patient_id is None:
+            raise Invalid("patient_id is required when staff book")
+        return patient_id
+    raise Forbidden("your role may not book appointments")
+
+
+def check_desk_clinic(actor: Principal, clinic_id: int) -> None:
+    """Raises Forbidden when a front desk books with another clinic's doctor."""
+    if actor.role == "front_desk" and actor.clinic_id != clinic_id:
+        raise Forbidden("front desks book only with their own clinic's doctors")
+
+
+def find_slot(data: DoctorDays, start: dt.datetime) -> Interval:
+    """The template slot starting exactly at `start`, or Invalid."""
+    tz = ZoneInfo(data.timezone)
+    day = start.astimezone(tz).date()
+    for slot in day_slots(day, data.ranges, tz):
+        if slot.start == start:
+            return Interval(slot.start, slot.end)
+    raise Invalid("this time is not on the doctor's slot grid")
+
+
+def check_bookable(data: DoctorDays, slot: Interval, rules: BookingRules, now: dt.datetime) -> None:
+    """Raises Invalid when the slot may not be booked now: the doctor is inactive, it is
+    past, too soon, beyond the horizon, or in leave or a closure."""
+    if not data.active:
+        raise Invalid("this doctor is not taking appointments")
+    if slot.start < now:
+        raise Invalid("this time is in the past")
+    if slot.start < now + rules.min_notice:
+        minutes = int(rules.min_notice.total_seconds() // 60)
+        raise Invalid(f"appointments need at least {minutes} minutes' notice")
+    if slot.start > now + rules.horizon:
+        raise Invalid(f"appointments can be booked at most {rules.horizon.days} days ahead")
+    if any(slot.overlaps(b) for b in data.blocked):
+        raise Invalid("the doctor is not available then (leave or closure)")
+
+
+def check_room_for_one_more(held: int, rules: BookingRules) -> None:
+    """Raises Invalid when a patient holding `held` future bookings with a doctor may not
+    take another one with them."""
+    if held >= rules.max_future_per_doctor:
+        raise over_the_limit(rules)
+
+
+def check_room_to_move(
+    held: int, starts_at: dt.datetime, now: dt.datetime, rules: BookingRules
+) -> None:
+    """Raises Invalid when moving a booking that starts at `starts_at` to a future slot
+    would take the patient past the limit: only one that has already begun (not counted
+    in `held`, their future bookings with the doctor) adds to what they hold."""
+    if starts_at <= now:
+        check_room_for_one_more(held, rules)
+
+
+def over_the_limit(rules: BookingRules) -> Invalid:
+    return Invalid(
+        f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
+        "with one doctor"
+    )

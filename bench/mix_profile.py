@@ -1,0 +1,387 @@
+"""Server CPU per request of each endpoint class of the mix, and where it goes (issue 17).
+
+Usage (a database `medbook seed scale` loaded and migrated to head; the bench writes its
+own bookings into it and deletes them at the end):
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/capacity_bench \
+        .venv/bin/python bench/mix_profile.py [--requests 300] [--profile]
+
+It starts one `medbook serve --workers 1` process and drives each class of
+`bench/mixed_bench.py`'s mix through it, a few at a time, closed loop: availability,
+booking (POST) and cancel (PATCH), record lists, appointment lists, sign-ins and token
+refreshes, and the status changes and bulk updates outside the mix (check-in and complete
+by the doctor, a front desk's bulk cancel of ten). For each class it reads the server
+process's CPU time (user + system) before and after: CPU per request is far less
+disturbed than latency by other work on a shared machine. `--profile` then runs each class
+again under `py-spy record` (speedscope files in bench/results/profiles/) and prints each
+profile's top entries by own time and by total time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime as dt
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.access.tokens import issue_access_token  # noqa: E402
+from app.settings import plain_database_url  # noqa: E402
+from bench.availability_bench import free_port, free_slots, server_env, start_server  # noqa: E402
+from bench.mixed_bench import (  # noqa: E402
+    MIX,
+    REASON,
+    booking_items,
+    claim_redis,
+    delete_bookings,
+    load_fixtures,
+    release_redis,
+)
+from db.seed_demo import DEMO_PASSWORD  # noqa: E402
+
+PROFILES = ROOT / "bench" / "results" / "profiles"
+CONCURRENCY = 4
+WARM_UP = 40  # requests of each class first, not counted: Principals cached, pool warm
+# A class's share of the mix's requests (booking's and auth's shares are split evenly
+# between their two requests, as the mix sends them in pairs).
+SHARES = {
+    "availability": MIX["availability"],
+    "book": MIX["booking"] / 2,
+    "cancel": MIX["booking"] / 2,
+    "records": MIX["records"],
+    "lists": MIX["lists"],
+    "sign-in": MIX.get("auth", 0.0) / 2,
+    "refresh": MIX.get("auth", 0.0) / 2,
+}
+Call = tuple[str, str, dict | None, str]  # method, path, JSON body, bearer token
+
+
+@dataclass
+class Measured:
+    name: str
+    count: int = 0
+    cpu_s: float = 0.0
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    @property
+    def ms(self) -> float:
+        return self.cpu_s * 1000 / self.count if self.count else float("nan")
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) so far of the server process and its children."""
+    root = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in (root, *root.children(recursive=True)))
+
+
+async def drive(
+    http: httpx.AsyncClient, calls: Sequence[Call], seen: Callable[[int, httpx.Response], None]
+) -> collections.Counter[int]:
+    """Send the calls, CONCURRENCY at a time; `seen(i, response)` sees each answer."""
+    statuses: collections.Counter[int] = collections.Counter()
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(i: int, call: Call) -> None:
+        method, path, body, token = call
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with gate:
+            response = await http.request(method, path, json=body, headers=headers)
+        statuses[response.status_code] += 1
+        seen(i, response)
+
+    await asyncio.gather(*(one(i, c) for i, c in enumerate(calls)))
+    return statuses
+
+
+async def measure(
+    http: httpx.AsyncClient,
+    pid: int,
+    name: str,
+    calls: Sequence[Call],
+    seen: Callable[[int, httpx.Response], None] = lambda i, r: None,
+    profile: bool = False,
+) -> Measured:
+    """Server CPU over the calls; with `profile`, under py-spy (its figures are not kept)."""
+    spy = None
+    if profile:
+        PROFILES.mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                *("record", "--pid", str(pid), "--rate", "250", "--nonblocking"),
+                *("--format", "speedscope", "--output", str(PROFILES / f"{name}.json")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        await asyncio.sleep(1)  # py-spy attaches
+    before = server_cpu(pid)
+    statuses = await drive(http, calls, seen)
+    result = Measured(name, len(calls), server_cpu(pid) - before, statuses)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        spy.wait(timeout=60)
+    return result
+
+
+def top_entries(path: Path, count: int = 12) -> tuple[list[tuple[str, float]], ...]:
+    """A speedscope profile's frames by own share of the samples, and medbook's own
+    functions (app/, db/) by total share (the frames of the server around them are in
+    every sample and say nothing)."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    names = [f"{f['name']} ({Path(f.get('file', '?')).name})" for f in frames]
+    ours = {
+        i
+        for i, f in enumerate(frames)
+        if any(f"/{part}/" in f.get("file", "") for part in ("app", "db"))
+        and "site-packages" not in f.get("file", "")
+    }
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for profile in data["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            if not stack:
+                continue
+            samples += weight
+            own[names[stack[-1]]] += weight
+            for i in set(stack) & ours:
+                total[names[i]] += weight
+    if not samples:
+        return [], []
+    return (
+        [(n, w / samples) for n, w in own.most_common(count)],
+        [(n, w / samples) for n, w in total.most_common(count)],
+    )
+
+
+def print_profiles() -> None:
+    """Each profile's top entries (`python bench/mix_profile.py --show`)."""
+    for path in sorted(PROFILES.glob("*.json")):
+        own, total = top_entries(path)
+        print(f"\n{path.stem}: own time")
+        print("\n".join(f"  {share:6.1%}  {name}" for name, share in own))
+        print(f"{path.stem}: medbook's functions by total time")
+        print("\n".join(f"  {share:6.1%}  {name}" for name, share in total))
+
+
+async def fixtures_for_changes(database_url: str, secret: str) -> dict:
+    """Tokens of each doctor, of each clinic's front desk, and sign-in emails."""
+    conn = await asyncpg.connect(plain_database_url(database_url))
+    try:
+        doctors = await conn.fetch(
+            "SELECT u.id, u.doctor_id, d.clinic_id FROM users u JOIN doctors d "
+            "ON d.id = u.doctor_id WHERE u.role = 'doctor'"
+        )
+        desks = await conn.fetch("SELECT id, clinic_id FROM users WHERE role = 'front_desk'")
+        emails = await conn.fetch(
+            "SELECT email FROM users WHERE role = 'patient' AND is_active ORDER BY id LIMIT 2000"
+        )
+    finally:
+        await conn.close()
+
+    def token(user_id: int, role: str) -> str:
+        return issue_access_token(secret, user_id=user_id, role=role, ttl_seconds=7200)
+
+    return {
+        "doctor": {d["doctor_id"]: token(d["id"], "doctor") for d in doctors},
+        "clinic_of": {d["doctor_id"]: d["clinic_id"] for d in doctors},
+        "desk": {d["clinic_id"]: token(d["id"], "front_desk") for d in desks},
+        "emails": [e["email"] for e in emails],
+    }
+
+
+class Cursor:
+    """Hands out each class's items in order, so no pass books a slot an earlier one did."""
+
+    def __init__(self, items: dict[str, list]) -> None:
+        self.items = items
+        self.next: collections.Counter[str] = collections.Counter()
+
+    def take(self, kind: str, count: int) -> list:
+        items = self.items[kind]
+        first = self.next[kind]
+        self.next[kind] += count
+        return [items[(first + k) % len(items)] for k in range(count)]
+
+
+async def run_classes(
+    base: str, pid: int, cursor: Cursor, tokens: list[str], changes: dict, n: int, profile: bool
+) -> list[Measured]:
+    """Every class once, in the mix's order; bookings made here are the changes' subjects."""
+    out: list[Measured] = []
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+
+        def calls(kind: str, count: int = n) -> list[Call]:
+            return [
+                (m, p, json.loads(b) if b else None, tokens[t - 1])
+                for _, m, p, t, b in cursor.take(kind, count)
+            ]
+
+        # Availability: n items warm the cache as the mix would; the next n count.
+        await drive(http, calls("availability"), lambda i, r: None)
+        out.append(await measure(http, pid, "availability", calls("availability"), profile=profile))
+        out.append(await measure(http, pid, "records", calls("records"), profile=profile))
+        out.append(await measure(http, pid, "lists", calls("lists"), profile=profile))
+
+        # Booking: 3n new appointments; n cancelled by their patient (the mix's PATCH), n
+        # checked in and completed by their doctor, n cancelled by front desks in tens.
+        booking = cursor.take("booking", 3 * n)
+        token_of = tokens
+        made: dict[int, tuple[int, int, str]] = {}  # index -> appointment id, doctor, token
+
+        def booked(i: int, response: httpx.Response) -> None:
+            if response.status_code == 201:
+                body = response.json()
+                made[i] = (body["id"], body["doctor_id"], booking[i][3])
+
+        book_calls = [(m, p, json.loads(b or "{}"), token_of[t - 1]) for _, m, p, t, b in booking]
+        out.append(await measure(http, pid, "book", book_calls, booked, profile=profile))
+        ids = [made[i] for i in sorted(made)]
+        third = len(ids) // 3
+        cancel = [
+            ("PATCH", f"/api/appointments/{a}", {"status": "cancelled"}, token_of[t - 1])
+            for a, _, t in ids[:third]
+        ]
+        out.append(await measure(http, pid, "cancel", cancel, profile=profile))
+        doctor = [(a, changes["doctor"][d]) for a, d, _ in ids[third : 2 * third]]
+        checkin = [
+            ("PATCH", f"/api/appointments/{a}", {"status": "checked_in"}, t) for a, t in doctor
+        ]
+        out.append(await measure(http, pid, "check-in", checkin, profile=profile))
+        complete = [
+            ("PATCH", f"/api/appointments/{a}", {"status": "completed"}, t) for a, t in doctor
+        ]
+        out.append(await measure(http, pid, "complete", complete, profile=profile))
+        by_clinic: dict[int, list[int]] = collections.defaultdict(list)
+        for a, d, _ in ids[2 * third :]:
+            by_clinic[changes["clinic_of"][d]].append(a)
+        bulk: list[Call] = []
+        for clinic, appointment_ids in by_clinic.items():
+            for k in range(0, len(appointment_ids), 10):
+                body = {"appointment_ids": appointment_ids[k : k + 10], "status": "cancelled"}
+                desk = changes["desk"][clinic]
+                bulk.append(("POST", "/api/appointments/bulk-update", body, desk))
+        out.append(await measure(http, pid, "bulk (≤ 10 ids)", bulk, profile=profile))
+
+        # Sign-ins, then a refresh of each pair's refresh token.
+        emails = cursor.take("emails", max(1, n // 4))
+        sign_in = [
+            ("POST", "/api/auth/token", {"email": e, "password": DEMO_PASSWORD}, "") for e in emails
+        ]
+        refresh_tokens: list[str] = []
+
+        def signed_in(i: int, response: httpx.Response) -> None:
+            if response.status_code == 200:
+                refresh_tokens.append(response.json()["refresh_token"])
+
+        out.append(await measure(http, pid, "sign-in", sign_in, signed_in, profile=profile))
+        refresh = [("POST", "/api/auth/refresh", {"refresh_token": r}, "") for r in refresh_tokens]
+        out.append(await measure(http, pid, "refresh", refresh, profile=profile))
+    return out
+
+
+async def prepare(
+    base: str, database_url: str, secret: str, fixtures: dict, requests: int
+) -> tuple[Cursor, dict]:
+    """The items of every class (`mixed_bench.load_fixtures` has read most), with free
+    slots for the warm-up's and `requests` more bookings of each of the three kinds."""
+    changes = await fixtures_for_changes(database_url, secret)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        auth = {"Authorization": f"Bearer {fixtures['tokens'][0]}"}
+        today = dt.date.today()
+        slots = await free_slots(http, auth, fixtures["doctors"], today, 3 * (WARM_UP + requests))
+    booking = booking_items(slots, fixtures)
+    return Cursor({**fixtures["items"], "booking": booking, "emails": changes["emails"]}), changes
+
+
+async def cpu_per_class(
+    base: str, pid: int, database_url: str, secret: str, fixtures: dict, requests: int
+) -> list[str]:
+    """The table of server CPU per request of each class, after a warm-up pass, for a
+    server already running (bench/mixed_bench.py's report)."""
+    cursor, changes = await prepare(base, database_url, secret, fixtures, requests)
+    tokens = fixtures["tokens"]
+    await run_classes(base, pid, cursor, tokens, changes, WARM_UP, profile=False)
+    return report(await run_classes(base, pid, cursor, tokens, changes, requests, False))
+
+
+def report(measured: list[Measured]) -> list[str]:
+    lines = [
+        "| class | requests | server CPU ms per request | statuses |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for m in measured:
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(m.statuses.items()))
+        lines.append(f"| {m.name} | {m.count} | {m.ms:.2f} | {codes} |")
+    by_name = {m.name: m for m in measured}
+    weighted = sum(share * by_name[k].ms for k, share in SHARES.items() if k in by_name and share)
+    weight = sum(share for k, share in SHARES.items() if k in by_name and share)
+    lines.append(f"| **the mix, weighted by its shares** | | **{weighted / weight:.2f}** | |")
+    return lines
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="per class")
+    parser.add_argument("--profile", action="store_true", help="also run under py-spy")
+    parser.add_argument("--show", action="store_true", help="only print the last profiles")
+    args = parser.parse_args()
+    if args.show:
+        print_profiles()
+        return
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        raise SystemExit("set DATABASE_URL to a database `medbook seed scale` loaded")
+    redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/6", 3600)
+    secret = secrets.token_urlsafe(40)
+    env = server_env(
+        database_url,
+        redis_url,
+        secret,
+        RATE_LIMIT_AUTH_PER_MINUTE="1000000",  # one address signs everyone in here
+        RATE_LIMIT_USER_PER_MINUTE="1000000",
+    )
+    today = dt.date.today()
+    fixtures = await load_fixtures(database_url, secret, today)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(env, port, workers=1, log_name="mix-profile-server.log")
+    try:
+        passes = 2 if args.profile else 1
+        n = args.requests
+        cursor, changes = await prepare(base, database_url, secret, fixtures, n * passes)
+        tokens = fixtures["tokens"]
+        await run_classes(base, server.pid, cursor, tokens, changes, WARM_UP, profile=False)
+        measured = await run_classes(base, server.pid, cursor, tokens, changes, n, False)
+        print("\n".join(report(measured)), flush=True)
+        if args.profile:
+            await run_classes(base, server.pid, cursor, tokens, changes, n, True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        release_redis(bench_redis)
+        print(f"bench bookings ({REASON!r}) deleted: {await delete_bookings(database_url)}")
+    if args.profile:
+        print_profiles()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

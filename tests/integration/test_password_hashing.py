@@ -1,0 +1,87 @@
+"""argon2 runs in threads, off the event loop: a burst of sign-ins neither stalls the other
+requests of the process nor piles up without bound (issue #17)."""
+
+import asyncio
+import dataclasses
+import threading
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.access import passwords
+from app.errors import BUSY, Overloaded, outage
+from app.web.asgi import create_app
+from conftest import LiveServer
+from tests.integration.world import PASSWORD, make_world
+
+ROOMY = {  # admission and the sign-in rate limit let a whole burst in: hashing is measured
+    "ADMISSION_MAX_IN_FLIGHT": "100",
+    "ADMISSION_MAX_QUEUE": "100",
+    "RATE_LIMIT_AUTH_PER_MINUTE": "1000",
+}
+
+
+@pytest.fixture
+async def server(db, redis):
+    # `redis` empties the run's Redis: no Principal cached by an earlier test's world.
+    server = LiveServer(env=ROOMY)
+    yield server
+    server.stop()
+
+
+def credentials(n):
+    return {"email": f"p{n}@t.test", "password": PASSWORD}
+
+
+async def test_a_cheap_request_is_served_while_twenty_sign_ins_hash(server, session, settings):
+    world = await make_world(session, settings.secret_key, patients=20)
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+        sign_ins = [
+            asyncio.create_task(http.post("/api/auth/token", json=credentials(n)))
+            for n in range(20)
+        ]
+        # Once the first has come back, the others are at (or queued for) their hashing:
+        # two threads, each hash tens of milliseconds of CPU or more. The cheap request
+        # must not wait for them, as it did when they hashed on the event loop.
+        await asyncio.wait(sign_ins, return_when=asyncio.FIRST_COMPLETED)
+        me = await http.get("/api/auth/me", headers=world.headers("desk"))
+        still_signing_in = sum(not task.done() for task in sign_ins)
+        answers = await asyncio.gather(*sign_ins)
+    assert me.status_code == 200, me.text
+    assert still_signing_in >= 10, f"only {still_signing_in} sign-ins were left"
+    assert [a.status_code for a in answers] == [200] * 20
+
+
+async def test_a_sign_in_beyond_the_queue_is_shed_with_503_and_retry_after(
+    db, redis, session, settings, monkeypatch
+):
+    """One hashing thread, held busy, and no room to wait: the sign-in is refused at once
+    with 503 + Retry-After; once the thread is free, the same sign-in succeeds."""
+    await make_world(session, settings.secret_key, patients=1)
+    pool = passwords.HashPool(threads=1, waiting=0)
+    monkeypatch.setattr(passwords, "pool", pool)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait()
+        return "held"
+
+    roomy = dataclasses.replace(settings, rate_limit_auth_per_minute=1000)
+    async with AsyncTestClient(app=create_app(roomy)) as client:
+        busy = asyncio.create_task(pool.run(hold))
+        await asyncio.to_thread(started.wait)
+        try:
+            refused = await client.post("/api/auth/token", json=credentials(0))
+        finally:
+            release.set()
+        assert await busy == "held"
+        admitted = await client.post("/api/auth/token", json=credentials(0))
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert admitted.status_code == 200, admitted.text
+
+
+def test_an_overloaded_process_is_busy_not_a_bug():
+    assert outage(Overloaded("too many sign-ins at once")) == BUSY

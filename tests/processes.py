@@ -1,0 +1,149 @@
+"""Processes that tests start: each in a process group of its own, registered the moment it
+starts, and stopped whole (the process and whatever it started) whatever the test's
+outcome; and, at the end of a run, the search for any process left behind."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from typing import Any
+
+import psutil
+
+# Started by start_process and not yet stopped, oldest first.
+_running: list[subprocess.Popen] = []
+# The ids of the process groups start_process made (each one its leader's pid).
+_groups: set[int] = set()
+
+
+def start_process(args: Sequence[str], **popen: Any) -> subprocess.Popen:
+    """`subprocess.Popen(args, **popen)` in a new session (so a process group of its own,
+    away from the terminal's signals), registered at once for stop_process."""
+    process = subprocess.Popen(args, start_new_session=True, **popen)
+    _running.append(process)
+    _groups.add(process.pid)
+    return process
+
+
+def run_process(
+    args: Sequence[str], *, timeout: float, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(args, capture_output=True, text=True, timeout=timeout)`, whose
+    process group is stopped whole when it ends, times out or the test fails."""
+    process = start_process(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        stop_process(process)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def stop_process(process: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM to the process's whole group, up to `grace` seconds for the process to
+    end, then SIGKILL to whatever of the group is left; reaped either way."""
+    try:
+        if process.returncode is None:
+            _signal_group(process, signal.SIGTERM)
+            _wait_unreaped(process, grace)
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
+    finally:
+        with suppress(ValueError):
+            _running.remove(process)
+
+
+def kill_process(process: subprocess.Popen) -> None:
+    """SIGKILL to the process's whole group at once (a crash, or a server pulled away)."""
+    stop_process(process, grace=0)
+
+
+def running() -> frozenset[subprocess.Popen]:
+    """The processes started and not stopped yet."""
+    return frozenset(_running)
+
+
+def stop_all_except(kept: frozenset[subprocess.Popen]) -> None:
+    """Stop every running process not in `kept` (at a test's end: what it started)."""
+    for process in reversed(_running):
+        if process not in kept:
+            stop_process(process)
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    # Until it is reaped, the leader's pid (its group's id) cannot be reused; after that
+    # it is still reserved while any process of the group lives.
+    with suppress(ProcessLookupError, PermissionError):
+        if process.pid in _groups:
+            os.killpg(process.pid, sig)
+        elif process.returncode is None:
+            process.send_signal(sig)
+
+
+def _wait_unreaped(process: subprocess.Popen, timeout: float) -> None:
+    """Wait until the process has ended, leaving it unreaped so its group id stays ours
+    for the SIGKILL that follows (a pidfd on Linux; elsewhere it is reaped)."""
+    if timeout <= 0:
+        return
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+        return
+    try:
+        select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+
+
+def descendants() -> set[int]:
+    """The ids of this process's live descendants."""
+    return {p.pid for p in psutil.Process().children(recursive=True) if _alive(p)}
+
+
+def left_behind(markers: Iterable[str], spared: set[int]) -> list[psutil.Process]:
+    """Live processes this run started and never stopped: its descendants, members of
+    the groups start_process made, and whatever names one of `markers` (the run's own
+    folders) on its command line; not those in `spared`, nor this process."""
+    markers = [m for m in markers if m]
+    mine = descendants()
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid == os.getpid() or proc.pid in spared or not _alive(proc):
+            continue
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        with suppress(OSError):
+            if (
+                proc.pid in mine
+                or os.getpgid(proc.pid) in _groups
+                or any(m in cmdline for m in markers)
+            ):
+                found.append(proc)
+    return found
+
+
+def stop_left_behind(markers: Iterable[str], spared: set[int], grace: float = 5) -> list[str]:
+    """Give the processes left behind `grace` seconds to end by themselves (a watchdog
+    stopping a server, a browser closing), then kill the rest; their command lines."""
+    found = left_behind(markers, spared)
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    lines = []
+    for proc in alive:
+        with suppress(psutil.Error):
+            lines.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return lines
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
