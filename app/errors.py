@@ -1,5 +1,5 @@
-"""Domain errors, which the web layer maps to 4xx answers, and which failures of
-PostgreSQL and Redis are outages (503), not bugs."""
+"""Domain errors, which the web layer maps to 4xx answers, which failures of PostgreSQL
+and Redis are outages (503), not bugs, and which are a value the database refuses (400)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,28 @@ _NETWORK_ERRNOS = frozenset(
 )
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors it wraps (SQLAlchemy's `.orig`, then causes), at most six."""
+    found: list[BaseException] = []
+    error: BaseException | None = exc
+    while error is not None and len(found) < 6:  # a chain is short; never follow a cycle
+        found.append(error)
+        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
+    return found
+
+
+def refused_value(exc: BaseException) -> bool:
+    """Whether `exc` is PostgreSQL's (or asyncpg's, before sending) refusal of a value: a
+    data exception (SQLSTATE class 22) such as a number beyond bigint, a NUL in text or a
+    date out of range. The request's fault (400), never a 500; routes bound their inputs
+    first, so this is the last line, for a value no route check foresaw."""
+    for error in _chain(exc):
+        state = getattr(error, "sqlstate", None)
+        if isinstance(state, str) and state.startswith("22"):
+            return True
+    return False
+
+
 def outage(exc: BaseException) -> str | None:
     """Whether `exc`, or an error it wraps, says PostgreSQL or Redis cannot serve now: a
     503 with Retry-After, not a bug's 500.
@@ -78,13 +100,9 @@ def outage(exc: BaseException) -> str | None:
     Returns:
         BUSY, DOWN, or None for any other error.
     """
-    error: BaseException | None = exc
-    for _ in range(6):  # a chain is short; never follow a cycle
-        if error is None:
-            return None
+    for error in _chain(exc):
         if kind := _kind(error):
             return kind
-        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
     return None
 
 

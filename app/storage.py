@@ -61,7 +61,12 @@ class Store(Protocol):
         ...
 
     def urls(
-        self, keys: list[str], *, now: float | None = None, issued_to: int | None = None
+        self,
+        keys: list[str],
+        *,
+        now: float | None = None,
+        issued_to: int | None = None,
+        dispositions: list[str] | None = None,
     ) -> list[str]:
         """Download URLs for `keys`, valid for URL_SECONDS from `now` (epoch seconds).
 
@@ -69,6 +74,8 @@ class Store(Protocol):
             issued_to: the user the URLs are for; the disk store signs it into the URL so
                 its download route can audit who downloaded (S3 cannot: its server access
                 logs are the trail there, docs/security.md).
+            dispositions: the Content-Disposition each download is answered with (S3 signs
+                it into the URL; the disk store's download route sets it itself).
         """
         ...
 
@@ -131,8 +138,15 @@ class FastPresigner:
         self._day_key = (secret, day, k)
         return k
 
-    def urls(self, keys: list[str], expires_in: int, now: dt.datetime) -> list[str]:
-        """Signed GET URLs for `keys`; the parts shared by a batch are computed once."""
+    def urls(
+        self,
+        keys: list[str],
+        expires_in: int,
+        now: dt.datetime,
+        dispositions: list[str] | None = None,
+    ) -> list[str]:
+        """Signed GET URLs for `keys`; the parts shared by a batch are computed once.
+        `dispositions`: a `response-content-disposition` per key for S3 to answer with."""
         frozen = self.credentials.get_frozen_credentials()
         stamp = now.strftime("%Y%m%dT%H%M%SZ")
         day = stamp[:8]
@@ -153,12 +167,17 @@ class FastPresigner:
         signing_key = self._signing_key(frozen.secret_key, day)
         sha256, new_hmac = hashlib.sha256, hmac.new
         out = []
-        for key in keys:
+        for i, key in enumerate(keys):
             quoted = quote(key, safe="/~")
-            canonical = f"GET\n{ep.path_prefix}{quoted}{tail}"
+            this_tail, this_query = tail, query
+            if dispositions:
+                # Sorts after every X-Amz-* name, as the canonical query must.
+                this_query = f"{query}&response-content-disposition={_q(dispositions[i])}"
+                this_tail = f"\n{this_query}\nhost:{ep.host}\n\nhost\nUNSIGNED-PAYLOAD"
+            canonical = f"GET\n{ep.path_prefix}{quoted}{this_tail}"
             to_sign = head + sha256(canonical.encode()).hexdigest()
             signature = new_hmac(signing_key, to_sign.encode(), sha256).hexdigest()
-            out.append(f"{ep.prefix}{quoted}?{query}&X-Amz-Signature={signature}")
+            out.append(f"{ep.prefix}{quoted}?{this_query}&X-Amz-Signature={signature}")
         return out
 
 
@@ -248,10 +267,15 @@ class S3Store:
         return await asyncio.to_thread(scan)
 
     def urls(
-        self, keys: list[str], *, now: float | None = None, issued_to: int | None = None
+        self,
+        keys: list[str],
+        *,
+        now: float | None = None,
+        issued_to: int | None = None,
+        dispositions: list[str] | None = None,
     ) -> list[str]:
         instant = dt.datetime.fromtimestamp(int(time.time() if now is None else now), dt.UTC)
-        return self.presigner.urls(keys, URL_SECONDS, instant)
+        return self.presigner.urls(keys, URL_SECONDS, instant, dispositions)
 
     def download_url(self, key: str, filename: str, seconds: int) -> str:
         """A pre-signed GET that saves the file as `filename` (botocore signs this one:
@@ -346,8 +370,14 @@ class DiskStore:
         return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
 
     def urls(
-        self, keys: list[str], *, now: float | None = None, issued_to: int | None = None
+        self,
+        keys: list[str],
+        *,
+        now: float | None = None,
+        issued_to: int | None = None,
+        dispositions: list[str] | None = None,
     ) -> list[str]:
+        # `dispositions` are not carried: the download route names the file itself.
         if self.url_path is None:
             raise RuntimeError(f"the app serves no downloads from {self.root}")
         expires = int(time.time() if now is None else now) + URL_SECONDS

@@ -47,6 +47,9 @@ from db.models import Appointment, Clinic
 from db.session import driver_fetchmany
 
 MAX_BULK = 500
+# The audit events of an undone check-in and of staff booking beyond the limit.
+CHECK_IN_UNDONE = audit.APPOINTMENT_CHECK_IN_UNDONE
+LIMIT_OVERRIDDEN = audit.APPOINTMENT_LIMIT_OVERRIDDEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +168,9 @@ async def warm_up(connection: AsyncConnection) -> None:
     nothing = (0, patient, 0, now, now, None, None, None, None, empty, empty, empty, 1, now)
     with suppress(asyncpg.CheckViolationError):
         async with connection.begin_nested():
-            await driver_fetchmany(connection, BOOK_SQL, [(*nothing, False), (*nothing, True)])
+            await driver_fetchmany(
+                connection, BOOK_SQL, [(*nothing, False, None), (*nothing, True, None)]
+            )
 
 
 async def _one_statement_session(session: AsyncSession) -> None:
@@ -189,6 +194,7 @@ async def book(
     patient_id: int | None = None,
     reason: str | None = None,
     idempotency_key: str | None = None,
+    override_reason: str | None = None,
 ) -> BookingResult:
     """Book one slot. Commits, then runs the after-commit effects.
 
@@ -202,6 +208,8 @@ async def book(
         actor: who is booking (a patient for themself, or staff for `patient_id`).
         start: the slot's start; must be exactly on the doctor's grid.
         idempotency_key: the client's key; the same key and body return the original.
+        override_reason: why staff book beyond the per-doctor limit; when they do, it is
+            recorded in an audit event committed with the booking.
 
     Raises:
         Conflict: the slot is taken (with `alternatives`).
@@ -215,6 +223,7 @@ async def book(
         raise Invalid("start must include a UTC offset, e.g. 2026-06-01T09:00:00+02:00")
     start = start.astimezone(dt.UTC)
     target = booking_rules.target_patient(actor, patient_id)
+    override_reason = booking_rules.check_override(actor.role, override_reason)
     await _one_statement_session(session)
     data, facts = await _booking_facts(session, doctor_id, start, target, now)
     booking_rules.check_desk_clinic(actor, data.clinic_id)
@@ -227,7 +236,11 @@ async def book(
         return replay
     slot = booking_rules.find_slot(data, start)
     booking_rules.check_bookable(data, slot, rules, now)
-    booking_rules.check_room_for_one_more(facts.held, rules)
+    # Beyond the limit only on staff's reason; the booking statement counts again under
+    # its lock and writes the audit event of an override with the booking.
+    booking_rules.check_room_for_one_more(
+        facts.held, rules, role=actor.role, override_reason=override_reason
+    )
     planned = notifications.plan(slot.start, data.timezone, now) if facts.channels else []
     values = (
         doctor_id,
@@ -247,7 +260,9 @@ async def book(
     )
     try:
         rows = await driver_fetchmany(
-            await session.connection(), BOOK_SQL, [(*values, False), (*values, True)]
+            await session.connection(),
+            BOOK_SQL,
+            [(*values, False, override_reason), (*values, True, override_reason)],
         )
         await session.commit()
     except asyncpg.PostgresError as exc:
@@ -264,7 +279,7 @@ async def book(
             return replay
         raise
     if not rows:  # counted under the lock: parallel bookings got there first
-        raise booking_rules.over_the_limit(rules)
+        raise booking_rules.over_the_limit(rules, role=actor.role)
     columns = dict(rows[0])
     replayed = columns.pop("replayed")
     appointment = Appointment(**columns)
@@ -391,6 +406,12 @@ class _Found:
     status: str
     starts_at: dt.datetime
     ends_at: dt.datetime
+    checked_in_at: dt.datetime | None
+
+
+def _found(row: Any) -> _Found:
+    """What a row of `set_status` says the appointment was before the change."""
+    return _Found(row.found_status, row.found_starts_at, row.found_ends_at, row.found_checked_in_at)
 
 
 def _seen_by(actor: Principal) -> dict[str, int | None]:
@@ -443,15 +464,20 @@ async def set_status(
             "now": now,
             "cancelled_at": columns.get("cancelled_at"),
             "checked_in_at": columns.get("checked_in_at"),
+            # an undone check-in clears its stamp (`status_columns` sets it to None)
+            "clear_checked_in": "checked_in_at" in columns and columns["checked_in_at"] is None,
             "reason": reason,
             "actor": actor_user_id,
             "allowed_from": list(guard.allowed_from),
             "started_by": guard.started_by,
             "ends_after": guard.ends_after,
+            "on_day_of": guard.on_day_of,
+            "checked_in_since": guard.checked_in_since,
             "announcements": list(notifications.ANNOUNCEMENTS),
             "unsent": list(notifications.UNSENT),
             "notice": notice,
-            "action": audit.APPOINTMENT_STATUS_CHANGED,
+            # An undone check-in has an event of its own, saying when the check-in was.
+            "action": CHECK_IN_UNDONE if status == "booked" else audit.APPOINTMENT_STATUS_CHANGED,
             "details": json.dumps(details or {}),
         },
     )
@@ -477,11 +503,13 @@ async def change_status(
     now: dt.datetime,
     reason: str | None = None,
 ) -> BookingResult:
-    """Check in, complete, cancel or mark a no-show, following the state machine: one
-    statement, with the outbox and audit rows (`set_status`). Commits.
+    """Check in, complete, cancel or mark a no-show, following the state machine, or undo
+    a check-in (`booked`): one statement, with the outbox and audit rows (`set_status`).
+    Commits.
 
     Raises:
-        Invalid: an illegal transition (e.g. completed -> cancelled).
+        Invalid: an illegal transition (e.g. completed -> cancelled), a check-in on
+            another day, an undo too late.
         Forbidden: the actor's role may not set this status.
         NotFound: not visible to the actor.
     """
@@ -506,8 +534,7 @@ async def change_status(
             appointment = changed_appointment(row)
             await effects.appointments_changed([_change(appointment, row.timezone, status)])
             return BookingResult(appointment, row.timezone, replayed=False)
-        found = _Found(row.found_status, row.found_starts_at, row.found_ends_at)
-        booking_rules.check_transition(actor.role, found, status, now)
+        booking_rules.check_transition(actor.role, _found(row), status, now, timezone=row.timezone)
         # Allowed as it was read, refused once locked: another change came first. The
         # second pass reads what it did and answers with the reason.
     raise Conflict("the appointment has just been changed; reload it")
@@ -562,8 +589,7 @@ async def bulk_update(
             # existence leak (docs/security.md, "404 or 403?").
             result[row.found_id] = "not_found"
         else:
-            found = _Found(row.found_status, row.found_starts_at, row.found_ends_at)
-            why = booking_rules.refusal(actor.role, found, status, now)
+            why = booking_rules.refusal(actor.role, _found(row), status, now, timezone=row.timezone)
             # forbidden: e.g. a doctor cancelling (theirs to see, not to cancel); no
             # reason as read: another change came first.
             forbidden = why is not None and why.kind == "forbidden"

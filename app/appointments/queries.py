@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
@@ -16,9 +16,11 @@ from app.appointments.rules import BookingRules
 from app.errors import Invalid, NotFound
 from app.scheduling.availability import Interval, day_slots
 from app.scheduling.slots import day_window, load_doctor_days
-from db.models import Appointment, Clinic, Doctor, Patient
+from db.models import Appointment, Clinic, Doctor, Patient, ScheduleException
 
 ALTERNATIVES = 3
+# How far ahead `first_free` reads a doctor's days per query.
+SEARCH_DAYS = 14
 
 
 def visible(actor: Principal) -> Any:
@@ -80,6 +82,55 @@ async def nearest_free(
     ]
     free.sort(key=lambda s: abs((s.start - around).total_seconds()))
     return sorted(free[:count], key=lambda s: s.start)
+
+
+async def first_free(
+    session: AsyncSession,
+    doctor_id: int,
+    day: dt.date,
+    rules: BookingRules,
+    now: dt.datetime,
+) -> Interval | None:
+    """The doctor's earliest free, bookable slot from the start of the clinic-local `day`
+    on (outside leave and closures, within the horizon); None when there is none."""
+    not_before, not_after = now + rules.min_notice, now + rules.horizon
+    timezone = await clinic_timezone(session, doctor_id)
+    tz = ZoneInfo(timezone)
+    first = max(day, not_before.astimezone(tz).date())
+    while (start := day_window(first, timezone).start) <= not_after:
+        data = await load_doctor_days(
+            session, doctor_id, start, start + dt.timedelta(days=SEARCH_DAYS + 1)
+        )
+        for i in range(SEARCH_DAYS):
+            for s in day_slots(
+                first + dt.timedelta(days=i),
+                data.ranges,
+                tz,
+                booked=data.booked,
+                blocked=data.blocked,
+                not_before=not_before,
+                not_after=not_after,
+            ):
+                if s.available:
+                    return Interval(s.start, s.end)
+        first += dt.timedelta(days=SEARCH_DAYS)
+    return None
+
+
+def in_conflict() -> ColumnElement[bool]:
+    """SQL: the appointment overlaps leave or a closure of its doctor or of its whole
+    clinic (an exception added without cancelling what it covers leaves these)."""
+    return exists().where(
+        or_(
+            ScheduleException.doctor_id == Appointment.doctor_id,
+            and_(
+                ScheduleException.doctor_id.is_(None),
+                ScheduleException.clinic_id == Appointment.clinic_id,
+            ),
+        ),
+        ScheduleException.starts_at < Appointment.ends_at,
+        ScheduleException.ends_at > Appointment.starts_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)

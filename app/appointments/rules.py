@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from app.access.identity import Principal
     from app.scheduling.slots import DoctorDays
 
-# Legal status changes; anything else answers 422.
+# Legal status changes; anything else answers 422. checked_in -> booked is the undo of a
+# check-in made by mistake, for UNDO_CHECK_IN after it.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "booked": frozenset({"checked_in", "cancelled", "no_show"}),
-    "checked_in": frozenset({"completed", "cancelled"}),
+    "checked_in": frozenset({"completed", "cancelled", "booked"}),
     "completed": frozenset(),
     "cancelled": frozenset(),
     "no_show": frozenset(),
@@ -32,14 +33,19 @@ STATUSES = frozenset(TRANSITIONS)
 # cancels the bookings it covers (not a role anyone signs in with).
 SCHEDULE = "schedule"
 # What each may set. Patients cancel their own (visibility limits them to their own);
-# doctors run their own day.
+# doctors run their own day; staff may undo a check-in (`booked` again).
 ROLE_TARGETS: dict[str, frozenset[str]] = {
     "patient": frozenset({"cancelled"}),
-    "doctor": frozenset({"checked_in", "completed", "no_show"}),
-    "front_desk": frozenset({"checked_in", "completed", "cancelled", "no_show"}),
-    "admin": frozenset({"checked_in", "completed", "cancelled", "no_show"}),
+    "doctor": frozenset({"checked_in", "completed", "no_show", "booked"}),
+    "front_desk": frozenset({"checked_in", "completed", "cancelled", "no_show", "booked"}),
+    "admin": frozenset({"checked_in", "completed", "cancelled", "no_show", "booked"}),
     SCHEDULE: frozenset({"cancelled"}),
 }
+# How long a check-in can be taken back: long enough to notice the wrong card was pressed,
+# short enough that a patient seen by the doctor is not "booked" again.
+UNDO_CHECK_IN = dt.timedelta(minutes=10)
+# Who may book a patient beyond BOOKING_MAX_FUTURE_PER_DOCTOR, giving a reason.
+MAY_OVERRIDE_LIMIT = frozenset({"front_desk", "admin"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,8 @@ def status_columns(target: str, now: dt.datetime) -> dict[str, object]:
         columns["cancelled_at"] = now
     if target == "checked_in":
         columns["checked_in_at"] = now
+    if target == "booked":  # an undone check-in
+        columns["checked_in_at"] = None
     return columns
 
 
@@ -87,18 +95,41 @@ class Booked(Protocol):
     def starts_at(self) -> dt.datetime: ...
     @property
     def ends_at(self) -> dt.datetime: ...
+    @property
+    def checked_in_at(self) -> dt.datetime | None: ...
 
 
-def refusal(setter: str, appointment: Booked, target: str, now: dt.datetime) -> Refusal | None:
+def refusal(
+    setter: str,
+    appointment: Booked,
+    target: str,
+    now: dt.datetime,
+    *,
+    timezone: str | None = None,
+) -> Refusal | None:
     """Why `setter` (a role, or SCHEDULE) may not set `target` on the appointment; None if
-    they may. The role is judged first, then the state machine, then the clock: a no-show
-    only after the start, no cancelling once it has ended (except by leave or closure,
-    which cancel what they cover)."""
+    they may. The role is judged first, then the state machine, then the clock: a check-in
+    only on the appointment's day in the clinic's `timezone` (required for a check-in),
+    its undo only within UNDO_CHECK_IN, a no-show only after the start, no cancelling once
+    it has ended (except by leave or closure, which cancel what they cover)."""
     current = appointment.status
     if target not in ROLE_TARGETS.get(setter, frozenset()):
         return Refusal("forbidden", f"your role may not mark appointments {target}")
     if target not in TRANSITIONS[current]:
         return Refusal("invalid", f"a {current} appointment cannot become {target}")
+    if target == "checked_in":
+        if timezone is None:
+            raise ValueError("a check-in is judged on the clinic's day: give its timezone")
+        tz = ZoneInfo(timezone)
+        if now.astimezone(tz).date() != appointment.starts_at.astimezone(tz).date():
+            return Refusal(
+                "invalid", "a patient can be checked in only on the day of the appointment"
+            )
+    if target == "booked":
+        at = appointment.checked_in_at
+        if at is None or now - at > UNDO_CHECK_IN:
+            minutes = int(UNDO_CHECK_IN.total_seconds() // 60)
+            return Refusal("invalid", f"a check-in can be undone only within {minutes} minutes")
     if target == "no_show" and now < appointment.starts_at:
         return Refusal("invalid", "a no-show can be recorded only after the start time")
     if target == "cancelled" and setter != SCHEDULE and now >= appointment.ends_at:
@@ -112,37 +143,51 @@ def refusal(setter: str, appointment: Booked, target: str, now: dt.datetime) -> 
 class Guard:
     """`refusal` as conditions on the row, for an UPDATE that changes only what it may:
     the status is one of `allowed_from`, it started by `started_by` and ends after
-    `ends_after` (None: no such condition)."""
+    `ends_after`, it starts on the clinic-local day of `on_day_of` (a check-in), it was
+    checked in at or after `checked_in_since` (an undone check-in) (None: no such condition)."""
 
     allowed_from: tuple[str, ...]
     started_by: dt.datetime | None
     ends_after: dt.datetime | None
+    on_day_of: dt.datetime | None = None
+    checked_in_since: dt.datetime | None = None
 
 
 def guard(setter: str, target: str, now: dt.datetime) -> Guard:
     """The rows `setter` may set to `target` now (no status at all when their role may not):
-    exactly those for which `refusal` gives no reason."""
+    exactly those for which `refusal` gives no reason (the day of a check-in is judged in
+    each appointment's clinic's time zone)."""
     if target not in ROLE_TARGETS.get(setter, frozenset()):
         return Guard((), None, None)
     return Guard(
         tuple(sorted(sources(target))),
         now if target == "no_show" else None,
         now if target == "cancelled" and setter != SCHEDULE else None,
+        now if target == "checked_in" else None,
+        now - UNDO_CHECK_IN if target == "booked" else None,
     )
 
 
-def check_transition(setter: str, appointment: Booked, target: str, now: dt.datetime) -> None:
+def check_transition(
+    setter: str,
+    appointment: Booked,
+    target: str,
+    now: dt.datetime,
+    *,
+    timezone: str | None = None,
+) -> None:
     """Raises Forbidden or Invalid when `refusal` gives a reason."""
-    why = refusal(setter, appointment, target, now)
+    why = refusal(setter, appointment, target, now, timezone=timezone)
     if why is not None:
         raise (Forbidden if why.kind == "forbidden" else Invalid)(why.message)
 
 
 def check_bulk_target(target: str) -> None:
-    """Raises Invalid for a status no appointment can be set to (unknown, or `booked`)."""
+    """Raises Invalid for a status no appointment can be set to in bulk (unknown, or
+    `booked`: a check-in is undone one at a time, each audited)."""
     check_known(target)
-    if not sources(target):
-        raise Invalid(f"no appointment can be set back to {target}")
+    if target == "booked" or not sources(target):
+        raise Invalid(f"no appointment can be set back to {target} in bulk")
 
 
 def check_reschedule(role: str, current: str) -> None:
@@ -206,11 +251,41 @@ def check_bookable(data: DoctorDays, slot: Interval, rules: BookingRules, now: d
         raise Invalid("the doctor is not available then (leave or closure)")
 
 
-def check_room_for_one_more(held: int, rules: BookingRules) -> None:
-    """Raises Invalid when a patient holding `held` future bookings with a doctor may not
-    take another one with them."""
-    if held >= rules.max_future_per_doctor:
-        raise over_the_limit(rules)
+def check_override(role: str, override_reason: str | None) -> str | None:
+    """The reason staff give for booking beyond the per-doctor limit, tidied; None when
+    none was given.
+
+    Raises:
+        Forbidden: a patient (or any role but front desk and admin) gave one.
+        Invalid: a reason of only blanks.
+    """
+    if override_reason is None:
+        return None
+    if role not in MAY_OVERRIDE_LIMIT:
+        raise Forbidden("only the front desk and admins may book beyond the limit")
+    reason = " ".join(override_reason.split())
+    if not reason:
+        raise Invalid("override_reason must say why the limit is exceeded")
+    return reason
+
+
+def check_room_for_one_more(
+    held: int, rules: BookingRules, *, role: str = "patient", override_reason: str | None = None
+) -> bool:
+    """Whether a patient holding `held` future bookings with a doctor may take another one
+    with them: within the limit, or beyond it when staff give a reason.
+
+    Returns:
+        True when this booking goes beyond the limit (on the staff's reason).
+
+    Raises:
+        Invalid: beyond the limit without a reason (staff are told a reason lets them).
+    """
+    if held < rules.max_future_per_doctor:
+        return False
+    if override_reason and role in MAY_OVERRIDE_LIMIT:
+        return True
+    raise over_the_limit(rules, role=role)
 
 
 def check_room_to_move(
@@ -223,8 +298,12 @@ def check_room_to_move(
         check_room_for_one_more(held, rules)
 
 
-def over_the_limit(rules: BookingRules) -> Invalid:
-    return Invalid(
+def over_the_limit(rules: BookingRules, *, role: str = "patient") -> Invalid:
+    """The refusal of a booking beyond the limit; staff are told a reason lets them."""
+    limit = (
         f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
         "with one doctor"
     )
+    if role in MAY_OVERRIDE_LIMIT:
+        limit += "; to book beyond it, give an override_reason (it is recorded)"
+    return Invalid(limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from app.access.audit import APPOINTMENT_LIMIT_OVERRIDDEN
 from app.scheduling.slots import doctor_days_sql
 
 # What a booking reads, in one round trip: the doctor's days around the slot (for the
@@ -38,22 +39,28 @@ def held_lock(patient_id: str, doctor_id: str) -> str:
 # the lock is waited for, so it would count without the booking it waited for.
 # The insert writes the appointment and its outbox rows (confirmation, reminders) at once,
 # and the exclusion constraint `no_overlap` decides who gets a contested slot, right here.
+# Staff who give a reason ($16) book beyond the limit: then the count under the lock
+# decides whether this booking goes beyond it, and if so its audit event
+# (appointment.limit_overridden, with the reason and what was held) is written with it.
 # Parameters: $1 doctor, $2 patient, $3 clinic, $4 starts_at, $5 ends_at, $6 reason,
 # $7 idempotency key, $8 its request hash, $9 booked_by, $10 channels (an array: each
 # planned message goes by each, two rows for `both`), $11 kinds, $12 due times, $13 the
-# limit, $14 now, $15 write (false: only take the lock).
+# limit, $14 now, $15 write (false: only take the lock), $16 the staff's reason to go
+# beyond the limit (NULL: none).
 BOOK_SQL = f"""
 WITH earlier AS (
   SELECT * FROM appointments WHERE $15 AND booked_by = $9 AND idempotency_key = $7
+), held AS (  -- the patient's future bookings with the doctor (this snapshot: before this)
+  SELECT count(*) AS n FROM appointments h
+   WHERE $15 AND h.patient_id = $2 AND h.doctor_id = $1 AND h.status = 'booked'
+     AND h.starts_at > $14
 ), booked AS (
   INSERT INTO appointments (doctor_id, patient_id, clinic_id, starts_at, ends_at, reason,
                             idempotency_key, idempotency_hash, booked_by)
   SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
    WHERE CASE WHEN $15 THEN
            NOT EXISTS (SELECT FROM earlier)
-           AND (SELECT count(*) FROM appointments h
-                 WHERE h.patient_id = $2 AND h.doctor_id = $1 AND h.status = 'booked'
-                   AND h.starts_at > $14) < $13
+           AND ((SELECT n FROM held) < CAST($13 AS bigint) OR CAST($16 AS text) IS NOT NULL)
          ELSE  -- a subquery, so the planner cannot drop the call: takes the lock, is false
            (SELECT count(*) FROM {held_lock("CAST($2 AS bigint)", "CAST($1 AS bigint)")}) = 0
          END
@@ -63,6 +70,15 @@ WITH earlier AS (
   SELECT booked.id, chosen.channel, plan.kind, plan.due_at
     FROM booked, unnest(CAST($10 AS varchar[])) AS chosen(channel),
          unnest(CAST($11 AS text[]), CAST($12 AS timestamptz[])) AS plan(kind, due_at)
+), overridden AS (
+  INSERT INTO audit_events (actor_user_id, action, subject_type, subject_id, patient_id,
+                            details)
+  SELECT booked.booked_by, '{APPOINTMENT_LIMIT_OVERRIDDEN}', 'appointment', booked.id,
+         booked.patient_id,
+         jsonb_build_object('reason', CAST($16 AS text), 'held', held.n,
+                            'doctor_id', booked.doctor_id)
+    FROM booked, held
+   WHERE CAST($16 AS text) IS NOT NULL AND held.n >= CAST($13 AS bigint)
 )
 SELECT *, false AS replayed FROM booked
 UNION ALL
@@ -87,27 +103,32 @@ PATIENT_CHANNELS_SQL = """CASE
 # A status change of any number of appointments as one statement, without the ORM's unit
 # of work: the rows the actor may see among :ids, the update of those the rules allow
 # (`rules.guard`: from-states and time conditions, re-checked on the locked row, so two
-# racing changes cannot both pass), their unsent announcements voided, a notice for each
-# cancellation on each channel the patient chose, who did it and why on the row, and an
-# audit event per change. Returns a row per id found: what it was (found_*), whether the
-# actor may see it, the clinic's time zone, and the appointment's new columns when it
-# changed (else NULLs).
+# racing changes cannot both pass; a check-in on the clinic's day of the appointment, its
+# undo back to `booked` within minutes), their unsent announcements voided (not for an
+# undone check-in: the visit still lies ahead), a notice for each cancellation on each
+# channel the patient chose, who did it and why on the row, and an audit event per change
+# (an undone check-in's says when the check-in was). Returns a row per id found: what it
+# was (found_*), whether the actor may see it, the clinic's time zone, and the
+# appointment's new columns when it changed (else NULLs).
 CHANGE_STATUS_SQL = text(
     f"""
 WITH target AS (
-  SELECT a.id, a.status, a.starts_at, a.ends_at, a.clinic_id,
+  SELECT a.id, a.status, a.starts_at, a.ends_at, a.checked_in_at, a.clinic_id, z.timezone,
          (CAST(:see_clinic AS bigint) IS NULL OR a.clinic_id = CAST(:see_clinic AS bigint))
      AND (CAST(:see_doctor AS bigint) IS NULL OR a.doctor_id = CAST(:see_doctor AS bigint))
      AND (CAST(:see_patient AS bigint) IS NULL OR a.patient_id = CAST(:see_patient AS bigint))
          AS may_see
     FROM appointments a
+    JOIN clinics z ON z.id = a.clinic_id
    WHERE a.id = ANY(CAST(:ids AS bigint[]))
 ), changed AS (
   UPDATE appointments a
      SET status = CAST(:status AS text),
          updated_at = CAST(:now AS timestamptz),
          cancelled_at = coalesce(CAST(:cancelled_at AS timestamptz), a.cancelled_at),
-         checked_in_at = coalesce(CAST(:checked_in_at AS timestamptz), a.checked_in_at),
+         checked_in_at = CASE WHEN CAST(:clear_checked_in AS boolean) THEN NULL
+                              ELSE coalesce(CAST(:checked_in_at AS timestamptz), a.checked_in_at)
+                         END,
          cancel_reason = CASE WHEN CAST(:status AS text) = 'cancelled'
                               THEN CAST(:reason AS text) ELSE a.cancel_reason END,
          changed_by = CAST(:actor AS bigint),
@@ -119,10 +140,15 @@ WITH target AS (
           OR a.starts_at <= CAST(:started_by AS timestamptz))
      AND (CAST(:ends_after AS timestamptz) IS NULL
           OR a.ends_at > CAST(:ends_after AS timestamptz))
-  RETURNING a.*, t.status AS previous
+     AND (CAST(:on_day_of AS timestamptz) IS NULL
+          OR CAST(a.starts_at AT TIME ZONE t.timezone AS date)
+             = CAST(CAST(:on_day_of AS timestamptz) AT TIME ZONE t.timezone AS date))
+     AND (CAST(:checked_in_since AS timestamptz) IS NULL
+          OR a.checked_in_at >= CAST(:checked_in_since AS timestamptz))
+  RETURNING a.*, t.status AS previous, t.checked_in_at AS previous_checked_in_at
 ), voided AS (
   UPDATE notifications n SET status = 'void', last_error = 'no longer applies'
-   WHERE n.appointment_id IN (SELECT id FROM changed)
+   WHERE n.appointment_id IN (SELECT id FROM changed WHERE status <> 'booked')
      AND n.kind = ANY(CAST(:announcements AS text[]))
      AND n.status = ANY(CAST(:unsent AS text[]))
 ), notice AS (
@@ -138,13 +164,16 @@ WITH target AS (
   SELECT CAST(:actor AS bigint), CAST(:action AS text), 'appointment', c.id, c.patient_id,
          jsonb_build_object('from', c.previous, 'to', c.status,
                             'reason', CAST(:reason AS text))
+           || CASE WHEN c.status = 'booked'  -- an undone check-in: when it was
+                   THEN jsonb_build_object('checked_in_at', c.previous_checked_in_at)
+                   ELSE CAST('{{}}' AS jsonb) END
            || CAST(CAST(:details AS text) AS jsonb)
     FROM changed c
 )
 SELECT t.id AS found_id, t.status AS found_status, t.starts_at AS found_starts_at,
-       t.ends_at AS found_ends_at, t.may_see, z.timezone, c.*
+       t.ends_at AS found_ends_at, t.checked_in_at AS found_checked_in_at, t.may_see,
+       t.timezone, c.*
   FROM target t
-  JOIN clinics z ON z.id = t.clinic_id
   LEFT JOIN changed c ON c.id = t.id
 """
 )

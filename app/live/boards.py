@@ -12,6 +12,8 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from app.appointments.queries import in_conflict
+from app.appointments.rules import UNDO_CHECK_IN
 from app.scheduling.availability import local_day_bounds
 from app.scheduling.slots import CachedSlot, DaySlots, SlotCache
 from db.models import Appointment, Clinic, Doctor, Patient, User
@@ -104,6 +106,9 @@ class Card:
     label: str  # 09:30
     status: str
     reason: str | None
+    conflict: bool = False  # overlaps leave or a closure that did not cancel it
+    undoable: bool = False  # a check-in recent enough to be taken back
+    on_the_day: bool = False  # today in the clinic: the day a check-in is possible
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +140,15 @@ WALK_IN_GRACE = dt.timedelta(minutes=15)
 
 
 async def _cards(
-    session: AsyncSession, day: dt.date, timezone: str, **where: int | list[int]
+    session: AsyncSession,
+    day: dt.date,
+    timezone: str,
+    now: dt.datetime | None = None,
+    **where: int | list[int],
 ) -> list[Card]:
     tz = ZoneInfo(timezone)
+    now = now or dt.datetime.now(dt.UTC)
+    undo_from, today = now - UNDO_CHECK_IN, now.astimezone(tz).date()
     bounds = local_day_bounds(day, tz)
     query = (
         select(
@@ -148,6 +159,8 @@ async def _cards(
             Appointment.starts_at,
             Appointment.status,
             Appointment.reason,
+            Appointment.checked_in_at,
+            (Appointment.status.in_(("booked", "checked_in")) & in_conflict()).label("conflict"),
         )
         .join(Patient, Patient.id == Appointment.patient_id)
         .where(Appointment.starts_at >= bounds.start, Appointment.starts_at < bounds.end)
@@ -169,6 +182,11 @@ async def _cards(
                 local.strftime("%H:%M"),
                 row.status,
                 row.reason,
+                conflict=bool(row.conflict),
+                undoable=row.status == "checked_in"
+                and row.checked_in_at is not None
+                and row.checked_in_at >= undo_from,
+                on_the_day=day == today,
             )
         )
     return cards
@@ -229,7 +247,7 @@ async def clinic_board(
         )
     ).all()
     ids = [d.id for d in doctors]
-    cards = await _cards(session, day, clinic.timezone, doctor_id=ids) if ids else []
+    cards = await _cards(session, day, clinic.timezone, now, doctor_id=ids) if ids else []
     days = {d.id: (await cache.days(d.id, day, 1))[1][0] for d in doctors}
     grid = sorted(
         {s.start_local for d in days.values() for s in d.slots} | {c.start for c in cards},
@@ -271,7 +289,7 @@ async def board_column(
 
 
 async def doctor_day(
-    session: AsyncSession, doctor_id: int, day: dt.date
+    session: AsyncSession, doctor_id: int, day: dt.date, now: dt.datetime | None = None
 ) -> tuple[Doctor, Clinic, list[Card]]:
     doctor, clinic = (
         await session.execute(
@@ -280,7 +298,7 @@ async def doctor_day(
             .where(Doctor.id == doctor_id)
         )
     ).one()
-    return doctor, clinic, await _cards(session, day, clinic.timezone, doctor_id=doctor_id)
+    return doctor, clinic, await _cards(session, day, clinic.timezone, now, doctor_id=doctor_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,7 +175,8 @@ def build_email(
     `appointment.ics`.
 
     Built with the compat32 MIME classes: the modern `EmailMessage` API parses every
-    header it sets and costs about 5 ms a message, ten times more (bench/reminders_bench.py).
+    header it sets and costs ten times more a message (bench/reminders_bench.py, figures in
+    bench/README.md).
     """
     if not item.email:
         raise SendFailed("the patient has no email address", permanent=True)

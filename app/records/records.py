@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +23,13 @@ from app.access import audit
 from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid, NotFound
 from app.live.effects import Effects
-from app.records.documents import CONTENT_TYPES, FOLDER, new_key
+from app.records.documents import (
+    CONTENT_TYPES,
+    FOLDER,
+    content_disposition,
+    download_name,
+    new_key,
+)
 from app.storage import Store as DocumentStore
 from db.models import RECORD_TYPES, Appointment, AuditEvent, MedicalRecord, Patient
 
@@ -49,9 +56,8 @@ class UnsupportedType(DomainError):
 
 
 class BreakGlassRequired(Forbidden):
-    """No care relationship: reading needs break-glass with a written reason."""
-
-    patient_name = ""
+    """No care relationship: reading needs break-glass with a written reason. It says
+    nothing about the patient: whoever meets it may not see them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,12 @@ class RecordItem:
     content_type: str
     size: int
     document_url: str | None
+    timezone: str = "UTC"  # the author's clinic's, for showing the time
+
+    @property
+    def uploaded_local(self) -> dt.datetime:
+        """When it was uploaded, in its clinic's time zone."""
+        return self.uploaded_at.astimezone(ZoneInfo(self.timezone))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -141,12 +153,10 @@ def _decide(
         who = "you have no booked, checked-in or completed appointment with this patient"
         if actor.role == "admin":
             who = "admins read records only through break-glass"
-        refusal = BreakGlassRequired(
+        raise BreakGlassRequired(
             f"{who}; to read them anyway, give a break-glass reason of at least "
             f"{MIN_REASON_CHARS} characters (it is logged and flagged for review)"
         )
-        refusal.patient_name = patient_name  # for the page's break-glass form, never the API
-        raise refusal
     return Grant(patient_id, patient_name, "break_glass", reason)
 
 
@@ -202,13 +212,14 @@ WITH g AS (
 ),
 r AS (
     SELECT m.id, m.record_type, m.title, d.full_name AS doctor_name, m.uploaded_at,
-           m.content_type, m.size, m.storage_key
+           m.content_type, m.size, m.storage_key, c.timezone
     FROM g
     JOIN medical_records m
       ON g.basis IS NOT NULL
      AND m.patient_id = CAST(:patient_id AS bigint)
      AND (CAST(:record_id AS bigint) IS NULL OR m.id = CAST(:record_id AS bigint))
     LEFT JOIN doctors d ON d.id = m.author_doctor_id
+    LEFT JOIN clinics c ON c.id = d.clinic_id
 ),
 audit AS (
     INSERT INTO audit_events
@@ -236,7 +247,7 @@ audit AS (
     WHERE g.basis IS NOT NULL
 )
 SELECT g.patient_name, g.basis, r.id, r.record_type, r.title, r.doctor_name, r.uploaded_at,
-       r.content_type, r.size, r.storage_key
+       r.content_type, r.size, r.storage_key, r.timezone
 FROM g LEFT JOIN r ON true
 ORDER BY r.uploaded_at DESC, r.id DESC
 """
@@ -356,7 +367,12 @@ async def _read(
     if the_grant.basis != first.basis:  # never hand out a URL without its audit row
         raise RuntimeError(f"access basis {the_grant.basis} != audited {first.basis}")
     rows = [row for row in found if row.id is not None]
-    urls = store.urls([row.storage_key for row in rows], issued_to=actor.id)
+    names = [download_name(row.title, row.record_type, row.content_type) for row in rows]
+    urls = store.urls(
+        [row.storage_key for row in rows],
+        issued_to=actor.id,
+        dispositions=[content_disposition(n) for n in names],
+    )
     items = [
         RecordItem(
             row.id,
@@ -367,6 +383,7 @@ async def _read(
             row.content_type,
             row.size,
             url,
+            row.timezone or "UTC",
         )
         for row, url in zip(rows, urls, strict=True)
     ]
@@ -435,7 +452,7 @@ async def view_record(
 
 async def audit_download(
     session: AsyncSession, key: str, *, issued_to: int | None, client_addr: str | None
-) -> bool:
+) -> tuple[str, str] | None:
     """Record a download of a document through its signed URL (the disk store's route).
     Commits before the file is sent.
 
@@ -444,17 +461,22 @@ async def audit_download(
             actor: the URL is their credential.
 
     Returns:
-        False when no record names `key` (a stray object): nothing is served then.
+        The name the document downloads as (its title and type) and its content type;
+        None when no record names `key` (a stray object): nothing is served then.
     """
     found = (
         await session.execute(
-            select(MedicalRecord.id, MedicalRecord.patient_id).where(
-                MedicalRecord.storage_key == key
-            )
+            select(
+                MedicalRecord.id,
+                MedicalRecord.patient_id,
+                MedicalRecord.title,
+                MedicalRecord.record_type,
+                MedicalRecord.content_type,
+            ).where(MedicalRecord.storage_key == key)
         )
     ).one_or_none()
     if found is None:
-        return False
+        return None
     await audit.record(
         session,
         actor_user_id=issued_to,
@@ -466,7 +488,7 @@ async def audit_download(
         details={"via": "signed_url"},
     )
     await session.commit()
-    return True
+    return download_name(found.title, found.record_type, found.content_type), found.content_type
 
 
 def sniff(data: bytes) -> str | None:

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid, NotFound
 from app.live.effects import Effects
+from app.routes.inputs import Id, check_day
 from app.routes.views import page
 from app.scheduling import directory, schedules
 from app.settings import Settings
@@ -55,9 +56,11 @@ def _date(raw: str, label: str) -> dt.date | None:
     if not raw:
         return None
     try:
-        return dt.date.fromisoformat(raw)
+        day = dt.date.fromisoformat(raw)
     except ValueError:
         raise Invalid(f"{label} must be a date (YYYY-MM-DD), got {raw!r}") from None
+    check_day(day, label)  # a day either side stays within Python's dates
+    return day
 
 
 def _time(raw: str, label: str) -> dt.time:
@@ -292,7 +295,7 @@ async def _add_exception(
     now: dt.datetime,
     view: ExceptionView,
     *,
-    clinic_id: int,
+    clinic_id: Id,
     doctor_id: int | None,
     timezone: str,
 ) -> None:
@@ -404,7 +407,7 @@ async def clinic_exception_page(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    clinic_id: int,
+    clinic_id: Id,
     data: Annotated[ExceptionForm, Form],
 ) -> Template | Response[str]:
     """Preview or save a closure of the whole clinic."""
@@ -521,7 +524,7 @@ async def _schedule_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
     block: str = "template",
     *,
     editor: TemplateEditor | None = None,
@@ -547,7 +550,7 @@ async def _schedule_page(
 
 @get("/admin/doctors/{doctor_id:int}/schedule", guards=ADMIN, include_in_schema=False)
 async def schedule_page(
-    request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime, doctor_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime, doctor_id: Id
 ) -> Template | Response[str]:
     """The doctor's weekly template editor, their leave and a form to add leave."""
     return await _schedule_page(request, db_session, now, doctor_id)
@@ -566,7 +569,7 @@ async def save_schedule_page(
     actor: Principal,
     settings: Settings,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
 ) -> Template | Response[str]:
     """Add a row to the editor, or save the whole template (replace_schedule)."""
     form = await request.form()
@@ -609,7 +612,7 @@ async def doctor_exception_page(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
     data: Annotated[ExceptionForm, Form],
 ) -> Template | Response[str]:
     """Preview the appointments leave would hit, or save it (optionally cancelling them)."""
@@ -650,8 +653,8 @@ async def leave_edit_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     now: dt.datetime,
-    doctor_id: int,
-    exception_id: int,
+    doctor_id: Id,
+    exception_id: Id,
 ) -> Template | Response[str]:
     """The leave form filled with one planned leave, to change it."""
     _, clinic = await directory.get_doctor(db_session, doctor_id)
@@ -678,8 +681,8 @@ async def change_leave_page(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    doctor_id: int,
-    exception_id: int,
+    doctor_id: Id,
+    exception_id: Id,
     data: Annotated[ExceptionForm, Form],
 ) -> Template | Response[str]:
     """Preview the bookings changed leave would cover, or save the change."""
@@ -723,8 +726,8 @@ async def withdraw_leave_page(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    doctor_id: int,
-    exception_id: int,
+    doctor_id: Id,
+    exception_id: Id,
 ) -> Template | Response[str]:
     """Withdraw planned leave: its slots reopen."""
     view = _new_leave_view(doctor_id)

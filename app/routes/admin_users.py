@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts
 from app.errors import DomainError
+from app.routes.inputs import Id, IdField
+from app.routes.responses import BY_ID_RULES, READ, SIGNED_IN, answers
 from app.services import Services
 from app.web.guards import allow, client_addr, current_user
 from db.models import ROLES, Clinic, Doctor, User
@@ -27,14 +29,14 @@ class NewAccount(msgspec.Struct, forbid_unknown_fields=True):
     email: str
     password: str
     full_name: str | None = None
-    clinic_id: int | None = None
-    doctor_id: int | None = None
+    clinic_id: IdField | None = None
+    doctor_id: IdField | None = None
 
 
 class AccountChange(msgspec.Struct, forbid_unknown_fields=True):
     role: str | None = None
-    clinic_id: int | None = None
-    doctor_id: int | None = None
+    clinic_id: IdField | None = None
+    doctor_id: IdField | None = None
     is_active: bool | None = None
     totp_required: bool | None = None
     remove_totp: bool = False  # the user lost their phone and recovery codes
@@ -72,14 +74,20 @@ def _account(a: accounts.AccountRow | User, totp_enabled: bool) -> Account:
     )
 
 
-@get("/api/users", guards=ADMIN, tags=["admin"])
+@get("/api/users", guards=ADMIN, tags=["admin"], responses=READ)
 async def list_users_api(db_session: AsyncSession, role: str | None = None) -> list[Account]:
     """Accounts, newest first, optionally of one role."""
     rows = await accounts.list_accounts(db_session, role=role)
     return [_account(r, r.totp_enabled) for r in rows]
 
 
-@post("/api/users", guards=ADMIN, tags=["admin"], status_code=201)
+@post(
+    "/api/users",
+    guards=ADMIN,
+    tags=["admin"],
+    status_code=201,
+    responses=answers(*SIGNED_IN, 409, 422),
+)
 async def create_user_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: NewAccount
 ) -> Account:
@@ -98,9 +106,9 @@ async def create_user_api(
     return _account(user, user.totp_secret is not None)
 
 
-@patch("/api/users/{user_id:int}", guards=ADMIN, tags=["admin"])
+@patch("/api/users/{user_id:int}", guards=ADMIN, tags=["admin"], responses=BY_ID_RULES)
 async def update_user_api(
-    request: Request[Any, Any, Any], db_session: AsyncSession, user_id: int, data: AccountChange
+    request: Request[Any, Any, Any], db_session: AsyncSession, user_id: Id, data: AccountChange
 ) -> Account:
     """Change a user's role (with its clinic or doctor), (de)activate them, require a
     second factor of a staff account or remove one."""
@@ -201,7 +209,7 @@ class AccountChangeForm:
 async def update_user_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
-    user_id: int,
+    user_id: Id,
     data: Annotated[AccountChangeForm, Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Template | Redirect:
     """Apply a role change, (de)activation or second-factor change; show the list again."""

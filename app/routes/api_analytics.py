@@ -16,9 +16,11 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import Provide
 from litestar.enums import MediaType
+from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter, QueryParameter
 from litestar.response import File, Redirect, Response
+from litestar.types import ExceptionHandlersMap
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -35,9 +37,13 @@ from app.analytics.reports import (
     Utilisation,
     UtilisationRow,
 )
-from app.errors import Invalid
+from app.errors import Invalid, NotFound
+from app.routes.inputs import INT64_MAX, IdField, check_day
+from app.routes.responses import MEANINGS
+from app.routes.responses import error as _error
 from app.services import Services
 from app.web.guards import allow, client_addr
+from db.models import Clinic
 from tasks.analytics import enqueue_export
 
 log = logging.getLogger(__name__)
@@ -62,7 +68,12 @@ To = Annotated[
 ]
 ClinicId = Annotated[
     int | None,
-    Parameter(description="one clinic; front desks default to (and may only ask for) theirs"),
+    Parameter(
+        description="one clinic; front desks default to (and may only ask for) theirs",
+        ge=1,
+        le=INT64_MAX,
+        schema_extra={"minimum": 1, "maximum": INT64_MAX},
+    ),
 ]
 GroupBy = Annotated[
     str,
@@ -74,17 +85,6 @@ GroupBy = Annotated[
 ReportName = Annotated[
     str, Parameter(description="which report", schema_extra={"enum": list(REPORTS)})
 ]
-
-
-class ErrorOut(msgspec.Struct):
-    """Every error answer: `{status_code, detail}`."""
-
-    status_code: int
-    detail: str
-
-
-def _error(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=ErrorOut, description=description, generate_examples=False)
 
 
 def report_errors(unknown: str) -> dict[int, ResponseSpec]:
@@ -99,12 +99,13 @@ def report_errors(unknown: str) -> dict[int, ResponseSpec]:
             "not an admin or front desk, or a front desk asking for another clinic than its own"
         ),
         422: _error(
-            f"`from` after `to` or a range longer than {analytics.MAX_RANGE_DAYS:,} days"
-            + (f"; an unknown {unknown}" if unknown else "")
+            f"`from` after `to`, a range longer than {analytics.MAX_RANGE_DAYS:,} days or a "
+            "day outside 1900-01-01..2999-12-31" + (f"; an unknown {unknown}" if unknown else "")
         ),
+        429: _error(MEANINGS[429]),
         503: _error(
-            "the report ran past the analytics statement timeout and was cancelled; "
-            "try a shorter range or a single clinic"
+            "the report ran past the analytics statement timeout and was cancelled, or "
+            "PostgreSQL or Redis is briefly unavailable; try a shorter range or a single clinic"
         ),
     }
 
@@ -114,17 +115,39 @@ EXPORT_ERRORS = {
     400: _error("a body that does not parse: missing `from`/`to`, a date not YYYY-MM-DD"),
     401: REPORT_ERRORS[401],
     403: REPORT_ERRORS[403],
-    422: _error(f"`from` after `to`, or a range longer than {analytics.MAX_EXPORT_DAYS:,} days"),
+    404: _error("no such clinic"),
+    422: _error(
+        f"`from` after `to`, a range longer than {analytics.MAX_EXPORT_DAYS:,} days, or a "
+        "day outside 1900-01-01..2999-12-31"
+    ),
+    429: REPORT_ERRORS[429],
     503: _error("the job queue is unavailable; the export is marked failed, ask again later"),
 }
 MY_EXPORT_ERRORS = {
+    400: _error(MEANINGS[400]),
     401: REPORT_ERRORS[401],
     403: _error("not an admin or front desk"),
     404: _error(
         "no such export, someone else's (only the requester or an admin sees one), "
         "not finished yet, or expired"
     ),
+    429: REPORT_ERRORS[429],
+    503: _error(MEANINGS[503]),
 }
+
+
+def json_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    """A refusal as JSON, like every other route's: Litestar would answer it in the CSV
+    routes' own media type (text/csv), which the schema and clients do not expect."""
+    body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
+    if exc.extra:
+        body["extra"] = exc.extra
+    return Response(
+        body, status_code=exc.status_code, headers=exc.headers, media_type=MediaType.JSON
+    )
+
+
+CSV_ERRORS_AS_JSON: ExceptionHandlersMap = {HTTPException: json_error}
 
 
 def scope_for(
@@ -134,6 +157,8 @@ def scope_for(
     last: dt.date | None,
     clinic_id: int | None,
 ) -> ReportScope:
+    check_day(first, "from")
+    check_day(last, "to")
     return analytics.report_scope(actor, first, last, clinic_id, now.date())
 
 
@@ -218,7 +243,7 @@ def export_out(view: exports.ExportView) -> ExportOut:
 class ExportIn(msgspec.Struct, forbid_unknown_fields=True, rename={"first": "from", "last": "to"}):
     first: dt.date
     last: dt.date
-    clinic_id: int | None = None
+    clinic_id: IdField | None = None
 
 
 def _no_show(r: NoShowRow) -> NoShowOut:
@@ -356,6 +381,7 @@ class AnalyticsController(Controller):
         guards=[allow(*STAFF)],
         media_type="text/csv",
         responses=report_errors("`report` or `group_by`"),
+        exception_handlers=CSV_ERRORS_AS_JSON,
     )
     async def report_as_csv(
         self,
@@ -404,6 +430,7 @@ class AnalyticsController(Controller):
         "/exports/{export_id:str}/file",
         guards=[allow(*STAFF)],
         media_type="text/csv",
+        exception_handlers=CSV_ERRORS_AS_JSON,
         responses={
             302: ResponseSpec(
                 None, description="with S3 storage: a redirect to a pre-signed URL (15 minutes)"
@@ -442,9 +469,13 @@ async def start_export(
     clinic_id: int | None,
 ) -> exports.ExportView:
     """Record the request, then (after commit) queue its job."""
+    check_day(first, "from")
+    check_day(last, "to")
     scope = analytics.report_scope(
         actor, first, last, clinic_id, now.date(), max_days=analytics.MAX_EXPORT_DAYS
     )
+    if scope.clinic_id is not None and await db_session.get(Clinic, scope.clinic_id) is None:
+        raise NotFound(f"clinic {scope.clinic_id} does not exist")
     view = await exports.create_export(db_session, actor, scope, client_addr(request))
     try:
         await enqueue_export(Services.of(request.app).queue, view.id)

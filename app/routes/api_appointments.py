@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -14,35 +14,48 @@ from litestar.params import HeaderParameter, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments import commands, queries
+from app.appointments import commands, conflicts, queries
 from app.appointments.queries import AppointmentRow
 from app.appointments.rules import BookingRules
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes import deps
+from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment
+from app.routes.responses import BOOKING, BY_ID, BY_ID_RULES, RULES
 from app.scheduling import slots
 from app.scheduling.slots import MAX_DAYS, DaySlots
 from app.services import Services
 from app.web.guards import allow, prefetched
 from db.models import Appointment
 
+# What a status change may ask for (app.appointments.rules.TRANSITIONS has their sources).
+Status = Literal["booked", "checked_in", "completed", "no_show", "cancelled"]
+
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
-    doctor_id: int
+    doctor_id: IdField
     start: dt.datetime
-    patient_id: int | None = None
+    patient_id: IdField | None = None
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    # Staff only: why this patient may hold more future bookings with the doctor than
+    # BOOKING_MAX_FUTURE_PER_DOCTOR (recorded in the audit trail).
+    override_reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 class AppointmentPatch(msgspec.Struct, forbid_unknown_fields=True):
-    status: str | None = None
+    status: Status | None = None
     start: dt.datetime | None = None
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
+    appointment_ids: Annotated[list[IdField], msgspec.Meta(min_length=1, max_length=500)]
+    status: Status
+
+
+class ConflictsIn(msgspec.Struct, forbid_unknown_fields=True):
     appointment_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=500)]
-    status: str
+    action: str  # move or cancel
 
 
 def slots_out(day: DaySlots, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
@@ -92,11 +105,16 @@ class AppointmentController(Controller):
     path = "/api/appointments"
     tags = ["appointments"]
 
-    @get("/available-slots", guards=[allow()], opt={"prefetch": slots.prefetch_keys})
+    @get(
+        "/available-slots",
+        guards=[allow()],
+        opt={"prefetch": slots.prefetch_keys},
+        responses=BY_ID_RULES,
+    )
     async def available_slots(
         self,
         request: Request[Any, Any, Any],
-        doctor_id: int,
+        doctor_id: Id,
         date: dt.date,
         days: Annotated[int, Parameter(ge=1, le=MAX_DAYS)] = 1,
     ) -> Response[dict[str, Any]]:
@@ -107,6 +125,7 @@ class AppointmentController(Controller):
         request, which cost a tenth of this route's CPU (measured with py-spy). On a cache
         miss the computed days are stored in Redis after the answer has been sent.
         """
+        check_day(date)
         services = Services.of(request.app)
         slot_cache = services.slot_cache
         rules, now = deps.booking_rules(services.settings), deps.provide_now()
@@ -123,7 +142,7 @@ class AppointmentController(Controller):
         background = BackgroundTasks([BackgroundTask(f) for f in later]) if later else None
         return Response(body, background=background)
 
-    @post("", guards=[allow("patient", "front_desk", "admin")])
+    @post("", guards=[allow("patient", "front_desk", "admin")], responses=BOOKING)
     async def book(
         self,
         db_session: AsyncSession,
@@ -137,6 +156,7 @@ class AppointmentController(Controller):
         ] = None,
     ) -> Response[dict[str, Any]]:
         """Book a slot: 201, or 409 with `alternatives` when it has just been taken."""
+        check_moment(data.start, "start")
         result = await commands.book(
             db_session,
             effects,
@@ -146,6 +166,7 @@ class AppointmentController(Controller):
             patient_id=data.patient_id,
             reason=data.reason,
             idempotency_key=idempotency_key,
+            override_reason=data.override_reason,
             rules=rules,
             now=now,
         )
@@ -153,21 +174,22 @@ class AppointmentController(Controller):
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         return Response(body, status_code=201, headers=headers)
 
-    @get("", guards=[allow()])
+    @get("", guards=[allow()], responses=RULES)
     async def list_appointments(
         self,
         db_session: AsyncSession,
         actor: Principal,
         now: dt.datetime,
-        doctor_id: int | None = None,
-        patient_id: int | None = None,
-        clinic_id: int | None = None,
+        doctor_id: OptionalId = None,
+        patient_id: OptionalId = None,
+        clinic_id: OptionalId = None,
         date: dt.date | None = None,
-        when: str | None = None,
-        cursor: str | None = None,
+        when: Literal["upcoming", "past"] | None = None,
+        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
         """The caller's appointments, filtered; `next_cursor` fetches the next page."""
+        check_day(date)
         rows, next_cursor = await queries.list_appointments(
             db_session,
             actor,
@@ -182,16 +204,16 @@ class AppointmentController(Controller):
         )
         return {"items": [row_out(r) for r in rows], "next_cursor": next_cursor}
 
-    @get("/{appointment_id:int}", guards=[allow()])
+    @get("/{appointment_id:int}", guards=[allow()], responses=BY_ID)
     async def get_appointment(
-        self, db_session: AsyncSession, actor: Principal, appointment_id: int
+        self, db_session: AsyncSession, actor: Principal, appointment_id: Id
     ) -> dict[str, Any]:
         """One appointment the caller may see (404 otherwise)."""
         appointment = await queries.get_visible(db_session, actor, appointment_id)
         timezone = await queries.clinic_timezone(db_session, appointment.doctor_id)
         return appointment_out(appointment, timezone)
 
-    @patch("/{appointment_id:int}", guards=[allow()])
+    @patch("/{appointment_id:int}", guards=[allow()], responses=BOOKING)
     async def change(
         self,
         db_session: AsyncSession,
@@ -199,12 +221,13 @@ class AppointmentController(Controller):
         actor: Principal,
         rules: BookingRules,
         now: dt.datetime,
-        appointment_id: int,
+        appointment_id: Id,
         data: AppointmentPatch,
     ) -> dict[str, Any]:
         """Reschedule (`start`) or change status (`status`: cancelled, checked_in, …)."""
         if (data.status is None) == (data.start is None):
             raise Invalid("give either status or start")
+        check_moment(data.start, "start")
         if data.start is not None:
             result = await commands.reschedule(
                 db_session,
@@ -229,7 +252,12 @@ class AppointmentController(Controller):
             )
         return appointment_out(result.appointment, result.timezone)
 
-    @post("/bulk-update", guards=[allow("doctor", "front_desk", "admin")], status_code=200)
+    @post(
+        "/bulk-update",
+        guards=[allow("doctor", "front_desk", "admin")],
+        status_code=200,
+        responses=RULES,
+    )
     async def bulk_update(
         self,
         db_session: AsyncSession,
@@ -243,3 +271,37 @@ class AppointmentController(Controller):
             db_session, effects, actor, data.appointment_ids, status=data.status, now=now
         )
         return {"results": [{"id": i, "result": r} for i, r in results.items()]}
+
+    @post("/conflicts", guards=[allow("front_desk", "admin")], status_code=200)
+    async def resolve_conflicts(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        rules: BookingRules,
+        now: dt.datetime,
+        data: ConflictsIn,
+    ) -> dict[str, Any]:
+        """Move (`move`: each to its doctor's first free time from its day on) or cancel
+        with a notice (`cancel`) bookings that leave or a closure left in place; each one
+        on its own, a result per id."""
+        results = await conflicts.resolve(
+            db_session,
+            effects,
+            actor,
+            data.appointment_ids,
+            action=data.action,
+            rules=rules,
+            now=now,
+        )
+        return {
+            "results": [
+                {
+                    "id": r.id,
+                    "result": r.result,
+                    "start": r.start.isoformat() if r.start else None,
+                    "detail": r.detail,
+                }
+                for r in results
+            ]
+        }

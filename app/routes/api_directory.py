@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, patch, post, put
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
+from app.errors import Invalid
 from app.live.effects import Effects
+from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment, parse_clock
+from app.routes.responses import BY_ID, BY_ID_RULES, READ, RULES, SIGNED_IN, answers
 from app.scheduling import directory, schedules
 from app.settings import Settings
 from app.web.guards import allow
 from db.models import Appointment, Clinic, Doctor
+
+# Changing or withdrawing leave: also 409 when it is already over.
+LEAVE_CHANGE = answers(
+    *SIGNED_IN, 404, 409, 422, _409="the leave is over and stays on record; it cannot change"
+)
+# A wall-clock time as the schedule API writes it.
+Clock = Annotated[str, msgspec.Meta(pattern=r"^\d{2}:\d{2}$", examples=["09:00"])]
 
 
 class ClinicIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -24,18 +34,18 @@ class ClinicIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class DoctorIn(msgspec.Struct, forbid_unknown_fields=True):
-    clinic_id: int
+    clinic_id: IdField
     name: str
     specialty: str
     email: str | None = None
-    default_slot_minutes: int = 30
+    default_slot_minutes: Annotated[int, msgspec.Meta(ge=5, le=240)] = 30
 
 
 class RangeBody(msgspec.Struct, forbid_unknown_fields=True):
-    weekday: int
-    start: str
-    end: str
-    slot_minutes: int
+    weekday: Annotated[int, msgspec.Meta(ge=0, le=6)]
+    start: Clock
+    end: Clock
+    slot_minutes: Annotated[int, msgspec.Meta(ge=5, le=240)]
     valid_from: dt.date | None = None
     valid_to: dt.date | None = None
 
@@ -86,14 +96,15 @@ def doctor_out(doctor: Doctor) -> dict[str, Any]:
 
 def _time(text: str, field: str) -> dt.time:
     try:
-        return dt.time.fromisoformat(text)
+        return parse_clock(text)
     except ValueError:
-        from app.errors import Invalid
-
         raise Invalid(f"{field} must be a time like 09:00, got {text!r}") from None
 
 
 def _ranges(body: ScheduleIn) -> list[schedules.RangeIn]:
+    for i, r in enumerate(body.ranges):
+        check_day(r.valid_from, f"ranges[{i}].valid_from")
+        check_day(r.valid_to, f"ranges[{i}].valid_to")
     return [
         schedules.RangeIn(
             r.weekday,
@@ -139,12 +150,12 @@ class DirectoryController(Controller):
     path = "/api"
     tags = ["directory"]
 
-    @get("/clinics", guards=[allow()])
+    @get("/clinics", guards=[allow()], responses=READ)
     async def clinics(self, db_session: AsyncSession) -> list[dict[str, Any]]:
         """All clinics."""
         return [clinic_out(c) for c in await directory.list_clinics(db_session)]
 
-    @post("/clinics", guards=[allow("admin")])
+    @post("/clinics", guards=[allow("admin")], responses=RULES)
     async def create_clinic(self, db_session: AsyncSession, data: ClinicIn) -> dict[str, Any]:
         """Add a clinic (admins)."""
         clinic = await directory.create_clinic(
@@ -152,11 +163,11 @@ class DirectoryController(Controller):
         )
         return clinic_out(clinic)
 
-    @get("/doctors", guards=[allow()])
+    @get("/doctors", guards=[allow()], responses=READ)
     async def doctors(
         self,
         db_session: AsyncSession,
-        clinic_id: int | None = None,
+        clinic_id: OptionalId = None,
         specialty: str | None = None,
         name: str | None = None,
     ) -> list[dict[str, Any]]:
@@ -176,7 +187,7 @@ class DirectoryController(Controller):
             for d in found
         ]
 
-    @post("/doctors", guards=[allow("admin")])
+    @post("/doctors", guards=[allow("admin")], responses=RULES)
     async def create_doctor(self, db_session: AsyncSession, data: DoctorIn) -> dict[str, Any]:
         """Add a doctor to a clinic (admins)."""
         doctor = await directory.create_doctor(
@@ -189,19 +200,19 @@ class DirectoryController(Controller):
         )
         return doctor_out(doctor)
 
-    @get("/doctors/{doctor_id:int}/schedule", guards=[allow()])
-    async def schedule(self, db_session: AsyncSession, doctor_id: int) -> dict[str, Any]:
+    @get("/doctors/{doctor_id:int}/schedule", guards=[allow()], responses=BY_ID)
+    async def schedule(self, db_session: AsyncSession, doctor_id: Id) -> dict[str, Any]:
         """The doctor's weekly ranges in clinic-local time."""
         timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
         return schedule_out(doctor_id, timezone, ranges)
 
-    @put("/doctors/{doctor_id:int}/schedule", guards=[allow("admin")])
+    @put("/doctors/{doctor_id:int}/schedule", guards=[allow("admin")], responses=BY_ID_RULES)
     async def replace_schedule(
         self,
         db_session: AsyncSession,
         effects: Effects,
         actor: Principal,
-        doctor_id: int,
+        doctor_id: Id,
         data: ScheduleIn,
         now: dt.datetime,
         settings: Settings,
@@ -220,13 +231,13 @@ class DirectoryController(Controller):
         timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
         return schedule_out(doctor_id, timezone, ranges)
 
-    @post("/doctors/{doctor_id:int}/exceptions", guards=[allow("admin")])
+    @post("/doctors/{doctor_id:int}/exceptions", guards=[allow("admin")], responses=BY_ID_RULES)
     async def doctor_exception(
         self,
         db_session: AsyncSession,
         effects: Effects,
         actor: Principal,
-        doctor_id: int,
+        doctor_id: Id,
         data: ExceptionIn,
         now: dt.datetime,
     ) -> dict[str, Any]:
@@ -234,19 +245,25 @@ class DirectoryController(Controller):
         doctor, _ = await directory.get_doctor(db_session, doctor_id)
         return await _exception(db_session, effects, actor, doctor.clinic_id, doctor_id, data, now)
 
-    @patch("/doctors/{doctor_id:int}/exceptions/{exception_id:int}", guards=[allow("admin")])
+    @patch(
+        "/doctors/{doctor_id:int}/exceptions/{exception_id:int}",
+        guards=[allow("admin")],
+        responses=LEAVE_CHANGE,
+    )
     async def change_doctor_exception(
         self,
         db_session: AsyncSession,
         effects: Effects,
         actor: Principal,
-        doctor_id: int,
-        exception_id: int,
+        doctor_id: Id,
+        exception_id: Id,
         data: ExceptionPatch,
         now: dt.datetime,
     ) -> dict[str, Any]:
         """Change the dates, kind or note of a doctor's leave that is not over; reports the
         bookings its new time covers (they are kept)."""
+        check_moment(data.starts_at, "starts_at")
+        check_moment(data.ends_at, "ends_at")
         result = await schedules.change_exception(
             db_session,
             effects,
@@ -263,14 +280,15 @@ class DirectoryController(Controller):
         "/doctors/{doctor_id:int}/exceptions/{exception_id:int}",
         guards=[allow("admin")],
         status_code=204,
+        responses=LEAVE_CHANGE,
     )
     async def withdraw_doctor_exception(
         self,
         db_session: AsyncSession,
         effects: Effects,
         actor: Principal,
-        doctor_id: int,
-        exception_id: int,
+        doctor_id: Id,
+        exception_id: Id,
         now: dt.datetime,
     ) -> None:
         """Withdraw a doctor's leave that is not over: its slots reopen."""
@@ -283,13 +301,13 @@ class DirectoryController(Controller):
             now=now,
         )
 
-    @post("/clinics/{clinic_id:int}/exceptions", guards=[allow("admin")])
+    @post("/clinics/{clinic_id:int}/exceptions", guards=[allow("admin")], responses=BY_ID_RULES)
     async def clinic_exception(
         self,
         db_session: AsyncSession,
         effects: Effects,
         actor: Principal,
-        clinic_id: int,
+        clinic_id: Id,
         data: ExceptionIn,
         now: dt.datetime,
     ) -> dict[str, Any]:
@@ -301,11 +319,13 @@ async def _exception(
     db_session: AsyncSession,
     effects: Effects,
     actor: Principal,
-    clinic_id: int,
+    clinic_id: Id,
     doctor_id: int | None,
     data: ExceptionIn,
     now: dt.datetime,
 ) -> dict[str, Any]:
+    check_moment(data.starts_at, "starts_at")
+    check_moment(data.ends_at, "ends_at")
     result = await schedules.add_exception(
         db_session,
         effects,

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts, tokens
 from app.routes.auth import login_limits, send_reset_link
+from app.routes.responses import ANY_ROUTE, PUBLIC, READ, RULES, answers
 from app.services import Services
 from app.settings import Settings
 from app.web.guards import AUTH_LIMITED, allow, browser_session, client_addr, current_user
@@ -78,7 +79,13 @@ def _settings(request: Request[Any, Any, Any]) -> Settings:
     return settings
 
 
-@post("/api/auth/register", opt=AUTH_LIMITED, tags=["auth"], status_code=201)
+@post(
+    "/api/auth/register",
+    opt=AUTH_LIMITED,
+    tags=["auth"],
+    status_code=201,
+    responses=answers(*ANY_ROUTE, 409, 422),
+)
 async def register(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: RegisterBody
 ) -> Registered:
@@ -95,7 +102,13 @@ async def register(
     return Registered(user.id, user.email, user.role, user.patient_id)
 
 
-@post("/api/auth/token", opt=AUTH_LIMITED, tags=["auth"], status_code=200)
+@post(
+    "/api/auth/token",
+    opt=AUTH_LIMITED,
+    tags=["auth"],
+    status_code=200,
+    responses=answers(*ANY_ROUTE, 422),
+)
 async def token(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: Credentials
 ) -> TokenPair:
@@ -118,7 +131,7 @@ async def token(
     return TokenPair(access, refresh, tokens.ACCESS_TTL_SECONDS)
 
 
-@post("/api/auth/refresh", opt=AUTH_LIMITED, tags=["auth"], status_code=200)
+@post("/api/auth/refresh", opt=AUTH_LIMITED, tags=["auth"], status_code=200, responses=PUBLIC)
 async def refresh(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: RefreshBody
 ) -> TokenPair:
@@ -131,7 +144,7 @@ async def refresh(
     return TokenPair(access, new_refresh, tokens.ACCESS_TTL_SECONDS)
 
 
-@post("/api/auth/revoke", opt=AUTH_LIMITED, tags=["auth"], status_code=204)
+@post("/api/auth/revoke", opt=AUTH_LIMITED, tags=["auth"], status_code=204, responses=PUBLIC)
 async def revoke(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: RefreshBody
 ) -> None:
@@ -141,7 +154,7 @@ async def revoke(
     )
 
 
-@get("/api/auth/me", guards=[allow()], tags=["auth"])
+@get("/api/auth/me", guards=[allow()], tags=["auth"], responses=READ)
 async def me(request: Request[Any, Any, Any]) -> Me:
     """Who the caller is."""
     user = current_user(request)
@@ -149,7 +162,7 @@ async def me(request: Request[Any, Any, Any]) -> Me:
     return Me(user.id, user.email, user.role, user.patient_id, user.doctor_id, user.clinic_id)
 
 
-@post("/api/auth/password", guards=[allow()], tags=["auth"], status_code=204)
+@post("/api/auth/password", guards=[allow()], tags=["auth"], status_code=204, responses=RULES)
 async def change_password(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: PasswordChange
 ) -> None:
@@ -167,7 +180,13 @@ async def change_password(
     )
 
 
-@post("/api/auth/password-reset", opt=AUTH_LIMITED, tags=["auth"], status_code=202)
+@post(
+    "/api/auth/password-reset",
+    opt=AUTH_LIMITED,
+    tags=["auth"],
+    status_code=202,
+    responses=answers(*ANY_ROUTE, 422),
+)
 async def password_reset(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: ResetRequest
 ) -> Response[dict[str, str]]:
@@ -178,7 +197,13 @@ async def password_reset(
     )
 
 
-@post("/api/auth/password-reset/confirm", opt=AUTH_LIMITED, tags=["auth"], status_code=204)
+@post(
+    "/api/auth/password-reset/confirm",
+    opt=AUTH_LIMITED,
+    tags=["auth"],
+    status_code=204,
+    responses=answers(*ANY_ROUTE, 422),
+)
 async def password_reset_confirm(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: ResetConfirm
 ) -> None:

@@ -9,13 +9,14 @@ from litestar.response import Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.routes.responses import answers
 from app.services import Services
 from app.web.guards import PUBLIC
 
 PROBE_TIMEOUT = 2.0
 
 
-@get("/health/live", sync_to_thread=False, opt=PUBLIC, tags=["ops"])
+@get("/health/live", sync_to_thread=False, opt=PUBLIC, tags=["ops"], responses={})
 def live() -> dict[str, str]:
     """The process is up and serving."""
     return {"status": "ok"}
@@ -38,7 +39,12 @@ async def _redis_ok(redis: object) -> bool:
         return False
 
 
-@get("/health/ready", opt=PUBLIC, tags=["ops"])
+@get(
+    "/health/ready",
+    opt=PUBLIC,
+    tags=["ops"],
+    responses=answers(503, _503="PostgreSQL or Redis does not answer; `down` names which"),
+)
 async def ready(request: Request) -> Response[dict[str, object]]:
     """200 when PostgreSQL and Redis both answer; 503 naming what is down."""
     services = Services.of(request.app)

@@ -31,10 +31,11 @@ from app.live.realtime import (
 from app.records import records
 from app.routes import views
 from app.routes.deps import booking_rules
+from app.routes.inputs import parse_day, parse_id
 from app.scheduling import directory
 from app.services import Services
 from app.web.guards import PUBLIC, check_websocket_origin, current_user
-from db.models import Doctor
+from db.models import Clinic, Doctor
 
 MAX_DAYS = 14
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ async def _channels(
         return "my_appointments", [patient_channel(user.patient_id)]  # only one's own
     if view == "records" and user is not None:  # only who may read the patient's records
         try:
-            patient_id = int(params.get("patient_id", ""))
+            patient_id = parse_id(params.get("patient_id", ""))
             async with Services.of(socket.app).sessions() as session:
                 if await records.may_follow(session, user, patient_id):
                     return "records", [records_channel(patient_id)]
@@ -121,25 +122,38 @@ async def _channels(
             pass
         raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="not a channel you may see")
     try:
-        first = dt.date.fromisoformat(params.get("date", ""))
+        first = parse_day(params.get("date", ""))
         if view == "slots":
-            doctor_id = int(params.get("doctor_id", ""))
+            doctor_id = parse_id(params.get("doctor_id", ""))
             days = min(max(int(params.get("days", "1")), 1), MAX_DAYS)
+            if not await _exists(socket, Doctor, doctor_id):
+                raise LookupError
             return "slots", [
                 doctor_channel(doctor_id, first + dt.timedelta(days=i)) for i in range(days)
             ]
         if user is None:
             raise PermissionError
         if view == "board" and user.role in ("front_desk", "admin"):
-            clinic_id = int(params.get("clinic_id", ""))
+            clinic_id = parse_id(params.get("clinic_id", ""))
             if user.role == "front_desk" and clinic_id != user.clinic_id:
                 raise PermissionError
+            if not await _exists(socket, Clinic, clinic_id):
+                raise LookupError
             return "board", [clinic_channel(clinic_id, first)]
         if view == "doctor_day" and user.role == "doctor" and user.doctor_id is not None:
             return "doctor_day", [doctor_channel(user.doctor_id, first)]
-    except (ValueError, PermissionError):
+    except (ValueError, PermissionError, LookupError):
         pass
     raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="not a channel you may see")
+
+
+async def _exists(
+    socket: WebSocket[Any, Any, Any], model: type[Doctor | Clinic], ident: int
+) -> bool:
+    """Whether the doctor or clinic a socket asks for exists: an unknown one is refused
+    before the handshake is accepted (1008), not accepted and then crashed on."""
+    async with Services.of(socket.app).sessions() as session:
+        return await session.get(model, ident) is not None
 
 
 @websocket("/ws/live", opt=PUBLIC)

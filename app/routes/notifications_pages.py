@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import DomainError
 from app.notifications import outbox, preferences
 from app.notifications.breaker import PROVIDERS, BreakerState, read_state
+from app.routes.inputs import Id, OptionalId
+from app.routes.responses import BY_ID_RULES, READ, RULES
 from app.services import Services, ask_for_dispatch
 from app.settings import Settings
 from app.web.guards import allow, client_addr, current_user
@@ -62,9 +64,9 @@ class UndeliveredOut(msgspec.Struct):
     appointment_starts_at: dt.datetime
 
 
-@get("/api/notifications/undelivered", guards=ADMIN, tags=["notifications"])
+@get("/api/notifications/undelivered", guards=ADMIN, tags=["notifications"], responses=READ)
 async def undelivered_api(
-    db_session: AsyncSession, before: int | None = None
+    db_session: AsyncSession, before: OptionalId = None
 ) -> list[UndeliveredOut]:
     """Messages that could not be delivered after every attempt (dead letters)."""
     rows = await outbox.list_undelivered(db_session, before_id=before, limit=PAGE_SIZE)
@@ -86,7 +88,7 @@ async def undelivered_api(
 async def _act(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
-    notification_id: int,
+    notification_id: Id,
     action: DeadLetterAction,
     *,
     dispatch: bool = False,
@@ -103,18 +105,28 @@ async def _act(
         await ask_for_dispatch(Services.of(request.app).queue)
 
 
-@post("/api/notifications/{notification_id:int}/retry", guards=ADMIN, tags=["notifications"])
+@post(
+    "/api/notifications/{notification_id:int}/retry",
+    guards=ADMIN,
+    tags=["notifications"],
+    responses=BY_ID_RULES,
+)
 async def retry_api(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> dict[str, Any]:
     """Send an undelivered message again, with fresh attempts."""
     await _act(request, db_session, notification_id, outbox.retry_dead, dispatch=True)
     return {"id": notification_id, "status": "pending"}
 
 
-@post("/api/notifications/{notification_id:int}/discard", guards=ADMIN, tags=["notifications"])
+@post(
+    "/api/notifications/{notification_id:int}/discard",
+    guards=ADMIN,
+    tags=["notifications"],
+    responses=BY_ID_RULES,
+)
 async def discard_api(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> dict[str, Any]:
     """Give up on an undelivered message."""
     await _act(request, db_session, notification_id, outbox.discard_dead)
@@ -159,7 +171,7 @@ async def undelivered_page(
 async def _act_from_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
-    notification_id: int,
+    notification_id: Id,
     action: DeadLetterAction,
     done: str,
     *,
@@ -175,7 +187,7 @@ async def _act_from_page(
 
 @post("/admin/notifications/{notification_id:int}/retry", guards=ADMIN, include_in_schema=False)
 async def retry_page(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> Redirect:
     """Retry from the page, then show it again."""
     return await _act_from_page(
@@ -185,7 +197,7 @@ async def retry_page(
 
 @post("/admin/notifications/{notification_id:int}/discard", guards=ADMIN, include_in_schema=False)
 async def discard_page(
-    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: int
+    request: Request[Any, Any, Any], db_session: AsyncSession, notification_id: Id
 ) -> Redirect:
     """Discard from the page, then show it again."""
     return await _act_from_page(
@@ -254,7 +266,7 @@ async def _set_my_preference(
     )
 
 
-@get("/api/me/notifications", guards=PATIENT, tags=["notifications"])
+@get("/api/me/notifications", guards=PATIENT, tags=["notifications"], responses=READ)
 async def preference_api(
     request: Request[Any, Any, Any], db_session: AsyncSession
 ) -> PreferenceOut:
@@ -262,7 +274,7 @@ async def preference_api(
     return _out(await preferences.get_preference(db_session, _patient_id(request)))
 
 
-@patch("/api/me/notifications", guards=PATIENT, tags=["notifications"])
+@patch("/api/me/notifications", guards=PATIENT, tags=["notifications"], responses=RULES)
 async def set_preference_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, data: PreferenceIn, now: dt.datetime
 ) -> PreferenceOut:

@@ -26,6 +26,7 @@ from app.errors import Conflict, DomainError
 from app.live import boards
 from app.live.effects import Effects
 from app.routes.auth import dispatch_soon
+from app.routes.inputs import Id, OptionalId, check_day, check_moment
 from app.routes.views import fragment, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
@@ -38,7 +39,7 @@ MAX_REASON = 500  # the textarea's maxlength
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
-async def _doctor_and_clinic(db_session: AsyncSession, doctor_id: int) -> tuple[Any, Any]:
+async def _doctor_and_clinic(db_session: AsyncSession, doctor_id: Id) -> tuple[Any, Any]:
     """Loaded and detached, so a booking's rollback cannot expire what the page shows."""
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     db_session.expunge_all()
@@ -98,6 +99,7 @@ async def _week_context(
     doctor_id: int,
     date: dt.date | None,
 ) -> dict[str, Any]:
+    check_day(date)
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     first = date or boards.clinic_today(clinic.timezone, now)
     _, days = await boards.doctor_days(
@@ -192,13 +194,14 @@ async def doctor_slots(
     slot_cache: SlotCache,
     rules: BookingRules,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
     date: dt.date | None = None,
-    reschedule: int | None = None,
+    reschedule: OptionalId = None,
     start: dt.datetime | None = None,
 ) -> Template | Response[str]:
     """A doctor's week of slots, open to visitors; they change state live while the
     page is open. `start` opens the panel on that slot (back from signing in)."""
+    check_moment(start, "start")
     user = current_user(request)
     if reschedule is not None and user is None:
         raise NotAuthorizedException("sign in first")
@@ -220,7 +223,7 @@ async def booking_form(
     slot_cache: SlotCache,
     rules: BookingRules,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
     start: dt.datetime,
     reschedule: int | None = None,
     reason: str | None = None,
@@ -228,6 +231,7 @@ async def booking_form(
     """The panel for a chosen slot (a new booking or a move); `reason` carries what the
     patient had typed in the panel it replaces. Asked again by the page when the slot
     changes state while the panel is open."""
+    check_moment(start, "start")
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     user = current_user(request)
     context = await _panel(
@@ -258,7 +262,7 @@ async def book(
     actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
-    doctor_id: int,
+    doctor_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Book from the panel. Taken meanwhile: say so and offer the nearest free times;
@@ -268,6 +272,7 @@ async def book(
     reason = (data.get("reason") or "").strip() or None
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
+        check_moment(start, "start")
         result = await commands.book(
             db_session,
             effects,
@@ -328,7 +333,7 @@ async def cancel(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    appointment_id: int,
+    appointment_id: Id,
 ) -> Response[str]:
     """Cancel one of my appointments; the slot is free for others at once."""
     try:
@@ -361,7 +366,7 @@ async def reschedule(
     actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
-    appointment_id: int,
+    appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Move my appointment to the chosen slot: all or nothing. When it fails the panel
@@ -372,6 +377,7 @@ async def reschedule(
     context: dict[str, Any] = {"doctor": doctor, "clinic": clinic, "reschedule": target}
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
+        check_moment(start, "start")
         moved = await commands.reschedule(
             db_session, effects, actor, appointment_id, start=start, rules=rules, now=now
         )

@@ -14,7 +14,10 @@ from app.access.identity import Principal
 from app.errors import DomainError, Invalid
 from app.live.effects import Effects
 from app.records import records
-from app.records.documents import CONTENT_TYPES
+from app.records.documents import content_disposition
+from app.routes.inputs import Id
+from app.routes.responses import BY_ID_RULES, answers
+from app.routes.responses import SIGNED_IN as SIGNED_IN_ANSWERS
 from app.routes.views import message, page
 from app.services import Services
 from app.settings import Settings
@@ -34,12 +37,12 @@ def _store(request: Request[Any, Any, Any]) -> DocumentStore:
     return Services.of(request.app).documents
 
 
-@get("/api/patients/{patient_id:int}/records", guards=[SIGNED_IN])
+@get("/api/patients/{patient_id:int}/records", guards=[SIGNED_IN], responses=BY_ID_RULES)
 async def list_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     break_glass_reason: str | None = None,
 ) -> dict[str, Any]:
     """All of a patient's records with download URLs (valid 10 minutes), in one response."""
@@ -54,13 +57,17 @@ async def list_api(
     return {"patient_id": patient_id, "records": [item.as_json() for item in items]}
 
 
-@get("/api/patients/{patient_id:int}/records/{record_id:int}", guards=[SIGNED_IN])
+@get(
+    "/api/patients/{patient_id:int}/records/{record_id:int}",
+    guards=[SIGNED_IN],
+    responses=BY_ID_RULES,
+)
 async def view_api(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
-    record_id: int,
+    patient_id: Id,
+    record_id: Id,
     break_glass_reason: str | None = None,
 ) -> dict[str, Any]:
     """One record with a fresh download URL (the list returns them all at once)."""
@@ -94,13 +101,14 @@ def upload_routes(settings: Settings) -> list[Any]:
         guards=[allow("doctor")],
         request_max_body_size=limit,
         status_code=201,
+        responses=answers(*SIGNED_IN_ANSWERS, 404, 413, 422),
     )
     async def upload_api(
         request: Request[Any, Any, Any],
         db_session: AsyncSession,
         actor: Principal,
         effects: Effects,
-        patient_id: int,
+        patient_id: Id,
     ) -> dict[str, Any]:
         """Multipart `file`, `record_type`, `title`: a PDF, PNG or JPEG for a patient in
         the doctor's care."""
@@ -140,7 +148,7 @@ def upload_routes(settings: Settings) -> list[Any]:
         db_session: AsyncSession,
         actor: Principal,
         effects: Effects,
-        patient_id: int,
+        patient_id: Id,
     ) -> Response[str]:
         """The panel's upload form; the new row reaches every open panel over the socket."""
         try:
@@ -176,7 +184,7 @@ async def _panel(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     reason: str | None,
     part: str,
 ) -> Template | Response[str]:
@@ -186,6 +194,7 @@ async def _panel(
         "can_upload": False,
         "records": [],
         "need_reason": None,
+        "patient_name": None,
     }
     try:
         the_grant, items = await records.list_records(
@@ -198,7 +207,8 @@ async def _panel(
             via="page",
         )
     except records.BreakGlassRequired as exc:
-        context.update(patient_name=exc.patient_name, need_reason=exc.detail)
+        # Nothing about a patient the reader may not see: not even the name.
+        context.update(need_reason=exc.detail)
         return page(request, "records/panel.html", "panel", **context)
     context.update(
         patient_name=the_grant.patient_name,
@@ -216,7 +226,7 @@ async def panel_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     actor: Principal,
-    patient_id: int,
+    patient_id: Id,
     break_glass_reason: str | None = None,
     part: str = "panel",
 ) -> Template | Response[str]:
@@ -247,9 +257,9 @@ async def download(
     sig: str = "",
     u: str = "",
 ) -> File | Response[dict[str, Any]]:
-    """A document of the local-disk store. Public on purpose: the signed, expiring URL is
-    the credential, issued only by an audited read to the user `u` it names; each download
-    is audited in turn."""
+    """A document of the local-disk store, saved under its title and type. Public on
+    purpose: the signed, expiring URL is the credential, issued only by an audited read to
+    the user `u` it names; each download is audited in turn."""
     store = _store(request)
     key = key.lstrip("/")
     if not isinstance(store, DiskStore):
@@ -263,15 +273,17 @@ async def download(
     if not path.is_file():
         return _gone(404, "not found")
     issued_to = int(u) if u else None
-    if not await records.audit_download(
+    stored = await records.audit_download(
         db_session, key, issued_to=issued_to, client_addr=client_addr(request)
-    ):
+    )
+    if stored is None:
         return _gone(404, "not found")
+    filename, content_type = stored
     return File(
         path=path,
-        filename=path.name,
-        media_type=CONTENT_TYPES[path.suffix.lstrip(".")],
-        content_disposition_type="attachment",
+        filename=filename,
+        media_type=content_type,
+        headers={"content-disposition": content_disposition(filename)},
     )
 
 

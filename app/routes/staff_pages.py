@@ -15,20 +15,39 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments import commands
+from app.appointments import commands, conflicts, walk_ins
 from app.appointments.rules import BookingRules
 from app.errors import DomainError
 from app.live import boards
 from app.live.effects import Effects
+from app.routes.inputs import Id, OptionalId, check_day, parse_clock, parse_day, parse_id
 from app.routes.views import fragment, message, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
-from app.web.guards import allow
+from app.web.guards import allow, client_addr
 from db.models import Clinic
 
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 # The elements an action's message replaces (desk/board.html, doctor/day.html).
 BOARD_MESSAGE, WALK_IN_MESSAGE, DAY_MESSAGE = "board-message", "walk-in-msg", "day-message"
+NEW_PATIENT_MESSAGE = "new-patient-msg"
+NOT_VALID = "The selection is not valid; reload the board."
+
+
+def _done(status: str) -> str:
+    return DONE.get(status, status.replace("_", " "))
+
+
+# What the desk and the doctor are told once a status is set (else the status in words).
+DONE = {"booked": "check-in undone"}
+# A result of moving or cancelling conflicting bookings, in the board's words.
+RESOLVED = {
+    "moved": "moved",
+    "cancelled": "cancelled (the patient is told)",
+    "not_found": "not found",
+    "not_in_conflict": "no longer conflicting, left as it is",
+    "no_free_time": "no free time found: left in place",
+}
 
 
 async def _clinic_of(db_session: AsyncSession, actor: Principal, clinic_id: int | None) -> int:
@@ -51,9 +70,10 @@ async def board(
     actor: Principal,
     now: dt.datetime,
     date: dt.date | None = None,
-    clinic_id: int | None = None,
+    clinic_id: OptionalId = None,
 ) -> Template | Response[str]:
     """Today's (or `date`'s) board for the desk's clinic: doctors as columns, live."""
+    check_day(date)
     clinic = await db_session.get(Clinic, await _clinic_of(db_session, actor, clinic_id))
     if clinic is None:
         raise NotFoundException("no such clinic")
@@ -69,6 +89,7 @@ async def board(
         clinics=clinics,
         keep_clinic=f"&clinic_id={clinic.id}" if actor.role == "admin" else "",
         columns=columns,
+        conflicting=sum(c.conflict for col in columns for row in col.rows for c in row.cards),
         day=day,
         previous_day=day - dt.timedelta(days=1),
         next_day=day + dt.timedelta(days=1),
@@ -87,10 +108,11 @@ async def set_status(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    appointment_id: int,
+    appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
-    """Check in, no-show or cancel from the board; every open board updates live."""
+    """Check in (or undo one), no-show or cancel from the board; every open board updates
+    live."""
     status = data.get("status", "")
     try:
         await commands.change_status(
@@ -104,9 +126,15 @@ async def set_status(
         )
     except DomainError as exc:
         return message(request, BOARD_MESSAGE, exc.detail, error=True)
-    return message(
-        request, BOARD_MESSAGE, f"Appointment {appointment_id}: {status.replace('_', ' ')}."
-    )
+    return message(request, BOARD_MESSAGE, f"Appointment {appointment_id}: {_done(status)}.")
+
+
+def _selected_ids(form: Any) -> list[int] | None:
+    """The board's ticked appointments; None when the form was tampered with."""
+    try:
+        return [int(v) for v in form.getall("appointment_ids")] if "appointment_ids" in form else []
+    except ValueError:
+        return None
 
 
 @post(
@@ -123,12 +151,9 @@ async def bulk_check_in(
     now: dt.datetime,
 ) -> Response[str]:
     """Check in every selected appointment in one statement (the bulk endpoint's code)."""
-    form = await request.form()
-    try:
-        ids = [int(v) for v in form.getall("appointment_ids")] if "appointment_ids" in form else []
-    except ValueError:
-        text = "The selection is not valid; reload the board."
-        return message(request, BOARD_MESSAGE, text, error=True)
+    ids = _selected_ids(await request.form())
+    if ids is None:
+        return message(request, BOARD_MESSAGE, NOT_VALID, error=True)
     if not ids:
         text = "Select the appointments to check in first."
         return message(request, BOARD_MESSAGE, text, error=True)
@@ -144,6 +169,40 @@ async def bulk_check_in(
     return message(request, BOARD_MESSAGE, text, error=bool(skipped))
 
 
+@post(
+    "/desk/conflicts/{action:str}",
+    guards=[allow("front_desk", "admin")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def resolve_conflicts(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+    action: str,
+) -> Response[str]:
+    """Move the selected bookings that leave left in place to the nearest free times, or
+    cancel them with a notice; one line per appointment says what became of it."""
+    ids = _selected_ids(await request.form())
+    if ids is None:
+        return message(request, BOARD_MESSAGE, NOT_VALID, error=True)
+    if not ids:
+        text = "Select the conflicting appointments first."
+        return message(request, BOARD_MESSAGE, text, error=True)
+    try:
+        results = await conflicts.resolve(
+            db_session, effects, actor, ids, action=action, rules=rules, now=now
+        )
+    except DomainError as exc:
+        return message(request, BOARD_MESSAGE, exc.detail, error=True)
+    return fragment(
+        request, "desk/_resolved.html", results=results, words=RESOLVED, element=BOARD_MESSAGE
+    )
+
+
 @get(
     "/desk/patients",
     guards=[allow("front_desk", "admin")],
@@ -152,9 +211,47 @@ async def bulk_check_in(
 async def patient_search(
     request: Request[Any, Any, Any], db_session: AsyncSession, q: str = ""
 ) -> Response[str]:
-    """Patients by name prefix, as radio choices for the walk-in form."""
+    """Patients by name prefix, as radio choices for the walk-in form; when none match,
+    the new-patient form is offered with the name typed."""
     hits = await boards.search_patients(db_session, q)
-    return fragment(request, "desk/_patient_hits.html", hits=hits)
+    return fragment(request, "desk/_patient_hits.html", hits=hits, q=" ".join(q.split()))
+
+
+@post(
+    "/desk/patients",
+    guards=[allow("front_desk", "admin")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def register_patient(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    data: Annotated[dict[str, str], Form],
+) -> Response[str]:
+    """Register a walk-in new to medbook; they become the walk-in form's chosen patient."""
+    clinic = await db_session.get_one(Clinic, await _clinic_of(db_session, actor, None))
+    try:
+        born = dt.date.fromisoformat(data.get("date_of_birth", ""))
+    except ValueError:
+        text = "Give the date of birth as a date."
+        return message(request, NEW_PATIENT_MESSAGE, text, error=True)
+    try:
+        patient = await walk_ins.register_patient(
+            db_session,
+            actor,
+            full_name=data.get("full_name", ""),
+            date_of_birth=born,
+            today=boards.clinic_today(clinic.timezone, now),
+            phone=data.get("phone"),
+            email=data.get("email"),
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        return message(request, NEW_PATIENT_MESSAGE, exc.detail, error=True)
+    hit = boards.PatientHit(patient.id, patient.full_name, patient.date_of_birth)
+    return fragment(request, "desk/_registered.html", hit=hit)
 
 
 @post(
@@ -169,16 +266,25 @@ async def walk_in(
     now: dt.datetime,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
-    """Book a walk-in for a found patient at a time on the doctor's grid."""
+    """Book a walk-in for the patient the search shows selected, at a time on the doctor's
+    grid; staff may go beyond the per-doctor limit with a reason."""
     try:
-        doctor_id, patient_id = int(data.get("doctor_id", "")), int(data.get("patient_id", ""))
-        day = dt.date.fromisoformat(data.get("date", ""))
-        hour, minute = (int(part) for part in data.get("time", "").split(":"))
+        doctor_id, patient_id = (
+            parse_id(data.get("doctor_id", "")),
+            parse_id(data.get("patient_id", "")),
+        )
+        day = parse_day(data.get("date", ""))
+        clock = parse_clock(data.get("time", ""))
     except ValueError:
-        text = "Choose a patient, a doctor and a time like 10:30."
+        text = "Choose a patient, a doctor, a day and a time like 10:30."
         return message(request, WALK_IN_MESSAGE, text, error=True)
-    _, clinic = await directory.get_doctor(db_session, doctor_id)
-    start = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=ZoneInfo(clinic.timezone))
+    try:
+        # The choice must still be on show: a radio left from an earlier search is not.
+        name = await walk_ins.selected_patient(db_session, patient_id, data.get("q", ""))
+        doctor, clinic = await directory.get_doctor(db_session, doctor_id)
+    except DomainError as exc:
+        return message(request, WALK_IN_MESSAGE, exc.detail, error=True)
+    start = dt.datetime.combine(day, clock, tzinfo=ZoneInfo(clinic.timezone))
     # The desk books what is in front of it: the notice rule is for patients booking online,
     # and a patient who walks in a few minutes late still gets the slot that just started.
     desk_rules = BookingRules(dt.timedelta(0), rules.horizon, rules.max_future_per_doctor)
@@ -191,12 +297,17 @@ async def walk_in(
             start=start,
             patient_id=patient_id,
             reason=data.get("reason") or None,
+            override_reason=data.get("override_reason") or None,
             rules=desk_rules,
             now=now - boards.WALK_IN_GRACE,
         )
     except DomainError as exc:
         return message(request, WALK_IN_MESSAGE, exc.detail, error=True)
-    text = f"Booked at {data['time']} (appointment {result.appointment.id})."
+    when = result.appointment.starts_at.astimezone(ZoneInfo(clinic.timezone)).strftime("%H:%M")
+    text = (
+        f"Booked at {when} for {name} with {doctor.full_name} "
+        f"(appointment {result.appointment.id})."
+    )
     return message(request, WALK_IN_MESSAGE, text)
 
 
@@ -209,10 +320,11 @@ async def doctor_day(
     date: dt.date | None = None,
 ) -> Template | Response[str]:
     """The doctor's appointments of the day with their status, live."""
+    check_day(date)
     assert actor.doctor_id is not None
     doctor, clinic = await directory.get_doctor(db_session, actor.doctor_id)
     day = date or boards.clinic_today(clinic.timezone, now)
-    _, _, cards = await boards.doctor_day(db_session, doctor.id, day)
+    _, _, cards = await boards.doctor_day(db_session, doctor.id, day, now)
     return page(
         request,
         "doctor/day.html",
@@ -238,10 +350,11 @@ async def doctor_status(
     effects: Effects,
     actor: Principal,
     now: dt.datetime,
-    appointment_id: int,
+    appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
-    """The doctor checks in, completes or marks a no-show for their own patient."""
+    """The doctor checks in (or undoes it), completes or marks a no-show for their own
+    patient."""
     status = data.get("status", "")
     try:
         await commands.change_status(
@@ -249,7 +362,17 @@ async def doctor_status(
         )
     except DomainError as exc:
         return message(request, DAY_MESSAGE, exc.detail, error=True)
-    return message(request, DAY_MESSAGE, f"Marked {status.replace('_', ' ')}.")
+    return message(request, DAY_MESSAGE, f"Marked {_done(status)}.")
 
 
-ROUTES = [board, set_status, bulk_check_in, patient_search, walk_in, doctor_day, doctor_status]
+ROUTES = [
+    board,
+    set_status,
+    bulk_check_in,
+    resolve_conflicts,
+    patient_search,
+    register_patient,
+    walk_in,
+    doctor_day,
+    doctor_status,
+]

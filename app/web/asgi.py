@@ -54,12 +54,14 @@ from app.routes import (
 from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.inputs import refuse_bad_input
 from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
 from app.services import start_services
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.web import csrf, page_context
 from app.web.admission import Admission, AdmissionMiddleware
+from app.web.api_docs import VendoredSwagger
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
@@ -112,11 +114,10 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
     Opening them spares the first requests after a start or deploy the fork and
     authentication of new PostgreSQL backends. Running the statements spares them the rest
     of a backend's first use: asyncpg prepares each statement and introspects its types
-    once per connection, and a new backend plans with cold catalog caches (the
-    availability query's first run on a fresh connection measured 60-100 ms, its second
-    1-5 ms). That was the ~250 ms stall of the first burst of cache misses in a new
-    process. A database that is down only logs here: /health/ready reports it, and
-    requests retry the pool."""
+    once per connection, and a new backend plans with cold catalog caches (a statement's
+    first run on a fresh connection is many times slower than its second; bench/README.md).
+    That was the stall of the first burst of cache misses in a new process. A database
+    that is down only logs here: /health/ready reports it, and requests retry the pool."""
 
     async def hold() -> None:
         async with engine.connect() as connection:
@@ -147,9 +148,9 @@ async def freeze_startup_heap(_: Litestar) -> AsyncIterator[None]:
     routes, pools, compiled templates) out of the garbage collector's reach.
 
     Those few hundred thousand objects live as long as the process, yet each full
-    (generation 2) collection walked them all: 40-110 ms per collection in each worker,
-    measured with gc.callbacks, several in the first seconds after a start: every request
-    in flight stalled ~125 ms (the first requests after a deploy). After `gc.freeze()` a
+    (generation 2) collection walked them all, several times in the first seconds after a
+    start (measured with gc.callbacks; bench/README.md), and every request in flight
+    stalled with it (the first requests after a deploy). After `gc.freeze()` a
     full collection walks only what came later. Runs
     last among the lifespans, so everything they set up is included; at shutdown the
     objects are handed back (an app built and stopped in a test process is collected)."""
@@ -227,6 +228,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DefineMiddleware(CSRFMiddleware, exclude=UNGUARDED),
         ],
         before_send=[add_security_headers],
+        # NUL characters and deeply nested JSON: one 400 before any handler parses them.
+        before_request=refuse_bad_input,
         request_max_body_size=settings.request_max_body_bytes,
         plugins=[SQLAlchemyPlugin(config=db)],
         exception_handlers={
@@ -272,7 +275,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             engine=JinjaTemplateEngine,
             engine_callback=page_context.register,
         ),
-        openapi_config=OpenAPIConfig(title="medbook", version="0.1.0", path="/schema"),
+        # Swagger UI only, served from static/vendor (the CDN renderers broke under our CSP).
+        openapi_config=OpenAPIConfig(
+            title="medbook",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[VendoredSwagger(path=["/", "/swagger"])],
+        ),
     )
 
 

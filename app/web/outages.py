@@ -13,7 +13,7 @@ from litestar.response import Response, Template
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import BUSY, Overloaded, outage
+from app.errors import BUSY, Overloaded, outage, refused_value
 from app.web.admission import BUSY_DETAIL, BUSY_PAGE, RETRY_AFTER_SECONDS
 from app.web.guards import wants_html
 
@@ -21,6 +21,9 @@ log = logging.getLogger("medbook")
 
 DOWN_RETRY_AFTER_SECONDS = 5  # a restart or failover takes seconds, not milliseconds
 DOWN_DETAIL = "the service is briefly unavailable; try again in a moment"
+REFUSED_VALUE_DETAIL = (
+    "a value is out of range or not valid text (a number beyond 2^63-1, a NUL character)"
+)
 DOWN_PAGE = {
     "heading": "medbook is briefly unavailable",
     "message": (
@@ -32,9 +35,13 @@ DOWN_PAGE = {
 
 
 def outage_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """503 with Retry-After for an outage (`app.errors.outage`); any other error of these
-    types is a bug, answered 500 as Litestar would (its traceback is already logged)."""
+    """503 with Retry-After for an outage (`app.errors.outage`), 400 for a value the
+    database refuses (`app.errors.refused_value`); any other error of these types is a
+    bug, answered 500 as Litestar would (its traceback is already logged)."""
     kind = outage(exc)
+    if kind is None and refused_value(exc):
+        log.warning("400 for %s %s: %s", request.method, request.url.path, exc)
+        return Response({"status_code": 400, "detail": REFUSED_VALUE_DETAIL}, status_code=400)
     if kind is None:
         return Response({"status_code": 500, "detail": "Internal Server Error"}, status_code=500)
     log.warning("503 for %s %s: %s: %s", request.method, request.url.path, kind, exc)

@@ -6,13 +6,13 @@ import datetime as dt
 import itertools
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from app.access import audit
 from app.appointments.statements import PATIENT_CHANNELS_SQL
 from app.notifications.planning import choose_channels
 from db.models import Appointment, AuditEvent, Notification
-from tests.integration.world import at, day_after_tomorrow, make_world
+from tests.integration.world import BERLIN, at, day_after_tomorrow, make_world, move_to_today
 
 
 @pytest.fixture
@@ -47,6 +47,19 @@ async def notices(session, appointment_id):
         .order_by(Notification.id)
     )
     return [tuple(r) for r in found]
+
+
+async def under_way(session, appointment_id):
+    """Let the appointment have begun ten minutes ago, today in Berlin (from midnight when
+    that is sooner): it may be checked in and still be cancelled."""
+    now = dt.datetime.now(dt.UTC)
+    start = max(now - dt.timedelta(minutes=10), at(now.astimezone(BERLIN).date(), 0, 0))
+    await session.execute(
+        update(Appointment)
+        .where(Appointment.id == appointment_id)
+        .values(starts_at=start, ends_at=now + dt.timedelta(minutes=20))
+    )
+    await session.commit()
 
 
 async def test_a_cancellation_records_who_and_why_audits_it_and_updates_the_outbox(
@@ -106,6 +119,8 @@ async def test_refusals_write_nothing(client, world, session):
     assert (await change("cancelled", "doctor")).status_code == 403  # not a doctor's to set
     assert (await change("no_show", "desk")).status_code == 422  # before the start
     assert (await change("cancelled", "other_desk")).status_code == 404  # not theirs to see
+    assert (await change("checked_in", "doctor")).status_code == 422  # not the day yet
+    await move_to_today(session, appointment_id)
     assert (await change("checked_in", "doctor")).status_code == 200
     assert (await change("checked_in", "doctor")).status_code == 422  # already
     assert [e.details["to"] for e in await events(session, appointment_id)] == ["checked_in"]
@@ -116,6 +131,7 @@ async def test_racing_changes_one_wins_the_other_gets_the_reason(client, world, 
     """Two cancellations and a check-in at once: exactly one changes the row, the others
     answer 422 with the state the winner left, and the trail holds one event."""
     appointment_id = await book(client, world, at(day_after_tomorrow(), 10))
+    await under_way(session, appointment_id)  # today: a check-in is possible
     bodies = [("cancelled", "patient0"), ("cancelled", "desk"), ("checked_in", "doctor")]
     responses = await asyncio.gather(
         *(
@@ -143,6 +159,7 @@ async def test_bulk_update_audits_each_change_and_records_the_actor(client, worl
             f"/api/appointments/{done}", json={"status": "cancelled"}, headers=world.headers("desk")
         )
     ).status_code == 200
+    await move_to_today(session, *ids)  # a check-in only on the appointment's day
     response = await client.post(
         "/api/appointments/bulk-update",
         json={"appointment_ids": [*ids, 999_999], "status": "checked_in"},

@@ -64,8 +64,10 @@ async def test_every_kind_of_change_is_seen_by_the_next_read(client, world, engi
         )
         assert moved.status_code == 200, moved.text
         await check("after reschedule")
-        assert (await client.patch(path, json={"status": "checked_in"}, headers=desk)).is_success
-        await check("after check-in")
+        # A check-in waits for the appointment's day: refused, and nothing changes.
+        refused = await client.patch(path, json={"status": "checked_in"}, headers=desk)
+        assert refused.status_code == 422, refused.text
+        await check("after a refused check-in")
         assert (await client.patch(path, json={"status": "cancelled"}, headers=desk)).is_success
         await check("after cancel")
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.models import Appointment
-from tests.integration.world import at, day_after_tomorrow, make_world
+from tests.integration.world import at, day_after_tomorrow, make_world, move_to_today
 
 
 @pytest.fixture
@@ -254,7 +254,7 @@ async def test_reschedule_is_atomic(client, world, session):
     assert theirs["id"] != mine["id"]
 
 
-async def test_status_machine(client, world):
+async def test_status_machine(client, world, session):
     day = day_after_tomorrow()
     appointment = (await book(client, world, at(day, 9))).json()
     path = f"/api/appointments/{appointment['id']}"
@@ -264,7 +264,10 @@ async def test_status_machine(client, world):
 
     assert (await set_status("checked_in", "patient0")).status_code == 403
     assert (await set_status("no_show", "desk")).status_code == 422  # not started yet
-    assert (await set_status("flying", "desk")).status_code == 422
+    assert (await set_status("flying", "desk")).status_code == 400  # not in the schema's enum
+    early = await set_status("checked_in", "desk")
+    assert early.status_code == 422 and "on the day of the appointment" in early.json()["detail"]
+    await move_to_today(session, appointment["id"])
     assert (await set_status("checked_in", "desk")).status_code == 200
     assert (await set_status("completed", "doctor")).status_code == 200
     assert (await set_status("cancelled", "desk")).status_code == 422  # completed is final
@@ -304,6 +307,7 @@ async def test_bulk_update_reports_each_id(client, world, session):
         f"/api/appointments/{done}", json={"status": "cancelled"}, headers=world.headers("desk")
     )
     ny = await book_in_new_york(client, world, day)
+    await move_to_today(session, ids[0], ids[1])
     response = await client.post(
         "/api/appointments/bulk-update",
         json={
@@ -456,6 +460,12 @@ async def test_a_doctor_bulk_updates_only_what_doctors_may_set(client, world, se
         mine[1]: "forbidden",
         ids[2]: "not_found",
     }
+    assert await bulk("checked_in") == {
+        mine[0]: "invalid_transition",  # not their day yet
+        mine[1]: "invalid_transition",
+        ids[2]: "not_found",
+    }
+    await move_to_today(session, *mine)
     assert await bulk("checked_in") == {mine[0]: "updated", mine[1]: "updated", ids[2]: "not_found"}
     statuses = dict((await session.execute(select(Appointment.id, Appointment.status))).all())
     assert [statuses[i] for i in ids] == ["checked_in", "checked_in", "booked"]

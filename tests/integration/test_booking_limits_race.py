@@ -2,6 +2,7 @@
 each through the domain code on a session (and pooled connection) of its own."""
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -13,11 +14,26 @@ from app.appointments.rules import BookingRules
 from app.errors import Invalid
 from app.live.effects import Effects
 from db.models import Appointment
-from db.session import session_factory
+from db.session import create_engine, session_factory
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 RULES = BookingRules(dt.timedelta(0), dt.timedelta(days=30), max_future_per_doctor=3)
 LIMIT = RULES.max_future_per_doctor
+
+
+# The racers wait for each other while each holds a pooled connection (a barrier after
+# their reads), so the pool must hold them all: the tests' default pool (4 + 5 overflow)
+# would make them wait for one another forever, until the pool's timeout.
+RACERS_MAX = 16
+
+
+@pytest.fixture
+async def engine(settings):
+    """An engine of this module's own, its pool big enough for every racer at once."""
+    roomy = dataclasses.replace(settings, db_pool_size=RACERS_MAX, db_max_overflow=0)
+    engine = create_engine(roomy, application_name="medbook-race-tests")
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -14,10 +14,12 @@ from app.live.effects import Effects
 from app.routes.api_appointments import appointment_out
 from db.models import Appointment
 from db.session import session_factory
+from tests.integration import test_booking_limits_race as race
 from tests.integration.test_booking_limits_race import RULES, actor, all_read_before_any_writes
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 RETRIES = 10
+engine = race.engine  # the pool holds every racer (see there)
 NEW_YORK = ZoneInfo("America/New_York")
 
 

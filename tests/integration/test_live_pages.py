@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from db.models import Appointment
 from tests.integration.auth_helpers import browser_login, csrf_from
-from tests.integration.world import PASSWORD, at, day_after_tomorrow, make_world
+from tests.integration.world import PASSWORD, at, day_after_tomorrow, make_world, move_to_today
 
 
 @pytest.fixture
@@ -120,16 +120,24 @@ async def test_desk_board_actions_and_walk_in(client, world, session):
         headers=htmx(token),
         data={
             "patient_id": world.patients[1],
+            "q": "Patient 1",
             "doctor_id": world.doctor_id,
             "date": day.isoformat(),
             "time": "10:00",
             "reason": "walk-in",
         },
     )
-    assert "Booked at 10:00" in walk_in.text
+    assert "Booked at 10:00 for Patient 1 with Dr. Berlin" in walk_in.text
     board = await client.get("/desk", params={"date": day.isoformat()})
     card = re.search(r'data-appointment-id="(\d+)" data-status="booked"', board.text)
     assert card and "Patient 1" in board.text
+    early = await client.post(
+        f"/desk/appointments/{card.group(1)}/status",
+        data={"status": "checked_in"},
+        headers=htmx(token),
+    )
+    assert "checked in only on the day of the appointment" in early.text
+    await move_to_today(session, int(card.group(1)))
     done = await client.post(
         f"/desk/appointments/{card.group(1)}/status",
         data={"status": "checked_in"},

@@ -14,7 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from app.records.documents import FOLDER
+from app.records.documents import FOLDER, content_disposition
 from app.services import Services
 from app.storage import URL_SECONDS, S3Store
 from app.web.asgi import create_app
@@ -167,3 +167,20 @@ async def test_failed_row_deletes_the_s3_object(s3_client, session, settings, en
         async with engine.begin() as conn:
             await conn.execute(text("DROP TRIGGER refuse_s3_record ON medical_records"))
             await conn.execute(text("DROP FUNCTION refuse_s3_record()"))
+
+
+async def test_an_s3_download_is_named_by_title_and_type(s3_client, session, settings):
+    world = await make_world(session, settings.secret_key, patients=1)
+    patient = world.patients[0]
+    await add_appointment(session, world, patient, "booked", 9)
+    doctor = world.headers("doctor")
+    created = await upload(
+        s3_client, doctor, patient, record_type="imaging", title="Röntgen Thorax"
+    )
+    assert created.status_code == 201, created.text
+    listed = (await s3_client.get(f"/api/patients/{patient}/records", headers=doctor)).json()
+    async with httpx.AsyncClient() as http:
+        got = await http.get(listed["records"][0]["document_url"])
+    assert got.status_code == 200 and got.content == PDF
+    name = "Röntgen Thorax (imaging).pdf"
+    assert got.headers["content-disposition"] == content_disposition(name)

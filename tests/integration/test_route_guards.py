@@ -10,13 +10,8 @@ from app.web.asgi import create_app
 OPENAPI_PAGES = {
     "/schema",
     "/schema/{path:str}",
-    "/schema/elements",
     "/schema/oauth2-redirect.html",
     "/schema/openapi.json",
-    "/schema/openapi.yaml",
-    "/schema/openapi.yml",
-    "/schema/rapidoc",
-    "/schema/redoc",
     "/schema/swagger",
 }
 

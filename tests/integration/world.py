@@ -89,3 +89,23 @@ async def make_world(session: AsyncSession, secret: str, patients: int = 3) -> W
     session.add_all(world.users.values())
     await session.commit()
     return world
+
+
+async def move_to_today(session: AsyncSession, *appointment_ids: int) -> dt.date:
+    """Put appointments on today's date in Berlin, half an hour apart from 00:00 (whatever
+    the hour now): a check-in is possible only on an appointment's day, and the booking
+    rules refuse to book a time that has passed."""
+    from sqlalchemy import update
+
+    from db.models import Appointment
+
+    today = dt.datetime.now(BERLIN).date()
+    for i, appointment_id in enumerate(appointment_ids):
+        start = at(today, 0, 0) + dt.timedelta(minutes=30 * i)
+        await session.execute(
+            update(Appointment)
+            .where(Appointment.id == appointment_id)
+            .values(starts_at=start, ends_at=start + dt.timedelta(minutes=30))
+        )
+    await session.commit()
+    return today

@@ -23,12 +23,13 @@ LEGAL = {
     ("booked", "no_show"),
     ("checked_in", "completed"),
     ("checked_in", "cancelled"),
+    ("checked_in", "booked"),  # the undo of a check-in
 }
 MAY_SET = {
     "patient": {"cancelled"},
-    "doctor": {"checked_in", "completed", "no_show"},
-    "front_desk": {"checked_in", "completed", "cancelled", "no_show"},
-    "admin": {"checked_in", "completed", "cancelled", "no_show"},
+    "doctor": {"checked_in", "completed", "no_show", "booked"},
+    "front_desk": {"checked_in", "completed", "cancelled", "no_show", "booked"},
+    "admin": {"checked_in", "completed", "cancelled", "no_show", "booked"},
     rules.SCHEDULE: {"cancelled"},
     "nobody": set(),
 }
@@ -38,15 +39,26 @@ ENDS = STARTS + dt.timedelta(minutes=30)
 BEFORE = STARTS - dt.timedelta(hours=2)
 DURING = STARTS + dt.timedelta(minutes=10)
 AFTER = ENDS + dt.timedelta(hours=2)
+CHECKED_IN = STARTS - dt.timedelta(minutes=5)
+UNDO = dt.timedelta(minutes=10)  # written out: a changed window fails these tests
 
 
 class Booked(NamedTuple):
     status: str
     starts_at: dt.datetime = STARTS
     ends_at: dt.datetime = ENDS
+    checked_in_at: dt.datetime | None = CHECKED_IN
 
 
-MOMENTS = {"before": BEFORE, "during": DURING, "at_start": STARTS, "at_end": ENDS, "after": AFTER}
+MOMENTS = {
+    "day_before": STARTS - dt.timedelta(days=1),
+    "before": BEFORE,
+    "during": DURING,
+    "at_start": STARTS,
+    "at_end": ENDS,
+    "after": AFTER,
+    "day_after": STARTS + dt.timedelta(days=1),
+}
 
 
 def expected(setter: str, current: str, target: str, moment: str) -> str | None:
@@ -55,9 +67,17 @@ def expected(setter: str, current: str, target: str, moment: str) -> str | None:
         return "forbidden"
     if (current, target) not in LEGAL:
         return "invalid"
-    if target == "no_show" and moment == "before":
+    if target == "checked_in" and moment in ("day_before", "day_after"):
+        return "invalid"  # a check-in only on the appointment's day
+    if target == "booked" and MOMENTS[moment] - CHECKED_IN > UNDO:
+        return "invalid"  # an undo only within ten minutes of the check-in
+    if target == "no_show" and moment in ("day_before", "before"):
         return "invalid"  # a no-show only once the start has come
-    if target == "cancelled" and setter != rules.SCHEDULE and moment in ("at_end", "after"):
+    if (
+        target == "cancelled"
+        and setter != rules.SCHEDULE
+        and moment in ("at_end", "after", "day_after")
+    ):
         return "invalid"  # an ended appointment is completed or a no-show, not cancelled
     return None
 
@@ -68,11 +88,11 @@ CASES = list(itertools.product(SETTERS, STATES, STATES, MOMENTS))
 @pytest.mark.parametrize(("setter", "current", "target", "moment"), CASES)
 def test_every_transition_by_every_setter_at_every_moment(setter, current, target, moment):
     now = MOMENTS[moment]
-    why = rules.refusal(setter, Booked(current), target, now)
+    why = rules.refusal(setter, Booked(current), target, now, timezone="UTC")
     assert (why.kind if why else None) == expected(setter, current, target, moment)
 
     def check():
-        rules.check_transition(setter, Booked(current), target, now)
+        rules.check_transition(setter, Booked(current), target, now, timezone="UTC")
 
     verdict = expected(setter, current, target, moment)
     if verdict is None:
@@ -93,6 +113,8 @@ def test_the_guard_passes_exactly_the_rows_refusal_allows(setter, current, targe
         current in guard.allowed_from
         and (guard.started_by is None or guard.started_by >= STARTS)
         and (guard.ends_after is None or guard.ends_after < ENDS)
+        and (guard.on_day_of is None or guard.on_day_of.date() == STARTS.date())  # UTC clinic
+        and (guard.checked_in_since is None or guard.checked_in_since <= CHECKED_IN)
     )
     assert passes == (expected(setter, current, target, moment) is None)
 
@@ -111,6 +133,32 @@ def test_leave_and_closures_cancel_what_is_active_even_once_it_has_ended():
     assert rules.sources("cancelled") == {"booked", "checked_in"}
     for current in ("booked", "checked_in"):
         assert rules.refusal(rules.SCHEDULE, Booked(current), "cancelled", AFTER) is None
+
+
+def test_the_day_of_a_check_in_is_the_clinics():
+    # 09:00 in Berlin on 5 March is 08:00 UTC; 23:30 UTC on 4 March is already the 5th there.
+    morning = Booked("booked", dt.datetime(2030, 3, 5, 8, 0, tzinfo=dt.UTC))
+    late_evening = dt.datetime(2030, 3, 4, 23, 30, tzinfo=dt.UTC)
+    assert rules.refusal("front_desk", morning, "checked_in", late_evening, timezone="UTC")
+    assert not rules.refusal(
+        "front_desk", morning, "checked_in", late_evening, timezone="Europe/Berlin"
+    )
+    why = rules.refusal("front_desk", morning, "checked_in", late_evening, timezone="UTC")
+    assert why is not None and why.message == (
+        "a patient can be checked in only on the day of the appointment"
+    )
+    with pytest.raises(ValueError, match="timezone"):
+        rules.refusal("front_desk", morning, "checked_in", late_evening)
+
+
+def test_a_check_in_is_undone_only_within_ten_minutes_of_it():
+    done = Booked("checked_in", checked_in_at=DURING)
+    assert not rules.refusal("front_desk", done, "booked", DURING + UNDO)
+    late = rules.refusal("front_desk", done, "booked", DURING + UNDO + dt.timedelta(seconds=1))
+    assert late == rules.Refusal("invalid", "a check-in can be undone only within 10 minutes")
+    never = Booked("checked_in", checked_in_at=None)  # no stamp: nothing to measure from
+    assert rules.refusal("admin", never, "booked", DURING) is not None
+    assert rules.refusal("patient", done, "booked", DURING).kind == "forbidden"
 
 
 def test_unknown_and_unreachable_targets():
@@ -136,6 +184,11 @@ def test_status_columns_stamp_when_it_happened():
         "status": "checked_in",
         "updated_at": now,
         "checked_in_at": now,
+    }
+    assert rules.status_columns("booked", now) == {
+        "status": "booked",
+        "updated_at": now,
+        "checked_in_at": None,
     }
     for target in ("completed", "no_show"):
         assert rules.status_columns(target, now) == {"status": target, "updated_at": now}
@@ -231,10 +284,33 @@ def test_what_makes_a_slot_bookable(start, data, why):
 
 def test_a_patient_holds_at_most_the_limit_with_one_doctor():
     for held in range(3):
-        rules.check_room_for_one_more(held, BOOKING)
+        assert rules.check_room_for_one_more(held, BOOKING) is False
     for held in (3, 4):
-        with pytest.raises(Invalid, match="at most 3 future appointments"):
+        with pytest.raises(Invalid, match="at most 3 future appointments") as refused:
             rules.check_room_for_one_more(held, BOOKING)
+        assert "override_reason" not in refused.value.detail  # patients get no such offer
+        # A reason counts only from staff.
+        with pytest.raises(Invalid, match="at most 3"):
+            rules.check_room_for_one_more(held, BOOKING, role="patient", override_reason="x")
+
+
+@pytest.mark.parametrize("role", ["front_desk", "admin"])
+def test_staff_go_beyond_the_limit_only_with_a_reason(role):
+    with pytest.raises(Invalid, match="give an override_reason"):
+        rules.check_room_for_one_more(3, BOOKING, role=role)
+    assert rules.check_room_for_one_more(3, BOOKING, role=role, override_reason="family")
+    assert not rules.check_room_for_one_more(2, BOOKING, role=role, override_reason="family")
+    assert rules.check_override(role, "  needs  a series ") == "needs a series"
+    assert rules.check_override(role, None) is None
+    with pytest.raises(Invalid, match="say why"):
+        rules.check_override(role, "   ")
+
+
+@pytest.mark.parametrize("role", ["patient", "doctor"])
+def test_only_the_desk_and_admins_may_override_the_limit(role):
+    with pytest.raises(Forbidden, match="only the front desk and admins"):
+        rules.check_override(role, "because")
+    assert rules.check_override(role, None) is None
 
 
 def test_a_move_adds_to_what_is_held_only_for_a_booking_already_begun():

@@ -9,7 +9,13 @@ from urllib.parse import parse_qsl, urlsplit
 import botocore.credentials
 import pytest
 
-from app.records.documents import FOLDER, URL_PATH, new_key
+from app.records.documents import (
+    FOLDER,
+    URL_PATH,
+    content_disposition,
+    download_name,
+    new_key,
+)
 from app.records.records import sniff
 from app.settings import load_settings
 from app.storage import URL_SECONDS, DiskStore, S3Store, valid_key
@@ -58,6 +64,46 @@ def test_fast_presigner_signs_exactly_like_botocore(region, endpoint, token, key
     assert urlsplit(ours)._replace(query="") == urlsplit(reference)._replace(query="")
     assert dict(parse_qsl(urlsplit(ours).query)) == params
     assert int(params["X-Amz-Expires"]) <= 15 * 60
+
+
+@pytest.mark.parametrize(
+    ("region", "endpoint"), [("eu-central-1", None), ("us-east-1", "http://127.0.0.1:9000")]
+)
+def test_fast_presigner_signs_a_download_name_like_botocore(region, endpoint):
+    store = S3Store(s3_settings(s3_region=region, s3_endpoint_url=endpoint))
+    key = "patients/12/0f3a9c.pdf"
+    disposition = content_disposition(download_name("Befund März", "lab_result", "application/pdf"))
+    reference = store.client.generate_presigned_url(
+        "get_object",
+        Params={"Bucket": "medbook-docs", "Key": key, "ResponseContentDisposition": disposition},
+        ExpiresIn=URL_SECONDS,
+    )
+    params = dict(parse_qsl(urlsplit(reference).query))
+    at = dt.datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    (ours,) = store.presigner.urls([key], URL_SECONDS, at, [disposition])
+    assert dict(parse_qsl(urlsplit(ours).query)) == params  # the signature included
+    assert params["response-content-disposition"] == disposition
+
+
+@pytest.mark.parametrize(
+    ("title", "record_type", "content_type", "name"),
+    [
+        ("Blood panel", "lab_result", "application/pdf", "Blood panel (lab result).pdf"),
+        ("Knee MRI, left", "imaging", "image/png", "Knee MRI, left (imaging).png"),
+        ('a/b\\c: "d"; e', "referral", "image/jpeg", "a b c d e (referral).jpg"),
+        ("Röntgen Thorax", "imaging", "image/jpeg", "Röntgen Thorax (imaging).jpg"),
+        ("x" * 300, "other", "application/pdf", "x" * 120 + ".pdf"),
+    ],
+)
+def test_a_document_downloads_under_its_title_and_type(title, record_type, content_type, name):
+    assert download_name(title, record_type, content_type) == name
+
+
+def test_the_download_header_names_the_file_for_every_browser():
+    assert content_disposition("Röntgen Thorax (imaging).jpg") == (
+        'attachment; filename="Rontgen Thorax (imaging).jpg"; '
+        "filename*=UTF-8''R%C3%B6ntgen%20Thorax%20%28imaging%29.jpg"
+    )
 
 
 def test_a_list_of_fifty_urls_is_signed_in_well_under_a_millisecond_each():
