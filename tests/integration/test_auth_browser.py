@@ -1,6 +1,7 @@
 """Browser sign-in: registration, login, logout, sessions, CSRF and redirects."""
 
 import dataclasses
+import datetime as dt
 import re
 
 from litestar.testing import AsyncTestClient
@@ -13,7 +14,7 @@ from app.analytics import exports
 from app.analytics.reports import ReportScope
 from app.web.asgi import create_app
 from app.web.csrf import insecure_origin_warning
-from db.models import AuditEvent, Clinic, Notification, Patient, User
+from db.models import AuditEvent, Clinic, Notification, Patient, ScheduleException, User
 from tests.integration.auth_helpers import PASSWORD, bearer, browser_login, csrf_from, make_user
 from tests.integration.world import at, day_after_tomorrow, make_world
 
@@ -307,8 +308,19 @@ async def test_no_page_needs_inline_script_or_style(client, session, settings):
         session, desk, ReportScope(day_after_tomorrow(), day_after_tomorrow(), None), None
     )
     start = at(day_after_tomorrow(), 10).isoformat()
+    leave_day = day_after_tomorrow() + dt.timedelta(days=7)
+    leave = ScheduleException(  # planned leave: the admin's edit page opens it
+        clinic_id=world.clinic_id,
+        doctor_id=world.doctor_id,
+        kind="leave",
+        starts_at=at(leave_day, 9),
+        ends_at=at(leave_day, 17),
+    )
+    session.add(leave)
+    await session.commit()
     fill = {
         "{doctor_id:int}": str(world.doctor_id),
+        "{exception_id:int}": str(leave.id),
         "{patient_id:int}": str(world.patients[0]),
         "{export_id:str}": export.id,
         "{token:str}": "a-token-nobody-has",
