@@ -403,8 +403,8 @@ class Notification(Base):
         ForeignKey("appointments.id", ondelete="CASCADE")
     )
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    # Account messages only: the random id their link's token is derived from at send
-    # time (HMAC with SECRET_KEY); the token itself is never stored (docs/notifications.md).
+    # Account messages only: a random id under which the link's token waits in Redis
+    # until sent (accounts.link_key); the row never holds the token (docs/notifications.md).
     ref: Mapped[str | None] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(8))
     kind: Mapped[str] = mapped_column(String(16))
