@@ -37,7 +37,13 @@ APPOINTMENT_STATUSES = ("booked", "checked_in", "completed", "cancelled", "no_sh
 ACTIVE_STATUSES = ("booked", "checked_in", "completed", "no_show")
 EXCEPTION_KINDS = ("leave", "holiday", "closure", "other")
 NOTIFICATION_CHANNELS = ("email", "sms")
-NOTIFICATION_KINDS = ("confirmation", "reminder_24h", "reminder_1h", "cancellation", "exception")
+# Kinds about an appointment, then kinds about an account (a reset or a new address's
+# verification link: rows with `user_id` instead of `appointment_id`).
+APPOINTMENT_NOTICES = ("confirmation", "reminder_24h", "reminder_1h", "cancellation", "exception")
+ACCOUNT_NOTICES = ("password_reset", "email_verify")
+NOTIFICATION_KINDS = APPOINTMENT_NOTICES + ACCOUNT_NOTICES
+NOTIFY_CHOICES = ("email", "sms", "both", "none")
+LANGUAGES = ("en", "de", "fr", "es")
 NOTIFICATION_STATUSES = ("pending", "queued", "sent", "dead", "void")
 # A clinic's name as compared for uniqueness: no case, no spaces (uq_clinics_name_key).
 CLINIC_NAME_KEY = r"lower(regexp_replace(name, '\s+', '', 'g'))"
@@ -114,7 +120,8 @@ class Doctor(Base):
 class Patient(Base):
     __tablename__ = "patients"
     __table_args__ = (
-        CheckConstraint(_in("notify_by", ("email", "sms", "none")), name="notify_by"),
+        CheckConstraint(_in("notify_by", NOTIFY_CHOICES), name="notify_by"),
+        CheckConstraint(_in("language", LANGUAGES), name="language"),
     )
 
     id: Mapped[int] = _id()
@@ -123,6 +130,9 @@ class Patient(Base):
     phone: Mapped[str | None]
     email: Mapped[str | None]
     notify_by: Mapped[str] = mapped_column(server_default="email")
+    language: Mapped[str] = mapped_column(String(8), server_default="en")
+    # A new address the patient asked for, until its verification link is followed.
+    pending_email: Mapped[str | None]
     created_at: Mapped[dt.datetime] = _created_at()
 
 
@@ -328,6 +338,8 @@ class Appointment(Base):
     booked_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     # Who made the last change of status or time, and why (the reason given, or what
     # cancelled it: leave, a closure); the audit trail holds every change (issue #22).
+    # A cancelled appointment changes no more, so then it is who cancelled: the patient's
+    # page tells "cancelled by the clinic" from the patient's own cancellation by it.
     changed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     change_reason: Mapped[str | None]
     created_at: Mapped[dt.datetime] = _created_at()
@@ -370,6 +382,8 @@ class Notification(Base):
         CheckConstraint(_in("channel", NOTIFICATION_CHANNELS), name="channel"),
         CheckConstraint(_in("kind", NOTIFICATION_KINDS), name="kind"),
         CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
+        # A message is about an appointment or about an account, never both.
+        CheckConstraint("(appointment_id IS NULL) <> (user_id IS NULL)", name="subject"),
         # The dispatcher's scan: pending rows that are due, oldest first; stays small.
         Index(
             "ix_notifications_due",
@@ -378,12 +392,20 @@ class Notification(Base):
         ),
         # Reschedule and cancel find an appointment's messages.
         Index("ix_notifications_appointment", "appointment_id"),
+        # A deleted user's messages go with it (the cascade scans by this).
+        Index("ix_notifications_user", "user_id", postgresql_where=text("user_id IS NOT NULL")),
         # The dead-letter page.
         Index("ix_notifications_dead", "id", postgresql_where=text("status = 'dead'")),
     )
 
     id: Mapped[int] = _id()
-    appointment_id: Mapped[int] = mapped_column(ForeignKey("appointments.id", ondelete="CASCADE"))
+    appointment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("appointments.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # Account messages only: a random id under which the link's token waits in Redis
+    # until sent (accounts.link_key); the row never holds the token (docs/notifications.md).
+    ref: Mapped[str | None] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(8))
     kind: Mapped[str] = mapped_column(String(16))
     due_at: Mapped[dt.datetime]

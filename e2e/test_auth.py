@@ -37,7 +37,7 @@ def test_register_logout_login_shows_name_and_role(page, live_server):
 
     page.get_by_label("Password").fill("a long e2e password")
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(live_server.url + "/")
+    page.wait_for_url(live_server.url + "/me/appointments")  # a patient's own start
     whoami = page.locator(".whoami").inner_text()
     assert "Erika Example" in whoami and "patient" in whoami
     page.wait_for_function("window.htmx !== undefined")

@@ -1,5 +1,6 @@
 """User accounts: creation with the right link for each role, sign-in (password, then the
-staff's second factor), passwords and their reset, roles."""
+staff's second factor), passwords and their reset, a patient's profile and the
+verification of a new e-mail address, roles."""
 
 from __future__ import annotations
 
@@ -28,14 +29,23 @@ from app.access.passwords import (
 from app.access.rate_limit import LoginLimits
 from app.access.tokens import revoke_user_tokens
 from app.errors import Conflict, DomainError, Invalid, NotFound
-from db.models import ROLES, Clinic, Doctor, Patient, User
+from app.notifications import preferences
+from db.models import LANGUAGES, ROLES, Clinic, Doctor, Notification, Patient, User
 
 log = logging.getLogger(__name__)
 
 RESET_TTL_SECONDS = 30 * 60
+VERIFY_TTL_SECONDS = 24 * 3600
+_VERIFY_PREFIX = "email-verify:"
+# An account message's token, under its outbox row's `ref`, until the link expires.
+_LINK_PREFIX = "account-link:"
+LINK_PATHS = {"password_reset": "/password-reset/", "email_verify": "/email-verify/"}
 _RESET_PREFIX = "password-reset:"
 _USER_RESETS_PREFIX = "password-resets:"  # a set of a user's live reset keys, to void them all
 BAD_CREDENTIALS = "the email or password is wrong"
+PROFILE_CHANGED = "profile.changed"
+EMAIL_CHANGE_REQUESTED = "email.change_requested"
+EMAIL_CHANGED = "email.changed"
 
 
 class BadCredentials(DomainError):
@@ -456,18 +466,39 @@ async def _void_reset_links(redis: Redis, user_id: int) -> None:
     await redis.delete(index, *keys)
 
 
+def link_key(ref: str) -> str:
+    """Where the sender finds the token of the account message with this `ref`."""
+    return _LINK_PREFIX + ref
+
+
+async def _mail_link(
+    session: AsyncSession, redis: Redis, *, user_id: int, kind: str, token: str, ttl: int
+) -> None:
+    """Put the e-mail that carries `token` in the outbox (the caller commits).
+
+    The row holds a random `ref`, never the token: the token waits in Redis under that
+    ref for as long as the link lives (where the link's own state lives too), and the
+    sender renders the link from it (docs/notifications.md).
+    """
+    ref = secrets.token_urlsafe(16)
+    await redis.set(link_key(ref), token, ex=ttl)
+    now = dt.datetime.now(dt.UTC)
+    session.add(Notification(user_id=user_id, channel="email", kind=kind, due_at=now, ref=ref))
+
+
 async def start_password_reset(
     session: AsyncSession, redis: Redis, *, email: str, client_addr: str | None = None
 ) -> str | None:
-    """Make a one-time reset token for the account with this email. Commits.
+    """Make a one-time reset token for the account with this email and e-mail its link
+    through the outbox. Commits.
 
-    Only the token's sha256 is stored (in Redis, expiring after 30 minutes: a lost token
-    is simply requested again), and listed under the user, so that a completed reset or
-    a password change voids every link still out. The caller delivers the token and must
-    never show it to the requester, nor reveal whether the account exists.
+    Only the token's sha256 is kept as the link's state (in Redis, expiring after 30
+    minutes: a lost token is simply requested again), and listed under the user, so that
+    a completed reset or a password change voids every link still out. The caller must
+    never show the token to the requester, nor reveal whether the account exists.
 
     Returns:
-        The token, or None when no active account has this email.
+        The token (for tests), or None when no active account has this email.
     """
     user = await _user_by_email(session, email)
     if user is None or not user.is_active:
@@ -479,6 +510,14 @@ async def start_password_reset(
         pipe.sadd(index, _reset_key(token))
         pipe.expire(index, RESET_TTL_SECONDS)  # the newest link outlives every older one
         await pipe.execute()
+    await _mail_link(
+        session,
+        redis,
+        user_id=user.id,
+        kind="password_reset",
+        token=token,
+        ttl=RESET_TTL_SECONDS,
+    )
     await audit.record(
         session,
         actor_user_id=None,
@@ -528,6 +567,244 @@ async def finish_password_reset(
         client_addr=client_addr,
     )
     await session.commit()
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    email: str
+    pending_email: str | None
+    full_name: str
+    phone: str | None
+    language: str
+    notify_by: str
+
+
+async def get_profile(session: AsyncSession, user_id: int) -> Profile:
+    """A patient's own profile.
+
+    Raises:
+        NotFound: no patient account with this id.
+    """
+    row = (
+        await session.execute(
+            select(
+                User.email,
+                Patient.pending_email,
+                Patient.full_name,
+                Patient.phone,
+                Patient.language,
+                Patient.notify_by,
+            )
+            .join(Patient, Patient.id == User.patient_id)
+            .where(User.id == user_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound("no patient profile")
+    return Profile(*row)
+
+
+async def update_profile(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    full_name: str,
+    language: str,
+    client_addr: str | None = None,
+) -> None:
+    """A patient changes their name and language, audited; no commit (the channels and
+    phone follow through `preferences.set_preference`, which commits).
+
+    Raises:
+        Invalid: an empty name or an unknown language.
+    """
+    full_name = full_name.strip()
+    if not full_name:
+        raise Invalid("full name must not be empty")
+    if len(full_name) > 200:
+        raise Invalid("full name must be at most 200 characters")
+    if language not in LANGUAGES:
+        raise Invalid(f"language must be one of {', '.join(LANGUAGES)}")
+    user = await session.get_one(User, user_id)
+    if user.patient_id is None:
+        raise Invalid("only patients have a profile")
+    patient = await session.get_one(Patient, user.patient_id, with_for_update=True)
+    patient.full_name, patient.language = full_name, language
+    await audit.record(
+        session,
+        actor_user_id=user_id,
+        action=PROFILE_CHANGED,
+        subject_type="patient",
+        subject_id=patient.id,
+        patient_id=patient.id,
+        client_addr=client_addr,
+    )
+
+
+async def _email_taken(session: AsyncSession, email: str, user_id: int) -> bool:
+    found = await session.scalar(
+        select(User.id).where(func.lower(User.email) == email.lower(), User.id != user_id)
+    )
+    return found is not None
+
+
+async def _new_email(session: AsyncSession, user_id: int, new_email: str) -> str:
+    email = normalise_email(new_email)
+    user = await session.get_one(User, user_id)
+    if user.patient_id is None:
+        raise Invalid("only patients have a profile")
+    if email.lower() == user.email.lower():
+        raise Invalid("that is already your email address")
+    if await _email_taken(session, email, user_id):
+        raise Conflict("this email is already registered")
+    return email
+
+
+async def save_profile(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    user_id: int,
+    full_name: str,
+    email: str,
+    phone: str,
+    language: str,
+    by_email: bool,
+    by_sms: bool,
+    now: dt.datetime,
+    client_addr: str | None = None,
+) -> bool:
+    """A patient saves their profile page: name, language, phone, channels (any of
+    e-mail and SMS), and a new address (verified before use). All checked before
+    anything is saved; commits.
+
+    Returns:
+        Whether a verification link went to a new address.
+
+    Raises:
+        Invalid, Conflict: as `update_profile`, `preferences.set_preference` and
+            `request_email_change`; nothing is saved then.
+    """
+    user = await session.get_one(User, user_id)
+    current = {user.email.lower()}
+    if user.patient_id is not None:
+        pending = await session.scalar(
+            select(Patient.pending_email).where(Patient.id == user.patient_id)
+        )
+        current.add((pending or "").lower())
+    changed = email.strip().lower() not in current
+    if changed:
+        await _new_email(session, user_id, email)
+    notify_by = {(True, True): "both", (True, False): "email", (False, True): "sms"}.get(
+        (by_email, by_sms), "none"
+    )
+    await update_profile(
+        session, user_id=user_id, full_name=full_name, language=language, client_addr=client_addr
+    )
+    assert user.patient_id is not None  # update_profile checked
+    await preferences.set_preference(
+        session,
+        user.patient_id,
+        notify_by=notify_by,
+        phone=phone,
+        actor_user_id=user_id,
+        now=now,
+    )
+    if changed:
+        await request_email_change(
+            session, redis, user_id=user_id, new_email=email, client_addr=client_addr
+        )
+    return changed
+
+
+async def request_email_change(
+    session: AsyncSession,
+    redis: Redis,
+    *,
+    user_id: int,
+    new_email: str,
+    client_addr: str | None = None,
+) -> None:
+    """A patient asks for a new address: it is pending until the link e-mailed to it
+    (through the outbox) is followed; the old address stays in use meanwhile. A newer
+    request supersedes older links. Commits.
+
+    Raises:
+        Invalid: not an address, or the current one.
+        Conflict: another account has it.
+    """
+    email = await _new_email(session, user_id, new_email)
+    user = await session.get_one(User, user_id)
+    assert user.patient_id is not None  # _new_email checked
+    patient = await session.get_one(Patient, user.patient_id, with_for_update=True)
+    patient.pending_email = email
+    token = secrets.token_urlsafe(32)
+    key = _VERIFY_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+    await redis.set(key, f"{user_id}:{email}", ex=VERIFY_TTL_SECONDS)
+    await _mail_link(
+        session,
+        redis,
+        user_id=user_id,
+        kind="email_verify",
+        token=token,
+        ttl=VERIFY_TTL_SECONDS,
+    )
+    await audit.record(
+        session,
+        actor_user_id=user_id,
+        action=EMAIL_CHANGE_REQUESTED,
+        subject_type="user",
+        subject_id=user_id,
+        patient_id=patient.id,
+        client_addr=client_addr,
+    )
+    await session.commit()
+
+
+async def confirm_email_change(
+    session: AsyncSession, redis: Redis, *, token: str, client_addr: str | None = None
+) -> str:
+    """Follow a verification link: the pending address becomes the account's (sign-in
+    and messages alike). Commits.
+
+    Returns:
+        The new address.
+
+    Raises:
+        Invalid: an unknown, used, expired or superseded link.
+        Conflict: another account took the address meanwhile.
+    """
+    expired = Invalid("this confirmation link is invalid or has expired; ask for a new one")
+    key = _VERIFY_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+    raw = await redis.get(key)
+    if raw is None:
+        raise expired
+    user_id_text, _, email = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition(":")
+    user = await session.get(User, int(user_id_text))
+    patient = await session.get(Patient, user.patient_id) if user and user.patient_id else None
+    if user is None or patient is None or not user.is_active or patient.pending_email != email:
+        raise expired  # a newer request superseded this link
+    if await _email_taken(session, email, user.id):
+        raise Conflict("this email is already registered")
+    if await redis.getdel(key) is None:
+        raise expired  # followed meanwhile by a parallel request
+    user.email, patient.email, patient.pending_email = email, email, None
+    await audit.record(
+        session,
+        actor_user_id=user.id,
+        action=EMAIL_CHANGED,
+        subject_type="user",
+        subject_id=user.id,
+        patient_id=patient.id,
+        client_addr=client_addr,
+    )
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict("this email is already registered") from None
+    await forget_principal(redis, user.id)
+    return email
 
 
 async def create_staff_account(

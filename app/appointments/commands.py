@@ -100,14 +100,19 @@ def _change(
     for interval in extra:
         days.update(local_days(interval.start, interval.end, timezone))
     return AppointmentChange(
-        appointment.id, appointment.doctor_id, appointment.clinic_id, tuple(sorted(days)), action
+        appointment.id,
+        appointment.doctor_id,
+        appointment.clinic_id,
+        tuple(sorted(days)),
+        action,
+        appointment.patient_id,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class _PatientFacts:
     held: int  # future booked appointments with the doctor being booked
-    channel: str | None  # where the confirmation and reminders go (None: nowhere)
+    channels: tuple[str, ...]  # where the confirmation and reminders go (none: nowhere)
 
 
 async def _booking_facts(
@@ -140,7 +145,7 @@ async def _booking_facts(
     if raw is None:
         return data, None
     notify_by, email, phone, held = json.loads(raw) if isinstance(raw, str) else raw
-    return data, _PatientFacts(int(held), notifications.choose_channel(notify_by, email, phone))
+    return data, _PatientFacts(int(held), notifications.choose_channels(notify_by, email, phone))
 
 
 async def warm_up(connection: AsyncConnection) -> None:
@@ -160,7 +165,7 @@ async def warm_up(connection: AsyncConnection) -> None:
     patient = -driver.get_server_pid()
     empty: list[Any] = []
     # starts_at == ends_at fails the end-after-start check before any index is touched
-    nothing = (0, patient, 0, now, now, None, None, None, None, None, empty, empty, 1, now)
+    nothing = (0, patient, 0, now, now, None, None, None, None, empty, empty, empty, 1, now)
     with suppress(asyncpg.CheckViolationError):
         async with connection.begin_nested():
             await driver_fetchmany(
@@ -236,7 +241,7 @@ async def book(
     booking_rules.check_room_for_one_more(
         facts.held, rules, role=actor.role, override_reason=override_reason
     )
-    planned = notifications.plan(slot.start, data.timezone, now) if facts.channel else []
+    planned = notifications.plan(slot.start, data.timezone, now) if facts.channels else []
     values = (
         doctor_id,
         target,
@@ -247,7 +252,7 @@ async def book(
         idempotency_key,
         digest if idempotency_key else None,
         actor.id,
-        facts.channel,
+        list(facts.channels),
         [p.kind for p in planned],
         [p.due_at for p in planned],
         rules.max_future_per_doctor,
@@ -574,7 +579,11 @@ async def bulk_update(
         if row.id is not None:
             result[row.id] = "updated"
             days = tuple(local_days(row.starts_at, row.ends_at, row.timezone))
-            changes.append(AppointmentChange(row.id, row.doctor_id, row.clinic_id, days, status))
+            changes.append(
+                AppointmentChange(
+                    row.id, row.doctor_id, row.clinic_id, days, status, row.patient_id
+                )
+            )
         elif not row.may_see:
             # Another clinic's appointment answers exactly like an unknown id: no
             # existence leak (docs/security.md, "404 or 403?").

@@ -43,9 +43,10 @@ def held_lock(patient_id: str, doctor_id: str) -> str:
 # decides whether this booking goes beyond it, and if so its audit event
 # (appointment.limit_overridden, with the reason and what was held) is written with it.
 # Parameters: $1 doctor, $2 patient, $3 clinic, $4 starts_at, $5 ends_at, $6 reason,
-# $7 idempotency key, $8 its request hash, $9 booked_by, $10 channel, $11 kinds, $12 due
-# times, $13 the limit, $14 now, $15 write (false: only take the lock), $16 the staff's
-# reason to go beyond the limit (NULL: none).
+# $7 idempotency key, $8 its request hash, $9 booked_by, $10 channels (an array: each
+# planned message goes by each, two rows for `both`), $11 kinds, $12 due times, $13 the
+# limit, $14 now, $15 write (false: only take the lock), $16 the staff's reason to go
+# beyond the limit (NULL: none).
 BOOK_SQL = f"""
 WITH earlier AS (
   SELECT * FROM appointments WHERE $15 AND booked_by = $9 AND idempotency_key = $7
@@ -66,8 +67,9 @@ WITH earlier AS (
   RETURNING *
 ), outbox AS (
   INSERT INTO notifications (appointment_id, channel, kind, due_at)
-  SELECT booked.id, CAST($10 AS varchar), plan.kind, plan.due_at
-    FROM booked, unnest(CAST($11 AS text[]), CAST($12 AS timestamptz[])) AS plan(kind, due_at)
+  SELECT booked.id, chosen.channel, plan.kind, plan.due_at
+    FROM booked, unnest(CAST($10 AS varchar[])) AS chosen(channel),
+         unnest(CAST($11 AS text[]), CAST($12 AS timestamptz[])) AS plan(kind, due_at)
 ), overridden AS (
   INSERT INTO audit_events (actor_user_id, action, subject_type, subject_id, patient_id,
                             details)
@@ -83,14 +85,19 @@ UNION ALL
 SELECT *, true AS replayed FROM earlier
 """
 
-# The patient's channel for a notice, as `notifications.choose_channel` picks it: their
-# choice, the other one when the chosen address is missing, none when they chose none.
-PATIENT_CHANNEL_SQL = """CASE
-    WHEN p.notify_by = 'none' THEN NULL
-    WHEN p.notify_by = 'email' THEN CASE WHEN coalesce(p.email, '') <> '' THEN 'email'
-                                         WHEN coalesce(p.phone, '') <> '' THEN 'sms' END
-    ELSE CASE WHEN coalesce(p.phone, '') <> '' THEN 'sms'
-              WHEN coalesce(p.email, '') <> '' THEN 'email' END
+# The patient's channels for a notice, as `notifications.choose_channels` picks them (a
+# text[]): for `both`, each channel with an address; else their choice, the other one when
+# the chosen address is missing; none when they chose none (or have no address at all).
+PATIENT_CHANNELS_SQL = """CASE
+    WHEN p.notify_by = 'none' THEN CAST(ARRAY[] AS text[])
+    WHEN p.notify_by = 'both'
+      THEN array_remove(ARRAY[CASE WHEN coalesce(p.email, '') <> '' THEN 'email' END,
+                              CASE WHEN coalesce(p.phone, '') <> '' THEN 'sms' END], NULL)
+    WHEN p.notify_by = 'email'
+      THEN array_remove(ARRAY[CASE WHEN coalesce(p.email, '') <> '' THEN 'email'
+                                   WHEN coalesce(p.phone, '') <> '' THEN 'sms' END], NULL)
+    ELSE array_remove(ARRAY[CASE WHEN coalesce(p.phone, '') <> '' THEN 'sms'
+                                 WHEN coalesce(p.email, '') <> '' THEN 'email' END], NULL)
   END"""
 
 # A status change of any number of appointments as one statement, without the ORM's unit
@@ -98,11 +105,11 @@ PATIENT_CHANNEL_SQL = """CASE
 # (`rules.guard`: from-states and time conditions, re-checked on the locked row, so two
 # racing changes cannot both pass; a check-in on the clinic's day of the appointment, its
 # undo back to `booked` within minutes), their unsent announcements voided (not for an
-# undone check-in: the visit still lies ahead), a notice for each cancellation, who did
-# it and why on the row, and an audit event per change (an undone check-in's says when
-# the check-in was). Returns a row per id found: what it was (found_*), whether the actor
-# may see it, the clinic's time zone, and the appointment's new columns when it changed
-# (else NULLs).
+# undone check-in: the visit still lies ahead), a notice for each cancellation on each
+# channel the patient chose, who did it and why on the row, and an audit event per change
+# (an undone check-in's says when the check-in was). Returns a row per id found: what it
+# was (found_*), whether the actor may see it, the clinic's time zone, and the
+# appointment's new columns when it changed (else NULLs).
 CHANGE_STATUS_SQL = text(
     f"""
 WITH target AS (
@@ -149,8 +156,8 @@ WITH target AS (
   SELECT c.id, ch.channel, CAST(:notice AS text), CAST(:now AS timestamptz)
     FROM changed c
     JOIN patients p ON p.id = c.patient_id
-   CROSS JOIN LATERAL (SELECT {PATIENT_CHANNEL_SQL} AS channel) ch
-   WHERE c.status = 'cancelled' AND ch.channel IS NOT NULL
+   CROSS JOIN LATERAL unnest({PATIENT_CHANNELS_SQL}) AS ch(channel)
+   WHERE c.status = 'cancelled'
 ), audited AS (
   INSERT INTO audit_events (actor_user_id, action, subject_type, subject_id, patient_id,
                             details)

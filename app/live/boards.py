@@ -5,23 +5,43 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.appointments.queries import in_conflict
 from app.appointments.rules import UNDO_CHECK_IN
 from app.scheduling.availability import local_day_bounds
-from app.scheduling.slots import DaySlots, SlotCache
-from db.models import Appointment, Clinic, Doctor, Patient
+from app.scheduling.slots import CachedSlot, DaySlots, SlotCache
+from db.models import Appointment, Clinic, Doctor, Patient, User
+
+# Why a slot cannot be booked, in the patient's words: only a taken slot may free up.
+SLOT_STATES = {
+    "free": "free",
+    "taken": "taken",
+    "away": "doctor away",
+    "past": "past",
+    "too_soon": "too late to book online",
+    "not_yet": "not bookable yet",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class SlotView:
     start: str  # ISO 8601 with the clinic's offset: data-slot-start
     label: str  # 09:30
-    available: bool
+    state: str  # a key of SLOT_STATES
+
+    @property
+    def available(self) -> bool:
+        return self.state == "free"
+
+    @property
+    def why(self) -> str:
+        return SLOT_STATES[self.state]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +51,30 @@ class DayView:
     slots: list[SlotView]
 
 
-def day_view(doctor_id: int, day: DaySlots, lo: dt.datetime, hi: dt.datetime) -> DayView:
-    first, last = lo.timestamp(), hi.timestamp()
+def slot_state(slot: CachedSlot, now: float, first: float, last: float) -> str:
+    """Why `slot` can or cannot be booked; leave first (it never frees up), then time."""
+    if slot.blocked:
+        return "away"
+    if slot.starts < now:
+        return "past"
+    if slot.taken:
+        return "taken"
+    if slot.starts < first:
+        return "too_soon"
+    if slot.starts > last:
+        return "not_yet"
+    return "free"
+
+
+def day_view(
+    doctor_id: int, day: DaySlots, lo: dt.datetime, hi: dt.datetime, now: dt.datetime
+) -> DayView:
+    first, last, instant = lo.timestamp(), hi.timestamp(), now.timestamp()
     return DayView(
         doctor_id,
         day.day,
         [
-            SlotView(s.start_local, s.start_local[11:16], not s.taken and first <= s.starts <= last)
+            SlotView(s.start_local, s.start_local[11:16], slot_state(s, instant, first, last))
             for s in day.slots
         ],
     )
@@ -50,10 +87,11 @@ async def doctor_days(
     count: int,
     lo: dt.datetime,
     hi: dt.datetime,
+    now: dt.datetime,
 ) -> tuple[str, list[DayView]]:
     """`count` days of a doctor's slots, bookable within [lo, hi], and the clinic zone."""
     timezone, days = await cache.days(doctor_id, first, count)
-    return timezone, [day_view(doctor_id, d, lo, hi) for d in days]
+    return timezone, [day_view(doctor_id, d, lo, hi, now) for d in days]
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,3 +334,70 @@ async def search_patients(session: AsyncSession, text: str, limit: int = 20) -> 
 
 def clinic_today(timezone: str, now: dt.datetime) -> dt.date:
     return now.astimezone(ZoneInfo(timezone)).date()
+
+
+@dataclass(frozen=True, slots=True)
+class MyAppointment:
+    """One of a patient's appointments as their own page shows it."""
+
+    id: int
+    doctor_id: int
+    doctor_name: str
+    clinic_name: str
+    timezone: str
+    label: str  # Tue 30 Mar 2027, 09:00 CEST
+    day: str  # the clinic-local date, for "book again" and "reschedule"
+    status: str
+    by_clinic: bool  # cancelled by the clinic (not by the patient)
+    cancel_reason: str | None
+
+
+async def my_appointments(
+    session: AsyncSession, patient_id: int, now: dt.datetime
+) -> tuple[list[MyAppointment], list[MyAppointment]]:
+    """A patient's coming appointments and their last 50 past ones. A coming one the
+    clinic cancelled stays (so none silently vanishes); the patient's own cancellations
+    leave the list. A cancellation by anyone but the patient's own login (`changed_by`:
+    a cancelled appointment's last change is its cancellation) was the clinic's."""
+    canceller = aliased(User)
+    query = (
+        select(
+            Appointment.id,
+            Appointment.doctor_id,
+            Doctor.full_name,
+            Clinic.name,
+            Clinic.timezone,
+            Appointment.starts_at,
+            Appointment.status,
+            canceller.patient_id.is_distinct_from(patient_id).label("by_clinic"),
+            Appointment.cancel_reason,
+        )
+        .join(Doctor, Doctor.id == Appointment.doctor_id)
+        .join(Clinic, Clinic.id == Appointment.clinic_id)
+        .outerjoin(canceller, canceller.id == Appointment.changed_by)
+        .where(Appointment.patient_id == patient_id)
+    )
+    coming = await session.execute(
+        query.where(Appointment.ends_at > now).order_by(Appointment.starts_at).limit(100)
+    )
+    past = await session.execute(
+        query.where(Appointment.ends_at <= now).order_by(Appointment.starts_at.desc()).limit(50)
+    )
+    upcoming = [a for a in map(_mine, coming) if a.status != "cancelled" or a.by_clinic]
+    return upcoming, [_mine(r) for r in past]
+
+
+def _mine(row: Any) -> MyAppointment:
+    local = row.starts_at.astimezone(ZoneInfo(row.timezone))
+    return MyAppointment(
+        id=row.id,
+        doctor_id=row.doctor_id,
+        doctor_name=row.full_name,
+        clinic_name=row.name,
+        timezone=row.timezone,
+        label=f"{local:%a %d %b %Y, %H:%M} {local.tzname()}",
+        day=local.date().isoformat(),
+        status=row.status,
+        by_clinic=row.status == "cancelled" and bool(row.by_clinic),
+        cancel_reason=row.cancel_reason,
+    )

@@ -35,6 +35,7 @@ class AppointmentChange:
     clinic_id: int
     days: tuple[dt.date, ...]
     action: str  # booked, rescheduled, cancelled, checked_in, completed, no_show
+    patient_id: int | None = None  # whose "my appointments" page follows the change
 
 
 DoctorDays = Sequence[tuple[int, dt.date]]

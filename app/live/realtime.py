@@ -79,6 +79,11 @@ def records_channel(patient_id: int) -> str:
     return f"records:{patient_id}"
 
 
+def patient_channel(patient_id: int) -> str:
+    """A patient's own appointments ("my appointments"), for that patient only."""
+    return f"patient:{patient_id}"
+
+
 def record_messages(patient_id: int, record_id: int) -> list[tuple[str, dict[str, Any]]]:
     """A committed upload: ids only; each viewer fetches the list through its audited read."""
     return [(records_channel(patient_id), {"patient_id": patient_id, "record_id": record_id})]
@@ -457,6 +462,13 @@ def change_messages(changes: Sequence[AppointmentChange]) -> list[tuple[str, dic
             }
             messages.append((doctor_channel(change.doctor_id, day), payload))
             messages.append((clinic_channel(change.clinic_id, day), payload))
+        if change.patient_id is not None:
+            messages.append(
+                (
+                    patient_channel(change.patient_id),
+                    {"appointment_id": change.appointment_id, "action": change.action},
+                )
+            )
     return messages
 
 

@@ -11,6 +11,7 @@ is open, the rest of the batch is handed to `later` for the end of the cooldown 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import random
@@ -22,15 +23,16 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.access.accounts import LINK_PATHS, link_key
 from app.notifications import mail, outbox, sms
 from app.notifications.breaker import Breaker
-from app.notifications.outbox import Claim, Outgoing, SendFailed
+from app.notifications.outbox import AccountMessage, Claim, Outgoing, Sendable, SendFailed
 from app.settings import Settings
 from db.models import DevMessage
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Outgoing], Awaitable[str]]
+Send = Callable[[Sendable], Awaitable[str]]
 # Schedules a send job for these claims at this instant (the worker's queue).
 Later = Callable[[Sequence[Claim], dt.datetime], Awaitable[None]]
 
@@ -45,6 +47,7 @@ class Transports:
     def __init__(self, settings: Settings, engine: AsyncEngine, redis: Any) -> None:
         self.settings = settings
         self.engine = engine
+        self.redis = redis
         self.mailer = mail.SmtpMailer.from_settings(settings)
         self.sms = sms.SmsSender.from_settings(settings)
         self.http = sms.create_client(settings) if self.sms else None
@@ -76,7 +79,7 @@ class Transports:
             sender = self.settings.smtp_from
             async with self.mailer.connection() as conn:
 
-                async def send_email(item: Outgoing) -> str:
+                async def send_email(item: Sendable) -> str:
                     return await conn.send(
                         mail.build_email(item, sender=sender, origin=origin, now=now())
                     )
@@ -85,34 +88,46 @@ class Transports:
         elif channel == "sms" and self.sms is not None and self.http is not None:
             provider, http = self.sms, self.http
 
-            async def send_sms(item: Outgoing) -> str:
+            async def send_sms(item: Sendable) -> str:
+                if not isinstance(item, Outgoing):
+                    raise SendFailed("account messages go by email only", permanent=True)
                 body = mail.render_sms(item, origin)
                 return await provider.send(http, notification_id=item.id, to=item.phone, body=body)
 
             yield send_sms
         elif self.settings.notify_dev_mailbox:
 
-            async def to_mailbox(item: Outgoing) -> str:
+            async def to_mailbox(item: Sendable) -> str:
                 return await self._to_mailbox(item)
 
             yield to_mailbox
         else:
             variable = "SMTP_HOST" if channel == "email" else "SMS_API_URL"
 
-            async def unconfigured(item: Outgoing) -> str:
+            async def unconfigured(item: Sendable) -> str:
                 raise SendFailed(
                     f"no {channel} provider is configured ({variable})", permanent=True
                 )
 
             yield unconfigured
 
-    async def _to_mailbox(self, item: Outgoing) -> str:
+    async def _to_mailbox(self, item: Sendable) -> str:
         origin = self.settings.public_origin
-        if item.channel == "email":
+        if isinstance(item, AccountMessage):
+            if not item.email:
+                raise SendFailed("the account has no email address", permanent=True)
+            subject, text, html = mail.render_account(item, origin)
+            values: dict[str, Any] = {
+                "recipient": item.email,
+                "subject": subject,
+                "body_text": text,
+                "body_html": html,
+            }
+        elif item.channel == "email":
             if not item.email:
                 raise SendFailed("the patient has no email address", permanent=True)
             subject, text, html = mail.render_text(item, origin)
-            values: dict[str, Any] = {
+            values = {
                 "recipient": item.email,
                 "subject": subject,
                 "body_text": text,
@@ -162,7 +177,7 @@ async def send_batch(
     # attempt's start and its `sent` are separate commits, a round trip each.
     async with engine.connect() as raw:
         conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
-        items = await outbox.load_outgoing(conn, claims)
+        items = await with_links(transports.redis, await outbox.load_outgoing(conn, claims))
         counts["skipped"] = len(claims) - len(items)
         async with transports.session(channel) as send:
             for index, item in enumerate(items):
@@ -193,17 +208,39 @@ async def send_batch(
                 else:
                     await outbox.mark_sent(conn, item, provider_id, _now())
                     counts["sent"] += 1
+                    if isinstance(item, AccountMessage):  # the token need not wait any more
+                        await transports.redis.delete(link_key(item.ref))
                     if breaker is not None:
                         await breaker.success()
                 await touch()
     return counts
 
 
+async def with_links(redis: Any, items: list[Sendable]) -> list[Sendable]:
+    """Account messages with their link, from the token kept in Redis while it lives
+    (one round trip); one whose token is gone keeps no link and is voided as moot."""
+    accounts = [item for item in items if isinstance(item, AccountMessage)]
+    if not accounts:
+        return items
+    tokens = await redis.mget([link_key(item.ref) for item in accounts])
+    found = {
+        item.id: LINK_PATHS[item.kind] + (t.decode() if isinstance(t, bytes) else t)
+        for item, t in zip(accounts, tokens, strict=True)
+        if t is not None
+    }
+    return [
+        dataclasses.replace(item, link=found.get(item.id))
+        if isinstance(item, AccountMessage)
+        else item
+        for item in items
+    ]
+
+
 async def _failed(
     conn: AsyncConnection,
     later: Later,
     settings: Settings,
-    item: Outgoing,
+    item: Sendable,
     failure: SendFailed,
     lease: dt.timedelta,
 ) -> bool:
@@ -231,7 +268,7 @@ async def _failed(
 async def _wait_for_breaker(
     conn: AsyncConnection,
     later: Later,
-    items: Sequence[Outgoing],
+    items: Sequence[Sendable],
     retry_at: float,
     lease: dt.timedelta,
 ) -> int:

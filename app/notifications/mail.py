@@ -1,7 +1,8 @@
 """Message text for every notification kind, and email over SMTP (aiosmtplib).
 
 Templates live in templates/mail/: `<kind>.txt` and `<kind>.html` for email (the two
-reminders share `reminder.*`), `sms.txt` for SMS. A message carries what the patient needs
+reminders share `reminder.*`; account messages `password_reset.*`, `email_verify.*`),
+`sms.txt` for SMS. A message carries what the patient needs
 — doctor, clinic, the local time with its zone, how to cancel — and nothing more: no
 reason for the visit, no name, no record. Emails have an `.ics` attachment.
 """
@@ -24,7 +25,7 @@ from zoneinfo import ZoneInfo
 import aiosmtplib
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from app.notifications.outbox import Outgoing, SendFailed
+from app.notifications.outbox import AccountMessage, Outgoing, SendFailed
 from app.settings import PROJECT_ROOT, Settings
 
 _env = Environment(
@@ -49,6 +50,12 @@ SUBJECTS = {
     "reminder_1h": "Reminder: your appointment in one hour",
     "cancellation": "Appointment cancelled",
     "exception": "Appointment cancelled by the clinic",
+}
+
+
+ACCOUNT_SUBJECTS = {
+    "password_reset": "Reset your medbook password",
+    "email_verify": "Confirm your new email address for medbook",
 }
 
 
@@ -85,6 +92,16 @@ def render_text(item: Outgoing, origin: str) -> tuple[str, str, str]:
     text = _env.get_template(f"{name}.txt").render(values)
     html = _env.get_template(f"{name}.html").render(values)
     return f"{values['subject']}: {values['when_short']}", text, html
+
+
+def render_account(item: AccountMessage, origin: str) -> tuple[str, str, str]:
+    """Subject, plain text and HTML of an account message; its link must be set."""
+    assert item.link is not None  # moot() voids a message whose link expired
+    subject = ACCOUNT_SUBJECTS[item.kind]
+    values = {"kind": item.kind, "subject": subject, "link": origin.rstrip("/") + item.link}
+    text = _env.get_template(f"{item.kind}.txt").render(values)
+    html = _env.get_template(f"{item.kind}.html").render(values)
+    return subject, text, html
 
 
 def render_sms(item: Outgoing, origin: str) -> str:
@@ -151,8 +168,11 @@ def message_id(notification_id: int, sender: str) -> str:
     return f"<notification-{notification_id}@{domain}>"
 
 
-def build_email(item: Outgoing, *, sender: str, origin: str, now: dt.datetime) -> Message:
-    """The email for `item`: text and HTML alternatives and an `appointment.ics`.
+def build_email(
+    item: Outgoing | AccountMessage, *, sender: str, origin: str, now: dt.datetime
+) -> Message:
+    """The email for `item`: text and HTML alternatives, and for an appointment an
+    `appointment.ics`.
 
     Built with the compat32 MIME classes: the modern `EmailMessage` API parses every
     header it sets and costs ten times more a message (bench/reminders_bench.py, figures in
@@ -160,7 +180,10 @@ def build_email(item: Outgoing, *, sender: str, origin: str, now: dt.datetime) -
     """
     if not item.email:
         raise SendFailed("the patient has no email address", permanent=True)
-    subject, text, html = render_text(item, origin)
+    if isinstance(item, AccountMessage):
+        subject, text, html = render_account(item, origin)
+    else:
+        subject, text, html = render_text(item, origin)
     message = MIMEMultipart("mixed")
     message["From"] = sender
     message["To"] = item.email
@@ -172,10 +195,11 @@ def build_email(item: Outgoing, *, sender: str, origin: str, now: dt.datetime) -
     body.attach(MIMEText(text, "plain", "utf-8"))
     body.attach(MIMEText(html, "html", "utf-8"))
     message.attach(body)
-    ics = MIMEText(calendar(item, origin, now), "calendar", "utf-8")
-    ics.set_param("method", "PUBLISH")
-    ics.add_header("Content-Disposition", "attachment", filename="appointment.ics")
-    message.attach(ics)
+    if isinstance(item, Outgoing):
+        ics = MIMEText(calendar(item, origin, now), "calendar", "utf-8")
+        ics.set_param("method", "PUBLISH")
+        ics.add_header("Content-Disposition", "attachment", filename="appointment.ics")
+        message.attach(ics)
     return message
 
 

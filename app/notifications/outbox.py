@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, and_, select, text, update
+from sqlalchemy import Table, and_, case, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.access import audit
 from app.errors import NotFound
 from app.notifications.planning import ANNOUNCEMENTS
-from db.models import Appointment, Clinic, Doctor, Notification, Patient
+from db.models import Appointment, Clinic, Doctor, Notification, Patient, User
 
 LEASE_UNTIL = Notification.__table__.c.lease_until
 # The send path updates the table through Core: no ORM work per message (it adds up).
@@ -150,11 +150,45 @@ class Outgoing:
         return None
 
 
-async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[Outgoing]:
-    """The claimed rows that are still this claim's (queued, same token), with their data."""
+@dataclass(frozen=True, slots=True)
+class AccountMessage:
+    """A message about an account (a reset link, a new address's verification link).
+
+    `link` is filled in when sent, from the token kept in Redis under `ref` while the link
+    lives (app.access.accounts.link_key); without it the link has expired.
+    """
+
+    id: int
+    token: int
+    kind: str
+    channel: str
+    user_id: int
+    ref: str
+    email: str | None
+    link: str | None = None
+
+    @property
+    def recipient(self) -> str | None:
+        return self.email
+
+    def moot(self, now: dt.datetime) -> str | None:
+        if self.link is None:
+            return "the link has expired"
+        if not self.email:
+            return "no address to send to"
+        return None
+
+
+Sendable = Outgoing | AccountMessage
+
+
+async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[Sendable]:
+    """The claimed rows that are still this claim's (queued, same token), with their data:
+    appointment messages first, then account messages (`link` still unset)."""
     if not claims:
         return []
     tokens = {c.id: c.token for c in claims}
+    messages: list[Sendable] = []
     rows = await conn.execute(
         select(
             Notification.id,
@@ -181,21 +215,39 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
         .where(Notification.id.in_(list(tokens)), Notification.status == "queued")
         .order_by(Notification.id)
     )
-    return [Outgoing(*row) for row in rows if tokens[row[0]] == row[1]]  # type: ignore[call-arg]
+    messages += [Outgoing(*row) for row in rows if tokens[row[0]] == row[1]]  # type: ignore[call-arg]
+    # A verification link goes to the new address (pending); a reset to the account's.
+    account_rows = await conn.execute(
+        select(
+            Notification.id,
+            Notification.attempts,
+            Notification.kind,
+            Notification.channel,
+            User.id,
+            Notification.ref,
+            case((Notification.kind == "email_verify", Patient.pending_email), else_=User.email),
+        )
+        .join(User, User.id == Notification.user_id)
+        .outerjoin(Patient, Patient.id == User.patient_id)
+        .where(Notification.id.in_(list(tokens)), Notification.status == "queued")
+        .order_by(Notification.id)
+    )
+    messages += [AccountMessage(*row) for row in account_rows if tokens[row[0]] == row[1]]
+    return messages
 
 
-def _row_with(item: Outgoing, attempts: int, statuses: Sequence[str] = ("queued",)) -> Any:
+def _row_with(item: Sendable, attempts: int, statuses: Sequence[str] = ("queued",)) -> Any:
     """The row of `item` while its status is one of `statuses` (normally only `queued`) and
     it has this many attempts: the fencing check that it is still this job's."""
     return and_(ROWS.c.id == item.id, ROWS.c.status.in_(statuses), ROWS.c.attempts == attempts)
 
 
-def _claim_of(item: Outgoing) -> Any:
+def _claim_of(item: Sendable) -> Any:
     """The row as claimed: no attempt of this claim has started."""
     return _row_with(item, item.token)
 
 
-def _attempt_of(item: Outgoing) -> Any:
+def _attempt_of(item: Sendable) -> Any:
     """The row during this claim's attempt (`start_attempt` counted it)."""
     return _row_with(item, item.token + 1)
 
@@ -206,14 +258,14 @@ async def _set(conn: AsyncConnection, where: Any, **values: Any) -> bool:
 
 
 async def start_attempt(
-    conn: AsyncConnection, item: Outgoing, *, now: dt.datetime, lease: dt.timedelta
+    conn: AsyncConnection, item: Sendable, *, now: dt.datetime, lease: dt.timedelta
 ) -> bool:
     """Count an attempt and hold the row for its duration; False when another job owns it."""
     return await _set(conn, _claim_of(item), attempts=ROWS.c.attempts + 1, lease_until=now + lease)
 
 
 async def mark_sent(
-    conn: AsyncConnection, item: Outgoing, provider_message_id: str, now: dt.datetime
+    conn: AsyncConnection, item: Sendable, provider_message_id: str, now: dt.datetime
 ) -> bool:
     """Record the provider's message id and `sent` in one statement.
 
@@ -235,7 +287,7 @@ async def mark_sent(
 
 async def mark_failed(
     conn: AsyncConnection,
-    item: Outgoing,
+    item: Sendable,
     error: str,
     *,
     retry_at: dt.datetime | None,
@@ -251,13 +303,13 @@ async def mark_failed(
 
 
 async def postpone(
-    conn: AsyncConnection, item: Outgoing, until: dt.datetime, lease: dt.timedelta
+    conn: AsyncConnection, item: Sendable, until: dt.datetime, lease: dt.timedelta
 ) -> bool:
     """The provider's breaker is open: keep the claim, without counting an attempt."""
     return await _set(conn, _claim_of(item), lease_until=until + lease)
 
 
-async def mark_void(conn: AsyncConnection, item: Outgoing, reason: str) -> None:
+async def mark_void(conn: AsyncConnection, item: Sendable, reason: str) -> None:
     await _set(conn, _claim_of(item), status="void", last_error=reason, lease_until=None)
 
 

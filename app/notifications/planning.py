@@ -3,7 +3,7 @@
 Booking, rescheduling, cancelling and schedule exceptions write their outbox rows in
 their own transaction (so a booking never commits without its confirmation and
 reminders, and a cancelled appointment never keeps a pending reminder). What is planned
-is pure (`plan`, `choose_channel`); the writes join the caller's session and never commit.
+is pure (`plan`, `choose_channels`); the writes join the caller's session and never commit.
 """
 
 from __future__ import annotations
@@ -76,26 +76,37 @@ def choose_channel(notify_by: str, email: str | None, phone: str | None) -> str 
     missing (a missed reminder is a missed appointment), none when they chose none."""
     if notify_by == "none":
         return None
-    order = ("email", "sms") if notify_by == "email" else ("sms", "email")
+    order = ("email", "sms") if notify_by in ("email", "both") else ("sms", "email")
     addresses = {"email": email, "sms": phone}
     return next((channel for channel in order if addresses[channel]), None)
+
+
+def choose_channels(notify_by: str, email: str | None, phone: str | None) -> tuple[str, ...]:
+    """Every channel a message goes by: both that have an address for `both`, else the
+    one `choose_channel` picks (none for `none`)."""
+    if notify_by == "both":
+        found = tuple(c for c, address in (("email", email), ("sms", phone)) if address)
+        if found:
+            return found
+    channel = choose_channel(notify_by, email, phone)
+    return (channel,) if channel else ()
 
 
 # --- outbox writes, inside the caller's transaction ----------------------------------------
 
 
-async def _channels(session: AsyncSession, appointment_ids: Sequence[int]) -> dict[int, str]:
+async def _channels(
+    session: AsyncSession, appointment_ids: Sequence[int]
+) -> dict[int, tuple[str, ...]]:
     rows = await session.execute(
         select(Appointment.id, Patient.notify_by, Patient.email, Patient.phone)
         .join(Patient, Patient.id == Appointment.patient_id)
         .where(Appointment.id.in_(appointment_ids))
     )
-    channels = {}
-    for appointment_id, notify_by, email, phone in rows:
-        channel = choose_channel(notify_by, email, phone)
-        if channel is not None:
-            channels[appointment_id] = channel
-    return channels
+    return {
+        appointment_id: choose_channels(notify_by, email, phone)
+        for appointment_id, notify_by, email, phone in rows
+    }
 
 
 async def appointment_booked(
@@ -103,19 +114,20 @@ async def appointment_booked(
     appointment: Appointment,
     timezone: str,
     now: dt.datetime,
-    channel: str | None,
+    channels: Sequence[str],
 ) -> None:
     """Add the confirmation and reminders of a new booking to the session's transaction.
 
     Args:
-        channel: the patient's channel (`choose_channel`); None sends nothing.
+        channels: the patient's channels (`choose_channels`); none sends nothing.
     """
-    if channel is None:
+    if not channels:
         return
     await session.flush()  # the appointment's id (and its constraint check) first
     session.add_all(
         Notification(appointment_id=appointment.id, channel=channel, kind=p.kind, due_at=p.due_at)
         for p in plan(appointment.starts_at, timezone, now)
+        for channel in channels
     )
 
 
@@ -124,8 +136,8 @@ async def appointment_rescheduled(
 ) -> None:
     """Replace the unsent confirmation and reminders with those of the new time."""
     await _void(session, [appointment.id], ANNOUNCEMENTS)
-    channel = (await _channels(session, [appointment.id])).get(appointment.id)
-    await appointment_booked(session, appointment, timezone, now, channel)
+    channels = (await _channels(session, [appointment.id])).get(appointment.id, ())
+    await appointment_booked(session, appointment, timezone, now, channels)
 
 
 async def appointments_status_changed(
@@ -147,7 +159,8 @@ async def appointments_status_changed(
     channels = await _channels(session, appointment_ids)
     session.add_all(
         Notification(appointment_id=appointment_id, channel=channel, kind=notice, due_at=now)
-        for appointment_id, channel in channels.items()
+        for appointment_id, chosen in channels.items()
+        for channel in chosen
     )
 
 

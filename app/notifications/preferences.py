@@ -1,19 +1,18 @@
-"""The patient's choice of email, SMS or none, and what it does to unsent messages."""
+"""The patient's choice of email, SMS, both or none, and what it does to unsent messages."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import audit
 from app.errors import Invalid, NotFound
-from app.notifications.planning import REMINDERS, UNSENT, choose_channel, plan
-from db.models import Appointment, Clinic, Notification, Patient
+from app.notifications.planning import REMINDERS, UNSENT, choose_channels, plan
+from db.models import NOTIFY_CHOICES, Appointment, Clinic, Notification, Patient
 
-NOTIFY_CHOICES = ("email", "sms", "none")
 NOTIFY_PREFERENCE_CHANGED = "notification.preference_changed"
 
 
@@ -44,10 +43,11 @@ async def set_preference(
     actor_user_id: int,
     now: dt.datetime,
 ) -> Preference:
-    """Choose email, SMS or none (optionally with a new phone number). Unsent messages of
-    the patient's upcoming appointments follow the new choice at once: they move to the
-    new channel, or become void for `none`; reminders that were never planned (the patient
-    had chosen none) are added. Commits.
+    """Choose email, SMS, both or none (optionally with a new phone number). Unsent
+    messages of the patient's upcoming appointments follow the new choice at once: a
+    message on a channel no longer chosen moves to a chosen one (or becomes void when it
+    already goes there, or nothing is chosen); reminders missing on a chosen channel are
+    added. Commits.
 
     Raises:
         Invalid: an unknown choice, or a channel without an address.
@@ -62,49 +62,12 @@ async def set_preference(
         if phone and not _looks_like_phone(phone):
             raise Invalid("phone must be an international number such as +4930123456")
         patient.phone = phone or None
-    if notify_by == "sms" and not patient.phone:
+    if notify_by in ("sms", "both") and not patient.phone:
         raise Invalid("add a mobile number to get messages by SMS")
-    if notify_by == "email" and not patient.email:
+    if notify_by in ("email", "both") and not patient.email:
         raise Invalid("there is no email address to send to")
     patient.notify_by = notify_by
-    channel = choose_channel(notify_by, patient.email, patient.phone)
-    upcoming = (
-        await session.execute(
-            select(Appointment.id, Appointment.starts_at, Clinic.timezone)
-            .join(Clinic, Clinic.id == Appointment.clinic_id)
-            .where(
-                Appointment.patient_id == patient_id,
-                Appointment.status == "booked",
-                Appointment.starts_at > now,
-            )
-        )
-    ).all()
-    ids = [row.id for row in upcoming]
-    if ids:
-        unsent = and_(
-            Notification.appointment_id.in_(ids),
-            Notification.status.in_(UNSENT),
-        )
-        if channel is None:
-            await session.execute(
-                update(Notification).where(unsent).values(status="void", last_error="opted out")
-            )
-        else:
-            await session.execute(update(Notification).where(unsent).values(channel=channel))
-            planned = await session.execute(
-                select(Notification.appointment_id, Notification.kind).where(
-                    Notification.appointment_id.in_(ids),
-                    Notification.kind.in_(REMINDERS),
-                    Notification.status.in_(("pending", "queued", "sent", "dead")),
-                )
-            )
-            have = {(appointment_id, kind) for appointment_id, kind in planned}
-            session.add_all(
-                Notification(appointment_id=row.id, channel=channel, kind=p.kind, due_at=p.due_at)
-                for row in upcoming
-                for p in plan(row.starts_at, row.timezone, now)
-                if p.kind in REMINDERS and (row.id, p.kind) not in have
-            )
+    await _follow_choice(session, patient, now)
     await audit.record(
         session,
         actor_user_id=actor_user_id,
@@ -116,6 +79,61 @@ async def set_preference(
     )
     await session.commit()
     return Preference(patient.notify_by, patient.email, patient.phone)
+
+
+async def _follow_choice(session: AsyncSession, patient: Patient, now: dt.datetime) -> None:
+    """Make the unsent messages of the patient's upcoming appointments match the choice."""
+    channels = choose_channels(patient.notify_by, patient.email, patient.phone)
+    upcoming = (
+        await session.execute(
+            select(Appointment.id, Appointment.starts_at, Clinic.timezone)
+            .join(Clinic, Clinic.id == Appointment.clinic_id)
+            .where(
+                Appointment.patient_id == patient.id,
+                Appointment.status == "booked",
+                Appointment.starts_at > now,
+            )
+        )
+    ).all()
+    ids = [row.id for row in upcoming]
+    if not ids:
+        return
+    rows = (
+        await session.execute(
+            select(
+                Notification.id,
+                Notification.appointment_id,
+                Notification.kind,
+                Notification.channel,
+                Notification.status,
+            )
+            .where(
+                Notification.appointment_id.in_(ids),
+                Notification.status.in_(("pending", "queued", "sent", "dead")),
+            )
+            .order_by(Notification.id)
+        )
+    ).all()
+    have = {(r.appointment_id, r.kind, r.channel) for r in rows if r.channel in channels}
+    for row in rows:
+        if row.status not in UNSENT or row.channel in channels:
+            continue
+        free = [c for c in channels if (row.appointment_id, row.kind, c) not in have]
+        if free:  # moved, not duplicated
+            have.add((row.appointment_id, row.kind, free[0]))
+            values = {"channel": free[0]}
+        else:
+            values = {"status": "void", "last_error": "opted out"}
+        await session.execute(
+            update(Notification).where(Notification.id == row.id).values(**values)
+        )
+    session.add_all(
+        Notification(appointment_id=row.id, channel=channel, kind=p.kind, due_at=p.due_at)
+        for row in upcoming
+        for p in plan(row.starts_at, row.timezone, now)
+        for channel in channels
+        if p.kind in REMINDERS and (row.id, p.kind, channel) not in have
+    )
 
 
 def _looks_like_phone(phone: str) -> bool:

@@ -4,7 +4,6 @@ password change and reset, the second factor's set-up."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -24,7 +23,7 @@ from app.access.browser_sessions import (
 )
 from app.access.rate_limit import LoginLimits, TooManyAttempts
 from app.errors import DomainError, Invalid
-from app.services import Services
+from app.services import Services, ask_for_dispatch
 from app.settings import Settings
 from app.web.csrf import secure_cookies
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, browser_session, client_addr, current_user
@@ -32,7 +31,6 @@ from db.models import User
 
 STAFF = [allow("doctor", "front_desk", "admin")]
 
-log = logging.getLogger(__name__)
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
@@ -43,6 +41,27 @@ def _settings(request: Request[Any, Any, Any]) -> Settings:
 
 def login_limits(settings: Settings) -> LoginLimits:
     return LoginLimits(settings.login_max_failures, settings.login_lock_max_seconds)
+
+
+# Where each role starts its day when the sign-in had no page to return to.
+START_PAGES = {
+    "patient": "/me/appointments",
+    "front_desk": "/desk",
+    "doctor": "/doctor/day",
+    "admin": "/admin/clinics",
+}
+
+
+def landing(role: str, target: str | None) -> str:
+    """The page after signing in: the one asked for, else the role's own start."""
+    target = safe_next(target)
+    return START_PAGES.get(role, "/") if target == "/" else target
+
+
+async def dispatch_soon(request: Request[Any, Any, Any]) -> None:
+    """Ask the worker to send what is due now (a reset link should not wait for the
+    minute's cron); a lost ask only means the cron sends it within a minute."""
+    await ask_for_dispatch(Services.of(request.app).queue)
 
 
 def safe_next(target: str | None) -> str:
@@ -75,7 +94,7 @@ async def _sign_in(
     request: Request[Any, Any, Any], db_session: AsyncSession, user: User, target: str
 ) -> Redirect:
     cookie = await _session_cookie(request, db_session, user)
-    return Redirect(safe_next(target), status_code=303, cookies=[cookie])
+    return Redirect(landing(user.role, target), status_code=303, cookies=[cookie])
 
 
 def _too_many(template: str, context: dict[str, Any], exc: TooManyAttempts) -> Template:
@@ -219,7 +238,7 @@ async def login_totp_setup(
         }
         return Template("auth/totp.html", context=context)
     cookie = await _session_cookie(request, db_session, user)
-    context = {"codes": codes, "next": safe_next(data.next)}
+    context = {"codes": codes, "next": landing(user.role, data.next)}
     return Template("auth/totp.html", context=context, cookies=[cookie])
 
 
@@ -428,18 +447,13 @@ async def reset_request_page() -> Template:
 async def send_reset_link(
     request: Request[Any, Any, Any], db_session: AsyncSession, email: str
 ) -> None:
-    """Make a reset token and deliver it. Email arrives with a later issue: until then the
-    link is written to the server log in embedded (demo) mode only, never to the page."""
+    """Make a reset token; its link goes out by email through the outbox (the dev
+    mailbox in embedded mode), never to the page or the log."""
     token = await accounts.start_password_reset(
         db_session, Services.of(request.app).redis, email=email, client_addr=client_addr(request)
     )
-    if token is None:
-        return
-    settings = _settings(request)
-    if settings.embedded:
-        log.warning("password reset link: %s/password-reset/%s", settings.public_origin, token)
-    else:
-        log.warning("password reset requested but no email delivery is configured")
+    if token is not None:
+        await dispatch_soon(request)
 
 
 @post("/password-reset", opt=AUTH_LIMITED, include_in_schema=False)

@@ -25,6 +25,7 @@ from app.live.realtime import (
     clinic_channel,
     doctor_channel,
     parse_channel,
+    patient_channel,
     records_channel,
 )
 from app.records import records
@@ -33,7 +34,7 @@ from app.routes.deps import booking_rules
 from app.routes.inputs import parse_day, parse_id
 from app.scheduling import directory
 from app.services import Services
-from app.web.guards import allow, check_websocket_origin, current_user
+from app.web.guards import PUBLIC, check_websocket_origin, current_user
 from db.models import Clinic, Doctor
 
 MAX_DAYS = 14
@@ -49,13 +50,28 @@ def make_renderer(app: Any) -> Any:
         if audience == "records" and channel.startswith("records:"):
             # Ids only: each viewer's panel then reloads its list through the audited read.
             return views.render(env, "records/_refresh.html", patient_id=int(payload["patient_id"]))
+        if audience == "my_appointments" and channel.startswith("patient:"):
+            # The channel is the patient's own: one render per event, for their sockets.
+            async with services.sessions() as session:
+                now = dt.datetime.now(dt.UTC)
+                patient_id = int(channel.split(":")[1])
+                upcoming, past = await boards.my_appointments(session, patient_id, now)
+            return views.render(
+                env, "patient/appointments.html", "list", upcoming=upcoming, past=past, oob=True
+            )
         kind, ident, day = parse_channel(channel)
         async with services.sessions() as session:
             if audience == "slots" and kind == "doctor":
                 rules: BookingRules = booking_rules(services.settings)
                 now = dt.datetime.now(dt.UTC)
                 _, (view,) = await boards.doctor_days(
-                    services.slot_cache, ident, day, 1, now + rules.min_notice, now + rules.horizon
+                    services.slot_cache,
+                    ident,
+                    day,
+                    1,
+                    now + rules.min_notice,
+                    now + rules.horizon,
+                    now,
                 )
                 return views.render(env, "patient/_day.html", day=view, oob=True)
             if audience == "board" and kind == "doctor":
@@ -87,11 +103,16 @@ def make_renderer(app: Any) -> Any:
     return render
 
 
-async def _channels(socket: WebSocket[Any, Any, Any], user: Principal) -> tuple[str, list[str]]:
-    """Which channels this socket may watch, from its query and its user's role."""
+async def _channels(
+    socket: WebSocket[Any, Any, Any], user: Principal | None
+) -> tuple[str, list[str]]:
+    """Which channels this socket may watch, from its query and its user's role; a
+    visitor (no user) only the free times."""
     params = socket.query_params
     view = params.get("view", "")
-    if view == "records":  # only viewers who may read this patient's records join
+    if view == "my_appointments" and user is not None and user.patient_id is not None:
+        return "my_appointments", [patient_channel(user.patient_id)]  # only one's own
+    if view == "records" and user is not None:  # only who may read the patient's records
         try:
             patient_id = parse_id(params.get("patient_id", ""))
             async with Services.of(socket.app).sessions() as session:
@@ -110,6 +131,8 @@ async def _channels(socket: WebSocket[Any, Any, Any], user: Principal) -> tuple[
             return "slots", [
                 doctor_channel(doctor_id, first + dt.timedelta(days=i)) for i in range(days)
             ]
+        if user is None:
+            raise PermissionError
         if view == "board" and user.role in ("front_desk", "admin"):
             clinic_id = parse_id(params.get("clinic_id", ""))
             if user.role == "front_desk" and clinic_id != user.clinic_id:
@@ -133,7 +156,7 @@ async def _exists(
         return await session.get(model, ident) is not None
 
 
-@websocket("/ws/live", guards=[allow()])
+@websocket("/ws/live", opt=PUBLIC)
 async def live(socket: WebSocket[Any, Any, Any]) -> None:
     """Streams HTML fragments (hx-swap-oob) for the page's view until the client leaves.
 
@@ -144,9 +167,10 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
     """
     services = Services.of(socket.app)
     settings = services.settings
-    check_websocket_origin(socket, settings)
+    # Free times are no one's secret: visitors may watch them (read-only: the socket
+    # ignores what the client sends). Every other view needs a session.
+    check_websocket_origin(socket, settings, signed_in=socket.query_params.get("view") != "slots")
     user = current_user(socket)
-    assert user is not None  # the guard admitted a signed-in user
     audience, channels = await _channels(socket, user)
     hub = services.hub
     assert hub is not None  # the web app serves its sockets through one

@@ -1,32 +1,38 @@
-"""Patient pages: find a doctor, a doctor's week of free times, book, my appointments."""
+"""Patient pages: find a doctor, a doctor's week of free times, book, my appointments,
+my profile (and the link that confirms a new e-mail address)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
+from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from litestar import Request, get, post
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ValidationException
+from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.params import Body
 from litestar.response import Response, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access import accounts
 from app.access.identity import Principal
 from app.appointments import commands, queries
 from app.appointments.rules import BookingRules
 from app.errors import Conflict, DomainError
 from app.live import boards
 from app.live.effects import Effects
+from app.routes.auth import dispatch_soon
 from app.routes.inputs import Id, OptionalId, check_day, check_moment
 from app.routes.views import fragment, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
-from app.web.guards import allow
-from db.models import Doctor
+from app.services import Services
+from app.web.guards import AUTH_LIMITED, PUBLIC, allow, client_addr, current_user
+from db.models import LANGUAGES, Doctor
 
 WEEK = 7
 MAX_REASON = 500  # the textarea's maxlength
@@ -52,7 +58,7 @@ def _label(start: dt.datetime, timezone: str) -> str:
     return start.astimezone(ZoneInfo(timezone)).strftime("%a %d %b, %H:%M")
 
 
-@get("/doctors", guards=[allow()], include_in_schema=False)
+@get("/doctors", opt=PUBLIC, include_in_schema=False)
 async def find_doctors(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -60,8 +66,8 @@ async def find_doctors(
     specialty: str | None = None,
     name: str | None = None,
 ) -> Template | Response[str]:
-    """The doctor directory with filters; htmx asks for the results only. The filter form
-    sends `clinic_id=` for "Any clinic"."""
+    """The doctor directory with filters, open to visitors; htmx asks for the results
+    only. The filter form sends `clinic_id=` for "Any clinic"."""
     try:
         clinic = int(clinic_id) if clinic_id else None
     except ValueError:
@@ -97,7 +103,7 @@ async def _week_context(
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     first = date or boards.clinic_today(clinic.timezone, now)
     _, days = await boards.doctor_days(
-        slot_cache, doctor_id, first, WEEK, now + rules.min_notice, now + rules.horizon
+        slot_cache, doctor_id, first, WEEK, now + rules.min_notice, now + rules.horizon, now
     )
     return {
         "doctor": doctor,
@@ -119,53 +125,128 @@ async def _reschedule_target(
     return {"id": appointment.id, "label": _label(appointment.starts_at, timezone)}
 
 
-@get("/doctors/{doctor_id:int}/slots", guards=[allow()], include_in_schema=False)
+def _sign_in_url(doctor_id: int, start: dt.datetime, timezone: str) -> str:
+    """The login page, coming back to this slot's week with the slot chosen."""
+    day = start.astimezone(ZoneInfo(timezone)).date()
+    back = f"/doctors/{doctor_id}/slots?date={day}&start={quote(start.isoformat(), safe='')}"
+    return "/login?next=" + quote(back, safe="")
+
+
+async def _slot_state(
+    slot_cache: SlotCache,
+    rules: BookingRules,
+    now: dt.datetime,
+    doctor_id: int,
+    start: dt.datetime,
+    timezone: str,
+) -> str | None:
+    """The slot's state now (boards.SLOT_STATES), or None when the doctor has no such slot."""
+    day = start.astimezone(ZoneInfo(timezone)).date()
+    _, (view,) = await boards.doctor_days(
+        slot_cache, doctor_id, day, 1, now + rules.min_notice, now + rules.horizon, now
+    )
+    return next((s.state for s in view.slots if dt.datetime.fromisoformat(s.start) == start), None)
+
+
+async def _panel(
+    db_session: AsyncSession,
+    slot_cache: SlotCache,
+    rules: BookingRules,
+    now: dt.datetime,
+    user: Principal | None,
+    doctor_id: int,
+    timezone: str,
+    start: dt.datetime,
+    reschedule: int | None,
+    reason: str | None,
+) -> dict[str, Any]:
+    """What the panel shows for a chosen slot: a sign-in link for a visitor, the confirm
+    form while the slot is free, else why it cannot be booked (nothing to confirm)."""
+    label = _label(start, timezone)
+    reason = (reason or "")[:MAX_REASON] or None
+    if user is None:
+        return {"sign_in": _sign_in_url(doctor_id, start, timezone), "start_label": label}
+    if user.role != "patient":
+        return {"message": "Patients book here; the front desk books from its board."}
+    target = await _reschedule_target(db_session, user, reschedule)
+    state = await _slot_state(slot_cache, rules, now, doctor_id, start, timezone)
+    if state != "free":
+        if state == "taken":
+            text = f"Sorry — {label} was just taken by someone else. Choose another time."
+        elif state is None:
+            text = "Choose a time from the list."
+        else:
+            text = f"{label} cannot be booked: {boards.SLOT_STATES[state]}. Choose another time."
+        return {"message": text, "error": True, "reason": reason, "reschedule": target}
+    return {
+        "start": start.isoformat(),
+        "start_label": label,
+        "idempotency_key": secrets.token_urlsafe(16),
+        "reschedule": target,
+        "reason": reason,
+    }
+
+
+@get("/doctors/{doctor_id:int}/slots", opt=PUBLIC, include_in_schema=False)
 async def doctor_slots(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
     slot_cache: SlotCache,
     rules: BookingRules,
     now: dt.datetime,
-    actor: Principal,
     doctor_id: Id,
     date: dt.date | None = None,
     reschedule: OptionalId = None,
+    start: dt.datetime | None = None,
 ) -> Template | Response[str]:
-    """A doctor's week of slots; they change state live while the page is open."""
+    """A doctor's week of slots, open to visitors; they change state live while the
+    page is open. `start` opens the panel on that slot (back from signing in)."""
+    check_moment(start, "start")
+    user = current_user(request)
+    if reschedule is not None and user is None:
+        raise NotAuthorizedException("sign in first")
     context = await _week_context(db_session, slot_cache, rules, now, doctor_id, date)
-    context["reschedule"] = await _reschedule_target(db_session, actor, reschedule)
+    if start is not None:
+        timezone = context["clinic"].timezone
+        context |= await _panel(
+            db_session, slot_cache, rules, now, user, doctor_id, timezone, start, reschedule, None
+        )
+    if user is not None and "reschedule" not in context:
+        context["reschedule"] = await _reschedule_target(db_session, user, reschedule)
     return page(request, "patient/slots.html", "panel", **context)
 
 
-@get(
-    "/doctors/{doctor_id:int}/book",
-    guards=[allow("patient")],
-    include_in_schema=False,
-)
+@get("/doctors/{doctor_id:int}/book", opt=PUBLIC, include_in_schema=False)
 async def booking_form(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
-    actor: Principal,
+    slot_cache: SlotCache,
+    rules: BookingRules,
+    now: dt.datetime,
     doctor_id: Id,
     start: dt.datetime,
     reschedule: int | None = None,
     reason: str | None = None,
 ) -> Response[str]:
-    """The confirm panel for a chosen slot (a new booking or a move); `reason` carries
-    what the patient had typed in the panel it replaces."""
+    """The panel for a chosen slot (a new booking or a move); `reason` carries what the
+    patient had typed in the panel it replaces. Asked again by the page when the slot
+    changes state while the panel is open."""
+    check_moment(start, "start")
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
-    return fragment(
-        request,
-        "patient/slots.html",
-        "panel",
-        doctor=doctor,
-        clinic=clinic,
-        start=start.isoformat(),
-        start_label=_label(start, clinic.timezone),
-        idempotency_key=secrets.token_urlsafe(16),
-        reschedule=await _reschedule_target(db_session, actor, reschedule),
-        reason=(reason or "")[:MAX_REASON] or None,
+    user = current_user(request)
+    context = await _panel(
+        db_session,
+        slot_cache,
+        rules,
+        now,
+        user,
+        doctor_id,
+        clinic.timezone,
+        start,
+        reschedule,
+        reason,
     )
+    return fragment(request, "patient/slots.html", "panel", doctor=doctor, clinic=clinic, **context)
 
 
 @post(
@@ -213,43 +294,18 @@ async def book(
             reason=reason,
         )
     except DomainError as exc:
-        context.update(
-            message=exc.detail,
-            error=True,
-            start=data.get("start"),
-            start_label=data.get("start"),
-            reason=reason,
-            idempotency_key=data.get("idempotency_key"),
-        )
+        # Nothing to confirm again: this time cannot be booked (too late, on leave, a
+        # limit); what was typed stays for the next time chosen.
+        context.update(message=exc.detail, error=True, reason=reason)
     else:
         context["booked"] = {"label": _label(result.appointment.starts_at, clinic.timezone)}
     return fragment(request, "patient/slots.html", "panel", **context)
 
 
 async def _my_context(db_session: AsyncSession, actor: Principal, now: dt.datetime) -> dict:
-    upcoming, _ = await queries.list_appointments(
-        db_session, actor, now=now, when="upcoming", patient_id=actor.patient_id, limit=100
-    )
-    past, _ = await queries.list_appointments(
-        db_session, actor, now=now, when="past", patient_id=actor.patient_id, limit=50
-    )
-
-    def view(row: queries.AppointmentRow) -> dict[str, Any]:
-        local = row.starts_at.astimezone(ZoneInfo(row.timezone))
-        return {
-            "id": row.id,
-            "doctor_id": row.doctor_id,
-            "doctor_name": row.doctor_name,
-            "status": row.status,
-            "label": local.strftime("%a %d %b %Y, %H:%M"),
-            "day": local.date().isoformat(),
-        }
-
-    # Cancelled visits leave the upcoming list (the page says "Cancelled." when it happens).
-    return {
-        "upcoming": [view(r) for r in upcoming if r.status != "cancelled"],
-        "past": [view(r) for r in past],
-    }
+    assert actor.patient_id is not None  # the routes admit patients only
+    upcoming, past = await boards.my_appointments(db_session, actor.patient_id, now)
+    return {"upcoming": upcoming, "past": past}
 
 
 @get("/me/appointments", guards=[allow("patient")], include_in_schema=False)
@@ -259,7 +315,7 @@ async def my_appointments(
     actor: Principal,
     now: dt.datetime,
 ) -> Template | Response[str]:
-    """The patient's upcoming and past appointments."""
+    """The patient's coming and past appointments, kept current over the live socket."""
     return page(
         request, "patient/appointments.html", "list", **await _my_context(db_session, actor, now)
     )
@@ -341,4 +397,92 @@ async def reschedule(
     return fragment(request, "patient/slots.html", "panel", **context)
 
 
-ROUTES = [find_doctors, doctor_slots, booking_form, book, my_appointments, cancel, reschedule]
+@dataclass
+class ProfileForm:
+    full_name: str = ""
+    email: str = ""
+    phone: str = ""
+    language: str = "en"
+    by_email: bool = False
+    by_sms: bool = False
+
+
+def _profile_page(profile: accounts.Profile | ProfileForm, **context: Any) -> Template:
+    return Template("patient/profile.html", context={"profile": profile, **context})
+
+
+@get("/me/profile", guards=[allow("patient")], include_in_schema=False)
+async def profile_page(db_session: AsyncSession, actor: Principal) -> Template:
+    """My name, e-mail, phone, language and how I get messages."""
+    profile = await accounts.get_profile(db_session, actor.id)
+    return _profile_page(profile, languages=LANGUAGES)
+
+
+@post("/me/profile", guards=[allow("patient")], include_in_schema=False, status_code=200)
+async def save_profile(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    data: Annotated[ProfileForm, Form],
+) -> Template:
+    """Save the profile; errors keep what was typed and save nothing."""
+    try:
+        verify = await accounts.save_profile(
+            db_session,
+            Services.of(request.app).redis,
+            user_id=actor.id,
+            full_name=data.full_name,
+            email=data.email,
+            phone=data.phone,
+            language=data.language,
+            by_email=data.by_email,
+            by_sms=data.by_sms,
+            now=now,
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        await db_session.rollback()
+        return _profile_page(data, languages=LANGUAGES, error=exc.detail, typed=True)
+    if verify:
+        await dispatch_soon(request)
+    profile = await accounts.get_profile(db_session, actor.id)
+    return _profile_page(profile, languages=LANGUAGES, saved=True, verify=verify)
+
+
+@get("/email-verify/{token:str}", opt=PUBLIC, include_in_schema=False)
+async def email_verify_page(token: str) -> Template:
+    """Confirm a new address: a button, since mail scanners open links on their own."""
+    return Template("patient/email_verify.html", context={"token": token})
+
+
+@post("/email-verify/{token:str}", opt=AUTH_LIMITED, include_in_schema=False, status_code=200)
+async def email_verify(
+    request: Request[Any, Any, Any], db_session: AsyncSession, token: str
+) -> Template:
+    """The pending address becomes the account's."""
+    try:
+        email = await accounts.confirm_email_change(
+            db_session,
+            Services.of(request.app).redis,
+            token=token,
+            client_addr=client_addr(request),
+        )
+    except DomainError as exc:
+        return Template("patient/email_verify.html", context={"token": token, "error": exc.detail})
+    return Template("patient/email_verify.html", context={"done": email})
+
+
+ROUTES = [
+    find_doctors,
+    doctor_slots,
+    booking_form,
+    book,
+    my_appointments,
+    cancel,
+    reschedule,
+    profile_page,
+    save_profile,
+    email_verify_page,
+    email_verify,
+]

@@ -322,6 +322,7 @@ async def add_exception(
                     a.clinic_id,
                     tuple(local_days(a.starts_at, a.ends_at, clinic.timezone)),
                     "cancelled",
+                    a.patient_id,
                 )
                 for a in affected
             ]

@@ -118,6 +118,9 @@ class CachedSlot(NamedTuple):
     start_local: str
     end_local: str
     taken: bool
+    # Taken because of the doctor's leave or a closure (schedule exception), not a
+    # booking: such a slot will not free up. Values cached before it read as False.
+    blocked: bool = False
 
     @property
     def start(self) -> dt.datetime:
@@ -212,9 +215,15 @@ def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
     result = []
     for day in days:
         slots = day_slots(day, data.ranges, tz, booked=data.booked, blocked=data.blocked)
+        # Which of them an exception (leave, closure) blocks: those never free up.
+        away = (
+            [not a.available for a in day_slots(day, data.ranges, tz, blocked=data.blocked)]
+            if data.blocked
+            else [False] * len(slots)
+        )
         cached = [
-            CachedSlot(int(s.start.timestamp()), s.start_local, s.end_local, not s.available)
-            for s in slots
+            CachedSlot(int(s.start.timestamp()), s.start_local, s.end_local, not s.available, b)
+            for s, b in zip(slots, away, strict=True)
         ]
         result.append(DaySlots(day, cached))
     return result

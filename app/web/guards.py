@@ -191,8 +191,11 @@ class RateLimitMiddleware(AbstractMiddleware):
         await self.app(scope, receive, send)
 
 
-def check_websocket_origin(connection: ASGIConnection, settings: Settings) -> None:
-    """Refuse a websocket handshake from another site, or without a signed-in user.
+def check_websocket_origin(
+    connection: ASGIConnection, settings: Settings, *, signed_in: bool = True
+) -> None:
+    """Refuse a websocket handshake from another site, or without a signed-in user
+    (unless `signed_in` is False: a view open to visitors).
 
     Browsers send cookies with cross-site websocket handshakes and CSRF tokens do not
     apply, so the Origin header is the only proof the page is ours.
@@ -208,7 +211,7 @@ def check_websocket_origin(connection: ASGIConnection, settings: Settings) -> No
         allowed.add(f"{scheme}://{host}".lower())
     if not origin or origin.lower() not in allowed:
         raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="origin not allowed")
-    if current_user(connection) is None:
+    if signed_in and current_user(connection) is None:
         raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="sign in first")
 
 

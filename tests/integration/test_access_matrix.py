@@ -123,11 +123,15 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("POST", "/api/appointments/bulk-update"): ("doctor", *STAFF),
     ("POST", "/api/appointments/conflicts"): STAFF,
     # patient pages
-    ("GET", "/doctors"): ANY,
-    ("GET", "/doctors/{doctor_id:int}/slots"): ANY,
-    ("GET", "/doctors/{doctor_id:int}/book"): PATIENT,
+    ("GET", "/doctors"): PUBLIC,  # visitors browse doctors and free times
+    ("GET", "/doctors/{doctor_id:int}/slots"): PUBLIC,
+    ("GET", "/doctors/{doctor_id:int}/book"): PUBLIC,  # a visitor's panel: "sign in to book"
     ("POST", "/doctors/{doctor_id:int}/book"): PATIENT,
     ("GET", "/me/appointments"): PATIENT,
+    ("GET", "/me/profile"): PATIENT,
+    ("POST", "/me/profile"): PATIENT,
+    ("GET", "/email-verify/{token:str}"): PUBLIC,  # the link is the credential
+    ("POST", "/email-verify/{token:str}"): PUBLIC,
     ("POST", "/me/appointments/{appointment_id:int}/cancel"): PATIENT,
     ("POST", "/me/appointments/{appointment_id:int}/reschedule"): PATIENT,
     # staff pages

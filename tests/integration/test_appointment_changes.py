@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select, text, update
 
 from app.access import audit
-from app.appointments.statements import PATIENT_CHANNEL_SQL
-from app.notifications.planning import choose_channel
+from app.appointments.statements import PATIENT_CHANNELS_SQL
+from app.notifications.planning import choose_channels
 from db.models import Appointment, AuditEvent, Notification
 from tests.integration.world import BERLIN, at, day_after_tomorrow, make_world, move_to_today
 
@@ -240,17 +240,21 @@ async def test_a_reschedule_records_who_and_audits_the_times(client, world, sess
     }
 
 
-async def test_the_statements_channel_is_the_one_choose_channel_picks(session):
-    """The cancellation notice's channel is chosen in SQL; it must agree with Python's."""
+async def test_the_statements_channels_are_the_ones_choose_channels_picks(session):
+    """The cancellation notice's channels are chosen in SQL; they must agree with Python's
+    (one row per channel: both of them for `both`)."""
     cases = list(
-        itertools.product(("email", "sms", "none"), (None, "", "a@b.test"), (None, "", "+49 1"))
+        itertools.product(
+            ("email", "sms", "both", "none"), (None, "", "a@b.test"), (None, "", "+49 1")
+        )
     )
     for notify_by, email, phone in cases:
         chosen = await session.scalar(
             text(
-                f"SELECT {PATIENT_CHANNEL_SQL} FROM (SELECT CAST(:n AS text) AS notify_by, "
+                f"SELECT {PATIENT_CHANNELS_SQL} FROM (SELECT CAST(:n AS text) AS notify_by, "
                 "CAST(:e AS text) AS email, CAST(:p AS text) AS phone) p"
             ),
             {"n": notify_by, "e": email, "p": phone},
         )
-        assert chosen == choose_channel(notify_by, email, phone), (notify_by, email, phone)
+        expected = list(choose_channels(notify_by, email, phone))
+        assert chosen == expected, (notify_by, email, phone)

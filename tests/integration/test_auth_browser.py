@@ -1,19 +1,20 @@
 """Browser sign-in: registration, login, logout, sessions, CSRF and redirects."""
 
 import dataclasses
-import logging
+import datetime as dt
 import re
 
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
+from app.access.accounts import link_key
 from app.access.browser_sessions import COOKIE_NAME
 from app.access.identity import load_principal
 from app.analytics import exports
 from app.analytics.reports import ReportScope
 from app.web.asgi import create_app
 from app.web.csrf import insecure_origin_warning
-from db.models import AuditEvent, Clinic, Patient, User
+from db.models import AuditEvent, Clinic, Notification, Patient, ScheduleException, User
 from tests.integration.auth_helpers import PASSWORD, bearer, browser_login, csrf_from, make_user
 from tests.integration.world import at, day_after_tomorrow, make_world
 
@@ -97,7 +98,8 @@ async def test_login_never_redirects_off_site(client, session):
         response = await client.post(
             "/login", data={**form, "next": target, "csrf_token": token}, follow_redirects=False
         )
-        assert response.headers["location"] == ("/me" if target == "/me" else "/")
+        # Nowhere safe to return to: the patient's own start page.
+        assert response.headers["location"] == ("/me" if target == "/me" else "/me/appointments")
 
 
 async def test_csrf_is_required_for_cookie_requests(client, session):
@@ -255,40 +257,18 @@ async def test_admin_pages_create_staff_and_change_roles(client, session):
     ]
 
 
-class Captured(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 async def test_password_reset_pages_end_to_end(settings, db, redis, session):
-    """The reset link reaches the account holder through the server log in embedded (demo)
-    mode only (no email delivery yet; docs/security.md); never through the page."""
+    """The reset link goes out through the outbox (tests/integration/test_reset_email.py
+    delivers it); never through the page."""
     await make_user(session)
-    demo = dataclasses.replace(settings, embedded=True)
-    async with AsyncTestClient(app=create_app(demo)) as client:
+    async with AsyncTestClient(app=create_app(settings)) as client:
         page = await client.get("/password-reset")
         token = csrf_from(page.text)
-        # Litestar's logging config replaces the root handlers (and so pytest's caplog):
-        # listen on the route module's own logger instead.
-        log = Captured()
-        logging.getLogger("app.routes.auth").addHandler(log)
-        try:
-            for email in ("nobody@example.test", "ann@example.test"):
-                sent = await client.post(
-                    "/password-reset", data={"email": email, "csrf_token": token}
-                )
-                assert sent.status_code == 200 and "/password-reset/" not in sent.text
-        finally:
-            logging.getLogger("app.routes.auth").removeHandler(log)
-        answers = [m for m in log.messages if "password reset link" in m]
-        assert len(answers) == 1  # only the real account gets a link
-        link = re.search(r"/password-reset/([\w-]+)", answers[0])
-        assert link
-        reset_path = link.group(0)
+        for email in ("nobody@example.test", "ann@example.test"):
+            sent = await client.post("/password-reset", data={"email": email, "csrf_token": token})
+            assert sent.status_code == 200 and "/password-reset/" not in sent.text
+        (ref,) = (await session.scalars(select(Notification.ref))).all()  # one account, one link
+        reset_path = "/password-reset/" + (await redis.get(link_key(ref))).decode()
         form_page = await client.get(reset_path)
         assert form_page.status_code == 200
         token = csrf_from(form_page.text)
@@ -306,7 +286,7 @@ async def test_password_reset_pages_end_to_end(settings, db, redis, session):
         assert "invalid or has expired" in again.text  # single use
         assert (await browser_login(client, password=PASSWORD)).url.path == "/login"
         signed_in = await browser_login(client, password="a fresh long secret")
-        assert signed_in.status_code == 200 and signed_in.url.path == "/"
+        assert signed_in.status_code == 200 and signed_in.url.path == "/me/appointments"
     actions = (await session.scalars(select(AuditEvent.action).order_by(AuditEvent.id))).all()
     assert "password.reset_requested" in actions and "password.reset" in actions
 
@@ -328,8 +308,19 @@ async def test_no_page_needs_inline_script_or_style(client, session, settings):
         session, desk, ReportScope(day_after_tomorrow(), day_after_tomorrow(), None), None
     )
     start = at(day_after_tomorrow(), 10).isoformat()
+    leave_day = day_after_tomorrow() + dt.timedelta(days=7)
+    leave = ScheduleException(  # planned leave: the admin's edit page opens it
+        clinic_id=world.clinic_id,
+        doctor_id=world.doctor_id,
+        kind="leave",
+        starts_at=at(leave_day, 9),
+        ends_at=at(leave_day, 17),
+    )
+    session.add(leave)
+    await session.commit()
     fill = {
         "{doctor_id:int}": str(world.doctor_id),
+        "{exception_id:int}": str(leave.id),
         "{patient_id:int}": str(world.patients[0]),
         "{export_id:str}": export.id,
         "{token:str}": "a-token-nobody-has",
