@@ -20,6 +20,7 @@ from tasks.queue import create_queue
 from tasks.worker import worker_settings
 from tests.integration.auth_helpers import bearer, make_user
 from tests.integration.test_metrics import scrape, value
+from tests.integration.test_overload import backend_waiting_for_lock
 from tests.processes import start_process, stop_process
 
 WAIT = "medbook_db_pool_wait_seconds"
@@ -51,7 +52,16 @@ async def test_a_full_pool_is_timed_and_its_timeouts_counted(
     patient = await make_user(session, "patient", "p@example.test")
     await session.commit()
     headers = bearer(settings, patient)
-    server = LiveServer(env={"DB_POOL_SIZE": "1", "DB_MAX_OVERFLOW": "0", "DB_POOL_TIMEOUT": "0.3"})
+    server = LiveServer(
+        env={
+            "DB_POOL_SIZE": "1",
+            "DB_MAX_OVERFLOW": "0",
+            "DB_POOL_TIMEOUT": "0.3",
+            # Admission would otherwise let one request in (the pool's size) and hold the
+            # second itself: this test is about the pool's own wait.
+            "ADMISSION_MAX_IN_FLIGHT": "10",
+        }
+    )
     locker = None
     try:
         locker = await asyncpg.connect(database_url)
@@ -60,7 +70,7 @@ async def test_a_full_pool_is_timed_and_its_timeouts_counted(
             before = await scrape(client)
             await locker.execute("BEGIN; LOCK TABLE clinics IN ACCESS EXCLUSIVE MODE")
             stuck = asyncio.create_task(client.get("/api/clinics", headers=headers))
-            await asyncio.sleep(0.3)  # it holds the only connection, waiting on the lock
+            await backend_waiting_for_lock(locker)  # it holds the only connection
             busy = await client.get("/api/clinics", headers=headers)
             await locker.execute("ROLLBACK")
             assert (await stuck).status_code == 200
