@@ -54,8 +54,8 @@ class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ConflictsIn(msgspec.Struct, forbid_unknown_fields=True):
-    appointment_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=500)]
-    action: str  # move or cancel
+    appointment_ids: Annotated[list[IdField], msgspec.Meta(min_length=1, max_length=500)]
+    action: Literal["move", "cancel"]
 
 
 def slots_out(day: DaySlots, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
@@ -272,7 +272,7 @@ class AppointmentController(Controller):
         )
         return {"results": [{"id": i, "result": r} for i, r in results.items()]}
 
-    @post("/conflicts", guards=[allow("front_desk", "admin")], status_code=200)
+    @post("/conflicts", guards=[allow("front_desk", "admin")], status_code=200, responses=RULES)
     async def resolve_conflicts(
         self,
         db_session: AsyncSession,
