@@ -149,8 +149,8 @@ Index(
     postgresql_ops={"lower_full_name": "text_pattern_ops"},
 )
 # The walk-in search matches the start of any word of the name (`LIKE '% fis%'`), which a
-# btree cannot serve: a trigram index can (100,000 patients: a 0.6-1 s scan without it,
-# 0.2 ms with it).
+# btree cannot serve: a trigram index can (at 100,000 patients a scan without it takes
+# thousands of times longer; bench/README.md).
 Index(
     "ix_patients_name_trgm",
     _lower_full_name,

@@ -151,7 +151,7 @@ async def _booking_facts(
 async def warm_up(connection: AsyncConnection) -> None:
     """Prepare booking's two statements on a fresh pooled connection (app start): a
     connection's first booking otherwise pays for preparing them and for its backend's
-    cold catalog caches (10-25 ms more, measured), which lands in booking's p99. The
+    cold catalog caches (bench/README.md), which lands in booking's p99. The
     insert ends where it starts, so its check constraint refuses it (inside a savepoint)
     before the exclusion constraint is consulted: prepared, nothing written. (A refused
     insert that reached the exclusion constraint, or one lock for all, would make the
