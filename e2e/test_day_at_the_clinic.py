@@ -24,8 +24,11 @@ def shot(page: Page, name: str) -> None:
 
 
 def reset_token(settings, email: str) -> str:
-    """The link's token an e-mail would carry (the reset e-mail is another branch's work:
-    until it lands, the token is made as the page's request makes it)."""
+    """A reset link's token, made as the page's request makes it. The browser servers here
+    run without an SMTP server or the dev mailbox, so the e-mail itself is not read: its
+    sending through the outbox, with the link, is tests/integration/test_reset_email.py's
+    (a real SMTP sink). Making a second link voids the first (single-use links), so the
+    browser follows the newest, as a person would follow the newest e-mail."""
     from app.access import accounts
     from app.redis import create_redis
     from db.session import create_engine, session_factory
