@@ -215,10 +215,11 @@ def test_a_failed_move_then_a_nearby_time_moves_the_same_appointment(
         expect(slot(page, at(day, 11))).to_have_attribute(
             "data-available", "false", timeout=LIVE_MS
         )
-        page.get_by_role("button", name="Confirm new time").click()
-        expect(page.get_by_role("alert")).to_contain_text("Your appointment is unchanged")
-        nearby = page.locator(f'.alternatives [data-slot-start="{at(day, 11, 30).isoformat()}"]')
-        nearby.click()
+        # The open panel follows its slot: it says the time was taken and offers no Confirm
+        # (issue 23, item 5), so the patient picks a nearby free time on the grid.
+        expect(page.get_by_role("alert")).to_contain_text("was just taken", timeout=LIVE_MS)
+        expect(page.get_by_role("button", name="Confirm new time")).to_have_count(0)
+        slot(page, at(day, 11, 30)).click()
         expect(page.get_by_role("heading", name="Move my appointment to")).to_be_visible()
         page.get_by_role("button", name="Confirm new time").click()
         expect(page.get_by_role("heading", name="Moved")).to_be_visible()
