@@ -83,7 +83,8 @@ async def test_a_full_pool_is_timed_and_its_timeouts_counted(
     assert value(after, TIMEOUTS) - value(before, TIMEOUTS) == 1
     slow = value(after, f"{WAIT}_count") - value(after, f"{WAIT}_bucket", le="0.25")
     assert slow == 1  # only the refused request waited long
-    assert value(after, f"{WAIT}_sum") - value(before, f"{WAIT}_sum") >= 0.3
+    # It waited the pool's 0.3 s timeout (less a clock tick: 0.29998 s was seen).
+    assert value(after, f"{WAIT}_sum") - value(before, f"{WAIT}_sum") >= 0.29
 
 
 async def boom(ctx, **kwargs):
