@@ -57,7 +57,7 @@ def test_changed_then_withdrawn_leave_reopens_slots_live(browser, live_server, s
     viewer.on("pageerror", lambda exc: errors.append(str(exc)))
     viewer.add_init_script(COUNT_LIVE_MESSAGES)
     sign_in(viewer, live_server, "p0@t.test", f"/doctors/{world.doctor_id}/slots?date={day}")
-    viewer.wait_for_function("window.liveMessages > 0")  # subscribed and in sync
+    viewer.wait_for_function("() => window.liveMessages > 0")  # subscribed and in sync
     expect(slot(viewer, at(day, 10))).to_have_attribute("data-available", "false")
     expect(slot(viewer, at(day, 14))).to_have_attribute("data-available", "true")
 

@@ -105,7 +105,7 @@ def test_admin_sets_hours_and_previews_leave_before_saving(page, live_server, se
     assert screenshot(page, "admin-doctors").stat().st_size > 0
     page.get_by_role("link", name=f"Weekly hours and leave of Dr. {tag}").click()
     page.wait_for_url(f"**/admin/doctors/{world['doctor']}/schedule")
-    page.wait_for_function("window.htmx !== undefined")
+    page.wait_for_function("() => window.htmx !== undefined")
     expect(page.get_by_text("No weekly hours yet")).to_be_visible()
 
     # Add a range on the booking day's weekday, then save the template.

@@ -95,7 +95,7 @@ def test_dashboard_charts_filters_and_an_export(page, live_server):
     assert no_show_kpi.endswith("%")
 
     # Regroup: htmx swaps the report only and keeps the URL shareable.
-    page.wait_for_function("window.htmx !== undefined")
+    page.wait_for_function("() => window.htmx !== undefined")
     mark_document(page)
     page.get_by_label("No-shows by", exact=True).select_option("hour")
     page.get_by_role("button", name="Show").click()

@@ -40,6 +40,6 @@ def test_register_logout_login_shows_name_and_role(page, live_server):
     page.wait_for_url(live_server.url + "/me/appointments")  # a patient's own start
     whoami = page.locator(".whoami").inner_text()
     assert "Erika Example" in whoami and "patient" in whoami
-    page.wait_for_function("window.htmx !== undefined")
+    page.wait_for_function("() => window.htmx !== undefined")
     assert errors == [] and csp_violations == []
     assert screenshot(page, "auth-signed-in").stat().st_size > 0

@@ -68,7 +68,7 @@ def test_a_day_at_the_clinic(browser, live_server, settings):
         sign_in(desk, live_server, "desk@t.test", f"/desk?date={day.isoformat()}")
         sign_in(doctor, live_server, "doc@t.test", f"/doctor/day?date={day.isoformat()}")
         for page in (desk, doctor):
-            page.wait_for_function("document.querySelector('#live') !== null")
+            page.wait_for_function("() => document.querySelector('#live') !== null")
         doctor.wait_for_timeout(300)  # let both sockets subscribe
         berlin = desk.get_by_role("region", name="Dr. Berlin")
         expect(berlin.locator(".card")).to_have_count(2)

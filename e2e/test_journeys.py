@@ -281,7 +281,7 @@ def test_front_desk_runs_a_day(browser, live_server, settings, world):
         desk.get_by_role("link", name="Next day →").click()
         desk.get_by_role("link", name="Next day →").click()
         desk.wait_for_url(f"**/desk?date={day.isoformat()}")
-        desk.wait_for_function("document.querySelector('#live') !== null")
+        desk.wait_for_function("() => document.querySelector('#live') !== null")
         time.sleep(0.3)  # let the socket subscribe
         berlin = desk.get_by_role("region", name="Dr. Berlin")
         row = berlin.locator(f'.row[data-slot-start="{at(day, 10, 30).isoformat()}"]')
