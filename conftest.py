@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent
 _stack = ExitStack()
 
 DATA_TABLES = (
-    "audit_events, notifications, medical_records, appointments, schedule_exceptions, "
+    "waitlist_offers, waitlist_entries, audit_events, notifications, medical_records, "
+    "appointments, schedule_exceptions, "
     "doctor_schedule_templates, clinic_daily_stats, users, patients, doctors, clinics"
 )
 # audit_events refuses TRUNCATE unless the session allows it (migration 0009); only the

@@ -101,6 +101,8 @@ class Settings:
     notify_batch_size: int = 50
     notify_breaker_threshold: int = 5
     notify_breaker_cooldown_seconds: float = 30.0
+    # How long a freed slot is held for the waitlister it is offered to (15 minutes).
+    waitlist_hold_seconds: int = 900
 
     @property
     def documents_dir(self) -> Path:
@@ -395,6 +397,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         notify_breaker_cooldown_seconds=_read(
             env, "NOTIFY_BREAKER_COOLDOWN_SECONDS", _positive_float, 30.0
         ),
+        waitlist_hold_seconds=_read(env, "WAITLIST_HOLD_SECONDS", _at_least_one, 900),
     )
 
 

@@ -32,14 +32,27 @@ from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, ExcludeConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("patient", "doctor", "front_desk", "admin")
-APPOINTMENT_STATUSES = ("booked", "checked_in", "completed", "cancelled", "no_show")
+APPOINTMENT_STATUSES = ("booked", "checked_in", "completed", "cancelled", "no_show", "held")
 # An appointment in any of these holds its time: only a cancellation frees the slot.
 ACTIVE_STATUSES = ("booked", "checked_in", "completed", "no_show")
+# What blocks a slot, for the exclusion constraint and every availability read: the
+# active appointments and a waitlist offer's hold (`held`, app/waitlist/). The one place
+# this is said (BLOCKING_SQL is the same as SQL); a released hold is deleted, so only a
+# cancellation frees a slot of a real appointment.
+BLOCKING_STATUSES = (*ACTIVE_STATUSES, "held")
+BLOCKING_SQL = f"status IN ({', '.join(repr(v) for v in BLOCKING_STATUSES)})"
 EXCEPTION_KINDS = ("leave", "holiday", "closure", "other")
 NOTIFICATION_CHANNELS = ("email", "sms")
 # Kinds about an appointment, then kinds about an account (a reset or a new address's
 # verification link: rows with `user_id` instead of `appointment_id`).
-APPOINTMENT_NOTICES = ("confirmation", "reminder_24h", "reminder_1h", "cancellation", "exception")
+APPOINTMENT_NOTICES = (
+    "confirmation",
+    "reminder_24h",
+    "reminder_1h",
+    "cancellation",
+    "exception",
+    "offer",  # a waitlist offer: the hold row is its appointment
+)
 ACCOUNT_NOTICES = ("password_reset", "email_verify")
 NOTIFICATION_KINDS = APPOINTMENT_NOTICES + ACCOUNT_NOTICES
 NOTIFY_CHOICES = ("email", "sms", "both", "none")
@@ -300,7 +313,15 @@ class Appointment(Base):
             (text("tstzrange(starts_at, ends_at, '[)')"), "&&"),
             name="no_overlap",
             using="gist",
-            where=text("status <> 'cancelled'"),
+            where=text(BLOCKING_SQL),
+        ),
+        # A hold always says until when; nothing else carries an expiry.
+        CheckConstraint("(status = 'held') = (hold_expires_at IS NOT NULL)", name="hold_expiry"),
+        # The sweeper's scan for lapsed holds; stays as small as the open offers.
+        Index(
+            "ix_appointments_hold_expires",
+            "hold_expires_at",
+            postgresql_where=text("status = 'held'"),
         ),
         # C-3 availability and the doctor's day: one doctor, a time window. INCLUDE lets
         # the availability query answer from the index alone.
@@ -346,6 +367,8 @@ class Appointment(Base):
     updated_at: Mapped[dt.datetime] = _created_at()
     checked_in_at: Mapped[dt.datetime | None]
     cancelled_at: Mapped[dt.datetime | None]
+    # A waitlist offer's hold (status `held`, for `patient_id`) lapses at this instant.
+    hold_expires_at: Mapped[dt.datetime | None]
 
     doctor: Mapped[Doctor] = relationship(lazy="raise")
     patient: Mapped[Patient] = relationship(lazy="raise")
@@ -654,3 +677,91 @@ class DevMessage(Base):
     body_html: Mapped[str | None]
     ics: Mapped[str | None]
     created_at: Mapped[dt.datetime] = _created_at()
+
+
+# --- waitlist (issue 18) -------------------------------------------------------------------
+
+WAITLIST_STATUSES = ("waiting", "booked", "left")
+OFFER_STATUSES = ("open", "accepted", "declined", "expired")
+
+
+class WaitlistEntry(Base):
+    """A patient waiting for an earlier time: one doctor, or any doctor of a clinic with a
+    specialty, within a date range, on some weekdays, in a time-of-day window (clinic-local).
+    (The visit type, issue 18's other part, becomes one more column here.)"""
+
+    __tablename__ = "waitlist_entries"
+    __table_args__ = (
+        CheckConstraint(_in("status", WAITLIST_STATUSES), name="status"),
+        CheckConstraint("last_day >= first_day", name="range"),
+        CheckConstraint(
+            "(doctor_id IS NOT NULL) <> (specialty IS NOT NULL)", name="doctor_or_specialty"
+        ),
+        CheckConstraint(
+            "earliest IS NULL OR latest IS NULL OR latest > earliest", name="time_window"
+        ),
+        # A freed slot finds the waiting entries of its clinic, first come first served.
+        Index(
+            "ix_waitlist_entries_clinic_waiting",
+            "clinic_id",
+            "created_at",
+            postgresql_where=text("status = 'waiting'"),
+        ),
+        # "My waitlist": a patient's entries.
+        Index("ix_waitlist_entries_patient", "patient_id"),
+    )
+
+    id: Mapped[int] = _id()
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"))
+    doctor_id: Mapped[int | None] = mapped_column(ForeignKey("doctors.id"))
+    specialty: Mapped[str | None]
+    first_day: Mapped[dt.date] = mapped_column(Date)
+    last_day: Mapped[dt.date] = mapped_column(Date)
+    earliest: Mapped[dt.time | None] = mapped_column(Time)
+    latest: Mapped[dt.time | None] = mapped_column(Time)
+    weekdays: Mapped[list[int] | None] = mapped_column(ARRAY(SmallInteger))  # 0 = Monday
+    status: Mapped[str] = mapped_column(String(8), server_default="waiting")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _created_at()
+
+
+class WaitlistOffer(Base):
+    """A freed slot offered to one waiting entry: its hold is an appointments row (status
+    `held`) until accepted (the same row becomes the booking), declined or expired (the row
+    is deleted, `appointment_id` NULL). Kept for the patient's list and the analytics."""
+
+    __tablename__ = "waitlist_offers"
+    __table_args__ = (
+        CheckConstraint(_in("status", OFFER_STATUSES), name="status"),
+        # One open offer per entry at a time: two slots are never held for one wish.
+        Index(
+            "uq_waitlist_offers_entry_open",
+            "entry_id",
+            unique=True,
+            postgresql_where=text("status = 'open'"),
+        ),
+        # A patient's offers, newest first; analytics reads offers by when they were made.
+        Index("ix_waitlist_offers_patient", "patient_id", text("created_at DESC")),
+        Index("ix_waitlist_offers_created", "created_at"),
+        # Offers of a hold row (accept finds its offer; deleting a hold nulls the link).
+        Index("ix_waitlist_offers_appointment", "appointment_id"),
+    )
+
+    id: Mapped[int] = _id()
+    entry_id: Mapped[int] = mapped_column(ForeignKey("waitlist_entries.id", ondelete="CASCADE"))
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"))
+    clinic_id: Mapped[int] = mapped_column(ForeignKey("clinics.id"))
+    appointment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("appointments.id", ondelete="SET NULL")
+    )
+    starts_at: Mapped[dt.datetime]
+    ends_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    status: Mapped[str] = mapped_column(String(8), server_default="open")
+    # When the slot was freed (the cancellation's time): freed -> rebooked in analytics.
+    freed_at: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime] = _created_at()
+    decided_at: Mapped[dt.datetime | None]

@@ -72,7 +72,8 @@ FROM appointments a JOIN clinics c ON c.id = a.clinic_id
 WHERE a.starts_at >= CAST($1 AS date) - interval '1 day'
   AND a.starts_at < CAST($2 AS date) + interval '2 days'
   AND (a.starts_at AT TIME ZONE c.timezone)::date BETWEEN $1 AND $2
-  AND ($3::bigint IS NULL OR a.clinic_id = $3)"""
+  AND ($3::bigint IS NULL OR a.clinic_id = $3)
+  AND a.status <> 'held'"""
 EXPORT_SQL = f"""
 SELECT a.id, a.clinic_id, a.doctor_id, a.patient_id, a.starts_at, a.ends_at, a.status,
        a.created_at AS booked_at, a.cancelled_at

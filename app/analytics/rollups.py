@@ -71,6 +71,7 @@ appt AS MATERIALIZED (
   CROSS JOIN LATERAL (
     SELECT * FROM appointments x
     WHERE x.clinic_id = cd.clinic_id AND x.starts_at >= cd.lo AND x.starts_at < cd.hi
+      AND x.status <> 'held'  -- a waitlist hold is nobody's appointment yet
     OFFSET 0) a  -- OFFSET 0 keeps the index range scan per clinic-day (no flattening)
 ),
 grid AS (

@@ -24,7 +24,12 @@ SEARCH_DAYS = 14
 
 
 def visible(actor: Principal) -> Any:
-    """The SQL condition for the appointments `actor` may see."""
+    """The SQL condition for the appointments `actor` may see. A waitlist hold is nobody's
+    appointment yet: it is seen (and accepted) as an offer, through app/waitlist/."""
+    return and_(_scope(actor), Appointment.status != "held")
+
+
+def _scope(actor: Principal) -> Any:
     if actor.role == "admin":
         return and_(True)
     if actor.role == "front_desk":

@@ -20,18 +20,24 @@ if TYPE_CHECKING:
     from app.scheduling.slots import DoctorDays
 
 # Legal status changes; anything else answers 422. checked_in -> booked is the undo of a
-# check-in made by mistake, for UNDO_CHECK_IN after it.
+# check-in made by mistake, for UNDO_CHECK_IN after it. held -> booked is a waitlist offer
+# accepted (the hold becomes the appointment); a hold that is declined or lapses is
+# deleted, not given a status (app/waitlist/offers.py).
 TRANSITIONS: dict[str, frozenset[str]] = {
     "booked": frozenset({"checked_in", "cancelled", "no_show"}),
     "checked_in": frozenset({"completed", "cancelled", "booked"}),
     "completed": frozenset(),
     "cancelled": frozenset(),
     "no_show": frozenset(),
+    "held": frozenset({"booked"}),
 }
 STATUSES = frozenset(TRANSITIONS)
 # Who sets a status: a signed-in role, or the clinic's calendar when leave or a closure
 # cancels the bookings it covers (not a role anyone signs in with).
 SCHEDULE = "schedule"
+# The patient accepting their own waitlist offer: the only setter that moves a hold, and
+# the only thing it does. No role touches a hold (it is nobody's appointment yet).
+ACCEPT_OFFER = "offer"
 # What each may set. Patients cancel their own (visibility limits them to their own);
 # doctors run their own day; staff may undo a check-in (`booked` again).
 ROLE_TARGETS: dict[str, frozenset[str]] = {
@@ -40,6 +46,7 @@ ROLE_TARGETS: dict[str, frozenset[str]] = {
     "front_desk": frozenset({"checked_in", "completed", "cancelled", "no_show", "booked"}),
     "admin": frozenset({"checked_in", "completed", "cancelled", "no_show", "booked"}),
     SCHEDULE: frozenset({"cancelled"}),
+    ACCEPT_OFFER: frozenset({"booked"}),
 }
 # How long a check-in can be taken back: long enough to notice the wrong card was pressed,
 # short enough that a patient seen by the doctor is not "booked" again.
@@ -63,9 +70,11 @@ class Refusal:
     message: str
 
 
-def sources(target: str) -> frozenset[str]:
-    """The statuses from which `target` can be reached."""
-    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+def sources(target: str, setter: str | None = None) -> frozenset[str]:
+    """The statuses from which `target` can be reached (by `setter`: only ACCEPT_OFFER
+    starts from a hold, and it from nothing else)."""
+    found = frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+    return found & {"held"} if setter == ACCEPT_OFFER else found - {"held"}
 
 
 def status_columns(target: str, now: dt.datetime) -> dict[str, object]:
@@ -99,6 +108,11 @@ class Booked(Protocol):
     def checked_in_at(self) -> dt.datetime | None: ...
 
 
+def _hold_expiry(appointment: Booked) -> dt.datetime | None:
+    """When a hold lapses (rows read before holds existed do not carry the column)."""
+    return getattr(appointment, "hold_expires_at", None)
+
+
 def refusal(
     setter: str,
     appointment: Booked,
@@ -111,12 +125,20 @@ def refusal(
     they may. The role is judged first, then the state machine, then the clock: a check-in
     only on the appointment's day in the clinic's `timezone` (required for a check-in),
     its undo only within UNDO_CHECK_IN, a no-show only after the start, no cancelling once
-    it has ended (except by leave or closure, which cancel what they cover)."""
+    it has ended (except by leave or closure, which cancel what they cover), a hold only
+    by its offer's acceptance before it lapses."""
     current = appointment.status
     if target not in ROLE_TARGETS.get(setter, frozenset()):
         return Refusal("forbidden", f"your role may not mark appointments {target}")
+    if (current == "held") != (setter == ACCEPT_OFFER):
+        return Refusal("invalid", f"a {current} slot cannot become {target} this way")
     if target not in TRANSITIONS[current]:
         return Refusal("invalid", f"a {current} appointment cannot become {target}")
+    if setter == ACCEPT_OFFER:
+        expires = _hold_expiry(appointment)
+        if expires is None or now >= expires:
+            return Refusal("invalid", "this offer has expired")
+        return None
     if target == "checked_in":
         if timezone is None:
             raise ValueError("a check-in is judged on the clinic's day: give its timezone")
@@ -144,13 +166,15 @@ class Guard:
     """`refusal` as conditions on the row, for an UPDATE that changes only what it may:
     the status is one of `allowed_from`, it started by `started_by` and ends after
     `ends_after`, it starts on the clinic-local day of `on_day_of` (a check-in), it was
-    checked in at or after `checked_in_since` (an undone check-in) (None: no such condition)."""
+    checked in at or after `checked_in_since` (an undone check-in), its hold lapses after
+    `held_until_after` (an accepted offer) (None: no such condition)."""
 
     allowed_from: tuple[str, ...]
     started_by: dt.datetime | None
     ends_after: dt.datetime | None
     on_day_of: dt.datetime | None = None
     checked_in_since: dt.datetime | None = None
+    held_until_after: dt.datetime | None = None
 
 
 def guard(setter: str, target: str, now: dt.datetime) -> Guard:
@@ -159,6 +183,8 @@ def guard(setter: str, target: str, now: dt.datetime) -> Guard:
     each appointment's clinic's time zone)."""
     if target not in ROLE_TARGETS.get(setter, frozenset()):
         return Guard((), None, None)
+    if setter == ACCEPT_OFFER:
+        return Guard(tuple(sorted(sources(target, setter))), None, None, held_until_after=now)
     return Guard(
         tuple(sorted(sources(target))),
         now if target == "no_show" else None,

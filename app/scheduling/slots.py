@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from app.errors import NotFound
 from app.redis_scripts import Script
 from app.scheduling.availability import Interval, TemplateRange, day_slots, local_day_bounds
+from db.models import BLOCKING_SQL
 from db.session import driver_fetchrow
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
   SELECT array_agg(a.starts_at) AS starts, array_agg(a.ends_at) AS ends
     FROM appointments a
-   WHERE a.doctor_id = d.id AND a.status <> 'cancelled'
+   WHERE a.doctor_id = d.id AND a.{blocking}
      AND a.starts_at >= CAST(:lo AS timestamptz) - interval '1 day'
      AND a.starts_at < :hi AND a.ends_at > :lo) b
 WHERE d.id = :doctor_id
@@ -85,7 +86,7 @@ def doctor_days_sql(extra_columns: str = "") -> TextClause:
     """The doctor-days query, with `extra_columns` (", expr AS name, ...") appended to its
     select list, so a caller that needs a little more (booking: the patient) still makes
     one round trip. The extra columns follow the first `DOCTOR_DAYS_COLUMNS` of the row."""
-    return text(_DOCTOR_DAYS.format(extra=extra_columns))
+    return text(_DOCTOR_DAYS.format(extra=extra_columns, blocking=BLOCKING_SQL))
 
 
 DOCTOR_DAYS_SQL = doctor_days_sql()
@@ -93,7 +94,7 @@ DOCTOR_DAYS_SQL = doctor_days_sql()
 _DOCTOR_DAYS_NATIVE = re.sub(
     r":(doctor_id|lo|hi)\b",
     lambda m: {"doctor_id": "$1", "lo": "$2", "hi": "$3"}[m[1]],
-    _DOCTOR_DAYS.format(extra=""),
+    _DOCTOR_DAYS.format(extra="", blocking=BLOCKING_SQL),
 )
 
 

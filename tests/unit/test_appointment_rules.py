@@ -13,8 +13,8 @@ from app.errors import Forbidden, Invalid
 from app.scheduling.availability import Interval, TemplateRange
 from app.scheduling.slots import DoctorDays
 
-STATES = ("booked", "checked_in", "completed", "cancelled", "no_show")
-SETTERS = ("patient", "doctor", "front_desk", "admin", rules.SCHEDULE, "nobody")
+STATES = ("booked", "checked_in", "completed", "cancelled", "no_show", "held")
+SETTERS = ("patient", "doctor", "front_desk", "admin", rules.SCHEDULE, rules.ACCEPT_OFFER, "nobody")
 
 # Written out here, not read from the module, so a changed table fails this test.
 LEGAL = {
@@ -24,6 +24,7 @@ LEGAL = {
     ("checked_in", "completed"),
     ("checked_in", "cancelled"),
     ("checked_in", "booked"),  # the undo of a check-in
+    ("held", "booked"),  # a waitlist offer accepted: the hold becomes the appointment
 }
 MAY_SET = {
     "patient": {"cancelled"},
@@ -31,6 +32,7 @@ MAY_SET = {
     "front_desk": {"checked_in", "completed", "cancelled", "no_show", "booked"},
     "admin": {"checked_in", "completed", "cancelled", "no_show", "booked"},
     rules.SCHEDULE: {"cancelled"},
+    rules.ACCEPT_OFFER: {"booked"},
     "nobody": set(),
 }
 
@@ -41,6 +43,7 @@ DURING = STARTS + dt.timedelta(minutes=10)
 AFTER = ENDS + dt.timedelta(hours=2)
 CHECKED_IN = STARTS - dt.timedelta(minutes=5)
 UNDO = dt.timedelta(minutes=10)  # written out: a changed window fails these tests
+HOLD_EXPIRES = STARTS - dt.timedelta(hours=1)  # a hold lapses between "before" and "during"
 
 
 class Booked(NamedTuple):
@@ -48,6 +51,7 @@ class Booked(NamedTuple):
     starts_at: dt.datetime = STARTS
     ends_at: dt.datetime = ENDS
     checked_in_at: dt.datetime | None = CHECKED_IN
+    hold_expires_at: dt.datetime | None = HOLD_EXPIRES
 
 
 MOMENTS = {
@@ -65,8 +69,12 @@ def expected(setter: str, current: str, target: str, moment: str) -> str | None:
     """The verdict the clinic expects: role first, then the state machine, then the clock."""
     if target not in MAY_SET[setter]:
         return "forbidden"
+    if (current == "held") != (setter == rules.ACCEPT_OFFER):
+        return "invalid"  # only an accepted offer moves a hold, and it moves nothing else
     if (current, target) not in LEGAL:
         return "invalid"
+    if setter == rules.ACCEPT_OFFER:
+        return "invalid" if MOMENTS[moment] >= HOLD_EXPIRES else None  # a lapsed offer
     if target == "checked_in" and moment in ("day_before", "day_after"):
         return "invalid"  # a check-in only on the appointment's day
     if target == "booked" and MOMENTS[moment] - CHECKED_IN > UNDO:
@@ -115,6 +123,7 @@ def test_the_guard_passes_exactly_the_rows_refusal_allows(setter, current, targe
         and (guard.ends_after is None or guard.ends_after < ENDS)
         and (guard.on_day_of is None or guard.on_day_of.date() == STARTS.date())  # UTC clinic
         and (guard.checked_in_since is None or guard.checked_in_since <= CHECKED_IN)
+        and (guard.held_until_after is None or guard.held_until_after < HOLD_EXPIRES)
     )
     assert passes == (expected(setter, current, target, moment) is None)
 
@@ -126,7 +135,10 @@ def test_the_table_covers_every_state_and_nothing_else():
 
 @pytest.mark.parametrize("target", STATES)
 def test_sources_are_the_states_a_target_is_reached_from(target):
-    assert rules.sources(target) == {s for s, t in LEGAL if t == target}
+    assert rules.sources(target) == {s for s, t in LEGAL if t == target} - {"held"}
+    # only an accepted offer starts from a hold
+    expected_by_offer = {"held"} if target == "booked" else set()
+    assert rules.sources(target, rules.ACCEPT_OFFER) == expected_by_offer
 
 
 def test_leave_and_closures_cancel_what_is_active_even_once_it_has_ended():
