@@ -4,10 +4,11 @@ effects, live updates), built and closed in one place for the web app and the wo
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -23,17 +24,21 @@ from app.redis import create_redis
 from app.scheduling.slots import SlotCache
 from app.settings import Settings
 from app.storage import Store
+from app.waitlist import offers as waitlist_offers
 from db.session import create_engine, session_factory
 from tasks.queue import create_queue
 from tasks.reminders import enqueue_dispatch
+from tasks.waitlist import enqueue_refills
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
 log = logging.getLogger(__name__)
 
-# Changes after which an outbox row may be due at once (a confirmation, a notice).
-DISPATCH_ON = frozenset({"booked", "rescheduled", "cancelled"})
+# Changes after which an outbox row may be due at once (a confirmation, a notice, an offer).
+DISPATCH_ON = frozenset({"booked", "rescheduled", "cancelled", waitlist_offers.OFFERED})
+# Changes that may free a slot for the waitlist (a move frees its old time).
+FREES = frozenset({"cancelled", "rescheduled", waitlist_offers.RELEASED})
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -151,6 +156,13 @@ def _wire_effects(services: Services) -> None:
                 pipe, realtime.record_messages(patient_id, record_id)
             )
         )
+    else:  # the worker's changes (waitlist offers) reach open pages all the same
+        prefix = realtime.channel_prefix(services.redis)
+        effects.publishers.append(
+            lambda pipe, changes: realtime.queue_messages(
+                pipe, prefix, realtime.change_messages(changes)
+            )
+        )
 
     async def nudge(changes: Sequence[AppointmentChange]) -> None:
         # Asked in the background: the booking's answer need not wait for the enqueue's
@@ -161,6 +173,25 @@ def _wire_effects(services: Services) -> None:
             task.add_done_callback(services.asking.discard)
 
     effects.listeners.append(nudge)
+
+    async def refill(changes: Sequence[AppointmentChange]) -> None:
+        # A freed slot goes to the waitlist (tasks/waitlist.py); a lost ask is found by
+        # the sweeper within a minute.
+        freed = [(c.doctor_id, day) for c in changes if c.action in FREES for day in c.days]
+        if freed:
+            await ask_for_refill(services.queue, freed)
+
+    effects.listeners.append(refill)
+    effects.schedule_listeners.append(lambda days: ask_for_refill(services.queue, days))
+
+
+async def ask_for_refill(queue: Queue, doctor_days: Sequence[tuple[int, Any]]) -> None:
+    """Ask the worker to offer these doctor-days' free slots to the waitlist. Never fails
+    the caller (the change is committed): the sweeper finds recent cancellations anyway."""
+    try:
+        await enqueue_refills(queue, doctor_days, dt.datetime.now(dt.UTC))
+    except Exception as exc:
+        log.warning("could not ask for a waitlist refill: %s", exc)
 
 
 async def ask_for_dispatch(queue: Queue) -> None:

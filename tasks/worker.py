@@ -15,7 +15,7 @@ from saq import Worker as SaqWorker
 
 from app.services import start_services
 from app.settings import get_settings
-from tasks import analytics, metrics, reminders
+from tasks import analytics, metrics, reminders, waitlist
 from tasks.housekeeping import heartbeat, sweep_documents
 from tasks.queue import create_queue
 
@@ -28,6 +28,9 @@ FUNCTIONS = [
     analytics.purge_exports,
     reminders.dispatch_notifications,
     reminders.send_notifications,
+    waitlist.refill_waitlist,
+    waitlist.expire_offer,
+    waitlist.sweep_waitlist,
 ]
 
 
@@ -68,6 +71,8 @@ def worker_settings() -> dict[str, Any]:
             CronJob(analytics.close_days, cron="30 12 * * *", timeout=1800, retries=3),
             CronJob(analytics.purge_exports, cron="7 * * * *", timeout=300, retries=2),
             CronJob(reminders.dispatch_notifications, cron="* * * * *", timeout=120, retries=2),
+            # Lapsed holds whose expiry job was lost (a killed worker): at most a minute late.
+            CronJob(waitlist.sweep_waitlist, cron="* * * * *", timeout=60, retries=2),
         ],
         "concurrency": 10,
         # On SIGTERM let running jobs finish (they are idempotent, but finishing is kinder).

@@ -45,6 +45,10 @@ SCHEDULE_EXCEPTION_WITHDRAWN = "schedule_exception.withdrawn"
 RECORD_REFUSED = "records.refused"  # details.reason: not_found, not_own, wrong_role, not_in_care
 RECORD_DOWNLOADED = "records.downloaded"  # through a signed URL of the local-disk store
 SCHEDULE_REPLACED = "schedule.replaced"
+WAITLIST_JOINED = "waitlist.joined"
+WAITLIST_LEFT = "waitlist.left"
+OFFER_ACCEPTED = "waitlist.offer_accepted"  # the hold became this appointment
+OFFER_DECLINED = "waitlist.offer_declined"
 EXCEPTION_ADDED = "schedule.exception_added"
 
 # What a patient's access log shows: reads and downloads of their records.

@@ -18,6 +18,7 @@ from app.scheduling.availability import Interval, day_slots
 if TYPE_CHECKING:
     from app.access.identity import Principal
     from app.scheduling.slots import DoctorDays
+    from app.settings import Settings
 
 # Legal status changes; anything else answers 422. checked_in -> booked is the undo of a
 # check-in made by mistake, for UNDO_CHECK_IN after it. held -> booked is a waitlist offer
@@ -60,6 +61,14 @@ class BookingRules:
     min_notice: dt.timedelta
     horizon: dt.timedelta
     max_future_per_doctor: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BookingRules:
+        return cls(
+            min_notice=dt.timedelta(minutes=settings.booking_min_notice_minutes),
+            horizon=dt.timedelta(days=settings.booking_horizon_days),
+            max_future_per_doctor=settings.max_future_appointments_per_doctor,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,9 @@ class AppointmentChange:
     doctor_id: int
     clinic_id: int
     days: tuple[dt.date, ...]
-    action: str  # booked, rescheduled, cancelled, checked_in, completed, no_show
+    # booked, rescheduled, cancelled, checked_in, completed, no_show; a waitlist hold
+    # offered or released (app/waitlist/offers.py)
+    action: str
     patient_id: int | None = None  # whose "my appointments" page follows the change
 
 
@@ -43,8 +45,9 @@ DoctorDays = Sequence[tuple[int, dt.date]]
 Publisher = Callable[[Pipeline, Sequence[AppointmentChange]], None]
 SchedulePublisher = Callable[[Pipeline, DoctorDays], None]
 RecordPublisher = Callable[[Pipeline, int, int], None]  # patient id, record id
-# Anything else, run after the pipeline (asking for a notification dispatch).
+# Anything else, run after the pipeline (asking for a notification dispatch, a refill).
 Listener = Callable[[Sequence[AppointmentChange]], Awaitable[None]]
+ScheduleListener = Callable[[DoctorDays], Awaitable[None]]
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Effects:
     schedule_publishers: list[SchedulePublisher] = field(default_factory=list)
     record_publishers: list[RecordPublisher] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
+    schedule_listeners: list[ScheduleListener] = field(default_factory=list)
 
     async def appointments_changed(self, changes: Sequence[AppointmentChange]) -> None:
         if not changes:
@@ -78,6 +82,8 @@ class Effects:
             doctor_days,
             lambda pipe: [p(pipe, doctor_days) for p in self.schedule_publishers],
         )
+        for listener in self.schedule_listeners:
+            await listener(doctor_days)
 
     async def record_uploaded(self, patient_id: int, record_id: int) -> None:
         """A committed upload: open records panels hear of it (nothing is cached)."""

@@ -96,6 +96,15 @@ def channel_prefix(redis: Redis) -> str:
     return f"db{redis.connection_pool.connection_kwargs.get('db', 0)}:"
 
 
+def queue_messages(
+    pipe: Pipeline, prefix: str, messages: Sequence[tuple[str, dict[str, Any]]]
+) -> None:
+    """Queue live-update messages on a pipeline: what a process without a socket hub (the
+    worker, making waitlist offers) publishes, the same as a hub does."""
+    for channel, payload in messages:
+        pipe.publish(prefix + channel, json.dumps(payload))
+
+
 def parse_channel(channel: str) -> tuple[str, int, dt.date]:
     kind, ident, day = channel.split(":")
     return kind, int(ident), dt.date.fromisoformat(day)
@@ -281,8 +290,7 @@ class Hub:
         """Queue messages on a pipeline of the app's Redis client (app/live/effects.py sends
         them with the cache invalidation they follow, in one round trip). Any client of
         the same Redis reaches every process's subscription: PUBLISH is server-wide."""
-        for channel, payload in messages:
-            pipe.publish(self.prefix + channel, json.dumps(payload))
+        queue_messages(pipe, self.prefix, messages)
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         """Publish through Redis so every process (this one included) hears it."""

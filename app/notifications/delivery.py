@@ -132,7 +132,9 @@ class Transports:
                 "subject": subject,
                 "body_text": text,
                 "body_html": html,
-                "ics": mail.calendar(item, origin, _now()),
+                "ics": None
+                if item.kind in mail.WITHOUT_CALENDAR
+                else mail.calendar(item, origin, _now()),
             }
         else:
             if not item.phone:

@@ -43,6 +43,7 @@ _TEMPLATE = {
     "reminder_1h": "reminder",
     "cancellation": "cancellation",
     "exception": "cancellation",
+    "offer": "offer",
 }
 SUBJECTS = {
     "confirmation": "Appointment confirmed",
@@ -50,7 +51,10 @@ SUBJECTS = {
     "reminder_1h": "Reminder: your appointment in one hour",
     "cancellation": "Appointment cancelled",
     "exception": "Appointment cancelled by the clinic",
+    "offer": "An earlier appointment is free for you",
 }
+# Messages that come with no calendar event: an offer is not an appointment yet.
+WITHOUT_CALENDAR = frozenset({"offer"})
 
 
 ACCOUNT_SUBJECTS = {
@@ -195,7 +199,7 @@ def build_email(
     body.attach(MIMEText(text, "plain", "utf-8"))
     body.attach(MIMEText(html, "html", "utf-8"))
     message.attach(body)
-    if isinstance(item, Outgoing):
+    if isinstance(item, Outgoing) and item.kind not in WITHOUT_CALENDAR:
         ics = MIMEText(calendar(item, origin, now), "calendar", "utf-8")
         ics.set_param("method", "PUBLISH")
         ics.add_header("Content-Disposition", "attachment", filename="appointment.ics")

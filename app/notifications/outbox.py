@@ -143,6 +143,8 @@ class Outgoing:
         """Why this message should not go out any more, if so."""
         if self.starts_at <= now:
             return "the appointment has already started"
+        if self.kind == "offer":  # a waitlist offer: only while its slot is still held
+            return None if self.appointment_status == "held" else "the offer is no longer open"
         if self.kind in ANNOUNCEMENTS and self.appointment_status not in ("booked", "checked_in"):
             return f"the appointment is {self.appointment_status}"
         if self.kind not in ANNOUNCEMENTS and self.appointment_status != "cancelled":

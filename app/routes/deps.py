@@ -37,11 +37,7 @@ def provide_rules(scope: Scope) -> BookingRules:
 
 
 def booking_rules(settings: Settings) -> BookingRules:
-    return BookingRules(
-        min_notice=dt.timedelta(minutes=settings.booking_min_notice_minutes),
-        horizon=dt.timedelta(days=settings.booking_horizon_days),
-        max_future_per_doctor=settings.max_future_appointments_per_doctor,
-    )
+    return BookingRules.from_settings(settings)
 
 
 def provide_now() -> dt.datetime:

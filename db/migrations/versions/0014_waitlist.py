@@ -77,10 +77,16 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=8), server_default="waiting", nullable=False),
         sa.Column("created_by", sa.BigInteger(), nullable=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column(
-            "updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.CheckConstraint(
             "status IN ('waiting', 'booked', 'left')", name=op.f("ck_waitlist_entries_status")
@@ -130,7 +136,10 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=8), server_default="open", nullable=False),
         sa.Column("freed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint(

@@ -1,0 +1,289 @@
+"""Waitlist entries: who waits for what (join, leave, the patient's and the clinic's lists).
+
+An entry asks for one doctor, or any doctor of a clinic with a specialty, on clinic-local
+days from `first_day` to `last_day`, optionally only on some weekdays and within a
+time-of-day window (a slot matches when it starts at or after `earliest` and ends by
+`latest`). The clinic serves entries first come, first served (`created_at`). An entry is
+`booked` once one of its offers is accepted and `left` when the patient (or the desk)
+takes it off; only `waiting` ones get offers. (Visit types, once merged, add one column
+and one condition in `statements.OFFER_SQL`.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access import audit
+from app.access.identity import Principal
+from app.appointments import rules as booking_rules
+from app.errors import Forbidden, Invalid, NotFound
+from db.models import Clinic, Doctor, Patient, WaitlistEntry
+
+# A patient waits in at most this many entries at once: enough for every doctor they would
+# see sooner, few enough that one patient cannot crowd a clinic's list.
+MAX_WAITING_PER_PATIENT = 10
+# How far ahead an entry may reach: no further than one can book.
+WEEKDAYS = range(7)
+
+
+@dataclass(frozen=True, slots=True)
+class Wish:
+    """What a patient waits for, as given (validated by `check_wish`)."""
+
+    first_day: dt.date
+    last_day: dt.date
+    doctor_id: int | None = None
+    clinic_id: int | None = None
+    specialty: str | None = None
+    earliest: dt.time | None = None
+    latest: dt.time | None = None
+    weekdays: tuple[int, ...] | None = None
+
+
+def check_wish(wish: Wish, today: dt.date, horizon: dt.timedelta) -> Wish:
+    """The wish tidied (specialty trimmed, weekdays sorted), or Invalid saying what is wrong.
+
+    Pure: the doctor and clinic are checked against the database by `join`.
+    """
+    specialty = " ".join((wish.specialty or "").split()) or None
+    if (wish.doctor_id is None) == (wish.clinic_id is None or specialty is None):
+        raise Invalid("give either doctor_id, or clinic_id with specialty")
+    if wish.doctor_id is not None and (wish.clinic_id is not None or specialty is not None):
+        raise Invalid("give either doctor_id, or clinic_id with specialty, not both")
+    if wish.last_day < wish.first_day:
+        raise Invalid("'to' must not be before 'from'")
+    if wish.last_day < today:
+        raise Invalid("the range is already over")
+    if wish.first_day > today + horizon:
+        raise Invalid(f"the range must start within {horizon.days} days")
+    if wish.earliest is not None and wish.latest is not None and wish.latest <= wish.earliest:
+        raise Invalid("'latest' must be after 'earliest'")
+    weekdays = None
+    if wish.weekdays is not None:
+        if not wish.weekdays or any(d not in WEEKDAYS for d in wish.weekdays):
+            raise Invalid("weekdays are 0 (Monday) to 6 (Sunday), at least one")
+        weekdays = tuple(sorted(set(wish.weekdays)))
+    return Wish(
+        max(wish.first_day, today),
+        wish.last_day,
+        wish.doctor_id,
+        wish.clinic_id,
+        specialty,
+        wish.earliest,
+        wish.latest,
+        weekdays,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    """An entry as the patient, the desk and the API show it."""
+
+    id: int
+    patient_id: int
+    patient_name: str
+    clinic_id: int
+    clinic_name: str
+    doctor_id: int | None
+    doctor_name: str | None
+    specialty: str | None
+    first_day: dt.date
+    last_day: dt.date
+    earliest: dt.time | None
+    latest: dt.time | None
+    weekdays: tuple[int, ...] | None
+    status: str
+    created_at: dt.datetime
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "patient_id": self.patient_id,
+            "clinic_id": self.clinic_id,
+            "doctor_id": self.doctor_id,
+            "specialty": self.specialty,
+            "from": self.first_day.isoformat(),
+            "to": self.last_day.isoformat(),
+            "earliest": self.earliest.strftime("%H:%M") if self.earliest else None,
+            "latest": self.latest.strftime("%H:%M") if self.latest else None,
+            "weekdays": list(self.weekdays) if self.weekdays is not None else None,
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+_PATIENT_LOCK = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended('waitlist entries:' || CAST(:p AS text), 0))"
+)
+
+
+async def join(
+    session: AsyncSession,
+    actor: Principal,
+    wish: Wish,
+    *,
+    patient_id: int | None,
+    horizon: dt.timedelta,
+    now: dt.datetime,
+) -> EntryView:
+    """Put a patient on the waitlist (a patient themself, the desk or an admin for
+    `patient_id`). Commits. The count against MAX_WAITING_PER_PATIENT is taken under a
+    lock on the patient, so parallel joins cannot pass it.
+
+    Raises:
+        Invalid: a bad wish, no such patient, an inactive doctor, too many entries.
+        Forbidden: a doctor, or a desk for another clinic's doctor.
+        NotFound: no such doctor or clinic.
+    """
+    target = booking_rules.target_patient(actor, patient_id)
+    wish = check_wish(wish, now.date() - dt.timedelta(days=1), horizon)
+    if wish.doctor_id is not None:
+        doctor = await session.get(Doctor, wish.doctor_id)
+        if doctor is None:
+            raise NotFound(f"doctor {wish.doctor_id} not found")
+        if not doctor.active:
+            raise Invalid("this doctor is not taking appointments")
+        clinic_id = doctor.clinic_id
+    else:
+        assert wish.clinic_id is not None
+        if await session.get(Clinic, wish.clinic_id) is None:
+            raise NotFound(f"clinic {wish.clinic_id} not found")
+        clinic_id = wish.clinic_id
+    booking_rules.check_desk_clinic(actor, clinic_id)
+    if await session.get(Patient, target) is None:
+        raise Invalid(f"patient {target} does not exist")
+    await session.execute(_PATIENT_LOCK, {"p": target})
+    waiting = await session.scalar(
+        select(func.count()).where(
+            WaitlistEntry.patient_id == target, WaitlistEntry.status == "waiting"
+        )
+    )
+    if (waiting or 0) >= MAX_WAITING_PER_PATIENT:
+        await session.rollback()
+        raise Invalid(f"a patient may wait in at most {MAX_WAITING_PER_PATIENT} entries at once")
+    entry = WaitlistEntry(
+        patient_id=target,
+        clinic_id=clinic_id,
+        doctor_id=wish.doctor_id,
+        specialty=None if wish.doctor_id is not None else wish.specialty,
+        first_day=wish.first_day,
+        last_day=wish.last_day,
+        earliest=wish.earliest,
+        latest=wish.latest,
+        weekdays=list(wish.weekdays) if wish.weekdays is not None else None,
+        created_by=actor.id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(entry)
+    await session.flush()
+    await audit.record(
+        session,
+        actor_user_id=actor.id,
+        action=audit.WAITLIST_JOINED,
+        subject_type="waitlist_entry",
+        subject_id=entry.id,
+        patient_id=target,
+    )
+    entry_id = entry.id
+    await session.commit()
+    (view,) = await _views(session, WaitlistEntry.id == entry_id)
+    return view
+
+
+def _may_manage(actor: Principal) -> object:
+    """The entries `actor` may see and take off: a patient their own, a desk its clinic's."""
+    if actor.role == "patient":
+        return WaitlistEntry.patient_id == (actor.patient_id or -1)
+    if actor.role == "front_desk":
+        return WaitlistEntry.clinic_id == (actor.clinic_id or -1)
+    if actor.role == "admin":
+        return WaitlistEntry.id.is_not(None)
+    raise Forbidden("your role has no waitlist")
+
+
+async def leave(
+    session: AsyncSession, actor: Principal, entry_id: int, *, now: dt.datetime
+) -> int | None:
+    """Take an entry off the waitlist (idempotent: leaving twice is fine). Does not commit:
+    the caller releases the entry's open offer in the same transaction (offers.leave).
+
+    Returns:
+        The id of the entry's open offer, if it has one (to be released with it).
+
+    Raises:
+        NotFound: not an entry the actor may see.
+    """
+    entry = await session.scalar(
+        select(WaitlistEntry)
+        .where(WaitlistEntry.id == entry_id, _may_manage(actor))  # type: ignore[arg-type]
+        .with_for_update()
+    )
+    if entry is None:
+        raise NotFound(f"waitlist entry {entry_id} not found")
+    if entry.status == "waiting":
+        entry.status, entry.updated_at = "left", now
+        await audit.record(
+            session,
+            actor_user_id=actor.id,
+            action=audit.WAITLIST_LEFT,
+            subject_type="waitlist_entry",
+            subject_id=entry.id,
+            patient_id=entry.patient_id,
+        )
+    return await session.scalar(
+        text("SELECT id FROM waitlist_offers WHERE entry_id = :e AND status = 'open'"),
+        {"e": entry_id},
+    )
+
+
+async def listed(
+    session: AsyncSession, actor: Principal, *, patient_id: int | None = None
+) -> list[EntryView]:
+    """The waiting entries the actor may see, first in line first: a patient's own, a
+    desk's clinic's (optionally one patient's)."""
+    where = [_may_manage(actor), WaitlistEntry.status == "waiting"]
+    if patient_id is not None:
+        where.append(WaitlistEntry.patient_id == patient_id)
+    return await _views(session, *where)
+
+
+async def _views(session: AsyncSession, *where: object) -> list[EntryView]:
+    rows = await session.execute(
+        select(
+            WaitlistEntry.id,
+            WaitlistEntry.patient_id,
+            Patient.full_name,
+            WaitlistEntry.clinic_id,
+            Clinic.name,
+            WaitlistEntry.doctor_id,
+            Doctor.full_name,
+            WaitlistEntry.specialty,
+            WaitlistEntry.first_day,
+            WaitlistEntry.last_day,
+            WaitlistEntry.earliest,
+            WaitlistEntry.latest,
+            WaitlistEntry.weekdays,
+            WaitlistEntry.status,
+            WaitlistEntry.created_at,
+        )
+        .join(Patient, Patient.id == WaitlistEntry.patient_id)
+        .join(Clinic, Clinic.id == WaitlistEntry.clinic_id)
+        .outerjoin(Doctor, Doctor.id == WaitlistEntry.doctor_id)
+        .where(*where)  # type: ignore[arg-type]
+        .order_by(WaitlistEntry.created_at, WaitlistEntry.id)
+        .limit(500)
+    )
+    return [_view(row) for row in rows]
+
+
+def _view(row: Any) -> EntryView:
+    values = list(row)
+    if values[12] is not None:
+        values[12] = tuple(values[12])
+    return EntryView(*values)
