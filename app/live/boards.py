@@ -375,7 +375,8 @@ async def my_appointments(
         .join(Doctor, Doctor.id == Appointment.doctor_id)
         .join(Clinic, Clinic.id == Appointment.clinic_id)
         .outerjoin(canceller, canceller.id == Appointment.changed_by)
-        .where(Appointment.patient_id == patient_id)
+        # a hold shows as an offer (app/waitlist/offers.py), not as an appointment
+        .where(Appointment.patient_id == patient_id, Appointment.status != "held")
     )
     coming = await session.execute(
         query.where(Appointment.ends_at > now).order_by(Appointment.starts_at).limit(100)

@@ -34,6 +34,7 @@ from app.routes.deps import booking_rules
 from app.routes.inputs import parse_day, parse_id
 from app.scheduling import directory
 from app.services import Services
+from app.waitlist import offers as waitlist_offers
 from app.web.guards import PUBLIC, check_websocket_origin, current_user
 from db.models import Clinic, Doctor
 
@@ -56,8 +57,15 @@ def make_renderer(app: Any) -> Any:
                 now = dt.datetime.now(dt.UTC)
                 patient_id = int(channel.split(":")[1])
                 upcoming, past = await boards.my_appointments(session, patient_id, now)
+                waitlist = await waitlist_offers.patient_waitlist(session, patient_id)
             return views.render(
-                env, "patient/appointments.html", "list", upcoming=upcoming, past=past, oob=True
+                env,
+                "patient/appointments.html",
+                "list",
+                upcoming=upcoming,
+                past=past,
+                oob=True,
+                **waitlist,
             )
         kind, ident, day = parse_channel(channel)
         async with services.sessions() as session:

@@ -31,6 +31,7 @@ from app.routes.views import fragment, page
 from app.scheduling import directory
 from app.scheduling.slots import SlotCache
 from app.services import Services
+from app.waitlist import offers as waitlist_offers
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, client_addr, current_user
 from db.models import LANGUAGES, Doctor
 
@@ -302,10 +303,12 @@ async def book(
     return fragment(request, "patient/slots.html", "panel", **context)
 
 
-async def _my_context(db_session: AsyncSession, actor: Principal, now: dt.datetime) -> dict:
+async def my_context(db_session: AsyncSession, actor: Principal, now: dt.datetime) -> dict:
+    """What "my appointments" shows: appointments, open offers, waiting entries."""
     assert actor.patient_id is not None  # the routes admit patients only
     upcoming, past = await boards.my_appointments(db_session, actor.patient_id, now)
-    return {"upcoming": upcoming, "past": past}
+    waitlist = await waitlist_offers.patient_waitlist(db_session, actor.patient_id)
+    return {"upcoming": upcoming, "past": past, **waitlist}
 
 
 @get("/me/appointments", guards=[allow("patient")], include_in_schema=False)
@@ -317,7 +320,7 @@ async def my_appointments(
 ) -> Template | Response[str]:
     """The patient's coming and past appointments, kept current over the live socket."""
     return page(
-        request, "patient/appointments.html", "list", **await _my_context(db_session, actor, now)
+        request, "patient/appointments.html", "list", **await my_context(db_session, actor, now)
     )
 
 
@@ -349,7 +352,7 @@ async def cancel(
         extra: dict[str, Any] = {"message": "Cancelled."}
     except DomainError as exc:
         extra = {"message": exc.detail, "error": True}
-    context = await _my_context(db_session, actor, now)
+    context = await my_context(db_session, actor, now)
     return fragment(request, "patient/appointments.html", "list", **context, **extra)
 
 

@@ -50,7 +50,7 @@ RESOLVED = {
 }
 
 
-async def _clinic_of(db_session: AsyncSession, actor: Principal, clinic_id: int | None) -> int:
+async def clinic_of(db_session: AsyncSession, actor: Principal, clinic_id: int | None) -> int:
     """A desk sees its own clinic; an admin any (the first one unless they choose)."""
     if actor.role == "front_desk":
         assert actor.clinic_id is not None
@@ -74,7 +74,7 @@ async def board(
 ) -> Template | Response[str]:
     """Today's (or `date`'s) board for the desk's clinic: doctors as columns, live."""
     check_day(date)
-    clinic = await db_session.get(Clinic, await _clinic_of(db_session, actor, clinic_id))
+    clinic = await db_session.get(Clinic, await clinic_of(db_session, actor, clinic_id))
     if clinic is None:
         raise NotFoundException("no such clinic")
     day = date or boards.clinic_today(clinic.timezone, now)
@@ -231,7 +231,7 @@ async def register_patient(
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Register a walk-in new to medbook; they become the walk-in form's chosen patient."""
-    clinic = await db_session.get_one(Clinic, await _clinic_of(db_session, actor, None))
+    clinic = await db_session.get_one(Clinic, await clinic_of(db_session, actor, None))
     try:
         born = dt.date.fromisoformat(data.get("date_of_birth", ""))
     except ValueError:

@@ -118,7 +118,8 @@ class EntryView:
 
 
 _PATIENT_LOCK = text(
-    "SELECT pg_advisory_xact_lock(hashtextextended('waitlist entries:' || CAST(:p AS text), 0))"
+    "SELECT pg_advisory_xact_lock(hashtextextended('waitlist entries:'"
+    " || CAST(CAST(:p AS bigint) AS text), 0))"
 )
 
 
@@ -243,14 +244,27 @@ async def leave(
 
 
 async def listed(
-    session: AsyncSession, actor: Principal, *, patient_id: int | None = None
+    session: AsyncSession,
+    actor: Principal,
+    *,
+    patient_id: int | None = None,
+    clinic_id: int | None = None,
 ) -> list[EntryView]:
     """The waiting entries the actor may see, first in line first: a patient's own, a
-    desk's clinic's (optionally one patient's)."""
+    desk's clinic's (optionally one patient's, or one clinic's for an admin)."""
     where = [_may_manage(actor), WaitlistEntry.status == "waiting"]
     if patient_id is not None:
         where.append(WaitlistEntry.patient_id == patient_id)
+    if clinic_id is not None:
+        where.append(WaitlistEntry.clinic_id == clinic_id)
     return await _views(session, *where)
+
+
+async def waiting_of(session: AsyncSession, patient_id: int) -> list[EntryView]:
+    """A patient's waiting entries (their own page)."""
+    return await _views(
+        session, WaitlistEntry.patient_id == patient_id, WaitlistEntry.status == "waiting"
+    )
 
 
 async def _views(session: AsyncSession, *where: object) -> list[EntryView]:

@@ -397,6 +397,14 @@ async def listed(
     return views
 
 
+async def patient_waitlist(session: AsyncSession, patient_id: int) -> dict[str, list[Any]]:
+    """What "my appointments" shows of the waitlist: open offers and waiting entries."""
+    return {
+        "offers": await listed(session, patient_id, open_only=True),
+        "entries": await entries.waiting_of(session, patient_id),
+    }
+
+
 async def recently_freed(
     session: AsyncSession, *, since: dt.datetime, now: dt.datetime
 ) -> Sequence[tuple[int, dt.date]]:

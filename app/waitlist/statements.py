@@ -18,8 +18,8 @@ from db.models import BLOCKING_SQL
 # Refills of one doctor run one at a time (workers may run several refill jobs at once):
 # they would only compete for the same slots. Correctness does not rest on it.
 REFILL_LOCK_SQL = text(
-    "SELECT pg_advisory_xact_lock(hashtextextended('waitlist refill:' || CAST(:doctor_id AS"
-    " text), 0))"
+    "SELECT pg_advisory_xact_lock(hashtextextended('waitlist refill:'"
+    " || CAST(CAST(:doctor_id AS bigint) AS text), 0))"
 )
 
 # The channels of an offer: it lapses within minutes, so every channel with an address

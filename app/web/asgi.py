@@ -50,10 +50,12 @@ from app.routes import (
     patient_pages,
     records,
     staff_pages,
+    waitlist_pages,
 )
 from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.api_waitlist import WaitlistController
 from app.routes.inputs import refuse_bad_input
 from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
@@ -200,6 +202,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             pages.home,
             DirectoryController,
             AppointmentController,
+            WaitlistController,
+            *waitlist_pages.ROUTES,
             *patient_pages.ROUTES,
             *staff_pages.ROUTES,
             live.live,

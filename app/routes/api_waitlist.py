@@ -1,0 +1,138 @@
+"""JSON API: the waitlist (entries) and the offers made from it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, delete, get, post
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.identity import Principal
+from app.appointments.rules import BookingRules
+from app.errors import Invalid
+from app.live.effects import Effects
+from app.routes.api_appointments import appointment_out
+from app.routes.inputs import Id, IdField, OptionalId, check_day, parse_clock
+from app.routes.responses import BOOKING, BY_ID, BY_ID_RULES, READ
+from app.waitlist import entries, offers
+from app.waitlist.entries import Wish
+from app.web.guards import allow
+
+Specialty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Weekday = Annotated[int, msgspec.Meta(ge=0, le=6)]
+Clock = Annotated[str, msgspec.Meta(pattern=r"^\d{2}:\d{2}$", description="HH:MM, clinic time")]
+
+
+class WaitlistIn(msgspec.Struct, forbid_unknown_fields=True):
+    first_day: dt.date = msgspec.field(name="from")
+    last_day: dt.date = msgspec.field(name="to")
+    doctor_id: IdField | None = None
+    clinic_id: IdField | None = None
+    specialty: Specialty | None = None
+    earliest: Clock | None = None
+    latest: Clock | None = None
+    weekdays: Annotated[list[Weekday], msgspec.Meta(min_length=1, max_length=7)] | None = None
+    patient_id: IdField | None = None  # staff: for whom
+
+
+class WaitlistController(Controller):
+    path = "/api"
+    tags = ["waitlist"]
+
+    @post("/waitlist", guards=[allow("patient", "front_desk", "admin")], responses=BY_ID_RULES)
+    async def join(
+        self,
+        db_session: AsyncSession,
+        actor: Principal,
+        rules: BookingRules,
+        now: dt.datetime,
+        data: WaitlistIn,
+    ) -> Response[dict[str, Any]]:
+        """Join the waitlist (a patient for themself, the desk with `patient_id`): 201."""
+        check_day(data.first_day, "from")
+        check_day(data.last_day, "to")
+        try:
+            earliest, latest = (parse_clock(t) if t else None for t in (data.earliest, data.latest))
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        wish = Wish(
+            data.first_day,
+            data.last_day,
+            data.doctor_id,
+            data.clinic_id,
+            data.specialty,
+            earliest,
+            latest,
+            tuple(data.weekdays) if data.weekdays is not None else None,
+        )
+        entry = await entries.join(
+            db_session, actor, wish, patient_id=data.patient_id, horizon=rules.horizon, now=now
+        )
+        return Response(entry.as_json(), status_code=201)
+
+    @get("/waitlist", guards=[allow("patient", "front_desk", "admin")], responses=READ)
+    async def listed(
+        self, db_session: AsyncSession, actor: Principal, patient_id: OptionalId = None
+    ) -> dict[str, Any]:
+        """The waiting entries: a patient's own; the desk's clinic's, first in line first."""
+        found = await entries.listed(db_session, actor, patient_id=patient_id)
+        return {"items": [e.as_json() for e in found]}
+
+    @delete(
+        "/waitlist/{entry_id:int}",
+        guards=[allow("patient", "front_desk", "admin")],
+        status_code=200,
+        responses=BY_ID,
+    )
+    async def leave(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        now: dt.datetime,
+        entry_id: Id,
+    ) -> dict[str, Any]:
+        """Leave the waitlist; an open offer of the entry goes to the next in line."""
+        await offers.leave(db_session, effects, actor, entry_id, now=now)
+        return {"id": entry_id, "status": "left"}
+
+    @get("/offers", guards=[allow("patient")], responses=READ)
+    async def offers_listed(self, db_session: AsyncSession, actor: Principal) -> dict[str, Any]:
+        """The patient's offers, newest first."""
+        assert actor.patient_id is not None
+        found = await offers.listed(db_session, actor.patient_id)
+        return {"items": [o.as_json() for o in found]}
+
+    @post("/offers/{offer_id:int}/accept", guards=[allow("patient")], responses=BOOKING)
+    async def accept(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        rules: BookingRules,
+        now: dt.datetime,
+        offer_id: Id,
+    ) -> Response[dict[str, Any]]:
+        """Book the held slot: 201 with the appointment; 409 once the offer is not open."""
+        accepted = await offers.accept(db_session, effects, actor, offer_id, rules=rules, now=now)
+        return Response(appointment_out(accepted.appointment, accepted.timezone), status_code=201)
+
+    @post(
+        "/offers/{offer_id:int}/decline",
+        guards=[allow("patient")],
+        status_code=200,
+        responses=BOOKING,
+    )
+    async def decline(
+        self,
+        db_session: AsyncSession,
+        effects: Effects,
+        actor: Principal,
+        now: dt.datetime,
+        offer_id: Id,
+    ) -> dict[str, Any]:
+        """Let the next patient have the slot; the entry keeps waiting."""
+        await offers.decline(db_session, effects, actor, offer_id, now=now)
+        return {"id": offer_id, "status": "declined"}

@@ -1,0 +1,277 @@
+"""Waitlist pages: a patient joins and leaves on "my appointments" and answers offers there;
+the desk keeps its clinic's ordered list and joins patients to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.datastructures import FormMultiDict
+from litestar.response import Response, Template
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.identity import Principal
+from app.appointments.rules import BookingRules
+from app.errors import DomainError, Invalid
+from app.live.effects import Effects
+from app.routes.inputs import Id, OptionalId, parse_clock, parse_day, parse_id
+from app.routes.patient_pages import my_context
+from app.routes.staff_pages import clinic_of
+from app.routes.views import fragment, page
+from app.scheduling import directory
+from app.waitlist import entries, offers
+from app.waitlist.entries import Wish
+from app.web.guards import allow
+
+DESK = "desk/waitlist.html"
+WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _optional(form: FormMultiDict, name: str) -> str | None:
+    value = str(form.get(name) or "").strip()
+    return value or None
+
+
+def wish_from_form(form: FormMultiDict) -> tuple[Wish, int | None]:
+    """The wish a join form describes, and the patient it names (desk forms).
+
+    Raises:
+        Invalid: a field that does not parse, said in words.
+    """
+    try:
+        doctor = _optional(form, "doctor_id")
+        clinic = _optional(form, "clinic_id")
+        patient = _optional(form, "patient_id")
+        earliest, latest = _optional(form, "earliest"), _optional(form, "latest")
+        weekdays = tuple(int(d) for d in form.getall("weekdays", []))
+        wish = Wish(
+            parse_day(str(form.get("from") or "")),
+            parse_day(str(form.get("to") or "")),
+            parse_id(doctor) if doctor else None,
+            parse_id(clinic) if clinic else None,
+            _optional(form, "specialty"),
+            parse_clock(earliest) if earliest else None,
+            parse_clock(latest) if latest else None,
+            weekdays or None,
+        )
+    except ValueError as exc:
+        raise Invalid(f"check the form: {exc}") from None
+    return wish, parse_id(patient) if patient else None
+
+
+@get("/me/waitlist/join", guards=[allow("patient")], include_in_schema=False)
+async def join_form(
+    request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime
+) -> Response[str]:
+    """The join form of "my appointments" (loaded into the page by htmx)."""
+    doctors = await directory.find_doctors(db_session)
+    return fragment(
+        request, "waitlist/_join.html", doctors=doctors, today=now.date(), weekdays=WEEKDAY_NAMES
+    )
+
+
+@post("/me/waitlist", guards=[allow("patient")], include_in_schema=False, status_code=200)
+async def join(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+) -> Response[str]:
+    """Join the waitlist; the list says so (or why not)."""
+
+    async def action() -> None:
+        wish, _ = wish_from_form(await request.form())
+        await entries.join(db_session, actor, wish, patient_id=None, horizon=rules.horizon, now=now)
+
+    done = "You are on the waitlist: we will offer you a time."
+    return await _answer(request, db_session, actor, now, action, done)
+
+
+async def _attempt(
+    db_session: AsyncSession, action: Callable[[], Awaitable[None]], done: str
+) -> dict[str, Any]:
+    """Run `action`; what the page then says: `done`, or why it could not be done."""
+    try:
+        await action()
+    except DomainError as exc:
+        await db_session.rollback()
+        return {"message": exc.detail, "error": True}
+    return {"message": done}
+
+
+async def _my_list(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    extra: dict[str, Any],
+) -> Response[str]:
+    """My appointments' list, with the answer to what was just done."""
+    context = await my_context(db_session, actor, now)
+    return fragment(request, "patient/appointments.html", "list", **context, **extra)
+
+
+async def _answer(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    action: Callable[[], Awaitable[None]],
+    done: str,
+) -> Response[str]:
+    extra = await _attempt(db_session, action, done)
+    return await _my_list(request, db_session, actor, now, extra)
+
+
+@post(
+    "/me/waitlist/{entry_id:int}/leave",
+    guards=[allow("patient")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def leave(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    entry_id: Id,
+) -> Response[str]:
+    """Leave the waitlist (an open offer of the entry goes to the next in line)."""
+
+    async def action() -> None:
+        await offers.leave(db_session, effects, actor, entry_id, now=now)
+
+    return await _answer(request, db_session, actor, now, action, "You left the waitlist.")
+
+
+@post(
+    "/me/offers/{offer_id:int}/accept",
+    guards=[allow("patient")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def accept(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+    offer_id: Id,
+) -> Response[str]:
+    """Take the offered time: it is booked at once."""
+
+    async def action() -> None:
+        await offers.accept(db_session, effects, actor, offer_id, rules=rules, now=now)
+
+    return await _answer(request, db_session, actor, now, action, "Booked: the time is yours.")
+
+
+@post(
+    "/me/offers/{offer_id:int}/decline",
+    guards=[allow("patient")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def decline(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    offer_id: Id,
+) -> Response[str]:
+    """Let the next patient have the offered time; keep waiting."""
+
+    async def action() -> None:
+        await offers.decline(db_session, effects, actor, offer_id, now=now)
+
+    done = "Declined: the time goes to the next patient. You are still on the waitlist."
+    return await _answer(request, db_session, actor, now, action, done)
+
+
+async def _desk_context(
+    db_session: AsyncSession, actor: Principal, clinic_id: int | None, now: dt.datetime
+) -> dict[str, Any]:
+    clinic = await clinic_of(db_session, actor, clinic_id)
+    return {
+        "today": now.date(),
+        "clinic_id": clinic,
+        "entries": await entries.listed(db_session, actor, clinic_id=clinic),
+        "doctors": await directory.find_doctors(db_session, clinic_id=clinic),
+        "weekdays": WEEKDAY_NAMES,
+    }
+
+
+@get("/desk/waitlist", guards=[allow("front_desk", "admin")], include_in_schema=False)
+async def desk_waitlist(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    clinic_id: OptionalId = None,
+) -> Template | Response[str]:
+    """The clinic's waitlist, first in line first, and a form to add a patient."""
+    context = await _desk_context(db_session, actor, clinic_id, now)
+    return page(request, DESK, "list", **context)
+
+
+@post(
+    "/desk/waitlist",
+    guards=[allow("front_desk", "admin")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def desk_join(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+    clinic_id: OptionalId = None,
+) -> Response[str]:
+    """Put a patient on the clinic's waitlist."""
+
+    async def action() -> None:
+        wish, patient = wish_from_form(await request.form())
+        if patient is None:
+            raise Invalid("give the patient's number")
+        await entries.join(
+            db_session, actor, wish, patient_id=patient, horizon=rules.horizon, now=now
+        )
+
+    extra = await _attempt(db_session, action, "Added to the waitlist.")
+    context = await _desk_context(db_session, actor, clinic_id, now)
+    return fragment(request, DESK, "list", **context, **extra)
+
+
+@post(
+    "/desk/waitlist/{entry_id:int}/remove",
+    guards=[allow("front_desk", "admin")],
+    include_in_schema=False,
+    status_code=200,
+)
+async def desk_remove(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    now: dt.datetime,
+    entry_id: Id,
+    clinic_id: OptionalId = None,
+) -> Response[str]:
+    """Take a patient off the clinic's waitlist."""
+
+    async def action() -> None:
+        await offers.leave(db_session, effects, actor, entry_id, now=now)
+
+    extra = await _attempt(db_session, action, "Removed from the waitlist.")
+    context = await _desk_context(db_session, actor, clinic_id, now)
+    return fragment(request, DESK, "list", **context, **extra)
+
+
+ROUTES = [join_form, join, leave, accept, decline, desk_waitlist, desk_join, desk_remove]
