@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -174,22 +174,30 @@ def _wire_effects(services: Services) -> None:
 
     effects.listeners.append(nudge)
 
+    def ask_refill(doctor_days: Sequence[tuple[int, dt.date]]) -> None:
+        # In the background, as the nudge: the answer need not wait for the enqueue, and a
+        # lost ask only means the sweeper refills recent cancellations within a minute.
+        if doctor_days:
+            task = asyncio.create_task(ask_for_refill(services, doctor_days))
+            services.asking.add(task)
+            task.add_done_callback(services.asking.discard)
+
     async def refill(changes: Sequence[AppointmentChange]) -> None:
-        # A freed slot goes to the waitlist (tasks/waitlist.py); a lost ask is found by
-        # the sweeper within a minute.
-        freed = [(c.doctor_id, day) for c in changes if c.action in FREES for day in c.days]
-        if freed:
-            await ask_for_refill(services.queue, freed)
+        ask_refill([(c.doctor_id, day) for c in changes if c.action in FREES for day in c.days])
+
+    async def schedule_refill(doctor_days: Sequence[tuple[int, dt.date]]) -> None:
+        ask_refill(doctor_days)  # hours extended or leave withdrawn may free slots
 
     effects.listeners.append(refill)
-    effects.schedule_listeners.append(lambda days: ask_for_refill(services.queue, days))
+    effects.schedule_listeners.append(schedule_refill)
 
 
-async def ask_for_refill(queue: Queue, doctor_days: Sequence[tuple[int, Any]]) -> None:
+async def ask_for_refill(services: Services, doctor_days: Sequence[tuple[int, dt.date]]) -> None:
     """Ask the worker to offer these doctor-days' free slots to the waitlist. Never fails
     the caller (the change is committed): the sweeper finds recent cancellations anyway."""
+    horizon = dt.timedelta(days=services.settings.booking_horizon_days)
     try:
-        await enqueue_refills(queue, doctor_days, dt.datetime.now(dt.UTC))
+        await enqueue_refills(services.queue, doctor_days, dt.datetime.now(dt.UTC), horizon)
     except Exception as exc:
         log.warning("could not ask for a waitlist refill: %s", exc)
 

@@ -37,21 +37,38 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def bookable_days(
+    doctor_days: Iterable[tuple[int, dt.date]], today: dt.date, horizon: dt.timedelta
+) -> dict[int, list[dt.date]]:
+    """The days worth a refill, per doctor: those a booking can reach (a day either side
+    of UTC's today, for the clinics' zones), not a past year a closure happens to span."""
+    lo, hi = today - dt.timedelta(days=1), today + horizon + dt.timedelta(days=1)
+    found: dict[int, set[dt.date]] = {}
+    for doctor_id, day in doctor_days:
+        if lo <= day <= hi:
+            found.setdefault(doctor_id, set()).add(day)
+    return {doctor_id: sorted(days) for doctor_id, days in found.items()}
+
+
 async def enqueue_refills(
-    queue: Queue, doctor_days: Iterable[tuple[int, dt.date]], freed_at: dt.datetime
+    queue: Queue,
+    doctor_days: Iterable[tuple[int, dt.date]],
+    freed_at: dt.datetime,
+    horizon: dt.timedelta,
 ) -> None:
-    """One refill job per doctor-day. Keyed by the millisecond: a change that comes while
-    a refill of the same day runs gets a refill of its own (the running one may have read
-    before it), and a burst of changes in one millisecond is one job."""
+    """One refill job per doctor, for their days a booking can reach. Keyed by the
+    millisecond: a change that comes while a refill of the same doctor runs gets a refill
+    of its own (the running one may have read before it), and a burst of changes in one
+    millisecond is one job."""
     stamp = int(time.time() * 1000)
-    for doctor_id, day in dict.fromkeys(doctor_days):
+    for doctor_id, days in bookable_days(doctor_days, freed_at.date(), horizon).items():
         await queue.enqueue(
             "refill_waitlist",
-            key=f"waitlist:refill:{doctor_id}:{day.isoformat()}:{stamp}",
+            key=f"waitlist:refill:{doctor_id}:{stamp}",
             doctor_id=doctor_id,
-            day=day.isoformat(),
+            days=[day.isoformat() for day in days],
             freed_at=freed_at.isoformat(),
-            timeout=60,
+            timeout=120,
             retries=3,
             retry_delay=1.0,
             retry_backoff=10.0,
@@ -76,22 +93,25 @@ async def enqueue_expiries(queue: Queue, made: Iterable[Offered]) -> None:
 
 
 async def refill_waitlist(
-    ctx: dict[str, Any], *, doctor_id: int, day: str, freed_at: str | None = None
+    ctx: dict[str, Any], *, doctor_id: int, days: list[str], freed_at: str | None = None
 ) -> int:
-    """Offer the free slots of one doctor-day; returns how many offers were made."""
+    """Offer the free slots of a doctor's days, day by day; returns the offers made."""
     services = ctx["services"]
-    now = _now()
-    async with services.sessions() as session:
-        made = await offers.refill(
-            session,
-            services.effects,
-            doctor_id=doctor_id,
-            day=dt.date.fromisoformat(day),
-            rules=BookingRules.from_settings(services.settings),
-            hold=dt.timedelta(seconds=services.settings.waitlist_hold_seconds),
-            now=now,
-            freed_at=dt.datetime.fromisoformat(freed_at) if freed_at else None,
-        )
+    rules = BookingRules.from_settings(services.settings)
+    hold = dt.timedelta(seconds=services.settings.waitlist_hold_seconds)
+    made: list[Offered] = []
+    for day in days:
+        async with services.sessions() as session:
+            made += await offers.refill(
+                session,
+                services.effects,
+                doctor_id=doctor_id,
+                day=dt.date.fromisoformat(day),
+                rules=rules,
+                hold=hold,
+                now=_now(),
+                freed_at=dt.datetime.fromisoformat(freed_at) if freed_at else None,
+            )
     await enqueue_expiries(services.queue, made)
     return len(made)
 
@@ -115,5 +135,6 @@ async def sweep_waitlist(ctx: dict[str, Any]) -> int:
     async with services.sessions() as session:
         freed = await offers.recently_freed(session, since=now - SWEEP_LOOKBACK, now=now)
     if freed:
-        await enqueue_refills(services.queue, freed, now)
+        horizon = BookingRules.from_settings(services.settings).horizon
+        await enqueue_refills(services.queue, freed, now, horizon)
     return len(released) + len(freed)

@@ -122,6 +122,13 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("PATCH", "/api/appointments/{appointment_id:int}"): ANY,
     ("POST", "/api/appointments/bulk-update"): ("doctor", *STAFF),
     ("POST", "/api/appointments/conflicts"): STAFF,
+    # the waitlist (API): patients their own entries and offers, the desk its clinic's list
+    ("POST", "/api/waitlist"): ("patient", *STAFF),
+    ("GET", "/api/waitlist"): ("patient", *STAFF),
+    ("DELETE", "/api/waitlist/{entry_id:int}"): ("patient", *STAFF),
+    ("GET", "/api/offers"): PATIENT,
+    ("POST", "/api/offers/{offer_id:int}/accept"): PATIENT,
+    ("POST", "/api/offers/{offer_id:int}/decline"): PATIENT,
     # patient pages
     ("GET", "/doctors"): PUBLIC,  # visitors browse doctors and free times
     ("GET", "/doctors/{doctor_id:int}/slots"): PUBLIC,
@@ -134,6 +141,11 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("POST", "/email-verify/{token:str}"): PUBLIC,
     ("POST", "/me/appointments/{appointment_id:int}/cancel"): PATIENT,
     ("POST", "/me/appointments/{appointment_id:int}/reschedule"): PATIENT,
+    ("GET", "/me/waitlist/join"): PATIENT,
+    ("POST", "/me/waitlist"): PATIENT,
+    ("POST", "/me/waitlist/{entry_id:int}/leave"): PATIENT,
+    ("POST", "/me/offers/{offer_id:int}/accept"): PATIENT,
+    ("POST", "/me/offers/{offer_id:int}/decline"): PATIENT,
     # staff pages
     ("GET", "/desk"): STAFF,
     ("POST", "/desk/appointments/{appointment_id:int}/status"): STAFF,
@@ -142,6 +154,9 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/desk/patients"): STAFF,
     ("POST", "/desk/patients"): STAFF,
     ("POST", "/desk/walk-in"): STAFF,
+    ("GET", "/desk/waitlist"): STAFF,
+    ("POST", "/desk/waitlist"): STAFF,
+    ("POST", "/desk/waitlist/{entry_id:int}/remove"): STAFF,
     ("GET", "/doctor/day"): DOCTOR,
     ("POST", "/doctor/appointments/{appointment_id:int}/status"): DOCTOR,
     # live updates
