@@ -15,7 +15,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, QueryParameter
 from litestar.response import Redirect, Response, Template
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.access.identity import Principal
 from app.analytics import exports
@@ -24,6 +24,7 @@ from app.errors import Invalid
 from app.routes.api_analytics import STAFF, start_export
 from app.routes.views import fragment, page
 from app.services import Services
+from app.waitlist.report import WaitlistReport, waitlist_report
 from app.web.guards import allow
 from db.models import Clinic
 
@@ -66,9 +67,11 @@ async def dashboard(
     scope = analytics.report_scope(actor, _date(first), _date(last), _int(clinic_id), now.date())
     if group_by not in analytics.GROUPS:
         group_by = "weekday"
-    reports, clinics = await asyncio.gather(
-        analytics.dashboard(Services.of(request.app).analytics_engine, scope, group_by),
+    engine = Services.of(request.app).analytics_engine
+    reports, clinics, waitlist = await asyncio.gather(
+        analytics.dashboard(engine, scope, group_by),
         _clinics(db_session, actor),
+        _waitlist(engine, scope),
     )
     context = {
         "scope": scope,
@@ -80,10 +83,16 @@ async def dashboard(
         "popular": reports.popular,
         "utilisation": reports.utilisation,
         "cancellations": reports.cancellations,
+        "waitlist": waitlist,
         "weekdays": analytics.WEEKDAYS,
         "csv_query": _query(scope, group_by),
     }
     return page(request, "analytics/dashboard.html", "report", **context)
+
+
+async def _waitlist(engine: AsyncEngine, scope: analytics.ReportScope) -> WaitlistReport:
+    async with engine.connect() as conn:
+        return await waitlist_report(conn, scope.first_day, scope.last_day, scope.clinic_id)
 
 
 def _query(scope: analytics.ReportScope, group_by: str) -> str:

@@ -52,6 +52,7 @@ from app.errors import DomainError
 from app.notifications.breaker import PROVIDERS, read_state
 from app.services import Services
 from app.web.guards import PUBLIC
+from db.models import OFFER_STATUSES
 from db.session import observe_pool_waits
 from tasks.queue import QUEUE_NAME
 
@@ -138,6 +139,7 @@ ADMISSION_SHED_WAITED = ADMISSION_SHED.labels("waited")
 
 # Read at scrape by the answering process; global values, not per process.
 DEAD_NOTIFICATIONS = "medbook_notifications_dead"
+WAITLIST_OFFERS = "medbook_waitlist_offers"
 QUEUE_JOBS = "medbook_queue_jobs"
 BREAKER_OPEN = "medbook_notify_breaker_open"
 BREAKER_OPEN_UNTIL = "medbook_notify_breaker_open_until_seconds"
@@ -292,6 +294,22 @@ async def _dead_notifications(app: Litestar) -> list[Metric]:
     return [family]
 
 
+async def _waitlist_offers(app: Litestar) -> list[Metric]:
+    family = GaugeMetricFamily(
+        WAITLIST_OFFERS,
+        "Waitlist offers ever made, by what became of them (open: held now).",
+        labels=["status"],
+    )
+    async with asyncio.timeout(SCRAPE_TIMEOUT), Services.of(app).engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT status, count(*) FROM waitlist_offers GROUP BY status")
+        )
+        counts: dict[str, int] = {status: n for status, n in rows.all()}
+    for status in OFFER_STATUSES:
+        family.add_metric([status], int(counts.get(status, 0)))
+    return [family]
+
+
 async def _queue_jobs(app: Litestar) -> list[Metric]:
     family = GaugeMetricFamily(QUEUE_JOBS, "SAQ jobs waiting and running.", labels=["state"])
     redis: Any = Services.of(app).redis  # redis-py's stubs mix its sync and async types
@@ -332,7 +350,7 @@ async def scrape(app: Litestar) -> bytes:
     """The Prometheus text exposition for this process (or all of them, multiprocess)."""
     sync_process_values(app)
     families = []
-    for read in (_dead_notifications, _queue_jobs, _breakers):
+    for read in (_dead_notifications, _queue_jobs, _breakers, _waitlist_offers):
         try:
             families += await read(app)
         except Exception as exc:  # a scrape must answer even when PostgreSQL or Redis lag
