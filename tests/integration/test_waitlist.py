@@ -6,6 +6,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select, text, update
 
+from app.waitlist.report import waitlist_report
 from db.models import Appointment, Notification, Patient, WaitlistEntry, WaitlistOffer
 from tests.integration.notification_servers import eventually, running_worker
 from tests.integration.world import at, day_after_tomorrow, make_world
@@ -129,6 +130,22 @@ async def test_a_freed_slot_is_held_for_the_first_in_line_who_accepts_it(
     mine = await client.get("/api/appointments", headers=world.headers("patient1"))
     assert [a["id"] for a in mine.json()["items"]] == [body["id"]]
     assert await available(client, world, day, start) is False
+
+    # The figures: one offer made and accepted; one freed slot, refilled.
+    report = await waitlist_report(
+        await session.connection(),
+        dt.date.today() - dt.timedelta(days=1),
+        dt.date.today() + dt.timedelta(days=1),
+        world.clinic_id,
+    )
+    assert (report.made, report.accepted, report.expired) == (1, 1, 0)
+    assert (report.freed, report.refilled) == (1, 1)
+    assert report.median_seconds is not None and report.median_seconds >= 0
+    await session.commit()
+    dashboard = await client.get("/analytics", headers=world.headers("desk"))
+    assert 'data-figure="offers-accepted">1<' in dashboard.text
+    scraped = (await client.get("/metrics")).text
+    assert 'medbook_waitlist_offers{status="accepted"} 1.0' in scraped
 
 
 async def test_declined_and_expired_offers_go_to_the_next_in_line(client, world, worker, session):
