@@ -38,9 +38,9 @@ def test_a_freed_slot_is_offered_live_and_accepted(browser, live_server, setting
 
         # B joins the waitlist for this doctor, that day, 10:00 to 10:30.
         form = b.locator("#waitlist-join")
-        form.get_by_label("Doctor").select_option(str(world.doctor_id))
-        form.get_by_label("From").fill(day.isoformat())
-        form.get_by_label("To").fill(day.isoformat())
+        form.locator("select[name=doctor_id]").select_option(str(world.doctor_id))
+        form.get_by_label("From", exact=True).fill(day.isoformat())
+        form.get_by_label("To", exact=True).fill(day.isoformat())
         form.get_by_label("Not before").fill("10:00")
         form.get_by_label("Not after").fill("10:30")
         form.get_by_role("button", name="Join the waitlist").click()
