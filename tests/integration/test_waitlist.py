@@ -318,3 +318,28 @@ async def test_a_hold_cannot_be_changed_as_an_appointment(client, world, worker,
         await session.scalar(text("SELECT status FROM appointments WHERE id = :i"), {"i": hold})
         == "held"
     )
+
+
+async def test_withdrawn_leave_frees_slots_for_the_waitlist(client, world, worker):
+    """Capacity also frees up when leave is withdrawn: the schedule change asks for a
+    refill, and the first in line is offered a slot of the reopened day."""
+    day = day_after_tomorrow()
+    leave = await client.post(
+        f"/api/doctors/{world.doctor_id}/exceptions",
+        json={
+            "starts_at": at(day, 0).isoformat(),
+            "ends_at": at(day + dt.timedelta(days=1), 0).isoformat(),
+            "note": "conference",
+        },
+        headers=world.headers("admin"),
+    )
+    assert leave.status_code == 201, leave.text
+    await join(client, world, "patient1", day, earliest="11:00", latest="11:30")
+    assert await open_offers(client, world, "patient1") == []
+    withdrawn = await client.delete(
+        f"/api/doctors/{world.doctor_id}/exceptions/{leave.json()['exception']['id']}",
+        headers=world.headers("admin"),
+    )
+    assert withdrawn.status_code in (200, 204), withdrawn.text
+    (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
+    assert dt.datetime.fromisoformat(offer["start"]) == at(day, 11)
