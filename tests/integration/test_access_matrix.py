@@ -52,7 +52,6 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     # the Swagger UI we vendor, so no other renderer's page
     ("GET", "/schema"): PUBLIC,
     ("GET", "/schema/{path:str}"): PUBLIC,
-    ("GET", "/schema/oauth2-redirect.html"): PUBLIC,
     ("GET", "/schema/openapi.json"): PUBLIC,
     ("GET", "/schema/swagger"): PUBLIC,
     # sign-in pages and the auth API
