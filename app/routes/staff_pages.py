@@ -34,7 +34,7 @@ NEW_PATIENT_MESSAGE = "new-patient-msg"
 NOT_VALID = "The selection is not valid; reload the board."
 # The walk-in form's field for staff going beyond the per-doctor limit (board.html).
 OVER_THE_LIMIT = (
-    "To book beyond it, say why in \"Beyond the patient's booking limit because\" "
+    'To book beyond it, say why in "Beyond the patient\'s booking limit because" '
     "and book again (the reason is recorded)."
 )
 
