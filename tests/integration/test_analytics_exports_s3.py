@@ -57,7 +57,14 @@ async def s3_ctx(s3_settings, engine, redis):
     read = create_engine(
         s3_settings, statement_timeout_ms=60000, application_name="medbook-analytics"
     )
-    yield {"settings": s3_settings, "engine": engine, "analytics_engine": read, "redis": redis}
+    store = exports.export_store(s3_settings)
+    yield {
+        "settings": s3_settings,
+        "engine": engine,
+        "analytics_engine": read,
+        "redis": redis,
+        "exports": store,
+    }
     await read.dispose()
 
 
