@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import tracemalloc
+from contextlib import asynccontextmanager
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -29,18 +30,27 @@ async def world(client, session, settings):
     return world
 
 
-@pytest.fixture
-async def ctx(settings: Settings, engine, redis):
+@asynccontextmanager
+async def worker_ctx(settings: Settings, engine, redis):
+    """What the worker's startup puts in a job's ctx, for `settings`."""
     read = create_engine(settings, statement_timeout_ms=60000, application_name="medbook-analytics")
     store = exports.export_store(settings)
-    yield {
-        "settings": settings,
-        "engine": engine,
-        "analytics_engine": read,
-        "redis": redis,
-        "exports": store,
-    }
-    await read.dispose()
+    try:
+        yield {
+            "settings": settings,
+            "engine": engine,
+            "analytics_engine": read,
+            "redis": redis,
+            "exports": store,
+        }
+    finally:
+        await read.dispose()
+
+
+@pytest.fixture
+async def ctx(settings: Settings, engine, redis):
+    async with worker_ctx(settings, engine, redis) as made:
+        yield made
 
 
 async def request_export(client, world, who="admin", **body):
