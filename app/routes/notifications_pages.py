@@ -54,14 +54,18 @@ def _patient_id(request: Request[Any, Any, Any]) -> int:
 
 
 class UndeliveredOut(msgspec.Struct):
+    """A message about an appointment (`appointment_*`) or an account (`user_id`: a reset
+    or verification link); the other side is null."""
+
     id: int
     kind: str
     channel: str
     due_at: dt.datetime
     attempts: int
     last_error: str | None
-    appointment_id: int
-    appointment_starts_at: dt.datetime
+    appointment_id: int | None
+    appointment_starts_at: dt.datetime | None
+    user_id: int | None
 
 
 @get("/api/notifications/undelivered", guards=ADMIN, tags=["notifications"], responses=READ)
@@ -80,6 +84,7 @@ async def undelivered_api(
             r.last_error,
             r.appointment_id,
             r.starts_at,
+            r.user_id,
         )
         for r in rows
     ]
