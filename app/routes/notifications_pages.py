@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import DomainError
 from app.notifications import outbox, preferences
 from app.notifications.breaker import PROVIDERS, BreakerState, read_state
-from app.routes.inputs import Id, OptionalId
+from app.routes.inputs import Id, NotifyBy, OptionalId, Phone
 from app.routes.responses import BY_ID_RULES, READ, RULES
 from app.services import Services, ask_for_dispatch
 from app.settings import Settings
@@ -245,8 +245,8 @@ class PreferenceOut(msgspec.Struct):
 
 
 class PreferenceIn(msgspec.Struct, forbid_unknown_fields=True):
-    notify_by: str
-    phone: str | None = None
+    notify_by: NotifyBy
+    phone: Phone | None = None  # "" removes the number
 
 
 def _out(p: preferences.Preference) -> PreferenceOut:
