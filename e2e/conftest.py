@@ -83,15 +83,6 @@ class Worker:
         stop_process(self.process)
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """Browser tests stay on one xdist worker (`--dist loadgroup`): one live server, worker
-    and Chromium for all of them, not one set per worker."""
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("browser"))
-
-
 @pytest.fixture(scope="session")
 def worker(settings) -> Iterator[Worker]:
     process = Worker()
