@@ -177,8 +177,13 @@ def _claim_redis_database(server: str) -> str:
 
 
 def _databases_with_clients(client: redis_sync.Redis) -> set[int]:
-    """The numbers of the databases that some connection has selected right now."""
-    return {int(c["db"]) for c in client.client_list() if int(c.get("db", 0)) != 0}
+    """The numbers of the databases that some connection has selected right now (none
+    known where CLIENT LIST is refused, as some managed Redis services do)."""
+    try:
+        connections = client.client_list()
+    except redis_sync.ResponseError:
+        return set()
+    return {int(c["db"]) for c in connections if int(c.get("db", 0)) != 0}
 
 
 def _holder(pid: int) -> str:
