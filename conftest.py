@@ -8,6 +8,11 @@ a temporary folder of the run's own). MEDBOOK_TEST_EMBEDDED=1 skips the local se
 The run migrates one template database; each test process (each pytest-xdist worker, or
 the run itself) clones its own database from it and claims a Redis database of its own
 (1-15). Every database of the run is dropped at the end.
+
+Nothing one run leaves can fail another: a killed run's Redis claim is taken over once
+its holder is gone (and nothing of it is still connected to that database), its databases
+carry its own pid in their names, and every process a test starts inherits the run's mark
+(MEDBOOK_TEST_RUN, MEDBOOK_TEST_WORKER), by which a crashed worker's leftovers are stopped.
 """
 
 from __future__ import annotations
@@ -647,14 +652,17 @@ def _processes_end_with_their_test(request) -> Iterator[None]:
     """What a test started (tests/processes.py) and left running is stopped after it."""
     kept = processes.running()
     if "tmp_path" in request.fixturenames:
-        _run_folders.add(str(request.getfixturevalue("tmp_path_factory").getbasetemp()))
+        # With its separator: /tmp/pytest-of-root/pytest-5 is not another run's pytest-50.
+        basetemp = request.getfixturevalue("tmp_path_factory").getbasetemp()
+        _run_folders.add(os.path.join(basetemp, ""))
     yield
     processes.stop_all_except(kept)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _before_tests.update(processes.descendants())
-    _run_folders.add(os.environ.get("MEDBOOK_DATA_DIR", ""))
+    if data_dir := os.environ.get("MEDBOOK_DATA_DIR"):
+        _run_folders.add(os.path.join(data_dir, ""))
 
 
 _left_by_workers: list[str] = []
