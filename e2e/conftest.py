@@ -74,7 +74,7 @@ class Worker:
                     raise RuntimeError(f"worker exited; see {self.log}:\n{self.log.read_text()}")
                 if client.get(HEARTBEAT_KEY):
                     return
-                time.sleep(0.2)
+                time.sleep(0.05)
         finally:
             client.close()
         raise RuntimeError(f"worker ran no job in {timeout}s; see {self.log}")
