@@ -27,12 +27,13 @@ run: install
 	$(BIN)/medbook demo
 
 ## make test: unit, integration and browser tests against real services, on TEST_WORKERS
-## pytest-xdist workers (each with its own database and Redis number; the browser tests
-## together on one of them).
+## pytest-xdist workers (each with its own database and Redis number). `worksteal`: an idle
+## worker takes tests queued on a busy one, and a crashed worker's test is reported failed
+## while the rest run on (loadgroup/loadscope queue the crashed test again and hang).
 TEST_WORKERS ?= 3
 test: dev
 	$(BIN)/python e2e/browser.py --ensure
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: dev
 	$(BIN)/ruff check app db tasks tests e2e bench conftest.py
