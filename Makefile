@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format install dev bench-scale clean
+.PHONY: run test test-topology lint format install dev bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ TEST_WORKERS ?= 3
 test: dev
 	$(BIN)/python e2e/browser.py --ensure
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+## make test-topology: the booking race, outbox and records-read tests with every app
+## behind a PgBouncer in transaction mode (MEDBOOK_TEST_PGBOUNCER=1, conftest.py), and
+## tests/topology/ (which `make test` runs too). Needs `apt-get install pgbouncer`.
+TOPOLOGY_TESTS := tests/topology tests/integration/test_booking_concurrency.py \
+	tests/integration/test_booking_limits_race.py tests/integration/test_idempotency_race.py \
+	tests/integration/test_notifications_outbox.py tests/integration/test_records_read.py
+test-topology: dev
+	MEDBOOK_TEST_PGBOUNCER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup $(TOPOLOGY_TESTS)
 
 lint: dev
 	$(BIN)/ruff check app db tasks tests e2e bench conftest.py

@@ -80,8 +80,12 @@ def _database_problem(settings: Settings, *, migrated: bool = False) -> str | No
     """
     import asyncpg
 
+    from db.session import driver_options
+
     async def revision() -> str | None:
-        conn = await asyncpg.connect(plain_database_url(settings.database_url), timeout=5)
+        conn = await asyncpg.connect(
+            plain_database_url(settings.database_url), timeout=5, **driver_options(settings)
+        )
         try:
             if migrated:
                 return await conn.fetchval("SELECT version_num FROM alembic_version")

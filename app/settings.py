@@ -31,6 +31,12 @@ class Settings:
     data_dir: Path
     embedded: bool
 
+    # What sits between medbook and PostgreSQL (docs/deploy.md, "PgBouncer"): `session`
+    # (PostgreSQL itself, or a session-mode pooler) or `transaction` (a transaction-mode
+    # pooler such as PgBouncer: no prepared statements kept, no session state, timeouts set
+    # per transaction). Applies to DATABASE_URL and DATABASE_READ_URL alike.
+    database_pool_mode: str = "session"
+
     # Connection pool and query limits (review S-2, S-4, S-5, M-5).
     db_pool_size: int = 10
     db_max_overflow: int = 5
@@ -238,6 +244,10 @@ def _log_level(raw: str) -> str:
     return value
 
 
+# How medbook reaches PostgreSQL: directly (or through a session-mode pooler), or through a
+# transaction-mode pooler (PgBouncer `pool_mode = transaction`).
+DATABASE_POOL_MODES = ("session", "transaction")
+
 # The values S3 accepts for x-amz-server-side-encryption, spelled as S3 wants them.
 S3_SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -333,6 +343,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key=secret_key,
         data_dir=data_dir,
         embedded=embedded,
+        database_pool_mode=_read(
+            env, "DATABASE_POOL_MODE", _choice(*DATABASE_POOL_MODES), "session"
+        ),
         db_pool_size=pool_size,
         db_max_overflow=max_overflow,
         db_pool_timeout=_read(env, "DB_POOL_TIMEOUT", _positive_float, 5.0),

@@ -23,6 +23,10 @@ def test_defaults_and_overrides():
     assert settings.db_pool_size == 25
     assert settings.statement_timeout_ms == 1500
     assert settings.db_max_overflow == 5
+    assert settings.database_pool_mode == "session"
+    assert load_settings({**BASE, "DATABASE_POOL_MODE": "Transaction"}).database_pool_mode == (
+        "transaction"
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,6 +54,7 @@ def test_defaults_and_overrides():
         ("MEDBOOK_PUBLIC_ORIGIN", "https://medbook.example:https"),
         ("NOTIFY_MAX_ATTEMPTS", "4"),
         ("NOTIFY_MAX_ATTEMPTS", "five"),
+        ("DATABASE_POOL_MODE", "statement"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value):
