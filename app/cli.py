@@ -118,7 +118,9 @@ def _redis_problem(settings: Settings) -> str | None:
     """None when Redis answers PING; else one line saying why not."""
     import redis
 
-    client = redis.Redis.from_url(
+    from app.redis import sync_redis_from_url
+
+    client = sync_redis_from_url(
         settings.redis_url,
         socket_connect_timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 T = TypeVar("T")
 
@@ -213,7 +213,8 @@ def _at_least_one(raw: str) -> int:
 
 
 def _redis_url(raw: str) -> str:
-    """`redis://`, `rediss://` or `unix:///path/to/redis.sock?db=N` (embedded mode).
+    """`redis://`, `rediss://`, `redis+sentinel://host:port,…/service[/db]` (Redis with
+    Sentinel, app/redis.py) or `unix:///path/to/redis.sock?db=N` (embedded mode).
 
     Every client is built with redis-py's `from_url`, which takes all three: app/redis.py,
     tasks/queue.py and broadcaster's RedisBackend (app/live/realtime.py constructs it itself,
@@ -230,11 +231,51 @@ def _redis_url(raw: str) -> str:
         if len(parts.netloc.rpartition("@")[2].split(",")) > 1:
             raise ValueError("takes one host")
         db = parts.path.strip("/") or (query.get("db") or ["0"])[0]
+    elif parts.scheme == "redis+sentinel":
+        sentinel_target(raw)
+        return raw
     else:
-        raise ValueError("must start with redis://, rediss:// or unix://")
+        raise ValueError("must start with redis://, rediss://, redis+sentinel:// or unix://")
     if not db.isdigit():
         raise ValueError(f"database {db!r} is not a number")
     return raw
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a `redis+sentinel://` URL names."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    password: str | None
+
+
+def sentinel_target(url: str) -> SentinelTarget | None:
+    """The sentinels, service, database and password of a `redis+sentinel://` URL; None
+    for any other URL.
+
+    Raises:
+        ValueError: a Sentinel URL without hosts or service, or with a bad port or db.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis+sentinel":
+        return None
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for host in hosts.split(",") if hosts else []:
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+        if not name or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sentinel {host!r} is not host:port")
+        sentinels.append((name, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not sentinels or not path or len(path) > 2:
+        raise ValueError("a Sentinel URL is redis+sentinel://host:port[,host:port…]/service[/db]")
+    db = path[1] if len(path) == 2 else "0"
+    if not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number")
+    password = unquote(parts.password) if parts.password else None
+    return SentinelTarget(sentinels, path[0], int(db), password)
 
 
 def _log_level(raw: str) -> str:
