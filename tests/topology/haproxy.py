@@ -14,16 +14,11 @@ from pathlib import Path
 
 import httpx
 
+from conftest import free_port
 from tests.processes import start_process, stop_process
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 BACKEND = "medbook"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class HAProxy:
@@ -33,7 +28,7 @@ class HAProxy:
     def __init__(self, servers: dict[str, int]) -> None:
         if not Path(HAPROXY).exists():
             raise RuntimeError("haproxy is not installed: `apt-get install haproxy`")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.folder = Path(tempfile.mkdtemp(prefix="medbook-haproxy-"))
         self.admin = self.folder / "admin.sock"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,16 +19,11 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import asyncpg
 
+from conftest import free_port
 from tests.processes import start_process, stop_process
 
 # Debian installs it here; on PATH elsewhere.
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PgBouncer:
@@ -49,7 +43,7 @@ class PgBouncer:
         server = f"host={host} port={parts.port or 5432} user={self.user}"
         if parts.password:
             server += f" password={unquote(parts.password)}"
-        self.port = _free_port()
+        self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="medbook-pgbouncer-"))
         self.folder.chmod(0o755)  # readable by `nobody` when we run as root
         config = self.folder / "pgbouncer.ini"

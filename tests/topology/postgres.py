@@ -18,17 +18,10 @@ from typing import Any
 
 import asyncpg
 
+from conftest import free_port
 from tests.processes import kill_process, run_process, start_process
 
 BIN = Path(os.environ.get("MEDBOOK_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_owner() -> dict[str, Any]:
@@ -44,7 +37,7 @@ class Cluster:
             raise RuntimeError(f"PostgreSQL 15 binaries not found in {BIN} (MEDBOOK_TEST_PG_BIN)")
         self.folder = folder
         self.data = folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.log = folder / "postgres.log"
         self.process: subprocess.Popen | None = None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import redis as redis_sync
 
+from conftest import free_port
 from tests.processes import kill_process, start_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -20,21 +21,13 @@ SERVICE = "medbook"
 DOWN_AFTER_MS = 1000
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class RedisSentinelSet:
     """Started in `folder`; `url` is the `redis+sentinel://` URL medbook takes."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.ports = {"primary": _free_port(), "replica": _free_port()}
-        self.sentinel_ports = [_free_port() for _ in range(3)]
+        self.ports = {"primary": free_port(), "replica": free_port()}
+        self.sentinel_ports = [free_port() for _ in range(3)]
         self.processes: dict[str, subprocess.Popen] = {}
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
         self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"

@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from conftest import LiveServer
 from tests.integration.world import at, day_after_tomorrow, make_world
+from tests.topology.bookings import post_booking
 from tests.topology.haproxy import HAProxy
 
 
@@ -59,11 +60,7 @@ async def test_a_booking_on_one_instance_updates_a_page_held_on_another(cluster,
         assert "<time" in first or "slot" in first
         other = servers["b" if holder == "a" else "a"]
         async with httpx.AsyncClient(base_url=other.url) as http:
-            booked = await http.post(
-                "/api/appointments",
-                json={"doctor_id": world.doctor_id, "start": at(day, 9).isoformat()},
-                headers=world.headers("patient0"),
-            )
+            booked = await post_booking(http, world, "patient0", at(day, 9))
         assert booked.status_code == 201, booked.text
         update = await asyncio.wait_for(page.recv(), 10)
         assert "hx-swap-oob" in update
@@ -88,14 +85,8 @@ async def test_a_rolling_restart_under_load_loses_no_accepted_request(cluster, s
                     k = worker * 25 + mine
                     mine += 1
                     start = at(first_day + dt.timedelta(days=k // 12), 8 + k % 12)
-                    response = await http.post(
-                        "/api/appointments",
-                        json={"doctor_id": world.doctor_id, "start": start.isoformat()},
-                        headers={
-                            **world.headers(f"patient{k % 40}"),
-                            "Idempotency-Key": f"rolling-{k}",
-                        },
-                    )
+                    patient = f"patient{k % 40}"
+                    response = await post_booking(http, world, patient, start, f"rolling-{k}")
                     if response.status_code == 201:
                         booked.append(response.json()["id"])
                 else:

@@ -28,6 +28,7 @@ from conftest import ROOT
 from db.session import create_engine
 from tests.integration.world import at, day_after_tomorrow, make_world
 from tests.processes import run_process
+from tests.topology.bookings import post_booking
 from tests.topology.pgbouncer import PgBouncer
 
 
@@ -112,16 +113,11 @@ async def test_booking_race_and_availability_through_two_server_connections(
     world = await make_world(session, settings.secret_key, patients=60)
     await session.commit()
     day = day_after_tomorrow()
-    contested = at(day, 10).isoformat()
+    contested = at(day, 10)
     async with AsyncTestClient(app=create_app(pooled), timeout=60) as client:
 
-        async def book(i: int, start: str) -> int:
-            response = await client.post(
-                "/api/appointments",
-                json={"doctor_id": world.doctor_id, "start": start},
-                headers=world.headers(f"patient{i}"),
-            )
-            return response.status_code
+        async def book(i: int, start: dt.datetime) -> int:
+            return (await post_booking(client, world, f"patient{i}", start)).status_code
 
         async def availability(i: int) -> int:
             response = await client.get(
@@ -137,7 +133,7 @@ async def test_booking_race_and_availability_through_two_server_connections(
         ]
         codes = await asyncio.gather(
             *(book(i, contested) for i in range(30)),
-            *(book(30 + i, start.isoformat()) for i, start in enumerate(own)),
+            *(book(30 + i, start) for i, start in enumerate(own)),
             *(availability(i) for i in range(30)),
         )
     racing, booking, reading = codes[:30], codes[30:60], codes[60:]

@@ -26,6 +26,7 @@ from conftest import ALLOW_AUDIT_TRUNCATE, DATA_TABLES
 from db import migrate
 from db.session import create_engine, session_factory
 from tests.integration.world import World, at, day_after_tomorrow, make_world
+from tests.topology.bookings import post_booking
 from tests.topology.postgres import Cluster
 
 
@@ -92,11 +93,7 @@ async def _utilisation(client, world: World, day: dt.date) -> list[str]:
 
 async def _book_then_list(client, world: World, patient: str, start: dt.datetime):
     """A patient books, then opens their own list: the booking's id and the list's ids."""
-    booked = await client.post(
-        "/api/appointments",
-        json={"doctor_id": world.doctor_id, "start": start.isoformat()},
-        headers=world.headers(patient),
-    )
+    booked = await post_booking(client, world, patient, start)
     assert booked.status_code == 201, booked.text
     mine = await client.get("/api/appointments", headers=world.headers(patient))
     assert mine.status_code == 200, mine.text

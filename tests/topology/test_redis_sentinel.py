@@ -21,6 +21,7 @@ from sqlalchemy import text
 from app.web.asgi import create_app
 from conftest import ROOT
 from tests.integration.world import at, day_after_tomorrow, make_world
+from tests.topology.bookings import post_booking
 from tests.topology.sentinel import RedisSentinelSet
 
 BEFORE, AFTER = 8, 8  # bookings before the kill and after the first whole one after it
@@ -43,14 +44,8 @@ async def test_bookings_go_on_across_a_redis_primary_failover(db, session, setti
             (`/health/ready` pings it): its after-commit effects (the slot cache, the live
             update) had Redis. False when refused, or made while Redis was away."""
             start = at(first_day + dt.timedelta(days=i // 12), 8 + i % 12)
-            response = await client.post(
-                "/api/appointments",
-                json={"doctor_id": world.doctor_id, "start": start.isoformat()},
-                headers={
-                    **world.headers(f"patient{i % PATIENTS}"),
-                    "Idempotency-Key": f"failover-{i}",
-                },
-            )
+            patient = f"patient{i % PATIENTS}"
+            response = await post_booking(client, world, patient, start, f"failover-{i}")
             # Made (the booking never waits for Redis), or refused whole with Retry-After.
             assert response.status_code in (201, 503), response.text
             if response.status_code == 503:
