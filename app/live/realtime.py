@@ -127,8 +127,9 @@ Renderer = Callable[[str, str, dict[str, Any]], Awaitable[str]]
 
 
 class ConfirmedRedisBackend(RedisBackend):
-    """broadcaster's Redis backend, built from any URL redis-py takes (`redis://`,
-    `rediss://`, `unix://`), whose `subscribe` returns only once Redis has confirmed it.
+    """broadcaster's Redis backend, built from any REDIS_URL (`redis://`, `rediss://`,
+    `unix://`, `redis+sentinel://`: app/redis.py), whose `subscribe` returns only once
+    Redis has confirmed it.
 
     Redis delivers a message to a subscriber only if its SUBSCRIBE was processed before the
     PUBLISH; redis-py returns as soon as the command is written. Waiting for the
