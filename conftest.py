@@ -9,10 +9,17 @@ The run migrates one template database; each test process (each pytest-xdist wor
 the run itself) clones its own database from it and claims a Redis database of its own
 (1-15). Every database of the run is dropped at the end.
 
+<<<<<<< HEAD
 Nothing one run leaves can fail another: a killed run's Redis claim is taken over once
 its holder is gone (and nothing of it is still connected to that database), its databases
 carry its own pid in their names, and every process a test starts inherits the run's mark
 (MEDBOOK_TEST_RUN, MEDBOOK_TEST_WORKER), by which a crashed worker's leftovers are stopped.
+=======
+MEDBOOK_TEST_PGBOUNCER=1 puts a PgBouncer in transaction mode (tests/topology/pgbouncer.py)
+between every app the tests start and that database (`DATABASE_POOL_MODE=transaction`);
+the harness itself (cloning, emptying, TEST_ADMIN_DATABASE_URL) still talks to PostgreSQL
+directly. `make test-topology` runs the booking race, outbox and records-read tests so.
+>>>>>>> topology
 """
 
 from __future__ import annotations
@@ -327,8 +334,16 @@ def _start_services(config: pytest.Config) -> dict[str, str | None]:
     # Every database of the run, the workers' too (even a crashed worker's), at the end.
     _stack.callback(_drop_run_databases, postgres, prefix)
     migrate.upgrade(with_database(postgres, template))
+    pooler = None
+    if os.environ.get("MEDBOOK_TEST_PGBOUNCER") == "1":
+        from tests.topology.pgbouncer import PgBouncer
+
+        bouncer = PgBouncer(postgres)
+        _stack.callback(bouncer.stop)
+        pooler = bouncer.url(postgres)
     return {
         "postgres": postgres,
+        "pooler": pooler,
         "template": template,
         "redis": redis_server,
         # Workers share no database: with TEST_REDIS_URL each claims one on its server.
@@ -372,9 +387,15 @@ def _use_services(services: dict[str, str | None], name: str) -> None:
     redis_url = services["redis_as_is"] or _claim_redis_database(services["redis"])
     data_dir = ROOT / "var" / f"test-data-{name}"  # the controller removes a crashed one's
     _stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
+    pooler = services.get("pooler")
+    if pooler:
+        os.environ["DATABASE_POOL_MODE"] = "transaction"
+        # The tests' own raw asyncpg connections (the `database_url` fixture) go straight
+        # to PostgreSQL, with asyncpg's defaults; every app and engine goes through it.
+        os.environ["TEST_DIRECT_DATABASE_URL"] = with_database(postgres, name)
     os.environ.update(
         {
-            "DATABASE_URL": with_database(postgres, name),
+            "DATABASE_URL": with_database(pooler or postgres, name),
             "REDIS_URL": redis_url,
             "SECRET_KEY": secrets.token_urlsafe(40),
             "MEDBOOK_DATA_DIR": str(data_dir),
@@ -454,10 +475,11 @@ def settings():
 
 @pytest.fixture(scope="session")
 def database_url(settings) -> str:
-    """The run's database as a plain libpq URL."""
+    """The run's database as a plain libpq URL, straight to PostgreSQL (under
+    MEDBOOK_TEST_PGBOUNCER too: it is for the tests' own raw asyncpg connections)."""
     from app.settings import plain_database_url
 
-    return plain_database_url(settings.database_url)
+    return os.environ.get("TEST_DIRECT_DATABASE_URL") or plain_database_url(settings.database_url)
 
 
 @pytest_asyncio.fixture(scope="session")
