@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -42,7 +43,13 @@ sys.path.insert(0, str(ROOT))
 
 from app.access.tokens import issue_access_token  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
-from bench.availability_bench import free_port, free_slots, server_env, start_server  # noqa: E402
+from bench.availability_bench import (  # noqa: E402
+    first_free,
+    free_port,
+    free_slots,
+    server_env,
+    start_server,
+)
 from bench.mixed_bench import (  # noqa: E402
     MIX,
     REASON,
@@ -242,10 +249,15 @@ async def run_classes(
         out.append(await measure(http, pid, "lists", calls("lists"), profile=profile))
 
         # Booking: 3n new appointments; n cancelled by their patient (the mix's PATCH), n
-        # checked in and completed by their doctor, n cancelled by front desks in tens.
-        booking = cursor.take("booking", 3 * n)
+        # (today's: a check-in is taken only on the appointment's day) checked in and
+        # completed by their doctor, n cancelled by front desks in tens.
+        booking = [
+            *cursor.take("booking", n),
+            *cursor.take("booking today", n),
+            *cursor.take("booking", n),
+        ]
         token_of = tokens
-        made: dict[int, tuple[int, int, str]] = {}  # index -> appointment id, doctor, token
+        made: dict[int, tuple[int, int, int]] = {}  # index -> appointment id, doctor, token
 
         def booked(i: int, response: httpx.Response) -> None:
             if response.status_code == 201:
@@ -254,14 +266,16 @@ async def run_classes(
 
         book_calls = [(m, p, json.loads(b or "{}"), token_of[t - 1]) for _, m, p, t, b in booking]
         out.append(await measure(http, pid, "book", book_calls, booked, profile=profile))
-        ids = [made[i] for i in sorted(made)]
-        third = len(ids) // 3
+
+        def made_in(first: int) -> list[tuple[int, int, int]]:
+            return [made[i] for i in range(first, first + n) if i in made]
+
         cancel = [
             ("PATCH", f"/api/appointments/{a}", {"status": "cancelled"}, token_of[t - 1])
-            for a, _, t in ids[:third]
+            for a, _, t in made_in(0)
         ]
         out.append(await measure(http, pid, "cancel", cancel, profile=profile))
-        doctor = [(a, changes["doctor"][d]) for a, d, _ in ids[third : 2 * third]]
+        doctor = [(a, changes["doctor"][d]) for a, d, _ in made_in(n)]
         checkin = [
             ("PATCH", f"/api/appointments/{a}", {"status": "checked_in"}, t) for a, t in doctor
         ]
@@ -271,7 +285,7 @@ async def run_classes(
         ]
         out.append(await measure(http, pid, "complete", complete, profile=profile))
         by_clinic: dict[int, list[int]] = collections.defaultdict(list)
-        for a, d, _ in ids[2 * third :]:
+        for a, d, _ in made_in(2 * n):
             by_clinic[changes["clinic_of"][d]].append(a)
         bulk: list[Call] = []
         for clinic, appointment_ids in by_clinic.items():
@@ -307,9 +321,27 @@ async def prepare(
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         auth = {"Authorization": f"Bearer {fixtures['tokens'][0]}"}
         today = dt.date.today()
-        slots = await free_slots(http, auth, fixtures["doctors"], today, 3 * (WARM_UP + requests))
-    booking = booking_items(slots, fixtures)
-    return Cursor({**fixtures["items"], "booking": booking, "emails": changes["emails"]}), changes
+        slots = await free_slots(http, auth, fixtures["doctors"], today, 2 * (WARM_UP + requests))
+        today_slots = await free_slots_today(http, auth, fixtures["doctors"], WARM_UP + requests)
+    items = {
+        **fixtures["items"],
+        "booking": booking_items(slots, fixtures),
+        "booking today": booking_items(today_slots, fixtures),
+        "emails": changes["emails"],
+    }
+    return Cursor(items), changes
+
+
+async def free_slots_today(
+    http: httpx.AsyncClient, headers: dict[str, str], doctors: list[tuple[int, str]], wanted: int
+) -> list[tuple[int, str]]:
+    """Free slots later today in each doctor's clinic's time zone, up to three a doctor
+    (their appointments can be checked in: a check-in is taken only on the day)."""
+    pairs = [(d, dt.datetime.now(ZoneInfo(tz)).date()) for d, tz in doctors]
+    found = await first_free(http, headers, pairs, wanted)
+    if len(found) < wanted:
+        raise SystemExit(f"only {len(found)} free slots later today; try again in the morning")
+    return found
 
 
 async def cpu_per_class(
