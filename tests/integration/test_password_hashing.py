@@ -3,6 +3,7 @@ requests of the process nor piles up without bound (issue #17)."""
 
 import asyncio
 import dataclasses
+import os
 import threading
 
 import httpx
@@ -85,3 +86,16 @@ async def test_a_sign_in_beyond_the_queue_is_shed_with_503_and_retry_after(
 
 def test_an_overloaded_process_is_busy_not_a_bug():
     assert outage(Overloaded("too many sign-ins at once")) == BUSY
+
+
+async def test_hashing_threads_yield_the_cpu_to_the_event_loop():
+    """The hashing threads run HASH_NICENESS nicer than the process, so on a busy machine
+    a burst of sign-ins takes spare CPU only; the loop's own thread keeps its priority."""
+    pool = passwords.HashPool(threads=1, waiting=0)
+
+    def own_niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop_nice = own_niceness()
+    assert await pool.run(own_niceness) == min(19, loop_nice + passwords.HASH_NICENESS)
+    assert own_niceness() == loop_nice
