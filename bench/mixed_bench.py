@@ -515,6 +515,7 @@ def metrics(base: str) -> dict[str, float]:
         "medbook_websockets_open",
         "medbook_websocket_pushes_total",
         "medbook_http_requests_total",
+        "medbook_db_connections_opened_total",
     )
     sums: dict[str, float] = dict.fromkeys(wanted, 0.0)
     sums["5xx"] = 0.0
@@ -1273,7 +1274,9 @@ async def main() -> None:
         *phase_table(at200),
         "",
         f"Slot cache hit ratio {hit_ratio(m200):.1%}; 5xx counted by /metrics: "
-        f"{m200['5xx']:.0f}; websocket pushes: {m200['medbook_websocket_pushes_total']:.0f}.",
+        f"{m200['5xx']:.0f}; websocket pushes: {m200['medbook_websocket_pushes_total']:.0f}; "
+        "database connections opened (pool churn): "
+        f"{m200['medbook_db_connections_opened_total']:.0f}.",
         "",
         cpu_line(cpu[0], cpu[1], at200),
         "",
@@ -1291,7 +1294,8 @@ async def main() -> None:
         "",
         f"Slot cache hit ratio {hit_ratio(m_over):.1%}; 5xx counted by /metrics (burst and "
         f"after): {m_over['5xx']:.0f}; websocket pushes: "
-        f"{m_over['medbook_websocket_pushes_total']:.0f}.",
+        f"{m_over['medbook_websocket_pushes_total']:.0f}; database connections opened: "
+        f"{m_over['medbook_db_connections_opened_total']:.0f}.",
         "",
         *overload_section(
             burst, after, at200.total().pct(99), integrity, cpu_line(cpu[2], cpu[3], burst)
