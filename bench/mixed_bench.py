@@ -108,6 +108,7 @@ class Phase:
     # Every answer: (kind, status, latency ms from the schedule, service ms from the send,
     # whether it carried Retry-After).
     answers: list[tuple[str, int, float, float, bool]] = field(default_factory=list)
+    load: float = math.nan  # the machine's 1-minute load average as the phase ended
 
     def errors(self) -> int:
         """Answers outside 2xx/3xx (a 409 on booking excepted) and socket errors."""
@@ -444,6 +445,7 @@ def run_mix(
         due = math.ceil(rate * share * seconds)
         answered = sum(phase.results[k].count for k, c in CLASS_OF.items() if c == cls)
         phase.unanswered += max(0, due - answered)
+    phase.load = os.getloadavg()[0]
     return phase
 
 
@@ -650,7 +652,8 @@ def phase_table(phase: Phase) -> list[str]:
         f"| **all** | {total.count} | {total.rate:.1f} | {total.pct(50):.2f} | "
         f"{total.pct(95):.2f} | {total.pct(99):.2f} | {max(total.latencies_ms or [0]):.1f} | | "
         f"errors: {phase.errors()}, booking 409: {phase.conflicts}, "
-        f"due but unanswered when wrk stopped: {phase.unanswered} |"
+        f"due but unanswered when wrk stopped: {phase.unanswered}; load average (1 min) "
+        f"at the end: {phase.load:.2f} |"
     )
     return rows
 
@@ -1065,7 +1068,9 @@ async def scaling(args: argparse.Namespace, database_url: str) -> None:
             rows.append(
                 f"| {workers} | {strict:.0f} | {overall:.0f} | {cpu_at:.2f} | "
                 f"{ceiling['rps']:.0f} | {ratio} | "
-                + "; ".join(f"{s.rate:.0f}/s {s.worst_p99():.0f} ms" for s, _ in steps)
+                + "; ".join(
+                    f"{s.rate:.0f}/s {s.worst_p99():.0f} ms (load {s.load:.1f})" for s, _ in steps
+                )
                 + " |"
             )
             print(rows[-1], flush=True)
@@ -1313,8 +1318,8 @@ async def main() -> None:
         f"## Highest rate with p99 < 50 ms ({args.step_seconds:.0f} s steps)",
         "",
         "| target req/s | achieved req/s | p50 ms | p99 ms (all) | worst endpoint p99 ms | "
-        "errors | booking 409 | unanswered | server CPU ms per request |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "errors | booking 409 | unanswered | server CPU ms per request | load average |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s, cpu_ms in steps:
         total = s.total()
@@ -1322,7 +1327,7 @@ async def main() -> None:
         lines.append(
             f"| {s.rate:.0f} | {total.rate:.1f} | {total.pct(50):.2f} | {total.pct(99):.2f} | "
             f"{worst[0]:.1f} ({worst[1]}) | {s.errors()} {s.error_codes()} | {s.conflicts} | "
-            f"{s.unanswered} | {cpu_ms:.2f} |"
+            f"{s.unanswered} | {cpu_ms:.2f} | {s.load:.2f} |"
         )
     lines += [
         "",
