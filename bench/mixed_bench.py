@@ -898,7 +898,7 @@ def ramp(
         used = delta(cpu_seconds(*stack.pids()), before)
         steps.append((step, used["server"] * 1000 / max(1, step.total().count)))
         print(f"step {rate:.0f}/s: worst p99 {step.worst_p99():.1f} ms", step.error_codes())
-        if not any(s.passes(every_endpoint=False) for s, _ in steps[-2:]):
+        if len(steps) >= 2 and not any(s.passes(every_endpoint=False) for s, _ in steps[-2:]):
             break
     return steps
 
