@@ -1037,6 +1037,7 @@ async def scaling(args: argparse.Namespace, database_url: str) -> None:
     """Steps of the mix against 1, 2, 4... server processes (`--scaling 1,2,4`): the
     highest rate with p99 < 50 ms for each, the CPU per request there, and the bare
     route's ceiling. Report: bench/results/mixed-scaling.md."""
+    code = code_version()  # what runs: the files may change while it does
     redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/5", 3 * 3600)
     secret = secrets.token_urlsafe(40)
     env = bench_env(database_url, redis_url, secret)
@@ -1069,7 +1070,8 @@ async def scaling(args: argparse.Namespace, database_url: str) -> None:
                 f"| {workers} | {strict:.0f} | {overall:.0f} | {cpu_at:.2f} | "
                 f"{ceiling['rps']:.0f} | {ratio} | "
                 + "; ".join(
-                    f"{s.rate:.0f}/s {s.worst_p99():.0f} ms (load {s.load:.1f})" for s, _ in steps
+                    f"{s.rate:.0f}/s: {s.worst_p99():.0f} ms, {ms:.2f} ms CPU, load {s.load:.1f}"
+                    for s, ms in steps
                 )
                 + " |"
             )
@@ -1089,11 +1091,11 @@ async def scaling(args: argparse.Namespace, database_url: str) -> None:
         f"load generator share the machine's {os.cpu_count()} cores"
         + (f", with {args.busy_cores} busy loop(s) beside them" if args.busy_cores else "")
         + f". Load average (1 min) at the end: {os.getloadavg()[0]:.2f}. "
-        f"Code: {code_version()}.",
+        f"Code: {code}. The live-update websockets of the main run are not held here.",
         "",
         "| server processes | every endpoint p99 < 50 ms: req/s | all requests p99 < 50 ms: "
         "req/s | server CPU ms per request there | bare route req/s | ratio (every "
-        "endpoint) | steps (worst endpoint p99) |",
+        "endpoint) | steps (worst endpoint p99, server CPU per request, load average) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *rows,
     ]
@@ -1158,6 +1160,7 @@ async def main() -> None:
     if args.scaling:
         await scaling(args, database_url)
         return
+    code = code_version()  # what runs: the files may change while it does
     redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/5", 3 * 3600)
     RESULTS.mkdir(exist_ok=True)
     secret = secrets.token_urlsafe(40)
@@ -1255,7 +1258,7 @@ async def main() -> None:
         "not hidden. The `wrk p99` column is wrk's own histogram of the same class, from "
         "the actual send. Load average (1 min) before the 200 req/s phase / after it / "
         f"after the overload: {load_before:.2f} / {load_200:.2f} / {load_after:.2f}. "
-        f"Code: {code_version()}. Command: `{' '.join(['bench/mixed_bench.py', *sys.argv[1:]])}`.",
+        f"Code: {code}. Command: `{' '.join(['bench/mixed_bench.py', *sys.argv[1:]])}`.",
         "",
         f"Mix: availability {MIX['availability']:.0%} (5,000 doctor-days over three weeks), "
         f"booking and cancel {MIX['booking']:.0%} (a POST on one of {len(slots)} precomputed "
