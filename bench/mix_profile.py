@@ -4,7 +4,7 @@ Usage (a database `medbook seed scale` loaded and migrated to head; the bench wr
 own bookings into it and deletes them at the end):
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/capacity_bench \
-        .venv/bin/python bench/mix_profile.py [--requests 300] [--profile]
+        .venv/bin/python bench/mix_profile.py [--requests 300] [--profile] [--floors]
 
 It starts one `medbook serve --workers 1` process and drives each class of
 `bench/mixed_bench.py`'s mix through it, a few at a time, closed loop: availability,
@@ -14,7 +14,8 @@ by the doctor, a front desk's bulk cancel of ten). For each class it reads the s
 process's CPU time (user + system) before and after: CPU per request is far less
 disturbed than latency by other work on a shared machine. `--profile` then runs each class
 again under `py-spy record` (speedscope files in bench/results/profiles/) and prints each
-profile's top entries by own time and by total time.
+profile's top entries by own time and by total time. `--floors` adds the CPU per request
+of the bare route, of authentication alone and of a cached availability answer (wrk).
 """
 
 from __future__ import annotations
@@ -370,11 +371,36 @@ def report(measured: list[Measured]) -> list[str]:
     return lines
 
 
+def floors(base: str, pid: int, fixtures: dict, seconds: int = 8) -> list[str]:
+    """Server CPU per request of what every request of a class stands on: the bare route,
+    authentication with its one Redis round trip (`/api/auth/me`), and one cached
+    availability answer; wrk, 4 connections, closed loop."""
+    token = fixtures["tokens"][0]
+    day = fixtures["items"]["availability"][0][2]
+    lines = ["| floor | requests | server CPU ms per request |", "| --- | ---: | ---: |"]
+    for name, path in (
+        ("bare route `/health/live`", "/health/live"),
+        ("authentication `/api/auth/me`", "/api/auth/me"),
+        ("cached availability", day),
+    ):
+        wrk = ["wrk", "-t2", "-c4", "-H", f"Authorization: Bearer {token}", base + path]
+        subprocess.run([*wrk, "-d2s"], capture_output=True, check=True)  # warm, cached
+        before = server_cpu(pid)
+        out = subprocess.run([*wrk, f"-d{seconds}s"], capture_output=True, text=True).stdout
+        used = server_cpu(pid) - before
+        count = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
+        lines.append(f"| {name} | {count} | {used * 1000 / count:.3f} |")
+    return lines
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="per class")
     parser.add_argument("--profile", action="store_true", help="also run under py-spy")
     parser.add_argument("--show", action="store_true", help="only print the last profiles")
+    parser.add_argument(
+        "--floors", action="store_true", help="also the floors: bare route, auth, a cache hit"
+    )
     args = parser.parse_args()
     if args.show:
         print_profiles()
@@ -404,6 +430,8 @@ async def main() -> None:
         await run_classes(base, server.pid, cursor, tokens, changes, WARM_UP, profile=False)
         measured = await run_classes(base, server.pid, cursor, tokens, changes, n, False)
         print("\n".join(report(measured)), flush=True)
+        if args.floors:
+            print("\n".join(floors(base, server.pid, fixtures)), flush=True)
         if args.profile:
             await run_classes(base, server.pid, cursor, tokens, changes, n, True)
     finally:
