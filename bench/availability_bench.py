@@ -142,9 +142,11 @@ async def free_slots(client, headers, doctors, today, wanted: int) -> list[tuple
     return found
 
 
-async def first_free(client, headers, pairs, wanted: int) -> list[tuple[int, str]]:
-    """Up to three free slots of each (doctor, day) in turn, until `wanted` are found
-    (fewer when the days run out)."""
+async def first_free(
+    client, headers, pairs, wanted: int, after: dt.datetime | None = None
+) -> list[tuple[int, str]]:
+    """Up to three free slots (starting after `after`, when given) of each (doctor, day)
+    in turn, until `wanted` are found (fewer when the days run out)."""
     found: list[tuple[int, str]] = []
     for doctor_id, day in pairs:
         response = await client.get(
@@ -152,7 +154,11 @@ async def first_free(client, headers, pairs, wanted: int) -> list[tuple[int, str
             params={"doctor_id": doctor_id, "date": day.isoformat()},
             headers=headers,
         )
-        free = [s["start"] for s in response.json()["slots"] if s["available"]]
+        free = [
+            s["start"]
+            for s in response.json()["slots"]
+            if s["available"] and (after is None or dt.datetime.fromisoformat(s["start"]) > after)
+        ]
         found += [(doctor_id, start) for start in free[:3]]
         if len(found) >= wanted:
             break

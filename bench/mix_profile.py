@@ -339,7 +339,9 @@ async def free_slots_today(
     """Free slots later today in each doctor's clinic's time zone, up to three a doctor
     (their appointments can be checked in: a check-in is taken only on the day)."""
     pairs = [(d, dt.datetime.now(ZoneInfo(tz)).date()) for d, tz in doctors]
-    found = await first_free(http, headers, pairs, wanted)
+    # Two hours ahead: still bookable (an hour's notice) when the run gets to them.
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    found = await first_free(http, headers, pairs, wanted, after=soon)
     if len(found) < wanted:
         raise SystemExit(f"only {len(found)} free slots later today; try again in the morning")
     return found

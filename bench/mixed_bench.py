@@ -964,13 +964,22 @@ async def database_now(database_url: str) -> dt.datetime:
         await conn.close()
 
 
+def normal_p99(phase: Phase) -> float:
+    """The p99 of a phase's requests other than sign-ins and refreshes (argon2's seconds
+    under load are not what "back to normal" compares)."""
+    kept = [lat for kind, _, lat, _, _ in phase.answers if kind not in ("sign-in", "refresh")]
+    return Result("", latencies_ms=kept).pct(99)
+
+
 def recovery_seconds_needed(after: Phase, normal_p99: float) -> float | None:
-    """Seconds after the burst until every later 1 s window's p99 stays under twice the
-    normal run's p99 (at least 50 ms); None when it never does within the phase."""
+    """Seconds after the burst until every later 1 s window's p99 (sign-ins and refreshes
+    apart) stays under twice the normal run's (at least 50 ms); None when it never does
+    within the phase."""
     limit = max(2 * normal_p99, 50.0)
     windows: dict[int, list[float]] = {}
-    for due, latency in after.timeline:
-        windows.setdefault(int(due), []).append(latency)
+    for (due, latency), (kind, *_) in zip(after.timeline, after.answers, strict=True):
+        if kind not in ("sign-in", "refresh"):
+            windows.setdefault(int(due), []).append(latency)
     bad = [w for w, lat in windows.items() if Result("", latencies_ms=lat).pct(99) >= limit]
     if not bad:
         return 0.0
@@ -1017,7 +1026,7 @@ def overload_section(
         f"| bookings: 201 answers / in the database / without their notices | "
         f"{integrity['answered_201']} / {integrity['in_database']} / "
         f"{integrity['without_notice']} | equal / equal / 0 |",
-        "| back to normal after the burst (every later 1 s window's p99 < "
+        "| back to normal after the burst (every later 1 s window's p99, sign-ins apart, < "
         f"{max(2 * normal_p99, 50):.0f} ms) | "
         + ("not within the phase" if recovered is None else f"{recovered:.0f} s")
         + " | ≤ 10 s |",
@@ -1306,7 +1315,7 @@ async def main() -> None:
         f"{m_over['medbook_db_connections_opened_total']:.0f}.",
         "",
         *overload_section(
-            burst, after, at200.total().pct(99), integrity, cpu_line(cpu[2], cpu[3], burst)
+            burst, after, normal_p99(at200), integrity, cpu_line(cpu[2], cpu[3], burst)
         ),
         "",
         "## Server CPU per request of each class",
