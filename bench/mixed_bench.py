@@ -1025,7 +1025,8 @@ def overload_section(
         f"| answers later than 2 s; due but unanswered | {over_2s}; {burst.unanswered} | 0; 0 |",
         f"| bookings: 201 answers / in the database / without their notices | "
         f"{integrity['answered_201']} / {integrity['in_database']} / "
-        f"{integrity['without_notice']} | equal / equal / 0 |",
+        f"{integrity['without_notice']} | equal / equal / 0 (a booking unanswered when wrk "
+        "stopped may be a row without a 201) |",
         "| back to normal after the burst (every later 1 s window's p99, sign-ins apart, < "
         f"{max(2 * normal_p99, 50):.0f} ms) | "
         + ("not within the phase" if recovered is None else f"{recovered:.0f} s")
