@@ -10,6 +10,7 @@ by one to whichever primary the sentinels name then (docs/deploy.md, "Redis").
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import redis as redis_sync
@@ -22,6 +23,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from app.settings import Settings, sentinel_target
+
+# How far a cache entry's lifetime varies around its nominal TTL (each way). Entries
+# filled together (every user's Principal and every doctor-day after a start, a deploy or
+# a flush) would otherwise expire together, and every request of the next few seconds
+# would miss at once: a stall of the whole process every TTL (bench/README.md).
+TTL_SPREAD = 0.2
+
+
+def spread_ttl(seconds: int) -> int:
+    """A cache entry's TTL: `seconds`, give or take TTL_SPREAD of it, at random."""
+    spread = random.uniform(1 - TTL_SPREAD, 1 + TTL_SPREAD)  # noqa: S311 (not a secret)
+    return max(1, round(seconds * spread))
+
 
 # Seconds between PINGs on a connection that sat idle, so a connection cut by a restart
 # or a firewall is noticed before a command is sent on it.

@@ -187,7 +187,7 @@ class AppointmentController(Controller):
     @get("", guards=[allow()], responses=RULES)
     async def list_appointments(
         self,
-        db_session: AsyncSession,
+        read_session: AsyncSession,
         actor: Principal,
         now: dt.datetime,
         doctor_id: OptionalId = None,
@@ -201,7 +201,7 @@ class AppointmentController(Controller):
         """The caller's appointments, filtered; `next_cursor` fetches the next page."""
         check_day(date)
         rows, next_cursor = await queries.list_appointments(
-            db_session,
+            read_session,
             actor,
             now=now,
             doctor_id=doctor_id,

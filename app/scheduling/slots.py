@@ -31,6 +31,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.errors import NotFound
+from app.redis import spread_ttl
 from app.redis_scripts import Script
 from app.scheduling.availability import Interval, TemplateRange, day_slots, local_day_bounds
 from db.session import driver_fetchrow
@@ -376,7 +377,7 @@ class SlotCache:
         data = await fetch_doctor_days(self.engine, doctor_id, lo, hi)
         computed = compute_days(data, days) if data.active else [DaySlots(d, []) for d in days]
         keys: list[str] = []
-        args: list[bytes | str | int] = [CACHE_TTL_SECONDS]
+        args: list[bytes | str | int] = [spread_ttl(CACHE_TTL_SECONDS)]
         for day, version in zip(computed, versions, strict=True):
             keys += [_key(doctor_id, day.day), _version_key(doctor_id, day.day)]
             args += [_encode(data.timezone, day), (version or b"").decode()]

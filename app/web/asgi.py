@@ -267,6 +267,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "effects": Provide(deps.provide_effects, sync_to_thread=False),
             "slot_cache": Provide(deps.provide_slot_cache, sync_to_thread=False),
             "rules": Provide(deps.provide_rules, sync_to_thread=False),
+            "read_session": Provide(deps.provide_read_session),
             "now": Provide(deps.provide_now, sync_to_thread=False),
             "actor": Provide(deps.provide_actor, sync_to_thread=False),
         },
