@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.appointments.queries import in_conflict
-from app.appointments.rules import UNDO_CHECK_IN
+from app.appointments.rules import UNDO_CHECK_IN, BookingRules, for_visit_type
 from app.scheduling.availability import local_day_bounds
 from app.scheduling.slots import CachedSlot, DaySlots, SlotCache
 from db.models import Appointment, Clinic, Doctor, Patient, User
@@ -85,13 +85,16 @@ async def doctor_days(
     doctor_id: int,
     first: dt.date,
     count: int,
-    lo: dt.datetime,
-    hi: dt.datetime,
+    rules: BookingRules,
     now: dt.datetime,
+    visit_type_id: int | None = None,
 ) -> tuple[str, list[DayView]]:
-    """`count` days of a doctor's slots, bookable within [lo, hi], and the clinic zone."""
-    timezone, days = await cache.days(doctor_id, first, count)
-    return timezone, [day_view(doctor_id, d, lo, hi, now) for d in days]
+    """`count` days of a doctor's slots (or visits of one type), bookable within the
+    notice and horizon (the type's where it sets them), and the clinic zone."""
+    found = await cache.days(doctor_id, first, count, visit_type_id=visit_type_id)
+    rules = for_visit_type(rules, found.visit_type)
+    lo, hi = now + rules.min_notice, now + rules.horizon
+    return found.timezone, [day_view(doctor_id, d, lo, hi, now) for d in found.days]
 
 
 @dataclass(frozen=True, slots=True)

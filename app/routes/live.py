@@ -69,8 +69,7 @@ def make_renderer(app: Any) -> Any:
                     ident,
                     day,
                     1,
-                    now + rules.min_notice,
-                    now + rules.horizon,
+                    rules,
                     now,
                 )
                 return views.render(env, "patient/_day.html", day=view, oob=True)

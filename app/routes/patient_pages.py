@@ -102,9 +102,7 @@ async def _week_context(
     check_day(date)
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     first = date or boards.clinic_today(clinic.timezone, now)
-    _, days = await boards.doctor_days(
-        slot_cache, doctor_id, first, WEEK, now + rules.min_notice, now + rules.horizon, now
-    )
+    _, days = await boards.doctor_days(slot_cache, doctor_id, first, WEEK, rules, now)
     return {
         "doctor": doctor,
         "clinic": clinic,
@@ -142,9 +140,7 @@ async def _slot_state(
 ) -> str | None:
     """The slot's state now (boards.SLOT_STATES), or None when the doctor has no such slot."""
     day = start.astimezone(ZoneInfo(timezone)).date()
-    _, (view,) = await boards.doctor_days(
-        slot_cache, doctor_id, day, 1, now + rules.min_notice, now + rules.horizon, now
-    )
+    _, (view,) = await boards.doctor_days(slot_cache, doctor_id, day, 1, rules, now)
     return next((s.state for s in view.slots if dt.datetime.fromisoformat(s.start) == start), None)
 
 
