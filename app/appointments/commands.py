@@ -47,6 +47,8 @@ from db.models import Appointment, Clinic
 from db.session import driver_fetchmany
 
 MAX_BULK = 500
+# The foreign key from a booking to its visit type (app/scheduling/visit_types.py).
+VISIT_TYPE_KEY = "fk_appointments_visit_type_id_visit_types"
 # The audit events of an undone check-in and of staff booking beyond the limit.
 CHECK_IN_UNDONE = audit.APPOINTMENT_CHECK_IN_UNDONE
 LIMIT_OVERRIDDEN = audit.APPOINTMENT_LIMIT_OVERRIDDEN
@@ -304,6 +306,8 @@ async def book(
         await session.rollback()
         if _lost_the_slot(exc):
             raise await _taken(session, doctor_id, slot.start, rules, now, visit) from None
+        if _constraint(exc) == VISIT_TYPE_KEY:  # deleted while this booking waited on it
+            raise NotFound(f"visit type {visit_type_id} no longer exists") from None
         # The same key with another body, booked at this moment (another doctor, so not
         # queued behind this one on the lock): answer as a later retry would.
         if (

@@ -54,6 +54,7 @@ from app.routes import (
 from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.api_visit_types import VisitTypeController
 from app.routes.inputs import refuse_bad_input
 from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
@@ -199,6 +200,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
             pages.home,
             DirectoryController,
+            VisitTypeController,
             AppointmentController,
             *patient_pages.ROUTES,
             *staff_pages.ROUTES,
