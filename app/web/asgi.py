@@ -50,6 +50,7 @@ from app.routes import (
     patient_pages,
     records,
     staff_pages,
+    visit_type_pages,
 )
 from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
@@ -211,6 +212,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *auth_api.ROUTES,
             *admin_users.ROUTES,
             *admin_pages.ROUTES,
+            *visit_type_pages.ROUTES,
             admin_queries.queries_page,
             *audit.ROUTES,
             *NOTIFICATION_ROUTES,

@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import select, text
 
-from db.models import AuditEvent
+from db.models import AuditEvent, VisitType
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 SLOTS = "/api/appointments/available-slots"
@@ -238,3 +238,41 @@ async def test_a_type_with_bookings_ahead_cannot_be_deleted(client, world):
         headers=world.headers("patient0"),
     )
     assert gone.status_code == 404
+
+
+async def test_admin_pages_add_change_and_delete_types(client, session, settings):
+    from tests.integration.auth_helpers import browser_login, csrf_from, make_user
+
+    world = await make_world(session, settings.secret_key, patients=1)
+    await make_user(session, "admin", "root@example.test")
+    assert (await browser_login(client, "root@example.test")).status_code == 200
+    url = f"/admin/doctors/{world.doctor_id}/visit-types"
+    page = await client.get(url)
+    assert page.status_code == 200 and "No visit types" in page.text
+    token = csrf_from(page.text)
+    form = {"csrf_token": token, "name": "Follow-up", "minutes": "abc", "online": "on"}
+    wrong = await client.post(url, data=form)
+    assert wrong.status_code == 200 and "must be a whole number" in wrong.text
+    assert 'value="Follow-up"' in wrong.text  # what was typed stays
+    form |= {"minutes": "10", "buffer_after_minutes": "5", "horizon_days": "14"}
+    done = await client.post(url, data=form)
+    assert done.status_code == 200 and "Added Follow-up" in done.text
+    created = await session.scalar(select(VisitType).where(VisitType.doctor_id == world.doctor_id))
+    assert (created.minutes, created.buffer_after_minutes, created.horizon_days) == (10, 5, 14)
+    assert created.online and created.min_notice_minutes is None
+    row = f"{url}/{created.id}"
+    too_long = await client.post(row, data=form | {"minutes": "600", "action": "save"})
+    assert "minutes must be between 5 and 480" in too_long.text
+    saved = await client.post(
+        row, data={**form, "minutes": "15", "action": "save"} | {"online": ""}
+    )
+    assert "Saved Follow-up" in saved.text
+    await session.refresh(created)
+    assert created.minutes == 15 and created.online is False
+    deleted = await client.post(row, data={"csrf_token": token, "action": "delete"})
+    assert "Deleted." in deleted.text and "No visit types" in deleted.text
+    # Without the CSRF token nothing is written; a desk may not open the page at all.
+    refused = await client.post(url, data={k: v for k, v in form.items() if k != "csrf_token"})
+    assert refused.status_code == 403
+    desk = await client.get(url, headers=world.headers("desk"))
+    assert desk.status_code in (401, 403)
