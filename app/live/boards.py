@@ -49,6 +49,7 @@ class DayView:
     doctor_id: int
     day: dt.date
     slots: list[SlotView]
+    visit_type_id: int | None = None  # whose visits these are; None: the plain slots
 
 
 def slot_state(slot: CachedSlot, now: float, first: float, last: float) -> str:
@@ -67,7 +68,12 @@ def slot_state(slot: CachedSlot, now: float, first: float, last: float) -> str:
 
 
 def day_view(
-    doctor_id: int, day: DaySlots, lo: dt.datetime, hi: dt.datetime, now: dt.datetime
+    doctor_id: int,
+    day: DaySlots,
+    lo: dt.datetime,
+    hi: dt.datetime,
+    now: dt.datetime,
+    visit_type_id: int | None = None,
 ) -> DayView:
     first, last, instant = lo.timestamp(), hi.timestamp(), now.timestamp()
     return DayView(
@@ -77,6 +83,7 @@ def day_view(
             SlotView(s.start_local, s.start_local[11:16], slot_state(s, instant, first, last))
             for s in day.slots
         ],
+        visit_type_id,
     )
 
 
@@ -94,7 +101,7 @@ async def doctor_days(
     found = await cache.days(doctor_id, first, count, visit_type_id=visit_type_id)
     rules = for_visit_type(rules, found.visit_type)
     lo, hi = now + rules.min_notice, now + rules.horizon
-    return found.timezone, [day_view(doctor_id, d, lo, hi, now) for d in found.days]
+    return found.timezone, [day_view(doctor_id, d, lo, hi, now, visit_type_id) for d in found.days]
 
 
 @dataclass(frozen=True, slots=True)

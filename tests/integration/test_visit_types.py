@@ -276,3 +276,58 @@ async def test_admin_pages_add_change_and_delete_types(client, session, settings
     assert refused.status_code == 403
     desk = await client.get(url, headers=world.headers("desk"))
     assert desk.status_code in (401, 403)
+
+
+async def test_the_patient_page_chooses_a_type_and_books_it(client, session, settings):
+    from tests.integration.auth_helpers import browser_login, csrf_from
+    from tests.integration.world import PASSWORD
+
+    world = await make_world(session, settings.secret_key, patients=1)
+    day = day_after_tomorrow()
+    path = f"/doctors/{world.doctor_id}/slots?date={day.isoformat()}"
+    plain = await client.get(path)
+    assert 'id="visit-type"' not in plain.text  # no types: the weekly hours' slots
+    session.add_all(
+        [
+            VisitType(doctor_id=world.doctor_id, name="Follow-up", minutes=30),
+            VisitType(
+                doctor_id=world.doctor_id, name="Check-up", minutes=60, buffer_after_minutes=30
+            ),
+            VisitType(doctor_id=world.doctor_id, name="Surgery", minutes=90, online=False),
+        ]
+    )
+    await session.commit()
+    check_up = await session.scalar(select(VisitType).where(VisitType.name == "Check-up"))
+    surgery = await session.scalar(select(VisitType).where(VisitType.name == "Surgery"))
+    assert (await browser_login(client, "p0@t.test", PASSWORD)).status_code == 200
+    page = await client.get(path)
+    # The online types by name, the first chosen; the staff-only one is not offered.
+    assert '<option value="' in page.text and "Check-up (60 min)" in page.text
+    assert "Surgery" not in page.text
+    assert f'<option value="{check_up.id}" selected>' in page.text
+    assert f"visit_type_id={check_up.id}" in page.text  # the slots and the live socket
+    assert (await client.get(f"{path}&visit_type_id={surgery.id}")).status_code == 404
+    ten = at(day, 10).isoformat()
+    panel = await client.get(
+        f"/doctors/{world.doctor_id}/book",
+        params={"start": ten, "visit_type_id": check_up.id},
+        headers={"HX-Request": "true"},
+    )
+    assert f'name="visit_type_id" value="{check_up.id}"' in panel.text
+    booked = await client.post(
+        f"/doctors/{world.doctor_id}/book",
+        data={
+            "start": ten,
+            "visit_type_id": str(check_up.id),
+            "idempotency_key": "page-1",
+            "csrf_token": csrf_from(page.text),
+        },
+        headers={"HX-Request": "true"},
+    )
+    assert booked.status_code == 200 and "Booked" in booked.text, booked.text
+    row = (
+        await session.execute(
+            text("SELECT visit_type_id, ends_at, upper(blocked) FROM appointments")
+        )
+    ).one()
+    assert row == (check_up.id, at(day, 11), at(day, 11, 30))
