@@ -103,13 +103,13 @@ def parse_slot_id(text: str) -> tuple[int, dt.datetime] | None:
         return None
 
 
-def slot(doctor_id: int, start_local: str, end_local: str, status: str) -> Resource:
-    """A slot from the availability cache's clinic-local renderings."""
-    start = dt.datetime.fromisoformat(start_local)
+def slot(doctor_id: int, starts: int, start_local: str, end_local: str, status: str) -> Resource:
+    """A slot from the availability cache: its start in epoch seconds and its clinic-local
+    renderings (no time-zone arithmetic here: a 4-week search builds hundreds)."""
     return {
         "resourceType": "Slot",
-        "id": slot_id(doctor_id, start),
-        "schedule": ref("Schedule", doctor_id),
+        "id": f"{doctor_id}-{starts}",
+        "schedule": {"reference": f"Schedule/{doctor_id}"},
         "status": status,
         "start": start_local,
         "end": end_local,

@@ -152,7 +152,8 @@ async def search_slots(
     found.sort(key=lambda f: (f.slot.starts, f.doctor_id))
     page = found[search.offset : search.offset + search.count]
     matches = [
-        resources.slot(f.doctor_id, f.slot.start_local, f.slot.end_local, f.status) for f in page
+        resources.slot(f.doctor_id, f.slot.starts, f.slot.start_local, f.slot.end_local, f.status)
+        for f in page
     ]
     included: list[Resource] = []
     if "Slot:schedule" in search.includes and page:
@@ -176,9 +177,8 @@ async def read_slot(
         doctor_id, start = parsed
         exact = [Comparison(">=", start), Comparison("<=", start)]
         for found in await _doctor_slots(cache, doctor_id, exact, rules, now):
-            return resources.slot(
-                doctor_id, found.slot.start_local, found.slot.end_local, found.status
-            )
+            s = found.slot
+            return resources.slot(doctor_id, s.starts, s.start_local, s.end_local, found.status)
     raise NotFound(f"Slot/{resource_id} is not known")
 
 
