@@ -9,6 +9,14 @@ from urllib.parse import urlencode
 from app.fhir.resources import Resource
 from app.fhir.search import Search
 
+BASE_PATH = "/fhir/R4"
+
+
+def base_url(public_origin: str) -> str:
+    """The FHIR base URL of a site, e.g. https://clinic.example/fhir/R4."""
+    return public_origin.rstrip("/") + BASE_PATH
+
+
 # The OperationOutcome issue code for each HTTP status an error can have.
 ISSUE_CODES = {
     400: "invalid",

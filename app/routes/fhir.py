@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments.rules import BookingRules
 from app.errors import BUSY, DomainError, outage, refused_value
-from app.fhir import capability, directory, people, scheduling
+from app.fhir import bundles, capability, directory, feed, people, scheduling
 from app.fhir.bundles import outcome, searchset
 from app.fhir.directory import Page
 from app.fhir.resources import Resource
@@ -37,7 +37,6 @@ from app.web.outages import DOWN_RETRY_AFTER_SECONDS, OUTAGE_HANDLERS, REFUSED_V
 log = logging.getLogger("medbook")
 
 FHIR_JSON = "application/fhir+json"
-BASE_PATH = "/fhir/R4"
 TYPES = (
     "Practitioner",
     "PractitionerRole",
@@ -51,7 +50,7 @@ _STARTED = dt.datetime.now(dt.UTC).date().isoformat()
 
 
 def base_url(settings: Settings) -> str:
-    return settings.public_origin.rstrip("/") + BASE_PATH
+    return bundles.base_url(settings.public_origin)
 
 
 def fhir(
@@ -227,6 +226,22 @@ async def change(
     return fhir(resource)
 
 
+@get("/$bulk-publish", opt=PUBLIC)
+async def bulk_publish(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The SMART Scheduling Links manifest (public: no patient data, like the slot pages)."""
+    body = await feed.manifest(Services.of(request.app).exports)
+    return Response(body, media_type="application/json")
+
+
+@get("/$bulk-publish/{generation:str}/{name:str}", opt=PUBLIC)
+async def bulk_publish_file(
+    request: Request[Any, Any, Any], generation: str, name: str
+) -> Response[Any]:
+    """One NDJSON file the manifest names."""
+    body = await feed.feed_file(Services.of(request.app).exports, f"{generation}/{name}")
+    return Response(body, media_type=feed.NDJSON)
+
+
 # --- every error as an OperationOutcome -------------------------------------------------
 
 
@@ -267,9 +282,11 @@ EXCEPTION_HANDLERS: dict[type[Exception], Callable[..., Response[Any]]] = {
 }
 
 ROUTER = Router(
-    path=BASE_PATH,
+    path=bundles.BASE_PATH,
     route_handlers=[
         metadata,
+        bulk_publish,
+        bulk_publish_file,
         find,
         book,
         change,

@@ -34,3 +34,11 @@ async def fhir_call(client, method, path, headers, *, status=200, **kwargs) -> d
 
 def resources_of(bundle: dict[str, Any], mode: str = "match") -> list[dict[str, Any]]:
     return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode]
+
+
+async def api_book(client, world, who, start, **extra) -> int:
+    """Book through the JSON API (the pages' engine); the new appointment's id."""
+    body = {"doctor_id": world.doctor_id, "start": start.isoformat(), **extra}
+    answer = await client.post("/api/appointments", json=body, headers=world.headers(who))
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]

@@ -180,6 +180,9 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/me/records"): PATIENT,
     # the FHIR R4 API (docs/fhir.md); whose data: tests/integration/test_fhir_access.py
     ("GET", "/fhir/R4/metadata"): PUBLIC,  # FHIR clients read it before signing in
+    # the SMART Scheduling Links feed: directory and free times only, like the slot pages
+    ("GET", "/fhir/R4/$bulk-publish"): PUBLIC,
+    ("GET", "/fhir/R4/$bulk-publish/{generation:str}/{name:str}"): PUBLIC,
     ("GET", "/fhir/R4/Practitioner"): ANY,
     ("GET", "/fhir/R4/Practitioner/{resource_id:str}"): ANY,
     ("GET", "/fhir/R4/PractitionerRole"): ANY,

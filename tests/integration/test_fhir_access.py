@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.integration.fhir_helpers import fhir_call
+from tests.integration.fhir_helpers import api_book, fhir_call
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 UNKNOWN = 987654
@@ -19,17 +19,16 @@ async def world(client, session, settings):
     world = await make_world(session, settings.secret_key, patients=3)
     day = day_after_tomorrow()
 
-    async def book(who, doctor_id, start, **extra):
-        body = {"doctor_id": doctor_id, "start": start.isoformat(), **extra}
-        answer = await client.post("/api/appointments", json=body, headers=world.headers(who))
-        assert answer.status_code == 201, answer.text
-        return answer.json()["id"]
-
-    world.mine = await book("patient0", world.doctor_id, at(day, 9))
-    world.theirs = await book("patient1", world.doctor_id, at(day, 10))
+    world.mine = await api_book(client, world, "patient0", at(day, 9))
+    world.theirs = await api_book(client, world, "patient1", at(day, 10))
     ny = ZoneInfo("America/New_York")
-    world.ny = await book(
-        "other_desk", world.other_doctor_id, at(day, 10, tz=ny), patient_id=world.patients[2]
+    world.ny = await api_book(
+        client,
+        world,
+        "other_desk",
+        at(day, 10, tz=ny),
+        doctor_id=world.other_doctor_id,
+        patient_id=world.patients[2],
     )
     world.day = day
     return world

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from app.access import audit
 from db.models import AuditEvent
-from tests.integration.fhir_helpers import conforms, fhir_call, resources_of
+from tests.integration.fhir_helpers import api_book, conforms, fhir_call, resources_of
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -99,12 +99,7 @@ async def test_slot_search_is_the_pages_availability(client, world):
         client, world, day
     )
     start = at(day, 10)
-    booked = await client.post(
-        "/api/appointments",
-        json={"doctor_id": world.doctor_id, "start": start.isoformat()},
-        headers=world.headers("patient1"),
-    )
-    assert booked.status_code == 201
+    await api_book(client, world, "patient1", start)
     again = resources_of(await slot_search(client, world, day))
     busy = [s for s in again if s["status"] == "busy"]
     assert [s["start"] for s in busy] == [start.isoformat()]
@@ -278,12 +273,7 @@ async def test_errors_are_operation_outcomes(client, world):
 
 async def test_reads_of_patients_and_appointments_are_audited(client, world, session):
     day = day_after_tomorrow()
-    booked = await client.post(
-        "/api/appointments",
-        json={"doctor_id": world.doctor_id, "start": at(day, 9).isoformat()},
-        headers=world.headers("patient0"),
-    )
-    appointment_id = booked.json()["id"]
+    appointment_id = await api_book(client, world, "patient0", at(day, 9))
     headers = world.headers("desk")
     await fhir_call(client, "GET", f"Appointment/{appointment_id}", headers)
     await fhir_call(client, "GET", f"Patient/{world.patients[0]}", headers)

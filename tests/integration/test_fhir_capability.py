@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import update
 
 from db.models import Patient
-from tests.integration.fhir_helpers import fhir_call, resources_of
+from tests.integration.fhir_helpers import api_book, fhir_call, resources_of
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -22,13 +22,7 @@ async def world(client, session, settings):
     )
     await session.commit()
     world.day = day_after_tomorrow()
-    booked = await client.post(
-        "/api/appointments",
-        json={"doctor_id": world.doctor_id, "start": at(world.day, 9).isoformat()},
-        headers=world.headers("patient0"),
-    )
-    assert booked.status_code == 201, booked.text
-    world.appointment = booked.json()["id"]
+    world.appointment = await api_book(client, world, "patient0", at(world.day, 9))
     return world
 
 
