@@ -173,7 +173,7 @@ async def read_slot(
         NotFound: not a slot id, or no slot of that doctor starts then.
     """
     parsed = resources.parse_slot_id(resource_id)
-    if parsed is not None and dt.date(1900, 1, 2) <= parsed[1].date() <= dt.date(2999, 12, 30):
+    if parsed is not None and _in_calendar(parsed[1]):
         doctor_id, start = parsed
         exact = [Comparison(">=", start), Comparison("<=", start)]
         for found in await _doctor_slots(cache, doctor_id, exact, rules, now):
@@ -264,25 +264,27 @@ def booking_request(body: Any) -> BookingRequest:
     """
     appointment = body
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        parameters = body.get("parameter")
         found = [
             p.get("resource")
-            for p in body.get("parameter") or []
+            for p in (parameters if isinstance(parameters, list) else [])
             if isinstance(p, dict) and p.get("name") in ("appt-resource", "appointment")
         ]
         appointment = found[0] if found else None
     if not isinstance(appointment, dict) or appointment.get("resourceType") != "Appointment":
         raise BadSearch("send an Appointment, or Parameters with it as appt-resource")
+    participants = appointment.get("participant") or []
     actors = [
-        str((p.get("actor") or {}).get("reference", ""))
-        for p in appointment.get("participant") or []
+        str(p["actor"].get("reference", ""))
+        for p in (participants if isinstance(participants, list) else [])
         if isinstance(p, dict) and isinstance(p.get("actor"), dict)
     ]
     patients = reference_ids(
         [a for a in actors if "Patient/" in a] or None, "participant", ["Patient"]
     )
-    patient_id = (patients or {}).get("Patient", [None])[0] if patients else None
-    if patients is not None and patient_id is None:
+    if patients is not None and not patients["Patient"]:
         raise BadSearch("the Patient participant is not a patient of this server")
+    patient_id = patients["Patient"][0] if patients else None
     doctor_id, start = _slot_or_start(appointment, actors)
     reason = _reason(appointment)
     return BookingRequest(doctor_id, start, patient_id, reason)
@@ -290,10 +292,12 @@ def booking_request(body: Any) -> BookingRequest:
 
 def _slot_or_start(appointment: dict[str, Any], actors: list[str]) -> tuple[int, dt.datetime]:
     slots = appointment.get("slot") or []
+    if not isinstance(slots, list):
+        raise BadSearch("slot is a list of references")
     if slots:
         reference = slots[0].get("reference", "") if isinstance(slots[0], dict) else ""
         parsed = resources.parse_slot_id(str(reference).rpartition("Slot/")[2])
-        if parsed is None:
+        if parsed is None or not _in_calendar(parsed[1]):
             raise BadSearch(f"{reference!r} is not a Slot of this server")
         return parsed
     doctors = [a for a in actors if "Practitioner/" in a]
@@ -305,16 +309,22 @@ def _slot_or_start(appointment: dict[str, Any], actors: list[str]) -> tuple[int,
         moment = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
     except ValueError:
         raise BadSearch(
-            f"start {start!r} is not an instant such as 2026-12-01T09:00:00+01:00"
+            f"start {start!r} is not an instant like 2026-12-01T09:00:00+01:00"
         ) from None
-    if moment.tzinfo is None or not dt.date(1900, 1, 2) <= moment.date() <= dt.date(2999, 12, 30):
+    if moment.tzinfo is None or not _in_calendar(moment):
         raise BadSearch("start needs a UTC offset and a year from 1900 to 2999")
     return refs["Practitioner"][0], moment
 
 
+def _in_calendar(moment: dt.datetime) -> bool:
+    """Within the days the app computes with (app/routes/inputs.py), a day to spare."""
+    return dt.date(1900, 1, 2) <= moment.date() <= dt.date(2999, 12, 30)
+
+
 def _reason(appointment: dict[str, Any]) -> str | None:
     codes = appointment.get("reasonCode") or []
-    text = codes[0].get("text") if codes and isinstance(codes[0], dict) else None
+    first = codes[0] if isinstance(codes, list) and codes else None
+    text = first.get("text") if isinstance(first, dict) else None
     text = text or appointment.get("description")
     if text is not None and (not isinstance(text, str) or len(text) > MAX_REASON):
         raise Invalid(f"the reason is text of at most {MAX_REASON} characters")

@@ -266,11 +266,16 @@ def _outage(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if kind is None and refused_value(exc):
         return fhir(outcome(400, REFUSED_VALUE_DETAIL), 400)
     if kind is None:
-        return fhir(outcome(500, "internal error"), 500)
+        return _bug(request, exc)
     log.warning("503 for %s %s: %s: %s", request.method, request.url.path, kind, exc)
     seconds = RETRY_AFTER_SECONDS if kind == BUSY else DOWN_RETRY_AFTER_SECONDS
     retry = {"Retry-After": str(seconds)}
     return fhir(outcome(503, "the service is briefly unavailable; try again shortly"), 503, retry)
+
+
+def _bug(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything else is a bug (Litestar has logged its traceback): 500, still FHIR."""
+    return fhir(outcome(500, "internal error"), 500)
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Callable[..., Response[Any]]] = {
@@ -279,6 +284,7 @@ EXCEPTION_HANDLERS: dict[type[Exception], Callable[..., Response[Any]]] = {
     # The app answers this one itself (pages redirect to the login form): not here.
     NotAuthorizedException: _http_error,
     **{error: _outage for error in OUTAGE_HANDLERS},
+    Exception: _bug,
 }
 
 ROUTER = Router(

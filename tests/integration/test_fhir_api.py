@@ -306,3 +306,70 @@ async def test_reads_of_patients_and_appointments_are_audited(client, world, ses
         ("Appointment", appointment_id, patient, "search"),
         ("Patient", patient, patient, "search"),
     ]
+
+
+BAD_BODIES = [
+    [],
+    "text",
+    {"resourceType": "Patient"},
+    {"resourceType": "Parameters", "parameter": {"name": "appt-resource"}},
+    {"resourceType": "Parameters", "parameter": [{"name": "appt-resource", "resource": 1}]},
+    {"resourceType": "Appointment", "slot": {"reference": "Slot/1-1"}},
+    {"resourceType": "Appointment", "slot": [{"reference": "Slot/1-253402300799"}]},
+    {"resourceType": "Appointment", "slot": [{"reference": "Slot/99999999999999999999-1"}]},
+    {"resourceType": "Appointment", "slot": ["Slot/1-1"]},
+    {"resourceType": "Appointment", "participant": {"actor": "x"}, "start": "2030-01-01"},
+    {
+        "resourceType": "Appointment",
+        "participant": [{"actor": {"reference": "Practitioner/1"}}],
+        "start": "9999-12-31T23:59:59+00:00",
+    },
+    {
+        "resourceType": "Appointment",
+        "participant": [{"actor": {"reference": "Practitioner/1"}}],
+        "start": "2030-01-01T09:00:00",
+    },
+    {
+        "resourceType": "Appointment",
+        "participant": [{"actor": {"reference": "Patient/abc"}}],
+        "slot": [{"reference": "Slot/1-1"}],
+    },
+    {"resourceType": "Appointment", "reasonCode": {"text": 5}, "slot": [{"reference": "Slot/1-1"}]},
+]
+
+BAD_QUERIES = [
+    ("Slot", {"schedule": "Schedule/1", "start": "ge9999-12-31"}),
+    ("Slot", {"schedule": "Practitioner/1"}),
+    ("Slot", {"schedule": "Schedule/1", "status": "maybe"}),
+    ("Slot", {"schedule": "Schedule/1", "start": "ne2026-12-01"}),
+    ("Slot", {"schedule": "Schedule/1", "start": "2026-12-01T09:00"}),
+    ("Appointment", {"date": "ge2026-12-01T09:00:00+25:00"}),
+    ("Appointment", {"status": "nonsense"}),
+    ("Appointment", {"patient": "Group/1"}),
+    ("Appointment", {"_count": "-1"}),
+    ("Appointment", {"_offset": "99999999"}),
+    ("Appointment", {"_include": "Appointment:everything"}),
+    ("Appointment", {"_format": "xml"}),
+    ("Patient", {"birthdate": "ge2000-01-01T00:00:00Z"}),
+    ("Appointment/$find", {"start": "2026-12-01"}),
+    ("Appointment/$find", {"practitioner": "Practitioner/1", "start": "ge2026-12-01"}),
+    ("Appointment/$find", {"practitioner": "Practitioner/1", "end": ["2026-12-01", "2026-12-02"]}),
+]
+
+
+async def test_bad_input_is_a_4xx_operation_outcome_never_a_5xx(client, world):
+    headers = world.headers("patient0")
+    for body in BAD_BODIES:
+        answer = await client.post("/fhir/R4/Appointment/$book", json=body, headers=headers)
+        assert 400 <= answer.status_code < 500, (body, answer.status_code, answer.text)
+        conforms(answer.json())
+    for path, params in BAD_QUERIES:
+        answer = await client.get(f"/fhir/R4/{path}", params=params, headers=headers)
+        assert answer.status_code == 400, (path, params, answer.status_code, answer.text)
+        conforms(answer.json())
+    empty = {"schedule": "Schedule/1", "start": ["ge2999-12-30", "lt1900-01-02"]}
+    assert "entry" not in await fhir_call(client, "GET", "Slot", headers, params=empty)
+    for body in ({"op": "replace"}, [{"op": "move", "path": "/status"}], [{"path": "/start"}]):
+        answer = await client.patch("/fhir/R4/Appointment/1", json=body, headers=headers)
+        assert 400 <= answer.status_code < 500, (body, answer.text)
+        conforms(answer.json())
