@@ -43,13 +43,23 @@ from db.models import Appointment, AuditEvent, Clinic, Doctor, Patient
 _OPS = {">=": "__ge__", ">": "__gt__", "<": "__lt__", "<=": "__le__"}
 
 
-def patient_visible(actor: Principal) -> Any:
-    """The SQL condition for the patients `actor` may read."""
+def patient_visible(actor: Principal, *, few: bool = True) -> Any:
+    """The SQL condition for the patients `actor` may read.
+
+    Args:
+        few: the query names a few patients (by id): a probe of each one's appointments
+            (EXISTS; 0.3 ms at year scale) beats listing the staff's patients first.
+            Unnamed, the list first (DISTINCT, then the patients by id: a clinic's in
+            70 ms): PostgreSQL otherwise walks every patient's appointments in id order
+            looking for this doctor's (1.6 s at year scale).
+    """
     if actor.role == "admin":
         return and_(True)
     if actor.role == "patient":
         return Patient.id == actor.patient_id
-    return exists().where(Appointment.patient_id == Patient.id, visible(actor))
+    if few:
+        return exists().where(Appointment.patient_id == Patient.id, visible(actor))
+    return Patient.id.in_(select(Appointment.patient_id).where(visible(actor)).distinct())
 
 
 async def _audit(
@@ -217,8 +227,9 @@ async def search_patients(
     session: AsyncSession, actor: Principal, search: Search, client_addr: str | None
 ) -> Page:
     """The patients the actor may read, filtered, by id; audited. Commits."""
-    query = select(Patient).where(patient_visible(actor))
-    if (wanted := ids(search.any_of("_id"))) is not None:
+    wanted = ids(search.any_of("_id"))
+    query = select(Patient).where(patient_visible(actor, few=wanted is not None))
+    if wanted is not None:
         query = query.where(Patient.id.in_(wanted))
     if (names := search.any_of("name")) is not None:
         query = query.where(or_(*(name_starts(n) for n in names)))
