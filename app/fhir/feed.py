@@ -31,7 +31,7 @@ from app.appointments.rules import BookingRules
 from app.errors import NotFound
 from app.fhir import resources
 from app.fhir.scheduling import slot_status
-from app.scheduling.slots import MAX_DAYS, SlotCache
+from app.scheduling.slots import SlotCache
 from app.storage import Store
 from db.models import Clinic, Doctor
 
@@ -96,24 +96,17 @@ async def build(
     origin = public_origin.rstrip("/")
 
     async def free_slots(doctor: Doctor) -> list[dict]:
-        first = now.date()
-        chunks = [
-            (first + dt.timedelta(days=i), min(MAX_DAYS, FEED_DAYS - i))
-            for i in range(0, FEED_DAYS, MAX_DAYS)
-        ]
-        found = []
         async with gate:
-            for day, count in chunks:
-                try:
-                    _, days = await cache.days(doctor.id, day, count)
-                except NotFound:  # removed since the list was read
-                    return []
-                found += [
-                    (d.day, s)
-                    for d in days
-                    for s in d.slots
-                    if slot_status(s, bookable_from, bookable_to) == "free"
-                ]
+            try:
+                _, days = await cache.days(doctor.id, now.date(), FEED_DAYS)
+            except NotFound:  # removed since the list was read
+                return []
+        found = [
+            (d.day, s)
+            for d in days
+            for s in d.slots
+            if slot_status(s, bookable_from, bookable_to) == "free"
+        ]
         return [
             {
                 **resources.slot(doctor.id, s.starts, s.start_local, s.end_local, "free"),

@@ -39,7 +39,7 @@ from app.fhir.search import (
     window,
 )
 from app.live.effects import Effects
-from app.scheduling.slots import MAX_DAYS, CachedSlot, SlotCache
+from app.scheduling.slots import CachedSlot, SlotCache
 
 MAX_SPAN = dt.timedelta(days=31)  # one Slot search or $find: a month at most
 DEFAULT_SPAN = dt.timedelta(days=7)
@@ -83,23 +83,17 @@ async def _doctor_slots(
     """
     lo, hi = _span(comparisons, "UTC", now)
     first = (lo - dt.timedelta(days=1)).date()
-    last = (hi + dt.timedelta(days=1)).date()
-    count = (last - first).days + 1
-    chunks = [
-        (first + dt.timedelta(days=i), min(MAX_DAYS, count - i)) for i in range(0, count, MAX_DAYS)
-    ]
-    try:
-        answers = await asyncio.gather(*(cache.days(doctor_id, d, n) for d, n in chunks))
+    count = ((hi + dt.timedelta(days=1)).date() - first).days + 1
+    try:  # one Redis read for the span (and one query on a miss), however many days
+        timezone, days = await cache.days(doctor_id, first, count)
     except NotFound:
         return []
-    timezone = answers[0][0]
     lo, hi = _span(comparisons, timezone, now)
     low, high = lo.timestamp(), hi.timestamp()
     bookable_from = int((now + rules.min_notice).timestamp())
     bookable_to = int((now + rules.horizon).timestamp())
     return [
         _Found(doctor_id, s, slot_status(s, bookable_from, bookable_to))
-        for _, days in answers
         for day in days
         for s in day.slots
         if low <= s.starts < high
