@@ -22,9 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments.rules import BookingRules
 from app.errors import BUSY, DomainError, outage, refused_value
-from app.fhir import bundles, capability, directory, feed, people, scheduling
+from app.fhir import bundles, capability, feed, interactions, scheduling
 from app.fhir.bundles import outcome, searchset
-from app.fhir.directory import Page
 from app.fhir.resources import Resource
 from app.fhir.search import FIND_PARAMS, BadSearch, Search, parse, wants_strict
 from app.live.effects import Effects
@@ -37,15 +36,6 @@ from app.web.outages import DOWN_RETRY_AFTER_SECONDS, OUTAGE_HANDLERS, REFUSED_V
 log = logging.getLogger("medbook")
 
 FHIR_JSON = "application/fhir+json"
-TYPES = (
-    "Practitioner",
-    "PractitionerRole",
-    "Location",
-    "Schedule",
-    "Slot",
-    "Appointment",
-    "Patient",
-)
 _STARTED = dt.datetime.now(dt.UTC).date().isoformat()
 
 
@@ -80,6 +70,17 @@ async def metadata(settings: Settings) -> Response[Any]:
     return fhir(capability.capability_statement(base_url(settings), "0.1.0", _STARTED))
 
 
+def _caller(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+) -> interactions.Caller:
+    cache = Services.of(request.app).slot_cache
+    return interactions.Caller(db_session, cache, actor, rules, now, client_addr(request))
+
+
 def _search_handler(resource_type: str) -> HTTPRouteHandler:
     async def search_type(
         request: Request[Any, Any, Any],
@@ -91,21 +92,8 @@ def _search_handler(resource_type: str) -> HTTPRouteHandler:
     ) -> Response[Any]:
         """Search one resource type; a Bundle with paging links."""
         search = _search(request, resource_type)
-        page: Page
-        if resource_type in directory.DOCTOR_TYPES:
-            page = await directory.search_doctors(
-                db_session, search, now=now, horizon=rules.horizon
-            )
-        elif resource_type == "Location":
-            page = await directory.search_locations(db_session, search)
-        elif resource_type == "Slot":
-            cache = Services.of(request.app).slot_cache
-            page = await scheduling.search_slots(db_session, cache, search, rules=rules, now=now)
-        elif resource_type == "Appointment":
-            addr = client_addr(request)
-            page = await people.search_appointments(db_session, actor, search, addr)
-        else:
-            page = await people.search_patients(db_session, actor, search, client_addr(request))
+        caller = _caller(request, db_session, actor, rules, now)
+        page = await interactions.search(caller, search)
         return fhir(
             searchset(
                 base_url(settings),
@@ -133,27 +121,13 @@ def _read_handler(resource_type: str) -> HTTPRouteHandler:
         resource_id: str,
     ) -> Response[Any]:
         """Read one resource by its id (404 when unknown or not the caller's)."""
-        resource: Resource
-        if resource_type in directory.DOCTOR_TYPES:
-            resource = await directory.read_doctor(
-                db_session, resource_type, resource_id, now=now, horizon=rules.horizon
-            )
-        elif resource_type == "Location":
-            resource = await directory.read_location(db_session, resource_id)
-        elif resource_type == "Slot":
-            cache = Services.of(request.app).slot_cache
-            resource = await scheduling.read_slot(cache, resource_id, rules=rules, now=now)
-        elif resource_type == "Appointment":
-            addr = client_addr(request)
-            resource = await people.read_appointment(db_session, actor, resource_id, addr)
-        else:
-            resource = await people.read_patient(
-                db_session, actor, resource_id, client_addr(request)
-            )
-        return fhir(resource)
+        caller = _caller(request, db_session, actor, rules, now)
+        return fhir(await interactions.read(caller, resource_type, resource_id))
 
     return get(
-        f"/{resource_type}/{{resource_id:str}}", guards=[allow()], name=f"fhir-read-{resource_type}"
+        f"/{resource_type}/{{resource_id:str}}",
+        guards=[allow()],
+        name=f"fhir-read-{resource_type}",
     )(read)
 
 
@@ -296,8 +270,8 @@ ROUTER = Router(
         find,
         book,
         change,
-        *(_search_handler(t) for t in TYPES),
-        *(_read_handler(t) for t in TYPES),
+        *(_search_handler(t) for t in interactions.TYPES),
+        *(_read_handler(t) for t in interactions.TYPES),
     ],
     exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     include_in_schema=False,
