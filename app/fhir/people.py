@@ -65,11 +65,10 @@ def patient_visible(actor: Principal, *, few: bool = True) -> Any:
 async def _audit(
     session: AsyncSession,
     actor: Principal,
-    sent: Iterable[tuple[str, int, int]],
-    interaction: str,
+    sent: Iterable[tuple[str, int, int, str]],
     client_addr: str | None,
 ) -> None:
-    """One `fhir.read` event per (type, id, patient) sent, then commit."""
+    """One `fhir.read` event per (type, id, patient, interaction) sent, then commit."""
     session.add_all(
         AuditEvent(
             actor_user_id=actor.id,
@@ -80,7 +79,7 @@ async def _audit(
             client_addr=audit.inet(client_addr),
             details={"interaction": interaction},
         )
-        for kind, subject_id, patient_id in sent
+        for kind, subject_id, patient_id, interaction in sent
     )
     await session.commit()
 
@@ -161,7 +160,7 @@ async def search_appointments(
         )
     )
     views = [AppointmentView(*row) for row in rows[: search.count]]
-    sent = [("Appointment", v.id, v.patient_id) for v in views]
+    sent = [("Appointment", v.id, v.patient_id, "search") for v in views]
     included: list[Resource] = []
     if "Appointment:patient" in search.includes and views:
         # Only the page's patients: each is visible through the appointment that names it.
@@ -172,7 +171,7 @@ async def search_appointments(
         )
         for patient in patients:
             included.append(resources.patient(patient))
-            sent.append(("Patient", patient.id, patient.id))
+            sent.append(("Patient", patient.id, patient.id, "include"))
     if "Appointment:practitioner" in search.includes and views:
         doctors = await session.scalars(
             select(Doctor).where(Doctor.id.in_({v.doctor_id for v in views})).order_by(Doctor.id)
@@ -183,7 +182,7 @@ async def search_appointments(
             select(Clinic).where(Clinic.id.in_({v.clinic_id for v in views})).order_by(Clinic.id)
         )
         included += [resources.location(c) for c in clinics]
-    await _audit(session, actor, sent, "search", client_addr)
+    await _audit(session, actor, sent, client_addr)
     return Page(
         [resources.appointment(v) for v in views], len(rows) > search.count, included=included
     )
@@ -204,7 +203,7 @@ async def read_appointment(
     if row is None:
         raise NotFound(f"Appointment/{resource_id} is not known")
     view = AppointmentView(*row)
-    await _audit(session, actor, [("Appointment", view.id, view.patient_id)], "read", client_addr)
+    await _audit(session, actor, [("Appointment", view.id, view.patient_id, "read")], client_addr)
     return resources.appointment(view)
 
 
@@ -241,7 +240,7 @@ async def search_patients(
         )
     )
     page = rows[: search.count]
-    await _audit(session, actor, [("Patient", p.id, p.id) for p in page], "search", client_addr)
+    await _audit(session, actor, [("Patient", p.id, p.id, "search") for p in page], client_addr)
     return Page([resources.patient(p) for p in page], len(rows) > search.count)
 
 
@@ -259,5 +258,5 @@ async def read_patient(
     )
     if patient is None:
         raise NotFound(f"Patient/{resource_id} is not known")
-    await _audit(session, actor, [("Patient", patient.id, patient.id)], "read", client_addr)
+    await _audit(session, actor, [("Patient", patient.id, patient.id, "read")], client_addr)
     return resources.patient(patient)

@@ -297,7 +297,7 @@ async def test_reads_of_patients_and_appointments_are_audited(client, world, ses
         ("Appointment", appointment_id, patient, "read"),
         ("Patient", patient, patient, "read"),
         ("Appointment", appointment_id, patient, "search"),
-        ("Patient", patient, patient, "search"),
+        ("Patient", patient, patient, "include"),
     ]
 
 
