@@ -74,11 +74,13 @@ def searchset(
         included: resources `_include` brought (each once).
     """
     links = [{"relation": "self", "url": _page_url(base, path, search, search.offset)}]
+    # `_count=0` asks only how many match (`total`): no page follows another.
+    more = more and search.count > 0
     if more:
         links.append(
             {"relation": "next", "url": _page_url(base, path, search, search.offset + search.count)}
         )
-    if search.offset > 0:
+    if search.offset > 0 and search.count > 0:
         previous = max(0, search.offset - search.count)
         links.append({"relation": "previous", "url": _page_url(base, path, search, previous)})
     entries = [_entry(base, r, "match") for r in matches]

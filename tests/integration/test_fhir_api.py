@@ -118,6 +118,9 @@ async def test_slot_paging_links_walk_the_result(client, world):
         seen += [s["id"] for s in resources_of(page)]
         url = relations.get("next")
     assert len(seen) == 24 == len(set(seen))
+    only_total = await slot_search(client, world, day, _count="0", _offset="10")
+    assert only_total["total"] == 24 and "entry" not in only_total
+    assert [link["relation"] for link in only_total["link"]] == ["self"]
     capped = await slot_search(client, world, day, _count="100000")
     assert "_count=500" in capped["link"][0]["url"]
 
