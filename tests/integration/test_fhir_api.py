@@ -363,6 +363,15 @@ async def test_bad_input_is_a_4xx_operation_outcome_never_a_5xx(client, world):
         answer = await client.get(f"/fhir/R4/{path}", params=params, headers=headers)
         assert answer.status_code == 400, (path, params, answer.status_code, answer.text)
         conforms(answer.json())
+    for content_type in ("application/fhir+json", "application/json-patch+json"):
+        for body in (b"[" * 100_000 + b"]" * 100_000, b'{"reason": "a\\u0000b"}'):
+            answer = await client.post(
+                "/fhir/R4/Appointment/$book",
+                content=body,
+                headers={**headers, "Content-Type": content_type},
+            )
+            assert answer.status_code == 400, answer.text
+            conforms(answer.json())
     empty = {"schedule": "Schedule/1", "start": ["ge2999-12-30", "lt1900-01-02"]}
     assert "entry" not in await fhir_call(client, "GET", "Slot", headers, params=empty)
     for body in ({"op": "replace"}, [{"op": "move", "path": "/status"}], [{"path": "/start"}]):
