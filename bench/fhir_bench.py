@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 from app.settings import plain_database_url  # noqa: E402
 from bench.availability_bench import (  # noqa: E402
     cache_counts,
+    cpu_line,
+    cpu_seconds,
     free_port,
     load_fixtures,
     server_env,
@@ -135,12 +137,15 @@ async def main() -> None:
 
         async def measure(name: str, stream) -> None:
             hits, misses = cache_counts(base)
+            cpu = cpu_seconds(server.pid)
             result = (await run(client, {name: (args.rate, stream)}, args.seconds))[name]
+            cpu_after = cpu_seconds(server.pid)
             after_hits, after_misses = cache_counts(base)
             results.append(result)
             counted.append(
                 f"- {name}: {after_hits - hits:.0f} doctor-days from the cache, "
-                f"{after_misses - misses:.0f} computed."
+                f"{after_misses - misses:.0f} computed. "
+                + cpu_line("CPU", cpu, cpu_after, max(result.count, 1))
             )
 
         async def warm(stream) -> None:

@@ -73,6 +73,14 @@ def capability_statement(base: str, software_version: str, date: str) -> Resourc
                     "description": "OAuth2-style bearer access tokens (JWT) of medbook",
                 },
                 "resource": kinds,
+                # SMART Scheduling Links: the manifest of the bulk slot feed (public).
+                "operation": [
+                    {
+                        "name": "bulk-publish",
+                        "definition": f"{base}/OperationDefinition/bulk-publish",
+                        "documentation": "manifest of Location, Schedule and Slot NDJSON",
+                    }
+                ],
             }
         ],
     }

@@ -4,9 +4,17 @@ against the R4B models of fhir.resources (the same as R4 for these resources).""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
+
+from app.analytics.exports import export_store
+from app.fhir import feed
+from app.scheduling.slots import SlotCache
+from db.session import session_factory
 
 FHIR_JSON = "application/fhir+json"
 
@@ -42,3 +50,25 @@ async def api_book(client, world, who, start, **extra) -> int:
     answer = await client.post("/api/appointments", json=body, headers=world.headers(who))
     assert answer.status_code == 201, answer.text
     return answer.json()["id"]
+
+
+@asynccontextmanager
+async def feed_store(settings) -> AsyncIterator[Any]:
+    """The export store the bulk feed is published into, without feeds before or after."""
+    store = export_store(settings)
+
+    async def clear():
+        for key, _ in await store.keys(feed.PREFIX):
+            await store.delete(key)
+
+    await clear()
+    try:
+        yield store
+    finally:
+        await clear()
+
+
+def job_context(settings, engine, redis, store) -> dict[str, Any]:
+    """What the worker hands the feed job (tasks/worker.py), built from the test's parts."""
+    services = SimpleNamespace(slot_cache=SlotCache(redis, engine), exports=store)
+    return {"services": services, "settings": settings, "sessions": session_factory(engine)}

@@ -8,7 +8,14 @@ import pytest
 from sqlalchemy import update
 
 from db.models import Patient
-from tests.integration.fhir_helpers import api_book, fhir_call, resources_of
+from tasks.fhir_feed import publish_fhir_feed
+from tests.integration.fhir_helpers import (
+    api_book,
+    feed_store,
+    fhir_call,
+    job_context,
+    resources_of,
+)
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -65,7 +72,7 @@ def samples(world, slot_id):
     }
 
 
-async def test_every_declared_interaction_answers(client, world):
+async def test_every_declared_interaction_answers(client, world, settings, db, redis):
     headers = world.headers("admin")
     statement = await fhir_call(client, "GET", "metadata", {})
     busy = await fhir_call(
@@ -160,4 +167,12 @@ async def test_every_declared_interaction_answers(client, world):
             else:
                 raise AssertionError(f"undeclared operation {operation['name']}")
             called.append((name, operation["name"]))
+    for operation in statement["rest"][0].get("operation", []):
+        assert operation["name"] == "bulk-publish", operation
+        async with feed_store(settings) as store:
+            await publish_fhir_feed(job_context(settings, db, redis, store))
+            manifest = (await client.get("/fhir/R4/$bulk-publish")).json()
+        assert {o["type"] for o in manifest["output"]} == {"Location", "Schedule", "Slot"}
+        called.append(("system", operation["name"]))
     assert ("Appointment", "book") in called and ("Slot", "status") in called
+    assert ("system", "bulk-publish") in called

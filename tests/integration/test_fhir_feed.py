@@ -4,41 +4,32 @@ of the pages; generations replaced without pulling files from under a reader."""
 
 import datetime as dt
 import json
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
 
-from app.analytics.exports import export_store
 from app.fhir import feed
-from app.scheduling.slots import SlotCache
-from db.session import session_factory
 from tasks.fhir_feed import publish_fhir_feed
-from tests.integration.fhir_helpers import api_book, conforms, fhir_call, resources_of
+from tests.integration.fhir_helpers import (
+    api_book,
+    conforms,
+    feed_store,
+    fhir_call,
+    job_context,
+    resources_of,
+)
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
 @pytest.fixture
 async def store(settings):
-    store = export_store(settings)
-
-    async def clear():
-        for key, _ in await store.keys(feed.PREFIX):
-            await store.delete(key)
-
-    await clear()
-    yield store
-    await clear()
+    async with feed_store(settings) as store:
+        yield store
 
 
 @pytest.fixture
 async def world(client, session, settings, store):
     return await make_world(session, settings.secret_key, patients=1)
-
-
-def job_context(settings, engine, redis, store):
-    services = SimpleNamespace(slot_cache=SlotCache(redis, engine), exports=store)
-    return {"services": services, "settings": settings, "sessions": session_factory(engine)}
 
 
 async def lines(client, url):
