@@ -16,7 +16,6 @@ pages show them, so the manifest and its files are public (docs/security.md).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import re
@@ -30,7 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.appointments.rules import BookingRules
 from app.errors import NotFound
 from app.fhir import resources
-from app.fhir.scheduling import slot_status
+from app.fhir.scheduling import doctors_slots
+from app.fhir.search import Comparison
 from app.scheduling.slots import SlotCache
 from app.storage import Store
 from db.models import Clinic, Doctor
@@ -42,7 +42,6 @@ NDJSON = "application/fhir+ndjson"
 # SMART Scheduling Links' extension: where a person books this slot.
 DEEP_LINK = "http://fhir-registry.smarthealthit.org/StructureDefinition/booking-deep-link"
 _FILE = re.compile(r"\d{1,20}/(location|schedule|slot-\d{1,19})\.ndjson")
-_READERS = 4  # doctors read at once: the cache's misses each hold a pool connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,40 +89,22 @@ async def build(
             _ndjson([feed_schedule(d, by_id[d.clinic_id]) for d in doctors]),
         ),
     ]
-    gate = asyncio.Semaphore(_READERS)
-    bookable_from = int((now + rules.min_notice).timestamp())
-    bookable_to = int((now + rules.horizon).timestamp())
     origin = public_origin.rstrip("/")
-
-    async def free_slots(doctor: Doctor) -> list[dict]:
-        async with gate:
-            try:
-                _, days = await cache.days(doctor.id, now.date(), FEED_DAYS)
-            except NotFound:  # removed since the list was read
-                return []
-        found = [
-            (d.day, s)
-            for d in days
-            for s in d.slots
-            if slot_status(s, bookable_from, bookable_to) == "free"
-        ]
-        return [
-            {
-                **resources.slot(doctor.id, s.starts, s.start_local, s.end_local, "free"),
-                "extension": [
-                    {
-                        "url": DEEP_LINK,
-                        "valueUrl": f"{origin}/doctors/{doctor.id}/slots?date={day.isoformat()}",
-                    }
-                ],
-            }
-            for day, s in found
-        ]
-
-    slots = await asyncio.gather(*(free_slots(d) for d in doctors))
+    span = [Comparison(">=", now), Comparison("<", now + dt.timedelta(days=FEED_DAYS))]
+    clinic_of = {d.id: d.clinic_id for d in doctors}
     per_clinic: dict[int, list[dict]] = {c.id: [] for c in clinics}
-    for doctor, found in zip(doctors, slots, strict=True):
-        per_clinic[doctor.clinic_id] += found
+    for found in await doctors_slots(cache, list(clinic_of), span, rules, now):
+        if found.status != "free":
+            continue
+        s, doctor_id = found.slot, found.doctor_id
+        day = s.start_local[:10]  # the clinic's calendar day: the slot page's `date`
+        link = {"url": DEEP_LINK, "valueUrl": f"{origin}/doctors/{doctor_id}/slots?date={day}"}
+        per_clinic[clinic_of[doctor_id]].append(
+            {
+                **resources.slot(doctor_id, s.starts, s.start_local, s.end_local, "free"),
+                "extension": [link],
+            }
+        )
     for clinic_id, rows in per_clinic.items():
         rows.sort(key=lambda r: (r["start"], r["id"]))
         files.append(FeedFile(f"slot-{clinic_id}", "Slot", _ndjson(rows)))

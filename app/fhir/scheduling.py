@@ -45,6 +45,7 @@ MAX_SPAN = dt.timedelta(days=31)  # one Slot search or $find: a month at most
 DEFAULT_SPAN = dt.timedelta(days=7)
 MAX_FIND_DOCTORS = 50
 MAX_REASON = 500
+_READERS = 4  # doctors read at once by one request (each miss holds a pooled connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,25 @@ async def _doctor_slots(
     ]
 
 
+async def doctors_slots(
+    cache: SlotCache,
+    doctor_ids: Sequence[int],
+    comparisons: Sequence[Comparison],
+    rules: BookingRules,
+    now: dt.datetime,
+) -> list[_Found]:
+    """The slots of several doctors within the comparisons' span, with their FHIR status
+    (see `_doctor_slots`), read at most `_READERS` doctors at once: each cache miss
+    holds a pooled connection, and one request must not take the whole pool."""
+    gate = asyncio.Semaphore(_READERS)
+
+    async def one(doctor_id: int) -> list[_Found]:
+        async with gate:
+            return await _doctor_slots(cache, doctor_id, comparisons, rules, now)
+
+    return [f for found in await asyncio.gather(*(one(d) for d in doctor_ids)) for f in found]
+
+
 def _span(
     comparisons: Sequence[Comparison], timezone: str, now: dt.datetime
 ) -> tuple[dt.datetime, dt.datetime]:
@@ -137,10 +157,7 @@ async def search_slots(
     doctor_ids = list(dict.fromkeys(refs["Schedule"]))
     found = [
         f
-        for per_doctor in await asyncio.gather(
-            *(_doctor_slots(cache, d, comparisons, rules, now) for d in doctor_ids)
-        )
-        for f in per_doctor
+        for f in await doctors_slots(cache, doctor_ids, comparisons, rules, now)
         if statuses is None or f.status in statuses
     ]
     found.sort(key=lambda f: (f.slot.starts, f.doctor_id))
@@ -218,10 +235,8 @@ async def find(
     )
     comparisons = _find_bound(search, "start", False) + _find_bound(search, "end", True)
     clinic_of = dict(chosen)
-    per_doctor = await asyncio.gather(
-        *(_doctor_slots(cache, d, comparisons, rules, now) for d, _ in chosen)
-    )
-    free = [f for found in per_doctor for f in found if f.status == "free"]
+    found = await doctors_slots(cache, [d for d, _ in chosen], comparisons, rules, now)
+    free = [f for f in found if f.status == "free"]
     free.sort(key=lambda f: (f.slot.starts, f.doctor_id))
     page = free[search.offset : search.offset + search.count]
     matches = [
