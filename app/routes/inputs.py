@@ -135,7 +135,8 @@ def parse_clock(text: str) -> dt.time:
 
 # --- the request-wide check (a before_request hook) -------------------------------------
 
-_CHECKED_BODIES = ("application/json", "application/x-www-form-urlencoded")
+_JSON_BODIES = ("application/json", "application/fhir+json", "application/json-patch+json")
+_CHECKED_BODIES = (*_JSON_BODIES, "application/x-www-form-urlencoded")
 # An escaped NUL in JSON text: \u0000 not itself escaped (\\u0000 is a backslash and text).
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
@@ -170,7 +171,7 @@ async def refuse_bad_input(request: Request[Any, Any, Any]) -> None:
     if content_type not in _CHECKED_BODIES:
         return
     body = await request.body()
-    if content_type == "application/json":
+    if content_type in _JSON_BODIES:
         if _JSON_NUL.search(body):
             raise ValidationException(NUL_DETAIL)
         # Cheap first: only a body with that many brackets can nest that deep.

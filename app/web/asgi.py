@@ -44,6 +44,7 @@ from app.routes import (
     auth,
     auth_api,
     deps,
+    fhir,
     health,
     live,
     pages,
@@ -218,6 +219,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *NOTIFICATION_ROUTES,
             *records.ROUTES,
             *records.upload_routes(settings),
+            fhir.ROUTER,
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
             ),
