@@ -16,6 +16,7 @@ from saq import Worker as SaqWorker
 from app.services import start_services
 from app.settings import get_settings
 from tasks import analytics, metrics, reminders, waitlist
+from tasks.fhir_feed import FEED_RETRIES, FEED_TIMEOUT_SECONDS, publish_fhir_feed
 from tasks.housekeeping import heartbeat, sweep_documents
 from tasks.queue import create_queue
 
@@ -31,6 +32,7 @@ FUNCTIONS = [
     waitlist.refill_waitlist,
     waitlist.expire_offer,
     waitlist.sweep_waitlist,
+    publish_fhir_feed,
 ]
 
 
@@ -43,6 +45,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["sessions"] = services.sessions
     ctx["redis"] = services.redis
     ctx["documents"] = services.documents  # the web's store: S3, or the same disk folder
+    ctx["exports"] = services.exports  # built once per process, like documents
     ctx["analytics_engine"] = services.analytics_engine
     ctx["rollup_engine"] = services.rollup_engine
     await reminders.startup(ctx)
@@ -73,6 +76,12 @@ def worker_settings() -> dict[str, Any]:
             CronJob(reminders.dispatch_notifications, cron="* * * * *", timeout=120, retries=2),
             # Lapsed holds whose expiry job was lost (a killed worker): at most a minute late.
             CronJob(waitlist.sweep_waitlist, cron="* * * * *", timeout=60, retries=2),
+            CronJob(
+                publish_fhir_feed,
+                cron="*/10 * * * *",
+                timeout=FEED_TIMEOUT_SECONDS,
+                retries=FEED_RETRIES,
+            ),
         ],
         "concurrency": 10,
         # On SIGTERM let running jobs finish (they are idempotent, but finishing is kinder).

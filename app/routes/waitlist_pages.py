@@ -109,9 +109,10 @@ async def _my_list(
     now: dt.datetime,
     extra: dict[str, Any],
 ) -> Response[str]:
-    """My appointments' list, with the answer to what was just done."""
+    """My appointments' answer: what was just done, then the list (into #my-answer, as
+    a cancel answers: no out-of-band part a live push could orphan)."""
     context = await my_context(db_session, actor, now)
-    return fragment(request, "patient/appointments.html", "list", **context, **extra)
+    return fragment(request, "patient/appointments.html", "answer", **context, **extra)
 
 
 async def _answer(

@@ -44,17 +44,20 @@ from app.routes import (
     auth,
     auth_api,
     deps,
+    fhir,
     health,
     live,
     pages,
     patient_pages,
     records,
     staff_pages,
+    visit_type_pages,
     waitlist_pages,
 )
 from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.api_visit_types import VisitTypeController
 from app.routes.api_waitlist import WaitlistController
 from app.routes.inputs import refuse_bad_input
 from app.routes.notifications_pages import NOTIFICATION_ROUTES
@@ -201,6 +204,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
             pages.home,
             DirectoryController,
+            VisitTypeController,
             AppointmentController,
             WaitlistController,
             *waitlist_pages.ROUTES,
@@ -213,11 +217,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *auth_api.ROUTES,
             *admin_users.ROUTES,
             *admin_pages.ROUTES,
+            *visit_type_pages.ROUTES,
             admin_queries.queries_page,
             *audit.ROUTES,
             *NOTIFICATION_ROUTES,
             *records.ROUTES,
             *records.upload_routes(settings),
+            fhir.ROUTER,
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
             ),
@@ -271,6 +277,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "effects": Provide(deps.provide_effects, sync_to_thread=False),
             "slot_cache": Provide(deps.provide_slot_cache, sync_to_thread=False),
             "rules": Provide(deps.provide_rules, sync_to_thread=False),
+            "read_session": Provide(deps.provide_read_session),
             "now": Provide(deps.provide_now, sync_to_thread=False),
             "actor": Provide(deps.provide_actor, sync_to_thread=False),
         },

@@ -2,10 +2,11 @@
 
 The exclusion constraint `no_overlap` now covers the statuses that block a slot
 (db.models.BLOCKING_STATUSES: the active ones and `held`) instead of "not cancelled";
-the same rows as before plus holds. Existing rows keep their meaning: nothing is lost.
+the same rows as before plus holds, each over its blocked span with its buffers
+(`blocked`, migration 0013). Existing rows keep their meaning: nothing is lost.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-07 03:00:00
 
 """
@@ -18,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic.
 revision: str = "0014"
-down_revision: str | Sequence[str] | None = "0012"
+down_revision: str | Sequence[str] | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -32,7 +33,7 @@ ACCOUNT_KINDS = "'password_reset', 'email_verify'"
 def _no_overlap(where: str) -> None:
     op.execute(
         "ALTER TABLE appointments DROP CONSTRAINT no_overlap, ADD CONSTRAINT no_overlap"
-        " EXCLUDE USING gist (doctor_id WITH =, tstzrange(starts_at, ends_at, '[)') WITH &&)"
+        " EXCLUDE USING gist (doctor_id WITH =, blocked WITH &&)"
         f" WHERE ({where})"
     )
 
