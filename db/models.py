@@ -747,8 +747,9 @@ OFFER_STATUSES = ("open", "accepted", "declined", "expired")
 
 class WaitlistEntry(Base):
     """A patient waiting for an earlier time: one doctor, or any doctor of a clinic with a
-    specialty, within a date range, on some weekdays, in a time-of-day window (clinic-local).
-    (The visit type, issue 18's other part, becomes one more column here.)"""
+    specialty, within a date range, on some weekdays, in a time-of-day window (clinic-local),
+    optionally for one of the doctor's visit types (its holds then have the type's length
+    and buffers; a type deleted meanwhile leaves the entry waiting for plain slots)."""
 
     __tablename__ = "waitlist_entries"
     __table_args__ = (
@@ -760,6 +761,8 @@ class WaitlistEntry(Base):
         CheckConstraint(
             "earliest IS NULL OR latest IS NULL OR latest > earliest", name="time_window"
         ),
+        # Visit types are a doctor's own.
+        CheckConstraint("visit_type_id IS NULL OR doctor_id IS NOT NULL", name="type_of_a_doctor"),
         # A freed slot finds the waiting entries of its clinic, first come first served.
         Index(
             "ix_waitlist_entries_clinic_waiting",
@@ -781,6 +784,9 @@ class WaitlistEntry(Base):
     earliest: Mapped[dt.time | None] = mapped_column(Time)
     latest: Mapped[dt.time | None] = mapped_column(Time)
     weekdays: Mapped[list[int] | None] = mapped_column(ARRAY(SmallInteger))  # 0 = Monday
+    visit_type_id: Mapped[int | None] = mapped_column(
+        ForeignKey("visit_types.id", ondelete="SET NULL")
+    )
     status: Mapped[str] = mapped_column(String(8), server_default="waiting")
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = _created_at()

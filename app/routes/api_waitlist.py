@@ -34,6 +34,7 @@ class WaitlistIn(msgspec.Struct, forbid_unknown_fields=True):
     earliest: Clock | None = None
     latest: Clock | None = None
     weekdays: Annotated[list[Weekday], msgspec.Meta(min_length=1, max_length=7)] | None = None
+    visit_type_id: IdField | None = None  # one of the doctor's types; none: plain slots
     patient_id: IdField | None = None  # staff: for whom
 
 
@@ -66,6 +67,7 @@ class WaitlistController(Controller):
             earliest,
             latest,
             tuple(data.weekdays) if data.weekdays is not None else None,
+            data.visit_type_id,
         )
         entry = await entries.join(
             db_session, actor, wish, patient_id=data.patient_id, horizon=rules.horizon, now=now

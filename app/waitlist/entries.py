@@ -5,8 +5,9 @@ days from `first_day` to `last_day`, optionally only on some weekdays and within
 time-of-day window (a slot matches when it starts at or after `earliest` and ends by
 `latest`). The clinic serves entries first come, first served (`created_at`). An entry is
 `booked` once one of its offers is accepted and `left` when the patient (or the desk)
-takes it off; only `waiting` ones get offers. (Visit types, once merged, add one column
-and one condition in `statements.OFFER_SQL`.)
+takes it off; only `waiting` ones get offers. An entry for a doctor may name one of their
+visit types: it is then offered only visits of that type (its length, buffers, notice and
+horizon); without one, the template's plain slots, as before visit types.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from app.access import audit
 from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.errors import Forbidden, Invalid, NotFound
+from app.scheduling import visit_types
 from db.models import Clinic, Doctor, Patient, WaitlistEntry
 
 # A patient waits in at most this many entries at once: enough for every doctor they would
@@ -43,6 +45,7 @@ class Wish:
     earliest: dt.time | None = None
     latest: dt.time | None = None
     weekdays: tuple[int, ...] | None = None
+    visit_type_id: int | None = None
 
 
 def check_wish(wish: Wish, today: dt.date, horizon: dt.timedelta) -> Wish:
@@ -55,6 +58,8 @@ def check_wish(wish: Wish, today: dt.date, horizon: dt.timedelta) -> Wish:
         raise Invalid("give either doctor_id, or clinic_id with specialty")
     if wish.doctor_id is not None and (wish.clinic_id is not None or specialty is not None):
         raise Invalid("give either doctor_id, or clinic_id with specialty, not both")
+    if wish.visit_type_id is not None and wish.doctor_id is None:
+        raise Invalid("a visit type is a doctor's: give doctor_id with visit_type_id")
     if wish.last_day < wish.first_day:
         raise Invalid("'to' must not be before 'from'")
     if wish.last_day < today:
@@ -77,6 +82,7 @@ def check_wish(wish: Wish, today: dt.date, horizon: dt.timedelta) -> Wish:
         wish.earliest,
         wish.latest,
         weekdays,
+        wish.visit_type_id,
     )
 
 
@@ -99,6 +105,7 @@ class EntryView:
     weekdays: tuple[int, ...] | None
     status: str
     created_at: dt.datetime
+    visit_type_id: int | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -112,6 +119,7 @@ class EntryView:
             "earliest": self.earliest.strftime("%H:%M") if self.earliest else None,
             "latest": self.latest.strftime("%H:%M") if self.latest else None,
             "weekdays": list(self.weekdays) if self.weekdays is not None else None,
+            "visit_type_id": self.visit_type_id,
             "status": self.status,
             "created_at": self.created_at.isoformat(),
         }
@@ -138,8 +146,9 @@ async def join(
 
     Raises:
         Invalid: a bad wish, no such patient, an inactive doctor, too many entries.
-        Forbidden: a doctor, or a desk for another clinic's doctor.
-        NotFound: no such doctor or clinic.
+        Forbidden: a doctor, a desk for another clinic's doctor, or a patient asking for
+            a visit type booked by staff only.
+        NotFound: no such doctor or clinic, or a visit type not the doctor's.
     """
     target = booking_rules.target_patient(actor, patient_id)
     wish = check_wish(wish, now.date() - dt.timedelta(days=1), horizon)
@@ -149,6 +158,10 @@ async def join(
             raise NotFound(f"doctor {wish.doctor_id} not found")
         if not doctor.active:
             raise Invalid("this doctor is not taking appointments")
+        if wish.visit_type_id is not None:
+            kind = await visit_types.get_visit_type(session, doctor.id, wish.visit_type_id)
+            if not kind.online and actor.role not in booking_rules.MAY_BOOK_STAFF_ONLY:
+                raise Forbidden(f"{kind.name} is booked by the clinic's staff only")
         clinic_id = doctor.clinic_id
     else:
         assert wish.clinic_id is not None
@@ -177,6 +190,7 @@ async def join(
         earliest=wish.earliest,
         latest=wish.latest,
         weekdays=list(wish.weekdays) if wish.weekdays is not None else None,
+        visit_type_id=wish.visit_type_id,
         created_by=actor.id,
         created_at=now,
         updated_at=now,
@@ -285,6 +299,7 @@ async def _views(session: AsyncSession, *where: object) -> list[EntryView]:
             WaitlistEntry.weekdays,
             WaitlistEntry.status,
             WaitlistEntry.created_at,
+            WaitlistEntry.visit_type_id,
         )
         .join(Patient, Patient.id == WaitlistEntry.patient_id)
         .join(Clinic, Clinic.id == WaitlistEntry.clinic_id)

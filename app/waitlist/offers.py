@@ -39,6 +39,7 @@ from app.waitlist.statements import (
     RECENTLY_FREED_SQL,
     REFILL_LOCK_SQL,
     RELEASE_SQL,
+    WAITED_TYPES_SQL,
 )
 from db.models import Appointment, Clinic, Doctor, WaitlistOffer
 
@@ -54,6 +55,8 @@ class Offered:
     appointment_id: int
     patient_id: int
     expires_at: dt.datetime
+    starts_at: dt.datetime
+    ends_at: dt.datetime
 
 
 def _change(row: Any, timezone: str, action: str, appointment_id: int) -> AppointmentChange:
@@ -81,6 +84,10 @@ async def refill(
     """Offer every free, bookable slot of the doctor's clinic-local `day` to the first
     waiting entry that matches it (one offer per slot and per entry at a time). Commits.
 
+    Entries asking for a visit type are offered visits of that type (its length on the
+    template's grid, its buffers free, its notice and horizon); the others the template's
+    plain slots. Each kind asked for is served in turn, the longest-waiting entry's first.
+
     A slot someone books meanwhile is skipped (the exclusion constraint refuses the hold);
     so is an entry a concurrent refill is offering something else. Refills of one doctor
     take turns on a lock, so running this twice at once is harmless.
@@ -95,9 +102,62 @@ async def refill(
         return []
     timezone = await session.scalar(select(Clinic.timezone).where(Clinic.id == doctor.clinic_id))
     assert timezone is not None
+    kinds = await session.scalars(
+        WAITED_TYPES_SQL,
+        {"doctor_id": doctor_id, "clinic_id": doctor.clinic_id, "specialty": doctor.specialty},
+    )
+    made: list[Offered] = []
+    for visit_type_id in list(kinds):
+        made += await _offer_kind(
+            session,
+            doctor,
+            timezone,
+            day,
+            visit_type_id,
+            rules=rules,
+            expires=now + hold,
+            now=now,
+            freed_at=freed_at or now,
+        )
+    await session.commit()
+    await effects.appointments_changed(
+        [
+            AppointmentChange(
+                o.appointment_id,
+                doctor_id,
+                doctor.clinic_id,
+                tuple(local_days(o.starts_at, o.ends_at, timezone)),
+                OFFERED,
+                o.patient_id,
+            )
+            for o in made
+        ]
+    )
+    return made
+
+
+async def _offer_kind(
+    session: AsyncSession,
+    doctor: Doctor,
+    timezone: str,
+    day: dt.date,
+    visit_type_id: int | None,
+    *,
+    rules: BookingRules,
+    expires: dt.datetime,
+    now: dt.datetime,
+    freed_at: dt.datetime,
+) -> list[Offered]:
+    """Offer the day's free visits of one kind (a visit type, or None: plain slots) to the
+    entries waiting for that kind; each hold in its own savepoint. Does not commit."""
     tz = ZoneInfo(timezone)
     bounds = local_day_bounds(day, tz)
-    data = await load_doctor_days(session, doctor_id, bounds.start, bounds.end)
+    try:
+        data = await load_doctor_days(session, doctor.id, bounds.start, bounds.end, visit_type_id)
+    except NotFound:  # the type was deleted since: its entries now wait for plain slots
+        return []
+    kind = data.visit_type
+    kind_rules = booking_rules.for_visit_type(rules, kind)
     free = [
         slot
         for slot in day_slots(
@@ -106,20 +166,22 @@ async def refill(
             tz,
             booked=data.booked,
             blocked=data.blocked,
-            not_before=now + rules.min_notice,
-            not_after=now + rules.horizon,
+            not_before=now + kind_rules.min_notice,
+            not_after=now + kind_rules.horizon,
+            visit=kind.visit if kind is not None else None,
         )
         if slot.available
     ]
     made: list[Offered] = []
-    changes: list[AppointmentChange] = []
-    expires = now + hold
     for slot in free:
         local_start, local_end = slot.start.astimezone(tz), slot.end.astimezone(tz)
         values = {
-            "doctor_id": doctor_id,
+            "doctor_id": doctor.id,
             "clinic_id": doctor.clinic_id,
             "specialty": doctor.specialty,
+            "visit_type_id": visit_type_id,
+            "buffer_before": kind.buffer_before if kind is not None else 0,
+            "buffer_after": kind.buffer_after if kind is not None else 0,
             "day": day,
             "weekday": day.weekday(),
             "local_start": local_start.time(),
@@ -128,7 +190,7 @@ async def refill(
             "starts_at": slot.start,
             "ends_at": slot.end,
             "expires_at": expires,
-            "freed_at": freed_at or now,
+            "freed_at": freed_at,
             "now": now,
         }
         try:
@@ -136,23 +198,14 @@ async def refill(
                 row = (await session.execute(OFFER_SQL, values)).one_or_none()
         except (IntegrityError, DBAPIError) as exc:
             # Booked (or held by a concurrent refill) since we read it: not ours to offer.
-            log.info("slot %s of doctor %s not offered: %s", slot.start, doctor_id, exc.orig)
+            log.info("slot %s of doctor %s not offered: %s", slot.start, doctor.id, exc.orig)
             continue
-        if row is None:
-            continue
-        made.append(Offered(row.offer_id, row.appointment_id, row.patient_id, expires))
-        changes.append(
-            AppointmentChange(
-                row.appointment_id,
-                doctor_id,
-                doctor.clinic_id,
-                tuple(local_days(slot.start, slot.end, timezone)),
-                OFFERED,
-                row.patient_id,
+        if row is not None:
+            made.append(
+                Offered(
+                    row.offer_id, row.appointment_id, row.patient_id, expires, slot.start, slot.end
+                )
             )
-        )
-    await session.commit()
-    await effects.appointments_changed(changes)
     return made
 
 

@@ -15,6 +15,18 @@ from app.access.audit import OFFER_ACCEPTED, OFFER_DECLINED
 from app.appointments.statements import held_lock
 from db.models import BLOCKING_SQL
 
+# The visit types a doctor's waiting entries ask for (NULL: plain slots), the type of the
+# longest-waiting entry first, so the first in line is served first.
+WAITED_TYPES_SQL = text(
+    """
+SELECT e.visit_type_id FROM waitlist_entries e
+ WHERE e.status = 'waiting' AND e.clinic_id = :clinic_id
+   AND (e.doctor_id = :doctor_id OR (e.doctor_id IS NULL AND e.specialty = :specialty))
+ GROUP BY e.visit_type_id
+ ORDER BY min(e.created_at)
+"""
+)
+
 # Refills of one doctor run one at a time (workers may run several refill jobs at once):
 # they would only compete for the same slots. Correctness does not rest on it.
 REFILL_LOCK_SQL = text(
@@ -34,14 +46,17 @@ _OFFER_CHANNELS = """CASE WHEN p.notify_by = 'none' THEN CAST(ARRAY[] AS text[])
 # the clinic-local day, weekday and time-of-day window; it has no open offer, was never
 # offered this very slot (a declined or lapsed offer is not made again), and its patient
 # has nothing else at that time. The slot's `freed_at` is kept from the offer it follows.
-# Returns no row when nobody matches. (The visit type, once there, is one more condition
-# on the entry here.)
+# The slot is a visit of the entry's type (:visit_type_id, NULL: a plain template slot):
+# the hold carries the type and its buffers, so what it blocks (`blocked`, the exclusion
+# constraint's span) is the visit with its buffers, as a booking of that type would.
+# Returns no row when nobody matches.
 OFFER_SQL = text(
     f"""
 WITH entry AS (
   SELECT e.id, e.patient_id FROM waitlist_entries e
    WHERE e.status = 'waiting' AND e.clinic_id = :clinic_id
      AND (e.doctor_id = :doctor_id OR (e.doctor_id IS NULL AND e.specialty = :specialty))
+     AND e.visit_type_id IS NOT DISTINCT FROM CAST(:visit_type_id AS bigint)
      AND CAST(:day AS date) BETWEEN e.first_day AND e.last_day
      AND (e.weekdays IS NULL OR CAST(:weekday AS smallint) = ANY(e.weekdays))
      AND (e.earliest IS NULL OR CAST(:local_start AS time) >= e.earliest)
@@ -58,9 +73,10 @@ WITH entry AS (
    FOR UPDATE SKIP LOCKED
 ), hold AS (
   INSERT INTO appointments (doctor_id, patient_id, clinic_id, starts_at, ends_at, status,
-                            hold_expires_at, created_at, updated_at)
+                            hold_expires_at, visit_type_id, buffer_before_minutes,
+                            buffer_after_minutes, created_at, updated_at)
   SELECT :doctor_id, entry.patient_id, :clinic_id, :starts_at, :ends_at, 'held',
-         :expires_at, :now, :now
+         :expires_at, :visit_type_id, :buffer_before, :buffer_after, :now, :now
     FROM entry
   RETURNING id, patient_id
 ), offer AS (

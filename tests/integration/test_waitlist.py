@@ -7,7 +7,14 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from app.waitlist.report import waitlist_report
-from db.models import Appointment, Notification, Patient, WaitlistEntry, WaitlistOffer
+from db.models import (
+    Appointment,
+    Notification,
+    Patient,
+    VisitType,
+    WaitlistEntry,
+    WaitlistOffer,
+)
 from tests.integration.notification_servers import eventually, running_worker
 from tests.integration.world import at, day_after_tomorrow, make_world
 
@@ -343,3 +350,79 @@ async def test_withdrawn_leave_frees_slots_for_the_waitlist(client, world, worke
     assert withdrawn.status_code in (200, 204), withdrawn.text
     (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
     assert dt.datetime.fromisoformat(offer["start"]) == at(day, 11)
+
+
+async def test_a_typed_entry_is_held_a_visit_of_its_type_with_its_buffers(
+    client, world, worker, session
+):
+    checkup = VisitType(
+        doctor_id=world.doctor_id, name="Check-up", minutes=30, buffer_after_minutes=30
+    )
+    session.add(checkup)
+    await session.commit()
+    day, start, ids = await _one_slot_day(client, world)
+    typed = await join(client, world, "patient1", day, visit_type_id=checkup.id)
+    assert typed["visit_type_id"] == checkup.id
+    # 10:00 alone is too short for the visit and its buffer (10:30 is booked): no offer.
+    await cancel(client, world, ids[start], "desk")
+    later = start + dt.timedelta(minutes=30)
+    await cancel(client, world, ids[later], "desk")
+    (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
+    assert dt.datetime.fromisoformat(offer["start"]) == start
+    assert dt.datetime.fromisoformat(offer["end"]) == later
+    hold = (
+        await session.execute(
+            text(
+                "SELECT visit_type_id, buffer_before_minutes, buffer_after_minutes,"
+                " upper(blocked) AS until FROM appointments WHERE status = 'held'"
+            )
+        )
+    ).one()
+    assert (hold.visit_type_id, hold.buffer_before_minutes, hold.buffer_after_minutes) == (
+        checkup.id,
+        0,
+        30,
+    )
+    assert hold.until == later + dt.timedelta(minutes=30)
+    # The buffer is held too: 10:30 is free of bookings, yet nobody can book it.
+    assert await available(client, world, day, later) is False
+    assert (await book(client, world, later, "patient3")).status_code == 409
+
+    accepted = await client.post(
+        f"/api/offers/{offer['id']}/accept", headers=world.headers("patient1")
+    )
+    assert accepted.status_code == 201, accepted.text
+    booked = await session.get(Appointment, accepted.json()["id"])
+    await session.refresh(booked)
+    assert (booked.visit_type_id, booked.buffer_after_minutes) == (checkup.id, 30)
+
+
+async def test_a_visit_type_is_a_doctors_own(client, world, session):
+    other = await client.post(
+        "/api/waitlist",
+        json={
+            "clinic_id": world.clinic_id,
+            "specialty": "general",
+            "visit_type_id": 1,
+            "from": day_after_tomorrow().isoformat(),
+            "to": day_after_tomorrow().isoformat(),
+        },
+        headers=world.headers("patient1"),
+    )
+    assert other.status_code == 422, other.text
+    unknown = await client.post(
+        "/api/waitlist",
+        json=wish(world, day_after_tomorrow(), visit_type_id=10**9),
+        headers=world.headers("patient1"),
+    )
+    assert unknown.status_code == 404, unknown.text
+    surgery = VisitType(doctor_id=world.doctor_id, name="Surgery", minutes=60, online=False)
+    session.add(surgery)
+    await session.commit()
+    staff_only = await client.post(
+        "/api/waitlist",
+        json=wish(world, day_after_tomorrow(), visit_type_id=surgery.id),
+        headers=world.headers("patient1"),
+    )
+    assert staff_only.status_code == 403, staff_only.text
+    assert await session.scalar(select(func.count()).select_from(WaitlistEntry)) == 0

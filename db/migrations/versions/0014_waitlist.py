@@ -3,7 +3,9 @@
 The exclusion constraint `no_overlap` now covers the statuses that block a slot
 (db.models.BLOCKING_STATUSES: the active ones and `held`) instead of "not cancelled";
 the same rows as before plus holds, each over its blocked span with its buffers
-(`blocked`, migration 0013). Existing rows keep their meaning: nothing is lost.
+(`blocked`, migration 0013). Existing rows keep their meaning: nothing is lost. An entry
+may ask for one of its doctor's visit types; its holds then carry the type's length and
+buffers.
 
 Revision ID: 0014
 Revises: 0013
@@ -75,6 +77,7 @@ def upgrade() -> None:
         sa.Column("earliest", sa.Time(), nullable=True),
         sa.Column("latest", sa.Time(), nullable=True),
         sa.Column("weekdays", postgresql.ARRAY(sa.SmallInteger()), nullable=True),
+        sa.Column("visit_type_id", sa.BigInteger(), nullable=True),
         sa.Column("status", sa.String(length=8), server_default="waiting", nullable=False),
         sa.Column("created_by", sa.BigInteger(), nullable=True),
         sa.Column(
@@ -110,8 +113,18 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["doctor_id"], ["doctors.id"], name=op.f("fk_waitlist_entries_doctor_id_doctors")
         ),
+        sa.CheckConstraint(
+            "visit_type_id IS NULL OR doctor_id IS NOT NULL",
+            name=op.f("ck_waitlist_entries_type_of_a_doctor"),
+        ),
         sa.ForeignKeyConstraint(
             ["created_by"], ["users.id"], name=op.f("fk_waitlist_entries_created_by_users")
+        ),
+        sa.ForeignKeyConstraint(
+            ["visit_type_id"],
+            ["visit_types.id"],
+            name=op.f("fk_waitlist_entries_visit_type_id_visit_types"),
+            ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_waitlist_entries")),
     )
