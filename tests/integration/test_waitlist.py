@@ -343,3 +343,19 @@ async def test_withdrawn_leave_frees_slots_for_the_waitlist(client, world, worke
     assert withdrawn.status_code in (200, 204), withdrawn.text
     (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
     assert dt.datetime.fromisoformat(offer["start"]) == at(day, 11)
+
+
+async def test_accepting_keeps_the_per_doctor_limit(client, world, worker, settings):
+    day, start, ids = await _one_slot_day(client, world)
+    await join(client, world, "patient1", day)
+    later = day + dt.timedelta(days=1)
+    for hour in range(9, 9 + settings.max_future_appointments_per_doctor):
+        assert (await book(client, world, at(later, hour), "patient1")).status_code == 201
+    await cancel(client, world, ids[start], "desk")
+    (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
+    refused = await client.post(
+        f"/api/offers/{offer['id']}/accept", headers=world.headers("patient1")
+    )
+    assert refused.status_code == 422, refused.text
+    assert "at most" in refused.json()["detail"]
+    assert await open_offers(client, world, "patient1") != []  # still theirs to decline
