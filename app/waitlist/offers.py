@@ -269,8 +269,13 @@ async def accept(
             },
         )
     ).one_or_none()
-    await session.commit()
-    if row is None:
+    if row is None:  # declined, lapsed or accepted meanwhile, or the limit: say which
+        status = await session.scalar(
+            select(WaitlistOffer.status).where(WaitlistOffer.id == offer_id)
+        )
+        await session.rollback()
+        if status != "open":
+            raise Conflict(f"this offer is {status}; it can no longer be accepted")
         why = booking_rules.refusal(
             booking_rules.ACCEPT_OFFER,
             _Hold(facts.starts_at, facts.ends_at, facts.expires_at),
@@ -280,6 +285,7 @@ async def accept(
         if why is not None:
             raise Conflict(why.message)
         raise booking_rules.over_the_limit(rules)
+    await session.commit()
     appointment = changed_appointment(row)
     await effects.appointments_changed([_change(appointment, facts.timezone, "booked", row.id)])
     return Accepted(appointment, facts.timezone)

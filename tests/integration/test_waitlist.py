@@ -426,3 +426,19 @@ async def test_a_visit_type_is_a_doctors_own(client, world, session):
     )
     assert staff_only.status_code == 403, staff_only.text
     assert await session.scalar(select(func.count()).select_from(WaitlistEntry)) == 0
+
+
+async def test_accepting_keeps_the_per_doctor_limit(client, world, worker, settings):
+    day, start, ids = await _one_slot_day(client, world)
+    await join(client, world, "patient1", day)
+    later = day + dt.timedelta(days=1)
+    for hour in range(9, 9 + settings.max_future_appointments_per_doctor):
+        assert (await book(client, world, at(later, hour), "patient1")).status_code == 201
+    await cancel(client, world, ids[start], "desk")
+    (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
+    refused = await client.post(
+        f"/api/offers/{offer['id']}/accept", headers=world.headers("patient1")
+    )
+    assert refused.status_code == 422, refused.text
+    assert "at most" in refused.json()["detail"]
+    assert await open_offers(client, world, "patient1") != []  # still theirs to decline

@@ -4,42 +4,34 @@ offers for it open at the same time (a hold is a row the exclusion constraint co
 
 import asyncio
 import itertools
-import os
 import random
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import text
 
 from conftest import LiveServer
+from e2e.conftest import Worker
 from tests.integration.world import at, day_after_tomorrow, make_world
-from tests.processes import start_process, stop_process
 
-ROOT = Path(__file__).resolve().parents[2]
 WAITERS, BOOKERS = 12, 12
 RACE_SECONDS = 8.0
 
 
 @pytest.fixture
-async def two_processes(db, redis, tmp_path):
+async def two_processes(db, redis):
+    """Two server processes and a worker that has run a job (so it is taking jobs)."""
     server = LiveServer(workers=2)
-    log = tmp_path / "worker.log"
-    with log.open("w") as out:
-        worker = start_process(
-            [sys.executable, "-m", "app.cli", "worker"],
-            env=os.environ.copy(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    try:
+        worker = Worker()
+    except BaseException:
+        server.stop()
+        raise
     try:
         yield server
     finally:
-        stop_process(worker)
+        worker.stop()
         server.stop()
 
 
@@ -75,7 +67,9 @@ async def test_one_freed_slot_many_waitlisters_many_bookers(two_processes, sessi
         won: list[str] = []
 
         async def book(who):
-            await asyncio.sleep(rng.uniform(0, 1.5))
+            # The bookers come once the worker has had time to offer the slot (about 0.3 s
+            # on this machine): from then on they race the declines' releases and refills.
+            await asyncio.sleep(1.5 + rng.uniform(0, 1.0))
             while time.monotonic() < stop_at and not won:
                 response = await http.post(
                     "/api/appointments",
@@ -136,6 +130,7 @@ async def test_one_freed_slot_many_waitlisters_many_bookers(two_processes, sessi
         await asyncio.gather(
             free(), sample(), *(book(w) for w in bookers), *(wait(w) for w in waiters)
         )
+    print(f"race: {won}")
     assert len(won) == 1, won
     active = (
         await session.execute(
@@ -161,3 +156,5 @@ async def test_one_freed_slot_many_waitlisters_many_bookers(two_processes, sessi
     for earlier, later in itertools.pairwise(offers):
         assert earlier.decided_at is not None and earlier.decided_at <= later.created_at, offers
     assert all(o.status != "open" for o in offers[:-1])
+    print(f"race: {len(offers)} offers: {[o.status for o in offers]}")
+    assert offers, "the waitlist never got into the race"
