@@ -42,6 +42,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["sessions"] = services.sessions
     ctx["redis"] = services.redis
     ctx["documents"] = services.documents  # the web's store: S3, or the same disk folder
+    ctx["exports"] = services.exports  # built once per process, like documents
     ctx["analytics_engine"] = services.analytics_engine
     ctx["rollup_engine"] = services.rollup_engine
     await reminders.startup(ctx)

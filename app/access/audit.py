@@ -48,6 +48,9 @@ RECORD_REFUSED = "records.refused"  # details.reason: not_found, not_own, wrong_
 RECORD_DOWNLOADED = "records.downloaded"  # through a signed URL of the local-disk store
 SCHEDULE_REPLACED = "schedule.replaced"
 EXCEPTION_ADDED = "schedule.exception_added"
+VISIT_TYPE_CREATED = "visit_type.created"
+VISIT_TYPE_CHANGED = "visit_type.changed"
+VISIT_TYPE_DELETED = "visit_type.deleted"
 
 # What a patient's access log shows: reads and downloads of their records.
 RECORD_ACCESS_ACTIONS = (RECORD_READ, BREAK_GLASS, RECORD_DOWNLOADED)

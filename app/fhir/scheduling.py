@@ -86,7 +86,7 @@ async def _doctor_slots(
     first = (lo - dt.timedelta(days=1)).date()
     count = ((hi + dt.timedelta(days=1)).date() - first).days + 1
     try:  # one Redis read for the span (and one query on a miss), however many days
-        timezone, days = await cache.days(doctor_id, first, count)
+        timezone, days, _ = await cache.days(doctor_id, first, count)
     except NotFound:
         return []
     lo, hi = _span(comparisons, timezone, now)

@@ -51,10 +51,12 @@ from app.routes import (
     patient_pages,
     records,
     staff_pages,
+    visit_type_pages,
 )
 from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.api_visit_types import VisitTypeController
 from app.routes.inputs import refuse_bad_input
 from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
@@ -200,6 +202,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
             pages.home,
             DirectoryController,
+            VisitTypeController,
             AppointmentController,
             *patient_pages.ROUTES,
             *staff_pages.ROUTES,
@@ -210,6 +213,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *auth_api.ROUTES,
             *admin_users.ROUTES,
             *admin_pages.ROUTES,
+            *visit_type_pages.ROUTES,
             admin_queries.queries_page,
             *audit.ROUTES,
             *NOTIFICATION_ROUTES,
@@ -269,6 +273,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "effects": Provide(deps.provide_effects, sync_to_thread=False),
             "slot_cache": Provide(deps.provide_slot_cache, sync_to_thread=False),
             "rules": Provide(deps.provide_rules, sync_to_thread=False),
+            "read_session": Provide(deps.provide_read_session),
             "now": Provide(deps.provide_now, sync_to_thread=False),
             "actor": Provide(deps.provide_actor, sync_to_thread=False),
         },

@@ -52,7 +52,6 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     # the Swagger UI we vendor, so no other renderer's page
     ("GET", "/schema"): PUBLIC,
     ("GET", "/schema/{path:str}"): PUBLIC,
-    ("GET", "/schema/oauth2-redirect.html"): PUBLIC,
     ("GET", "/schema/openapi.json"): PUBLIC,
     ("GET", "/schema/swagger"): PUBLIC,
     # sign-in pages and the auth API
@@ -103,6 +102,14 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("POST", "/api/doctors/{doctor_id:int}/exceptions"): ADMIN,
     ("PATCH", "/api/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
     ("DELETE", "/api/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
+    # visit types: anyone signed in reads (patients only the online ones), admins manage
+    ("GET", "/api/doctors/{doctor_id:int}/visit-types"): ANY,
+    ("POST", "/api/doctors/{doctor_id:int}/visit-types"): ADMIN,
+    ("PATCH", "/api/doctors/{doctor_id:int}/visit-types/{visit_type_id:int}"): ADMIN,
+    ("DELETE", "/api/doctors/{doctor_id:int}/visit-types/{visit_type_id:int}"): ADMIN,
+    ("GET", "/admin/doctors/{doctor_id:int}/visit-types"): ADMIN,
+    ("POST", "/admin/doctors/{doctor_id:int}/visit-types"): ADMIN,
+    ("POST", "/admin/doctors/{doctor_id:int}/visit-types/{visit_type_id:int}"): ADMIN,
     ("GET", "/admin/clinics"): ADMIN,
     ("POST", "/admin/clinics"): ADMIN,
     ("POST", "/admin/clinics/{clinic_id:int}/exceptions"): ADMIN,
