@@ -33,17 +33,19 @@ run: install
 TEST_WORKERS ?= 3
 test: dev
 	$(BIN)/python e2e/browser.py --ensure
+	$(BIN)/python tests/topology/tools.py --ensure
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 ## make test-topology: the booking race, per-doctor limit, idempotency, outbox and
 ## records-read tests again with every app behind a PgBouncer in transaction mode
 ## (MEDBOOK_TEST_PGBOUNCER=1, conftest.py), about 2 minutes; CI runs it after `make test`.
 ## The rest of tests/topology/ (replica, Sentinel, HAProxy, manifests) runs in `make test`.
-## Needs `apt-get install pgbouncer haproxy redis-sentinel`.
+## Needs pgbouncer, haproxy and redis-sentinel (`make test` installs them as root on Debian).
 TOPOLOGY_TESTS := tests/topology/test_pgbouncer.py tests/integration/test_booking_concurrency.py \
 	tests/integration/test_booking_limits_race.py tests/integration/test_idempotency_race.py \
 	tests/integration/test_notifications_outbox.py tests/integration/test_records_read.py
 test-topology: dev
+	$(BIN)/python tests/topology/tools.py --ensure
 	MEDBOOK_TEST_PGBOUNCER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup $(TOPOLOGY_TESTS)
 
 lint: dev

