@@ -85,7 +85,9 @@ class Worker:
 
 @pytest.fixture(scope="session")
 def worker(settings) -> Iterator[Worker]:
-    process = Worker()
+    # No SMTP or SMS provider here: messages land in the dev mailbox, where a test reads
+    # the e-mail a person would get (e2e/test_day_at_the_clinic.py's reset link).
+    process = Worker(env={"NOTIFY_DEV_MAILBOX": "1"})
     yield process
     process.stop()
 

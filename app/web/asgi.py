@@ -64,7 +64,7 @@ from app.services import start_services
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.web import csrf, page_context
 from app.web.admission import Admission, AdmissionMiddleware
-from app.web.api_docs import VendoredSwagger
+from app.web.api_docs import ClosedStructs, VendoredSwagger
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
@@ -237,7 +237,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # NUL characters and deeply nested JSON: one 400 before any handler parses them.
         before_request=refuse_bad_input,
         request_max_body_size=settings.request_max_body_bytes,
-        plugins=[SQLAlchemyPlugin(config=db)],
+        plugins=[SQLAlchemyPlugin(config=db), ClosedStructs()],
         exception_handlers={
             DomainError: domain_error_handler,
             NotAuthorizedException: not_signed_in_handler,
