@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     Date,
     DateTime,
     ForeignKey,
@@ -28,13 +29,22 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, ExcludeConstraint
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, TSTZRANGE, ExcludeConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("patient", "doctor", "front_desk", "admin")
 APPOINTMENT_STATUSES = ("booked", "checked_in", "completed", "cancelled", "no_show")
 # An appointment in any of these holds its time: only a cancellation frees the slot.
 ACTIVE_STATUSES = ("booked", "checked_in", "completed", "no_show")
+# The one place that says which appointment rows hold their blocked span (the visit and
+# its buffers): the exclusion constraint `no_overlap` and every availability query use it.
+HOLDS_TIME = "status <> 'cancelled'"
+# The span a visit blocks: its time with the buffers before and after (the SQL function
+# `visit_span`, migration 0013), stored so the exclusion constraint can index it.
+BLOCKED_SPAN = "visit_span(starts_at, ends_at, buffer_before_minutes, buffer_after_minutes)"
+# Limits of a visit type (and of the buffers a booking copies from it).
+VISIT_MINUTES = (5, 480)
+MAX_BUFFER_MINUTES = 120
 EXCEPTION_KINDS = ("leave", "holiday", "closure", "other")
 NOTIFICATION_CHANNELS = ("email", "sms")
 # Kinds about an appointment, then kinds about an account (a reset or a new address's
@@ -290,25 +300,32 @@ class Appointment(Base):
         # Lets range queries bound the index scan: nothing that starts over a day before a
         # window can reach into it.
         CheckConstraint("ends_at - starts_at <= interval '1 day'", name="at_most_a_day"),
+        CheckConstraint(
+            f"buffer_before_minutes BETWEEN 0 AND {MAX_BUFFER_MINUTES} "
+            f"AND buffer_after_minutes BETWEEN 0 AND {MAX_BUFFER_MINUTES}",
+            name="buffers",
+        ),
         # The guarantee against double booking (review C-4): PostgreSQL itself refuses two
-        # active appointments of one doctor whose half-open time ranges overlap. A row lock
-        # (the review's FOR UPDATE SKIP LOCKED) cannot do this: the competing row does not
-        # exist yet, so there is nothing to lock, and exact-duplicate keys miss overlaps of
-        # different lengths. Needs btree_gist for the `doctor_id WITH =` part.
+        # active appointments of one doctor whose blocked spans (the half-open visit with
+        # its buffers, issue 18) overlap, so no route can put a visit into another's
+        # buffer. A row lock (the review's FOR UPDATE SKIP LOCKED) cannot do this: the
+        # competing row does not exist yet, so there is nothing to lock, and
+        # exact-duplicate keys miss overlaps of different lengths. Needs btree_gist for the
+        # `doctor_id WITH =` part.
         ExcludeConstraint(
             (text("doctor_id"), "="),
-            (text("tstzrange(starts_at, ends_at, '[)')"), "&&"),
+            (text("blocked"), "&&"),
             name="no_overlap",
             using="gist",
-            where=text("status <> 'cancelled'"),
+            where=text(HOLDS_TIME),
         ),
         # C-3 availability and the doctor's day: one doctor, a time window. INCLUDE lets
-        # the availability query answer from the index alone.
+        # the availability query answer from the index alone (it reads the blocked span).
         Index(
             "ix_appointments_doctor_starts",
             "doctor_id",
             "starts_at",
-            postgresql_include=["ends_at", "status"],
+            postgresql_include=["ends_at", "status", "blocked"],
         ),
         # C-3 patient lists, upcoming and past, by time.
         Index("ix_appointments_patient_starts", "patient_id", "starts_at"),
@@ -346,9 +363,54 @@ class Appointment(Base):
     updated_at: Mapped[dt.datetime] = _created_at()
     checked_in_at: Mapped[dt.datetime | None]
     cancelled_at: Mapped[dt.datetime | None]
+    # The visit type booked (NULL: the template's plain slot, or a type since deleted)
+    # and the buffers copied from it at booking, so editing a type never moves or
+    # squeezes what is already booked.
+    visit_type_id: Mapped[int | None] = mapped_column(
+        ForeignKey("visit_types.id", ondelete="SET NULL")
+    )
+    buffer_before_minutes: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    buffer_after_minutes: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    # Computed by PostgreSQL from the four columns above, never written: what `no_overlap`
+    # forbids to overlap.
+    blocked: Mapped[Any] = mapped_column(TSTZRANGE, Computed(BLOCKED_SPAN, persisted=True))
 
     doctor: Mapped[Doctor] = relationship(lazy="raise")
     patient: Mapped[Patient] = relationship(lazy="raise")
+
+
+class VisitType(Base):
+    """A kind of visit a doctor offers: its length, the buffers around it (preparation,
+    cleaning), whether patients book it online or only staff, and notice and horizon that
+    override the clinic's booking rules (NULL: the clinic's)."""
+
+    __tablename__ = "visit_types"
+    __table_args__ = (
+        CheckConstraint(
+            f"minutes BETWEEN {VISIT_MINUTES[0]} AND {VISIT_MINUTES[1]}", name="minutes"
+        ),
+        CheckConstraint(
+            f"buffer_before_minutes BETWEEN 0 AND {MAX_BUFFER_MINUTES}", name="buffer_before"
+        ),
+        CheckConstraint(
+            f"buffer_after_minutes BETWEEN 0 AND {MAX_BUFFER_MINUTES}", name="buffer_after"
+        ),
+        CheckConstraint("min_notice_minutes BETWEEN 0 AND 43200", name="min_notice"),
+        CheckConstraint("horizon_days BETWEEN 1 AND 730", name="horizon"),
+        # One doctor's types have distinct names (a patient chooses by name).
+        Index("uq_visit_types_doctor_name", "doctor_id", text("lower(name)"), unique=True),
+    )
+
+    id: Mapped[int] = _id()
+    doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"))
+    name: Mapped[str]
+    minutes: Mapped[int] = mapped_column(SmallInteger)
+    buffer_before_minutes: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    buffer_after_minutes: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    online: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    min_notice_minutes: Mapped[int | None] = mapped_column(Integer)
+    horizon_days: Mapped[int | None] = mapped_column(SmallInteger)
+    created_at: Mapped[dt.datetime] = _created_at()
 
 
 class MedicalRecord(Base):

@@ -40,12 +40,17 @@ APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
 APPOINTMENT_CHECK_IN_UNDONE = "appointment.check_in_undone"
 APPOINTMENT_LIMIT_OVERRIDDEN = "appointment.limit_overridden"  # staff, with a reason
 RECORD_READ = "records.read"
+# A Patient or Appointment read through the FHIR API (app/fhir/people.py), one per resource.
+FHIR_READ = "fhir.read"
 SCHEDULE_EXCEPTION_CHANGED = "schedule_exception.changed"
 SCHEDULE_EXCEPTION_WITHDRAWN = "schedule_exception.withdrawn"
 RECORD_REFUSED = "records.refused"  # details.reason: not_found, not_own, wrong_role, not_in_care
 RECORD_DOWNLOADED = "records.downloaded"  # through a signed URL of the local-disk store
 SCHEDULE_REPLACED = "schedule.replaced"
 EXCEPTION_ADDED = "schedule.exception_added"
+VISIT_TYPE_CREATED = "visit_type.created"
+VISIT_TYPE_CHANGED = "visit_type.changed"
+VISIT_TYPE_DELETED = "visit_type.deleted"
 
 # What a patient's access log shows: reads and downloads of their records.
 RECORD_ACCESS_ACTIONS = (RECORD_READ, BREAK_GLASS, RECORD_DOWNLOADED)

@@ -36,7 +36,7 @@ from app.appointments.statements import (
 from app.errors import Conflict, Invalid, NotFound
 from app.live.effects import AppointmentChange, Effects
 from app.notifications import planning as notifications
-from app.scheduling.availability import Interval
+from app.scheduling.availability import Interval, Visit
 from app.scheduling.slots import (
     DOCTOR_DAYS_COLUMNS,
     DoctorDays,
@@ -47,6 +47,8 @@ from db.models import Appointment, Clinic
 from db.session import driver_fetchmany
 
 MAX_BULK = 500
+# The foreign key from a booking to its visit type (app/scheduling/visit_types.py).
+VISIT_TYPE_KEY = "fk_appointments_visit_type_id_visit_types"
 # The audit events of an undone check-in and of staff booking beyond the limit.
 CHECK_IN_UNDONE = audit.APPOINTMENT_CHECK_IN_UNDONE
 LIMIT_OVERRIDDEN = audit.APPOINTMENT_LIMIT_OVERRIDDEN
@@ -76,15 +78,28 @@ def _lost_the_slot(exc: Exception) -> bool:
     return _constraint(exc) == "no_overlap" or sqlstate == "40P01"
 
 
-def _request_hash(doctor_id: int, start: dt.datetime, patient_id: int, reason: str | None) -> str:
+def _request_hash(
+    doctor_id: int,
+    start: dt.datetime,
+    patient_id: int,
+    reason: str | None,
+    visit_type_id: int | None = None,
+) -> str:
     text = f"{doctor_id}|{start.astimezone(dt.UTC).isoformat()}|{patient_id}|{reason or ''}"
+    if visit_type_id is not None:  # untyped bookings keep the hash they always had
+        text += f"|{visit_type_id}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 async def _taken(
-    session: AsyncSession, doctor_id: int, start: dt.datetime, rules: BookingRules, now: dt.datetime
+    session: AsyncSession,
+    doctor_id: int,
+    start: dt.datetime,
+    rules: BookingRules,
+    now: dt.datetime,
+    visit: Visit | None = None,
 ) -> Conflict:
-    alternatives = await nearest_free(session, doctor_id, start, rules, now)
+    alternatives = await nearest_free(session, doctor_id, start, rules, now, visit=visit)
     return Conflict(
         "this time has just been taken",
         alternatives=[
@@ -121,11 +136,13 @@ async def _booking_facts(
     start: dt.datetime,
     patient_id: int,
     now: dt.datetime,
+    visit_type_id: int | None = None,
 ) -> tuple[DoctorDays, _PatientFacts | None]:
-    """The doctor's days around `start` and the patient's facts (None: no such patient).
+    """The doctor's days around `start` (with the visit type asked for) and the patient's
+    facts (None: no such patient).
 
     Raises:
-        NotFound: no such doctor.
+        NotFound: no such doctor, or the visit type is not theirs.
     """
     row = (
         await session.execute(
@@ -136,10 +153,11 @@ async def _booking_facts(
                 "hi": start + dt.timedelta(days=1),
                 "patient_id": patient_id,
                 "now": now,
+                "visit_type_id": visit_type_id,
             },
         )
     ).one_or_none()
-    data = doctor_days_from_row(doctor_id, row)
+    data = doctor_days_from_row(doctor_id, row, visit_type_id)
     assert row is not None
     raw = row[DOCTOR_DAYS_COLUMNS]
     if raw is None:
@@ -166,10 +184,13 @@ async def warm_up(connection: AsyncConnection) -> None:
     empty: list[Any] = []
     # starts_at == ends_at fails the end-after-start check before any index is touched
     nothing = (0, patient, 0, now, now, None, None, None, None, empty, empty, empty, 1, now)
+    untyped = (None, 0, 0)
     with suppress(asyncpg.CheckViolationError):
         async with connection.begin_nested():
             await driver_fetchmany(
-                connection, BOOK_SQL, [(*nothing, False, None), (*nothing, True, None)]
+                connection,
+                BOOK_SQL,
+                [(*nothing, False, None, *untyped), (*nothing, True, None, *untyped)],
             )
 
 
@@ -195,6 +216,7 @@ async def book(
     reason: str | None = None,
     idempotency_key: str | None = None,
     override_reason: str | None = None,
+    visit_type_id: int | None = None,
 ) -> BookingResult:
     """Book one slot. Commits, then runs the after-commit effects.
 
@@ -210,14 +232,18 @@ async def book(
         idempotency_key: the client's key; the same key and body return the original.
         override_reason: why staff book beyond the per-doctor limit; when they do, it is
             recorded in an audit event committed with the booking.
+        visit_type_id: one of the doctor's visit types: its length, its buffers (which
+            the exclusion constraint keeps free of other visits) and its notice and
+            horizon; None: the template's slot, no buffers.
 
     Raises:
         Conflict: the slot is taken (with `alternatives`).
         Invalid: not on the grid, in the past, too soon, beyond the horizon, on leave,
             too many future appointments with this doctor, no such patient, or a reused
             key with another body.
-        Forbidden: booking for someone the actor may not book for.
-        NotFound: no such doctor.
+        Forbidden: booking for someone the actor may not book for, or a patient booking
+            a staff-only visit type.
+        NotFound: no such doctor, or the visit type is not theirs.
     """
     if start.tzinfo is None:
         raise Invalid("start must include a UTC offset, e.g. 2026-06-01T09:00:00+02:00")
@@ -225,17 +251,20 @@ async def book(
     target = booking_rules.target_patient(actor, patient_id)
     override_reason = booking_rules.check_override(actor.role, override_reason)
     await _one_statement_session(session)
-    data, facts = await _booking_facts(session, doctor_id, start, target, now)
+    data, facts = await _booking_facts(session, doctor_id, start, target, now, visit_type_id)
     booking_rules.check_desk_clinic(actor, data.clinic_id)
+    booking_rules.check_may_book_type(actor.role, data.visit_type)
     if facts is None:
         raise Invalid(f"patient {target} does not exist")
-    digest = _request_hash(doctor_id, start, target, reason)
+    digest = _request_hash(doctor_id, start, target, reason, visit_type_id)
     if idempotency_key and (
         replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
     ):
         return replay
-    slot = booking_rules.find_slot(data, start)
-    booking_rules.check_bookable(data, slot, rules, now)
+    visit = data.visit_type.visit if data.visit_type is not None else None
+    rules = booking_rules.for_visit_type(rules, data.visit_type)
+    slot = booking_rules.find_slot(data, start, visit)
+    booking_rules.check_bookable(data, slot, rules, now, visit)
     # Beyond the limit only on staff's reason; the booking statement counts again under
     # its lock and writes the audit event of an override with the booking.
     booking_rules.check_room_for_one_more(
@@ -258,17 +287,27 @@ async def book(
         rules.max_future_per_doctor,
         now,
     )
+    typed = (
+        visit_type_id,
+        visit.buffer_before if visit else 0,
+        visit.buffer_after if visit else 0,
+    )
     try:
         rows = await driver_fetchmany(
             await session.connection(),
             BOOK_SQL,
-            [(*values, False, override_reason), (*values, True, override_reason)],
+            [
+                (*values, False, override_reason, *typed),
+                (*values, True, override_reason, *typed),
+            ],
         )
         await session.commit()
     except asyncpg.PostgresError as exc:
         await session.rollback()
         if _lost_the_slot(exc):
-            raise await _taken(session, doctor_id, slot.start, rules, now) from None
+            raise await _taken(session, doctor_id, slot.start, rules, now, visit) from None
+        if _constraint(exc) == VISIT_TYPE_KEY:  # deleted while this booking waited on it
+            raise NotFound(f"visit type {visit_type_id} no longer exists") from None
         # The same key with another body, booked at this moment (another doctor, so not
         # queued behind this one on the lock): answer as a later retry would.
         if (
@@ -362,11 +401,25 @@ async def reschedule(
     appointment, _ = await _locked_with_timezone(session, actor, appointment_id, held=True)
     booking_rules.check_reschedule(actor.role, appointment.status)
     data, facts = await _booking_facts(
-        session, appointment.doctor_id, start, appointment.patient_id, now
+        session,
+        appointment.doctor_id,
+        start,
+        appointment.patient_id,
+        now,
+        appointment.visit_type_id,
     )
     assert facts is not None  # the appointment's patient
-    slot = booking_rules.find_slot(data, start)
-    booking_rules.check_bookable(data, slot, rules, now)
+    # A visit of a type moves with the length and buffers it was booked with.
+    visit = booking_rules.booked_visit(
+        appointment.starts_at,
+        appointment.ends_at,
+        appointment.visit_type_id,
+        appointment.buffer_before_minutes,
+        appointment.buffer_after_minutes,
+    )
+    rules = booking_rules.for_visit_type(rules, data.visit_type)
+    slot = booking_rules.find_slot(data, start, visit)
+    booking_rules.check_bookable(data, slot, rules, now, visit)
     booking_rules.check_room_to_move(facts.held, appointment.starts_at, now, rules)
     old = Interval(appointment.starts_at, appointment.ends_at)
     doctor_id = appointment.doctor_id  # read now: after a rollback the object is expired
@@ -393,7 +446,7 @@ async def reschedule(
     except DBAPIError as exc:
         await session.rollback()
         if _lost_the_slot(exc):
-            raise await _taken(session, doctor_id, slot.start, rules, now) from None
+            raise await _taken(session, doctor_id, slot.start, rules, now, visit) from None
         raise
     await effects.appointments_changed([_change(appointment, data.timezone, "rescheduled", old)])
     return BookingResult(appointment, data.timezone, replayed=False)

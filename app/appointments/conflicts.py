@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments import commands
 from app.appointments.queries import first_free, in_conflict, visible
-from app.appointments.rules import BookingRules
+from app.appointments.rules import BookingRules, booked_visit
 from app.errors import Conflict, DomainError, Forbidden, Invalid
 from app.live.effects import Effects
+from app.scheduling.availability import Visit
 from db.models import Appointment, Clinic
 
 ACTIONS = ("move", "cancel")
@@ -69,6 +70,10 @@ async def resolve(
                 Appointment.id,
                 Appointment.doctor_id,
                 Appointment.starts_at,
+                Appointment.ends_at,
+                Appointment.visit_type_id,
+                Appointment.buffer_before_minutes,
+                Appointment.buffer_after_minutes,
                 Clinic.timezone,
                 in_conflict().label("conflict"),
             )
@@ -100,8 +105,23 @@ async def resolve(
                     out.append(Resolution(appointment_id, "cancelled"))
                 else:
                     day = row.starts_at.astimezone(tz).date()
+                    visit = booked_visit(
+                        row.starts_at,
+                        row.ends_at,
+                        row.visit_type_id,
+                        row.buffer_before_minutes,
+                        row.buffer_after_minutes,
+                    )
                     moved = await _move(
-                        session, effects, actor, appointment_id, row.doctor_id, day, rules, now
+                        session,
+                        effects,
+                        actor,
+                        appointment_id,
+                        row.doctor_id,
+                        day,
+                        rules,
+                        now,
+                        visit,
                     )
                     out.append(moved)
             except DomainError as exc:
@@ -119,10 +139,12 @@ async def _move(
     day: dt.date,
     rules: BookingRules,
     now: dt.datetime,
+    visit: Visit | None,
 ) -> Resolution:
-    """To the doctor's first free time from `day` on, looking again if it is taken first."""
+    """To the doctor's first free time from `day` on (where the visit, with its length
+    and buffers, fits), looking again if it is taken first."""
     for _ in range(MOVE_ATTEMPTS):
-        free = await first_free(session, doctor_id, day, rules, now)
+        free = await first_free(session, doctor_id, day, rules, now, visit)
         if free is None:
             break
         try:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments.rules import BookingRules
 from app.errors import Invalid, NotFound
-from app.scheduling.availability import Interval, day_slots
+from app.scheduling.availability import Interval, Visit, day_slots
 from app.scheduling.slots import day_window, load_doctor_days
 from db.models import Appointment, Clinic, Doctor, Patient, ScheduleException
 
@@ -60,8 +60,10 @@ async def nearest_free(
     rules: BookingRules,
     now: dt.datetime,
     count: int = ALTERNATIVES,
+    visit: Visit | None = None,
 ) -> list[Interval]:
-    """The free slots closest in time to `around`, within a week either side."""
+    """The free slots (of the `visit`'s shape, if given) closest in time to `around`,
+    within a week either side."""
     lo, hi = around - dt.timedelta(days=7), around + dt.timedelta(days=8)
     data = await load_doctor_days(session, doctor_id, lo, hi)
     tz = ZoneInfo(data.timezone)
@@ -77,6 +79,7 @@ async def nearest_free(
             blocked=data.blocked,
             not_before=now + rules.min_notice,
             not_after=now + rules.horizon,
+            visit=visit,
         )
         if s.available
     ]
@@ -90,9 +93,11 @@ async def first_free(
     day: dt.date,
     rules: BookingRules,
     now: dt.datetime,
+    visit: Visit | None = None,
 ) -> Interval | None:
-    """The doctor's earliest free, bookable slot from the start of the clinic-local `day`
-    on (outside leave and closures, within the horizon); None when there is none."""
+    """The doctor's earliest free, bookable slot (of the `visit`'s shape, if given) from
+    the start of the clinic-local `day` on (outside leave and closures, within the
+    horizon); None when there is none."""
     not_before, not_after = now + rules.min_notice, now + rules.horizon
     timezone = await clinic_timezone(session, doctor_id)
     tz = ZoneInfo(timezone)
@@ -110,6 +115,7 @@ async def first_free(
                 blocked=data.blocked,
                 not_before=not_before,
                 not_after=not_after,
+                visit=visit,
             ):
                 if s.available:
                     return Interval(s.start, s.end)

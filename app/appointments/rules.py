@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from app.errors import Forbidden, Invalid
-from app.scheduling.availability import Interval, day_slots
+from app.scheduling.availability import Interval, Visit, day_slots
 
 if TYPE_CHECKING:
     from app.access.identity import Principal
-    from app.scheduling.slots import DoctorDays
+    from app.scheduling.slots import DoctorDays, TypeFacts
 
 # Legal status changes; anything else answers 422. checked_in -> booked is the undo of a
 # check-in made by mistake, for UNDO_CHECK_IN after it.
@@ -225,19 +225,79 @@ def check_desk_clinic(actor: Principal, clinic_id: int) -> None:
         raise Forbidden("front desks book only with their own clinic's doctors")
 
 
-def find_slot(data: DoctorDays, start: dt.datetime) -> Interval:
-    """The template slot starting exactly at `start`, or Invalid."""
+def for_visit_type(rules: BookingRules, visit_type: TypeFacts | None) -> BookingRules:
+    """The clinic's rules with a visit type's own minimum notice and horizon, where it
+    sets them (a vaccination bookable the same hour; a first visit at most 30 days out)."""
+    if visit_type is None:
+        return rules
+    return BookingRules(
+        min_notice=rules.min_notice
+        if visit_type.min_notice_minutes is None
+        else dt.timedelta(minutes=visit_type.min_notice_minutes),
+        horizon=rules.horizon
+        if visit_type.horizon_days is None
+        else dt.timedelta(days=visit_type.horizon_days),
+        max_future_per_doctor=rules.max_future_per_doctor,
+    )
+
+
+def check_may_book_type(role: str, visit_type: TypeFacts | None) -> None:
+    """Raises Forbidden when a patient asks for a type the clinic books by staff only."""
+    if visit_type is not None and not visit_type.online and role not in MAY_BOOK_STAFF_ONLY:
+        raise Forbidden(f"{visit_type.name} is booked by the clinic's staff only")
+
+
+# Who may see and book a visit type that is not bookable online.
+MAY_BOOK_STAFF_ONLY = frozenset({"front_desk", "admin", "doctor"})
+
+
+def booked_visit(
+    starts_at: dt.datetime,
+    ends_at: dt.datetime,
+    visit_type_id: int | None,
+    buffer_before: int,
+    buffer_after: int,
+) -> Visit | None:
+    """The shape an appointment keeps when it moves: its own length and buffers for a
+    visit of a type (what was booked, even if the type has been edited since); None for a
+    plain slot, which takes the template's slot at its new time, as it always has."""
+    if visit_type_id is None and not buffer_before and not buffer_after:
+        return None
+    minutes = int((ends_at - starts_at).total_seconds() // 60)
+    return Visit(minutes, buffer_before, buffer_after)
+
+
+def find_slot(data: DoctorDays, start: dt.datetime, visit: Visit | None = None) -> Interval:
+    """The slot starting exactly at `start`: the template's, or a visit of `visit`'s shape
+    (default: the visit type of `data`), or Invalid."""
+    if visit is None and data.visit_type is not None:
+        visit = data.visit_type.visit
     tz = ZoneInfo(data.timezone)
     day = start.astimezone(tz).date()
-    for slot in day_slots(day, data.ranges, tz):
+    for slot in day_slots(day, data.ranges, tz, visit=visit):
         if slot.start == start:
             return Interval(slot.start, slot.end)
+    if visit is not None and any(s.start == start for s in day_slots(day, data.ranges, tz)):
+        raise Invalid(f"a {visit.minutes}-minute visit at this time runs past the doctor's hours")
     raise Invalid("this time is not on the doctor's slot grid")
 
 
-def check_bookable(data: DoctorDays, slot: Interval, rules: BookingRules, now: dt.datetime) -> None:
+def check_bookable(
+    data: DoctorDays,
+    slot: Interval,
+    rules: BookingRules,
+    now: dt.datetime,
+    visit: Visit | None = None,
+) -> None:
     """Raises Invalid when the slot may not be booked now: the doctor is inactive, it is
-    past, too soon, beyond the horizon, or in leave or a closure."""
+    past, too soon, beyond the horizon, or it (with the visit's buffers) meets leave or a
+    closure."""
+    span = slot
+    if visit is not None:
+        span = Interval(
+            slot.start - dt.timedelta(minutes=visit.buffer_before),
+            slot.end + dt.timedelta(minutes=visit.buffer_after),
+        )
     if not data.active:
         raise Invalid("this doctor is not taking appointments")
     if slot.start < now:
@@ -247,7 +307,7 @@ def check_bookable(data: DoctorDays, slot: Interval, rules: BookingRules, now: d
         raise Invalid(f"appointments need at least {minutes} minutes' notice")
     if slot.start > now + rules.horizon:
         raise Invalid(f"appointments can be booked at most {rules.horizon.days} days ahead")
-    if any(slot.overlaps(b) for b in data.blocked):
+    if any(span.overlaps(b) for b in data.blocked):
         raise Invalid("the doctor is not available then (leave or closure)")
 
 
@@ -298,12 +358,22 @@ def check_room_to_move(
         check_room_for_one_more(held, rules)
 
 
-def over_the_limit(rules: BookingRules, *, role: str = "patient") -> Invalid:
+class OverTheLimit(Invalid):
+    """A booking beyond the per-doctor limit. `limit` says the rule alone, for pages that
+    tell staff in their own words how to go beyond it (the detail names the API field)."""
+
+    def __init__(self, detail: str, *, limit: str) -> None:
+        super().__init__(detail)
+        self.limit = limit
+
+
+def over_the_limit(rules: BookingRules, *, role: str = "patient") -> OverTheLimit:
     """The refusal of a booking beyond the limit; staff are told a reason lets them."""
     limit = (
         f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
         "with one doctor"
     )
+    detail = limit
     if role in MAY_OVERRIDE_LIMIT:
-        limit += "; to book beyond it, give an override_reason (it is recorded)"
-    return Invalid(limit)
+        detail += "; to book beyond it, give an override_reason (it is recorded)"
+    return OverTheLimit(detail, limit=limit)

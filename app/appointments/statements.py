@@ -46,7 +46,9 @@ def held_lock(patient_id: str, doctor_id: str) -> str:
 # $7 idempotency key, $8 its request hash, $9 booked_by, $10 channels (an array: each
 # planned message goes by each, two rows for `both`), $11 kinds, $12 due times, $13 the
 # limit, $14 now, $15 write (false: only take the lock), $16 the staff's reason to go
-# beyond the limit (NULL: none).
+# beyond the limit (NULL: none), $17 the visit type (NULL: the template's slot), $18 and
+# $19 its buffers before and after in minutes (copied: editing the type later changes
+# nothing booked; PostgreSQL derives the blocked span from them).
 BOOK_SQL = f"""
 WITH earlier AS (
   SELECT * FROM appointments WHERE $15 AND booked_by = $9 AND idempotency_key = $7
@@ -56,8 +58,9 @@ WITH earlier AS (
      AND h.starts_at > $14
 ), booked AS (
   INSERT INTO appointments (doctor_id, patient_id, clinic_id, starts_at, ends_at, reason,
-                            idempotency_key, idempotency_hash, booked_by)
-  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+                            idempotency_key, idempotency_hash, booked_by, visit_type_id,
+                            buffer_before_minutes, buffer_after_minutes)
+  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $17, $18, $19
    WHERE CASE WHEN $15 THEN
            NOT EXISTS (SELECT FROM earlier)
            AND ((SELECT n FROM held) < CAST($13 AS bigint) OR CAST($16 AS text) IS NOT NULL)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.appointments.queries import in_conflict
-from app.appointments.rules import UNDO_CHECK_IN
+from app.appointments.rules import UNDO_CHECK_IN, BookingRules, for_visit_type
 from app.scheduling.availability import local_day_bounds
 from app.scheduling.slots import CachedSlot, DaySlots, SlotCache
 from db.models import Appointment, Clinic, Doctor, Patient, User
@@ -49,6 +49,7 @@ class DayView:
     doctor_id: int
     day: dt.date
     slots: list[SlotView]
+    visit_type_id: int | None = None  # whose visits these are; None: the plain slots
 
 
 def slot_state(slot: CachedSlot, now: float, first: float, last: float) -> str:
@@ -67,7 +68,12 @@ def slot_state(slot: CachedSlot, now: float, first: float, last: float) -> str:
 
 
 def day_view(
-    doctor_id: int, day: DaySlots, lo: dt.datetime, hi: dt.datetime, now: dt.datetime
+    doctor_id: int,
+    day: DaySlots,
+    lo: dt.datetime,
+    hi: dt.datetime,
+    now: dt.datetime,
+    visit_type_id: int | None = None,
 ) -> DayView:
     first, last, instant = lo.timestamp(), hi.timestamp(), now.timestamp()
     return DayView(
@@ -77,6 +83,7 @@ def day_view(
             SlotView(s.start_local, s.start_local[11:16], slot_state(s, instant, first, last))
             for s in day.slots
         ],
+        visit_type_id,
     )
 
 
@@ -85,13 +92,16 @@ async def doctor_days(
     doctor_id: int,
     first: dt.date,
     count: int,
-    lo: dt.datetime,
-    hi: dt.datetime,
+    rules: BookingRules,
     now: dt.datetime,
+    visit_type_id: int | None = None,
 ) -> tuple[str, list[DayView]]:
-    """`count` days of a doctor's slots, bookable within [lo, hi], and the clinic zone."""
-    timezone, days = await cache.days(doctor_id, first, count)
-    return timezone, [day_view(doctor_id, d, lo, hi, now) for d in days]
+    """`count` days of a doctor's slots (or visits of one type), bookable within the
+    notice and horizon (the type's where it sets them), and the clinic zone."""
+    found = await cache.days(doctor_id, first, count, visit_type_id=visit_type_id)
+    rules = for_visit_type(rules, found.visit_type)
+    lo, hi = now + rules.min_notice, now + rules.horizon
+    return found.timezone, [day_view(doctor_id, d, lo, hi, now, visit_type_id) for d in found.days]
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,16 @@ class Effects:
             lambda pipe: [p(pipe, doctor_days) for p in self.schedule_publishers],
         )
 
+    async def visit_types_changed(self, doctor_ids: Sequence[int]) -> None:
+        """A committed change to these doctors' visit types: every cached day of their
+        types is forgotten (open pages show the new shape when they next load a view)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                slots.queue_types_invalidation(pipe, doctor_ids)
+                await pipe.execute()
+        except RedisError as exc:
+            log.error("after-commit invalidation failed for visit types of %s: %s", doctor_ids, exc)
+
     async def record_uploaded(self, patient_id: int, record_id: int) -> None:
         """A committed upload: open records panels hear of it (nothing is cached)."""
         await self._send(

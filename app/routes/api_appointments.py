@@ -16,16 +16,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments import commands, conflicts, queries
 from app.appointments.queries import AppointmentRow
-from app.appointments.rules import BookingRules
+from app.appointments.rules import BookingRules, check_may_book_type, for_visit_type
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes import deps
-from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment
+from app.routes.inputs import (
+    Id,
+    IdField,
+    Moment,
+    OptionalId,
+    OptionalQueryDay,
+    QueryDay,
+    Text,
+    check_day,
+    check_moment,
+)
 from app.routes.responses import BOOKING, BY_ID, BY_ID_RULES, RULES
 from app.scheduling import slots
 from app.scheduling.slots import MAX_DAYS, DaySlots
 from app.services import Services
-from app.web.guards import allow, prefetched
+from app.web.guards import allow, current_user, prefetched
 from db.models import Appointment
 
 # What a status change may ask for (app.appointments.rules.TRANSITIONS has their sources).
@@ -34,18 +44,21 @@ Status = Literal["booked", "checked_in", "completed", "no_show", "cancelled"]
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
     doctor_id: IdField
-    start: dt.datetime
+    start: Moment
     patient_id: IdField | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    reason: Text | None = None
     # Staff only: why this patient may hold more future bookings with the doctor than
     # BOOKING_MAX_FUTURE_PER_DOCTOR (recorded in the audit trail).
-    override_reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    override_reason: Text | None = None
+    # One of the doctor's visit types (GET /api/doctors/{id}/visit-types); absent: the
+    # template's slot, as before visit types existed.
+    visit_type_id: IdField | None = None
 
 
 class AppointmentPatch(msgspec.Struct, forbid_unknown_fields=True):
     status: Status | None = None
-    start: dt.datetime | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    start: Moment | None = None
+    reason: Text | None = None
 
 
 class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -82,6 +95,7 @@ def appointment_out(a: Appointment, timezone: str) -> dict[str, Any]:
         "end": a.ends_at.astimezone(tz).isoformat(),
         "status": a.status,
         "reason": a.reason,
+        "visit_type_id": a.visit_type_id,
     }
 
 
@@ -115,10 +129,13 @@ class AppointmentController(Controller):
         self,
         request: Request[Any, Any, Any],
         doctor_id: Id,
-        date: dt.date,
+        date: QueryDay,
         days: Annotated[int, Parameter(ge=1, le=MAX_DAYS)] = 1,
+        visit_type_id: OptionalId = None,
     ) -> Response[dict[str, Any]]:
-        """A doctor's slots for a day (or `days` days from `date`), each with `available`.
+        """A doctor's slots for a day (or `days` days from `date`), each with `available`;
+        with `visit_type_id`, the start times of that visit type (its length, with its
+        buffers free, on the template's grid; its own notice and horizon).
 
         The busiest route reads its services with `Services.of` instead of taking them as
         dependencies: Litestar resolves several dependencies in an anyio task group per
@@ -130,11 +147,16 @@ class AppointmentController(Controller):
         slot_cache = services.slot_cache
         rules, now = deps.booking_rules(services.settings), deps.provide_now()
         later: list[Callable[[], Awaitable[None]]] = []
-        timezone, found = await slot_cache.days(
-            doctor_id, date, days, prefetched(request), later=later
+        timezone, found, visit_type = await slot_cache.days(
+            doctor_id, date, days, prefetched(request), later=later, visit_type_id=visit_type_id
         )
+        user = current_user(request)
+        check_may_book_type(user.role if user else "patient", visit_type)
+        rules = for_visit_type(rules, visit_type)
         lo, hi = now + rules.min_notice, now + rules.horizon
         body: dict[str, Any] = {"doctor_id": doctor_id, "date": date, "timezone": timezone}
+        if visit_type is not None:
+            body["visit_type_id"] = visit_type.id
         if days == 1:
             body["slots"] = slots_out(found[0], lo, hi)
         else:
@@ -169,6 +191,7 @@ class AppointmentController(Controller):
             override_reason=data.override_reason,
             rules=rules,
             now=now,
+            visit_type_id=data.visit_type_id,
         )
         body = appointment_out(result.appointment, result.timezone)
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
@@ -183,7 +206,7 @@ class AppointmentController(Controller):
         doctor_id: OptionalId = None,
         patient_id: OptionalId = None,
         clinic_id: OptionalId = None,
-        date: dt.date | None = None,
+        date: OptionalQueryDay = None,
         when: Literal["upcoming", "past"] | None = None,
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,

@@ -13,7 +13,8 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.status_codes import WS_1008_POLICY_VIOLATION
 
 from app.access.identity import Principal
-from app.appointments.rules import BookingRules
+from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
+from app.errors import NotFound
 from app.live import boards
 from app.live.realtime import (
     CLOSE_GRACE_SECONDS,
@@ -35,7 +36,7 @@ from app.routes.inputs import parse_day, parse_id
 from app.scheduling import directory
 from app.services import Services
 from app.web.guards import PUBLIC, check_websocket_origin, current_user
-from db.models import Clinic, Doctor
+from db.models import Clinic, Doctor, VisitType
 
 MAX_DAYS = 14
 log = logging.getLogger(__name__)
@@ -61,18 +62,23 @@ def make_renderer(app: Any) -> Any:
             )
         kind, ident, day = parse_channel(channel)
         async with services.sessions() as session:
-            if audience == "slots" and kind == "doctor":
+            if audience.startswith("slots") and kind == "doctor":
+                # One audience per visit type (`slots:{id}`): each event on the doctor's
+                # day is rendered once for each type's viewers, in that type's shape.
                 rules: BookingRules = booking_rules(services.settings)
                 now = dt.datetime.now(dt.UTC)
-                _, (view,) = await boards.doctor_days(
-                    services.slot_cache,
-                    ident,
-                    day,
-                    1,
-                    now + rules.min_notice,
-                    now + rules.horizon,
-                    now,
-                )
+                try:
+                    _, (view,) = await boards.doctor_days(
+                        services.slot_cache,
+                        ident,
+                        day,
+                        1,
+                        rules,
+                        now,
+                        slots_visit_type(audience),
+                    )
+                except NotFound:  # the type was deleted while its page was open
+                    return ""
                 return views.render(env, "patient/_day.html", day=view, oob=True)
             if audience == "board" and kind == "doctor":
                 # The board watches its doctors' channels for schedule changes only (their
@@ -128,7 +134,12 @@ async def _channels(
             days = min(max(int(params.get("days", "1")), 1), MAX_DAYS)
             if not await _exists(socket, Doctor, doctor_id):
                 raise LookupError
-            return "slots", [
+            audience = "slots"
+            if params.get("visit_type_id"):
+                visit_type_id = parse_id(params["visit_type_id"])
+                await _check_visit_type(socket, user, doctor_id, visit_type_id)
+                audience = f"slots:{visit_type_id}"
+            return audience, [
                 doctor_channel(doctor_id, first + dt.timedelta(days=i)) for i in range(days)
             ]
         if user is None:
@@ -145,6 +156,25 @@ async def _channels(
     except (ValueError, PermissionError, LookupError):
         pass
     raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="not a channel you may see")
+
+
+def slots_visit_type(audience: str) -> int | None:
+    """The visit type of a slots audience (`slots` or `slots:{id}`)."""
+    _, _, ident = audience.partition(":")
+    return int(ident) if ident else None
+
+
+async def _check_visit_type(
+    socket: WebSocket[Any, Any, Any], user: Principal | None, doctor_id: int, visit_type_id: int
+) -> None:
+    """Raises LookupError unless the type is the doctor's, PermissionError when it is
+    staff-only and the viewer is not staff (as the available-slots API answers)."""
+    async with Services.of(socket.app).sessions() as session:
+        found = await session.get(VisitType, visit_type_id)
+    if found is None or found.doctor_id != doctor_id:
+        raise LookupError
+    if not found.online and (user is None or user.role not in MAY_BOOK_STAFF_ONLY):
+        raise PermissionError
 
 
 async def _exists(

@@ -22,17 +22,17 @@ from app.access import accounts
 from app.access.identity import Principal
 from app.appointments import commands, queries
 from app.appointments.rules import BookingRules
-from app.errors import Conflict, DomainError
+from app.errors import Conflict, DomainError, NotFound
 from app.live import boards
 from app.live.effects import Effects
 from app.routes.auth import dispatch_soon
-from app.routes.inputs import Id, OptionalId, check_day, check_moment
+from app.routes.inputs import Id, OptionalId, check_day, check_moment, parse_id
 from app.routes.views import fragment, page
-from app.scheduling import directory
+from app.scheduling import directory, visit_types
 from app.scheduling.slots import SlotCache
 from app.services import Services
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, client_addr, current_user
-from db.models import LANGUAGES, Doctor
+from db.models import LANGUAGES, Appointment, Doctor, VisitType
 
 WEEK = 7
 MAX_REASON = 500  # the textarea's maxlength
@@ -91,6 +91,25 @@ async def find_doctors(
     )
 
 
+async def _chosen_type(
+    db_session: AsyncSession, doctor_id: int, visit_type_id: int | None
+) -> tuple[list[VisitType], VisitType | None]:
+    """The doctor's types a patient may book online and the one whose times are shown:
+    the one asked for, else the first (a doctor with types is booked by type on this
+    page); none when the doctor has no such types (the weekly hours' own slots).
+
+    Raises:
+        NotFound: a type asked for that is not one of these.
+    """
+    offered = await visit_types.list_visit_types(db_session, doctor_id, staff_only_too=False)
+    if visit_type_id is None:
+        return offered, offered[0] if offered else None
+    chosen = next((t for t in offered if t.id == visit_type_id), None)
+    if chosen is None:
+        raise NotFound(f"visit type {visit_type_id} is not bookable online with this doctor")
+    return offered, chosen
+
+
 async def _week_context(
     db_session: AsyncSession,
     slot_cache: SlotCache,
@@ -98,21 +117,40 @@ async def _week_context(
     now: dt.datetime,
     doctor_id: int,
     date: dt.date | None,
+    visit_type_id: int | None = None,
+    moving: Appointment | None = None,
 ) -> dict[str, Any]:
+    """The week's slots; `moving`: an appointment being moved, whose own kind of visit
+    the week shows (no choice of type)."""
     check_day(date)
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     first = date or boards.clinic_today(clinic.timezone, now)
-    _, days = await boards.doctor_days(
-        slot_cache, doctor_id, first, WEEK, now + rules.min_notice, now + rules.horizon, now
-    )
+    if moving is not None:
+        offered: list[VisitType] = []
+        chosen_id = moving.visit_type_id
+    else:
+        offered, chosen = await _chosen_type(db_session, doctor_id, visit_type_id)
+        chosen_id = chosen.id if chosen else None
+    _, days = await boards.doctor_days(slot_cache, doctor_id, first, WEEK, rules, now, chosen_id)
     return {
         "doctor": doctor,
         "clinic": clinic,
         "days": days,
+        "visit_types": offered,
+        "visit_type_id": chosen_id,
         "first": first,
         "previous_week": first - dt.timedelta(days=WEEK),
         "next_week": first + dt.timedelta(days=WEEK),
     }
+
+
+async def _moving(
+    db_session: AsyncSession, actor: Principal | None, appointment_id: int | None
+) -> Appointment | None:
+    """The appointment a patient is moving, if they are (and may see it)."""
+    if appointment_id is None or actor is None:
+        return None
+    return await queries.get_visible(db_session, actor, appointment_id)
 
 
 async def _reschedule_target(
@@ -139,12 +177,11 @@ async def _slot_state(
     doctor_id: int,
     start: dt.datetime,
     timezone: str,
+    visit_type_id: int | None,
 ) -> str | None:
     """The slot's state now (boards.SLOT_STATES), or None when the doctor has no such slot."""
     day = start.astimezone(ZoneInfo(timezone)).date()
-    _, (view,) = await boards.doctor_days(
-        slot_cache, doctor_id, day, 1, now + rules.min_notice, now + rules.horizon, now
-    )
+    _, (view,) = await boards.doctor_days(slot_cache, doctor_id, day, 1, rules, now, visit_type_id)
     return next((s.state for s in view.slots if dt.datetime.fromisoformat(s.start) == start), None)
 
 
@@ -159,6 +196,7 @@ async def _panel(
     start: dt.datetime,
     reschedule: int | None,
     reason: str | None,
+    visit_type_id: int | None = None,
 ) -> dict[str, Any]:
     """What the panel shows for a chosen slot: a sign-in link for a visitor, the confirm
     form while the slot is free, else why it cannot be booked (nothing to confirm)."""
@@ -169,7 +207,7 @@ async def _panel(
     if user.role != "patient":
         return {"message": "Patients book here; the front desk books from its board."}
     target = await _reschedule_target(db_session, user, reschedule)
-    state = await _slot_state(slot_cache, rules, now, doctor_id, start, timezone)
+    state = await _slot_state(slot_cache, rules, now, doctor_id, start, timezone, visit_type_id)
     if state != "free":
         if state == "taken":
             text = f"Sorry — {label} was just taken by someone else. Choose another time."
@@ -184,6 +222,7 @@ async def _panel(
         "idempotency_key": secrets.token_urlsafe(16),
         "reschedule": target,
         "reason": reason,
+        "visit_type_id": visit_type_id,
     }
 
 
@@ -198,18 +237,33 @@ async def doctor_slots(
     date: dt.date | None = None,
     reschedule: OptionalId = None,
     start: dt.datetime | None = None,
+    visit_type_id: OptionalId = None,
 ) -> Template | Response[str]:
-    """A doctor's week of slots, open to visitors; they change state live while the
-    page is open. `start` opens the panel on that slot (back from signing in)."""
+    """A doctor's week of slots (of one visit type, chosen on the page, when the doctor
+    offers types), open to visitors; they change state live while the page is open.
+    `start` opens the panel on that slot (back from signing in)."""
     check_moment(start, "start")
     user = current_user(request)
     if reschedule is not None and user is None:
         raise NotAuthorizedException("sign in first")
-    context = await _week_context(db_session, slot_cache, rules, now, doctor_id, date)
+    moving = await _moving(db_session, user, reschedule)
+    context = await _week_context(
+        db_session, slot_cache, rules, now, doctor_id, date, visit_type_id, moving
+    )
     if start is not None:
         timezone = context["clinic"].timezone
         context |= await _panel(
-            db_session, slot_cache, rules, now, user, doctor_id, timezone, start, reschedule, None
+            db_session,
+            slot_cache,
+            rules,
+            now,
+            user,
+            doctor_id,
+            timezone,
+            start,
+            reschedule,
+            None,
+            context["visit_type_id"],
         )
     if user is not None and "reschedule" not in context:
         context["reschedule"] = await _reschedule_target(db_session, user, reschedule)
@@ -227,6 +281,7 @@ async def booking_form(
     start: dt.datetime,
     reschedule: int | None = None,
     reason: str | None = None,
+    visit_type_id: OptionalId = None,
 ) -> Response[str]:
     """The panel for a chosen slot (a new booking or a move); `reason` carries what the
     patient had typed in the panel it replaces. Asked again by the page when the slot
@@ -245,6 +300,7 @@ async def booking_form(
         start,
         reschedule,
         reason,
+        visit_type_id,
     )
     return fragment(request, "patient/slots.html", "panel", doctor=doctor, clinic=clinic, **context)
 
@@ -273,6 +329,8 @@ async def book(
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
         check_moment(start, "start")
+        visit_type_id = parse_id(data["visit_type_id"]) if data.get("visit_type_id") else None
+        context["visit_type_id"] = visit_type_id
         result = await commands.book(
             db_session,
             effects,
@@ -283,6 +341,7 @@ async def book(
             idempotency_key=data.get("idempotency_key") or None,
             rules=rules,
             now=now,
+            visit_type_id=visit_type_id,
         )
     except ValueError:
         context.update(message="Choose a time from the list.", error=True, reason=reason)
@@ -350,7 +409,7 @@ async def cancel(
     except DomainError as exc:
         extra = {"message": exc.detail, "error": True}
     context = await _my_context(db_session, actor, now)
-    return fragment(request, "patient/appointments.html", "list", **context, **extra)
+    return fragment(request, "patient/appointments.html", "answer", **context, **extra)
 
 
 @post(

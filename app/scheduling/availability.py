@@ -39,6 +39,15 @@ class TemplateRange(NamedTuple):
         )
 
 
+class Visit(NamedTuple):
+    """The shape of a visit type: its length and the buffers it blocks before and after
+    (preparation, cleaning), in minutes. Its start times follow the template's grid."""
+
+    minutes: int
+    buffer_before: int = 0
+    buffer_after: int = 0
+
+
 class Interval(NamedTuple):
     """A half-open span of instants [start, end), e.g. a booking or a leave."""
 
@@ -163,6 +172,26 @@ def day_grid(day: dt.date, ranges: Iterable[TemplateRange], tz: ZoneInfo) -> lis
     return [Interval(start, end) for start, end, _, _ in _lay_out(day, ranges, tz)]
 
 
+def _fit(laid: list[_Laid], visit: Visit, tz: ZoneInfo) -> list[_Laid]:
+    """The visits that fit the laid-out grid: one per grid slot from whose start the
+    visit's whole length runs through touching grid slots (the doctor's hours without a
+    break; on a spring-forward day the slots either side of the gap touch in real time).
+    A visit lasts its real length; its end is rendered on the wall clock then in force."""
+    length = dt.timedelta(minutes=visit.minutes)
+    fitted: list[_Laid] = []
+    for i, (start, _, start_local, _) in enumerate(laid):
+        end = start + length
+        j = i
+        while laid[j][1] < end and j + 1 < len(laid) and laid[j + 1][0] == laid[j][1]:
+            j += 1
+        last_end, last_end_local = laid[j][1], laid[j][3]
+        if last_end < end:
+            continue  # runs past the hours (or into a break)
+        end_local = last_end_local if last_end == end else end.astimezone(tz).isoformat()
+        fitted.append((start, end, start_local, end_local))
+    return fitted
+
+
 def day_slots(
     day: dt.date,
     ranges: Iterable[TemplateRange],
@@ -172,6 +201,7 @@ def day_slots(
     blocked: Sequence[Interval] = (),
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    visit: Visit | None = None,
 ) -> list[Slot]:
     """Every slot of a day with whether it can be booked.
 
@@ -180,28 +210,42 @@ def day_slots(
     Bookings and exceptions are sorted once and swept alongside the sorted slots, so the
     work is O((slots + bookings) log) rather than one comparison per slot and booking.
 
+    With a `visit` type, each slot is a visit of that length starting on the grid (see
+    `_fit`), and what must be free of bookings and exceptions is the visit with its
+    buffers: [start - buffer_before, end + buffer_after). Buffers may reach outside the
+    doctor's hours (preparing before opening is fine), never into another visit's span.
+
     Args:
         day: the clinic-local day.
         ranges: the doctor's weekly template.
         tz: the clinic's time zone.
-        booked: active appointments overlapping the day.
+        booked: the spans active appointments block (with their buffers), overlapping
+            the day.
         blocked: schedule exceptions overlapping the day.
         not_before: earliest bookable start.
         not_after: latest bookable start.
+        visit: the visit type booked; None: the template's own slots, no buffers.
 
     Returns:
         Slots in time order.
     """
     busy = sorted([*booked, *blocked], key=lambda i: i.start)
+    laid = _lay_out(day, ranges, tz)
+    before = after = dt.timedelta()
+    if visit is not None:
+        laid = _fit(laid, visit, tz)
+        before = dt.timedelta(minutes=visit.buffer_before)
+        after = dt.timedelta(minutes=visit.buffer_after)
     result: list[Slot] = []
-    first = 0  # busy intervals before this index end before the current slot starts
-    for start, end, start_local, end_local in _lay_out(day, ranges, tz):
-        while first < len(busy) and busy[first].end <= start:
+    first = 0  # busy intervals before this index end before the current span starts
+    for start, end, start_local, end_local in laid:
+        span_start, span_end = start - before, end + after
+        while first < len(busy) and busy[first].end <= span_start:
             first += 1
         taken = False
         i = first
-        while i < len(busy) and busy[i].start < end:
-            if busy[i].end > start:
+        while i < len(busy) and busy[i].start < span_end:
+            if busy[i].end > span_start:
                 taken = True
                 break
             i += 1

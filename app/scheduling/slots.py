@@ -33,7 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from app.errors import NotFound
 from app.redis import spread_ttl
 from app.redis_scripts import Script
-from app.scheduling.availability import Interval, TemplateRange, day_slots, local_day_bounds
+from app.scheduling.availability import (
+    Interval,
+    TemplateRange,
+    Visit,
+    day_slots,
+    local_day_bounds,
+)
+from db.models import HOLDS_TIME, MAX_BUFFER_MINUTES
 from db.session import driver_fetchrow
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,11 @@ MAX_DAYS = 14
 # One round trip for everything a doctor's days depend on. Each part is an index range:
 # templates by (doctor_id, weekday), exceptions by (doctor_id, starts_at) and the clinic's
 # (clinic_id, starts_at) partial index, bookings by (doctor_id, starts_at) INCLUDE (...).
-# Bookings are at most a day long (a check constraint), which bounds the scan from below.
+# Bookings are at most a day long and their buffers at most MAX_BUFFER_MINUTES (check
+# constraints), which bounds the scan; what a booking blocks is its stored span with its
+# buffers (`blocked`, in the index's INCLUDE, so the scan stays index-only). The visit
+# type asked for (:visit_type_id, NULL for the template's plain slots) comes in the same
+# row when it is the doctor's.
 # Everything comes back as arrays of plain columns (times, dates, instants), which the
 # driver decodes in C: JSON for the templates and range values for the intervals cost
 # measurably more Python per miss (bench/README.md). The arrays of one aggregate
@@ -55,8 +66,11 @@ _DOCTOR_DAYS = """
 SELECT d.clinic_id, c.timezone, d.active,
   t.weekdays, t.starts, t.ends, t.minutes, t.valid_from, t.valid_to,
   x.starts AS blocked_starts, x.ends AS blocked_ends,
-  b.starts AS booked_starts, b.ends AS booked_ends{extra}
+  b.starts AS booked_starts, b.ends AS booked_ends,
+  v.id, v.name, v.minutes, v.buffer_before_minutes, v.buffer_after_minutes, v.online,
+  v.min_notice_minutes, v.horizon_days{extra}
 FROM doctors d JOIN clinics c ON c.id = d.clinic_id
+LEFT JOIN visit_types v ON v.id = CAST(:visit_type_id AS bigint) AND v.doctor_id = d.id
 CROSS JOIN LATERAL (
   SELECT array_agg(t.weekday) AS weekdays, array_agg(t.start_time) AS starts,
          array_agg(t.end_time) AS ends, array_agg(t.slot_minutes) AS minutes,
@@ -71,31 +85,56 @@ CROSS JOIN LATERAL (
            WHERE e.clinic_id = d.clinic_id AND e.doctor_id IS NULL
              AND e.starts_at < :hi AND e.ends_at > :lo) e) x
 CROSS JOIN LATERAL (
-  SELECT array_agg(a.starts_at) AS starts, array_agg(a.ends_at) AS ends
+  SELECT array_agg(lower(a.blocked)) AS starts, array_agg(upper(a.blocked)) AS ends
     FROM appointments a
-   WHERE a.doctor_id = d.id AND a.status <> 'cancelled'
-     AND a.starts_at >= CAST(:lo AS timestamptz) - interval '1 day'
-     AND a.starts_at < :hi AND a.ends_at > :lo) b
+   WHERE a.doctor_id = d.id AND a.{holds_time}
+     AND a.starts_at >= CAST(:lo AS timestamptz) - interval '1 day {buffer} minutes'
+     AND a.starts_at < CAST(:hi AS timestamptz) + interval '{buffer} minutes'
+     AND lower(a.blocked) < :hi AND upper(a.blocked) > :lo) b
 WHERE d.id = :doctor_id
 """
 # The columns of `_DOCTOR_DAYS` before any extra ones.
-DOCTOR_DAYS_COLUMNS = 13
+DOCTOR_DAYS_COLUMNS = 21
 
 
 def doctor_days_sql(extra_columns: str = "") -> TextClause:
     """The doctor-days query, with `extra_columns` (", expr AS name, ...") appended to its
     select list, so a caller that needs a little more (booking: the patient) still makes
     one round trip. The extra columns follow the first `DOCTOR_DAYS_COLUMNS` of the row."""
-    return text(_DOCTOR_DAYS.format(extra=extra_columns))
+    return text(_doctor_days(extra_columns))
+
+
+def _doctor_days(extra_columns: str) -> str:
+    return _DOCTOR_DAYS.format(
+        extra=extra_columns, holds_time=HOLDS_TIME, buffer=MAX_BUFFER_MINUTES
+    )
 
 
 DOCTOR_DAYS_SQL = doctor_days_sql()
 # The same statement in asyncpg's placeholders, for the cache-miss path (`fetch_doctor_days`).
 _DOCTOR_DAYS_NATIVE = re.sub(
-    r":(doctor_id|lo|hi)\b",
-    lambda m: {"doctor_id": "$1", "lo": "$2", "hi": "$3"}[m[1]],
-    _DOCTOR_DAYS.format(extra=""),
+    r":(doctor_id|lo|hi|visit_type_id)\b",
+    lambda m: {"doctor_id": "$1", "lo": "$2", "hi": "$3", "visit_type_id": "$4"}[m[1]],
+    _doctor_days(""),
 )
+
+
+class TypeFacts(msgspec.Struct, frozen=True, array_like=True):
+    """A visit type as availability and booking read it (and the cache keeps it with each
+    day, so a cache hit knows the type's rules without asking PostgreSQL)."""
+
+    id: int
+    name: str
+    minutes: int
+    buffer_before: int
+    buffer_after: int
+    online: bool  # patients may book it; otherwise staff only
+    min_notice_minutes: int | None  # None: the clinic's
+    horizon_days: int | None  # None: the clinic's
+
+    @property
+    def visit(self) -> Visit:
+        return Visit(self.minutes, self.buffer_before, self.buffer_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +147,8 @@ class DoctorDays:
     active: bool
     ranges: list[TemplateRange]
     blocked: list[Interval]
-    booked: list[Interval]
+    booked: list[Interval]  # what active appointments block: their times with buffers
+    visit_type: TypeFacts | None = None  # the type asked for; None: plain slots
 
 
 class CachedSlot(NamedTuple):
@@ -153,31 +193,39 @@ def _intervals(starts: list[dt.datetime] | None, ends: list[dt.datetime] | None)
 
 
 async def load_doctor_days(
-    session: AsyncSession | AsyncConnection, doctor_id: int, lo: dt.datetime, hi: dt.datetime
+    session: AsyncSession | AsyncConnection,
+    doctor_id: int,
+    lo: dt.datetime,
+    hi: dt.datetime,
+    visit_type_id: int | None = None,
 ) -> DoctorDays:
-    """Template, exceptions and active bookings of a doctor overlapping [lo, hi).
+    """Template, exceptions and active bookings of a doctor overlapping [lo, hi), and the
+    visit type asked for.
 
     Raises:
-        NotFound: no such doctor.
+        NotFound: no such doctor, or the visit type is not one of theirs.
     """
-    row = (
-        await session.execute(DOCTOR_DAYS_SQL, {"doctor_id": doctor_id, "lo": lo, "hi": hi})
-    ).one_or_none()
-    return doctor_days_from_row(doctor_id, row)
+    params = {"doctor_id": doctor_id, "lo": lo, "hi": hi, "visit_type_id": visit_type_id}
+    row = (await session.execute(DOCTOR_DAYS_SQL, params)).one_or_none()
+    return doctor_days_from_row(doctor_id, row, visit_type_id)
 
 
 async def fetch_doctor_days(
-    engine: AsyncEngine, doctor_id: int, lo: dt.datetime, hi: dt.datetime
+    engine: AsyncEngine,
+    doctor_id: int,
+    lo: dt.datetime,
+    hi: dt.datetime,
+    visit_type_id: int | None = None,
 ) -> DoctorDays:
     """`load_doctor_days` on a connection of `engine`'s pool, outside any transaction (no
     BEGIN/ROLLBACK round trips), through asyncpg
     directly (`db.session.driver_fetchrow`): the cache-miss path.
 
     Raises:
-        NotFound: no such doctor.
+        NotFound: no such doctor, or the visit type is not one of theirs.
     """
-    row = await driver_fetchrow(engine, _DOCTOR_DAYS_NATIVE, doctor_id, lo, hi)
-    return doctor_days_from_row(doctor_id, row)
+    row = await driver_fetchrow(engine, _DOCTOR_DAYS_NATIVE, doctor_id, lo, hi, visit_type_id)
+    return doctor_days_from_row(doctor_id, row, visit_type_id)
 
 
 async def prepare(connection: AsyncConnection) -> None:
@@ -187,18 +235,25 @@ async def prepare(connection: AsyncConnection) -> None:
     driver = raw.driver_connection
     assert driver is not None
     now = dt.datetime.now(dt.UTC)
-    await driver.fetchrow(_DOCTOR_DAYS_NATIVE, 0, now, now)  # doctor 0: no row
+    await driver.fetchrow(_DOCTOR_DAYS_NATIVE, 0, now, now, None)  # doctor 0: no row
 
 
-def doctor_days_from_row(doctor_id: int, row: Sequence[Any] | None) -> DoctorDays:
+def doctor_days_from_row(
+    doctor_id: int, row: Sequence[Any] | None, visit_type_id: int | None = None
+) -> DoctorDays:
     """A row of `doctor_days_sql` (its first `DOCTOR_DAYS_COLUMNS` columns) as DoctorDays.
 
     Raises:
-        NotFound: no row: no such doctor.
+        NotFound: no row: no such doctor; no type when `visit_type_id` was asked for.
     """
     if row is None:
         raise NotFound(f"doctor {doctor_id} does not exist")
     clinic_id, timezone, active = row[:3]
+    visit_type = None
+    if visit_type_id is not None:
+        if row[13] is None:
+            raise NotFound(f"visit type {visit_type_id} is not one of doctor {doctor_id}'s")
+        visit_type = TypeFacts(*row[13:DOCTOR_DAYS_COLUMNS])
     return DoctorDays(
         doctor_id,
         clinic_id,
@@ -207,18 +262,25 @@ def doctor_days_from_row(doctor_id: int, row: Sequence[Any] | None) -> DoctorDay
         _ranges(row),
         _intervals(row[9], row[10]),
         _intervals(row[11], row[12]),
+        visit_type,
     )
 
 
 def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
     """Slots with their taken flag (bookings and exceptions), ignoring notice and horizon."""
     tz = ZoneInfo(data.timezone)
+    visit = data.visit_type.visit if data.visit_type is not None else None
     result = []
     for day in days:
-        slots = day_slots(day, data.ranges, tz, booked=data.booked, blocked=data.blocked)
+        slots = day_slots(
+            day, data.ranges, tz, booked=data.booked, blocked=data.blocked, visit=visit
+        )
         # Which of them an exception (leave, closure) blocks: those never free up.
         away = (
-            [not a.available for a in day_slots(day, data.ranges, tz, blocked=data.blocked)]
+            [
+                not a.available
+                for a in day_slots(day, data.ranges, tz, blocked=data.blocked, visit=visit)
+            ]
             if data.blocked
             else [False] * len(slots)
         )
@@ -230,65 +292,103 @@ def compute_days(data: DoctorDays, days: Iterable[dt.date]) -> list[DaySlots]:
     return result
 
 
-def _key(doctor_id: int, day: dt.date) -> str:
-    return f"avail:{doctor_id}:{day.isoformat()}"
+def _key(doctor_id: int, day: dt.date, visit_type_id: int | None = None) -> str:
+    """A doctor-day's value: its plain slots, or one visit type's."""
+    base = f"avail:{doctor_id}:{day.isoformat()}"
+    return base if visit_type_id is None else f"{base}:t{visit_type_id}"
 
 
 def _version_key(doctor_id: int, day: dt.date) -> str:
+    """The day's version, shared by the plain slots and every type: a booking of any type
+    changes them all."""
     return f"availver:{doctor_id}:{day.isoformat()}"
 
 
+def _types_version_key(doctor_id: int) -> str:
+    """The version of a doctor's visit types: an edit changes every day of that type."""
+    return f"availtypes:{doctor_id}"
+
+
+def visit_type_param(query: Mapping[str, str]) -> int | None:
+    """`visit_type_id` of a query, None when absent (ValueError when not a number)."""
+    raw = query.get("visit_type_id")
+    return int(raw) if raw else None
+
+
 def prefetch_keys(query: Mapping[str, str]) -> list[str]:
-    """The cache keys an availability request (`doctor_id`, `date`, `days`) will read, so
-    the authentication step can fetch them in its round trip; none if the query is bad
-    (the handler then answers the 400 itself)."""
+    """The cache keys an availability request (`doctor_id`, `date`, `days`,
+    `visit_type_id`) will read, so the authentication step can fetch them in its round
+    trip; none if the query is bad (the handler then answers the 400 itself)."""
     try:
         doctor_id, first = int(query["doctor_id"]), dt.date.fromisoformat(query["date"])
         count = int(query.get("days", 1))
+        visit_type_id = visit_type_param(query)
     except (KeyError, ValueError):
         return []
     if not 1 <= count <= MAX_DAYS:
         return []
-    return _day_keys(doctor_id, [first + dt.timedelta(days=i) for i in range(count)])
+    days = [first + dt.timedelta(days=i) for i in range(count)]
+    return _day_keys(doctor_id, days, visit_type_id)
 
 
-def _day_keys(doctor_id: int, days: list[dt.date]) -> list[str]:
-    """The days' cached values, then their versions."""
-    return [_key(doctor_id, d) for d in days] + [_version_key(doctor_id, d) for d in days]
+def _day_keys(doctor_id: int, days: list[dt.date], visit_type_id: int | None) -> list[str]:
+    """The days' cached values, then their versions, then (for a type) the types' version."""
+    keys = [_key(doctor_id, d, visit_type_id) for d in days]
+    keys += [_version_key(doctor_id, d) for d in days]
+    if visit_type_id is not None:
+        keys.append(_types_version_key(doctor_id))
+    return keys
 
 
 class _CachedDay(msgspec.Struct):
     """A cached doctor-day as stored in Redis: {"tz": zone, "s": [[starts, start_local,
-    end_local, taken], ...]}; msgspec writes and reads it in C, slots as CachedSlot."""
+    end_local, taken, blocked], ...], "v": the day's version it was computed at, "tv": the
+    types' version, "t": the visit type}; msgspec writes and reads it in C, slots as
+    CachedSlot. A value is served only while both versions are still current: a write
+    bumps them (and deletes the plain value), so no write has to know which types' values
+    exist."""
 
     tz: str
     s: list[CachedSlot]
+    v: str = ""
+    tv: str = ""
+    t: TypeFacts | None = None
 
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_CachedDay)
 
 
-def _encode(timezone: str, day: DaySlots) -> bytes:
-    return _encoder.encode(_CachedDay(timezone, day.slots))
+def _text(version: bytes | str | None) -> str:
+    if version is None:
+        return ""
+    return version.decode() if isinstance(version, bytes) else version
 
 
-def _decode(day: dt.date, raw: bytes | str) -> tuple[str, DaySlots]:
-    data = _decoder.decode(raw)
-    return data.tz, DaySlots(day, data.s)
+class Availability(NamedTuple):
+    """A doctor's days as the cache answers: the clinic's zone, the days, the visit type."""
+
+    timezone: str
+    days: list[DaySlots]
+    visit_type: TypeFacts | None = None
 
 
-# Store only if no write bumped the day's version since the reader looked at it.
-# Every computed day in one call (one round trip, however many days; a redis-py pipeline
-# of scripts would add a SCRIPT EXISTS round trip of its own). KEYS: each day's value key
-# then its version key; ARGV: the TTL, then each day's value and the version its reader saw.
+# Store only if no write bumped the day's version (or the doctor's types' version) since
+# the reader looked at it. Every computed day in one call (one round trip, however many
+# days; a redis-py pipeline of scripts would add a SCRIPT EXISTS round trip of its own).
+# KEYS: each day's value key then its version key, then the types' version key; ARGV: the
+# TTL, the types' version the reader saw, then each day's value and the version it saw.
 _SET_IF_VERSION = """
+local types = redis.call('GET', KEYS[#KEYS])
+if not ((types == false and ARGV[2] == '') or types == ARGV[2]) then
+  return 0
+end
 local stored = 0
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS - 1, 2 do
   local current = redis.call('GET', KEYS[i + 1])
-  local seen = ARGV[i + 2]
+  local seen = ARGV[i + 3]
   if (current == false and seen == '') or current == seen then
-    redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1])
+    redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ARGV[1])
     stored = stored + 1
   end
 end
@@ -317,7 +417,8 @@ class SlotCache:
         count: int,
         prefetched: Mapping[str, bytes | None] | None = None,
         later: list[Callable[[], Awaitable[None]]] | None = None,
-    ) -> tuple[str, list[DaySlots]]:
+        visit_type_id: int | None = None,
+    ) -> Availability:
         """The doctor's slots for `count` days from `first`, and the clinic's time zone.
 
         Args:
@@ -327,9 +428,13 @@ class SlotCache:
                 background task: the client does not wait for that round trip), instead of
                 being awaited before this returns. The version guard makes a late store
                 as safe as an early one.
+            visit_type_id: one of the doctor's visit types (None: the plain slots).
+
+        Raises:
+            NotFound: no such doctor, or the visit type is not theirs.
         """
         days = [first + dt.timedelta(days=i) for i in range(count)]
-        keys = _day_keys(doctor_id, days)
+        keys = _day_keys(doctor_id, days, visit_type_id)
         found: list[bytes | None]
         if prefetched and all(k in prefetched for k in keys):
             found = [prefetched[k] for k in keys]
@@ -338,23 +443,34 @@ class SlotCache:
                 found = await self.redis.mget(keys)
             except RedisError as exc:  # Redis is a cache: slower without it, never wrong
                 log.warning("availability cache unavailable: %s", exc)
-                found = [None] * (2 * count)
-        cached, versions = found[:count], found[count:]
-        hits = [raw for raw in cached if raw is not None]
-        if len(hits) == count:
+                found = [None] * len(keys)
+        cached, versions = found[:count], [_text(v) for v in found[count : 2 * count]]
+        types_version = _text(found[2 * count]) if visit_type_id is not None else ""
+        decoded = [_decoder.decode(raw) if raw is not None else None for raw in cached]
+        current = [
+            d is not None and d.v == version and d.tv == types_version
+            for d, version in zip(decoded, versions, strict=True)
+        ]
+        if all(current):
             self.hits += count
-            decoded = [_decode(day, raw) for day, raw in zip(days, hits, strict=True)]
-            return decoded[0][0], [d for _, d in decoded]
-        self.misses += sum(v is None for v in cached)
+            values = [d for d in decoded if d is not None]
+            return Availability(
+                values[0].tz,
+                [DaySlots(day, d.s) for day, d in zip(days, values, strict=True)],
+                values[0].t,
+            )
+        self.misses += count - sum(current)
         # Only a computation that saw the same versions is shared: one that began before a
         # write bumped them would hand a reader arriving after that write a stale answer.
-        key = (doctor_id, first, days[-1], tuple(versions))
+        key = (doctor_id, first, days[-1], visit_type_id, tuple(versions), types_version)
         if key in self._inflight:
             return await asyncio.shield(self._inflight[key])
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            result = await self._compute(doctor_id, days, versions, later)
+            result = await self._compute(
+                doctor_id, days, versions, types_version, visit_type_id, later
+            )
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -368,25 +484,29 @@ class SlotCache:
         self,
         doctor_id: int,
         days: list[dt.date],
-        versions: list[bytes | None],
+        versions: list[str],
+        types_version: str,
+        visit_type_id: int | None,
         later: list[Callable[[], Awaitable[None]]] | None,
-    ) -> tuple[str, list[DaySlots]]:
+    ) -> Availability:
         # Bounds wide enough for any zone (UTC-12 to UTC+14); the pure code cuts exactly.
         lo = dt.datetime.combine(days[0], dt.time(), dt.UTC) - dt.timedelta(hours=15)
         hi = dt.datetime.combine(days[-1], dt.time(), dt.UTC) + dt.timedelta(hours=39)
-        data = await fetch_doctor_days(self.engine, doctor_id, lo, hi)
+        data = await fetch_doctor_days(self.engine, doctor_id, lo, hi, visit_type_id)
         computed = compute_days(data, days) if data.active else [DaySlots(d, []) for d in days]
         keys: list[str] = []
-        args: list[bytes | str | int] = [spread_ttl(CACHE_TTL_SECONDS)]
+        args: list[bytes | str | int] = [spread_ttl(CACHE_TTL_SECONDS), types_version]
         for day, version in zip(computed, versions, strict=True):
-            keys += [_key(doctor_id, day.day), _version_key(doctor_id, day.day)]
-            args += [_encode(data.timezone, day), (version or b"").decode()]
+            keys += [_key(doctor_id, day.day, visit_type_id), _version_key(doctor_id, day.day)]
+            value = _CachedDay(data.timezone, day.slots, version, types_version, data.visit_type)
+            args += [_encoder.encode(value), version]
+        keys.append(_types_version_key(doctor_id))
         store = partial(self._store_days, keys, args)
         if later is None:
             await store()
         else:
             later.append(store)
-        return data.timezone, computed
+        return Availability(data.timezone, computed, data.visit_type)
 
     async def _store_days(self, keys: list[str], args: list[bytes | str | int]) -> None:
         try:
@@ -407,6 +527,15 @@ def queue_invalidation(pipe: Pipeline, doctor_days: Iterable[tuple[int, dt.date]
         pipe.incr(_version_key(doctor_id, day))
         pipe.expire(_version_key(doctor_id, day), VERSION_TTL_SECONDS)
         pipe.delete(_key(doctor_id, day))
+
+
+def queue_types_invalidation(pipe: Pipeline, doctor_ids: Iterable[int]) -> None:
+    """Queue, on a pipeline, forgetting every cached day of these doctors' visit types
+    after a committed change to their types (a cached value names the types' version it
+    was computed at, so bumping it is enough). Run after commit, never before."""
+    for doctor_id in set(doctor_ids):
+        pipe.incr(_types_version_key(doctor_id))
+        pipe.expire(_types_version_key(doctor_id), VERSION_TTL_SECONDS)
 
 
 def local_days(start: dt.datetime, end: dt.datetime, timezone: str) -> list[dt.date]:

@@ -44,16 +44,19 @@ from app.routes import (
     auth,
     auth_api,
     deps,
+    fhir,
     health,
     live,
     pages,
     patient_pages,
     records,
     staff_pages,
+    visit_type_pages,
 )
 from app.routes.api_analytics import AnalyticsController
 from app.routes.api_appointments import AppointmentController
 from app.routes.api_directory import DirectoryController
+from app.routes.api_visit_types import VisitTypeController
 from app.routes.inputs import refuse_bad_input
 from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
@@ -199,6 +202,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
             pages.home,
             DirectoryController,
+            VisitTypeController,
             AppointmentController,
             *patient_pages.ROUTES,
             *staff_pages.ROUTES,
@@ -209,11 +213,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *auth_api.ROUTES,
             *admin_users.ROUTES,
             *admin_pages.ROUTES,
+            *visit_type_pages.ROUTES,
             admin_queries.queries_page,
             *audit.ROUTES,
             *NOTIFICATION_ROUTES,
             *records.ROUTES,
             *records.upload_routes(settings),
+            fhir.ROUTER,
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
             ),

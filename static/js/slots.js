@@ -11,6 +11,7 @@ document.addEventListener("htmx:oobAfterSwap", function () {
   var reason = panel.querySelector("[name=reason]");
   var url = "/doctors/" + panel.dataset.doctorId + "/book?start=" + encodeURIComponent(start);
   if (panel.dataset.reschedule) url += "&reschedule=" + panel.dataset.reschedule;
+  if (panel.dataset.visitType) url += "&visit_type_id=" + panel.dataset.visitType;
   htmx.ajax("GET", url, {
     target: "#booking-panel",
     swap: "outerHTML",

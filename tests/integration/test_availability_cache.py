@@ -131,18 +131,18 @@ async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, red
     cache = SlotCache(redis, engine)
     original = slots_module.fetch_doctor_days
 
-    async def load_then_a_write_lands(connection, doctor_id, lo, hi):
-        stale = await original(connection, doctor_id, lo, hi)
+    async def load_then_a_write_lands(connection, doctor_id, lo, hi, *typed):
+        stale = await original(connection, doctor_id, lo, hi, *typed)
         await book_at_ten(engine, redis, world, day)
         return stale
 
     monkeypatch.setattr(slots_module, "fetch_doctor_days", load_then_a_write_lands)
-    _, stale_days = await cache.days(world.doctor_id, day, 1)
+    stale_days = (await cache.days(world.doctor_id, day, 1)).days
     ten = at(day, 10).astimezone(dt.UTC)
     assert next(s for s in stale_days[0].slots if s.start == ten).taken is False  # it raced
 
     monkeypatch.setattr(slots_module, "fetch_doctor_days", original)
-    _, fresh_days = await cache.days(world.doctor_id, day, 1)
+    fresh_days = (await cache.days(world.doctor_id, day, 1)).days
     assert next(s for s in fresh_days[0].slots if s.start == ten).taken is True
 
 
@@ -201,10 +201,10 @@ async def test_a_bad_availability_query_still_gets_its_400(client, world):
 async def test_a_week_miss_caches_every_day_in_one_call(world, engine, redis):
     cache = SlotCache(redis, engine)
     first = day_after_tomorrow()
-    _, week = await cache.days(world.doctor_id, first, 7)
+    week = (await cache.days(world.doctor_id, first, 7)).days
     assert cache.misses == 7
     for offset, computed in enumerate(week):
-        _, (day,) = await cache.days(world.doctor_id, first + dt.timedelta(days=offset), 1)
+        (day,) = (await cache.days(world.doctor_id, first + dt.timedelta(days=offset), 1)).days
         assert day == computed
     assert cache.hits == 7 and cache.misses == 7
 
@@ -221,10 +221,10 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
     b_reads = asyncio.Event()
     release_a = asyncio.Event()
 
-    async def slow_for_a(connection, doctor_id, lo, hi):
+    async def slow_for_a(connection, doctor_id, lo, hi, *typed):
         if a_has_read.is_set():
             b_reads.set()
-        data = await original(connection, doctor_id, lo, hi)
+        data = await original(connection, doctor_id, lo, hi, *typed)
         if not a_has_read.is_set():
             a_has_read.set()
             await release_a.wait()
@@ -242,7 +242,7 @@ async def test_a_read_after_a_write_does_not_join_an_older_computation(
         await asyncio.wait_for(b_reads.wait(), 30)
     finally:
         release_a.set()
-    (_, (a_day,)), (_, (b_day,)) = await asyncio.gather(reader_a, reader_b)
+    (_, (a_day,), _), (_, (b_day,), _) = await asyncio.gather(reader_a, reader_b)
     assert next(s for s in a_day.slots if s.start == ten).taken is False  # began before
     assert next(s for s in b_day.slots if s.start == ten).taken is True
 
@@ -253,10 +253,10 @@ async def test_a_deferred_store_waits_for_its_caller(world, engine, redis):
     cache = SlotCache(redis, engine)
     day = day_after_tomorrow()
     later: list = []
-    _, (computed,) = await cache.days(world.doctor_id, day, 1, later=later)
+    (computed,) = (await cache.days(world.doctor_id, day, 1, later=later)).days
     assert len(later) == 1
     assert await redis.get(f"avail:{world.doctor_id}:{day.isoformat()}") is None
     for store in later:
         await store()
-    _, (again,) = await cache.days(world.doctor_id, day, 1)
+    (again,) = (await cache.days(world.doctor_id, day, 1)).days
     assert again == computed and cache.hits == 1 and cache.misses == 1
