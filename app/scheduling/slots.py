@@ -53,7 +53,9 @@ MAX_DAYS = 14
 # (clinic_id, starts_at) partial index, bookings by (doctor_id, starts_at) INCLUDE (...).
 # Bookings are at most a day long and their buffers at most MAX_BUFFER_MINUTES (check
 # constraints), which bounds the scan; what a booking blocks is its stored span with its
-# buffers (`blocked`, in the index's INCLUDE, so the scan stays index-only). The visit
+# buffers (`blocked`, in the index's INCLUDE, so the scan stays index-only), for the rows
+# `db.models.HOLDS_TIME` says hold their time (unqualified: only `appointments` here has
+# a status). The visit
 # type asked for (:visit_type_id, NULL for the template's plain slots) comes in the same
 # row when it is the doctor's.
 # Everything comes back as arrays of plain columns (times, dates, instants), which the
@@ -86,7 +88,7 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
   SELECT array_agg(lower(a.blocked)) AS starts, array_agg(upper(a.blocked)) AS ends
     FROM appointments a
-   WHERE a.doctor_id = d.id AND a.{holds_time}
+   WHERE a.doctor_id = d.id AND ({holds_time})
      AND a.starts_at >= CAST(:lo AS timestamptz) - interval '1 day {buffer} minutes'
      AND a.starts_at < CAST(:hi AS timestamptz) + interval '{buffer} minutes'
      AND lower(a.blocked) < :hi AND upper(a.blocked) > :lo) b
