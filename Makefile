@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format install dev bench-scale clean
+.PHONY: run test test-topology lint format install dev bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,26 @@ run: install
 	$(BIN)/medbook demo
 
 ## make test: unit, integration and browser tests against real services, on TEST_WORKERS
-## pytest-xdist workers (each with its own database and Redis number; the browser tests
-## together on one of them).
+## pytest-xdist workers (each with its own database and Redis number). `worksteal`: an idle
+## worker takes tests queued on a busy one, and a crashed worker's test is reported failed
+## while the rest run on (loadgroup/loadscope queue the crashed test again and hang).
 TEST_WORKERS ?= 3
 test: dev
 	$(BIN)/python e2e/browser.py --ensure
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python tests/topology/tools.py --ensure
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+
+## make test-topology: the booking race, per-doctor limit, idempotency, outbox and
+## records-read tests again with every app behind a PgBouncer in transaction mode
+## (MEDBOOK_TEST_PGBOUNCER=1, conftest.py), about 2 minutes; CI runs it after `make test`.
+## The rest of tests/topology/ (replica, Sentinel, HAProxy, manifests) runs in `make test`.
+## Needs pgbouncer, haproxy and redis-sentinel (`make test` installs them as root on Debian).
+TOPOLOGY_TESTS := tests/topology/test_pgbouncer.py tests/integration/test_booking_concurrency.py \
+	tests/integration/test_booking_limits_race.py tests/integration/test_idempotency_race.py \
+	tests/integration/test_notifications_outbox.py tests/integration/test_records_read.py
+test-topology: dev
+	$(BIN)/python tests/topology/tools.py --ensure
+	MEDBOOK_TEST_PGBOUNCER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup $(TOPOLOGY_TESTS)
 
 lint: dev
 	$(BIN)/ruff check app db tasks tests e2e bench conftest.py

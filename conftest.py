@@ -8,6 +8,16 @@ a temporary folder of the run's own). MEDBOOK_TEST_EMBEDDED=1 skips the local se
 The run migrates one template database; each test process (each pytest-xdist worker, or
 the run itself) clones its own database from it and claims a Redis database of its own
 (1-15). Every database of the run is dropped at the end.
+
+Nothing one run leaves can fail another: a killed run's Redis claim is taken over once
+its holder is gone (and nothing of it is still connected to that database), its databases
+carry its own pid in their names, and every process a test starts inherits the run's mark
+(MEDBOOK_TEST_RUN, MEDBOOK_TEST_WORKER), by which a crashed worker's leftovers are stopped.
+
+MEDBOOK_TEST_PGBOUNCER=1 puts a PgBouncer in transaction mode (tests/topology/pgbouncer.py)
+between every app the tests start and that database (`DATABASE_POOL_MODE=transaction`);
+the harness itself (cloning, emptying, TEST_ADMIN_DATABASE_URL) still talks to PostgreSQL
+directly. `make test-topology` runs the booking race, outbox and records-read tests so.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 import pytest
 import pytest_asyncio
 import redis as redis_sync
@@ -44,6 +55,53 @@ DATA_TABLES = (
 # audit_events refuses TRUNCATE unless the session allows it (migration 0009); only the
 # harness does, inside the emptying transaction.
 ALLOW_AUDIT_TRUNCATE = "SET LOCAL medbook.allow_audit_truncate = on"
+
+# What `TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE` does, without its cost: TRUNCATE
+# makes new files for every table and index (0.3-0.5 s on a busy machine, per test), a
+# DELETE of a few rows takes milliseconds. The same tables (DATA_TABLES and every table
+# that references them, as CASCADE reaches), and their sequences restarted. It needs
+# session_replication_role = replica (a superuser's), which turns off the foreign-key
+# and append-only triggers for the transaction; without it, TRUNCATE as before.
+_EMPTY_DATA_TABLES = f"""
+DO $$
+DECLARE
+  t regclass;
+  s record;
+BEGIN
+  FOR t IN
+    WITH RECURSIVE reach(rel) AS (
+      SELECT unnest(string_to_array(replace('{DATA_TABLES}', ' ', ''), ',')::regclass[])
+      UNION
+      SELECT c.conrelid::regclass FROM pg_constraint c JOIN reach r ON c.confrelid = r.rel
+      WHERE c.contype = 'f'
+    ) SELECT rel FROM reach
+  LOOP
+    EXECUTE format('DELETE FROM %s', t);
+    FOR s IN
+      SELECT d.objid AS seq, q.start_value FROM pg_depend d
+      JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'
+      JOIN pg_sequences q
+        ON q.schemaname = c.relnamespace::regnamespace::text AND q.sequencename = c.relname
+      WHERE d.refobjid = t AND d.deptype IN ('a', 'i') AND q.last_value IS NOT NULL
+    LOOP
+      PERFORM setval(s.seq, s.start_value, false);
+    END LOOP;
+  END LOOP;
+END $$
+"""
+
+
+async def empty_data_tables(conn) -> None:
+    """Empty every table a test may fill, identities restarted, in one transaction
+    (`conn`: a SQLAlchemy AsyncConnection); as TRUNCATE ... RESTART IDENTITY CASCADE."""
+    from sqlalchemy import text
+
+    if await conn.scalar(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")):
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        await conn.exec_driver_sql(_EMPTY_DATA_TABLES)
+    else:
+        await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
+        await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -83,7 +141,7 @@ def redis_database_url(server: str, number: int) -> str:
 
 
 # Claims live in database 0, which no test flushes (each test process flushes only the
-# database it claimed), as `medbook:test-claim:<number>` = "<host>:<pid>".
+# database it claimed), as `medbook:test-claim:<number>` = "<host>:<pid>:<start time>".
 CLAIM_KEY = "medbook:test-claim:{}"
 CLAIM_SECONDS = 3 * 3600  # longer than any run; a crash elsewhere frees its number then
 _TAKE_OVER = (
@@ -98,16 +156,21 @@ _RELEASE = (
 def _claim_redis_database(server: str) -> str:
     """A Redis database (1-15) on `server` that no other test process is using right now
     (another developer's run, CI beside it, another xdist worker of this run), flushed.
-    A claim whose holder died on this host is taken over."""
-    holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    A claim whose holder died on this host (its pid gone, or reused by a process started
+    later) is taken over, unless a client is still connected to that database: what a
+    killed run left running (a server, a job worker) would otherwise take this run's jobs
+    and hear its pushes. Such a number is passed over until those clients are gone."""
+    holder = _holder(os.getpid())
     claims = redis_sync.Redis.from_url(redis_database_url(server, 0))
+    in_use = _databases_with_clients(claims)
     # From 1 up: a run of the older conftest claims from 15 down, inside the database.
     for number in range(1, 16):
         key = CLAIM_KEY.format(number)
         if _held_the_old_way(redis_database_url(server, number)):
             continue
-        taken = claims.set(key, holder, nx=True, ex=CLAIM_SECONDS)
-        if not taken:
+        taken = number not in in_use and claims.set(key, holder, nx=True, ex=CLAIM_SECONDS)
+        if not taken and number not in in_use:
             current = claims.get(key)
             taken = current is not None and _abandoned(current.decode())
             # Atomic: of two runs that both found it abandoned, one takes it over.
@@ -123,6 +186,21 @@ def _claim_redis_database(server: str) -> str:
     raise RuntimeError(f"every Redis database 1-15 of {server} is claimed by a test process")
 
 
+def _databases_with_clients(client: redis_sync.Redis) -> set[int]:
+    """The numbers of the databases that some connection has selected right now (none
+    known where CLIENT LIST is refused, as some managed Redis services do)."""
+    try:
+        connections = client.client_list()
+    except redis_sync.ResponseError:
+        return set()
+    return {int(c["db"]) for c in connections if int(c.get("db", 0)) != 0}
+
+
+def _holder(pid: int) -> str:
+    """Who holds a claim: host, pid and the process's start time (a pid is reused)."""
+    return f"{socket.gethostname()}:{pid}:{psutil.Process(pid).create_time():.2f}"
+
+
 def _held_the_old_way(url: str) -> bool:
     """A run of the older conftest holds this database (its key `medbook:test-run` in the
     database itself, with the holder's pid on this host)."""
@@ -132,8 +210,17 @@ def _held_the_old_way(url: str) -> bool:
 
 
 def _abandoned(holder: str) -> bool:
-    host, _, pid = holder.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+    """The claim's holder ran on this host and is gone ("host:pid" from older runs)."""
+    host, _, rest = holder.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if not _pid_alive(int(pid)):
+        return True
+    try:
+        return bool(started) and _holder(int(pid)) != holder  # the pid was reused
+    except psutil.Error:
+        return True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -245,13 +332,28 @@ def _start_services(config: pytest.Config) -> dict[str, str | None]:
     # Every database of the run, the workers' too (even a crashed worker's), at the end.
     _stack.callback(_drop_run_databases, postgres, prefix)
     migrate.upgrade(with_database(postgres, template))
+    pooler = None
+    if os.environ.get("MEDBOOK_TEST_PGBOUNCER") == "1":
+        from tests.topology.pgbouncer import PgBouncer
+
+        bouncer = PgBouncer(postgres)
+        _stack.callback(bouncer.stop)
+        pooler = bouncer.url(postgres)
     return {
         "postgres": postgres,
+        "pooler": pooler,
         "template": template,
         "redis": redis_server,
         # Workers share no database: with TEST_REDIS_URL each claims one on its server.
         "redis_as_is": None if _distributed(config) else redis_as_is,
     }
+
+
+def run_database_name(purpose: str) -> str:
+    """A name for a database a test creates: the run's prefix (dropped at the run's end
+    whatever happens to the test), the purpose, this process and a random part."""
+    prefix = os.environ["TEST_TEMPLATE_DATABASE"].removesuffix("_template")
+    return f"{prefix}_{purpose}_{os.getpid()}_{secrets.token_hex(4)}"
 
 
 def _drop_run_databases(admin_url: str, prefix: str) -> None:
@@ -281,11 +383,17 @@ def _use_services(services: dict[str, str | None], name: str) -> None:
     assert postgres and template and services["redis"]
     asyncio.run(_recreate(postgres, name, template=template))
     redis_url = services["redis_as_is"] or _claim_redis_database(services["redis"])
-    data_dir = ROOT / "var" / f"test-data-{os.getpid()}"
+    data_dir = ROOT / "var" / f"test-data-{name}"  # the controller removes a crashed one's
     _stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
+    pooler = services.get("pooler")
+    if pooler:
+        os.environ["DATABASE_POOL_MODE"] = "transaction"
+        # The tests' own raw asyncpg connections (the `database_url` fixture) go straight
+        # to PostgreSQL, with asyncpg's defaults; every app and engine goes through it.
+        os.environ["TEST_DIRECT_DATABASE_URL"] = with_database(postgres, name)
     os.environ.update(
         {
-            "DATABASE_URL": with_database(postgres, name),
+            "DATABASE_URL": with_database(pooler or postgres, name),
             "REDIS_URL": redis_url,
             "SECRET_KEY": secrets.token_urlsafe(40),
             "MEDBOOK_DATA_DIR": str(data_dir),
@@ -294,6 +402,10 @@ def _use_services(services: dict[str, str | None], name: str) -> None:
         }
     )
     os.environ.setdefault("TEST_ADMIN_DATABASE_URL", postgres)
+    # A test that needs a database of its own clones the migrated template (a CREATE
+    # DATABASE, not a migration) and names it after it, so the run's end drops it even
+    # when the test never got to.
+    os.environ["TEST_TEMPLATE_DATABASE"] = template
     # Every app a test starts (in process or as a server) opens its whole pool at start:
     # a small one is quicker to open and keeps parallel runs within max_connections.
     os.environ.setdefault("DB_POOL_SIZE", "4")
@@ -316,18 +428,30 @@ class _ReleaseServices:
         _stack.close()
 
 
+# Set in the environment of the run (RUN_MARK) and of each xdist worker (WORKER_MARK), so
+# every process a test starts inherits them: what a crashed worker (or anything) left
+# running is found by them, whatever its command line.
+RUN_MARK = "MEDBOOK_TEST_RUN"
+WORKER_MARK = "MEDBOOK_TEST_WORKER"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_ReleaseServices(), "medbook-release-services")
     worker = getattr(config, "workerinput", None)
     if worker is not None:  # an xdist worker: the controller started the services
         services = worker["medbook_services"]
-        _use_services(
-            services, f"{services['template'].removesuffix('_template')}_{worker['workerid']}"
-        )
+        os.environ[WORKER_MARK] = f"{os.environ.get(RUN_MARK)}/{worker['workerid']}"
+        _use_services(services, _worker_database(services, worker["workerid"]))
         return
     services = config.stash[_SERVICES] = _start_services(config)
+    # After the services: the run's embedded PostgreSQL and Redis are not the tests'.
+    os.environ[RUN_MARK] = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     if not _distributed(config):
         _use_services(services, f"medbook_test_{os.getpid()}")
+
+
+def _worker_database(services: dict[str, str | None], workerid: str) -> str:
+    return f"{str(services['template']).removesuffix('_template')}_{workerid}"
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -349,10 +473,11 @@ def settings():
 
 @pytest.fixture(scope="session")
 def database_url(settings) -> str:
-    """The run's database as a plain libpq URL."""
+    """The run's database as a plain libpq URL, straight to PostgreSQL (under
+    MEDBOOK_TEST_PGBOUNCER too: it is for the tests' own raw asyncpg connections)."""
     from app.settings import plain_database_url
 
-    return plain_database_url(settings.database_url)
+    return os.environ.get("TEST_DIRECT_DATABASE_URL") or plain_database_url(settings.database_url)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -367,11 +492,8 @@ async def engine(settings) -> AsyncIterator:
 @pytest_asyncio.fixture
 async def db(engine) -> AsyncIterator:
     """An empty database (every table truncated), seen alike by every connection."""
-    from sqlalchemy import text
-
     async with engine.begin() as conn:
-        await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
-        await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
+        await empty_data_tables(conn)
     yield engine
 
 
@@ -450,7 +572,7 @@ class LiveServer:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)  # a refused connection costs next to nothing
         raise RuntimeError(f"server not ready after {timeout}s; see {self.log}")
 
     def stop(self) -> None:
@@ -550,14 +672,17 @@ def _processes_end_with_their_test(request) -> Iterator[None]:
     """What a test started (tests/processes.py) and left running is stopped after it."""
     kept = processes.running()
     if "tmp_path" in request.fixturenames:
-        _run_folders.add(str(request.getfixturevalue("tmp_path_factory").getbasetemp()))
+        # With its separator: /tmp/pytest-of-root/pytest-5 is not another run's pytest-50.
+        basetemp = request.getfixturevalue("tmp_path_factory").getbasetemp()
+        _run_folders.add(os.path.join(basetemp, ""))
     yield
     processes.stop_all_except(kept)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _before_tests.update(processes.descendants())
-    _run_folders.add(os.environ.get("MEDBOOK_DATA_DIR", ""))
+    if data_dir := os.environ.get("MEDBOOK_DATA_DIR"):
+        _run_folders.add(os.path.join(data_dir, ""))
 
 
 _left_by_workers: list[str] = []
@@ -565,8 +690,18 @@ _left_by_workers: list[str] = []
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
-    """pytest-xdist: what a worker found left behind (see pytest_sessionfinish)."""
+    """pytest-xdist: what a worker found left behind (see pytest_sessionfinish). A worker
+    that crashed (killed, segfault, os._exit) cleaned up nothing: what its tests started is
+    stopped now, before its replacement starts and claims a Redis database (a server or job
+    worker left running there would take that one's jobs), and its data folder removed."""
     _left_by_workers.extend(getattr(node, "workeroutput", {}).get("processes_left_behind", []))
+    if error is None:
+        return
+    workerid = node.workerinput["workerid"]
+    left = processes.stop_marked(WORKER_MARK, f"{os.environ.get(RUN_MARK)}/{workerid}")
+    _left_by_workers.extend(f"{line} (of crashed worker {workerid})" for line in left)
+    services = node.config.stash[_SERVICES]
+    shutil.rmtree(ROOT / "var" / f"test-data-{_worker_database(services, workerid)}", True)
 
 
 @pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
@@ -574,7 +709,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """A run fails when it leaves a process behind; those found are killed and named."""
     config = session.config
     if config.pluginmanager.hasplugin("dsession"):  # xdist's controller: workers search
-        left = _left_by_workers
+        workers = {p.pid for p in psutil.Process().children()}
+        left = _left_by_workers + processes.stop_marked(
+            RUN_MARK, os.environ.get(RUN_MARK, ""), spared=workers
+        )
     else:
         left = processes.stop_left_behind(_run_folders, _before_tests)
         if hasattr(config, "workeroutput"):  # an xdist worker: the controller fails the run

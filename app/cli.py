@@ -80,8 +80,12 @@ def _database_problem(settings: Settings, *, migrated: bool = False) -> str | No
     """
     import asyncpg
 
+    from db.session import driver_options
+
     async def revision() -> str | None:
-        conn = await asyncpg.connect(plain_database_url(settings.database_url), timeout=5)
+        conn = await asyncpg.connect(
+            plain_database_url(settings.database_url), timeout=5, **driver_options(settings)
+        )
         try:
             if migrated:
                 return await conn.fetchval("SELECT version_num FROM alembic_version")
@@ -114,7 +118,9 @@ def _redis_problem(settings: Settings) -> str | None:
     """None when Redis answers PING; else one line saying why not."""
     import redis
 
-    client = redis.Redis.from_url(
+    from app.redis import sync_redis_from_url
+
+    client = sync_redis_from_url(
         settings.redis_url,
         socket_connect_timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,

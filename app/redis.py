@@ -1,20 +1,41 @@
 """The process's Redis clients, with explicit timeouts and retries.
 
 `REDIS_URL` may be `redis://`, `rediss://` or `unix:///…/redis.sock?db=N` (the embedded
-Redis); redis-py's `from_url` builds the right connection class for each.
+Redis); redis-py's `from_url` builds the right connection class for each. Or, for Redis
+with Sentinel, `redis+sentinel://[:password@]host:26379,host:26379,…/service[/db]`: the
+client asks the sentinels for the service's primary at each new connection, and a
+connection that fails (a primary killed, or demoted and answering READONLY) is replaced
+by one to whichever primary the sentinels name then (docs/deploy.md, "Redis").
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import redis as redis_sync
+import redis.sentinel
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from app.settings import Settings
+from app.settings import Settings, sentinel_target
+
+# How far a cache entry's lifetime varies around its nominal TTL (each way). Entries
+# filled together (every user's Principal and every doctor-day after a start, a deploy or
+# a flush) would otherwise expire together, and every request of the next few seconds
+# would miss at once: a stall of the whole process every TTL (bench/README.md).
+TTL_SPREAD = 0.2
+
+
+def spread_ttl(seconds: int) -> int:
+    """A cache entry's TTL: `seconds`, give or take TTL_SPREAD of it, at random."""
+    spread = random.uniform(1 - TTL_SPREAD, 1 + TTL_SPREAD)  # noqa: S311 (not a secret)
+    return max(1, round(seconds * spread))
+
 
 # Seconds between PINGs on a connection that sat idle, so a connection cut by a restart
 # or a firewall is noticed before a command is sent on it.
@@ -50,10 +71,39 @@ def client_options(
     }
 
 
+def redis_from_url(url: str, **options: Any) -> Redis:
+    """`Redis.from_url(url, **options)`, also for a `redis+sentinel://` URL (the primary
+    of its service, found through the sentinels). Every asyncio client medbook makes is
+    built here: this module's, SAQ's (tasks/queue.py) and broadcaster's (app/live)."""
+    target = sentinel_target(url)
+    if target is None:
+        return Redis.from_url(url, **options)
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(options))
+    return sentinel.master_for(
+        target.service, redis_class=Redis, db=target.db, password=target.password, **options
+    )
+
+
+def sync_redis_from_url(url: str, **options: Any) -> redis_sync.Redis:
+    """The blocking client's `redis_from_url` (the command line's start-up checks)."""
+    target = sentinel_target(url)
+    if target is None:
+        return redis_sync.Redis.from_url(url, **options)
+    sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(options))
+    return sentinel.master_for(target.service, db=target.db, password=target.password, **options)
+
+
+def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A sentinel is asked with the clients' connect timeout, and never waited on longer
+    than that (a dead sentinel is skipped for the next)."""
+    timeout = options.get("socket_connect_timeout") or 2.0
+    return {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+
+
 def create_redis(settings: Settings) -> Redis:
     """A pooled client. Redis holds nothing that cannot be rebuilt, so calls fail fast
     (a few retries within about a second) instead of hanging a request."""
-    return Redis.from_url(
+    return redis_from_url(
         settings.redis_url,
         max_connections=100,
         **client_options(settings, socket_timeout=settings.redis_timeout),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 T = TypeVar("T")
 
@@ -30,6 +30,12 @@ class Settings:
     secret_key: str
     data_dir: Path
     embedded: bool
+
+    # What sits between medbook and PostgreSQL (docs/deploy.md, "PgBouncer"): `session`
+    # (PostgreSQL itself, or a session-mode pooler) or `transaction` (a transaction-mode
+    # pooler such as PgBouncer: no prepared statements kept, no session state, timeouts set
+    # per transaction). Applies to DATABASE_URL and DATABASE_READ_URL alike.
+    database_pool_mode: str = "session"
 
     # Connection pool and query limits (review S-2, S-4, S-5, M-5).
     db_pool_size: int = 10
@@ -207,7 +213,8 @@ def _at_least_one(raw: str) -> int:
 
 
 def _redis_url(raw: str) -> str:
-    """`redis://`, `rediss://` or `unix:///path/to/redis.sock?db=N` (embedded mode).
+    """`redis://`, `rediss://`, `redis+sentinel://host:port,…/service[/db]` (Redis with
+    Sentinel, app/redis.py) or `unix:///path/to/redis.sock?db=N` (embedded mode).
 
     Every client is built with redis-py's `from_url`, which takes all three: app/redis.py,
     tasks/queue.py and broadcaster's RedisBackend (app/live/realtime.py constructs it itself,
@@ -224,11 +231,51 @@ def _redis_url(raw: str) -> str:
         if len(parts.netloc.rpartition("@")[2].split(",")) > 1:
             raise ValueError("takes one host")
         db = parts.path.strip("/") or (query.get("db") or ["0"])[0]
+    elif parts.scheme == "redis+sentinel":
+        sentinel_target(raw)
+        return raw
     else:
-        raise ValueError("must start with redis://, rediss:// or unix://")
+        raise ValueError("must start with redis://, rediss://, redis+sentinel:// or unix://")
     if not db.isdigit():
         raise ValueError(f"database {db!r} is not a number")
     return raw
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a `redis+sentinel://` URL names."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    password: str | None
+
+
+def sentinel_target(url: str) -> SentinelTarget | None:
+    """The sentinels, service, database and password of a `redis+sentinel://` URL; None
+    for any other URL.
+
+    Raises:
+        ValueError: a Sentinel URL without hosts or service, or with a bad port or db.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis+sentinel":
+        return None
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for host in hosts.split(",") if hosts else []:
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+        if not name or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sentinel {host!r} is not host:port")
+        sentinels.append((name, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not sentinels or not path or len(path) > 2:
+        raise ValueError("a Sentinel URL is redis+sentinel://host:port[,host:port…]/service[/db]")
+    db = path[1] if len(path) == 2 else "0"
+    if not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number")
+    password = unquote(parts.password) if parts.password else None
+    return SentinelTarget(sentinels, path[0], int(db), password)
 
 
 def _log_level(raw: str) -> str:
@@ -237,6 +284,10 @@ def _log_level(raw: str) -> str:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
     return value
 
+
+# How medbook reaches PostgreSQL: directly (or through a session-mode pooler), or through a
+# transaction-mode pooler (PgBouncer `pool_mode = transaction`).
+DATABASE_POOL_MODES = ("session", "transaction")
 
 # The values S3 accepts for x-amz-server-side-encryption, spelled as S3 wants them.
 S3_SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
@@ -333,6 +384,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_key=secret_key,
         data_dir=data_dir,
         embedded=embedded,
+        database_pool_mode=_read(
+            env, "DATABASE_POOL_MODE", _choice(*DATABASE_POOL_MODES), "session"
+        ),
         db_pool_size=pool_size,
         db_max_overflow=max_overflow,
         db_pool_timeout=_read(env, "DB_POOL_TIMEOUT", _positive_float, 5.0),

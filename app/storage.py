@@ -34,7 +34,7 @@ URL_SECONDS = 600
 
 # Keys are ours (`patients/{id}/{uuid}.pdf`, `exports/{id}.csv`), never a user's file name,
 # and only of the kinds of file medbook stores.
-_KEY = re.compile(r"^[a-z0-9][a-z0-9_\-]*(/[a-z0-9][a-z0-9_\-]*)*\.(pdf|png|jpg|csv)$")
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_\-]*(/[a-z0-9][a-z0-9_\-]*)*\.(pdf|png|jpg|csv|json|ndjson)$")
 
 
 def valid_key(key: str) -> bool:

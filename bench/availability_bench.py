@@ -134,20 +134,35 @@ async def free_slots(client, headers, doctors, today, wanted: int) -> list[tuple
     """Free slots far enough ahead, spread over doctors, for the booking stream: up to three
     per doctor-day, walking doctor-days 20-80 days ahead in a shuffled order (reruns on
     the same year book what earlier runs found, so later runs look further)."""
-    found: list[tuple[int, str]] = []
     pairs = [(d, today + dt.timedelta(days=k)) for d, _ in doctors for k in range(20, 81)]
     random.Random(7).shuffle(pairs)
+    found = await first_free(client, headers, pairs, wanted)
+    if len(found) < wanted:
+        raise SystemExit(f"only {len(found)} free slots 20-80 days ahead; reload the year")
+    return found
+
+
+async def first_free(
+    client, headers, pairs, wanted: int, after: dt.datetime | None = None
+) -> list[tuple[int, str]]:
+    """Up to three free slots (starting after `after`, when given) of each (doctor, day)
+    in turn, until `wanted` are found (fewer when the days run out)."""
+    found: list[tuple[int, str]] = []
     for doctor_id, day in pairs:
         response = await client.get(
             "/api/appointments/available-slots",
             params={"doctor_id": doctor_id, "date": day.isoformat()},
             headers=headers,
         )
-        free = [s["start"] for s in response.json()["slots"] if s["available"]]
+        free = [
+            s["start"]
+            for s in response.json()["slots"]
+            if s["available"] and (after is None or dt.datetime.fromisoformat(s["start"]) > after)
+        ]
         found += [(doctor_id, start) for start in free[:3]]
         if len(found) >= wanted:
-            return found[:wanted]
-    raise SystemExit(f"only {len(found)} free slots 20-80 days ahead; reload the year")
+            break
+    return found[:wanted]
 
 
 def cache_counts(base: str) -> tuple[float, float]:

@@ -4,7 +4,7 @@ Usage (a database `medbook seed scale` loaded and migrated to head; the bench wr
 own bookings into it and deletes them at the end):
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/capacity_bench \
-        .venv/bin/python bench/mix_profile.py [--requests 300] [--profile]
+        .venv/bin/python bench/mix_profile.py [--requests 300] [--profile] [--floors]
 
 It starts one `medbook serve --workers 1` process and drives each class of
 `bench/mixed_bench.py`'s mix through it, a few at a time, closed loop: availability,
@@ -14,7 +14,8 @@ by the doctor, a front desk's bulk cancel of ten). For each class it reads the s
 process's CPU time (user + system) before and after: CPU per request is far less
 disturbed than latency by other work on a shared machine. `--profile` then runs each class
 again under `py-spy record` (speedscope files in bench/results/profiles/) and prints each
-profile's top entries by own time and by total time.
+profile's top entries by own time and by total time. `--floors` adds the CPU per request
+of the bare route, of authentication alone and of a cached availability answer (wrk).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -42,7 +44,13 @@ sys.path.insert(0, str(ROOT))
 
 from app.access.tokens import issue_access_token  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
-from bench.availability_bench import free_port, free_slots, server_env, start_server  # noqa: E402
+from bench.availability_bench import (  # noqa: E402
+    first_free,
+    free_port,
+    free_slots,
+    server_env,
+    start_server,
+)
 from bench.mixed_bench import (  # noqa: E402
     MIX,
     REASON,
@@ -242,10 +250,15 @@ async def run_classes(
         out.append(await measure(http, pid, "lists", calls("lists"), profile=profile))
 
         # Booking: 3n new appointments; n cancelled by their patient (the mix's PATCH), n
-        # checked in and completed by their doctor, n cancelled by front desks in tens.
-        booking = cursor.take("booking", 3 * n)
+        # (today's: a check-in is taken only on the appointment's day) checked in and
+        # completed by their doctor, n cancelled by front desks in tens.
+        booking = [
+            *cursor.take("booking", n),
+            *cursor.take("booking today", n),
+            *cursor.take("booking", n),
+        ]
         token_of = tokens
-        made: dict[int, tuple[int, int, str]] = {}  # index -> appointment id, doctor, token
+        made: dict[int, tuple[int, int, int]] = {}  # index -> appointment id, doctor, token
 
         def booked(i: int, response: httpx.Response) -> None:
             if response.status_code == 201:
@@ -254,14 +267,16 @@ async def run_classes(
 
         book_calls = [(m, p, json.loads(b or "{}"), token_of[t - 1]) for _, m, p, t, b in booking]
         out.append(await measure(http, pid, "book", book_calls, booked, profile=profile))
-        ids = [made[i] for i in sorted(made)]
-        third = len(ids) // 3
+
+        def made_in(first: int) -> list[tuple[int, int, int]]:
+            return [made[i] for i in range(first, first + n) if i in made]
+
         cancel = [
             ("PATCH", f"/api/appointments/{a}", {"status": "cancelled"}, token_of[t - 1])
-            for a, _, t in ids[:third]
+            for a, _, t in made_in(0)
         ]
         out.append(await measure(http, pid, "cancel", cancel, profile=profile))
-        doctor = [(a, changes["doctor"][d]) for a, d, _ in ids[third : 2 * third]]
+        doctor = [(a, changes["doctor"][d]) for a, d, _ in made_in(n)]
         checkin = [
             ("PATCH", f"/api/appointments/{a}", {"status": "checked_in"}, t) for a, t in doctor
         ]
@@ -271,7 +286,7 @@ async def run_classes(
         ]
         out.append(await measure(http, pid, "complete", complete, profile=profile))
         by_clinic: dict[int, list[int]] = collections.defaultdict(list)
-        for a, d, _ in ids[2 * third :]:
+        for a, d, _ in made_in(2 * n):
             by_clinic[changes["clinic_of"][d]].append(a)
         bulk: list[Call] = []
         for clinic, appointment_ids in by_clinic.items():
@@ -307,9 +322,29 @@ async def prepare(
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         auth = {"Authorization": f"Bearer {fixtures['tokens'][0]}"}
         today = dt.date.today()
-        slots = await free_slots(http, auth, fixtures["doctors"], today, 3 * (WARM_UP + requests))
-    booking = booking_items(slots, fixtures)
-    return Cursor({**fixtures["items"], "booking": booking, "emails": changes["emails"]}), changes
+        slots = await free_slots(http, auth, fixtures["doctors"], today, 2 * (WARM_UP + requests))
+        today_slots = await free_slots_today(http, auth, fixtures["doctors"], WARM_UP + requests)
+    items = {
+        **fixtures["items"],
+        "booking": booking_items(slots, fixtures),
+        "booking today": booking_items(today_slots, fixtures),
+        "emails": changes["emails"],
+    }
+    return Cursor(items), changes
+
+
+async def free_slots_today(
+    http: httpx.AsyncClient, headers: dict[str, str], doctors: list[tuple[int, str]], wanted: int
+) -> list[tuple[int, str]]:
+    """Free slots later today in each doctor's clinic's time zone, up to three a doctor
+    (their appointments can be checked in: a check-in is taken only on the day)."""
+    pairs = [(d, dt.datetime.now(ZoneInfo(tz)).date()) for d, tz in doctors]
+    # Two hours ahead: still bookable (an hour's notice) when the run gets to them.
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    found = await first_free(http, headers, pairs, wanted, after=soon)
+    if len(found) < wanted:
+        raise SystemExit(f"only {len(found)} free slots later today; try again in the morning")
+    return found
 
 
 async def cpu_per_class(
@@ -338,11 +373,36 @@ def report(measured: list[Measured]) -> list[str]:
     return lines
 
 
+def floors(base: str, pid: int, fixtures: dict, seconds: int = 8) -> list[str]:
+    """Server CPU per request of what every request of a class stands on: the bare route,
+    authentication with its one Redis round trip (`/api/auth/me`), and one cached
+    availability answer; wrk, 4 connections, closed loop."""
+    token = fixtures["tokens"][0]
+    day = fixtures["items"]["availability"][0][2]
+    lines = ["| floor | requests | server CPU ms per request |", "| --- | ---: | ---: |"]
+    for name, path in (
+        ("bare route `/health/live`", "/health/live"),
+        ("authentication `/api/auth/me`", "/api/auth/me"),
+        ("cached availability", day),
+    ):
+        wrk = ["wrk", "-t2", "-c4", "-H", f"Authorization: Bearer {token}", base + path]
+        subprocess.run([*wrk, "-d2s"], capture_output=True, check=True)  # warm, cached
+        before = server_cpu(pid)
+        out = subprocess.run([*wrk, f"-d{seconds}s"], capture_output=True, text=True).stdout
+        used = server_cpu(pid) - before
+        count = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
+        lines.append(f"| {name} | {count} | {used * 1000 / count:.3f} |")
+    return lines
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="per class")
     parser.add_argument("--profile", action="store_true", help="also run under py-spy")
     parser.add_argument("--show", action="store_true", help="only print the last profiles")
+    parser.add_argument(
+        "--floors", action="store_true", help="also the floors: bare route, auth, a cache hit"
+    )
     args = parser.parse_args()
     if args.show:
         print_profiles()
@@ -372,6 +432,8 @@ async def main() -> None:
         await run_classes(base, server.pid, cursor, tokens, changes, WARM_UP, profile=False)
         measured = await run_classes(base, server.pid, cursor, tokens, changes, n, False)
         print("\n".join(report(measured)), flush=True)
+        if args.floors:
+            print("\n".join(floors(base, server.pid, fixtures)), flush=True)
         if args.profile:
             await run_classes(base, server.pid, cursor, tokens, changes, n, True)
     finally:

@@ -95,6 +95,13 @@ def create_engine(
             idle in the pool at least this long (see `_validate_idle_connections`).
     """
     timeout = statement_timeout_ms or settings.statement_timeout_ms
+    idle_timeout = settings.idle_in_transaction_timeout_ms
+    pooled = behind_transaction_pooler(settings)
+    server_settings = {"application_name": application_name, "timezone": "UTC"}
+    if not pooled:
+        # Startup parameters: set once per connection, which is a server session of its own.
+        server_settings["statement_timeout"] = str(timeout)
+        server_settings["idle_in_transaction_session_timeout"] = str(idle_timeout)
     engine = create_async_engine(
         url or settings.database_url,
         pool_size=settings.db_pool_size,
@@ -103,22 +110,72 @@ def create_engine(
         pool_recycle=settings.db_pool_recycle,
         poolclass=TimedPool,
         connect_args={
-            "server_settings": {
-                "application_name": application_name,
-                "statement_timeout": str(timeout),
-                "idle_in_transaction_session_timeout": str(settings.idle_in_transaction_timeout_ms),
-                "timezone": "UTC",
-            },
-            # Client-side bound a little above the server's, in case the server is gone.
+            "server_settings": server_settings,
+            # Client-side bound a little above the server's, in case the server is gone
+            # (behind a transaction pooler, the only bound on a statement run outside a
+            # transaction: see `_set_timeouts_per_transaction`).
             "command_timeout": timeout / 1000 + 5,
             "timeout": 10,
+            **driver_options(settings),
+            # SQLAlchemy's own cache of prepared statements (an asyncpg dialect option).
+            **({"prepared_statement_cache_size": 0} if pooled else {}),
         },
         # Read back by `driver_fetchrow`, which times its statements itself.
         execution_options={SLOW_QUERY_OPTION: settings.slow_query_ms},
     )
+    if pooled:
+        _set_timeouts_per_transaction(engine, timeout, idle_timeout)
     _validate_idle_connections(engine, ping_after_idle_seconds)
     _log_slow_statements(engine)
     return engine
+
+
+def behind_transaction_pooler(settings: Settings) -> bool:
+    """True when DATABASE_POOL_MODE=transaction: a pooler (PgBouncer) hands each
+    transaction whichever server connection is free, so nothing may outlive a transaction
+    on it: no prepared statement, no SET, no session advisory lock, no LISTEN."""
+    return settings.database_pool_mode == "transaction"
+
+
+def driver_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for every `asyncpg.connect` to DATABASE_URL (the engines' and
+    the command line's own).
+
+    Behind a transaction pooler, asyncpg's statement cache is off: its named statements
+    would stay on one server connection and collide on the next client's (`prepared
+    statement "__asyncpg_stmt_1__" already exists`). asyncpg then uses the unnamed
+    statement and sends its Parse again with each Bind, so no statement relies on a Parse
+    sent in an earlier transaction.
+    """
+    return {"statement_cache_size": 0} if behind_transaction_pooler(settings) else {}
+
+
+# Per transaction behind a transaction pooler: one statement, one round trip. `true`:
+# local to the transaction (SET LOCAL), so the server connection goes back clean.
+_SET_TIMEOUTS = (
+    "SELECT set_config('statement_timeout', '{statement}', true),"
+    " set_config('idle_in_transaction_session_timeout', '{idle}', true)"
+)
+
+
+def _set_timeouts_per_transaction(engine: AsyncEngine, statement_ms: int, idle_ms: int) -> None:
+    """Behind a transaction pooler, S-4's timeouts are set at the start of every
+    transaction (SET LOCAL): a pooler refuses them as startup parameters (PgBouncer:
+    `unsupported startup parameter: statement_timeout`), and a session-level SET would
+    stay on a server connection that the next transaction may be another client's.
+
+    A statement run outside a transaction (autocommit: a booking's one batch, an
+    availability cache miss through `driver_fetchrow`) gets no server-side timeout from
+    here: asyncpg's `command_timeout` (the statement timeout plus 5 s) cancels it from the
+    client; docs/deploy.md has the server-side backstop (`ALTER ROLE … SET`).
+    """
+    statement = _SET_TIMEOUTS.format(statement=int(statement_ms), idle=int(idle_ms))
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return  # no transaction to set them in: each statement is its own
+        conn.exec_driver_sql(statement)
 
 
 def _validate_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:

@@ -74,22 +74,13 @@ class Worker:
                     raise RuntimeError(f"worker exited; see {self.log}:\n{self.log.read_text()}")
                 if client.get(HEARTBEAT_KEY):
                     return
-                time.sleep(0.2)
+                time.sleep(0.05)
         finally:
             client.close()
         raise RuntimeError(f"worker ran no job in {timeout}s; see {self.log}")
 
     def stop(self) -> None:
         stop_process(self.process)
-
-
-def pytest_collection_modifyitems(items) -> None:
-    """Browser tests stay on one xdist worker (`--dist loadgroup`): one live server, worker
-    and Chromium for all of them, not one set per worker."""
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 @pytest.fixture(scope="session")

@@ -119,11 +119,16 @@ def test_a_day_at_the_clinic(browser, live_server, settings):
         expect(moved).to_contain_text("12:00")
         new_slot = berlin.locator(f'[data-slot-start="{at(day, 12).isoformat()}"]')
         expect(new_slot.locator(f'[data-appointment-id="{anna}"]')).to_be_visible(timeout=LIVE_MS)
+        # Dealt with, so no longer selected: the next bulk action is Ben's alone.
+        expect(
+            desk.locator(f'[data-appointment-id="{anna}"] input[type=checkbox]')
+        ).not_to_be_checked()
         desk.locator(f'[data-appointment-id="{ben}"] input[type=checkbox]').check()
         desk.once("dialog", lambda dialog: dialog.accept())
         desk.get_by_role("button", name="Cancel selected with notice").click()
         cancelled = desk.locator(f'#board-message [data-appointment-id="{ben}"]')
         expect(cancelled).to_have_attribute("data-result", "cancelled")
+        expect(desk.locator("#board-message [data-appointment-id]")).to_have_count(1)
         expect(desk.locator('.card[data-conflict="true"]')).to_have_count(0, timeout=LIVE_MS)
         expect(doctor.locator(f'[data-appointment-id="{anna}"] time')).to_have_text(
             "12:00", timeout=LIVE_MS

@@ -5,7 +5,8 @@ left alone, one that did not starts over), has an explicit timeout and retries, 
 deterministic key (cron jobs: SAQ keys them by function and schedule; exports by id).
 ctx carries `engine` (primary), `analytics_engine` (the read replica when
 DATABASE_READ_URL is set, with the long statement timeout), `rollup_engine` (primary, long
-timeout) and `settings`; see tasks/worker.py.
+timeout), `exports` (the process's export store, Services.exports: one S3 client per
+process) and `settings`; see tasks/worker.py.
 """
 
 from __future__ import annotations
@@ -48,12 +49,11 @@ async def close_days(ctx: dict[str, Any]) -> dict[str, Any]:
 
 async def run_export(ctx: dict[str, Any], *, export_id: str) -> dict[str, Any]:
     """Write one CSV export (see app.analytics.exports.run_export)."""
-    settings = ctx["settings"]
     view = await exports.run_export(
         ctx["engine"],
         ctx["analytics_engine"],
-        exports.export_store(settings),
-        exports.work_dir(settings),
+        ctx["exports"],
+        exports.work_dir(ctx["settings"]),
         export_id,
     )
     return {"status": view.status, "rows": view.rows_done}
@@ -61,8 +61,7 @@ async def run_export(ctx: dict[str, Any], *, export_id: str) -> dict[str, Any]:
 
 async def purge_exports(ctx: dict[str, Any]) -> int:
     """Hourly: delete expired export files."""
-    store = exports.export_store(ctx["settings"])
-    return await exports.purge_expired(ctx["engine"], store, dt.datetime.now(dt.UTC))
+    return await exports.purge_expired(ctx["engine"], ctx["exports"], dt.datetime.now(dt.UTC))
 
 
 async def enqueue_export(queue: Queue, export_id: str) -> None:

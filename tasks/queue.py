@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from saq.job import Job
 from saq.queue.redis import ID_PREFIX, PubSubMultiplexer, RedisQueue
 
-from app.redis import client_options
+from app.redis import client_options, redis_from_url
 from app.settings import Settings
 
 QUEUE_NAME = "medbook"
@@ -70,8 +70,8 @@ class MedbookQueue(RedisQueue):
 def create_queue(settings: Settings) -> MedbookQueue:
     url, timeout = settings.redis_url, settings.redis_timeout
     return MedbookQueue(
-        commands=Redis.from_url(url, **client_options(settings, socket_timeout=timeout)),
-        blocking=Redis.from_url(
+        commands=redis_from_url(url, **client_options(settings, socket_timeout=timeout)),
+        blocking=redis_from_url(
             url,
             **client_options(
                 settings,
@@ -79,6 +79,6 @@ def create_queue(settings: Settings) -> MedbookQueue:
                 retry_on_timeout=False,
             ),
         ),
-        listener=Redis.from_url(url, **client_options(settings, socket_timeout=None)),
+        listener=redis_from_url(url, **client_options(settings, socket_timeout=None)),
         name=QUEUE_NAME,
     )

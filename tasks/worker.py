@@ -16,6 +16,7 @@ from saq import Worker as SaqWorker
 from app.services import start_services
 from app.settings import get_settings
 from tasks import analytics, metrics, reminders
+from tasks.fhir_feed import FEED_RETRIES, FEED_TIMEOUT_SECONDS, publish_fhir_feed
 from tasks.housekeeping import heartbeat, sweep_documents
 from tasks.queue import create_queue
 
@@ -28,6 +29,7 @@ FUNCTIONS = [
     analytics.purge_exports,
     reminders.dispatch_notifications,
     reminders.send_notifications,
+    publish_fhir_feed,
 ]
 
 
@@ -40,6 +42,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["sessions"] = services.sessions
     ctx["redis"] = services.redis
     ctx["documents"] = services.documents  # the web's store: S3, or the same disk folder
+    ctx["exports"] = services.exports  # built once per process, like documents
     ctx["analytics_engine"] = services.analytics_engine
     ctx["rollup_engine"] = services.rollup_engine
     await reminders.startup(ctx)
@@ -68,6 +71,12 @@ def worker_settings() -> dict[str, Any]:
             CronJob(analytics.close_days, cron="30 12 * * *", timeout=1800, retries=3),
             CronJob(analytics.purge_exports, cron="7 * * * *", timeout=300, retries=2),
             CronJob(reminders.dispatch_notifications, cron="* * * * *", timeout=120, retries=2),
+            CronJob(
+                publish_fhir_feed,
+                cron="*/10 * * * *",
+                timeout=FEED_TIMEOUT_SECONDS,
+                retries=FEED_RETRIES,
+            ),
         ],
         "concurrency": 10,
         # On SIGTERM let running jobs finish (they are idempotent, but finishing is kinder).

@@ -142,6 +142,39 @@ def stop_left_behind(markers: Iterable[str], spared: set[int], grace: float = 5)
     return lines
 
 
+def marked(name: str, value: str, spared: Iterable[int] = ()) -> list[psutil.Process]:
+    """Live processes started with `name`=`value` in their environment (a mark the test
+    run sets, which every process it starts inherits), but this one and those `spared`."""
+    skip = {os.getpid(), *spared}
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in skip or not _alive(proc):
+            continue
+        with suppress(psutil.Error):
+            if proc.environ().get(name) == value:
+                found.append(proc)
+    return found
+
+
+def stop_marked(name: str, value: str, spared: Iterable[int] = (), grace: float = 5) -> list[str]:
+    """Stop what `marked` finds: SIGTERM, `grace` seconds, then SIGKILL; their command
+    lines. Nothing when `value` is empty (no mark was set)."""
+    if not value:
+        return []
+    found = marked(name, value, spared)
+    lines = []
+    for proc in found:
+        with suppress(psutil.Error):
+            lines.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
+            proc.terminate()
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for proc in alive:
+        with suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return lines
+
+
 def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.status() != psutil.STATUS_ZOMBIE

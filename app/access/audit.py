@@ -41,6 +41,8 @@ APPOINTMENT_CHECK_IN_UNDONE = "appointment.check_in_undone"
 APPOINTMENT_LIMIT_OVERRIDDEN = "appointment.limit_overridden"  # staff, with a reason
 APPOINTMENT_CONFIRMED = "appointment.confirmed"  # by the patient, from the reminder
 RECORD_READ = "records.read"
+# A Patient or Appointment read through the FHIR API (app/fhir/people.py), one per resource.
+FHIR_READ = "fhir.read"
 SCHEDULE_EXCEPTION_CHANGED = "schedule_exception.changed"
 SCHEDULE_EXCEPTION_WITHDRAWN = "schedule_exception.withdrawn"
 RECORD_REFUSED = "records.refused"  # details.reason: not_found, not_own, wrong_role, not_in_care

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from app.redis import spread_ttl
 from app.redis_scripts import Script
 from db.models import User
 
@@ -48,7 +49,8 @@ async def load_principal(session: AsyncSession | AsyncConnection, user_id: int) 
 # the TTL bounds anything that slips through, e.g. a change while Redis was down. Five
 # minutes, not one: with a one-minute TTL the year-scale benchmark's 1,000 users all
 # reloaded within seconds of each other once a minute, which alone made the availability
-# bench's cache-miss p95 several times worse (bench/README.md).
+# bench's cache-miss p95 several times worse (bench/README.md). Each entry's TTL is spread
+# (`spread_ttl`), so Principals loaded together do not all expire together.
 PRINCIPAL_TTL_SECONDS = 300
 _SET_IF_VERSION = """
 local current = redis.call('GET', KEYS[2])
@@ -129,7 +131,11 @@ async def cached_principal(
             await _set_if_version(
                 redis,
                 [key, version_key],
-                [json.dumps(asdict(principal)), (version or b"").decode(), PRINCIPAL_TTL_SECONDS],
+                [
+                    json.dumps(asdict(principal)),
+                    (version or b"").decode(),
+                    spread_ttl(PRINCIPAL_TTL_SECONDS),
+                ],
             )
     return principal, counted, fetched
 

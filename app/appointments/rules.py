@@ -358,12 +358,22 @@ def check_room_to_move(
         check_room_for_one_more(held, rules)
 
 
-def over_the_limit(rules: BookingRules, *, role: str = "patient") -> Invalid:
+class OverTheLimit(Invalid):
+    """A booking beyond the per-doctor limit. `limit` says the rule alone, for pages that
+    tell staff in their own words how to go beyond it (the detail names the API field)."""
+
+    def __init__(self, detail: str, *, limit: str) -> None:
+        super().__init__(detail)
+        self.limit = limit
+
+
+def over_the_limit(rules: BookingRules, *, role: str = "patient") -> OverTheLimit:
     """The refusal of a booking beyond the limit; staff are told a reason lets them."""
     limit = (
         f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
         "with one doctor"
     )
+    detail = limit
     if role in MAY_OVERRIDE_LIMIT:
-        limit += "; to book beyond it, give an override_reason (it is recorded)"
-    return Invalid(limit)
+        detail += "; to book beyond it, give an override_reason (it is recorded)"
+    return OverTheLimit(detail, limit=limit)

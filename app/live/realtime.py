@@ -34,7 +34,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from broadcaster import Broadcast, Event
 from broadcaster._backends.redis import RedisBackend
@@ -45,6 +44,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.live.effects import AppointmentChange
+from app.redis import redis_from_url
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +126,10 @@ class LiveSocket:
 Renderer = Callable[[str, str, dict[str, Any]], Awaitable[str]]
 
 
-def _with_connect_timeout(url: str) -> str:
-    """Give broadcaster's connection a connect timeout, never a read timeout: a pub/sub
-    connection sits idle for as long as nothing changes."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if not any(key == "socket_connect_timeout" for key, _ in query):
-        query.append(("socket_connect_timeout", str(CONNECT_TIMEOUT_SECONDS)))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
 class ConfirmedRedisBackend(RedisBackend):
-    """broadcaster's Redis backend, built from any URL redis-py takes (`redis://`,
-    `rediss://`, `unix://`), whose `subscribe` returns only once Redis has confirmed it.
+    """broadcaster's Redis backend, built from any REDIS_URL (`redis://`, `rediss://`,
+    `unix://`, `redis+sentinel://`: app/redis.py), whose `subscribe` returns only once
+    Redis has confirmed it.
 
     Redis delivers a message to a subscriber only if its SUBSCRIBE was processed before the
     PUBLISH; redis-py returns as soon as the command is written. Waiting for the
@@ -147,7 +138,13 @@ class ConfirmedRedisBackend(RedisBackend):
     """
 
     def __init__(self, url: str) -> None:
-        super().__init__(_with_connect_timeout(url))
+        # broadcaster builds its client with Redis.from_url, which knows no Sentinel URL:
+        # its client (never connected) is replaced by one of ours. A connect timeout,
+        # never a read timeout: a pub/sub connection sits idle while nothing changes (a
+        # socket_connect_timeout in the URL itself still wins, as from_url lets it).
+        super().__init__("redis://")
+        self._conn = redis_from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        self._pubsub = self._conn.pubsub()
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._order = asyncio.Lock()
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, and_, case, select, text, update
+from sqlalchemy import Table, and_, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.access import audit
@@ -318,20 +318,27 @@ async def mark_void(conn: AsyncConnection, item: Sendable, reason: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Undelivered:
+    """A dead letter: about an appointment (its time, clinic and patient), or about an
+    account (a reset or verification link: `user_id` and `account_email`, no appointment)."""
+
     id: int
     kind: str
     channel: str
     due_at: dt.datetime
     attempts: int
     last_error: str | None
-    appointment_id: int
-    starts_at: dt.datetime
-    timezone: str
-    clinic_name: str
-    patient_name: str
+    appointment_id: int | None
+    starts_at: dt.datetime | None
+    timezone: str | None
+    clinic_name: str | None
+    patient_name: str | None
+    user_id: int | None
+    account_email: str | None
 
     @property
     def starts_local(self) -> str:
+        if self.starts_at is None or self.timezone is None:
+            return ""
         local = self.starts_at.astimezone(ZoneInfo(self.timezone))
         return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
 
@@ -339,7 +346,8 @@ class Undelivered:
 async def list_undelivered(
     session: AsyncSession, *, before_id: int | None = None, limit: int = 100
 ) -> list[Undelivered]:
-    """Dead rows, newest first (`ix_notifications_dead`)."""
+    """Dead rows, newest first (`ix_notifications_dead`): appointment messages and
+    account messages alike (outer joins: an account message has no appointment)."""
     query = (
         select(
             Notification.id,
@@ -353,17 +361,20 @@ async def list_undelivered(
             Clinic.timezone,
             Clinic.name,
             Patient.full_name,
+            Notification.user_id,
+            User.email,
         )
-        .join(Appointment, Appointment.id == Notification.appointment_id)
-        .join(Clinic, Clinic.id == Appointment.clinic_id)
-        .join(Patient, Patient.id == Appointment.patient_id)
+        .outerjoin(Appointment, Appointment.id == Notification.appointment_id)
+        .outerjoin(Clinic, Clinic.id == Appointment.clinic_id)
+        .outerjoin(User, User.id == Notification.user_id)
+        .outerjoin(Patient, Patient.id == func.coalesce(Appointment.patient_id, User.patient_id))
         .where(Notification.status == "dead")
         .order_by(Notification.id.desc())
         .limit(limit)
     )
     if before_id is not None:
         query = query.where(Notification.id < before_id)
-    return [Undelivered(*row) for row in await session.execute(query)]
+    return [Undelivered(*row) for row in await session.execute(query)]  # type: ignore[call-arg]
 
 
 async def _dead_letter_action(
@@ -378,11 +389,12 @@ async def _dead_letter_action(
         update(Notification)
         .where(Notification.id == notification_id, Notification.status == "dead")
         .values(**values)
-        .returning(Notification.appointment_id)
+        .returning(Notification.appointment_id, Notification.user_id)
     )
-    appointment_id = result.scalar_one_or_none()
-    if appointment_id is None:
+    row = result.first()
+    if row is None:
         raise NotFound(f"no undelivered notification {notification_id}")
+    appointment_id, user_id = row
     await audit.record(
         session,
         actor_user_id=actor_user_id,
@@ -390,7 +402,9 @@ async def _dead_letter_action(
         subject_type="notification",
         subject_id=notification_id,
         client_addr=client_addr,
-        details={"appointment_id": appointment_id},
+        details={"appointment_id": appointment_id}
+        if appointment_id is not None
+        else {"user_id": user_id},
     )
     await session.commit()
 
@@ -399,7 +413,8 @@ async def retry_dead(
     session: AsyncSession, notification_id: int, *, actor_user_id: int, client_addr: str | None
 ) -> None:
     """Put a dead row back to `pending` with fresh attempts; it keeps its due time, so the
-    next dispatch sends it (if its appointment still needs it). Commits.
+    next dispatch sends it (if its appointment still needs it; an account message only
+    while its link lives, else it is voided as moot). Commits.
 
     Raises:
         NotFound: no dead row with this id.

@@ -37,6 +37,7 @@ RECORD_UPLOADED = "records.uploaded"
 # A doctor's appointment in one of these makes the patient theirs to read.
 CARE_STATUSES = ("booked", "checked_in", "completed")
 MIN_REASON_CHARS = 10
+MAX_REASON_CHARS = 1000  # longer reasons are cut to this in the log
 MAX_TITLE_CHARS = 200
 
 # Magic bytes: the type is decided by what the file is, never by its name.
@@ -163,7 +164,7 @@ def _decide(
 def _break_glass_reason(reason: str | None) -> str | None:
     """The reason as logged, or None when it is too short to count."""
     reason = (reason or "").strip()
-    return reason[:1000] if len(reason) >= MIN_REASON_CHARS else None
+    return reason[:MAX_REASON_CHARS] if len(reason) >= MIN_REASON_CHARS else None
 
 
 async def may_follow(session: AsyncSession, actor: Principal, patient_id: int) -> bool:

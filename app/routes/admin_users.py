@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts
 from app.errors import DomainError
-from app.routes.inputs import Id, IdField
+from app.routes.inputs import Email, Id, IdField, Name, Role, StaffPassword
 from app.routes.responses import BY_ID_RULES, READ, SIGNED_IN, answers
 from app.services import Services
 from app.web.guards import allow, client_addr, current_user
@@ -25,16 +25,16 @@ ADMIN = [allow("admin")]
 
 
 class NewAccount(msgspec.Struct, forbid_unknown_fields=True):
-    role: str
-    email: str
-    password: str
-    full_name: str | None = None
+    role: Role
+    email: Email
+    password: StaffPassword  # the staff length for every role an admin creates
+    full_name: Name | None = None
     clinic_id: IdField | None = None
     doctor_id: IdField | None = None
 
 
 class AccountChange(msgspec.Struct, forbid_unknown_fields=True):
-    role: str | None = None
+    role: Role | None = None
     clinic_id: IdField | None = None
     doctor_id: IdField | None = None
     is_active: bool | None = None
@@ -75,7 +75,7 @@ def _account(a: accounts.AccountRow | User, totp_enabled: bool) -> Account:
 
 
 @get("/api/users", guards=ADMIN, tags=["admin"], responses=READ)
-async def list_users_api(db_session: AsyncSession, role: str | None = None) -> list[Account]:
+async def list_users_api(db_session: AsyncSession, role: Role | None = None) -> list[Account]:
     """Accounts, newest first, optionally of one role."""
     rows = await accounts.list_accounts(db_session, role=role)
     return [_account(r, r.totp_enabled) for r in rows]

@@ -38,7 +38,7 @@ from app.analytics.reports import (
     UtilisationRow,
 )
 from app.errors import Invalid, NotFound
-from app.routes.inputs import INT64_MAX, IdField, check_day
+from app.routes.inputs import INT64_MAX, YEARS, Day, IdField, check_day
 from app.routes.responses import MEANINGS
 from app.routes.responses import error as _error
 from app.services import Services
@@ -61,10 +61,14 @@ async def provide_reports_db(services: Services) -> AsyncIterator[AsyncConnectio
 DEPENDENCIES = {"reports_db": Provide(provide_reports_db)}
 
 From = Annotated[
-    dt.date | None, QueryParameter(name="from", description="first clinic-local day (inclusive)")
+    dt.date | None,
+    QueryParameter(
+        name="from", description="first clinic-local day (inclusive)", schema_extra=YEARS
+    ),
 ]
 To = Annotated[
-    dt.date | None, QueryParameter(name="to", description="last clinic-local day (inclusive)")
+    dt.date | None,
+    QueryParameter(name="to", description="last clinic-local day (inclusive)", schema_extra=YEARS),
 ]
 ClinicId = Annotated[
     int | None,
@@ -241,8 +245,8 @@ def export_out(view: exports.ExportView) -> ExportOut:
 
 
 class ExportIn(msgspec.Struct, forbid_unknown_fields=True, rename={"first": "from", "last": "to"}):
-    first: dt.date
-    last: dt.date
+    first: Day
+    last: Day
     clinic_id: IdField | None = None
 
 

@@ -20,7 +20,17 @@ from app.appointments.rules import BookingRules, check_may_book_type, for_visit_
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes import deps
-from app.routes.inputs import Id, IdField, OptionalId, check_day, check_moment
+from app.routes.inputs import (
+    Id,
+    IdField,
+    Moment,
+    OptionalId,
+    OptionalQueryDay,
+    QueryDay,
+    Text,
+    check_day,
+    check_moment,
+)
 from app.routes.responses import BOOKING, BY_ID, BY_ID_RULES, RULES
 from app.scheduling import slots
 from app.scheduling.slots import MAX_DAYS, DaySlots
@@ -34,12 +44,12 @@ Status = Literal["booked", "checked_in", "completed", "no_show", "cancelled"]
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
     doctor_id: IdField
-    start: dt.datetime
+    start: Moment
     patient_id: IdField | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    reason: Text | None = None
     # Staff only: why this patient may hold more future bookings with the doctor than
     # BOOKING_MAX_FUTURE_PER_DOCTOR (recorded in the audit trail).
-    override_reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    override_reason: Text | None = None
     # One of the doctor's visit types (GET /api/doctors/{id}/visit-types); absent: the
     # template's slot, as before visit types existed.
     visit_type_id: IdField | None = None
@@ -47,8 +57,8 @@ class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class AppointmentPatch(msgspec.Struct, forbid_unknown_fields=True):
     status: Status | None = None
-    start: dt.datetime | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    start: Moment | None = None
+    reason: Text | None = None
 
 
 class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -119,7 +129,7 @@ class AppointmentController(Controller):
         self,
         request: Request[Any, Any, Any],
         doctor_id: Id,
-        date: dt.date,
+        date: QueryDay,
         days: Annotated[int, Parameter(ge=1, le=MAX_DAYS)] = 1,
         visit_type_id: OptionalId = None,
     ) -> Response[dict[str, Any]]:
@@ -190,13 +200,13 @@ class AppointmentController(Controller):
     @get("", guards=[allow()], responses=RULES)
     async def list_appointments(
         self,
-        db_session: AsyncSession,
+        read_session: AsyncSession,
         actor: Principal,
         now: dt.datetime,
         doctor_id: OptionalId = None,
         patient_id: OptionalId = None,
         clinic_id: OptionalId = None,
-        date: dt.date | None = None,
+        date: OptionalQueryDay = None,
         when: Literal["upcoming", "past"] | None = None,
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
@@ -204,7 +214,7 @@ class AppointmentController(Controller):
         """The caller's appointments, filtered; `next_cursor` fetches the next page."""
         check_day(date)
         rows, next_cursor = await queries.list_appointments(
-            db_session,
+            read_session,
             actor,
             now=now,
             doctor_id=doctor_id,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -11,6 +10,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import accounts, tokens
 from app.routes.auth import login_limits, send_reset_link
+from app.routes.inputs import (
+    EMAIL_MAX,
+    Code,
+    Day,
+    Email,
+    Name,
+    NewPassword,
+    Password,
+    Phone,
+    Token,
+)
 from app.routes.responses import ANY_ROUTE, PUBLIC, READ, RULES, answers
 from app.services import Services
 from app.settings import Settings
@@ -20,11 +30,11 @@ from app.web.guards import AUTH_LIMITED, allow, browser_session, client_addr, cu
 
 
 class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
-    password: str
-    full_name: str
-    date_of_birth: dt.date | None = None
-    phone: str | None = None
+    email: Email
+    password: NewPassword
+    full_name: Name
+    date_of_birth: Day | None = None
+    phone: Phone | None = None
 
 
 class Registered(msgspec.Struct):
@@ -35,13 +45,13 @@ class Registered(msgspec.Struct):
 
 
 class Credentials(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
-    password: str
-    totp: str | None = None  # an authenticator or recovery code: staff with a second factor
+    email: Annotated[str, msgspec.Meta(max_length=EMAIL_MAX)]  # any: a wrong one is a 401
+    password: Password
+    totp: Code | None = None  # an authenticator or recovery code: staff with a second factor
 
 
 class RefreshBody(msgspec.Struct, forbid_unknown_fields=True):
-    refresh_token: str
+    refresh_token: Token
 
 
 class TokenPair(msgspec.Struct):
@@ -61,17 +71,17 @@ class Me(msgspec.Struct, omit_defaults=True):
 
 
 class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
-    current_password: str
-    new_password: str
+    current_password: Password
+    new_password: NewPassword
 
 
 class ResetRequest(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
+    email: Email
 
 
 class ResetConfirm(msgspec.Struct, forbid_unknown_fields=True):
-    token: str
-    new_password: str
+    token: Token
+    new_password: NewPassword
 
 
 def _settings(request: Request[Any, Any, Any]) -> Settings:

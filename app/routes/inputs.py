@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from zoneinfo import available_timezones
 
 import msgspec
 from litestar import Request
 from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
+from app.access import passwords
 from app.errors import Invalid
+from db.models import EXCEPTION_KINDS, NOTIFY_CHOICES, ROLES
 
 INT64_MAX = 2**63 - 1  # ids are PostgreSQL bigints
 # Days the clinic calendar computes with: a week or a day either side of any of them
@@ -29,6 +32,67 @@ OptionalId = Annotated[int | None, Parameter(ge=1, le=INT64_MAX, schema_extra=_I
 # An id in a JSON body.
 IdField = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
 DAY_RANGE = f"between {FIRST_DAY} and {LAST_DAY}"
+# The same bound as the schema says it: the year of a day or moment (1900-2999). msgspec
+# cannot bound a date, so check_day enforces it; the pattern tells clients and fuzzers.
+YEAR_PATTERN = r"^(19[0-9]{2}|2[0-9]{3})-"
+YEARS: dict[str, Any] = {"pattern": YEAR_PATTERN}
+Day = Annotated[dt.date, msgspec.Meta(extra_json_schema={"extra": YEARS})]
+Moment = Annotated[dt.datetime, msgspec.Meta(extra_json_schema={"extra": YEARS})]
+# A day in a query: the same bound.
+QueryDay = Annotated[dt.date, Parameter(schema_extra=YEARS)]
+OptionalQueryDay = Annotated[dt.date | None, Parameter(schema_extra=YEARS)]
+
+# --- text and choices in request bodies ---------------------------------------------------
+# Each rule is written once, here, as a field type: msgspec refuses (400) what breaks it
+# and the OpenAPI schema says it, so a handler never checks it by hand. The domain keeps
+# its own checks for the HTML forms, from the same constants (passwords.*, db.models).
+# tests/unit/test_request_schema.py holds the schema to these rules.
+
+# What accounts.normalise_email accepts: something@something, no spaces.
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+EMAIL_MAX = 254  # RFC 5321's longest address
+Email = Annotated[
+    str, msgspec.Meta(max_length=EMAIL_MAX, pattern=EMAIL_PATTERN, examples=["ann@example.test"])
+]
+# A new password: passwords.password_problem's length rule for patients (staff need
+# STAFF_MIN_LENGTH, and no password may be a common one: rules a schema cannot hold).
+NewPassword = Annotated[
+    str, msgspec.Meta(min_length=passwords.MIN_LENGTH, max_length=passwords.MAX_LENGTH)
+]
+StaffPassword = Annotated[
+    str, msgspec.Meta(min_length=passwords.STAFF_MIN_LENGTH, max_length=passwords.MAX_LENGTH)
+]
+# A password to check (sign-in, the current one): any, but bounded.
+Password = Annotated[str, msgspec.Meta(max_length=passwords.MAX_LENGTH)]
+NAME_MAX = 200
+# A person's, clinic's or doctor's name, a specialty: not blank, at most NAME_MAX.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=r"\S")]
+TEXT_MAX = 500
+# Free text: a reason, a note, an address.
+Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX)]
+# preferences' international number (+ and 7-15 digits); empty clears it.
+PHONE_PATTERN = r"^(\+[0-9]{7,15})?$"
+Phone = Annotated[str, msgspec.Meta(pattern=PHONE_PATTERN, examples=["+4930123456"])]
+TOKEN_MAX = 512  # reset and refresh tokens are far shorter
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=TOKEN_MAX)]
+# A code from an authenticator app (6 digits) or a recovery code.
+Code = Annotated[str, msgspec.Meta(max_length=64)]
+# Wall-clock time as the schedule API writes it: 00:00 to 23:59.
+Clock = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["09:00"])]
+# Search text in a query.
+SEARCH_MAX = 100
+
+if TYPE_CHECKING:
+    TimeZone = str
+    Role = str
+    ExceptionKind = str
+    NotifyBy = str
+else:
+    # Choices from their one list: the IANA zones this machine knows, db.models' tuples.
+    TimeZone = Literal[tuple(sorted(available_timezones()))]
+    Role = Literal[ROLES]
+    ExceptionKind = Literal[EXCEPTION_KINDS]
+    NotifyBy = Literal[NOTIFY_CHOICES]
 
 
 def parse_id(text: str) -> int:
@@ -71,7 +135,8 @@ def parse_clock(text: str) -> dt.time:
 
 # --- the request-wide check (a before_request hook) -------------------------------------
 
-_CHECKED_BODIES = ("application/json", "application/x-www-form-urlencoded")
+_JSON_BODIES = ("application/json", "application/fhir+json", "application/json-patch+json")
+_CHECKED_BODIES = (*_JSON_BODIES, "application/x-www-form-urlencoded")
 # An escaped NUL in JSON text: \u0000 not itself escaped (\\u0000 is a backslash and text).
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
@@ -106,7 +171,7 @@ async def refuse_bad_input(request: Request[Any, Any, Any]) -> None:
     if content_type not in _CHECKED_BODIES:
         return
     body = await request.body()
-    if content_type == "application/json":
+    if content_type in _JSON_BODIES:
         if _JSON_NUL.search(body):
             raise ValidationException(NUL_DETAIL)
         # Cheap first: only a body with that many brackets can nest that deep.

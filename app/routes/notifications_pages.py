@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import DomainError
 from app.notifications import outbox, preferences
 from app.notifications.breaker import PROVIDERS, BreakerState, read_state
-from app.routes.inputs import Id, OptionalId
+from app.routes.inputs import Id, NotifyBy, OptionalId, Phone
 from app.routes.responses import BY_ID_RULES, READ, RULES
 from app.services import Services, ask_for_dispatch
 from app.settings import Settings
@@ -54,14 +54,18 @@ def _patient_id(request: Request[Any, Any, Any]) -> int:
 
 
 class UndeliveredOut(msgspec.Struct):
+    """A message about an appointment (`appointment_*`) or an account (`user_id`: a reset
+    or verification link); the other side is null."""
+
     id: int
     kind: str
     channel: str
     due_at: dt.datetime
     attempts: int
     last_error: str | None
-    appointment_id: int
-    appointment_starts_at: dt.datetime
+    appointment_id: int | None
+    appointment_starts_at: dt.datetime | None
+    user_id: int | None
 
 
 @get("/api/notifications/undelivered", guards=ADMIN, tags=["notifications"], responses=READ)
@@ -80,6 +84,7 @@ async def undelivered_api(
             r.last_error,
             r.appointment_id,
             r.starts_at,
+            r.user_id,
         )
         for r in rows
     ]
@@ -240,8 +245,8 @@ class PreferenceOut(msgspec.Struct):
 
 
 class PreferenceIn(msgspec.Struct, forbid_unknown_fields=True):
-    notify_by: str
-    phone: str | None = None
+    notify_by: NotifyBy
+    phone: Phone | None = None  # "" removes the number
 
 
 def _out(p: preferences.Preference) -> PreferenceOut:

@@ -409,7 +409,7 @@ async def cancel(
     except DomainError as exc:
         extra = {"message": exc.detail, "error": True}
     context = await _my_context(db_session, actor, now)
-    return fragment(request, "patient/appointments.html", "list", **context, **extra)
+    return fragment(request, "patient/appointments.html", "answer", **context, **extra)
 
 
 @post(

@@ -3,10 +3,11 @@ and the signed download route of the local-disk store."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, get, post
 from litestar.datastructures import UploadFile
+from litestar.params import Parameter
 from litestar.response import File, Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,6 +32,8 @@ from db.models import RECORD_TYPES
 SIGNED_IN = allow()
 # Multipart framing and the form's other fields, on top of the file itself.
 MULTIPART_OVERHEAD = 256 * 1024
+# Why someone outside the patient's care reads their records (logged, flagged for review).
+BreakGlassReason = Annotated[str | None, Parameter(max_length=records.MAX_REASON_CHARS)]
 
 
 def _store(request: Request[Any, Any, Any]) -> DocumentStore:
@@ -43,7 +46,7 @@ async def list_api(
     db_session: AsyncSession,
     actor: Principal,
     patient_id: Id,
-    break_glass_reason: str | None = None,
+    break_glass_reason: BreakGlassReason = None,
 ) -> dict[str, Any]:
     """All of a patient's records with download URLs (valid 10 minutes), in one response."""
     _, items = await records.list_records(
@@ -68,7 +71,7 @@ async def view_api(
     actor: Principal,
     patient_id: Id,
     record_id: Id,
-    break_glass_reason: str | None = None,
+    break_glass_reason: BreakGlassReason = None,
 ) -> dict[str, Any]:
     """One record with a fresh download URL (the list returns them all at once)."""
     item = await records.view_record(
@@ -227,7 +230,7 @@ async def panel_page(
     db_session: AsyncSession,
     actor: Principal,
     patient_id: Id,
-    break_glass_reason: str | None = None,
+    break_glass_reason: BreakGlassReason = None,
     part: str = "panel",
 ) -> Template | Response[str]:
     """A patient's records: the whole page, the panel for the doctor's day (htmx), or just

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
 from app.appointments import commands, conflicts, walk_ins
-from app.appointments.rules import BookingRules
+from app.appointments.rules import BookingRules, OverTheLimit
 from app.errors import DomainError
 from app.live import boards
 from app.live.effects import Effects
@@ -32,6 +32,11 @@ Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 BOARD_MESSAGE, WALK_IN_MESSAGE, DAY_MESSAGE = "board-message", "walk-in-msg", "day-message"
 NEW_PATIENT_MESSAGE = "new-patient-msg"
 NOT_VALID = "The selection is not valid; reload the board."
+# The walk-in form's field for staff going beyond the per-doctor limit (board.html).
+OVER_THE_LIMIT = (
+    'To book beyond it, say why in "Beyond the patient\'s booking limit because" '
+    "and book again (the reason is recorded)."
+)
 
 
 def _done(status: str) -> str:
@@ -301,6 +306,10 @@ async def walk_in(
             rules=desk_rules,
             now=now - boards.WALK_IN_GRACE,
         )
+    except OverTheLimit as exc:
+        # In the desk's words: the form's field, not the API's name for it.
+        text = f"{exc.limit.capitalize()}. {OVER_THE_LIMIT}"
+        return message(request, WALK_IN_MESSAGE, text, error=True)
     except DomainError as exc:
         return message(request, WALK_IN_MESSAGE, exc.detail, error=True)
     when = result.appointment.starts_at.astimezone(ZoneInfo(clinic.timezone)).strftime("%H:%M")

@@ -31,6 +31,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.errors import NotFound
+from app.redis import spread_ttl
 from app.redis_scripts import Script
 from app.scheduling.availability import (
     Interval,
@@ -501,7 +502,7 @@ class SlotCache:
         data = await fetch_doctor_days(self.engine, doctor_id, lo, hi, visit_type_id)
         computed = compute_days(data, days) if data.active else [DaySlots(d, []) for d in days]
         keys: list[str] = []
-        args: list[bytes | str | int] = [CACHE_TTL_SECONDS, types_version]
+        args: list[bytes | str | int] = [spread_ttl(CACHE_TTL_SECONDS), types_version]
         for day, version in zip(computed, versions, strict=True):
             keys += [_key(doctor_id, day.day, visit_type_id), _version_key(doctor_id, day.day)]
             value = _CachedDay(data.timezone, day.slots, version, types_version, data.visit_type)

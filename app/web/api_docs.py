@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
+from litestar import Request, Router
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 SWAGGER_DIR = "/static/vendor/swagger-ui-5.36.0"
@@ -19,6 +19,11 @@ class VendoredSwagger(SwaggerRenderPlugin):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(js_url=SWAGGER_SCRIPTS[0], css_url=SWAGGER_CSS, **kwargs)
+
+    def receive_router(self, router: Router) -> None:
+        """Add no `oauth2-redirect.html`: that page exists for OAuth2's browser flows, which
+        medbook has none of (the API takes a bearer token from /api/auth/token), and
+        Litestar's copy runs an inline script our CSP refuses."""
 
     def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
         config, engine = request.app.openapi_config, request.app.template_engine

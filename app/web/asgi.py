@@ -44,6 +44,7 @@ from app.routes import (
     auth,
     auth_api,
     deps,
+    fhir,
     health,
     live,
     pages,
@@ -220,6 +221,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *NOTIFICATION_ROUTES,
             *records.ROUTES,
             *records.upload_routes(settings),
+            fhir.ROUTER,
             create_static_files_router(
                 path="/static", directories=[PROJECT_ROOT / "static"], opt=PUBLIC
             ),
@@ -273,6 +275,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "effects": Provide(deps.provide_effects, sync_to_thread=False),
             "slot_cache": Provide(deps.provide_slot_cache, sync_to_thread=False),
             "rules": Provide(deps.provide_rules, sync_to_thread=False),
+            "read_session": Provide(deps.provide_read_session),
             "now": Provide(deps.provide_now, sync_to_thread=False),
             "actor": Provide(deps.provide_actor, sync_to_thread=False),
         },

@@ -45,7 +45,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app.errors import DomainError
@@ -122,6 +122,13 @@ POOL_WAIT_SECONDS = Histogram(
     "Time a web request waited for a database connection from the pool.",
     buckets=(*POOL_WAIT_BUCKETS, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+# Each is a new PostgreSQL backend (a fork, authentication, and the first, slow, run of
+# each statement on it): after the start-up's pool, opening more means overflow
+# connections come and go under bursts (DB_POOL_SIZE / DB_MAX_OVERFLOW).
+CONNECTIONS_OPENED = Counter(
+    "medbook_db_connections_opened",
+    "Database connections the web pool opened (the start-up's pool included).",
+)
 POOL_TIMEOUTS = Counter(
     "medbook_db_pool_timeouts",
     "Checkouts that gave up after DB_POOL_TIMEOUT (answered 503).",
@@ -161,6 +168,7 @@ EXPORTED = frozenset(
         "medbook_db_pool_wait_seconds_bucket",
         "medbook_db_pool_wait_seconds_sum",
         "medbook_db_pool_wait_seconds_count",
+        "medbook_db_connections_opened_total",
         "medbook_db_pool_timeouts_total",
         "medbook_admission_shed_total",
         # From the worker's folder, once a worker on this host has started (tasks/metrics.py).
@@ -222,6 +230,10 @@ class MetricsMiddleware(AbstractMiddleware):
             if status == 429:
                 RATE_LIMITED.labels(route).inc()
             sync_process_values(scope["app"])
+
+
+def _connection_opened(_dbapi_connection: Any, _record: Any) -> None:
+    CONNECTIONS_OPENED.inc()
 
 
 def _pool_wait(seconds: float, timed_out: bool) -> None:
@@ -361,6 +373,12 @@ async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
     services = Services.of(app)
     POOL_SIZE.set(services.settings.db_pool_size + services.settings.db_max_overflow)
     observe_pool_waits(services.engine, _pool_wait)
+    # The start-up's connections (app/web/asgi.py warm_pool) were opened before this
+    # lifespan began: count the pool's present connections, then each new one.
+    pool = services.engine.pool
+    if isinstance(pool, AsyncAdaptedQueuePool):
+        CONNECTIONS_OPENED.inc(pool.checkedin() + pool.checkedout())
+    event.listen(services.engine.sync_engine, "connect", _connection_opened)
 
     async def refresh() -> None:
         while True:
@@ -372,6 +390,7 @@ async def metrics_lifespan(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         observe_pool_waits(services.engine, None)
+        event.remove(services.engine.sync_engine, "connect", _connection_opened)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -17,6 +17,10 @@
 -- 201 with a PATCH that cancels the new appointment (the id is read from the body), class
 -- "auth" every signed-in 200 with a refresh of the new refresh token, as the next request
 -- of the same schedule.
+--
+-- Each answer is written as `kind status latency_us due_us service_us retry_after`:
+-- latency from the scheduled time, due time from t0, service time from the actual send,
+-- and 1 when the answer carried a Retry-After header.
 
 local ffi = require("ffi")
 ffi.cdef([[
@@ -118,8 +122,11 @@ function response(status, headers, body)
     return
   end
   local start = scheduled < sent and scheduled or sent
-  rows[#rows + 1] = string.format("%s %d %.1f %.0f", kind, status, now_us() - start,
-    scheduled - t0_us)
+  local finished = now_us()
+  -- A refusal must say when to come back: 1 when it carries Retry-After.
+  local retry = (headers["retry-after"] or headers["Retry-After"]) and 1 or 0
+  rows[#rows + 1] = string.format("%s %d %.1f %.0f %.1f %d", kind, status, finished - start,
+    scheduled - t0_us, finished - sent, retry)
   if kind == "book" and status == 201 then
     cancel_id = string.match(body, '"id":%s*(%d+)')
   elseif kind == "sign-in" and status == 200 then

@@ -55,7 +55,6 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     # the Swagger UI we vendor, so no other renderer's page
     ("GET", "/schema"): PUBLIC,
     ("GET", "/schema/{path:str}"): PUBLIC,
-    ("GET", "/schema/oauth2-redirect.html"): PUBLIC,
     ("GET", "/schema/openapi.json"): PUBLIC,
     ("GET", "/schema/swagger"): PUBLIC,
     # sign-in pages and the auth API
@@ -194,6 +193,28 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/patients/{patient_id:int}/records"): READERS,
     ("POST", "/patients/{patient_id:int}/records/upload"): DOCTOR,
     ("GET", "/me/records"): PATIENT,
+    # the FHIR R4 API (docs/fhir.md); whose data: tests/integration/test_fhir_access.py
+    ("GET", "/fhir/R4/metadata"): PUBLIC,  # FHIR clients read it before signing in
+    # the SMART Scheduling Links feed: directory and free times only, like the slot pages
+    ("GET", "/fhir/R4/$bulk-publish"): PUBLIC,
+    ("GET", "/fhir/R4/$bulk-publish/{generation:str}/{name:str}"): PUBLIC,
+    ("GET", "/fhir/R4/Practitioner"): ANY,
+    ("GET", "/fhir/R4/Practitioner/{resource_id:str}"): ANY,
+    ("GET", "/fhir/R4/PractitionerRole"): ANY,
+    ("GET", "/fhir/R4/PractitionerRole/{resource_id:str}"): ANY,
+    ("GET", "/fhir/R4/Location"): ANY,
+    ("GET", "/fhir/R4/Location/{resource_id:str}"): ANY,
+    ("GET", "/fhir/R4/Schedule"): ANY,
+    ("GET", "/fhir/R4/Schedule/{resource_id:str}"): ANY,
+    ("GET", "/fhir/R4/Slot"): ANY,
+    ("GET", "/fhir/R4/Slot/{resource_id:str}"): ANY,
+    ("GET", "/fhir/R4/Appointment"): ANY,
+    ("GET", "/fhir/R4/Appointment/{resource_id:str}"): ANY,
+    ("GET", "/fhir/R4/Patient"): ANY,
+    ("GET", "/fhir/R4/Patient/{resource_id:str}"): ANY,
+    ("GET", "/fhir/R4/Appointment/$find"): ANY,
+    ("POST", "/fhir/R4/Appointment/$book"): ("patient", "front_desk", "admin"),
+    ("PATCH", "/fhir/R4/Appointment/{resource_id:str}"): ANY,
 }
 
 

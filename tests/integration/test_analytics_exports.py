@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import tracemalloc
+from contextlib import asynccontextmanager
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -29,11 +30,27 @@ async def world(client, session, settings):
     return world
 
 
+@asynccontextmanager
+async def worker_ctx(settings: Settings, engine, redis):
+    """What the worker's startup puts in a job's ctx, for `settings`."""
+    read = create_engine(settings, statement_timeout_ms=60000, application_name="medbook-analytics")
+    store = exports.export_store(settings)
+    try:
+        yield {
+            "settings": settings,
+            "engine": engine,
+            "analytics_engine": read,
+            "redis": redis,
+            "exports": store,
+        }
+    finally:
+        await read.dispose()
+
+
 @pytest.fixture
 async def ctx(settings: Settings, engine, redis):
-    read = create_engine(settings, statement_timeout_ms=60000, application_name="medbook-analytics")
-    yield {"settings": settings, "engine": engine, "analytics_engine": read, "redis": redis}
-    await read.dispose()
+    async with worker_ctx(settings, engine, redis) as made:
+        yield made
 
 
 async def request_export(client, world, who="admin", **body):
@@ -145,6 +162,34 @@ async def test_front_desk_exports_its_own_clinic_and_only_sees_its_own_exports(
     assert (
         await client.get(f"/api/analytics/exports/{export_id}", headers=world.headers("admin"))
     ).status_code == 200
+
+
+class Watched:
+    """The ctx's real store, noting which of its methods the jobs call."""
+
+    def __init__(self, store) -> None:
+        self.store, self.used = store, set()
+
+    def __getattr__(self, name: str):
+        self.used.add(name)
+        return getattr(self.store, name)
+
+
+async def test_the_export_jobs_use_the_process_store(client, world, session, settings, ctx):
+    """The worker's jobs write and purge through ctx["exports"] (Services.exports, one S3
+    client per process), never a store of their own."""
+    ctx = {**ctx, "exports": Watched(ctx["exports"])}
+    export_id = (await request_export(client, world)).json()["id"]
+    assert (await run_queued(settings, ctx, export_id))["status"] == "done"
+    written = set(ctx["exports"].used)
+    assert written
+    await session.execute(
+        text("UPDATE export_jobs SET expires_at = now() - interval '1 minute' WHERE id = :id"),
+        {"id": export_id},
+    )
+    await session.commit()
+    assert await jobs.purge_exports(ctx) == 1
+    assert ctx["exports"].used > written  # the purge deleted through it too
 
 
 async def test_an_expired_export_is_deleted_and_cannot_be_downloaded(

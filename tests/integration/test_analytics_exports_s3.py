@@ -16,11 +16,16 @@ from sqlalchemy import text
 
 from app.analytics import exports
 from app.web.asgi import create_app
-from db.session import create_engine
 from tasks import analytics as jobs
 from tests.integration.analytics_data import add_random_appointments
 from tests.integration.s3_server import REGION, s3_server
-from tests.integration.test_analytics_exports import DAYS, expected_rows, parse, run_queued
+from tests.integration.test_analytics_exports import (
+    DAYS,
+    expected_rows,
+    parse,
+    run_queued,
+    worker_ctx,
+)
 from tests.integration.world import make_world
 
 BUCKET = "medbook-exports-test"
@@ -54,11 +59,8 @@ async def s3_client(db, redis, s3_settings):
 @pytest.fixture
 async def s3_ctx(s3_settings, engine, redis):
     """The worker's ctx, with the S3 settings (as a worker configured with S3_* has)."""
-    read = create_engine(
-        s3_settings, statement_timeout_ms=60000, application_name="medbook-analytics"
-    )
-    yield {"settings": s3_settings, "engine": engine, "analytics_engine": read, "redis": redis}
-    await read.dispose()
+    async with worker_ctx(s3_settings, engine, redis) as made:
+        yield made
 
 
 def bucket_client(endpoint: str):

@@ -121,7 +121,12 @@ async def test_reports_and_exports_read_the_replica(world, settings, replica_url
         )
         read = create_engine(replica, url=replica.database_read_url)
         try:
-            ctx = {"settings": replica, "engine": engine, "analytics_engine": read}
+            ctx = {
+                "settings": replica,
+                "engine": engine,
+                "analytics_engine": read,
+                "exports": exports.export_store(replica),
+            }
             assert (await jobs.run_export(ctx, export_id=export.json()["id"]))["rows"] == 1
         finally:
             await read.dispose()
@@ -174,7 +179,12 @@ async def test_an_export_past_its_timeout_fails_with_a_message(world, client, se
         lock = blocker.transaction()
         await lock.start()
         await blocker.execute("LOCK TABLE clinics IN ACCESS EXCLUSIVE MODE")
-        ctx = {"settings": settings, "engine": engine, "analytics_engine": read}
+        ctx = {
+            "settings": settings,
+            "engine": engine,
+            "analytics_engine": read,
+            "exports": exports.export_store(settings),
+        }
         result = await jobs.run_export(ctx, export_id=export_id)
         await lock.rollback()
     finally:

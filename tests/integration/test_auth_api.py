@@ -58,9 +58,21 @@ async def test_bad_input_is_a_4xx_that_says_what_is_wrong(client):
             "application/json",
             400,
         ),
-        (b'{"email": "a@b.c", "password": "password", "full_name": "A"}', "application/json", 422),
+        # The schema's rules (length, an e-mail's shape): 400, like any other schema break.
+        (b'{"email": "a@b.c", "password": "password", "full_name": "A"}', "application/json", 400),
         (
             b'{"email": "no-at-sign", "password": "0123456789abc", "full_name": "A"}',
+            "application/json",
+            400,
+        ),
+        (
+            b'{"email": "a@b.c", "password": "0123456789abc", "full_name": " "}',
+            "application/json",
+            400,
+        ),
+        # A rule the schema cannot hold (the list of common passwords): 422.
+        (
+            b'{"email": "a@b.c", "password": "qwertyuiop", "full_name": "A"}',
             "application/json",
             422,
         ),

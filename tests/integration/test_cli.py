@@ -4,7 +4,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.cli import _database_problem
-from conftest import _recreate, free_port, with_database
+from conftest import _recreate, free_port, run_database_name, with_database
 from db import migrate
 from db.models import Appointment, Clinic, User
 from tests.processes import run_process, start_process, stop_process
@@ -81,7 +80,7 @@ def test_a_missing_database_is_named(settings):
 async def blank_database():
     """The URL of a database of its own, empty, dropped afterwards."""
     admin = os.environ["TEST_ADMIN_DATABASE_URL"]
-    name = f"medbook_blank_{os.getpid()}"
+    name = run_database_name("blank")
     await _recreate(admin, name)
     yield with_database(admin, name)
     await _recreate(admin, name, drop_only=True)
@@ -166,7 +165,8 @@ async def test_seed_demo_is_idempotent(session):
 
 @pytest.mark.parametrize("role", ["admin", "front_desk"])
 async def test_users_create(session, role):
-    medbook("seed", "demo")
+    session.add(Clinic(name="Berlin", timezone="Europe/Berlin"))  # clinic 1, for the desk
+    await session.commit()
     args = [
         "users",
         "create",
@@ -258,13 +258,31 @@ def wait_until_gone(marker: str, timeout: float = 30) -> list[psutil.Process]:
     return alive
 
 
-def test_demo_fails_with_one_line_when_its_port_is_taken(db, tmp_path):
+@pytest.fixture(scope="module")
+def demo_env():
+    """The environment of a `medbook demo` over configured services whose database already
+    holds the demo data: a database of the module's own, cloned from the run's template and
+    seeded once, so each demo starts without loading it again (test_seed_demo_is_idempotent
+    shows that a second load is skipped). Dropped afterwards."""
+    admin = os.environ["TEST_ADMIN_DATABASE_URL"]
+    name = run_database_name("demo")
+    asyncio.run(_recreate(admin, name, template=os.environ["TEST_TEMPLATE_DATABASE"]))
+    try:
+        env = {"DATABASE_URL": with_database(admin, name)}
+        seeded = medbook("seed", "demo", env=env)
+        assert seeded.returncode == 0, seeded.stderr
+        yield env
+    finally:
+        asyncio.run(_recreate(admin, name, drop_only=True))
+
+
+def test_demo_fails_with_one_line_when_its_port_is_taken(demo_env, tmp_path):
     data_dir = str(tmp_path / "demo-data")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = medbook("--data-dir", data_dir, "demo", "--port", str(port))
+        result = medbook("--data-dir", data_dir, "demo", "--port", str(port), env=demo_env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr.split("Error:")[-1]
     last = result.stderr.strip().splitlines()[-1]
@@ -296,10 +314,10 @@ def start_demo(data_dir: str, port: int, **popen) -> tuple[subprocess.Popen, str
         raise
 
 
-def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(db, tmp_path):
+def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(demo_env, tmp_path):
     data_dir = str(tmp_path / "demo-data")
     port = free_port()
-    demo, line = start_demo(data_dir, port)
+    demo, line = start_demo(data_dir, port, env={**os.environ, **demo_env})
     try:
         assert f"http://127.0.0.1:{port}/" in line
         # Printed only once ready: the server answers at once.
@@ -313,16 +331,36 @@ def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(db, tmp_path
     assert wait_until_gone(data_dir) == []
 
 
+@pytest.fixture(scope="module")
+def embedded_data_dir():
+    """A data folder for demos on embedded services, shared by this module's tests: the
+    first demo creates the PostgreSQL cluster, migrates and loads the demo data (20-30 s on
+    a busy machine), the next ones start on what it left, as `make run` does the second
+    time. Short, under the temp folder: the embedded Redis socket lives inside."""
+    data_dir = tempfile.mkdtemp(prefix="mb-")
+    try:
+        yield data_dir
+    finally:
+        for leftover in processes_started_with(data_dir):  # after a failure: none may linger
+            leftover.kill()
+
+
+def without_configured_services() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+
+
 @pytest.mark.parametrize("services", ["configured", "embedded"])
-def test_ctrl_c_in_a_terminal_stops_the_demo_quietly(db, services):
+def test_ctrl_c_in_a_terminal_stops_the_demo_quietly(request, services, tmp_path):
     """A terminal's Ctrl-C reaches the whole foreground process group (`make`, the demo,
     its web server and worker) at once. Children that stop because of it have not "exited
     unexpectedly": the demo says nothing of the kind and exits 0, so `make run` does not
     report an error; with embedded services (what `make run` starts) too."""
-    data_dir = tempfile.mkdtemp(prefix="mb-")  # short: an embedded Redis socket lives inside
-    env = dict(os.environ)
     if services == "embedded":
-        env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        data_dir = request.getfixturevalue("embedded_data_dir")
+        env = without_configured_services()
+    else:
+        data_dir = str(tmp_path / "demo-data")
+        env = {**os.environ, **request.getfixturevalue("demo_env")}
     demo = start_process(
         [
             sys.executable,
@@ -357,11 +395,10 @@ def test_ctrl_c_in_a_terminal_stops_the_demo_quietly(db, services):
         alive = wait_until_gone(data_dir)
         for leftover in alive:
             leftover.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
     assert alive == []
 
 
-def test_nothing_outlives_a_demo_that_is_killed_or_whose_terminal_closes():
+def test_nothing_outlives_a_demo_that_is_killed_or_whose_terminal_closes(embedded_data_dir):
     """`kill` (SIGTERM) or a closed terminal (SIGHUP) stops the embedded PostgreSQL and
     Redis too, so the next run on the same data folder starts (it used to find their
     socket taken). Killed hard (SIGKILL: nothing of the demo runs), its web server and
@@ -373,8 +410,8 @@ def test_nothing_outlives_a_demo_that_is_killed_or_whose_terminal_closes():
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
 
-    data_dir = tempfile.mkdtemp(prefix="mb-")  # short: the Redis socket lives inside
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    data_dir = embedded_data_dir
+    env = without_configured_services()
     try:
         for stop, exit_code in (
             (signal.SIGTERM, 128 + signal.SIGTERM),
@@ -394,4 +431,3 @@ def test_nothing_outlives_a_demo_that_is_killed_or_whose_terminal_closes():
     finally:
         for leftover in processes_started_with(data_dir):  # after a failure: none may linger
             leftover.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)

@@ -25,6 +25,7 @@ from tests.processes import start_process, stop_process
 
 WAIT = "medbook_db_pool_wait_seconds"
 TIMEOUTS = "medbook_db_pool_timeouts_total"
+OPENED = "medbook_db_connections_opened_total"
 JOB_COUNT = "medbook_job_duration_seconds_count"
 JOB_FAILURES = "medbook_job_failures_total"
 
@@ -42,6 +43,18 @@ async def test_each_checkout_reports_its_wait(client, session, settings):
     fast = value(after, f"{WAIT}_bucket", le="0.1") - value(before, f"{WAIT}_bucket", le="0.1")
     assert fast == grew
     assert value(after, TIMEOUTS) == value(before, TIMEOUTS)
+
+
+async def test_a_warm_pool_opens_no_more_connections(client, session, settings):
+    """The start-up's connections are counted once; requests within the pool's size use
+    them and open no new PostgreSQL backend (each would be a fork and slow first runs)."""
+    patient = await make_user(session, "patient", "p@example.test")
+    await session.commit()
+    before = await scrape(client)
+    assert value(before, OPENED) >= settings.db_pool_size  # warm_pool opened the pool
+    for _ in range(5):
+        assert (await client.get("/api/clinics", headers=bearer(settings, patient))).is_success
+    assert value(await scrape(client), OPENED) == value(before, OPENED)
 
 
 async def test_a_full_pool_is_timed_and_its_timeouts_counted(

@@ -302,6 +302,56 @@ async def test_always_failing_sms_goes_dead_then_retry_and_discard_from_the_unde
     assert {"notification.retried", "notification.discarded"} <= actions
 
 
+async def test_an_undelivered_account_email_is_listed_retried_and_discarded(client, world, session):
+    """A reset or verification link that failed on every attempt is about an account, not
+    an appointment: the undelivered page and API list it too, and retry and discard act
+    on it (audited with the account)."""
+    user = world.users["patient1"]
+    dead = [
+        Notification(
+            user_id=user.id,
+            channel="email",
+            kind=kind,
+            ref=f"ref-{kind}",
+            due_at=dt.datetime.now(dt.UTC),
+            status="dead",
+            attempts=6,
+            last_error="550 mailbox unavailable",
+        )
+        for kind in ("password_reset", "email_verify")
+    ]
+    session.add_all(dead)
+    await session.commit()
+    reset, verify = (n.id for n in dead)
+    admin = world.headers("admin")
+    listed = await client.get("/api/notifications/undelivered", headers=admin)
+    assert listed.status_code == 200
+    assert {(r["id"], r["user_id"], r["appointment_id"]) for r in listed.json()} == {
+        (reset, user.id, None),
+        (verify, user.id, None),
+    }
+    page = await client.get("/admin/notifications", headers=admin)
+    assert page.status_code == 200
+    assert f'action="/admin/notifications/{reset}/retry"' in page.text
+    assert "password reset" in page.text and "email verify" in page.text
+    assert user.email in page.text and "550 mailbox unavailable" in page.text
+    assert (await client.post(f"/api/notifications/{reset}/retry", headers=admin)).json() == {
+        "id": reset,
+        "status": "pending",
+    }
+    discarded = await client.post(f"/admin/notifications/{verify}/discard", headers=admin)
+    assert f"Message {verify} was discarded" in discarded.text
+    assert (await _row(session, reset)).status == "pending"
+    assert (await _row(session, verify)).status == "void"
+    events = (
+        await session.scalars(select(AuditEvent).where(AuditEvent.subject_id.in_([reset, verify])))
+    ).all()
+    assert {(e.action, e.details["user_id"]) for e in events} == {
+        ("notification.retried", user.id),
+        ("notification.discarded", user.id),
+    }
+
+
 async def _row(session, notification_id):
     (row,) = await outbox_rows(session, id=notification_id)
     return row

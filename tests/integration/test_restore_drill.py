@@ -12,7 +12,6 @@ import datetime as dt
 import os
 import shutil
 import subprocess
-import uuid
 
 import asyncpg
 import httpx
@@ -21,8 +20,7 @@ import pytest
 from app.records.documents import URL_PATH, new_key
 from app.settings import async_database_url, plain_database_url
 from app.storage import DiskStore
-from conftest import LiveServer, _recreate, with_database
-from db import migrate
+from conftest import LiveServer, _recreate, run_database_name, with_database
 from db.models import Appointment, MedicalRecord
 from db.session import create_engine, session_factory
 from tests.integration.world import World, at, day_after_tomorrow, make_world
@@ -34,8 +32,7 @@ PDF = b"%PDF-1.4\n% the drill's discharge letter\n%%EOF\n"
 async def databases():
     """Names for the seeded and the restored database; both dropped afterwards."""
     admin = os.environ["TEST_ADMIN_DATABASE_URL"]
-    suffix = uuid.uuid4().hex[:8]
-    names = (f"medbook_drill_{suffix}", f"medbook_restored_{suffix}")
+    names = (run_database_name("drill"), run_database_name("restored"))
     yield admin, names
     for name in names:
         await _recreate(admin, name, drop_only=True)
@@ -94,8 +91,7 @@ async def test_dump_drop_restore_and_serve_the_same_data(settings, redis, databa
     seeded, restored = with_database(admin, seeded_name), with_database(admin, restored_name)
     data_dir = tmp_path / "data"
     documents = DiskStore(data_dir / "documents", settings.secret_key, URL_PATH)
-    await _recreate(admin, seeded_name)
-    await asyncio.to_thread(migrate.upgrade, seeded)
+    await _recreate(admin, seeded_name, template=os.environ["TEST_TEMPLATE_DATABASE"])  # migrated
     world, booked, record_id = await seed(settings, seeded, documents)
 
     # Back up: the database first, then the documents (docs/deploy.md says why).

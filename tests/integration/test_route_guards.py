@@ -10,7 +10,6 @@ from app.web.asgi import create_app
 OPENAPI_PAGES = {
     "/schema",
     "/schema/{path:str}",
-    "/schema/oauth2-redirect.html",
     "/schema/openapi.json",
     "/schema/swagger",
 }
@@ -47,3 +46,12 @@ async def test_the_openapi_pages_are_public_and_say_nothing_private(client):
     # Only the API is described: no pages, no secrets or settings.
     assert not any(p.startswith(("/admin", "/desk", "/me/")) for p in paths)
     assert "secret" not in schema.text.lower()
+
+
+async def test_no_oauth2_redirect_page_is_served(client):
+    """Swagger's OAuth2 redirect page is an inline script our CSP refuses, for OAuth2
+    browser flows medbook does not have: it is not served (docs/security.md)."""
+    assert (await client.get("/schema/swagger")).status_code == 200
+    answer = await client.get("/schema/oauth2-redirect.html")
+    assert answer.status_code == 404
+    assert "swaggerUIRedirectOauth2" not in answer.text

@@ -1,6 +1,5 @@
 """`medbook seed scale`: a small year loads on the grid, without overlaps, the same every time."""
 
-import asyncio
 import datetime as dt
 import os
 import uuid
@@ -12,10 +11,11 @@ import asyncpg
 import pytest
 
 from app.scheduling.availability import TemplateRange, day_grid
-from db.migrate import upgrade
+from conftest import run_database_name
 from db.seed_scale import ScaleLoadRefused, ScaleSpec, fill_rate, load_scale, make_plan
 
-ADMIN_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ADMIN_URL = os.environ["TEST_ADMIN_DATABASE_URL"]
+TEMPLATE = os.environ["TEST_TEMPLATE_DATABASE"]
 TODAY = dt.date(2026, 3, 15)  # the window spans both DST changes of Berlin and New York
 NOW = dt.datetime.combine(TODAY, dt.time(12), dt.UTC)  # the loader's past/future split
 SPEC = ScaleSpec(
@@ -70,12 +70,12 @@ async def _checksum(url: str) -> str:
 
 @pytest.fixture(scope="module")
 async def loaded():
-    """A fresh, migrated database holding SPEC; (url, counts, progress calls). Dropped after."""
-    name = f"seedtest_{uuid.uuid4().hex[:10]}"
-    await _execute(ADMIN_URL, f"CREATE DATABASE {name}")
+    """A fresh, migrated database (a clone of the run's template) holding SPEC; (url,
+    counts, progress calls). Dropped after."""
+    name = run_database_name("seedtest")
+    await _execute(ADMIN_URL, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     url = _with_database(ADMIN_URL, name)
     try:
-        await asyncio.to_thread(upgrade, url)
         calls: list[tuple[str, int, int]] = []
         counts = await load_scale(
             url, SPEC, password_hash=HASH, progress=lambda *call: calls.append(call)

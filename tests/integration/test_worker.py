@@ -29,6 +29,10 @@ async def test_worker_runs_the_heartbeat_job(redis):
         await job.refresh()
         assert job.status == "complete"
         assert await redis.get(HEARTBEAT_KEY) == job.result.encode()
+        # Jobs share the process's stores (one S3 client per process), not one per job.
+        services = worker.context["services"]
+        assert worker.context["exports"] is services.exports
+        assert worker.context["documents"] is services.documents
     finally:
         await queue.disconnect()
 

@@ -23,6 +23,10 @@ def test_defaults_and_overrides():
     assert settings.db_pool_size == 25
     assert settings.statement_timeout_ms == 1500
     assert settings.db_max_overflow == 5
+    assert settings.database_pool_mode == "session"
+    assert load_settings({**BASE, "DATABASE_POOL_MODE": "Transaction"}).database_pool_mode == (
+        "transaction"
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,6 +54,10 @@ def test_defaults_and_overrides():
         ("MEDBOOK_PUBLIC_ORIGIN", "https://medbook.example:https"),
         ("NOTIFY_MAX_ATTEMPTS", "4"),
         ("NOTIFY_MAX_ATTEMPTS", "five"),
+        ("DATABASE_POOL_MODE", "statement"),
+        ("REDIS_URL", "redis+sentinel://s1:26379,s2:26379"),
+        ("REDIS_URL", "redis+sentinel://s1:port/medbook/0"),
+        ("REDIS_URL", "redis+sentinel://s1:26379/medbook/zero"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value):
@@ -80,6 +88,18 @@ def test_a_bad_url_is_reported_without_its_password():
         load_settings({**BASE, "DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:abc/db"})
     assert "DATABASE_URL" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+def test_a_sentinel_url_names_sentinels_service_database_and_password():
+    from app.settings import sentinel_target
+
+    url = "redis+sentinel://:s%40cret@s1:26379,s2:26380,s3/medbook/2"
+    assert load_settings({**BASE, "REDIS_URL": url}).redis_url == url
+    target = sentinel_target(url)
+    assert target is not None
+    assert target.sentinels == [("s1", 26379), ("s2", 26380), ("s3", 26379)]
+    assert (target.service, target.db, target.password) == ("medbook", 2, "s@cret")
+    assert sentinel_target("redis://h:6379/0") is None
 
 
 def test_the_embedded_redis_socket_url_is_accepted():
