@@ -50,6 +50,7 @@ from app.routes import (
     pages,
     patient_pages,
     records,
+    reminder_answers,
     staff_pages,
     visit_type_pages,
 )
@@ -214,6 +215,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *admin_users.ROUTES,
             *admin_pages.ROUTES,
             *visit_type_pages.ROUTES,
+            *reminder_answers.ROUTES,
             admin_queries.queries_page,
             *audit.ROUTES,
             *NOTIFICATION_ROUTES,
