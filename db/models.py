@@ -395,6 +395,9 @@ class Appointment(Base):
     # Computed by PostgreSQL from the four columns above, never written: what `no_overlap`
     # forbids to overlap.
     blocked: Mapped[Any] = mapped_column(TSTZRANGE, Computed(BLOCKED_SPAN, persisted=True))
+    # When the patient confirmed from the 24 h reminder (link or SMS reply); the desk
+    # board shows it (app/notifications/answers.py).
+    confirmed_at: Mapped[dt.datetime | None]
 
     doctor: Mapped[Doctor] = relationship(lazy="raise")
     patient: Mapped[Patient] = relationship(lazy="raise")

@@ -85,7 +85,9 @@ class Worker:
 
 @pytest.fixture(scope="session")
 def worker(settings) -> Iterator[Worker]:
-    process = Worker()
+    # No SMTP or SMS provider here: messages land in the dev mailbox, where a test reads
+    # the e-mail a person would get (e2e/test_day_at_the_clinic.py's reset link).
+    process = Worker(env={"NOTIFY_DEV_MAILBOX": "1"})
     yield process
     process.stop()
 
@@ -96,8 +98,12 @@ def live_server(live_server, worker):
     return live_server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """Chromium under Playwright, for one test module. Not for the session: while the sync
+    API is started, the main thread counts as running an event loop, and any async test an
+    xdist worker runs after a browser test (worksteal hands out tests in any order) would
+    fail with "cannot be called from a running event loop"."""
     path = chromium_path()
     assert path, "no Chromium: run `python e2e/browser.py --ensure` (make test does)"
     with sync_playwright() as pw:

@@ -872,56 +872,61 @@ async def update_account(
         raise NotFound("no such user")
     if user_id == actor_user_id and (is_active is False or (role and role != user.role)):
         raise Invalid("admins cannot demote or deactivate themselves")
-    if role is not None and role != user.role:
-        if role not in ROLES:
-            raise Invalid(f"role must be one of {', '.join(ROLES)}")
-        if role == "patient" and user.patient_id is None:
-            raise Invalid("a staff account cannot become a patient; register one instead")
-        if role == "doctor" and (doctor_id is None or await session.get(Doctor, doctor_id) is None):
-            raise Invalid("a doctor login needs an existing doctor id")
-        if role == "front_desk" and (
-            clinic_id is None or await session.get(Clinic, clinic_id) is None
-        ):
-            raise Invalid("a front desk login needs an existing clinic id")
-        before = user.role
-        user.role = role
-        user.doctor_id = doctor_id if role == "doctor" else None
-        if role == "doctor":
-            user.clinic_id = (await session.get_one(Doctor, doctor_id)).clinic_id
-        else:
-            user.clinic_id = clinic_id if role == "front_desk" else None
-        await audit.record(
-            session,
-            actor_user_id=actor_user_id,
-            action=audit.ACCOUNT_ROLE_CHANGED,
-            subject_type="user",
-            subject_id=user_id,
-            client_addr=client_addr,
-            details={"from": before, "to": role, "clinic_id": user.clinic_id},
-        )
-    if is_active is not None and is_active != user.is_active:
-        user.is_active = is_active
-        if not is_active:
-            await sign_out_everywhere(
+    # The queries below (audit, sign-out) flush the change: a doctor who already has a
+    # login breaks uq_users_doctor_id there or at the commit, a Conflict either way.
+    try:
+        if role is not None and role != user.role:
+            if role not in ROLES:
+                raise Invalid(f"role must be one of {', '.join(ROLES)}")
+            if role == "patient" and user.patient_id is None:
+                raise Invalid("a staff account cannot become a patient; register one instead")
+            doctor = None
+            if role == "doctor":
+                doctor = await session.get(Doctor, doctor_id) if doctor_id is not None else None
+                if doctor is None:
+                    raise Invalid("a doctor login needs an existing doctor id")
+            if role == "front_desk" and (
+                clinic_id is None or await session.get(Clinic, clinic_id) is None
+            ):
+                raise Invalid("a front desk login needs an existing clinic id")
+            before = user.role
+            user.role = role
+            user.doctor_id = doctor.id if doctor is not None else None
+            if doctor is not None:
+                user.clinic_id = doctor.clinic_id
+            else:
+                user.clinic_id = clinic_id if role == "front_desk" else None
+            await audit.record(
                 session,
-                redis,
-                user_id=user_id,
-                reason=audit.ACCOUNT_DEACTIVATED,
                 actor_user_id=actor_user_id,
+                action=audit.ACCOUNT_ROLE_CHANGED,
+                subject_type="user",
+                subject_id=user_id,
+                client_addr=client_addr,
+                details={"from": before, "to": role, "clinic_id": user.clinic_id},
+            )
+        if is_active is not None and is_active != user.is_active:
+            user.is_active = is_active
+            if not is_active:
+                await sign_out_everywhere(
+                    session,
+                    redis,
+                    user_id=user_id,
+                    reason=audit.ACCOUNT_DEACTIVATED,
+                    actor_user_id=actor_user_id,
+                    client_addr=client_addr,
+                )
+            await audit.record(
+                session,
+                actor_user_id=actor_user_id,
+                action=audit.ACCOUNT_REACTIVATED if is_active else audit.ACCOUNT_DEACTIVATED,
+                subject_type="user",
+                subject_id=user_id,
                 client_addr=client_addr,
             )
-        await audit.record(
-            session,
-            actor_user_id=actor_user_id,
-            action=audit.ACCOUNT_REACTIVATED if is_active else audit.ACCOUNT_DEACTIVATED,
-            subject_type="user",
-            subject_id=user_id,
-            client_addr=client_addr,
+        await _second_factor_change(
+            session, user, actor_user_id, totp_required, remove_totp, client_addr
         )
-    await _second_factor_change(
-        session, user, actor_user_id, totp_required, remove_totp, client_addr
-    )
-    try:
         await session.commit()
     except IntegrityError:
         await session.rollback()

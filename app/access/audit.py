@@ -39,6 +39,7 @@ APPOINTMENT_STATUS_CHANGED = "appointment.status_changed"
 APPOINTMENT_RESCHEDULED = "appointment.rescheduled"
 APPOINTMENT_CHECK_IN_UNDONE = "appointment.check_in_undone"
 APPOINTMENT_LIMIT_OVERRIDDEN = "appointment.limit_overridden"  # staff, with a reason
+APPOINTMENT_CONFIRMED = "appointment.confirmed"  # by the patient, from the reminder
 RECORD_READ = "records.read"
 # A Patient or Appointment read through the FHIR API (app/fhir/people.py), one per resource.
 FHIR_READ = "fhir.read"

@@ -119,6 +119,7 @@ class Card:
     conflict: bool = False  # overlaps leave or a closure that did not cancel it
     undoable: bool = False  # a check-in recent enough to be taken back
     on_the_day: bool = False  # today in the clinic: the day a check-in is possible
+    confirmed: bool = False  # the patient confirmed from the reminder
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,7 @@ async def _cards(
             Appointment.status,
             Appointment.reason,
             Appointment.checked_in_at,
+            Appointment.confirmed_at,
             (Appointment.status.in_(("booked", "checked_in")) & in_conflict()).label("conflict"),
         )
         .join(Patient, Patient.id == Appointment.patient_id)
@@ -197,6 +199,7 @@ async def _cards(
                 and row.checked_in_at is not None
                 and row.checked_in_at >= undo_from,
                 on_the_day=day == today,
+                confirmed=row.confirmed_at is not None,
             )
         )
     return cards

@@ -74,14 +74,16 @@ class Transports:
 
     @asynccontextmanager
     async def session(self, channel: str) -> AsyncIterator[Send]:
-        origin, now = self.settings.public_origin, _now
+        origin, now, secret = self.settings.public_origin, _now, self.settings.secret_key
         if channel == "email" and self.mailer is not None:
             sender = self.settings.smtp_from
             async with self.mailer.connection() as conn:
 
                 async def send_email(item: Sendable) -> str:
                     return await conn.send(
-                        mail.build_email(item, sender=sender, origin=origin, now=now())
+                        mail.build_email(
+                            item, sender=sender, origin=origin, now=now(), secret=secret
+                        )
                     )
 
                 yield send_email
@@ -126,7 +128,7 @@ class Transports:
         elif item.channel == "email":
             if not item.email:
                 raise SendFailed("the patient has no email address", permanent=True)
-            subject, text, html = mail.render_text(item, origin)
+            subject, text, html = mail.render_text(item, origin, self.settings.secret_key)
             values = {
                 "recipient": item.email,
                 "subject": subject,

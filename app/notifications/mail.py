@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 import aiosmtplib
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from app.notifications.answer_links import answer_token
 from app.notifications.outbox import AccountMessage, Outgoing, SendFailed
 from app.settings import PROJECT_ROOT, Settings
 
@@ -75,8 +76,16 @@ def short_time(instant: dt.datetime, timezone: str) -> str:
     return f"{local:%a} {local.day} {local:%b %H:%M} {local.tzname()}"
 
 
-def context(item: Outgoing, origin: str) -> dict[str, Any]:
+def context(item: Outgoing, origin: str, secret: str = "") -> dict[str, Any]:
+    """What a message's templates show; with the app's `secret`, the 24 h reminder also
+    carries its signed link to confirm or cancel (app/notifications/answers.py)."""
+    answer_url = None
+    if secret and item.kind == "reminder_24h":
+        token = answer_token(secret, item.appointment_id, item.starts_at)
+        answer_url = f"{origin.rstrip('/')}/r/{token}"
     return {
+        "answer_url": answer_url,
+        "answers_by_sms": item.kind == "reminder_24h",
         "kind": item.kind,
         "subject": SUBJECTS[item.kind],
         "doctor": item.doctor_name,
@@ -89,9 +98,9 @@ def context(item: Outgoing, origin: str) -> dict[str, Any]:
     }
 
 
-def render_text(item: Outgoing, origin: str) -> tuple[str, str, str]:
+def render_text(item: Outgoing, origin: str, secret: str = "") -> tuple[str, str, str]:
     """Subject, plain text and HTML of the email for `item`."""
-    values = context(item, origin)
+    values = context(item, origin, secret)
     name = _TEMPLATE[item.kind]
     text = _env.get_template(f"{name}.txt").render(values)
     html = _env.get_template(f"{name}.html").render(values)
@@ -173,7 +182,12 @@ def message_id(notification_id: int, sender: str) -> str:
 
 
 def build_email(
-    item: Outgoing | AccountMessage, *, sender: str, origin: str, now: dt.datetime
+    item: Outgoing | AccountMessage,
+    *,
+    sender: str,
+    origin: str,
+    now: dt.datetime,
+    secret: str = "",
 ) -> Message:
     """The email for `item`: text and HTML alternatives, and for an appointment an
     `appointment.ics`.
@@ -187,7 +201,7 @@ def build_email(
     if isinstance(item, AccountMessage):
         subject, text, html = render_account(item, origin)
     else:
-        subject, text, html = render_text(item, origin)
+        subject, text, html = render_text(item, origin, secret)
     message = MIMEMultipart("mixed")
     message["From"] = sender
     message["To"] = item.email

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import accounts
 from app.errors import DomainError
 from app.routes.inputs import Email, Id, IdField, Name, Role, StaffPassword
-from app.routes.responses import BY_ID_RULES, READ, SIGNED_IN, answers
+from app.routes.responses import READ, SIGNED_IN, answers
 from app.services import Services
 from app.web.guards import allow, client_addr, current_user
 from db.models import ROLES, Clinic, Doctor, User
@@ -106,7 +106,12 @@ async def create_user_api(
     return _account(user, user.totp_secret is not None)
 
 
-@patch("/api/users/{user_id:int}", guards=ADMIN, tags=["admin"], responses=BY_ID_RULES)
+@patch(
+    "/api/users/{user_id:int}",
+    guards=ADMIN,
+    tags=["admin"],
+    responses=answers(*SIGNED_IN, 404, 409, 422, _409="that doctor already has a login"),
+)
 async def update_user_api(
     request: Request[Any, Any, Any], db_session: AsyncSession, user_id: Id, data: AccountChange
 ) -> Account:

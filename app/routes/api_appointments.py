@@ -23,10 +23,12 @@ from app.routes import deps
 from app.routes.inputs import (
     Id,
     IdField,
+    Ids,
     Moment,
     OptionalId,
     OptionalQueryDay,
     QueryDay,
+    Reason,
     Text,
     check_day,
     check_moment,
@@ -40,6 +42,8 @@ from db.models import Appointment
 
 # What a status change may ask for (app.appointments.rules.TRANSITIONS has their sources).
 Status = Literal["booked", "checked_in", "completed", "no_show", "cancelled"]
+# What a bulk update may set (rules.check_bulk_target: never back to booked).
+BulkStatus = Literal["checked_in", "completed", "no_show", "cancelled"]
 
 
 class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -49,7 +53,7 @@ class BookingIn(msgspec.Struct, forbid_unknown_fields=True):
     reason: Text | None = None
     # Staff only: why this patient may hold more future bookings with the doctor than
     # BOOKING_MAX_FUTURE_PER_DOCTOR (recorded in the audit trail).
-    override_reason: Text | None = None
+    override_reason: Reason | None = None
     # One of the doctor's visit types (GET /api/doctors/{id}/visit-types); absent: the
     # template's slot, as before visit types existed.
     visit_type_id: IdField | None = None
@@ -62,12 +66,12 @@ class AppointmentPatch(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BulkIn(msgspec.Struct, forbid_unknown_fields=True):
-    appointment_ids: Annotated[list[IdField], msgspec.Meta(min_length=1, max_length=500)]
-    status: Status
+    appointment_ids: Ids
+    status: BulkStatus
 
 
 class ConflictsIn(msgspec.Struct, forbid_unknown_fields=True):
-    appointment_ids: Annotated[list[IdField], msgspec.Meta(min_length=1, max_length=500)]
+    appointment_ids: Ids
     action: Literal["move", "cancel"]
 
 

@@ -164,7 +164,11 @@ class DirectoryController(Controller):
         """All clinics."""
         return [clinic_out(c) for c in await directory.list_clinics(db_session)]
 
-    @post("/clinics", guards=[allow("admin")], responses=RULES)
+    @post(
+        "/clinics",
+        guards=[allow("admin")],
+        responses=answers(*SIGNED_IN, 409, 422, _409="a clinic with a name alike exists"),
+    )
     async def create_clinic(self, db_session: AsyncSession, data: ClinicIn) -> dict[str, Any]:
         """Add a clinic (admins)."""
         clinic = await directory.create_clinic(

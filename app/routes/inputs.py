@@ -15,6 +15,7 @@ from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
 from app.access import passwords
+from app.appointments.commands import MAX_BULK
 from app.errors import Invalid
 from db.models import EXCEPTION_KINDS, NOTIFY_CHOICES, ROLES
 
@@ -29,8 +30,20 @@ _ID_RANGE: dict[str, Any] = {"minimum": 1, "maximum": INT64_MAX}
 # An id in a path or query (the schema shows its exact bounds, not a rounded float).
 Id = Annotated[int, Parameter(ge=1, le=INT64_MAX, schema_extra=_ID_RANGE)]
 OptionalId = Annotated[int | None, Parameter(ge=1, le=INT64_MAX, schema_extra=_ID_RANGE)]
-# An id in a JSON body.
-IdField = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+# An id in a JSON body (the schema's bounds exact too: as floats they would round up to
+# 2^63, one past the largest bigint).
+IdField = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX, extra_json_schema={"extra": _ID_RANGE})]
+
+_BULK = msgspec.Meta(
+    min_length=1,
+    max_length=MAX_BULK,
+    extra_json_schema={"extra": {"items": {"type": "integer", **_ID_RANGE}}},
+)
+if TYPE_CHECKING:
+    Ids = list[int]
+else:  # the appointments a bulk action names: 1 to MAX_BULK ids, each item bounded too
+    Ids = Annotated[list[IdField], _BULK]
+
 DAY_RANGE = f"between {FIRST_DAY} and {LAST_DAY}"
 # The same bound as the schema says it: the year of a day or moment (1900-2999). msgspec
 # cannot bound a date, so check_day enforces it; the pattern tells clients and fuzzers.
@@ -48,8 +61,9 @@ OptionalQueryDay = Annotated[dt.date | None, Parameter(schema_extra=YEARS)]
 # its own checks for the HTML forms, from the same constants (passwords.*, db.models).
 # tests/unit/test_request_schema.py holds the schema to these rules.
 
-# What accounts.normalise_email accepts: something@something, no spaces.
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+# What accounts.normalise_email accepts: something@something, no spaces or control
+# characters (spelled out: JavaScript's \s, which the schema's readers use, is not Python's).
+EMAIL_PATTERN = r"^[^@\x00-\x20\x7f]+@[^@\x00-\x20\x7f]+$"
 EMAIL_MAX = 254  # RFC 5321's longest address
 Email = Annotated[
     str, msgspec.Meta(max_length=EMAIL_MAX, pattern=EMAIL_PATTERN, examples=["ann@example.test"])
@@ -70,6 +84,8 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX, pattern=r"
 TEXT_MAX = 500
 # Free text: a reason, a note, an address.
 Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX)]
+# A reason that must say something (staff going beyond the booking limit).
+Reason = Annotated[str, msgspec.Meta(max_length=TEXT_MAX, pattern=r"\S")]
 # preferences' international number (+ and 7-15 digits); empty clears it.
 PHONE_PATTERN = r"^(\+[0-9]{7,15})?$"
 Phone = Annotated[str, msgspec.Meta(pattern=PHONE_PATTERN, examples=["+4930123456"])]

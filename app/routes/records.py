@@ -3,11 +3,13 @@ and the signed download route of the local-disk store."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from litestar import Request, get, post
 from litestar.datastructures import UploadFile
-from litestar.params import Parameter
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, Parameter
 from litestar.response import File, Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +34,11 @@ from db.models import RECORD_TYPES
 SIGNED_IN = allow()
 # Multipart framing and the form's other fields, on top of the file itself.
 MULTIPART_OVERHEAD = 256 * 1024
+PRINTABLE_TITLE = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+if TYPE_CHECKING:
+    RecordType = str
+else:
+    RecordType = Literal[RECORD_TYPES]
 # Why someone outside the patient's care reads their records (logged, flagged for review).
 BreakGlassReason = Annotated[str | None, Parameter(max_length=records.MAX_REASON_CHARS)]
 
@@ -86,6 +93,20 @@ async def view_api(
     return item.as_json()
 
 
+@dataclass
+class RecordUpload:
+    """The upload API's multipart body, as its schema states it (records.upload checks
+    the same rules for the panel's form, and the file's content: PDF, PNG or JPEG)."""
+
+    file: UploadFile
+    record_type: RecordType
+    # Printable text (records.upload also refuses what Python deems unprintable).
+    title: Annotated[
+        str,
+        Parameter(min_length=1, max_length=records.MAX_TITLE_CHARS, pattern=PRINTABLE_TITLE),
+    ]
+
+
 async def _form(request: Request[Any, Any, Any]) -> tuple[bytes, str, str]:
     form = await request.form()
     upload = form.get("file")
@@ -112,18 +133,18 @@ def upload_routes(settings: Settings) -> list[Any]:
         actor: Principal,
         effects: Effects,
         patient_id: Id,
+        data: Annotated[RecordUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> dict[str, Any]:
         """Multipart `file`, `record_type`, `title`: a PDF, PNG or JPEG for a patient in
         the doctor's care."""
-        data, record_type, title = await _form(request)
         record = await records.upload(
             db_session,
             _store(request),
             actor,
             patient_id,
-            data=data,
-            record_type=record_type,
-            title=title,
+            data=await data.file.read(),
+            record_type=data.record_type,
+            title=data.title,
             max_bytes=settings.records_max_bytes,
             effects=effects,
             client_addr=client_addr(request),

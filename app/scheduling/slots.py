@@ -54,7 +54,9 @@ MAX_DAYS = 14
 # (clinic_id, starts_at) partial index, bookings by (doctor_id, starts_at) INCLUDE (...).
 # Bookings are at most a day long and their buffers at most MAX_BUFFER_MINUTES (check
 # constraints), which bounds the scan; what a booking blocks is its stored span with its
-# buffers (`blocked`, in the index's INCLUDE, so the scan stays index-only). The visit
+# buffers (`blocked`, in the index's INCLUDE, so the scan stays index-only), for the rows
+# `db.models.BLOCKING_SQL` says block a slot (bookings and waitlist holds; unqualified:
+# only `appointments` here has a status). The visit
 # type asked for (:visit_type_id, NULL for the template's plain slots) comes in the same
 # row when it is the doctor's.
 # Everything comes back as arrays of plain columns (times, dates, instants), which the
@@ -87,7 +89,7 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
   SELECT array_agg(lower(a.blocked)) AS starts, array_agg(upper(a.blocked)) AS ends
     FROM appointments a
-   WHERE a.doctor_id = d.id AND a.{blocking}
+   WHERE a.doctor_id = d.id AND ({blocking})
      AND a.starts_at >= CAST(:lo AS timestamptz) - interval '1 day {buffer} minutes'
      AND a.starts_at < CAST(:hi AS timestamptz) + interval '{buffer} minutes'
      AND lower(a.blocked) < :hi AND upper(a.blocked) > :lo) b
@@ -376,15 +378,20 @@ class Availability(NamedTuple):
 # Store only if no write bumped the day's version (or the doctor's types' version) since
 # the reader looked at it. Every computed day in one call (one round trip, however many
 # days; a redis-py pipeline of scripts would add a SCRIPT EXISTS round trip of its own).
-# KEYS: each day's value key then its version key, then the types' version key; ARGV: the
-# TTL, the types' version the reader saw, then each day's value and the version it saw.
+# KEYS: each day's value key then its version key, then, for a visit type's days only,
+# the types' version key (plain slots do not depend on types); ARGV: the TTL, the types'
+# version the reader saw ('' for plain slots), then each day's value and the version it saw.
 _SET_IF_VERSION = """
-local types = redis.call('GET', KEYS[#KEYS])
-if not ((types == false and ARGV[2] == '') or types == ARGV[2]) then
-  return 0
+local last = #KEYS
+if last % 2 == 1 then
+  local types = redis.call('GET', KEYS[last])
+  if not ((types == false and ARGV[2] == '') or types == ARGV[2]) then
+    return 0
+  end
+  last = last - 1
 end
 local stored = 0
-for i = 1, #KEYS - 1, 2 do
+for i = 1, last, 2 do
   local current = redis.call('GET', KEYS[i + 1])
   local seen = ARGV[i + 3]
   if (current == false and seen == '') or current == seen then
@@ -500,7 +507,8 @@ class SlotCache:
             keys += [_key(doctor_id, day.day, visit_type_id), _version_key(doctor_id, day.day)]
             value = _CachedDay(data.timezone, day.slots, version, types_version, data.visit_type)
             args += [_encoder.encode(value), version]
-        keys.append(_types_version_key(doctor_id))
+        if visit_type_id is not None:
+            keys.append(_types_version_key(doctor_id))
         store = partial(self._store_days, keys, args)
         if later is None:
             await store()

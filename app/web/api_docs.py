@@ -6,7 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Router
+from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
+from litestar._openapi.schema_generation.schema import SchemaCreator
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Schema
+from litestar.typing import FieldDefinition
 
 SWAGGER_DIR = "/static/vendor/swagger-ui-5.36.0"
 SWAGGER_SCRIPTS = (f"{SWAGGER_DIR}/swagger-ui-bundle.js", "/static/js/api-docs.js")
@@ -35,3 +39,17 @@ class VendoredSwagger(SwaggerRenderPlugin):
             scripts=SWAGGER_SCRIPTS,
             schema_url=f"{config.path}/openapi.json",
         ).encode()
+
+
+class ClosedStructs(StructSchemaPlugin):
+    """Litestar's schema of a msgspec Struct, saying `additionalProperties: false` when the
+    struct refuses unknown fields (every request body does): otherwise the schema would call
+    valid a body the API answers 400."""
+
+    def to_openapi_schema(
+        self, field_definition: FieldDefinition, schema_creator: SchemaCreator
+    ) -> Schema:
+        schema = super().to_openapi_schema(field_definition, schema_creator)
+        if field_definition.type_.__struct_config__.forbid_unknown_fields:
+            schema.additional_properties = False
+        return schema

@@ -50,6 +50,7 @@ from app.routes import (
     pages,
     patient_pages,
     records,
+    reminder_answers,
     staff_pages,
     visit_type_pages,
     waitlist_pages,
@@ -66,7 +67,7 @@ from app.services import start_services
 from app.settings import PROJECT_ROOT, Settings, get_settings
 from app.web import csrf, page_context
 from app.web.admission import Admission, AdmissionMiddleware
-from app.web.api_docs import VendoredSwagger
+from app.web.api_docs import ClosedStructs, VendoredSwagger
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
@@ -218,6 +219,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *admin_users.ROUTES,
             *admin_pages.ROUTES,
             *visit_type_pages.ROUTES,
+            *reminder_answers.ROUTES,
             admin_queries.queries_page,
             *audit.ROUTES,
             *NOTIFICATION_ROUTES,
@@ -241,7 +243,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # NUL characters and deeply nested JSON: one 400 before any handler parses them.
         before_request=refuse_bad_input,
         request_max_body_size=settings.request_max_body_bytes,
-        plugins=[SQLAlchemyPlugin(config=db)],
+        plugins=[SQLAlchemyPlugin(config=db), ClosedStructs()],
         exception_handlers={
             DomainError: domain_error_handler,
             NotAuthorizedException: not_signed_in_handler,

@@ -38,6 +38,9 @@ ADMIN = ("admin",)
 STAFF = ("front_desk", "admin")  # front desk: its own clinic; admin: every clinic
 READERS = ("patient", "doctor", "admin")  # medical records: own / care or BG / BG
 WS = "ws"  # the websocket: channel x role cells live in test_ws_access.py
+# The SMS provider's webhook: its request signature is the only credential, so everyone
+# else, signed in or not, is refused with 403 (no role is this pseudo-role).
+PROVIDER = ("sms_provider",)
 
 EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     # operations: probes and the Prometheus scrape (docs: "Operations endpoints")
@@ -102,6 +105,11 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("POST", "/api/doctors/{doctor_id:int}/exceptions"): ADMIN,
     ("PATCH", "/api/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
     ("DELETE", "/api/doctors/{doctor_id:int}/exceptions/{exception_id:int}"): ADMIN,
+    # reminders a patient answers without signing in: the signed link is the credential;
+    # the SMS webhook checks the provider's signature
+    ("GET", "/r/{token:str}"): PUBLIC,
+    ("POST", "/r/{token:str}"): PUBLIC,
+    ("POST", "/api/webhooks/sms"): PROVIDER,
     # visit types: anyone signed in reads (patients only the online ones), admins manage
     ("GET", "/api/doctors/{doctor_id:int}/visit-types"): ANY,
     ("POST", "/api/doctors/{doctor_id:int}/visit-types"): ADMIN,
@@ -311,7 +319,10 @@ async def test_every_route_for_every_role(settings, db, redis, session):
             )
             client.cookies.clear()
             status = anonymous.status_code
-            if status >= 500 or (rule == PUBLIC) == (status == 401) or status == 403:
+            if rule == PROVIDER:
+                if status != 403:
+                    problems.append(f"anonymous {method} {path}: {status} (rule {rule})")
+            elif status >= 500 or (rule == PUBLIC) == (status == 401) or status == 403:
                 problems.append(f"anonymous {method} {path}: {status} (rule {rule})")
             for role, user in users.items():
                 response = await client.request(

@@ -353,3 +353,21 @@ async def test_deactivated_users_lose_access_at_once(client, session, settings, 
     login = await client.post("/api/auth/token", json=CREDS)
     assert login.status_code == 401 and login.json()["detail"] == "the email or password is wrong"
     assert (await session.get(User, user.id)) is not None
+
+
+async def test_giving_a_doctor_a_second_login_is_a_conflict_not_a_500(client, session, settings):
+    """Found by the fuzz run: making an account the login of a doctor who already has one
+    broke uq_users_doctor_id in an early flush (a 500). It is a 409, and nothing changes."""
+    from tests.integration.world import make_world
+
+    world = await make_world(session, settings.secret_key, patients=1)
+    desk = world.users["desk"]
+    answer = await client.patch(
+        f"/api/users/{desk.id}",
+        json={"role": "doctor", "doctor_id": world.doctor_id},
+        headers=world.headers("admin"),
+    )
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["detail"] == "that doctor already has a login"
+    row = await session.get(User, desk.id, populate_existing=True)
+    assert (row.role, row.doctor_id, row.clinic_id) == ("front_desk", None, world.clinic_id)

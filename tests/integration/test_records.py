@@ -345,7 +345,7 @@ async def test_upload_validation_says_why(client, rw, session, settings):
     assert html_as_pdf.status_code == 415
     assert (await upload(client, doctor, rw.care, data=b"")).status_code == 422
     kind = await upload(client, doctor, rw.care, record_type="selfie")
-    assert kind.status_code == 422 and "record_type" in kind.json()["detail"]
+    assert kind.status_code == 400 and "record_type" in kind.text  # the schema's enum
     assert (await upload(client, doctor, rw.care, title="   ")).status_code == 422
     assert (await upload(client, doctor, rw.care, title="a\x00b")).status_code == 422
     unknown = await upload(client, doctor, 987654)

@@ -331,3 +331,30 @@ async def test_the_patient_page_chooses_a_type_and_books_it(client, session, set
         )
     ).one()
     assert row == (check_up.id, at(day, 11), at(day, 11, 30))
+
+
+async def test_a_type_edit_leaves_the_plain_slots_cached(client, world, engine, redis):
+    """Plain slots do not depend on the doctor's types: after a type edit they are still
+    stored and served from the cache, while the type's own days are computed again."""
+    from app.scheduling.slots import SlotCache
+
+    day = day_after_tomorrow()
+    first = await add_type(client, world)
+    response = await client.patch(
+        f"{types_url(world)}/{first['id']}", json={"minutes": 30}, headers=world.headers("admin")
+    )
+    assert response.status_code == 200
+    cache = SlotCache(redis, engine)
+    await cache.days(world.doctor_id, day, 1)
+    await cache.days(world.doctor_id, day, 1)
+    assert (cache.hits, cache.misses) == (1, 1)
+    await cache.days(world.doctor_id, day, 1, visit_type_id=first["id"])
+    typed = await cache.days(world.doctor_id, day, 1, visit_type_id=first["id"])
+    assert (cache.hits, cache.misses) == (2, 2) and typed.visit_type.minutes == 30
+    await client.patch(
+        f"{types_url(world)}/{first['id']}", json={"minutes": 60}, headers=world.headers("admin")
+    )
+    edited = await cache.days(world.doctor_id, day, 1, visit_type_id=first["id"])
+    assert cache.misses == 3 and edited.visit_type.minutes == 60
+    await cache.days(world.doctor_id, day, 1)
+    assert cache.hits == 3  # the plain day is still cached

@@ -3,6 +3,7 @@ message text and the .ics attachment."""
 
 import datetime as dt
 import random
+import re
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -255,3 +256,19 @@ def test_notification_settings_are_read_from_the_environment():
         load_settings(base | {"SMTP_TLS": "maybe"})
     with pytest.raises(SettingsError, match="NOTIFY_MAX_ATTEMPTS"):
         load_settings(base | {"NOTIFY_MAX_ATTEMPTS": "0"})
+
+
+def test_the_24h_reminder_carries_its_answer_link_and_the_sms_reply_codes():
+    from app.notifications.answer_links import read_token
+
+    secret = "s" * 40
+    _, text, html = mail.render_text(outgoing("reminder_24h"), "https://m.test", secret)
+    link = re.search(r"https://m\.test/r/(\S+)", text)
+    assert link is not None and f'href="{link.group(0)}"' in html
+    before = dt.datetime(2027, 3, 28, 6, tzinfo=UTC)
+    assert read_token(secret, link.group(1), before) == 7  # the appointment's own link
+    _, later, _ = mail.render_text(outgoing("reminder_1h"), "https://m.test", secret)
+    assert "/r/" not in later  # only the 24 h reminder asks for an answer
+    sms = mail.render_sms(outgoing("reminder_24h", channel="sms"), "https://m.test")
+    assert sms.endswith("Reply C to confirm, X to cancel.") and len(sms) <= 320
+    assert "Reply C" not in mail.render_sms(outgoing("confirmation"), "https://m.test")

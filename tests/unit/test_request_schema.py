@@ -13,6 +13,7 @@ import pytest
 
 from app.access import passwords
 from app.access.accounts import normalise_email
+from app.appointments.rules import check_bulk_target
 from app.errors import Invalid
 from app.notifications.preferences import _looks_like_phone
 from app.records.records import MAX_REASON_CHARS
@@ -20,7 +21,7 @@ from app.routes import inputs
 from app.routes.api_directory import MAX_RANGES
 from app.settings import get_settings
 from app.web.asgi import create_app
-from db.models import EXCEPTION_KINDS, NOTIFY_CHOICES, ROLES
+from db.models import APPOINTMENT_STATUSES, EXCEPTION_KINDS, NOTIFY_CHOICES, ROLES
 
 DOCUMENT = create_app(get_settings()).openapi_schema.to_schema()  # connects to nothing
 
@@ -39,6 +40,14 @@ CLOCK = {"pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]$"}
 
 def enum(*choices: str) -> dict[str, Any]:
     return {"enum": set(choices)}
+
+
+def accepted_in_bulk(status: str) -> bool:
+    try:
+        check_bulk_target(status)
+    except Invalid:
+        return False
+    return True
 
 
 # (schema component, property, the constraints it must carry)
@@ -91,6 +100,7 @@ BODY_RULES = [
     ("AppointmentPatch", "start", YEARS),
     ("AppointmentPatch", "reason", TEXT),
     ("BulkIn", "appointment_ids", {"minItems": 1, "maxItems": 500}),
+    ("BulkIn", "status", enum(*(s for s in APPOINTMENT_STATUSES if accepted_in_bulk(s)))),
     ("PreferenceIn", "notify_by", enum(*NOTIFY_CHOICES)),
     ("PreferenceIn", "phone", PHONE),
     ("ExportIn", "from", YEARS),

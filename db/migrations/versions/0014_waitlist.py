@@ -8,7 +8,8 @@ may ask for one of its doctor's visit types; its holds then carry the type's len
 buffers.
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0015 (built beside visit types' 0013 and reminder answers' 0015, both merged
+first: it comes after them, so a database already at 0015 upgrades to it)
 Create Date: 2026-12-07 03:00:00
 
 """
@@ -21,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic.
 revision: str = "0014"
-down_revision: str | Sequence[str] | None = "0013"
+down_revision: str | Sequence[str] | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
