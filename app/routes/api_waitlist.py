@@ -14,7 +14,7 @@ from app.appointments.rules import BookingRules
 from app.errors import Invalid
 from app.live.effects import Effects
 from app.routes.api_appointments import appointment_out
-from app.routes.inputs import Id, IdField, OptionalId, check_day, parse_clock
+from app.routes.inputs import Clock, Day, Id, IdField, OptionalId, check_day, parse_clock
 from app.routes.responses import BOOKING, BY_ID, BY_ID_RULES, READ
 from app.waitlist import entries, offers
 from app.waitlist.entries import Wish
@@ -22,12 +22,11 @@ from app.web.guards import allow
 
 Specialty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Weekday = Annotated[int, msgspec.Meta(ge=0, le=6)]
-Clock = Annotated[str, msgspec.Meta(pattern=r"^\d{2}:\d{2}$", description="HH:MM, clinic time")]
 
 
 class WaitlistIn(msgspec.Struct, forbid_unknown_fields=True):
-    first_day: dt.date = msgspec.field(name="from")
-    last_day: dt.date = msgspec.field(name="to")
+    first_day: Day = msgspec.field(name="from")
+    last_day: Day = msgspec.field(name="to")
     doctor_id: IdField | None = None
     clinic_id: IdField | None = None
     specialty: Specialty | None = None

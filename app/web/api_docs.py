@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Router
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar._openapi.schema_generation.schema import SchemaCreator
@@ -52,4 +53,23 @@ class ClosedStructs(StructSchemaPlugin):
         schema = super().to_openapi_schema(field_definition, schema_creator)
         if field_definition.type_.__struct_config__.forbid_unknown_fields:
             schema.additional_properties = False
+        _keep_zero_bounds(field_definition.type_, schema)
         return schema
+
+
+def _keep_zero_bounds(struct: type, schema: Schema) -> None:
+    """Put back a lower bound of 0 that Litestar drops from a field typed as a union
+    (`Annotated[int, Meta(ge=0)] | UnsetType`: it tests the bound for truth, and 0 is
+    false), so the schema does not call a negative buffer valid."""
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        prop = (schema.properties or {}).get(field.encode_name)
+        if not isinstance(prop, Schema) or prop.minimum is not None:
+            continue
+        # msgspec leaves UnsetType out of a field's type: `Buffer | UnsetType` is an IntType
+        kinds = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else ()
+        kinds = kinds or (field.type,)
+        numbers = (msgspec.inspect.IntType, msgspec.inspect.FloatType)
+        if any(isinstance(k, numbers) and k.ge == 0 for k in kinds):
+            prop.minimum = 0

@@ -141,9 +141,15 @@ RULES_NO_SCHEMA_HOLDS = re.compile(
             r"second factor is for staff",  # the account's role
             r"cursor is not one this API returned",  # a cursor is the API's own token
             r"give either status or start",  # one field or the other
+            r"give doctor_id with visit_type_id",  # a visit type needs its doctor
+            r"give either doctor_id, or clinic_id",  # whom a waitlist entry waits for
+            r"range is already over|range must start within",  # a waitlist range and now
+            r"give the patient's number",  # staff add a patient to the waitlist (the role)
+            r"at most \d+ entries at once",  # the waitlist limit (state)
             r"reset link is invalid or has expired",  # a token the API issued
             r"the file is empty|give a title",  # the upload's content (415: its type)
             r"add a mobile number",  # SMS chosen by a patient with no number on file
+            r"no email address to send to",  # e-mail chosen with no address on file
             r"cannot demote or deactivate themselves",  # which account the admin is
         )
     )
