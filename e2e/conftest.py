@@ -83,8 +83,11 @@ class Worker:
         stop_process(self.process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(settings) -> Iterator[Worker]:
+    # For one module, not the session: an xdist worker runs integration tests after browser
+    # tests (--dist worksteal), and a job worker left running would take their jobs and
+    # send their pending messages (seen as "the worker never reached the provider").
     # No SMTP or SMS provider here: messages land in the dev mailbox, where a test reads
     # the e-mail a person would get (e2e/test_day_at_the_clinic.py's reset link).
     process = Worker(env={"NOTIFY_DEV_MAILBOX": "1"})
@@ -92,7 +95,7 @@ def worker(settings) -> Iterator[Worker]:
     process.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_server(live_server, worker):
     """The root conftest's server, with a worker running beside it for every browser test."""
     return live_server

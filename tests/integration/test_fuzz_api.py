@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import text
 
+from app.redis import create_redis
 from app.settings import get_settings
 from app.web.asgi import create_app
 from conftest import ALLOW_AUDIT_TRUNCATE, DATA_TABLES, LiveServer
@@ -70,6 +71,14 @@ def bounded(examples: int) -> settings:
 
 
 async def _fresh_world(app_settings) -> World:
+    """Empty tables and an empty Redis database (an earlier test's cached users, whose ids
+    the new world reuses, would otherwise sign this world's tokens in as them), then the
+    world."""
+    redis = create_redis(app_settings)
+    try:
+        await redis.flushdb()
+    finally:
+        await redis.aclose()
     engine = create_engine(app_settings, application_name="medbook-fuzz")
     try:
         async with engine.begin() as conn:
