@@ -16,7 +16,9 @@ from tests.integration.world import at, day_after_tomorrow, make_world
 
 @pytest.fixture
 async def two_processes(db, redis):
-    server = LiveServer(workers=2)
+    # Room for every racer in admission's queue, should all land on one process (the
+    # default holds 45): this test is about the constraint; test_admission.py sheds.
+    server = LiveServer(workers=2, env={"ADMISSION_MAX_QUEUE": "200"})
     yield server
     server.stop()
 
