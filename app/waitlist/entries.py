@@ -24,7 +24,7 @@ from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.errors import Forbidden, Invalid, NotFound
 from app.scheduling import visit_types
-from db.models import Clinic, Doctor, Patient, WaitlistEntry
+from db.models import Clinic, Doctor, Patient, VisitType, WaitlistEntry
 
 # A patient waits in at most this many entries at once: enough for every doctor they would
 # see sooner, few enough that one patient cannot crowd a clinic's list.
@@ -106,6 +106,7 @@ class EntryView:
     status: str
     created_at: dt.datetime
     visit_type_id: int | None = None
+    visit_type_name: str | None = None  # what the lists show (the API gives the id)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -300,10 +301,12 @@ async def _views(session: AsyncSession, *where: object) -> list[EntryView]:
             WaitlistEntry.status,
             WaitlistEntry.created_at,
             WaitlistEntry.visit_type_id,
+            VisitType.name,
         )
         .join(Patient, Patient.id == WaitlistEntry.patient_id)
         .join(Clinic, Clinic.id == WaitlistEntry.clinic_id)
         .outerjoin(Doctor, Doctor.id == WaitlistEntry.doctor_id)
+        .outerjoin(VisitType, VisitType.id == WaitlistEntry.visit_type_id)
         .where(*where)  # type: ignore[arg-type]
         .order_by(WaitlistEntry.created_at, WaitlistEntry.id)
         .limit(500)
