@@ -45,6 +45,7 @@ DoctorDays = Sequence[tuple[int, dt.date]]
 Publisher = Callable[[Pipeline, Sequence[AppointmentChange]], None]
 SchedulePublisher = Callable[[Pipeline, DoctorDays], None]
 RecordPublisher = Callable[[Pipeline, int, int], None]  # patient id, record id
+WaitlistPublisher = Callable[[Pipeline, Sequence[int]], None]  # clinic ids
 # Anything else, run after the pipeline (asking for a notification dispatch, a refill).
 Listener = Callable[[Sequence[AppointmentChange]], Awaitable[None]]
 ScheduleListener = Callable[[DoctorDays], Awaitable[None]]
@@ -59,6 +60,7 @@ class Effects:
     publishers: list[Publisher] = field(default_factory=list)
     schedule_publishers: list[SchedulePublisher] = field(default_factory=list)
     record_publishers: list[RecordPublisher] = field(default_factory=list)
+    waitlist_publishers: list[WaitlistPublisher] = field(default_factory=list)
     listeners: list[Listener] = field(default_factory=list)
     schedule_listeners: list[ScheduleListener] = field(default_factory=list)
 
@@ -101,6 +103,17 @@ class Effects:
             f"record {record_id}",
             [],
             lambda pipe: [p(pipe, patient_id, record_id) for p in self.record_publishers],
+        )
+
+    async def waitlist_changed(self, clinic_ids: Sequence[int]) -> None:
+        """A committed change to these clinics' waitlists (joined, left, offered, accepted,
+        declined, lapsed): the desk's open waitlist pages hear of it (nothing is cached)."""
+        if not clinic_ids:
+            return
+        await self._send(
+            f"waitlists of clinics {list(clinic_ids)}",
+            [],
+            lambda pipe: [p(pipe, clinic_ids) for p in self.waitlist_publishers],
         )
 
     async def _send(

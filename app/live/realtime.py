@@ -84,6 +84,16 @@ def patient_channel(patient_id: int) -> str:
     return f"patient:{patient_id}"
 
 
+def waitlist_channel(clinic_id: int) -> str:
+    """A clinic's waitlist (the desk's waitlist page), for that clinic's staff only."""
+    return f"waitlist:{clinic_id}"
+
+
+def waitlist_messages(clinic_ids: Sequence[int]) -> list[tuple[str, dict[str, Any]]]:
+    """A committed change to these clinics' waitlists: ids only."""
+    return [(waitlist_channel(c), {"clinic_id": c}) for c in sorted(set(clinic_ids))]
+
+
 def record_messages(patient_id: int, record_id: int) -> list[tuple[str, dict[str, Any]]]:
     """A committed upload: ids only; each viewer fetches the list through its audited read."""
     return [(records_channel(patient_id), {"patient_id": patient_id, "record_id": record_id})]

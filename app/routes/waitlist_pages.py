@@ -26,6 +26,7 @@ from app.waitlist.entries import Wish
 from app.web.guards import allow
 
 DESK = "desk/waitlist.html"
+OFFER_BANNER = "waitlist/_offer_banner.html"
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -96,6 +97,7 @@ async def join_form(
 async def join(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
+    effects: Effects,
     actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
@@ -104,7 +106,9 @@ async def join(
 
     async def action() -> None:
         wish, _ = wish_from_form(await request.form())
-        await entries.join(db_session, actor, wish, patient_id=None, horizon=rules.horizon, now=now)
+        await entries.join(
+            db_session, effects, actor, wish, patient_id=None, horizon=rules.horizon, now=now
+        )
 
     done = "You are on the waitlist: we will offer you a time."
     return await _answer(request, db_session, actor, now, action, done)
@@ -143,7 +147,13 @@ async def _answer(
     action: Callable[[], Awaitable[None]],
     done: str,
 ) -> Response[str]:
+    """What was done and the list it changed: the offer banner's (an answer to the banner
+    any page carries), else "my appointments"."""
     extra = await _attempt(db_session, action, done)
+    if request.headers.get("hx-target") == "offer-answer":
+        assert actor.patient_id is not None  # patients only (the routes' guard)
+        found = await offers.listed(db_session, actor.patient_id, open_only=True)
+        return fragment(request, OFFER_BANNER, "answer", offers=found, **extra)
     return await _my_list(request, db_session, actor, now, extra)
 
 
@@ -256,6 +266,7 @@ async def desk_waitlist(
 async def desk_join(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
+    effects: Effects,
     actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
@@ -268,7 +279,7 @@ async def desk_join(
         if patient is None:
             raise Invalid("give the patient's number")
         await entries.join(
-            db_session, actor, wish, patient_id=patient, horizon=rules.horizon, now=now
+            db_session, effects, actor, wish, patient_id=patient, horizon=rules.horizon, now=now
         )
 
     extra = await _attempt(db_session, action, "Added to the waitlist.")
