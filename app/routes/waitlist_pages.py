@@ -52,7 +52,8 @@ def wish_from_form(form: FormMultiDict) -> tuple[Wish, int | None]:
             parse_day(str(form.get("from") or "")),
             parse_day(str(form.get("to") or "")),
             parse_id(doctor) if doctor else None,
-            parse_id(clinic) if clinic else None,
+            # The desk's form always carries its clinic: with a doctor, the doctor's.
+            parse_id(clinic) if clinic and not doctor else None,
             _optional(form, "specialty"),
             parse_clock(earliest) if earliest else None,
             parse_clock(latest) if latest else None,

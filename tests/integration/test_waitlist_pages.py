@@ -95,7 +95,13 @@ async def test_the_desk_chooses_any_type_and_its_list_names_it(client, world, ki
 
     added = await client.post(
         f"/desk/waitlist?clinic_id={world.clinic_id}",
-        data=wish_form(world, patient_id=str(world.patients[1]), visit_type_id=str(kinds["jab"])),
+        data=wish_form(  # as the form sends it: with its clinic and an empty specialty
+            world,
+            patient_id=str(world.patients[1]),
+            visit_type_id=str(kinds["jab"]),
+            clinic_id=str(world.clinic_id),
+            specialty="",
+        ),
         headers=desk,
     )
     assert "Added to the waitlist." in added.text
