@@ -61,6 +61,10 @@ class Effects:
     schedule_publishers: list[SchedulePublisher] = field(default_factory=list)
     record_publishers: list[RecordPublisher] = field(default_factory=list)
     waitlist_publishers: list[WaitlistPublisher] = field(default_factory=list)
+    # Visit-type edits reach the open slot pages of these days ahead (the booking horizon;
+    # set when live updates are wired): every doctor-day a page may show bookable times of.
+    type_publishers: list[SchedulePublisher] = field(default_factory=list)
+    live_days: int = 0
     listeners: list[Listener] = field(default_factory=list)
     schedule_listeners: list[ScheduleListener] = field(default_factory=list)
 
@@ -89,10 +93,16 @@ class Effects:
 
     async def visit_types_changed(self, doctor_ids: Sequence[int]) -> None:
         """A committed change to these doctors' visit types: every cached day of their
-        types is forgotten (open pages show the new shape when they next load a view)."""
+        types is forgotten, then (same pipeline, so a page that hears it reads the new
+        shape) their open slot pages are told, day by day, up to `live_days` ahead."""
+        today = dt.datetime.now(dt.UTC).date()
+        days = [today + dt.timedelta(days=i) for i in range(-1, self.live_days + 2)]
+        doctor_days = [(d, day) for d in sorted(set(doctor_ids)) for day in days]
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 slots.queue_types_invalidation(pipe, doctor_ids)
+                for publish in self.type_publishers:
+                    publish(pipe, doctor_days)
                 await pipe.execute()
         except RedisError as exc:
             log.error("after-commit invalidation failed for visit types of %s: %s", doctor_ids, exc)

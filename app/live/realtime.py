@@ -487,6 +487,17 @@ def change_messages(changes: Sequence[AppointmentChange]) -> list[tuple[str, dic
     return messages
 
 
+def visit_type_messages(doctor_days: Sequence[tuple[int, dt.date]]) -> list[tuple[str, dict]]:
+    """Visit-type edits change the shape of a doctor's slots (and the page's chooser)."""
+    return [
+        (
+            doctor_channel(doctor_id, day),
+            {"doctor_id": doctor_id, "day": day.isoformat(), "action": "visit_types"},
+        )
+        for doctor_id, day in doctor_days
+    ]
+
+
 def schedule_messages(doctor_days: Sequence[tuple[int, dt.date]]) -> list[tuple[str, dict]]:
     """Template edits and exceptions change a doctor's slots on these days."""
     return [

@@ -34,7 +34,7 @@ from app.records import records
 from app.routes import views
 from app.routes.deps import booking_rules
 from app.routes.inputs import parse_day, parse_id
-from app.scheduling import directory
+from app.scheduling import directory, visit_types
 from app.services import Services
 from app.waitlist import entries as waitlist_entries
 from app.waitlist import offers as waitlist_offers
@@ -81,19 +81,17 @@ def make_renderer(app: Any) -> Any:
                 # day is rendered once for each type's viewers, in that type's shape.
                 rules: BookingRules = booking_rules(services.settings)
                 now = dt.datetime.now(dt.UTC)
+                shown = slots_visit_type(audience)
+                choice = ""
+                if payload.get("action") == "visit_types":  # the chooser changes too
+                    choice = await _visit_type_choice(session, env, ident, shown)
                 try:
                     _, (view,) = await boards.doctor_days(
-                        services.slot_cache,
-                        ident,
-                        day,
-                        1,
-                        rules,
-                        now,
-                        slots_visit_type(audience),
+                        services.slot_cache, ident, day, 1, rules, now, shown
                     )
                 except NotFound:  # the type was deleted while its page was open
-                    return ""
-                return views.render(env, "patient/_day.html", day=view, oob=True)
+                    return choice
+                return choice + views.render(env, "patient/_day.html", day=view, oob=True)
             if audience == "board" and kind == "doctor":
                 # The board watches its doctors' channels for schedule changes only (their
                 # appointments come on the clinic channel). Hours make the clinic's time
@@ -121,6 +119,21 @@ def make_renderer(app: Any) -> Any:
         raise ValueError(f"no fragment for {audience} on {channel}")
 
     return render
+
+
+async def _visit_type_choice(session: Any, env: Any, doctor_id: int, shown: int | None) -> str:
+    """The slot page's chooser after an edit of the doctor's types, the type shown still
+    selected (or a notice that it is gone)."""
+    offered = await visit_types.list_visit_types(session, doctor_id, staff_only_too=False)
+    gone = shown is not None and all(t.id != shown for t in offered)
+    return views.render(
+        env,
+        "patient/_visit_type_choice.html",
+        visit_types=offered,
+        visit_type_id=shown,
+        gone=gone,
+        oob=True,
+    )
 
 
 async def _render_waitlist(services: Services, env: Any, channel: str, audience: str) -> str:
