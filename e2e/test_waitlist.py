@@ -115,7 +115,7 @@ def test_an_offer_reaches_any_open_page_and_is_accepted_there(
         b = live_page(browser)
         errors = [watch(b)]
         sign_in(b, live_server, "p1@t.test", "/doctors")
-        wait_for_live(b)  # the banner's socket is subscribed: no offer is missed
+        wait_for_live(b, socket="offers")  # the banner is subscribed: no offer is missed
         mark_document(b)
         expect(b.locator("#offer-list [data-offer-id]")).to_have_count(0)
 
