@@ -156,11 +156,23 @@ def _wire_effects(services: Services) -> None:
                 pipe, realtime.record_messages(patient_id, record_id)
             )
         )
+        effects.waitlist_publishers.append(
+            lambda pipe, clinics: hub.queue_publish(pipe, realtime.waitlist_messages(clinics))
+        )
+        effects.type_publishers.append(
+            lambda pipe, days: hub.queue_publish(pipe, realtime.visit_type_messages(days))
+        )
+        effects.live_days = services.settings.booking_horizon_days
     else:  # the worker's changes (waitlist offers) reach open pages all the same
         prefix = realtime.channel_prefix(services.redis)
         effects.publishers.append(
             lambda pipe, changes: realtime.queue_messages(
                 pipe, prefix, realtime.change_messages(changes)
+            )
+        )
+        effects.waitlist_publishers.append(
+            lambda pipe, clinics: realtime.queue_messages(
+                pipe, prefix, realtime.waitlist_messages(clinics)
             )
         )
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.passwords import hash_password
 from app.analytics.rollups import day_chunks, refresh_days
 from app.scheduling.availability import Interval, TemplateRange, day_grid
-from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User
+from db.models import Appointment, Clinic, Doctor, Patient, ScheduleTemplate, User, VisitType
 
 DEMO_PASSWORD = "medbook-demo"  # noqa: S105 - printed on purpose: these are demo logins
 
@@ -32,6 +32,15 @@ DOCTORS = [  # clinic index, name, specialty, slot minutes
     (1, "Dr. Maya Patel", "General practice", 30),
     (1, "Dr. Samuel Okafor", "Dermatology", 15),
 ]
+# Each doctor's visit types (doctor index -> name, minutes, buffer after, bookable online):
+# a first visit of 30 minutes, a short follow-up, and the GPs' vaccinations with a quarter
+# hour of observation after (booked by the desk only, as clinics usually do).
+VISIT_TYPES = {
+    0: [("First visit", 30, 0, True), ("Follow-up", 15, 0, True), ("Vaccination", 10, 15, False)],
+    1: [("First visit", 30, 0, True), ("Follow-up", 10, 0, True)],
+    2: [("First visit", 30, 0, True), ("Follow-up", 15, 0, True), ("Vaccination", 10, 15, False)],
+    3: [("First visit", 30, 0, True), ("Follow-up", 15, 0, True)],
+}
 # The first two have the demo's patient logins. Enough patients to fill a week's boards
 # while each stays under the booking rules' limit per doctor (see `seed_demo`).
 PATIENTS = [
@@ -120,6 +129,17 @@ async def seed_demo(
     session.add_all([*doctors, *patients])
     await session.flush()
 
+    session.add_all(
+        VisitType(
+            doctor_id=doctors[index].id,
+            name=name,
+            minutes=minutes,
+            buffer_after_minutes=after,
+            online=online,
+        )
+        for index, kinds in VISIT_TYPES.items()
+        for name, minutes, after, online in kinds
+    )
     for doctor in doctors:
         for weekday, start, end, minutes in weekly_template(doctor.default_slot_minutes):
             session.add(

@@ -142,11 +142,18 @@ def page(browser):
 
 
 # Counts the page's live-socket events (htmx-ext-ws), so a test waits on them, not on time.
+# The page's own live socket counts in window.__live; the offer banner every patient page
+# carries (#offer-live) in window.__offers, so waiting for one never passes on the other's.
 _COUNT_LIVE_EVENTS = """
 window.__live = {opens: 0, closes: 0, messages: 0};
-document.addEventListener("htmx:wsOpen", () => window.__live.opens++);
-document.addEventListener("htmx:wsClose", () => window.__live.closes++);
-document.addEventListener("htmx:wsAfterMessage", () => window.__live.messages++);
+window.__offers = {opens: 0, closes: 0, messages: 0};
+const __count = (name) => (e) => {
+  const banner = e.target.closest && e.target.closest("#offer-live");
+  (banner ? window.__offers : window.__live)[name]++;
+};
+document.addEventListener("htmx:wsOpen", __count("opens"));
+document.addEventListener("htmx:wsClose", __count("closes"));
+document.addEventListener("htmx:wsAfterMessage", __count("messages"));
 """
 LIVE_EVENT_WAIT_MS = 30_000  # a deadline, not a speed check (a loaded 2-core machine)
 
@@ -158,14 +165,16 @@ def live_page(browser, **context_options):
     return context.new_page()
 
 
-def wait_for_live(page, event: str = "messages", count: int = 1) -> None:
-    """Until the page's live socket has had `count` of `event` (opens, closes, messages)
-    since the page loaded. The server sends its first message (the whole view) only once
-    Redis has confirmed the socket's subscriptions: from then on no event is missed."""
+def wait_for_live(page, event: str = "messages", count: int = 1, socket: str = "live") -> None:
+    """Until the page's live socket (`socket="offers"`: the patient's offer banner) has had
+    `count` of `event` (opens, closes, messages) since the page loaded. The server sends
+    its first message (the whole view) only once Redis has confirmed the socket's
+    subscriptions: from then on no event is missed."""
     # A function, not an expression: polling an expression needs eval, which the CSP bars.
     page.wait_for_function(
-        "([event, count]) => window.__live !== undefined && window.__live[event] >= count",
-        arg=[event, count],
+        "([socket, event, count]) => window['__' + socket] !== undefined"
+        " && window['__' + socket][event] >= count",
+        arg=[socket, event, count],
         timeout=LIVE_EVENT_WAIT_MS,
     )
 

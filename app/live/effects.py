@@ -45,6 +45,7 @@ DoctorDays = Sequence[tuple[int, dt.date]]
 Publisher = Callable[[Pipeline, Sequence[AppointmentChange]], None]
 SchedulePublisher = Callable[[Pipeline, DoctorDays], None]
 RecordPublisher = Callable[[Pipeline, int, int], None]  # patient id, record id
+WaitlistPublisher = Callable[[Pipeline, Sequence[int]], None]  # clinic ids
 # Anything else, run after the pipeline (asking for a notification dispatch, a refill).
 Listener = Callable[[Sequence[AppointmentChange]], Awaitable[None]]
 ScheduleListener = Callable[[DoctorDays], Awaitable[None]]
@@ -59,6 +60,11 @@ class Effects:
     publishers: list[Publisher] = field(default_factory=list)
     schedule_publishers: list[SchedulePublisher] = field(default_factory=list)
     record_publishers: list[RecordPublisher] = field(default_factory=list)
+    waitlist_publishers: list[WaitlistPublisher] = field(default_factory=list)
+    # Visit-type edits reach the open slot pages of these days ahead (the booking horizon;
+    # set when live updates are wired): every doctor-day a page may show bookable times of.
+    type_publishers: list[SchedulePublisher] = field(default_factory=list)
+    live_days: int = 0
     listeners: list[Listener] = field(default_factory=list)
     schedule_listeners: list[ScheduleListener] = field(default_factory=list)
 
@@ -87,10 +93,16 @@ class Effects:
 
     async def visit_types_changed(self, doctor_ids: Sequence[int]) -> None:
         """A committed change to these doctors' visit types: every cached day of their
-        types is forgotten (open pages show the new shape when they next load a view)."""
+        types is forgotten, then (same pipeline, so a page that hears it reads the new
+        shape) their open slot pages are told, day by day, up to `live_days` ahead."""
+        today = dt.datetime.now(dt.UTC).date()
+        days = [today + dt.timedelta(days=i) for i in range(-1, self.live_days + 2)]
+        doctor_days = [(d, day) for d in sorted(set(doctor_ids)) for day in days]
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 slots.queue_types_invalidation(pipe, doctor_ids)
+                for publish in self.type_publishers:
+                    publish(pipe, doctor_days)
                 await pipe.execute()
         except RedisError as exc:
             log.error("after-commit invalidation failed for visit types of %s: %s", doctor_ids, exc)
@@ -101,6 +113,17 @@ class Effects:
             f"record {record_id}",
             [],
             lambda pipe: [p(pipe, patient_id, record_id) for p in self.record_publishers],
+        )
+
+    async def waitlist_changed(self, clinic_ids: Sequence[int]) -> None:
+        """A committed change to these clinics' waitlists (joined, left, offered, accepted,
+        declined, lapsed): the desk's open waitlist pages hear of it (nothing is cached)."""
+        if not clinic_ids:
+            return
+        await self._send(
+            f"waitlists of clinics {list(clinic_ids)}",
+            [],
+            lambda pipe: [p(pipe, clinic_ids) for p in self.waitlist_publishers],
         )
 
     async def _send(

@@ -84,6 +84,16 @@ def patient_channel(patient_id: int) -> str:
     return f"patient:{patient_id}"
 
 
+def waitlist_channel(clinic_id: int) -> str:
+    """A clinic's waitlist (the desk's waitlist page), for that clinic's staff only."""
+    return f"waitlist:{clinic_id}"
+
+
+def waitlist_messages(clinic_ids: Sequence[int]) -> list[tuple[str, dict[str, Any]]]:
+    """A committed change to these clinics' waitlists: ids only."""
+    return [(waitlist_channel(c), {"clinic_id": c}) for c in sorted(set(clinic_ids))]
+
+
 def record_messages(patient_id: int, record_id: int) -> list[tuple[str, dict[str, Any]]]:
     """A committed upload: ids only; each viewer fetches the list through its audited read."""
     return [(records_channel(patient_id), {"patient_id": patient_id, "record_id": record_id})]
@@ -475,6 +485,17 @@ def change_messages(changes: Sequence[AppointmentChange]) -> list[tuple[str, dic
                 )
             )
     return messages
+
+
+def visit_type_messages(doctor_days: Sequence[tuple[int, dt.date]]) -> list[tuple[str, dict]]:
+    """Visit-type edits change the shape of a doctor's slots (and the page's chooser)."""
+    return [
+        (
+            doctor_channel(doctor_id, day),
+            {"doctor_id": doctor_id, "day": day.isoformat(), "action": "visit_types"},
+        )
+        for doctor_id, day in doctor_days
+    ]
 
 
 def schedule_messages(doctor_days: Sequence[tuple[int, dt.date]]) -> list[tuple[str, dict]]:

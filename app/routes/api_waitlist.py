@@ -45,6 +45,7 @@ class WaitlistController(Controller):
     async def join(
         self,
         db_session: AsyncSession,
+        effects: Effects,
         actor: Principal,
         rules: BookingRules,
         now: dt.datetime,
@@ -69,7 +70,13 @@ class WaitlistController(Controller):
             data.visit_type_id,
         )
         entry = await entries.join(
-            db_session, actor, wish, patient_id=data.patient_id, horizon=rules.horizon, now=now
+            db_session,
+            effects,
+            actor,
+            wish,
+            patient_id=data.patient_id,
+            horizon=rules.horizon,
+            now=now,
         )
         return Response(entry.as_json(), status_code=201)
 

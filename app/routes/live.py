@@ -28,18 +28,22 @@ from app.live.realtime import (
     parse_channel,
     patient_channel,
     records_channel,
+    waitlist_channel,
 )
 from app.records import records
 from app.routes import views
 from app.routes.deps import booking_rules
 from app.routes.inputs import parse_day, parse_id
-from app.scheduling import directory
+from app.scheduling import directory, visit_types
 from app.services import Services
+from app.waitlist import entries as waitlist_entries
 from app.waitlist import offers as waitlist_offers
 from app.web.guards import PUBLIC, check_websocket_origin, current_user
 from db.models import Clinic, Doctor, VisitType
 
 MAX_DAYS = 14
+OFFER_BANNER = "waitlist/_offer_banner.html"
+DESK_WAITLIST = "desk/waitlist.html"
 log = logging.getLogger(__name__)
 
 
@@ -68,6 +72,8 @@ def make_renderer(app: Any) -> Any:
                 oob=True,
                 **waitlist,
             )
+        if audience in ("offers", "waitlist"):
+            return await _render_waitlist(services, env, channel, audience)
         kind, ident, day = parse_channel(channel)
         async with services.sessions() as session:
             if audience.startswith("slots") and kind == "doctor":
@@ -75,19 +81,17 @@ def make_renderer(app: Any) -> Any:
                 # day is rendered once for each type's viewers, in that type's shape.
                 rules: BookingRules = booking_rules(services.settings)
                 now = dt.datetime.now(dt.UTC)
+                shown = slots_visit_type(audience)
+                choice = ""
+                if payload.get("action") == "visit_types":  # the chooser changes too
+                    choice = await _visit_type_choice(session, env, ident, shown)
                 try:
                     _, (view,) = await boards.doctor_days(
-                        services.slot_cache,
-                        ident,
-                        day,
-                        1,
-                        rules,
-                        now,
-                        slots_visit_type(audience),
+                        services.slot_cache, ident, day, 1, rules, now, shown
                     )
                 except NotFound:  # the type was deleted while its page was open
-                    return ""
-                return views.render(env, "patient/_day.html", day=view, oob=True)
+                    return choice
+                return choice + views.render(env, "patient/_day.html", day=view, oob=True)
             if audience == "board" and kind == "doctor":
                 # The board watches its doctors' channels for schedule changes only (their
                 # appointments come on the clinic channel). Hours make the clinic's time
@@ -117,6 +121,58 @@ def make_renderer(app: Any) -> Any:
     return render
 
 
+async def _visit_type_choice(session: Any, env: Any, doctor_id: int, shown: int | None) -> str:
+    """The slot page's chooser after an edit of the doctor's types, the type shown still
+    selected (or a notice that it is gone)."""
+    offered = await visit_types.list_visit_types(session, doctor_id, staff_only_too=False)
+    gone = shown is not None and all(t.id != shown for t in offered)
+    return views.render(
+        env,
+        "patient/_visit_type_choice.html",
+        visit_types=offered,
+        visit_type_id=shown,
+        gone=gone,
+        oob=True,
+    )
+
+
+async def _render_waitlist(services: Services, env: Any, channel: str, audience: str) -> str:
+    """A patient's open offers (the banner of every page), or a clinic's waiting list (the
+    desk's waitlist page)."""
+    kind, _, ident = channel.partition(":")
+    async with services.sessions() as session:
+        if audience == "offers" and kind == "patient":
+            found = await waitlist_offers.listed(session, int(ident), open_only=True)
+            return views.render(env, OFFER_BANNER, "offers", offers=found, oob=True)
+        if audience == "waitlist" and kind == "waitlist":
+            clinic_id = int(ident)
+            waiting = await waitlist_entries.clinic_waiting(session, clinic_id)
+            return views.render(
+                env, DESK_WAITLIST, "entries", entries=waiting, clinic_id=clinic_id, oob=True
+            )
+    raise ValueError(f"no fragment for {audience} on {channel}")
+
+
+async def _waitlist_channels(
+    socket: WebSocket[Any, Any, Any], user: Principal | None
+) -> tuple[str, list[str]]:
+    """The waitlist's views: a patient's own offers (the banner of every page), a clinic's
+    list (its desk, or an admin)."""
+    params = socket.query_params
+    view = params.get("view", "")
+    try:
+        if view == "offers" and user is not None and user.patient_id is not None:
+            return "offers", [patient_channel(user.patient_id)]  # only one's own
+        if view == "waitlist" and user is not None and user.role in ("front_desk", "admin"):
+            clinic_id = parse_id(params.get("clinic_id", ""))
+            mine = user.role == "admin" or clinic_id == user.clinic_id
+            if mine and await _exists(socket, Clinic, clinic_id):
+                return "waitlist", [waitlist_channel(clinic_id)]
+    except ValueError:
+        pass
+    raise WebSocketDisconnect(code=WS_1008_POLICY_VIOLATION, detail="not a channel you may see")
+
+
 async def _channels(
     socket: WebSocket[Any, Any, Any], user: Principal | None
 ) -> tuple[str, list[str]]:
@@ -126,6 +182,8 @@ async def _channels(
     view = params.get("view", "")
     if view == "my_appointments" and user is not None and user.patient_id is not None:
         return "my_appointments", [patient_channel(user.patient_id)]  # only one's own
+    if view in ("offers", "waitlist"):
+        return await _waitlist_channels(socket, user)
     if view == "records" and user is not None:  # only who may read the patient's records
         try:
             patient_id = parse_id(params.get("patient_id", ""))

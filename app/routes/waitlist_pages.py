@@ -13,19 +13,20 @@ from litestar.response import Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
-from app.appointments.rules import BookingRules
+from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import DomainError, Invalid
 from app.live.effects import Effects
 from app.routes.inputs import Id, OptionalId, parse_clock, parse_day, parse_id
 from app.routes.patient_pages import my_context
 from app.routes.staff_pages import clinic_of
 from app.routes.views import fragment, page
-from app.scheduling import directory
+from app.scheduling import directory, visit_types
 from app.waitlist import entries, offers
 from app.waitlist.entries import Wish
 from app.web.guards import allow
 
 DESK = "desk/waitlist.html"
+OFFER_BANNER = "waitlist/_offer_banner.html"
 WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -44,38 +45,60 @@ def wish_from_form(form: FormMultiDict) -> tuple[Wish, int | None]:
         doctor = _optional(form, "doctor_id")
         clinic = _optional(form, "clinic_id")
         patient = _optional(form, "patient_id")
+        kind = _optional(form, "visit_type_id")
         earliest, latest = _optional(form, "earliest"), _optional(form, "latest")
         weekdays = tuple(int(d) for d in form.getall("weekdays", []))
         wish = Wish(
             parse_day(str(form.get("from") or "")),
             parse_day(str(form.get("to") or "")),
             parse_id(doctor) if doctor else None,
-            parse_id(clinic) if clinic else None,
+            # The desk's form always carries its clinic: with a doctor, the doctor's.
+            parse_id(clinic) if clinic and not doctor else None,
             _optional(form, "specialty"),
             parse_clock(earliest) if earliest else None,
             parse_clock(latest) if latest else None,
             weekdays or None,
+            parse_id(kind) if kind else None,
         )
     except ValueError as exc:
         raise Invalid(f"check the form: {exc}") from None
     return wish, parse_id(patient) if patient else None
 
 
+async def _chooser(
+    db_session: AsyncSession, actor: Principal, doctor_id: int | None
+) -> dict[str, Any]:
+    """The join form's doctor and that doctor's visit types (a patient: the online ones);
+    the form's visit-type chooser reloads from its own URL when the doctor changes."""
+    kinds = []
+    if doctor_id is not None:
+        staff = actor.role in MAY_BOOK_STAFF_ONLY
+        kinds = await visit_types.list_visit_types(db_session, doctor_id, staff_only_too=staff)
+    return {"doctor_id": doctor_id, "kinds": kinds, "weekdays": WEEKDAY_NAMES}
+
+
 @get("/me/waitlist/join", guards=[allow("patient")], include_in_schema=False)
 async def join_form(
-    request: Request[Any, Any, Any], db_session: AsyncSession, now: dt.datetime
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    actor: Principal,
+    now: dt.datetime,
+    doctor_id: OptionalId = None,
 ) -> Response[str]:
-    """The join form of "my appointments" (loaded into the page by htmx)."""
+    """The join form of "my appointments" (loaded into the page by htmx), with the visit
+    types of `doctor_id` (default: the first doctor listed)."""
     doctors = await directory.find_doctors(db_session)
-    return fragment(
-        request, "waitlist/_join.html", doctors=doctors, today=now.date(), weekdays=WEEKDAY_NAMES
-    )
+    if doctor_id is None and doctors:
+        doctor_id = doctors[0].id
+    chooser = await _chooser(db_session, actor, doctor_id)
+    return fragment(request, "waitlist/_join.html", doctors=doctors, today=now.date(), **chooser)
 
 
 @post("/me/waitlist", guards=[allow("patient")], include_in_schema=False, status_code=200)
 async def join(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
+    effects: Effects,
     actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
@@ -84,7 +107,9 @@ async def join(
 
     async def action() -> None:
         wish, _ = wish_from_form(await request.form())
-        await entries.join(db_session, actor, wish, patient_id=None, horizon=rules.horizon, now=now)
+        await entries.join(
+            db_session, effects, actor, wish, patient_id=None, horizon=rules.horizon, now=now
+        )
 
     done = "You are on the waitlist: we will offer you a time."
     return await _answer(request, db_session, actor, now, action, done)
@@ -123,7 +148,13 @@ async def _answer(
     action: Callable[[], Awaitable[None]],
     done: str,
 ) -> Response[str]:
+    """What was done and the list it changed: the offer banner's (an answer to the banner
+    any page carries), else "my appointments"."""
     extra = await _attempt(db_session, action, done)
+    if request.headers.get("hx-target") == "offer-answer":
+        assert actor.patient_id is not None  # patients only (the routes' guard)
+        found = await offers.listed(db_session, actor.patient_id, open_only=True)
+        return fragment(request, OFFER_BANNER, "answer", offers=found, **extra)
     return await _my_list(request, db_session, actor, now, extra)
 
 
@@ -196,7 +227,11 @@ async def decline(
 
 
 async def _desk_context(
-    db_session: AsyncSession, actor: Principal, clinic_id: int | None, now: dt.datetime
+    db_session: AsyncSession,
+    actor: Principal,
+    clinic_id: int | None,
+    now: dt.datetime,
+    doctor_id: int | None = None,
 ) -> dict[str, Any]:
     clinic = await clinic_of(db_session, actor, clinic_id)
     return {
@@ -204,7 +239,7 @@ async def _desk_context(
         "clinic_id": clinic,
         "entries": await entries.listed(db_session, actor, clinic_id=clinic),
         "doctors": await directory.find_doctors(db_session, clinic_id=clinic),
-        "weekdays": WEEKDAY_NAMES,
+        **await _chooser(db_session, actor, doctor_id),
     }
 
 
@@ -215,9 +250,11 @@ async def desk_waitlist(
     actor: Principal,
     now: dt.datetime,
     clinic_id: OptionalId = None,
+    doctor_id: OptionalId = None,
 ) -> Template | Response[str]:
-    """The clinic's waitlist, first in line first, and a form to add a patient."""
-    context = await _desk_context(db_session, actor, clinic_id, now)
+    """The clinic's waitlist, first in line first, and a form to add a patient (with
+    `doctor_id`'s visit types to choose from)."""
+    context = await _desk_context(db_session, actor, clinic_id, now, doctor_id)
     return page(request, DESK, "list", **context)
 
 
@@ -230,6 +267,7 @@ async def desk_waitlist(
 async def desk_join(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
+    effects: Effects,
     actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
@@ -242,7 +280,7 @@ async def desk_join(
         if patient is None:
             raise Invalid("give the patient's number")
         await entries.join(
-            db_session, actor, wish, patient_id=patient, horizon=rules.horizon, now=now
+            db_session, effects, actor, wish, patient_id=patient, horizon=rules.horizon, now=now
         )
 
     extra = await _attempt(db_session, action, "Added to the waitlist.")

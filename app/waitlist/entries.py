@@ -23,8 +23,9 @@ from app.access import audit
 from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.errors import Forbidden, Invalid, NotFound
+from app.live.effects import Effects
 from app.scheduling import visit_types
-from db.models import Clinic, Doctor, Patient, WaitlistEntry
+from db.models import Clinic, Doctor, Patient, VisitType, WaitlistEntry, WaitlistOffer
 
 # A patient waits in at most this many entries at once: enough for every doctor they would
 # see sooner, few enough that one patient cannot crowd a clinic's list.
@@ -106,6 +107,8 @@ class EntryView:
     status: str
     created_at: dt.datetime
     visit_type_id: int | None = None
+    visit_type_name: str | None = None  # what the lists show (the API gives the id)
+    offered_until: dt.datetime | None = None  # an open offer's end (the desk's list)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -133,6 +136,7 @@ _PATIENT_LOCK = text(
 
 async def join(
     session: AsyncSession,
+    effects: Effects,
     actor: Principal,
     wish: Wish,
     *,
@@ -207,6 +211,7 @@ async def join(
     )
     entry_id = entry.id
     await session.commit()
+    await effects.waitlist_changed([clinic_id])
     (view,) = await _views(session, WaitlistEntry.id == entry_id)
     return view
 
@@ -224,12 +229,13 @@ def _may_manage(actor: Principal) -> object:
 
 async def leave(
     session: AsyncSession, actor: Principal, entry_id: int, *, now: dt.datetime
-) -> int | None:
+) -> tuple[int | None, int]:
     """Take an entry off the waitlist (idempotent: leaving twice is fine). Does not commit:
     the caller releases the entry's open offer in the same transaction (offers.leave).
 
     Returns:
-        The id of the entry's open offer, if it has one (to be released with it).
+        The id of the entry's open offer, if it has one (to be released with it), and
+        the entry's clinic (whose waitlist changed).
 
     Raises:
         NotFound: not an entry the actor may see.
@@ -251,10 +257,11 @@ async def leave(
             subject_id=entry.id,
             patient_id=entry.patient_id,
         )
-    return await session.scalar(
+    open_offer = await session.scalar(
         text("SELECT id FROM waitlist_offers WHERE entry_id = :e AND status = 'open'"),
         {"e": entry_id},
     )
+    return open_offer, entry.clinic_id
 
 
 async def listed(
@@ -300,10 +307,15 @@ async def _views(session: AsyncSession, *where: object) -> list[EntryView]:
             WaitlistEntry.status,
             WaitlistEntry.created_at,
             WaitlistEntry.visit_type_id,
+            VisitType.name,
+            select(WaitlistOffer.expires_at)
+            .where(WaitlistOffer.entry_id == WaitlistEntry.id, WaitlistOffer.status == "open")
+            .scalar_subquery(),
         )
         .join(Patient, Patient.id == WaitlistEntry.patient_id)
         .join(Clinic, Clinic.id == WaitlistEntry.clinic_id)
         .outerjoin(Doctor, Doctor.id == WaitlistEntry.doctor_id)
+        .outerjoin(VisitType, VisitType.id == WaitlistEntry.visit_type_id)
         .where(*where)  # type: ignore[arg-type]
         .order_by(WaitlistEntry.created_at, WaitlistEntry.id)
         .limit(500)
@@ -316,3 +328,11 @@ def _view(row: Any) -> EntryView:
     if values[12] is not None:
         values[12] = tuple(values[12])
     return EntryView(*values)
+
+
+async def clinic_waiting(session: AsyncSession, clinic_id: int) -> list[EntryView]:
+    """A clinic's waiting entries, first in line first (the desk's live list; the caller
+    has checked who may see it)."""
+    return await _views(
+        session, WaitlistEntry.clinic_id == clinic_id, WaitlistEntry.status == "waiting"
+    )

@@ -133,6 +133,8 @@ async def refill(
             for o in made
         ]
     )
+    if made:
+        await effects.waitlist_changed([doctor.clinic_id])
     return made
 
 
@@ -288,6 +290,7 @@ async def accept(
     await session.commit()
     appointment = changed_appointment(row)
     await effects.appointments_changed([_change(appointment, facts.timezone, "booked", row.id)])
+    await effects.waitlist_changed([appointment.clinic_id])  # the entry is satisfied
     return Accepted(appointment, facts.timezone)
 
 
@@ -326,6 +329,7 @@ async def _release(
     )
     await session.commit()
     await effects.appointments_changed([_change(r, r.timezone, RELEASED, r.id) for r in rows])
+    await effects.waitlist_changed([r.clinic_id for r in rows])
     return [r.offer_id for r in rows]
 
 
@@ -378,9 +382,10 @@ async def leave(
 ) -> None:
     """Take an entry off the waitlist; its open offer, if any, is released with it (the
     slot goes to the next in line). Commits."""
-    open_offer = await entries.leave(session, actor, entry_id, now=now)
+    open_offer, clinic_id = await entries.leave(session, actor, entry_id, now=now)
     if open_offer is None:
         await session.commit()
+        await effects.waitlist_changed([clinic_id])
         return
     await _release(
         session, effects, now=now, offer_id=open_offer, decline=True, actor_user_id=actor.id

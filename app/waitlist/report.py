@@ -1,12 +1,14 @@
 """The waitlist on the analytics dashboard: offers made, accepted, declined and expired;
 freed slots, the share refilled, and the median time from a freed slot to a new booking.
 
-A freed slot is a cancellation made before the appointment's start; it counts as refilled
-when an active appointment of the same doctor overlapping its time was booked after the
-cancellation (by the waitlist or directly: the clinic's question is whether the time was
-used). A booking from an offer counts from its acceptance (`created_at` is then). Days are
-the clinic's; read live from the tables (offers are few; cancellations are found by the
-clinic-and-start index, since a cancellation comes before its start).
+A freed slot is a cancellation made before the appointment's start, or an appointment
+moved away from a time that had not yet begun (the old time, from the move's audit event);
+it counts as refilled when an active appointment of the same doctor overlapping its time
+was booked after it was freed (by the waitlist or directly: the clinic's question is
+whether the time was used). A booking from an offer counts from its acceptance
+(`created_at` is then). Days are the clinic's; read live from the tables (offers are few;
+cancellations are found by the clinic-and-start index, since a cancellation comes before
+its start, and moves by the audit trail's time index).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.access.audit import APPOINTMENT_RESCHEDULED
 from db.models import ACTIVE_STATUSES
 
 _ACTIVE = ", ".join(repr(s) for s in ACTIVE_STATUSES)
@@ -29,18 +32,35 @@ WITH offered AS (
      AND o.created_at >= CAST(:first AS date) - interval '1 day'
      AND o.created_at < CAST(:last AS date) + interval '2 days'
      AND CAST(o.created_at AT TIME ZONE c.timezone AS date) BETWEEN :first AND :last
-), freed AS (
-  SELECT a.cancelled_at,
-         (SELECT min(b.created_at) FROM appointments b
-           WHERE b.doctor_id = a.doctor_id AND b.status IN ({_ACTIVE})
-             AND b.starts_at < a.ends_at AND b.ends_at > a.starts_at
-             AND b.starts_at >= a.starts_at - interval '1 day'
-             AND b.created_at >= a.cancelled_at) AS rebooked_at
+), cancelled AS (
+  SELECT a.doctor_id, a.starts_at, a.ends_at, a.cancelled_at AS freed_at
     FROM appointments a JOIN clinics c ON c.id = a.clinic_id
    WHERE a.status = 'cancelled' AND a.cancelled_at < a.starts_at
      AND (CAST(:clinic_id AS bigint) IS NULL OR a.clinic_id = CAST(:clinic_id AS bigint))
      AND a.starts_at >= CAST(:first AS date) - interval '1 day'
      AND CAST(a.cancelled_at AT TIME ZONE c.timezone AS date) BETWEEN :first AND :last
+), moved AS (
+  SELECT a.doctor_id, a.clinic_id, e.at AS freed_at,
+         CAST(e.details -> 'from' ->> 0 AS timestamptz) AS starts_at,
+         CAST(e.details -> 'from' ->> 1 AS timestamptz) AS ends_at
+    FROM audit_events e JOIN appointments a ON a.id = e.subject_id
+   WHERE e.action = '{APPOINTMENT_RESCHEDULED}' AND e.subject_type = 'appointment'
+     AND e.at >= CAST(:first AS date) - interval '1 day'
+     AND e.at < CAST(:last AS date) + interval '2 days'
+     AND (CAST(:clinic_id AS bigint) IS NULL OR a.clinic_id = CAST(:clinic_id AS bigint))
+), moved_away AS (
+  SELECT m.doctor_id, m.starts_at, m.ends_at, m.freed_at
+    FROM moved m JOIN clinics c ON c.id = m.clinic_id
+   WHERE m.freed_at < m.starts_at
+     AND CAST(m.freed_at AT TIME ZONE c.timezone AS date) BETWEEN :first AND :last
+), freed AS (
+  SELECT f.freed_at,
+         (SELECT min(b.created_at) FROM appointments b
+           WHERE b.doctor_id = f.doctor_id AND b.status IN ({_ACTIVE})
+             AND b.starts_at < f.ends_at AND b.ends_at > f.starts_at
+             AND b.starts_at >= f.starts_at - interval '1 day'
+             AND b.created_at >= f.freed_at) AS rebooked_at
+    FROM (SELECT * FROM cancelled UNION ALL SELECT * FROM moved_away) f
 )
 SELECT (SELECT count(*) FROM offered) AS made,
        (SELECT count(*) FROM offered WHERE status = 'accepted') AS accepted,
@@ -49,7 +69,7 @@ SELECT (SELECT count(*) FROM offered) AS made,
        (SELECT count(*) FROM freed) AS freed,
        (SELECT count(*) FROM freed WHERE rebooked_at IS NOT NULL) AS refilled,
        (SELECT percentile_cont(0.5) WITHIN GROUP
-                 (ORDER BY extract(epoch FROM rebooked_at - cancelled_at))
+                 (ORDER BY extract(epoch FROM rebooked_at - freed_at))
           FROM freed WHERE rebooked_at IS NOT NULL) AS median_seconds
 """
 )

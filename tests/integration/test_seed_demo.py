@@ -97,3 +97,44 @@ async def test_the_analytics_default_range_shows_a_living_clinic(client, session
     assert report["from"] == since.isoformat() and report["to"] == today.isoformat()
     assert len(report["rows"]) == 2
     assert all(r["attended"] > r["no_show"] > 0 for r in report["rows"])
+
+
+async def test_demo_doctors_offer_visit_types_a_patient_can_book(client, session, settings):
+    """Every demo doctor has two or three types (a 30-minute first visit, a short
+    follow-up; vaccinations by the desk only), and the demo patient books a follow-up."""
+    await seed_demo(session, max_future_per_doctor=settings.max_future_appointments_per_doctor)
+    user = await session.scalar(select(User).where(User.email == "patient@demo.test"))
+    headers = bearer(settings, user)
+    start_day = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    for doctor_id in await session.scalars(select(Doctor.id)):
+        kinds = (await client.get(f"/api/doctors/{doctor_id}/visit-types", headers=headers)).json()
+        kinds = kinds["items"] if isinstance(kinds, dict) else kinds
+        by_name = {k["name"]: k for k in kinds}
+        assert 2 <= len(kinds) <= 3 and by_name["First visit"]["minutes"] == 30
+        assert by_name["Follow-up"]["minutes"] in (10, 15)
+        if "Vaccination" in by_name:
+            assert by_name["Vaccination"]["online"] is False
+        follow_up = by_name["Follow-up"]["id"]
+        week = await client.get(
+            "/api/appointments/available-slots",
+            params={
+                "doctor_id": doctor_id,
+                "date": start_day,
+                "days": 7,
+                "visit_type_id": follow_up,
+            },
+            headers=headers,
+        )
+        assert week.status_code == 200, week.text
+        free = [s for d in week.json()["days"] for s in d["slots"] if s["available"]]
+        first = free[0]
+        length = dt.datetime.fromisoformat(first["end"]) - dt.datetime.fromisoformat(first["start"])
+        assert length == dt.timedelta(minutes=by_name["Follow-up"]["minutes"])
+        booked = await client.post(
+            "/api/appointments",
+            json={"doctor_id": doctor_id, "start": first["start"], "visit_type_id": follow_up},
+            headers=headers,
+        )
+        assert booked.status_code == 201, (doctor_id, booked.text)
+        page = await client.get(f"/doctors/{doctor_id}/slots", params={"date": start_day})
+        assert "First visit (30 min)" in page.text and "Vaccination" not in page.text

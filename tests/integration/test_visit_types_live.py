@@ -1,0 +1,101 @@
+"""Visit-type edits reach the open slot pages of that doctor live: the chooser and the
+days change shape at once (the cache forgotten first, so the page and the API never see
+the old shape), and other doctors' pages hear nothing."""
+
+import asyncio
+import datetime as dt
+
+import httpx
+import pytest
+
+from tests.integration.test_ws_access import handshake
+from tests.integration.world import day_after_tomorrow, make_world
+
+SLOTS = "/api/appointments/available-slots"
+
+
+@pytest.fixture
+async def world(session, settings, redis):
+    return await make_world(session, settings.secret_key, patients=1)
+
+
+async def heard(socket, containing: str) -> str:
+    async with asyncio.timeout(20):
+        while True:
+            html = await socket.recv()
+            if containing in html:
+                return html
+
+
+async def lengths(api, world, day, visit_type_id) -> set[int]:
+    """The slot lengths (minutes) the API offers for the type on `day`."""
+    response = await api.get(
+        SLOTS,
+        params={
+            "doctor_id": world.doctor_id,
+            "date": day.isoformat(),
+            "visit_type_id": visit_type_id,
+        },
+        headers=world.headers("patient0"),
+    )
+    assert response.status_code == 200, response.text
+    return {
+        int(
+            (dt.datetime.fromisoformat(s["end"]) - dt.datetime.fromisoformat(s["start"])).seconds
+            / 60
+        )
+        for s in response.json()["slots"]
+    }
+
+
+async def test_type_edits_reach_open_slot_pages_with_the_cache_forgotten(world, live_server):
+    day = day_after_tomorrow()
+    admin = world.headers("admin")
+    path = f"/api/doctors/{world.doctor_id}/visit-types"
+    async with httpx.AsyncClient(base_url=live_server.url) as api:
+        created = await api.post(path, json={"name": "Check-up", "minutes": 30}, headers=admin)
+        assert created.status_code == 201, created.text
+        kind = created.json()["id"]
+        assert await lengths(api, world, day, kind) == {30}  # now cached
+        query = f"view=slots&doctor_id={world.doctor_id}&date={day.isoformat()}&days=1"
+        page = await handshake(
+            live_server, f"{query}&visit_type_id={kind}", world.headers("patient0")
+        )
+        other = await handshake(
+            live_server,
+            f"view=slots&doctor_id={world.other_doctor_id}&date={day.isoformat()}&days=1",
+            world.headers("patient0"),
+        )
+        assert not isinstance(page, int) and not isinstance(other, int)
+        try:
+            await heard(page, f'id="day-{world.doctor_id}-{day.isoformat()}"')  # the resync
+            await heard(other, f'id="day-{world.other_doctor_id}-')
+
+            changed = await api.patch(f"{path}/{kind}", json={"minutes": 60}, headers=admin)
+            assert changed.status_code == 200, changed.text
+            pushed = await heard(page, 'id="visit-type-choice"')
+            assert "Check-up (60 min)" in pushed and 'hx-swap-oob="true"' in pushed
+            assert f'id="day-{world.doctor_id}-{day.isoformat()}"' in pushed  # the day too
+            # Exact invalidation: the cached 30-minute day is gone for the API as well.
+            assert await lengths(api, world, day, kind) == {60}
+
+            added = await api.post(path, json={"name": "Vaccination", "minutes": 15}, headers=admin)
+            assert added.status_code == 201, added.text
+            pushed = await heard(page, "Vaccination (15 min)")
+            assert f'<option value="{kind}" selected>Check-up (60 min)' in pushed
+
+            deleted = await api.delete(f"{path}/{kind}", headers=admin)
+            assert deleted.status_code == 204, deleted.text
+            pushed = await heard(page, "no longer offered")
+            assert "Check-up" not in pushed and "Vaccination (15 min)" in pushed
+
+            with pytest.raises(TimeoutError):  # another doctor's page heard none of it
+                while True:
+                    html = await asyncio.wait_for(other.recv(), 1)
+                    assert "visit-type-choice" not in html
+        finally:
+            await page.close()
+            await other.close()
+        # A page opened now shows the new chooser.
+        fresh = await api.get(f"/doctors/{world.doctor_id}/slots", params={"date": day.isoformat()})
+        assert "Vaccination (15 min)" in fresh.text and "Check-up" not in fresh.text
