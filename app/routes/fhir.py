@@ -135,6 +135,7 @@ def _read_handler(resource_type: str) -> HTTPRouteHandler:
 async def find(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
+    actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
     settings: Settings,
@@ -147,7 +148,7 @@ async def find(
         known=FIND_PARAMS,
     )
     cache = Services.of(request.app).slot_cache
-    page = await scheduling.find(db_session, cache, search, rules=rules, now=now)
+    page = await scheduling.find(db_session, cache, search, rules=rules, now=now, role=actor.role)
     body = searchset(
         base_url(settings),
         "Appointment/$find",

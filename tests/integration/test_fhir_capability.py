@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import update
 
-from db.models import Patient
+from db.models import Patient, VisitType
 from tasks.fhir_feed import publish_fhir_feed
 from tests.integration.fhir_helpers import (
     api_book,
@@ -27,7 +27,10 @@ async def world(client, session, settings):
         .where(Patient.id == world.patients[0])
         .values(date_of_birth=dt.date(1990, 5, 17), email="p0@example.test")
     )
+    check_up = VisitType(doctor_id=world.doctor_id, name="Check-up", minutes=30)
+    session.add(check_up)
     await session.commit()
+    world.visit_type = check_up.id
     world.day = day_after_tomorrow()
     world.appointment = await api_book(client, world, "patient0", at(world.day, 9))
     return world
@@ -50,9 +53,25 @@ def samples(world, slot_id):
         ),
         "Location": (clinic, {"_id": str(clinic), "name": "Berlin"}),
         "Schedule": (doctor, {"_id": str(doctor), "actor": f"Practitioner/{doctor}"}),
+        "HealthcareService": (
+            world.visit_type,
+            {
+                "_id": str(world.visit_type),
+                "name": "check",
+                "practitioner": f"Practitioner/{doctor}",
+                "location": f"Location/{clinic}",
+                "specialty": "gp",
+            },
+        ),
         "Slot": (
             slot_id,
-            {"schedule": f"Schedule/{doctor}", "start": f"ge{day}", "status": "busy"},
+            {
+                "schedule": f"Schedule/{doctor}",
+                "start": f"ge{day}",
+                "status": "busy",
+                # a 30-minute check-up at 09:00 is busy like the plain 09:00 slot
+                "service-type": f"HealthcareService/{world.visit_type}",
+            },
         ),
         "Appointment": (
             world.appointment,
