@@ -24,7 +24,7 @@ from app.appointments import commands
 from app.appointments.commands import BookingResult
 from app.appointments.rules import BookingRules, check_may_book_type, for_visit_type
 from app.errors import Invalid, NotFound
-from app.fhir import resources
+from app.fhir import holds, resources
 from app.fhir.directory import Page, bookable_doctors, doctors_with_clinics, service_doctors
 from app.fhir.resources import AppointmentView, Resource
 from app.fhir.search import (
@@ -473,15 +473,30 @@ async def book(
     now: dt.datetime,
     idempotency_key: str | None,
 ) -> tuple[Resource, bool]:
-    """`Appointment/$book` through the booking command. Commits.
+    """`Appointment/$book` through the booking command, or of a hold (the pending
+    Appointment `$hold` answered) through `holds.book_held`. Commits.
 
     Returns:
-        The booked Appointment, and whether it is an Idempotency-Key replay.
+        The booked Appointment, and whether it is a replay (an Idempotency-Key retry, or
+        a hold this actor has booked already).
 
     Raises:
-        Conflict: the slot is taken (with `alternatives`), and everything `commands.book`
-            raises.
+        Conflict: the slot is taken (with `alternatives`), or the hold is not the
+            actor's to book or has lapsed; and everything `commands.book` raises.
     """
+    if request.hold_id is not None:
+        held = await holds.book_held(
+            session,
+            effects,
+            actor,
+            request.hold_id,
+            doctor_id=request.doctor_id,
+            start=request.start,
+            reason=request.reason,
+            rules=rules,
+            now=now,
+        )
+        return resources.appointment(held.view), held.replayed
     result = await commands.book(
         session,
         effects,
@@ -496,6 +511,40 @@ async def book(
         visit_type_id=request.visit_type_id,
     )
     return resources.appointment(_view(result)), result.replayed
+
+
+async def hold(
+    session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    request: BookingRequest,
+    *,
+    rules: BookingRules,
+    now: dt.datetime,
+    hold_for: dt.timedelta,
+) -> Resource:
+    """`Appointment/$hold`: the candidate held for its patient until `now + hold_for`, as
+    a `pending` Appointment with its expiry. Commits.
+
+    Raises:
+        Conflict: the slot is booked or held; and what `holds.hold` raises.
+    """
+    if request.hold_id is not None:
+        raise BadSearch("this Appointment is a hold already: $book it")
+    held = await holds.hold(
+        session,
+        effects,
+        actor,
+        doctor_id=request.doctor_id,
+        start=request.start,
+        patient_id=request.patient_id,
+        reason=request.reason,
+        visit_type_id=request.visit_type_id,
+        rules=rules,
+        now=now,
+        hold_for=hold_for,
+    )
+    return resources.appointment(held.view)
 
 
 def patched_status(body: Any) -> tuple[str, str | None]:
