@@ -199,9 +199,13 @@ async def hold(
         "limit": rules.max_future_per_doctor,
         "now": now,
     }
-    # A lapsed hold of this doctor that the sweeper has not reached yet goes first: it
-    # must not stand in the way (nor count) a moment after its time.
+    # A lapsed hold of this doctor that the sweeper has not reached yet goes first, in a
+    # transaction of its own (a deleted row left locked while this one waits for the
+    # slot would make other writers of the slot wait on it): it must not stand in the
+    # way (nor count) a moment after its time.
     released = list(await session.execute(RELEASE_SQL, _release(now, doctor_id=doctor_id)))
+    await session.commit()
+    await effects.appointments_changed([_change(r, r.timezone, RELEASED) for r in released])
     try:
         await session.execute(LOCK_SQL, values)
         row = (await session.execute(HOLD_SQL, values)).one_or_none()
@@ -211,7 +215,6 @@ async def hold(
         if _lost_the_slot(exc):
             raise Conflict(_NOT_HOLDABLE) from None
         raise
-    await effects.appointments_changed([_change(r, r.timezone, RELEASED) for r in released])
     if row is None:
         raise booking_rules.over_the_limit(rules)
     view = AppointmentView(

@@ -173,9 +173,21 @@ async def test_every_declared_interaction_answers(client, world, settings, db, r
                         "start": world.day.isoformat(),
                     },
                 )
-                proposal = resources_of(found)[0]
+                proposal, candidate = resources_of(found)[:2]
                 assert proposal["status"] == "proposed"
+            elif operation["name"] == "hold":
+                candidate["participant"].append(
+                    {"actor": {"reference": f"Patient/{world.patients[1]}"}, "status": "accepted"}
+                )
+                held = await fhir_call(
+                    client, "POST", "Appointment/$hold", headers, status=201, json=candidate
+                )
+                assert held["status"] == "pending"
             elif operation["name"] == "book":
+                booked_hold = await fhir_call(
+                    client, "POST", "Appointment/$book", headers, status=201, json=held
+                )
+                assert booked_hold["id"] == held["id"] and booked_hold["status"] == "booked"
                 proposal["participant"].append(
                     {"actor": {"reference": f"Patient/{world.patients[1]}"}, "status": "accepted"}
                 )
@@ -194,4 +206,5 @@ async def test_every_declared_interaction_answers(client, world, settings, db, r
         assert {o["type"] for o in manifest["output"]} == {"Location", "Schedule", "Slot"}
         called.append(("system", operation["name"]))
     assert ("Appointment", "book") in called and ("Slot", "status") in called
+    assert ("Appointment", "hold") in called and ("HealthcareService", "read") in called
     assert ("system", "bulk-publish") in called
