@@ -15,7 +15,7 @@ from saq import Worker as SaqWorker
 
 from app.services import start_services
 from app.settings import get_settings
-from tasks import analytics, metrics, reminders, waitlist
+from tasks import analytics, fhir_holds, metrics, reminders, waitlist
 from tasks.fhir_feed import FEED_RETRIES, FEED_TIMEOUT_SECONDS, publish_fhir_feed
 from tasks.housekeeping import heartbeat, sweep_documents
 from tasks.queue import create_queue
@@ -33,6 +33,8 @@ FUNCTIONS = [
     waitlist.expire_offer,
     waitlist.sweep_waitlist,
     publish_fhir_feed,
+    fhir_holds.expire_fhir_hold,
+    fhir_holds.sweep_fhir_holds,
 ]
 
 
@@ -76,6 +78,8 @@ def worker_settings() -> dict[str, Any]:
             CronJob(reminders.dispatch_notifications, cron="* * * * *", timeout=120, retries=2),
             # Lapsed holds whose expiry job was lost (a killed worker): at most a minute late.
             CronJob(waitlist.sweep_waitlist, cron="* * * * *", timeout=60, retries=2),
+            # The same for the holds of FHIR's $hold (tasks/fhir_holds.py).
+            CronJob(fhir_holds.sweep_fhir_holds, cron="* * * * *", timeout=60, retries=2),
             CronJob(
                 publish_fhir_feed,
                 cron="*/10 * * * *",

@@ -13,7 +13,8 @@ PATCHED = frozenset({"Appointment"})
 OPERATIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "Appointment": (
         ("find", "free slots as proposed Appointments (GET)"),
-        ("book", "book a proposed Appointment or a free slot (POST)"),
+        ("hold", "hold a proposed Appointment for a patient until it lapses (POST)"),
+        ("book", "book a proposed Appointment, a free slot or a hold (POST)"),
     ),
 }
 

@@ -15,11 +15,12 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.appointments.rules import MAY_BOOK_STAFF_ONLY
 from app.errors import NotFound
 from app.fhir import resources
 from app.fhir.resources import Resource
 from app.fhir.search import BadSearch, Search, ids, reference_ids
-from db.models import Clinic, Doctor
+from db.models import Clinic, Doctor, VisitType
 
 DOCTOR_TYPES = ("Practitioner", "PractitionerRole", "Schedule")
 
@@ -177,3 +178,68 @@ async def bookable_doctors(
     if len(rows) > limit:
         raise BadSearch(f"$find covers at most {limit} doctors at once: name fewer")
     return rows
+
+
+def _services_query(role: str) -> Select:
+    """Visit types with their doctors and clinics; staff-only types only for staff."""
+    query = (
+        select(VisitType, Doctor, Clinic)
+        .join(Doctor, Doctor.id == VisitType.doctor_id)
+        .join(Clinic, Clinic.id == Doctor.clinic_id)
+    )
+    if role not in MAY_BOOK_STAFF_ONLY:
+        query = query.where(VisitType.online.is_(True))
+    return query
+
+
+async def search_services(session: AsyncSession, search: Search, role: str) -> Page:
+    """HealthcareServices (visit types) by id, name, doctor, clinic or specialty."""
+    query = _services_query(role)
+    if (wanted := ids(search.any_of("_id"))) is not None:
+        query = query.where(VisitType.id.in_(wanted))
+    if (names := search.any_of("name")) is not None:
+        query = query.where(or_(*(contains(VisitType.name, n) for n in names)))
+    refs = reference_ids(search.any_of("practitioner"), "practitioner", ["Practitioner"])
+    if refs is not None:
+        query = query.where(VisitType.doctor_id.in_(refs["Practitioner"]))
+    if (refs := reference_ids(search.any_of("location"), "location", ["Location"])) is not None:
+        query = query.where(Doctor.clinic_id.in_(refs["Location"]))
+    if (specialties := search.any_of("specialty")) is not None:
+        query = query.where(func.lower(Doctor.specialty).in_([s.lower() for s in specialties]))
+    rows = list(
+        await session.execute(
+            query.order_by(VisitType.id).offset(search.offset).limit(search.count + 1)
+        )
+    )
+    matches = [resources.healthcare_service(v, d, c) for v, d, c in rows[: search.count]]
+    return Page(matches, len(rows) > search.count)
+
+
+async def read_service(session: AsyncSession, resource_id: str, role: str) -> Resource:
+    """One visit type (a staff-only one only for staff).
+
+    Raises:
+        NotFound: no such visit type, or staff-only and the caller is not staff.
+    """
+    wanted = ids([resource_id]) or [0]
+    row = (
+        await session.execute(_services_query(role).where(VisitType.id == wanted[0]))
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"HealthcareService/{resource_id} is not known")
+    return resources.healthcare_service(*row)
+
+
+async def service_doctors(
+    session: AsyncSession, visit_type_ids: Sequence[int], role: str
+) -> dict[int, tuple[int, int]]:
+    """(doctor, clinic) of each visit type the role may book, by visit type id; the
+    types of inactive doctors and unknown ones are left out."""
+    query = (
+        select(VisitType.id, Doctor.id, Doctor.clinic_id)
+        .join(Doctor, Doctor.id == VisitType.doctor_id)
+        .where(VisitType.id.in_(visit_type_ids), Doctor.active.is_(True))
+    )
+    if role not in MAY_BOOK_STAFF_ONLY:
+        query = query.where(VisitType.online.is_(True))
+    return {v: (d, c) for v, d, c in await session.execute(query)}

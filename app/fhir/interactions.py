@@ -24,6 +24,7 @@ TYPES = (
     "PractitionerRole",
     "Location",
     "Schedule",
+    "HealthcareService",
     "Slot",
     "Appointment",
     "Patient",
@@ -55,9 +56,16 @@ async def search(caller: Caller, search: Search) -> Page:
         )
     if kind == "Location":
         return await directory.search_locations(session, search)
+    if kind == "HealthcareService":
+        return await directory.search_services(session, search, caller.actor.role)
     if kind == "Slot":
         return await scheduling.search_slots(
-            session, caller.cache, search, rules=caller.rules, now=caller.now
+            session,
+            caller.cache,
+            search,
+            rules=caller.rules,
+            now=caller.now,
+            role=caller.actor.role,
         )
     if kind == "Appointment":
         return await people.search_appointments(session, caller.actor, search, caller.client_addr)
@@ -77,6 +85,8 @@ async def read(caller: Caller, kind: str, resource_id: str) -> Resource:
         )
     if kind == "Location":
         return await directory.read_location(session, resource_id)
+    if kind == "HealthcareService":
+        return await directory.read_service(session, resource_id, caller.actor.role)
     if kind == "Slot":
         return await scheduling.read_slot(
             caller.cache, resource_id, rules=caller.rules, now=caller.now

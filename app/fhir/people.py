@@ -100,6 +100,7 @@ def _appointment_query(actor: Principal) -> Any:
             Doctor.full_name,
             Patient.full_name,
             Clinic.name,
+            Appointment.visit_type_id,
         )
         .join(Doctor, Doctor.id == Appointment.doctor_id)
         .join(Patient, Patient.id == Appointment.patient_id)

@@ -14,11 +14,20 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from app.fhir.search import APPOINTMENT_STATUS
-from db.models import Clinic, Doctor, Patient
+from app.fhir.search import APPOINTMENT_STATUS, HELD_STATUS, SERVICE_TYPE_SYSTEM
+from db.models import Clinic, Doctor, Patient, VisitType
 
 # FHIR's own extension for a Location's time zone (an IANA name, as valueCode).
 TIMEZONE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/timezone"
+# medbook's own extensions: a visit type's length and buffers and its doctor
+# (HealthcareService), and when a hold lapses (the pending Appointment of `$hold`).
+EXTENSION = "urn:medbook:fhir:"
+VISIT_MINUTES = EXTENSION + "visit-minutes"
+BUFFER_BEFORE = EXTENSION + "buffer-before-minutes"
+BUFFER_AFTER = EXTENSION + "buffer-after-minutes"
+PRACTITIONER = EXTENSION + "practitioner"
+HOLD_EXPIRES = EXTENSION + "hold-expires"
+STAFF_ONLY = "booked by the clinic's staff only"
 _SLOT_ID = re.compile(r"([1-9]\d{0,18})-(\d{1,12})")
 
 Resource = dict[str, Any]
@@ -88,6 +97,37 @@ def schedule(doctor: Doctor, clinic: Clinic, now: dt.datetime, horizon: dt.timed
     }
 
 
+def healthcare_service(visit_type: VisitType, doctor: Doctor, clinic: Clinic) -> Resource:
+    """A doctor's visit type: its name, the doctor and clinic, its length and buffers."""
+    resource: Resource = {
+        "resourceType": "HealthcareService",
+        "id": str(visit_type.id),
+        "extension": [
+            {"url": PRACTITIONER, "valueReference": ref("Practitioner", doctor.id)},
+            {"url": VISIT_MINUTES, "valueInteger": visit_type.minutes},
+            {"url": BUFFER_BEFORE, "valueInteger": visit_type.buffer_before_minutes},
+            {"url": BUFFER_AFTER, "valueInteger": visit_type.buffer_after_minutes},
+        ],
+        "active": doctor.active,
+        "type": [{"text": visit_type.name}],
+        "specialty": [{"text": doctor.specialty}],
+        "location": [ref("Location", clinic.id, clinic.name)],
+        "name": visit_type.name,
+        "appointmentRequired": True,
+    }
+    if not visit_type.online:
+        resource["comment"] = STAFF_ONLY
+    return resource
+
+
+def service_type(visit_type_id: int, name: str | None = None) -> list[Resource]:
+    """A visit type as a Slot's or an Appointment's `serviceType`."""
+    concept: Resource = {"coding": [{"system": SERVICE_TYPE_SYSTEM, "code": str(visit_type_id)}]}
+    if name:
+        concept["text"] = name
+    return [concept]
+
+
 def slot_id(doctor_id: int, start: dt.datetime) -> str:
     return f"{doctor_id}-{int(start.timestamp())}"
 
@@ -103,17 +143,27 @@ def parse_slot_id(text: str) -> tuple[int, dt.datetime] | None:
         return None
 
 
-def slot(doctor_id: int, starts: int, start_local: str, end_local: str, status: str) -> Resource:
+def slot(
+    doctor_id: int,
+    starts: int,
+    start_local: str,
+    end_local: str,
+    status: str,
+    service: list[Resource] | None = None,
+) -> Resource:
     """A slot from the availability cache: its start in epoch seconds and its clinic-local
-    renderings (no time-zone arithmetic here: a 4-week search builds hundreds)."""
-    return {
-        "resourceType": "Slot",
-        "id": f"{doctor_id}-{starts}",
+    renderings (no time-zone arithmetic here: a 4-week search builds hundreds); with
+    `service`, a visit of that type (`service_type`)."""
+    resource: Resource = {"resourceType": "Slot", "id": f"{doctor_id}-{starts}"}
+    if service:
+        resource["serviceType"] = service
+    resource |= {
         "schedule": {"reference": f"Schedule/{doctor_id}"},
         "status": status,
         "start": start_local,
         "end": end_local,
     }
+    return resource
 
 
 def patient(row: Patient) -> Resource:
@@ -151,15 +201,22 @@ class AppointmentView:
     doctor_name: str | None = None
     patient_name: str | None = None
     clinic_name: str | None = None
+    visit_type_id: int | None = None
+    hold_expires_at: dt.datetime | None = None
 
 
 def appointment(view: AppointmentView) -> Resource:
-    status = APPOINTMENT_STATUS[view.status]
-    participant = "declined" if status == "cancelled" else "accepted"
-    resource: Resource = {
-        "resourceType": "Appointment",
-        "id": str(view.id),
-        "status": status,
+    """A booking, or a hold (`pending`, with the instant it lapses as an extension)."""
+    status = HELD_STATUS if view.status == "held" else APPOINTMENT_STATUS[view.status]
+    participant = {"cancelled": "declined", HELD_STATUS: "tentative"}.get(status, "accepted")
+    resource: Resource = {"resourceType": "Appointment", "id": str(view.id)}
+    if view.hold_expires_at is not None:
+        expires = instant(view.hold_expires_at, view.timezone)
+        resource["extension"] = [{"url": HOLD_EXPIRES, "valueInstant": expires}]
+    resource["status"] = status
+    if view.visit_type_id is not None:
+        resource["serviceType"] = service_type(view.visit_type_id)
+    resource |= {
         "start": instant(view.starts_at, view.timezone),
         "end": instant(view.ends_at, view.timezone),
         "minutesDuration": int((view.ends_at - view.starts_at).total_seconds() // 60),
@@ -190,14 +247,21 @@ def appointment(view: AppointmentView) -> Resource:
 
 
 def proposed_appointment(
-    doctor_id: int, clinic_id: int, start_local: str, end_local: str, minutes: int
+    doctor_id: int,
+    clinic_id: int,
+    start_local: str,
+    end_local: str,
+    minutes: int,
+    service: list[Resource] | None = None,
 ) -> Resource:
     """A free slot offered by $find: an Appointment with status `proposed` and no id,
-    which $book takes back (its slot reference names the doctor and the time)."""
+    which $hold and $book take back (its slot reference names the doctor and the time,
+    its `serviceType` the visit type)."""
     start = dt.datetime.fromisoformat(start_local)
-    return {
-        "resourceType": "Appointment",
-        "status": "proposed",
+    resource: Resource = {"resourceType": "Appointment", "status": "proposed"}
+    if service:
+        resource["serviceType"] = service
+    return resource | {
         "start": start_local,
         "end": end_local,
         "minutesDuration": minutes,

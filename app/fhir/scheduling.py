@@ -22,24 +22,28 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments import commands
 from app.appointments.commands import BookingResult
-from app.appointments.rules import BookingRules
+from app.appointments.rules import BookingRules, check_may_book_type, for_visit_type
 from app.errors import Invalid, NotFound
-from app.fhir import resources
-from app.fhir.directory import Page, bookable_doctors, doctors_with_clinics
+from app.fhir import holds, resources
+from app.fhir.directory import Page, bookable_doctors, doctors_with_clinics, service_doctors
 from app.fhir.resources import AppointmentView, Resource
 from app.fhir.search import (
     FROM_FHIR_STATUS,
+    HELD_STATUS,
+    SERVICE_TYPE_SYSTEM,
     SLOT_STATUSES,
     BadSearch,
     Comparison,
     LocalDay,
     Search,
     date_comparisons,
+    ids,
     reference_ids,
+    service_type_ids,
     window,
 )
 from app.live.effects import Effects
-from app.scheduling.slots import CachedSlot, SlotCache
+from app.scheduling.slots import CachedSlot, SlotCache, TypeFacts
 
 MAX_SPAN = dt.timedelta(days=31)  # one Slot search or $find: a month at most
 DEFAULT_SPAN = dt.timedelta(days=7)
@@ -53,6 +57,12 @@ class _Found:
     doctor_id: int
     slot: CachedSlot
     status: str
+    visit_type: TypeFacts | None = None
+
+    def service(self) -> list[Resource] | None:
+        """The slot's visit type as `serviceType` (None: a plain template slot)."""
+        kind = self.visit_type
+        return None if kind is None else resources.service_type(kind.id, kind.name)
 
 
 def slot_status(slot: CachedSlot, bookable_from: int, bookable_to: int) -> str:
@@ -71,9 +81,13 @@ async def _doctor_slots(
     comparisons: Sequence[Comparison],
     rules: BookingRules,
     now: dt.datetime,
+    visit_type_id: int | None = None,
+    role: str = "patient",
 ) -> list[_Found]:
     """The doctor's slots starting within the comparisons' span (default: the next 7
-    days), with their FHIR status; none for an unknown doctor.
+    days), with their FHIR status; none for an unknown doctor or a visit type not theirs.
+    With `visit_type_id`, the visits of that type (its length and buffers, its notice and
+    horizon), as the JSON API's available-slots lays them out.
 
     Days given without a time are the clinic's, whose zone is known only once the cache
     answers: the days read span the UTC reading of the bounds widened by a day either
@@ -81,20 +95,25 @@ async def _doctor_slots(
 
     Raises:
         BadSearch: a span over 31 days.
+        Forbidden: a staff-only visit type asked for by a patient.
     """
     lo, hi = _span(comparisons, "UTC", now)
     first = (lo - dt.timedelta(days=1)).date()
     count = ((hi + dt.timedelta(days=1)).date() - first).days + 1
     try:  # one Redis read for the span (and one query on a miss), however many days
-        timezone, days, _ = await cache.days(doctor_id, first, count)
+        timezone, days, kind = await cache.days(
+            doctor_id, first, count, visit_type_id=visit_type_id
+        )
     except NotFound:
         return []
+    check_may_book_type(role, kind)
+    rules = for_visit_type(rules, kind)
     lo, hi = _span(comparisons, timezone, now)
     low, high = lo.timestamp(), hi.timestamp()
     bookable_from = int((now + rules.min_notice).timestamp())
     bookable_to = int((now + rules.horizon).timestamp())
     return [
-        _Found(doctor_id, s, slot_status(s, bookable_from, bookable_to))
+        _Found(doctor_id, s, slot_status(s, bookable_from, bookable_to), kind)
         for day in days
         for s in day.slots
         if low <= s.starts < high
@@ -107,17 +126,27 @@ async def doctors_slots(
     comparisons: Sequence[Comparison],
     rules: BookingRules,
     now: dt.datetime,
+    *,
+    visit_types: Sequence[int | None] | None = None,
+    role: str = "patient",
 ) -> list[_Found]:
     """The slots of several doctors within the comparisons' span, with their FHIR status
     (see `_doctor_slots`), read at most `_READERS` doctors at once: each cache miss
-    holds a pooled connection, and one request must not take the whole pool."""
+    holds a pooled connection, and one request must not take the whole pool.
+
+    Args:
+        visit_types: for each doctor, the visit type whose visits to lay out (None: the
+            plain slots); None: plain slots for all.
+    """
     gate = asyncio.Semaphore(_READERS)
+    kinds = visit_types if visit_types is not None else [None] * len(doctor_ids)
 
-    async def one(doctor_id: int) -> list[_Found]:
+    async def one(doctor_id: int, kind: int | None) -> list[_Found]:
         async with gate:
-            return await _doctor_slots(cache, doctor_id, comparisons, rules, now)
+            return await _doctor_slots(cache, doctor_id, comparisons, rules, now, kind, role)
 
-    return [f for found in await asyncio.gather(*(one(d) for d in doctor_ids)) for f in found]
+    every = await asyncio.gather(*(one(d, k) for d, k in zip(doctor_ids, kinds, strict=True)))
+    return [f for found in every for f in found]
 
 
 def _span(
@@ -141,29 +170,51 @@ async def search_slots(
     *,
     rules: BookingRules,
     now: dt.datetime,
+    role: str = "patient",
 ) -> Page:
-    """Slots of the schedules named, in time order, with their status.
+    """Slots of the schedules named (or of a visit type's doctor), in time order, with
+    their status; with `service-type`, the visits of that type.
 
     Raises:
-        BadSearch: no schedule, a bad status or date, a span over 31 days.
+        BadSearch: neither schedule nor service-type, several service types, a bad
+            status or date, a span over 31 days.
+        Forbidden: a staff-only visit type asked for by a patient.
     """
     refs = reference_ids(search.any_of("schedule"), "schedule", ["Schedule"])
-    if refs is None:
-        raise BadSearch("a Slot search needs schedule=Schedule/{id} (one doctor's calendar)")
+    kinds = service_type_ids(search.any_of("service-type"))
+    if refs is None and kinds is None:
+        raise BadSearch(
+            "a Slot search needs schedule=Schedule/{id} (one doctor's calendar) or "
+            "service-type=HealthcareService/{id}"
+        )
+    if kinds is not None and len(kinds) != 1:
+        raise BadSearch("give one service-type (a visit type) per Slot search")
     statuses = search.any_of("status")
     if statuses is not None and (unknown := set(statuses) - SLOT_STATUSES):
         raise BadSearch(f"status: {', '.join(sorted(unknown))} is no Slot status code")
     comparisons = date_comparisons(search.values("start"), "start")
-    doctor_ids = list(dict.fromkeys(refs["Schedule"]))
+    if kinds is None:
+        assert refs is not None
+        doctor_ids = list(dict.fromkeys(refs["Schedule"]))
+    else:  # the type's doctor; a schedule named as well must be theirs
+        owner = (await service_doctors(session, kinds, "admin")).get(kinds[0])
+        doctor_ids = [owner[0]] if owner is not None else []
+        if refs is not None:
+            doctor_ids = [d for d in doctor_ids if d in refs["Schedule"]]
+    visit_types = None if kinds is None else [kinds[0]] * len(doctor_ids)
     found = [
         f
-        for f in await doctors_slots(cache, doctor_ids, comparisons, rules, now)
+        for f in await doctors_slots(
+            cache, doctor_ids, comparisons, rules, now, visit_types=visit_types, role=role
+        )
         if statuses is None or f.status in statuses
     ]
     found.sort(key=lambda f: (f.slot.starts, f.doctor_id))
     page = found[search.offset : search.offset + search.count]
     matches = [
-        resources.slot(f.doctor_id, f.slot.starts, f.slot.start_local, f.slot.end_local, f.status)
+        resources.slot(
+            f.doctor_id, f.slot.starts, f.slot.start_local, f.slot.end_local, f.status, f.service()
+        )
         for f in page
     ]
     included: list[Resource] = []
@@ -215,29 +266,54 @@ async def find(
     *,
     rules: BookingRules,
     now: dt.datetime,
+    role: str = "patient",
 ) -> Page:
     """`Appointment/$find`: free slots of the doctors named, or of a clinic's active
-    doctors, as proposed Appointments in time order.
+    doctors, as proposed Appointments in time order; with `service-type`, free visits of
+    those types (each its doctor's), which practitioner and location then narrow.
 
     Raises:
-        BadSearch: neither practitioner nor location, more than 50 doctors, bad dates.
+        BadSearch: none of practitioner, location and service-type, more than 50
+            doctors or types, bad dates.
     """
     doctors = reference_ids(search.any_of("practitioner"), "practitioner", ["Practitioner"])
     clinics = reference_ids(search.any_of("location"), "location", ["Location"])
-    if doctors is None and clinics is None:
-        raise BadSearch("$find needs practitioner=Practitioner/{id} or location=Location/{id}")
-    chosen = await bookable_doctors(
-        session,
-        (doctors or {}).get("Practitioner", []),
-        (clinics or {}).get("Location", []),
-        search.any_of("specialty"),
-        MAX_FIND_DOCTORS,
-    )
+    kinds = service_type_ids(search.any_of("service-type"))
+    if doctors is None and clinics is None and kinds is None:
+        raise BadSearch(
+            "$find needs practitioner=Practitioner/{id}, location=Location/{id} or "
+            "service-type=HealthcareService/{id}"
+        )
     comparisons = _find_bound(search, "start", False) + _find_bound(search, "end", True)
+    visit_types: list[int | None] | None = None
+    if kinds is None:
+        chosen = await bookable_doctors(
+            session,
+            (doctors or {}).get("Practitioner", []),
+            (clinics or {}).get("Location", []),
+            search.any_of("specialty"),
+            MAX_FIND_DOCTORS,
+        )
+    else:
+        if len(set(kinds)) > MAX_FIND_DOCTORS:
+            raise BadSearch(f"$find covers at most {MAX_FIND_DOCTORS} service types at once")
+        owners = await service_doctors(session, sorted(set(kinds)), role)
+        wanted_doctors = None if doctors is None else set(doctors["Practitioner"])
+        wanted_clinics = None if clinics is None else set(clinics["Location"])
+        typed = [
+            (kind, d, c)
+            for kind, (d, c) in sorted(owners.items())
+            if (wanted_doctors is None or d in wanted_doctors)
+            and (wanted_clinics is None or c in wanted_clinics)
+        ]
+        chosen = [(d, c) for _, d, c in typed]
+        visit_types = [kind for kind, _, _ in typed]
     clinic_of = dict(chosen)
-    found = await doctors_slots(cache, [d for d, _ in chosen], comparisons, rules, now)
+    found = await doctors_slots(
+        cache, [d for d, _ in chosen], comparisons, rules, now, visit_types=visit_types, role=role
+    )
     free = [f for f in found if f.status == "free"]
-    free.sort(key=lambda f: (f.slot.starts, f.doctor_id))
+    free.sort(key=lambda f: (f.slot.starts, f.doctor_id, f.visit_type.id if f.visit_type else 0))
     page = free[search.offset : search.offset + search.count]
     matches = [
         resources.proposed_appointment(
@@ -246,6 +322,7 @@ async def find(
             f.slot.start_local,
             f.slot.end_local,
             int((f.slot.end - f.slot.start).total_seconds() // 60),
+            f.service(),
         )
         for f in page
     ]
@@ -260,6 +337,8 @@ class BookingRequest:
     start: dt.datetime
     patient_id: int | None
     reason: str | None
+    visit_type_id: int | None = None
+    hold_id: int | None = None  # the pending Appointment of a $hold, to book
 
 
 def booking_request(body: Any) -> BookingRequest:
@@ -296,7 +375,34 @@ def booking_request(body: Any) -> BookingRequest:
     patient_id = patients["Patient"][0] if patients else None
     doctor_id, start = _slot_or_start(appointment, actors)
     reason = _reason(appointment)
-    return BookingRequest(doctor_id, start, patient_id, reason)
+    hold_id = None
+    if appointment.get("status") == HELD_STATUS and "id" in appointment:
+        hold_id = (ids([str(appointment["id"])]) or [0])[0]
+    return BookingRequest(doctor_id, start, patient_id, reason, _service_type(appointment), hold_id)
+
+
+def _service_type(appointment: dict[str, Any]) -> int | None:
+    """The visit type of a proposed Appointment's `serviceType` (None: a plain slot).
+
+    Raises:
+        BadSearch: a serviceType that names no visit type of this server.
+    """
+    concepts = appointment.get("serviceType") or []
+    if not isinstance(concepts, list):
+        raise BadSearch("serviceType is a list of CodeableConcepts")
+    found = [
+        coding.get("code")
+        for concept in concepts
+        if isinstance(concept, dict) and isinstance(concept.get("coding"), list)
+        for coding in concept["coding"]
+        if isinstance(coding, dict) and coding.get("system") == SERVICE_TYPE_SYSTEM
+    ]
+    if not found:
+        return None
+    wanted = ids([str(found[0])])
+    if len(set(found)) != 1 or not wanted:
+        raise BadSearch(f"serviceType: one code of {SERVICE_TYPE_SYSTEM}, a visit type's id")
+    return wanted[0]
 
 
 def _slot_or_start(appointment: dict[str, Any], actors: list[str]) -> tuple[int, dt.datetime]:
@@ -353,6 +459,7 @@ def _view(result: BookingResult) -> AppointmentView:
         a.reason,
         a.cancel_reason,
         result.timezone,
+        visit_type_id=a.visit_type_id,
     )
 
 
@@ -366,15 +473,30 @@ async def book(
     now: dt.datetime,
     idempotency_key: str | None,
 ) -> tuple[Resource, bool]:
-    """`Appointment/$book` through the booking command. Commits.
+    """`Appointment/$book` through the booking command, or of a hold (the pending
+    Appointment `$hold` answered) through `holds.book_held`. Commits.
 
     Returns:
-        The booked Appointment, and whether it is an Idempotency-Key replay.
+        The booked Appointment, and whether it is a replay (an Idempotency-Key retry, or
+        a hold this actor has booked already).
 
     Raises:
-        Conflict: the slot is taken (with `alternatives`), and everything `commands.book`
-            raises.
+        Conflict: the slot is taken (with `alternatives`), or the hold is not the
+            actor's to book or has lapsed; and everything `commands.book` raises.
     """
+    if request.hold_id is not None:
+        held = await holds.book_held(
+            session,
+            effects,
+            actor,
+            request.hold_id,
+            doctor_id=request.doctor_id,
+            start=request.start,
+            reason=request.reason,
+            rules=rules,
+            now=now,
+        )
+        return resources.appointment(held.view), held.replayed
     result = await commands.book(
         session,
         effects,
@@ -386,8 +508,43 @@ async def book(
         idempotency_key=idempotency_key,
         rules=rules,
         now=now,
+        visit_type_id=request.visit_type_id,
     )
     return resources.appointment(_view(result)), result.replayed
+
+
+async def hold(
+    session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    request: BookingRequest,
+    *,
+    rules: BookingRules,
+    now: dt.datetime,
+    hold_for: dt.timedelta,
+) -> Resource:
+    """`Appointment/$hold`: the candidate held for its patient until `now + hold_for`, as
+    a `pending` Appointment with its expiry. Commits.
+
+    Raises:
+        Conflict: the slot is booked or held; and what `holds.hold` raises.
+    """
+    if request.hold_id is not None:
+        raise BadSearch("this Appointment is a hold already: $book it")
+    held = await holds.hold(
+        session,
+        effects,
+        actor,
+        doctor_id=request.doctor_id,
+        start=request.start,
+        patient_id=request.patient_id,
+        reason=request.reason,
+        visit_type_id=request.visit_type_id,
+        rules=rules,
+        now=now,
+        hold_for=hold_for,
+    )
+    return resources.appointment(held.view)
 
 
 def patched_status(body: Any) -> tuple[str, str | None]:

@@ -63,10 +63,26 @@ SEARCH_PARAMS: dict[str, tuple[Param, ...]] = {
         _ID,
         Param("actor", "reference", "Practitioner/{id} or Location/{id}"),
     ),
+    "HealthcareService": (
+        _ID,
+        Param("name", "string", "part of the visit type's name"),
+        Param("practitioner", "reference", "Practitioner/{id}: the doctor's visit types"),
+        Param("location", "reference", "Location/{id}: the clinic's visit types"),
+        Param("specialty", "token", "the doctor's specialty, as written (case-insensitive)"),
+    ),
     "Slot": (
-        Param("schedule", "reference", "Schedule/{id} (required): one doctor's calendar"),
+        Param(
+            "schedule",
+            "reference",
+            "Schedule/{id}: one doctor's calendar (required without service-type)",
+        ),
         Param("start", "date", "ge/gt/lt/le/eq; at most 31 days; default the next 7 days"),
         Param("status", "token", "free | busy | busy-unavailable"),
+        Param(
+            "service-type",
+            "token",
+            "HealthcareService/{id}: slots of that visit type (its length and buffers)",
+        ),
     ),
     "Appointment": (
         _ID,
@@ -93,6 +109,11 @@ FIND_PARAMS: tuple[Param, ...] = (
     Param("practitioner", "reference", "Practitioner/{id}, comma-separated for several"),
     Param("location", "reference", "Location/{id}: every active doctor of the clinic"),
     Param("specialty", "token", "with location: only doctors of this specialty"),
+    Param(
+        "service-type",
+        "token",
+        "HealthcareService/{id}, comma-separated for several: visits of those types",
+    ),
     Param("start", "date", "earliest start (default: now)"),
     Param("end", "date", "latest start (default: 7 days after start; at most 31 days)"),
 )
@@ -105,7 +126,12 @@ APPOINTMENT_STATUS = {
     "no_show": "noshow",
     "cancelled": "cancelled",
 }
+# A hold ($hold, or a waitlist offer's) is `pending` until booked or released; it is never
+# set through PATCH.
+HELD_STATUS = "pending"
 FROM_FHIR_STATUS = {code: status for status, code in APPOINTMENT_STATUS.items()}
+# A visit type as a coded service type (Slot, Appointment): the HealthcareService's id.
+SERVICE_TYPE_SYSTEM = "urn:medbook:fhir:healthcare-service"
 # Every code of the R4 value set: the others match nothing here, but are not an error.
 FHIR_APPOINTMENT_CODES = frozenset(
     {
@@ -265,6 +291,26 @@ def reference_ids(
             raise BadSearch(f"{name} takes a reference to {' or '.join(types)}, not {kind}")
         found[kind] += ids([target or ""]) or []
     return found
+
+
+def service_type_ids(values: Sequence[str] | None) -> list[int] | None:
+    """The visit type ids a `service-type` asks for: `HealthcareService/{id}`, `{id}` or
+    the token `urn:medbook:fhir:healthcare-service|{id}` (None: not asked).
+
+    Raises:
+        BadSearch: a value in none of these forms.
+    """
+    if values is None:
+        return None
+    plain = []
+    for value in values:
+        system, bar, code = value.rpartition("|")
+        if bar and system not in ("", SERVICE_TYPE_SYSTEM):
+            raise BadSearch(f"service-type: the system is {SERVICE_TYPE_SYSTEM}, not {system}")
+        plain.append(code if bar else value)
+    refs = reference_ids(plain, "service-type", ["HealthcareService"])
+    assert refs is not None
+    return refs["HealthcareService"]
 
 
 class LocalDay(NamedTuple):

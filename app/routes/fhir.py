@@ -32,6 +32,7 @@ from app.settings import Settings
 from app.web.admission import RETRY_AFTER_SECONDS
 from app.web.guards import PUBLIC, allow, client_addr
 from app.web.outages import DOWN_RETRY_AFTER_SECONDS, OUTAGE_HANDLERS, REFUSED_VALUE_DETAIL
+from tasks import fhir_holds
 
 log = logging.getLogger("medbook")
 
@@ -135,6 +136,7 @@ def _read_handler(resource_type: str) -> HTTPRouteHandler:
 async def find(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
+    actor: Principal,
     rules: BookingRules,
     now: dt.datetime,
     settings: Settings,
@@ -147,7 +149,7 @@ async def find(
         known=FIND_PARAMS,
     )
     cache = Services.of(request.app).slot_cache
-    page = await scheduling.find(db_session, cache, search, rules=rules, now=now)
+    page = await scheduling.find(db_session, cache, search, rules=rules, now=now, role=actor.role)
     body = searchset(
         base_url(settings),
         "Appointment/$find",
@@ -181,6 +183,29 @@ async def book(
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return fhir(resource, status_code=201, headers=headers)
+
+
+@post("/Appointment/$hold", guards=[allow("patient", "front_desk", "admin")])
+async def hold(
+    request: Request[Any, Any, Any],
+    db_session: AsyncSession,
+    effects: Effects,
+    actor: Principal,
+    rules: BookingRules,
+    now: dt.datetime,
+    settings: Settings,
+) -> Response[Any]:
+    """Hold a proposed Appointment or a free slot: 201 with the pending Appointment and
+    its expiry, or 409 when it is taken or held."""
+    wanted = scheduling.booking_request(await _body(request))
+    hold_for = dt.timedelta(seconds=settings.waitlist_hold_seconds)
+    resource = await scheduling.hold(
+        db_session, effects, actor, wanted, rules=rules, now=now, hold_for=hold_for
+    )
+    await fhir_holds.enqueue_expiry(
+        Services.of(request.app).queue, int(resource["id"]), now + hold_for
+    )
+    return fhir(resource, status_code=201)
 
 
 @patch("/Appointment/{resource_id:str}", guards=[allow()])
@@ -268,6 +293,7 @@ ROUTER = Router(
         bulk_publish,
         bulk_publish_file,
         find,
+        hold,
         book,
         change,
         *(_search_handler(t) for t in interactions.TYPES),

@@ -221,6 +221,8 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/fhir/R4/Location/{resource_id:str}"): ANY,
     ("GET", "/fhir/R4/Schedule"): ANY,
     ("GET", "/fhir/R4/Schedule/{resource_id:str}"): ANY,
+    ("GET", "/fhir/R4/HealthcareService"): ANY,  # staff-only visit types: staff only
+    ("GET", "/fhir/R4/HealthcareService/{resource_id:str}"): ANY,
     ("GET", "/fhir/R4/Slot"): ANY,
     ("GET", "/fhir/R4/Slot/{resource_id:str}"): ANY,
     ("GET", "/fhir/R4/Appointment"): ANY,
@@ -229,6 +231,7 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("GET", "/fhir/R4/Patient/{resource_id:str}"): ANY,
     ("GET", "/fhir/R4/Appointment/$find"): ANY,
     ("POST", "/fhir/R4/Appointment/$book"): ("patient", "front_desk", "admin"),
+    ("POST", "/fhir/R4/Appointment/$hold"): ("patient", "front_desk", "admin"),
     ("PATCH", "/fhir/R4/Appointment/{resource_id:str}"): ANY,
 }
 

@@ -132,3 +132,64 @@ async def test_staff_see_their_clinic_and_their_schedule(client, world):
     # Unbounded, it would scan the year: an admin narrows the search.
     await fhir_call(client, "GET", "Appointment", admin, status=400)
     assert len(await ids(client, admin, "Patient")) == 3
+
+
+def candidate(world, hour, patient=None, doctor=None):
+    body = {
+        "resourceType": "Appointment",
+        "status": "proposed",
+        "start": at(world.day, hour).isoformat(),
+        "participant": [
+            {
+                "actor": {"reference": f"Practitioner/{doctor or world.doctor_id}"},
+                "status": "accepted",
+            }
+        ],
+    }
+    if patient is not None:
+        body["participant"].append(
+            {"actor": {"reference": f"Patient/{patient}"}, "status": "accepted"}
+        )
+    return body
+
+
+async def test_holds_follow_the_booking_access_rules(client, world):
+    p0, p1 = world.patients[0], world.patients[1]
+    patient0, patient1 = world.headers("patient0"), world.headers("patient1")
+    # A patient holds only for themself, and cannot see or book another's hold.
+    await fhir_call(
+        client, "POST", "Appointment/$hold", patient0, status=403, json=candidate(world, 15, p1)
+    )
+    held = await fhir_call(
+        client, "POST", "Appointment/$hold", patient0, status=201, json=candidate(world, 15, p0)
+    )
+    theirs = await fhir_call(client, "POST", "Appointment/$book", patient1, status=409, json=held)
+    unknown = await fhir_call(
+        client, "POST", "Appointment/$book", patient1, status=409, json=held | {"id": str(UNKNOWN)}
+    )
+    assert said(theirs, held["id"]) == said(unknown, UNKNOWN)
+    await refused_like_unknown(client, patient1, "Appointment", held["id"])
+    for who in ("patient1", "patient0", "desk", "admin"):  # a hold is nobody's Appointment
+        found = await ids(client, world.headers(who), "Appointment", _id=held["id"])
+        assert found == set(), who
+    # A desk holds for any patient with its own clinic's doctors only, and books those.
+    desk, other_desk = world.headers("desk"), world.headers("other_desk")
+    await fhir_call(
+        client, "POST", "Appointment/$hold", desk, status=422, json=candidate(world, 16)
+    )
+    by_desk = await fhir_call(
+        client, "POST", "Appointment/$hold", desk, status=201, json=candidate(world, 16, p1)
+    )
+    await fhir_call(
+        client, "POST", "Appointment/$hold", other_desk, status=403, json=candidate(world, 17, p1)
+    )
+    await fhir_call(client, "POST", "Appointment/$book", other_desk, status=409, json=by_desk)
+    booked = await fhir_call(client, "POST", "Appointment/$book", desk, status=201, json=by_desk)
+    assert booked["status"] == "booked"
+    assert ("Appointment", int(booked["id"])) in await ids(client, patient1, "Appointment")
+    # Doctors neither hold nor book (403), as they do not book in the JSON API.
+    doctor = world.headers("doctor")
+    await fhir_call(
+        client, "POST", "Appointment/$hold", doctor, status=403, json=candidate(world, 17, p0)
+    )
+    await fhir_call(client, "POST", "Appointment/$book", doctor, status=403, json=held)

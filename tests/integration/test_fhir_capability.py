@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import update
 
-from db.models import Patient
+from db.models import Patient, VisitType
 from tasks.fhir_feed import publish_fhir_feed
 from tests.integration.fhir_helpers import (
     api_book,
@@ -27,7 +27,10 @@ async def world(client, session, settings):
         .where(Patient.id == world.patients[0])
         .values(date_of_birth=dt.date(1990, 5, 17), email="p0@example.test")
     )
+    check_up = VisitType(doctor_id=world.doctor_id, name="Check-up", minutes=30)
+    session.add(check_up)
     await session.commit()
+    world.visit_type = check_up.id
     world.day = day_after_tomorrow()
     world.appointment = await api_book(client, world, "patient0", at(world.day, 9))
     return world
@@ -50,9 +53,25 @@ def samples(world, slot_id):
         ),
         "Location": (clinic, {"_id": str(clinic), "name": "Berlin"}),
         "Schedule": (doctor, {"_id": str(doctor), "actor": f"Practitioner/{doctor}"}),
+        "HealthcareService": (
+            world.visit_type,
+            {
+                "_id": str(world.visit_type),
+                "name": "check",
+                "practitioner": f"Practitioner/{doctor}",
+                "location": f"Location/{clinic}",
+                "specialty": "gp",
+            },
+        ),
         "Slot": (
             slot_id,
-            {"schedule": f"Schedule/{doctor}", "start": f"ge{day}", "status": "busy"},
+            {
+                "schedule": f"Schedule/{doctor}",
+                "start": f"ge{day}",
+                "status": "busy",
+                # a 30-minute check-up at 09:00 is busy like the plain 09:00 slot
+                "service-type": f"HealthcareService/{world.visit_type}",
+            },
         ),
         "Appointment": (
             world.appointment,
@@ -154,9 +173,21 @@ async def test_every_declared_interaction_answers(client, world, settings, db, r
                         "start": world.day.isoformat(),
                     },
                 )
-                proposal = resources_of(found)[0]
+                proposal, candidate = resources_of(found)[:2]
                 assert proposal["status"] == "proposed"
+            elif operation["name"] == "hold":
+                candidate["participant"].append(
+                    {"actor": {"reference": f"Patient/{world.patients[1]}"}, "status": "accepted"}
+                )
+                held = await fhir_call(
+                    client, "POST", "Appointment/$hold", headers, status=201, json=candidate
+                )
+                assert held["status"] == "pending"
             elif operation["name"] == "book":
+                booked_hold = await fhir_call(
+                    client, "POST", "Appointment/$book", headers, status=201, json=held
+                )
+                assert booked_hold["id"] == held["id"] and booked_hold["status"] == "booked"
                 proposal["participant"].append(
                     {"actor": {"reference": f"Patient/{world.patients[1]}"}, "status": "accepted"}
                 )
@@ -175,4 +206,5 @@ async def test_every_declared_interaction_answers(client, world, settings, db, r
         assert {o["type"] for o in manifest["output"]} == {"Location", "Schedule", "Slot"}
         called.append(("system", operation["name"]))
     assert ("Appointment", "book") in called and ("Slot", "status") in called
+    assert ("Appointment", "hold") in called and ("HealthcareService", "read") in called
     assert ("system", "bulk-publish") in called
