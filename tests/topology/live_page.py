@@ -34,6 +34,7 @@ class LivePage:
         self.socket: websockets.ClientConnection | None = None
         self.served_by = "?"
         self.view = ""  # the last whole view received (a connect's first frame)
+        self.slots: dict[str, bool] = {}  # what the page shows: the views and swaps merged
         self.connects = 0
 
     async def open(self, timeout: float = 15) -> str:
@@ -62,6 +63,7 @@ class LivePage:
                     raise
             else:
                 self.socket, self.view = socket, str(first)
+                self.slots.update(slot_states(self.view))
                 self.served_by = socket.response.headers.get("X-Served-By", "?")
                 self.connects += 1
                 return self.view
@@ -69,7 +71,9 @@ class LivePage:
 
     async def next_frame(self, timeout: float = 15) -> str:
         assert self.socket is not None
-        return str(await asyncio.wait_for(self.socket.recv(), timeout))
+        frame = str(await asyncio.wait_for(self.socket.recv(), timeout))
+        self.slots.update(slot_states(frame))  # a day's section swapped in whole
+        return frame
 
     async def wait_for_frame(self, wanted, timeout: float = 15) -> str:
         """Frames until one for which `wanted(frame)` holds."""
@@ -86,7 +90,7 @@ class LivePage:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    await self.socket.recv()
+                    self.slots.update(slot_states(str(await self.socket.recv())))
         except ConnectionClosed as closed:
             return closed.rcvd.code if closed.rcvd else 1006
 
