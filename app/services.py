@@ -76,6 +76,7 @@ class Services:
             await self.hub.stop()
         if self.asking:
             await asyncio.gather(*self.asking, return_exceptions=True)
+        await self.effects.stop()
         if self.owns_queue:
             try:
                 await self.queue.disconnect()

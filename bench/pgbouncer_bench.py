@@ -1,5 +1,6 @@
 """Booking and availability latency through PgBouncer (transaction mode) vs PostgreSQL
-directly, in process (the app's whole request path, Litestar's test client, no network
+directly (with prepared statements on and off: what PgBouncer >= 1.21 would give back),
+in process (the app's whole request path, Litestar's test client, no network
 client in between), one request at a time.
 
     PYTHONPATH=$PWD .venv/bin/python bench/pgbouncer_bench.py [--requests 300]
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -36,6 +38,25 @@ from tests.integration.world import BERLIN, at, make_world  # noqa: E402
 from tests.topology.pgbouncer import PgBouncer  # noqa: E402
 
 WARM_UP = 20  # requests per route and way in, not counted
+# On a DATABASE_URL: SQLAlchemy's prepared-statement cache off (its asyncpg dialect reads
+# the URL's query), and asyncpg's own too (`no_prepared_statements`): prepared statements
+# off without the transaction mode's other change (timeouts per transaction).
+NO_PREPARED = "prepared_statement_cache_size=0"
+
+
+def no_prepared_statements() -> None:
+    """Engines whose URL says NO_PREPARED also get asyncpg's statement cache off, as
+    DATABASE_POOL_MODE=transaction does (a bench-only switch: not a setting of medbook)."""
+    from db import session
+
+    options = session.driver_options
+
+    def driver_options(settings: Any) -> dict[str, Any]:
+        if NO_PREPARED in settings.database_url:
+            return {"statement_cache_size": 0}
+        return options(settings)
+
+    session.driver_options = driver_options
 
 
 def pct(values: list[float], p: float) -> float:
@@ -149,11 +170,18 @@ def main() -> None:
             "DB_SLOW_QUERY_MS": "0",
             "LOG_LEVEL": "WARNING",
         }
+        no_prepared_statements()
         ways = {
             "direct": {**base, "DATABASE_URL": direct},
-            # What PgBouncer >= 1.21 (max_prepared_statements) would give back is the
-            # difference between this row and the one above: same hop, no statement cache.
-            "direct, no prepared statements": {
+            # Prepared statements on vs off, nothing else changed: what PgBouncer >= 1.21
+            # (max_prepared_statements) would give back to a transaction-mode setup.
+            "direct, prepared statements off": {
+                **base,
+                "DATABASE_URL": f"{direct}?{NO_PREPARED}",
+            },
+            # The whole transaction mode (also the timeouts set in every transaction),
+            # without the pooler's hop.
+            "direct, transaction mode": {
                 **base,
                 "DATABASE_URL": direct,
                 "DATABASE_POOL_MODE": "transaction",
@@ -171,7 +199,7 @@ def main() -> None:
             "",
             f"`bench/pgbouncer_bench.py --requests {args.requests}`, "
             f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, PostgreSQL 15 on 127.0.0.1, "
-            "one request at a time through the whole app in process, the three ways in "
+            "one request at a time through the whole app in process, the four ways in "
             "alternating request by request. Milliseconds.",
             "",
             "| way in / route | n | mean | p50 | p90 | p99 |",

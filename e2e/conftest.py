@@ -46,13 +46,12 @@ class Worker:
         import asyncio
         import threading
 
-        import redis
-
+        from app.redis import sync_redis_from_url
         from app.settings import load_settings
         from tasks.housekeeping import HEARTBEAT_KEY
         from tasks.queue import create_queue
 
-        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        client = sync_redis_from_url(self.env["REDIS_URL"])  # a Sentinel URL too
         client.delete(HEARTBEAT_KEY)
 
         async def enqueue() -> None:

@@ -8,10 +8,18 @@ patient data.
 The invalidation and the live-update messages go to Redis in one pipeline: one round trip
 after each change instead of one per command, and Redis runs them in order, so a screen
 that hears a message and re-reads the cache never finds the old value.
+
+When Redis is away (a primary killed, a Sentinel failover under way) the pipeline fails;
+the change is committed all the same. What it would have sent is kept (bounded: MISSED_LIMIT
+changes) and sent again, in order, once Redis answers: otherwise a page that resyncs after
+the failover would show the booked slot free from the stale cache until its TTL (5 min).
+Forgetting a cache entry and announcing a change are both harmless to repeat late.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +32,12 @@ from redis.exceptions import RedisError
 from app.scheduling import slots
 
 log = logging.getLogger(__name__)
+
+# Changes whose invalidation and live update wait for Redis to come back; beyond it the
+# oldest are dropped (logged): their cache entries expire with the TTL, screens resync.
+MISSED_LIMIT = 10_000
+RETRY_FIRST_SECONDS = 0.2
+RETRY_MAX_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +81,9 @@ class Effects:
     live_days: int = 0
     listeners: list[Listener] = field(default_factory=list)
     schedule_listeners: list[ScheduleListener] = field(default_factory=list)
+    # What failed to reach Redis, oldest first, and the task sending it again.
+    missed: list[_Missed] = field(default_factory=list)
+    _retrying: asyncio.Task[None] | None = None
 
     async def appointments_changed(self, changes: Sequence[AppointmentChange]) -> None:
         if not changes:
@@ -136,6 +153,53 @@ class Effects:
                 publish(pipe)
                 await pipe.execute()  # an empty pipeline sends nothing
         except RedisError as exc:
-            # The cache's TTL bounds a missed invalidation; open screens resync when they
-            # reconnect. The change itself is committed: never fail the request for this.
+            # The change itself is committed: never fail the request for this. Sent again
+            # once Redis answers (the cache's TTL bounds it if this process ends first).
             log.error("after-commit invalidation/publish failed for %s: %s", what, exc)
+            self._keep(_Missed(what, tuple(doctor_days), publish))
+
+    def _keep(self, missed: _Missed) -> None:
+        self.missed.append(missed)
+        if len(self.missed) > MISSED_LIMIT:
+            dropped = self.missed.pop(0)
+            log.error("after-commit effects of %s dropped: too many wait for Redis", dropped.what)
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.create_task(self._resend(), name="effects-resend")
+
+    async def _resend(self) -> None:
+        """Send what failed, all in one pipeline, until Redis takes it."""
+        delay = RETRY_FIRST_SECONDS
+        while self.missed:
+            await asyncio.sleep(delay)
+            batch = list(self.missed)
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for missed in batch:
+                        if missed.doctor_days:
+                            slots.queue_invalidation(pipe, missed.doctor_days)
+                        missed.publish(pipe)
+                    await pipe.execute()
+            except RedisError:
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            sent = {id(missed) for missed in batch}
+            self.missed = [missed for missed in self.missed if id(missed) not in sent]
+            log.warning("after-commit effects of %d changes sent once Redis answered", len(batch))
+
+    async def stop(self) -> None:
+        """At shutdown: stop waiting for Redis (what is left is bounded by the TTL)."""
+        if self._retrying is not None:
+            self._retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrying
+        if self.missed:
+            log.error("after-commit effects of %d changes never reached Redis", len(self.missed))
+
+
+@dataclass(frozen=True, slots=True)
+class _Missed:
+    """One change's invalidation and live update that did not reach Redis."""
+
+    what: object
+    doctor_days: DoctorDays
+    publish: Callable[[Pipeline], object]

@@ -104,6 +104,15 @@ class RedisSentinelSet:
             sentinel.close()
         return int(port)
 
+    def wait_for_replica(self, timeout_ms: int = 5000) -> None:
+        """Until the replica has every write the primary took so far (replication is
+        asynchronous: without this, the last writes before a kill may be lost)."""
+        primary = self._client(self.primary_port())
+        try:
+            assert primary.execute_command("WAIT", 1, timeout_ms) == 1
+        finally:
+            primary.close()
+
     def kill_primary(self) -> None:
         """The primary's process is gone at once (a crash or a lost host)."""
         kill_process(self.processes.pop("primary"))

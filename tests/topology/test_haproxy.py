@@ -6,6 +6,7 @@ enable it; then the next) under load loses no request the proxy accepted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from conftest import LiveServer
 from tests.integration.world import at, day_after_tomorrow, make_world
 from tests.topology.bookings import post_booking
 from tests.topology.haproxy import HAProxy
+from tests.topology.live_page import RECONNECT_CODES, LivePage, slot_states
 
 
 def instance(port: int | None = None) -> LiveServer:
@@ -64,6 +66,53 @@ async def test_a_booking_on_one_instance_updates_a_page_held_on_another(cluster,
         assert booked.status_code == 201, booked.text
         update = await asyncio.wait_for(page.recv(), 10)
         assert "hx-swap-oob" in update
+
+
+async def test_a_page_held_on_a_restarted_instance_reconnects_elsewhere_and_resyncs(
+    cluster, session, settings
+):
+    """The page's instance is drained and stopped (SIGTERM): the socket is closed with a
+    code htmx-ext-ws reconnects on; a booking made while the page is away is in the view
+    the page gets when it reconnects through the proxy (to the other instance), and once
+    the instance is back a booking handled by it reaches the page live."""
+    proxy, servers = cluster
+    world = await make_world(session, settings.secret_key, patients=2)
+    day = day_after_tomorrow()
+    missed, later = at(day, 9).isoformat(), at(day, 10).isoformat()
+    page = LivePage(proxy.url, f"/ws/live?view=slots&doctor_id={world.doctor_id}&date={day}")
+    try:
+        view = await page.open()
+        assert slot_states(view)[missed] and slot_states(view)[later]
+        holder = page.served_by
+        other = "b" if holder == "a" else "a"
+
+        proxy.drain(holder)  # no new connections; the page's tunnel stays
+        old = servers[holder]
+        stopping = asyncio.create_task(asyncio.to_thread(old.stop))
+        code = await page.closed()
+        await stopping
+        assert code in RECONNECT_CODES, code  # the browser will come back
+
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as http:
+            booked = await post_booking(http, world, "patient0", at(day, 9), "while-away")
+        assert booked.status_code == 201, booked.text
+        assert booked.headers["X-Served-By"] == other
+
+        view = await page.open()  # the reconnect: the whole view first
+        assert page.served_by == other and page.connects == 2
+        assert slot_states(view)[missed] is False  # made while away: resynced
+        assert slot_states(view)[later] is True
+
+        servers[holder] = await asyncio.to_thread(instance, old.port)
+        proxy.enable(holder)
+        await asyncio.to_thread(proxy.wait_until, lambda state: state[holder] == "UP")
+        async with httpx.AsyncClient(base_url=servers[holder].url, timeout=30) as http:
+            booked = await post_booking(http, world, "patient1", at(day, 10), "after-restart")
+        assert booked.status_code == 201, booked.text
+        update = await page.wait_for_frame(lambda frame: later in frame)
+        assert slot_states(update)[later] is False  # live again, from the restarted one
+    finally:
+        await page.close()
 
 
 async def test_a_rolling_restart_under_load_loses_no_accepted_request(cluster, session, settings):
@@ -115,14 +164,48 @@ async def test_a_rolling_restart_under_load_loses_no_accepted_request(cluster, s
             proxy.enable(name)
             await asyncio.to_thread(proxy.wait_until, lambda state, n=name: state[n] == "UP")
 
+    # A live page of the first day held through the proxy the whole time, doing what
+    # htmx-ext-ws does: reconnect when closed with one of its codes (each instance's stop
+    # closes it), taking the new whole view.
+    page = LivePage(proxy.url, f"/ws/live?view=slots&doctor_id={world.doctor_id}&date={first_day}")
+    close_codes: list[int] = []
+
+    async def keep_page() -> None:
+        await page.open()
+        while restarting:
+            code = await page.closed(timeout=600)  # held until its instance stops
+            close_codes.append(code)
+            if code not in RECONNECT_CODES:
+                return
+            await page.open()
+
     async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as http:
         workers = [asyncio.create_task(load(w, http)) for w in range(4)]
+        keeper = asyncio.create_task(keep_page())
         try:
             await roll()
             await asyncio.sleep(1)
         finally:
             restarting = False
             await asyncio.gather(*workers)
+        try:
+            # Both instances were stopped once: the page was closed (only with codes the
+            # browser reconnects on) and is held again, and live: a booking reaches it.
+            assert not keeper.done(), close_codes
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            assert len(close_codes) >= 1 and set(close_codes) <= set(RECONNECT_CODES)
+            assert page.connects == len(close_codes) + 1, (page.connects, close_codes)
+            extra = at(first_day, 8, 30).isoformat()
+            response = await post_booking(http, world, "patient39", at(first_day, 8, 30), "x")
+            assert response.status_code == 201, response.text
+            booked.append(response.json()["id"])
+            update = await page.wait_for_frame(lambda frame: extra in frame)
+            assert slot_states(update)[extra] is False
+        finally:
+            keeper.cancel()
+            await page.close()
 
     assert set(outcomes) <= {"200", "201"}, outcomes  # no error, no 502/503, no reset
     assert sum(outcomes.values()) > 100, outcomes
