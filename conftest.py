@@ -26,6 +26,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -449,6 +450,26 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[RUN_MARK] = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     if not _distributed(config):
         _use_services(services, f"medbook_test_{os.getpid()}")
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, _frame) -> None:
+    """SIGTERM to the run (a CI job cancelled, `kill` of the controller): every process the
+    run started is stopped (the xdist workers and whatever their tests started: servers,
+    job workers, browsers, all of which carry the run's mark), the run's databases dropped
+    and its Redis claim released; then the run ends as SIGTERM ends a process. Without it
+    the controller died alone and its workers' servers ran on."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    mark = os.environ.get(RUN_MARK, "")
+    # Again until none is found: a worker may start a server while the first ones stop.
+    for _ in range(5):
+        if not processes.stop_marked(RUN_MARK, mark):
+            break
+    for process in processes.running():
+        stop_process(process)
+    _stack.close()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _worker_database(services: dict[str, str | None], workerid: str) -> str:
