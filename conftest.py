@@ -26,6 +26,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -459,6 +460,26 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[RUN_MARK] = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     if not _distributed(config):
         _use_services(services, f"medbook_test_{os.getpid()}")
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, _frame) -> None:
+    """SIGTERM to the run (a CI job cancelled, `kill` of the controller): every process the
+    run started is stopped (the xdist workers and whatever their tests started: servers,
+    job workers, browsers, all of which carry the run's mark), the run's databases dropped
+    and its Redis claim released; then the run ends as SIGTERM ends a process. Without it
+    the controller died alone and its workers' servers ran on."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    mark = os.environ.get(RUN_MARK, "")
+    # Again until none is found: a worker may start a server while the first ones stop.
+    for _ in range(5):
+        if not processes.stop_marked(RUN_MARK, mark):
+            break
+    for process in processes.running():
+        stop_process(process)
+    _stack.close()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _worker_database(services: dict[str, str | None], workerid: str) -> str:
@@ -526,15 +547,88 @@ async def redis(settings) -> AsyncIterator:
     await client.aclose()
 
 
+class SharedApp:
+    """The app of the `client` fixture: built and started (its lifespan: pools, the job
+    queue, the socket hub) once per test process, not once per test. Building and
+    starting one costs 1-2 s (routes, a full garbage collection, warming the pools), and
+    some 300 tests use it; each test gets a client of its own (its own cookies and
+    headers) over a clean database and Redis. After a test that failed the app is
+    stopped, and the next test starts a new one: a failure cannot leave a broken app
+    (a closed pool, a stuck hub) to the tests after it."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.started = None  # the AsyncTestClient whose lifespan runs the app
+
+    async def client(self):
+        """A new client (no cookies, no headers set) of the started app."""
+        from litestar.testing import AsyncTestClient
+
+        from app.web.asgi import create_app
+
+        if self.started is None:
+            started = AsyncTestClient(app=create_app(self.settings))
+            await started.__aenter__()
+            self.started = started
+        test_client = AsyncTestClient(app=self.started.app)
+        # Requests run on the started client's portal (a thread with its own event
+        # loop), where the app's pools and hub live; a portal of its own would not do.
+        test_client.blocking_portal = self.started.blocking_portal
+        return test_client
+
+    async def stop(self) -> None:
+        started, self.started = self.started, None
+        if started is not None:
+            await started.__aexit__(None, None, None)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def shared_app(settings) -> AsyncIterator[SharedApp]:
+    app = SharedApp(settings)
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+# The hooks a test may add to the app's after-commit effects (tests/integration/
+# test_leave_edit.py watches schedule changes so): removed after the test.
+_EFFECT_HOOKS = (
+    "publishers",
+    "schedule_publishers",
+    "record_publishers",
+    "listeners",
+    "schedule_listeners",
+)
+
+
 @pytest_asyncio.fixture
-async def client(db, redis, settings) -> AsyncIterator:
-    """An HTTP client for the app, in process, over a clean database and Redis."""
-    from litestar.testing import AsyncTestClient
+async def client(db, redis, shared_app, request) -> AsyncIterator:
+    """An HTTP client for the app, in process, over a clean database and Redis (the app
+    itself is shared by the tests of this process: see SharedApp)."""
+    from app.services import Services
 
-    from app.web.asgi import create_app
-
-    async with AsyncTestClient(app=create_app(settings)) as test_client:
+    test_client = await shared_app.client()
+    effects = Services.of(test_client.app).effects
+    hooks = {name: list(getattr(effects, name)) for name in _EFFECT_HOOKS}
+    try:
         yield test_client
+    finally:
+        for name, kept in hooks.items():
+            getattr(effects, name)[:] = kept
+        if request.node.stash.get(_FAILED, False):
+            await shared_app.stop()
 
 
 def free_port() -> int:

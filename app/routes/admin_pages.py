@@ -17,16 +17,15 @@ from functools import cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from litestar import Request, get, post
+from litestar import Request, get
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Response, Template
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.identity import Principal
 from app.errors import DomainError, Invalid, NotFound
-from app.live.effects import Effects
+from app.routes.actions import Command, form_post
 from app.routes.inputs import Id, check_day
 from app.routes.views import page
 from app.scheduling import directory, schedules
@@ -100,7 +99,7 @@ async def clinics_page(
     return await _clinics_page(request, db_session)
 
 
-@post("/admin/clinics", guards=ADMIN, include_in_schema=False, status_code=200)
+@form_post("/admin/clinics", "admin")
 async def create_clinic_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -289,10 +288,7 @@ async def _affected_rows(
 
 
 async def _add_exception(
-    session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
+    command: Command,
     view: ExceptionView,
     *,
     clinic_id: Id,
@@ -304,23 +300,23 @@ async def _add_exception(
     try:
         starts_at, ends_at = exception_window(form, timezone)
         result = await schedules.add_exception(
-            session,
-            effects,
+            command.session,
+            command.effects,
             clinic_id=clinic_id,
             doctor_id=doctor_id,
             kind=form.kind,
             starts_at=starts_at,
             ends_at=ends_at,
             note=form.note.strip() or None,
-            created_by=actor.id,
+            created_by=command.actor.id,
             cancel_affected=bool(form.cancel_affected),
             preview=form.action != "save",
-            now=now,
+            now=command.now,
         )
     except DomainError as exc:
         view.error = exc.detail
         return
-    view.affected = await _affected_rows(session, result.affected, timezone)
+    view.affected = await _affected_rows(command.session, result.affected, timezone)
     if result.exception is not None:
         view.saved, view.cancelled = True, result.cancelled
         view.form = ExceptionForm(kind=form.kind)  # saved: an empty form for the next one
@@ -367,7 +363,7 @@ async def doctors_page(
     return await _doctors_page(request, db_session, now, chosen)
 
 
-@post("/admin/doctors", guards=ADMIN, include_in_schema=False, status_code=200)
+@form_post("/admin/doctors", "admin")
 async def create_doctor_page(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -395,36 +391,27 @@ async def create_doctor_page(
     return await _doctors_page(request, db_session, now, doctor.clinic_id, created=doctor)
 
 
-@post(
-    "/admin/clinics/{clinic_id:int}/exceptions",
-    guards=ADMIN,
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/admin/clinics/{clinic_id:int}/exceptions", "admin")
 async def clinic_exception_page(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
+    command: Command,
     clinic_id: Id,
     data: Annotated[ExceptionForm, Form],
 ) -> Template | Response[str]:
     """Preview or save a closure of the whole clinic."""
-    clinic = await _clinic(db_session, clinic_id)
+    clinic = await _clinic(command.session, clinic_id)
     view = ExceptionView(f"/admin/clinics/{clinic.id}/exceptions", "closures", data)
     timezone = clinic.timezone  # read now: a preview's rollback expires `clinic`
     await _add_exception(
-        db_session,
-        effects,
-        actor,
-        now,
+        command,
         view,
         clinic_id=clinic_id,
         doctor_id=None,
         timezone=timezone,
     )
-    return await _doctors_page(request, db_session, now, clinic_id, "closures", closures=view)
+    return await _doctors_page(
+        request, command.session, command.now, clinic_id, "closures", closures=view
+    )
 
 
 # --- one doctor's weekly template and leave ---------------------------------------------
@@ -556,80 +543,63 @@ async def schedule_page(
     return await _schedule_page(request, db_session, now, doctor_id)
 
 
-@post(
-    "/admin/doctors/{doctor_id:int}/schedule",
-    guards=ADMIN,
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/admin/doctors/{doctor_id:int}/schedule", "admin")
 async def save_schedule_page(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
+    command: Command,
     settings: Settings,
-    now: dt.datetime,
     doctor_id: Id,
 ) -> Template | Response[str]:
     """Add a row to the editor, or save the whole template (replace_schedule)."""
     form = await request.form()
-    doctor, _ = await directory.get_doctor(db_session, doctor_id)
+    doctor, _ = await directory.get_doctor(command.session, doctor_id)
     editor = TemplateEditor(rows_from_form(form), unsaved=True)
     if form.get("action") == "add":
         weekday = (_int(editor.rows[-1].weekday) or 0) + 1 if editor.rows else 0
         slot = str(doctor.default_slot_minutes)
         editor.rows.append(RangeRow(str(weekday % 7), slot_minutes=slot, focus=True))
-        return await _schedule_page(request, db_session, now, doctor_id, editor=editor)
+        return await _schedule_page(request, command.session, command.now, doctor_id, editor=editor)
     positions: list[int] = []
     try:
         ranges, positions = ranges_from_rows(editor.rows)
         await schedules.replace_schedule(
-            db_session,
-            effects,
+            command.session,
+            command.effects,
             doctor_id,
             ranges,
-            today=now.date(),
+            today=command.now.date(),
             horizon_days=settings.booking_horizon_days,
-            actor_user_id=actor.id,
+            actor_user_id=command.actor.id,
         )
     except DomainError as exc:
         editor.error = explain(exc.detail, positions, editor.rows)
-        return await _schedule_page(request, db_session, now, doctor_id, editor=editor)
-    _, saved = await schedules.get_schedule(db_session, doctor_id)
+        return await _schedule_page(request, command.session, command.now, doctor_id, editor=editor)
+    _, saved = await schedules.get_schedule(command.session, doctor_id)
     editor = TemplateEditor([RangeRow.of(r) for r in saved], saved=True)
-    return await _schedule_page(request, db_session, now, doctor_id, editor=editor)
+    return await _schedule_page(request, command.session, command.now, doctor_id, editor=editor)
 
 
-@post(
-    "/admin/doctors/{doctor_id:int}/exceptions",
-    guards=ADMIN,
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/admin/doctors/{doctor_id:int}/exceptions", "admin")
 async def doctor_exception_page(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
+    command: Command,
     doctor_id: Id,
     data: Annotated[ExceptionForm, Form],
 ) -> Template | Response[str]:
     """Preview the appointments leave would hit, or save it (optionally cancelling them)."""
-    _, clinic = await directory.get_doctor(db_session, doctor_id)
+    _, clinic = await directory.get_doctor(command.session, doctor_id)
     view = ExceptionView(f"/admin/doctors/{doctor_id}/exceptions", "exceptions", data)
     clinic_id, timezone = clinic.id, clinic.timezone  # a preview's rollback expires them
     await _add_exception(
-        db_session,
-        effects,
-        actor,
-        now,
+        command,
         view,
         clinic_id=clinic_id,
         doctor_id=doctor_id,
         timezone=timezone,
     )
-    return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
+    return await _schedule_page(
+        request, command.session, command.now, doctor_id, "exceptions", leave=view
+    )
 
 
 def _new_leave_view(doctor_id: int) -> ExceptionView:
@@ -669,63 +639,49 @@ async def leave_edit_page(
     return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
 
 
-@post(
-    "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}",
-    guards=ADMIN,
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}", "admin")
 async def change_leave_page(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
+    command: Command,
     doctor_id: Id,
     exception_id: Id,
     data: Annotated[ExceptionForm, Form],
 ) -> Template | Response[str]:
     """Preview the bookings changed leave would cover, or save the change."""
-    _, clinic = await directory.get_doctor(db_session, doctor_id)
+    _, clinic = await directory.get_doctor(command.session, doctor_id)
     timezone = clinic.timezone  # read now: a preview's rollback expires `clinic`
     view = _leave_view(doctor_id, exception_id, data)
     try:
         starts_at, ends_at = exception_window(data, timezone)
         result = await schedules.change_exception(
-            db_session,
-            effects,
+            command.session,
+            command.effects,
             exception_id=exception_id,
             doctor_id=doctor_id,
             edit=schedules.ExceptionEdit(data.kind, starts_at, ends_at, data.note),
-            actor_id=actor.id,
+            actor_id=command.actor.id,
             preview=data.action != "save",
-            now=now,
+            now=command.now,
         )
     except NotFound:
         raise
     except DomainError as exc:
         view.error = exc.detail
     else:
-        affected = await _affected_rows(db_session, result.affected, timezone)
+        affected = await _affected_rows(command.session, result.affected, timezone)
         if result.exception is not None:  # saved: back to adding leave
             view = _new_leave_view(doctor_id)
             view.saved = True
         view.affected = affected
-    return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
+    return await _schedule_page(
+        request, command.session, command.now, doctor_id, "exceptions", leave=view
+    )
 
 
-@post(
-    "/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}/withdraw",
-    guards=ADMIN,
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}/withdraw", "admin")
 async def withdraw_leave_page(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
+    command: Command,
     doctor_id: Id,
     exception_id: Id,
 ) -> Template | Response[str]:
@@ -733,12 +689,12 @@ async def withdraw_leave_page(
     view = _new_leave_view(doctor_id)
     try:
         await schedules.withdraw_exception(
-            db_session,
-            effects,
+            command.session,
+            command.effects,
             exception_id=exception_id,
             doctor_id=doctor_id,
-            actor_id=actor.id,
-            now=now,
+            actor_id=command.actor.id,
+            now=command.now,
         )
     except NotFound:
         raise
@@ -746,7 +702,9 @@ async def withdraw_leave_page(
         view.error = exc.detail
     else:
         view.withdrawn = True
-    return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
+    return await _schedule_page(
+        request, command.session, command.now, doctor_id, "exceptions", leave=view
+    )
 
 
 ROUTES = [

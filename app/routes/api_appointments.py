@@ -18,8 +18,8 @@ from app.appointments import commands, conflicts, queries
 from app.appointments.queries import AppointmentRow
 from app.appointments.rules import BookingRules, check_may_book_type, for_visit_type
 from app.errors import Invalid
-from app.live.effects import Effects
 from app.routes import deps
+from app.routes.actions import Command
 from app.routes.inputs import (
     Id,
     IdField,
@@ -171,11 +171,8 @@ class AppointmentController(Controller):
     @post("", guards=[allow("patient", "front_desk", "admin")], responses=BOOKING)
     async def book(
         self,
-        db_session: AsyncSession,
-        effects: Effects,
-        actor: Principal,
+        command: Command,
         rules: BookingRules,
-        now: dt.datetime,
         data: BookingIn,
         idempotency_key: Annotated[
             str | None, HeaderParameter(name="Idempotency-Key", max_length=200)
@@ -183,10 +180,8 @@ class AppointmentController(Controller):
     ) -> Response[dict[str, Any]]:
         """Book a slot: 201, or 409 with `alternatives` when it has just been taken."""
         check_moment(data.start, "start")
-        result = await commands.book(
-            db_session,
-            effects,
-            actor,
+        result = await command.run(
+            commands.book,
             doctor_id=data.doctor_id,
             start=data.start,
             patient_id=data.patient_id,
@@ -194,7 +189,7 @@ class AppointmentController(Controller):
             idempotency_key=idempotency_key,
             override_reason=data.override_reason,
             rules=rules,
-            now=now,
+            now=command.now,
             visit_type_id=data.visit_type_id,
         )
         body = appointment_out(result.appointment, result.timezone)
@@ -243,11 +238,8 @@ class AppointmentController(Controller):
     @patch("/{appointment_id:int}", guards=[allow()], responses=BOOKING)
     async def change(
         self,
-        db_session: AsyncSession,
-        effects: Effects,
-        actor: Principal,
+        command: Command,
         rules: BookingRules,
-        now: dt.datetime,
         appointment_id: Id,
         data: AppointmentPatch,
     ) -> dict[str, Any]:
@@ -256,25 +248,21 @@ class AppointmentController(Controller):
             raise Invalid("give either status or start")
         check_moment(data.start, "start")
         if data.start is not None:
-            result = await commands.reschedule(
-                db_session,
-                effects,
-                actor,
+            result = await command.run(
+                commands.reschedule,
                 appointment_id,
                 start=data.start,
                 rules=rules,
-                now=now,
+                now=command.now,
                 reason=data.reason,
             )
         else:
             assert data.status is not None
-            result = await commands.change_status(
-                db_session,
-                effects,
-                actor,
+            result = await command.run(
+                commands.change_status,
                 appointment_id,
                 status=data.status,
-                now=now,
+                now=command.now,
                 reason=data.reason,
             )
         return appointment_out(result.appointment, result.timezone)
@@ -287,39 +275,31 @@ class AppointmentController(Controller):
     )
     async def bulk_update(
         self,
-        db_session: AsyncSession,
-        effects: Effects,
-        actor: Principal,
-        now: dt.datetime,
+        command: Command,
         data: BulkIn,
     ) -> dict[str, Any]:
         """One status for many appointments in one statement; a result per id."""
-        results = await commands.bulk_update(
-            db_session, effects, actor, data.appointment_ids, status=data.status, now=now
+        results = await command.run(
+            commands.bulk_update, data.appointment_ids, status=data.status, now=command.now
         )
         return {"results": [{"id": i, "result": r} for i, r in results.items()]}
 
     @post("/conflicts", guards=[allow("front_desk", "admin")], status_code=200, responses=RULES)
     async def resolve_conflicts(
         self,
-        db_session: AsyncSession,
-        effects: Effects,
-        actor: Principal,
+        command: Command,
         rules: BookingRules,
-        now: dt.datetime,
         data: ConflictsIn,
     ) -> dict[str, Any]:
         """Move (`move`: each to its doctor's first free time from its day on) or cancel
         with a notice (`cancel`) bookings that leave or a closure left in place; each one
         on its own, a result per id."""
-        results = await conflicts.resolve(
-            db_session,
-            effects,
-            actor,
+        results = await command.run(
+            conflicts.resolve,
             data.appointment_ids,
             action=data.action,
             rules=rules,
-            now=now,
+            now=command.now,
         )
         return {
             "results": [

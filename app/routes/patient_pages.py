@@ -24,7 +24,7 @@ from app.appointments import commands, queries
 from app.appointments.rules import BookingRules
 from app.errors import Conflict, DomainError, NotFound
 from app.live import boards
-from app.live.effects import Effects
+from app.routes.actions import Command, form_post
 from app.routes.auth import dispatch_soon
 from app.routes.inputs import Id, OptionalId, check_day, check_moment, parse_id
 from app.routes.views import fragment, page
@@ -306,25 +306,17 @@ async def booking_form(
     return fragment(request, "patient/slots.html", "panel", doctor=doctor, clinic=clinic, **context)
 
 
-@post(
-    "/doctors/{doctor_id:int}/book",
-    guards=[allow("patient")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/doctors/{doctor_id:int}/book", "patient")
 async def book(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
+    command: Command,
     rules: BookingRules,
-    now: dt.datetime,
     doctor_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Book from the panel. Taken meanwhile: say so and offer the nearest free times;
     any other problem: say what, keeping what was typed."""
-    doctor, clinic = await _doctor_and_clinic(db_session, doctor_id)
+    doctor, clinic = await _doctor_and_clinic(command.session, doctor_id)
     context: dict[str, Any] = {"doctor": doctor, "clinic": clinic}
     reason = (data.get("reason") or "").strip() or None
     try:
@@ -332,16 +324,14 @@ async def book(
         check_moment(start, "start")
         visit_type_id = parse_id(data["visit_type_id"]) if data.get("visit_type_id") else None
         context["visit_type_id"] = visit_type_id
-        result = await commands.book(
-            db_session,
-            effects,
-            actor,
+        result = await command.run(
+            commands.book,
             doctor_id=doctor_id,
             start=start,
             reason=reason,
             idempotency_key=data.get("idempotency_key") or None,
             rules=rules,
-            now=now,
+            now=command.now,
             visit_type_id=visit_type_id,
         )
     except ValueError:
@@ -383,65 +373,45 @@ async def my_appointments(
     )
 
 
-@post(
-    "/me/appointments/{appointment_id:int}/cancel",
-    guards=[allow("patient")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/me/appointments/{appointment_id:int}/cancel", "patient")
 async def cancel(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
-    appointment_id: Id,
+    request: Request[Any, Any, Any], command: Command, appointment_id: Id
 ) -> Response[str]:
     """Cancel one of my appointments; the slot is free for others at once."""
     try:
-        await commands.change_status(
-            db_session,
-            effects,
-            actor,
+        await command.run(
+            commands.change_status,
             appointment_id,
             status="cancelled",
-            now=now,
+            now=command.now,
             reason="cancelled by patient",
         )
         extra: dict[str, Any] = {"message": "Cancelled."}
     except DomainError as exc:
         extra = {"message": exc.detail, "error": True}
-    context = await my_context(db_session, actor, now)
+    context = await my_context(command.session, command.actor, command.now)
     return fragment(request, "patient/appointments.html", "answer", **context, **extra)
 
 
-@post(
-    "/me/appointments/{appointment_id:int}/reschedule",
-    guards=[allow("patient")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/me/appointments/{appointment_id:int}/reschedule", "patient")
 async def reschedule(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
+    command: Command,
     rules: BookingRules,
-    now: dt.datetime,
     appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Move my appointment to the chosen slot: all or nothing. When it fails the panel
     stays a reschedule panel, so a nearby time offered moves the same appointment."""
-    current = await queries.get_visible(db_session, actor, appointment_id)
-    doctor, clinic = await _doctor_and_clinic(db_session, current.doctor_id)
+    current = await queries.get_visible(command.session, command.actor, appointment_id)
+    doctor, clinic = await _doctor_and_clinic(command.session, current.doctor_id)
     target = {"id": current.id, "label": _label(current.starts_at, clinic.timezone)}
     context: dict[str, Any] = {"doctor": doctor, "clinic": clinic, "reschedule": target}
     try:
         start = dt.datetime.fromisoformat(data.get("start", ""))
         check_moment(start, "start")
-        moved = await commands.reschedule(
-            db_session, effects, actor, appointment_id, start=start, rules=rules, now=now
+        moved = await command.run(
+            commands.reschedule, appointment_id, start=start, rules=rules, now=command.now
         )
     except ValueError:
         context.update(message="Choose a time from the list.", error=True)
@@ -480,7 +450,7 @@ async def profile_page(db_session: AsyncSession, actor: Principal) -> Template:
     return _profile_page(profile, languages=LANGUAGES)
 
 
-@post("/me/profile", guards=[allow("patient")], include_in_schema=False, status_code=200)
+@form_post("/me/profile", "patient")
 async def save_profile(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,

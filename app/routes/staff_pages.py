@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from litestar import Request, get, post
+from litestar import Request, get
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotFoundException
 from litestar.params import Body
@@ -19,7 +19,7 @@ from app.appointments import commands, conflicts, walk_ins
 from app.appointments.rules import BookingRules, OverTheLimit
 from app.errors import DomainError
 from app.live import boards
-from app.live.effects import Effects
+from app.routes.actions import Command, form_post
 from app.routes.inputs import Id, OptionalId, check_day, parse_clock, parse_day, parse_id
 from app.routes.views import fragment, message, page
 from app.scheduling import directory
@@ -101,18 +101,10 @@ async def board(
     )
 
 
-@post(
-    "/desk/appointments/{appointment_id:int}/status",
-    guards=[allow("front_desk", "admin")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/desk/appointments/{appointment_id:int}/status", "front_desk", "admin")
 async def set_status(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
+    command: Command,
     appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
@@ -120,13 +112,11 @@ async def set_status(
     live."""
     status = data.get("status", "")
     try:
-        await commands.change_status(
-            db_session,
-            effects,
-            actor,
+        await command.run(
+            commands.change_status,
             appointment_id,
             status=status,
-            now=now,
+            now=command.now,
             reason="cancelled by front desk",
         )
     except DomainError as exc:
@@ -142,19 +132,8 @@ def _selected_ids(form: Any) -> list[int] | None:
         return None
 
 
-@post(
-    "/desk/bulk-check-in",
-    guards=[allow("front_desk", "admin")],
-    include_in_schema=False,
-    status_code=200,
-)
-async def bulk_check_in(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
-) -> Response[str]:
+@form_post("/desk/bulk-check-in", "front_desk", "admin")
+async def bulk_check_in(request: Request[Any, Any, Any], command: Command) -> Response[str]:
     """Check in every selected appointment in one statement (the bulk endpoint's code)."""
     ids = _selected_ids(await request.form())
     if ids is None:
@@ -163,9 +142,7 @@ async def bulk_check_in(
         text = "Select the appointments to check in first."
         return message(request, BOARD_MESSAGE, text, error=True)
     try:
-        results = await commands.bulk_update(
-            db_session, effects, actor, ids, status="checked_in", now=now
-        )
+        results = await command.run(commands.bulk_update, ids, status="checked_in", now=command.now)
     except DomainError as exc:
         return message(request, BOARD_MESSAGE, exc.detail, error=True)
     done = sum(r == "updated" for r in results.values())
@@ -174,20 +151,9 @@ async def bulk_check_in(
     return message(request, BOARD_MESSAGE, text, error=bool(skipped))
 
 
-@post(
-    "/desk/conflicts/{action:str}",
-    guards=[allow("front_desk", "admin")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/desk/conflicts/{action:str}", "front_desk", "admin")
 async def resolve_conflicts(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    rules: BookingRules,
-    now: dt.datetime,
-    action: str,
+    request: Request[Any, Any, Any], command: Command, rules: BookingRules, action: str
 ) -> Response[str]:
     """Move the selected bookings that leave left in place to the nearest free times, or
     cancel them with a notice; one line per appointment says what became of it."""
@@ -198,8 +164,8 @@ async def resolve_conflicts(
         text = "Select the conflicting appointments first."
         return message(request, BOARD_MESSAGE, text, error=True)
     try:
-        results = await conflicts.resolve(
-            db_session, effects, actor, ids, action=action, rules=rules, now=now
+        results = await command.run(
+            conflicts.resolve, ids, action=action, rules=rules, now=command.now
         )
     except DomainError as exc:
         return message(request, BOARD_MESSAGE, exc.detail, error=True)
@@ -222,12 +188,7 @@ async def patient_search(
     return fragment(request, "desk/_patient_hits.html", hits=hits, q=" ".join(q.split()))
 
 
-@post(
-    "/desk/patients",
-    guards=[allow("front_desk", "admin")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/desk/patients", "front_desk", "admin")
 async def register_patient(
     request: Request[Any, Any, Any],
     db_session: AsyncSession,
@@ -259,16 +220,11 @@ async def register_patient(
     return fragment(request, "desk/_registered.html", hit=hit)
 
 
-@post(
-    "/desk/walk-in", guards=[allow("front_desk", "admin")], include_in_schema=False, status_code=200
-)
+@form_post("/desk/walk-in", "front_desk", "admin")
 async def walk_in(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
+    command: Command,
     rules: BookingRules,
-    now: dt.datetime,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
     """Book a walk-in for the patient the search shows selected, at a time on the doctor's
@@ -285,8 +241,8 @@ async def walk_in(
         return message(request, WALK_IN_MESSAGE, text, error=True)
     try:
         # The choice must still be on show: a radio left from an earlier search is not.
-        name = await walk_ins.selected_patient(db_session, patient_id, data.get("q", ""))
-        doctor, clinic = await directory.get_doctor(db_session, doctor_id)
+        name = await walk_ins.selected_patient(command.session, patient_id, data.get("q", ""))
+        doctor, clinic = await directory.get_doctor(command.session, doctor_id)
     except DomainError as exc:
         return message(request, WALK_IN_MESSAGE, exc.detail, error=True)
     start = dt.datetime.combine(day, clock, tzinfo=ZoneInfo(clinic.timezone))
@@ -294,17 +250,15 @@ async def walk_in(
     # and a patient who walks in a few minutes late still gets the slot that just started.
     desk_rules = BookingRules(dt.timedelta(0), rules.horizon, rules.max_future_per_doctor)
     try:
-        result = await commands.book(
-            db_session,
-            effects,
-            actor,
+        result = await command.run(
+            commands.book,
             doctor_id=doctor_id,
             start=start,
             patient_id=patient_id,
             reason=data.get("reason") or None,
             override_reason=data.get("override_reason") or None,
             rules=desk_rules,
-            now=now - boards.WALK_IN_GRACE,
+            now=command.now - boards.WALK_IN_GRACE,
         )
     except OverTheLimit as exc:
         # In the desk's words: the form's field, not the API's name for it.
@@ -347,18 +301,10 @@ async def doctor_day(
     )
 
 
-@post(
-    "/doctor/appointments/{appointment_id:int}/status",
-    guards=[allow("doctor")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/doctor/appointments/{appointment_id:int}/status", "doctor")
 async def doctor_status(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
+    command: Command,
     appointment_id: Id,
     data: Annotated[dict[str, str], Form],
 ) -> Response[str]:
@@ -366,9 +312,7 @@ async def doctor_status(
     patient."""
     status = data.get("status", "")
     try:
-        await commands.change_status(
-            db_session, effects, actor, appointment_id, status=status, now=now
-        )
+        await command.run(commands.change_status, appointment_id, status=status, now=command.now)
     except DomainError as exc:
         return message(request, DAY_MESSAGE, exc.detail, error=True)
     return message(request, DAY_MESSAGE, f"Marked {_done(status)}.")

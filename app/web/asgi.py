@@ -36,6 +36,7 @@ from app.access.identity import load_principal
 from app.appointments import commands
 from app.errors import DomainError
 from app.routes import (
+    actions,
     admin_pages,
     admin_queries,
     admin_users,
@@ -282,6 +283,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "read_session": Provide(deps.provide_read_session),
             "now": Provide(deps.provide_now, sync_to_thread=False),
             "actor": Provide(deps.provide_actor, sync_to_thread=False),
+            "command": Provide(actions.provide_command, sync_to_thread=False),
         },
         template_config=TemplateConfig(
             directory=PROJECT_ROOT / "templates",

@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.transport.requests import ManagedCookiesSession
 from sqlalchemy import text
 
 from app.redis import create_redis
@@ -115,12 +116,22 @@ def role_headers(fuzz_world) -> dict[str, dict[str, str]]:
     return {role: {} if role == "anonymous" else fuzz_world.headers(role) for role in ROLES}
 
 
+@pytest.fixture(scope="module")
+def http() -> Iterator[ManagedCookiesSession]:
+    """One HTTP session for the module's requests (some 300 a test): its connections to the
+    server are kept open between requests, where schemathesis would open one a request.
+    What a response sets as a cookie is dropped after each request, as schemathesis's own
+    session does, so no request is sent with another's cookies."""
+    with ManagedCookiesSession() as session:
+        yield session
+
+
 @api.parametrize()
 @bounded(EXAMPLES_PER_OPERATION)
-def test_no_input_gets_a_5xx_or_an_undocumented_answer(case, fuzz_server, role_headers):
+def test_no_input_gets_a_5xx_or_an_undocumented_answer(case, fuzz_server, role_headers, http):
     """Each generated request is sent once per role (the same input, every audience)."""
     for headers in role_headers.values():
-        response = case.call(base_url=fuzz_server.url, headers=headers, timeout=30)
+        response = case.call(base_url=fuzz_server.url, headers=headers, session=http, timeout=30)
         case.validate_response(response, checks=CHECKS)
 
 
@@ -167,12 +178,12 @@ RULES_NO_SCHEMA_HOLDS = re.compile(
 
 @accepting.parametrize()
 @bounded(POSITIVE_EXAMPLES_PER_OPERATION)
-def test_input_the_schema_calls_valid_is_accepted(case, fuzz_server, role_headers):
+def test_input_the_schema_calls_valid_is_accepted(case, fuzz_server, role_headers, http):
     """Each request the schema calls valid, once per role: a success or a refusal by the
     state of things, never a 400 (or a 422 for a rule the schema could have said)."""
     refused = []
     for role, headers in role_headers.items():
-        response = case.call(base_url=fuzz_server.url, headers=headers, timeout=30)
+        response = case.call(base_url=fuzz_server.url, headers=headers, session=http, timeout=30)
         case.validate_response(response, checks=CHECKS)
         code = response.status_code
         if code < 300 or code in BY_STATE:

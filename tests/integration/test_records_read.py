@@ -103,10 +103,14 @@ async def test_a_list_is_one_autocommit_statement_committed_before_it_returns(
 
 
 async def test_the_api_and_the_panel_run_the_same_statement(world, client):
-    seen = watch(Services.of(client.app).engine)
+    engine = Services.of(client.app).engine
+    seen = watch(engine)
     doctor_headers = world.headers("doctor")
-    api = await client.get(f"/api/patients/{world.patients[0]}/records", headers=doctor_headers)
-    panel = await client.get(f"/patients/{world.patients[0]}/records", headers=doctor_headers)
+    try:
+        api = await client.get(f"/api/patients/{world.patients[0]}/records", headers=doctor_headers)
+        panel = await client.get(f"/patients/{world.patients[0]}/records", headers=doctor_headers)
+    finally:  # the app outlives the test (conftest.py's SharedApp)
+        event.remove(engine.sync_engine, "before_cursor_execute", seen.before)
     assert api.status_code == 200 and panel.status_code == 200
     reads = [s for s, _ in seen if is_read(s)]
     assert len(reads) == 2
