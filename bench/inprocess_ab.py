@@ -129,14 +129,12 @@ async def main() -> None:
     # A B B A A B ...: the n-th A and the n-th B are neighbours.
     pairs = [y - x for x, y in zip(per["A"], per["B"], strict=True)]
     print(f"switch {args.switch}; classes {args.classes}; statuses {statuses}")
-    print(
-        f"A (before): median {ma:.3f} ms CPU per request (client and server), blocks {len(per['A'])}"
-    )
+    blocks = len(per["A"])
+    print(f"A (before): median {ma:.3f} ms CPU per request (client and server), blocks {blocks}")
     print(f"B (after):  median {mb:.3f} ms, blocks {len(per['B'])}")
     print(f"B - A: {mb - ma:+.3f} ms per request (medians); neighbouring blocks' differences:")
-    print(
-        f"  median {statistics.median(pairs):+.3f} ms, B cheaper in {sum(d < 0 for d in pairs)} of {len(pairs)}"
-    )
+    cheaper = sum(d < 0 for d in pairs)
+    print(f"  median {statistics.median(pairs):+.3f} ms, B cheaper in {cheaper} of {len(pairs)}")
     print("A blocks:", " ".join(f"{x:.2f}" for x in per["A"]))
     print("B blocks:", " ".join(f"{x:.2f}" for x in per["B"]))
 
