@@ -4,7 +4,12 @@ the rest, and a fast 503 with Retry-After for those that cannot be served in tim
 Without it every queue on the way (the kernel's, uvicorn's, the pool's, PostgreSQL's)
 grows without bound under a burst, and answers come many seconds late. Here a
 request either starts within ADMISSION_MAX_WAIT_MS or is refused at once, having changed
-nothing; the requests admitted keep their normal latency. Websockets, `/health/*`,
+nothing; the requests admitted keep their normal latency. A standing queue is overload,
+not a burst (CoDel's idea): when for STANDING_QUEUE_SECONDS the queue has not been empty
+and no waiter got its slot within GOOD_WAIT_SECONDS, a newcomer is refused without
+waiting (it would most likely wait the whole ADMISSION_MAX_WAIT_MS and be refused
+anyway), until the queue empties or moves quickly again; those already waiting keep
+their turn. Websockets, `/health/*`,
 `/metrics` and static files pass straight through: probes and live pushes must keep
 working while the site sheds load.
 
@@ -17,16 +22,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from app.settings import Settings
-from app.web.metrics import ADMISSION_SHED_QUEUE_FULL, ADMISSION_SHED_WAITED
+from app.web.metrics import (
+    ADMISSION_SHED_QUEUE_FULL,
+    ADMISSION_SHED_STANDING,
+    ADMISSION_SHED_WAITED,
+)
 
 BYPASS_PREFIXES = ("/health/", "/metrics", "/static/")
 RETRY_AFTER_SECONDS = 1
+# CoDel's interval and target: a queue whose waits have all been over the target for the
+# interval is standing, not a burst.
+STANDING_QUEUE_SECONDS = 0.1
+GOOD_WAIT_SECONDS = 0.005
 BUSY_DETAIL = "the server is busy; try again in a moment"
 BUSY_PAGE = {
     "heading": "medbook is busy",
@@ -41,14 +56,23 @@ class Admission:
     """The process's slots and wait queue; one per app, shared by every route's
     middleware instance (Litestar builds the middleware stack once per route)."""
 
-    def __init__(self, max_in_flight: int, max_queue: int, max_wait_ms: int) -> None:
+    def __init__(
+        self,
+        max_in_flight: int,
+        max_queue: int,
+        max_wait_ms: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_in_flight = max_in_flight
         self.max_queue = max_queue
         self.max_wait = max_wait_ms / 1000
+        self.clock = clock
         self.in_flight = 0
         # Futures of waiting requests, oldest first; True when handed a slot, False when
         # their wait ran out.
         self.waiters: deque[asyncio.Future[bool]] = deque()
+        # The last time the queue was found empty or a waiter got its slot quickly.
+        self.good_at = 0.0
         self.page: bytes | None = None  # the busy page, rendered on first use
 
     @classmethod
@@ -68,9 +92,16 @@ class Admission:
         return False
 
     async def wait(self) -> bool:
-        """Wait up to max_wait for a slot; False when none came or the queue is full."""
+        """Wait up to max_wait for a slot; False when none came, or at once when the queue
+        is full or standing."""
         if len(self.waiters) >= self.max_queue or self.max_wait <= 0:
             ADMISSION_SHED_QUEUE_FULL.inc()
+            return False
+        arrived = self.clock()
+        if not self.waiters:
+            self.good_at = arrived
+        elif arrived - self.good_at >= STANDING_QUEUE_SECONDS:
+            ADMISSION_SHED_STANDING.inc()
             return False
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
@@ -88,6 +119,8 @@ class Admission:
                 _discard(self.waiters, waiter)  # still queued unless leave() took it
         if not admitted:
             ADMISSION_SHED_WAITED.inc()
+        elif (now := self.clock()) - arrived < GOOD_WAIT_SECONDS:
+            self.good_at = now
         return admitted
 
     def leave(self) -> None:

@@ -137,12 +137,14 @@ POOL_TIMEOUTS = Counter(
 ADMISSION_SHED = Counter(
     "medbook_admission_shed",
     "Requests refused with 503 by admission control (app/web/admission.py): the wait "
-    "queue was full, or no slot came within ADMISSION_MAX_WAIT_MS.",
+    "queue was full, no slot came within ADMISSION_MAX_WAIT_MS, or the queue was "
+    "standing (not empty for 100 ms: refused without waiting).",
     ["reason"],
 )
 # Bound once: the shed path must stay cheap, and both series exist from the start.
 ADMISSION_SHED_QUEUE_FULL = ADMISSION_SHED.labels("queue_full")
 ADMISSION_SHED_WAITED = ADMISSION_SHED.labels("waited")
+ADMISSION_SHED_STANDING = ADMISSION_SHED.labels("standing")
 
 # Read at scrape by the answering process; global values, not per process.
 DEAD_NOTIFICATIONS = "medbook_notifications_dead"
