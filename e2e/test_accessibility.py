@@ -17,7 +17,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, expect
 
 from conftest import LiveServer
-from e2e.conftest import ARTIFACTS, ROOT, live_page, wait_for_live
+from e2e.conftest import ARTIFACTS, ROOT, live_page, screenshot, wait_for_live
 from e2e.test_journeys import Api, past_appointment
 from e2e.test_live import fresh_world, sign_in
 from tests.integration.world import BERLIN, World, at, day_after_tomorrow
@@ -219,3 +219,66 @@ def test_axe_finds_a_missing_label(chromium: Browser, site: Site) -> None:
     finally:
         context.close()
     assert "label" in {v["id"] for v in violations}
+
+
+# WCAG 1.4.10 reflow: 320 CSS px is a 1280 px window at 400 % zoom; 640 px at 200 %
+# (rendered at twice the pixel density, as a zoomed page is).
+WIDTHS = {"320px": (320, 1), "200pct": (640, 2)}
+REFLOW_PAGES = [
+    c
+    for c in PAGES
+    if c.name
+    in {
+        "home",
+        "login",
+        "slots (anonymous)",
+        "error page (503)",
+        "find a doctor",
+        "slot picked",
+        "my appointments + waitlist",
+        "reminders",
+        "board",
+        "desk waitlist",
+        "doctor's day",
+        "records",
+        "clinics",
+        "schedule",
+        "users",
+        "audit",
+        "analytics",
+    }
+]
+
+
+@pytest.mark.parametrize("width", WIDTHS, ids=list(WIDTHS))
+@pytest.mark.parametrize("check", REFLOW_PAGES, ids=[c.name for c in REFLOW_PAGES])
+def test_no_horizontal_scrolling_at_320_px_and_200_percent(
+    chromium: Browser, site: Site, check: Check, width: str
+) -> None:
+    """Wide content (the board's columns, admin tables) scrolls inside its own box; the
+    page itself never does. A screenshot of each goes to test-artifacts/."""
+    pixels, scale = WIDTHS[width]
+    state = site.sessions[check.role] if check.role else None
+    page = live_page(
+        chromium,
+        storage_state=state,
+        viewport={"width": pixels, "height": 800},
+        device_scale_factor=scale,
+    )
+    try:
+        if check.before:
+            check.before(page, site)
+        page.goto(site.server.url + check.path(site))
+        if check.ready:
+            check.ready(page, site)
+        sizes = page.evaluate(
+            """() => ({scroll: document.documentElement.scrollWidth,
+                       client: document.documentElement.clientWidth,
+                       wide: [...document.querySelectorAll('body *')]
+                         .filter(e => e.getBoundingClientRect().right > innerWidth + 1)
+                         .slice(0, 5).map(e => e.tagName + '.' + e.className)})"""
+        )
+        screenshot(page, f"reflow-{width}-{check.name.replace(' ', '-')}")
+    finally:
+        page.context.close()
+    assert sizes["scroll"] <= sizes["client"], sizes
