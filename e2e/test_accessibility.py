@@ -198,7 +198,10 @@ def test_no_serious_or_critical_axe_violation(
         "nodes": sum(len(v["nodes"]) for v in violations),
         "rules": sorted(f"{v['id']} ({v['impact']})" for v in violations),
         # What axe could not decide alone (e.g. contrast over a gradient): for a person.
-        "needs review": sorted(v["id"] for v in results["incomplete"]),
+        "needs review": sorted(
+            f"{v['id']} at " + "; ".join(" ".join(n["target"]) for n in v["nodes"][:3])
+            for v in results["incomplete"]
+        ),
         "rules run": len(results["passes"]) + len(violations) + len(results["incomplete"]),
     }
     for impact in ("minor", "moderate", "serious", "critical"):
