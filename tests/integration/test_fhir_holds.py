@@ -58,6 +58,15 @@ async def slot_status(client, world, hour, who="patient2"):
     return slot["status"]
 
 
+async def lapse(session, held):
+    """Let a hold's time pass (a second ago), as waiting out WAITLIST_HOLD_SECONDS would."""
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    await session.execute(
+        update(Appointment).values(hold_expires_at=past).where(Appointment.id == int(held["id"]))
+    )
+    await session.commit()
+
+
 async def held_rows(session):
     return await session.scalar(
         select(func.count()).select_from(Appointment).where(Appointment.status == "held")
@@ -166,11 +175,7 @@ async def test_a_lapsed_hold_cannot_be_booked_and_is_released_by_the_job(
     hold_id = int(held["id"])
     services = {"services": worker.context["services"]}
     assert await expire_fhir_hold(services, hold_id=hold_id) == 0  # not lapsed yet
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    await session.execute(
-        update(Appointment).values(hold_expires_at=past).where(Appointment.id == hold_id)
-    )
-    await session.commit()
+    await lapse(session, held)
     lapsed = await fhir_call(client, "POST", "Appointment/$book", mine, status=409, json=held)
     assert "lapsed" in lapsed["issue"][0]["diagnostics"]
     assert await expire_fhir_hold(services, hold_id=hold_id) == 1
@@ -180,10 +185,7 @@ async def test_a_lapsed_hold_cannot_be_booked_and_is_released_by_the_job(
     again = await fhir_call(
         client, "POST", "Appointment/$hold", mine, status=201, json=proposal(world, 11)
     )
-    await session.execute(
-        update(Appointment).values(hold_expires_at=past).where(Appointment.id == int(again["id"]))
-    )
-    await session.commit()
+    await lapse(session, again)
     await worker.queue.enqueue("sweep_fhir_holds")
 
     async def released():
@@ -202,11 +204,7 @@ async def test_a_lapsed_hold_never_stands_in_the_way_of_a_new_one(client, world,
         status=201,
         json=proposal(world, 10),
     )
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    await session.execute(
-        update(Appointment).values(hold_expires_at=past).where(Appointment.id == int(held["id"]))
-    )
-    await session.commit()
+    await lapse(session, held)
     # Before any sweeper: the next $hold of the doctor releases it first.
     theirs = await fhir_call(
         client,
