@@ -235,3 +235,62 @@ async def test_holds_count_against_the_per_doctor_limit(client, world, settings)
         client, "POST", "Appointment/$hold", world.headers("patient1"), status=422, json=off
     )
     await fhir_call(client, "POST", "Appointment/$hold", mine, status=400, json={"x": 1})
+
+
+async def test_parallel_holds_by_one_patient_stop_at_the_limit(
+    settings, redis, world, session, monkeypatch
+):
+    """Every hold reads its facts, then waits for all the others to have read theirs (each
+    believes the patient has room); the count under the patient's lock decides."""
+    import asyncio
+    import dataclasses
+
+    from app.access.identity import Principal
+    from app.appointments.rules import BookingRules
+    from app.errors import Invalid
+    from app.fhir import holds
+    from app.live.effects import Effects
+    from db.session import create_engine, session_factory
+
+    tries = 8
+    rules = BookingRules(dt.timedelta(0), dt.timedelta(days=30), max_future_per_doctor=3)
+    roomy = dataclasses.replace(settings, db_pool_size=tries + 2, db_max_overflow=0)
+    engine = create_engine(roomy, application_name="medbook-hold-race-tests")
+    barrier = asyncio.Barrier(tries)
+    read = holds.load_doctor_days
+
+    async def read_then_wait(*args, **kwargs):
+        data = await read(*args, **kwargs)
+        await barrier.wait()
+        return data
+
+    monkeypatch.setattr(holds, "load_doctor_days", read_then_wait)
+    user = world.users["patient0"]
+    me = Principal(user.id, user.email, user.role, user.patient_id)
+
+    async def attempt(hour):
+        async with session_factory(engine)() as own:
+            try:
+                await holds.hold(
+                    own,
+                    Effects(redis),
+                    me,
+                    doctor_id=world.doctor_id,
+                    start=at(world.day, hour),
+                    patient_id=None,
+                    reason=None,
+                    visit_type_id=None,
+                    rules=rules,
+                    now=dt.datetime.now(dt.UTC),
+                    hold_for=dt.timedelta(minutes=5),
+                )
+            except Invalid as refused:
+                return refused.status_code
+        return "held"
+
+    try:
+        answers = await asyncio.gather(*(attempt(9 + i) for i in range(tries)))
+    finally:
+        await engine.dispose()
+    assert sorted(answers, key=str) == [422] * (tries - 3) + ["held"] * 3
+    assert await held_rows(session) == 3
