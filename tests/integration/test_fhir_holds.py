@@ -90,6 +90,12 @@ async def test_hold_then_book_turns_the_hold_into_the_booking(client, world, ses
     assert {p["actor"]["reference"] for p in held["participant"]} >= {
         f"Patient/{world.patients[0]}"
     }
+    # A retry (its answer lost) gets the same hold back, not a 409 from its own hold.
+    retried = await client.post(
+        "/fhir/R4/Appointment/$hold", json=proposal(world, 10), headers=mine
+    )
+    assert retried.status_code == 201 and retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.json() == held
     # Busy to everyone; nobody else can hold or book it, by any path.
     assert await slot_status(client, world, 10) == "busy"
     other = world.headers("patient1")
