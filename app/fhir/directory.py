@@ -46,6 +46,12 @@ def _doctor_filters(query: Select, search: Search) -> Select:
         query = query.where(Doctor.id.in_(wanted))
     if (names := search.any_of("name")) is not None:
         query = query.where(or_(*(contains(Doctor.full_name, n) for n in names)))
+    return _doctor_links(query, search)
+
+
+def _doctor_links(query: Select, search: Search) -> Select:
+    """The filters on a doctor's links (a query joining Doctor): practitioner, location,
+    specialty, actor; those the search gives."""
     refs = reference_ids(search.any_of("practitioner"), "practitioner", ["Practitioner"])
     if refs is not None:
         query = query.where(Doctor.id.in_(refs["Practitioner"]))
@@ -194,18 +200,11 @@ def _services_query(role: str) -> Select:
 
 async def search_services(session: AsyncSession, search: Search, role: str) -> Page:
     """HealthcareServices (visit types) by id, name, doctor, clinic or specialty."""
-    query = _services_query(role)
+    query = _doctor_links(_services_query(role), search)
     if (wanted := ids(search.any_of("_id"))) is not None:
         query = query.where(VisitType.id.in_(wanted))
     if (names := search.any_of("name")) is not None:
         query = query.where(or_(*(contains(VisitType.name, n) for n in names)))
-    refs = reference_ids(search.any_of("practitioner"), "practitioner", ["Practitioner"])
-    if refs is not None:
-        query = query.where(VisitType.doctor_id.in_(refs["Practitioner"]))
-    if (refs := reference_ids(search.any_of("location"), "location", ["Location"])) is not None:
-        query = query.where(Doctor.clinic_id.in_(refs["Location"]))
-    if (specialties := search.any_of("specialty")) is not None:
-        query = query.where(func.lower(Doctor.specialty).in_([s.lower() for s in specialties]))
     rows = list(
         await session.execute(
             query.order_by(VisitType.id).offset(search.offset).limit(search.count + 1)

@@ -102,6 +102,19 @@ SELECT booked.* FROM booked
 """
 )
 
+# The caller's own unlapsed hold of exactly this slot for this patient: a retried $hold
+# (its answer lost on the way) gets it back instead of a 409 from its own hold.
+OWN_HOLD_SQL = text(
+    """
+SELECT a.id, a.hold_expires_at FROM appointments a
+ WHERE a.doctor_id = :doctor_id AND a.starts_at = :starts_at AND a.ends_at = :ends_at
+   AND a.patient_id = :patient_id AND a.booked_by = :actor AND a.status = 'held'
+   AND a.visit_type_id IS NOT DISTINCT FROM CAST(:visit_type_id AS bigint)
+   AND a.hold_expires_at > :now
+   AND NOT EXISTS (SELECT FROM waitlist_offers o WHERE o.appointment_id = a.id)
+"""
+)
+
 # Release lapsed holds of $hold (a waitlist offer's are the waitlist's to release): all,
 # one, or one doctor's. Returns each released slot.
 RELEASE_SQL = text(
@@ -164,8 +177,12 @@ async def hold(
     clinic's doctors, on the grid, in the booking window, below the per-doctor limit
     (bookings and holds). Commits, then runs the after-commit effects.
 
+    Returns:
+        The hold; a retry (the caller's own unlapsed hold of this very slot for this
+        patient) gets that hold back, `replayed`.
+
     Raises:
-        Conflict: the slot is booked or held.
+        Conflict: the slot is booked or held (by anyone else).
         Invalid: what booking refuses (off the grid, past, too soon, beyond the horizon,
             on leave, over the limit, no such patient).
         Forbidden: for another patient (patients), another clinic (desks), a staff-only
@@ -206,17 +223,26 @@ async def hold(
     released = list(await session.execute(RELEASE_SQL, _release(now, doctor_id=doctor_id)))
     await session.commit()
     await effects.appointments_changed([_change(r, r.timezone, RELEASED) for r in released])
+    at_limit = False
     try:
         await session.execute(LOCK_SQL, values)
         row = (await session.execute(HOLD_SQL, values)).one_or_none()
         await session.commit()
+        at_limit = row is None
     except DBAPIError as exc:
         await session.rollback()
-        if _lost_the_slot(exc):
-            raise Conflict(_NOT_HOLDABLE) from None
-        raise
-    if row is None:
-        raise booking_rules.over_the_limit(rules)
+        if not _lost_the_slot(exc):
+            raise
+        row = None
+    replayed = row is None
+    if replayed:  # held or booked, or the limit: a retry finds its own hold
+        row = (await session.execute(OWN_HOLD_SQL, values)).one_or_none()
+        await session.rollback()
+        if row is None and at_limit:
+            raise booking_rules.over_the_limit(rules)
+        if row is None:
+            raise Conflict(_NOT_HOLDABLE)
+    assert row is not None
     view = AppointmentView(
         row.id,
         doctor_id,
@@ -231,6 +257,8 @@ async def hold(
         visit_type_id=visit_type_id,
         hold_expires_at=row.hold_expires_at,
     )
+    if replayed:
+        return Held(view, replayed=True)
     await effects.appointments_changed([_change(view, data.timezone, HELD)])
     return Held(view)
 

@@ -522,9 +522,10 @@ async def hold(
     rules: BookingRules,
     now: dt.datetime,
     hold_for: dt.timedelta,
-) -> Resource:
+) -> tuple[Resource, bool]:
     """`Appointment/$hold`: the candidate held for its patient until `now + hold_for`, as
-    a `pending` Appointment with its expiry. Commits.
+    a `pending` Appointment with its expiry, and whether it is a retry's (the caller's own
+    hold of this slot, answered again). Commits.
 
     Raises:
         Conflict: the slot is booked or held; and what `holds.hold` raises.
@@ -544,7 +545,7 @@ async def hold(
         now=now,
         hold_for=hold_for,
     )
-    return resources.appointment(held.view)
+    return resources.appointment(held.view), held.replayed
 
 
 def patched_status(body: Any) -> tuple[str, str | None]:

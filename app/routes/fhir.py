@@ -196,12 +196,15 @@ async def hold(
     settings: Settings,
 ) -> Response[Any]:
     """Hold a proposed Appointment or a free slot: 201 with the pending Appointment and
-    its expiry, or 409 when it is taken or held."""
+    its expiry (a retry: the same hold, `Idempotent-Replayed`), or 409 when it is taken
+    or held."""
     wanted = scheduling.booking_request(await _body(request))
     hold_for = dt.timedelta(seconds=settings.waitlist_hold_seconds)
-    resource = await scheduling.hold(
+    resource, replayed = await scheduling.hold(
         db_session, effects, actor, wanted, rules=rules, now=now, hold_for=hold_for
     )
+    if replayed:
+        return fhir(resource, status_code=201, headers={"Idempotent-Replayed": "true"})
     await fhir_holds.enqueue_expiry(
         Services.of(request.app).queue, int(resource["id"]), now + hold_for
     )

@@ -58,6 +58,15 @@ async def slot_status(client, world, hour, who="patient2"):
     return slot["status"]
 
 
+async def lapse(session, held):
+    """Let a hold's time pass (a second ago), as waiting out WAITLIST_HOLD_SECONDS would."""
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    await session.execute(
+        update(Appointment).values(hold_expires_at=past).where(Appointment.id == int(held["id"]))
+    )
+    await session.commit()
+
+
 async def held_rows(session):
     return await session.scalar(
         select(func.count()).select_from(Appointment).where(Appointment.status == "held")
@@ -81,6 +90,12 @@ async def test_hold_then_book_turns_the_hold_into_the_booking(client, world, ses
     assert {p["actor"]["reference"] for p in held["participant"]} >= {
         f"Patient/{world.patients[0]}"
     }
+    # A retry (its answer lost) gets the same hold back, not a 409 from its own hold.
+    retried = await client.post(
+        "/fhir/R4/Appointment/$hold", json=proposal(world, 10), headers=mine
+    )
+    assert retried.status_code == 201 and retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.json() == held
     # Busy to everyone; nobody else can hold or book it, by any path.
     assert await slot_status(client, world, 10) == "busy"
     other = world.headers("patient1")
@@ -166,11 +181,7 @@ async def test_a_lapsed_hold_cannot_be_booked_and_is_released_by_the_job(
     hold_id = int(held["id"])
     services = {"services": worker.context["services"]}
     assert await expire_fhir_hold(services, hold_id=hold_id) == 0  # not lapsed yet
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    await session.execute(
-        update(Appointment).values(hold_expires_at=past).where(Appointment.id == hold_id)
-    )
-    await session.commit()
+    await lapse(session, held)
     lapsed = await fhir_call(client, "POST", "Appointment/$book", mine, status=409, json=held)
     assert "lapsed" in lapsed["issue"][0]["diagnostics"]
     assert await expire_fhir_hold(services, hold_id=hold_id) == 1
@@ -180,10 +191,7 @@ async def test_a_lapsed_hold_cannot_be_booked_and_is_released_by_the_job(
     again = await fhir_call(
         client, "POST", "Appointment/$hold", mine, status=201, json=proposal(world, 11)
     )
-    await session.execute(
-        update(Appointment).values(hold_expires_at=past).where(Appointment.id == int(again["id"]))
-    )
-    await session.commit()
+    await lapse(session, again)
     await worker.queue.enqueue("sweep_fhir_holds")
 
     async def released():
@@ -202,11 +210,7 @@ async def test_a_lapsed_hold_never_stands_in_the_way_of_a_new_one(client, world,
         status=201,
         json=proposal(world, 10),
     )
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    await session.execute(
-        update(Appointment).values(hold_expires_at=past).where(Appointment.id == int(held["id"]))
-    )
-    await session.commit()
+    await lapse(session, held)
     # Before any sweeper: the next $hold of the doctor releases it first.
     theirs = await fhir_call(
         client,
@@ -237,3 +241,62 @@ async def test_holds_count_against_the_per_doctor_limit(client, world, settings)
         client, "POST", "Appointment/$hold", world.headers("patient1"), status=422, json=off
     )
     await fhir_call(client, "POST", "Appointment/$hold", mine, status=400, json={"x": 1})
+
+
+async def test_parallel_holds_by_one_patient_stop_at_the_limit(
+    settings, redis, world, session, monkeypatch
+):
+    """Every hold reads its facts, then waits for all the others to have read theirs (each
+    believes the patient has room); the count under the patient's lock decides."""
+    import asyncio
+    import dataclasses
+
+    from app.access.identity import Principal
+    from app.appointments.rules import BookingRules
+    from app.errors import Invalid
+    from app.fhir import holds
+    from app.live.effects import Effects
+    from db.session import create_engine, session_factory
+
+    tries = 8
+    rules = BookingRules(dt.timedelta(0), dt.timedelta(days=30), max_future_per_doctor=3)
+    roomy = dataclasses.replace(settings, db_pool_size=tries + 2, db_max_overflow=0)
+    engine = create_engine(roomy, application_name="medbook-hold-race-tests")
+    barrier = asyncio.Barrier(tries)
+    read = holds.load_doctor_days
+
+    async def read_then_wait(*args, **kwargs):
+        data = await read(*args, **kwargs)
+        await barrier.wait()
+        return data
+
+    monkeypatch.setattr(holds, "load_doctor_days", read_then_wait)
+    user = world.users["patient0"]
+    me = Principal(user.id, user.email, user.role, user.patient_id)
+
+    async def attempt(hour):
+        async with session_factory(engine)() as own:
+            try:
+                await holds.hold(
+                    own,
+                    Effects(redis),
+                    me,
+                    doctor_id=world.doctor_id,
+                    start=at(world.day, hour),
+                    patient_id=None,
+                    reason=None,
+                    visit_type_id=None,
+                    rules=rules,
+                    now=dt.datetime.now(dt.UTC),
+                    hold_for=dt.timedelta(minutes=5),
+                )
+            except Invalid as refused:
+                return refused.status_code
+        return "held"
+
+    try:
+        answers = await asyncio.gather(*(attempt(9 + i) for i in range(tries)))
+    finally:
+        await engine.dispose()
+    assert sorted(answers, key=str) == [422] * (tries - 3) + ["held"] * 3
+    assert await held_rows(session) == 3

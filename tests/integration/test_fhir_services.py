@@ -134,18 +134,14 @@ async def test_slot_search_by_service_type_equals_the_json_api(client, world):
 
 async def test_find_and_book_by_service_type(client, world):
     headers = world.headers("patient0")
-    found = await fhir_call(
-        client,
-        "GET",
-        "Appointment/$find",
-        headers,
-        params={
-            "service-type": f"HealthcareService/{world.first},HealthcareService/{world.other_type}",
-            "start": world.day.isoformat(),
-            "end": world.day.isoformat(),
-        },
-    )
-    proposals = resources_of(found)
+    both = f"HealthcareService/{world.first},HealthcareService/{world.other_type}"
+    day = world.day.isoformat()
+
+    async def find(**params):
+        found = await fhir_call(client, "GET", "Appointment/$find", headers, params=params)
+        return resources_of(found)
+
+    proposals = await find(**{"service-type": both, "start": day, "end": day})
     by_type = {p["serviceType"][0]["coding"][0]["code"] for p in proposals}
     assert by_type == {str(world.first), str(world.other_type)}
     firsts = [p for p in proposals if p["serviceType"][0]["coding"][0]["code"] == str(world.first)]
@@ -153,32 +149,13 @@ async def test_find_and_book_by_service_type(client, world):
     api = [s["start"] for s in await api_typed(client, world, world.first) if s["available"]]
     assert [p["start"] for p in firsts] == api
     # Narrowed to a clinic: only the Berlin doctor's type.
-    berlin = await fhir_call(
-        client,
-        "GET",
-        "Appointment/$find",
-        headers,
-        params={
-            "service-type": f"HealthcareService/{world.first},HealthcareService/{world.other_type}",
-            "location": f"Location/{world.clinic_id}",
-            "start": world.day.isoformat(),
-        },
+    berlin = await find(
+        **{"service-type": both, "location": f"Location/{world.clinic_id}", "start": day}
     )
-    assert {p["serviceType"][0]["coding"][0]["code"] for p in resources_of(berlin)} == {
-        str(world.first)
-    }
+    assert {p["serviceType"][0]["coding"][0]["code"] for p in berlin} == {str(world.first)}
     # A patient's $find leaves staff-only types out.
-    hidden = await fhir_call(
-        client,
-        "GET",
-        "Appointment/$find",
-        headers,
-        params={
-            "service-type": f"HealthcareService/{world.procedure}",
-            "start": world.day.isoformat(),
-        },
-    )
-    assert resources_of(hidden) == []
+    hidden = await find(**{"service-type": f"HealthcareService/{world.procedure}", "start": day})
+    assert hidden == []
     # $book of a typed proposal books a visit of that type (60 minutes, its buffer).
     booked = await fhir_call(
         client, "POST", "Appointment/$book", headers, status=201, json=firsts[0]

@@ -10,6 +10,7 @@ from app.fhir.search import (
     date_comparisons,
     parse,
     reference_ids,
+    service_type_ids,
     wants_strict,
     window,
 )
@@ -88,3 +89,22 @@ def test_references_by_type_bare_or_absolute():
     with pytest.raises(BadSearch, match="not Patient"):
         reference_ids(["Patient/1"], "schedule", ["Schedule"])
     assert reference_ids(None, "schedule", ["Schedule"]) is None
+
+
+def test_service_types_as_reference_bare_id_or_token():
+    values = [
+        "HealthcareService/4",
+        "5",
+        "urn:medbook:fhir:healthcare-service|6",
+        "|7",
+        "https://x.example/fhir/R4/HealthcareService/8",
+    ]
+    assert service_type_ids(values) == [4, 5, 6, 7, 8]
+    assert service_type_ids(None) is None
+    with pytest.raises(BadSearch, match="the system is"):
+        service_type_ids(["http://snomed.info/sct|123"])
+    with pytest.raises(BadSearch, match="not Location"):
+        service_type_ids(["Location/1"])
+    # A parsed search names it as the Slot's and $find's own parameter.
+    search = parse("Slot", [("service-type", "HealthcareService/4")], strict=True)
+    assert search.any_of("service-type") == ["HealthcareService/4"]
