@@ -105,6 +105,11 @@ PUSHES = Counter("medbook_websocket_pushes", "Fragments pushed to open websocket
 OPEN_SOCKETS = Gauge(
     "medbook_websockets_open", "Open live-update websockets.", multiprocess_mode="livesum"
 )
+EFFECTS_WAITING = Gauge(
+    "medbook_after_commit_waiting",
+    "Committed changes whose cache invalidation and live update wait for Redis to answer.",
+    multiprocess_mode="livesum",
+)
 POOL_IN_USE = Gauge(
     "medbook_db_pool_in_use",
     "Database connections checked out of the web pool.",
@@ -167,6 +172,7 @@ EXPORTED = frozenset(
         "medbook_slot_cache_misses_total",
         "medbook_websocket_pushes_total",
         "medbook_websockets_open",
+        "medbook_after_commit_waiting",
         "medbook_db_pool_in_use",
         "medbook_db_pool_size",
         "medbook_db_pool_wait_seconds_bucket",
@@ -255,6 +261,7 @@ def sync_process_values(app: Litestar) -> None:
     if hub is not None:
         sources.append(("pushed", hub.pushed, PUSHES))
         OPEN_SOCKETS.set(hub.open_sockets)
+    EFFECTS_WAITING.set(len(services.effects.missed))
     for name, value, counter in sources:
         grown = value - seen.get(name, 0)
         if grown > 0:

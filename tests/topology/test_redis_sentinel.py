@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import re
 import time
 
 import httpx
@@ -103,6 +104,14 @@ async def test_bookings_go_on_across_a_redis_primary_failover(db, session, setti
     assert len(made) == len(set(made))
 
 
+async def effects_waiting(http: httpx.AsyncClient) -> float:
+    """`medbook_after_commit_waiting` in the server's /metrics."""
+    scrape = (await http.get("/metrics")).text
+    found = re.search(r"^medbook_after_commit_waiting(?:\{[^}]*\})? (\S+)$", scrape, re.M)
+    assert found, "medbook_after_commit_waiting not exported"
+    return float(found.group(1))
+
+
 def _slot(day: dt.date, n: int) -> dt.datetime:
     """The n-th 30-minute slot of the world's doctor's day (08:00-20:00)."""
     return at(day, 8 + n // 2, 30 * (n % 2))
@@ -171,6 +180,8 @@ async def test_a_worker_and_a_live_page_follow_a_redis_failover(db, session, set
                     start = next(gap)
                     if await book(start):
                         in_gap.append(start)
+                        if len(in_gap) == 1:  # kept for Redis, and shown to Prometheus
+                            assert await effects_waiting(http) >= 1
                     assert time.monotonic() - killed < GIVE_UP_SECONDS, "Redis did not come back"
                     await asyncio.sleep(0.05)
                 assert await book(next(calm))
@@ -193,6 +204,9 @@ async def test_a_worker_and_a_live_page_follow_a_redis_failover(db, session, set
                     assert time.monotonic() < deadline, f"shown free after the failover: {stale}"
                     with contextlib.suppress(TimeoutError):
                         await page.next_frame(max(0.1, deadline - time.monotonic()))
+                while await effects_waiting(http) > 0:  # all sent, and the gauge says so
+                    assert time.monotonic() < deadline, "changes still wait for Redis"
+                    await asyncio.sleep(0.1)
             finally:
                 await page.close()
 
