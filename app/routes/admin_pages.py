@@ -101,9 +101,7 @@ async def clinics_page(
 
 @form_post("/admin/clinics", "admin")
 async def create_clinic_page(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    data: Annotated[ClinicForm, Form],
+    request: Request[Any, Any, Any], db_session: AsyncSession, data: Annotated[ClinicForm, Form]
 ) -> Template | Response[str]:
     """Add a clinic; a mistake shows the form again with what was typed."""
     try:
@@ -288,12 +286,7 @@ async def _affected_rows(
 
 
 async def _add_exception(
-    command: Command,
-    view: ExceptionView,
-    *,
-    clinic_id: Id,
-    doctor_id: int | None,
-    timezone: str,
+    command: Command, view: ExceptionView, *, clinic_id: Id, doctor_id: int | None, timezone: str
 ) -> None:
     """Preview or save the exception typed into `view.form`; a mistake becomes its error."""
     form = view.form
@@ -545,10 +538,7 @@ async def schedule_page(
 
 @form_post("/admin/doctors/{doctor_id:int}/schedule", "admin")
 async def save_schedule_page(
-    request: Request[Any, Any, Any],
-    command: Command,
-    settings: Settings,
-    doctor_id: Id,
+    request: Request[Any, Any, Any], command: Command, settings: Settings, doctor_id: Id
 ) -> Template | Response[str]:
     """Add a row to the editor, or save the whole template (replace_schedule)."""
     form = await request.form()
@@ -680,10 +670,7 @@ async def change_leave_page(
 
 @form_post("/admin/doctors/{doctor_id:int}/exceptions/{exception_id:int}/withdraw", "admin")
 async def withdraw_leave_page(
-    request: Request[Any, Any, Any],
-    command: Command,
-    doctor_id: Id,
-    exception_id: Id,
+    request: Request[Any, Any, Any], command: Command, doctor_id: Id, exception_id: Id
 ) -> Template | Response[str]:
     """Withdraw planned leave: its slots reopen."""
     view = _new_leave_view(doctor_id)

@@ -237,11 +237,7 @@ class AppointmentController(Controller):
 
     @patch("/{appointment_id:int}", guards=[allow()], responses=BOOKING)
     async def change(
-        self,
-        command: Command,
-        rules: BookingRules,
-        appointment_id: Id,
-        data: AppointmentPatch,
+        self, command: Command, rules: BookingRules, appointment_id: Id, data: AppointmentPatch
     ) -> dict[str, Any]:
         """Reschedule (`start`) or change status (`status`: cancelled, checked_in, …)."""
         if (data.status is None) == (data.start is None):
@@ -273,11 +269,7 @@ class AppointmentController(Controller):
         status_code=200,
         responses=RULES,
     )
-    async def bulk_update(
-        self,
-        command: Command,
-        data: BulkIn,
-    ) -> dict[str, Any]:
+    async def bulk_update(self, command: Command, data: BulkIn) -> dict[str, Any]:
         """One status for many appointments in one statement; a result per id."""
         results = await command.run(
             commands.bulk_update, data.appointment_ids, status=data.status, now=command.now
@@ -286,10 +278,7 @@ class AppointmentController(Controller):
 
     @post("/conflicts", guards=[allow("front_desk", "admin")], status_code=200, responses=RULES)
     async def resolve_conflicts(
-        self,
-        command: Command,
-        rules: BookingRules,
-        data: ConflictsIn,
+        self, command: Command, rules: BookingRules, data: ConflictsIn
     ) -> dict[str, Any]:
         """Move (`move`: each to its doctor's first free time from its day on) or cancel
         with a notice (`cancel`) bookings that leave or a closure left in place; each one

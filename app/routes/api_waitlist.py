@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 import msgspec
@@ -12,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments.rules import BookingRules
 from app.errors import Invalid
-from app.live.effects import Effects
+from app.routes.actions import Command
 from app.routes.api_appointments import appointment_out
 from app.routes.inputs import Clock, Day, Id, IdField, OptionalId, check_day, parse_clock
 from app.routes.responses import BOOKING, BY_ID, BY_ID_RULES, READ
@@ -43,13 +42,7 @@ class WaitlistController(Controller):
 
     @post("/waitlist", guards=[allow("patient", "front_desk", "admin")], responses=BY_ID_RULES)
     async def join(
-        self,
-        db_session: AsyncSession,
-        effects: Effects,
-        actor: Principal,
-        rules: BookingRules,
-        now: dt.datetime,
-        data: WaitlistIn,
+        self, command: Command, rules: BookingRules, data: WaitlistIn
     ) -> Response[dict[str, Any]]:
         """Join the waitlist (a patient for themself, the desk with `patient_id`): 201."""
         check_day(data.first_day, "from")
@@ -69,14 +62,8 @@ class WaitlistController(Controller):
             tuple(data.weekdays) if data.weekdays is not None else None,
             data.visit_type_id,
         )
-        entry = await entries.join(
-            db_session,
-            effects,
-            actor,
-            wish,
-            patient_id=data.patient_id,
-            horizon=rules.horizon,
-            now=now,
+        entry = await command.run(
+            entries.join, wish, patient_id=data.patient_id, horizon=rules.horizon, now=command.now
         )
         return Response(entry.as_json(), status_code=201)
 
@@ -94,16 +81,9 @@ class WaitlistController(Controller):
         status_code=200,
         responses=BY_ID,
     )
-    async def leave(
-        self,
-        db_session: AsyncSession,
-        effects: Effects,
-        actor: Principal,
-        now: dt.datetime,
-        entry_id: Id,
-    ) -> dict[str, Any]:
+    async def leave(self, command: Command, entry_id: Id) -> dict[str, Any]:
         """Leave the waitlist; an open offer of the entry goes to the next in line."""
-        await offers.leave(db_session, effects, actor, entry_id, now=now)
+        await command.run(offers.leave, entry_id, now=command.now)
         return {"id": entry_id, "status": "left"}
 
     @get("/offers", guards=[allow("patient")], responses=READ)
@@ -115,16 +95,10 @@ class WaitlistController(Controller):
 
     @post("/offers/{offer_id:int}/accept", guards=[allow("patient")], responses=BOOKING)
     async def accept(
-        self,
-        db_session: AsyncSession,
-        effects: Effects,
-        actor: Principal,
-        rules: BookingRules,
-        now: dt.datetime,
-        offer_id: Id,
+        self, command: Command, rules: BookingRules, offer_id: Id
     ) -> Response[dict[str, Any]]:
         """Book the held slot: 201 with the appointment; 409 once the offer is not open."""
-        accepted = await offers.accept(db_session, effects, actor, offer_id, rules=rules, now=now)
+        accepted = await command.run(offers.accept, offer_id, rules=rules, now=command.now)
         return Response(appointment_out(accepted.appointment, accepted.timezone), status_code=201)
 
     @post(
@@ -133,14 +107,7 @@ class WaitlistController(Controller):
         status_code=200,
         responses=BOOKING,
     )
-    async def decline(
-        self,
-        db_session: AsyncSession,
-        effects: Effects,
-        actor: Principal,
-        now: dt.datetime,
-        offer_id: Id,
-    ) -> dict[str, Any]:
+    async def decline(self, command: Command, offer_id: Id) -> dict[str, Any]:
         """Let the next patient have the slot; the entry keeps waiting."""
-        await offers.decline(db_session, effects, actor, offer_id, now=now)
+        await command.run(offers.decline, offer_id, now=command.now)
         return {"id": offer_id, "status": "declined"}

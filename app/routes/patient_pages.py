@@ -362,10 +362,7 @@ async def my_context(db_session: AsyncSession, actor: Principal, now: dt.datetim
 
 @get("/me/appointments", guards=[allow("patient")], include_in_schema=False)
 async def my_appointments(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    actor: Principal,
-    now: dt.datetime,
+    request: Request[Any, Any, Any], db_session: AsyncSession, actor: Principal, now: dt.datetime
 ) -> Template | Response[str]:
     """The patient's coming and past appointments, kept current over the live socket."""
     return page(

@@ -6,17 +6,15 @@ with 200, the message and what was typed. The rules live in app/scheduling/visit
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import Request, get, post
+from litestar import Request, get
 from litestar.response import Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.identity import Principal
 from app.errors import DomainError, Invalid
-from app.live.effects import Effects
+from app.routes.actions import Command, form_post
 from app.routes.inputs import Id
 from app.routes.views import page
 from app.scheduling import directory, visit_types
@@ -74,10 +72,7 @@ class TypeForm:
 
 
 async def _types_page(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    doctor_id: int,
-    **context: Any,
+    request: Request[Any, Any, Any], db_session: AsyncSession, doctor_id: int, **context: Any
 ) -> Template | Response[str]:
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     found = await visit_types.list_visit_types(db_session, doctor_id, staff_only_too=True)
@@ -102,48 +97,28 @@ async def visit_types_page(
     return await _types_page(request, db_session, doctor_id)
 
 
-@post(
-    "/admin/doctors/{doctor_id:int}/visit-types",
-    guards=ADMIN,
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/admin/doctors/{doctor_id:int}/visit-types", "admin")
 async def add_visit_type_page(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    doctor_id: Id,
+    request: Request[Any, Any, Any], command: Command, doctor_id: Id
 ) -> Template | Response[str]:
     """Add a visit type from the form."""
     form = TypeForm.posted(await request.form())
     try:
         created = await visit_types.create_visit_type(
-            db_session,
-            effects,
+            command.session,
+            command.effects,
             doctor_id,
             visit_types.VisitTypeIn(**form.fields()),
-            actor_user_id=actor.id,
+            actor_user_id=command.actor.id,
         )
     except DomainError as exc:
-        return await _types_page(request, db_session, doctor_id, form=form, error=exc.detail)
-    return await _types_page(request, db_session, doctor_id, notice=f"Added {created.name}.")
+        return await _types_page(request, command.session, doctor_id, form=form, error=exc.detail)
+    return await _types_page(request, command.session, doctor_id, notice=f"Added {created.name}.")
 
 
-@post(
-    "/admin/doctors/{doctor_id:int}/visit-types/{visit_type_id:int}",
-    guards=ADMIN,
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/admin/doctors/{doctor_id:int}/visit-types/{visit_type_id:int}", "admin")
 async def change_visit_type_page(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
-    doctor_id: Id,
-    visit_type_id: Id,
+    request: Request[Any, Any, Any], command: Command, doctor_id: Id, visit_type_id: Id
 ) -> Template | Response[str]:
     """Save a visit type's row (`action=save`) or delete it (`action=delete`)."""
     posted = await request.form()
@@ -151,23 +126,33 @@ async def change_visit_type_page(
     try:
         if posted.get("action") == "delete":
             await visit_types.delete_visit_type(
-                db_session, effects, doctor_id, visit_type_id, actor_user_id=actor.id, now=now
+                command.session,
+                command.effects,
+                doctor_id,
+                visit_type_id,
+                actor_user_id=command.actor.id,
+                now=command.now,
             )
             notice = "Deleted."
         else:
             changed = await visit_types.change_visit_type(
-                db_session, effects, doctor_id, visit_type_id, form.fields(), actor_user_id=actor.id
+                command.session,
+                command.effects,
+                doctor_id,
+                visit_type_id,
+                form.fields(),
+                actor_user_id=command.actor.id,
             )
             notice = f"Saved {changed.name}."
     except DomainError as exc:
         return await _types_page(
             request,
-            db_session,
+            command.session,
             doctor_id,
             forms={visit_type_id: form},
             row_error=(visit_type_id, exc.detail),
         )
-    return await _types_page(request, db_session, doctor_id, notice=notice)
+    return await _types_page(request, command.session, doctor_id, notice=notice)
 
 
 ROUTES = [visit_types_page, add_visit_type_page, change_visit_type_page]

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from litestar import Request, get, post
+from litestar import Request, get
 from litestar.datastructures import FormMultiDict
 from litestar.response import Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import DomainError, Invalid
-from app.live.effects import Effects
+from app.routes.actions import Command, form_post
 from app.routes.inputs import Id, OptionalId, parse_clock, parse_day, parse_id
 from app.routes.patient_pages import my_context
 from app.routes.staff_pages import clinic_of
@@ -94,25 +94,33 @@ async def join_form(
     return fragment(request, "waitlist/_join.html", doctors=doctors, today=now.date(), **chooser)
 
 
-@post("/me/waitlist", guards=[allow("patient")], include_in_schema=False, status_code=200)
+@form_post("/me/waitlist", "patient")
 async def join(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    rules: BookingRules,
-    now: dt.datetime,
+    request: Request[Any, Any, Any], command: Command, rules: BookingRules
 ) -> Response[str]:
     """Join the waitlist; the list says so (or why not)."""
 
     async def action() -> None:
         wish, _ = wish_from_form(await request.form())
-        await entries.join(
-            db_session, effects, actor, wish, patient_id=None, horizon=rules.horizon, now=now
-        )
+        await _join(command, rules, wish, patient_id=None)
 
     done = "You are on the waitlist: we will offer you a time."
-    return await _answer(request, db_session, actor, now, action, done)
+    return await _answer(request, command, action, done)
+
+
+async def _join(
+    command: Command, rules: BookingRules, wish: Wish, *, patient_id: int | None
+) -> None:
+    """A patient joins (`patient_id` None) or the desk adds one (`patient_id`)."""
+    await entries.join(
+        command.session,
+        command.effects,
+        command.actor,
+        wish,
+        patient_id=patient_id,
+        horizon=rules.horizon,
+        now=command.now,
+    )
 
 
 async def _attempt(
@@ -142,88 +150,51 @@ async def _my_list(
 
 async def _answer(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    actor: Principal,
-    now: dt.datetime,
+    command: Command,
     action: Callable[[], Awaitable[None]],
     done: str,
 ) -> Response[str]:
     """What was done and the list it changed: the offer banner's (an answer to the banner
     any page carries), else "my appointments"."""
-    extra = await _attempt(db_session, action, done)
+    extra = await _attempt(command.session, action, done)
     if request.headers.get("hx-target") == "offer-answer":
-        assert actor.patient_id is not None  # patients only (the routes' guard)
-        found = await offers.listed(db_session, actor.patient_id, open_only=True)
+        assert command.actor.patient_id is not None  # patients only (the routes' guard)
+        found = await offers.listed(command.session, command.actor.patient_id, open_only=True)
         return fragment(request, OFFER_BANNER, "answer", offers=found, **extra)
-    return await _my_list(request, db_session, actor, now, extra)
+    return await _my_list(request, command.session, command.actor, command.now, extra)
 
 
-@post(
-    "/me/waitlist/{entry_id:int}/leave",
-    guards=[allow("patient")],
-    include_in_schema=False,
-    status_code=200,
-)
-async def leave(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
-    entry_id: Id,
-) -> Response[str]:
+@form_post("/me/waitlist/{entry_id:int}/leave", "patient")
+async def leave(request: Request[Any, Any, Any], command: Command, entry_id: Id) -> Response[str]:
     """Leave the waitlist (an open offer of the entry goes to the next in line)."""
 
     async def action() -> None:
-        await offers.leave(db_session, effects, actor, entry_id, now=now)
+        await command.run(offers.leave, entry_id, now=command.now)
 
-    return await _answer(request, db_session, actor, now, action, "You left the waitlist.")
+    return await _answer(request, command, action, "You left the waitlist.")
 
 
-@post(
-    "/me/offers/{offer_id:int}/accept",
-    guards=[allow("patient")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/me/offers/{offer_id:int}/accept", "patient")
 async def accept(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    rules: BookingRules,
-    now: dt.datetime,
-    offer_id: Id,
+    request: Request[Any, Any, Any], command: Command, rules: BookingRules, offer_id: Id
 ) -> Response[str]:
     """Take the offered time: it is booked at once."""
 
     async def action() -> None:
-        await offers.accept(db_session, effects, actor, offer_id, rules=rules, now=now)
+        await command.run(offers.accept, offer_id, rules=rules, now=command.now)
 
-    return await _answer(request, db_session, actor, now, action, "Booked: the time is yours.")
+    return await _answer(request, command, action, "Booked: the time is yours.")
 
 
-@post(
-    "/me/offers/{offer_id:int}/decline",
-    guards=[allow("patient")],
-    include_in_schema=False,
-    status_code=200,
-)
-async def decline(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
-    offer_id: Id,
-) -> Response[str]:
+@form_post("/me/offers/{offer_id:int}/decline", "patient")
+async def decline(request: Request[Any, Any, Any], command: Command, offer_id: Id) -> Response[str]:
     """Let the next patient have the offered time; keep waiting."""
 
     async def action() -> None:
-        await offers.decline(db_session, effects, actor, offer_id, now=now)
+        await command.run(offers.decline, offer_id, now=command.now)
 
     done = "Declined: the time goes to the next patient. You are still on the waitlist."
-    return await _answer(request, db_session, actor, now, action, done)
+    return await _answer(request, command, action, done)
 
 
 async def _desk_context(
@@ -258,19 +229,11 @@ async def desk_waitlist(
     return page(request, DESK, "list", **context)
 
 
-@post(
-    "/desk/waitlist",
-    guards=[allow("front_desk", "admin")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/desk/waitlist", "front_desk", "admin")
 async def desk_join(
     request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
+    command: Command,
     rules: BookingRules,
-    now: dt.datetime,
     clinic_id: OptionalId = None,
 ) -> Response[str]:
     """Put a patient on the clinic's waitlist."""
@@ -279,37 +242,24 @@ async def desk_join(
         wish, patient = wish_from_form(await request.form())
         if patient is None:
             raise Invalid("give the patient's number")
-        await entries.join(
-            db_session, effects, actor, wish, patient_id=patient, horizon=rules.horizon, now=now
-        )
+        await _join(command, rules, wish, patient_id=patient)
 
-    extra = await _attempt(db_session, action, "Added to the waitlist.")
-    context = await _desk_context(db_session, actor, clinic_id, now)
+    extra = await _attempt(command.session, action, "Added to the waitlist.")
+    context = await _desk_context(command.session, command.actor, clinic_id, command.now)
     return fragment(request, DESK, "list", **context, **extra)
 
 
-@post(
-    "/desk/waitlist/{entry_id:int}/remove",
-    guards=[allow("front_desk", "admin")],
-    include_in_schema=False,
-    status_code=200,
-)
+@form_post("/desk/waitlist/{entry_id:int}/remove", "front_desk", "admin")
 async def desk_remove(
-    request: Request[Any, Any, Any],
-    db_session: AsyncSession,
-    effects: Effects,
-    actor: Principal,
-    now: dt.datetime,
-    entry_id: Id,
-    clinic_id: OptionalId = None,
+    request: Request[Any, Any, Any], command: Command, entry_id: Id, clinic_id: OptionalId = None
 ) -> Response[str]:
     """Take a patient off the clinic's waitlist."""
 
     async def action() -> None:
-        await offers.leave(db_session, effects, actor, entry_id, now=now)
+        await command.run(offers.leave, entry_id, now=command.now)
 
-    extra = await _attempt(db_session, action, "Removed from the waitlist.")
-    context = await _desk_context(db_session, actor, clinic_id, now)
+    extra = await _attempt(command.session, action, "Removed from the waitlist.")
+    context = await _desk_context(command.session, command.actor, clinic_id, command.now)
     return fragment(request, DESK, "list", **context, **extra)
 
 
