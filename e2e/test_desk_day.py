@@ -6,6 +6,7 @@ clinic's zone and no patient named on a refusal."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from playwright.sync_api import expect
 
@@ -87,8 +88,11 @@ def test_walk_in_of_a_new_patient_and_a_cleared_search_books_nobody(browser, liv
         desk.get_by_label("Time (HH:MM)").fill("12:00")
         desk.get_by_label("Patient name").fill("")
         desk.get_by_role("button", name="Book", exact=True).click()
+        # Book sent before the cleared search's answer: the server sees a choice the box no
+        # longer shows; after it (a busy machine): the radio is gone, no patient is chosen.
+        # Either way nobody is booked, and the desk is told to choose.
         expect(desk.locator("#walk-in-result")).to_contain_text(
-            "the patient search has changed: choose the patient again"
+            re.compile("the patient search has changed: choose the patient again|Choose a patient")
         )
         count = sql(
             settings, "SELECT count(*) FROM appointments WHERE patient_id = :p", p=world.patients[1]
