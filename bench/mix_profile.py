@@ -353,14 +353,21 @@ async def free_slots_today(
 
 
 async def cpu_per_class(
-    base: str, pid: int, database_url: str, secret: str, fixtures: dict, requests: int
+    base: str,
+    pid: int,
+    database_url: str,
+    secret: str,
+    fixtures: dict,
+    requests: int,
+    hit_ratio: float = HIT_RATIO,
 ) -> list[str]:
     """The table of server CPU per request of each class, after a warm-up pass, for a
-    server already running (bench/mixed_bench.py's report)."""
+    server already running (bench/mixed_bench.py's report, with its run's hit ratio)."""
     cursor, changes = await prepare(base, database_url, secret, fixtures, requests)
     tokens = fixtures["tokens"]
     await run_classes(base, pid, cursor, tokens, changes, WARM_UP, profile=False)
-    return report(await run_classes(base, pid, cursor, tokens, changes, requests, False))
+    measured = await run_classes(base, pid, cursor, tokens, changes, requests, False)
+    return report(measured, hit_ratio)
 
 
 def report(measured: list[Measured], hit_ratio: float = HIT_RATIO) -> list[str]:

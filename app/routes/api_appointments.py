@@ -228,11 +228,11 @@ class AppointmentController(Controller):
 
     @get("/{appointment_id:int}", guards=[allow()], responses=BY_ID)
     async def get_appointment(
-        self, db_session: AsyncSession, actor: Principal, appointment_id: Id
+        self, read_session: AsyncSession, actor: Principal, appointment_id: Id
     ) -> dict[str, Any]:
         """One appointment the caller may see (404 otherwise)."""
-        appointment = await queries.get_visible(db_session, actor, appointment_id)
-        timezone = await queries.clinic_timezone(db_session, appointment.doctor_id)
+        appointment = await queries.get_visible(read_session, actor, appointment_id)
+        timezone = await queries.clinic_timezone(read_session, appointment.doctor_id)
         return appointment_out(appointment, timezone)
 
     @patch("/{appointment_id:int}", guards=[allow()], responses=BOOKING)

@@ -160,9 +160,9 @@ class DirectoryController(Controller):
     tags = ["directory"]
 
     @get("/clinics", guards=[allow()], responses=READ)
-    async def clinics(self, db_session: AsyncSession) -> list[dict[str, Any]]:
+    async def clinics(self, read_session: AsyncSession) -> list[dict[str, Any]]:
         """All clinics."""
-        return [clinic_out(c) for c in await directory.list_clinics(db_session)]
+        return [clinic_out(c) for c in await directory.list_clinics(read_session)]
 
     @post(
         "/clinics",
@@ -179,14 +179,14 @@ class DirectoryController(Controller):
     @get("/doctors", guards=[allow()], responses=READ)
     async def doctors(
         self,
-        db_session: AsyncSession,
+        read_session: AsyncSession,
         clinic_id: OptionalId = None,
         specialty: Search = None,
         name: Search = None,
     ) -> list[dict[str, Any]]:
         """Active doctors, by clinic, specialty or part of the name."""
         found = await directory.find_doctors(
-            db_session, clinic_id=clinic_id, specialty=specialty, name=name
+            read_session, clinic_id=clinic_id, specialty=specialty, name=name
         )
         return [
             {
@@ -214,9 +214,9 @@ class DirectoryController(Controller):
         return doctor_out(doctor)
 
     @get("/doctors/{doctor_id:int}/schedule", guards=[allow()], responses=BY_ID)
-    async def schedule(self, db_session: AsyncSession, doctor_id: Id) -> dict[str, Any]:
+    async def schedule(self, read_session: AsyncSession, doctor_id: Id) -> dict[str, Any]:
         """The doctor's weekly ranges in clinic-local time."""
-        timezone, ranges = await schedules.get_schedule(db_session, doctor_id)
+        timezone, ranges = await schedules.get_schedule(read_session, doctor_id)
         return schedule_out(doctor_id, timezone, ranges)
 
     @put("/doctors/{doctor_id:int}/schedule", guards=[allow("admin")], responses=BY_ID_RULES)

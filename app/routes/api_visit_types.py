@@ -70,11 +70,11 @@ class VisitTypeController(Controller):
 
     @get("", guards=[allow()], responses=BY_ID)
     async def list_types(
-        self, db_session: AsyncSession, actor: Principal, doctor_id: Id
+        self, read_session: AsyncSession, actor: Principal, doctor_id: Id
     ) -> list[dict[str, Any]]:
         """The doctor's visit types; patients see those bookable online."""
         found = await visit_types.list_visit_types(
-            db_session, doctor_id, staff_only_too=actor.role in MAY_BOOK_STAFF_ONLY
+            read_session, doctor_id, staff_only_too=actor.role in MAY_BOOK_STAFF_ONLY
         )
         return [visit_type_out(v) for v in found]
 
