@@ -631,6 +631,13 @@ async def client(db, redis, shared_app, request) -> AsyncIterator:
             await shared_app.stop()
 
 
+@pytest_asyncio.fixture
+async def another_client(client, shared_app) -> AsyncIterator:
+    """A second client of the `client` fixture's app, with cookies of its own: another
+    browser or device of the same user, or another user."""
+    yield await shared_app.client()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from conftest import ALLOW_AUDIT_TRUNCATE, DATA_TABLES, LiveServer
+from conftest import LiveServer, empty_data_tables
 from e2e.conftest import (
     live_page,
     mark_document,
@@ -47,7 +47,6 @@ def _in_thread(coro_factory):
 
 
 def fresh_world(settings, patients: int = 3) -> World:
-    from sqlalchemy import text
 
     from db.session import create_engine, session_factory
 
@@ -60,8 +59,7 @@ def fresh_world(settings, patients: int = 3) -> World:
         await redis.aclose()
         try:
             async with engine.begin() as conn:
-                await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
-                await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
+                await empty_data_tables(conn)
             async with session_factory(engine)() as session:
                 return await make_world(session, settings.secret_key, patients=patients)
         finally:

@@ -130,19 +130,15 @@ async def test_login_form_is_protected_against_login_csrf(client, session):
     assert (await client.post("/login", data={**form, "csrf_token": "x"})).status_code == 403
 
 
-async def test_a_session_token_does_not_work_for_another_session(settings, db, redis, session):
+async def test_a_session_token_does_not_work_for_another_session(client, another_client, session):
     await make_user(session)
     await make_user(session, email="bob@example.test")
-    # One app per client: each test client runs its app on its own event loop.
-    async with (
-        AsyncTestClient(app=create_app(settings)) as ann,
-        AsyncTestClient(app=create_app(settings)) as bob,
-    ):
-        await browser_login(ann)
-        await browser_login(bob, email="bob@example.test")
-        bobs_token = csrf_from((await bob.get("/me")).text)
-        response = await ann.post("/logout", data={"csrf_token": bobs_token})
-        assert response.status_code == 403
+    ann, bob = client, another_client
+    await browser_login(ann)
+    await browser_login(bob, email="bob@example.test")
+    bobs_token = csrf_from((await bob.get("/me")).text)
+    response = await ann.post("/logout", data={"csrf_token": bobs_token})
+    assert response.status_code == 403
 
 
 async def test_bearer_requests_need_no_csrf_token(client, session, settings):
@@ -193,20 +189,17 @@ async def test_security_headers_on_pages_and_errors(client):
     assert "<script>" not in page and " style=" not in page
 
 
-async def test_password_change_ends_other_sessions(settings, db, redis, session):
+async def test_password_change_ends_other_sessions(client, another_client, session):
     await make_user(session)
-    async with (
-        AsyncTestClient(app=create_app(settings)) as laptop,
-        AsyncTestClient(app=create_app(settings)) as phone,
-    ):
-        await browser_login(laptop)
-        await browser_login(phone)
-        token = csrf_from((await laptop.get("/account/password")).text)
-        form = {"current_password": PASSWORD, "new_password": "brand new secret 42"}
-        response = await laptop.post("/account/password", data={**form, "csrf_token": token})
-        assert "Your password was changed" in response.text
-        assert (await laptop.get("/api/auth/me")).status_code == 200
-        assert (await phone.get("/api/auth/me")).status_code == 401
+    laptop, phone = client, another_client
+    await browser_login(laptop)
+    await browser_login(phone)
+    token = csrf_from((await laptop.get("/account/password")).text)
+    form = {"current_password": PASSWORD, "new_password": "brand new secret 42"}
+    response = await laptop.post("/account/password", data={**form, "csrf_token": token})
+    assert "Your password was changed" in response.text
+    assert (await laptop.get("/api/auth/me")).status_code == 200
+    assert (await phone.get("/api/auth/me")).status_code == 401
     user = await session.scalar(select(User).where(User.email == "ann@example.test"))
     assert user is not None
 
@@ -257,36 +250,35 @@ async def test_admin_pages_create_staff_and_change_roles(client, session):
     ]
 
 
-async def test_password_reset_pages_end_to_end(settings, db, redis, session):
+async def test_password_reset_pages_end_to_end(client, redis, session):
     """The reset link goes out through the outbox (tests/integration/test_reset_email.py
     delivers it); never through the page."""
     await make_user(session)
-    async with AsyncTestClient(app=create_app(settings)) as client:
-        page = await client.get("/password-reset")
-        token = csrf_from(page.text)
-        for email in ("nobody@example.test", "ann@example.test"):
-            sent = await client.post("/password-reset", data={"email": email, "csrf_token": token})
-            assert sent.status_code == 200 and "/password-reset/" not in sent.text
-        (ref,) = (await session.scalars(select(Notification.ref))).all()  # one account, one link
-        reset_path = "/password-reset/" + (await redis.get(link_key(ref))).decode()
-        form_page = await client.get(reset_path)
-        assert form_page.status_code == 200
-        token = csrf_from(form_page.text)
-        weak = await client.post(reset_path, data={"new_password": "short", "csrf_token": token})
-        assert "at least 10 characters" in weak.text  # the link is not spent by a typo
-        done = await client.post(
-            reset_path,
-            data={"new_password": "a fresh long secret", "csrf_token": token},
-            follow_redirects=False,
-        )
-        assert done.status_code == 303 and done.headers["location"] == "/login"
-        again = await client.post(
-            reset_path, data={"new_password": "another fresh secret", "csrf_token": token}
-        )
-        assert "invalid or has expired" in again.text  # single use
-        assert (await browser_login(client, password=PASSWORD)).url.path == "/login"
-        signed_in = await browser_login(client, password="a fresh long secret")
-        assert signed_in.status_code == 200 and signed_in.url.path == "/me/appointments"
+    page = await client.get("/password-reset")
+    token = csrf_from(page.text)
+    for email in ("nobody@example.test", "ann@example.test"):
+        sent = await client.post("/password-reset", data={"email": email, "csrf_token": token})
+        assert sent.status_code == 200 and "/password-reset/" not in sent.text
+    (ref,) = (await session.scalars(select(Notification.ref))).all()  # one account, one link
+    reset_path = "/password-reset/" + (await redis.get(link_key(ref))).decode()
+    form_page = await client.get(reset_path)
+    assert form_page.status_code == 200
+    token = csrf_from(form_page.text)
+    weak = await client.post(reset_path, data={"new_password": "short", "csrf_token": token})
+    assert "at least 10 characters" in weak.text  # the link is not spent by a typo
+    done = await client.post(
+        reset_path,
+        data={"new_password": "a fresh long secret", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/login"
+    again = await client.post(
+        reset_path, data={"new_password": "another fresh secret", "csrf_token": token}
+    )
+    assert "invalid or has expired" in again.text  # single use
+    assert (await browser_login(client, password=PASSWORD)).url.path == "/login"
+    signed_in = await browser_login(client, password="a fresh long secret")
+    assert signed_in.status_code == 200 and signed_in.url.path == "/me/appointments"
     actions = (await session.scalars(select(AuditEvent.action).order_by(AuditEvent.id))).all()
     assert "password.reset_requested" in actions and "password.reset" in actions
 

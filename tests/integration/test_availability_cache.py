@@ -146,22 +146,46 @@ async def test_a_computation_that_raced_a_write_is_not_cached(world, engine, red
     assert next(s for s in fresh_days[0].slots if s.start == ten).taken is True
 
 
+class CountedReads:
+    """The Redis client, counting the cache's reads (MGET) that have been answered; `all`
+    is set once `expected` have been."""
+
+    def __init__(self, redis, expected: int) -> None:
+        self._redis, self.expected, self.answered = redis, expected, 0
+        self.all = asyncio.Event()
+
+    async def mget(self, keys):
+        found = await self._redis.mget(keys)
+        self.answered += 1
+        if self.answered == self.expected:
+            self.all.set()
+        return found
+
+    def __getattr__(self, name):
+        return getattr(self._redis, name)
+
+
 async def test_concurrent_misses_compute_once(world, engine, redis, monkeypatch):
     calls = []
     original = slots_module.fetch_doctor_days
+    readers = 20
+    reads = CountedReads(redis, readers)
 
     async def counted(*args):
         calls.append(args[1])
-        await asyncio.sleep(0.05)  # long enough for every reader to arrive
+        # Every reader has had its miss answered, and so (no await between that answer
+        # and the in-flight check) is waiting on this computation: the race is real.
+        await asyncio.wait_for(reads.all.wait(), 60)  # a deadline, not a speed check
         return await original(*args)
 
     monkeypatch.setattr(slots_module, "fetch_doctor_days", counted)
-    cache = SlotCache(redis, engine)
+    cache = SlotCache(reads, engine)  # type: ignore[arg-type]
 
     async def read():
         return await cache.days(world.doctor_id, day_after_tomorrow(), 1)
 
-    results = await asyncio.gather(*(read() for _ in range(20)))
+    results = await asyncio.gather(*(read() for _ in range(readers)))
+    assert reads.answered == readers and cache.misses == readers
     assert len(calls) == 1
     assert all(r == results[0] for r in results)
     await read()

@@ -26,12 +26,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from schemathesis.transport.requests import ManagedCookiesSession
-from sqlalchemy import text
 
 from app.redis import create_redis
 from app.settings import get_settings
 from app.web.asgi import create_app
-from conftest import ALLOW_AUDIT_TRUNCATE, DATA_TABLES, LiveServer
+from conftest import LiveServer, empty_data_tables
 from db.session import create_engine, session_factory
 from tests.integration.world import World, make_world
 
@@ -83,8 +82,7 @@ async def _fresh_world(app_settings) -> World:
     engine = create_engine(app_settings, application_name="medbook-fuzz")
     try:
         async with engine.begin() as conn:
-            await conn.execute(text(ALLOW_AUDIT_TRUNCATE))
-            await conn.execute(text(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE"))
+            await empty_data_tables(conn)
         async with session_factory(engine)() as session:
             return await make_world(session, app_settings.secret_key, patients=2)
     finally:

@@ -2,12 +2,10 @@
 browser sessions and its refresh-token families; and the staff password policy."""
 
 import pytest
-from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from app.access import accounts
 from app.access.passwords import password_problem
-from app.web.asgi import create_app
 from db.models import AuditEvent, User
 from tests.integration.auth_helpers import PASSWORD, bearer, browser_login, make_user
 from tests.integration.test_cli import medbook
@@ -17,37 +15,32 @@ EXPIRED = "this reset link is invalid or has expired; ask for a new one"
 
 
 async def test_a_completed_reset_voids_earlier_links_and_signs_out_everywhere(
-    settings, db, redis, session
+    client, another_client, redis, session
 ):
     user = await make_user(session)
-    async with (
-        AsyncTestClient(app=create_app(settings)) as laptop,
-        AsyncTestClient(app=create_app(settings)) as api,
-    ):
-        await browser_login(laptop)
-        assert (await laptop.get("/api/auth/me")).status_code == 200
-        pair = (await api.post("/api/auth/token", json=CREDS)).json()
-        earlier = await accounts.start_password_reset(session, redis, email=CREDS["email"])
-        later = await accounts.start_password_reset(session, redis, email=CREDS["email"])
-        assert earlier and later and earlier != later
+    laptop, api = client, another_client
+    await browser_login(laptop)
+    assert (await laptop.get("/api/auth/me")).status_code == 200
+    pair = (await api.post("/api/auth/token", json=CREDS)).json()
+    earlier = await accounts.start_password_reset(session, redis, email=CREDS["email"])
+    later = await accounts.start_password_reset(session, redis, email=CREDS["email"])
+    assert earlier and later and earlier != later
 
-        body = {"token": later, "new_password": "a fresh long secret"}
-        assert (await api.post("/api/auth/password-reset/confirm", json=body)).status_code == 204
-        voided = await api.post(
-            "/api/auth/password-reset/confirm",
-            json={"token": earlier, "new_password": "yet another long secret"},
-        )
-        assert voided.status_code == 422 and voided.json()["detail"] == EXPIRED
+    body = {"token": later, "new_password": "a fresh long secret"}
+    assert (await api.post("/api/auth/password-reset/confirm", json=body)).status_code == 204
+    voided = await api.post(
+        "/api/auth/password-reset/confirm",
+        json={"token": earlier, "new_password": "yet another long secret"},
+    )
+    assert voided.status_code == 422 and voided.json()["detail"] == EXPIRED
 
-        assert (await laptop.get("/api/auth/me")).status_code == 401
-        refreshed = await api.post(
-            "/api/auth/refresh", json={"refresh_token": pair["refresh_token"]}
-        )
-        assert refreshed.status_code == 401
-        access = {"Authorization": f"Bearer {pair['access_token']}"}
-        assert (await api.get("/api/auth/me", headers=access)).status_code == 200  # 15 min max
-        new = {"email": CREDS["email"], "password": "a fresh long secret"}
-        assert (await api.post("/api/auth/token", json=new)).status_code == 200
+    assert (await laptop.get("/api/auth/me")).status_code == 401
+    refreshed = await api.post("/api/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert refreshed.status_code == 401
+    access = {"Authorization": f"Bearer {pair['access_token']}"}
+    assert (await api.get("/api/auth/me", headers=access)).status_code == 200  # 15 min max
+    new = {"email": CREDS["email"], "password": "a fresh long secret"}
+    assert (await api.post("/api/auth/token", json=new)).status_code == 200
     revoked = await session.scalar(
         select(AuditEvent).where(AuditEvent.action == "sessions.revoked")
     )
@@ -61,22 +54,21 @@ async def test_a_completed_reset_voids_earlier_links_and_signs_out_everywhere(
     assert done is not None and done.subject_id == user.id
 
 
-async def test_the_reset_page_refuses_a_voided_link_clearly(settings, db, redis, session):
+async def test_the_reset_page_refuses_a_voided_link_clearly(client, redis, session):
     await make_user(session)
     earlier = await accounts.start_password_reset(session, redis, email=CREDS["email"])
     later = await accounts.start_password_reset(session, redis, email=CREDS["email"])
     await accounts.finish_password_reset(
         session, redis, token=later, new_password="a fresh long secret"
     )
-    async with AsyncTestClient(app=create_app(settings)) as client:
-        page = await client.get(f"/password-reset/{earlier}")
-        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
-        answer = await client.post(
-            f"/password-reset/{earlier}",
-            data={"new_password": "another fresh secret", "csrf_token": token},
-        )
-        assert "invalid or has expired" in answer.text
-        assert (await browser_login(client, password="another fresh secret")).url.path == "/login"
+    page = await client.get(f"/password-reset/{earlier}")
+    token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+    answer = await client.post(
+        f"/password-reset/{earlier}",
+        data={"new_password": "another fresh secret", "csrf_token": token},
+    )
+    assert "invalid or has expired" in answer.text
+    assert (await browser_login(client, password="another fresh secret")).url.path == "/login"
 
 
 async def test_a_password_change_voids_outstanding_reset_links(client, session, redis, settings):
