@@ -8,6 +8,7 @@ import datetime as dt
 import httpx
 import pytest
 
+from db.models import VisitType
 from tests.integration.notification_servers import running_worker
 from tests.integration.test_ws_access import handshake
 from tests.integration.world import at, day_after_tomorrow, make_world
@@ -81,10 +82,13 @@ async def test_the_desk_list_hears_joins_and_leaves(world, live_server):
 
 
 async def test_an_offer_reaches_the_banner_and_the_desk_and_is_accepted_there(
-    world, live_server, settings, monkeypatch
+    world, live_server, settings, monkeypatch, session
 ):
     day = day_after_tomorrow()
     start = at(day, 10)
+    checkup = VisitType(doctor_id=world.doctor_id, name="Check-up", minutes=30)
+    session.add(checkup)
+    await session.commit()
     async with (
         running_worker(settings, monkeypatch),
         httpx.AsyncClient(base_url=live_server.url) as api,
@@ -97,7 +101,7 @@ async def test_an_offer_reaches_the_banner_and_the_desk_and_is_accepted_there(
         assert booked.status_code == 201, booked.text
         joined = await api.post(
             "/api/waitlist",
-            json=wish(world, day, earliest="10:00", latest="10:30"),
+            json=wish(world, day, earliest="10:00", latest="10:30", visit_type_id=checkup.id),
             headers=world.headers("patient1"),
         )
         assert joined.status_code == 201, joined.text
@@ -128,8 +132,9 @@ async def test_an_offer_reaches_the_banner_and_the_desk_and_is_accepted_there(
             offered = await heard(banner, "data-offer-id")
             assert 'hx-swap-oob="true"' in offered and "held for you until" in offered
             assert "Dr. Berlin" in offered and f"{start:%H:%M}" in offered
+            assert '(<span class="visit-type">Check-up</span>) at' in offered  # what is held
             offer_id = offered.split('data-offer-id="')[1].split('"')[0]
-            await heard(desk, 'data-offered="true"')
+            await heard(desk, 'offered a time (<span class="visit-type">Check-up</span>)')
             with pytest.raises(TimeoutError):  # patient 2's banner hears nothing of it
                 await asyncio.wait_for(other.recv(), 1)
 
