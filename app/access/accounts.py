@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import i18n
 from app.access import audit, rate_limit, totp
 from app.access.browser_sessions import end_user_sessions
 from app.access.identity import forget_principal
@@ -29,6 +30,7 @@ from app.access.passwords import (
 from app.access.rate_limit import LoginLimits
 from app.access.tokens import revoke_user_tokens
 from app.errors import Conflict, DomainError, Invalid, NotFound
+from app.i18n import gettext as _
 from app.notifications import preferences
 from db.models import LANGUAGES, ROLES, Clinic, Doctor, Notification, Patient, User
 
@@ -639,6 +641,29 @@ async def update_profile(
         patient_id=patient.id,
         client_addr=client_addr,
     )
+
+
+async def save_language(
+    session: AsyncSession, redis: Redis, *, user_id: int, language: str
+) -> None:
+    """A patient's language from the page header's switcher: saved (their reminders
+    follow it) and committed, and their cached Principal dropped so the next request
+    carries it. Other roles keep their choice in a cookie only (app/web/i18n.py).
+
+    Raises:
+        Invalid: a language medbook has no catalogue for.
+    """
+    if language not in i18n.LANGUAGES:
+        raise Invalid(
+            _("language must be one of %(choices)s") % {"choices": ", ".join(i18n.LANGUAGES)}
+        )
+    user = await session.get_one(User, user_id)
+    if user.patient_id is None:
+        return
+    patient = await session.get_one(Patient, user.patient_id, with_for_update=True)
+    patient.language = language
+    await session.commit()
+    await forget_principal(redis, user_id)
 
 
 async def _email_taken(session: AsyncSession, email: str, user_id: int) -> bool:

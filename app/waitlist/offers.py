@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import i18n
 from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.appointments.commands import changed_appointment
@@ -401,12 +402,11 @@ class OfferView:
 
     @property
     def label(self) -> str:
-        local = self.starts_at.astimezone(ZoneInfo(self.timezone))
-        return f"{local:%a %d %b %Y, %H:%M} {local.tzname()}"
+        return i18n.moment(self.starts_at, self.timezone)
 
     @property
     def expires_label(self) -> str:
-        return f"{self.expires_at.astimezone(ZoneInfo(self.timezone)):%H:%M}"
+        return i18n.time(self.expires_at, self.timezone)
 
     def as_json(self) -> dict[str, object]:
         tz = ZoneInfo(self.timezone)

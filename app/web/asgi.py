@@ -46,6 +46,7 @@ from app.routes import (
     deps,
     fhir,
     health,
+    language,
     live,
     pages,
     patient_pages,
@@ -70,6 +71,7 @@ from app.web.admission import Admission, AdmissionMiddleware
 from app.web.api_docs import ClosedStructs, VendoredSwagger
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
+from app.web.i18n import LanguageMiddleware
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
 from app.web.outages import OUTAGE_HANDLERS
 from app.web.security_headers import add_security_headers
@@ -204,6 +206,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health.ready,
             metrics,
             pages.home,
+            language.choose_language,
             DirectoryController,
             VisitTypeController,
             AppointmentController,
@@ -237,6 +240,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DefineMiddleware(AdmissionMiddleware, admission=Admission.from_settings(settings)),
             DefineMiddleware(AuthMiddleware, exclude=UNGUARDED),
             DefineMiddleware(RateLimitMiddleware, exclude=UNGUARDED),
+            DefineMiddleware(LanguageMiddleware, exclude=UNGUARDED),
             DefineMiddleware(CSRFMiddleware, exclude=UNGUARDED),
         ],
         before_send=[add_security_headers],
