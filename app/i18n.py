@@ -68,6 +68,16 @@ STATUS_NAMES = {
     "held": N_("held"),
 }
 
+# A medical record's type in words (templates: `_(record_type_names[t])`).
+RECORD_TYPE_NAMES = {
+    "lab_result": N_("lab result"),
+    "prescription": N_("prescription"),
+    "imaging": N_("imaging"),
+    "referral": N_("referral"),
+    "note": N_("note"),
+    "other": N_("other"),
+}
+
 _current: ContextVar[str] = ContextVar("language", default=SOURCE_LANGUAGE)
 
 
@@ -213,15 +223,26 @@ PATTERNS = {
         "day_long": "EEEE d MMMM y",
         "moment": "EEE dd MMM y, HH:mm",
         "slot": "EEE dd MMM, HH:mm",
+        "letter": "EEEE d MMMM y, HH:mm",
+        "sms": "EEE d MMM HH:mm",
     },
     "de": {
         "day": "EEE, d. MMM",
         "day_long": "EEEE, d. MMMM y",
         "moment": "EEE, d. MMM y, HH:mm",
         "slot": "EEE, d. MMM, HH:mm",
+        "letter": "EEEE, d. MMMM y, HH:mm",
+        "sms": "EEE d. MMM HH:mm",
     },
 }
-_STYLES = {"day": "medium", "day_long": "full", "moment": "medium", "slot": "medium"}
+_STYLES = {
+    "day": "medium",
+    "day_long": "full",
+    "moment": "medium",
+    "slot": "medium",
+    "letter": "full",
+    "sms": "short",
+}
 
 
 def pattern(shape: str) -> str:
@@ -256,6 +277,16 @@ def datetime(value: dt.datetime, timezone: str | None = None, style: str = "medi
 def moment(value: dt.datetime, timezone: str) -> str:
     """`Tue 30 Mar 2027, 09:00 CEST`: a time in the clinic's zone, the zone shown."""
     return f"{datetime(value, timezone, 'moment')} {_local(value, timezone).tzname()}"
+
+
+def letter_moment(value: dt.datetime, timezone: str) -> str:
+    """`Tuesday 30 March 2027, 09:00 CEST (Europe/Berlin)`, for e-mails."""
+    return f"{datetime(value, timezone, 'letter')} {zone(value, timezone)}"
+
+
+def sms_moment(value: dt.datetime, timezone: str) -> str:
+    """`Tue 30 Mar 09:00 CEST`, for SMS."""
+    return f"{datetime(value, timezone, 'sms')} {_local(value, timezone).tzname()}"
 
 
 def zone(value: dt.datetime, timezone: str) -> str:
@@ -293,6 +324,7 @@ def install_jinja(env: Environment) -> None:
         current_language=current,
         languages=LANGUAGES,
         language_names=NAMES,
+        record_type_names=RECORD_TYPE_NAMES,
         weekday=weekday,
         role_name=role_name,
         status_name=status_name,

@@ -24,7 +24,7 @@ from app.access.identity import Principal
 from app.appointments import commands, queries
 from app.appointments.rules import BookingRules
 from app.errors import Conflict, DomainError, NotFound
-from app.i18n import gettext as _
+from app.i18n import gettext
 from app.live import boards
 from app.live.effects import Effects
 from app.routes.auth import dispatch_soon
@@ -110,7 +110,10 @@ async def _chosen_type(
         return offered, offered[0] if offered else None
     chosen = next((t for t in offered if t.id == visit_type_id), None)
     if chosen is None:
-        raise NotFound(f"visit type {visit_type_id} is not bookable online with this doctor")
+        raise NotFound(
+            gettext("visit type %(visit_type_id)s is not bookable online with this doctor")
+            % {"visit_type_id": visit_type_id}
+        )
     return offered, chosen
 
 
@@ -209,20 +212,20 @@ async def _panel(
     if user is None:
         return {"sign_in": _sign_in_url(doctor_id, start, timezone), "start_label": label}
     if user.role != "patient":
-        return {"message": _("Patients book here; the front desk books from its board.")}
+        return {"message": gettext("Patients book here; the front desk books from its board.")}
     target = await _reschedule_target(db_session, user, reschedule)
     state = await _slot_state(slot_cache, rules, now, doctor_id, start, timezone, visit_type_id)
     if state != "free":
         if state == "taken":
-            text = _("Sorry — %(time)s was just taken by someone else. Choose another time.") % {
-                "time": label
-            }
+            text = gettext(
+                "Sorry — %(time)s was just taken by someone else. Choose another time."
+            ) % {"time": label}
         elif state is None:
-            text = _("Choose a time from the list.")
+            text = gettext("Choose a time from the list.")
         else:
-            text = _("%(time)s cannot be booked: %(why)s. Choose another time.") % {
+            text = gettext("%(time)s cannot be booked: %(why)s. Choose another time.") % {
                 "time": label,
-                "why": _(boards.SLOT_STATES[state]),
+                "why": gettext(boards.SLOT_STATES[state]),
             }
         return {"message": text, "error": True, "reason": reason, "reschedule": target}
     return {
@@ -353,10 +356,10 @@ async def book(
             visit_type_id=visit_type_id,
         )
     except ValueError:
-        context.update(message=_("Choose a time from the list."), error=True, reason=reason)
+        context.update(message=gettext("Choose a time from the list."), error=True, reason=reason)
     except Conflict as exc:
         context.update(
-            message=_("Sorry — that time was just taken by someone else."),
+            message=gettext("Sorry — that time was just taken by someone else."),
             error=True,
             alternatives=_alternatives(exc, clinic.timezone),
             reason=reason,
@@ -416,7 +419,7 @@ async def cancel(
             now=now,
             reason="cancelled by patient",
         )
-        extra: dict[str, Any] = {"message": _("Cancelled.")}
+        extra: dict[str, Any] = {"message": gettext("Cancelled.")}
     except DomainError as exc:
         extra = {"message": exc.detail, "error": True}
     context = await my_context(db_session, actor, now)
@@ -452,10 +455,10 @@ async def reschedule(
             db_session, effects, actor, appointment_id, start=start, rules=rules, now=now
         )
     except ValueError:
-        context.update(message=_("Choose a time from the list."), error=True)
+        context.update(message=gettext("Choose a time from the list."), error=True)
     except Conflict as exc:
         context.update(
-            message=_("Sorry — that time was just taken. Your appointment is unchanged."),
+            message=gettext("Sorry — that time was just taken. Your appointment is unchanged."),
             error=True,
             alternatives=_alternatives(exc, clinic.timezone),
         )
