@@ -64,7 +64,7 @@ format: dev
 messages: dev
 	$(BIN)/pybabel extract -F babel.cfg -k N_ -o app/locales/messages.pot --no-location \
 		--sort-output --project medbook --copyright-holder medbook --msgid-bugs-address "" .
-	$(BIN)/pybabel update -i app/locales/messages.pot -d app/locales --no-location \
+	$(BIN)/pybabel update -i app/locales/messages.pot -d app/locales \
 		--width 100 --ignore-obsolete
 	$(BIN)/python -m app.i18n
 
