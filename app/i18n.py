@@ -78,6 +78,18 @@ RECORD_TYPE_NAMES = {
     "other": N_("other"),
 }
 
+# A notification's kind in words (the undelivered page).
+NOTICE_NAMES = {
+    "confirmation": N_("confirmation"),
+    "reminder_24h": N_("reminder the day before"),
+    "reminder_1h": N_("reminder an hour before"),
+    "cancellation": N_("cancellation"),
+    "exception": N_("cancellation by the clinic"),
+    "offer": N_("waitlist offer"),
+    "password_reset": N_("password reset"),
+    "email_verify": N_("address verification"),
+}
+
 _current: ContextVar[str] = ContextVar("language", default=SOURCE_LANGUAGE)
 
 
@@ -325,6 +337,7 @@ def install_jinja(env: Environment) -> None:
         languages=LANGUAGES,
         language_names=NAMES,
         record_type_names=RECORD_TYPE_NAMES,
+        notice_names=NOTICE_NAMES,
         weekday=weekday,
         role_name=role_name,
         status_name=status_name,

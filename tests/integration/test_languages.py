@@ -135,3 +135,32 @@ async def test_the_switcher_saves_a_patients_choice_and_their_reminder_follows(
     assert f", {local}. " in reminder.text and "10:00 C" in reminder.text
     assert "Wann:" in reminder.text and 'lang="de"' in reminder.html
     assert "SUMMARY:Termin bei Dr. Berlin" in reminder.ics.replace("\r\n ", "")
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "heading"),
+    [
+        ("desk", "/desk", "Sprechstunde ohne Termin buchen"),
+        ("desk", "/desk/waitlist", "<h1>Warteliste</h1>"),
+        ("doctor", "/doctor/day", "Vorheriger Tag"),
+        ("admin", "/admin/clinics", "Praxis hinzufügen"),
+        ("admin", "/admin/doctors", "Ärztin/Arzt hinzufügen"),
+        ("admin", "/admin/doctors/{doctor}/schedule", "Wochenzeiten speichern"),
+        ("admin", "/admin/doctors/{doctor}/visit-types", "Besuchsart hinzufügen"),
+        ("admin", "/admin/users", "Personalkonten"),
+        ("admin", "/admin/audit", "Protokoll"),
+        ("admin", "/admin/notifications", "Unzugestellte Nachrichten"),
+        ("admin", "/admin/mailbox", "Entwickler-Postfach"),
+        ("admin", "/analytics", "Beliebte Zeiten"),
+        ("admin", "/analytics/exports", "Termine als CSV exportieren"),
+        ("patient0", "/me", "Passwort ändern"),
+        ("patient0", "/me/profile", "Mein Profil"),
+        ("patient0", "/me/notifications", "Bestätigungen und Erinnerungen"),
+        ("patient0", "/me/access-log", "Wer Ihre Befunde gesehen hat"),
+    ],
+)
+async def test_every_role_gets_its_pages_in_german(client, world, who, path, heading):
+    headers = {**world.headers(who), **GERMAN}
+    page = await client.get(path.format(doctor=world.doctor_id), headers=headers)
+    assert page.status_code == 200, page.text[:300]
+    assert heading in page.text and '<html lang="de">' in page.text
