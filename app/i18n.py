@@ -232,7 +232,8 @@ def _babel_locale(language: str) -> Locale:
 PATTERNS = {
     "en": {
         "day": "EEE dd MMM",
-        "day_long": "EEEE d MMMM y",
+        "weekday_day": "EEEE dd MMMM",
+        "day_long": "EEEE dd MMMM y",
         "moment": "EEE dd MMM y, HH:mm",
         "slot": "EEE dd MMM, HH:mm",
         "letter": "EEEE d MMMM y, HH:mm",
@@ -240,6 +241,7 @@ PATTERNS = {
     },
     "de": {
         "day": "EEE, d. MMM",
+        "weekday_day": "EEEE, d. MMMM",
         "day_long": "EEEE, d. MMMM y",
         "moment": "EEE, d. MMM y, HH:mm",
         "slot": "EEE, d. MMM, HH:mm",
@@ -249,6 +251,7 @@ PATTERNS = {
 }
 _STYLES = {
     "day": "medium",
+    "weekday_day": "long",
     "day_long": "full",
     "moment": "medium",
     "slot": "medium",

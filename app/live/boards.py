@@ -15,13 +15,13 @@ from sqlalchemy.orm import aliased
 from app import i18n
 from app.appointments.queries import in_conflict
 from app.appointments.rules import UNDO_CHECK_IN, BookingRules, for_visit_type
-from app.i18n import N_
+from app.i18n import N_, gettext
 from app.scheduling.availability import local_day_bounds
 from app.scheduling.slots import CachedSlot, DaySlots, SlotCache
 from db.models import Appointment, Clinic, Doctor, Patient, User
 
 # Why a slot cannot be booked, in the patient's words: only a taken slot may free up.
-# The words are msgids: templates translate them (`_(slot.why)`) in the viewer's language.
+# The words are msgids: `SlotView.why` translates them into the viewer's language.
 SLOT_STATES = {
     "free": N_("free"),
     "taken": N_("taken"),
@@ -44,7 +44,9 @@ class SlotView:
 
     @property
     def why(self) -> str:
-        return SLOT_STATES[self.state]
+        """Why it cannot be booked, in the current language (plain gettext: the templates'
+        `_()` would cost a context call, Markup and formatting on every slot of a week)."""
+        return gettext(SLOT_STATES[self.state])
 
 
 @dataclass(frozen=True, slots=True)
