@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -81,13 +81,13 @@ RECORD_TYPE_NAMES = {
 # A notification's kind in words (the undelivered page).
 NOTICE_NAMES = {
     "confirmation": N_("confirmation"),
-    "reminder_24h": N_("reminder the day before"),
-    "reminder_1h": N_("reminder an hour before"),
+    "reminder_24h": N_("reminder 24h"),
+    "reminder_1h": N_("reminder 1h"),
     "cancellation": N_("cancellation"),
-    "exception": N_("cancellation by the clinic"),
-    "offer": N_("waitlist offer"),
+    "exception": N_("exception"),
+    "offer": N_("offer"),
     "password_reset": N_("password reset"),
-    "email_verify": N_("address verification"),
+    "email_verify": N_("email verify"),
 }
 
 _current: ContextVar[str] = ContextVar("language", default=SOURCE_LANGUAGE)
@@ -273,7 +273,15 @@ def _local(value: dt.datetime, timezone: str | None) -> dt.datetime:
 def date(value: dt.date | dt.datetime, style: str = "medium") -> str:
     """A date: `style` is a shape of PATTERNS, Babel's (short, medium, long, full) or a
     CLDR pattern."""
-    return format_date(value, pattern(style) if style in _STYLES else style, locale=_locale())
+    shape = pattern(style) if style in _STYLES else style
+    if type(value) is dt.date:  # the same few days on every page: formatted once each
+        return _cached_date(_current.get(), value, shape)
+    return format_date(value, shape, locale=_locale())
+
+
+@lru_cache(maxsize=4096)
+def _cached_date(language: str, value: dt.date, shape: str) -> str:
+    return format_date(value, shape, locale=_babel_locale(language))
 
 
 def time(value: dt.datetime | dt.time, timezone: str | None = None, style: str = "short") -> str:
