@@ -39,6 +39,7 @@ from app.services import Services
 from app.waitlist import entries as waitlist_entries
 from app.waitlist import offers as waitlist_offers
 from app.web.guards import PUBLIC, check_websocket_origin, current_user
+from app.web.i18n import language_of
 from db.models import Clinic, Doctor, VisitType
 
 MAX_DAYS = 14
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 def make_renderer(app: Any) -> Any:
-    """Render one event for one audience; the hub calls it once per event and audience."""
+    """Render one event for one audience in the current language; the hub calls it once per
+    event, audience and language (app/live/realtime.py sets the language around the call)."""
 
     async def render(channel: str, audience: str, payload: dict[str, Any]) -> str:
         services = Services.of(app)
@@ -277,7 +279,7 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
         doctors = await _clinic_doctors(socket, clinic_id)
         watched += [doctor_channel(doctor, day) for doctor in doctors]
     await socket.accept()
-    subscription: LiveSocket = hub.join(audience, watched)
+    subscription: LiveSocket = hub.join(audience, watched, language_of(socket.scope))
     try:
         if not await hub.subscribed(subscription, SUBSCRIBE_TIMEOUT_SECONDS):
             # Redis is away or slow: the browser comes back later (htmx-ext-ws reconnects

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid
+from app.i18n import gettext
 from app.live.effects import Effects
 from app.routes.inputs import Id
 from app.routes.views import page
@@ -69,7 +70,10 @@ class TypeForm:
             elif raw.isdigit():
                 out[name] = int(raw)
             else:
-                raise Invalid(f"{name.replace('_', ' ')} must be a whole number, got {raw!r}")
+                raise Invalid(
+                    gettext("%(value)s must be a whole number, got %(raw)r")
+                    % {"value": name.replace("_", " "), "raw": raw}
+                )
         return out
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import DomainError, Invalid
+from app.i18n import gettext
 from app.live.effects import Effects
 from app.routes.inputs import Id, OptionalId, parse_clock, parse_day, parse_id
 from app.routes.patient_pages import my_context
@@ -27,7 +28,7 @@ from app.web.guards import allow
 
 DESK = "desk/waitlist.html"
 OFFER_BANNER = "waitlist/_offer_banner.html"
-WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+WEEKDAY_NAMES = tuple(range(7))  # Monday first; the template names them in the language
 
 
 def _optional(form: FormMultiDict, name: str) -> str | None:
@@ -61,7 +62,7 @@ def wish_from_form(form: FormMultiDict) -> tuple[Wish, int | None]:
             parse_id(kind) if kind else None,
         )
     except ValueError as exc:
-        raise Invalid(f"check the form: {exc}") from None
+        raise Invalid(gettext("check the form: %(exc)s") % {"exc": exc}) from None
     return wish, parse_id(patient) if patient else None
 
 
@@ -111,7 +112,7 @@ async def join(
             db_session, effects, actor, wish, patient_id=None, horizon=rules.horizon, now=now
         )
 
-    done = "You are on the waitlist: we will offer you a time."
+    done = gettext("You are on the waitlist: we will offer you a time.")
     return await _answer(request, db_session, actor, now, action, done)
 
 
@@ -177,7 +178,7 @@ async def leave(
     async def action() -> None:
         await offers.leave(db_session, effects, actor, entry_id, now=now)
 
-    return await _answer(request, db_session, actor, now, action, "You left the waitlist.")
+    return await _answer(request, db_session, actor, now, action, gettext("You left the waitlist."))
 
 
 @post(
@@ -200,7 +201,9 @@ async def accept(
     async def action() -> None:
         await offers.accept(db_session, effects, actor, offer_id, rules=rules, now=now)
 
-    return await _answer(request, db_session, actor, now, action, "Booked: the time is yours.")
+    return await _answer(
+        request, db_session, actor, now, action, gettext("Booked: the time is yours.")
+    )
 
 
 @post(
@@ -222,7 +225,7 @@ async def decline(
     async def action() -> None:
         await offers.decline(db_session, effects, actor, offer_id, now=now)
 
-    done = "Declined: the time goes to the next patient. You are still on the waitlist."
+    done = gettext("Declined: the time goes to the next patient. You are still on the waitlist.")
     return await _answer(request, db_session, actor, now, action, done)
 
 
@@ -278,12 +281,12 @@ async def desk_join(
     async def action() -> None:
         wish, patient = wish_from_form(await request.form())
         if patient is None:
-            raise Invalid("give the patient's number")
+            raise Invalid(gettext("give the patient's number"))
         await entries.join(
             db_session, effects, actor, wish, patient_id=patient, horizon=rules.horizon, now=now
         )
 
-    extra = await _attempt(db_session, action, "Added to the waitlist.")
+    extra = await _attempt(db_session, action, gettext("Added to the waitlist."))
     context = await _desk_context(db_session, actor, clinic_id, now)
     return fragment(request, DESK, "list", **context, **extra)
 
@@ -308,7 +311,7 @@ async def desk_remove(
     async def action() -> None:
         await offers.leave(db_session, effects, actor, entry_id, now=now)
 
-    extra = await _attempt(db_session, action, "Removed from the waitlist.")
+    extra = await _attempt(db_session, action, gettext("Removed from the waitlist."))
     context = await _desk_context(db_session, actor, clinic_id, now)
     return fragment(request, DESK, "list", **context, **extra)
 
