@@ -75,7 +75,7 @@ async def find_doctors(
     try:
         clinic = int(clinic_id) if clinic_id else None
     except ValueError:
-        raise ValidationException("clinic_id must be a clinic's number") from None
+        raise ValidationException(gettext("clinic_id must be a clinic's number")) from None
     found = await directory.find_doctors(
         db_session, clinic_id=clinic, specialty=specialty or None, name=name or None
     )
@@ -257,7 +257,7 @@ async def doctor_slots(
     check_moment(start, "start")
     user = current_user(request)
     if reschedule is not None and user is None:
-        raise NotAuthorizedException("sign in first")
+        raise NotAuthorizedException(gettext("sign in first"))
     moving = await _moving(db_session, user, reschedule)
     context = await _week_context(
         db_session, slot_cache, rules, now, doctor_id, date, visit_type_id, moving
