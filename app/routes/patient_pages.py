@@ -35,6 +35,7 @@ from app.scheduling.slots import SlotCache
 from app.services import Services
 from app.waitlist import offers as waitlist_offers
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, client_addr, current_user
+from app.web.i18n import clinic_default
 from db.models import LANGUAGES, Appointment, Doctor, VisitType
 
 WEEK = 7
@@ -262,6 +263,7 @@ async def doctor_slots(
     context = await _week_context(
         db_session, slot_cache, rules, now, doctor_id, date, visit_type_id, moving
     )
+    clinic_default(request.scope, context["clinic"].timezone)
     if start is not None:
         timezone = context["clinic"].timezone
         context |= await _panel(
