@@ -356,7 +356,7 @@ def install_jinja(env: Environment) -> None:
     )
     env.globals.update(
         current_language=current,
-        languages=LANGUAGES,
+        interface_languages=LANGUAGES,
         language_names=NAMES,
         record_type_names=RECORD_TYPE_NAMES,
         notice_names=NOTICE_NAMES,

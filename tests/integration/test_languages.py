@@ -176,3 +176,9 @@ async def test_a_clinics_page_speaks_its_language_when_the_visitor_chose_none(cl
     english = await client.get(berlin, headers={"Accept-Language": "en"})
     assert "times in Europe/Berlin" in english.text  # the browser's choice wins
     assert "<h1>Find a doctor</h1>" in (await client.get("/doctors")).text  # no clinic: default
+
+
+async def test_the_switcher_offers_only_the_interfaces_languages_on_every_page(client, world):
+    profile = await client.get("/me/profile", headers=world.headers("patient1"))
+    switcher = profile.text.split('id="language-choice"')[1].split("</select>")[0]
+    assert switcher.count("<option") == 2 and "English" in switcher and "Deutsch" in switcher
