@@ -195,6 +195,17 @@ def clinic_language(timezone: str | None, default: str = SOURCE_LANGUAGE) -> str
     return ZONE_LANGUAGES.get(timezone or "", supported(default) or SOURCE_LANGUAGE)
 
 
+def preferred(saved: str | None, accept_language: str | None) -> str | None:
+    """What the person asks for: their saved choice, else the best language their browser
+    accepts that we speak; None when neither says (the clinic's default then applies)."""
+    if chosen := supported(saved):
+        return chosen
+    for tag in accepted(accept_language or ""):
+        if chosen := supported(tag):
+            return chosen
+    return None
+
+
 def negotiate(
     saved: str | None,
     accept_language: str | None,
@@ -203,12 +214,12 @@ def negotiate(
 ) -> str:
     """The language to answer in: the user's saved choice, else the best the browser
     accepts that we speak, else the clinic's default, else `default`."""
-    if chosen := supported(saved):
-        return chosen
-    for tag in accepted(accept_language or ""):
-        if chosen := supported(tag):
-            return chosen
-    return supported(clinic_default) or supported(default) or SOURCE_LANGUAGE
+    return (
+        preferred(saved, accept_language)
+        or supported(clinic_default)
+        or supported(default)
+        or SOURCE_LANGUAGE
+    )
 
 
 # Dates, times and numbers, in the current language and the clinic's zone.
@@ -345,7 +356,7 @@ def install_jinja(env: Environment) -> None:
     )
     env.globals.update(
         current_language=current,
-        languages=LANGUAGES,
+        interface_languages=LANGUAGES,
         language_names=NAMES,
         record_type_names=RECORD_TYPE_NAMES,
         notice_names=NOTICE_NAMES,

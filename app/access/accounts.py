@@ -127,6 +127,8 @@ async def create_user(
             email=email,
             date_of_birth=date_of_birth,
             phone=phone,
+            # The language they registered in (the request's); their messages follow it.
+            language=i18n.current(),
         )
         session.add(patient)
         await session.flush()
@@ -223,7 +225,7 @@ async def authenticate(
     """
     if wait := await rate_limit.login_lock_remaining(redis, email, client_addr):
         raise rate_limit.TooManyAttempts(
-            "too many failed sign-ins; try again later", retry_after=wait
+            gettext("too many failed sign-ins; try again later"), retry_after=wait
         )
     user = await _user_by_email(session, email)
     # Hand the connection back while the password hashes: a burst of sign-ins would

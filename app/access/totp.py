@@ -174,7 +174,9 @@ async def check_code(
         WrongCode: the code is wrong, already used, or the account has no second factor.
     """
     if wait := await rate_limit.code_lock_remaining(redis, user.id):
-        raise rate_limit.TooManyAttempts("too many wrong codes; try again later", retry_after=wait)
+        raise rate_limit.TooManyAttempts(
+            gettext("too many wrong codes; try again later"), retry_after=wait
+        )
     secret = user.totp_secret
     step = matching_step(secret, code) if secret else None
     if step is not None and await _spend_step(session, user.id, step):

@@ -12,6 +12,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.status_codes import WS_1008_POLICY_VIOLATION
 
+from app import i18n
 from app.access.identity import Principal
 from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import NotFound
@@ -279,7 +280,9 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
         doctors = await _clinic_doctors(socket, clinic_id)
         watched += [doctor_channel(doctor, day) for doctor in doctors]
     await socket.accept()
-    subscription: LiveSocket = hub.join(audience, watched, language_of(socket.scope))
+    # The page's language (it may be its clinic's default), else the request's.
+    language = i18n.supported(socket.query_params.get("lang")) or language_of(socket.scope)
+    subscription: LiveSocket = hub.join(audience, watched, language)
     try:
         if not await hub.subscribed(subscription, SUBSCRIBE_TIMEOUT_SECONDS):
             # Redis is away or slow: the browser comes back later (htmx-ext-ws reconnects

@@ -35,6 +35,7 @@ from app.scheduling.slots import SlotCache
 from app.services import Services
 from app.waitlist import offers as waitlist_offers
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, client_addr, current_user
+from app.web.i18n import clinic_default
 from db.models import LANGUAGES, Appointment, Doctor, VisitType
 
 WEEK = 7
@@ -75,7 +76,7 @@ async def find_doctors(
     try:
         clinic = int(clinic_id) if clinic_id else None
     except ValueError:
-        raise ValidationException("clinic_id must be a clinic's number") from None
+        raise ValidationException(gettext("clinic_id must be a clinic's number")) from None
     found = await directory.find_doctors(
         db_session, clinic_id=clinic, specialty=specialty or None, name=name or None
     )
@@ -257,11 +258,12 @@ async def doctor_slots(
     check_moment(start, "start")
     user = current_user(request)
     if reschedule is not None and user is None:
-        raise NotAuthorizedException("sign in first")
+        raise NotAuthorizedException(gettext("sign in first"))
     moving = await _moving(db_session, user, reschedule)
     context = await _week_context(
         db_session, slot_cache, rules, now, doctor_id, date, visit_type_id, moving
     )
+    clinic_default(request.scope, context["clinic"].timezone)
     if start is not None:
         timezone = context["clinic"].timezone
         context |= await _panel(

@@ -241,8 +241,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # Next, so a refused request is counted and timed, and costs nothing more.
             DefineMiddleware(AdmissionMiddleware, admission=Admission.from_settings(settings)),
             DefineMiddleware(AuthMiddleware, exclude=UNGUARDED),
-            DefineMiddleware(RateLimitMiddleware, exclude=UNGUARDED),
+            # Once the user is known: the rest (refusals included) speak their language.
             DefineMiddleware(LanguageMiddleware, exclude=UNGUARDED),
+            DefineMiddleware(RateLimitMiddleware, exclude=UNGUARDED),
             DefineMiddleware(CSRFMiddleware, exclude=UNGUARDED),
         ],
         before_send=[add_security_headers],

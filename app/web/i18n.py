@@ -1,12 +1,12 @@
-"""The request's language (app/i18n.py chooses it) and the template side of gettext.
+"""The request's language (app/i18n.py chooses it).
 
-LanguageMiddleware runs after authentication: the signed-in patient's saved language,
-else the `medbook_lang` cookie the header's switcher sets, else Accept-Language, else
-DEFAULT_LANGUAGE. It puts the choice in `scope["language"]` and makes it the current
-language of the request's task, which templates (`{% trans %}`, `_()`), domain errors and
-form messages read.
+LanguageMiddleware runs right after authentication: the signed-in patient's saved
+language, else the `medbook_lang` cookie the header's switcher sets, else Accept-Language,
+else DEFAULT_LANGUAGE (which a clinic's page may replace by the clinic's language:
+`clinic_default`). It puts the choice in `scope["language"]` and makes it the current
+language of the request's task, which templates (`{% trans %}`, `_()`), domain errors,
+refusals and form messages read.
 """
-
 from __future__ import annotations
 
 from typing import Any
@@ -39,16 +39,23 @@ def _cookie(scope: Scope, name: str) -> str | None:
     return None
 
 
-def request_language(scope: Scope, default: str) -> str:
-    """The language for this request (the order is app/i18n.py's `negotiate`)."""
+def request_language(scope: Scope, default: str) -> tuple[str, bool]:
+    """The language for this request (the order is app/i18n.py's `negotiate`), and
+    whether the person chose it (False: the default, which a clinic's page may replace)."""
     user = scope.get("user")
     saved = user.language if isinstance(user, Principal) else None
-    return i18n.negotiate(
-        saved or _cookie(scope, COOKIE_NAME),
-        _header(scope, b"accept-language"),
-        None,
-        default,
+    chosen = i18n.preferred(
+        saved or _cookie(scope, COOKIE_NAME), _header(scope, b"accept-language")
     )
+    return chosen or i18n.supported(default) or i18n.SOURCE_LANGUAGE, chosen is not None
+
+
+def clinic_default(scope: Any, timezone: str) -> None:
+    """On a clinic's page, its language (Berlin: German) when the person chose none."""
+    if scope.get("language_chosen") is False:
+        language = i18n.clinic_language(timezone, language_of(scope))
+        scope["language"] = language
+        i18n.set_language(language)
 
 
 class LanguageMiddleware(AbstractMiddleware):
@@ -58,8 +65,9 @@ class LanguageMiddleware(AbstractMiddleware):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         default = Services.of(scope["app"]).settings.default_language
-        language = request_language(scope, default)
+        language, chosen = request_language(scope, default)
         scope["language"] = language  # type: ignore[typeddict-unknown-key]
+        scope["language_chosen"] = chosen  # type: ignore[typeddict-unknown-key]
         with i18n.use_language(language):
             await self.app(scope, receive, send)
 

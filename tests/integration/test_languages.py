@@ -164,3 +164,21 @@ async def test_every_role_gets_its_pages_in_german(client, world, who, path, hea
     page = await client.get(path.format(doctor=world.doctor_id), headers=headers)
     assert page.status_code == 200, page.text[:300]
     assert heading in page.text and '<html lang="de">' in page.text
+
+
+async def test_a_clinics_page_speaks_its_language_when_the_visitor_chose_none(client, world):
+    day = day_after_tomorrow()
+    berlin = f"/doctors/{world.doctor_id}/slots?date={day}"
+    new_york = f"/doctors/{world.other_doctor_id}/slots?date={day}"
+    assert "Zeiten in Europe/Berlin" in (await client.get(berlin)).text  # no header: de
+    assert '&lang=de"' in (await client.get(berlin)).text  # its live fragments too
+    assert "times in America/New_York" in (await client.get(new_york)).text
+    english = await client.get(berlin, headers={"Accept-Language": "en"})
+    assert "times in Europe/Berlin" in english.text  # the browser's choice wins
+    assert "<h1>Find a doctor</h1>" in (await client.get("/doctors")).text  # no clinic: default
+
+
+async def test_the_switcher_offers_only_the_interfaces_languages_on_every_page(client, world):
+    profile = await client.get("/me/profile", headers=world.headers("patient1"))
+    switcher = profile.text.split('id="language-choice"')[1].split("</select>")[0]
+    assert switcher.count("<option") == 2 and "English" in switcher and "Deutsch" in switcher

@@ -150,3 +150,10 @@ def test_a_reminder_is_written_in_the_patients_language():
         item, "https://m.test", dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
     )
     assert i18n.current() == "en"
+
+
+def test_what_a_person_asks_for_is_told_apart_from_the_defaults():
+    assert i18n.preferred(None, "de-CH") == "de"
+    assert i18n.preferred("en", "de") == "en"
+    assert i18n.preferred(None, "fr, ja;q=0.5") is None  # the clinic's default may apply
+    assert i18n.preferred(None, None) is None
