@@ -7,6 +7,7 @@ else DEFAULT_LANGUAGE (which a clinic's page may replace by the clinic's languag
 language of the request's task, which templates (`{% trans %}`, `_()`), domain errors,
 refusals and form messages read.
 """
+
 from __future__ import annotations
 
 from typing import Any
