@@ -96,6 +96,11 @@ async def test_type_edits_reach_open_slot_pages_with_the_cache_forgotten(world, 
         finally:
             await page.close()
             await other.close()
-        # A page opened now shows the new chooser.
-        fresh = await api.get(f"/doctors/{world.doctor_id}/slots", params={"date": day.isoformat()})
+        # A page opened now shows the new chooser (in English: a visitor who chose no
+        # language gets a Berlin clinic's page in German).
+        fresh = await api.get(
+            f"/doctors/{world.doctor_id}/slots",
+            params={"date": day.isoformat()},
+            headers={"Accept-Language": "en"},
+        )
         assert "Vaccination (15 min)" in fresh.text and "Check-up" not in fresh.text
