@@ -256,3 +256,31 @@ def test_focus_is_visible_and_the_skip_link_leads_to_the_content(browser, live_s
     assert page.evaluate("document.activeElement.closest('main') !== null")
     assert_focus_visible(page)
     page.context.close()
+
+
+def test_a_live_redraw_of_the_board_keeps_the_desks_focus(browser, live_server, settings):
+    """A booking redraws the doctor's whole column; the desk's focus stays on the button it
+    was on (found again by its appointment), not thrown back to the top of the page."""
+    world = fresh_world(settings)
+    day = day_after_tomorrow()
+    patient = Api(live_server, "p0@t.test")
+    other = Api(live_server, "p1@t.test")
+    page = live_page(browser)
+    try:
+        first = patient.book(world.doctor_id, at(day, 10))
+        sign_in_by_keyboard(page, live_server.url, "desk@t.test", f"/desk?date={day}")
+        wait_for_live(page)
+        no_show = page.locator(f'.card[data-appointment-id="{first}"]').get_by_role(
+            "button", name="No-show"
+        )
+        tab_to(page, no_show)
+        other.book(world.doctor_id, at(day, 11))
+        wait_for_live(page, count=2)
+        eleven = page.locator(f'[data-slot-start="{at(day, 11).isoformat()}"] .card')
+        expect(eleven).to_have_count(1)
+        expect(no_show).to_be_focused()
+        assert_focus_visible(page)
+    finally:
+        patient.close()
+        other.close()
+        page.context.close()
