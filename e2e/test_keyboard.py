@@ -284,3 +284,38 @@ def test_a_live_redraw_of_the_board_keeps_the_desks_focus(browser, live_server, 
         patient.close()
         other.close()
         page.context.close()
+
+
+def test_arrow_keys_move_through_the_slot_grid(browser, live_server, settings):
+    """Up/Down: the day's next or previous free time; Left/Right: the same place a day
+    later or earlier; Home/End: the day's first or last; a taken time is skipped."""
+    world = fresh_world(settings)
+    day = day_after_tomorrow()
+    later = day + dt.timedelta(days=1)
+    other = Api(live_server, "p1@t.test")
+    try:
+        other.book(world.doctor_id, at(day, 8, 30))
+    finally:
+        other.close()
+    page = live_page(browser)
+    try:
+        page.goto(f"{live_server.url}/doctors/{world.doctor_id}/slots?date={day}")
+        tab_to(page, slot(page, at(day, 8)))
+        steps = [
+            ("ArrowDown", at(day, 9)),  # 08:30 is taken
+            ("ArrowRight", at(later, 9)),
+            ("ArrowDown", at(later, 9, 30)),
+            ("ArrowLeft", at(day, 9, 30)),
+            ("ArrowUp", at(day, 9)),
+            ("End", at(day, 19, 30)),
+            ("Home", at(day, 8)),
+            ("ArrowUp", at(day, 8)),  # the first time: focus stays
+        ]
+        for key, start in steps:
+            page.keyboard.press(key)
+            expect(slot(page, start)).to_be_focused()
+            assert_focus_visible(page)
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name=re.compile(r"^Book "))).to_be_focused()
+    finally:
+        page.context.close()
