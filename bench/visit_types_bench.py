@@ -13,6 +13,11 @@ machine:
 - a cache miss: the one statement (`fetch_doctor_days`) and the computation;
 - a cache hit (`SlotCache.days`, one MGET).
 
+With `--database-url` it measures an existing database instead (e.g. the year-scale
+`scale_bench`, 1.9 M appointments): the busiest doctor's busiest week, with a 45-minute
+visit type (10-minute buffer after) added for the run and deleted afterwards; nothing else
+in that database is written. The load average is printed with the table.
+
 It prints a Markdown table of medians and p99 in milliseconds. The question it answers:
 does asking for a type cost more than asking for plain slots (issue 18: "availability
 with visit types keeps issue 4's latency targets")?
@@ -94,6 +99,26 @@ async def build(url: str) -> tuple[int, int]:
         await conn.close()
 
 
+async def borrow(url: str) -> tuple[int, int, dt.date]:
+    """The busiest doctor of an existing database, its busiest week's Monday, and a visit
+    type added to them for this run (deleted by `main` afterwards)."""
+    conn = await asyncpg.connect(url)
+    try:
+        doctor, monday = await conn.fetchrow(
+            "SELECT doctor_id, date_trunc('week', starts_at)::date FROM appointments "
+            "WHERE status IN ('booked', 'checked_in') "
+            "GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2 LIMIT 1"
+        )
+        visit_type = await conn.fetchval(
+            "INSERT INTO visit_types (doctor_id, name, minutes, buffer_after_minutes) "
+            "VALUES ($1, 'Bench check-up ' || gen_random_uuid(), 45, 10) RETURNING id",
+            doctor,
+        )
+        return doctor, visit_type, monday
+    finally:
+        await conn.close()
+
+
 def summary(name: str, plain: list[float], typed: list[float]) -> str:
     def p99(values: list[float]) -> float:
         return sorted(values)[int(len(values) * 0.99) - 1]
@@ -107,12 +132,19 @@ def summary(name: str, plain: list[float], typed: list[float]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument(
+        "--database-url",
+        help="measure this existing, migrated database (asyncpg URL) instead of building one",
+    )
     args = parser.parse_args()
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-    await admin.execute(f"CREATE DATABASE {DATABASE}")
-    await admin.close()
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}"
+    if args.database_url:
+        url = args.database_url
+    else:
+        admin = await asyncpg.connect(ADMIN_URL)
+        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+        await admin.execute(f"CREATE DATABASE {DATABASE}")
+        await admin.close()
+        url = ADMIN_URL.rsplit("/", 1)[0] + f"/{DATABASE}"
     settings = load_settings(
         {
             **os.environ,
@@ -121,13 +153,16 @@ async def main() -> None:
             "SECRET_KEY": "x" * 40,
         }
     )
-    await asyncio.to_thread(upgrade, settings.database_url)
-    doctor, visit_type = await build(url)
+    if args.database_url:
+        doctor, visit_type, first = await borrow(url)
+    else:
+        await asyncio.to_thread(upgrade, settings.database_url)
+        doctor, visit_type = await build(url)
+        first = dt.date(2030, 1, 7)
     engine = create_engine(settings, application_name="bench")
     redis = Redis.from_url(REDIS_URL)
     await redis.flushdb()
     cache = SlotCache(redis, engine)
-    first = dt.date(2030, 1, 7)
     week = [first + dt.timedelta(days=i) for i in range(7)]
     lo = dt.datetime.combine(first, dt.time(), dt.UTC) - dt.timedelta(hours=15)
     hi = dt.datetime.combine(week[-1], dt.time(), dt.UTC) + dt.timedelta(hours=39)
@@ -154,10 +189,18 @@ async def main() -> None:
         await redis.flushdb()
         await redis.aclose()
         await engine.dispose()
-        admin = await asyncpg.connect(ADMIN_URL)
-        await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        await admin.close()
-    print(f"A week of one doctor, {args.samples} samples each (ms)\n")
+        if args.database_url:
+            conn = await asyncpg.connect(url)
+            await conn.execute("DELETE FROM visit_types WHERE id = $1", visit_type)
+            await conn.close()
+        else:
+            admin = await asyncpg.connect(ADMIN_URL)
+            await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+            await admin.close()
+    where = args.database_url.rsplit("/", 1)[-1] if args.database_url else "a built week"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"A week of one doctor ({where}, from {first}), {args.samples} samples each (ms)")
+    print(f"load average after the run: {load} on {os.cpu_count()} CPUs\n")
     print("| step | plain median | plain p99 | typed median | typed p99 |")
     print("| --- | --- | --- | --- | --- |")
     for name, label in (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, delete, get, patch, post
@@ -50,18 +50,23 @@ class VisitTypePatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
     horizon_days: Horizon | msgspec.UnsetType | None = msgspec.UNSET
 
 
-def visit_type_out(v: VisitType) -> dict[str, Any]:
-    return {
-        "id": v.id,
-        "doctor_id": v.doctor_id,
-        "name": v.name,
-        "minutes": v.minutes,
-        "buffer_before_minutes": v.buffer_before_minutes,
-        "buffer_after_minutes": v.buffer_after_minutes,
-        "online": v.online,
-        "min_notice_minutes": v.min_notice_minutes,
-        "horizon_days": v.horizon_days,
-    }
+class VisitTypeOut(msgspec.Struct):
+    """A visit type; `online` false: booked by the clinic's staff only; notice and
+    horizon null: the clinic's."""
+
+    id: int
+    doctor_id: int
+    name: str
+    minutes: int
+    buffer_before_minutes: int
+    buffer_after_minutes: int
+    online: bool
+    min_notice_minutes: int | None
+    horizon_days: int | None
+
+
+def visit_type_out(v: VisitType) -> VisitTypeOut:
+    return msgspec.convert(v, VisitTypeOut, from_attributes=True)
 
 
 class VisitTypeController(Controller):
@@ -71,7 +76,7 @@ class VisitTypeController(Controller):
     @get("", guards=[allow()], responses=BY_ID)
     async def list_types(
         self, db_session: AsyncSession, actor: Principal, doctor_id: Id
-    ) -> list[dict[str, Any]]:
+    ) -> list[VisitTypeOut]:
         """The doctor's visit types; patients see those bookable online."""
         found = await visit_types.list_visit_types(
             db_session, doctor_id, staff_only_too=actor.role in MAY_BOOK_STAFF_ONLY
@@ -86,7 +91,7 @@ class VisitTypeController(Controller):
         actor: Principal,
         doctor_id: Id,
         data: VisitTypeBody,
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[VisitTypeOut]:
         """Add a visit type (admins): 201."""
         created = await visit_types.create_visit_type(
             db_session,
@@ -106,7 +111,7 @@ class VisitTypeController(Controller):
         doctor_id: Id,
         visit_type_id: Id,
         data: VisitTypePatch,
-    ) -> dict[str, Any]:
+    ) -> VisitTypeOut:
         """Change a visit type (admins); bookings already made keep their times."""
         changes = {
             name: value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Response, delete, get, post
@@ -22,6 +22,8 @@ from app.web.guards import allow
 
 Specialty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Weekday = Annotated[int, msgspec.Meta(ge=0, le=6)]
+LocalMoment = Annotated[str, msgspec.Meta(description="ISO 8601 in the clinic's time zone")]
+Moment = Annotated[str, msgspec.Meta(description="ISO 8601 in UTC")]
 
 
 class WaitlistIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -37,6 +39,60 @@ class WaitlistIn(msgspec.Struct, forbid_unknown_fields=True):
     patient_id: IdField | None = None  # staff: for whom
 
 
+class EntryOut(msgspec.Struct, rename={"first_day": "from", "last_day": "to"}):
+    """A waitlist entry as the API shows it (what `WaitlistIn` asked for, and its state)."""
+
+    id: int
+    patient_id: int
+    clinic_id: int
+    doctor_id: int | None
+    specialty: str | None
+    first_day: str  # a date, the first of the clinic-local days waited for
+    last_day: str
+    earliest: str | None  # HH:MM
+    latest: str | None
+    weekdays: list[int] | None  # 0 Monday .. 6 Sunday
+    visit_type_id: int | None
+    status: Literal["waiting", "booked", "left"]
+    created_at: Moment
+
+
+class EntriesOut(msgspec.Struct):
+    items: list[EntryOut]
+
+
+class LeftOut(msgspec.Struct):
+    id: int
+    status: Literal["left"]
+
+
+class OfferOut(msgspec.Struct):
+    """A slot held for the patient until `expires_at` (`status` open), or what became of
+    it. `visit_type_id` and `visit_type_name`: the kind of visit held (none: a plain slot)."""
+
+    id: int
+    doctor_id: int
+    start: LocalMoment
+    end: LocalMoment
+    expires_at: Moment
+    status: Literal["open", "accepted", "declined", "expired"]
+    visit_type_id: int | None
+    visit_type_name: str | None
+
+
+class OffersOut(msgspec.Struct):
+    items: list[OfferOut]
+
+
+class DeclinedOut(msgspec.Struct):
+    id: int
+    status: Literal["declined"]
+
+
+def entry_out(entry: entries.EntryView) -> EntryOut:
+    return msgspec.convert(entry.as_json(), EntryOut)
+
+
 class WaitlistController(Controller):
     path = "/api"
     tags = ["waitlist"]
@@ -50,7 +106,7 @@ class WaitlistController(Controller):
         rules: BookingRules,
         now: dt.datetime,
         data: WaitlistIn,
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[EntryOut]:
         """Join the waitlist (a patient for themself, the desk with `patient_id`): 201."""
         check_day(data.first_day, "from")
         check_day(data.last_day, "to")
@@ -78,15 +134,15 @@ class WaitlistController(Controller):
             horizon=rules.horizon,
             now=now,
         )
-        return Response(entry.as_json(), status_code=201)
+        return Response(entry_out(entry), status_code=201)
 
     @get("/waitlist", guards=[allow("patient", "front_desk", "admin")], responses=READ)
     async def listed(
         self, db_session: AsyncSession, actor: Principal, patient_id: OptionalId = None
-    ) -> dict[str, Any]:
+    ) -> EntriesOut:
         """The waiting entries: a patient's own; the desk's clinic's, first in line first."""
         found = await entries.listed(db_session, actor, patient_id=patient_id)
-        return {"items": [e.as_json() for e in found]}
+        return EntriesOut([entry_out(e) for e in found])
 
     @delete(
         "/waitlist/{entry_id:int}",
@@ -101,17 +157,17 @@ class WaitlistController(Controller):
         actor: Principal,
         now: dt.datetime,
         entry_id: Id,
-    ) -> dict[str, Any]:
+    ) -> LeftOut:
         """Leave the waitlist; an open offer of the entry goes to the next in line."""
         await offers.leave(db_session, effects, actor, entry_id, now=now)
-        return {"id": entry_id, "status": "left"}
+        return LeftOut(entry_id, "left")
 
     @get("/offers", guards=[allow("patient")], responses=READ)
-    async def offers_listed(self, db_session: AsyncSession, actor: Principal) -> dict[str, Any]:
+    async def offers_listed(self, db_session: AsyncSession, actor: Principal) -> OffersOut:
         """The patient's offers, newest first."""
         assert actor.patient_id is not None
         found = await offers.listed(db_session, actor.patient_id)
-        return {"items": [o.as_json() for o in found]}
+        return OffersOut([msgspec.convert(o.as_json(), OfferOut) for o in found])
 
     @post("/offers/{offer_id:int}/accept", guards=[allow("patient")], responses=BOOKING)
     async def accept(
@@ -140,7 +196,7 @@ class WaitlistController(Controller):
         actor: Principal,
         now: dt.datetime,
         offer_id: Id,
-    ) -> dict[str, Any]:
+    ) -> DeclinedOut:
         """Let the next patient have the slot; the entry keeps waiting."""
         await offers.decline(db_session, effects, actor, offer_id, now=now)
-        return {"id": offer_id, "status": "declined"}
+        return DeclinedOut(offer_id, "declined")

@@ -44,6 +44,7 @@ from app.web.i18n import language_of
 from db.models import Clinic, Doctor, VisitType
 
 MAX_DAYS = 14
+STAFF_SLOTS = "slots-staff"  # the slot pages of staff, whose chooser has staff-only types
 OFFER_BANNER = "waitlist/_offer_banner.html"
 DESK_WAITLIST = "desk/waitlist.html"
 log = logging.getLogger(__name__)
@@ -80,14 +81,16 @@ def make_renderer(app: Any) -> Any:
         kind, ident, day = parse_channel(channel)
         async with services.sessions() as session:
             if audience.startswith("slots") and kind == "doctor":
-                # One audience per visit type (`slots:{id}`): each event on the doctor's
-                # day is rendered once for each type's viewers, in that type's shape.
+                # One audience per visit type (`slots:{id}`) and per chooser (staff's
+                # `slots-staff:{id}`): each event on the doctor's day is rendered once
+                # for each type's viewers, in that type's shape.
                 rules: BookingRules = booking_rules(services.settings)
                 now = dt.datetime.now(dt.UTC)
                 shown = slots_visit_type(audience)
                 choice = ""
                 if payload.get("action") == "visit_types":  # the chooser changes too
-                    choice = await _visit_type_choice(session, env, ident, shown)
+                    staff = audience.startswith(STAFF_SLOTS)
+                    choice = await _visit_type_choice(session, env, ident, shown, staff)
                 try:
                     _, (view,) = await boards.doctor_days(
                         services.slot_cache, ident, day, 1, rules, now, shown
@@ -124,10 +127,13 @@ def make_renderer(app: Any) -> Any:
     return render
 
 
-async def _visit_type_choice(session: Any, env: Any, doctor_id: int, shown: int | None) -> str:
+async def _visit_type_choice(
+    session: Any, env: Any, doctor_id: int, shown: int | None, staff: bool
+) -> str:
     """The slot page's chooser after an edit of the doctor's types, the type shown still
-    selected (or a notice that it is gone)."""
-    offered = await visit_types.list_visit_types(session, doctor_id, staff_only_too=False)
+    selected (or a notice that it is gone); the staff's lists the staff-only types too,
+    as their page does."""
+    offered = await visit_types.list_visit_types(session, doctor_id, staff_only_too=staff)
     gone = shown is not None and all(t.id != shown for t in offered)
     return views.render(
         env,
@@ -203,11 +209,13 @@ async def _channels(
             days = min(max(int(params.get("days", "1")), 1), MAX_DAYS)
             if not await _exists(socket, Doctor, doctor_id):
                 raise LookupError
-            audience = "slots"
+            # Staff and everyone else see different choosers: one audience each.
+            staff = user is not None and user.role in MAY_BOOK_STAFF_ONLY
+            audience = STAFF_SLOTS if staff else "slots"
             if params.get("visit_type_id"):
                 visit_type_id = parse_id(params["visit_type_id"])
                 await _check_visit_type(socket, user, doctor_id, visit_type_id)
-                audience = f"slots:{visit_type_id}"
+                audience = f"{audience}:{visit_type_id}"
             return audience, [
                 doctor_channel(doctor_id, first + dt.timedelta(days=i)) for i in range(days)
             ]
@@ -228,7 +236,7 @@ async def _channels(
 
 
 def slots_visit_type(audience: str) -> int | None:
-    """The visit type of a slots audience (`slots` or `slots:{id}`)."""
+    """The visit type of a slots audience (`slots`, `slots:{id}`, `slots-staff:{id}`...)."""
     _, _, ident = audience.partition(":")
     return int(ident) if ident else None
 

@@ -22,7 +22,7 @@ from app import i18n
 from app.access import accounts
 from app.access.identity import Principal
 from app.appointments import commands, queries
-from app.appointments.rules import BookingRules
+from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import Conflict, DomainError, NotFound
 from app.i18n import gettext
 from app.live import boards
@@ -97,16 +97,17 @@ async def find_doctors(
 
 
 async def _chosen_type(
-    db_session: AsyncSession, doctor_id: int, visit_type_id: int | None
+    db_session: AsyncSession, doctor_id: int, visit_type_id: int | None, *, staff: bool
 ) -> tuple[list[VisitType], VisitType | None]:
-    """The doctor's types a patient may book online and the one whose times are shown:
-    the one asked for, else the first (a doctor with types is booked by type on this
-    page); none when the doctor has no such types (the weekly hours' own slots).
+    """The doctor's types the viewer may see (online ones; staff also the staff-only ones,
+    as the available-slots API answers) and the one whose times are shown: the one asked
+    for, else the first (a doctor with types is booked by type on this page); none when
+    the doctor has no such types (the weekly hours' own slots).
 
     Raises:
         NotFound: a type asked for that is not one of these.
     """
-    offered = await visit_types.list_visit_types(db_session, doctor_id, staff_only_too=False)
+    offered = await visit_types.list_visit_types(db_session, doctor_id, staff_only_too=staff)
     if visit_type_id is None:
         return offered, offered[0] if offered else None
     chosen = next((t for t in offered if t.id == visit_type_id), None)
@@ -127,9 +128,10 @@ async def _week_context(
     date: dt.date | None,
     visit_type_id: int | None = None,
     moving: Appointment | None = None,
+    staff: bool = False,
 ) -> dict[str, Any]:
     """The week's slots; `moving`: an appointment being moved, whose own kind of visit
-    the week shows (no choice of type)."""
+    the week shows (no choice of type); `staff`: the staff-only types may be chosen."""
     check_day(date)
     doctor, clinic = await directory.get_doctor(db_session, doctor_id)
     first = date or boards.clinic_today(clinic.timezone, now)
@@ -137,7 +139,7 @@ async def _week_context(
         offered: list[VisitType] = []
         chosen_id = moving.visit_type_id
     else:
-        offered, chosen = await _chosen_type(db_session, doctor_id, visit_type_id)
+        offered, chosen = await _chosen_type(db_session, doctor_id, visit_type_id, staff=staff)
         chosen_id = chosen.id if chosen else None
     _, days = await boards.doctor_days(slot_cache, doctor_id, first, WEEK, rules, now, chosen_id)
     return {
@@ -260,8 +262,9 @@ async def doctor_slots(
     if reschedule is not None and user is None:
         raise NotAuthorizedException(gettext("sign in first"))
     moving = await _moving(db_session, user, reschedule)
+    staff = user is not None and user.role in MAY_BOOK_STAFF_ONLY
     context = await _week_context(
-        db_session, slot_cache, rules, now, doctor_id, date, visit_type_id, moving
+        db_session, slot_cache, rules, now, doctor_id, date, visit_type_id, moving, staff
     )
     clinic_default(request.scope, context["clinic"].timezone)
     if start is not None:

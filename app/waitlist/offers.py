@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,7 +43,7 @@ from app.waitlist.statements import (
     RELEASE_SQL,
     WAITED_TYPES_SQL,
 )
-from db.models import Appointment, Clinic, Doctor, WaitlistOffer
+from db.models import Appointment, Clinic, Doctor, VisitType, WaitlistEntry, WaitlistOffer
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +413,8 @@ class OfferView:
     ends_at: dt.datetime
     expires_at: dt.datetime
     status: str
+    visit_type_id: int | None = None  # the kind of visit held (the entry's), if typed
+    visit_type_name: str | None = None
 
     @property
     def label(self) -> str:
@@ -431,6 +433,8 @@ class OfferView:
             "end": self.ends_at.astimezone(tz).isoformat(),
             "expires_at": self.expires_at.isoformat(),
             "status": self.status,
+            "visit_type_id": self.visit_type_id,  # additive: not in the contract's fields
+            "visit_type_name": self.visit_type_name,
         }
 
 
@@ -450,9 +454,14 @@ async def listed(
             WaitlistOffer.ends_at,
             WaitlistOffer.expires_at,
             WaitlistOffer.status,
+            WaitlistEntry.visit_type_id,
+            VisitType.name,
         )
         .join(Doctor, Doctor.id == WaitlistOffer.doctor_id)
         .join(Clinic, Clinic.id == WaitlistOffer.clinic_id)
+        # an offer holds a visit of its entry's kind (statements.OFFER_SQL matches on it)
+        .join(WaitlistEntry, WaitlistEntry.id == WaitlistOffer.entry_id)
+        .outerjoin(VisitType, VisitType.id == WaitlistEntry.visit_type_id)
         .where(WaitlistOffer.patient_id == patient_id)
         .order_by(WaitlistOffer.created_at.desc(), WaitlistOffer.id.desc())
         .limit(limit)
@@ -464,7 +473,7 @@ async def listed(
     for row in await session.execute(query):
         view = OfferView(*row)
         if view.status == "open" and view.expires_at <= now:
-            view = OfferView(*row[:-1], "expired")
+            view = replace(view, status="expired")
         if not (open_only and view.status != "open"):
             views.append(view)
     return views

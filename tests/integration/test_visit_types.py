@@ -358,3 +358,40 @@ async def test_a_type_edit_leaves_the_plain_slots_cached(client, world, engine, 
     assert cache.misses == 3 and edited.visit_type.minutes == 60
     await cache.days(world.doctor_id, day, 1)
     assert cache.hits == 3  # the plain day is still cached
+
+
+async def test_neither_the_desk_nor_a_move_can_enter_a_buffer(client, world):
+    """The desk's override skips the booking rules, not the buffers; a move into a buffer
+    is refused like a booking (PostgreSQL's `no_overlap` compares the spans with buffers)."""
+    day = day_after_tomorrow()
+    first = await add_type(client, world, buffer_before_minutes=30, buffer_after_minutes=30)
+    booked = await book(client, world, at(day, 10), visit_type_id=first["id"])
+    assert booked.status_code == 201, booked.text  # blocks 09:30-11:30
+    for start in (at(day, 9, 30), at(day, 11)):
+        by_desk = await book(
+            client,
+            world,
+            start,
+            who="desk",
+            patient_id=world.patients[1],
+            override_reason="squeeze in",
+        )
+        assert by_desk.status_code == 409, by_desk.text
+    later = await book(client, world, at(day, 12), who="patient2")
+    assert later.status_code == 201, later.text
+    for who in ("patient2", "desk"):
+        moved = await client.patch(
+            f"/api/appointments/{later.json()['id']}",
+            json={"start": at(day, 11).isoformat()},
+            headers=world.headers(who),
+        )
+        assert moved.status_code == 409, (who, moved.text)
+    outside = await book(
+        client,
+        world,
+        at(day, 11, 30),
+        who="desk",
+        patient_id=world.patients[1],
+        override_reason="right after the buffer",
+    )
+    assert outside.status_code == 201, outside.text

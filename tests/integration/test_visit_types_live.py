@@ -104,3 +104,65 @@ async def test_type_edits_reach_open_slot_pages_with_the_cache_forgotten(world, 
             headers={"Accept-Language": "en"},
         )
         assert "Vaccination (15 min)" in fresh.text and "Check-up" not in fresh.text
+
+
+async def test_staff_pages_keep_their_staff_only_types_in_the_pushed_chooser(world, live_server):
+    """Staff see (and may book) staff-only types, on the page and in what is pushed to it;
+    a patient's page on the same day never hears of them."""
+    day = day_after_tomorrow()
+    admin = world.headers("admin")
+    path = f"/api/doctors/{world.doctor_id}/visit-types"
+    async with httpx.AsyncClient(base_url=live_server.url) as api:
+        created = await api.post(path, json={"name": "Check-up", "minutes": 30}, headers=admin)
+        surgery = await api.post(
+            path, json={"name": "Minor surgery", "minutes": 60, "online": False}, headers=admin
+        )
+        assert created.status_code == surgery.status_code == 201, (created.text, surgery.text)
+        online, staff_only = created.json()["id"], surgery.json()["id"]
+        page = f"/doctors/{world.doctor_id}/slots"
+        shown = {"date": day.isoformat(), "visit_type_id": staff_only}
+        desk_page = await api.get(page, params=shown, headers=world.headers("desk"))
+        assert desk_page.status_code == 200, desk_page.text
+        assert f'<option value="{staff_only}" selected>Minor surgery (60 min, staff only)' in (
+            desk_page.text
+        )
+        refused = await api.get(page, params=shown, headers=world.headers("patient0"))
+        assert refused.status_code == 404  # not the patient's to choose
+        patient_page = await api.get(
+            page, params={"date": day.isoformat()}, headers=world.headers("patient0")
+        )
+        assert "Check-up (30 min)" in patient_page.text and "Minor surgery" not in patient_page.text
+
+        query = f"view=slots&doctor_id={world.doctor_id}&date={day.isoformat()}&days=1"
+        desk = await handshake(
+            live_server, f"{query}&visit_type_id={staff_only}", world.headers("desk")
+        )
+        patient = await handshake(
+            live_server, f"{query}&visit_type_id={online}", world.headers("patient0")
+        )
+        assert not isinstance(desk, int) and not isinstance(patient, int)
+        try:
+            await heard(desk, f'id="day-{world.doctor_id}-{day.isoformat()}"')  # the resyncs
+            await heard(patient, f'id="day-{world.doctor_id}-{day.isoformat()}"')
+
+            added = await api.post(path, json={"name": "Vaccination", "minutes": 15}, headers=admin)
+            assert added.status_code == 201, added.text
+            to_desk = await heard(desk, "Vaccination (15 min)")
+            assert f'<option value="{staff_only}" selected>Minor surgery (60 min, staff only)' in (
+                to_desk
+            )
+            assert "no longer offered" not in to_desk and "Check-up (30 min)" in to_desk
+            to_patient = await heard(patient, "Vaccination (15 min)")
+            assert f'<option value="{online}" selected>Check-up (30 min)' in to_patient
+            assert "Minor surgery" not in to_patient
+
+            # Made bookable online, it reaches the patient's chooser too.
+            opened = await api.patch(f"{path}/{staff_only}", json={"online": True}, headers=admin)
+            assert opened.status_code == 200, opened.text
+            to_patient = await heard(patient, "Minor surgery (60 min)<")
+            assert f'<option value="{online}" selected>Check-up (30 min)' in to_patient
+            to_desk = await heard(desk, "Minor surgery (60 min)<")
+            assert f'<option value="{staff_only}" selected>' in to_desk
+        finally:
+            await desk.close()
+            await patient.close()

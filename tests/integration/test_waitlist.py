@@ -110,6 +110,7 @@ async def test_a_freed_slot_is_held_for_the_first_in_line_who_accepts_it(
     await cancel(client, world, ids[start], "desk")
     (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
     assert dt.datetime.fromisoformat(offer["start"]) == start
+    assert (offer["visit_type_id"], offer["visit_type_name"]) == (None, None)  # plain slot
     assert await open_offers(client, world, "patient2") == []  # one slot, one offer
     # Held: nobody else sees it free or can book it.
     assert await available(client, world, day, start) is False
@@ -370,6 +371,14 @@ async def test_a_typed_entry_is_held_a_visit_of_its_type_with_its_buffers(
     (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
     assert dt.datetime.fromisoformat(offer["start"]) == start
     assert dt.datetime.fromisoformat(offer["end"]) == later
+    # Every list of offers names the kind of visit held: the API, the patient's pages
+    # page (the banner: test_waitlist_live.py), the desk's waitlist.
+    assert (offer["visit_type_id"], offer["visit_type_name"]) == (checkup.id, "Check-up")
+    named = 'Dr. Berlin (<span class="visit-type">Check-up</span>) at'
+    mine = await client.get("/me/appointments", headers=world.headers("patient1"))
+    assert f'data-offer-id="{offer["id"]}"' in mine.text and named in mine.text
+    desk = await client.get("/desk/waitlist", headers=world.headers("desk"))
+    assert 'offered a time (<span class="visit-type">Check-up</span>), held until' in desk.text
     hold = (
         await session.execute(
             text(

@@ -4,11 +4,14 @@ leave, get an offer and book it — through a real server and a real worker."""
 
 import asyncio
 import datetime as dt
+import re
 
 import httpx
 import pytest
+from sqlalchemy import update
 
-from tests.integration.notification_servers import running_worker
+from db.models import Appointment, VisitType, WaitlistOffer
+from tests.integration.notification_servers import eventually, running_worker
 from tests.integration.test_ws_access import handshake
 from tests.integration.world import at, day_after_tomorrow, make_world
 
@@ -81,10 +84,13 @@ async def test_the_desk_list_hears_joins_and_leaves(world, live_server):
 
 
 async def test_an_offer_reaches_the_banner_and_the_desk_and_is_accepted_there(
-    world, live_server, settings, monkeypatch
+    world, live_server, settings, monkeypatch, session
 ):
     day = day_after_tomorrow()
     start = at(day, 10)
+    checkup = VisitType(doctor_id=world.doctor_id, name="Check-up", minutes=30)
+    session.add(checkup)
+    await session.commit()
     async with (
         running_worker(settings, monkeypatch),
         httpx.AsyncClient(base_url=live_server.url) as api,
@@ -97,7 +103,7 @@ async def test_an_offer_reaches_the_banner_and_the_desk_and_is_accepted_there(
         assert booked.status_code == 201, booked.text
         joined = await api.post(
             "/api/waitlist",
-            json=wish(world, day, earliest="10:00", latest="10:30"),
+            json=wish(world, day, earliest="10:00", latest="10:30", visit_type_id=checkup.id),
             headers=world.headers("patient1"),
         )
         assert joined.status_code == 201, joined.text
@@ -128,8 +134,9 @@ async def test_an_offer_reaches_the_banner_and_the_desk_and_is_accepted_there(
             offered = await heard(banner, "data-offer-id")
             assert 'hx-swap-oob="true"' in offered and "held for you until" in offered
             assert "Dr. Berlin" in offered and f"{start:%H:%M}" in offered
+            assert '(<span class="visit-type">Check-up</span>) at' in offered  # what is held
             offer_id = offered.split('data-offer-id="')[1].split('"')[0]
-            await heard(desk, 'data-offered="true"')
+            await heard(desk, 'offered a time (<span class="visit-type">Check-up</span>)')
             with pytest.raises(TimeoutError):  # patient 2's banner hears nothing of it
                 await asyncio.wait_for(other.recv(), 1)
 
@@ -153,3 +160,75 @@ async def test_an_offer_reaches_the_banner_and_the_desk_and_is_accepted_there(
         mine = await api.get("/api/appointments", headers=world.headers("patient1"))
         (appointment,) = mine.json()["items"]
         assert dt.datetime.fromisoformat(appointment["start"]) == start
+
+
+def slot_states(html: str) -> dict[dt.datetime, bool]:
+    """The slots of a pushed day: start -> bookable."""
+    found = re.findall(r'data-slot-start="([^"]+)" data-available="(true|false)"', html)
+    return {dt.datetime.fromisoformat(start): free == "true" for start, free in found}
+
+
+async def test_a_held_slot_is_taken_to_others_and_comes_back_live_when_the_offer_lapses(
+    world, live_server, settings, monkeypatch, session
+):
+    """Another patient watching the doctor's day sees the held slot as not bookable, and
+    sees it bookable again, live, once the only offer for it lapses (nobody else waits;
+    the lapsed entry is not offered the same slot again)."""
+    day = day_after_tomorrow()
+    start = at(day, 10)
+    async with (
+        running_worker(settings, monkeypatch) as worker,
+        httpx.AsyncClient(base_url=live_server.url) as api,
+    ):
+        booked = await api.post(
+            "/api/appointments",
+            json={"doctor_id": world.doctor_id, "start": start.isoformat()},
+            headers=world.headers("patient0"),
+        )
+        assert booked.status_code == 201, booked.text
+        joined = await api.post(
+            "/api/waitlist",
+            json=wish(world, day, earliest="10:00", latest="10:30"),
+            headers=world.headers("patient1"),
+        )
+        assert joined.status_code == 201, joined.text
+        cancelled = await api.patch(
+            f"/api/appointments/{booked.json()['id']}",
+            json={"status": "cancelled"},
+            headers=world.headers("patient0"),
+        )
+        assert cancelled.status_code == 200, cancelled.text
+
+        async def open_offer() -> list[dict]:
+            listed = await api.get("/api/offers", headers=world.headers("patient1"))
+            return [o for o in listed.json()["items"] if o["status"] == "open"]
+
+        (offer,) = await eventually(open_offer)
+        query = f"view=slots&doctor_id={world.doctor_id}&date={day.isoformat()}&days=1"
+        viewer = await handshake(live_server, query, world.headers("patient2"))
+        assert not isinstance(viewer, int)
+        try:
+            resync = await heard(viewer, f'id="day-{world.doctor_id}-{day.isoformat()}"')
+            assert slot_states(resync)[start] is False  # held for patient 1: not for others
+            assert slot_states(resync)[start + dt.timedelta(minutes=30)] is True
+
+            # The offer lapses; the sweeper (the cron's job, run here) releases the hold.
+            past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            await session.execute(
+                update(WaitlistOffer).where(WaitlistOffer.id == offer["id"]).values(expires_at=past)
+            )
+            await session.execute(
+                update(Appointment).where(Appointment.status == "held").values(hold_expires_at=past)
+            )
+            await session.commit()
+            await worker.queue.enqueue("sweep_waitlist")
+            async with asyncio.timeout(20):
+                while True:
+                    pushed = await viewer.recv()
+                    if slot_states(pushed).get(start) is True:
+                        break
+        finally:
+            await viewer.close()
+        assert await open_offer() == []
+        listed = await api.get("/api/offers", headers=world.headers("patient1"))
+        assert [o["status"] for o in listed.json()["items"]] == ["expired"]

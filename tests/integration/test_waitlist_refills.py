@@ -1,12 +1,15 @@
 """What else frees capacity for the waitlist, through the real API and a real worker: an
 appointment moved away (refilled, and counted as a freed slot by the dashboard's figures),
-and hours extended (a weekly template that adds time, or an extra session on one day)."""
+a cancel from the reminder's link, and hours extended (a weekly template that adds time,
+or an extra session on one day)."""
 
 import datetime as dt
 
 import pytest
 
+from app.notifications.answer_links import answer_token
 from app.waitlist.report import waitlist_report
+from tests.integration.auth_helpers import csrf_from
 from tests.integration.notification_servers import eventually, running_worker
 from tests.integration.world import at, day_after_tomorrow, make_world
 
@@ -135,3 +138,20 @@ async def test_an_extra_session_refills_the_waitlist(client, world, worker):
     # The session's two slots, one to each in line, first come first served.
     assert dt.datetime.fromisoformat(first["start"]) == at(day, 20)
     assert dt.datetime.fromisoformat(second["start"]) == at(day, 20, 30)
+
+
+async def test_a_cancel_from_the_reminder_link_is_offered_to_the_waitlist(
+    client, world, worker, settings
+):
+    """A patient cancelling from the reminder's link frees the slot into the waitlist at
+    once: the first waitlister is offered it (issue 18, reminders a patient can answer)."""
+    day = day_after_tomorrow()
+    start = at(day, 11)
+    appointment_id = await book(client, world, start, "patient0")
+    await join(client, world, "patient1", day, "11:00", "11:30")
+    link = f"/r/{answer_token(settings.secret_key, appointment_id, start)}"
+    page = await client.get(link)
+    done = await client.post(link, data={"action": "cancel", "csrf_token": csrf_from(page.text)})
+    assert done.status_code == 200 and "Cancelled" in done.text
+    (offer,) = await eventually(lambda: open_offers(client, world, "patient1"))
+    assert dt.datetime.fromisoformat(offer["start"]) == start
