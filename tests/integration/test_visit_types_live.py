@@ -121,7 +121,9 @@ async def test_staff_pages_keep_their_staff_only_types_in_the_pushed_chooser(wor
         online, staff_only = created.json()["id"], surgery.json()["id"]
         page = f"/doctors/{world.doctor_id}/slots"
         shown = {"date": day.isoformat(), "visit_type_id": staff_only}
-        desk_page = await api.get(page, params=shown, headers=world.headers("desk"))
+        # In English: staff who chose no language get a Berlin clinic's page in German.
+        desk_english = {**world.headers("desk"), "Accept-Language": "en"}
+        desk_page = await api.get(page, params=shown, headers=desk_english)
         assert desk_page.status_code == 200, desk_page.text
         assert f'<option value="{staff_only}" selected>Minor surgery (60 min, staff only)' in (
             desk_page.text
