@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-topology lint format install dev bench-scale clean
+.PHONY: run test test-topology lint format install dev bench-scale clean messages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -11,11 +11,13 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -m app.i18n
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip check
+	$(BIN)/python -m app.i18n
 	touch $@
 
 install: $(VENV)/.installed
@@ -56,6 +58,15 @@ lint: dev
 format: dev
 	$(BIN)/ruff format app db tasks tests e2e bench conftest.py
 	$(BIN)/ruff check --fix app db tasks tests e2e bench conftest.py
+
+## make messages: extract every message of app/ and templates/ into app/locales/messages.pot,
+## merge it into each language's messages.po (new ones empty, changed ones fuzzy), compile.
+messages: dev
+	$(BIN)/pybabel extract -F babel.cfg -k N_ -o app/locales/messages.pot --no-location \
+		--sort-output --project medbook --copyright-holder medbook --msgid-bugs-address "" .
+	$(BIN)/pybabel update -i app/locales/messages.pot -d app/locales \
+		--width 100 --ignore-obsolete
+	$(BIN)/python -m app.i18n
 
 ## Load the review's year of data (50 clinics, 1.8 M appointments) into the configured database.
 bench-scale: install

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from app import i18n
+
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +85,8 @@ class Settings:
     login_max_failures: int = 5
     login_lock_max_seconds: int = 900
     log_level: str = "INFO"
+    # The interface's language when neither the user, the browser nor the clinic says.
+    default_language: str = "en"
 
     # Notifications (docs/notifications.md). Email goes over SMTP when SMTP_HOST is set,
     # SMS to a Twilio-style HTTP API when SMS_API_URL is set; otherwise, in embedded mode
@@ -280,6 +284,12 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     return SentinelTarget(sentinels, path[0], int(db), password)
 
 
+def _language(raw: str) -> str:
+    if (language := i18n.supported(raw)) is None:
+        raise ValueError(f"must be one of {', '.join(i18n.LANGUAGES)}")
+    return language
+
+
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in LOG_LEVELS:
@@ -428,6 +438,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_max_failures=_read(env, "LOGIN_MAX_FAILURES", _positive_int, 5),
         login_lock_max_seconds=_read(env, "LOGIN_LOCK_MAX_SECONDS", _positive_int, 900),
         log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
+        default_language=_read(env, "DEFAULT_LANGUAGE", _language, "en"),
         smtp_host=env.get("SMTP_HOST") or None,
         smtp_port=_read(env, "SMTP_PORT", _at_least_one, 587),
         smtp_user=env.get("SMTP_USER") or None,

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from conftest import LiveServer
 from e2e.conftest import ARTIFACTS, ROOT, live_page, screenshot, wait_for_live
-from e2e.test_journeys import Api, past_appointment
+from e2e.test_journeys import Api, past_appointment, sql
 from e2e.test_live import fresh_world, sign_in
 from tests.integration.world import BERLIN, World, at, day_after_tomorrow
 
@@ -54,8 +54,8 @@ class Site:
 @pytest.fixture(scope="module")
 def site(chromium, live_server, settings) -> Iterator[Site]:
     """One world for the module: an appointment of patient 0 two days ahead (the lists,
-    the board and the patient search show it), one today (the doctor's day), a waitlist
-    wish, and a signed-in storage state per role."""
+    the board and the patient search show it), one today (the doctor's day), an hour of
+    the doctor's leave that day, a waitlist wish, and a signed-in storage state per role."""
     world = fresh_world(settings)
     day = day_after_tomorrow()
     api = Api(live_server, "p0@t.test")
@@ -69,6 +69,15 @@ def site(chromium, live_server, settings) -> Iterator[Site]:
     finally:
         api.close()
     past_appointment(settings, world, 0, at(dt.datetime.now(BERLIN).date(), 0))
+    sql(  # an hour of leave: slots that say "doctor away", board rows that are not bookable
+        settings,
+        "INSERT INTO schedule_exceptions (clinic_id, doctor_id, kind, starts_at, ends_at) "
+        "VALUES (:c, :d, 'leave', :s, :e)",
+        c=world.clinic_id,
+        d=world.doctor_id,
+        s=at(day, 15),
+        e=at(day, 16),
+    )
     sessions: dict[str, Any] = {}
     for role, email in ROLES.items():
         context = chromium.new_context()
@@ -217,7 +226,8 @@ def test_axe_finds_a_missing_label(chromium: Browser, site: Site) -> None:
     try:
         page = context.new_page()
         page.goto(site.server.url + "/login")
-        page.evaluate("document.querySelector('label').remove()")
+        # The form's own label (the header's first is the language switcher's).
+        page.evaluate("document.querySelector('main label').remove()")
         violations = AXE.run(page, options=AXE_OPTIONS).response["violations"]
     finally:
         context.close()
@@ -285,3 +295,39 @@ def test_no_horizontal_scrolling_at_320_px_and_200_percent(
     finally:
         page.context.close()
     assert sizes["scroll"] <= sizes["client"], sizes
+
+
+# Where a state is shown, the words that say it (WCAG 1.4.1: colour is never the only
+# carrier). Each selector must match at least once on its page, so the check cannot pass
+# by finding nothing.
+STATE_WORDS = {
+    "slots": {
+        '.slot[data-state="taken"]': "taken",
+        '.slot[data-state="away"]': "doctor away",
+    },
+    "my appointments + waitlist": {'li[data-status="booked"]': "booked"},
+    "board": {
+        '.card[data-status="booked"]': "booked",
+        ".row.closed": "not bookable",
+    },
+    "doctor's day": {'.card[data-status="booked"]': "booked"},
+}
+
+
+@pytest.mark.parametrize("name", STATE_WORDS)
+def test_a_state_is_said_in_words_not_only_in_colour(
+    chromium: Browser, site: Site, name: str
+) -> None:
+    [check] = [c for c in PAGES if c.name == name]
+    page = live_page(chromium, storage_state=site.sessions[check.role])
+    try:
+        page.goto(site.server.url + check.path(site))
+        if check.ready:
+            check.ready(page, site)
+        for selector, words in STATE_WORDS[name].items():
+            shown = page.locator(selector)
+            assert shown.count() > 0, f"{name}: nothing matches {selector}"
+            for text in shown.all_inner_texts():
+                assert words in text, f"{name}: {selector} shows {text!r}, not {words!r}"
+    finally:
+        page.context.close()

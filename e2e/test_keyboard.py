@@ -256,3 +256,66 @@ def test_focus_is_visible_and_the_skip_link_leads_to_the_content(browser, live_s
     assert page.evaluate("document.activeElement.closest('main') !== null")
     assert_focus_visible(page)
     page.context.close()
+
+
+def test_a_live_redraw_of_the_board_keeps_the_desks_focus(browser, live_server, settings):
+    """A booking redraws the doctor's whole column; the desk's focus stays on the button it
+    was on (found again by its appointment), not thrown back to the top of the page."""
+    world = fresh_world(settings)
+    day = day_after_tomorrow()
+    patient = Api(live_server, "p0@t.test")
+    other = Api(live_server, "p1@t.test")
+    page = live_page(browser)
+    try:
+        first = patient.book(world.doctor_id, at(day, 10))
+        sign_in_by_keyboard(page, live_server.url, "desk@t.test", f"/desk?date={day}")
+        wait_for_live(page)
+        no_show = page.locator(f'.card[data-appointment-id="{first}"]').get_by_role(
+            "button", name="No-show"
+        )
+        tab_to(page, no_show)
+        other.book(world.doctor_id, at(day, 11))
+        wait_for_live(page, count=2)
+        eleven = page.locator(f'[data-slot-start="{at(day, 11).isoformat()}"] .card')
+        expect(eleven).to_have_count(1)
+        expect(no_show).to_be_focused()
+        assert_focus_visible(page)
+    finally:
+        patient.close()
+        other.close()
+        page.context.close()
+
+
+def test_arrow_keys_move_through_the_slot_grid(browser, live_server, settings):
+    """Up/Down: the day's next or previous free time; Left/Right: the same place a day
+    later or earlier; Home/End: the day's first or last; a taken time is skipped."""
+    world = fresh_world(settings)
+    day = day_after_tomorrow()
+    later = day + dt.timedelta(days=1)
+    other = Api(live_server, "p1@t.test")
+    try:
+        other.book(world.doctor_id, at(day, 8, 30))
+    finally:
+        other.close()
+    page = live_page(browser)
+    try:
+        page.goto(f"{live_server.url}/doctors/{world.doctor_id}/slots?date={day}")
+        tab_to(page, slot(page, at(day, 8)))
+        steps = [
+            ("ArrowDown", at(day, 9)),  # 08:30 is taken
+            ("ArrowRight", at(later, 9)),
+            ("ArrowDown", at(later, 9, 30)),
+            ("ArrowLeft", at(day, 9, 30)),
+            ("ArrowUp", at(day, 9)),
+            ("End", at(day, 19, 30)),
+            ("Home", at(day, 8)),
+            ("ArrowUp", at(day, 8)),  # the first time: focus stays
+        ]
+        for key, start in steps:
+            page.keyboard.press(key)
+            expect(slot(page, start)).to_be_focused()
+            assert_focus_visible(page)
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name=re.compile(r"^Book "))).to_be_focused()
+    finally:
+        page.context.close()

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import i18n
 from app.access import audit, rate_limit, totp
 from app.access.browser_sessions import end_user_sessions
 from app.access.identity import forget_principal
@@ -29,6 +30,7 @@ from app.access.passwords import (
 from app.access.rate_limit import LoginLimits
 from app.access.tokens import revoke_user_tokens
 from app.errors import Conflict, DomainError, Invalid, NotFound
+from app.i18n import gettext
 from app.notifications import preferences
 from db.models import LANGUAGES, ROLES, Clinic, Doctor, Notification, Patient, User
 
@@ -81,7 +83,7 @@ ENROLMENT_REQUIRED = (
 def normalise_email(email: str) -> str:
     email = email.strip()
     if "@" not in email or email.startswith("@") or email.endswith("@") or " " in email:
-        raise Invalid(f"{email!r} is not an email address")
+        raise Invalid(gettext("%(email)r is not an email address") % {"email": email})
     return email
 
 
@@ -112,7 +114,7 @@ async def create_user(
         Conflict: the email is already registered.
     """
     if role not in ROLES:
-        raise Invalid(f"role must be one of {', '.join(ROLES)}")
+        raise Invalid(gettext("role must be one of %(choices)s") % {"choices": ", ".join(ROLES)})
     email = normalise_email(email)
     if password_hash is None:
         if problem := password_problem(password, role=role, email=email):
@@ -125,27 +127,29 @@ async def create_user(
             email=email,
             date_of_birth=date_of_birth,
             phone=phone,
+            # The language they registered in (the request's); their messages follow it.
+            language=i18n.current(),
         )
         session.add(patient)
         await session.flush()
         user.patient_id = patient.id
     elif role == "doctor":
         if doctor_id is None or await session.get(Doctor, doctor_id) is None:
-            raise Invalid("a doctor login needs an existing doctor id")
+            raise Invalid(gettext("a doctor login needs an existing doctor id"))
         user.doctor_id = doctor_id
         user.clinic_id = (await session.get_one(Doctor, doctor_id)).clinic_id
     elif role == "front_desk":
         if clinic_id is None or await session.get(Clinic, clinic_id) is None:
-            raise Invalid("a front desk login needs an existing clinic id")
+            raise Invalid(gettext("a front desk login needs an existing clinic id"))
         user.clinic_id = clinic_id
     if await session.scalar(select(User.id).where(func.lower(User.email) == email.lower())):
-        raise Conflict("this email is already registered")
+        raise Conflict(gettext("this email is already registered"))
     session.add(user)
     try:
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        raise Conflict("this email is already registered") from None
+        raise Conflict(gettext("this email is already registered")) from None
     return user
 
 
@@ -167,9 +171,9 @@ async def register_patient(
     """
     full_name = full_name.strip()
     if not full_name:
-        raise Invalid("full_name must not be empty")
+        raise Invalid(gettext("full_name must not be empty"))
     if date_of_birth is not None and date_of_birth > dt.date.today():
-        raise Invalid("date_of_birth must not be in the future")
+        raise Invalid(gettext("date_of_birth must not be in the future"))
     user = await create_user(
         session,
         role="patient",
@@ -221,7 +225,7 @@ async def authenticate(
     """
     if wait := await rate_limit.login_lock_remaining(redis, email, client_addr):
         raise rate_limit.TooManyAttempts(
-            "too many failed sign-ins; try again later", retry_after=wait
+            gettext("too many failed sign-ins; try again later"), retry_after=wait
         )
     user = await _user_by_email(session, email)
     # Hand the connection back while the password hashes: a burst of sign-ins would
@@ -600,7 +604,7 @@ async def get_profile(session: AsyncSession, user_id: int) -> Profile:
         )
     ).one_or_none()
     if row is None:
-        raise NotFound("no patient profile")
+        raise NotFound(gettext("no patient profile"))
     return Profile(*row)
 
 
@@ -620,14 +624,16 @@ async def update_profile(
     """
     full_name = full_name.strip()
     if not full_name:
-        raise Invalid("full name must not be empty")
+        raise Invalid(gettext("full name must not be empty"))
     if len(full_name) > 200:
-        raise Invalid("full name must be at most 200 characters")
+        raise Invalid(gettext("full name must be at most 200 characters"))
     if language not in LANGUAGES:
-        raise Invalid(f"language must be one of {', '.join(LANGUAGES)}")
+        raise Invalid(
+            gettext("language must be one of %(choices)s") % {"choices": ", ".join(LANGUAGES)}
+        )
     user = await session.get_one(User, user_id)
     if user.patient_id is None:
-        raise Invalid("only patients have a profile")
+        raise Invalid(gettext("only patients have a profile"))
     patient = await session.get_one(Patient, user.patient_id, with_for_update=True)
     patient.full_name, patient.language = full_name, language
     await audit.record(
@@ -641,6 +647,29 @@ async def update_profile(
     )
 
 
+async def save_language(
+    session: AsyncSession, redis: Redis, *, user_id: int, language: str
+) -> None:
+    """A patient's language from the page header's switcher: saved (their reminders
+    follow it) and committed, and their cached Principal dropped so the next request
+    carries it. Other roles keep their choice in a cookie only (app/web/i18n.py).
+
+    Raises:
+        Invalid: a language medbook has no catalogue for.
+    """
+    if language not in i18n.LANGUAGES:
+        raise Invalid(
+            gettext("language must be one of %(choices)s") % {"choices": ", ".join(i18n.LANGUAGES)}
+        )
+    user = await session.get_one(User, user_id)
+    if user.patient_id is None:
+        return
+    patient = await session.get_one(Patient, user.patient_id, with_for_update=True)
+    patient.language = language
+    await session.commit()
+    await forget_principal(redis, user_id)
+
+
 async def _email_taken(session: AsyncSession, email: str, user_id: int) -> bool:
     found = await session.scalar(
         select(User.id).where(func.lower(User.email) == email.lower(), User.id != user_id)
@@ -652,11 +681,11 @@ async def _new_email(session: AsyncSession, user_id: int, new_email: str) -> str
     email = normalise_email(new_email)
     user = await session.get_one(User, user_id)
     if user.patient_id is None:
-        raise Invalid("only patients have a profile")
+        raise Invalid(gettext("only patients have a profile"))
     if email.lower() == user.email.lower():
-        raise Invalid("that is already your email address")
+        raise Invalid(gettext("that is already your email address"))
     if await _email_taken(session, email, user_id):
-        raise Conflict("this email is already registered")
+        raise Conflict(gettext("this email is already registered"))
     return email
 
 
@@ -785,7 +814,7 @@ async def confirm_email_change(
     if user is None or patient is None or not user.is_active or patient.pending_email != email:
         raise expired  # a newer request superseded this link
     if await _email_taken(session, email, user.id):
-        raise Conflict("this email is already registered")
+        raise Conflict(gettext("this email is already registered"))
     if await redis.getdel(key) is None:
         raise expired  # followed meanwhile by a parallel request
     user.email, patient.email, patient.pending_email = email, email, None
@@ -802,7 +831,7 @@ async def confirm_email_change(
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        raise Conflict("this email is already registered") from None
+        raise Conflict(gettext("this email is already registered")) from None
     await forget_principal(redis, user.id)
     return email
 
@@ -869,26 +898,30 @@ async def update_account(
     """
     user = await session.get(User, user_id)
     if user is None:
-        raise NotFound("no such user")
+        raise NotFound(gettext("no such user"))
     if user_id == actor_user_id and (is_active is False or (role and role != user.role)):
-        raise Invalid("admins cannot demote or deactivate themselves")
+        raise Invalid(gettext("admins cannot demote or deactivate themselves"))
     # The queries below (audit, sign-out) flush the change: a doctor who already has a
     # login breaks uq_users_doctor_id there or at the commit, a Conflict either way.
     try:
         if role is not None and role != user.role:
             if role not in ROLES:
-                raise Invalid(f"role must be one of {', '.join(ROLES)}")
+                raise Invalid(
+                    gettext("role must be one of %(choices)s") % {"choices": ", ".join(ROLES)}
+                )
             if role == "patient" and user.patient_id is None:
-                raise Invalid("a staff account cannot become a patient; register one instead")
+                raise Invalid(
+                    gettext("a staff account cannot become a patient; register one instead")
+                )
             doctor = None
             if role == "doctor":
                 doctor = await session.get(Doctor, doctor_id) if doctor_id is not None else None
                 if doctor is None:
-                    raise Invalid("a doctor login needs an existing doctor id")
+                    raise Invalid(gettext("a doctor login needs an existing doctor id"))
             if role == "front_desk" and (
                 clinic_id is None or await session.get(Clinic, clinic_id) is None
             ):
-                raise Invalid("a front desk login needs an existing clinic id")
+                raise Invalid(gettext("a front desk login needs an existing clinic id"))
             before = user.role
             user.role = role
             user.doctor_id = doctor.id if doctor is not None else None
@@ -930,7 +963,7 @@ async def update_account(
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        raise Conflict("that doctor already has a login") from None
+        raise Conflict(gettext("that doctor already has a login")) from None
     await forget_principal(redis, user_id)
     return user
 
@@ -944,10 +977,12 @@ async def _second_factor_change(
     client_addr: str | None,
 ) -> None:
     if (required or remove) and user.role not in STAFF_ROLES:
-        raise Invalid("a second factor is for staff accounts (doctor, front desk, admin)")
+        raise Invalid(gettext("a second factor is for staff accounts (doctor, front desk, admin)"))
     if remove and user.totp_secret is not None:
         if user.id == actor_user_id:
-            raise Invalid("remove your own second factor from your account page, with a code")
+            raise Invalid(
+                gettext("remove your own second factor from your account page, with a code")
+            )
         await totp.remove(session, user=user, actor_user_id=actor_user_id, client_addr=client_addr)
     if required is not None and required != user.totp_required:
         user.totp_required = required

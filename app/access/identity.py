@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from app.redis import spread_ttl
 from app.redis_scripts import Script
-from db.models import User
+from db.models import Patient, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,7 @@ class Principal:
     patient_id: int | None = None
     doctor_id: int | None = None
     clinic_id: int | None = None
+    language: str | None = None  # a patient's saved language (app/i18n.py negotiates)
 
 
 async def load_principal(session: AsyncSession | AsyncConnection, user_id: int) -> Principal | None:
@@ -35,8 +36,16 @@ async def load_principal(session: AsyncSession | AsyncConnection, user_id: int) 
     row = (
         await session.execute(
             select(
-                User.id, User.email, User.role, User.patient_id, User.doctor_id, User.clinic_id
-            ).where(User.id == user_id, User.is_active.is_(True))
+                User.id,
+                User.email,
+                User.role,
+                User.patient_id,
+                User.doctor_id,
+                User.clinic_id,
+                Patient.language,
+            )
+            .outerjoin(Patient, Patient.id == User.patient_id)
+            .where(User.id == user_id, User.is_active.is_(True))
         )
     ).one_or_none()
     return Principal(*row) if row else None

@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from app.errors import Overloaded
+from app.i18n import gettext
 
 # argon2id with OWASP's recommended parameters for a web service (19 MiB, 2 passes, one
 # lane), not argon2-cffi's defaults (64 MiB, 3 passes, 4 lanes): those cost about eight
@@ -181,15 +182,15 @@ def password_problem(password: str, *, role: str = "patient", email: str = "") -
     staff = role in STAFF_ROLES
     minimum = STAFF_MIN_LENGTH if staff else MIN_LENGTH
     if len(password) < minimum:
-        return f"password must be at least {minimum} characters"
+        return gettext("password must be at least %(minimum)s characters") % {"minimum": minimum}
     if len(password) > MAX_LENGTH:
-        return f"password must be at most {MAX_LENGTH} characters"
+        return gettext("password must be at most %(maximum)s characters") % {"maximum": MAX_LENGTH}
     if password.strip().lower() in common_passwords():
-        return "this password is one of the most common ones; choose another"
+        return gettext("this password is one of the most common ones; choose another")
     core = password.lower().strip(string.digits + string.punctuation + string.whitespace)
     if staff and core in common_passwords():
-        return "this password is a common one with digits or symbols added; choose another"
+        return gettext("this password is a common one with digits or symbols added; choose another")
     local = email.strip().split("@")[0].lower()
     if staff and len(local) >= _LOCAL_PART_MIN and local in password.lower():
-        return "a staff password must not contain the name part of the email address"
+        return gettext("a staff password must not contain the name part of the email address")
     return None

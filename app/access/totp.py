@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import audit, rate_limit
 from app.access.passwords import STAFF_ROLES
 from app.errors import DomainError, Forbidden, Invalid
+from app.i18n import gettext
 from db.models import User
 
 ISSUER = "medbook"
@@ -72,7 +73,9 @@ def matching_step(secret: str, code: str, now: float | None = None) -> int | Non
 
 def _require_staff(user: User) -> None:
     if user.role not in STAFF_ROLES:
-        raise Forbidden("a second factor is for staff accounts (doctor, front desk, admin)")
+        raise Forbidden(
+            gettext("a second factor is for staff accounts (doctor, front desk, admin)")
+        )
 
 
 async def candidate_secret(redis: Redis, user_id: int) -> str:
@@ -100,14 +103,14 @@ async def confirm_enrolment(
     """
     _require_staff(user)
     if user.totp_secret is not None:
-        raise Invalid("a second factor is already on; switch it off first to change it")
+        raise Invalid(gettext("a second factor is already on; switch it off first to change it"))
     raw = await redis.get(f"{_CANDIDATE_PREFIX}{user.id}")
     if raw is None:
-        raise Invalid("the set-up expired; open the page again for a new secret")
+        raise Invalid(gettext("the set-up expired; open the page again for a new secret"))
     secret = raw.decode() if isinstance(raw, bytes) else str(raw)
     step = matching_step(secret, code)
     if step is None:
-        raise Invalid("that code does not match; check the phone's clock and try again")
+        raise Invalid(gettext("that code does not match; check the phone's clock and try again"))
     codes = _new_recovery_codes()
     user.totp_secret = secret
     user.totp_last_step = step  # the confirming code cannot sign in as well
@@ -171,7 +174,9 @@ async def check_code(
         WrongCode: the code is wrong, already used, or the account has no second factor.
     """
     if wait := await rate_limit.code_lock_remaining(redis, user.id):
-        raise rate_limit.TooManyAttempts("too many wrong codes; try again later", retry_after=wait)
+        raise rate_limit.TooManyAttempts(
+            gettext("too many wrong codes; try again later"), retry_after=wait
+        )
     secret = user.totp_secret
     step = matching_step(secret, code) if secret else None
     if step is not None and await _spend_step(session, user.id, step):
@@ -246,9 +251,11 @@ async def remove_own(
         WrongCode, TooManyAttempts: as `check_code`.
     """
     if user.totp_secret is None:
-        raise Invalid("this account has no second factor")
+        raise Invalid(gettext("this account has no second factor"))
     if user.totp_required:
-        raise Invalid("an admin requires a second factor on this account; it cannot be removed")
+        raise Invalid(
+            gettext("an admin requires a second factor on this account; it cannot be removed")
+        )
     await check_code(session, redis, user=user, code=code, limits=limits, client_addr=client_addr)
     await remove(session, user=user, actor_user_id=user.id, client_addr=client_addr)
     await session.commit()

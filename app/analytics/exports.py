@@ -43,6 +43,7 @@ from app.analytics.reports import (
     timed_out,
 )
 from app.errors import NotFound
+from app.i18n import gettext
 from app.settings import Settings
 from app.storage import DiskStore, S3Store, Store
 from db.models import ExportJob
@@ -189,7 +190,7 @@ async def _owned(session: AsyncSession, actor: Principal, export_id: str) -> Exp
     """The export if the actor made it (admins see all); otherwise 404, never 403."""
     job = await session.get(ExportJob, export_id)
     if job is None or (actor.role != "admin" and job.requested_by != actor.id):
-        raise NotFound("no such export")
+        raise NotFound(gettext("no such export"))
     return job
 
 
@@ -252,7 +253,7 @@ def stored_file(store: Store, key: str, filename: str, until: dt.datetime) -> Do
     if isinstance(store, DiskStore):
         path = store.path(key)
         if not path.is_file():
-            raise NotFound("this export's file is gone; request it again")
+            raise NotFound(gettext("this export's file is gone; request it again"))
         return Download(path=path)
     assert isinstance(store, S3Store)
     seconds = max(60, min(900, int((until - dt.datetime.now(dt.UTC)).total_seconds())))
@@ -276,7 +277,7 @@ async def download(
     if job.status != "done" or job.storage_key is None:
         raise NotFound("this export is not ready" if job.status != "expired" else "expired")
     if job.expires_at is not None and job.expires_at <= now:
-        raise NotFound("this export has expired; request it again")
+        raise NotFound(gettext("this export has expired; request it again"))
     view = _view(job)
     assert view.expires_at is not None
     found = stored_file(store, job.storage_key, view.filename, view.expires_at)
@@ -335,7 +336,9 @@ async def run_export(
     async with AsyncSession(engine, expire_on_commit=False) as session:
         job = await session.get(ExportJob, export_id)
         if job is None:
-            raise NotFound(f"export {export_id} does not exist")
+            raise NotFound(
+                gettext("export %(export_id)s does not exist") % {"export_id": export_id}
+            )
         if job.status in ("done", "expired"):
             return _view(job)
         first_day, last_day, clinic_id = job.first_day, job.last_day, job.clinic_id

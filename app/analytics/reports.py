@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from app.access.identity import Principal
 from app.analytics.rollups import GENERATION, LEAD_BUCKETS
 from app.errors import DomainError, Forbidden, Invalid
+from app.i18n import gettext
 
 GROUPS = ("clinic", "doctor", "weekday", "hour", "lead_time")
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -94,16 +95,16 @@ def report_scope(
     """
     if actor.role == "front_desk":
         if clinic_id is not None and clinic_id != actor.clinic_id:
-            raise Forbidden("front desks see their own clinic's analytics only")
+            raise Forbidden(gettext("front desks see their own clinic's analytics only"))
         clinic_id = actor.clinic_id
     elif actor.role != "admin":
-        raise Forbidden("analytics are for admins and front desks")
+        raise Forbidden(gettext("analytics are for admins and front desks"))
     last = last_day or today
     first = first_day or last - dt.timedelta(days=29)
     if first > last:
-        raise Invalid("`from` must not be after `to`")
+        raise Invalid(gettext("`from` must not be after `to`"))
     if (last - first).days + 1 > max_days:
-        raise Invalid(f"a range covers at most {max_days} days")
+        raise Invalid(gettext("a range covers at most %(max_days)s days") % {"max_days": max_days})
     return ReportScope(first, last, clinic_id)
 
 
@@ -261,7 +262,9 @@ async def no_shows(db: Db, scope: ReportScope, group_by: str) -> NoShowReport:
         ReportTimedOut: the query ran past the analytics statement timeout.
     """
     if group_by not in GROUPS:
-        raise Invalid(f"group_by must be one of {', '.join(GROUPS)}")
+        raise Invalid(
+            gettext("group_by must be one of %(choices)s") % {"choices": ", ".join(GROUPS)}
+        )
     sql = NO_SHOW_SQL[group_by]
     params = _params(scope, dimensions=_DIMENSIONS.get(group_by, []))
     rows = await _rows(db, text(sql), params)
@@ -547,7 +550,9 @@ async def dashboard(engine: AsyncEngine, scope: ReportScope, group_by: str) -> D
         ReportTimedOut: a query ran past the analytics statement timeout.
     """
     if group_by not in GROUPS:
-        raise Invalid(f"group_by must be one of {', '.join(GROUPS)}")
+        raise Invalid(
+            gettext("group_by must be one of %(choices)s") % {"choices": ", ".join(GROUPS)}
+        )
     async with engine.connect() as conn:
         generation = (await _rows(conn, GENERATION_SQL, {}) or [(None,)])[0][0]
     key = (engine.url, generation, scope, group_by)

@@ -34,6 +34,7 @@ from app.appointments.statements import (
     held_lock,
 )
 from app.errors import Conflict, Invalid, NotFound
+from app.i18n import gettext
 from app.live.effects import AppointmentChange, Effects
 from app.notifications import planning as notifications
 from app.scheduling.availability import Interval, Visit
@@ -246,7 +247,7 @@ async def book(
         NotFound: no such doctor, or the visit type is not theirs.
     """
     if start.tzinfo is None:
-        raise Invalid("start must include a UTC offset, e.g. 2026-06-01T09:00:00+02:00")
+        raise Invalid(gettext("start must include a UTC offset, e.g. 2026-06-01T09:00:00+02:00"))
     start = start.astimezone(dt.UTC)
     target = booking_rules.target_patient(actor, patient_id)
     override_reason = booking_rules.check_override(actor.role, override_reason)
@@ -255,7 +256,7 @@ async def book(
     booking_rules.check_desk_clinic(actor, data.clinic_id)
     booking_rules.check_may_book_type(actor.role, data.visit_type)
     if facts is None:
-        raise Invalid(f"patient {target} does not exist")
+        raise Invalid(gettext("patient %(target)s does not exist") % {"target": target})
     digest = _request_hash(doctor_id, start, target, reason, visit_type_id)
     if idempotency_key and (
         replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
@@ -307,7 +308,10 @@ async def book(
         if _lost_the_slot(exc):
             raise await _taken(session, doctor_id, slot.start, rules, now, visit) from None
         if _constraint(exc) == VISIT_TYPE_KEY:  # deleted while this booking waited on it
-            raise NotFound(f"visit type {visit_type_id} no longer exists") from None
+            raise NotFound(
+                gettext("visit type %(visit_type_id)s no longer exists")
+                % {"visit_type_id": visit_type_id}
+            ) from None
         # The same key with another body, booked at this moment (another doctor, so not
         # queued behind this one on the lock): answer as a later retry would.
         if (
@@ -342,7 +346,7 @@ async def _replay(
 def _replayed(earlier: Appointment, digest: str, timezone: str) -> BookingResult:
     """The booking made earlier under the request's key, if the request is the same."""
     if earlier.idempotency_hash != digest:
-        raise Invalid("this Idempotency-Key was already used for a different booking")
+        raise Invalid(gettext("this Idempotency-Key was already used for a different booking"))
     return BookingResult(earlier, timezone, replayed=True)
 
 
@@ -367,7 +371,9 @@ async def _locked_with_timezone(
         query = query.add_columns(literal_column(lock))
     row = (await session.execute(query)).one_or_none()
     if row is None:
-        raise NotFound(f"appointment {appointment_id} not found")
+        raise NotFound(
+            gettext("appointment %(appointment_id)s not found") % {"appointment_id": appointment_id}
+        )
     return row[0], row[1]
 
 
@@ -396,7 +402,7 @@ async def reschedule(
         NotFound: not visible to the actor.
     """
     if start.tzinfo is None:
-        raise Invalid("start must include a UTC offset")
+        raise Invalid(gettext("start must include a UTC offset"))
     start = start.astimezone(dt.UTC)
     appointment, _ = await _locked_with_timezone(session, actor, appointment_id, held=True)
     booking_rules.check_reschedule(actor.role, appointment.status)
@@ -581,7 +587,10 @@ async def change_status(
         )
         await session.commit()
         if not rows or not rows[0].may_see:
-            raise NotFound(f"appointment {appointment_id} not found")
+            raise NotFound(
+                gettext("appointment %(appointment_id)s not found")
+                % {"appointment_id": appointment_id}
+            )
         row = rows[0]
         if row.id is not None:
             appointment = changed_appointment(row)
@@ -590,7 +599,7 @@ async def change_status(
         booking_rules.check_transition(actor.role, _found(row), status, now, timezone=row.timezone)
         # Allowed as it was read, refused once locked: another change came first. The
         # second pass reads what it did and answers with the reason.
-    raise Conflict("the appointment has just been changed; reload it")
+    raise Conflict(gettext("the appointment has just been changed; reload it"))
 
 
 async def bulk_update(
@@ -613,7 +622,9 @@ async def bulk_update(
     booking_rules.check_bulk_target(status)
     ids = list(dict.fromkeys(appointment_ids))
     if not ids or len(ids) > MAX_BULK:
-        raise Invalid(f"give between 1 and {MAX_BULK} appointment ids")
+        raise Invalid(
+            gettext("give between 1 and %(max_bulk)s appointment ids") % {"max_bulk": MAX_BULK}
+        )
     await _one_statement_session(session)
     rows = await set_status(
         session,

@@ -16,6 +16,7 @@ from app.appointments import commands
 from app.appointments.queries import first_free, in_conflict, visible
 from app.appointments.rules import BookingRules, booked_visit
 from app.errors import Conflict, DomainError, Forbidden, Invalid
+from app.i18n import gettext
 from app.live.effects import Effects
 from app.scheduling.availability import Visit
 from db.models import Appointment, Clinic
@@ -57,12 +58,19 @@ async def resolve(
         Invalid: an unknown action, or no ids (or too many).
     """
     if actor.role not in ("front_desk", "admin"):
-        raise Forbidden("only the front desk and admins move or cancel conflicting bookings")
+        raise Forbidden(
+            gettext("only the front desk and admins move or cancel conflicting bookings")
+        )
     if action not in ACTIONS:
-        raise Invalid(f"action must be one of {', '.join(ACTIONS)}")
+        raise Invalid(
+            gettext("action must be one of %(choices)s") % {"choices": ", ".join(ACTIONS)}
+        )
     ids = list(dict.fromkeys(appointment_ids))
     if not ids or len(ids) > commands.MAX_BULK:
-        raise Invalid(f"give between 1 and {commands.MAX_BULK} appointment ids")
+        raise Invalid(
+            gettext("give between 1 and %(max_bulk)s appointment ids")
+            % {"max_bulk": commands.MAX_BULK}
+        )
     rows = {
         row.id: row
         for row in await session.execute(

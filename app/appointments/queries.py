@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments.rules import BookingRules
 from app.errors import Invalid, NotFound
+from app.i18n import gettext
 from app.scheduling.availability import Interval, Visit, day_slots
 from app.scheduling.slots import day_window, load_doctor_days
 from db.models import Appointment, Clinic, Doctor, Patient, ScheduleException
@@ -44,7 +45,9 @@ async def get_visible(session: AsyncSession, actor: Principal, appointment_id: i
     query = select(Appointment).where(Appointment.id == appointment_id, visible(actor))
     appointment = await session.scalar(query)
     if appointment is None:
-        raise NotFound(f"appointment {appointment_id} not found")
+        raise NotFound(
+            gettext("appointment %(appointment_id)s not found") % {"appointment_id": appointment_id}
+        )
     return appointment
 
 
@@ -169,7 +172,7 @@ def _cursor_decode(cursor: str) -> tuple[dt.datetime, int]:
         stamp, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":")
         return dt.datetime.fromtimestamp(float(stamp), dt.UTC), int(row_id)
     except (ValueError, UnicodeDecodeError):
-        raise Invalid("cursor is not one this API returned") from None
+        raise Invalid(gettext("cursor is not one this API returned")) from None
 
 
 async def list_appointments(
@@ -196,9 +199,9 @@ async def list_appointments(
         The rows and the cursor of the next page (None at the end).
     """
     if not 1 <= limit <= 200:
-        raise Invalid("limit must be between 1 and 200")
+        raise Invalid(gettext("limit must be between 1 and 200"))
     if when not in (None, "upcoming", "past"):
-        raise Invalid("when must be upcoming or past")
+        raise Invalid(gettext("when must be upcoming or past"))
     query: Select = (
         select(
             Appointment.id,
@@ -269,8 +272,8 @@ async def _zone_for_filter(
         return await clinic_timezone(session, doctor_id)
     clinic = clinic_id or actor.clinic_id
     if clinic is None:
-        raise Invalid("a day filter needs doctor_id or clinic_id")
+        raise Invalid(gettext("a day filter needs doctor_id or clinic_id"))
     tz = await session.scalar(select(Clinic.timezone).where(Clinic.id == clinic))
     if tz is None:
-        raise NotFound(f"clinic {clinic} does not exist")
+        raise NotFound(gettext("clinic %(clinic)s does not exist") % {"clinic": clinic})
     return tz

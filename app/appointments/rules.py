@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from app.errors import Forbidden, Invalid
+from app.i18n import gettext
 from app.scheduling.availability import Interval, Visit, day_slots
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def status_columns(target: str, now: dt.datetime) -> dict[str, object]:
 def check_known(target: str) -> None:
     """Raises Invalid for a status that does not exist."""
     if target not in STATUSES:
-        raise Invalid(f"unknown status {target!r}")
+        raise Invalid(gettext("unknown status %(target)r") % {"target": target})
 
 
 class Booked(Protocol):
@@ -222,7 +223,9 @@ def check_bulk_target(target: str) -> None:
     `booked`: a check-in is undone one at a time, each audited)."""
     check_known(target)
     if target == "booked" or not sources(target):
-        raise Invalid(f"no appointment can be set back to {target} in bulk")
+        raise Invalid(
+            gettext("no appointment can be set back to %(target)s in bulk") % {"target": target}
+        )
 
 
 def check_reschedule(role: str, current: str) -> None:
@@ -233,9 +236,11 @@ def check_reschedule(role: str, current: str) -> None:
         Invalid: the appointment is no longer booked.
     """
     if role == "doctor":
-        raise Forbidden("doctors do not reschedule; the front desk does")
+        raise Forbidden(gettext("doctors do not reschedule; the front desk does"))
     if current != "booked":
-        raise Invalid(f"a {current} appointment cannot be rescheduled")
+        raise Invalid(
+            gettext("a %(current)s appointment cannot be rescheduled") % {"current": current}
+        )
 
 
 def target_patient(actor: Principal, patient_id: int | None) -> int:
@@ -244,20 +249,20 @@ def target_patient(actor: Principal, patient_id: int | None) -> int:
     that the patient exists is checked with their facts)."""
     if actor.role == "patient":
         if patient_id is not None and patient_id != actor.patient_id:
-            raise Forbidden("patients can book only for themselves")
+            raise Forbidden(gettext("patients can book only for themselves"))
         assert actor.patient_id is not None
         return actor.patient_id
     if actor.role in ("front_desk", "admin"):
         if patient_id is None:
-            raise Invalid("patient_id is required when staff book")
+            raise Invalid(gettext("patient_id is required when staff book"))
         return patient_id
-    raise Forbidden("your role may not book appointments")
+    raise Forbidden(gettext("your role may not book appointments"))
 
 
 def check_desk_clinic(actor: Principal, clinic_id: int) -> None:
     """Raises Forbidden when a front desk books with another clinic's doctor."""
     if actor.role == "front_desk" and actor.clinic_id != clinic_id:
-        raise Forbidden("front desks book only with their own clinic's doctors")
+        raise Forbidden(gettext("front desks book only with their own clinic's doctors"))
 
 
 def for_visit_type(rules: BookingRules, visit_type: TypeFacts | None) -> BookingRules:
@@ -279,7 +284,9 @@ def for_visit_type(rules: BookingRules, visit_type: TypeFacts | None) -> Booking
 def check_may_book_type(role: str, visit_type: TypeFacts | None) -> None:
     """Raises Forbidden when a patient asks for a type the clinic books by staff only."""
     if visit_type is not None and not visit_type.online and role not in MAY_BOOK_STAFF_ONLY:
-        raise Forbidden(f"{visit_type.name} is booked by the clinic's staff only")
+        raise Forbidden(
+            gettext("%(name)s is booked by the clinic's staff only") % {"name": visit_type.name}
+        )
 
 
 # Who may see and book a visit type that is not bookable online.
@@ -313,8 +320,11 @@ def find_slot(data: DoctorDays, start: dt.datetime, visit: Visit | None = None) 
         if slot.start == start:
             return Interval(slot.start, slot.end)
     if visit is not None and any(s.start == start for s in day_slots(day, data.ranges, tz)):
-        raise Invalid(f"a {visit.minutes}-minute visit at this time runs past the doctor's hours")
-    raise Invalid("this time is not on the doctor's slot grid")
+        raise Invalid(
+            gettext("a %(minutes)s-minute visit at this time runs past the doctor's hours")
+            % {"minutes": visit.minutes}
+        )
+    raise Invalid(gettext("this time is not on the doctor's slot grid"))
 
 
 def check_bookable(
@@ -334,16 +344,21 @@ def check_bookable(
             slot.end + dt.timedelta(minutes=visit.buffer_after),
         )
     if not data.active:
-        raise Invalid("this doctor is not taking appointments")
+        raise Invalid(gettext("this doctor is not taking appointments"))
     if slot.start < now:
-        raise Invalid("this time is in the past")
+        raise Invalid(gettext("this time is in the past"))
     if slot.start < now + rules.min_notice:
         minutes = int(rules.min_notice.total_seconds() // 60)
-        raise Invalid(f"appointments need at least {minutes} minutes' notice")
+        raise Invalid(
+            gettext("appointments need at least %(minutes)s minutes' notice") % {"minutes": minutes}
+        )
     if slot.start > now + rules.horizon:
-        raise Invalid(f"appointments can be booked at most {rules.horizon.days} days ahead")
+        raise Invalid(
+            gettext("appointments can be booked at most %(days)s days ahead")
+            % {"days": rules.horizon.days}
+        )
     if any(span.overlaps(b) for b in data.blocked):
-        raise Invalid("the doctor is not available then (leave or closure)")
+        raise Invalid(gettext("the doctor is not available then (leave or closure)"))
 
 
 def check_override(role: str, override_reason: str | None) -> str | None:
@@ -357,10 +372,10 @@ def check_override(role: str, override_reason: str | None) -> str | None:
     if override_reason is None:
         return None
     if role not in MAY_OVERRIDE_LIMIT:
-        raise Forbidden("only the front desk and admins may book beyond the limit")
+        raise Forbidden(gettext("only the front desk and admins may book beyond the limit"))
     reason = " ".join(override_reason.split())
     if not reason:
-        raise Invalid("override_reason must say why the limit is exceeded")
+        raise Invalid(gettext("override_reason must say why the limit is exceeded"))
     return reason
 
 
@@ -404,11 +419,10 @@ class OverTheLimit(Invalid):
 
 def over_the_limit(rules: BookingRules, *, role: str = "patient") -> OverTheLimit:
     """The refusal of a booking beyond the limit; staff are told a reason lets them."""
-    limit = (
-        f"a patient may hold at most {rules.max_future_per_doctor} future appointments "
-        "with one doctor"
-    )
+    limit = gettext("a patient may hold at most %(count)s future appointments with one doctor") % {
+        "count": rules.max_future_per_doctor
+    }
     detail = limit
     if role in MAY_OVERRIDE_LIMIT:
-        detail += "; to book beyond it, give an override_reason (it is recorded)"
+        detail += gettext("; to book beyond it, give an override_reason (it is recorded)")
     return OverTheLimit(detail, limit=limit)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import audit
 from app.access.identity import Principal
 from app.errors import Conflict, Forbidden, Invalid
+from app.i18n import gettext
 from db.models import Patient
 
 PATIENT_REGISTERED = "patient.registered"
@@ -41,7 +42,7 @@ async def selected_patient(session: AsyncSession, patient_id: int, search: str) 
     """
     name = await session.scalar(select(Patient.full_name).where(Patient.id == patient_id))
     if name is None or not shown_by(name, search):
-        raise Invalid("the patient search has changed: choose the patient again")
+        raise Invalid(gettext("the patient search has changed: choose the patient again"))
     return name
 
 
@@ -69,16 +70,19 @@ async def register_patient(
         Conflict: a patient with this name and date of birth exists (find them instead).
     """
     if actor.role not in ("front_desk", "admin"):
-        raise Forbidden("only the front desk and admins register patients")
+        raise Forbidden(gettext("only the front desk and admins register patients"))
     full_name = " ".join(full_name.split())
     if len(full_name) < 2 or len(full_name) > MAX_NAME_CHARS or not full_name.isprintable():
-        raise Invalid(f"give the patient's full name (2 to {MAX_NAME_CHARS} characters)")
+        raise Invalid(
+            gettext("give the patient's full name (2 to %(max_name_chars)s characters)")
+            % {"max_name_chars": MAX_NAME_CHARS}
+        )
     if not OLDEST_BIRTH <= date_of_birth <= today:
-        raise Invalid("the date of birth must be a past date")
+        raise Invalid(gettext("the date of birth must be a past date"))
     phone = (phone or "").strip() or None
     email = (email or "").strip() or None
     if email is not None and ("@" not in email or len(email) > 254):
-        raise Invalid("the e-mail address is not valid")
+        raise Invalid(gettext("the e-mail address is not valid"))
     twin = await session.scalar(
         select(Patient.id).where(
             func.lower(Patient.full_name) == full_name.lower(),
@@ -86,7 +90,9 @@ async def register_patient(
         )
     )
     if twin is not None:
-        raise Conflict("a patient with this name and date of birth is registered: search for them")
+        raise Conflict(
+            gettext("a patient with this name and date of birth is registered: search for them")
+        )
     patient = Patient(
         full_name=full_name,
         date_of_birth=date_of_birth,

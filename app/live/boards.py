@@ -12,20 +12,23 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from app import i18n
 from app.appointments.queries import in_conflict
 from app.appointments.rules import UNDO_CHECK_IN, BookingRules, for_visit_type
+from app.i18n import N_, gettext
 from app.scheduling.availability import local_day_bounds
 from app.scheduling.slots import CachedSlot, DaySlots, SlotCache
 from db.models import Appointment, Clinic, Doctor, Patient, User
 
 # Why a slot cannot be booked, in the patient's words: only a taken slot may free up.
+# The words are msgids: `SlotView.why` translates them into the viewer's language.
 SLOT_STATES = {
-    "free": "free",
-    "taken": "taken",
-    "away": "doctor away",
-    "past": "past",
-    "too_soon": "too late to book online",
-    "not_yet": "not bookable yet",
+    "free": N_("free"),
+    "taken": N_("taken"),
+    "away": N_("doctor away"),
+    "past": N_("past"),
+    "too_soon": N_("too late to book online"),
+    "not_yet": N_("not bookable yet"),
 }
 
 
@@ -41,7 +44,9 @@ class SlotView:
 
     @property
     def why(self) -> str:
-        return SLOT_STATES[self.state]
+        """Why it cannot be booked, in the current language (plain gettext: the templates'
+        `_()` would cost a context call, Markup and formatting on every slot of a week)."""
+        return gettext(SLOT_STATES[self.state])
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +414,7 @@ def _mine(row: Any) -> MyAppointment:
         doctor_name=row.full_name,
         clinic_name=row.name,
         timezone=row.timezone,
-        label=f"{local:%a %d %b %Y, %H:%M} {local.tzname()}",
+        label=i18n.moment(row.starts_at, row.timezone),
         day=local.date().isoformat(),
         status=row.status,
         by_clinic=row.status == "cancelled" and bool(row.by_clinic),

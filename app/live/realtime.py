@@ -4,8 +4,9 @@ Flow: a write commits, `Effects` calls `publish_changes`, which publishes ids (n
 data) on Redis pub/sub through `broadcaster`, one channel per doctor-day and per
 clinic-day. Every server process has one `Hub`: it holds one broadcaster subscription per
 channel that any of its sockets watches, renders each event once per audience (the slot
-grid for patients, the board for front desks, the day list for doctors) and hands the
-HTML to every socket of that audience through a bounded queue.
+grid for patients, the board for front desks, the day list for doctors) and language
+(each socket's, app/i18n.py) and hands the HTML to every socket of that audience and
+language through a bounded queue.
 
 Failure handling:
 - A slow socket whose queue is full is closed with 1013 ("try again later", one of the
@@ -43,6 +44,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app import i18n
 from app.live.effects import AppointmentChange
 from app.redis import redis_from_url
 
@@ -126,6 +128,7 @@ class LiveSocket:
 
     audience: str
     channels: tuple[str, ...]
+    language: str = i18n.SOURCE_LANGUAGE  # its fragments are rendered in this language
     queue: asyncio.Queue[str | int] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
 
     def offer(self, html: str) -> bool:
@@ -305,8 +308,10 @@ class Hub:
             raise RedisError("live updates are not connected")
         await self.broadcast.publish(self.prefix + channel, json.dumps(payload))
 
-    def join(self, audience: str, channels: Sequence[str]) -> LiveSocket:
-        socket = LiveSocket(audience, tuple(channels))
+    def join(
+        self, audience: str, channels: Sequence[str], language: str = i18n.SOURCE_LANGUAGE
+    ) -> LiveSocket:
+        socket = LiveSocket(audience, tuple(channels), language)
         for channel in channels:
             self.sockets.setdefault(channel, set()).add(socket)
             if channel not in self.subscriptions and self.healthy:
@@ -373,14 +378,15 @@ class Hub:
             log.debug("subscription to %s ended before Redis confirmed it", channel)
 
     async def _fan_out(self, channel: str, payload: dict[str, Any]) -> None:
-        by_audience: dict[str, list[LiveSocket]] = {}
+        by_audience: dict[tuple[str, str], list[LiveSocket]] = {}
         for socket in self.sockets.get(channel, ()):
-            by_audience.setdefault(socket.audience, []).append(socket)
-        for audience, sockets in by_audience.items():
+            by_audience.setdefault((socket.audience, socket.language), []).append(socket)
+        for (audience, language), sockets in by_audience.items():
             try:
-                html = await self.render(channel, audience, payload)  # once per audience
+                with i18n.use_language(language):  # once per audience and language
+                    html = await self.render(channel, audience, payload)
             except Exception:
-                log.exception("could not render %s for %s", channel, audience)
+                log.exception("could not render %s for %s (%s)", channel, audience, language)
                 continue
             if not html:  # this audience has nothing to show for this event
                 continue

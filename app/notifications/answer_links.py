@@ -13,6 +13,7 @@ import hashlib
 import hmac
 
 from app.errors import Invalid, NotFound
+from app.i18n import gettext
 
 _PURPOSE = b"medbook reminder answer v1:"
 
@@ -41,7 +42,7 @@ def read_token(secret: str, token: str, now: dt.datetime) -> int:
     if not (appointment.isdigit() and expires.isdigit()) or not hmac.compare_digest(
         signature.encode(), _sign(secret, payload).encode()
     ):
-        raise NotFound("this link is not valid")
+        raise NotFound(gettext("this link is not valid"))
     if now.timestamp() >= int(expires):
-        raise Invalid("this link has expired: the appointment has begun")
+        raise Invalid(gettext("this link has expired: the appointment has begun"))
     return int(appointment)

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import audit
 from app.appointments import commands
 from app.errors import Invalid, NotFound
+from app.i18n import gettext
 from app.live.effects import AppointmentChange, Effects
 from app.scheduling.slots import local_days
 
@@ -53,6 +54,7 @@ class Visit:
     doctor_name: str
     clinic_name: str
     confirmed_at: dt.datetime | None
+    language: str = "en"  # the patient's: an SMS reply is written in it
 
     @property
     def open(self) -> bool:
@@ -64,14 +66,28 @@ _VISIT = text(
     """
 SELECT a.id, a.status, a.starts_at, c.timezone, d.full_name AS doctor_name,
        c.name AS clinic_name, a.confirmed_at, a.patient_id, a.ends_at, a.doctor_id,
-       a.clinic_id, u.id AS user_id
+       a.clinic_id, u.id AS user_id, p.language
   FROM appointments a
+  JOIN patients p ON p.id = a.patient_id
   JOIN doctors d ON d.id = a.doctor_id
   JOIN clinics c ON c.id = a.clinic_id
   LEFT JOIN users u ON u.patient_id = a.patient_id
  WHERE a.id = :id
 """
 )
+
+
+def _visit(row: Any) -> Visit:
+    return Visit(
+        row.id,
+        row.status,
+        row.starts_at,
+        row.timezone,
+        row.doctor_name,
+        row.clinic_name,
+        row.confirmed_at,
+        row.language,
+    )
 
 
 async def visit(session: AsyncSession, appointment_id: int) -> Visit:
@@ -82,8 +98,8 @@ async def visit(session: AsyncSession, appointment_id: int) -> Visit:
     """
     row = (await session.execute(_VISIT, {"id": appointment_id})).one_or_none()
     if row is None:
-        raise NotFound("this appointment no longer exists")
-    return Visit(*row[:7])
+        raise NotFound(gettext("this appointment no longer exists"))
+    return _visit(row)
 
 
 _CONFIRM = text(
@@ -120,12 +136,12 @@ async def answer(
     """
     row = (await session.execute(_VISIT, {"id": appointment_id})).one_or_none()
     if row is None:
-        raise NotFound("this appointment no longer exists")
-    current = Visit(*row[:7])
+        raise NotFound(gettext("this appointment no longer exists"))
+    current = _visit(row)
     if current.status != "booked" or (single_use and current.confirmed_at is not None):
-        raise Invalid("this appointment has already been answered")
+        raise Invalid(gettext("this appointment has already been answered"))
     if current.starts_at <= now:
-        raise Invalid("this appointment has begun")
+        raise Invalid(gettext("this appointment has begun"))
     details = {"via": via}
     if action == "confirm":
         if current.confirmed_at is not None:
@@ -133,7 +149,7 @@ async def answer(
         done = (await session.execute(_CONFIRM, {"id": appointment_id, "now": now})).first()
         if done is None:  # changed meanwhile
             await session.rollback()
-            raise Invalid("this appointment has already been answered")
+            raise Invalid(gettext("this appointment has already been answered"))
         await audit.record(
             session,
             actor_user_id=row.user_id,
@@ -158,7 +174,7 @@ async def answer(
         )
         await session.commit()
         if not rows or rows[0].id is None:
-            raise Invalid("this appointment has already been answered")
+            raise Invalid(gettext("this appointment has already been answered"))
     days = tuple(local_days(row.starts_at, row.ends_at, row.timezone))
     await effects.appointments_changed(
         [
@@ -219,5 +235,5 @@ async def reminded_appointment(session: AsyncSession, phone: str, now: dt.dateti
     """
     found = await session.scalar(_REMINDED, {"phone": phone_key(phone), "now": now})
     if found is None:
-        raise NotFound("no reminded appointment for this number")
+        raise NotFound(gettext("no reminded appointment for this number"))
     return int(found)

@@ -20,11 +20,12 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, parseaddr
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import aiosmtplib
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from app import i18n
+from app.i18n import N_, gettext
 from app.notifications.answer_links import answer_token
 from app.notifications.outbox import AccountMessage, Outgoing, SendFailed
 from app.settings import PROJECT_ROOT, Settings
@@ -38,6 +39,7 @@ _env = Environment(
     lstrip_blocks=True,
     auto_reload=False,  # templates change with a deploy, not while running
 )
+i18n.install_jinja(_env)
 _TEMPLATE = {
     "confirmation": "confirmation",
     "reminder_24h": "reminder",
@@ -46,34 +48,34 @@ _TEMPLATE = {
     "exception": "cancellation",
     "offer": "offer",
 }
+# msgids: each is translated into the patient's language when the message is rendered.
 SUBJECTS = {
-    "confirmation": "Appointment confirmed",
-    "reminder_24h": "Reminder: your appointment tomorrow",
-    "reminder_1h": "Reminder: your appointment in one hour",
-    "cancellation": "Appointment cancelled",
-    "exception": "Appointment cancelled by the clinic",
-    "offer": "An earlier appointment is free for you",
+    "confirmation": N_("Appointment confirmed"),
+    "reminder_24h": N_("Reminder: your appointment tomorrow"),
+    "reminder_1h": N_("Reminder: your appointment in one hour"),
+    "cancellation": N_("Appointment cancelled"),
+    "exception": N_("Appointment cancelled by the clinic"),
+    "offer": N_("An earlier appointment is free for you"),
 }
 # Messages that come with no calendar event: an offer is not an appointment yet.
 WITHOUT_CALENDAR = frozenset({"offer"})
 
 
 ACCOUNT_SUBJECTS = {
-    "password_reset": "Reset your medbook password",
-    "email_verify": "Confirm your new email address for medbook",
+    "password_reset": N_("Reset your medbook password"),
+    "email_verify": N_("Confirm your new email address for medbook"),
 }
 
 
 def local_time(instant: dt.datetime, timezone: str) -> str:
-    """`Tuesday 30 March 2027, 09:00 CEST (Europe/Berlin)`: the clinic's wall time and zone."""
-    local = instant.astimezone(ZoneInfo(timezone))
-    return f"{local:%A} {local.day} {local:%B %Y, %H:%M} {local.tzname()} ({timezone})"
+    """`Tuesday 30 March 2027, 09:00 CEST (Europe/Berlin)`: the clinic's wall time and zone,
+    in the current language."""
+    return i18n.letter_moment(instant, timezone)
 
 
 def short_time(instant: dt.datetime, timezone: str) -> str:
-    """`Tue 30 Mar 09:00 CEST` for SMS."""
-    local = instant.astimezone(ZoneInfo(timezone))
-    return f"{local:%a} {local.day} {local:%b %H:%M} {local.tzname()}"
+    """`Tue 30 Mar 09:00 CEST` for SMS, in the current language."""
+    return i18n.sms_moment(instant, timezone)
 
 
 def context(item: Outgoing, origin: str, secret: str = "") -> dict[str, Any]:
@@ -87,7 +89,7 @@ def context(item: Outgoing, origin: str, secret: str = "") -> dict[str, Any]:
         "answer_url": answer_url,
         "answers_by_sms": item.kind == "reminder_24h",
         "kind": item.kind,
-        "subject": SUBJECTS[item.kind],
+        "subject": gettext(SUBJECTS[item.kind]),
         "doctor": item.doctor_name,
         "clinic": item.clinic_name,
         "address": item.clinic_address,
@@ -99,26 +101,30 @@ def context(item: Outgoing, origin: str, secret: str = "") -> dict[str, Any]:
 
 
 def render_text(item: Outgoing, origin: str, secret: str = "") -> tuple[str, str, str]:
-    """Subject, plain text and HTML of the email for `item`."""
-    values = context(item, origin, secret)
-    name = _TEMPLATE[item.kind]
-    text = _env.get_template(f"{name}.txt").render(values)
-    html = _env.get_template(f"{name}.html").render(values)
+    """Subject, plain text and HTML of the email for `item`, in the patient's language."""
+    with i18n.use_language(item.language):
+        values = context(item, origin, secret)
+        name = _TEMPLATE[item.kind]
+        text = _env.get_template(f"{name}.txt").render(values)
+        html = _env.get_template(f"{name}.html").render(values)
     return f"{values['subject']}: {values['when_short']}", text, html
 
 
 def render_account(item: AccountMessage, origin: str) -> tuple[str, str, str]:
     """Subject, plain text and HTML of an account message; its link must be set."""
     assert item.link is not None  # moot() voids a message whose link expired
-    subject = ACCOUNT_SUBJECTS[item.kind]
-    values = {"kind": item.kind, "subject": subject, "link": origin.rstrip("/") + item.link}
-    text = _env.get_template(f"{item.kind}.txt").render(values)
-    html = _env.get_template(f"{item.kind}.html").render(values)
+    with i18n.use_language(item.language):
+        subject = gettext(ACCOUNT_SUBJECTS[item.kind])
+        values = {"kind": item.kind, "subject": subject, "link": origin.rstrip("/") + item.link}
+        text = _env.get_template(f"{item.kind}.txt").render(values)
+        html = _env.get_template(f"{item.kind}.html").render(values)
     return subject, text, html
 
 
 def render_sms(item: Outgoing, origin: str) -> str:
-    return _env.get_template("sms.txt").render(context(item, origin)).strip()
+    """The SMS for `item`, in the patient's language."""
+    with i18n.use_language(item.language):
+        return _env.get_template("sms.txt").render(context(item, origin)).strip()
 
 
 def _ics_text(value: str) -> str:
@@ -153,7 +159,11 @@ def calendar(item: Outgoing, origin: str, now: dt.datetime) -> str:
     host = origin.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0] or "medbook"
     cancelled = item.kind not in ("confirmation", "reminder_24h", "reminder_1h")
     location = item.clinic_name + (f", {item.clinic_address}" if item.clinic_address else "")
-    manage = f"To cancel or reschedule: {origin.rstrip('/')}/me/appointments"
+    with i18n.use_language(item.language):
+        manage = gettext("To cancel or reschedule: %(url)s") % {
+            "url": f"{origin.rstrip('/')}/me/appointments"
+        }
+        summary = gettext("Appointment with %(doctor)s") % {"doctor": item.doctor_name}
     lines = [
         "BEGIN:VCALENDAR",
         "VERSION:2.0",
@@ -165,7 +175,7 @@ def calendar(item: Outgoing, origin: str, now: dt.datetime) -> str:
         f"DTSTAMP:{_utc(now)}",
         f"DTSTART:{_utc(item.starts_at)}",
         f"DTEND:{_utc(item.ends_at)}",
-        f"SUMMARY:{_ics_text('Appointment with ' + item.doctor_name)}",
+        f"SUMMARY:{_ics_text(summary)}",
         f"LOCATION:{_ics_text(location)}",
         f"DESCRIPTION:{_ics_text(manage)}",
         f"STATUS:{'CANCELLED' if cancelled else 'CONFIRMED'}",

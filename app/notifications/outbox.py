@@ -26,8 +26,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Table, and_, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app import i18n
 from app.access import audit
 from app.errors import NotFound
+from app.i18n import gettext
 from app.notifications.planning import ANNOUNCEMENTS
 from db.models import Appointment, Clinic, Doctor, Notification, Patient, User
 
@@ -134,6 +136,7 @@ class Outgoing:
     timezone: str
     email: str | None
     phone: str | None
+    language: str = i18n.SOURCE_LANGUAGE  # the patient's: the message is written in it
 
     @property
     def recipient(self) -> str | None:
@@ -167,6 +170,7 @@ class AccountMessage:
     user_id: int
     ref: str
     email: str | None
+    language: str = i18n.SOURCE_LANGUAGE
     link: str | None = None
 
     @property
@@ -209,6 +213,7 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
             Clinic.timezone,
             Patient.email,
             Patient.phone,
+            Patient.language,
         )
         .join(Appointment, Appointment.id == Notification.appointment_id)
         .join(Doctor, Doctor.id == Appointment.doctor_id)
@@ -228,6 +233,7 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
             User.id,
             Notification.ref,
             case((Notification.kind == "email_verify", Patient.pending_email), else_=User.email),
+            func.coalesce(Patient.language, i18n.SOURCE_LANGUAGE),
         )
         .join(User, User.id == Notification.user_id)
         .outerjoin(Patient, Patient.id == User.patient_id)
@@ -395,7 +401,10 @@ async def _dead_letter_action(
     )
     row = result.first()
     if row is None:
-        raise NotFound(f"no undelivered notification {notification_id}")
+        raise NotFound(
+            gettext("no undelivered notification %(notification_id)s")
+            % {"notification_id": notification_id}
+        )
     appointment_id, user_id = row
     await audit.record(
         session,

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import audit
 from app.errors import Invalid, NotFound
+from app.i18n import gettext
 from app.notifications.planning import REMINDERS, UNSENT, choose_channels, plan
 from db.models import NOTIFY_CHOICES, Appointment, Clinic, Notification, Patient
 
@@ -30,7 +31,7 @@ async def get_preference(session: AsyncSession, patient_id: int) -> Preference:
         )
     ).one_or_none()
     if row is None:
-        raise NotFound(f"patient {patient_id} not found")
+        raise NotFound(gettext("patient %(patient_id)s not found") % {"patient_id": patient_id})
     return Preference(*row)
 
 
@@ -53,19 +54,21 @@ async def set_preference(
         Invalid: an unknown choice, or a channel without an address.
     """
     if notify_by not in NOTIFY_CHOICES:
-        raise Invalid(f"notify_by must be one of {', '.join(NOTIFY_CHOICES)}")
+        raise Invalid(
+            gettext("notify_by must be one of %(choices)s") % {"choices": ", ".join(NOTIFY_CHOICES)}
+        )
     patient = await session.get(Patient, patient_id, with_for_update=True)
     if patient is None:
-        raise NotFound(f"patient {patient_id} not found")
+        raise NotFound(gettext("patient %(patient_id)s not found") % {"patient_id": patient_id})
     if phone is not None:
         phone = phone.strip()
         if phone and not _looks_like_phone(phone):
-            raise Invalid("phone must be an international number such as +4930123456")
+            raise Invalid(gettext("phone must be an international number such as +4930123456"))
         patient.phone = phone or None
     if notify_by in ("sms", "both") and not patient.phone:
-        raise Invalid("add a mobile number to get messages by SMS")
+        raise Invalid(gettext("add a mobile number to get messages by SMS"))
     if notify_by in ("email", "both") and not patient.email:
-        raise Invalid("there is no email address to send to")
+        raise Invalid(gettext("there is no email address to send to"))
     patient.notify_by = notify_by
     await _follow_choice(session, patient, now)
     await audit.record(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import audit
 from app.access.identity import Principal
 from app.errors import DomainError, Forbidden, Invalid, NotFound
+from app.i18n import gettext
 from app.live.effects import Effects
 from app.records.documents import (
     CONTENT_TYPES,
@@ -131,15 +132,15 @@ async def grant(
         columns.append(care)
     row = (await session.execute(select(*columns).where(Patient.id == patient_id))).one_or_none()
     if row is None:
-        raise NotFound(f"patient {patient_id} not found")
+        raise NotFound(gettext("patient %(patient_id)s not found") % {"patient_id": patient_id})
     return _decide(actor, patient_id, row[0], care is not None and bool(row[1]), reason)
 
 
 def _refuse_early(actor: Principal, patient_id: int) -> None:
     if actor.role == "front_desk":
-        raise Forbidden("front desks never see medical records")
+        raise Forbidden(gettext("front desks never see medical records"))
     if actor.role == "patient" and actor.patient_id != patient_id:
-        raise NotFound(f"patient {patient_id} not found")
+        raise NotFound(gettext("patient %(patient_id)s not found") % {"patient_id": patient_id})
 
 
 def _decide(
@@ -357,7 +358,7 @@ async def _read(
             },
         )
         if not found:
-            raise NotFound(f"patient {patient_id} not found")
+            raise NotFound(gettext("patient %(patient_id)s not found") % {"patient_id": patient_id})
         first = found[0]
         the_grant = _decide(actor, patient_id, first.patient_name, first.basis == "care", reason)
     except (Forbidden, NotFound) as refusal:
@@ -447,7 +448,7 @@ async def view_record(
         via="api",
     )
     if not items:
-        raise NotFound(f"record {record_id} not found")
+        raise NotFound(gettext("record %(record_id)s not found") % {"record_id": record_id})
     return items[0]
 
 
@@ -523,20 +524,25 @@ async def upload(
         TooLarge (413), UnsupportedType (415), Invalid (422): the reason is in the detail.
     """
     if actor.role != "doctor" or actor.doctor_id is None:
-        raise Forbidden("only doctors upload records")
+        raise Forbidden(gettext("only doctors upload records"))
     the_grant = await grant(session, actor, patient_id)  # BreakGlassRequired without care
     if len(data) > max_bytes:
         raise TooLarge(f"the file is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
     if not data:
-        raise Invalid("the file is empty")
+        raise Invalid(gettext("the file is empty"))
     extension = sniff(data)
     if extension is None:
         raise UnsupportedType("the file is not a PDF, PNG or JPEG (checked by its content)")
     if record_type not in RECORD_TYPES:
-        raise Invalid(f"record_type must be one of {', '.join(RECORD_TYPES)}")
+        raise Invalid(
+            gettext("record_type must be one of %(choices)s") % {"choices": ", ".join(RECORD_TYPES)}
+        )
     title = " ".join(title.split())
     if not title or len(title) > MAX_TITLE_CHARS or not title.isprintable():
-        raise Invalid(f"give a title of 1 to {MAX_TITLE_CHARS} characters")
+        raise Invalid(
+            gettext("give a title of 1 to %(max_title_chars)s characters")
+            % {"max_title_chars": MAX_TITLE_CHARS}
+        )
     key = new_key(patient_id, extension)
     content_type = CONTENT_TYPES[extension]
     digest = hashlib.sha256(data).hexdigest()

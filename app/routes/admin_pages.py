@@ -25,6 +25,7 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError, Invalid, NotFound
+from app.i18n import gettext
 from app.routes.actions import Command, form_post
 from app.routes.inputs import Id, check_day
 from app.routes.views import page
@@ -57,7 +58,10 @@ def _date(raw: str, label: str) -> dt.date | None:
     try:
         day = dt.date.fromisoformat(raw)
     except ValueError:
-        raise Invalid(f"{label} must be a date (YYYY-MM-DD), got {raw!r}") from None
+        raise Invalid(
+            gettext("%(label)s must be a date (YYYY-MM-DD), got %(raw)r")
+            % {"label": label, "raw": raw}
+        ) from None
     check_day(day, label)  # a day either side stays within Python's dates
     return day
 
@@ -65,11 +69,14 @@ def _date(raw: str, label: str) -> dt.date | None:
 def _time(raw: str, label: str) -> dt.time:
     raw = raw.strip()
     if not raw:
-        raise Invalid(f"{label} is missing")
+        raise Invalid(gettext("%(label)s is missing") % {"label": label})
     try:
         return dt.time.fromisoformat(raw)
     except ValueError:
-        raise Invalid(f"{label} must be a time like 09:00, got {raw!r}") from None
+        raise Invalid(
+            gettext("%(label)s must be a time like 09:00, got %(raw)r")
+            % {"label": label, "raw": raw}
+        ) from None
 
 
 # --- clinics -------------------------------------------------------------------------
@@ -185,7 +192,7 @@ def exception_window(form: ExceptionForm, timezone: str) -> tuple[dt.datetime, d
     zone = ZoneInfo(timezone)
     first = _date(form.start_date, "the start date")
     if first is None:
-        raise Invalid("the start date is missing")
+        raise Invalid(gettext("the start date is missing"))
     last = _date(form.end_date, "the end date") or first
     if form.whole_day:
         start = dt.datetime.combine(first, dt.time(0), tzinfo=zone)
@@ -318,7 +325,7 @@ async def _add_exception(
 async def _clinic(session: AsyncSession, clinic_id: int) -> Clinic:
     clinic = await session.get(Clinic, clinic_id)
     if clinic is None:
-        raise NotFound(f"clinic {clinic_id} does not exist")
+        raise NotFound(gettext("clinic %(clinic_id)s does not exist") % {"clinic_id": clinic_id})
     return clinic
 
 
@@ -367,10 +374,10 @@ async def create_doctor_page(
     clinic_id = _int(data.clinic_id)
     try:
         if clinic_id is None:
-            raise Invalid("choose the doctor's clinic")
+            raise Invalid(gettext("choose the doctor's clinic"))
         minutes = _int(data.default_slot_minutes)
         if minutes is None:
-            raise Invalid("the default slot length must be a whole number of minutes")
+            raise Invalid(gettext("the default slot length must be a whole number of minutes"))
         doctor = await directory.create_doctor(
             db_session,
             clinic_id=clinic_id,
@@ -472,9 +479,12 @@ def ranges_from_rows(rows: list[RangeRow]) -> tuple[list[schedules.RangeIn], lis
         label = f"row {i + 1}"
         weekday, minutes = _int(row.weekday), _int(row.slot_minutes)
         if weekday is None:
-            raise Invalid(f"{label}: choose a weekday")
+            raise Invalid(gettext("%(label)s: choose a weekday") % {"label": label})
         if minutes is None:
-            raise Invalid(f"{label}: the slot length must be a whole number of minutes")
+            raise Invalid(
+                gettext("%(label)s: the slot length must be a whole number of minutes")
+                % {"label": label}
+            )
         ranges.append(
             schedules.RangeIn(
                 weekday,
@@ -624,7 +634,10 @@ async def leave_edit_page(
         )
     )
     if exception is None:
-        raise NotFound(f"leave {exception_id} of doctor {doctor_id} does not exist")
+        raise NotFound(
+            gettext("leave %(exception_id)s of doctor %(doctor_id)s does not exist")
+            % {"exception_id": exception_id, "doctor_id": doctor_id}
+        )
     view = _leave_view(doctor_id, exception_id, exception_form(exception, clinic.timezone))
     return await _schedule_page(request, db_session, now, doctor_id, "exceptions", leave=view)
 

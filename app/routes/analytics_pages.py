@@ -21,6 +21,7 @@ from app.access.identity import Principal
 from app.analytics import exports
 from app.analytics import reports as analytics
 from app.errors import Invalid
+from app.i18n import gettext
 from app.routes.api_analytics import STAFF, start_export
 from app.routes.views import fragment, page
 from app.services import Services
@@ -37,7 +38,7 @@ def _date(raw: str) -> dt.date | None:
     try:
         return dt.date.fromisoformat(raw)
     except ValueError:
-        raise Invalid(f"{raw!r} is not a date (YYYY-MM-DD)") from None
+        raise Invalid(gettext("%(raw)r is not a date (YYYY-MM-DD)") % {"raw": raw}) from None
 
 
 def _int(raw: str) -> int | None:

@@ -38,6 +38,7 @@ from app.analytics.reports import (
     UtilisationRow,
 )
 from app.errors import Invalid, NotFound
+from app.i18n import gettext
 from app.routes.inputs import INT64_MAX, YEARS, Day, IdField, check_day
 from app.routes.responses import MEANINGS
 from app.routes.responses import error as _error
@@ -315,7 +316,7 @@ async def report_csv(db: AsyncConnection, scope: ReportScope, report: str, group
         return exports.utilisation_csv(await analytics.utilisation(db, scope))
     if report == "cancellations":
         return exports.cancellations_csv(await analytics.cancellations(db, scope))
-    raise Invalid(f"report must be one of {', '.join(REPORTS)}")
+    raise Invalid(gettext("report must be one of %(choices)s") % {"choices": ", ".join(REPORTS)})
 
 
 class AnalyticsController(Controller):
@@ -479,7 +480,9 @@ async def start_export(
         actor, first, last, clinic_id, now.date(), max_days=analytics.MAX_EXPORT_DAYS
     )
     if scope.clinic_id is not None and await db_session.get(Clinic, scope.clinic_id) is None:
-        raise NotFound(f"clinic {scope.clinic_id} does not exist")
+        raise NotFound(
+            gettext("clinic %(clinic_id)s does not exist") % {"clinic_id": scope.clinic_id}
+        )
     view = await exports.create_export(db_session, actor, scope, client_addr(request))
     try:
         await enqueue_export(Services.of(request.app).queue, view.id)

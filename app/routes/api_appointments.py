@@ -18,6 +18,7 @@ from app.appointments import commands, conflicts, queries
 from app.appointments.queries import AppointmentRow
 from app.appointments.rules import BookingRules, check_may_book_type, for_visit_type
 from app.errors import Invalid
+from app.i18n import gettext
 from app.routes import deps
 from app.routes.actions import Command
 from app.routes.inputs import (
@@ -241,7 +242,7 @@ class AppointmentController(Controller):
     ) -> dict[str, Any]:
         """Reschedule (`start`) or change status (`status`: cancelled, checked_in, …)."""
         if (data.status is None) == (data.start is None):
-            raise Invalid("give either status or start")
+            raise Invalid(gettext("give either status or start"))
         check_moment(data.start, "start")
         if data.start is not None:
             result = await command.run(

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
 from app.appointments.rules import BookingRules
+from app.i18n import gettext
 from app.live.effects import Effects
 from app.scheduling.slots import SlotCache
 from app.services import Services
@@ -61,5 +62,5 @@ def provide_actor(request: Request) -> Principal:
     """The signed-in user; routes using it are guarded, so None means a guard is missing."""
     user = request.scope.get("user")
     if not isinstance(user, Principal):
-        raise NotAuthorizedException("sign in first")
+        raise NotAuthorizedException(gettext("sign in first"))
     return user

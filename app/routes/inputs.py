@@ -17,6 +17,7 @@ from litestar.params import Parameter
 from app.access import passwords
 from app.appointments.commands import MAX_BULK
 from app.errors import Invalid
+from app.i18n import gettext
 from db.models import EXCEPTION_KINDS, NOTIFY_CHOICES, ROLES
 
 INT64_MAX = 2**63 - 1  # ids are PostgreSQL bigints
@@ -122,7 +123,10 @@ def parse_id(text: str) -> int:
 def check_day(day: dt.date | None, field: str = "date") -> None:
     """Refuse (422) a day outside the calendar the app computes with."""
     if day is not None and not FIRST_DAY <= day <= LAST_DAY:
-        raise Invalid(f"{field} must be {DAY_RANGE}, got {day.isoformat()}")
+        raise Invalid(
+            gettext("%(field)s must be %(day_range)s, got %(value)s")
+            % {"field": field, "day_range": DAY_RANGE, "value": day.isoformat()}
+        )
 
 
 def check_moment(moment: dt.datetime | None, field: str) -> None:

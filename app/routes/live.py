@@ -12,6 +12,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.status_codes import WS_1008_POLICY_VIOLATION
 
+from app import i18n
 from app.access.identity import Principal
 from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import NotFound
@@ -39,6 +40,7 @@ from app.services import Services
 from app.waitlist import entries as waitlist_entries
 from app.waitlist import offers as waitlist_offers
 from app.web.guards import PUBLIC, check_websocket_origin, current_user
+from app.web.i18n import language_of
 from db.models import Clinic, Doctor, VisitType
 
 MAX_DAYS = 14
@@ -49,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 def make_renderer(app: Any) -> Any:
-    """Render one event for one audience; the hub calls it once per event and audience."""
+    """Render one event for one audience in the current language; the hub calls it once per
+    event, audience and language (app/live/realtime.py sets the language around the call)."""
 
     async def render(channel: str, audience: str, payload: dict[str, Any]) -> str:
         services = Services.of(app)
@@ -285,7 +288,9 @@ async def live(socket: WebSocket[Any, Any, Any]) -> None:
         doctors = await _clinic_doctors(socket, clinic_id)
         watched += [doctor_channel(doctor, day) for doctor in doctors]
     await socket.accept()
-    subscription: LiveSocket = hub.join(audience, watched)
+    # The page's language (it may be its clinic's default), else the request's.
+    language = i18n.supported(socket.query_params.get("lang")) or language_of(socket.scope)
+    subscription: LiveSocket = hub.join(audience, watched, language)
     try:
         if not await hub.subscribed(subscription, SUBSCRIBE_TIMEOUT_SECONDS):
             # Redis is away or slow: the browser comes back later (htmx-ext-ws reconnects

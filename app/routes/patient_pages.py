@@ -18,11 +18,13 @@ from litestar.response import Response, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import i18n
 from app.access import accounts
 from app.access.identity import Principal
 from app.appointments import commands, queries
 from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import Conflict, DomainError, NotFound
+from app.i18n import gettext
 from app.live import boards
 from app.routes.actions import Command, form_post
 from app.routes.auth import dispatch_soon
@@ -33,6 +35,7 @@ from app.scheduling.slots import SlotCache
 from app.services import Services
 from app.waitlist import offers as waitlist_offers
 from app.web.guards import AUTH_LIMITED, PUBLIC, allow, client_addr, current_user
+from app.web.i18n import clinic_default
 from db.models import LANGUAGES, Appointment, Doctor, VisitType
 
 WEEK = 7
@@ -56,7 +59,8 @@ def _alternatives(taken: Conflict, timezone: str) -> list[dict[str, str]]:
 
 
 def _label(start: dt.datetime, timezone: str) -> str:
-    return start.astimezone(ZoneInfo(timezone)).strftime("%a %d %b, %H:%M")
+    """`Tue 30 Mar, 09:30` in the clinic's time, in the request's language."""
+    return i18n.datetime(start, timezone, "slot")
 
 
 @get("/doctors", opt=PUBLIC, include_in_schema=False)
@@ -72,7 +76,7 @@ async def find_doctors(
     try:
         clinic = int(clinic_id) if clinic_id else None
     except ValueError:
-        raise ValidationException("clinic_id must be a clinic's number") from None
+        raise ValidationException(gettext("clinic_id must be a clinic's number")) from None
     found = await directory.find_doctors(
         db_session, clinic_id=clinic, specialty=specialty or None, name=name or None
     )
@@ -108,7 +112,10 @@ async def _chosen_type(
         return offered, offered[0] if offered else None
     chosen = next((t for t in offered if t.id == visit_type_id), None)
     if chosen is None:
-        raise NotFound(f"visit type {visit_type_id} is not bookable online with this doctor")
+        raise NotFound(
+            gettext("visit type %(visit_type_id)s is not bookable online with this doctor")
+            % {"visit_type_id": visit_type_id}
+        )
     return offered, chosen
 
 
@@ -208,16 +215,21 @@ async def _panel(
     if user is None:
         return {"sign_in": _sign_in_url(doctor_id, start, timezone), "start_label": label}
     if user.role != "patient":
-        return {"message": "Patients book here; the front desk books from its board."}
+        return {"message": gettext("Patients book here; the front desk books from its board.")}
     target = await _reschedule_target(db_session, user, reschedule)
     state = await _slot_state(slot_cache, rules, now, doctor_id, start, timezone, visit_type_id)
     if state != "free":
         if state == "taken":
-            text = f"Sorry — {label} was just taken by someone else. Choose another time."
+            text = gettext(
+                "Sorry — %(time)s was just taken by someone else. Choose another time."
+            ) % {"time": label}
         elif state is None:
-            text = "Choose a time from the list."
+            text = gettext("Choose a time from the list.")
         else:
-            text = f"{label} cannot be booked: {boards.SLOT_STATES[state]}. Choose another time."
+            text = gettext("%(time)s cannot be booked: %(why)s. Choose another time.") % {
+                "time": label,
+                "why": gettext(boards.SLOT_STATES[state]),
+            }
         return {"message": text, "error": True, "reason": reason, "reschedule": target}
     return {
         "start": start.isoformat(),
@@ -248,12 +260,13 @@ async def doctor_slots(
     check_moment(start, "start")
     user = current_user(request)
     if reschedule is not None and user is None:
-        raise NotAuthorizedException("sign in first")
+        raise NotAuthorizedException(gettext("sign in first"))
     moving = await _moving(db_session, user, reschedule)
     staff = user is not None and user.role in MAY_BOOK_STAFF_ONLY
     context = await _week_context(
         db_session, slot_cache, rules, now, doctor_id, date, visit_type_id, moving, staff
     )
+    clinic_default(request.scope, context["clinic"].timezone)
     if start is not None:
         timezone = context["clinic"].timezone
         context |= await _panel(
@@ -338,10 +351,10 @@ async def book(
             visit_type_id=visit_type_id,
         )
     except ValueError:
-        context.update(message="Choose a time from the list.", error=True, reason=reason)
+        context.update(message=gettext("Choose a time from the list."), error=True, reason=reason)
     except Conflict as exc:
         context.update(
-            message="Sorry — that time was just taken by someone else.",
+            message=gettext("Sorry — that time was just taken by someone else."),
             error=True,
             alternatives=_alternatives(exc, clinic.timezone),
             reason=reason,
@@ -386,7 +399,7 @@ async def cancel(
             now=command.now,
             reason="cancelled by patient",
         )
-        extra: dict[str, Any] = {"message": "Cancelled."}
+        extra: dict[str, Any] = {"message": gettext("Cancelled.")}
     except DomainError as exc:
         extra = {"message": exc.detail, "error": True}
     context = await my_context(command.session, command.actor, command.now)
@@ -414,10 +427,10 @@ async def reschedule(
             commands.reschedule, appointment_id, start=start, rules=rules, now=command.now
         )
     except ValueError:
-        context.update(message="Choose a time from the list.", error=True)
+        context.update(message=gettext("Choose a time from the list."), error=True)
     except Conflict as exc:
         context.update(
-            message="Sorry — that time was just taken. Your appointment is unchanged.",
+            message=gettext("Sorry — that time was just taken. Your appointment is unchanged."),
             error=True,
             alternatives=_alternatives(exc, clinic.timezone),
         )

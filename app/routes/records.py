@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.identity import Principal
 from app.errors import DomainError, Invalid
+from app.i18n import gettext
 from app.live.effects import Effects
 from app.records import records
 from app.records.documents import content_disposition
@@ -111,7 +112,7 @@ async def _form(request: Request[Any, Any, Any]) -> tuple[bytes, str, str]:
     form = await request.form()
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise Invalid("attach the document as the multipart field `file`")
+        raise Invalid(gettext("attach the document as the multipart field `file`"))
     data = await upload.read()
     return data, str(form.get("record_type") or ""), str(form.get("title") or "")
 
@@ -191,7 +192,9 @@ def upload_routes(settings: Settings) -> list[Any]:
             )
         except DomainError as exc:  # htmx swaps only 2xx: say why in the panel
             return _upload_message(request, patient_id, exc.detail, error=True)
-        return _upload_message(request, patient_id, f"Uploaded “{record.title}”.")
+        return _upload_message(
+            request, patient_id, gettext("Uploaded “%(title)s”.") % {"title": record.title}
+        )
 
     return [upload_api, upload_page]
 

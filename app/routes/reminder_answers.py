@@ -10,7 +10,9 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.response import Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import i18n
 from app.errors import DomainError
+from app.i18n import gettext
 from app.live.effects import Effects
 from app.notifications import answer_links, answers
 from app.notifications.mail import local_time
@@ -67,7 +69,10 @@ async def answer_link(
         )
     except DomainError as exc:
         return _page(message=exc.detail, error=True)
-    said = "Thank you: your visit is confirmed." if action == "confirm" else "Cancelled."
+    if action == "confirm":
+        said = gettext("Thank you: your visit is confirmed.")
+    else:
+        said = gettext("Cancelled.")
     return _page(message=said, **_shown(found))
 
 
@@ -90,7 +95,7 @@ async def sms_reply(
         raise PermissionDeniedException("not signed by the SMS provider")
     action = answers.SMS_ACTIONS.get(form.get("Body", "").strip().upper())
     if action is None:
-        reply = "Reply C to confirm or X to cancel your appointment."
+        reply = gettext("Reply C to confirm or X to cancel your appointment.")
     else:
         try:
             appointment_id = await answers.reminded_appointment(
@@ -99,11 +104,14 @@ async def sms_reply(
             found = await answers.answer(
                 db_session, effects, appointment_id, action, now=now, via="sms", single_use=False
             )
-            when = local_time(found.starts_at, found.timezone)
-            done = "confirmed" if action == "confirm" else "cancelled"
-            reply = f"Your appointment on {when} is {done}."
+            with i18n.use_language(found.language):  # the patient's, as their reminder was
+                when = local_time(found.starts_at, found.timezone)
+                if action == "confirm":
+                    reply = gettext("Your appointment on %(when)s is confirmed.") % {"when": when}
+                else:
+                    reply = gettext("Your appointment on %(when)s is cancelled.") % {"when": when}
         except DomainError:
-            reply = "We found no appointment to answer; please call the clinic."
+            reply = gettext("We found no appointment to answer; please call the clinic.")
     body = render(environment(request.app), "notifications/sms_reply.xml", message=reply)
     return Response(body, media_type="application/xml")
 

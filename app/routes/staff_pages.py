@@ -14,10 +14,12 @@ from litestar.response import Response, Template
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import i18n
 from app.access.identity import Principal
 from app.appointments import commands, conflicts, walk_ins
 from app.appointments.rules import BookingRules, OverTheLimit
 from app.errors import DomainError
+from app.i18n import N_, gettext
 from app.live import boards
 from app.routes.actions import Command, form_post
 from app.routes.inputs import Id, OptionalId, check_day, parse_clock, parse_day, parse_id
@@ -31,27 +33,28 @@ Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 # The elements an action's message replaces (desk/board.html, doctor/day.html).
 BOARD_MESSAGE, WALK_IN_MESSAGE, DAY_MESSAGE = "board-message", "walk-in-msg", "day-message"
 NEW_PATIENT_MESSAGE = "new-patient-msg"
-NOT_VALID = "The selection is not valid; reload the board."
+# Messages are msgids, translated into the request's language where they are shown.
+NOT_VALID = N_("The selection is not valid; reload the board.")
 # The walk-in form's field for staff going beyond the per-doctor limit (board.html).
-OVER_THE_LIMIT = (
+OVER_THE_LIMIT = N_(
     'To book beyond it, say why in "Beyond the patient\'s booking limit because" '
     "and book again (the reason is recorded)."
 )
 
 
 def _done(status: str) -> str:
-    return DONE.get(status, status.replace("_", " "))
+    return gettext(DONE[status]) if status in DONE else i18n.status_name(status)
 
 
 # What the desk and the doctor are told once a status is set (else the status in words).
-DONE = {"booked": "check-in undone"}
+DONE = {"booked": N_("check-in undone")}
 # A result of moving or cancelling conflicting bookings, in the board's words.
 RESOLVED = {
-    "moved": "moved",
-    "cancelled": "cancelled (the patient is told)",
-    "not_found": "not found",
-    "not_in_conflict": "no longer conflicting, left as it is",
-    "no_free_time": "no free time found: left in place",
+    "moved": N_("moved"),
+    "cancelled": N_("cancelled (the patient is told)"),
+    "not_found": N_("not found"),
+    "not_in_conflict": N_("no longer conflicting, left as it is"),
+    "no_free_time": N_("no free time found: left in place"),
 }
 
 
@@ -121,7 +124,8 @@ async def set_status(
         )
     except DomainError as exc:
         return message(request, BOARD_MESSAGE, exc.detail, error=True)
-    return message(request, BOARD_MESSAGE, f"Appointment {appointment_id}: {_done(status)}.")
+    text = gettext("Appointment %(id)s: %(done)s.") % {"id": appointment_id, "done": _done(status)}
+    return message(request, BOARD_MESSAGE, text)
 
 
 def _selected_ids(form: Any) -> list[int] | None:
@@ -137,9 +141,9 @@ async def bulk_check_in(request: Request[Any, Any, Any], command: Command) -> Re
     """Check in every selected appointment in one statement (the bulk endpoint's code)."""
     ids = _selected_ids(await request.form())
     if ids is None:
-        return message(request, BOARD_MESSAGE, NOT_VALID, error=True)
+        return message(request, BOARD_MESSAGE, gettext(NOT_VALID), error=True)
     if not ids:
-        text = "Select the appointments to check in first."
+        text = gettext("Select the appointments to check in first.")
         return message(request, BOARD_MESSAGE, text, error=True)
     try:
         results = await command.run(commands.bulk_update, ids, status="checked_in", now=command.now)
@@ -147,7 +151,9 @@ async def bulk_check_in(request: Request[Any, Any, Any], command: Command) -> Re
         return message(request, BOARD_MESSAGE, exc.detail, error=True)
     done = sum(r == "updated" for r in results.values())
     skipped = len(results) - done
-    text = f"Checked in {done}." + (f" {skipped} could not be checked in." if skipped else "")
+    text = gettext("Checked in %(count)s.") % {"count": done}
+    if skipped:
+        text += " " + gettext("%(count)s could not be checked in.") % {"count": skipped}
     return message(request, BOARD_MESSAGE, text, error=bool(skipped))
 
 
@@ -159,9 +165,9 @@ async def resolve_conflicts(
     cancel them with a notice; one line per appointment says what became of it."""
     ids = _selected_ids(await request.form())
     if ids is None:
-        return message(request, BOARD_MESSAGE, NOT_VALID, error=True)
+        return message(request, BOARD_MESSAGE, gettext(NOT_VALID), error=True)
     if not ids:
-        text = "Select the conflicting appointments first."
+        text = gettext("Select the conflicting appointments first.")
         return message(request, BOARD_MESSAGE, text, error=True)
     try:
         results = await command.run(
@@ -201,7 +207,7 @@ async def register_patient(
     try:
         born = dt.date.fromisoformat(data.get("date_of_birth", ""))
     except ValueError:
-        text = "Give the date of birth as a date."
+        text = gettext("Give the date of birth as a date.")
         return message(request, NEW_PATIENT_MESSAGE, text, error=True)
     try:
         patient = await walk_ins.register_patient(
@@ -237,7 +243,7 @@ async def walk_in(
         day = parse_day(data.get("date", ""))
         clock = parse_clock(data.get("time", ""))
     except ValueError:
-        text = "Choose a patient, a doctor, a day and a time like 10:30."
+        text = gettext("Choose a patient, a doctor, a day and a time like 10:30.")
         return message(request, WALK_IN_MESSAGE, text, error=True)
     try:
         # The choice must still be on show: a radio left from an earlier search is not.
@@ -262,15 +268,17 @@ async def walk_in(
         )
     except OverTheLimit as exc:
         # In the desk's words: the form's field, not the API's name for it.
-        text = f"{exc.limit.capitalize()}. {OVER_THE_LIMIT}"
+        text = f"{exc.limit.capitalize()}. {gettext(OVER_THE_LIMIT)}"
         return message(request, WALK_IN_MESSAGE, text, error=True)
     except DomainError as exc:
         return message(request, WALK_IN_MESSAGE, exc.detail, error=True)
-    when = result.appointment.starts_at.astimezone(ZoneInfo(clinic.timezone)).strftime("%H:%M")
-    text = (
-        f"Booked at {when} for {name} with {doctor.full_name} "
-        f"(appointment {result.appointment.id})."
-    )
+    when = i18n.time(result.appointment.starts_at, clinic.timezone)
+    text = gettext("Booked at %(time)s for %(patient)s with %(doctor)s (appointment %(id)s).") % {
+        "time": when,
+        "patient": name,
+        "doctor": doctor.full_name,
+        "id": result.appointment.id,
+    }
     return message(request, WALK_IN_MESSAGE, text)
 
 
@@ -315,7 +323,7 @@ async def doctor_status(
         await command.run(commands.change_status, appointment_id, status=status, now=command.now)
     except DomainError as exc:
         return message(request, DAY_MESSAGE, exc.detail, error=True)
-    return message(request, DAY_MESSAGE, f"Marked {_done(status)}.")
+    return message(request, DAY_MESSAGE, gettext("Marked %(done)s.") % {"done": _done(status)})
 
 
 ROUTES = [

@@ -14,6 +14,7 @@ from litestar.response import Response, Template
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import DomainError, Invalid
+from app.i18n import gettext
 from app.routes.actions import Command, form_post
 from app.routes.inputs import Id
 from app.routes.views import page
@@ -67,7 +68,10 @@ class TypeForm:
             elif raw.isdigit():
                 out[name] = int(raw)
             else:
-                raise Invalid(f"{name.replace('_', ' ')} must be a whole number, got {raw!r}")
+                raise Invalid(
+                    gettext("%(value)s must be a whole number, got %(raw)r")
+                    % {"value": name.replace("_", " "), "raw": raw}
+                )
         return out
 
 

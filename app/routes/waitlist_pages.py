@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.identity import Principal
 from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import DomainError, Invalid
+from app.i18n import gettext
 from app.routes.actions import Command, form_post
 from app.routes.inputs import Id, OptionalId, parse_clock, parse_day, parse_id
 from app.routes.patient_pages import my_context
@@ -27,7 +28,7 @@ from app.web.guards import allow
 
 DESK = "desk/waitlist.html"
 OFFER_BANNER = "waitlist/_offer_banner.html"
-WEEKDAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+WEEKDAY_NAMES = tuple(range(7))  # Monday first; the template names them in the language
 
 
 def _optional(form: FormMultiDict, name: str) -> str | None:
@@ -61,7 +62,7 @@ def wish_from_form(form: FormMultiDict) -> tuple[Wish, int | None]:
             parse_id(kind) if kind else None,
         )
     except ValueError as exc:
-        raise Invalid(f"check the form: {exc}") from None
+        raise Invalid(gettext("check the form: %(exc)s") % {"exc": exc}) from None
     return wish, parse_id(patient) if patient else None
 
 
@@ -104,7 +105,7 @@ async def join(
         wish, _ = wish_from_form(await request.form())
         await _join(command, rules, wish, patient_id=None)
 
-    done = "You are on the waitlist: we will offer you a time."
+    done = gettext("You are on the waitlist: we will offer you a time.")
     return await _answer(request, command, action, done)
 
 
@@ -171,7 +172,7 @@ async def leave(request: Request[Any, Any, Any], command: Command, entry_id: Id)
     async def action() -> None:
         await command.run(offers.leave, entry_id, now=command.now)
 
-    return await _answer(request, command, action, "You left the waitlist.")
+    return await _answer(request, command, action, gettext("You left the waitlist."))
 
 
 @form_post("/me/offers/{offer_id:int}/accept", "patient")
@@ -183,7 +184,7 @@ async def accept(
     async def action() -> None:
         await command.run(offers.accept, offer_id, rules=rules, now=command.now)
 
-    return await _answer(request, command, action, "Booked: the time is yours.")
+    return await _answer(request, command, action, gettext("Booked: the time is yours."))
 
 
 @form_post("/me/offers/{offer_id:int}/decline", "patient")
@@ -193,7 +194,7 @@ async def decline(request: Request[Any, Any, Any], command: Command, offer_id: I
     async def action() -> None:
         await command.run(offers.decline, offer_id, now=command.now)
 
-    done = "Declined: the time goes to the next patient. You are still on the waitlist."
+    done = gettext("Declined: the time goes to the next patient. You are still on the waitlist.")
     return await _answer(request, command, action, done)
 
 
@@ -241,10 +242,10 @@ async def desk_join(
     async def action() -> None:
         wish, patient = wish_from_form(await request.form())
         if patient is None:
-            raise Invalid("give the patient's number")
+            raise Invalid(gettext("give the patient's number"))
         await _join(command, rules, wish, patient_id=patient)
 
-    extra = await _attempt(command.session, action, "Added to the waitlist.")
+    extra = await _attempt(command.session, action, gettext("Added to the waitlist."))
     context = await _desk_context(command.session, command.actor, clinic_id, command.now)
     return fragment(request, DESK, "list", **context, **extra)
 
@@ -258,7 +259,7 @@ async def desk_remove(
     async def action() -> None:
         await command.run(offers.leave, entry_id, now=command.now)
 
-    extra = await _attempt(command.session, action, "Removed from the waitlist.")
+    extra = await _attempt(command.session, action, gettext("Removed from the waitlist."))
     context = await _desk_context(command.session, command.actor, clinic_id, command.now)
     return fragment(request, DESK, "list", **context, **extra)
 

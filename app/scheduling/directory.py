@@ -11,17 +11,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.errors import Conflict, Invalid, NotFound
+from app.i18n import gettext
 from db.models import Clinic, Doctor
 
 
 def valid_timezone(name: str) -> ZoneInfo:
     """The zone for an IANA name such as Europe/Berlin, or Invalid."""
     if name not in available_timezones():
-        raise Invalid(f"{name!r} is not an IANA time zone (for example Europe/Berlin)")
+        raise Invalid(
+            gettext("%(name)r is not an IANA time zone (for example Europe/Berlin)")
+            % {"name": name}
+        )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):  # pragma: no cover - listed but unloadable
-        raise Invalid(f"{name!r} is not an IANA time zone") from None
+        raise Invalid(gettext("%(name)r is not an IANA time zone") % {"name": name}) from None
 
 
 async def create_clinic(
@@ -35,7 +39,7 @@ async def create_clinic(
     """
     name = " ".join(name.split())
     if not name:
-        raise Invalid("a clinic needs a name")
+        raise Invalid(gettext("a clinic needs a name"))
     valid_timezone(timezone)
     twin = await session.scalar(
         select(Clinic.name).where(_name_key(Clinic.name) == _name_key(literal(name))).limit(1)
@@ -83,11 +87,11 @@ async def create_doctor(
         Invalid: unknown clinic, empty name or specialty, slot length outside 5-240.
     """
     if await session.get(Clinic, clinic_id) is None:
-        raise Invalid(f"clinic {clinic_id} does not exist")
+        raise Invalid(gettext("clinic %(clinic_id)s does not exist") % {"clinic_id": clinic_id})
     if not name.strip() or not specialty.strip():
-        raise Invalid("a doctor needs a name and a specialty")
+        raise Invalid(gettext("a doctor needs a name and a specialty"))
     if not 5 <= default_slot_minutes <= 240:
-        raise Invalid("default_slot_minutes must be between 5 and 240")
+        raise Invalid(gettext("default_slot_minutes must be between 5 and 240"))
     doctor = Doctor(
         clinic_id=clinic_id,
         full_name=name.strip(),
@@ -152,7 +156,7 @@ async def get_doctor(session: AsyncSession, doctor_id: int) -> tuple[Doctor, Cli
         )
     ).one_or_none()
     if row is None:
-        raise NotFound(f"doctor {doctor_id} does not exist")
+        raise NotFound(gettext("doctor %(doctor_id)s does not exist") % {"doctor_id": doctor_id})
     return row[0], row[1]
 
 

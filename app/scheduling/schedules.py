@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import audit
 from app.appointments import commands, rules
 from app.errors import Conflict, Invalid, NotFound
+from app.i18n import gettext
 from app.live.effects import AppointmentChange, Effects
 from app.scheduling.slots import local_days
 from db.models import (
@@ -49,16 +50,20 @@ def validate_ranges(ranges: Sequence[RangeIn]) -> None:
     """
     for i, r in enumerate(ranges):
         if not 0 <= r.weekday <= 6:
-            raise Invalid(f"ranges[{i}]: weekday must be 0 (Monday) to 6 (Sunday)")
+            raise Invalid(
+                gettext("ranges[%(i)s]: weekday must be 0 (Monday) to 6 (Sunday)") % {"i": i}
+            )
         if r.end <= r.start:
-            raise Invalid(f"ranges[{i}]: end must be after start")
+            raise Invalid(gettext("ranges[%(i)s]: end must be after start") % {"i": i})
         if not 5 <= r.slot_minutes <= 240:
-            raise Invalid(f"ranges[{i}]: slot_minutes must be between 5 and 240")
+            raise Invalid(
+                gettext("ranges[%(i)s]: slot_minutes must be between 5 and 240") % {"i": i}
+            )
         length = dt.datetime.combine(dt.date.min, r.end) - dt.datetime.combine(dt.date.min, r.start)
         if length < dt.timedelta(minutes=r.slot_minutes):
-            raise Invalid(f"ranges[{i}]: the range is shorter than one slot")
+            raise Invalid(gettext("ranges[%(i)s]: the range is shorter than one slot") % {"i": i})
         if r.valid_from and r.valid_to and r.valid_to < r.valid_from:
-            raise Invalid(f"ranges[{i}]: valid_to is before valid_from")
+            raise Invalid(gettext("ranges[%(i)s]: valid_to is before valid_from") % {"i": i})
     for i, a in enumerate(ranges):
         for j in range(i + 1, len(ranges)):
             b = ranges[j]
@@ -67,7 +72,7 @@ def validate_ranges(ranges: Sequence[RangeIn]) -> None:
             a_from, a_to = a.valid_from or dt.date.min, a.valid_to or dt.date.max
             b_from, b_to = b.valid_from or dt.date.min, b.valid_to or dt.date.max
             if a_from <= b_to and b_from <= a_to:
-                raise Invalid(f"ranges[{i}] and ranges[{j}] overlap")
+                raise Invalid(gettext("ranges[%(i)s] and ranges[%(j)s] overlap") % {"i": i, "j": j})
 
 
 async def get_schedule(session: AsyncSession, doctor_id: int) -> tuple[str, list[RangeIn]]:
@@ -78,7 +83,7 @@ async def get_schedule(session: AsyncSession, doctor_id: int) -> tuple[str, list
         .where(Doctor.id == doctor_id)
     )
     if tz is None:
-        raise NotFound(f"doctor {doctor_id} does not exist")
+        raise NotFound(gettext("doctor %(doctor_id)s does not exist") % {"doctor_id": doctor_id})
     rows = await session.scalars(
         select(ScheduleTemplate)
         .where(ScheduleTemplate.doctor_id == doctor_id)
@@ -118,7 +123,7 @@ async def replace_schedule(
     """
     validate_ranges(ranges)
     if await session.get(Doctor, doctor_id) is None:
-        raise NotFound(f"doctor {doctor_id} does not exist")
+        raise NotFound(gettext("doctor %(doctor_id)s does not exist") % {"doctor_id": doctor_id})
     replaced_at = dt.datetime.now(dt.UTC)
     live = ScheduleTemplate.doctor_id == doctor_id
     kept = await session.execute(
@@ -242,12 +247,14 @@ async def add_exception(
     _check_window(kind, starts_at, ends_at)
     clinic = await session.get(Clinic, clinic_id)
     if clinic is None:
-        raise NotFound(f"clinic {clinic_id} does not exist")
+        raise NotFound(gettext("clinic %(clinic_id)s does not exist") % {"clinic_id": clinic_id})
     scope = Appointment.clinic_id == clinic_id
     if doctor_id is not None:
         doctor = await session.get(Doctor, doctor_id)
         if doctor is None or doctor.clinic_id != clinic_id:
-            raise NotFound(f"doctor {doctor_id} does not exist")
+            raise NotFound(
+                gettext("doctor %(doctor_id)s does not exist") % {"doctor_id": doctor_id}
+            )
         scope = Appointment.doctor_id == doctor_id
     affected = await _covered(session, scope, starts_at, ends_at)
     if preview:
@@ -445,11 +452,13 @@ async def withdraw_exception(
 
 def _check_window(kind: str, starts_at: dt.datetime, ends_at: dt.datetime) -> None:
     if kind not in EXCEPTION_KINDS:
-        raise Invalid(f"kind must be one of {', '.join(EXCEPTION_KINDS)}")
+        raise Invalid(
+            gettext("kind must be one of %(choices)s") % {"choices": ", ".join(EXCEPTION_KINDS)}
+        )
     if starts_at.tzinfo is None or ends_at.tzinfo is None:
-        raise Invalid("starts_at and ends_at must include a UTC offset")
+        raise Invalid(gettext("starts_at and ends_at must include a UTC offset"))
     if ends_at <= starts_at:
-        raise Invalid("ends_at must be after starts_at")
+        raise Invalid(gettext("ends_at must be after starts_at"))
 
 
 async def _covered(
@@ -491,10 +500,13 @@ async def _planned(
         )
     ).one_or_none()
     if row is None:
-        raise NotFound(f"exception {exception_id} does not exist here")
+        raise NotFound(
+            gettext("exception %(exception_id)s does not exist here")
+            % {"exception_id": exception_id}
+        )
     exception, timezone = row
     if exception.ends_at <= now:
-        raise Conflict("this time off is over and stays on record; it cannot be changed")
+        raise Conflict(gettext("this time off is over and stays on record; it cannot be changed"))
     return exception, timezone
 
 

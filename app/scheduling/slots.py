@@ -31,6 +31,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.errors import NotFound
+from app.i18n import gettext
 from app.redis import spread_ttl
 from app.redis_scripts import Script
 from app.scheduling.availability import (
@@ -249,12 +250,15 @@ def doctor_days_from_row(
         NotFound: no row: no such doctor; no type when `visit_type_id` was asked for.
     """
     if row is None:
-        raise NotFound(f"doctor {doctor_id} does not exist")
+        raise NotFound(gettext("doctor %(doctor_id)s does not exist") % {"doctor_id": doctor_id})
     clinic_id, timezone, active = row[:3]
     visit_type = None
     if visit_type_id is not None:
         if row[13] is None:
-            raise NotFound(f"visit type {visit_type_id} is not one of doctor {doctor_id}'s")
+            raise NotFound(
+                gettext("visit type %(visit_type_id)s is not one of doctor %(doctor_id)s's")
+                % {"visit_type_id": visit_type_id, "doctor_id": doctor_id}
+            )
         visit_type = TypeFacts(*row[13:DOCTOR_DAYS_COLUMNS])
     return DoctorDays(
         doctor_id,

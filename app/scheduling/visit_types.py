@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import audit
 from app.errors import Conflict, Invalid, NotFound
+from app.i18n import gettext
 from app.live.effects import Effects
 from db.models import (
     ACTIVE_STATUSES,
@@ -60,7 +61,9 @@ def _checked(fields: dict[str, Any]) -> dict[str, Any]:
     if "name" in out:
         out["name"] = " ".join(str(out["name"]).split())
         if not 1 <= len(out["name"]) <= MAX_NAME:
-            raise Invalid(f"name must be 1 to {MAX_NAME} characters")
+            raise Invalid(
+                gettext("name must be 1 to %(max_name)s characters") % {"max_name": MAX_NAME}
+            )
     limits = {
         "minutes": VISIT_MINUTES,
         "buffer_before_minutes": (0, MAX_BUFFER_MINUTES),
@@ -71,15 +74,18 @@ def _checked(fields: dict[str, Any]) -> dict[str, Any]:
     for name, (low, high) in limits.items():
         value = out.get(name)
         if value is not None and not low <= value <= high:
-            raise Invalid(f"{name} must be between {low} and {high}")
+            raise Invalid(
+                gettext("%(name)s must be between %(low)s and %(high)s")
+                % {"name": name, "low": low, "high": high}
+            )
     if "minutes" in out and out["minutes"] is None:
-        raise Invalid("minutes is required")
+        raise Invalid(gettext("minutes is required"))
     return out
 
 
 async def _doctor(session: AsyncSession, doctor_id: int) -> None:
     if await session.get(Doctor, doctor_id) is None:
-        raise NotFound(f"doctor {doctor_id} does not exist")
+        raise NotFound(gettext("doctor %(doctor_id)s does not exist") % {"doctor_id": doctor_id})
 
 
 async def list_visit_types(
@@ -107,7 +113,10 @@ async def get_visit_type(session: AsyncSession, doctor_id: int, visit_type_id: i
         select(VisitType).where(VisitType.id == visit_type_id, VisitType.doctor_id == doctor_id)
     )
     if found is None:
-        raise NotFound(f"visit type {visit_type_id} is not one of doctor {doctor_id}'s")
+        raise NotFound(
+            gettext("visit type %(visit_type_id)s is not one of doctor %(doctor_id)s's")
+            % {"visit_type_id": visit_type_id, "doctor_id": doctor_id}
+        )
     return found
 
 
@@ -119,7 +128,7 @@ async def _names_unique(session: AsyncSession) -> AsyncIterator[None]:
     except IntegrityError as exc:
         await session.rollback()
         if "uq_visit_types_doctor_name" in str(exc.orig):
-            raise Conflict("this doctor already has a visit type of that name") from None
+            raise Conflict(gettext("this doctor already has a visit type of that name")) from None
         raise
 
 
@@ -176,7 +185,9 @@ async def change_visit_type(
     """
     unknown = set(changes) - set(FIELDS)
     if unknown:
-        raise Invalid(f"unknown fields: {', '.join(sorted(unknown))}")
+        raise Invalid(
+            gettext("unknown fields: %(choices)s") % {"choices": ", ".join(sorted(unknown))}
+        )
     values = _checked(changes)
     visit_type = await get_visit_type(session, doctor_id, visit_type_id)
     before = {name: getattr(visit_type, name) for name in values}
@@ -221,7 +232,10 @@ async def delete_visit_type(
         .with_for_update()
     )
     if found is None:
-        raise NotFound(f"visit type {visit_type_id} is not one of doctor {doctor_id}'s")
+        raise NotFound(
+            gettext("visit type %(visit_type_id)s is not one of doctor %(doctor_id)s's")
+            % {"visit_type_id": visit_type_id, "doctor_id": doctor_id}
+        )
     ahead = await session.scalar(
         select(func.count())
         .select_from(Appointment)
@@ -235,8 +249,11 @@ async def delete_visit_type(
         name = found.name
         await session.rollback()
         raise Conflict(
-            f"{name} has {ahead} booking(s) still ahead; move or cancel them first, "
-            "or stop offering it online"
+            gettext(
+                "%(name)s has %(count)s booking(s) still ahead; move or cancel them first, "
+                "or stop offering it online"
+            )
+            % {"name": name, "count": ahead}
         )
     await audit.record(
         session,

@@ -23,6 +23,7 @@ from app.access import audit
 from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.errors import Forbidden, Invalid, NotFound
+from app.i18n import gettext
 from app.live.effects import Effects
 from app.scheduling import visit_types
 from db.models import Clinic, Doctor, Patient, VisitType, WaitlistEntry, WaitlistOffer
@@ -56,23 +57,23 @@ def check_wish(wish: Wish, today: dt.date, horizon: dt.timedelta) -> Wish:
     """
     specialty = " ".join((wish.specialty or "").split()) or None
     if (wish.doctor_id is None) == (wish.clinic_id is None or specialty is None):
-        raise Invalid("give either doctor_id, or clinic_id with specialty")
+        raise Invalid(gettext("give either doctor_id, or clinic_id with specialty"))
     if wish.doctor_id is not None and (wish.clinic_id is not None or specialty is not None):
-        raise Invalid("give either doctor_id, or clinic_id with specialty, not both")
+        raise Invalid(gettext("give either doctor_id, or clinic_id with specialty, not both"))
     if wish.visit_type_id is not None and wish.doctor_id is None:
-        raise Invalid("a visit type is a doctor's: give doctor_id with visit_type_id")
+        raise Invalid(gettext("a visit type is a doctor's: give doctor_id with visit_type_id"))
     if wish.last_day < wish.first_day:
-        raise Invalid("'to' must not be before 'from'")
+        raise Invalid(gettext("'to' must not be before 'from'"))
     if wish.last_day < today:
-        raise Invalid("the range is already over")
+        raise Invalid(gettext("the range is already over"))
     if wish.first_day > today + horizon:
-        raise Invalid(f"the range must start within {horizon.days} days")
+        raise Invalid(gettext("the range must start within %(days)s days") % {"days": horizon.days})
     if wish.earliest is not None and wish.latest is not None and wish.latest <= wish.earliest:
-        raise Invalid("'latest' must be after 'earliest'")
+        raise Invalid(gettext("'latest' must be after 'earliest'"))
     weekdays = None
     if wish.weekdays is not None:
         if not wish.weekdays or any(d not in WEEKDAYS for d in wish.weekdays):
-            raise Invalid("weekdays are 0 (Monday) to 6 (Sunday), at least one")
+            raise Invalid(gettext("weekdays are 0 (Monday) to 6 (Sunday), at least one"))
         weekdays = tuple(sorted(set(wish.weekdays)))
     return Wish(
         max(wish.first_day, today),
@@ -159,22 +160,28 @@ async def join(
     if wish.doctor_id is not None:
         doctor = await session.get(Doctor, wish.doctor_id)
         if doctor is None:
-            raise NotFound(f"doctor {wish.doctor_id} not found")
+            raise NotFound(
+                gettext("doctor %(doctor_id)s not found") % {"doctor_id": wish.doctor_id}
+            )
         if not doctor.active:
-            raise Invalid("this doctor is not taking appointments")
+            raise Invalid(gettext("this doctor is not taking appointments"))
         if wish.visit_type_id is not None:
             kind = await visit_types.get_visit_type(session, doctor.id, wish.visit_type_id)
             if not kind.online and actor.role not in booking_rules.MAY_BOOK_STAFF_ONLY:
-                raise Forbidden(f"{kind.name} is booked by the clinic's staff only")
+                raise Forbidden(
+                    gettext("%(name)s is booked by the clinic's staff only") % {"name": kind.name}
+                )
         clinic_id = doctor.clinic_id
     else:
         assert wish.clinic_id is not None
         if await session.get(Clinic, wish.clinic_id) is None:
-            raise NotFound(f"clinic {wish.clinic_id} not found")
+            raise NotFound(
+                gettext("clinic %(clinic_id)s not found") % {"clinic_id": wish.clinic_id}
+            )
         clinic_id = wish.clinic_id
     booking_rules.check_desk_clinic(actor, clinic_id)
     if await session.get(Patient, target) is None:
-        raise Invalid(f"patient {target} does not exist")
+        raise Invalid(gettext("patient %(target)s does not exist") % {"target": target})
     await session.execute(_PATIENT_LOCK, {"p": target})
     waiting = await session.scalar(
         select(func.count()).where(
@@ -183,7 +190,10 @@ async def join(
     )
     if (waiting or 0) >= MAX_WAITING_PER_PATIENT:
         await session.rollback()
-        raise Invalid(f"a patient may wait in at most {MAX_WAITING_PER_PATIENT} entries at once")
+        raise Invalid(
+            gettext("a patient may wait in at most %(max_waiting_per_patient)s entries at once")
+            % {"max_waiting_per_patient": MAX_WAITING_PER_PATIENT}
+        )
     entry = WaitlistEntry(
         patient_id=target,
         clinic_id=clinic_id,
@@ -224,7 +234,7 @@ def _may_manage(actor: Principal) -> object:
         return WaitlistEntry.clinic_id == (actor.clinic_id or -1)
     if actor.role == "admin":
         return WaitlistEntry.id.is_not(None)
-    raise Forbidden("your role has no waitlist")
+    raise Forbidden(gettext("your role has no waitlist"))
 
 
 async def leave(
@@ -246,7 +256,7 @@ async def leave(
         .with_for_update()
     )
     if entry is None:
-        raise NotFound(f"waitlist entry {entry_id} not found")
+        raise NotFound(gettext("waitlist entry %(entry_id)s not found") % {"entry_id": entry_id})
     if entry.status == "waiting":
         entry.status, entry.updated_at = "left", now
         await audit.record(

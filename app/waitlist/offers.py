@@ -22,11 +22,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import i18n
 from app.access.identity import Principal
 from app.appointments import rules as booking_rules
 from app.appointments.commands import changed_appointment
 from app.appointments.rules import BookingRules
 from app.errors import Conflict, Forbidden, NotFound
+from app.i18n import gettext
 from app.live.effects import AppointmentChange, Effects
 from app.notifications import planning as notifications
 from app.scheduling.availability import day_slots, local_day_bounds
@@ -237,7 +239,7 @@ async def accept(
         Invalid: the patient already holds the most future bookings with this doctor.
     """
     if actor.role != "patient" or actor.patient_id is None:
-        raise Forbidden("only the patient an offer is made to may accept it")
+        raise Forbidden(gettext("only the patient an offer is made to may accept it"))
     facts = (
         await session.execute(
             ACCEPT_FACTS_SQL, {"offer_id": offer_id, "patient_id": actor.patient_id}
@@ -245,10 +247,13 @@ async def accept(
     ).one_or_none()
     if facts is None:
         await session.rollback()
-        raise NotFound(f"offer {offer_id} not found")
+        raise NotFound(gettext("offer %(offer_id)s not found") % {"offer_id": offer_id})
     if facts.status != "open" or facts.appointment_id is None:
         await session.rollback()
-        raise Conflict(f"this offer is {facts.status}; it can no longer be accepted")
+        raise Conflict(
+            gettext("this offer is %(status)s; it can no longer be accepted")
+            % {"status": facts.status}
+        )
     guard = booking_rules.guard(booking_rules.ACCEPT_OFFER, "booked", now)
     channels = notifications.choose_channels(facts.notify_by, facts.email, facts.phone)
     planned = notifications.plan(facts.starts_at, facts.timezone, now) if channels else []
@@ -277,7 +282,10 @@ async def accept(
         )
         await session.rollback()
         if status != "open":
-            raise Conflict(f"this offer is {status}; it can no longer be accepted")
+            raise Conflict(
+                gettext("this offer is %(status)s; it can no longer be accepted")
+                % {"status": status}
+            )
         why = booking_rules.refusal(
             booking_rules.ACCEPT_OFFER,
             _Hold(facts.starts_at, facts.ends_at, facts.expires_at),
@@ -345,14 +353,14 @@ async def decline(
         Conflict: the offer is no longer open.
     """
     if actor.role != "patient" or actor.patient_id is None:
-        raise Forbidden("only the patient an offer is made to may decline it")
+        raise Forbidden(gettext("only the patient an offer is made to may decline it"))
     status = await session.scalar(
         select(WaitlistOffer.status).where(
             WaitlistOffer.id == offer_id, WaitlistOffer.patient_id == actor.patient_id
         )
     )
     if status is None:
-        raise NotFound(f"offer {offer_id} not found")
+        raise NotFound(gettext("offer %(offer_id)s not found") % {"offer_id": offer_id})
     released = await _release(
         session,
         effects,
@@ -363,7 +371,9 @@ async def decline(
         actor_user_id=actor.id,
     )
     if not released:
-        raise Conflict(f"this offer is {status}; it can no longer be declined")
+        raise Conflict(
+            gettext("this offer is %(status)s; it can no longer be declined") % {"status": status}
+        )
 
 
 async def release_lapsed(
@@ -408,12 +418,11 @@ class OfferView:
 
     @property
     def label(self) -> str:
-        local = self.starts_at.astimezone(ZoneInfo(self.timezone))
-        return f"{local:%a %d %b %Y, %H:%M} {local.tzname()}"
+        return i18n.moment(self.starts_at, self.timezone)
 
     @property
     def expires_label(self) -> str:
-        return f"{self.expires_at.astimezone(ZoneInfo(self.timezone)):%H:%M}"
+        return i18n.time(self.expires_at, self.timezone)
 
     def as_json(self) -> dict[str, object]:
         tz = ZoneInfo(self.timezone)

@@ -47,6 +47,7 @@ from app.routes import (
     deps,
     fhir,
     health,
+    language,
     live,
     pages,
     patient_pages,
@@ -71,6 +72,7 @@ from app.web.admission import Admission, AdmissionMiddleware
 from app.web.api_docs import ClosedStructs, VendoredSwagger
 from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
+from app.web.i18n import LanguageMiddleware
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
 from app.web.outages import OUTAGE_HANDLERS
 from app.web.security_headers import add_security_headers
@@ -206,6 +208,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health.ready,
             metrics,
             pages.home,
+            language.choose_language,
             DirectoryController,
             VisitTypeController,
             AppointmentController,
@@ -238,6 +241,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # Next, so a refused request is counted and timed, and costs nothing more.
             DefineMiddleware(AdmissionMiddleware, admission=Admission.from_settings(settings)),
             DefineMiddleware(AuthMiddleware, exclude=UNGUARDED),
+            # Once the user is known: the rest (refusals included) speak their language.
+            DefineMiddleware(LanguageMiddleware, exclude=UNGUARDED),
             DefineMiddleware(RateLimitMiddleware, exclude=UNGUARDED),
             DefineMiddleware(CSRFMiddleware, exclude=UNGUARDED),
         ],

@@ -41,6 +41,7 @@ from app.access import rate_limit
 from app.access.browser_sessions import COOKIE_NAME, BrowserSession, get_session
 from app.access.identity import Principal, cached_principal
 from app.access.tokens import verify_access_token
+from app.i18n import gettext
 from app.services import Services
 from app.settings import Settings
 
@@ -65,9 +66,9 @@ def allow(*roles: str) -> Guard:
     async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         user = current_user(connection)
         if user is None:
-            raise NotAuthorizedException("sign in first")
+            raise NotAuthorizedException(gettext("sign in first"))
         if roles and user.role not in roles:
-            raise PermissionDeniedException("your role may not do this")
+            raise PermissionDeniedException(gettext("your role may not do this"))
 
     guard.roles = roles  # type: ignore[attr-defined]  # read by the access-matrix tests
     return guard
@@ -174,11 +175,13 @@ class RateLimitMiddleware(AbstractMiddleware):
             checks.append((f"addr:{addr}", settings.rate_limit_anonymous_per_minute))
         try:
             if over is not None:
-                raise rate_limit.TooManyAttempts("too many requests; slow down", retry_after=over)
+                raise rate_limit.TooManyAttempts(
+                    gettext("too many requests; slow down"), retry_after=over
+                )
             for key, limit in checks:
                 if (wait := await rate_limit.hit(services.redis, key, limit)) is not None:
                     raise rate_limit.TooManyAttempts(
-                        "too many requests; slow down", retry_after=wait
+                        gettext("too many requests; slow down"), retry_after=wait
                     )
         except RedisError as exc:
             log.warning("rate limit skipped, Redis unavailable: %s", exc)

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar.plugins.jinja import JinjaTemplateEngine
 
+from app import i18n
 from app.access.browser_sessions import BrowserSession
 from app.access.identity import Principal
 
@@ -32,6 +33,7 @@ def signed_in_name(context: Mapping[str, Any]) -> str:
 
 
 def register(engine: JinjaTemplateEngine) -> None:
-    """TemplateConfig(engine_callback=...) hook."""
+    """TemplateConfig(engine_callback=...) hook; also gettext and the date filters."""
+    i18n.install_jinja(engine.engine)
     for fn in (csrf_token, signed_in_user, signed_in_name):
         engine.register_template_callable(fn.__name__, fn)

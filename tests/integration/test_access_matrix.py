@@ -74,6 +74,7 @@ EXPECTED: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("POST", "/api/auth/revoke"): PUBLIC,
     ("POST", "/api/auth/password-reset"): PUBLIC,
     ("POST", "/api/auth/password-reset/confirm"): PUBLIC,
+    ("POST", "/language"): PUBLIC,  # the header's language switcher (a patient's is saved)
     ("GET", "/api/auth/me"): ANY,
     ("POST", "/api/auth/password"): ANY,
     ("GET", "/logout"): ANY,

@@ -3,12 +3,14 @@ bounded queues, subscribing before the view, and recovery when Redis goes away (
 when only the event loop is busy)."""
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 
 import pytest
 from redis.asyncio import Redis
 
+from app import i18n
 from app.live import realtime
 from app.live.effects import AppointmentChange
 from app.live.realtime import (
@@ -44,12 +46,21 @@ class Renders:
                 await self._rendered.wait()
 
 
+class RendersInLanguage(Renders):
+    """Renders that note the language the hub set and say a word in it."""
+
+    async def __call__(self, channel, audience, payload):
+        self.calls.append((channel, audience, i18n.current()))
+        return f"<div>{audience}:{payload.get('appointment_id')}:{i18n.gettext('taken')}</div>"
+
+
 async def next_item(socket, timeout=3.0):
     return await asyncio.wait_for(socket.queue.get(), timeout)
 
 
-async def test_a_change_reaches_sockets_of_another_process_rendered_once_per_audience(settings):
-    renders = Renders()
+@contextlib.asynccontextmanager
+async def viewer_and_writer(settings, renders):
+    """Two hubs on one Redis, as two server processes: one with sockets, one publishing."""
     viewer_redis, writer_redis = (
         Redis.from_url(settings.redis_url),
         Redis.from_url(settings.redis_url),
@@ -61,6 +72,17 @@ async def test_a_change_reaches_sockets_of_another_process_rendered_once_per_aud
     await viewer.start()
     await writer.start()
     try:
+        yield viewer, writer
+    finally:
+        await viewer.stop()
+        await writer.stop()
+        await viewer_redis.aclose()
+        await writer_redis.aclose()
+
+
+async def test_a_change_reaches_sockets_of_another_process_rendered_once_per_audience(settings):
+    renders = Renders()
+    async with viewer_and_writer(settings, renders) as (viewer, writer):
         channel = doctor_channel(7, DAY)
         patients = [viewer.join("slots", [channel]) for _ in range(25)]
         doctor = viewer.join("doctor_day", [channel])
@@ -72,11 +94,22 @@ async def test_a_change_reaches_sockets_of_another_process_rendered_once_per_aud
         assert got == ["<div>slots:41</div>"] * 25
         assert await next_item(doctor) == "<div>doctor_day:41</div>"
         assert sorted(renders.calls) == [(channel, "doctor_day"), (channel, "slots")]
-    finally:
-        await viewer.stop()
-        await writer.stop()
-        await viewer_redis.aclose()
-        await writer_redis.aclose()
+
+
+async def test_an_event_is_rendered_once_per_audience_and_language(settings):
+    """Forty sockets of one audience in two languages: two renders, each in its language,
+    and every socket gets its own language's fragment."""
+    renders = RendersInLanguage()
+    async with viewer_and_writer(settings, renders) as (viewer, writer):
+        channel = doctor_channel(8, DAY)
+        english = [viewer.join("slots", [channel], "en") for _ in range(20)]
+        german = [viewer.join("slots", [channel], "de") for _ in range(20)]
+        for socket in [*english, *german]:
+            assert await viewer.subscribed(socket, 5)
+        await writer.publish_all(change_messages([AppointmentChange(42, 8, 3, (DAY,), "booked")]))
+        assert [await next_item(s) for s in english] == ["<div>slots:42:taken</div>"] * 20
+        assert [await next_item(s) for s in german] == ["<div>slots:42:vergeben</div>"] * 20
+        assert sorted(renders.calls) == [(channel, "slots", "de"), (channel, "slots", "en")]
 
 
 async def test_a_slow_socket_is_told_to_resync_instead_of_growing(settings):

@@ -1,6 +1,7 @@
 """The waitlist's pages: the join forms' visit-type chooser (patient and desk), and the lists
 that name the visit type an entry waits for."""
 
+import html
 import re
 
 import pytest
@@ -28,11 +29,12 @@ async def kinds(session, world):
     return {"first": first.id, "follow": follow.id, "jab": jab.id}
 
 
-def chooser(html: str) -> dict[str, str]:
-    """The visit-type chooser's options: value -> label."""
-    block = re.search(r'<label id="waitlist-kind">.*?</label>', html, re.S)
+def chooser(page: str) -> dict[str, str]:
+    """The visit-type chooser's options: value -> label (as text: escaped or not)."""
+    block = re.search(r'<label id="waitlist-kind">.*?</label>', page, re.S)
     assert block, "the form has no visit-type chooser"
-    return dict(re.findall(r'<option value="(\d*)">([^<]*)</option>', block.group(0)))
+    options = re.findall(r'<option value="(\d*)">([^<]*)</option>', block.group(0))
+    return {value: html.unescape(label) for value, label in options}
 
 
 def wish_form(world, **extra):
@@ -49,7 +51,7 @@ async def test_the_patient_chooses_among_the_doctors_online_types(client, world,
     assert form.status_code == 200, form.text
     options = chooser(form.text)
     assert options == {
-        "": "Any: the doctor&#39;s usual slots",
+        "": "Any: the doctor's usual slots",
         str(kinds["first"]): "First visit (30 min)",
         str(kinds["follow"]): "Follow-up (30 min)",
     }  # the staff-only vaccination is not offered to a patient
