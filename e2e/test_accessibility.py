@@ -1,8 +1,11 @@
-"""WCAG 2.1 AA in a real browser: axe-core (axe-playwright-python) over every page of every
-role finds no serious or critical violation. Each page's counts (all impacts) are written
-to test-artifacts/axe-<language>.json; docs/accessibility.md holds the before and after
-figures. The pages are signed in once per role (storage state), then each page gets a
-fresh context, so one page's state never leaks into another's result."""
+"""WCAG 2.1 AA in a real browser, in English and in German: axe-core (axe-playwright-python)
+over every page of every role finds no serious or critical violation. Each page's counts
+(all impacts) are written to test-artifacts/axe-<language>.jsonl; docs/accessibility.md
+holds the figures. The pages are signed in once per role and language (storage state),
+then each page gets a fresh context, so one page's state never leaks into another's
+result. The language is chosen as a person chooses it: the browser's Accept-Language
+(its locale) for a visitor, the header's switcher for the signed-in (a cookie, and a
+patient's saved preference, which outranks Accept-Language)."""
 
 from __future__ import annotations
 
@@ -16,15 +19,15 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, expect
 
+from app import i18n
 from conftest import LiveServer
 from e2e.conftest import ARTIFACTS, ROOT, live_page, screenshot, wait_for_live
 from e2e.test_journeys import Api, past_appointment
 from e2e.test_live import fresh_world, sign_in
 from tests.integration.world import BERLIN, World, at, day_after_tomorrow
 
-# The languages every page is checked in. The hook for issue 20's translations: once the
-# German catalogue is on main, add "de" (the context's locale sets Accept-Language).
-LANGUAGES = ["en"]
+# The languages every page is checked in (the context's locale sets Accept-Language).
+LANGUAGES = ["en", "de"]
 
 # Every rule axe runs by default: WCAG 2.0/2.1 A and AA (the bar the issue sets) and
 # axe's best practices (landmarks, heading order, regions). No rule is disabled.
@@ -41,6 +44,16 @@ ROLES = {
     "doctor": "doc@t.test",
     "admin": "admin@t.test",
 }
+# A patient's saved language outranks the browser's, and pages of both languages run at
+# once: each language has its own patient (patient 1 chooses German in the header), with
+# the same kind of bookings, wish and past visit.
+PATIENTS = {"en": 0, "de": 1}
+BOOKED_HOURS = {"en": 10, "de": 14}
+
+
+def _t(language: str, message: str) -> str:
+    """`message` as the catalogue of `language` has it (what the page shows)."""
+    return i18n.translations(language).gettext(message)
 
 
 @dataclass
@@ -48,35 +61,58 @@ class Site:
     server: LiveServer
     world: World
     day: dt.date
-    sessions: dict[str, Any]  # role -> Playwright storage state
+    sessions: dict[tuple[str, str], Any]  # (role, language) -> Playwright storage state
+
+
+def _email(role: str, language: str) -> str:
+    return f"p{PATIENTS[language]}@t.test" if role == "patient" else ROLES[role]
+
+
+def _signed_in(chromium: Browser, server: LiveServer, email: str, language: str) -> Any:
+    """A storage state of `email` signed in, the page switched to `language` with the
+    header's switcher (saved for a patient, a cookie for everyone)."""
+    context = chromium.new_context(locale="en-US")
+    try:
+        page = context.new_page()
+        sign_in(page, server, email, "/me")
+        if language != i18n.SOURCE_LANGUAGE:
+            page.locator("#language-choice").select_option(language)
+            page.locator(".language-switcher button[type=submit]").click()
+            expect(page.locator("html")).to_have_attribute("lang", language)
+        return context.storage_state()
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="module")
 def site(chromium, live_server, settings) -> Iterator[Site]:
-    """One world for the module: an appointment of patient 0 two days ahead (the lists,
-    the board and the patient search show it), one today (the doctor's day), a waitlist
-    wish, and a signed-in storage state per role."""
+    """One world for the module: for each language's patient an appointment two days
+    ahead (the lists, the board and the patient search show it), one today (the doctor's
+    day) and a waitlist wish; a signed-in storage state per role and language."""
     world = fresh_world(settings)
     day = day_after_tomorrow()
-    api = Api(live_server, "p0@t.test")
-    try:
-        api.book(world.doctor_id, at(day, 10))
-        joined = api.http.post(
-            "/api/waitlist",
-            json={"doctor_id": world.doctor_id, "from": day.isoformat(), "to": day.isoformat()},
-        )
-        assert joined.status_code in (200, 201), joined.text
-    finally:
-        api.close()
-    past_appointment(settings, world, 0, at(dt.datetime.now(BERLIN).date(), 0))
-    sessions: dict[str, Any] = {}
-    for role, email in ROLES.items():
-        context = chromium.new_context()
+    today = dt.datetime.now(BERLIN).date()
+    for language, patient in PATIENTS.items():
+        api = Api(live_server, f"p{patient}@t.test")
         try:
-            sign_in(context.new_page(), live_server, email, "/me")
-            sessions[role] = context.storage_state()
+            api.book(world.doctor_id, at(day, BOOKED_HOURS[language]))
+            joined = api.http.post(
+                "/api/waitlist",
+                json={
+                    "doctor_id": world.doctor_id,
+                    "from": day.isoformat(),
+                    "to": day.isoformat(),
+                },
+            )
+            assert joined.status_code in (200, 201), joined.text
         finally:
-            context.close()
+            api.close()
+        past_appointment(settings, world, patient, at(today, patient))
+    sessions = {
+        (role, language): _signed_in(chromium, live_server, _email(role, language), language)
+        for role in ROLES
+        for language in LANGUAGES
+    }
     yield Site(live_server, world, day, sessions)
 
 
@@ -84,22 +120,23 @@ def _slots(site: Site) -> str:
     return f"/doctors/{site.world.doctor_id}/slots?date={site.day.isoformat()}"
 
 
-def _pick_a_slot(page: Page, site: Site) -> None:
+def _pick_a_slot(page: Page, site: Site, language: str) -> None:
     page.locator(f'.slot[data-slot-start="{at(site.day, 11).isoformat()}"]').click()
-    expect(page.get_by_role("button", name="Confirm booking")).to_be_visible()
+    confirm = _t(language, "Confirm booking")
+    expect(page.get_by_role("button", name=confirm)).to_be_visible()
 
 
-def _join_form(page: Page, site: Site) -> None:
+def _join_form(page: Page, site: Site, language: str) -> None:
     expect(page.locator("form[hx-post='/me/waitlist']")).to_be_visible()
 
 
-def _live(page: Page, site: Site) -> None:
+def _live(page: Page, site: Site, language: str) -> None:
     wait_for_live(page)
 
 
-def _desk_search(page: Page, site: Site) -> None:
+def _desk_search(page: Page, site: Site, language: str) -> None:
     wait_for_live(page)
-    page.get_by_label("Patient name").fill("Patient")
+    page.get_by_label(_t(language, "Patient name")).fill("Patient")
     expect(page.locator("#patient-hits input[type=radio]").first).to_be_visible()
 
 
@@ -124,8 +161,11 @@ class Check:
     name: str
     role: str | None
     path: Callable[[Site], str]
-    ready: Callable[[Page, Site], None] | None = None
+    ready: Callable[[Page, Site, str], None] | None = None  # (page, site, language)
     before: Callable[[Page, Site], None] | None = None  # before the page loads
+    # False: the page is English in every language (the 503 page is rendered once,
+    # without a request), so its `<html lang>` stays "en".
+    translated: bool = True
 
 
 PAGES = [
@@ -134,10 +174,21 @@ PAGES = [
     Check("register", None, lambda s: "/register"),
     Check("password reset", None, lambda s: "/password-reset"),
     Check("slots (anonymous)", None, _slots, _live),
-    Check("error page (503)", None, lambda s: "/unavailable-page", before=_show_error_page),
+    Check(
+        "error page (503)",
+        None,
+        lambda s: "/unavailable-page",
+        before=_show_error_page,
+        translated=False,
+    ),
     Check("find a doctor", "patient", lambda s: "/doctors"),
     Check("slots", "patient", _slots, _live),
-    Check("slot picked", "patient", _slots, lambda p, s: (_live(p, s), _pick_a_slot(p, s))),
+    Check(
+        "slot picked",
+        "patient",
+        _slots,
+        lambda p, s, lang: (_live(p, s, lang), _pick_a_slot(p, s, lang)),
+    ),
     Check("my appointments + waitlist", "patient", lambda s: "/me/appointments", _join_form),
     Check("reminders", "patient", lambda s: "/me/notifications"),
     Check("me", "patient", lambda s: "/me"),
@@ -158,6 +209,26 @@ PAGES = [
     Check("exports", "admin", lambda s: "/analytics/exports"),
     Check("undelivered", "admin", lambda s: "/admin/notifications"),
 ]
+
+
+def _open(chromium: Browser, site: Site, check: Check, language: str, **options: Any) -> Page:
+    """A fresh context's page showing `check`'s page in `language`, ready to be judged.
+    The page must really be in that language (`<html lang>`, which screen readers
+    pronounce by), or the German run would check English pages."""
+    state = site.sessions[(check.role, language)] if check.role else None
+    page = live_page(chromium, storage_state=state, locale=language, **options)
+    try:
+        if check.before:
+            check.before(page, site)
+        page.goto(site.server.url + check.path(site))
+        if check.ready:
+            check.ready(page, site, language)
+        spoken = language if check.translated else i18n.SOURCE_LANGUAGE
+        expect(page.locator("html")).to_have_attribute("lang", spoken)
+    except BaseException:
+        page.context.close()
+        raise
+    return page
 
 
 def _record(language: str, page: str, counts: dict[str, Any]) -> None:
@@ -181,14 +252,8 @@ def _describe(violations: list[dict[str, Any]]) -> str:
 def test_no_serious_or_critical_axe_violation(
     chromium: Browser, site: Site, check: Check, language: str
 ) -> None:
-    state = site.sessions[check.role] if check.role else None
-    page = live_page(chromium, storage_state=state, locale=language)
+    page = _open(chromium, site, check, language)
     try:
-        if check.before:
-            check.before(page, site)
-        page.goto(site.server.url + check.path(site))
-        if check.ready:
-            check.ready(page, site)
         results = AXE.run(page, options=AXE_OPTIONS).response
     finally:
         page.context.close()
@@ -254,27 +319,24 @@ REFLOW_PAGES = [
 ]
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("width", WIDTHS, ids=list(WIDTHS))
 @pytest.mark.parametrize("check", REFLOW_PAGES, ids=[c.name for c in REFLOW_PAGES])
 def test_no_horizontal_scrolling_at_320_px_and_200_percent(
-    chromium: Browser, site: Site, check: Check, width: str
+    chromium: Browser, site: Site, check: Check, width: str, language: str
 ) -> None:
     """Wide content (the board's columns, admin tables) scrolls inside its own box; the
     page itself never does. A screenshot of each goes to test-artifacts/."""
     pixels, scale = WIDTHS[width]
-    state = site.sessions[check.role] if check.role else None
-    page = live_page(
+    page = _open(
         chromium,
-        storage_state=state,
+        site,
+        check,
+        language,
         viewport={"width": pixels, "height": 800},
         device_scale_factor=scale,
     )
     try:
-        if check.before:
-            check.before(page, site)
-        page.goto(site.server.url + check.path(site))
-        if check.ready:
-            check.ready(page, site)
         sizes = page.evaluate(
             """() => ({scroll: document.documentElement.scrollWidth,
                        client: document.documentElement.clientWidth,
@@ -282,7 +344,7 @@ def test_no_horizontal_scrolling_at_320_px_and_200_percent(
                          .filter(e => e.getBoundingClientRect().right > innerWidth + 1)
                          .slice(0, 5).map(e => e.tagName + '.' + e.className)})"""
         )
-        screenshot(page, f"reflow-{width}-{check.name.replace(' ', '-')}")
+        screenshot(page, f"reflow-{language}-{width}-{check.name.replace(' ', '-')}")
     finally:
         page.context.close()
     assert sizes["scroll"] <= sizes["client"], sizes
