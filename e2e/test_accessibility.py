@@ -290,6 +290,48 @@ def test_axe_finds_a_missing_label(chromium: Browser, site: Site) -> None:
     assert "label" in {v["id"] for v in violations}
 
 
+_NO_STYLES = "document.querySelectorAll('link[rel=stylesheet]').forEach(l => l.remove())"
+
+
+def _page_named(name: str) -> Check:
+    return next(c for c in PAGES if c.name == name)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_colour_is_never_the_only_carrier_of_a_state(
+    chromium: Browser, site: Site, language: str
+) -> None:
+    """WCAG 1.4.1: a taken time differs from a free one, and an appointment shows its
+    status, in words of the page's language, shown on screen and in the accessible name;
+    with the stylesheet gone (no colour, no strike-through, no dashed border) the words
+    still tell them apart."""
+    taken_at = at(site.day, BOOKED_HOURS[language]).isoformat()
+    free_at = at(site.day, 11).isoformat()
+    page = _open(chromium, site, _page_named("slots"), language)
+    try:
+        taken = page.locator(f'#live .slot[data-slot-start="{taken_at}"]')
+        free = page.locator(f'#live .slot[data-slot-start="{free_at}"]')
+        word = _t(language, "taken")
+        expect(taken.locator(".why")).to_be_visible()
+        expect(taken.locator(".why")).to_have_text(word)
+        taken_label = taken.get_attribute("data-label")
+        free_label = free.get_attribute("data-label")
+        expect(taken).to_have_accessible_name(f"{taken_label} {word}")
+        page.evaluate(_NO_STYLES)
+        assert taken.inner_text().split() == [taken_label, *word.split()]
+        assert free.inner_text().split() == [free_label]
+    finally:
+        page.context.close()
+    page = _open(chromium, site, _page_named("my appointments + waitlist"), language)
+    try:
+        page.evaluate(_NO_STYLES)
+        booked = page.locator("li[data-status=booked] .status").first
+        expect(booked).to_be_visible()
+        expect(booked).to_have_text(_t(language, "booked"))
+    finally:
+        page.context.close()
+
+
 # WCAG 1.4.10 reflow: 320 CSS px is a 1280 px window at 400 % zoom; 640 px at 200 %
 # (rendered at twice the pixel density, as a zoomed page is).
 WIDTHS = {"320px": (320, 1), "200pct": (640, 2)}
