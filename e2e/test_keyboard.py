@@ -22,6 +22,7 @@ from e2e.test_journeys import LIVE_MS, Api, active_appointments, past_appointmen
 from e2e.test_live import fresh_world, slot
 from tests.integration.world import BERLIN, PASSWORD, at, day_after_tomorrow
 
+FOCUS_WAIT_MS = 5000  # as long as an `expect` waits
 TAB_LIMIT = 250  # more stops than any page here has before the element a test wants
 
 
@@ -168,7 +169,11 @@ def test_the_desk_checks_in_and_books_a_walk_in_by_keyboard(browser, live_server
     page.keyboard.press("Enter")  # submits the walk-in form
     result = page.locator("#walk-in-result")
     expect(result).to_contain_text("Booked at 11:00 for Patient 1 with Dr. Berlin")
-    assert page.evaluate("document.activeElement.closest('#walk-in-result') !== null")
+    # Focus follows once htmx has settled the answer (static/js/focus.js).
+    page.wait_for_function(
+        "() => document.activeElement.closest('#walk-in-result') !== null",
+        timeout=FOCUS_WAIT_MS,
+    )
     assert_focus_visible(page)
     card = page.locator(f'[data-slot-start="{at(day, 11).isoformat()}"] .card')
     expect(card).to_contain_text("Patient 1", timeout=LIVE_MS)
