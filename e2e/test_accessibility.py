@@ -75,6 +75,7 @@ def _signed_in(chromium: Browser, server: LiveServer, email: str, language: str)
     try:
         page = context.new_page()
         sign_in(page, server, email, "/me")
+        page.wait_for_url(f"{server.url}/me")  # ("**/me*" matches /login?next=/me too)
         if language != i18n.SOURCE_LANGUAGE:
             page.locator("#language-choice").select_option(language)
             page.locator(".language-switcher button[type=submit]").click()

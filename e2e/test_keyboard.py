@@ -236,6 +236,7 @@ def test_a_live_update_keeps_focus_and_is_announced_once(browser, live_server, s
     day = day_after_tomorrow()
     page = live_page(browser)
     sign_in_by_keyboard(page, live_server.url, "p0@t.test", "/me")
+    page.wait_for_url(f"{live_server.url}/me")  # ("**/me*" matches /login?next=/me too)
     choose_language_by_keyboard(page, language)  # saved: the patient's language now
     page.goto(f"{live_server.url}/doctors/{world.doctor_id}/slots?date={day}")
     expect(page.locator("html")).to_have_attribute("lang", language)
