@@ -1,8 +1,11 @@
-"""WCAG 2.1 AA in a real browser: axe-core (axe-playwright-python) over every page of every
-role finds no serious or critical violation. Each page's counts (all impacts) are written
-to test-artifacts/axe-<language>.json; docs/accessibility.md holds the before and after
-figures. The pages are signed in once per role (storage state), then each page gets a
-fresh context, so one page's state never leaks into another's result."""
+"""WCAG 2.1 AA in a real browser, in English and in German: axe-core (axe-playwright-python)
+over every page of every role finds no serious or critical violation. Each page's counts
+(all impacts) are written to test-artifacts/axe-<language>.jsonl; docs/accessibility.md
+holds the figures. The pages are signed in once per role and language (storage state),
+then each page gets a fresh context, so one page's state never leaks into another's
+result. The language is chosen as a person chooses it: the browser's Accept-Language
+(its locale) for a visitor, the header's switcher for the signed-in (a cookie, and a
+patient's saved preference, which outranks Accept-Language)."""
 
 from __future__ import annotations
 
@@ -16,15 +19,15 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, expect
 
+from app import i18n
 from conftest import LiveServer
 from e2e.conftest import ARTIFACTS, ROOT, live_page, screenshot, wait_for_live
 from e2e.test_journeys import Api, past_appointment, sql
 from e2e.test_live import fresh_world, sign_in
 from tests.integration.world import BERLIN, World, at, day_after_tomorrow
 
-# The languages every page is checked in. The hook for issue 20's translations: once the
-# German catalogue is on main, add "de" (the context's locale sets Accept-Language).
-LANGUAGES = ["en"]
+# The languages every page is checked in (the context's locale sets Accept-Language).
+LANGUAGES = ["en", "de"]
 
 # Every rule axe runs by default: WCAG 2.0/2.1 A and AA (the bar the issue sets) and
 # axe's best practices (landmarks, heading order, regions). No rule is disabled.
@@ -41,6 +44,16 @@ ROLES = {
     "doctor": "doc@t.test",
     "admin": "admin@t.test",
 }
+# A patient's saved language outranks the browser's, and pages of both languages run at
+# once: each language has its own patient (patient 1 chooses German in the header), with
+# the same kind of bookings, wish and past visit.
+PATIENTS = {"en": 0, "de": 1}
+BOOKED_HOURS = {"en": 10, "de": 14}
+
+
+def _t(language: str, message: str) -> str:
+    """`message` as the catalogue of `language` has it (what the page shows)."""
+    return i18n.translations(language).gettext(message)
 
 
 @dataclass
@@ -48,27 +61,55 @@ class Site:
     server: LiveServer
     world: World
     day: dt.date
-    sessions: dict[str, Any]  # role -> Playwright storage state
+    sessions: dict[tuple[str, str], Any]  # (role, language) -> Playwright storage state
+
+
+def _email(role: str, language: str) -> str:
+    return f"p{PATIENTS[language]}@t.test" if role == "patient" else ROLES[role]
+
+
+def _signed_in(chromium: Browser, server: LiveServer, email: str, language: str) -> Any:
+    """A storage state of `email` signed in, the page switched to `language` with the
+    header's switcher (saved for a patient, a cookie for everyone)."""
+    context = chromium.new_context(locale="en-US")
+    try:
+        page = context.new_page()
+        sign_in(page, server, email, "/me")
+        page.wait_for_url(f"{server.url}/me")  # ("**/me*" matches /login?next=/me too)
+        if language != i18n.SOURCE_LANGUAGE:
+            page.locator("#language-choice").select_option(language)
+            page.locator(".language-switcher button[type=submit]").click()
+            expect(page.locator("html")).to_have_attribute("lang", language)
+        return context.storage_state()
+    finally:
+        context.close()
 
 
 @pytest.fixture(scope="module")
 def site(chromium, live_server, settings) -> Iterator[Site]:
-    """One world for the module: an appointment of patient 0 two days ahead (the lists,
-    the board and the patient search show it), one today (the doctor's day), an hour of
-    the doctor's leave that day, a waitlist wish, and a signed-in storage state per role."""
+    """One world for the module: for each language's patient an appointment two days
+    ahead (the lists, the board and the patient search show it), one today (the doctor's
+    day), an hour of the doctor's leave that day and a waitlist wish; a signed-in storage
+    state per role and language."""
     world = fresh_world(settings)
     day = day_after_tomorrow()
-    api = Api(live_server, "p0@t.test")
-    try:
-        api.book(world.doctor_id, at(day, 10))
-        joined = api.http.post(
-            "/api/waitlist",
-            json={"doctor_id": world.doctor_id, "from": day.isoformat(), "to": day.isoformat()},
-        )
-        assert joined.status_code in (200, 201), joined.text
-    finally:
-        api.close()
-    past_appointment(settings, world, 0, at(dt.datetime.now(BERLIN).date(), 0))
+    today = dt.datetime.now(BERLIN).date()
+    for language, patient in PATIENTS.items():
+        api = Api(live_server, f"p{patient}@t.test")
+        try:
+            api.book(world.doctor_id, at(day, BOOKED_HOURS[language]))
+            joined = api.http.post(
+                "/api/waitlist",
+                json={
+                    "doctor_id": world.doctor_id,
+                    "from": day.isoformat(),
+                    "to": day.isoformat(),
+                },
+            )
+            assert joined.status_code in (200, 201), joined.text
+        finally:
+            api.close()
+        past_appointment(settings, world, patient, at(today, patient))
     sql(  # an hour of leave: slots that say "doctor away", board rows that are not bookable
         settings,
         "INSERT INTO schedule_exceptions (clinic_id, doctor_id, kind, starts_at, ends_at) "
@@ -78,14 +119,11 @@ def site(chromium, live_server, settings) -> Iterator[Site]:
         s=at(day, 15),
         e=at(day, 16),
     )
-    sessions: dict[str, Any] = {}
-    for role, email in ROLES.items():
-        context = chromium.new_context()
-        try:
-            sign_in(context.new_page(), live_server, email, "/me")
-            sessions[role] = context.storage_state()
-        finally:
-            context.close()
+    sessions = {
+        (role, language): _signed_in(chromium, live_server, _email(role, language), language)
+        for role in ROLES
+        for language in LANGUAGES
+    }
     yield Site(live_server, world, day, sessions)
 
 
@@ -93,22 +131,23 @@ def _slots(site: Site) -> str:
     return f"/doctors/{site.world.doctor_id}/slots?date={site.day.isoformat()}"
 
 
-def _pick_a_slot(page: Page, site: Site) -> None:
+def _pick_a_slot(page: Page, site: Site, language: str) -> None:
     page.locator(f'.slot[data-slot-start="{at(site.day, 11).isoformat()}"]').click()
-    expect(page.get_by_role("button", name="Confirm booking")).to_be_visible()
+    confirm = _t(language, "Confirm booking")
+    expect(page.get_by_role("button", name=confirm)).to_be_visible()
 
 
-def _join_form(page: Page, site: Site) -> None:
+def _join_form(page: Page, site: Site, language: str) -> None:
     expect(page.locator("form[hx-post='/me/waitlist']")).to_be_visible()
 
 
-def _live(page: Page, site: Site) -> None:
+def _live(page: Page, site: Site, language: str) -> None:
     wait_for_live(page)
 
 
-def _desk_search(page: Page, site: Site) -> None:
+def _desk_search(page: Page, site: Site, language: str) -> None:
     wait_for_live(page)
-    page.get_by_label("Patient name").fill("Patient")
+    page.get_by_label(_t(language, "Patient name")).fill("Patient")
     expect(page.locator("#patient-hits input[type=radio]").first).to_be_visible()
 
 
@@ -133,8 +172,11 @@ class Check:
     name: str
     role: str | None
     path: Callable[[Site], str]
-    ready: Callable[[Page, Site], None] | None = None
+    ready: Callable[[Page, Site, str], None] | None = None  # (page, site, language)
     before: Callable[[Page, Site], None] | None = None  # before the page loads
+    # False: the page is English in every language (the 503 page is rendered once,
+    # without a request), so its `<html lang>` stays "en".
+    translated: bool = True
 
 
 PAGES = [
@@ -143,10 +185,21 @@ PAGES = [
     Check("register", None, lambda s: "/register"),
     Check("password reset", None, lambda s: "/password-reset"),
     Check("slots (anonymous)", None, _slots, _live),
-    Check("error page (503)", None, lambda s: "/unavailable-page", before=_show_error_page),
+    Check(
+        "error page (503)",
+        None,
+        lambda s: "/unavailable-page",
+        before=_show_error_page,
+        translated=False,
+    ),
     Check("find a doctor", "patient", lambda s: "/doctors"),
     Check("slots", "patient", _slots, _live),
-    Check("slot picked", "patient", _slots, lambda p, s: (_live(p, s), _pick_a_slot(p, s))),
+    Check(
+        "slot picked",
+        "patient",
+        _slots,
+        lambda p, s, lang: (_live(p, s, lang), _pick_a_slot(p, s, lang)),
+    ),
     Check("my appointments + waitlist", "patient", lambda s: "/me/appointments", _join_form),
     Check("reminders", "patient", lambda s: "/me/notifications"),
     Check("me", "patient", lambda s: "/me"),
@@ -167,6 +220,26 @@ PAGES = [
     Check("exports", "admin", lambda s: "/analytics/exports"),
     Check("undelivered", "admin", lambda s: "/admin/notifications"),
 ]
+
+
+def _open(chromium: Browser, site: Site, check: Check, language: str, **options: Any) -> Page:
+    """A fresh context's page showing `check`'s page in `language`, ready to be judged.
+    The page must really be in that language (`<html lang>`, which screen readers
+    pronounce by), or the German run would check English pages."""
+    state = site.sessions[(check.role, language)] if check.role else None
+    page = live_page(chromium, storage_state=state, locale=language, **options)
+    try:
+        if check.before:
+            check.before(page, site)
+        page.goto(site.server.url + check.path(site))
+        if check.ready:
+            check.ready(page, site, language)
+        spoken = language if check.translated else i18n.SOURCE_LANGUAGE
+        expect(page.locator("html")).to_have_attribute("lang", spoken)
+    except BaseException:
+        page.context.close()
+        raise
+    return page
 
 
 def _record(language: str, page: str, counts: dict[str, Any]) -> None:
@@ -190,14 +263,8 @@ def _describe(violations: list[dict[str, Any]]) -> str:
 def test_no_serious_or_critical_axe_violation(
     chromium: Browser, site: Site, check: Check, language: str
 ) -> None:
-    state = site.sessions[check.role] if check.role else None
-    page = live_page(chromium, storage_state=state, locale=language)
+    page = _open(chromium, site, check, language)
     try:
-        if check.before:
-            check.before(page, site)
-        page.goto(site.server.url + check.path(site))
-        if check.ready:
-            check.ready(page, site)
         results = AXE.run(page, options=AXE_OPTIONS).response
     finally:
         page.context.close()
@@ -234,6 +301,48 @@ def test_axe_finds_a_missing_label(chromium: Browser, site: Site) -> None:
     assert "label" in {v["id"] for v in violations}
 
 
+_NO_STYLES = "document.querySelectorAll('link[rel=stylesheet]').forEach(l => l.remove())"
+
+
+def _page_named(name: str) -> Check:
+    return next(c for c in PAGES if c.name == name)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_colour_is_never_the_only_carrier_of_a_state(
+    chromium: Browser, site: Site, language: str
+) -> None:
+    """WCAG 1.4.1: a taken time differs from a free one, and an appointment shows its
+    status, in words of the page's language, shown on screen and in the accessible name;
+    with the stylesheet gone (no colour, no strike-through, no dashed border) the words
+    still tell them apart."""
+    taken_at = at(site.day, BOOKED_HOURS[language]).isoformat()
+    free_at = at(site.day, 11).isoformat()
+    page = _open(chromium, site, _page_named("slots"), language)
+    try:
+        taken = page.locator(f'#live .slot[data-slot-start="{taken_at}"]')
+        free = page.locator(f'#live .slot[data-slot-start="{free_at}"]')
+        word = _t(language, "taken")
+        expect(taken.locator(".why")).to_be_visible()
+        expect(taken.locator(".why")).to_have_text(word)
+        taken_label = taken.get_attribute("data-label")
+        free_label = free.get_attribute("data-label")
+        expect(taken).to_have_accessible_name(f"{taken_label} {word}")
+        page.evaluate(_NO_STYLES)
+        assert taken.inner_text().split() == [taken_label, *word.split()]
+        assert free.inner_text().split() == [free_label]
+    finally:
+        page.context.close()
+    page = _open(chromium, site, _page_named("my appointments + waitlist"), language)
+    try:
+        page.evaluate(_NO_STYLES)
+        booked = page.locator("li[data-status=booked] .status").first
+        expect(booked).to_be_visible()
+        expect(booked).to_have_text(_t(language, "booked"))
+    finally:
+        page.context.close()
+
+
 # WCAG 1.4.10 reflow: 320 CSS px is a 1280 px window at 400 % zoom; 640 px at 200 %
 # (rendered at twice the pixel density, as a zoomed page is).
 WIDTHS = {"320px": (320, 1), "200pct": (640, 2)}
@@ -263,27 +372,24 @@ REFLOW_PAGES = [
 ]
 
 
+@pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("width", WIDTHS, ids=list(WIDTHS))
 @pytest.mark.parametrize("check", REFLOW_PAGES, ids=[c.name for c in REFLOW_PAGES])
 def test_no_horizontal_scrolling_at_320_px_and_200_percent(
-    chromium: Browser, site: Site, check: Check, width: str
+    chromium: Browser, site: Site, check: Check, width: str, language: str
 ) -> None:
     """Wide content (the board's columns, admin tables) scrolls inside its own box; the
     page itself never does. A screenshot of each goes to test-artifacts/."""
     pixels, scale = WIDTHS[width]
-    state = site.sessions[check.role] if check.role else None
-    page = live_page(
+    page = _open(
         chromium,
-        storage_state=state,
+        site,
+        check,
+        language,
         viewport={"width": pixels, "height": 800},
         device_scale_factor=scale,
     )
     try:
-        if check.before:
-            check.before(page, site)
-        page.goto(site.server.url + check.path(site))
-        if check.ready:
-            check.ready(page, site)
         sizes = page.evaluate(
             """() => ({scroll: document.documentElement.scrollWidth,
                        client: document.documentElement.clientWidth,
@@ -291,7 +397,7 @@ def test_no_horizontal_scrolling_at_320_px_and_200_percent(
                          .filter(e => e.getBoundingClientRect().right > innerWidth + 1)
                          .slice(0, 5).map(e => e.tagName + '.' + e.className)})"""
         )
-        screenshot(page, f"reflow-{width}-{check.name.replace(' ', '-')}")
+        screenshot(page, f"reflow-{language}-{width}-{check.name.replace(' ', '-')}")
     finally:
         page.context.close()
     assert sizes["scroll"] <= sizes["client"], sizes
@@ -318,12 +424,15 @@ STATE_WORDS = {
 def test_a_state_is_said_in_words_not_only_in_colour(
     chromium: Browser, site: Site, name: str
 ) -> None:
+    """In English; test_colour_is_never_the_only_carrier_of_a_state checks the slot page's
+    words in both languages."""
     [check] = [c for c in PAGES if c.name == name]
-    page = live_page(chromium, storage_state=site.sessions[check.role])
+    state = site.sessions[(check.role, "en")] if check.role else None
+    page = live_page(chromium, storage_state=state)
     try:
         page.goto(site.server.url + check.path(site))
         if check.ready:
-            check.ready(page, site)
+            check.ready(page, site, "en")
         for selector, words in STATE_WORDS[name].items():
             shown = page.locator(selector)
             assert shown.count() > 0, f"{name}: nothing matches {selector}"

@@ -12,14 +12,17 @@ import datetime as dt
 import json
 import re
 
+import pytest
 import redis as redis_sync
 from playwright.sync_api import Locator, Page, expect
 
+from app import i18n
 from e2e.conftest import live_page, screenshot, wait_for_live
 from e2e.test_journeys import LIVE_MS, Api, active_appointments, past_appointment, watch
 from e2e.test_live import fresh_world, slot
 from tests.integration.world import BERLIN, PASSWORD, at, day_after_tomorrow
 
+FOCUS_WAIT_MS = 5000  # as long as an `expect` waits
 TAB_LIMIT = 250  # more stops than any page here has before the element a test wants
 
 
@@ -166,7 +169,11 @@ def test_the_desk_checks_in_and_books_a_walk_in_by_keyboard(browser, live_server
     page.keyboard.press("Enter")  # submits the walk-in form
     result = page.locator("#walk-in-result")
     expect(result).to_contain_text("Booked at 11:00 for Patient 1 with Dr. Berlin")
-    assert page.evaluate("document.activeElement.closest('#walk-in-result') !== null")
+    # Focus follows once htmx has settled the answer (static/js/focus.js).
+    page.wait_for_function(
+        "() => document.activeElement.closest('#walk-in-result') !== null",
+        timeout=FOCUS_WAIT_MS,
+    )
     assert_focus_visible(page)
     card = page.locator(f'[data-slot-start="{at(day, 11).isoformat()}"] .card')
     expect(card).to_contain_text("Patient 1", timeout=LIVE_MS)
@@ -198,13 +205,41 @@ def publish_again(settings, doctor_id: int, day: dt.date) -> None:
         client.close()
 
 
-def test_a_live_update_keeps_focus_and_is_announced_once(browser, live_server, settings):
+def choose_language_by_keyboard(page: Page, language: str) -> None:
+    """The header's switcher, by keyboard: type the language's name into the focused
+    select (Chromium's type-ahead picks the option), then Enter on its button."""
+    if language == i18n.SOURCE_LANGUAGE:
+        return
+    choice = page.locator("#language-choice")
+    tab_to(page, choice)
+    page.keyboard.type(i18n.NAMES[language])
+    expect(choice).to_have_value(language)
+    tab_to(page, page.locator(".language-switcher button[type=submit]"))
+    page.keyboard.press("Enter")
+    expect(page.locator("html")).to_have_attribute("lang", language)
+
+
+def said(language: str, time: str) -> str:
+    """The polite region's words for a time taken, as the catalogue has them."""
+    return (
+        i18n.translations(language)
+        .gettext("{time} is no longer available.")
+        .replace("{time}", time)
+    )
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_a_live_update_keeps_focus_and_is_announced_once(browser, live_server, settings, language):
+    """In each language the words come from its catalogue (the template's data-gone),
+    said once per change."""
     world = fresh_world(settings)
     day = day_after_tomorrow()
     page = live_page(browser)
-    sign_in_by_keyboard(
-        page, live_server.url, "p0@t.test", f"/doctors/{world.doctor_id}/slots?date={day}"
-    )
+    sign_in_by_keyboard(page, live_server.url, "p0@t.test", "/me")
+    page.wait_for_url(f"{live_server.url}/me")  # ("**/me*" matches /login?next=/me too)
+    choose_language_by_keyboard(page, language)  # saved: the patient's language now
+    page.goto(f"{live_server.url}/doctors/{world.doctor_id}/slots?date={day}")
+    expect(page.locator("html")).to_have_attribute("lang", language)
     wait_for_live(page)  # the whole view, as on every connect: nothing changed, nothing said
     page.evaluate(_HEAR)
     region = page.locator("#live-announcer")
@@ -217,24 +252,24 @@ def test_a_live_update_keeps_focus_and_is_announced_once(browser, live_server, s
         other.book(world.doctor_id, at(day, 10))
         wait_for_live(page, count=2)
         expect(slot(page, at(day, 10))).to_have_attribute("data-available", "false")
-        expect(region).to_have_text("10:00 is no longer available.")
+        expect(region).to_have_text(said(language, "10:00"))
         expect(eleven).to_be_focused()  # the redrawn day kept focus on the same time
         assert_focus_visible(page)
 
         publish_again(settings, world.doctor_id, day)
         wait_for_live(page, count=3)
-        assert page.evaluate("window.__said") == ["10:00 is no longer available."]
+        assert page.evaluate("window.__said") == [said(language, "10:00")]
         expect(eleven).to_be_focused()
 
         # The focused time itself is taken: focus moves on to the next free time, not to
         # the top of the page.
         other.book(world.doctor_id, at(day, 11))
         wait_for_live(page, count=4)
-        expect(region).to_have_text("11:00 is no longer available.")
+        expect(region).to_have_text(said(language, "11:00"))
         expect(slot(page, at(day, 11, 30))).to_be_focused()
         assert page.evaluate("window.__said") == [
-            "10:00 is no longer available.",
-            "11:00 is no longer available.",
+            said(language, "10:00"),
+            said(language, "11:00"),
         ]
     finally:
         other.close()

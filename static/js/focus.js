@@ -105,14 +105,20 @@
   document.addEventListener("htmx:wsAfterMessage", restore);
   document.addEventListener("htmx:beforeSwap", remember);
   document.addEventListener("htmx:afterSwap", function (evt) {
+    if (!asked(evt.detail)) restore();
+  });
+  // What a click or submit brought takes focus once settled: htmx wires up the new
+  // content (hx-post on a swapped-in form) in its settle step, 20 ms after the swap, and
+  // an Enter pressed on a button focused before that would submit the form the plain
+  // way (a GET navigation) instead of through htmx.
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    if (!asked(evt.detail)) return;
     var target = evt.detail.target;
     // An outerHTML swap leaves the old element in the event: look its successor up.
     if (target && !target.isConnected && target.id) target = document.getElementById(target.id);
-    if (target && asked(evt.detail)) {
+    if (target) {
       remembered = null;
       takeFocus(target);
-    } else {
-      restore();
     }
   });
 })();
