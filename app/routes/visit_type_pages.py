@@ -131,7 +131,9 @@ async def add_visit_type_page(
         )
     except DomainError as exc:
         return await _types_page(request, db_session, doctor_id, form=form, error=exc.detail)
-    return await _types_page(request, db_session, doctor_id, notice=f"Added {created.name}.")
+    return await _types_page(
+        request, db_session, doctor_id, notice=gettext("Added %(name)s.") % {"name": created.name}
+    )
 
 
 @post(
@@ -157,12 +159,12 @@ async def change_visit_type_page(
             await visit_types.delete_visit_type(
                 db_session, effects, doctor_id, visit_type_id, actor_user_id=actor.id, now=now
             )
-            notice = "Deleted."
+            notice = gettext("Deleted.")
         else:
             changed = await visit_types.change_visit_type(
                 db_session, effects, doctor_id, visit_type_id, form.fields(), actor_user_id=actor.id
             )
-            notice = f"Saved {changed.name}."
+            notice = gettext("Saved %(name)s.") % {"name": changed.name}
     except DomainError as exc:
         return await _types_page(
             request,
