@@ -21,7 +21,7 @@ def test_a_visitor_switches_to_german_and_live_slots_arrive_in_german(
     german = live_page(browser, locale="en-US")  # the browser asks for English
     german.goto(live_server.url + path)
     expect(german.get_by_role("link", name="Later →")).to_be_visible()
-    german.get_by_label("Language").select_option("de")
+    german.get_by_label("Show pages in").select_option("de")
     german.get_by_role("button", name="Change").click()
     expect(german.locator("html")).to_have_attribute("lang", "de")
     expect(german.get_by_role("link", name="Später →")).to_be_visible()

@@ -743,6 +743,8 @@ async def save_profile(
         await request_email_change(
             session, redis, user_id=user_id, new_email=email, client_addr=client_addr
         )
+    # The cached Principal carries the language the pages speak (app/web/i18n.py).
+    await forget_principal(redis, user_id)
     return changed
 
 

@@ -117,7 +117,8 @@ async def add_visit_type_page(
         )
     except DomainError as exc:
         return await _types_page(request, command.session, doctor_id, form=form, error=exc.detail)
-    return await _types_page(request, command.session, doctor_id, notice=f"Added {created.name}.")
+    notice = gettext("Added %(name)s.") % {"name": created.name}
+    return await _types_page(request, command.session, doctor_id, notice=notice)
 
 
 @form_post("/admin/doctors/{doctor_id:int}/visit-types/{visit_type_id:int}", "admin")
@@ -137,7 +138,7 @@ async def change_visit_type_page(
                 actor_user_id=command.actor.id,
                 now=command.now,
             )
-            notice = "Deleted."
+            notice = gettext("Deleted.")
         else:
             changed = await visit_types.change_visit_type(
                 command.session,
@@ -147,7 +148,7 @@ async def change_visit_type_page(
                 form.fields(),
                 actor_user_id=command.actor.id,
             )
-            notice = f"Saved {changed.name}."
+            notice = gettext("Saved %(name)s.") % {"name": changed.name}
     except DomainError as exc:
         return await _types_page(
             request,

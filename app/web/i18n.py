@@ -42,17 +42,21 @@ def _cookie(scope: Scope, name: str) -> str | None:
 
 def request_language(scope: Scope, default: str) -> tuple[str, bool]:
     """The language for this request (the order is app/i18n.py's `negotiate`), and
-    whether the person chose it (False: the default, which a clinic's page may replace)."""
+    whether it stands (False: a browser asked only for languages we do not speak, so a
+    clinic's page may answer in the clinic's language instead of the default). A client
+    that sends no Accept-Language at all (an API client, a script) keeps DEFAULT_LANGUAGE
+    everywhere, so its answers do not change language from page to page."""
     user = scope.get("user")
     saved = user.language if isinstance(user, Principal) else None
-    chosen = i18n.preferred(
-        saved or _cookie(scope, COOKIE_NAME), _header(scope, b"accept-language")
-    )
-    return chosen or i18n.supported(default) or i18n.SOURCE_LANGUAGE, chosen is not None
+    accept = _header(scope, b"accept-language")
+    chosen = i18n.preferred(saved or _cookie(scope, COOKIE_NAME), accept)
+    language = chosen or i18n.supported(default) or i18n.SOURCE_LANGUAGE
+    return language, chosen is not None or not accept.strip()
 
 
 def clinic_default(scope: Any, timezone: str) -> None:
-    """On a clinic's page, its language (Berlin: German) when the person chose none."""
+    """On a clinic's page, its language (Berlin: German) when the browser asked only for
+    languages we do not speak."""
     if scope.get("language_chosen") is False:
         language = i18n.clinic_language(timezone, language_of(scope))
         scope["language"] = language

@@ -20,14 +20,10 @@ def _slot(html: str, start: dt.datetime) -> str:
     return html.split(f'data-slot-start="{start.isoformat()}"')[1].split("</button>")[0]
 
 
-# A visitor who chose no language gets a Berlin clinic's page in German (i18n20).
-ENGLISH = {"Accept-Language": "en"}
-
-
 async def test_closed_slots_say_why(client, world):
     day = day_after_tomorrow()
     await book_api(client, world, at(day, 9), who="patient1")  # a booking, no leave
-    week = await client.get(f"/doctors/{world.doctor_id}/slots?date={day}", headers=ENGLISH)
+    week = await client.get(f"/doctors/{world.doctor_id}/slots?date={day}")
     assert 'data-state="taken"' in _slot(week.text, at(day, 9))
     assert 'aria-label="09:00 taken"' in _slot(week.text, at(day, 9))
     assert 'data-available="true"' in _slot(week.text, at(day, 10))
@@ -38,14 +34,14 @@ async def test_closed_slots_say_why(client, world):
         headers=world.headers("admin"),
     )
     assert added.status_code == 201, added.text
-    week = await client.get(f"/doctors/{world.doctor_id}/slots?date={day}", headers=ENGLISH)
+    week = await client.get(f"/doctors/{world.doctor_id}/slots?date={day}")
     assert 'aria-label="09:00 taken"' in _slot(week.text, at(day, 9))  # still a booking
     assert 'aria-label="12:00 doctor away"' in _slot(week.text, at(day, 12))
     past_day = day - dt.timedelta(days=5)
-    old = await client.get(f"/doctors/{world.doctor_id}/slots?date={past_day}", headers=ENGLISH)
+    old = await client.get(f"/doctors/{world.doctor_id}/slots?date={past_day}")
     assert 'aria-label="10:00 past"' in _slot(old.text, at(past_day, 10))
     far = day + dt.timedelta(days=120)
-    later = await client.get(f"/doctors/{world.doctor_id}/slots?date={far}", headers=ENGLISH)
+    later = await client.get(f"/doctors/{world.doctor_id}/slots?date={far}")
     assert 'aria-label="10:00 not bookable yet"' in _slot(later.text, at(far, 10))
 
 

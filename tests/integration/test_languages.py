@@ -166,16 +166,22 @@ async def test_every_role_gets_its_pages_in_german(client, world, who, path, hea
     assert heading in page.text and '<html lang="de">' in page.text
 
 
-async def test_a_clinics_page_speaks_its_language_when_the_visitor_chose_none(client, world):
+async def test_a_clinics_page_speaks_its_language_when_we_speak_none_the_browser_asks_for(
+    client, world
+):
     day = day_after_tomorrow()
     berlin = f"/doctors/{world.doctor_id}/slots?date={day}"
     new_york = f"/doctors/{world.other_doctor_id}/slots?date={day}"
-    assert "Zeiten in Europe/Berlin" in (await client.get(berlin)).text  # no header: de
-    assert '&lang=de"' in (await client.get(berlin)).text  # its live fragments too
-    assert "times in America/New_York" in (await client.get(new_york)).text
+    french = {"Accept-Language": "fr-FR, ja;q=0.5"}
+    page = await client.get(berlin, headers=french)
+    assert "Zeiten in Europe/Berlin" in page.text
+    assert '&lang=de"' in page.text  # its live fragments too
+    assert "times in America/New_York" in (await client.get(new_york, headers=french)).text
     english = await client.get(berlin, headers={"Accept-Language": "en"})
     assert "times in Europe/Berlin" in english.text  # the browser's choice wins
-    assert "<h1>Find a doctor</h1>" in (await client.get("/doctors")).text  # no clinic: default
+    # No Accept-Language at all (an API client, a script): DEFAULT_LANGUAGE everywhere.
+    assert "times in Europe/Berlin" in (await client.get(berlin)).text
+    assert "<h1>Find a doctor</h1>" in (await client.get("/doctors", headers=french)).text
 
 
 async def test_the_switcher_offers_only_the_interfaces_languages_on_every_page(client, world):

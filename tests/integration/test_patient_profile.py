@@ -94,8 +94,11 @@ async def test_a_new_email_is_used_only_once_its_link_is_followed(
     client, world, session, redis, settings
 ):
     headers = world.headers("patient0")
-    await client.post("/me/profile", data=FORM | {"email": "old@new.test"}, headers=headers)
-    saved = await client.post("/me/profile", data=FORM | {"email": "ann@new.test"}, headers=headers)
+    english = FORM | {"language": "en"}  # a saved language is what her pages then speak
+    await client.post("/me/profile", data=english | {"email": "old@new.test"}, headers=headers)
+    saved = await client.post(
+        "/me/profile", data=english | {"email": "ann@new.test"}, headers=headers
+    )
     assert "We sent a link to ann@new.test" in saved.text
     page = await client.get("/me/profile", headers=headers)
     assert "Waiting for confirmation: ann@new.test" in page.text
