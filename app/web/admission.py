@@ -29,7 +29,10 @@ from typing import Any
 
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
+from app import i18n
+from app.i18n import N_
 from app.settings import Settings
+from app.web.i18n import scope_language
 from app.web.metrics import (
     ADMISSION_SHED_QUEUE_FULL,
     ADMISSION_SHED_STANDING,
@@ -43,9 +46,9 @@ RETRY_AFTER_SECONDS = 1
 STANDING_QUEUE_SECONDS = 0.1
 GOOD_WAIT_SECONDS = 0.005
 BUSY_DETAIL = "the server is busy; try again in a moment"
-BUSY_PAGE = {
-    "heading": "medbook is busy",
-    "message": (
+BUSY_PAGE = {  # translated when the pages are rendered (render_unavailable)
+    "heading": N_("medbook is busy"),
+    "message": N_(
         "Too many people are using medbook at this moment, so your request was not "
         "carried out. Nothing was changed. Please try again in a moment."
     ),
@@ -73,7 +76,8 @@ class Admission:
         self.waiters: deque[asyncio.Future[bool]] = deque()
         # The last time the queue was found empty or a waiter got its slot quickly.
         self.good_at = 0.0
-        self.page: bytes | None = None  # the busy page, rendered on first use
+        # The busy page per language, rendered at start-up (create_app), else on first use.
+        self.pages: dict[str, bytes] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Admission:
@@ -167,9 +171,9 @@ class AdmissionMiddleware:
 async def _refuse(scope: Scope, send: Send, admission: Admission) -> None:
     """503: the busy page for a browser's page request, else `{status_code, detail}`."""
     if _wants_page(scope):
-        if admission.page is None:
-            admission.page = _render_page(scope)
-        body, media_type = admission.page, b"text/html; charset=utf-8"
+        if admission.pages is None:
+            admission.pages = render_unavailable(scope["app"], BUSY_PAGE, RETRY_AFTER_SECONDS)
+        body, media_type = admission.pages[scope_language(scope)], b"text/html; charset=utf-8"
     else:
         body, media_type = _BUSY_JSON, b"application/json"
     start: HTTPResponseStartEvent = {
@@ -202,7 +206,13 @@ def _wants_page(scope: Scope) -> bool:
     return b"text/html" in accept
 
 
-def _render_page(scope: Scope) -> bytes:
-    app: Any = scope["app"]
+def render_unavailable(app: Any, page: dict[str, str], retry_after: int) -> dict[str, bytes]:
+    """The 503 page (templates/errors/unavailable.html) with `page`'s heading and message,
+    once per language: rendered without a request, so answering costs no rendering."""
     template = app.template_engine.get_template("errors/unavailable.html")
-    return str(template.render(retry_after=RETRY_AFTER_SECONDS, **BUSY_PAGE)).encode()
+    pages = {}
+    for language in i18n.LANGUAGES:
+        with i18n.use_language(language):
+            texts = {key: i18n.gettext(text) for key, text in page.items()}
+            pages[language] = str(template.render(retry_after=retry_after, **texts)).encode()
+    return pages

@@ -74,7 +74,7 @@ from app.web.csrf import CSRFMiddleware
 from app.web.guards import PUBLIC, AuthMiddleware, RateLimitMiddleware, not_signed_in_handler
 from app.web.i18n import LanguageMiddleware
 from app.web.metrics import MetricsMiddleware, metrics, metrics_lifespan
-from app.web.outages import OUTAGE_HANDLERS
+from app.web.outages import OUTAGE_HANDLERS, PAGES_STATE_KEY, render_pages
 from app.web.security_headers import add_security_headers
 from db.session import create_engine
 
@@ -201,8 +201,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await started.stop()
             del app.state.services
 
+    admission = Admission.from_settings(settings)
+
+    def render_unavailable_pages(app: Litestar) -> None:
+        """The 503 pages in every language, once per process, before the first request."""
+        pages = app.state[PAGES_STATE_KEY] = render_pages(app)
+        admission.pages = pages[True]
+
     return Litestar(
         debug=settings.log_level == "DEBUG",
+        on_startup=[render_unavailable_pages],
         route_handlers=[
             health.live,
             health.ready,
@@ -239,7 +247,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # Outermost, so request times include authentication and rate limiting.
             DefineMiddleware(MetricsMiddleware),
             # Next, so a refused request is counted and timed, and costs nothing more.
-            DefineMiddleware(AdmissionMiddleware, admission=Admission.from_settings(settings)),
+            DefineMiddleware(AdmissionMiddleware, admission=admission),
             DefineMiddleware(AuthMiddleware, exclude=UNGUARDED),
             # Once the user is known: the rest (refusals included) speak their language.
             DefineMiddleware(LanguageMiddleware, exclude=UNGUARDED),

@@ -54,6 +54,16 @@ def request_language(scope: Scope, default: str) -> tuple[str, bool]:
     return language, chosen is not None or not accept.strip()
 
 
+def scope_language(scope: Any) -> str:
+    """The language LanguageMiddleware chose, or for a request refused before it ran (the
+    site busy, a dependency down or a token refused while authenticating: no user known)
+    the one it would choose from the cookie or Accept-Language."""
+    chosen = scope.get("language")
+    if isinstance(chosen, str) and chosen in i18n.LANGUAGES:
+        return chosen
+    return request_language(scope, Services.of(scope["app"]).settings.default_language)[0]
+
+
 def clinic_default(scope: Any, timezone: str) -> None:
     """On a clinic's page, its language (Berlin: German) when the browser asked only for
     languages we do not speak."""

@@ -9,13 +9,20 @@ from typing import Any
 
 import asyncpg
 from litestar import Request
-from litestar.response import Response, Template
+from litestar.response import Response
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import BUSY, Overloaded, outage, refused_value
-from app.web.admission import BUSY_DETAIL, BUSY_PAGE, RETRY_AFTER_SECONDS
+from app.i18n import N_
+from app.web.admission import (
+    BUSY_DETAIL,
+    BUSY_PAGE,
+    RETRY_AFTER_SECONDS,
+    render_unavailable,
+)
 from app.web.guards import wants_html
+from app.web.i18n import scope_language
 
 log = logging.getLogger("medbook")
 
@@ -24,9 +31,9 @@ DOWN_DETAIL = "the service is briefly unavailable; try again in a moment"
 REFUSED_VALUE_DETAIL = (
     "a value is out of range or not valid text (a number beyond 2^63-1, a NUL character)"
 )
-DOWN_PAGE = {
-    "heading": "medbook is briefly unavailable",
-    "message": (
+DOWN_PAGE = {  # translated when the pages are rendered (render_pages)
+    "heading": N_("medbook is briefly unavailable"),
+    "message": N_(
         "A service medbook depends on is not answering right now, so your request could "
         "not be carried out. It usually comes back within moments. If you were booking, "
         "check your appointments before booking again."
@@ -49,12 +56,30 @@ def outage_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[
     retry = RETRY_AFTER_SECONDS if busy else DOWN_RETRY_AFTER_SECONDS
     headers = {"Retry-After": str(retry), "Cache-Control": "no-store"}
     if wants_html(request):
-        context = {**(BUSY_PAGE if busy else DOWN_PAGE), "retry_after": retry}
-        return Template(
-            "errors/unavailable.html", context=context, status_code=503, headers=headers
-        )
+        page = unavailable_pages(request.app)[busy][scope_language(request.scope)]
+        return Response(page, status_code=503, headers=headers, media_type="text/html")
     body = {"status_code": 503, "detail": BUSY_DETAIL if busy else DOWN_DETAIL}
     return Response(body, status_code=503, headers=headers)
+
+
+def render_pages(app: Any) -> dict[bool, dict[str, bytes]]:
+    """The 503 pages, busy (True) and down (False), in every language: rendered once per
+    process, at start-up (create_app), since an outage is no time to render."""
+    return {
+        True: render_unavailable(app, BUSY_PAGE, RETRY_AFTER_SECONDS),
+        False: render_unavailable(app, DOWN_PAGE, DOWN_RETRY_AFTER_SECONDS),
+    }
+
+
+def unavailable_pages(app: Any) -> dict[bool, dict[str, bytes]]:
+    """The pages `render_pages` made at start-up (made now for an app started without)."""
+    pages = app.state.get(PAGES_STATE_KEY)
+    if pages is None:
+        pages = app.state[PAGES_STATE_KEY] = render_pages(app)
+    return pages
+
+
+PAGES_STATE_KEY = "unavailable_pages"
 
 
 # The types an outage arrives as: SQLAlchemy's (pool timeout, wrapped driver errors),

@@ -228,3 +228,38 @@ async def test_other_errors_of_the_same_types_stay_500(db, redis, settings):
         answer = await client.get("/test-only/disk-full")
     assert answer.status_code == 500
     assert "retry-after" not in answer.headers
+
+
+async def test_the_503_page_speaks_the_language_asked_for(settings, session, tmp_path):
+    """Redis down while authenticating: no Principal and no saved language, yet the page
+    answers in the cookie's or Accept-Language's language, `<html lang>` with it."""
+    world = await make_world(session, settings.secret_key, patients=1)
+    await session.close()
+    own = OwnRedis(tmp_path)
+    own.start()
+    try:
+        async with app_client(dataclasses.replace(settings, redis_url=own.url)) as client:
+            first = await login(client, world.users["patient0"].email, PASSWORD)
+            assert first.status_code == 303
+            session_cookie = f"{COOKIE_NAME}={first.cookies[COOKIE_NAME]}"
+            own.stop()
+            german = await client.get(
+                "/me/appointments",
+                headers={**PAGE, "Cookie": session_cookie, "Accept-Language": "de-DE,de;q=0.9"},
+            )
+            by_cookie = await client.get(
+                "/me/appointments",
+                headers={**PAGE, "Cookie": f"{session_cookie}; medbook_lang=de"},
+            )
+            english = await client.get(
+                "/me/appointments", headers={**PAGE, "Cookie": session_cookie}
+            )
+    finally:
+        own.stop()
+    for answer in (german, by_cookie):
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert '<html lang="de">' in answer.text
+        assert "medbook ist gerade nicht erreichbar" in answer.text
+        assert "Warten Sie 5 Sekunden" in answer.text and DOWN_WORDS not in answer.text
+    assert_unavailable(english, page=True)
+    assert '<html lang="en">' in english.text
