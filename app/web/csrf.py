@@ -27,6 +27,7 @@ from litestar.middleware import AbstractMiddleware
 from litestar.types import Message, Receive, Scope, Send
 
 from app.access.browser_sessions import BrowserSession
+from app.i18n import gettext
 from app.services import Services
 
 COOKIE_NAME = "medbook_csrf"
@@ -87,7 +88,7 @@ class CSRFMiddleware(AbstractMiddleware):
                 supplied = (await request.form()).get(FIELD_NAME)
             if new_cookie or not isinstance(supplied, str) or not _same(supplied, expected):
                 raise PermissionDeniedException(
-                    "the form's security token is missing or out of date; reload the page"
+                    gettext("the form's security token is missing or out of date; reload the page")
                 )
         if new_cookie is None:
             await self.app(scope, receive, send)

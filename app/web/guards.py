@@ -41,9 +41,10 @@ from app.access import rate_limit
 from app.access.browser_sessions import COOKIE_NAME, BrowserSession, get_session
 from app.access.identity import Principal, cached_principal
 from app.access.tokens import verify_access_token
-from app.i18n import gettext
+from app.i18n import gettext, use_language
 from app.services import Services
 from app.settings import Settings
+from app.web.i18n import scope_language
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,10 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         authorization = connection.headers.get("authorization", "")
         if authorization.lower().startswith("bearer "):
             claims = verify_access_token(services.settings.secret_key, authorization[7:].strip())
-            if claims is None:
-                raise NotAuthorizedException("the access token is invalid or expired")
+            if claims is None:  # before LanguageMiddleware: the language the request asks for
+                with use_language(scope_language(connection.scope)):
+                    refusal = gettext("the access token is invalid or expired")
+                raise NotAuthorizedException(refusal)
             user = await _principal(connection, claims.user_id)
             return AuthenticationResult(user=user, auth=None)
         session_id = connection.cookies.get(COOKIE_NAME)

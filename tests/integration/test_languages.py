@@ -188,3 +188,25 @@ async def test_the_switcher_offers_only_the_interfaces_languages_on_every_page(c
     profile = await client.get("/me/profile", headers=world.headers("patient1"))
     switcher = profile.text.split('id="language-choice"')[1].split("</select>")[0]
     assert switcher.count("<option") == 2 and "English" in switcher and "Deutsch" in switcher
+
+
+async def test_refusals_before_anyone_is_known_speak_the_language_asked_for(client, world):
+    """The CSRF refusal and the refused access token come before a user is known: the
+    cookie's or Accept-Language's language, as for a visitor's pages."""
+    forged = await client.post("/language", data={"language": "de"}, headers=GERMAN)
+    assert forged.status_code == 403
+    assert forged.json()["detail"] == (
+        "das Sicherheitstoken des Formulars fehlt oder ist veraltet; laden Sie die Seite neu"
+    )
+    english = await client.post("/language", data={"language": "de"})
+    assert "security token is missing" in english.json()["detail"]
+    bad_token = {"Authorization": "Bearer not-a-token"}
+    german = await client.get("/api/appointments", headers={**bad_token, **GERMAN})
+    assert german.status_code == 401
+    assert german.json()["detail"] == "das Zugriffstoken ist ungültig oder abgelaufen"
+    by_cookie = await client.get(
+        "/api/appointments", headers={**bad_token, "Cookie": f"{COOKIE_NAME}=de"}
+    )
+    assert by_cookie.json()["detail"] == "das Zugriffstoken ist ungültig oder abgelaufen"
+    plain = await client.get("/api/appointments", headers=bad_token)
+    assert plain.json()["detail"] == "the access token is invalid or expired"
