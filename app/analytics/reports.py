@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from app.access.identity import Principal
 from app.analytics.rollups import GENERATION, LEAD_BUCKETS
 from app.errors import DomainError, Forbidden, Invalid
-from app.i18n import gettext
+from app.i18n import gettext, weekday
 
 GROUPS = ("clinic", "doctor", "weekday", "hour", "lead_time")
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -293,7 +293,7 @@ class PopularSlots:
     def busiest(self) -> list[tuple[str, int]]:
         """The three busiest weekday-hours, e.g. ("Tue 10:00", 412), for text summaries."""
         top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-        return [(f"{WEEKDAYS[w]} {h:02d}:00", n) for (w, h), n in top if n]
+        return [(f"{weekday(w)} {h:02d}:00", n) for (w, h), n in top if n]
 
     @property
     def hours(self) -> list[int]:

@@ -13,6 +13,7 @@ from babel.support import Translations
 from jinja2 import DictLoader, Environment
 
 from app import i18n
+from app.analytics.reports import PopularSlots, ReportScope
 from app.notifications import mail
 from app.settings import PROJECT_ROOT
 from tests.unit.test_notifications import outgoing
@@ -156,3 +157,11 @@ def test_what_a_person_asks_for_is_told_apart_from_the_defaults():
     assert i18n.preferred("en", "de") == "en"
     assert i18n.preferred(None, "fr, ja;q=0.5") is None  # the clinic's default may apply
     assert i18n.preferred(None, None) is None
+
+
+def test_the_heat_maps_busiest_hours_name_weekdays_in_the_language():
+    day = dt.date(2026, 12, 7)
+    popular = PopularSlots(ReportScope(day, day, None), {(1, 10): 4, (0, 9): 2})
+    assert popular.busiest == [("Tue 10:00", 4), ("Mon 09:00", 2)]
+    with i18n.use_language("de"):
+        assert popular.busiest == [("Di. 10:00", 4), ("Mo. 09:00", 2)]
