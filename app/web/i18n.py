@@ -19,6 +19,7 @@ from litestar.types import Receive, Scope, Send
 
 from app import i18n
 from app.access.identity import Principal
+from app.fhir.bundles import BASE_PATH as FHIR_BASE_PATH
 from app.services import Services
 
 COOKIE_NAME = "medbook_lang"
@@ -45,7 +46,10 @@ def request_language(scope: Scope, default: str) -> tuple[str, bool]:
     whether it stands (False: a browser asked only for languages we do not speak, so a
     clinic's page may answer in the clinic's language instead of the default). A client
     that sends no Accept-Language at all (an API client, a script) keeps DEFAULT_LANGUAGE
-    everywhere, so its answers do not change language from page to page."""
+    everywhere, so its answers do not change language from page to page. The FHIR API
+    answers in English by decision (docs/fhir.md, "Languages")."""
+    if str(scope.get("path", "")).startswith(FHIR_BASE_PATH):
+        return i18n.SOURCE_LANGUAGE, True
     user = scope.get("user")
     saved = user.language if isinstance(user, Principal) else None
     accept = _header(scope, b"accept-language")

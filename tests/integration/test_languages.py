@@ -210,3 +210,24 @@ async def test_refusals_before_anyone_is_known_speak_the_language_asked_for(clie
     assert by_cookie.json()["detail"] == "das Zugriffstoken ist ungültig oder abgelaufen"
     plain = await client.get("/api/appointments", headers=bad_token)
     assert plain.json()["detail"] == "the access token is invalid or expired"
+
+
+async def test_the_fhir_api_answers_in_english_whatever_is_asked(client, world):
+    """By decision (docs/fhir.md): OperationOutcome diagnostics are for integrators."""
+    refused = await client.get(
+        "/fhir/R4/Practitioner", headers={"Authorization": "Bearer not-a-token", **GERMAN}
+    )
+    assert refused.status_code == 401
+    assert refused.json()["issue"][0]["diagnostics"] == "the access token is invalid or expired"
+    past = {
+        "resourceType": "Appointment",
+        "status": "proposed",
+        "start": "2020-01-01T09:00:00+01:00",
+        "participant": [
+            {"actor": {"reference": f"Practitioner/{world.doctor_id}"}, "status": "accepted"}
+        ],
+    }
+    german_patient = {**world.headers("patient0"), **GERMAN}
+    answer = await client.post("/fhir/R4/Appointment/$book", json=past, headers=german_patient)
+    assert answer.status_code == 422
+    assert answer.json()["issue"][0]["diagnostics"] == "this time is in the past"
