@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from app import i18n
 from conftest import LiveServer
@@ -152,19 +152,28 @@ def _desk_search(page: Page, site: Site, language: str) -> None:
 
 
 def _show_error_page(page: Page, site: Site) -> None:
-    """The 503 page, as the outage handler renders it (an outage cannot be caused from a
-    browser), served from the site's origin so its stylesheet and CSP-free markup apply."""
+    """The 503 page, as the app renders it at start-up (once per language; an outage
+    cannot be caused from a browser), served from the site's origin so its stylesheet and
+    CSP-free markup apply, in the language the browser's Accept-Language asks for."""
+    from types import SimpleNamespace
+
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    from app.web.outages import DOWN_PAGE
+    from app.web.admission import render_unavailable
+    from app.web.outages import DOWN_PAGE, DOWN_RETRY_AFTER_SECONDS
 
     loader = FileSystemLoader(ROOT / "templates")
     templates = Environment(loader=loader, autoescape=select_autoescape())
-    html = templates.get_template("errors/unavailable.html").render(**DOWN_PAGE, retry_after=5)
-    page.route(
-        f"{site.server.url}/unavailable-page",
-        lambda route: route.fulfill(status=503, body=html, content_type="text/html"),
-    )
+    i18n.install_jinja(templates)
+    app = SimpleNamespace(template_engine=templates)
+    pages = render_unavailable(app, DOWN_PAGE, DOWN_RETRY_AFTER_SECONDS)
+
+    def serve(route: Route) -> None:
+        asked = i18n.preferred(None, route.request.all_headers().get("accept-language"))
+        body = pages[asked or i18n.SOURCE_LANGUAGE]
+        route.fulfill(status=503, body=body, content_type="text/html")
+
+    page.route(f"{site.server.url}/unavailable-page", serve)
 
 
 @dataclass(frozen=True)
@@ -174,9 +183,6 @@ class Check:
     path: Callable[[Site], str]
     ready: Callable[[Page, Site, str], None] | None = None  # (page, site, language)
     before: Callable[[Page, Site], None] | None = None  # before the page loads
-    # False: the page is English in every language (the 503 page is rendered once,
-    # without a request), so its `<html lang>` stays "en".
-    translated: bool = True
 
 
 PAGES = [
@@ -190,7 +196,6 @@ PAGES = [
         None,
         lambda s: "/unavailable-page",
         before=_show_error_page,
-        translated=False,
     ),
     Check("find a doctor", "patient", lambda s: "/doctors"),
     Check("slots", "patient", _slots, _live),
@@ -234,8 +239,7 @@ def _open(chromium: Browser, site: Site, check: Check, language: str, **options:
         page.goto(site.server.url + check.path(site))
         if check.ready:
             check.ready(page, site, language)
-        spoken = language if check.translated else i18n.SOURCE_LANGUAGE
-        expect(page.locator("html")).to_have_attribute("lang", spoken)
+        expect(page.locator("html")).to_have_attribute("lang", language)
     except BaseException:
         page.context.close()
         raise
