@@ -84,6 +84,13 @@
   }
 
   function takeFocus(where) {
+    // A field the new content asks to be focused (`autofocus`: a row just added) wins:
+    // htmx focuses it while settling, and a heading taken after would steal it back.
+    var wanted = where.querySelector("[autofocus]");
+    if (wanted && focusable(wanted)) {
+      wanted.focus();
+      return;
+    }
     var target =
       where.querySelector("[role=alert]") ||
       where.querySelector("[role=status]:not(:empty)") ||
