@@ -25,9 +25,34 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from app.access.identity import Principal
 from app.analytics.rollups import GENERATION, LEAD_BUCKETS
 from app.errors import DomainError, Forbidden, Invalid
-from app.i18n import gettext, weekday
+from app.i18n import N_, gettext, weekday
 
 GROUPS = ("clinic", "doctor", "weekday", "hour", "lead_time")
+# What a page calls each grouping (the API and the CSV keep the names above).
+GROUP_NAMES = {
+    "clinic": N_("clinic"),
+    "doctor": N_("doctor"),
+    "weekday": N_("weekday"),
+    "hour": N_("hour"),
+    "lead_time": N_("lead time"),
+}
+
+
+def group_name(group_by: str) -> str:
+    """A grouping's name in the current language."""
+    return gettext(GROUP_NAMES.get(group_by, group_by))
+
+
+def shown_label(group_by: str, key: int, label: str) -> str:
+    """A report row's label in the current language: rows keep English labels for the API
+    and the CSV; a weekday is Babel's, a lead-time bucket the catalogue's."""
+    if group_by == "weekday":
+        return weekday(key)
+    if group_by == "lead_time":
+        return gettext(label)
+    return label
+
+
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MAX_RANGE_DAYS = 1100  # three years of rollups answer in milliseconds; exports go further
 MAX_EXPORT_DAYS = 3660

@@ -30,9 +30,20 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, DATE
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.i18n import N_
+
 # Lead-time buckets, shared by booking lead (start - booked) and cancellation lead
 # (start - cancelled). `_LEAD` below must keep the same boundaries.
-LEAD_BUCKETS = ("under 1 day", "1-2 days", "3-7 days", "8-14 days", "15-30 days", "over 30 days")
+# English in the rollups, the CSV and the JSON API; pages show them in the viewer's language
+# (reports.shown_label).
+LEAD_BUCKETS = (
+    N_("under 1 day"),
+    N_("1-2 days"),
+    N_("3-7 days"),
+    N_("8-14 days"),
+    N_("15-30 days"),
+    N_("over 30 days"),
+)
 ROLLUP_WATERMARK = "rollups"
 GENERATION = "rollups_changed"  # moved by every refresh_days: a cache key for reports
 # Changes committed within this margin before a run's start are looked at again by the

@@ -86,6 +86,8 @@ async def dashboard(
         "cancellations": reports.cancellations,
         "waitlist": waitlist,
         "weekdays": analytics.WEEKDAYS,
+        "group_name": analytics.group_name,
+        "shown_label": analytics.shown_label,
         "csv_query": _query(scope, group_by),
     }
     return page(request, "analytics/dashboard.html", "report", **context)

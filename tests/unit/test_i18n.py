@@ -165,3 +165,26 @@ def test_the_heat_maps_busiest_hours_name_weekdays_in_the_language():
     assert popular.busiest == [("Tue 10:00", 4), ("Mon 09:00", 2)]
     with i18n.use_language("de"):
         assert popular.busiest == [("Di. 10:00", 4), ("Mo. 09:00", 2)]
+
+
+def test_the_dashboards_groupings_and_row_labels_follow_the_language():
+    """Rows keep English labels for the API and the CSV; the page shows them translated."""
+    from app.analytics import reports
+    from app.analytics.rollups import LEAD_BUCKETS
+
+    assert reports.shown_label("weekday", 0, "Mon") == "Mon"
+    assert reports.shown_label("lead_time", 0, LEAD_BUCKETS[0]) == "under 1 day"
+    assert reports.group_name("lead_time") == "lead time"
+    with i18n.use_language("de"):
+        assert reports.shown_label("weekday", 0, "Mon") == "Mo."
+        assert reports.shown_label("lead_time", 0, LEAD_BUCKETS[0]) == "unter 1 Tag"
+        assert reports.shown_label("lead_time", 5, LEAD_BUCKETS[5]) == "über 30 Tage"
+        assert reports.shown_label("hour", 9, "09:00") == "09:00"
+        assert reports.shown_label("doctor", 7, "Dr. Weber") == "Dr. Weber"
+        assert [reports.group_name(g) for g in reports.GROUPS] == [
+            "Praxis",
+            "Ärztin/Arzt",
+            "Wochentag",
+            "Stunde",
+            "Vorlaufzeit",
+        ]
