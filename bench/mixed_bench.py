@@ -77,8 +77,9 @@ MIX = {"availability": 0.58, "booking": 0.14, "records": 0.15, "lists": 0.10, "a
 # Requests/s per wrk thread. Each thread holds one connection, so a connection is busy for
 # rate x service time of each second: kept low, a slow answer rarely delays the next one.
 PER_THREAD = 2.5
-# Seconds wrk keeps running after the schedule ends, for late answers: under uvicorn's
-# 5 s keep-alive timeout, or it closes the idle connections and wrk counts read errors.
+# Seconds wrk keeps running after the schedule ends, for late answers (a thread whose
+# schedule is over keeps its connection alive with an unrecorded /health/live every 2 s:
+# uvicorn closes a connection idle for 5 s, which wrk would count as a read error).
 GRACE = 3.5
 REASON = "mixed bench"  # marks the bench's own bookings, deleted at the end
 KINDS = {
@@ -359,6 +360,13 @@ def wrk_lead(rate: float) -> float:
     return 1.5 + 0.01 * threads
 
 
+def scheduled_count(rate: float, seconds: float) -> int:
+    """How many requests a class at `rate` req/s sends in `seconds`: the j with
+    j / rate < seconds. Float-safe (0.14 x 200 x 20 is 560.0000000000001, not 561), and
+    passed to the Lua script so the schedule and the count of requests due agree."""
+    return math.ceil(rate * seconds - 1e-6)
+
+
 def run_mix(
     base: str,
     fixtures: dict,
@@ -389,6 +397,7 @@ def run_mix(
                 "threads": threads[cls],
                 "t0": t0,
                 "seconds": seconds,
+                "count": scheduled_count(rate * share, seconds),
                 "tokens": [fixtures["tokens"][i - 1] for i in used],
                 "items": [(k, m, p, renumber[t], b) for k, m, p, t, b in items],
             }
@@ -441,8 +450,8 @@ def run_mix(
                 if head == "book" and status == 409:
                     phase.conflicts += 1
         phase.service[cls] = service
-    for cls, share in MIX.items():  # thread i sends j = i, i + N, ...: each j < rate * s once
-        due = math.ceil(rate * share * seconds)
+    for cls, share in MIX.items():  # thread i sends j = i, i + N, ... < count: each once
+        due = scheduled_count(rate * share, seconds)
         answered = sum(phase.results[k].count for k, c in CLASS_OF.items() if c == cls)
         phase.unanswered += max(0, due - answered)
     phase.load = os.getloadavg()[0]
@@ -1162,6 +1171,9 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="server processes")
     parser.add_argument("--busy-cores", type=int, default=0, help="busy loops beside the run")
     parser.add_argument("--scaling", default="", help="e.g. 1,2,4: only the steps, per count")
+    parser.add_argument(
+        "--keep-workdir", action="store_true", help="keep wrk's data, logs and answers"
+    )
     parser.add_argument("--hold-sockets", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hold_sockets:
@@ -1247,7 +1259,10 @@ async def main() -> None:
         stack.stop()
         stop_busy_loops(busy)
         release_redis(bench_redis)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if args.keep_workdir:
+        print(f"wrk's files: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     removed = await delete_bookings(database_url)
 
     def ratio(rate: float) -> str:
@@ -1279,7 +1294,8 @@ async def main() -> None:
         f"thread at ≤ {PER_THREAD:g} req/s, each request sent at its scheduled time; "
         "latency counts from that time (a late send counts), so the server's queueing is "
         "not hidden. The `wrk p99` column is wrk's own histogram of the same class, from "
-        "the actual send. Load average (1 min) before the 200 req/s phase / after it / "
+        "the actual send (with the few unrecorded `/health/live` requests that keep a "
+        "connection alive after its schedule ends). Load average (1 min) before the 200 req/s phase / after it / "
         f"after the overload: {load_before:.2f} / {load_200:.2f} / {load_after:.2f}. "
         f"Code: {code}. Command: `{' '.join(['bench/mixed_bench.py', *sys.argv[1:]])}`.",
         "",
