@@ -38,6 +38,7 @@ import random
 import resource
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,6 +112,7 @@ async def hold(config_path: str) -> None:
     counts = {"opened": 0, "failed": 0, "messages": 0, "closed_by_server": 0}
     opened: dict[int, int] = {}
     errors: dict[str, int] = {}
+    handshakes: list[float] = []  # seconds from connect to the resync, once a slot was free
     gate = asyncio.Semaphore(config["handshakes"])
     ready = asyncio.Event()
     out = sys.stdout
@@ -124,11 +126,13 @@ async def hold(config_path: str) -> None:
         }
         try:
             async with gate:
+                began = time.monotonic()
                 # Browsers answer pings and send none of their own: no client pings.
                 ws = await websockets.connect(
                     url, additional_headers=headers, max_size=None, ping_interval=None
                 )
                 await ws.recv()  # the resync every connect starts with
+                handshakes.append(time.monotonic() - began)
             counts["opened"] += 1
             opened[channel] = opened.get(channel, 0) + 1
         except Exception as exc:  # counted and reported
@@ -150,7 +154,8 @@ async def hold(config_path: str) -> None:
 
     tasks = [asyncio.create_task(watch(i, c)) for i, c in config["sockets"]]
     await ready.wait()
-    out.write("ready " + json.dumps({"opened": opened, "errors": errors}) + "\n")
+    ready_line = {"opened": opened, "errors": errors, "handshakes": handshakes}
+    out.write("ready " + json.dumps(ready_line) + "\n")
     out.flush()
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     out.write("done " + json.dumps(counts) + "\n")
@@ -168,6 +173,7 @@ class Helpers:
         self.waiting: dict[int, tuple[int, asyncio.Event]] = {}
         self.opened: dict[int, int] = dict.fromkeys(range(channels), 0)
         self.errors: dict[str, int] = {}
+        self.handshakes: list[float] = []
         self.counts: dict[str, int] = {}
         self._readers: list[asyncio.Task[None]] = []
 
@@ -212,6 +218,7 @@ class Helpers:
                 info = json.loads(line[6:])
                 for c, n in info["opened"].items():
                     self.opened[int(c)] += n
+                self.handshakes += info["handshakes"]
                 for name, n in info["errors"].items():
                     self.errors[name] = self.errors.get(name, 0) + n
                 ready.set_result(None)
@@ -249,6 +256,30 @@ class Helpers:
         for reader in self._readers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+
+def stop_server(stack, server) -> None:
+    """Stop the server (and the worker): uvicorn waits for its sockets' handlers (up to
+    CLOSE_GRACE_SECONDS each), which a loaded machine can stretch; then kill the tree."""
+    tree = server_tree(psutil.Process(server.pid))
+    try:
+        if stack is not None:
+            stack.stop()
+        else:
+            server.terminate()
+            server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            for proc in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            server.wait(timeout=10)
+        if stack is not None and stack.worker.poll() is None:
+            stack.worker.kill()
+            stack.worker.wait(timeout=10)
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -384,10 +415,12 @@ async def main() -> None:
             "handshakes": max(1, math.ceil(HANDSHAKES / args.clients)),
         }
         open_wall0 = time.monotonic()
+        server_open0 = cpu_of(server_tree(server_proc))
         open_seconds = await helpers.start(config, args.clients, workdir)
         client_procs = helpers.pids()
         client_cpu_open = cpu_of(client_procs)
         open_wall = time.monotonic() - open_wall0
+        server_cpu_open = cpu_of(server_tree(server_proc)) - server_open0
         await asyncio.sleep(5)  # let the handshakes' garbage go
         idle_after = rss_mb(server_proc)
         fds_after = descriptors(server_proc)
@@ -414,21 +447,23 @@ async def main() -> None:
         else:
             first, spacing = time.monotonic(), 0.0
         delays: list[float] = []
-        booked = missing = 0
+        booked = missing = expected = 0
         statuses: dict[int, int] = {}
+        lookups: dict[int, int] = {}  # available-slots answers other than 200
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             for n in range(args.bookings):
                 await asyncio.sleep(max(0.0, first + n * spacing - time.monotonic()))
                 channel = n % args.channels
                 doctor_id, when = channels[channel]
-                slots_now = (
-                    await http.get(
-                        "/api/appointments/available-slots",
-                        params={"doctor_id": doctor_id, "date": when.isoformat()},
-                        headers={"Authorization": f"Bearer {tokens[0]}"},
-                    )
-                ).json()
-                free = [s["start"] for s in slots_now["slots"] if s["available"]]
+                answer = await http.get(
+                    "/api/appointments/available-slots",
+                    params={"doctor_id": doctor_id, "date": when.isoformat()},
+                    headers={"Authorization": f"Bearer {tokens[0]}"},
+                )
+                if answer.status_code != 200:  # shed (503) by a busy server: count it
+                    lookups[answer.status_code] = lookups.get(answer.status_code, 0) + 1
+                    continue
+                free = [s["start"] for s in answer.json()["slots"] if s["available"]]
                 if not free:
                     continue
                 helpers.arrivals[channel].clear()
@@ -444,6 +479,7 @@ async def main() -> None:
                     continue
                 booked += 1
                 watchers = helpers.opened[channel]
+                expected += watchers
                 await helpers.wait_for(channel, watchers, 5)
                 # Measured from sending the booking: an upper bound on commit -> arrival (the
                 # fragment is published right after the commit, often before the 201 arrives).
@@ -459,16 +495,13 @@ async def main() -> None:
         load = os.getloadavg()
         await helpers.stop()
     finally:
-        if helpers.procs:
+        try:
             for proc in helpers.procs:
                 if proc.returncode is None:
                     proc.kill()
-        if stack is not None:
-            stack.stop()
-        else:
-            server.terminate()
-            server.wait(timeout=15)
-        mix.release_redis(bench_redis)
+            stop_server(stack, server)
+        finally:
+            mix.release_redis(bench_redis)
     removed = await delete_own(database_url)
 
     ordered = sorted(delays)
@@ -478,8 +511,15 @@ async def main() -> None:
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, round(p / 100 * len(ordered)) - 1)]
 
+    handshakes = sorted(helpers.handshakes) or [math.nan]
+
+    def hs(p: float) -> float:
+        return (
+            1000
+            * handshakes[min(len(handshakes) - 1, max(0, round(p / 100 * len(handshakes)) - 1))]
+        )
+
     per_socket_kb = (idle_after - idle_before) * 1024 / max(1, opened)
-    expected = sum(helpers.opened[n % args.channels] for n in range(args.bookings))
     wall = cpu_after["wall"] - cpu_before["wall"]
     client_cores = (client_after - client_before) / wall
     used = mix.delta(cpu_after, cpu_before)
@@ -508,7 +548,8 @@ async def main() -> None:
         f"| sockets opened / failed | {opened} / {sum(helpers.errors.values())} "
         f"{helpers.errors or ''} |",
         f"| sockets the server counts open (`medbook_websockets_open`) | {open_metric:.0f} |",
-        f"| bookings made (doctors with hours that day) | {booked} (statuses {statuses}) |",
+        f"| bookings made (doctors with hours that day) | {booked} (statuses {statuses}; "
+        f"slot look-ups not answered 200: {lookups or 0}) |",
         f"| fragments received | {len(delays)} (expected {expected}, missing {missing}) |",
         f"| booking sent → fragment, p50 | {pct(50):.1f} ms |",
         f"| booking sent → fragment, p99 | {pct(99):.1f} ms |",
@@ -525,6 +566,11 @@ async def main() -> None:
         f"| bench's RLIMIT_NOFILE (soft, hard; every child inherits it) | {files[0]}, {files[1]} |",
         f"| socket clients' CPU while opening | {client_cpu_open / open_wall:.2f} cores "
         f"({client_cpu_open:.1f} s over {open_wall:.1f} s) |",
+        f"| handshake → resync per socket, p50 / p99 / max | "
+        f"{hs(50):.0f} / {hs(99):.0f} / {hs(100):.0f} ms ({config['handshakes']} in flight "
+        f"per client process) |",
+        f"| server processes' CPU while opening | {server_cpu_open / open_wall:.2f} cores "
+        f"({server_cpu_open * 1000 / max(1, opened):.1f} ms per socket) |",
         f"| socket clients' CPU during the bookings | {client_cores:.2f} cores |",
         f"| server processes' CPU during the bookings | {used['server'] / wall:.2f} cores |",
         f"| machine busy during the bookings | {used['machine'] / wall:.2f} of {cores} cores |",
