@@ -595,8 +595,8 @@ async def main() -> None:
             "",
             *mix.phase_table(phase),
             "",
-            mix.cpu_line(cpu_before, cpu_after, phase),
-            f" The socket clients: {client_cores:.2f} cores.",
+            mix.cpu_line(cpu_before, cpu_after, phase)
+            + f" Of that rest, the socket clients: {client_cores:.2f} cores.",
         ]
     lines += ["", f"Bookings deleted afterwards ({removed})."]
     report = "\n".join(lines) + "\n"
