@@ -113,6 +113,8 @@ async def hold(config_path: str) -> None:
     opened: dict[int, int] = {}
     errors: dict[str, int] = {}
     handshakes: list[float] = []  # seconds from connect to the resync, once a slot was free
+    closes: dict[str, int] = {}
+    close_after: dict[str, int] = {}
     gate = asyncio.Semaphore(config["handshakes"])
     ready = asyncio.Event()
     out = sys.stdout
@@ -143,6 +145,7 @@ async def hold(config_path: str) -> None:
         finally:
             if counts["opened"] + counts["failed"] >= len(config["sockets"]):
                 ready.set()
+        since = time.monotonic()
         try:
             async for _ in ws:
                 out.write(f"m {channel} {time.monotonic():.6f}\n")
@@ -151,6 +154,13 @@ async def hold(config_path: str) -> None:
         except websockets.ConnectionClosed:
             pass
         counts["closed_by_server"] += 1
+        # Why and when: a close frame's code and reason, or 1006 when the TCP connection
+        # ended without one; seconds after the resync, rounded to 10 s.
+        frame = ws.close_code, ws.close_reason
+        why = f"{frame[0]} {frame[1] or ''}".strip()
+        closes[why] = closes.get(why, 0) + 1
+        after = f"{int(time.monotonic() - since) // 10 * 10}"
+        close_after[after] = close_after.get(after, 0) + 1
 
     tasks = [asyncio.create_task(watch(i, c)) for i, c in config["sockets"]]
     await ready.wait()
@@ -158,7 +168,8 @@ async def hold(config_path: str) -> None:
     out.write("ready " + json.dumps(ready_line) + "\n")
     out.flush()
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    out.write("done " + json.dumps(counts) + "\n")
+    counts_line = {**counts, "closes": closes, "close_after": close_after}
+    out.write("done " + json.dumps(counts_line) + "\n")
     out.flush()
     for task in tasks:
         task.cancel()
@@ -175,6 +186,7 @@ class Helpers:
         self.errors: dict[str, int] = {}
         self.handshakes: list[float] = []
         self.counts: dict[str, int] = {}
+        self.closes: dict[str, dict[str, int]] = {}
         self._readers: list[asyncio.Task[None]] = []
 
     async def start(self, config: dict, clients: int, workdir: Path) -> float:
@@ -224,7 +236,12 @@ class Helpers:
                 ready.set_result(None)
             elif line.startswith("done "):
                 for name, n in json.loads(line[5:]).items():
-                    self.counts[name] = self.counts.get(name, 0) + n
+                    if isinstance(n, dict):  # closes by code, by seconds after the resync
+                        into = self.closes.setdefault(name, {})
+                        for key, m in n.items():
+                            into[key] = into.get(key, 0) + m
+                    else:
+                        self.counts[name] = self.counts.get(name, 0) + n
         if not ready.done():
             ready.set_exception(SystemExit("a socket helper ended before its sockets opened"))
 
@@ -576,6 +593,9 @@ async def main() -> None:
         f"| machine busy during the bookings | {used['machine'] / wall:.2f} of {cores} cores |",
         f"| messages the clients received / sockets closed by the server | "
         f"{counts.get('messages', 0)} / {counts.get('closed_by_server', 0)} |",
+        f"| closes by code and reason | {helpers.closes.get('closes') or 'none'} |",
+        f"| closes by seconds after the resync (10 s bins) | "
+        f"{helpers.closes.get('close_after') or 'none'} |",
     ]
     lines += [
         "",
