@@ -419,6 +419,7 @@ async def main() -> None:
                 if doctor_id not in watched
             ]
         await warm_up(base, port, channels, cookies[0], tokens[0])
+        first_workers = {p.pid for p in server_proc.children()}
         await asyncio.sleep(2)
         idle_before = rss_mb(server_proc)
         fds_before = descriptors(server_proc)
@@ -509,6 +510,9 @@ async def main() -> None:
         cpu_after = mix.cpu_seconds(server.pid, worker_pid or server.pid)
         client_after = cpu_of(client_procs)
         busy_rss = rss_mb(server_proc)
+        # uvicorn's supervisor kills a worker whose health check goes unanswered for 5 s
+        # and starts another: every socket of the old one is gone.
+        replaced = len(first_workers - {p.pid for p in server_proc.children()})
         load = os.getloadavg()
         await helpers.stop()
     finally:
@@ -593,6 +597,7 @@ async def main() -> None:
         f"| machine busy during the bookings | {used['machine'] / wall:.2f} of {cores} cores |",
         f"| messages the clients received / sockets closed by the server | "
         f"{counts.get('messages', 0)} / {counts.get('closed_by_server', 0)} |",
+        f"| server processes replaced during the run (uvicorn's health check) | {replaced} |",
         f"| closes by code and reason | {helpers.closes.get('closes') or 'none'} |",
         f"| closes by seconds after the resync (10 s bins) | "
         f"{helpers.closes.get('close_after') or 'none'} |",
