@@ -263,6 +263,9 @@ class Hub:
         self.prefix = channel_prefix(redis)
         self.broadcast: Broadcast | None = None
         self.sockets: dict[str, set[LiveSocket]] = {}
+        # Every socket joined and not yet left, whatever it watches: `open_sockets` is read
+        # after every request (app/web/metrics.py), so it must not walk the channels.
+        self._joined: set[LiveSocket] = set()
         self.subscriptions: dict[str, _Subscription] = {}
         self.healthy = False
         self.pushed = 0
@@ -312,6 +315,7 @@ class Hub:
         self, audience: str, channels: Sequence[str], language: str = i18n.SOURCE_LANGUAGE
     ) -> LiveSocket:
         socket = LiveSocket(audience, tuple(channels), language)
+        self._joined.add(socket)
         for channel in channels:
             self.sockets.setdefault(channel, set()).add(socket)
             if channel not in self.subscriptions and self.healthy:
@@ -336,6 +340,7 @@ class Hub:
                     await changed.wait()
 
     def leave(self, socket: LiveSocket) -> None:
+        self._joined.discard(socket)
         for channel in socket.channels:
             group = self.sockets.get(channel)
             if group is None:
@@ -349,7 +354,7 @@ class Hub:
 
     @property
     def open_sockets(self) -> int:
-        return len({s for group in self.sockets.values() for s in group})
+        return len(self._joined)
 
     def _notify(self) -> None:
         self._changed.set()

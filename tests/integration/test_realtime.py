@@ -158,6 +158,26 @@ async def test_losing_redis_closes_sockets_and_the_hub_recovers(own_redis):
         await client.aclose()
 
 
+async def test_open_sockets_counts_each_socket_once_until_it_leaves(settings):
+    """The metrics read it after every request: a socket watching several channels counts
+    once, and leaving twice (a stuck socket is dropped, then its handler ends) once."""
+    client = Redis.from_url(settings.redis_url)
+    hub = Hub(settings.redis_url, client, Renders())  # not started: joins, no subscriptions
+    try:
+        week = hub.join("slots", [doctor_channel(8, DAY + dt.timedelta(days=i)) for i in range(7)])
+        day = hub.join("slots", [doctor_channel(8, DAY)])
+        assert hub.open_sockets == 2
+        hub.leave(week)
+        hub.leave(week)
+        assert hub.open_sockets == 1
+        assert set(hub.sockets) == {doctor_channel(8, DAY)}
+        hub.leave(day)
+        assert hub.open_sockets == 0
+        assert hub.sockets == {}
+    finally:
+        await client.aclose()
+
+
 def test_the_resync_close_code_is_one_htmx_ext_ws_reconnects_on():
     # static/vendor/htmx-ext-ws-2.0.4.min.js: `[1006,1011,1012,1013].indexOf(e.code)>=0`
     assert CLOSE_RESYNC in (1006, 1011, 1012, 1013)
