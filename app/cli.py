@@ -201,12 +201,14 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
         if server == "uvicorn":
             import uvicorn
 
+            _raise_open_files_limit()
             uvicorn.run(
                 "app.web.asgi:create_app",
                 factory=True,
                 host=host,
                 port=port,
                 workers=workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
                 log_level=level,
                 access_log=False,
                 proxy_headers=True,
@@ -228,6 +230,23 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
             log_level=LogLevels(level),
             log_access=False,
         ).serve()
+
+
+# uvicorn's supervisor replaces a server process that has not answered its health check
+# in this many seconds (its default, 5, is shorter than what a process holding thousands of
+# websockets on a loaded 2-core box may take: every socket of the killed process dropped
+# at once, bench/README.md "Live updates").
+WORKER_HEALTHCHECK_SECONDS = 30
+
+
+def _raise_open_files_limit() -> None:
+    """Every websocket is a file descriptor: lift the soft limit (often 1,024) to the hard
+    one, which the server processes inherit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @main.command()
