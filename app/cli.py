@@ -201,9 +201,12 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
         if server == "uvicorn":
             import uvicorn
 
+            from app.web.coalesced_http import CoalescingHttpToolsProtocol
+
             uvicorn.run(
                 "app.web.asgi:create_app",
                 factory=True,
+                http=CoalescingHttpToolsProtocol,
                 host=host,
                 port=port,
                 workers=workers,
