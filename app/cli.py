@@ -201,10 +201,13 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
         if server == "uvicorn":
             import uvicorn
 
+            from app.web.coalesced_http import CoalescingHttpToolsProtocol
+
             _raise_open_files_limit()
             uvicorn.run(
                 "app.web.asgi:create_app",
                 factory=True,
+                http=CoalescingHttpToolsProtocol,
                 host=host,
                 port=port,
                 workers=workers,

@@ -196,7 +196,14 @@ def _wire_effects(services: Services) -> None:
             task.add_done_callback(services.asking.discard)
 
     async def refill(changes: Sequence[AppointmentChange]) -> None:
-        ask_refill([(c.doctor_id, day) for c in changes if c.action in FREES for day in c.days])
+        ask_refill(
+            [
+                (c.doctor_id, day)
+                for c in changes
+                if c.action in FREES and c.someone_waits
+                for day in c.days
+            ]
+        )
 
     async def schedule_refill(doctor_days: Sequence[tuple[int, dt.date]]) -> None:
         ask_refill(doctor_days)  # hours extended or leave withdrawn may free slots

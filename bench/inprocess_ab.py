@@ -16,7 +16,8 @@ The client's own CPU is in every block of both variants, so the difference of th
 medians is the switch's cost per request; the ratio understates it.
 
 Switches: `dependencies` - Litestar's task group per batch of dependencies (A) against
-`app/web/sequential_dependencies.py` (B).
+`app/web/sequential_dependencies.py` (B); `zone` - a list of one's own day with a look-up
+of the clinic's zone (A) against the zone the Principal carries (B), `--classes lists`.
 """
 
 from __future__ import annotations
@@ -53,7 +54,23 @@ def dependency_switch() -> tuple[Callable[[], None], Callable[[], None]]:
     return task_groups, sequential_dependencies.install
 
 
-SWITCHES = {"dependencies": dependency_switch}
+def zone_switch() -> tuple[Callable[[], None], Callable[[], None]]:
+    """A: a list of the actor's own day looks its clinic's zone up (as before 6aaaf0f);
+    B: the zone the Principal carries. Use with `--classes lists`."""
+    from app.appointments import queries
+
+    own_day = queries._own_day
+
+    def look_up() -> None:
+        queries._own_day = lambda *args: False  # type: ignore[assignment]
+
+    def carried() -> None:
+        queries._own_day = own_day  # type: ignore[assignment]
+
+    return look_up, carried
+
+
+SWITCHES = {"dependencies": dependency_switch, "zone": zone_switch}
 
 
 async def main() -> None:

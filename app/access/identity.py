@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from app.redis import spread_ttl
 from app.redis_scripts import Script
-from db.models import Patient, User
+from db.models import Clinic, Doctor, Patient, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,10 @@ class Principal:
     doctor_id: int | None = None
     clinic_id: int | None = None
     language: str | None = None  # a patient's saved language (app/i18n.py negotiates)
+    # The time zone of the staff member's own clinic (a doctor's: their doctor's clinic),
+    # so a list of their day needs no look-up of its own; clinics' zones never change.
+    # None for patients and admins, and in Principals cached before it existed.
+    timezone: str | None = None
 
 
 async def load_principal(session: AsyncSession | AsyncConnection, user_id: int) -> Principal | None:
@@ -43,8 +47,11 @@ async def load_principal(session: AsyncSession | AsyncConnection, user_id: int) 
                 User.doctor_id,
                 User.clinic_id,
                 Patient.language,
+                Clinic.timezone,
             )
             .outerjoin(Patient, Patient.id == User.patient_id)
+            .outerjoin(Doctor, Doctor.id == User.doctor_id)
+            .outerjoin(Clinic, Clinic.id == func.coalesce(Doctor.clinic_id, User.clinic_id))
             .where(User.id == user_id, User.is_active.is_(True))
         )
     ).one_or_none()
@@ -71,7 +78,9 @@ return 0
 
 
 def _keys(user_id: int) -> tuple[str, str]:
-    return f"principal:{user_id}", f"principalver:{user_id}"
+    # "principal2": the Principal gained `timezone`; a process of the previous release
+    # would refuse the new field, so the two releases keep apart entries during a deploy.
+    return f"principal2:{user_id}", f"principalver:{user_id}"
 
 
 # One round trip for what every signed-in request needs from Redis: the cached Principal
@@ -156,7 +165,7 @@ async def forget_principal(redis: Redis, user_id: int) -> None:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.incr(version_key)
             pipe.expire(version_key, 24 * 3600)
-            pipe.delete(key)
+            pipe.delete(key, f"principal:{user_id}")  # and the previous release's entry
             await pipe.execute()
     except RedisError as exc:  # the TTL bounds how long the old role can linger
         logging.getLogger(__name__).error("could not forget principal %s: %s", user_id, exc)

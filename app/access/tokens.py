@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import audit
@@ -139,6 +139,10 @@ async def rotate_refresh_token(
     """
     now = dt.datetime.now(dt.UTC)
     digest = _digest(token)
+    if not session.in_transaction():
+        rotated = await _rotate_in_one_statement(session, digest, now)
+        if rotated is not None:
+            return rotated
     family_id = await session.scalar(
         select(RefreshToken.family_id).where(RefreshToken.token_hash == digest)
     )
@@ -178,6 +182,61 @@ async def rotate_refresh_token(
     new_token = await issue_refresh_token(session, stored.user_id, family_id=family_id)
     await session.commit()
     return stored.user_id, role, new_token
+
+
+# The usual rotation (an unspent, unrevoked, unexpired token of an active user) as one
+# statement: the family locked in id order (as `rotate_refresh_token` locks it, so neither
+# can deadlock the other), the presented token and the family's other unspent ones spent,
+# the successor inserted. Rows only when it rotated; otherwise nothing was written.
+_ROTATE_SQL = text(
+    """
+WITH family AS (
+  SELECT r.id, r.user_id, r.family_id, r.token_hash, r.used_at, r.revoked_at, r.expires_at
+    FROM refresh_tokens r
+   WHERE r.family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = :digest)
+   ORDER BY r.id
+     FOR UPDATE
+), stored AS (
+  SELECT f.user_id, f.family_id, u.role
+    FROM family f JOIN users u ON u.id = f.user_id
+   WHERE f.token_hash = :digest AND f.used_at IS NULL AND f.revoked_at IS NULL
+     AND f.expires_at > :now AND u.is_active
+), spent AS (
+  UPDATE refresh_tokens r SET used_at = :now
+    FROM family f
+   WHERE r.id = f.id AND f.used_at IS NULL AND f.revoked_at IS NULL
+     AND EXISTS (SELECT FROM stored)
+), issued AS (
+  INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at)
+  SELECT user_id, family_id, :new_digest, :expires_at FROM stored
+)
+SELECT user_id, role FROM stored
+"""
+)
+
+
+async def _rotate_in_one_statement(
+    session: AsyncSession, digest: str, now: dt.datetime
+) -> tuple[int, str, str] | None:
+    """The usual rotation in one round trip on an autocommit connection (the statement is
+    its own transaction; the ORM's unit of work was BEGIN, three reads, two writes and
+    COMMIT). None: not the usual case (unknown, spent, revoked, expired, inactive user),
+    nothing written, the session ended for `rotate_refresh_token`'s own transaction."""
+    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    new_token = secrets.token_urlsafe(32)
+    row = (
+        await session.execute(
+            _ROTATE_SQL,
+            {
+                "digest": digest,
+                "now": now,
+                "new_digest": _digest(new_token),
+                "expires_at": now + REFRESH_TTL,
+            },
+        )
+    ).one_or_none()
+    await session.commit()  # gives the autocommit connection back
+    return None if row is None else (row.user_id, row.role, new_token)
 
 
 async def _reused(

@@ -110,7 +110,11 @@ async def _taken(
 
 
 def _change(
-    appointment: Appointment, timezone: str, action: str, *extra: Interval
+    appointment: Appointment,
+    timezone: str,
+    action: str,
+    *extra: Interval,
+    someone_waits: bool = True,
 ) -> AppointmentChange:
     days = set(local_days(appointment.starts_at, appointment.ends_at, timezone))
     for interval in extra:
@@ -122,6 +126,7 @@ def _change(
         tuple(sorted(days)),
         action,
         appointment.patient_id,
+        someone_waits,
     )
 
 
@@ -594,7 +599,8 @@ async def change_status(
         row = rows[0]
         if row.id is not None:
             appointment = changed_appointment(row)
-            await effects.appointments_changed([_change(appointment, row.timezone, status)])
+            change = _change(appointment, row.timezone, status, someone_waits=row.someone_waits)
+            await effects.appointments_changed([change])
             return BookingResult(appointment, row.timezone, replayed=False)
         booking_rules.check_transition(actor.role, _found(row), status, now, timezone=row.timezone)
         # Allowed as it was read, refused once locked: another change came first. The
@@ -645,7 +651,13 @@ async def bulk_update(
             days = tuple(local_days(row.starts_at, row.ends_at, row.timezone))
             changes.append(
                 AppointmentChange(
-                    row.id, row.doctor_id, row.clinic_id, days, status, row.patient_id
+                    row.id,
+                    row.doctor_id,
+                    row.clinic_id,
+                    days,
+                    status,
+                    row.patient_id,
+                    someone_waits=row.someone_waits,
                 )
             )
         elif not row.may_see:

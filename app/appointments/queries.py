@@ -268,6 +268,8 @@ async def list_appointments(
 async def _zone_for_filter(
     session: AsyncSession, doctor_id: int | None, clinic_id: int | None, actor: Principal
 ) -> str:
+    if actor.timezone is not None and _own_day(doctor_id, clinic_id, actor):
+        return actor.timezone
     if doctor_id is not None:
         return await clinic_timezone(session, doctor_id)
     clinic = clinic_id or actor.clinic_id
@@ -277,3 +279,12 @@ async def _zone_for_filter(
     if tz is None:
         raise NotFound(gettext("clinic %(clinic)s does not exist") % {"clinic": clinic})
     return tz
+
+
+def _own_day(doctor_id: int | None, clinic_id: int | None, actor: Principal) -> bool:
+    """The filter names the actor's own doctor, or (for staff of no doctor) their own
+    clinic: the Principal carries that clinic's zone (the mix's doctor-days and desks'
+    clinic-days, a round trip each otherwise)."""
+    if doctor_id is not None:
+        return doctor_id == actor.doctor_id
+    return actor.doctor_id is None and (clinic_id or actor.clinic_id) == actor.clinic_id

@@ -111,8 +111,9 @@ PATIENT_CHANNELS_SQL = """CASE
 # undone check-in: the visit still lies ahead), a notice for each cancellation on each
 # channel the patient chose, who did it and why on the row, and an audit event per change
 # (an undone check-in's says when the check-in was). Returns a row per id found: what it
-# was (found_*), whether the actor may see it, the clinic's time zone, and the
-# appointment's new columns when it changed (else NULLs).
+# was (found_*), whether the actor may see it, the clinic's time zone, whether anyone
+# waits on its clinic's waitlist (no refill is asked otherwise), and the appointment's new
+# columns when it changed (else NULLs).
 CHANGE_STATUS_SQL = text(
     f"""
 WITH target AS (
@@ -175,7 +176,10 @@ WITH target AS (
 )
 SELECT t.id AS found_id, t.status AS found_status, t.starts_at AS found_starts_at,
        t.ends_at AS found_ends_at, t.checked_in_at AS found_checked_in_at, t.may_see,
-       t.timezone, c.*
+       t.timezone,
+       EXISTS (SELECT FROM waitlist_entries e
+                WHERE e.clinic_id = t.clinic_id AND e.status = 'waiting') AS someone_waits,
+       c.*
   FROM target t
   LEFT JOIN changed c ON c.id = t.id
 """

@@ -52,6 +52,9 @@ class AppointmentChange:
     # offered or released (app/waitlist/offers.py)
     action: str
     patient_id: int | None = None  # whose "my appointments" page follows the change
+    # Anyone on its clinic's waitlist when it changed (False: a freed slot asks for no
+    # refill; the worker's sweeper still refills it for an entry that joins later).
+    someone_waits: bool = True
 
 
 DoctorDays = Sequence[tuple[int, dt.date]]

@@ -22,7 +22,7 @@ async def test_principals_cached_together_expire_apart(client, session, settings
     users = [f"patient{n}" for n in range(12)]
     for user in users:  # each request loads and caches its caller's Principal
         assert (await client.get("/api/auth/me", headers=world.headers(user))).is_success
-    ttls = [await redis.ttl(f"principal:{world.users[user].id}") for user in users]
+    ttls = [await redis.ttl(f"principal2:{world.users[user].id}") for user in users]
     low, high = spread_bounds(PRINCIPAL_TTL_SECONDS)
     assert all(low <= ttl <= high for ttl in ttls), ttls
     assert max(ttls) - min(ttls) > 10, ttls  # not one TTL counting down
