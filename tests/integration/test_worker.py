@@ -1,6 +1,7 @@
 """The SAQ worker runs our jobs against the real Redis, and stops at once when idle."""
 
 import asyncio
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -81,6 +82,7 @@ async def test_an_idle_worker_stops_at_once(stop, redis, settings, tmp_path):
 # A worker whose one extra job goes on working for 2 s once the worker is told to stop.
 WORKER_WITH_A_JOB_AT_WORK = """
 import asyncio
+import dataclasses
 from tasks.worker import run, worker_settings
 
 async def still_working(ctx):
@@ -111,3 +113,16 @@ async def test_a_running_job_finishes_when_the_worker_is_told_to_stop(redis, set
     finally:
         await queue.disconnect()
         stop_process(worker)
+
+
+async def test_the_sweep_period_is_a_setting(settings, monkeypatch):
+    """WORKER_SWEEP_SECONDS reaches SAQ's sweep timer (SAQ passes it as the sweep's lock)."""
+    import tasks.worker
+
+    swept_often = dataclasses.replace(settings, worker_sweep_seconds=7)
+    monkeypatch.setattr(tasks.worker, "get_settings", lambda: swept_often)
+    options = worker_settings()
+    try:
+        assert Worker(**options).timers["sweep"] == 7
+    finally:
+        await options["queue"].disconnect()
