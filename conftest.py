@@ -791,6 +791,81 @@ def _processes_end_with_their_test(request) -> Iterator[None]:
     processes.stop_all_except(kept)
 
 
+# The tests that keep one xdist worker busy longest, in groups that share a module-scoped
+# fixture (set up once per worker that runs any of them), each with its share of a full
+# run's time (--durations=80 of `make test`, 2026-12-07, on the loaded 2-core machine: the
+# weights only rank them). Each worker starts on its share of these groups, longest first,
+# so no long test starts late and keeps the whole run waiting for it (the tail).
+# Keep it to the few biggest; a new slow test belongs here.
+LONG_TESTS: tuple[tuple[float, tuple[str, ...]], ...] = (
+    (
+        225,  # three demos on embedded services, then Ctrl-C on one (embedded_data_dir)
+        (
+            "tests/integration/test_cli.py::test_nothing_outlives_a_demo",
+            "tests/integration/test_cli.py::test_ctrl_c_in_a_terminal_stops_the_demo_quietly[embedded]",
+        ),
+    ),
+    (150, ("tests/topology/test_haproxy.py::",)),
+    (100, ("tests/topology/test_redis_sentinel.py::",)),
+    (
+        100,
+        ("tests/integration/test_cli.py::test_demo", "tests/integration/test_cli.py::test_ctrl_c"),
+    ),
+    (80, ("tests/integration/test_fhir_race.py::",)),
+    (56, ("tests/topology/test_pgbouncer.py::",)),
+    (52, ("tests/integration/test_waitlist_race.py::",)),
+    (49, ("tests/integration/test_metrics.py::test_two_server_processes_report_one_sum",)),
+    (49, ("tests/integration/test_a_crashed_worker.py::",)),
+    (47, ("tests/integration/test_a_terminated_run.py::",)),
+    (42, ("tests/integration/test_analytics_exports.py::test_export_memory",)),
+    (36, ("e2e/test_live_behind_haproxy.py::",)),
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's worksteal, order the collection so that each worker starts on
+    its share of LONG_TESTS and ends on its share of the unit tests. worksteal hands worker
+    k the k-th of N contiguous chunks of the collection (N workers) and later moves tests
+    from the end of a busy worker's queue to an idle one: what starts a chunk starts at
+    once and stays; what ends one is what an idle worker takes (best short). The same
+    order in every worker (xdist checks), and no test added or dropped."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 0))
+    if workers < 2 or config.getoption("dist", "no") != "worksteal":
+        return
+    collected = len(items)
+    groups: list[list[pytest.Item]] = [[] for _ in LONG_TESTS]
+    middle: list[pytest.Item] = []
+    unit: list[pytest.Item] = []
+    for item in items:
+        group = next(
+            (g for g, (_, prefixes) in enumerate(LONG_TESTS) if item.nodeid.startswith(prefixes)),
+            None,
+        )
+        if group is not None:
+            groups[group].append(item)
+        else:
+            (unit if item.nodeid.startswith("tests/unit/") else middle).append(item)
+    # Longest first, each to the worker with the least so far.
+    starts: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    loads = [0.0] * workers
+    for g in sorted(range(len(LONG_TESTS)), key=lambda g: -LONG_TESTS[g][0]):
+        if groups[g]:
+            k = loads.index(min(loads))
+            starts[k] += groups[g]
+            loads[k] += LONG_TESTS[g][0]
+    # The chunk sizes worksteal makes (what is left, divided by the workers left).
+    ordered: list[pytest.Item] = []
+    left, unit_left = len(items), len(unit)
+    for k in range(workers):
+        size, ends = left // (workers - k), unit_left // (workers - k)
+        left, unit_left = left - size, unit_left - ends
+        fill = max(0, size - len(starts[k]) - ends)
+        ordered += starts[k] + middle[:fill] + unit[:ends]
+        del middle[:fill], unit[:ends]
+    items[:] = ordered + middle + unit
+    assert len(items) == len(set(items)) == collected, "the reordering lost or doubled a test"
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     _before_tests.update(processes.descendants())
     if data_dir := os.environ.get("MEDBOOK_DATA_DIR"):

@@ -113,6 +113,9 @@ class Settings:
     notify_breaker_cooldown_seconds: float = 30.0
     # How long a freed slot is held for the waitlister it is offered to (15 minutes).
     waitlist_hold_seconds: int = 900
+    # How often a job worker looks for jobs left "active" by a worker that died or lost
+    # Redis mid-job (SAQ's sweep; 60 s is SAQ's own default). Tests shorten it.
+    worker_sweep_seconds: int = 60
 
     @property
     def documents_dir(self) -> Path:
@@ -463,6 +466,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "NOTIFY_BREAKER_COOLDOWN_SECONDS", _positive_float, 30.0
         ),
         waitlist_hold_seconds=_read(env, "WAITLIST_HOLD_SECONDS", _at_least_one, 900),
+        worker_sweep_seconds=_read(env, "WORKER_SWEEP_SECONDS", _at_least_one, 60),
     )
 
 

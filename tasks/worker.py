@@ -88,6 +88,9 @@ def worker_settings() -> dict[str, Any]:
             ),
         ],
         "concurrency": 10,
+        # How often SAQ sweeps jobs left active by a dead worker (WORKER_SWEEP_SECONDS); SAQ
+        # passes the period as the sweep's lock too, so the fleet sweeps once a period.
+        "timers": {"sweep": settings.worker_sweep_seconds},
         # On SIGTERM let running jobs finish (they are idempotent, but finishing is kinder).
         "shutdown_grace_period_s": 20,
         "startup": startup,

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 from aiosmtpd.controller import Controller
 from saq import Worker
 
+import tasks.worker as tasks_worker
 from conftest import free_port
 
 
@@ -213,19 +214,30 @@ def notify_settings(
     return dataclasses.replace(settings, **(base | providers | changes))
 
 
+class _PromptWorker(tasks_worker.Worker):
+    """Our worker (which stops at once when idle; SAQ's waits its grace for its own loops),
+    moving due scheduled jobs (retries after backoff) to the queue every 0.1 s, not every
+    second: a retry starts within ~0.1 s of its time, so backoff tests can use short
+    delays. SAQ locks its scheduler for whole seconds (a Redis SETEX); the test's worker
+    is the only one on its queue, so it lifts the lock first."""
+
+    async def schedule(self, lock: int = 1) -> None:
+        await self.queue.redis.delete(self.queue._schedule)
+        await super().schedule(1)
+
+
 @asynccontextmanager
 async def running_worker(settings: Any, monkeypatch: Any) -> AsyncIterator[Worker]:
     """The real worker settings (startup, functions) for `settings`, run in this process
     without its cron (tests call the dispatcher, as the cron would)."""
-    import tasks.worker
-
-    monkeypatch.setattr(tasks.worker, "get_settings", lambda: settings)
-    options = tasks.worker.worker_settings()
+    monkeypatch.setattr(tasks_worker, "get_settings", lambda: settings)
+    options = tasks_worker.worker_settings()
     queue = options.pop("queue")
     options.pop("cron_jobs")
     options["shutdown_grace_period_s"] = 1
+    options["timers"] = {"schedule": 0.1, "sweep": 3600}
     await queue.connect()
-    worker = Worker(queue, **options, timers={"schedule": 1, "sweep": 3600}, dequeue_timeout=0.5)
+    worker = _PromptWorker(queue, **options, dequeue_timeout=0.5)
     task = asyncio.create_task(worker.start())
     try:
         yield worker

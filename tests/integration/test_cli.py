@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import asyncpg
 import httpx
@@ -20,6 +21,7 @@ from app.cli import _database_problem
 from conftest import _recreate, free_port, run_database_name, with_database
 from db import migrate
 from db.models import Appointment, Clinic, User
+from tests.integration.test_worker import IDLE_STOP_SECONDS
 from tests.processes import run_process, start_process, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -323,9 +325,17 @@ def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(demo_env, tm
         # Printed only once ready: the server answers at once.
         assert httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).status_code == 200
         assert len(processes_started_with(data_dir)) >= 3  # demo, web server, worker
+        signalled = time.monotonic()
         demo.send_signal(signal.SIGINT)
-        # Idle, everything stops well before the worker's 20 s grace for running jobs.
-        assert demo.wait(timeout=15) == 0
+        # Idle, everything stops in under 3 s (issue 16), far below the worker's 20 s grace
+        # for running jobs (test_worker.py: a running job still gets it). The demo waits
+        # for its web server and worker, so its exit is everything stopped.
+        assert demo.wait(timeout=60) == 0
+        took = time.monotonic() - signalled
+        assert took < IDLE_STOP_SECONDS, (
+            f"an idle demo took {took:.1f} s to stop after SIGINT; issue 16 asks for under "
+            f"{IDLE_STOP_SECONDS} s"
+        )
     finally:
         stop_process(demo)  # after a failure: its whole group
     assert wait_until_gone(data_dir) == []

@@ -197,11 +197,11 @@ async def _delivered(session, sink, n):
 
 # Backoff base of the growing-gaps test. The gap after failed attempt n is at least its
 # delay, ≥ 0.75·p (p = base·2^(n-1)): the retry is scheduled from the failure's answer. It
-# is at most the delay plus L, the wait from the retry time to the next request (SAQ's
-# scheduler moves due jobs once a second, then the job starts): ≤ 1.25·p + L. With L below
-# 0.25·base (1.5 s) every gap is < 1.5·p = 0.75·(2p), the least the next gap can be, so the
-# gaps grow for every jitter draw.
-GAPS_BASE = 6.0
+# is at most the delay plus L, the wait from the retry time to the next request (the test
+# worker's scheduler moves due jobs every 0.1 s, running_worker; then the job starts):
+# ≤ 1.25·p + L. With L below 0.25·base (0.75 s) every gap is < 1.5·p = 0.75·(2p), the least
+# the next gap can be, so the gaps grow for every jitter draw.
+GAPS_BASE = 3.0
 
 
 async def test_sms_fails_three_times_then_succeeds_with_growing_gaps(

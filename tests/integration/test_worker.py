@@ -1,18 +1,19 @@
 """The SAQ worker runs our jobs against the real Redis, and stops at once when idle."""
 
 import asyncio
+import dataclasses
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from saq import Worker
 from saq.job import Status
 
 from conftest import ROOT
 from tasks.housekeeping import HEARTBEAT_KEY
 from tasks.queue import create_queue
-from tasks.worker import worker_settings
+from tasks.worker import Worker, worker_settings
 from tests.processes import start_process, stop_process
 
 
@@ -48,8 +49,9 @@ def start_worker(log, *command) -> subprocess.Popen:
         )
 
 
-# Well below the 20 s the worker grants running jobs, and generous for a loaded machine.
-IDLE_STOP_DEADLINE = 10
+# Issue 16: an idle `medbook worker` (and `medbook demo`) stops in under 3 s from the
+# signal; running jobs still get their 20 s grace (the test after this one).
+IDLE_STOP_SECONDS = 3
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -63,9 +65,15 @@ async def test_an_idle_worker_stops_at_once(stop, redis, settings, tmp_path):
         job = await queue.enqueue("heartbeat")
         await job.refresh(until_complete=60)  # the worker is up, and idle again
         assert job.status == "complete", log.read_text()
+        signalled = time.monotonic()
         worker.send_signal(stop)
-        code = await asyncio.to_thread(worker.wait, IDLE_STOP_DEADLINE)
+        code = await asyncio.to_thread(worker.wait, 60)  # then measured against the bound
+        took = time.monotonic() - signalled
         assert code == 0, log.read_text()
+        assert took < IDLE_STOP_SECONDS, (
+            f"an idle worker took {took:.1f} s to stop after {stop.name}; issue 16 asks for "
+            f"under {IDLE_STOP_SECONDS} s (SAQ waiting its grace period for its own loops?)"
+        )
     finally:
         await queue.disconnect()
         stop_process(worker)
@@ -74,6 +82,7 @@ async def test_an_idle_worker_stops_at_once(stop, redis, settings, tmp_path):
 # A worker whose one extra job goes on working for 2 s once the worker is told to stop.
 WORKER_WITH_A_JOB_AT_WORK = """
 import asyncio
+import dataclasses
 from tasks.worker import run, worker_settings
 
 async def still_working(ctx):
@@ -104,3 +113,16 @@ async def test_a_running_job_finishes_when_the_worker_is_told_to_stop(redis, set
     finally:
         await queue.disconnect()
         stop_process(worker)
+
+
+async def test_the_sweep_period_is_a_setting(settings, monkeypatch):
+    """WORKER_SWEEP_SECONDS reaches SAQ's sweep timer (SAQ passes it as the sweep's lock)."""
+    import tasks.worker
+
+    swept_often = dataclasses.replace(settings, worker_sweep_seconds=7)
+    monkeypatch.setattr(tasks.worker, "get_settings", lambda: swept_often)
+    options = worker_settings()
+    try:
+        assert Worker(**options).timers["sweep"] == 7
+    finally:
+        await options["queue"].disconnect()

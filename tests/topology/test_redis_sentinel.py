@@ -127,8 +127,14 @@ async def test_a_worker_and_a_live_page_follow_a_redis_failover(db, session, set
     scheduled job and sends every booking's confirmation. Times: test-artifacts/."""
     redis_set = RedisSentinelSet(tmp_path)
     # Rows claimed by a dispatch whose job was lost with the primary are claimed again
-    # after the lease: short here, 300 s by default.
-    env = {"REDIS_URL": redis_set.url, "NOTIFY_DEV_MAILBOX": "1", "NOTIFY_LEASE_SECONDS": "5"}
+    # after the lease: short here, 300 s by default. A job the failover left "active" is
+    # retried by the worker's next sweep: every 5 s here, 60 s by default.
+    env = {
+        "REDIS_URL": redis_set.url,
+        "NOTIFY_DEV_MAILBOX": "1",
+        "NOTIFY_LEASE_SECONDS": "5",
+        "WORKER_SWEEP_SECONDS": "5",
+    }
     server: LiveServer | None = None
     worker: Worker | None = None
     queue = job_queue(env)
@@ -214,7 +220,7 @@ async def test_a_worker_and_a_live_page_follow_a_redis_failover(db, session, set
         ids = list(made.values())
         # A deadline, not a speed check: the minute's cron finds what the nudges missed,
         # and a send job running at the kill stays "active" on the new primary until
-        # SAQ's sweep (every 60 s) finds its heartbeat (60 s) stale and retries it; its
+        # SAQ's sweep (every 5 s here) finds its heartbeat (60 s) stale and retries it; its
         # rows' claim tokens make the retry send nothing twice.
         deadline = time.monotonic() + 300
         while True:

@@ -27,6 +27,9 @@ def test_defaults_and_overrides():
     assert load_settings({**BASE, "DATABASE_POOL_MODE": "Transaction"}).database_pool_mode == (
         "transaction"
     )
+    # SAQ's own sweep period by default; tests shorten it (tests/topology/).
+    assert settings.worker_sweep_seconds == 60
+    assert load_settings({**BASE, "WORKER_SWEEP_SECONDS": "5"}).worker_sweep_seconds == 5
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,8 @@ def test_defaults_and_overrides():
         ("MEDBOOK_PUBLIC_ORIGIN", "https://medbook.example:https"),
         ("NOTIFY_MAX_ATTEMPTS", "4"),
         ("NOTIFY_MAX_ATTEMPTS", "five"),
+        ("WORKER_SWEEP_SECONDS", "0"),
+        ("WORKER_SWEEP_SECONDS", "0.5"),
         ("DATABASE_POOL_MODE", "statement"),
         ("REDIS_URL", "redis+sentinel://s1:26379,s2:26379"),
         ("REDIS_URL", "redis+sentinel://s1:port/medbook/0"),
