@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,31 +119,16 @@ async def dispatch_notifications(ctx: dict[str, Any]) -> dict[str, int]:
 
 
 async def enqueue_dispatch(queue: Queue) -> None:
-    """Ask for a dispatch (after a booking, a cancel, an offer or a dead-letter retry).
-
-    One job a second: keyed by the second of the ask and scheduled for that second's end,
-    so it starts only after every ask of its second was made, each after its change's
-    commit, and claims all their rows. A process that has asked for this second therefore
-    need not ask again: one enqueue a second per process instead of one per change (a
-    SAQ enqueue is ~0.2-0.3 ms of CPU, bench/README.md). A notice waits for the end of
-    its second and the worker's schedule poll (one second) before it is claimed."""
-    second = int(time.time())
-    if _asked.get(queue) == second:
-        return
+    """Ask for a dispatch now (after a booking or a dead-letter retry). Keyed by the
+    second, so a burst of bookings is one dispatch."""
     await queue.enqueue(
         "dispatch_notifications",
-        key=f"notify:dispatch:{second}",
-        scheduled=second + 1,
+        key=f"notify:dispatch:{int(time.time())}",
         timeout=120,
         retries=2,
         retry_delay=2.0,
         ttl=60,
     )
-    _asked[queue] = second
-
-
-# The second each queue (each process's) last asked for a dispatch in.
-_asked: weakref.WeakKeyDictionary[Queue, int] = weakref.WeakKeyDictionary()
 
 
 # --- sending -------------------------------------------------------------------------------
