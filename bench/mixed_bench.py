@@ -1421,8 +1421,9 @@ async def main() -> None:
     lines += [
         "",
         "Steps rise until twice in a row neither criterion passes (the p99 of all requests "
-        "together, the worst endpoint's) or a request due goes unanswered; a step passes when that p99 (or, stricter, every "
-        "endpoint's p99) stays under 50 ms and every request due in it was answered. "
+        "together, the worst endpoint's) or a request due goes unanswered; a step passes "
+        "when that p99 (or every endpoint's p99) stays under 50 ms and every request due "
+        "in it was answered. "
         '"Every endpoint" leaves out sign-ins: each is one argon2id hash, tens of ms of '
         "CPU by design; their p99 is in its own column.",
         "",
