@@ -107,9 +107,17 @@ def internal_error_handler(request: Request, exc: InternalServerException) -> Re
 
 def log_uncaught(logger: Logger, scope: Scope, _: list[str]) -> None:
     """Litestar's log of an unhandled exception (ERROR, with its traceback), except for a
-    client that hung up mid-request: one line at INFO, since nothing went wrong here."""
-    if client_gone(sys.exc_info()[1]):
+    client that hung up mid-request or mid-handshake: one line at INFO, since nothing went
+    wrong here."""
+    exc = sys.exc_info()[1]
+    if client_gone(exc):
         logger.info("client hung up mid-request: %s %s", scope.get("method", ""), scope["path"])
+        return
+    if scope["type"] == "websocket" and isinstance(exc, OSError):
+        # The server's way of saying the socket is gone (uvicorn's ClientDisconnected is an
+        # OSError), e.g. a browser that left before its live socket's handshake was
+        # accepted; the server closes the connection itself.
+        logger.info("client hung up on a websocket: %s", scope["path"])
         return
     logger.exception(
         "Uncaught exception (connection_type=%s, path=%r):", scope["type"], scope["path"]
