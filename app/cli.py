@@ -212,6 +212,10 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
                 port=port,
                 workers=workers,
                 timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+                # Live fragments go out uncompressed: compressing each once per socket
+                # was a third of a fan-out's CPU, and each socket's compressor about half
+                # its memory; a fragment is a few KB of HTML (bench/README.md).
+                ws_per_message_deflate=False,
                 log_level=level,
                 access_log=False,
                 proxy_headers=True,

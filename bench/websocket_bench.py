@@ -147,8 +147,8 @@ async def hold(config_path: str) -> None:
                 ready.set()
         since = time.monotonic()
         try:
-            async for _ in ws:
-                out.write(f"m {channel} {time.monotonic():.6f}\n")
+            async for message in ws:
+                out.write(f"m {channel} {time.monotonic():.6f} {len(message)}\n")
                 out.flush()
                 counts["messages"] += 1
         except websockets.ConnectionClosed:
@@ -185,6 +185,7 @@ class Helpers:
         self.opened: dict[int, int] = dict.fromkeys(range(channels), 0)
         self.errors: dict[str, int] = {}
         self.handshakes: list[float] = []
+        self.sizes: list[int] = []  # each fragment's length as the client received it
         self.counts: dict[str, int] = {}
         self.closes: dict[str, dict[str, int]] = {}
         self._readers: list[asyncio.Task[None]] = []
@@ -220,8 +221,9 @@ class Helpers:
         async for raw in proc.stdout:
             line = raw.decode()
             if line.startswith("m "):
-                _, channel, at = line.split()
+                _, channel, at, size = line.split()
                 c = int(channel)
+                self.sizes.append(int(size))
                 self.arrivals[c].append(float(at))
                 want = self.waiting.get(c)
                 if want is not None and len(self.arrivals[c]) >= want[0]:
@@ -576,6 +578,9 @@ async def main() -> None:
         f"| booking sent → fragment, p99 | {pct(99):.1f} ms |",
         f"| booking sent → fragment, max | {ordered[-1]:.1f} ms |",
         f"| mean | {statistics.fmean(delays):.1f} ms |",
+        f"| fragment size as received, median / max (uncompressed: the server offers no "
+        f"permessage-deflate) | {statistics.median(helpers.sizes or [0]):,.0f} / "
+        f"{max(helpers.sizes or [0]):,} characters |",
         f"| server RSS warmed, no sockets | {idle_before:.0f} MB |",
         f"| server RSS with {opened} idle sockets | {idle_after:.0f} MB |",
         f"| memory per idle socket | {per_socket_kb:.0f} KB |",
@@ -594,6 +599,15 @@ async def main() -> None:
         f"({server_cpu_open * 1000 / max(1, opened):.1f} ms per socket) |",
         f"| socket clients' CPU during the bookings | {client_cores:.2f} cores |",
         f"| server processes' CPU during the bookings | {used['server'] / wall:.2f} cores |",
+        *(
+            []  # the mix's requests share that CPU
+            if args.mix_rate or not delays
+            else [
+                f"| server CPU per booking with its slot look-up and fan-out (no mix) | "
+                f"{1000 * used['server'] / max(1, booked):.2f} ms "
+                f"({1000 * used['server'] / len(delays):.3f} ms per fragment delivered) |"
+            ]
+        ),
         f"| machine busy during the bookings | {used['machine'] / wall:.2f} of {cores} cores |",
         f"| messages the clients received / sockets closed by the server | "
         f"{counts.get('messages', 0)} / {counts.get('closed_by_server', 0)} |",
