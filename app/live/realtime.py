@@ -66,6 +66,7 @@ SEND_TIMEOUT_SECONDS = 10.0
 CLOSE_GRACE_SECONDS = 10.0
 CLOSE_RESYNC = 1013  # try again later: "you fell behind (or we are not ready), resync"
 CLOSE_RESTART = 1012  # service restart: Redis went away
+CLIENT_LEFT = 0  # not a close code: the client has gone, the socket's pump just ends
 
 
 def doctor_channel(doctor_id: int, day: dt.date) -> str:

@@ -18,6 +18,7 @@ from app.appointments.rules import MAY_BOOK_STAFF_ONLY, BookingRules
 from app.errors import NotFound
 from app.live import boards
 from app.live.realtime import (
+    CLIENT_LEFT,
     CLOSE_GRACE_SECONDS,
     CLOSE_RESYNC,
     SEND_TIMEOUT_SECONDS,
@@ -336,22 +337,26 @@ async def _clinic_doctors(socket: WebSocket[Any, Any, Any], clinic_id: int) -> l
 
 async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket, hub: Hub) -> None:
     """Send queued fragments; stop when the client goes, the hub asks us to close, or a
-    send cannot finish (the client stopped reading)."""
+    send cannot finish (the client stopped reading).
+
+    One task reads the client only to notice it leave, and then queues CLIENT_LEFT; the
+    pump itself just waits on its queue (no task per fragment: with thousands of sockets
+    a fan-out is that many wake-ups)."""
 
     async def client_gone() -> None:
-        with contextlib.suppress(WebSocketDisconnect):
-            while True:
-                await socket.receive_data(mode="text")
+        try:
+            with contextlib.suppress(WebSocketDisconnect):
+                while True:
+                    await socket.receive_data(mode="text")
+        finally:
+            subscription.close(CLIENT_LEFT)
 
     watcher = asyncio.create_task(client_gone())
     try:
         while True:
-            getter = asyncio.create_task(subscription.queue.get())
-            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if watcher in done:
-                getter.cancel()
+            item = await subscription.queue.get()
+            if item == CLIENT_LEFT:
                 return
-            item = getter.result()
             if isinstance(item, int):  # a close code: fell behind, or Redis went away
                 await socket.close(code=item)
                 return
@@ -361,7 +366,7 @@ async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket, hub:
             except TimeoutError:
                 await _drop_stuck(socket, subscription, hub)
                 return
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, OSError):  # the client went (uvicorn: ClientDisconnected)
         return
     except RuntimeError as exc:
         # uvicorn's way of saying the client closed first (it has answered the close
