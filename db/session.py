@@ -10,12 +10,14 @@ request), S-4 (statement and idle-in-transaction timeouts set on every connectio
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import TextClause, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
@@ -293,3 +295,49 @@ async def driver_fetchmany(connection: AsyncConnection, query: str, args: list[t
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:
     """Sessions that keep loaded objects usable after commit (rendering happens after)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# A bind parameter of a `text()` statement, as SQLAlchemy's own TextClause finds them
+# (`::type` casts and `\:` escapes are not parameters).
+_BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?![:\w])")
+
+
+@dataclass(frozen=True, slots=True)
+class NativeStatement:
+    """A `text()` statement in asyncpg's $1, $2 ... placeholders, for `driver_fetch`:
+    the same SQL without SQLAlchemy's execution, result and row layers, which cost more
+    CPU than the driver's own work for a hot one-statement request (bench/README.md)."""
+
+    sql: str
+    names: tuple[str, ...]  # the parameter of each placeholder, $1 first
+
+    @classmethod
+    def of(cls, statement: str | TextClause) -> NativeStatement:
+        source = statement.text if isinstance(statement, TextClause) else statement
+        names: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        return cls(_BIND.sub(placeholder, source), tuple(names))
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params[name] for name in self.names]
+
+
+async def driver_fetch(connection: AsyncConnection, query: str, args: Sequence[Any]) -> list:
+    """The rows (asyncpg Records: by name or position) of one statement run straight
+    through asyncpg on `connection`: its transaction, or in autocommit PostgreSQL's
+    implicit one around the statement. The slow-query log applies.
+
+    Args:
+        query: SQL with asyncpg's $1, $2 ... placeholders (`NativeStatement`).
+    """
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    started = time.perf_counter()
+    rows = await driver.fetch(query, *args)
+    _log_if_slow(_slow_query_ms(connection.engine), started, query)
+    return rows

@@ -45,7 +45,7 @@ from app.scheduling.slots import (
     local_days,
 )
 from db.models import Appointment, Clinic
-from db.session import driver_fetchmany
+from db.session import NativeStatement, driver_fetch, driver_fetchmany
 
 MAX_BULK = 500
 # The foreign key from a booking to its visit type (app/scheduling/visit_types.py).
@@ -150,9 +150,11 @@ async def _booking_facts(
     Raises:
         NotFound: no such doctor, or the visit type is not theirs.
     """
-    row = (
-        await session.execute(
-            BOOKING_FACTS_SQL,
+    connection = await session.connection() if isinstance(session, AsyncSession) else session
+    rows = await driver_fetch(
+        connection,
+        _BOOKING_FACTS.sql,
+        _BOOKING_FACTS.args(
             {
                 "doctor_id": doctor_id,
                 "lo": start - dt.timedelta(days=1),
@@ -160,9 +162,10 @@ async def _booking_facts(
                 "patient_id": patient_id,
                 "now": now,
                 "visit_type_id": visit_type_id,
-            },
-        )
-    ).one_or_none()
+            }
+        ),
+    )
+    row = rows[0] if rows else None
     data = doctor_days_from_row(doctor_id, row, visit_type_id)
     assert row is not None
     raw = row[DOCTOR_DAYS_COLUMNS]
@@ -170,6 +173,10 @@ async def _booking_facts(
         return data, None
     notify_by, email, phone, held = json.loads(raw) if isinstance(raw, str) else raw
     return data, _PatientFacts(int(held), notifications.choose_channels(notify_by, email, phone))
+
+
+# Through asyncpg, as CHANGE_STATUS_SQL (`_CHANGE_STATUS`).
+_BOOKING_FACTS = NativeStatement.of(BOOKING_FACTS_SQL)
 
 
 async def warm_up(connection: AsyncConnection) -> None:
@@ -519,33 +526,65 @@ async def set_status(
     """
     guard = booking_rules.guard(setter, status, now)
     columns = booking_rules.status_columns(status, now)
-    result = await session.execute(
-        CHANGE_STATUS_SQL,
-        {
-            **seen,
-            "ids": list(appointment_ids),
-            "status": status,
-            "now": now,
-            "cancelled_at": columns.get("cancelled_at"),
-            "checked_in_at": columns.get("checked_in_at"),
-            # an undone check-in clears its stamp (`status_columns` sets it to None)
-            "clear_checked_in": "checked_in_at" in columns and columns["checked_in_at"] is None,
-            "reason": reason,
-            "actor": actor_user_id,
-            "allowed_from": list(guard.allowed_from),
-            "started_by": guard.started_by,
-            "ends_after": guard.ends_after,
-            "on_day_of": guard.on_day_of,
-            "checked_in_since": guard.checked_in_since,
-            "announcements": list(notifications.ANNOUNCEMENTS),
-            "unsent": list(notifications.UNSENT),
-            "notice": notice,
-            # An undone check-in has an event of its own, saying when the check-in was.
-            "action": CHECK_IN_UNDONE if status == "booked" else audit.APPOINTMENT_STATUS_CHANGED,
-            "details": json.dumps(details or {}),
-        },
+    if isinstance(session, AsyncSession):
+        if session.new or session.dirty or session.deleted:
+            await session.flush()  # as session.execute would: the statement sees them
+        connection = await session.connection()
+    else:
+        connection = session
+    rows = await driver_fetch(
+        connection,
+        _CHANGE_STATUS.sql,
+        _CHANGE_STATUS.args(
+            {
+                **seen,
+                "ids": list(appointment_ids),
+                "status": status,
+                "now": now,
+                "cancelled_at": columns.get("cancelled_at"),
+                "checked_in_at": columns.get("checked_in_at"),
+                # an undone check-in clears its stamp (`status_columns` sets it to None)
+                "clear_checked_in": "checked_in_at" in columns and columns["checked_in_at"] is None,
+                "reason": reason,
+                "actor": actor_user_id,
+                "allowed_from": list(guard.allowed_from),
+                "started_by": guard.started_by,
+                "ends_after": guard.ends_after,
+                "on_day_of": guard.on_day_of,
+                "checked_in_since": guard.checked_in_since,
+                "announcements": list(notifications.ANNOUNCEMENTS),
+                "unsent": list(notifications.UNSENT),
+                "notice": notice,
+                # An undone check-in has an event of its own, saying when the check-in was.
+                "action": CHECK_IN_UNDONE
+                if status == "booked"
+                else audit.APPOINTMENT_STATUS_CHANGED,
+                "details": json.dumps(details or {}),
+            }
+        ),
     )
-    return list(result)
+    return [StatusRow(row) for row in rows]
+
+
+class StatusRow:
+    """A row of CHANGE_STATUS_SQL read like SQLAlchemy's rows: by attribute, or by name
+    through `_mapping`."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, record: Any) -> None:
+        self._mapping = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# Run through asyncpg (`driver_fetch`): SQLAlchemy's layers around this one statement
+# cost more CPU than the driver's own work (bench/README.md, cpu17b).
+_CHANGE_STATUS = NativeStatement.of(CHANGE_STATUS_SQL)
 
 
 def changed_appointment(row: Any) -> Appointment:

@@ -33,6 +33,7 @@ from app.records.documents import (
 )
 from app.storage import Store as DocumentStore
 from db.models import RECORD_TYPES, Appointment, AuditEvent, MedicalRecord, Patient
+from db.session import NativeStatement, driver_fetch
 
 RECORD_UPLOADED = "records.uploaded"
 # A doctor's appointment in one of these makes the patient theirs to read.
@@ -254,10 +255,15 @@ FROM g LEFT JOIN r ON true
 ORDER BY r.uploaded_at DESC, r.id DESC
 """
 )
+_READ_AND_AUDIT = NativeStatement.of(READ_AND_AUDIT)
 
 
-async def _run_once(session: AsyncSession, statement: Any, params: dict[str, Any]) -> list[Any]:
-    """Run one statement and commit it, in as few round trips as possible.
+async def _run_once(
+    session: AsyncSession, statement: NativeStatement, params: dict[str, Any]
+) -> list[Any]:
+    """Run one statement and commit it, in as few round trips as possible, straight
+    through asyncpg (`driver_fetch`: SQLAlchemy's layers around it cost more CPU than
+    the driver's work, bench/README.md); rows are read by name.
 
     A session that has not begun is given an autocommit connection: the statement is its
     own transaction (atomic, committed when it returns), with no BEGIN or COMMIT round
@@ -265,12 +271,13 @@ async def _run_once(session: AsyncSession, statement: Any, params: dict[str, Any
     there and commits, so the caller's changes are never split from it.
     """
     if session.in_transaction():
-        rows = list((await session.execute(statement, params)).all())
+        await session.flush()  # as session.execute would: the statement sees them
+        rows = await driver_fetch(await session.connection(), statement.sql, statement.args(params))
         await session.commit()
         return rows
     conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     try:
-        rows = list((await conn.execute(statement, params)).all())
+        rows = await driver_fetch(conn, statement.sql, statement.args(params))
     except BaseException:
         await session.rollback()
         raise
@@ -340,7 +347,7 @@ async def _read(
         reason = _break_glass_reason(reason) if actor.role in ("doctor", "admin") else None
         found = await _run_once(
             session,
-            READ_AND_AUDIT,
+            _READ_AND_AUDIT,
             {
                 "own": actor.role == "patient",
                 "doctor_id": actor.doctor_id if actor.role == "doctor" else None,
@@ -360,32 +367,34 @@ async def _read(
         if not found:
             raise NotFound(gettext("patient %(patient_id)s not found") % {"patient_id": patient_id})
         first = found[0]
-        the_grant = _decide(actor, patient_id, first.patient_name, first.basis == "care", reason)
+        the_grant = _decide(
+            actor, patient_id, first["patient_name"], first["basis"] == "care", reason
+        )
     except (Forbidden, NotFound) as refusal:
         await _audit_refusal(
             session, actor, patient_id, record_id, refusal, client_addr=client_addr, via=via
         )
         raise
-    if the_grant.basis != first.basis:  # never hand out a URL without its audit row
-        raise RuntimeError(f"access basis {the_grant.basis} != audited {first.basis}")
-    rows = [row for row in found if row.id is not None]
-    names = [download_name(row.title, row.record_type, row.content_type) for row in rows]
+    if the_grant.basis != first["basis"]:  # never hand out a URL without its audit row
+        raise RuntimeError(f"access basis {the_grant.basis} != audited {first['basis']}")
+    rows = [row for row in found if row["id"] is not None]
+    names = [download_name(row["title"], row["record_type"], row["content_type"]) for row in rows]
     urls = store.urls(
-        [row.storage_key for row in rows],
+        [row["storage_key"] for row in rows],
         issued_to=actor.id,
         dispositions=[content_disposition(n) for n in names],
     )
     items = [
         RecordItem(
-            row.id,
-            row.record_type,
-            row.title,
-            row.doctor_name,
-            row.uploaded_at,
-            row.content_type,
-            row.size,
+            row["id"],
+            row["record_type"],
+            row["title"],
+            row["doctor_name"],
+            row["uploaded_at"],
+            row["content_type"],
+            row["size"],
             url,
-            row.timezone or "UTC",
+            row["timezone"] or "UTC",
         )
         for row, url in zip(rows, urls, strict=True)
     ]
