@@ -253,13 +253,26 @@ async def driver_fetchrow(engine: AsyncEngine, query: str, *args: Any) -> Any:
         engine: whose pool lends the connection for this one statement.
         query: SQL with asyncpg's $1, $2 ... placeholders.
     """
+    return await _on_pooled(engine, query, args, one=True)
+
+
+async def driver_fetchall(engine: AsyncEngine, query: str, *args: Any) -> list:
+    """Every row (asyncpg Records) of a read-only statement, run as `driver_fetchrow`
+    runs it: on a pooled connection, outside any transaction and session."""
+    return await _on_pooled(engine, query, args, one=False)
+
+
+async def _on_pooled(engine: AsyncEngine, query: str, args: Sequence[Any], *, one: bool) -> Any:
     pooled = await engine.raw_connection()
     try:
         driver = pooled.driver_connection
         assert driver is not None
         started = time.perf_counter()
         try:
-            row = await driver.fetchrow(query, *args)
+            if one:
+                row = await driver.fetchrow(query, *args)
+            else:
+                row = await driver.fetch(query, *args)
         except asyncpg.PostgresError as exc:  # the server refused the statement
             if isinstance(exc, asyncpg.PostgresConnectionError) or driver.is_closed():
                 await greenlet_spawn(pooled.invalidate)

@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.access.identity import Principal
 from app.appointments.rules import BookingRules
@@ -18,7 +18,7 @@ from app.i18n import gettext
 from app.scheduling.availability import Interval, Visit, day_slots
 from app.scheduling.slots import day_window, load_doctor_days
 from db.models import Appointment, Clinic, Doctor, ScheduleException
-from db.session import driver_fetch
+from db.session import driver_fetch, driver_fetchall
 
 ALTERNATIVES = 3
 # How far ahead `first_free` reads a doctor's days per query.
@@ -203,7 +203,7 @@ def _scope_sql(actor: Principal) -> tuple[list[str], list[Any]]:
 
 
 async def list_appointments(
-    session: AsyncSession,
+    reader: AsyncSession | AsyncEngine,
     actor: Principal,
     *,
     now: dt.datetime,
@@ -218,6 +218,8 @@ async def list_appointments(
     """A page of the appointments the actor may see, filtered, in time order.
 
     Args:
+        reader: a session (its connection), or an engine: a pooled connection for the
+            statement alone, outside any session (`db.session.driver_fetchall`).
         day: one clinic-local day (with doctor_id or clinic_id).
         when: `upcoming` (default without a day) or `past` (newest first).
         cursor: the `next_cursor` of the previous page.
@@ -243,7 +245,7 @@ async def list_appointments(
             where.append(f"a.{column} = ${len(args)}")
     descending = when == "past"
     if day is not None:
-        window = day_window(day, await _zone_for_filter(session, doctor_id, clinic_id, actor))
+        window = day_window(day, await _zone_for_filter(reader, doctor_id, clinic_id, actor))
         args += [window.start, window.end]
         where.append(f"a.starts_at >= ${len(args) - 1} AND a.starts_at < ${len(args)}")
     else:
@@ -260,26 +262,41 @@ async def list_appointments(
     order = "a.starts_at DESC, a.id DESC" if descending else "a.starts_at, a.id"
     args.append(limit + 1)
     sql = f"{_LIST_SQL} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ${len(args)}"
-    found = await driver_fetch(await session.connection(), sql, args)
+    found = await _fetch(reader, sql, args)
     rows = [AppointmentRow(*r) for r in found]
     next_cursor = _cursor_encode(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
+async def _fetch(reader: AsyncSession | AsyncEngine, sql: str, args: list[Any]) -> list:
+    if isinstance(reader, AsyncEngine):
+        return await driver_fetchall(reader, sql, *args)
+    return await driver_fetch(await reader.connection(), sql, args)
+
+
 async def _zone_for_filter(
-    session: AsyncSession, doctor_id: int | None, clinic_id: int | None, actor: Principal
+    reader: AsyncSession | AsyncEngine,
+    doctor_id: int | None,
+    clinic_id: int | None,
+    actor: Principal,
 ) -> str:
     if actor.timezone is not None and _own_day(doctor_id, clinic_id, actor):
         return actor.timezone
     if doctor_id is not None:
-        return await clinic_timezone(session, doctor_id)
+        found = await _fetch(reader, _DOCTORS_ZONE_SQL, [doctor_id])
+        return str(found[0][0]) if found else "UTC"  # as `clinic_timezone`
     clinic = clinic_id or actor.clinic_id
     if clinic is None:
         raise Invalid(gettext("a day filter needs doctor_id or clinic_id"))
-    tz = await session.scalar(select(Clinic.timezone).where(Clinic.id == clinic))
-    if tz is None:
+    found = await _fetch(reader, "SELECT timezone FROM clinics WHERE id = $1", [clinic])
+    if not found:
         raise NotFound(gettext("clinic %(clinic)s does not exist") % {"clinic": clinic})
-    return tz
+    return str(found[0][0])
+
+
+_DOCTORS_ZONE_SQL = (
+    "SELECT c.timezone FROM clinics c JOIN doctors d ON d.clinic_id = c.id WHERE d.id = $1"
+)
 
 
 def _own_day(doctor_id: int | None, clinic_id: int | None, actor: Principal) -> bool:
