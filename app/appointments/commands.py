@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import literal_column, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.access import audit
 from app.access.identity import Principal
@@ -45,7 +45,7 @@ from app.scheduling.slots import (
     local_days,
 )
 from db.models import Appointment, Clinic
-from db.session import NativeStatement, driver_fetch, driver_fetchmany
+from db.session import NativeStatement, driver_fetch, driver_fetchall, driver_fetchmany
 
 MAX_BULK = 500
 # The foreign key from a booking to its visit type (app/scheduling/visit_types.py).
@@ -214,6 +214,18 @@ async def _one_statement_session(session: AsyncSession) -> None:
     caller that already began one keeps it; the final commit then commits it.)"""
     if not session.in_transaction():
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+def _statement_target(session: AsyncSession) -> AsyncSession | AsyncEngine:
+    """Where a change that is one statement runs: when nothing has begun a transaction on
+    the session, on a pooled connection of its engine, outside the session (autocommit:
+    PostgreSQL runs the lone statement in a transaction of its own), which spares the
+    session's Connection and transaction bookkeeping around it (bench/README.md,
+    cpu17b); else in the session's transaction, committed by the caller."""
+    bind = session.bind
+    if not session.in_transaction() and isinstance(bind, AsyncEngine):
+        return bind
+    return session
 
 
 async def book(
@@ -498,7 +510,7 @@ def _seen_by(actor: Principal) -> dict[str, int | None]:
 
 
 async def set_status(
-    session: AsyncSession | AsyncConnection,
+    session: AsyncSession | AsyncConnection | AsyncEngine,
     appointment_ids: Sequence[int],
     status: str,
     *,
@@ -512,7 +524,8 @@ async def set_status(
 ) -> list[Any]:
     """Set `status` on those of the appointments the rules let `setter` change, with their
     outbox and audit rows, in one statement (CHANGE_STATUS_SQL); joins the caller's
-    transaction, or is one on its own in autocommit.
+    transaction, or is one on its own in autocommit (given an engine: on a pooled
+    connection, outside any session).
 
     Args:
         setter: the actor's role, or `rules.SCHEDULE` for leave and closures.
@@ -526,43 +539,41 @@ async def set_status(
     """
     guard = booking_rules.guard(setter, status, now)
     columns = booking_rules.status_columns(status, now)
-    if isinstance(session, AsyncSession):
-        if session.new or session.dirty or session.deleted:
-            await session.flush()  # as session.execute would: the statement sees them
-        connection = await session.connection()
-    else:
-        connection = session
-    rows = await driver_fetch(
-        connection,
-        _CHANGE_STATUS.sql,
-        _CHANGE_STATUS.args(
-            {
-                **seen,
-                "ids": list(appointment_ids),
-                "status": status,
-                "now": now,
-                "cancelled_at": columns.get("cancelled_at"),
-                "checked_in_at": columns.get("checked_in_at"),
-                # an undone check-in clears its stamp (`status_columns` sets it to None)
-                "clear_checked_in": "checked_in_at" in columns and columns["checked_in_at"] is None,
-                "reason": reason,
-                "actor": actor_user_id,
-                "allowed_from": list(guard.allowed_from),
-                "started_by": guard.started_by,
-                "ends_after": guard.ends_after,
-                "on_day_of": guard.on_day_of,
-                "checked_in_since": guard.checked_in_since,
-                "announcements": list(notifications.ANNOUNCEMENTS),
-                "unsent": list(notifications.UNSENT),
-                "notice": notice,
-                # An undone check-in has an event of its own, saying when the check-in was.
-                "action": CHECK_IN_UNDONE
-                if status == "booked"
-                else audit.APPOINTMENT_STATUS_CHANGED,
-                "details": json.dumps(details or {}),
-            }
-        ),
+    args = _CHANGE_STATUS.args(
+        {
+            **seen,
+            "ids": list(appointment_ids),
+            "status": status,
+            "now": now,
+            "cancelled_at": columns.get("cancelled_at"),
+            "checked_in_at": columns.get("checked_in_at"),
+            # an undone check-in clears its stamp (`status_columns` sets it to None)
+            "clear_checked_in": "checked_in_at" in columns and columns["checked_in_at"] is None,
+            "reason": reason,
+            "actor": actor_user_id,
+            "allowed_from": list(guard.allowed_from),
+            "started_by": guard.started_by,
+            "ends_after": guard.ends_after,
+            "on_day_of": guard.on_day_of,
+            "checked_in_since": guard.checked_in_since,
+            "announcements": list(notifications.ANNOUNCEMENTS),
+            "unsent": list(notifications.UNSENT),
+            "notice": notice,
+            # An undone check-in has an event of its own, saying when the check-in was.
+            "action": CHECK_IN_UNDONE if status == "booked" else audit.APPOINTMENT_STATUS_CHANGED,
+            "details": json.dumps(details or {}),
+        }
     )
+    if isinstance(session, AsyncEngine):
+        rows = await driver_fetchall(session, _CHANGE_STATUS.sql, *args)
+    else:
+        if isinstance(session, AsyncSession):
+            if session.new or session.dirty or session.deleted:
+                await session.flush()  # as session.execute would: the statement sees them
+            connection = await session.connection()
+        else:
+            connection = session
+        rows = await driver_fetch(connection, _CHANGE_STATUS.sql, args)
     return [StatusRow(row) for row in rows]
 
 
@@ -617,10 +628,10 @@ async def change_status(
         NotFound: not visible to the actor.
     """
     booking_rules.check_known(status)
-    await _one_statement_session(session)
+    target = _statement_target(session)
     for _ in range(2):
         rows = await set_status(
-            session,
+            target,
             [appointment_id],
             status,
             setter=actor.role,
@@ -629,7 +640,8 @@ async def change_status(
             seen=_seen_by(actor),
             reason=reason,
         )
-        await session.commit()
+        if target is session:
+            await session.commit()
         if not rows or not rows[0].may_see:
             raise NotFound(
                 gettext("appointment %(appointment_id)s not found")
@@ -670,9 +682,9 @@ async def bulk_update(
         raise Invalid(
             gettext("give between 1 and %(max_bulk)s appointment ids") % {"max_bulk": MAX_BULK}
         )
-    await _one_statement_session(session)
+    target = _statement_target(session)
     rows = await set_status(
-        session,
+        target,
         ids,
         status,
         setter=actor.role,
@@ -681,7 +693,8 @@ async def bulk_update(
         seen=_seen_by(actor),
         details={"bulk": True},
     )
-    await session.commit()
+    if target is session:
+        await session.commit()
     result = dict.fromkeys(ids, "not_found")
     changes = []
     for row in rows:
