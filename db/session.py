@@ -9,10 +9,12 @@ request), S-4 (statement and idle-in-transaction timeouts set on every connectio
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,3 +356,64 @@ async def driver_fetch(connection: AsyncConnection, query: str, args: Sequence[A
     rows = await driver.fetch(query, *args)
     _log_if_slow(_slow_query_ms(connection.engine), started, query)
     return rows
+
+
+class DriverStatements:
+    """Statements straight through one asyncpg connection, each timed for the slow-query
+    log: a pooled connection's outside any session (`pooled_statements`), or a session's
+    (`connection_statements`)."""
+
+    __slots__ = ("driver", "slow_ms")
+
+    def __init__(self, driver: asyncpg.Connection, slow_ms: int) -> None:
+        self.driver = driver
+        self.slow_ms = slow_ms
+
+    async def fetch(self, query: str, args: Sequence[Any]) -> list:
+        started = time.perf_counter()
+        rows = await self.driver.fetch(query, *args)
+        _log_if_slow(self.slow_ms, started, query)
+        return rows
+
+    async def fetchmany(self, query: str, args: list[tuple]) -> list:
+        """One run per tuple of `args`, sent together: one round trip (`driver_fetchmany`)."""
+        started = time.perf_counter()
+        rows = await self.driver.fetchmany(query, args)
+        _log_if_slow(self.slow_ms, started, query)
+        return rows
+
+
+async def connection_statements(connection: AsyncConnection) -> DriverStatements:
+    """`DriverStatements` on a session's or engine's connection (its transaction, if any)."""
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    return DriverStatements(driver, _slow_query_ms(connection.engine))
+
+
+# What leaves a connection in an unknown state: it is replaced, not given out again.
+_BROKEN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+    asyncio.CancelledError,
+)
+
+
+@asynccontextmanager
+async def pooled_statements(engine: AsyncEngine) -> AsyncIterator[DriverStatements]:
+    """A connection of `engine`'s pool for a few statements outside any session and
+    transaction (each its own, in autocommit), as `driver_fetchrow` lends one for one; back
+    to the pool at the end, or replaced when it failed as a connection (an error of the
+    caller's own, a refused request, leaves it usable)."""
+    pooled = await engine.raw_connection()
+    driver = pooled.driver_connection
+    assert driver is not None
+    try:
+        yield DriverStatements(driver, _slow_query_ms(engine))
+    except BaseException as exc:
+        if isinstance(exc, _BROKEN) or driver.is_closed():
+            await greenlet_spawn(pooled.invalidate)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)

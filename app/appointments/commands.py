@@ -12,8 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,15 @@ from app.scheduling.slots import (
     local_days,
 )
 from db.models import Appointment, Clinic
-from db.session import NativeStatement, driver_fetch, driver_fetchall, driver_fetchmany
+from db.session import (
+    DriverStatements,
+    NativeStatement,
+    connection_statements,
+    driver_fetch,
+    driver_fetchall,
+    driver_fetchmany,
+    pooled_statements,
+)
 
 MAX_BULK = 500
 # The foreign key from a booking to its visit type (app/scheduling/visit_types.py).
@@ -137,7 +145,7 @@ class _PatientFacts:
 
 
 async def _booking_facts(
-    session: AsyncSession | AsyncConnection,
+    session: AsyncSession | AsyncConnection | DriverStatements,
     doctor_id: int,
     start: dt.datetime,
     patient_id: int,
@@ -150,9 +158,12 @@ async def _booking_facts(
     Raises:
         NotFound: no such doctor, or the visit type is not theirs.
     """
-    connection = await session.connection() if isinstance(session, AsyncSession) else session
-    rows = await driver_fetch(
-        connection,
+    if isinstance(session, DriverStatements):
+        run = session
+    else:
+        connection = await session.connection() if isinstance(session, AsyncSession) else session
+        run = await connection_statements(connection)
+    rows = await run.fetch(
         _BOOKING_FACTS.sql,
         _BOOKING_FACTS.args(
             {
@@ -207,13 +218,10 @@ async def warm_up(connection: AsyncConnection) -> None:
             )
 
 
-async def _one_statement_session(session: AsyncSession) -> None:
-    """Run this request's statements in autocommit mode when nothing else has begun a
-    transaction on the session: a booking's write is one batch that PostgreSQL runs in
-    a transaction of its own, and BEGIN and COMMIT would be two more round trips. (A
-    caller that already began one keeps it; the final commit then commits it.)"""
-    if not session.in_transaction():
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+@asynccontextmanager
+async def _session_statements(session: AsyncSession) -> AsyncIterator[DriverStatements]:
+    """Statements straight through asyncpg on the session's connection (its transaction)."""
+    yield await connection_statements(await session.connection())
 
 
 def _statement_target(session: AsyncSession) -> AsyncSession | AsyncEngine:
@@ -275,63 +283,72 @@ async def book(
     start = start.astimezone(dt.UTC)
     target = booking_rules.target_patient(actor, patient_id)
     override_reason = booking_rules.check_override(actor.role, override_reason)
-    await _one_statement_session(session)
-    data, facts = await _booking_facts(session, doctor_id, start, target, now, visit_type_id)
-    booking_rules.check_desk_clinic(actor, data.clinic_id)
-    booking_rules.check_may_book_type(actor.role, data.visit_type)
-    if facts is None:
-        raise Invalid(gettext("patient %(target)s does not exist") % {"target": target})
-    digest = _request_hash(doctor_id, start, target, reason, visit_type_id)
-    if idempotency_key and (
-        replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
-    ):
-        return replay
-    visit = data.visit_type.visit if data.visit_type is not None else None
-    rules = booking_rules.for_visit_type(rules, data.visit_type)
-    slot = booking_rules.find_slot(data, start, visit)
-    booking_rules.check_bookable(data, slot, rules, now, visit)
-    # Beyond the limit only on staff's reason; the booking statement counts again under
-    # its lock and writes the audit event of an override with the booking.
-    booking_rules.check_room_for_one_more(
-        facts.held, rules, role=actor.role, override_reason=override_reason
-    )
-    planned = notifications.plan(slot.start, data.timezone, now) if facts.channels else []
-    values = (
-        doctor_id,
-        target,
-        data.clinic_id,
-        slot.start,
-        slot.end,
-        reason,
-        idempotency_key,
-        digest if idempotency_key else None,
-        actor.id,
-        list(facts.channels),
-        [p.kind for p in planned],
-        [p.due_at for p in planned],
-        rules.max_future_per_doctor,
-        now,
-    )
-    typed = (
-        visit_type_id,
-        visit.buffer_before if visit else 0,
-        visit.buffer_after if visit else 0,
-    )
-    try:
-        rows = await driver_fetchmany(
-            await session.connection(),
-            BOOK_SQL,
-            [
-                (*values, False, override_reason, *typed),
-                (*values, True, override_reason, *typed),
-            ],
+    # Outside a transaction the two statements run on a pooled connection, outside the
+    # session (bench/README.md, cpu17b); a caller's transaction keeps them in it.
+    lender = _statement_target(session)
+    failed: asyncpg.PostgresError | None = None
+    async with (
+        pooled_statements(lender)
+        if isinstance(lender, AsyncEngine)
+        else _session_statements(session)
+    ) as run:
+        data, facts = await _booking_facts(run, doctor_id, start, target, now, visit_type_id)
+        booking_rules.check_desk_clinic(actor, data.clinic_id)
+        booking_rules.check_may_book_type(actor.role, data.visit_type)
+        if facts is None:
+            raise Invalid(gettext("patient %(target)s does not exist") % {"target": target})
+        digest = _request_hash(doctor_id, start, target, reason, visit_type_id)
+        if idempotency_key and (
+            replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
+        ):
+            return replay
+        visit = data.visit_type.visit if data.visit_type is not None else None
+        rules = booking_rules.for_visit_type(rules, data.visit_type)
+        slot = booking_rules.find_slot(data, start, visit)
+        booking_rules.check_bookable(data, slot, rules, now, visit)
+        # Beyond the limit only on staff's reason; the booking statement counts again under
+        # its lock and writes the audit event of an override with the booking.
+        booking_rules.check_room_for_one_more(
+            facts.held, rules, role=actor.role, override_reason=override_reason
         )
-        await session.commit()
-    except asyncpg.PostgresError as exc:
+        planned = notifications.plan(slot.start, data.timezone, now) if facts.channels else []
+        values = (
+            doctor_id,
+            target,
+            data.clinic_id,
+            slot.start,
+            slot.end,
+            reason,
+            idempotency_key,
+            digest if idempotency_key else None,
+            actor.id,
+            list(facts.channels),
+            [p.kind for p in planned],
+            [p.due_at for p in planned],
+            rules.max_future_per_doctor,
+            now,
+        )
+        typed = (
+            visit_type_id,
+            visit.buffer_before if visit else 0,
+            visit.buffer_after if visit else 0,
+        )
+        try:
+            rows = await run.fetchmany(
+                BOOK_SQL,
+                [
+                    (*values, False, override_reason, *typed),
+                    (*values, True, override_reason, *typed),
+                ],
+            )
+        except asyncpg.PostgresError as exc:
+            failed = exc
+    # The connection lent for the two statements is back in the pool before any of this.
+    if failed is not None:
         await session.rollback()
-        if _lost_the_slot(exc):
+        if _lost_the_slot(failed):
             raise await _taken(session, doctor_id, slot.start, rules, now, visit) from None
-        if _constraint(exc) == VISIT_TYPE_KEY:  # deleted while this booking waited on it
+        if _constraint(failed) == VISIT_TYPE_KEY:  # deleted while this booking waited on it
             raise NotFound(
                 gettext("visit type %(visit_type_id)s no longer exists")
                 % {"visit_type_id": visit_type_id}
@@ -339,12 +356,14 @@ async def book(
         # The same key with another body, booked at this moment (another doctor, so not
         # queued behind this one on the lock): answer as a later retry would.
         if (
-            _constraint(exc) == "uq_appointments_idempotency"
+            _constraint(failed) == "uq_appointments_idempotency"
             and idempotency_key
             and (replay := await _replay(session, actor, idempotency_key, digest, data.timezone))
         ):
             return replay
-        raise
+        raise failed
+    if lender is session:
+        await session.commit()
     if not rows:  # counted under the lock: parallel bookings got there first
         raise booking_rules.over_the_limit(rules, role=actor.role)
     columns = dict(rows[0])
