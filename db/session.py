@@ -9,13 +9,17 @@ request), S-4 (statement and idle-in-transaction timeouts set on every connectio
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import TextClause, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
@@ -251,13 +255,26 @@ async def driver_fetchrow(engine: AsyncEngine, query: str, *args: Any) -> Any:
         engine: whose pool lends the connection for this one statement.
         query: SQL with asyncpg's $1, $2 ... placeholders.
     """
+    return await _on_pooled(engine, query, args, one=True)
+
+
+async def driver_fetchall(engine: AsyncEngine, query: str, *args: Any) -> list:
+    """Every row (asyncpg Records) of a read-only statement, run as `driver_fetchrow`
+    runs it: on a pooled connection, outside any transaction and session."""
+    return await _on_pooled(engine, query, args, one=False)
+
+
+async def _on_pooled(engine: AsyncEngine, query: str, args: Sequence[Any], *, one: bool) -> Any:
     pooled = await engine.raw_connection()
     try:
         driver = pooled.driver_connection
         assert driver is not None
         started = time.perf_counter()
         try:
-            row = await driver.fetchrow(query, *args)
+            if one:
+                row = await driver.fetchrow(query, *args)
+            else:
+                row = await driver.fetch(query, *args)
         except asyncpg.PostgresError as exc:  # the server refused the statement
             if isinstance(exc, asyncpg.PostgresConnectionError) or driver.is_closed():
                 await greenlet_spawn(pooled.invalidate)
@@ -293,3 +310,110 @@ async def driver_fetchmany(connection: AsyncConnection, query: str, args: list[t
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:
     """Sessions that keep loaded objects usable after commit (rendering happens after)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# A bind parameter of a `text()` statement, as SQLAlchemy's own TextClause finds them
+# (`::type` casts and `\:` escapes are not parameters).
+_BIND = re.compile(r"(?<![:\w\x5c]):(\w+)(?![:\w])")
+
+
+@dataclass(frozen=True, slots=True)
+class NativeStatement:
+    """A `text()` statement in asyncpg's $1, $2 ... placeholders, for `driver_fetch`:
+    the same SQL without SQLAlchemy's execution, result and row layers, which cost more
+    CPU than the driver's own work for a hot one-statement request (bench/README.md)."""
+
+    sql: str
+    names: tuple[str, ...]  # the parameter of each placeholder, $1 first
+
+    @classmethod
+    def of(cls, statement: str | TextClause) -> NativeStatement:
+        source = statement.text if isinstance(statement, TextClause) else statement
+        names: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        return cls(_BIND.sub(placeholder, source), tuple(names))
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params[name] for name in self.names]
+
+
+async def driver_fetch(connection: AsyncConnection, query: str, args: Sequence[Any]) -> list:
+    """The rows (asyncpg Records: by name or position) of one statement run straight
+    through asyncpg on `connection`: its transaction, or in autocommit PostgreSQL's
+    implicit one around the statement. The slow-query log applies.
+
+    Args:
+        query: SQL with asyncpg's $1, $2 ... placeholders (`NativeStatement`).
+    """
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    started = time.perf_counter()
+    rows = await driver.fetch(query, *args)
+    _log_if_slow(_slow_query_ms(connection.engine), started, query)
+    return rows
+
+
+class DriverStatements:
+    """Statements straight through one asyncpg connection, each timed for the slow-query
+    log: a pooled connection's outside any session (`pooled_statements`), or a session's
+    (`connection_statements`)."""
+
+    __slots__ = ("driver", "slow_ms")
+
+    def __init__(self, driver: asyncpg.Connection, slow_ms: int) -> None:
+        self.driver = driver
+        self.slow_ms = slow_ms
+
+    async def fetch(self, query: str, args: Sequence[Any]) -> list:
+        started = time.perf_counter()
+        rows = await self.driver.fetch(query, *args)
+        _log_if_slow(self.slow_ms, started, query)
+        return rows
+
+    async def fetchmany(self, query: str, args: list[tuple]) -> list:
+        """One run per tuple of `args`, sent together: one round trip (`driver_fetchmany`)."""
+        started = time.perf_counter()
+        rows = await self.driver.fetchmany(query, args)
+        _log_if_slow(self.slow_ms, started, query)
+        return rows
+
+
+async def connection_statements(connection: AsyncConnection) -> DriverStatements:
+    """`DriverStatements` on a session's or engine's connection (its transaction, if any)."""
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    return DriverStatements(driver, _slow_query_ms(connection.engine))
+
+
+# What leaves a connection in an unknown state: it is replaced, not given out again.
+_BROKEN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+    asyncio.CancelledError,
+)
+
+
+@asynccontextmanager
+async def pooled_statements(engine: AsyncEngine) -> AsyncIterator[DriverStatements]:
+    """A connection of `engine`'s pool for a few statements outside any session and
+    transaction (each its own, in autocommit), as `driver_fetchrow` lends one for one; back
+    to the pool at the end, or replaced when it failed as a connection (an error of the
+    caller's own, a refused request, leaves it usable)."""
+    pooled = await engine.raw_connection()
+    driver = pooled.driver_connection
+    assert driver is not None
+    try:
+        yield DriverStatements(driver, _slow_query_ms(engine))
+    except BaseException as exc:
+        if isinstance(exc, _BROKEN) or driver.is_closed():
+            await greenlet_spawn(pooled.invalidate)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)

@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.redis import spread_ttl
 from app.redis_scripts import Script
 from db.models import Clinic, Doctor, Patient, User
+from db.session import driver_fetchrow
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,27 @@ async def load_principal(session: AsyncSession | AsyncConnection, user_id: int) 
         )
     ).one_or_none()
     return Principal(*row) if row else None
+
+
+# `load_principal` written out, for a cache miss (`cached_principal`): straight through
+# asyncpg on a pooled connection (`driver_fetchrow`), no session, no SQLAlchemy layers:
+# the first request of each user after the TTL pays for it (bench/README.md, cpu17b).
+# tests/integration/test_principal_load.py keeps the two the same.
+PRINCIPAL_SQL = """SELECT u.id, u.email, u.role, u.patient_id, u.doctor_id, u.clinic_id,
+       p.language, c.timezone
+  FROM users u
+  LEFT JOIN patients p ON p.id = u.patient_id
+  LEFT JOIN doctors d ON d.id = u.doctor_id
+  LEFT JOIN clinics c ON c.id = coalesce(d.clinic_id, u.clinic_id)
+ WHERE u.id = $1 AND u.is_active IS true"""
+
+
+async def prepare(connection: AsyncConnection) -> None:
+    """Prepare PRINCIPAL_SQL on this pooled connection (at start, as the other hot
+    statements: app/web/asgi.py `warm_pool`)."""
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    await driver.fetchrow(PRINCIPAL_SQL, 0)
 
 
 # Every request needs its Principal. Reading it from PostgreSQL costs a pool checkout,
@@ -105,7 +127,7 @@ _set_if_version = Script(_SET_IF_VERSION)
 
 async def cached_principal(
     redis: Redis,
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
     user_id: int,
     *,
     rate_key: str | None = None,
@@ -140,10 +162,9 @@ async def cached_principal(
         pass
     if raw is not None:
         return Principal(**json.loads(raw)), counted, fetched
-    async with sessions() as session:
-        # A read-only autocommit connection: one round trip, no BEGIN/ROLLBACK around it.
-        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        principal = await load_principal(connection, user_id)
+    # One statement on a pooled connection, outside any transaction: one round trip.
+    row = await driver_fetchrow(engine, PRINCIPAL_SQL, user_id)
+    principal = Principal(*row) if row else None
     if principal is not None:
         with suppress(RedisError):
             await _set_if_version(

@@ -12,15 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from sqlalchemy import literal_column, select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.access import audit
 from app.access.identity import Principal
@@ -45,7 +45,15 @@ from app.scheduling.slots import (
     local_days,
 )
 from db.models import Appointment, Clinic
-from db.session import driver_fetchmany
+from db.session import (
+    DriverStatements,
+    NativeStatement,
+    connection_statements,
+    driver_fetch,
+    driver_fetchall,
+    driver_fetchmany,
+    pooled_statements,
+)
 
 MAX_BULK = 500
 # The foreign key from a booking to its visit type (app/scheduling/visit_types.py).
@@ -137,7 +145,7 @@ class _PatientFacts:
 
 
 async def _booking_facts(
-    session: AsyncSession | AsyncConnection,
+    session: AsyncSession | AsyncConnection | DriverStatements,
     doctor_id: int,
     start: dt.datetime,
     patient_id: int,
@@ -150,9 +158,14 @@ async def _booking_facts(
     Raises:
         NotFound: no such doctor, or the visit type is not theirs.
     """
-    row = (
-        await session.execute(
-            BOOKING_FACTS_SQL,
+    if isinstance(session, DriverStatements):
+        run = session
+    else:
+        connection = await session.connection() if isinstance(session, AsyncSession) else session
+        run = await connection_statements(connection)
+    rows = await run.fetch(
+        _BOOKING_FACTS.sql,
+        _BOOKING_FACTS.args(
             {
                 "doctor_id": doctor_id,
                 "lo": start - dt.timedelta(days=1),
@@ -160,9 +173,10 @@ async def _booking_facts(
                 "patient_id": patient_id,
                 "now": now,
                 "visit_type_id": visit_type_id,
-            },
-        )
-    ).one_or_none()
+            }
+        ),
+    )
+    row = rows[0] if rows else None
     data = doctor_days_from_row(doctor_id, row, visit_type_id)
     assert row is not None
     raw = row[DOCTOR_DAYS_COLUMNS]
@@ -170,6 +184,10 @@ async def _booking_facts(
         return data, None
     notify_by, email, phone, held = json.loads(raw) if isinstance(raw, str) else raw
     return data, _PatientFacts(int(held), notifications.choose_channels(notify_by, email, phone))
+
+
+# Through asyncpg, as CHANGE_STATUS_SQL (`_CHANGE_STATUS`).
+_BOOKING_FACTS = NativeStatement.of(BOOKING_FACTS_SQL)
 
 
 async def warm_up(connection: AsyncConnection) -> None:
@@ -200,13 +218,22 @@ async def warm_up(connection: AsyncConnection) -> None:
             )
 
 
-async def _one_statement_session(session: AsyncSession) -> None:
-    """Run this request's statements in autocommit mode when nothing else has begun a
-    transaction on the session: a booking's write is one batch that PostgreSQL runs in
-    a transaction of its own, and BEGIN and COMMIT would be two more round trips. (A
-    caller that already began one keeps it; the final commit then commits it.)"""
-    if not session.in_transaction():
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+@asynccontextmanager
+async def _session_statements(session: AsyncSession) -> AsyncIterator[DriverStatements]:
+    """Statements straight through asyncpg on the session's connection (its transaction)."""
+    yield await connection_statements(await session.connection())
+
+
+def _statement_target(session: AsyncSession) -> AsyncSession | AsyncEngine:
+    """Where a change that is one statement runs: when nothing has begun a transaction on
+    the session, on a pooled connection of its engine, outside the session (autocommit:
+    PostgreSQL runs the lone statement in a transaction of its own), which spares the
+    session's Connection and transaction bookkeeping around it (bench/README.md,
+    cpu17b); else in the session's transaction, committed by the caller."""
+    bind = session.bind
+    if not session.in_transaction() and isinstance(bind, AsyncEngine):
+        return bind
+    return session
 
 
 async def book(
@@ -256,63 +283,72 @@ async def book(
     start = start.astimezone(dt.UTC)
     target = booking_rules.target_patient(actor, patient_id)
     override_reason = booking_rules.check_override(actor.role, override_reason)
-    await _one_statement_session(session)
-    data, facts = await _booking_facts(session, doctor_id, start, target, now, visit_type_id)
-    booking_rules.check_desk_clinic(actor, data.clinic_id)
-    booking_rules.check_may_book_type(actor.role, data.visit_type)
-    if facts is None:
-        raise Invalid(gettext("patient %(target)s does not exist") % {"target": target})
-    digest = _request_hash(doctor_id, start, target, reason, visit_type_id)
-    if idempotency_key and (
-        replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
-    ):
-        return replay
-    visit = data.visit_type.visit if data.visit_type is not None else None
-    rules = booking_rules.for_visit_type(rules, data.visit_type)
-    slot = booking_rules.find_slot(data, start, visit)
-    booking_rules.check_bookable(data, slot, rules, now, visit)
-    # Beyond the limit only on staff's reason; the booking statement counts again under
-    # its lock and writes the audit event of an override with the booking.
-    booking_rules.check_room_for_one_more(
-        facts.held, rules, role=actor.role, override_reason=override_reason
-    )
-    planned = notifications.plan(slot.start, data.timezone, now) if facts.channels else []
-    values = (
-        doctor_id,
-        target,
-        data.clinic_id,
-        slot.start,
-        slot.end,
-        reason,
-        idempotency_key,
-        digest if idempotency_key else None,
-        actor.id,
-        list(facts.channels),
-        [p.kind for p in planned],
-        [p.due_at for p in planned],
-        rules.max_future_per_doctor,
-        now,
-    )
-    typed = (
-        visit_type_id,
-        visit.buffer_before if visit else 0,
-        visit.buffer_after if visit else 0,
-    )
-    try:
-        rows = await driver_fetchmany(
-            await session.connection(),
-            BOOK_SQL,
-            [
-                (*values, False, override_reason, *typed),
-                (*values, True, override_reason, *typed),
-            ],
+    # Outside a transaction the two statements run on a pooled connection, outside the
+    # session (bench/README.md, cpu17b); a caller's transaction keeps them in it.
+    lender = _statement_target(session)
+    failed: asyncpg.PostgresError | None = None
+    async with (
+        pooled_statements(lender)
+        if isinstance(lender, AsyncEngine)
+        else _session_statements(session)
+    ) as run:
+        data, facts = await _booking_facts(run, doctor_id, start, target, now, visit_type_id)
+        booking_rules.check_desk_clinic(actor, data.clinic_id)
+        booking_rules.check_may_book_type(actor.role, data.visit_type)
+        if facts is None:
+            raise Invalid(gettext("patient %(target)s does not exist") % {"target": target})
+        digest = _request_hash(doctor_id, start, target, reason, visit_type_id)
+        if idempotency_key and (
+            replay := await _replay(session, actor, idempotency_key, digest, data.timezone)
+        ):
+            return replay
+        visit = data.visit_type.visit if data.visit_type is not None else None
+        rules = booking_rules.for_visit_type(rules, data.visit_type)
+        slot = booking_rules.find_slot(data, start, visit)
+        booking_rules.check_bookable(data, slot, rules, now, visit)
+        # Beyond the limit only on staff's reason; the booking statement counts again under
+        # its lock and writes the audit event of an override with the booking.
+        booking_rules.check_room_for_one_more(
+            facts.held, rules, role=actor.role, override_reason=override_reason
         )
-        await session.commit()
-    except asyncpg.PostgresError as exc:
+        planned = notifications.plan(slot.start, data.timezone, now) if facts.channels else []
+        values = (
+            doctor_id,
+            target,
+            data.clinic_id,
+            slot.start,
+            slot.end,
+            reason,
+            idempotency_key,
+            digest if idempotency_key else None,
+            actor.id,
+            list(facts.channels),
+            [p.kind for p in planned],
+            [p.due_at for p in planned],
+            rules.max_future_per_doctor,
+            now,
+        )
+        typed = (
+            visit_type_id,
+            visit.buffer_before if visit else 0,
+            visit.buffer_after if visit else 0,
+        )
+        try:
+            rows = await run.fetchmany(
+                BOOK_SQL,
+                [
+                    (*values, False, override_reason, *typed),
+                    (*values, True, override_reason, *typed),
+                ],
+            )
+        except asyncpg.PostgresError as exc:
+            failed = exc
+    # The connection lent for the two statements is back in the pool before any of this.
+    if failed is not None:
         await session.rollback()
-        if _lost_the_slot(exc):
+        if _lost_the_slot(failed):
             raise await _taken(session, doctor_id, slot.start, rules, now, visit) from None
-        if _constraint(exc) == VISIT_TYPE_KEY:  # deleted while this booking waited on it
+        if _constraint(failed) == VISIT_TYPE_KEY:  # deleted while this booking waited on it
             raise NotFound(
                 gettext("visit type %(visit_type_id)s no longer exists")
                 % {"visit_type_id": visit_type_id}
@@ -320,12 +356,14 @@ async def book(
         # The same key with another body, booked at this moment (another doctor, so not
         # queued behind this one on the lock): answer as a later retry would.
         if (
-            _constraint(exc) == "uq_appointments_idempotency"
+            _constraint(failed) == "uq_appointments_idempotency"
             and idempotency_key
             and (replay := await _replay(session, actor, idempotency_key, digest, data.timezone))
         ):
             return replay
-        raise
+        raise failed
+    if lender is session:
+        await session.commit()
     if not rows:  # counted under the lock: parallel bookings got there first
         raise booking_rules.over_the_limit(rules, role=actor.role)
     columns = dict(rows[0])
@@ -491,7 +529,7 @@ def _seen_by(actor: Principal) -> dict[str, int | None]:
 
 
 async def set_status(
-    session: AsyncSession | AsyncConnection,
+    session: AsyncSession | AsyncConnection | AsyncEngine,
     appointment_ids: Sequence[int],
     status: str,
     *,
@@ -505,7 +543,8 @@ async def set_status(
 ) -> list[Any]:
     """Set `status` on those of the appointments the rules let `setter` change, with their
     outbox and audit rows, in one statement (CHANGE_STATUS_SQL); joins the caller's
-    transaction, or is one on its own in autocommit.
+    transaction, or is one on its own in autocommit (given an engine: on a pooled
+    connection, outside any session).
 
     Args:
         setter: the actor's role, or `rules.SCHEDULE` for leave and closures.
@@ -519,8 +558,7 @@ async def set_status(
     """
     guard = booking_rules.guard(setter, status, now)
     columns = booking_rules.status_columns(status, now)
-    result = await session.execute(
-        CHANGE_STATUS_SQL,
+    args = _CHANGE_STATUS.args(
         {
             **seen,
             "ids": list(appointment_ids),
@@ -543,9 +581,40 @@ async def set_status(
             # An undone check-in has an event of its own, saying when the check-in was.
             "action": CHECK_IN_UNDONE if status == "booked" else audit.APPOINTMENT_STATUS_CHANGED,
             "details": json.dumps(details or {}),
-        },
+        }
     )
-    return list(result)
+    if isinstance(session, AsyncEngine):
+        rows = await driver_fetchall(session, _CHANGE_STATUS.sql, *args)
+    else:
+        if isinstance(session, AsyncSession):
+            if session.new or session.dirty or session.deleted:
+                await session.flush()  # as session.execute would: the statement sees them
+            connection = await session.connection()
+        else:
+            connection = session
+        rows = await driver_fetch(connection, _CHANGE_STATUS.sql, args)
+    return [StatusRow(row) for row in rows]
+
+
+class StatusRow:
+    """A row of CHANGE_STATUS_SQL read like SQLAlchemy's rows: by attribute, or by name
+    through `_mapping`."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, record: Any) -> None:
+        self._mapping = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# Run through asyncpg (`driver_fetch`): SQLAlchemy's layers around this one statement
+# cost more CPU than the driver's own work (bench/README.md, cpu17b).
+_CHANGE_STATUS = NativeStatement.of(CHANGE_STATUS_SQL)
 
 
 def changed_appointment(row: Any) -> Appointment:
@@ -578,10 +647,10 @@ async def change_status(
         NotFound: not visible to the actor.
     """
     booking_rules.check_known(status)
-    await _one_statement_session(session)
+    target = _statement_target(session)
     for _ in range(2):
         rows = await set_status(
-            session,
+            target,
             [appointment_id],
             status,
             setter=actor.role,
@@ -590,7 +659,8 @@ async def change_status(
             seen=_seen_by(actor),
             reason=reason,
         )
-        await session.commit()
+        if target is session:
+            await session.commit()
         if not rows or not rows[0].may_see:
             raise NotFound(
                 gettext("appointment %(appointment_id)s not found")
@@ -631,9 +701,9 @@ async def bulk_update(
         raise Invalid(
             gettext("give between 1 and %(max_bulk)s appointment ids") % {"max_bulk": MAX_BULK}
         )
-    await _one_statement_session(session)
+    target = _statement_target(session)
     rows = await set_status(
-        session,
+        target,
         ids,
         status,
         setter=actor.role,
@@ -642,7 +712,8 @@ async def bulk_update(
         seen=_seen_by(actor),
         details={"bulk": True},
     )
-    await session.commit()
+    if target is session:
+        await session.commit()
     result = dict.fromkeys(ids, "not_found")
     changes = []
     for row in rows:

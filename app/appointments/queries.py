@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, and_, exists, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.access.identity import Principal
 from app.appointments.rules import BookingRules
@@ -17,7 +17,8 @@ from app.errors import Invalid, NotFound
 from app.i18n import gettext
 from app.scheduling.availability import Interval, Visit, day_slots
 from app.scheduling.slots import day_window, load_doctor_days
-from db.models import Appointment, Clinic, Doctor, Patient, ScheduleException
+from db.models import Appointment, Clinic, Doctor, ScheduleException
+from db.session import driver_fetch, driver_fetchall
 
 ALTERNATIVES = 3
 # How far ahead `first_free` reads a doctor's days per query.
@@ -175,8 +176,34 @@ def _cursor_decode(cursor: str) -> tuple[dt.datetime, int]:
         raise Invalid(gettext("cursor is not one this API returned")) from None
 
 
+# What a list shows of each appointment (`AppointmentRow`, in its order).
+_LIST_SQL = """SELECT a.id, a.doctor_id, d.full_name, a.patient_id, p.full_name, a.clinic_id,
+       c.timezone, a.starts_at, a.ends_at, a.status, a.reason
+  FROM appointments a
+  JOIN doctors d ON d.id = a.doctor_id
+  JOIN patients p ON p.id = a.patient_id
+  JOIN clinics c ON c.id = a.clinic_id"""
+
+
+def _scope_sql(actor: Principal) -> tuple[list[str], list[Any]]:
+    """`visible(actor)` as SQL conditions on `a` and their arguments ($1 ...)."""
+    where = ["a.status <> 'held'"]
+    column, value = {
+        "admin": (None, None),
+        "front_desk": ("clinic_id", actor.clinic_id),
+        "doctor": ("doctor_id", actor.doctor_id),
+    }.get(actor.role, ("patient_id", actor.patient_id))
+    if column is None:
+        return where, []
+    if value is None:  # as `visible` compares with NULL: nothing
+        where.append("false")
+        return where, []
+    where.append(f"a.{column} = $1")
+    return where, [value]
+
+
 async def list_appointments(
-    session: AsyncSession,
+    reader: AsyncSession | AsyncEngine,
     actor: Principal,
     *,
     now: dt.datetime,
@@ -191,6 +218,8 @@ async def list_appointments(
     """A page of the appointments the actor may see, filtered, in time order.
 
     Args:
+        reader: a session (its connection), or an engine: a pooled connection for the
+            statement alone, outside any session (`db.session.driver_fetchall`).
         day: one clinic-local day (with doctor_id or clinic_id).
         when: `upcoming` (default without a day) or `past` (newest first).
         cursor: the `next_cursor` of the previous page.
@@ -202,83 +231,72 @@ async def list_appointments(
         raise Invalid(gettext("limit must be between 1 and 200"))
     if when not in (None, "upcoming", "past"):
         raise Invalid(gettext("when must be upcoming or past"))
-    query: Select = (
-        select(
-            Appointment.id,
-            Appointment.doctor_id,
-            Doctor.full_name,
-            Appointment.patient_id,
-            Patient.full_name,
-            Appointment.clinic_id,
-            Clinic.timezone,
-            Appointment.starts_at,
-            Appointment.ends_at,
-            Appointment.status,
-            Appointment.reason,
-        )
-        .join(Doctor, Doctor.id == Appointment.doctor_id)
-        .join(Patient, Patient.id == Appointment.patient_id)
-        .join(Clinic, Clinic.id == Appointment.clinic_id)
-        .where(visible(actor))
-    )
-    if doctor_id is not None:
-        query = query.where(Appointment.doctor_id == doctor_id)
-    if patient_id is not None:
-        query = query.where(Appointment.patient_id == patient_id)
-    if clinic_id is not None:
-        query = query.where(Appointment.clinic_id == clinic_id)
+    # Plain SQL through asyncpg (`driver_fetch`), one text per combination of filters
+    # (each prepared once per connection): building the expression and running it through
+    # SQLAlchemy's layers cost more CPU than the query itself (bench/README.md, cpu17b).
+    where, args = _scope_sql(actor)
+    for column, value in (
+        ("doctor_id", doctor_id),
+        ("patient_id", patient_id),
+        ("clinic_id", clinic_id),
+    ):
+        if value is not None:
+            args.append(value)
+            where.append(f"a.{column} = ${len(args)}")
     descending = when == "past"
     if day is not None:
-        window = day_window(day, await _zone_for_filter(session, doctor_id, clinic_id, actor))
-        query = query.where(
-            Appointment.starts_at >= window.start, Appointment.starts_at < window.end
-        )
-    elif descending:
-        query = query.where(Appointment.starts_at < now)
+        window = day_window(day, await _zone_for_filter(reader, doctor_id, clinic_id, actor))
+        args += [window.start, window.end]
+        where.append(f"a.starts_at >= ${len(args) - 1} AND a.starts_at < ${len(args)}")
     else:
-        query = query.where(Appointment.starts_at >= now)
+        args.append(now)
+        where.append(f"a.starts_at {'<' if descending else '>='} ${len(args)}")
     if cursor:
         at, after_id = _cursor_decode(cursor)
-        if descending:
-            query = query.where(
-                or_(
-                    Appointment.starts_at < at,
-                    and_(Appointment.starts_at == at, Appointment.id < after_id),
-                )
-            )
-        else:
-            query = query.where(
-                or_(
-                    Appointment.starts_at > at,
-                    and_(Appointment.starts_at == at, Appointment.id > after_id),
-                )
-            )
-    order = (
-        (Appointment.starts_at.desc(), Appointment.id.desc())
-        if descending
-        else (Appointment.starts_at, Appointment.id)
-    )
-    rows = [
-        AppointmentRow(*r) for r in await session.execute(query.order_by(*order).limit(limit + 1))
-    ]
+        args += [at, after_id]
+        than = "<" if descending else ">"
+        where.append(
+            f"(a.starts_at {than} ${len(args) - 1}"
+            f" OR (a.starts_at = ${len(args) - 1} AND a.id {than} ${len(args)}))"
+        )
+    order = "a.starts_at DESC, a.id DESC" if descending else "a.starts_at, a.id"
+    args.append(limit + 1)
+    sql = f"{_LIST_SQL} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ${len(args)}"
+    found = await _fetch(reader, sql, args)
+    rows = [AppointmentRow(*r) for r in found]
     next_cursor = _cursor_encode(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
+async def _fetch(reader: AsyncSession | AsyncEngine, sql: str, args: list[Any]) -> list:
+    if isinstance(reader, AsyncEngine):
+        return await driver_fetchall(reader, sql, *args)
+    return await driver_fetch(await reader.connection(), sql, args)
+
+
 async def _zone_for_filter(
-    session: AsyncSession, doctor_id: int | None, clinic_id: int | None, actor: Principal
+    reader: AsyncSession | AsyncEngine,
+    doctor_id: int | None,
+    clinic_id: int | None,
+    actor: Principal,
 ) -> str:
     if actor.timezone is not None and _own_day(doctor_id, clinic_id, actor):
         return actor.timezone
     if doctor_id is not None:
-        return await clinic_timezone(session, doctor_id)
+        found = await _fetch(reader, _DOCTORS_ZONE_SQL, [doctor_id])
+        return str(found[0][0]) if found else "UTC"  # as `clinic_timezone`
     clinic = clinic_id or actor.clinic_id
     if clinic is None:
         raise Invalid(gettext("a day filter needs doctor_id or clinic_id"))
-    tz = await session.scalar(select(Clinic.timezone).where(Clinic.id == clinic))
-    if tz is None:
+    found = await _fetch(reader, "SELECT timezone FROM clinics WHERE id = $1", [clinic])
+    if not found:
         raise NotFound(gettext("clinic %(clinic)s does not exist") % {"clinic": clinic})
-    return tz
+    return str(found[0][0])
+
+
+_DOCTORS_ZONE_SQL = (
+    "SELECT c.timezone FROM clinics c JOIN doctors d ON d.clinic_id = c.id WHERE d.id = $1"
+)
 
 
 def _own_day(doctor_id: int | None, clinic_id: int | None, actor: Principal) -> bool:

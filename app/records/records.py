@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.access import audit
 from app.access.identity import Principal
@@ -33,6 +33,7 @@ from app.records.documents import (
 )
 from app.storage import Store as DocumentStore
 from db.models import RECORD_TYPES, Appointment, AuditEvent, MedicalRecord, Patient
+from db.session import NativeStatement, driver_fetch, driver_fetchall, session_factory
 
 RECORD_UPLOADED = "records.uploaded"
 # A doctor's appointment in one of these makes the patient theirs to read.
@@ -254,23 +255,32 @@ FROM g LEFT JOIN r ON true
 ORDER BY r.uploaded_at DESC, r.id DESC
 """
 )
+_READ_AND_AUDIT = NativeStatement.of(READ_AND_AUDIT)
 
 
-async def _run_once(session: AsyncSession, statement: Any, params: dict[str, Any]) -> list[Any]:
-    """Run one statement and commit it, in as few round trips as possible.
+async def _run_once(
+    session: AsyncSession | AsyncEngine, statement: NativeStatement, params: dict[str, Any]
+) -> list[Any]:
+    """Run one statement and commit it, in as few round trips as possible, straight
+    through asyncpg (`driver_fetch`: SQLAlchemy's layers around it cost more CPU than
+    the driver's work, bench/README.md); rows are read by name.
 
     A session that has not begun is given an autocommit connection: the statement is its
     own transaction (atomic, committed when it returns), with no BEGIN or COMMIT round
     trips. A session already in a transaction (the caller changed something first) runs it
-    there and commits, so the caller's changes are never split from it.
+    there and commits, so the caller's changes are never split from it. An engine lends a
+    pooled connection for the statement alone (autocommit as well), with no session.
     """
+    if isinstance(session, AsyncEngine):
+        return await driver_fetchall(session, statement.sql, *statement.args(params))
     if session.in_transaction():
-        rows = list((await session.execute(statement, params)).all())
+        await session.flush()  # as session.execute would: the statement sees them
+        rows = await driver_fetch(await session.connection(), statement.sql, statement.args(params))
         await session.commit()
         return rows
     conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     try:
-        rows = list((await conn.execute(statement, params)).all())
+        rows = await driver_fetch(conn, statement.sql, statement.args(params))
     except BaseException:
         await session.rollback()
         raise
@@ -325,7 +335,7 @@ async def _audit_refusal(
 
 
 async def _read(
-    session: AsyncSession,
+    session: AsyncSession | AsyncEngine,
     store: DocumentStore,
     actor: Principal,
     patient_id: int,
@@ -340,7 +350,7 @@ async def _read(
         reason = _break_glass_reason(reason) if actor.role in ("doctor", "admin") else None
         found = await _run_once(
             session,
-            READ_AND_AUDIT,
+            _READ_AND_AUDIT,
             {
                 "own": actor.role == "patient",
                 "doctor_id": actor.doctor_id if actor.role == "doctor" else None,
@@ -360,32 +370,40 @@ async def _read(
         if not found:
             raise NotFound(gettext("patient %(patient_id)s not found") % {"patient_id": patient_id})
         first = found[0]
-        the_grant = _decide(actor, patient_id, first.patient_name, first.basis == "care", reason)
-    except (Forbidden, NotFound) as refusal:
-        await _audit_refusal(
-            session, actor, patient_id, record_id, refusal, client_addr=client_addr, via=via
+        the_grant = _decide(
+            actor, patient_id, first["patient_name"], first["basis"] == "care", reason
         )
+    except (Forbidden, NotFound) as refusal:
+        if isinstance(session, AsyncEngine):
+            async with session_factory(session)() as own:
+                await _audit_refusal(
+                    own, actor, patient_id, record_id, refusal, client_addr=client_addr, via=via
+                )
+        else:
+            await _audit_refusal(
+                session, actor, patient_id, record_id, refusal, client_addr=client_addr, via=via
+            )
         raise
-    if the_grant.basis != first.basis:  # never hand out a URL without its audit row
-        raise RuntimeError(f"access basis {the_grant.basis} != audited {first.basis}")
-    rows = [row for row in found if row.id is not None]
-    names = [download_name(row.title, row.record_type, row.content_type) for row in rows]
+    if the_grant.basis != first["basis"]:  # never hand out a URL without its audit row
+        raise RuntimeError(f"access basis {the_grant.basis} != audited {first['basis']}")
+    rows = [row for row in found if row["id"] is not None]
+    names = [download_name(row["title"], row["record_type"], row["content_type"]) for row in rows]
     urls = store.urls(
-        [row.storage_key for row in rows],
+        [row["storage_key"] for row in rows],
         issued_to=actor.id,
         dispositions=[content_disposition(n) for n in names],
     )
     items = [
         RecordItem(
-            row.id,
-            row.record_type,
-            row.title,
-            row.doctor_name,
-            row.uploaded_at,
-            row.content_type,
-            row.size,
+            row["id"],
+            row["record_type"],
+            row["title"],
+            row["doctor_name"],
+            row["uploaded_at"],
+            row["content_type"],
+            row["size"],
             url,
-            row.timezone or "UTC",
+            row["timezone"] or "UTC",
         )
         for row, url in zip(rows, urls, strict=True)
     ]
@@ -393,7 +411,7 @@ async def _read(
 
 
 async def list_records(
-    session: AsyncSession,
+    session: AsyncSession | AsyncEngine,
     store: DocumentStore,
     actor: Principal,
     patient_id: int,
@@ -406,7 +424,8 @@ async def list_records(
 
     One statement decides access and reads the list, the URLs are signed in process
     (microseconds each), and one audit event naming every record id is committed before
-    the URLs are returned.
+    the URLs are returned. Given an engine instead of a session, the statement runs on a
+    pooled connection outside any session (a refusal opens one for its audit event).
 
     Returns:
         The grant (basis of access, patient name) and the records.

@@ -200,7 +200,7 @@ class AppointmentController(Controller):
     @get("", guards=[allow()], responses=RULES)
     async def list_appointments(
         self,
-        read_session: AsyncSession,
+        request: Request[Any, Any, Any],
         actor: Principal,
         now: dt.datetime,
         doctor_id: OptionalId = None,
@@ -211,10 +211,13 @@ class AppointmentController(Controller):
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     ) -> dict[str, Any]:
-        """The caller's appointments, filtered; `next_cursor` fetches the next page."""
+        """The caller's appointments, filtered; `next_cursor` fetches the next page.
+
+        Its statements run on pooled connections outside any session (no session is made
+        for it): bench/README.md, cpu17b."""
         check_day(date)
         rows, next_cursor = await queries.list_appointments(
-            read_session,
+            Services.of(request.app).engine,
             actor,
             now=now,
             doctor_id=doctor_id,

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.access.identity import load_principal
+from app.access import identity
 from app.appointments import commands
 from app.errors import DomainError
 from app.routes import (
@@ -139,7 +139,7 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
     async def hold() -> None:
         async with engine.connect() as connection:
             await slots.prepare(connection)
-            await load_principal(connection, 0)
+            await identity.prepare(connection)
             await commands.warm_up(connection)
             await asyncio.sleep(0.05)  # held together, so each opens its own connection
 

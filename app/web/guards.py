@@ -113,7 +113,7 @@ async def _principal(connection: ASGIConnection, user_id: int) -> Principal | No
     prefetch = keys_for(connection.query_params) if keys_for is not None else ()
     principal, counted, fetched = await cached_principal(
         services.redis,
-        services.sessions,
+        services.engine,
         user_id,
         rate_key=_user_rate_key(user_id),
         prefetch=prefetch,

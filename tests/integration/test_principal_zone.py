@@ -4,10 +4,10 @@ needs no look-up of its own (issue 17); lists of others' days still look theirs 
 import dataclasses
 
 import pytest
-from sqlalchemy import event
 
 from app.access.identity import load_principal
 from app.appointments import queries
+from tests.integration.statements import watch
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -41,16 +41,18 @@ async def test_staff_principals_carry_their_clinics_zone(session, world):
     }
 
 
-def statements(session):
-    """The statements run on the session's connections while the block runs."""
-    seen: list[str] = []
-
-    def before(conn, cursor, statement, *args):
-        seen.append(statement)
-
-    engine = session.bind.sync_engine
-    event.listen(engine, "before_cursor_execute", before)
-    return seen, lambda: event.remove(engine, "before_cursor_execute", before)
+async def statements(session, run):
+    """The statements (besides BEGIN, COMMIT and ROLLBACK) sent on the session's engine's
+    connections while `run()` runs, and what it returned."""
+    await session.commit()  # its connection back: `run` checks one out while watched
+    watched = watch(session.bind)
+    try:
+        result = await run()
+        await watched.settled()
+    finally:
+        watched.stop()
+    sent = [q for q, _ in watched if not q.strip().upper().startswith(("BEGIN", "COMMIT", "ROLL"))]
+    return sent, result
 
 
 @pytest.mark.parametrize("who", ["doctor", "desk"])
@@ -60,22 +62,20 @@ async def test_a_list_of_the_actors_own_day_is_one_statement(client, session, wo
     await session.commit()
     day = day_after_tomorrow()
     by = {"doctor_id": world.doctor_id} if who == "doctor" else {"clinic_id": world.clinic_id}
-    seen, stop = statements(session)
-    try:
-        rows, _ = await queries.list_appointments(session, actor, now=at(day, 0), day=day, **by)
-    finally:
-        stop()
+    seen, (rows, _) = await statements(
+        session,
+        lambda: queries.list_appointments(session, actor, now=at(day, 0), day=day, **by),
+    )
     assert {r.id for r in rows} == ids
-    assert len(seen) == 1 and "clinics.timezone" in seen[0]
+    assert len(seen) == 1 and "c.timezone" in seen[0] and "FROM appointments a" in seen[0]
     # Without the carried zone (a Principal cached before it existed), the clinic's is
     # looked up: the same rows, one statement more.
-    seen, stop = statements(session)
-    try:
-        again, _ = await queries.list_appointments(
+    seen, (again, _) = await statements(
+        session,
+        lambda: queries.list_appointments(
             session, dataclasses.replace(actor, timezone=None), now=at(day, 0), day=day, **by
-        )
-    finally:
-        stop()
+        ),
+    )
     assert [r.id for r in again] == [r.id for r in rows] and len(seen) == 2
 
 

@@ -6,7 +6,7 @@ only its refusal; a caller already in a transaction keeps its changes with the r
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 from app.access import audit
 from app.access.identity import Principal
@@ -14,29 +14,16 @@ from app.records import records
 from app.services import Services
 from db.models import AuditEvent, MedicalRecord
 from db.session import session_factory
+from tests.integration.statements import watch
 from tests.integration.test_records import add_appointment
 from tests.integration.world import make_world
-
-
-class Statements(list):
-    """Every statement an engine runs while watched, with whether its connection was in a
-    transaction when it was sent."""
-
-    def before(self, conn, cursor, statement, params, context, many):
-        self.append((statement, conn.connection.driver_connection.is_in_transaction()))
-
-
-def watch(engine) -> Statements:
-    statements = Statements()
-    event.listen(engine.sync_engine, "before_cursor_execute", statements.before)
-    return statements
 
 
 @pytest.fixture
 async def seen(db):
     statements = watch(db)
     yield statements
-    event.remove(db.sync_engine, "before_cursor_execute", statements.before)
+    statements.stop()
 
 
 @pytest.fixture
@@ -86,6 +73,7 @@ async def test_a_list_is_one_autocommit_statement_committed_before_it_returns(
         assert not session.in_transaction()  # the connection went back to the pool
     assert grant.basis == "care" and len(items) == 3
     assert all(item.document_url for item in items)
+    await seen.settled()
     assert len(seen) == 1
     statement, in_transaction = seen[0]
     assert is_read(statement)
@@ -109,8 +97,9 @@ async def test_the_api_and_the_panel_run_the_same_statement(world, client):
     try:
         api = await client.get(f"/api/patients/{world.patients[0]}/records", headers=doctor_headers)
         panel = await client.get(f"/patients/{world.patients[0]}/records", headers=doctor_headers)
+        await seen.settled()
     finally:  # the app outlives the test (conftest.py's SharedApp)
-        event.remove(engine.sync_engine, "before_cursor_execute", seen.before)
+        seen.stop()
     assert api.status_code == 200 and panel.status_code == 200
     reads = [s for s, _ in seen if is_read(s)]
     assert len(reads) == 2
