@@ -119,8 +119,12 @@ def http() -> Iterator[ManagedCookiesSession]:
     """One HTTP session for the module's requests (some 300 a test): its connections to the
     server are kept open between requests, where schemathesis would open one a request.
     What a response sets as a cookie is dropped after each request, as schemathesis's own
-    session does, so no request is sent with another's cookies."""
+    session does, so no request is sent with another's cookies. The environment's proxy and
+    netrc settings are not read: the server is local, and requests reads them again for
+    every request (some tens of thousands in the module), a large share of the test
+    process's CPU."""
     with ManagedCookiesSession() as session:
+        session.trust_env = False
         yield session
 
 
