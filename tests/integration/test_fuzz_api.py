@@ -13,6 +13,7 @@ a failure reproduces and the module stays within a few minutes on two cores.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from collections.abc import Iterator
 
@@ -20,6 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
+from schemathesis.pytest import _test_builder
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -101,6 +103,36 @@ def fuzz_server(fuzz_world) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+# Schemathesis builds each operation's test when it collects it: its coverage cases (every
+# value of every enum, such as the clinic's time zone, for every operation) cost about
+# half of a test process's collection CPU, and pytest-xdist collects every test in every
+# worker though each runs only its share. So each test is collected with its signature
+# only and built, with the same arguments, when it runs (`_built_when_run`).
+_build_operation_test = _test_builder.build_operation_test
+
+
+def _built_later(**arguments):
+    test = inspect.signature(arguments["test_func"])
+    fixtures = [p for p in test.parameters.values() if p.name != "case"]  # `case` is given
+
+    def not_built(**_fixtures):
+        raise AssertionError("a schemathesis test ran unbuilt; see _built_when_run")
+
+    not_built.__signature__ = test.replace(parameters=fixtures)  # type: ignore[attr-defined]
+    not_built.build_schemathesis_test = lambda: _build_operation_test(**arguments)  # type: ignore[attr-defined]
+    return not_built
+
+
+_test_builder.build_operation_test = _built_later  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def _built_when_run(request) -> None:
+    build = getattr(request.node.obj, "build_schemathesis_test", None)
+    if build is not None:
+        request.node.obj = build()
 
 
 # The document the server serves, read from an app built at collection time (building
