@@ -32,11 +32,14 @@ run: install
 ## pytest-xdist workers (each with its own database and Redis number). `worksteal`: an idle
 ## worker takes tests queued on a busy one, and a crashed worker's test is reported failed
 ## while the rest run on (loadgroup/loadscope queue the crashed test again and hang).
+## Bytecode is written (to __pycache__, which git ignores) even where PYTHONDONTWRITEBYTECODE
+## is set: otherwise every xdist worker compiles and assertion-rewrites every test module
+## again, and every server, job worker and demo a test starts compiles the app again.
 TEST_WORKERS ?= 3
 test: dev
 	$(BIN)/python e2e/browser.py --ensure
 	$(BIN)/python tests/topology/tools.py --ensure
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 ## make test-topology: the booking race, per-doctor limit, idempotency, outbox and
 ## records-read tests again with every app behind a PgBouncer in transaction mode

@@ -416,6 +416,32 @@ def _use_services(services: dict[str, str | None], name: str) -> None:
     # running three test processes, where a request may well wait longer than that. Tests
     # of shedding itself (test_admission.py) set their own tiny limits.
     os.environ.setdefault("ADMISSION_MAX_WAIT_MS", "10000")
+    # Passwords hashed at argon2's cheapest cost: at production's (25-40 ms of CPU per hash
+    # or verification) the suite's sign-ins, registrations and fuzzed auth requests spent
+    # minutes of CPU on it. Tests of hashing itself use `production_argon2` (in process) or
+    # PRODUCTION_ARGON2 (a server's environment).
+    os.environ.update(CHEAP_ARGON2)
+
+
+CHEAP_ARGON2 = {"ARGON2_TIME_COST": "1", "ARGON2_MEMORY_KIB": "8", "ARGON2_LANES": "1"}
+# In a server's environment: production's argon2 parameters (the settings' defaults).
+PRODUCTION_ARGON2 = dict.fromkeys(CHEAP_ARGON2, "")
+
+
+@pytest.fixture
+def production_argon2(settings) -> Iterator:
+    """Passwords hashed and verified in this process at production's argon2 parameters
+    for the test's length (the suite's own are the cheapest, see _use_services); yields
+    those settings."""
+    from app.access import passwords
+    from app.settings import load_settings
+
+    production = load_settings({**os.environ, **PRODUCTION_ARGON2})
+    passwords.use_parameters(production)
+    try:
+        yield production
+    finally:
+        passwords.use_parameters(settings)
 
 
 _SERVICES = pytest.StashKey[dict[str, str | None]]()

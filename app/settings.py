@@ -84,6 +84,14 @@ class Settings:
     # doubles with every further failure, up to the maximum.
     login_max_failures: int = 5
     login_lock_max_seconds: int = 900
+    # Password hashing, argon2id (app/access/passwords.py): OWASP's recommended parameters
+    # for a web service (19 MiB, 2 passes, one lane), not argon2-cffi's defaults (64 MiB,
+    # 3 passes, 4 lanes), which cost about eight times the CPU per sign-in (bench/README.md).
+    # Hashes made with other parameters are re-hashed at the next sign-in. Only the test
+    # suite lowers them (conftest.py): production keeps these.
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+    argon2_lanes: int = 1
     log_level: str = "INFO"
     # The interface's language when neither the user, the browser nor the clinic says.
     default_language: str = "en"
@@ -392,6 +400,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     in_flight = _read(
         env, "ADMISSION_MAX_IN_FLIGHT", _at_least_one, max(pool_size + max_overflow, 1)
     )
+    argon2_lanes = _read(env, "ARGON2_LANES", _at_least_one, 1)
+    argon2_memory_kib = _read(env, "ARGON2_MEMORY_KIB", _at_least_one, 19 * 1024)
+    if argon2_memory_kib < 8 * argon2_lanes:  # argon2's own floor
+        raise SettingsError(
+            f"ARGON2_MEMORY_KIB={argon2_memory_kib} is not valid: must be at least 8 KiB per "
+            f"lane (ARGON2_LANES={argon2_lanes})"
+        )
     return Settings(
         database_url=database_url,
         database_read_url=read_url,
@@ -440,6 +455,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit_user_per_minute=_read(env, "RATE_LIMIT_USER_PER_MINUTE", _positive_int, 1000),
         login_max_failures=_read(env, "LOGIN_MAX_FAILURES", _positive_int, 5),
         login_lock_max_seconds=_read(env, "LOGIN_LOCK_MAX_SECONDS", _positive_int, 900),
+        argon2_time_cost=_read(env, "ARGON2_TIME_COST", _at_least_one, 2),
+        argon2_memory_kib=argon2_memory_kib,
+        argon2_lanes=argon2_lanes,
         log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
         default_language=_read(env, "DEFAULT_LANGUAGE", _language, "en"),
         smtp_host=env.get("SMTP_HOST") or None,

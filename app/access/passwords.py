@@ -16,18 +16,11 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from app.errors import Overloaded
 from app.i18n import gettext
+from app.settings import Settings, get_settings
 
-# argon2id with OWASP's recommended parameters for a web service (19 MiB, 2 passes, one
-# lane), not argon2-cffi's defaults (64 MiB, 3 passes, 4 lanes): those cost about eight
-# times the CPU per sign-in, which at a few sign-ins per hundred requests was more than
-# all other work of the mix together (bench/README.md, 2026-12-07). Hashes made with other
-# parameters are re-hashed at the next sign-in (`needs_rehash`). docs/security.md.
-ARGON2_TIME_COST = 2
-ARGON2_MEMORY_KIB = 19 * 1024
-ARGON2_LANES = 1
-_hasher = PasswordHasher(
-    time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_LANES
-)
+# argon2id at the parameters of the settings (ARGON2_*; app/settings.py says why these
+# defaults, docs/security.md), read once per process at the first hash or verification.
+_hasher: PasswordHasher | None = None
 T = TypeVar("T")
 
 # A hash takes tens to hundreds of milliseconds of CPU; on the event loop it stalled every
@@ -51,20 +44,39 @@ MAX_LENGTH = 256  # argon2 takes any length; this bounds the work one request ca
 _COMMON = Path(__file__).with_name("common_passwords.txt")
 
 
+def use_parameters(settings: Settings) -> None:
+    """Hash and verify with the argon2 parameters of `settings` from now on in this process
+    (the settings read at the first use otherwise; tests of hashing itself switch so)."""
+    global _hasher
+    _hasher = PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_cost=settings.argon2_memory_kib,
+        parallelism=settings.argon2_lanes,
+    )
+    _dummy_hash.cache_clear()  # its cost must stay that of a real verification
+
+
+def _current() -> PasswordHasher:
+    if _hasher is None:
+        use_parameters(get_settings())
+    assert _hasher is not None
+    return _hasher
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _current().hash(password)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash, password)
+        return _current().verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
 
 @lru_cache(maxsize=1)
 def _dummy_hash() -> str:
-    return _hasher.hash("not a password anyone has")
+    return _current().hash("not a password anyone has")
 
 
 def verify_unknown_user(password: str) -> bool:
@@ -75,7 +87,7 @@ def verify_unknown_user(password: str) -> bool:
 
 def needs_rehash(password_hash: str) -> bool:
     """True when the hash was made with older parameters than today's."""
-    return _hasher.check_needs_rehash(password_hash)
+    return _current().check_needs_rehash(password_hash)
 
 
 class HashPool:

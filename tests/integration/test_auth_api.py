@@ -214,7 +214,9 @@ async def test_many_accounts_failing_from_one_address_slow_that_address(
     assert not await redis.keys("login:lock:acct:*")
 
 
-async def test_login_never_tells_whether_an_email_exists(client, session):
+async def test_login_never_tells_whether_an_email_exists(client, session, production_argon2):
+    # At production's argon2 cost: at the suite's cheapest, a verification costs next to
+    # nothing, and leaving out the dummy one would go unnoticed.
     await make_user(session)
     # Warm up both paths (the dummy hash is made on first use).
     await client.post("/api/auth/token", json={**CREDS, "password": "wrong password!"})
@@ -291,7 +293,9 @@ async def test_signed_in_users_are_rate_limited_per_user(settings, db, redis, se
         PasswordHasher(),  # argon2-cffi's defaults, what medbook used before
     ],
 )
-async def test_login_rehashes_passwords_made_with_other_parameters(client, session, old):
+async def test_login_rehashes_passwords_made_with_other_parameters(
+    client, session, old, production_argon2
+):
     before = old.hash(PASSWORD)
     user = await accounts.create_user(
         session, role="patient", email="ann@example.test", password="", password_hash=before

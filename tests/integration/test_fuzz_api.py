@@ -13,6 +13,7 @@ a failure reproduces and the module stays within a few minutes on two cores.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from collections.abc import Iterator
 
@@ -20,6 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
+from schemathesis.pytest import _test_builder
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -103,6 +105,36 @@ def fuzz_server(fuzz_world) -> Iterator[LiveServer]:
         server.stop()
 
 
+# Schemathesis builds each operation's test when it collects it: its coverage cases (every
+# value of every enum, such as the clinic's time zone, for every operation) cost about
+# half of a test process's collection CPU, and pytest-xdist collects every test in every
+# worker though each runs only its share. So each test is collected with its signature
+# only and built, with the same arguments, when it runs (`_built_when_run`).
+_build_operation_test = _test_builder.build_operation_test
+
+
+def _built_later(**arguments):
+    test = inspect.signature(arguments["test_func"])
+    fixtures = [p for p in test.parameters.values() if p.name != "case"]  # `case` is given
+
+    def not_built(**_fixtures):
+        raise AssertionError("a schemathesis test ran unbuilt; see _built_when_run")
+
+    not_built.__signature__ = test.replace(parameters=fixtures)  # type: ignore[attr-defined]
+    not_built.build_schemathesis_test = lambda: _build_operation_test(**arguments)  # type: ignore[attr-defined]
+    return not_built
+
+
+_test_builder.build_operation_test = _built_later  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def _built_when_run(request) -> None:
+    build = getattr(request.node.obj, "build_schemathesis_test", None)
+    if build is not None:
+        request.node.obj = build()
+
+
 # The document the server serves, read from an app built at collection time (building
 # one connects to nothing), so every operation is its own test.
 DOCUMENT = create_app(get_settings()).openapi_schema.to_schema()
@@ -119,8 +151,12 @@ def http() -> Iterator[ManagedCookiesSession]:
     """One HTTP session for the module's requests (some 300 a test): its connections to the
     server are kept open between requests, where schemathesis would open one a request.
     What a response sets as a cookie is dropped after each request, as schemathesis's own
-    session does, so no request is sent with another's cookies."""
+    session does, so no request is sent with another's cookies. The environment's proxy and
+    netrc settings are not read: the server is local, and requests reads them again for
+    every request (some tens of thousands in the module), a large share of the test
+    process's CPU."""
     with ManagedCookiesSession() as session:
+        session.trust_env = False
         yield session
 
 

@@ -41,9 +41,12 @@ def at(day: dt.date, hour: int, minute: int = 0, tz: ZoneInfo = BERLIN) -> dt.da
     return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=tz)
 
 
-async def make_world(session: AsyncSession, secret: str, patients: int = 3) -> World:
+async def make_world(
+    session: AsyncSession, secret: str, patients: int = 3, password_hash: str = _HASH
+) -> World:
     """Two clinics (Berlin, New York), a doctor in each working every day 08:00-20:00 in
-    30-minute slots, `patients` patients with logins, and one login per staff role."""
+    30-minute slots, `patients` patients with logins, and one login per staff role, all
+    with PASSWORD (`password_hash`: its hash, made once at the suite's argon2 cost)."""
     berlin = Clinic(name="Berlin", timezone="Europe/Berlin")
     new_york = Clinic(name="New York", timezone="America/New_York")
     session.add_all([berlin, new_york])
@@ -70,22 +73,22 @@ async def make_world(session: AsyncSession, secret: str, patients: int = 3) -> W
         await session.flush()
         world.patients.append(patient.id)
         world.users[f"patient{i}"] = User(
-            email=f"p{i}@t.test", password_hash=_HASH, role="patient", patient_id=patient.id
+            email=f"p{i}@t.test", password_hash=password_hash, role="patient", patient_id=patient.id
         )
     world.users["desk"] = User(
-        email="desk@t.test", password_hash=_HASH, role="front_desk", clinic_id=berlin.id
+        email="desk@t.test", password_hash=password_hash, role="front_desk", clinic_id=berlin.id
     )
     world.users["other_desk"] = User(
-        email="desk2@t.test", password_hash=_HASH, role="front_desk", clinic_id=new_york.id
+        email="desk2@t.test", password_hash=password_hash, role="front_desk", clinic_id=new_york.id
     )
     world.users["doctor"] = User(
         email="doc@t.test",
-        password_hash=_HASH,
+        password_hash=password_hash,
         role="doctor",
         doctor_id=doctor.id,
         clinic_id=berlin.id,
     )
-    world.users["admin"] = User(email="admin@t.test", password_hash=_HASH, role="admin")
+    world.users["admin"] = User(email="admin@t.test", password_hash=password_hash, role="admin")
     session.add_all(world.users.values())
     await session.commit()
     return world

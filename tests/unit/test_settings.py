@@ -32,6 +32,21 @@ def test_defaults_and_overrides():
     assert load_settings({**BASE, "WORKER_SWEEP_SECONDS": "5"}).worker_sweep_seconds == 5
 
 
+def test_production_hashes_passwords_at_owasp_s_argon2id_parameters():
+    """Only the environment lowers the cost (the test suite does, conftest.py): settings
+    built from a clean environment hash at 19 MiB, 2 passes, one lane."""
+    settings = load_settings(BASE)
+    assert (settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_lanes) == (
+        2,
+        19 * 1024,
+        1,
+    )
+    cheap = load_settings(
+        {**BASE, "ARGON2_TIME_COST": "1", "ARGON2_MEMORY_KIB": "8", "ARGON2_LANES": "1"}
+    )
+    assert (cheap.argon2_time_cost, cheap.argon2_memory_kib, cheap.argon2_lanes) == (1, 8, 1)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -63,6 +78,9 @@ def test_defaults_and_overrides():
         ("REDIS_URL", "redis+sentinel://s1:26379,s2:26379"),
         ("REDIS_URL", "redis+sentinel://s1:port/medbook/0"),
         ("REDIS_URL", "redis+sentinel://s1:26379/medbook/zero"),
+        ("ARGON2_TIME_COST", "0"),
+        ("ARGON2_MEMORY_KIB", "4"),
+        ("ARGON2_LANES", "none"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value):
