@@ -105,7 +105,7 @@ class Admission:
         self.limit = max_in_flight  # what the loop's lag allows now (observe_lag)
         self.max_queue = max_queue
         self.max_wait = max_wait_ms / 1000
-        self.lag_target = lag_target_ms / 1000  # 0: a fixed limit, no lag timer
+        self.lag_target = lag_target_ms / 1000  # 0: a fixed limit (the lag still measured)
         self.clock = clock
         self.in_flight = 0
         # Futures of waiting requests, oldest first; True when handed a slot, False when
@@ -148,7 +148,7 @@ class Admission:
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the lag timer on `loop` (the one serving requests); cheap once it runs."""
-        if loop is self.loop or self.lag_target <= 0:
+        if loop is self.loop:
             return
         self.loop = loop  # a timer left on another loop stops at its next tick
         now = loop.time()
@@ -179,7 +179,7 @@ class Admission:
         LOOP_LAG_SECONDS.observe(lag)
         self.window_min = min(self.window_min, lag)
         self.window_max = max(self.window_max, lag)
-        if now < self.window_end:
+        if now < self.window_end or self.lag_target <= 0:
             return
         if self.window_min > self.lag_target:
             self.set_limit(max(self.min_in_flight, min(self.limit - 1, int(self.limit * SHRINK))))

@@ -217,7 +217,8 @@ async def test_the_lag_timer_sees_a_blocked_loop():
     assert admission.loop is None
 
 
-def test_a_fixed_limit_starts_no_timer():
+def test_a_fixed_limit_stays_whatever_the_lag():
     admission = Admission(max_in_flight=15, max_queue=10, max_wait_ms=30, lag_target_ms=0)
-    admission.watch(asyncio.new_event_loop())
-    assert admission.loop is None
+    for tick in range(1, 31):  # three windows' worth
+        admission.observe_lag(0.5, tick * 0.01)
+    assert admission.limit == 15 and admission.lag == 0.5  # measured all the same
