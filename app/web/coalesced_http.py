@@ -36,9 +36,10 @@ from app.web.metrics import REQUESTS
 
 
 class CoalescingTransport:
-    """A connection's transport as one response cycle sees it: what is written in one
+    """A connection's transport as its response cycles see it: what is written in one
     turn of the event loop is sent in one write at the end of that turn (or at once
-    before a close). Everything else is the transport's own."""
+    before a close). Everything else is the transport's own. One per connection, so
+    that answers to pipelined requests leave in order."""
 
     __slots__ = ("_loop", "_pending", "_transport")
 
@@ -51,6 +52,13 @@ class CoalescingTransport:
         if not self._pending:
             self._loop.call_soon(self.flush)
         self._pending.append(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Send `data` at once, or after what is pending, in order."""
+        if self._pending:
+            self._pending.append(data)
+        elif not self._transport.is_closing():
+            self._transport.write(data)
 
     def flush(self) -> None:
         if not self._pending:
@@ -75,9 +83,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     admission: Admission | None = None
     admitted_app: Any = None
+    out: CoalescingTransport | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.out = CoalescingTransport(transport, self.loop)
         self.admission = find_admission(self.app)
         if self.admission is not None:
             self.admitted_app = self.admission.admitted(self.app)
@@ -115,14 +125,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # would wait for: close rather than read its next request as that body.
         keep_alive = cycle.keep_alive and not cycle.waiting_for_100_continue
         refusal = admission.refusals.choose(scope)
-        self.transport.write(
+        assert self.out is not None
+        self.out.write_now(  # after an earlier answer still pending (pipelining)
             refusal.response(
                 self.server_state.default_headers, keep_alive, head=scope["method"] == "HEAD"
             )
         )
         REQUESTS.labels(scope["method"], SHED_ROUTE, "503").inc()
         if not keep_alive:
-            self.transport.close()
+            self.out.close()
         self.on_response_complete()
 
     def on_headers_complete(self) -> None:
@@ -130,14 +141,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and self.cycle is not before:  # not an upgrade
             # Made for this request and not run yet: nothing is written.
-            self.cycle.transport = CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
+            self.cycle.transport = self.out  # type: ignore[assignment]
 
     def _flush(self) -> None:
-        """What the current cycle wrote this turn goes out before the protocol's own
-        writes and closes."""
-        transport = getattr(self.cycle, "transport", None)
-        if isinstance(transport, CoalescingTransport):
-            transport.flush()
+        """What the connection's cycles wrote this turn goes out before the protocol's
+        own writes and closes."""
+        if self.out is not None:
+            self.out.flush()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._flush()
+        super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
         self._flush()

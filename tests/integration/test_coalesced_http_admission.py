@@ -84,6 +84,9 @@ class Connection:
     ) -> tuple[int, dict[str, str], bytes]:
         self.writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
         await self.writer.drain()
+        return await self.read(read_body)
+
+    async def read(self, read_body: bool = True) -> tuple[int, dict[str, str], bytes]:
         raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
         status_line, *lines = raw.decode().split("\r\n")[:-2]
         headers = dict(line.lower().split(": ", 1) for line in lines)
@@ -193,3 +196,20 @@ async def test_a_queued_request_runs_once_the_slot_frees_or_is_refused_when_its_
         app.release.set()
         await holding
     assert admission.in_flight == 0 and not admission.waiters
+
+
+async def test_answers_to_pipelined_requests_leave_in_order_when_one_is_refused():
+    admission = Admission(max_in_flight=1, max_queue=0, max_wait_ms=30)
+    app = HeldApp(admission)
+    async with serving(app) as (host, port), connection(host, port) as conn:
+        # Both in one write: the second is parsed while the first runs, and refused as
+        # the first's answer is sent (its slot is freed only after), while that answer
+        # is still waiting for the end of the loop's turn.
+        conn.writer.write(
+            b"GET /first HTTP/1.1\r\nHost: t\r\n\r\nGET /second HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        status, _, answer = await conn.read()
+        assert (status, answer) == (200, b"/first")
+        status, headers, _ = await conn.read()
+        assert status == 503 and headers["retry-after"] == "1"
+    assert app.served == ["/first"]
