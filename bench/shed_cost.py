@@ -59,7 +59,10 @@ async def held_sign_in(base: str, database_url: str) -> tuple[asyncpg.Connection
     await locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
     client = httpx.AsyncClient(base_url=base, timeout=300)
     task = asyncio.create_task(
-        client.post("/api/auth/token", json={"email": "nobody@example.org", "password": "x" * 12})
+        client.post(
+            "/api/auth/token",
+            json={"email": f"{secrets.token_hex(6)}@example.org", "password": "x" * 12},
+        )
     )
     async with asyncio.timeout(60):
         while not await locker.fetchval(
@@ -100,6 +103,7 @@ async def measure(args: argparse.Namespace) -> None:
     claim = f"medbook:test-claim:{number}"
     if not claims.set(claim, f"shed_cost:{os.getpid()}", nx=True, ex=600):
         raise SystemExit(f"{env['REDIS_URL']} is claimed; set BENCH_REDIS_URL")
+    bench_redis.flushdb()  # no login lock left by an earlier run's failed sign-ins
     locker = task = None
     try:
         deadline = time.monotonic() + 90
