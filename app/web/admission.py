@@ -19,7 +19,10 @@ bytes sit in the kernel before the loop reads them. Requests in flight share one
 so when the loop has been late for a whole LAG_WINDOW_SECONDS the limit shrinks (fewer
 requests at once, each finishing sooner, the rest refused while their 503 is still
 fast), and it grows back by one each window the loop keeps well up. A request that would
-wait while the loop is already later than ADMISSION_MAX_WAIT_MS is refused at once.
+wait while the loop is already later than ADMISSION_MAX_WAIT_MS is refused at once, and
+so is one that would find more waiters ahead of it than the slots can serve within that
+wait at the recent pace (an average of the time admitted requests held their slot): its
+503 would only come later.
 
 Under `medbook serve` (uvicorn with app/web/coalesced_http.py's protocol) the decision
 is taken at the protocol, when a request's headers are parsed and before any task,
@@ -71,6 +74,9 @@ LAG_WINDOW_SECONDS = 0.1
 # leave the process idle through each request's database and Redis round trips.
 MIN_IN_FLIGHT = 2
 SHRINK = 0.75
+# The weight of each admitted request's time in the average of how long a slot is held
+# (about the last twenty requests).
+SERVICE_WEIGHT = 0.05
 # The scope key the protocol sets on a request it admitted (app/web/coalesced_http.py).
 ADMITTED = "medbook.admitted"
 # Where the protocol finds the process's Admission: the app's state (create_app).
@@ -108,6 +114,8 @@ class Admission:
         self.lag_target = lag_target_ms / 1000  # 0: a fixed limit (the lag still measured)
         self.clock = clock
         self.in_flight = 0
+        # How long an admitted request holds its slot, on average (leave).
+        self.service = 0.0
         # Futures of waiting requests, oldest first; True when handed a slot, False when
         # their wait ran out.
         self.waiters: deque[asyncio.Future[bool]] = deque()
@@ -214,7 +222,14 @@ class Admission:
         """Queue for a slot, the wait timed from now; None (counted) when the request is
         refused at once: the queue full or standing, or the loop already later than any
         wait may be."""
-        if len(self.waiters) >= self.max_queue or self.max_wait <= 0:
+        ahead = len(self.waiters)
+        if (
+            ahead >= self.max_queue
+            or self.max_wait <= 0
+            # Slots free at `limit / service` a second: more ahead than that serves
+            # within the wait, and this one's wait would run out too.
+            or (ahead + 1) * self.service > self.max_wait * self.limit
+        ):
             ADMISSION_SHED_QUEUE_FULL.inc()
             return None
         if self.current_lag() >= self.max_wait:
@@ -256,9 +271,12 @@ class Admission:
             self.good_at = now
         return admitted
 
-    def leave(self) -> None:
+    def leave(self, started: float | None = None) -> None:
         """Free a slot, handing it straight to the oldest request still waiting (unless
-        the limit has shrunk below what is in flight)."""
+        the limit has shrunk below what is in flight); `started`, the clock when the
+        request got its slot, feeds the average time a slot is held."""
+        if started is not None:
+            self.service += SERVICE_WEIGHT * (self.clock() - started - self.service)
         while self.waiters and self.in_flight <= self.limit:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -272,10 +290,11 @@ class Admission:
         """`app` for requests that hold a slot: it is freed when each ends."""
 
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            started = self.clock()
             try:
                 await app(scope, receive, send)
             finally:
-                self.leave()
+                self.leave(started)
 
         return run
 
@@ -296,10 +315,11 @@ class Admission:
                 await send(start)
                 await send({"type": "http.response.body", "body": refusal.body, "more_body": False})
                 return
+            started = self.clock()
             try:
                 await app(scope, receive, send)
             finally:
-                self.leave()
+                self.leave(started)
 
         return run
 
@@ -424,10 +444,11 @@ class AdmissionMiddleware:
         if not admission.try_enter() and not await admission.wait():
             await _refuse(scope, send, admission)
             return
+        started = admission.clock()
         try:
             await self.app(scope, receive, send)
         finally:
-            admission.leave()
+            admission.leave(started)
 
 
 async def _refuse(scope: Scope, send: Send, admission: Admission) -> None:

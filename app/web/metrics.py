@@ -142,9 +142,10 @@ POOL_TIMEOUTS = Counter(
 ADMISSION_SHED = Counter(
     "medbook_admission_shed",
     "Requests refused with 503 by admission control (app/web/admission.py): the wait "
-    "queue was full, no slot came within ADMISSION_MAX_WAIT_MS, the queue was "
-    "standing (not empty for 100 ms: refused without waiting), or the event loop was "
-    "already later than ADMISSION_MAX_WAIT_MS (lagging).",
+    "queue was full (or longer than its slots serve within the wait), no slot came "
+    "within ADMISSION_MAX_WAIT_MS, the queue was standing (not empty for 100 ms: "
+    "refused without waiting), or the event loop was already later than "
+    "ADMISSION_MAX_WAIT_MS (lagging).",
     ["reason"],
 )
 # Bound once: the shed path must stay cheap, and every series exists from the start.

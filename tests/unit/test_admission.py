@@ -222,3 +222,23 @@ def test_a_fixed_limit_stays_whatever_the_lag():
     for tick in range(1, 31):  # three windows' worth
         admission.observe_lag(0.5, tick * 0.01)
     assert admission.limit == 15 and admission.lag == 0.5  # measured all the same
+
+
+async def test_a_newcomer_is_refused_at_once_when_those_ahead_fill_the_slots_whole_wait():
+    clock = Clock()
+    admission = Admission(max_in_flight=2, max_queue=60, max_wait_ms=30, clock=clock)
+    for _ in range(20):  # admitted requests that each held their slot 20 ms
+        assert admission.try_enter()
+        started = clock.now
+        clock.now += 0.02
+        admission.leave(started)
+    assert admission.service == pytest.approx(0.02 * (1 - 0.95**20))
+    admission.service = 0.02
+    assert admission.try_enter() and admission.try_enter()
+    # Two slots, one freed every 10 ms: three waiters are served within 30 ms, not four.
+    queued = [admission.join_queue() for _ in range(3)]
+    assert all(queued) and admission.join_queue() is None
+    assert len(admission.waiters) == 3
+    for waiting in queued:
+        admission.leave()
+        assert waiting is not None and await admission.turn(waiting) is True
