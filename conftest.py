@@ -416,6 +416,9 @@ def _use_services(services: dict[str, str | None], name: str) -> None:
     # running three test processes, where a request may well wait longer than that. Tests
     # of shedding itself (test_admission.py) set their own tiny limits.
     os.environ.setdefault("ADMISSION_MAX_WAIT_MS", "10000")
+    # Likewise its limit, which shrinks while the event loop lags: on that machine a
+    # server's loop lags because other tests take the cores. Tests of it set their own.
+    os.environ.setdefault("ADMISSION_LAG_TARGET_MS", "0")
     # Passwords hashed at argon2's cheapest cost: at production's (25-40 ms of CPU per hash
     # or verification) the suite's sign-ins, registrations and fuzzed auth requests spent
     # minutes of CPU on it. Tests of hashing itself use `production_argon2` (in process) or

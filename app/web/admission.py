@@ -13,8 +13,22 @@ their turn. Websockets, `/health/*`,
 `/metrics` and static files pass straight through: probes and live pushes must keep
 working while the site sheds load.
 
-Pure ASGI on the hot path: an admitted request with a free slot costs two integer updates
-and a prefix test (its cost in process is in bench/README.md).
+The limit adapts to the event loop's lag (ADMISSION_LAG_TARGET_MS): a timer every
+LAG_TICK_SECONDS measures how late the loop runs it, which is also how long a request's
+bytes sit in the kernel before the loop reads them. Requests in flight share one loop,
+so when the loop has been late for a whole LAG_WINDOW_SECONDS the limit shrinks (fewer
+requests at once, each finishing sooner, the rest refused while their 503 is still
+fast), and it grows back by one each window the loop keeps well up. A request that would
+wait while the loop is already later than ADMISSION_MAX_WAIT_MS is refused at once, and
+so is one that would find more waiters ahead of it than the slots can serve within that
+wait at the recent pace (an average of the time admitted requests held their slot): its
+503 would only come later.
+
+Under `medbook serve` (uvicorn with app/web/coalesced_http.py's protocol) the decision
+is taken at the protocol, when a request's headers are parsed and before any task,
+routing or middleware: a refusal is one write of bytes made at start-up (`Refusals`). The
+middleware then only passes the request on (ADMITTED in its scope); it admits by itself
+where no such protocol runs (granian, tests' in-process clients).
 """
 
 from __future__ import annotations
@@ -22,9 +36,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
@@ -32,11 +48,15 @@ from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 from app import i18n
 from app.i18n import N_
 from app.settings import Settings
-from app.web.i18n import scope_language
+from app.web.i18n import request_language, scope_language
 from app.web.metrics import (
+    ADMISSION_LIMIT,
+    ADMISSION_SHED_LAGGING,
     ADMISSION_SHED_QUEUE_FULL,
     ADMISSION_SHED_STANDING,
     ADMISSION_SHED_WAITED,
+    LOOP_LAG_SECONDS,
+    REQUESTS,
 )
 
 BYPASS_PREFIXES = ("/health/", "/metrics", "/static/")
@@ -45,6 +65,24 @@ RETRY_AFTER_SECONDS = 1
 # interval is standing, not a burst.
 STANDING_QUEUE_SECONDS = 0.1
 GOOD_WAIT_SECONDS = 0.005
+# The lag timer's period, and the window over which its samples decide the limit: short
+# enough to follow a burst within a fraction of a second, long enough (ten samples) that
+# one slow turn of the loop (a collection, a big page) does not shrink it.
+LAG_TICK_SECONDS = 0.01
+LAG_WINDOW_SECONDS = 0.1
+# The limit never shrinks below this many requests (nor above its maximum): one would
+# leave the process idle through each request's database and Redis round trips.
+MIN_IN_FLIGHT = 2
+SHRINK = 0.75
+# The weight of each admitted request's time in the average of how long a slot is held
+# (about the last twenty requests).
+SERVICE_WEIGHT = 0.05
+# The scope key the protocol sets on a request it admitted (app/web/coalesced_http.py).
+ADMITTED = "medbook.admitted"
+# Where the protocol finds the process's Admission: the app's state (create_app).
+STATE_KEY = "admission"
+# The route label of requests refused at the protocol, before routing.
+SHED_ROUTE = "(shed)"
 BUSY_DETAIL = "the server is busy; try again in a moment"
 BUSY_PAGE = {  # translated when the pages are rendered (render_unavailable)
     "heading": N_("medbook is busy"),
@@ -57,7 +95,8 @@ BUSY_PAGE = {  # translated when the pages are rendered (render_unavailable)
 
 class Admission:
     """The process's slots and wait queue; one per app, shared by every route's
-    middleware instance (Litestar builds the middleware stack once per route)."""
+    middleware instance (Litestar builds the middleware stack once per route) and by the
+    protocol."""
 
     def __init__(
         self,
@@ -65,12 +104,18 @@ class Admission:
         max_queue: int,
         max_wait_ms: int,
         clock: Callable[[], float] = time.monotonic,
+        lag_target_ms: int = 0,
     ) -> None:
         self.max_in_flight = max_in_flight
+        self.min_in_flight = min(max_in_flight, MIN_IN_FLIGHT)
+        self.limit = max_in_flight  # what the loop's lag allows now (observe_lag)
         self.max_queue = max_queue
         self.max_wait = max_wait_ms / 1000
+        self.lag_target = lag_target_ms / 1000  # 0: a fixed limit (the lag still measured)
         self.clock = clock
         self.in_flight = 0
+        # How long an admitted request holds its slot, on average (leave).
+        self.service = 0.0
         # Futures of waiting requests, oldest first; True when handed a slot, False when
         # their wait ran out.
         self.waiters: deque[asyncio.Future[bool]] = deque()
@@ -78,6 +123,16 @@ class Admission:
         self.good_at = 0.0
         # The busy page per language, rendered at start-up (create_app), else on first use.
         self.pages: dict[str, bytes] | None = None
+        # The whole 503 answers the protocol sends (prepare), None until start-up.
+        self.refusals: Refusals | None = None
+        # The lag timer: the loop it runs on, when it is due next, its last sample, and
+        # the current window's end, lowest and highest samples.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.due = 0.0
+        self.lag = 0.0
+        self.window_end = 0.0
+        self.window_min = math.inf
+        self.window_max = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Admission:
@@ -85,32 +140,121 @@ class Admission:
             settings.admission_max_in_flight,
             settings.admission_max_queue,
             settings.admission_max_wait_ms,
+            lag_target_ms=settings.admission_lag_target_ms,
         )
+
+    async def prepare(self, app: Any, pages: dict[str, bytes], default_language: str) -> None:
+        """At start-up: the busy pages, the protocol's whole 503 answers (with the headers
+        the app's answers carry), and this admission in the app's state, where the
+        protocol finds it."""
+        self.pages = pages
+        self.refusals = await Refusals.build(app, pages, default_language)
+        app.state[STATE_KEY] = self
+        ADMISSION_LIMIT.set(self.limit)
+
+    # The lag timer and the limit.
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the lag timer on `loop` (the one serving requests); cheap once it runs."""
+        if loop is self.loop:
+            return
+        self.loop = loop  # a timer left on another loop stops at its next tick
+        now = loop.time()
+        self.window_end = now + LAG_WINDOW_SECONDS
+        self.due = now + LAG_TICK_SECONDS
+        loop.call_at(self.due, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self.loop:
+            return
+        now = loop.time()
+        self.observe_lag(max(0.0, now - self.due), now)
+        self.due = now + LAG_TICK_SECONDS
+        loop.call_at(self.due, self._tick, loop)
+
+    def current_lag(self) -> float:
+        """The last sample, or more while the timer is overdue (the loop is late now)."""
+        if self.loop is None:
+            return self.lag
+        return max(self.lag, self.loop.time() - self.due)
+
+    def observe_lag(self, lag: float, now: float) -> None:
+        """One sample of the loop's lag. At a window's end the limit follows: a window
+        whose every sample was over the target shrinks it, one whose every sample was
+        under half the target grows it by one (in between it holds, so that it does not
+        swing at the edge)."""
+        self.lag = lag
+        LOOP_LAG_SECONDS.observe(lag)
+        self.window_min = min(self.window_min, lag)
+        self.window_max = max(self.window_max, lag)
+        if now < self.window_end or self.lag_target <= 0:
+            return
+        if self.window_min > self.lag_target:
+            self.set_limit(max(self.min_in_flight, min(self.limit - 1, int(self.limit * SHRINK))))
+        elif self.window_max < self.lag_target / 2:
+            self.set_limit(min(self.max_in_flight, self.limit + 1))
+        self.window_end = now + LAG_WINDOW_SECONDS
+        self.window_min, self.window_max = math.inf, 0.0
+
+    def set_limit(self, limit: int) -> None:
+        """A new limit; the slots it adds go to the oldest waiters first."""
+        if limit == self.limit:
+            return
+        self.limit = limit
+        ADMISSION_LIMIT.set(limit)
+        while self.in_flight < self.limit and self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                self.in_flight += 1
+
+    # Slots and the queue.
 
     def try_enter(self) -> bool:
         """Take a free slot now, unless others are already waiting for one (first come,
         first served)."""
-        if self.in_flight < self.max_in_flight and not self.waiters:
+        if self.in_flight < self.limit and not self.waiters:
             self.in_flight += 1
             return True
         return False
 
-    async def wait(self) -> bool:
-        """Wait up to max_wait for a slot; False when none came, or at once when the queue
-        is full or standing."""
-        if len(self.waiters) >= self.max_queue or self.max_wait <= 0:
+    def join_queue(self) -> Waiting | None:
+        """Queue for a slot, the wait timed from now; None (counted) when the request is
+        refused at once: the queue full or standing, or the loop already later than any
+        wait may be."""
+        ahead = len(self.waiters)
+        if (
+            ahead >= self.max_queue
+            or self.max_wait <= 0
+            # Slots free at `limit / service` a second: more ahead than that serves
+            # within the wait, and this one's wait would run out too.
+            or (ahead + 1) * self.service > self.max_wait * self.limit
+        ):
             ADMISSION_SHED_QUEUE_FULL.inc()
-            return False
+            return None
+        if self.current_lag() >= self.max_wait:
+            ADMISSION_SHED_LAGGING.inc()
+            return None
         arrived = self.clock()
         if not self.waiters:
             self.good_at = arrived
         elif arrived - self.good_at >= STANDING_QUEUE_SECONDS:
             ADMISSION_SHED_STANDING.inc()
-            return False
+            return None
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         self.waiters.append(waiter)
-        timer = loop.call_later(self.max_wait, _expire, waiter)
+        return Waiting(waiter, loop.call_later(self.max_wait, _expire, waiter), arrived)
+
+    async def wait(self) -> bool:
+        """Wait up to max_wait for a slot; False when none came, or at once when refused
+        (join_queue)."""
+        waiting = self.join_queue()
+        return waiting is not None and await self.turn(waiting)
+
+    async def turn(self, waiting: Waiting) -> bool:
+        """Whether a queued request got its slot (False: its wait ran out)."""
+        waiter = waiting.waiter
         try:
             admitted = await waiter
         except BaseException:  # cancelled while waiting: give back a slot handed over
@@ -118,23 +262,75 @@ class Admission:
                 self.leave()
             raise
         finally:
-            timer.cancel()
+            waiting.timer.cancel()
             if waiter.cancelled() or not waiter.done() or not waiter.result():
                 _discard(self.waiters, waiter)  # still queued unless leave() took it
         if not admitted:
             ADMISSION_SHED_WAITED.inc()
-        elif (now := self.clock()) - arrived < GOOD_WAIT_SECONDS:
+        elif (now := self.clock()) - waiting.arrived < GOOD_WAIT_SECONDS:
             self.good_at = now
         return admitted
 
-    def leave(self) -> None:
-        """Free a slot, handing it straight to the oldest request still waiting."""
-        while self.waiters:
+    def leave(self, started: float | None = None) -> None:
+        """Free a slot, handing it straight to the oldest request still waiting (unless
+        the limit has shrunk below what is in flight); `started`, the clock when the
+        request got its slot, feeds the average time a slot is held."""
+        if started is not None:
+            self.service += SERVICE_WEIGHT * (self.clock() - started - self.service)
+        while self.waiters and self.in_flight <= self.limit:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(True)  # the slot passes on; in_flight is unchanged
                 return
         self.in_flight -= 1
+
+    # The protocol's side (app/web/coalesced_http.py).
+
+    def admitted(self, app: ASGIApp) -> ASGIApp:
+        """`app` for requests that hold a slot: it is freed when each ends."""
+
+        async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            started = self.clock()
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.leave(started)
+
+        return run
+
+    def queued(self, app: ASGIApp, waiting: Waiting) -> ASGIApp:
+        """`app` for a request queued at the protocol: it runs once handed a slot, or
+        gets its 503 when the wait runs out."""
+
+        async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            if not await self.turn(waiting):
+                assert self.refusals is not None  # the protocol queues only once prepared
+                refusal = self.refusals.choose(scope)
+                REQUESTS.labels(str(scope.get("method", "GET")), SHED_ROUTE, "503").inc()
+                start: HTTPResponseStartEvent = {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": refusal.headers,
+                }
+                await send(start)
+                await send({"type": "http.response.body", "body": refusal.body, "more_body": False})
+                return
+            started = self.clock()
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.leave(started)
+
+        return run
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A request in the queue: its future, the timer that ends its wait, its arrival."""
+
+    waiter: asyncio.Future[bool]
+    timer: asyncio.TimerHandle
+    arrived: float
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
@@ -147,8 +343,89 @@ def _discard(waiters: deque[asyncio.Future[bool]], waiter: asyncio.Future[bool])
         waiters.remove(waiter)
 
 
+STATUS_LINE = b"HTTP/1.1 503 Service Unavailable\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One 503 answer: its headers for an ASGI send, and the same as raw header lines
+    for the protocol's single write."""
+
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    lines: bytes
+
+    @classmethod
+    def of(cls, headers: list[tuple[bytes, bytes]], body: bytes) -> Refusal:
+        lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        return cls(headers, body, lines)
+
+    def response(
+        self, default_headers: list[tuple[bytes, bytes]], keep_alive: bool, head: bool
+    ) -> bytes:
+        """The whole HTTP/1.1 response, with the server's own headers (date, server)."""
+        parts = [STATUS_LINE]
+        for name, value in default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(self.lines)
+        if not keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if not head:
+            parts.append(self.body)
+        return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusals:
+    """The 503s the protocol sends: JSON, and the busy page in every language."""
+
+    json: Refusal
+    pages: dict[str, Refusal]
+    default_language: str
+
+    @classmethod
+    async def build(cls, app: Any, pages: dict[str, bytes], default_language: str) -> Refusals:
+        from app.web.security_headers import add_security_headers
+
+        async def refusal(body: bytes, media_type: bytes) -> Refusal:
+            # Through the app's before_send hook, as every answer of the app goes.
+            message: Any = {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": refusal_headers(body, media_type),
+            }
+            scope: Any = {"type": "http", "path": "/", "headers": [], "app": app}
+            await add_security_headers(message, scope)
+            return Refusal.of(list(message["headers"]), body)
+
+        html = b"text/html; charset=utf-8"
+        return cls(
+            await refusal(_BUSY_JSON, b"application/json"),
+            {language: await refusal(page, html) for language, page in pages.items()},
+            default_language,
+        )
+
+    def choose(self, scope: Any) -> Refusal:
+        """The busy page for a browser's page request, in its language; else JSON."""
+        if not _wants_page(scope):
+            return self.json
+        language = request_language(scope, self.default_language)[0]
+        return self.pages.get(language) or self.pages[self.default_language]
+
+
+def refusal_headers(body: bytes, media_type: bytes) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"content-type", media_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+
+
 class AdmissionMiddleware:
-    """Admits each HTTP request into `admission`, or answers 503 with Retry-After."""
+    """Admits each HTTP request into `admission`, or answers 503 with Retry-After; a
+    request the protocol admitted passes straight on."""
 
     def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
@@ -156,16 +433,22 @@ class AdmissionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         admission = self.admission
-        if scope["type"] != "http" or scope["path"].startswith(BYPASS_PREFIXES):
+        if (
+            scope["type"] != "http"
+            or ADMITTED in scope
+            or scope["path"].startswith(BYPASS_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
+        admission.watch(asyncio.get_running_loop())
         if not admission.try_enter() and not await admission.wait():
             await _refuse(scope, send, admission)
             return
+        started = admission.clock()
         try:
             await self.app(scope, receive, send)
         finally:
-            admission.leave()
+            admission.leave(started)
 
 
 async def _refuse(scope: Scope, send: Send, admission: Admission) -> None:
@@ -179,12 +462,7 @@ async def _refuse(scope: Scope, send: Send, admission: Admission) -> None:
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
         "status": 503,
-        "headers": [
-            (b"content-type", media_type),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
-            (b"cache-control", b"no-store"),
-        ],
+        "headers": refusal_headers(body, media_type),
     }
     await send(start)
     await send({"type": "http.response.body", "body": body, "more_body": False})

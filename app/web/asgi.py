@@ -211,10 +211,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     admission = Admission.from_settings(settings)
 
-    def render_unavailable_pages(app: Litestar) -> None:
-        """The 503 pages in every language, once per process, before the first request."""
+    async def render_unavailable_pages(app: Litestar) -> None:
+        """The 503 pages in every language and admission's whole 503 answers, once per
+        process, before the first request."""
         pages = app.state[PAGES_STATE_KEY] = render_pages(app)
-        admission.pages = pages[True]
+        await admission.prepare(app, pages[True], settings.default_language)
 
     return Litestar(
         debug=settings.log_level == "DEBUG",

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol, with a response's head and body sent in one write.
+"""uvicorn's httptools protocol, with a response's head and body sent in one write, and
+admission control taken at the protocol (app/web/admission.py).
 
 uvicorn writes the status line and headers when the app sends `http.response.start`, and
 the body on `http.response.body`: two `transport.write` calls, each a `send` system call
@@ -6,6 +7,15 @@ on an idle socket (uvloop writes at once), two segments on the wire and two wake
 the client. An app sends both in the same turn of the event loop (nothing between them
 waits), so the writes of one turn are gathered and sent as one at the end of the turn.
 A streaming response's chunks sent turns apart still go out as they come.
+
+Admission at the protocol: under overload most of a refused request's time was spent
+before the admission middleware saw it (a task, Litestar's routing and the metrics
+middleware, each waiting its turn on a busy loop) and in sending the 503 through the
+ASGI machinery. Here the decision is taken when the request's headers are parsed, in
+the same turn as its bytes are read: a free slot starts the app's task as uvicorn
+would, a queue place starts a task that first waits for its slot, and a refusal is one
+write of a 503 made at start-up, with no task at all. The request's body, if any, is
+read and dropped by the parser; the connection stays open for the next request.
 """
 
 from __future__ import annotations
@@ -13,13 +23,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from app.web.admission import (
+    ADMITTED,
+    BYPASS_PREFIXES,
+    SHED_ROUTE,
+    STATE_KEY,
+    Admission,
+)
+from app.web.metrics import REQUESTS
 
 
 class CoalescingTransport:
-    """A connection's transport as one response cycle sees it: what is written in one
+    """A connection's transport as its response cycles see it: what is written in one
     turn of the event loop is sent in one write at the end of that turn (or at once
-    before a close). Everything else is the transport's own."""
+    before a close). Everything else is the transport's own. One per connection, so
+    that answers to pipelined requests leave in order."""
 
     __slots__ = ("_loop", "_pending", "_transport")
 
@@ -32,6 +52,13 @@ class CoalescingTransport:
         if not self._pending:
             self._loop.call_soon(self.flush)
         self._pending.append(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Send `data` at once, or after what is pending, in order."""
+        if self._pending:
+            self._pending.append(data)
+        elif not self._transport.is_closing():
+            self._transport.write(data)
 
     def flush(self) -> None:
         if not self._pending:
@@ -51,21 +78,80 @@ class CoalescingTransport:
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` whose response cycles write through a `CoalescingTransport`
-    (`medbook serve` passes it to uvicorn as its `http` protocol)."""
+    and whose requests are admitted before their task starts (`medbook serve` passes it
+    to uvicorn as its `http` protocol)."""
+
+    admission: Admission | None = None
+    admitted_app: Any = None
+    out: CoalescingTransport | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.out = CoalescingTransport(transport, self.loop)
+        self.admission = find_admission(self.app)
+        if self.admission is not None:
+            self.admitted_app = self.admission.admitted(self.app)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        admission = self.admission
+        scope: Any = cycle.scope
+        if (
+            admission is None
+            or admission.refusals is None
+            or app is not self.app  # uvicorn's own 503 (limit_concurrency)
+            or scope["path"].startswith(BYPASS_PREFIXES)
+        ):
+            super()._start_asgi_task(cycle, app)
+            return
+        admission.watch(self.loop)
+        if admission.try_enter():
+            scope[ADMITTED] = True
+            super()._start_asgi_task(cycle, self.admitted_app)
+            return
+        waiting = admission.join_queue()
+        if waiting is None:
+            self._refuse(cycle, admission)
+            return
+        scope[ADMITTED] = True
+        super()._start_asgi_task(cycle, admission.queued(app, waiting))  # type: ignore[arg-type]
+
+    def _refuse(self, cycle: RequestResponseCycle, admission: Admission) -> None:
+        """The 503 in one write, the request over: what is left of its body is dropped
+        (on_body, on_message_complete) and the next request may follow."""
+        assert admission.refusals is not None
+        scope: Any = cycle.scope
+        cycle.response_started = cycle.response_complete = True
+        # After `Expect: 100-continue` the client may never send the body the parser
+        # would wait for: close rather than read its next request as that body.
+        keep_alive = cycle.keep_alive and not cycle.waiting_for_100_continue
+        refusal = admission.refusals.choose(scope)
+        assert self.out is not None
+        self.out.write_now(  # after an earlier answer still pending (pipelining)
+            refusal.response(
+                self.server_state.default_headers, keep_alive, head=scope["method"] == "HEAD"
+            )
+        )
+        REQUESTS.labels(scope["method"], SHED_ROUTE, "503").inc()
+        if not keep_alive:
+            self.out.close()
+        self.on_response_complete()
 
     def on_headers_complete(self) -> None:
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not None and self.cycle is not before:  # not an upgrade
             # Made for this request and not run yet: nothing is written.
-            self.cycle.transport = CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
+            self.cycle.transport = self.out  # type: ignore[assignment]
 
     def _flush(self) -> None:
-        """What the current cycle wrote this turn goes out before the protocol's own
-        writes and closes."""
-        transport = getattr(self.cycle, "transport", None)
-        if isinstance(transport, CoalescingTransport):
-            transport.flush()
+        """What the connection's cycles wrote this turn goes out before the protocol's
+        own writes and closes."""
+        if self.out is not None:
+            self.out.flush()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._flush()
+        super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
         self._flush()
@@ -74,3 +160,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         self._flush()
         super().shutdown()
+
+
+def find_admission(app: Any) -> Admission | None:
+    """The Admission create_app prepared, in the state of the app under uvicorn's
+    wrappers (proxy headers); None for an app without one."""
+    for _ in range(8):
+        state = getattr(app, "state", None)
+        if state is not None and hasattr(state, "get"):
+            found = state.get(STATE_KEY)
+            return found if isinstance(found, Admission) else None
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None

@@ -142,14 +142,29 @@ POOL_TIMEOUTS = Counter(
 ADMISSION_SHED = Counter(
     "medbook_admission_shed",
     "Requests refused with 503 by admission control (app/web/admission.py): the wait "
-    "queue was full, no slot came within ADMISSION_MAX_WAIT_MS, or the queue was "
-    "standing (not empty for 100 ms: refused without waiting).",
+    "queue was full (or longer than its slots serve within the wait), no slot came "
+    "within ADMISSION_MAX_WAIT_MS, the queue was standing (not empty for 100 ms: "
+    "refused without waiting), or the event loop was already later than "
+    "ADMISSION_MAX_WAIT_MS (lagging).",
     ["reason"],
 )
-# Bound once: the shed path must stay cheap, and both series exist from the start.
+# Bound once: the shed path must stay cheap, and every series exists from the start.
 ADMISSION_SHED_QUEUE_FULL = ADMISSION_SHED.labels("queue_full")
 ADMISSION_SHED_WAITED = ADMISSION_SHED.labels("waited")
 ADMISSION_SHED_STANDING = ADMISSION_SHED.labels("standing")
+ADMISSION_SHED_LAGGING = ADMISSION_SHED.labels("lagging")
+ADMISSION_LIMIT = Gauge(
+    "medbook_admission_limit",
+    "Requests the server processes admit at once now (each process's limit follows its "
+    "event loop's lag, up to ADMISSION_MAX_IN_FLIGHT).",
+    multiprocess_mode="livesum",
+)
+LOOP_LAG_SECONDS = Histogram(
+    "medbook_event_loop_lag_seconds",
+    "How late a server process's event loop ran a 10 ms timer: how long a request's "
+    "bytes wait before the process reads them.",
+    buckets=(0.0005, *LATENCY_BUCKETS),
+)
 
 # Read at scrape by the answering process; global values, not per process.
 DEAD_NOTIFICATIONS = "medbook_notifications_dead"
@@ -181,6 +196,10 @@ EXPORTED = frozenset(
         "medbook_db_connections_opened_total",
         "medbook_db_pool_timeouts_total",
         "medbook_admission_shed_total",
+        "medbook_admission_limit",
+        "medbook_event_loop_lag_seconds_bucket",
+        "medbook_event_loop_lag_seconds_sum",
+        "medbook_event_loop_lag_seconds_count",
         # From the worker's folder, once a worker on this host has started (tasks/metrics.py).
         "medbook_job_duration_seconds_bucket",
         "medbook_job_duration_seconds_sum",

@@ -1,6 +1,7 @@
 """Admission control in a real server: with two requests in flight and a 20 ms wait, a
-burst gets fast 503s with Retry-After, the admitted requests finish normally, probes keep
-answering, and no booking is half-done."""
+burst gets fast 503s with Retry-After (from the protocol, before any routing), the
+admitted requests finish normally, probes and websockets keep working, and no booking is
+half-done."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 
 import asyncpg
 import httpx
+import websockets
 
 from conftest import LiveServer
 from tests.integration.world import at, day_after_tomorrow, make_world
@@ -30,11 +32,9 @@ async def server_and_locker(
     return client, locker
 
 
-def shed_count(scrape: str) -> float:
+def shed_count(scrape: str, prefix: str = "medbook_admission_shed_total{") -> float:
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in scrape.splitlines()
-        if line.startswith("medbook_admission_shed_total{")
+        float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines() if line.startswith(prefix)
     )
 
 
@@ -48,6 +48,7 @@ async def test_a_burst_beyond_the_limit_is_shed_fast_and_the_admitted_complete(
         "ADMISSION_MAX_IN_FLIGHT": str(IN_FLIGHT),
         "ADMISSION_MAX_QUEUE": "3",
         "ADMISSION_MAX_WAIT_MS": "20",
+        "ADMISSION_LAG_TARGET_MS": "10",  # the lag timer runs (two is also its floor)
         "DB_STATEMENT_TIMEOUT_MS": "60000",  # the admitted wait for the lock, not a timeout
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
     }
@@ -62,11 +63,12 @@ async def test_a_burst_beyond_the_limit_is_shed_fast_and_the_admitted_complete(
                 headers=world.headers(f"patient{i if patient is None else patient}"),
             )
 
-        # Every booking reads appointments: under this lock the admitted ones stay
-        # in flight until it is released, so the limit is what answers the rest.
+        # Every booking writes appointments: under this lock the admitted ones stay in
+        # flight until it is released, so the limit is what answers the rest. Reads pass
+        # (EXCLUSIVE, not ACCESS EXCLUSIVE): a websocket's first view reads appointments.
         lock = locker.transaction()
         await lock.start()
-        await locker.execute("LOCK TABLE appointments IN ACCESS EXCLUSIVE MODE")
+        await locker.execute("LOCK TABLE appointments IN EXCLUSIVE MODE")
         pending = {asyncio.create_task(book(i)) for i in range(BURST)}
         shed: list[httpx.Response] = []
         async with asyncio.timeout(60):  # a hang is a failure, not a wait
@@ -85,12 +87,29 @@ async def test_a_burst_beyond_the_limit_is_shed_fast_and_the_admitted_complete(
         assert page.status_code == 503 and page.headers["retry-after"] == "1"
         assert "medbook is busy" in page.text and "try again" in page.text
         assert "text/html" in page.headers["content-type"]
+        # Made at start-up with the headers every answer of the app carries.
+        assert page.headers["x-frame-options"] == "DENY"
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        # A live page's websocket opens and gets its first view while every slot is taken.
+        board = f"/ws/live?view=board&clinic_id={world.clinic_id}&date={day.isoformat()}"
+        async with websockets.connect(
+            str(client.base_url).replace("http", "ws").rstrip("/") + board,
+            origin=str(client.base_url).rstrip("/"),
+            additional_headers=world.headers("desk"),
+            open_timeout=30,
+        ) as socket:
+            view = await asyncio.wait_for(socket.recv(), 30)
+        assert f'id="column-{world.doctor_id}-{day.isoformat()}"' in view
 
         await lock.rollback()
         admitted = await asyncio.gather(*pending)
         assert [r.status_code for r in admitted] == [201] * IN_FLIGHT
         metrics = (await client.get("/metrics")).text
         assert shed_count(metrics) == BURST - IN_FLIGHT + 1  # and the page
+        # Every one refused at the protocol, before routing (its route label says so).
+        at_protocol = 'medbook_http_requests_total{method="POST",route="(shed)",status="503"}'
+        assert shed_count(metrics, at_protocol) == BURST - IN_FLIGHT
+        assert shed_count(metrics, "medbook_event_loop_lag_seconds_count") > 0
         # Once the burst is over, requests are admitted again.
         after = await book(BURST, patient=0)
         assert after.status_code == 201

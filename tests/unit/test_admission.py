@@ -1,6 +1,7 @@
 """The admission queue: free slots, first come first served, expiry, cancellation."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -128,3 +129,116 @@ async def test_a_queue_that_moves_quickly_is_not_standing():
         waiting = behind
     admission.leave()
     assert await waiting is True
+
+
+def lagging(admission: Admission, lag: float, windows: int, now: float = 0.0) -> float:
+    """Samples of `lag` every 10 ms (the timer's period) until `windows` windows ended."""
+    for _ in range(windows):
+        end = admission.window_end
+        while admission.window_end == end:
+            now += 0.01
+            admission.observe_lag(lag, now)
+    return now
+
+
+def test_the_limit_shrinks_while_the_loop_lags_and_grows_back_when_it_keeps_up():
+    admission = Admission(max_in_flight=15, max_queue=10, max_wait_ms=30, lag_target_ms=10)
+    admission.window_end = 0.1
+    now = lagging(admission, 0.012, windows=1)
+    assert admission.limit == 11  # a whole window over the target: three quarters
+    now = lagging(admission, 0.05, windows=10, now=now)
+    assert admission.limit == 2  # never below two
+    now = lagging(admission, 0.007, windows=5, now=now)
+    assert admission.limit == 2  # between the target and half of it: held
+    now = lagging(admission, 0.001, windows=5, now=now)
+    assert admission.limit == 7  # one more per window the loop keeps up
+    lagging(admission, 0.001, windows=20, now=now)
+    assert admission.limit == 15  # and never above the maximum
+
+
+def test_one_slow_turn_of_the_loop_does_not_shrink_the_limit():
+    admission = Admission(max_in_flight=15, max_queue=10, max_wait_ms=30, lag_target_ms=10)
+    admission.window_end = 0.1
+    now = 0.0
+    for sample in [0.001] * 4 + [0.2] + [0.001] * 5:  # a 200 ms collection, say
+        now = round(now + 0.01, 6)
+        admission.observe_lag(sample, now)
+    assert admission.limit == 15
+
+
+async def test_a_shrunk_limit_holds_waiters_back_and_a_grown_one_hands_slots_over():
+    admission = Admission(max_in_flight=4, max_queue=10, max_wait_ms=10_000, lag_target_ms=10)
+    assert all(admission.try_enter() for _ in range(4))
+    waiting = [asyncio.create_task(admission.wait()) for _ in range(2)]
+    await asyncio.sleep(0)
+    admission.set_limit(2)
+    admission.leave()
+    admission.leave()  # four in flight, two allowed: the freed slots are not handed on
+    await asyncio.sleep(0)
+    assert admission.in_flight == 2 and not any(task.done() for task in waiting)
+    admission.leave()  # three would be too many still: only now is one handed over
+    assert admission.in_flight == 2 and await waiting[0] is True
+    admission.set_limit(3)  # room for one more: the next waiter gets it at once
+    assert await waiting[1] is True and admission.in_flight == 3
+
+
+async def test_a_lagging_loop_refuses_newcomers_without_waiting():
+    admission = Admission(max_in_flight=1, max_queue=10, max_wait_ms=30, lag_target_ms=10)
+    assert admission.try_enter()
+    admission.lag = 0.031  # the loop is already later than any wait may be
+    assert admission.join_queue() is None and not admission.waiters
+    admission.lag = 0.005
+    waiting = admission.join_queue()
+    assert waiting is not None and len(admission.waiters) == 1
+    admission.leave()
+    assert await admission.turn(waiting) is True
+
+
+async def test_the_lag_timer_sees_a_blocked_loop():
+    admission = Admission(max_in_flight=15, max_queue=10, max_wait_ms=30, lag_target_ms=10)
+    samples: list[float] = []
+    observe = admission.observe_lag
+
+    def recorded(lag: float, now: float) -> None:
+        samples.append(lag)
+        observe(lag, now)
+
+    admission.observe_lag = recorded  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    admission.watch(loop)
+    await asyncio.sleep(0)
+    time.sleep(0.06)  # the loop is blocked: the timer, due 10 ms after watch(), waits
+    assert admission.current_lag() >= 0.05  # overdue now, before the timer has run
+    assert not samples
+    await asyncio.sleep(0.02)
+    assert samples[0] >= 0.05  # the timer's own sample, once it ran
+    admission.loop = None  # the timer stops at its next tick
+    await asyncio.sleep(0.02)
+    assert admission.loop is None
+
+
+def test_a_fixed_limit_stays_whatever_the_lag():
+    admission = Admission(max_in_flight=15, max_queue=10, max_wait_ms=30, lag_target_ms=0)
+    for tick in range(1, 31):  # three windows' worth
+        admission.observe_lag(0.5, tick * 0.01)
+    assert admission.limit == 15 and admission.lag == 0.5  # measured all the same
+
+
+async def test_a_newcomer_is_refused_at_once_when_those_ahead_fill_the_slots_whole_wait():
+    clock = Clock()
+    admission = Admission(max_in_flight=2, max_queue=60, max_wait_ms=30, clock=clock)
+    for _ in range(20):  # admitted requests that each held their slot 20 ms
+        assert admission.try_enter()
+        started = clock.now
+        clock.now += 0.02
+        admission.leave(started)
+    assert admission.service == pytest.approx(0.02 * (1 - 0.95**20))
+    admission.service = 0.02
+    assert admission.try_enter() and admission.try_enter()
+    # Two slots, one freed every 10 ms: three waiters are served within 30 ms, not four.
+    queued = [admission.join_queue() for _ in range(3)]
+    assert all(queued) and admission.join_queue() is None
+    assert len(admission.waiters) == 3
+    for waiting in queued:
+        admission.leave()
+        assert waiting is not None and await admission.turn(waiting) is True
