@@ -125,7 +125,10 @@ async def dispatch(
     claimed = jobs = inline = 0
     started = time.monotonic()
     while claimed < MAX_PER_DISPATCH:
-        async with engine.begin() as conn:
+        # Each claim statement is atomic on its own (a row it claims is `queued` with a
+        # lease, so the next cannot take it again): autocommit spares BEGIN and COMMIT.
+        async with engine.connect() as raw:
+            conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
             claims = await outbox.claim_due(conn, now=now or _now(), lease=lease, limit=CLAIM_CHUNK)
         if not claims:
             break

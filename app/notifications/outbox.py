@@ -104,7 +104,8 @@ async def claim_due(
     """Claim up to `limit` rows: due pending ones, then queued ones whose lease lapsed.
 
     `SKIP LOCKED` is right here (unlike for booking): rows exist, and two dispatchers
-    should split them rather than wait for each other. The caller commits, then enqueues.
+    should split them rather than wait for each other. The caller commits (or runs each
+    statement on its own, autocommit), then enqueues.
     """
     params = {"now": now, "lease_until": now + lease, "limit": limit}
     rows = list(await conn.execute(CLAIM_DUE, params))
