@@ -79,10 +79,10 @@ class Transports:
         origin, now, secret = self.settings.public_origin, _now, self.settings.secret_key
         if channel == "email" and self.mailer is not None:
             sender = self.settings.smtp_from
-            async with self.mailer.connection() as conn:
+            async with self.mailer.connection() as smtp:
 
                 async def send_email(item: Sendable) -> str:
-                    return await conn.send(
+                    return await smtp.send(
                         mail.build_email(
                             item, sender=sender, origin=origin, now=now(), secret=secret
                         )
