@@ -196,7 +196,7 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
         return []
     tokens = {c.id: c.token for c in claims}
     messages: list[Sendable] = []
-    rows = await conn.execute(
+    result = await conn.execute(
         select(
             Notification.id,
             Notification.attempts,
@@ -223,7 +223,13 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
         .where(Notification.id.in_(list(tokens)), Notification.status == "queued")
         .order_by(Notification.id)
     )
+    rows = list(result)
     messages += [Outgoing(*row) for row in rows if tokens[row[0]] == row[1]]  # type: ignore[call-arg]
+    # The rest are account messages (or rows no longer queued): most batches have none
+    # left, and skip the second statement.
+    rest = set(tokens).difference(row[0] for row in rows)
+    if not rest:
+        return messages
     # A verification link goes to the new address (pending); a reset to the account's.
     account_rows = await conn.execute(
         select(
@@ -238,7 +244,7 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
         )
         .join(User, User.id == Notification.user_id)
         .outerjoin(Patient, Patient.id == User.patient_id)
-        .where(Notification.id.in_(list(tokens)), Notification.status == "queued")
+        .where(Notification.id.in_(sorted(rest)), Notification.status == "queued")
         .order_by(Notification.id)
     )
     messages += [AccountMessage(*row) for row in account_rows if tokens[row[0]] == row[1]]
