@@ -245,7 +245,8 @@ async def main() -> None:
                 items.append((token, body))
             # Warm-up: the worker's pools, prepared statements and templates.
             await drive(http, items[:warm], args.rate, args.cancel_after)
-            while await unsettled(conn):
+            deadline = time.monotonic() + 90
+            while await unsettled(conn) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(2)
             idle_start, idle_cpu = time.monotonic(), cpu(worker.pid)
@@ -271,20 +272,22 @@ async def main() -> None:
             load = os.getloadavg()[0]
             t0, c0 = time.monotonic(), cpu(worker.pid)
             statuses = await drive(http, items[warm:], args.rate, args.cancel_after)
-            while await unsettled(conn):
+            deadline = time.monotonic() + 90
+            while await unsettled(conn) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             t1, c1 = time.monotonic(), cpu(worker.pid)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
             spy = None
+        left = await unsettled(conn)
         done = statuses.get("cancel 200", 0)
         gross = c1 - c0
         net = gross - idle_rate * (t1 - t0)
         found = await delays(conn)
         print(
             f"[{args.label}] load {load:.2f} at start, {os.getloadavg()[0]:.2f} at end; "
-            f"{dict(statuses)}; {t1 - t0:.1f} s to drain"
+            f"{dict(statuses)}; {t1 - t0:.1f} s to drain, {left} notices left unsent"
         )
         print(
             f"[{args.label}] idle worker {idle_rate * 1000:.1f} ms CPU a second; load: "
