@@ -287,7 +287,7 @@ async def main() -> None:
         found = await delays(conn)
         print(
             f"[{args.label}] load {load:.2f} at start, {os.getloadavg()[0]:.2f} at end; "
-            f"{dict(statuses)}; {t1 - t0:.1f} s to drain, {left} notices left unsent"
+            f"{dict(statuses)}; {t1 - t0:.1f} s of load and drain, {left} notices left unsent"
         )
         print(
             f"[{args.label}] idle worker {idle_rate * 1000:.1f} ms CPU a second; load: "
