@@ -129,7 +129,11 @@ async def dispatch(
         # lease, so the next cannot take it again): autocommit spares BEGIN and COMMIT.
         async with engine.connect() as raw:
             conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
-            claims = await outbox.claim_due(conn, now=now or _now(), lease=lease, limit=CLAIM_CHUNK)
+            # Lapsed leases are looked for once a run: a re-claim after an inline send
+            # looks only for what fell due meanwhile.
+            claims = await outbox.claim_due(
+                conn, now=now or _now(), lease=lease, limit=CLAIM_CHUNK, lapsed=not inline
+            )
         if not claims:
             break
         claimed += len(claims)

@@ -99,9 +99,15 @@ class Claim:
 
 
 async def claim_due(
-    conn: AsyncConnection, *, now: dt.datetime, lease: dt.timedelta, limit: int
+    conn: AsyncConnection,
+    *,
+    now: dt.datetime,
+    lease: dt.timedelta,
+    limit: int,
+    lapsed: bool = True,
 ) -> list[Claim]:
-    """Claim up to `limit` rows: due pending ones, then queued ones whose lease lapsed.
+    """Claim up to `limit` rows: due pending ones, then (with `lapsed`) queued ones whose
+    lease lapsed.
 
     `SKIP LOCKED` is right here (unlike for booking): rows exist, and two dispatchers
     should split them rather than wait for each other. The caller commits (or runs each
@@ -109,7 +115,7 @@ async def claim_due(
     """
     params = {"now": now, "lease_until": now + lease, "limit": limit}
     rows = list(await conn.execute(CLAIM_DUE, params))
-    if len(rows) < limit:
+    if lapsed and len(rows) < limit:
         rows += await conn.execute(CLAIM_LAPSED, {**params, "limit": limit - len(rows)})
     return [Claim(r.id, r.attempts, r.channel) for r in rows]
 
