@@ -4,6 +4,8 @@
 commits) claims due rows with `FOR UPDATE SKIP LOCKED` and enqueues one
 `send_notifications` job per batch of up to NOTIFY_BATCH_SIZE rows of one channel, keyed
 by the claims it carries (review M-2: 10,000 due reminders are 200 enqueues, not 10,000).
+A claim of a few rows (what one booking or cancel makes due) it sends itself: a job of
+their own would cost more of the worker's CPU than sending them.
 
 `send_notifications` sends its rows with app/notifications/delivery.py, which hands back
 the rows to send later (a retry after backoff, or the rest of a batch while a provider's
@@ -21,7 +23,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from saq import Queue
@@ -35,6 +37,14 @@ log = logging.getLogger(__name__)
 
 CLAIM_CHUNK = 1000  # rows per claim transaction
 MAX_PER_DISPATCH = 100_000  # a run stops here; the next minute takes the rest
+# A claim of at most this many rows is sent by the dispatch job itself (at most this many
+# sends' timeouts, well inside the job's 120 s); a larger one goes out in send jobs, which
+# run side by side.
+INLINE_SEND_MAX = 4
+# How long a dispatch that sends inline keeps claiming what fell due meanwhile. Asks made
+# while it runs carry its key and were dropped, so it claims again until nothing is left;
+# after this long it stops, and the next second's ask (another key) starts a new job.
+INLINE_FOR_SECONDS = 5.0
 ENQUEUE_CONCURRENCY = 20
 TOUCH_EVERY_SECONDS = 5.0  # heartbeat of a long batch job
 
@@ -91,31 +101,72 @@ async def enqueue_batches(queue: Queue, settings: Settings, claims: Sequence[Cla
     return len(batches)
 
 
+SendNow = Callable[[Sequence[Claim]], Awaitable[object]]
+
+
 async def dispatch(
-    engine: AsyncEngine, queue: Queue, settings: Settings, now: dt.datetime | None = None
+    engine: AsyncEngine,
+    queue: Queue,
+    settings: Settings,
+    now: dt.datetime | None = None,
+    *,
+    send_now: SendNow | None = None,
 ) -> dict[str, int]:
     """Claim what is due (and what lost its job) and enqueue it. Rows are committed as
     `queued` before their jobs exist: if enqueueing fails they are claimed again after
-    their lease, never lost."""
+    their lease, never lost.
+
+    Args:
+        send_now: sends a claim of at most INLINE_SEND_MAX rows here and now instead of
+            enqueueing it (the dispatch job's own sender); then what fell due meanwhile is
+            claimed again, for up to INLINE_FOR_SECONDS.
+    """
     lease = dt.timedelta(seconds=settings.notify_lease_seconds)
-    claimed = jobs = 0
+    claimed = jobs = inline = 0
+    started = time.monotonic()
     while claimed < MAX_PER_DISPATCH:
-        async with engine.begin() as conn:
-            claims = await outbox.claim_due(conn, now=now or _now(), lease=lease, limit=CLAIM_CHUNK)
+        # Each claim statement is atomic on its own (a row it claims is `queued` with a
+        # lease, so the next cannot take it again): autocommit spares BEGIN and COMMIT.
+        async with engine.connect() as raw:
+            conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
+            # Lapsed leases are looked for once a run: a re-claim after an inline send
+            # looks only for what fell due meanwhile.
+            claims = await outbox.claim_due(
+                conn, now=now or _now(), lease=lease, limit=CLAIM_CHUNK, lapsed=not inline
+            )
         if not claims:
             break
         claimed += len(claims)
+        if send_now is not None and len(claims) <= INLINE_SEND_MAX:
+            try:
+                await send_now(claims)
+            except Exception as exc:
+                # The database or Redis failed under the send: a send job (retried with
+                # backoff, as ever) takes the rows the fencing still gives it.
+                log.warning("sending %d notifications inline failed: %s", len(claims), exc)
+                jobs += await enqueue_batches(queue, settings, claims)
+                break
+            inline += len(claims)
+            if time.monotonic() - started < INLINE_FOR_SECONDS:
+                continue
+            break
         jobs += await enqueue_batches(queue, settings, claims)
         if len(claims) < CLAIM_CHUNK:
             break
     if claimed:
-        log.info("dispatched %d notifications in %d jobs", claimed, jobs)
-    return {"claimed": claimed, "jobs": jobs}
+        log.info("dispatched %d notifications in %d jobs, %d sent inline", claimed, jobs, inline)
+    return {"claimed": claimed, "jobs": jobs, "inline": inline}
 
 
 async def dispatch_notifications(ctx: dict[str, Any]) -> dict[str, int]:
     """Cron, every minute (UTC), and on demand after bookings: send what is due."""
-    return await dispatch(ctx["engine"], ctx["worker"].queue, ctx["settings"])
+    settings: Settings = ctx["settings"]
+    queue: Queue = ctx["worker"].queue
+
+    async def send_now(claims: Sequence[Claim]) -> None:
+        await _send_claims(ctx, queue, settings, claims)
+
+    return await dispatch(ctx["engine"], queue, settings, send_now=send_now)
 
 
 async def enqueue_dispatch(queue: Queue) -> None:
@@ -158,19 +209,33 @@ async def send_notifications(
     ctx: dict[str, Any], *, claims: list[list[int]], channel: str
 ) -> dict[str, int]:
     """Send one batch of claimed rows of one channel (app/notifications/delivery.py)."""
-    settings: Settings = ctx["settings"]
-    queue: Queue = ctx["worker"].queue
+    return await _send_claims(
+        ctx,
+        ctx["worker"].queue,
+        ctx["settings"],
+        [Claim(i, token, channel) for i, token in claims],
+    )
+
+
+async def _send_claims(
+    ctx: dict[str, Any], queue: Queue, settings: Settings, claims: Sequence[Claim]
+) -> dict[str, int]:
+    """Send claimed rows, channel by channel, in this job."""
 
     async def later(claims: Sequence[Claim], when: dt.datetime) -> None:
         await _enqueue_later(queue, settings, claims, when)
 
-    return await delivery.send_batch(
-        ctx["transports"],
-        [Claim(i, token, channel) for i, token in claims],
-        channel,
-        later=later,
-        touch=_Heartbeat(ctx).touch,
-    )
+    by_channel: dict[str, list[Claim]] = {}
+    for claim in claims:
+        by_channel.setdefault(claim.channel, []).append(claim)
+    counts: dict[str, int] = {}
+    touch = _Heartbeat(ctx).touch
+    for channel, of_channel in by_channel.items():
+        sent = await delivery.send_batch(
+            ctx["transports"], of_channel, channel, later=later, touch=touch
+        )
+        counts = {k: counts.get(k, 0) + v for k, v in sent.items()}
+    return counts
 
 
 async def _enqueue_later(

@@ -73,14 +73,16 @@ class Transports:
         return self.breakers[channel] if real is not None else None
 
     @asynccontextmanager
-    async def session(self, channel: str) -> AsyncIterator[Send]:
+    async def session(self, channel: str, conn: AsyncConnection) -> AsyncIterator[Send]:
+        """How to send one message of `channel`; `conn` is the batch's autocommit
+        connection, on which the dev mailbox stores its messages."""
         origin, now, secret = self.settings.public_origin, _now, self.settings.secret_key
         if channel == "email" and self.mailer is not None:
             sender = self.settings.smtp_from
-            async with self.mailer.connection() as conn:
+            async with self.mailer.connection() as smtp:
 
                 async def send_email(item: Sendable) -> str:
-                    return await conn.send(
+                    return await smtp.send(
                         mail.build_email(
                             item, sender=sender, origin=origin, now=now(), secret=secret
                         )
@@ -100,7 +102,7 @@ class Transports:
         elif self.settings.notify_dev_mailbox:
 
             async def to_mailbox(item: Sendable) -> str:
-                return await self._to_mailbox(item)
+                return await self._to_mailbox(item, conn)
 
             yield to_mailbox
         else:
@@ -113,7 +115,7 @@ class Transports:
 
             yield unconfigured
 
-    async def _to_mailbox(self, item: Sendable) -> str:
+    async def _to_mailbox(self, item: Sendable, conn: AsyncConnection) -> str:
         origin = self.settings.public_origin
         if isinstance(item, AccountMessage):
             if not item.email:
@@ -142,12 +144,13 @@ class Transports:
             if not item.phone:
                 raise SendFailed("the patient has no phone number", permanent=True)
             values = {"recipient": item.phone, "body_text": mail.render_sms(item, origin)}
-        async with self.engine.begin() as conn:
-            new_id = await conn.scalar(
-                insert(DevMessage)
-                .values(notification_id=item.id, channel=item.channel, **values)
-                .returning(DevMessage.id)
-            )
+        # One statement on the batch's autocommit connection: no second connection and
+        # no BEGIN and COMMIT around it.
+        new_id = await conn.scalar(
+            insert(DevMessage)
+            .values(notification_id=item.id, channel=item.channel, **values)
+            .returning(DevMessage.id)
+        )
         return f"mailbox-{new_id}"
 
 
@@ -183,7 +186,7 @@ async def send_batch(
         conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
         items = await with_links(transports.redis, await outbox.load_outgoing(conn, claims))
         counts["skipped"] = len(claims) - len(items)
-        async with transports.session(channel) as send:
+        async with transports.session(channel, conn) as send:
             for index, item in enumerate(items):
                 now = _now()
                 if reason := item.moot(now):

@@ -31,7 +31,7 @@ from app.access import audit
 from app.errors import NotFound
 from app.i18n import gettext
 from app.notifications.planning import ANNOUNCEMENTS
-from db.models import Appointment, Clinic, Doctor, Notification, Patient, User
+from db.models import Appointment, Clinic, Notification, Patient, User
 
 LEASE_UNTIL = Notification.__table__.c.lease_until
 # The send path updates the table through Core: no ORM work per message (it adds up).
@@ -99,16 +99,23 @@ class Claim:
 
 
 async def claim_due(
-    conn: AsyncConnection, *, now: dt.datetime, lease: dt.timedelta, limit: int
+    conn: AsyncConnection,
+    *,
+    now: dt.datetime,
+    lease: dt.timedelta,
+    limit: int,
+    lapsed: bool = True,
 ) -> list[Claim]:
-    """Claim up to `limit` rows: due pending ones, then queued ones whose lease lapsed.
+    """Claim up to `limit` rows: due pending ones, then (with `lapsed`) queued ones whose
+    lease lapsed.
 
     `SKIP LOCKED` is right here (unlike for booking): rows exist, and two dispatchers
-    should split them rather than wait for each other. The caller commits, then enqueues.
+    should split them rather than wait for each other. The caller commits (or runs each
+    statement on its own, autocommit), then enqueues.
     """
     params = {"now": now, "lease_until": now + lease, "limit": limit}
     rows = list(await conn.execute(CLAIM_DUE, params))
-    if len(rows) < limit:
+    if lapsed and len(rows) < limit:
         rows += await conn.execute(CLAIM_LAPSED, {**params, "limit": limit - len(rows)})
     return [Claim(r.id, r.attempts, r.channel) for r in rows]
 
@@ -188,6 +195,24 @@ class AccountMessage:
 Sendable = Outgoing | AccountMessage
 
 
+# What an appointment message needs, as fixed text (the Core select of five tables was
+# built anew for every batch); the columns in `Outgoing`'s order.
+LOAD_OUTGOING = text(
+    """
+    SELECT n.id, n.attempts, n.kind, n.channel, a.id, a.status, a.starts_at, a.ends_at,
+           a.updated_at, a.cancel_reason, d.full_name, c.name, c.address, c.timezone,
+           p.email, p.phone, p.language
+      FROM notifications n
+      JOIN appointments a ON a.id = n.appointment_id
+      JOIN doctors d ON d.id = a.doctor_id
+      JOIN clinics c ON c.id = a.clinic_id
+      JOIN patients p ON p.id = a.patient_id
+     WHERE n.id = ANY(:ids) AND n.status = 'queued'
+     ORDER BY n.id
+    """
+)
+
+
 async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[Sendable]:
     """The claimed rows that are still this claim's (queued, same token), with their data:
     appointment messages first, then account messages (`link` still unset)."""
@@ -195,34 +220,14 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
         return []
     tokens = {c.id: c.token for c in claims}
     messages: list[Sendable] = []
-    rows = await conn.execute(
-        select(
-            Notification.id,
-            Notification.attempts,
-            Notification.kind,
-            Notification.channel,
-            Appointment.id,
-            Appointment.status,
-            Appointment.starts_at,
-            Appointment.ends_at,
-            Appointment.updated_at,
-            Appointment.cancel_reason,
-            Doctor.full_name,
-            Clinic.name,
-            Clinic.address,
-            Clinic.timezone,
-            Patient.email,
-            Patient.phone,
-            Patient.language,
-        )
-        .join(Appointment, Appointment.id == Notification.appointment_id)
-        .join(Doctor, Doctor.id == Appointment.doctor_id)
-        .join(Clinic, Clinic.id == Appointment.clinic_id)
-        .join(Patient, Patient.id == Appointment.patient_id)
-        .where(Notification.id.in_(list(tokens)), Notification.status == "queued")
-        .order_by(Notification.id)
-    )
-    messages += [Outgoing(*row) for row in rows if tokens[row[0]] == row[1]]  # type: ignore[call-arg]
+    result = await conn.execute(LOAD_OUTGOING, {"ids": list(tokens)})
+    rows = list(result)
+    messages += [Outgoing(*row) for row in rows if tokens[row[0]] == row[1]]
+    # The rest are account messages (or rows no longer queued): most batches have none
+    # left, and skip the second statement.
+    rest = set(tokens).difference(row[0] for row in rows)
+    if not rest:
+        return messages
     # A verification link goes to the new address (pending); a reset to the account's.
     account_rows = await conn.execute(
         select(
@@ -237,7 +242,7 @@ async def load_outgoing(conn: AsyncConnection, claims: Sequence[Claim]) -> list[
         )
         .join(User, User.id == Notification.user_id)
         .outerjoin(Patient, Patient.id == User.patient_id)
-        .where(Notification.id.in_(list(tokens)), Notification.status == "queued")
+        .where(Notification.id.in_(sorted(rest)), Notification.status == "queued")
         .order_by(Notification.id)
     )
     messages += [AccountMessage(*row) for row in account_rows if tokens[row[0]] == row[1]]
@@ -265,11 +270,32 @@ async def _set(conn: AsyncConnection, where: Any, **values: Any) -> bool:
     return bool(result.rowcount)
 
 
+# The two statements of every message, as fixed text: building them with Core each time
+# (clauses, coercions, the cache key) cost more of the worker's CPU than running them.
+START_ATTEMPT = text(
+    """
+    UPDATE notifications SET attempts = attempts + 1, lease_until = :lease_until
+    WHERE id = :id AND status = 'queued' AND attempts = :token
+    """
+)
+MARK_SENT = text(
+    """
+    UPDATE notifications
+       SET status = 'sent', provider_message_id = :provider_message_id, sent_at = :sent_at,
+           last_error = NULL, lease_until = NULL
+     WHERE id = :id AND status IN ('queued', 'void') AND attempts = :attempts
+    """
+)
+
+
 async def start_attempt(
     conn: AsyncConnection, item: Sendable, *, now: dt.datetime, lease: dt.timedelta
 ) -> bool:
     """Count an attempt and hold the row for its duration; False when another job owns it."""
-    return await _set(conn, _claim_of(item), attempts=ROWS.c.attempts + 1, lease_until=now + lease)
+    result = await conn.execute(
+        START_ATTEMPT, {"id": item.id, "token": item.token, "lease_until": now + lease}
+    )
+    return bool(result.rowcount)
 
 
 async def mark_sent(
@@ -282,15 +308,16 @@ async def mark_sent(
     the outbox must say what went out. Only this attempt's row matches (`attempts`), and a
     void row is never claimed again, so nothing else can have moved it since.
     """
-    return await _set(
-        conn,
-        _row_with(item, item.token + 1, ("queued", "void")),
-        status="sent",
-        provider_message_id=provider_message_id[:200],
-        sent_at=now,
-        last_error=None,
-        lease_until=None,
+    result = await conn.execute(
+        MARK_SENT,
+        {
+            "id": item.id,
+            "attempts": item.token + 1,
+            "provider_message_id": provider_message_id[:200],
+            "sent_at": now,
+        },
     )
+    return bool(result.rowcount)
 
 
 async def mark_failed(
