@@ -42,9 +42,17 @@ class Statements(list):
             self.open.discard(connection)
 
     async def settled(self) -> Statements:
-        """The list once asyncpg has called the loggers (it calls them soon after)."""
-        for _ in range(3):
-            await asyncio.sleep(0)
+        """The list once asyncpg has called the loggers: it schedules them with `call_soon`
+        on its connection's loop, which for the `client` fixture's app is another thread's
+        (conftest.py's SharedApp runs on a portal), so a response can reach the test before
+        that loop has run them. A step run on each such loop after them says they have."""
+        here = asyncio.get_running_loop()
+        for loop in {driver._loop for driver, _ in self.loggers.values()}:
+            if loop is here:
+                for _ in range(3):
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop))
         return self
 
     def stop(self) -> None:
