@@ -673,6 +673,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# For race tests whose subject is a database constraint: every racer admitted at once (in
+# a queue, admission's standing-queue rule refuses newcomers with 503 once it has not
+# emptied for 100 ms, which a burst of racers on a loaded machine makes; test_admission.py
+# tests shedding), with time to wait for one of the small test pool's connections.
+EVERY_RACER_ADMITTED = {"ADMISSION_MAX_IN_FLIGHT": "200", "DB_POOL_TIMEOUT": "30"}
+
+
 class LiveServer:
     """`medbook serve` in its own process(es), on a free port."""
 

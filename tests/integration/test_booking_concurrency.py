@@ -9,7 +9,7 @@ import psutil
 import pytest
 from sqlalchemy import text
 
-from conftest import LiveServer
+from conftest import EVERY_RACER_ADMITTED, LiveServer
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
@@ -17,9 +17,8 @@ from tests.integration.world import at, day_after_tomorrow, make_world
 async def two_processes(db, redis):
     # `redis` empties the run's Redis: user ids restart with every test's world, and a
     # Principal an earlier test cached for the same id must not speak for these users.
-    # Room for every racer in admission's queue, should all land on one process (the
-    # default holds 45): this test is about the constraint; test_admission.py sheds.
-    server = LiveServer(workers=2, env={"ADMISSION_MAX_QUEUE": "200"})
+    # This test is about the constraint: no racer is shed (test_admission.py sheds).
+    server = LiveServer(workers=2, env=EVERY_RACER_ADMITTED)
     yield server
     server.stop()
 

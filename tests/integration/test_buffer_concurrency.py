@@ -9,16 +9,15 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from conftest import LiveServer
+from conftest import EVERY_RACER_ADMITTED, LiveServer
 from db.models import VisitType
 from tests.integration.world import at, day_after_tomorrow, make_world
 
 
 @pytest.fixture
 async def two_processes(db, redis):
-    # Room for every racer in admission's queue, should all land on one process (the
-    # default holds 45): this test is about the constraint; test_admission.py sheds.
-    server = LiveServer(workers=2, env={"ADMISSION_MAX_QUEUE": "200"})
+    # This test is about the constraint: no racer is shed (test_admission.py sheds).
+    server = LiveServer(workers=2, env=EVERY_RACER_ADMITTED)
     yield server
     server.stop()
 
