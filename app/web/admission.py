@@ -315,11 +315,7 @@ class Admission:
                 await send(start)
                 await send({"type": "http.response.body", "body": refusal.body, "more_body": False})
                 return
-            started = self.clock()
-            try:
-                await app(scope, receive, send)
-            finally:
-                self.leave(started)
+            await self.admitted(app)(scope, receive, send)
 
         return run
 
