@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from conftest import LiveServer
+from conftest import EVERY_RACER_ADMITTED, LiveServer
 from e2e.conftest import Worker
 from tests.integration.fhir_helpers import conforms
 from tests.integration.notification_servers import eventually
@@ -19,8 +19,9 @@ from tests.integration.world import at, day_after_tomorrow, make_world
 @pytest.fixture
 async def two_processes(db, redis):
     # `redis` empties the run's Redis, so no Principal cached by an earlier test speaks
-    # for this test's users (ids restart with every world).
-    server = LiveServer(workers=2)
+    # for this test's users (ids restart with every world). This test is about the
+    # constraint: no racer is shed (test_admission.py sheds).
+    server = LiveServer(workers=2, env=EVERY_RACER_ADMITTED)
     yield server
     server.stop()
 
