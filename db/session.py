@@ -299,12 +299,7 @@ async def driver_fetchmany(connection: AsyncConnection, query: str, args: list[t
     Args:
         query: SQL with asyncpg's $1, $2 ... placeholders.
     """
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None
-    started = time.perf_counter()
-    rows = await driver.fetchmany(query, args)
-    _log_if_slow(_slow_query_ms(connection.engine), started, query)
-    return rows
+    return await (await connection_statements(connection)).fetchmany(query, args)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker:
@@ -350,12 +345,7 @@ async def driver_fetch(connection: AsyncConnection, query: str, args: Sequence[A
     Args:
         query: SQL with asyncpg's $1, $2 ... placeholders (`NativeStatement`).
     """
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None
-    started = time.perf_counter()
-    rows = await driver.fetch(query, *args)
-    _log_if_slow(_slow_query_ms(connection.engine), started, query)
-    return rows
+    return await (await connection_statements(connection)).fetch(query, args)
 
 
 class DriverStatements:
