@@ -253,12 +253,15 @@ def test_a_failed_move_then_a_nearby_time_moves_the_same_appointment(
     first, other = Api(live_server, "p0@t.test"), Api(live_server, "p1@t.test")
     try:
         appointment_id = first.book(world.doctor_id, at(day, 9))
-        page = browser.new_context().new_page()
+        page = live_page(browser)
         errors = watch(page)
         sign_in(page, live_server, "p0@t.test", "/me/appointments")
         page.locator(f'[data-appointment-id="{appointment_id}"]').get_by_role(
             "link", name="Reschedule"
         ).click()
+        # The live socket's first message is the whole view: a click before it could have
+        # its opened panel replaced by the resync.
+        wait_for_live(page)
         slot(page, at(day, 11)).click()  # the patient opens the move to 11:00, and waits...
         expect(page.get_by_role("button", name="Confirm new time")).to_be_visible()
         other.book(world.doctor_id, at(day, 11))  # ...while someone else books 11:00

@@ -221,10 +221,24 @@ async def test_job_enqueue_lines_follow_log_level(db, redis, session, settings, 
             # A booking asks the worker for a notification dispatch after its commit.
             await book_api(client, world, at(day_after_tomorrow(), 10))
             await eventually(lambda: redis.keys("saq:job:medbook:notify:dispatch:*"))
+            # SAQ logs "Enqueuing" after its enqueue script returns, so the job's key can
+            # be seen before the line: wait for the line where it is due, and where it is
+            # not, the logger must not even be enabled for it (no record is ever made).
+            if logged:
+
+                async def the_line() -> list[logging.LogRecord]:
+                    return enqueue_lines(log)
+
+                await eventually(the_line)
+            saq_at_info = logging.getLogger("saq").isEnabledFor(logging.INFO)
     finally:
         logging.getLogger().setLevel(root_level)
-    enqueued = [r for r in log.records if r.getMessage().startswith("Enqueuing")]
-    assert bool(enqueued) == logged
+    assert bool(enqueue_lines(log)) == logged
+    assert saq_at_info == logged
+
+
+def enqueue_lines(log: Captured) -> list[logging.LogRecord]:
+    return [r for r in log.records if r.getMessage().startswith("Enqueuing")]
 
 
 def test_the_worker_logs_at_log_level(settings, monkeypatch):
