@@ -267,7 +267,7 @@ def worker(ctx: click.Context) -> None:
 
         # The imported code lives as long as the process: frozen, so that neither the
         # worker's own full collections nor the interpreter's last one at exit walk it
-        # (that one took most of an idle worker's stop, docs/testing.md).
+        # (that one took most of an idle worker's stop, bench/README.md).
         gc.freeze()
         run(worker_settings())
 
@@ -551,7 +551,7 @@ def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None
         # What this process holds now (the migration's and the seed's modules and data)
         # lives until it exits: frozen, so that the interpreter's last full garbage
         # collection at exit skips it. That collection took longer than stopping the web
-        # server, the worker and both services together (docs/testing.md).
+        # server, the worker and both services together (bench/README.md).
         gc.freeze()
         base = [sys.executable, "-m", "app.cli", "--data-dir", ctx.obj["data_dir"]]
 

@@ -221,7 +221,7 @@ def _shut_down_redis(sock: Path) -> None:
     """SHUTDOWN SAVE to the server on `sock`, over a connection that does not retry. The
     server's answer is closing the connection once its dump is saved; redis-py takes that
     for a lost connection and, with its default retries, reconnected three times with
-    backoff to a server that was gone, seconds of every stop (docs/testing.md)."""
+    backoff to a server that was gone, seconds of every stop (bench/README.md)."""
     from redis import Redis
     from redis import exceptions as redis_errors
     from redis.backoff import NoBackoff
