@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import httpx
 
 TICK = os.sysconf("SC_CLK_TCK")
 ACTIVITY_SQL = """
@@ -56,6 +57,37 @@ def machine_busy() -> float:
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]
     return (sum(values[:8]) - idle) / TICK
+
+
+def scrape(port: int | None) -> dict[str, float]:
+    """Admission's refusals by reason and its current limit, from the server's /metrics."""
+    found: dict[str, float] = {}
+    if port is None:
+        return found
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return found
+    for line in text.splitlines():
+        if line.startswith(("medbook_admission_shed_total", "medbook_admission_limit ")):
+            name, value = line.rsplit(" ", 1)
+            found[name.removeprefix("medbook_admission_")] = float(value)
+    return found
+
+
+def server_port(redis_url: str) -> int | None:
+    """The port of the bench's `medbook serve` (its --port argument)."""
+    marker = f"REDIS_URL={redis_url}".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or marker not in (entry / "environ").read_bytes():
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in args and b"--port" in args:
+            return int(args[args.index(b"--port") + 1])
+    return None
 
 
 def bench_processes(redis_url: str) -> dict[int, str]:
@@ -96,9 +128,14 @@ async def main() -> None:
     previous: dict[int, float] = {}
     busy_before = machine_busy()
     deadline = time.monotonic() + args.seconds
+    port, scraped_at = None, 0.0
     with open(args.out, "w") as out:
         while time.monotonic() < deadline:
             started = time.monotonic()
+            admission = {}
+            if started - scraped_at >= 2:
+                port = port or server_port(args.redis_url)
+                admission, scraped_at = await asyncio.to_thread(scrape, port), started
             activity = [dict(r) for r in await conn.fetch(ACTIVITY_SQL, args.database)]
             bgwriter = dict(await conn.fetchrow(BGWRITER_SQL))
             vacuum = [dict(r) for r in await conn.fetch(VACUUM_SQL)]
@@ -135,6 +172,7 @@ async def main() -> None:
                 "busy": busy_rows,
                 "vacuum": vacuum,
                 "bgwriter": {k: float(v) for k, v in bgwriter.items()},
+                "admission": admission,
             }
             out.write(json.dumps(sample, default=str) + "\n")
             out.flush()

@@ -58,7 +58,7 @@ def main() -> None:
     cpu: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     notes: dict[int, set[str]] = defaultdict(set)
     if args.probe:
-        previous = None
+        previous, shed_before = None, {}
         for line in Path(args.probe).read_text().splitlines():
             sample = json.loads(line)
             second = math.floor(sample["t"] - t0)
@@ -79,6 +79,11 @@ def main() -> None:
                     sync = bg["checkpoint_sync_time"] - previous["checkpoint_sync_time"]
                     notes[second].add(f"checkpoint sync {sync:.0f} ms")
             previous = bg
+            for name, value in sample.get("admission", {}).items():
+                if name.startswith("shed_total") and value > shed_before.get(name, value):
+                    reason = name.split('"')[1]
+                    notes[second].add(f"shed {reason} +{value - shed_before[name]:.0f}")
+                shed_before[name] = value
     if args.gc_dir:
         for log in Path(args.gc_dir).glob("gc-*.log"):
             pid = log.stem[3:]
