@@ -173,6 +173,9 @@ async def main() -> None:
                 "vacuum": vacuum,
                 "bgwriter": {k: float(v) for k, v in bgwriter.items()},
                 "admission": admission,
+                "bench_pids": {
+                    pid: role for pid, role in roles.items() if not role.startswith("pg:")
+                },
             }
             out.write(json.dumps(sample, default=str) + "\n")
             out.flush()
