@@ -57,10 +57,12 @@ def main() -> None:
 
     cpu: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     notes: dict[int, set[str]] = defaultdict(set)
+    role_of: dict[str, str] = {}
     if args.probe:
         previous, shed_before = None, {}
         for line in Path(args.probe).read_text().splitlines():
             sample = json.loads(line)
+            role_of.update(sample.get("bench_pids", {}))
             second = math.floor(sample["t"] - t0)
             for key, used in sample["cpu"].items():
                 cpu[second][key] += used
@@ -91,7 +93,8 @@ def main() -> None:
                 at, gen, ms, *_ = line.split()
                 second = math.floor(float(at) - t0)
                 if float(ms) >= 5 or gen == "2":
-                    notes[second].add(f"gc{gen} {float(ms):.0f}ms pid {pid}")
+                    role = role_of.get(pid, "pid " + pid)
+                    notes[second].add(f"gc{gen} {float(ms):.0f}ms {role}")
     if args.pg_log:
         for line in Path(args.pg_log).read_text(errors="replace").splitlines():
             if "checkpoint" not in line and "automatic" not in line:
