@@ -114,6 +114,7 @@ class Phase:
     # whether it carried Retry-After).
     answers: list[tuple[str, int, float, float, bool]] = field(default_factory=list)
     load: float = math.nan  # the machine's 1-minute load average as the phase ended
+    started: str = ""  # wall-clock UTC time of its schedule's start (to match other logs)
 
     def errors(self) -> int:
         """Answers outside 2xx/3xx (a 409 on booking excepted) and socket errors."""
@@ -389,6 +390,8 @@ def run_mix(
     threads = {cls: max(1, math.ceil(rate * share / PER_THREAD)) for cls, share in MIX.items()}
     t0 = start_at if start_at is not None else time.monotonic() + wrk_lead(rate)
     lead = max(0.0, t0 - time.monotonic())
+    wall_t0 = dt.datetime.fromtimestamp(time.time() + t0 - time.monotonic(), dt.UTC)
+    phase.started = wall_t0.strftime("%H:%M:%S")
     workdir.mkdir(parents=True, exist_ok=True)
     procs = []
     for cls, share in MIX.items():
@@ -675,20 +678,24 @@ def phase_table(phase: Phase) -> list[str]:
     return rows
 
 
-def timeline_table(phase: Phase, windows: int = 10) -> list[str]:
-    """p50/p99 of all requests by when they were due: stalls and drifts show up here."""
+def timeline_table(phase: Phase, windows: int = 10, per_row: int = 10) -> list[str]:
+    """p50/p99 of all requests by when they were due: stalls and drifts show up here
+    (tables of at most `per_row` windows, one after the other)."""
     width = max(5.0, phase.seconds / windows)
     buckets: dict[int, list[float]] = {}
     for due, latency in phase.timeline:
         buckets.setdefault(int(due // width), []).append(latency)
-    heads = " | ".join(f"{w * width:.0f}-{(w + 1) * width:.0f} s" for w in sorted(buckets))
-    rows = [f"| due at | {heads} |", "|---" * (len(buckets) + 1) + "|"]
-    for label, p in (("p50 ms", 50), ("p99 ms", 99)):
-        cells = []
-        for w in sorted(buckets):
-            window = Result("", latencies_ms=buckets[w])
-            cells.append(f"{window.pct(p):.1f}")
-        rows.append(f"| {label} | {' | '.join(cells)} |")
+    ordered = sorted(buckets)
+    rows: list[str] = []
+    for first in range(0, len(ordered), per_row):
+        chunk = ordered[first : first + per_row]
+        heads = " | ".join(f"{w * width:.0f}-{(w + 1) * width:.0f} s" for w in chunk)
+        if rows:
+            rows.append("")
+        rows += [f"| due at | {heads} |", "|---" * (len(chunk) + 1) + "|"]
+        for label, p in (("p50 ms", 50), ("p99 ms", 99)):
+            cells = [f"{Result('', latencies_ms=buckets[w]).pct(p):.1f}" for w in chunk]
+            rows.append(f"| {label} | {' | '.join(cells)} |")
     return rows
 
 
@@ -1368,9 +1375,10 @@ async def main() -> None:
         "",
         cpu_line(cpu[0], cpu[1], at200),
         "",
-        "All requests of the phase by the time they were due:",
+        f"All requests of the phase by the time they were due, in 10 s windows (the "
+        f"schedule started at {at200.started} UTC):",
         "",
-        *timeline_table(at200),
+        *timeline_table(at200, max(1, round(args.seconds_200 / 10))),
         "",
         f"## Overload: {over} for {args.overload_seconds:.0f} s, then 200 req/s for "
         f"{args.recovery_seconds:.0f} s",

@@ -7,7 +7,9 @@ timeout and retry count, so a job run twice, or swept after a killed worker, is 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 from typing import Any
 
 from saq import CronJob
@@ -19,6 +21,12 @@ from tasks import analytics, fhir_holds, metrics, reminders, waitlist
 from tasks.fhir_feed import FEED_RETRIES, FEED_TIMEOUT_SECONDS, publish_fhir_feed
 from tasks.housekeeping import heartbeat, sweep_documents
 from tasks.queue import create_queue
+
+# The worker's jobs are background work: a CPU-heavy one (the FHIR feed's build, seconds
+# of CPU every 10 minutes) must not take a core from the web processes' requests on a
+# shared box. Niceness 5 gives it about a third of a web process's share when both want
+# the same core, and all of an idle one.
+WORKER_NICENESS = 5
 
 FUNCTIONS = [
     heartbeat,
@@ -52,11 +60,23 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["rollup_engine"] = services.rollup_engine
     await reminders.startup(ctx)
     metrics.prepare(FUNCTIONS)
+    tune_gc()
+
+
+def tune_gc() -> None:
+    """Once everything has started: move every object alive so far (modules, services,
+    pools) out of the garbage collector's reach, as the web processes do
+    (app/web/asgi.py `freeze_startup_heap`). A full collection then walks only what the
+    jobs made since; before, each walked the start-up heap too, several times in each
+    FHIR feed's build (bench/README.md). `shutdown` hands the objects back."""
+    gc.collect()
+    gc.freeze()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     await reminders.shutdown(ctx)
     await ctx["services"].stop()
+    gc.unfreeze()  # a worker started and stopped in a test process is collected
 
 
 def worker_settings() -> dict[str, Any]:
@@ -141,7 +161,9 @@ class Worker(SaqWorker):
 
 
 def run(settings: dict[str, Any]) -> None:
-    """Run a worker with `settings` until SIGTERM or SIGINT."""
+    """Run a worker with `settings` until SIGTERM or SIGINT, below the web processes'
+    CPU priority (WORKER_NICENESS)."""
+    os.nice(WORKER_NICENESS)
     worker = Worker(**settings)
 
     async def work() -> None:

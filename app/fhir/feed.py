@@ -80,6 +80,10 @@ async def build(
     doctors = list(
         await session.scalars(select(Doctor).where(Doctor.active.is_(True)).order_by(Doctor.id))
     )
+    # The reads are done: end their transaction before the slots of every doctor (seconds
+    # of work on other connections), which left it idle past the idle-in-transaction
+    # timeout, so the connection was closed and the job failed and ran again.
+    await session.commit()
     by_id = {c.id: c for c in clinics}
     files = [
         FeedFile("location", "Location", _ndjson([resources.location(c) for c in clinics])),

@@ -102,3 +102,31 @@ async def test_a_new_generation_keeps_the_previous_one(client, world, settings, 
     generation = urlsplit(urls[2]).path.split("/")[-2]
     for name in ("manifest.json", "secrets.ndjson", "location.pdf"):
         await fhir_call(client, "GET", f"$bulk-publish/{generation}/{name}", {}, status=404)
+
+
+async def test_the_job_holds_no_transaction_while_it_builds_the_slots(
+    world, settings, db, redis, store, monkeypatch
+):
+    """The build's slots take seconds at scale (every doctor, 28 days, a cold cache): a
+    transaction left open over them sat idle past the idle-in-transaction timeout, the
+    connection was closed and the job failed (and ran again)."""
+    ctx = job_context(settings, db, redis, store)
+    opened = []
+
+    def sessions():
+        session = job_context(settings, db, redis, store)["sessions"]()
+        opened.append(session)
+        return session
+
+    ctx["sessions"] = sessions
+    seen = []
+    build_slots = feed.doctors_slots
+
+    async def watched(*args, **kwargs):
+        seen.append([s.in_transaction() for s in opened])
+        return await build_slots(*args, **kwargs)
+
+    monkeypatch.setattr(feed, "doctors_slots", watched)
+    result = await publish_fhir_feed(ctx)
+    assert result["resources"] > 0
+    assert seen == [[False]]
