@@ -15,7 +15,9 @@ from typing import Any
 
 import redis as redis_sync
 import redis.sentinel
-from redis.asyncio import Redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -71,13 +73,56 @@ def client_options(
     }
 
 
+class ReadyPool(ConnectionPool):
+    """redis-py's pool, with a cheaper check of each connection it hands out.
+
+    redis-py checks that a connection has nothing left to read before every command (a
+    stale reply, or the server's close) by reading with a zero timeout: a read that
+    waits, a timer that cancels it and the exception, two turns of the event loop per
+    command (bench/README.md, cpu17c). What the connection has received by the loop's
+    last poll is already in its stream's buffer (or its end of stream) and its parser's,
+    so looking there finds the same, without the read. A connection with something
+    there is closed and opened again, as redis-py does; one not yet connected, or whose
+    parser is not hiredis, gets redis-py's own check."""
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        received = _received(connection)
+        if received is False:
+            return
+        if received:
+            await connection.disconnect()
+        await super().ensure_connection(connection)
+
+
+def _received(connection: AbstractConnection) -> bool | None:
+    """Whether an idle connection has received anything (a stale reply, its end); None
+    when it cannot tell without redis-py's read."""
+    stream: Any = connection._reader  # redis-py reads its `_buffer` too (`_socket_is_empty`)
+    parser: Any = connection._parser
+    if (
+        stream is None
+        or not connection.is_connected
+        or not isinstance(parser, _AsyncHiredisParser)
+        or parser._reader is None
+    ):
+        return None
+    return bool(
+        stream._buffer
+        or stream.at_eof()
+        or stream.exception() is not None
+        or parser._reader.gets() is not NOT_ENOUGH_DATA
+    )
+
+
 def redis_from_url(url: str, **options: Any) -> Redis:
     """`Redis.from_url(url, **options)`, also for a `redis+sentinel://` URL (the primary
     of its service, found through the sentinels). Every asyncio client medbook makes is
     built here: this module's, SAQ's (tasks/queue.py) and broadcaster's (app/live)."""
     target = sentinel_target(url)
     if target is None:
-        return Redis.from_url(url, **options)
+        client = Redis(connection_pool=ReadyPool.from_url(url, **options))
+        client.auto_close_connection_pool = True  # as `Redis.from_url`: aclose() closes it
+        return client
     sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(options))
     return sentinel.master_for(
         target.service, redis_class=Redis, db=target.db, password=target.password, **options

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 from saq import Queue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -26,8 +27,8 @@ from app.settings import Settings
 from app.storage import Store
 from app.waitlist import offers as waitlist_offers
 from db.session import create_engine, session_factory
-from tasks.queue import create_queue
-from tasks.reminders import enqueue_dispatch
+from tasks.queue import MedbookQueue, create_queue
+from tasks.reminders import dispatch_job, enqueue_dispatch
 from tasks.waitlist import enqueue_refills
 
 if TYPE_CHECKING:
@@ -53,14 +54,14 @@ class Services:
     analytics_engine: AsyncEngine
     rollup_engine: AsyncEngine
     redis: Redis
-    queue: Queue
+    queue: MedbookQueue
     documents: Store  # one S3 client per process, shared with exports
     exports: Store
     effects: Effects
     slot_cache: SlotCache
     hub: Hub | None  # the web app's socket hub; the worker serves no sockets
     owns_queue: bool = True
-    asking: set[asyncio.Task[None]] = field(default_factory=set)  # dispatch requests in flight
+    asking: set[asyncio.Task[None]] = field(default_factory=set)  # refill requests in flight
 
     @staticmethod
     def of(app: Litestar) -> Services:
@@ -92,7 +93,7 @@ async def start_services(
     *,
     process: str,
     engine: AsyncEngine | None = None,
-    queue: Queue | None = None,
+    queue: MedbookQueue | None = None,
     render: Renderer | None = None,
 ) -> Services:
     """Build a process's services and open the ones that connect at start.
@@ -142,8 +143,8 @@ async def start_services(
 
 def _wire_effects(services: Services) -> None:
     """What follows a commit besides the cache invalidation `Effects` does itself: the live
-    updates (one Redis pipeline with the invalidation), and asking the worker to send a
-    confirmation now rather than at the next minute's cron."""
+    updates and the ask to the worker to send a confirmation now rather than at the next
+    minute's cron (both on one Redis pipeline with the invalidation)."""
     effects, hub = services.effects, services.hub
     if hub is not None:
         effects.publishers.append(
@@ -177,15 +178,13 @@ def _wire_effects(services: Services) -> None:
             )
         )
 
-    async def nudge(changes: Sequence[AppointmentChange]) -> None:
-        # Asked in the background: the booking's answer need not wait for the enqueue's
-        # round trip, and a lost ask only means the cron finds the rows within a minute.
+    def ask_for_dispatch_on(pipe: Pipeline, changes: Sequence[AppointmentChange]) -> None:
+        # On the invalidation's pipeline: no round trip of its own (bench/README.md,
+        # cpu17c). A lost ask only means the cron finds the rows within a minute.
         if any(c.action in DISPATCH_ON for c in changes):
-            task = asyncio.create_task(ask_for_dispatch(services.queue))
-            services.asking.add(task)
-            task.add_done_callback(services.asking.discard)
+            services.queue.enqueue_on(pipe, "dispatch_notifications", **dispatch_job())
 
-    effects.listeners.append(nudge)
+    effects.publishers.append(ask_for_dispatch_on)
 
     def ask_refill(doctor_days: Sequence[tuple[int, dt.date]]) -> None:
         # In the background, as the nudge: the answer need not wait for the enqueue, and a

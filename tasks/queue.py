@@ -18,11 +18,14 @@ ourselves (app/redis.py's options) and hand them to SAQ's `RedisQueue`:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from redis.asyncio import Redis
-from saq.job import Job
+from redis.asyncio.client import Pipeline
+from saq.job import Job, Status
 from saq.queue.redis import ID_PREFIX, PubSubMultiplexer, RedisQueue
+from saq.utils import now
 
 from app.redis import client_options, redis_from_url
 from app.settings import Settings
@@ -32,6 +35,20 @@ QUEUE_NAME = "medbook"
 # The longest one BLMOVE blocks. Short enough that a worker whose connection was cut
 # silently notices within seconds; long enough that an idle worker costs nothing.
 DEQUEUE_BLOCK_SECONDS = 5.0
+
+# SAQ's own enqueue script (saq/queue/redis.py, `RedisQueue._enqueue`, saq 0.26): store
+# and queue the job unless a job of its key is incomplete or its abort is pending.
+_ENQUEUE_SCRIPT = """
+if not redis.call('ZSCORE', KEYS[1], KEYS[2]) and redis.call('EXISTS', KEYS[4]) == 0 then
+    redis.call('SET', KEYS[2], ARGV[1])
+    redis.call('ZADD', KEYS[1], ARGV[2], KEYS[2])
+    if ARGV[2] == '0' then redis.call('RPUSH', KEYS[3], KEYS[2]) end
+    return 1
+else
+    return nil
+end
+"""
+_saq_log = logging.getLogger("saq")
 
 
 class MedbookQueue(RedisQueue):
@@ -59,6 +76,28 @@ class MedbookQueue(RedisQueue):
         if job_id is None:
             return None
         return await self._get_job_by_id(job_id)
+
+    def enqueue_on(self, pipe: Pipeline, function: str, **kwargs: Any) -> Job:
+        """SAQ's `enqueue(function, **kwargs)` as one command queued on `pipe`, a pipeline
+        of another client of the same Redis (the web app's after-commit pipeline,
+        app/live/effects.py): the ask rides a round trip made anyway instead of one of its
+        own. The same job, keys and script as SAQ's enqueue, so a job whose key is still
+        incomplete is dropped as there; no before-enqueue hooks (medbook registers none).
+        The script goes as EVAL, not EVALSHA: a pipeline cannot load it on NOSCRIPT."""
+        fields = Job.__dataclass_fields__
+        job = Job(
+            function=function,
+            **{k: v for k, v in kwargs.items() if k in fields},
+            kwargs={k: v for k, v in kwargs.items() if k not in fields} or None,
+        )
+        job.queue = self
+        job.queued = now()
+        job.status = Status.QUEUED
+        keys = (self._incomplete, job.id, self._queued, job.abort_id)
+        pipe.eval(_ENQUEUE_SCRIPT, len(keys), *keys, self.serialize(job), job.scheduled)
+        if _saq_log.isEnabledFor(logging.INFO):  # SAQ's line, and only when it is logged
+            _saq_log.info("Enqueuing %s", job.info(_saq_log.isEnabledFor(logging.DEBUG)))
+        return job
 
     async def disconnect(self) -> None:
         await super().disconnect()

@@ -169,17 +169,22 @@ async def dispatch_notifications(ctx: dict[str, Any]) -> dict[str, int]:
     return await dispatch(ctx["engine"], queue, settings, send_now=send_now)
 
 
+def dispatch_job() -> dict[str, Any]:
+    """The ask for a dispatch now, as SAQ enqueue's arguments. Keyed by the second, so a
+    burst of bookings is one dispatch."""
+    return {
+        "key": f"notify:dispatch:{int(time.time())}",
+        "timeout": 120,
+        "retries": 2,
+        "retry_delay": 2.0,
+        "ttl": 60,
+    }
+
+
 async def enqueue_dispatch(queue: Queue) -> None:
-    """Ask for a dispatch now (after a booking or a dead-letter retry). Keyed by the
-    second, so a burst of bookings is one dispatch."""
-    await queue.enqueue(
-        "dispatch_notifications",
-        key=f"notify:dispatch:{int(time.time())}",
-        timeout=120,
-        retries=2,
-        retry_delay=2.0,
-        ttl=60,
-    )
+    """Ask for a dispatch now (after a dead-letter retry; a change to appointments asks
+    on its after-commit pipeline instead, app/services.py)."""
+    await queue.enqueue("dispatch_notifications", **dispatch_job())
 
 
 # --- sending -------------------------------------------------------------------------------

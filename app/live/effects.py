@@ -5,9 +5,10 @@ Domain functions commit, then call `Effects.appointments_changed` (or `schedule_
 availability cache or to publish the live update. Payloads carry ids and days, never
 patient data.
 
-The invalidation and the live-update messages go to Redis in one pipeline: one round trip
-after each change instead of one per command, and Redis runs them in order, so a screen
-that hears a message and re-reads the cache never finds the old value.
+The invalidation and the live-update messages (and, wired by app/services.py, the ask
+for a notification dispatch) go to Redis in one pipeline: one round trip after each
+change instead of one per command, and Redis runs them in order, so a screen that hears
+a message and re-reads the cache never finds the old value.
 
 When Redis is away (a primary killed, a Sentinel failover under way) the pipeline fails;
 the change is committed all the same. What it would have sent is kept (bounded: MISSED_LIMIT
@@ -63,7 +64,7 @@ Publisher = Callable[[Pipeline, Sequence[AppointmentChange]], None]
 SchedulePublisher = Callable[[Pipeline, DoctorDays], None]
 RecordPublisher = Callable[[Pipeline, int, int], None]  # patient id, record id
 WaitlistPublisher = Callable[[Pipeline, Sequence[int]], None]  # clinic ids
-# Anything else, run after the pipeline (asking for a notification dispatch, a refill).
+# Anything else, run after the pipeline (asking for a waitlist refill).
 Listener = Callable[[Sequence[AppointmentChange]], Awaitable[None]]
 ScheduleListener = Callable[[DoctorDays], Awaitable[None]]
 
