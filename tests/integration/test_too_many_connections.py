@@ -21,6 +21,7 @@ from conftest import LiveServer
 from db.session import create_engine
 from tests.integration.world import PASSWORD, at, day_after_tomorrow, make_world
 
+
 @contextlib.asynccontextmanager
 async def limited_role(database_url: str, limit: int):
     """A login role allowed `limit` connections, with read and write rights on every
@@ -62,9 +63,7 @@ async def test_postgres_refusing_a_new_connection_is_503_on_every_route(
         }
         server = LiveServer(env=env)
         stack.callback(server.stop)
-        client = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=server.url, timeout=60)
-        )
+        client = await stack.enter_async_context(httpx.AsyncClient(base_url=server.url, timeout=60))
         signed_in = await client.post(
             "/api/auth/token", json={"email": "p0@t.test", "password": PASSWORD}
         )
@@ -72,18 +71,22 @@ async def test_postgres_refusing_a_new_connection_is_503_on_every_route(
         refresh_token = signed_in.json()["refresh_token"]
 
         patient, doctor, desk = (world.headers(n) for n in ("patient1", "doctor", "desk"))
+        of_doctor = f"doctor_id={world.doctor_id}&date={day.isoformat()}"
         requests = []
         for i in range(4):
             when = at(day, 8 + i).isoformat()
             requests += [
-                ("GET", f"/api/appointments/available-slots?doctor_id={world.doctor_id}"
-                 f"&date={(day).isoformat()}", patient, None),
+                ("GET", f"/api/appointments/available-slots?{of_doctor}", patient, None),
                 ("GET", "/api/appointments", world.headers(f"patient{i}"), None),
-                ("GET", f"/api/appointments?doctor_id={world.doctor_id}&date={day}", doctor, None),
+                ("GET", f"/api/appointments?{of_doctor}", doctor, None),
                 ("GET", f"/api/appointments?clinic_id={world.clinic_id}&date={day}", desk, None),
                 ("GET", f"/api/patients/{world.patients[i]}/records", doctor, None),
-                ("POST", "/api/appointments", world.headers(f"patient{i}"),
-                 {"doctor_id": world.doctor_id, "start": when}),
+                (
+                    "POST",
+                    "/api/appointments",
+                    world.headers(f"patient{i}"),
+                    {"doctor_id": world.doctor_id, "start": when},
+                ),
                 ("POST", "/api/auth/token", {}, {"email": f"p{i}@t.test", "password": PASSWORD}),
                 ("POST", "/api/auth/refresh", {}, {"refresh_token": refresh_token}),
                 ("GET", "/api/auth/me", patient, None),
