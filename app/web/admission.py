@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
@@ -293,7 +293,7 @@ class Admission:
         waiter.cancel()  # leave() passes over it from now on
         _discard(self.waiters, waiter)
 
-    def unstarted(self, scope: Scope, waiting: Waiting | None, _task: object = None) -> None:
+    def unstarted(self, scope: Any, waiting: Waiting | None, _task: object = None) -> None:
         """The protocol's request task ended (a done callback): if it ended before it
         began (cancelled), the slot it was given, or its place in the queue, goes back."""
         if scope.get(ADMITTED) != PENDING:
@@ -323,7 +323,7 @@ class Admission:
         """`app` for requests that hold a slot: it is freed when each ends."""
 
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            scope[ADMITTED] = RUNNING
+            _running(scope)
             started = self.clock()
             try:
                 await app(scope, receive, send)
@@ -337,7 +337,7 @@ class Admission:
         gets its 503 when the wait runs out."""
 
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            scope[ADMITTED] = RUNNING
+            _running(scope)
             if not await self.turn(waiting):
                 assert self.refusals is not None  # the protocol queues only once prepared
                 refusal = self.refusals.choose(scope)
@@ -366,6 +366,11 @@ class Waiting:
     waiter: asyncio.Future[bool]
     timer: asyncio.TimerHandle
     arrived: float
+
+
+def _running(scope: Scope) -> None:
+    """The request's task has begun: from now on it frees what it holds itself."""
+    cast("dict[str, Any]", scope)[ADMITTED] = RUNNING
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
