@@ -19,7 +19,8 @@ bytes sit in the kernel before the loop reads them. Requests in flight share one
 so when the loop has been late for a whole LAG_WINDOW_SECONDS the limit shrinks (fewer
 requests at once, each finishing sooner, the rest refused while their 503 is still
 fast), and it grows back by one each window the loop keeps well up. A request that would
-wait while the loop is already later than ADMISSION_MAX_WAIT_MS is refused at once, and
+wait while the loop keeps running later than ADMISSION_MAX_WAIT_MS (its last two
+samples; one slow turn already over is not that) is refused at once, and
 so is one that would find more waiters ahead of it than the slots can serve within that
 wait at the recent pace (an average of the time admitted requests held their slot): its
 503 would only come later.
@@ -41,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
@@ -77,8 +78,13 @@ SHRINK = 0.75
 # The weight of each admitted request's time in the average of how long a slot is held
 # (about the last twenty requests).
 SERVICE_WEIGHT = 0.05
-# The scope key the protocol sets on a request it admitted (app/web/coalesced_http.py).
+# The scope key the protocol sets on a request it admitted or queued
+# (app/web/coalesced_http.py): PENDING until the request's task begins, then RUNNING. A
+# task cancelled before it began (uvicorn's graceful-shutdown timeout cancels every
+# request's task) never runs the code that frees its slot: `unstarted` does.
 ADMITTED = "medbook.admitted"
+PENDING = "pending"
+RUNNING = "running"
 # Where the protocol finds the process's Admission: the app's state (create_app).
 STATE_KEY = "admission"
 # The route label of requests refused at the protocol, before routing.
@@ -130,6 +136,7 @@ class Admission:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.due = 0.0
         self.lag = 0.0
+        self.previous_lag = 0.0
         self.window_end = 0.0
         self.window_min = math.inf
         self.window_max = 0.0
@@ -178,12 +185,19 @@ class Admission:
             return self.lag
         return max(self.lag, self.loop.time() - self.due)
 
+    def sustained_lag(self) -> float:
+        """How late the loop has kept running: the lesser of its last two samples (the
+        last one or, while the timer is overdue, more). One slow turn, already over (a
+        collection, a moment without a core), is not a loop that keeps lagging: the
+        requests it held up are read at once after it."""
+        return min(self.previous_lag, self.current_lag())
+
     def observe_lag(self, lag: float, now: float) -> None:
         """One sample of the loop's lag. At a window's end the limit follows: a window
         whose every sample was over the target shrinks it, one whose every sample was
         under half the target grows it by one (in between it holds, so that it does not
         swing at the edge)."""
-        self.lag = lag
+        self.previous_lag, self.lag = self.lag, lag
         LOOP_LAG_SECONDS.observe(lag)
         self.window_min = min(self.window_min, lag)
         self.window_max = max(self.window_max, lag)
@@ -232,7 +246,7 @@ class Admission:
         ):
             ADMISSION_SHED_QUEUE_FULL.inc()
             return None
-        if self.current_lag() >= self.max_wait:
+        if self.sustained_lag() >= self.max_wait:
             ADMISSION_SHED_LAGGING.inc()
             return None
         arrived = self.clock()
@@ -258,18 +272,37 @@ class Admission:
         try:
             admitted = await waiter
         except BaseException:  # cancelled while waiting: give back a slot handed over
-            if waiter.done() and not waiter.cancelled() and waiter.result():
-                self.leave()
+            self.give_up(waiting)
             raise
-        finally:
-            waiting.timer.cancel()
-            if waiter.cancelled() or not waiter.done() or not waiter.result():
-                _discard(self.waiters, waiter)  # still queued unless leave() took it
-        if not admitted:
+        waiting.timer.cancel()
+        if not admitted:  # its wait ran out
+            _discard(self.waiters, waiter)
             ADMISSION_SHED_WAITED.inc()
         elif (now := self.clock()) - waiting.arrived < GOOD_WAIT_SECONDS:
             self.good_at = now
         return admitted
+
+    def give_up(self, waiting: Waiting) -> None:
+        """A queued request that will never run: off the queue, or, when a slot was
+        already handed to it, that slot freed (passed on to the next waiter)."""
+        waiting.timer.cancel()
+        waiter = waiting.waiter
+        if waiter.done() and not waiter.cancelled() and waiter.result():
+            self.leave()
+            return
+        waiter.cancel()  # leave() passes over it from now on
+        _discard(self.waiters, waiter)
+
+    def unstarted(self, scope: Any, waiting: Waiting | None, _task: object = None) -> None:
+        """The protocol's request task ended (a done callback): if it ended before it
+        began (cancelled), the slot it was given, or its place in the queue, goes back."""
+        if scope.get(ADMITTED) != PENDING:
+            return  # it ran, and freed what it held itself
+        scope[ADMITTED] = RUNNING
+        if waiting is None:
+            self.leave()
+        else:
+            self.give_up(waiting)
 
     def leave(self, started: float | None = None) -> None:
         """Free a slot, handing it straight to the oldest request still waiting (unless
@@ -290,6 +323,7 @@ class Admission:
         """`app` for requests that hold a slot: it is freed when each ends."""
 
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            _running(scope)
             started = self.clock()
             try:
                 await app(scope, receive, send)
@@ -303,6 +337,7 @@ class Admission:
         gets its 503 when the wait runs out."""
 
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            _running(scope)
             if not await self.turn(waiting):
                 assert self.refusals is not None  # the protocol queues only once prepared
                 refusal = self.refusals.choose(scope)
@@ -315,7 +350,11 @@ class Admission:
                 await send(start)
                 await send({"type": "http.response.body", "body": refusal.body, "more_body": False})
                 return
-            await self.admitted(app)(scope, receive, send)
+            started = self.clock()
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.leave(started)
 
         return run
 
@@ -327,6 +366,11 @@ class Waiting:
     waiter: asyncio.Future[bool]
     timer: asyncio.TimerHandle
     arrived: float
+
+
+def _running(scope: Scope) -> None:
+    """The request's task has begun: from now on it frees what it holds itself."""
+    cast("dict[str, Any]", scope)[ADMITTED] = RUNNING
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:

@@ -29,7 +29,7 @@ from litestar.template import TemplateConfig
 from litestar.types import ASGIApp, Logger, Scope
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import EmulatedDBAPIException, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.access import identity
@@ -145,7 +145,7 @@ async def warm_pool(engine: AsyncEngine, count: int) -> None:
 
     try:
         await asyncio.gather(*(hold() for _ in range(count)))
-    except (OSError, SQLAlchemyError) as exc:
+    except (OSError, SQLAlchemyError, EmulatedDBAPIException) as exc:
         logging.getLogger("medbook").warning("database not reachable at start: %s", exc)
 
 

@@ -21,6 +21,8 @@ read and dropped by the parser; the connection stays open for the next request.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+from functools import partial
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -28,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from app.web.admission import (
     ADMITTED,
     BYPASS_PREFIXES,
+    PENDING,
     SHED_ROUTE,
     STATE_KEY,
     Admission,
@@ -105,15 +108,29 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         admission.watch(self.loop)
         if admission.try_enter():
-            scope[ADMITTED] = True
-            super()._start_asgi_task(cycle, self.admitted_app)
-            return
-        waiting = admission.join_queue()
-        if waiting is None:
-            self._refuse(cycle, admission)
-            return
-        scope[ADMITTED] = True
-        super()._start_asgi_task(cycle, admission.queued(app, waiting))  # type: ignore[arg-type]
+            waiting = None
+            task = self._spawn(cycle, self.admitted_app)
+        else:
+            waiting = admission.join_queue()
+            if waiting is None:
+                self._refuse(cycle, admission)
+                return
+            task = self._spawn(cycle, admission.queued(app, waiting))
+        scope[ADMITTED] = PENDING
+        # Cancelled before it begins (uvicorn's graceful-shutdown timeout), the task would
+        # never free its slot or leave the queue.
+        task.add_done_callback(partial(admission.unstarted, scope, waiting))
+
+    def _spawn(self, cycle: RequestResponseCycle, app: Any) -> asyncio.Task[None]:
+        """uvicorn's `_start_asgi_task`, returning the task."""
+        run = cycle.run_asgi(app)
+        if self.config.reset_contextvars:
+            task = self.loop.create_task(run, context=contextvars.Context())
+        else:
+            task = self.loop.create_task(run)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        return task
 
     def _refuse(self, cycle: RequestResponseCycle, admission: Admission) -> None:
         """The 503 in one write, the request over: what is left of its body is dropped

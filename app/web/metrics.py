@@ -144,7 +144,7 @@ ADMISSION_SHED = Counter(
     "Requests refused with 503 by admission control (app/web/admission.py): the wait "
     "queue was full (or longer than its slots serve within the wait), no slot came "
     "within ADMISSION_MAX_WAIT_MS, the queue was standing (not empty for 100 ms: "
-    "refused without waiting), or the event loop was already later than "
+    "refused without waiting), or the event loop kept running later than "
     "ADMISSION_MAX_WAIT_MS (lagging).",
     ["reason"],
 )

@@ -11,7 +11,7 @@ import asyncpg
 from litestar import Request
 from litestar.response import Response
 from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import EmulatedDBAPIException, SQLAlchemyError
 
 from app.errors import BUSY, Overloaded, outage, refused_value
 from app.i18n import N_
@@ -83,12 +83,16 @@ PAGES_STATE_KEY = "unavailable_pages"
 
 
 # The types an outage arrives as: SQLAlchemy's (pool timeout, wrapped driver errors),
-# asyncpg's raised directly (driver_fetchrow), redis-py's, plain socket errors (a
-# refused connection passes through SQLAlchemy's connect unwrapped), and our own overload.
+# the asyncpg dialect's own DBAPI errors, which a pool checkout outside a Connection
+# raises unwrapped (`engine.raw_connection()` under driver_fetchrow: PostgreSQL refusing
+# a new connection, "too many connections"), asyncpg's raised directly (driver_fetchrow),
+# redis-py's, plain socket errors (a refused connection passes through SQLAlchemy's
+# connect unwrapped), and our own overload.
 OUTAGE_HANDLERS = {
     error: outage_handler
     for error in (
         SQLAlchemyError,
+        EmulatedDBAPIException,
         asyncpg.PostgresError,
         asyncpg.InterfaceError,
         RedisError,

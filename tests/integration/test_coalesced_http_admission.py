@@ -48,7 +48,9 @@ class HeldApp:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: HeldApp) -> AsyncIterator[tuple[str, int]]:
+async def serving(
+    app: HeldApp, protocol: type[CoalescingHttpToolsProtocol] = CoalescingHttpToolsProtocol
+) -> AsyncIterator[tuple[str, int]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -56,7 +58,7 @@ async def serving(app: HeldApp) -> AsyncIterator[tuple[str, int]]:
         app,
         host="127.0.0.1",
         port=port,
-        http=CoalescingHttpToolsProtocol,
+        http=protocol,
         lifespan="off",
         log_level="warning",
     )
@@ -213,3 +215,66 @@ async def test_answers_to_pipelined_requests_leave_in_order_when_one_is_refused(
         status, headers, _ = await conn.read()
         assert status == 503 and headers["retry-after"] == "1"
     assert app.served == ["/first"]
+
+
+class CancelledBeforeItBegins(CoalescingHttpToolsProtocol):
+    """The protocol, with the task of a request to `/doomed` cancelled as soon as it is
+    made: what uvicorn's graceful-shutdown timeout does to every request's task, here at
+    the worst moment, after the request was given its slot or queue place and before its
+    task first ran."""
+
+    cancelled: list[asyncio.Task] = []
+
+    def _spawn(self, cycle, app):
+        task = super()._spawn(cycle, app)
+        if cycle.scope["path"] == "/doomed":
+            task.cancel()
+            self.cancelled.append(task)
+        return task
+
+
+async def cancelled_and_done() -> None:
+    async with asyncio.timeout(10):
+        while not CancelledBeforeItBegins.cancelled:
+            await asyncio.sleep(0.005)
+        await asyncio.wait(CancelledBeforeItBegins.cancelled)
+    assert all(task.cancelled() for task in CancelledBeforeItBegins.cancelled)
+    CancelledBeforeItBegins.cancelled.clear()
+
+
+async def test_a_request_task_cancelled_before_it_begins_gives_its_slot_back():
+    admission = Admission(max_in_flight=1, max_queue=0, max_wait_ms=30)
+    app = HeldApp(admission)
+    async with (
+        serving(app, CancelledBeforeItBegins) as (host, port),
+        connection(host, port) as doomed,
+        connection(host, port) as conn,
+    ):
+        doomed.writer.write(b"GET /doomed HTTP/1.1\r\nHost: t\r\n\r\n")
+        await doomed.writer.drain()
+        await cancelled_and_done()
+        assert admission.in_flight == 0  # taken at the protocol, given back once cancelled
+        # The only slot is free: the next request runs (a lost slot would refuse it).
+        status, _, answer = await conn.ask("GET /after HTTP/1.1\nHost: t\n")
+        assert (status, answer) == (200, b"/after")
+    assert app.served == ["/after"] and admission.in_flight == 0
+
+
+async def test_a_queued_request_task_cancelled_before_it_begins_leaves_the_queue():
+    admission = Admission(max_in_flight=1, max_queue=5, max_wait_ms=10_000)
+    app = HeldApp(admission)
+    async with (
+        serving(app, CancelledBeforeItBegins) as (host, port),
+        httpx.AsyncClient(base_url=f"http://{host}:{port}") as client,
+        connection(host, port) as doomed,
+    ):
+        holding = await held(app, client)
+        doomed.writer.write(b"GET /doomed HTTP/1.1\r\nHost: t\r\n\r\n")
+        await doomed.writer.drain()
+        await cancelled_and_done()
+        assert not admission.waiters  # it queued at the protocol, and left once cancelled
+        app.release.set()
+        assert (await holding).status_code == 200
+        # The slot freed by /hold was not handed to the cancelled request.
+        assert (await client.get("/after")).status_code == 200
+    assert app.served == ["/hold", "/after"] and admission.in_flight == 0

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app.web.admission import Admission
+from app.web.admission import ADMITTED, PENDING, RUNNING, Admission
 
 
 async def test_free_slots_are_taken_at_once_then_requests_wait():
@@ -185,11 +185,23 @@ async def test_a_shrunk_limit_holds_waiters_back_and_a_grown_one_hands_slots_ove
 async def test_a_lagging_loop_refuses_newcomers_without_waiting():
     admission = Admission(max_in_flight=1, max_queue=10, max_wait_ms=30, lag_target_ms=10)
     assert admission.try_enter()
-    admission.lag = 0.031  # the loop is already later than any wait may be
+    admission.observe_lag(0.035, 0.01)
+    admission.observe_lag(0.031, 0.05)  # the loop keeps later than any wait may be
     assert admission.join_queue() is None and not admission.waiters
-    admission.lag = 0.005
+    admission.observe_lag(0.005, 0.06)
     waiting = admission.join_queue()
     assert waiting is not None and len(admission.waiters) == 1
+    admission.leave()
+    assert await admission.turn(waiting) is True
+
+
+async def test_one_stall_of_the_loop_does_not_refuse_the_requests_it_held_up():
+    admission = Admission(max_in_flight=1, max_queue=10, max_wait_ms=30, lag_target_ms=10)
+    assert admission.try_enter()
+    admission.observe_lag(0.001, 0.01)
+    admission.observe_lag(0.2, 0.22)  # one 200 ms turn, over now
+    waiting = admission.join_queue()
+    assert waiting is not None  # queued, to be served as the loop works off the stall
     admission.leave()
     assert await admission.turn(waiting) is True
 
@@ -242,3 +254,21 @@ async def test_a_newcomer_is_refused_at_once_when_those_ahead_fill_the_slots_who
     for waiting in queued:
         admission.leave()
         assert waiting is not None and await admission.turn(waiting) is True
+
+
+async def test_a_queued_request_cancelled_before_it_ran_passes_a_slot_handed_to_it_on():
+    admission = Admission(max_in_flight=1, max_queue=5, max_wait_ms=10_000)
+    assert admission.try_enter()
+    first, behind = admission.join_queue(), admission.join_queue()
+    assert first is not None and behind is not None
+    admission.leave()  # the slot goes to `first`, whose task is cancelled before it runs
+    scope = {ADMITTED: PENDING}
+    admission.unstarted(scope, first)
+    assert behind.waiter.result() is True  # passed on, not lost
+    assert admission.in_flight == 1 and not admission.waiters
+    admission.unstarted(scope, first)  # once only
+    assert admission.in_flight == 1
+    admission.unstarted({ADMITTED: RUNNING}, behind)  # it ran: it frees the slot itself
+    assert admission.in_flight == 1
+    admission.leave()
+    assert admission.in_flight == 0

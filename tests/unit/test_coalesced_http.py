@@ -1,8 +1,22 @@
 """A response's writes of one event-loop turn go out as one (app/web/coalesced_http.py)."""
 
 import asyncio
+import hashlib
+import inspect
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.web.coalesced_http import CoalescingTransport
+
+# The source of uvicorn's method that CoalescingHttpToolsProtocol._spawn repeats (uvicorn
+# 0.55.0). When an upgrade changes it, read the new one: does _spawn still make the task
+# as uvicorn would?
+UVICORN_START_TASK_SHA256 = "8d0189e65525db4252cf68afc4d089cafa6a7065d1d39c3877354c0a0a7d504c"
+
+
+def test_uvicorn_method_is_the_one_repeated() -> None:
+    source = inspect.getsource(HttpToolsProtocol._start_asgi_task)
+    assert hashlib.sha256(source.encode()).hexdigest() == UVICORN_START_TASK_SHA256
 
 
 class Recorded:
