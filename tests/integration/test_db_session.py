@@ -129,6 +129,9 @@ async def test_a_statement_past_its_limit_is_cancelled(settings):
 
 async def test_a_transaction_left_idle_is_ended_by_the_server(settings):
     pooled = create_engine(dataclasses.replace(settings, idle_in_transaction_timeout_ms=100))
+    # The observer has the default timeout: a new connection's set-up runs in a transaction
+    # too, and under load its steps can be 100 ms apart (the server then ended it, a flake).
+    observer = create_engine(settings)
     try:
         async with pooled.connect() as conn:
             await conn.execute(text("SELECT 1"))  # opens the transaction (autobegin)
@@ -136,7 +139,7 @@ async def test_a_transaction_left_idle_is_ended_by_the_server(settings):
             await asyncio.sleep(0.2)
             # The server ends the session 100 ms into the idle transaction; poll (with a
             # deadline) from another connection until it is gone rather than guess a sleep.
-            async with pooled.connect() as other:
+            async with observer.connect() as other:
                 for _ in range(100):
                     alive = await other.scalar(
                         text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
@@ -150,6 +153,7 @@ async def test_a_transaction_left_idle_is_ended_by_the_server(settings):
                 await conn.execute(text("SELECT 1"))
     finally:
         await pooled.dispose()
+        await observer.dispose()
 
 
 async def test_a_slow_statement_is_logged_with_its_duration(settings, caplog):
