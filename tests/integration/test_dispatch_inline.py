@@ -4,8 +4,14 @@ and rows that fall due while a dispatch sends (their asks carried its key and we
 dropped) are claimed by the same run. Real PostgreSQL, Redis, SAQ worker and SMTP server."""
 
 import datetime as dt
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
+from saq import Job
+from sqlalchemy import event
 
 from tasks import reminders
 from tasks.queue import create_queue
@@ -105,3 +111,54 @@ async def test_rows_due_while_a_dispatch_sends_are_claimed_by_the_same_run(
 async def _all_sent(session, kind):
     rows = await outbox_rows(session, kind=kind)
     return rows and all(r.status == "sent" for r in rows)
+
+
+async def test_an_asked_dispatch_claims_again_once_its_second_is_over(engine, settings):
+    """While the job of an ask's second runs, SAQ drops every other ask of that second (the
+    same key): so the job's last claim comes after the second has ended, and the rows of
+    an ask it dropped never wait for the minute's cron (a CI flake showed the wait)."""
+    second = int(time.time())
+    with claim_times(engine) as claims:
+        result = await run_dispatch_job(engine, settings, f"{reminders.DISPATCH_KEY}{second}")
+    assert result == {"claimed": 0, "jobs": 0, "inline": 0}
+    assert claims, "no claim was made"
+    assert claims[-1] >= second + 1 + reminders.ASK_CLOCK_MARGIN_SECONDS, (second, claims)
+
+
+async def test_the_cron_dispatch_claims_once_and_does_not_wait(engine, settings):
+    with claim_times(engine) as claims:
+        await run_dispatch_job(engine, settings, "cron:dispatch_notifications")
+    assert len(claims) == 1  # nothing due: one claim, and no second one after a wait
+
+
+@contextmanager
+def claim_times(engine) -> Iterator[list[float]]:
+    """The wall-clock times of the outbox's claim statements on `engine`."""
+    times: list[float] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        if "UPDATE notifications AS n SET status = 'queued'" in statement:
+            times.append(time.time())
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        yield times
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+
+async def run_dispatch_job(engine, settings, key: str) -> dict[str, int]:
+    """The dispatch job as SAQ's worker runs it, under `key`."""
+    queue = create_queue(settings)
+    await queue.connect()
+    try:
+        return await reminders.dispatch_notifications(
+            {
+                "settings": settings,
+                "engine": engine,
+                "worker": SimpleNamespace(queue=queue),  # all the job reads of SAQ's worker
+                "job": Job("dispatch_notifications", key=key),
+            }
+        )
+    finally:
+        await queue.disconnect()
