@@ -140,7 +140,7 @@ def world(settings) -> World:
 def test_patient_books_reschedules_and_cancels(browser, live_server, settings, world):
     sql(settings, "UPDATE patients SET email = 'p0@t.test' WHERE id = :p", p=world.patients[0])
     day = day_after_tomorrow()
-    page = browser.new_context().new_page()
+    page = live_page(browser)
     errors = watch(page)
     sign_in(page, live_server, "p0@t.test", "/doctors")
     page.get_by_label("Name").fill("berl")
@@ -149,6 +149,7 @@ def test_patient_books_reschedules_and_cancels(browser, live_server, settings, w
     page.get_by_role("link", name="Dr. Berlin").click()
     page.wait_for_url(f"**/doctors/{world.doctor_id}/slots")
     page.goto(f"{live_server.url}/doctors/{world.doctor_id}/slots?date={day.isoformat()}")
+    wait_for_live(page)  # the live view's first message would reset a panel opened before it
 
     slot(page, at(day, 10)).click()
     page.get_by_label("Reason for the visit (optional)").fill("Check-up")
@@ -179,6 +180,7 @@ def test_patient_books_reschedules_and_cancels(browser, live_server, settings, w
     screenshot(page, "journey-my-appointments")
     mine.get_by_role("link", name="Reschedule").click()
     expect(page.get_by_role("status").first).to_contain_text("Choose a new time")
+    wait_for_live(page)
     slot(page, at(day, 12)).click()
     expect(page.get_by_role("heading", name="Move my appointment to")).to_be_visible()
     page.get_by_role("button", name="Confirm new time").click()
