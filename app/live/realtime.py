@@ -399,8 +399,9 @@ class Hub:
             for socket in sockets:
                 if socket.offer(html):
                     self.pushed += 1
-                else:
+                else:  # fell behind: forget it now (no more renders for it), say resync
                     socket.close(CLOSE_RESYNC)
+                    self.leave(socket)
 
     async def _connect(self) -> None:
         broadcast = Broadcast(backend=ConfirmedRedisBackend(self.redis_url))

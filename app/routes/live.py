@@ -358,7 +358,11 @@ async def _pump(socket: WebSocket[Any, Any, Any], subscription: LiveSocket, hub:
             if item == CLIENT_LEFT:
                 return
             if isinstance(item, int):  # a close code: fell behind, or Redis went away
-                await socket.close(code=item)
+                # The hub has already let it go. The close frame may wait behind unread
+                # fragments, so it gets the same grace as a stuck send's.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+                        await socket.close(code=item)
                 return
             try:
                 async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
