@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.access.identity import Principal
 from app.analytics.rollups import GENERATION, LEAD_BUCKETS
+from app.concurrently import concurrently
 from app.errors import DomainError, Forbidden, Invalid
 from app.i18n import N_, gettext, weekday
 
@@ -589,7 +590,7 @@ async def dashboard(engine: AsyncEngine, scope: ReportScope, group_by: str) -> D
         async with engine.connect() as conn:
             return await _rows(conn, text(sql), params)
 
-    stats, buckets = await asyncio.gather(
+    stats, buckets = await concurrently(
         on_own_connection(DASHBOARD_STATS_SQL, _params(scope)),
         on_own_connection(DASHBOARD_BUCKETS_SQL, _params(scope, dimensions=_DASHBOARD_DIMENSIONS)),
     )

@@ -23,6 +23,7 @@ from app.access.identity import Principal
 from app.appointments import commands
 from app.appointments.commands import BookingResult
 from app.appointments.rules import BookingRules, check_may_book_type, for_visit_type
+from app.concurrently import concurrently
 from app.errors import Invalid, NotFound
 from app.fhir import holds, resources
 from app.fhir.directory import Page, bookable_doctors, doctors_with_clinics, service_doctors
@@ -145,7 +146,7 @@ async def doctors_slots(
         async with gate:
             return await _doctor_slots(cache, doctor_id, comparisons, rules, now, kind, role)
 
-    every = await asyncio.gather(*(one(d, k) for d, k in zip(doctor_ids, kinds, strict=True)))
+    every = await concurrently(*(one(d, k) for d, k in zip(doctor_ids, kinds, strict=True)))
     return [f for found in every for f in found]
 
 

@@ -6,7 +6,6 @@ is rendered, and every answer says `Vary: HX-Request`.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.access.identity import Principal
 from app.analytics import exports
 from app.analytics import reports as analytics
+from app.concurrently import concurrently
 from app.errors import Invalid
 from app.i18n import gettext
 from app.routes.api_analytics import STAFF, start_export
@@ -69,7 +69,7 @@ async def dashboard(
     if group_by not in analytics.GROUPS:
         group_by = "weekday"
     engine = Services.of(request.app).analytics_engine
-    reports, clinics, waitlist = await asyncio.gather(
+    reports, clinics, waitlist = await concurrently(
         analytics.dashboard(engine, scope, group_by),
         _clinics(db_session, actor),
         _waitlist(engine, scope),
