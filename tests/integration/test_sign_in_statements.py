@@ -100,3 +100,20 @@ async def test_an_old_hash_takes_the_careful_path_and_is_upgraded(client, sessio
     events = (await session.scalars(select(AuditEvent))).all()
     assert [e.action for e in events] == [audit.LOGIN_SUCCEEDED]
     assert len((await session.scalars(select(RefreshToken))).all()) == 1
+
+
+async def test_the_longer_of_the_account_and_address_locks_decides(client, session, redis):
+    """Both locks are read in one round trip (`rate_limit._lock_remaining`); whichever is
+    longer is the Retry-After, and a right password waits it out too."""
+    from app.access.rate_limit import _account_key
+
+    await make_user(session)
+    await redis.set(f"login:lock:acct:{_account_key(CREDS['email'])}", 1, ex=40)
+    await redis.set("login:lock:addr:testclient", 1, ex=400)
+    refused = await client.post("/api/auth/token", json=CREDS)
+    assert refused.status_code == 429 and 300 < int(refused.headers["Retry-After"]) <= 400
+    await redis.delete("login:lock:addr:testclient")
+    refused = await client.post("/api/auth/token", json=CREDS)
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 40
+    await redis.delete(f"login:lock:acct:{_account_key(CREDS['email'])}")
+    assert (await client.post("/api/auth/token", json=CREDS)).status_code == 200
