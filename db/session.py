@@ -264,6 +264,12 @@ async def driver_fetchall(engine: AsyncEngine, query: str, *args: Any) -> list:
     return await _on_pooled(engine, query, args, one=False)
 
 
+async def driver_execute(engine: AsyncEngine, query: str, *args: Any) -> None:
+    """One statement that writes, run as `driver_fetchrow` runs a read: on a pooled
+    connection, outside any session, its own transaction (all of it or nothing)."""
+    await _on_pooled(engine, query, args, one=True)
+
+
 async def _on_pooled(engine: AsyncEngine, query: str, args: Sequence[Any], *, one: bool) -> Any:
     pooled = await engine.raw_connection()
     try:

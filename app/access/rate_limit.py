@@ -75,7 +75,13 @@ async def login_lock_remaining(redis: Redis, email: str, client_addr: str | None
 
 
 async def _lock_remaining(redis: Redis, keys: list[str]) -> int:
-    ttls = [await redis.ttl(key) for key in keys]
+    if len(keys) == 1:
+        ttls = [await redis.ttl(keys[0])]
+    else:  # the account's and the address's lock in one round trip, not one each
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.ttl(key)
+            ttls = await pipe.execute()
     return max([t for t in ttls if t > 0], default=0)
 
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import jwt
 from sqlalchemy import select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.access import audit
 from app.errors import DomainError
 from db.models import RefreshToken, User
+from db.session import driver_execute
 
 ALGORITHM = "HS256"
 ACCESS_TTL_SECONDS = 15 * 60
@@ -112,6 +113,39 @@ async def issue_refresh_token(
         )
     )
     await session.flush()
+    return token
+
+
+# A sign-in's audit event and its refresh token (a new family) in one statement, its own
+# transaction: both or neither (`accounts.sign_in_for_tokens`, the usual account).
+_SIGNED_IN_SQL = f"""
+WITH signed_in AS (
+  INSERT INTO audit_events (actor_user_id, action, subject_type, subject_id, client_addr)
+  VALUES ($1, '{audit.LOGIN_SUCCEEDED}', 'user', $1, $2::text::inet)
+)
+INSERT INTO refresh_tokens (user_id, family_id, token_hash, expires_at)
+VALUES ($1, $3, $4, $5)
+"""
+
+
+async def signed_in(engine: AsyncEngine, user_id: int, client_addr: str | None) -> str:
+    """Audit a successful sign-in and issue its refresh token (a new family), in one
+    statement on a pooled connection; the token.
+
+    Args:
+        client_addr: an address PostgreSQL's inet accepts, or None (`audit.inet`).
+    """
+    token = secrets.token_urlsafe(32)
+    expires_at = dt.datetime.now(dt.UTC) + REFRESH_TTL
+    await driver_execute(
+        engine,
+        _SIGNED_IN_SQL,
+        user_id,
+        client_addr,
+        secrets.token_hex(16),
+        _digest(token),
+        expires_at,
+    )
     return token
 
 

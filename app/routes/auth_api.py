@@ -124,20 +124,18 @@ async def token(
 ) -> TokenPair:
     """Exchange email and password (and `totp`, when the account has a second factor) for
     an access token (15 min) and a refresh token."""
-    user = await accounts.authenticate(
+    services = Services.of(request.app)
+    user_id, role, refresh = await accounts.sign_in_for_tokens(
         db_session,
-        Services.of(request.app).redis,
+        services.redis,
+        services.engine,
         email=data.email,
         password=data.password,
         limits=login_limits(_settings(request)),
         client_addr=client_addr(request),
         totp_code=data.totp,
     )
-    refresh = await tokens.issue_refresh_token(db_session, user.id)
-    await db_session.commit()
-    access = tokens.issue_access_token(
-        _settings(request).secret_key, user_id=user.id, role=user.role
-    )
+    access = tokens.issue_access_token(_settings(request).secret_key, user_id=user_id, role=role)
     return TokenPair(access, refresh, tokens.ACCESS_TTL_SECONDS)
 
 

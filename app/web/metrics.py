@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SCRAPE_TIMEOUT = 0.5  # seconds for each scrape-time query; a slow one is skipped, not waited
 SYNC_INTERVAL = 5.0
+# A request copies the process's plain counters and gauges into the metrics at most this
+# often (each Gauge.set and Counter.inc is a write to a shared memory map, several per
+# request); the lifespan's task does it every SYNC_INTERVAL when no request comes.
+REQUEST_SYNC_INTERVAL = 1.0
 # Fine at the bottom, where medbook's targets are (p99 < 15 ms), coarse up to seconds,
 # where the review's SLAs and the timeouts are.
 LATENCY_BUCKETS = (
@@ -258,7 +262,9 @@ class MetricsMiddleware(AbstractMiddleware):
             REQUESTS.labels(method, route, str(status)).inc()
             if status == 429:
                 RATE_LIMITED.labels(route).inc()
-            sync_process_values(scope["app"])
+            app = scope["app"]
+            if time.monotonic() - app.state.get("metrics_synced_at", 0.0) >= REQUEST_SYNC_INTERVAL:
+                sync_process_values(app)
 
 
 def _connection_opened(_dbapi_connection: Any, _record: Any) -> None:
@@ -274,6 +280,7 @@ def _pool_wait(seconds: float, timed_out: bool) -> None:
 def sync_process_values(app: Litestar) -> None:
     """Copy this process's plain counters into the metrics (only what grew since last)."""
     services = Services.of(app)
+    app.state["metrics_synced_at"] = time.monotonic()
     seen: dict[str, int] = app.state.setdefault("metrics_seen", {})
     cache, hub = services.slot_cache, services.hub
     sources = [("hits", cache.hits, CACHE_HITS), ("misses", cache.misses, CACHE_MISSES)]
