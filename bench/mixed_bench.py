@@ -113,6 +113,9 @@ class Phase:
     # Every answer: (kind, status, latency ms from the schedule, service ms from the send,
     # whether it carried Retry-After).
     answers: list[tuple[str, int, float, float, bool]] = field(default_factory=list)
+    # The load generator's own lag per answer (same order): how much later than both its
+    # schedule and the previous answer on its connection the request left (bench/lua).
+    sender_lags: list[float] = field(default_factory=list)
     load: float = math.nan  # the machine's 1-minute load average as the phase ended
     started: str = ""  # wall-clock UTC time of its schedule's start (to match other logs)
 
@@ -456,6 +459,7 @@ def run_mix(
                 phase.answers.append(
                     (head, status, float(rest[1]) / 1000, float(rest[3]) / 1000, rest[4] == "1")
                 )
+                phase.sender_lags.append(float(rest[5]) / 1000 if len(rest) > 5 else math.nan)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 result.latencies_ms.append(float(rest[1]) / 1000)
                 if head == "book" and status == 409:
@@ -1042,6 +1046,28 @@ def recovery_seconds_needed(after: Phase, normal_p99: float) -> float | None:
     return float(last) if last < after.seconds else None
 
 
+def sender_lag(phase: Phase) -> str:
+    """The load generator's own lag, p50 / p99 / max, over all answers and over the 503s:
+    the part of each latency that is wrk waiting for a core (the same wait delays its
+    reading of an answer, so about twice this is not the server's)."""
+    every = Result("", latencies_ms=[lag for lag in phase.sender_lags if lag == lag])
+    shed = Result(
+        "",
+        latencies_ms=[
+            lag
+            for (_, status, *_), lag in zip(phase.answers, phase.sender_lags, strict=True)
+            if status == 503 and lag == lag
+        ],
+    )
+    if not every.count:
+        return "not recorded"
+    return f"{every.pct(50):.1f} / {every.pct(99):.1f} / {max(every.latencies_ms):.1f} ms; " + (
+        f"{shed.pct(50):.1f} / {shed.pct(99):.1f} / {max(shed.latencies_ms):.1f} ms"
+        if shed.count
+        else "none shed"
+    )
+
+
 def overload_section(
     burst: Phase, after: Phase, normal_p99: float, integrity: dict, cpu: str
 ) -> list[str]:
@@ -1065,6 +1091,7 @@ def overload_section(
                 f"{r.pct(99):.2f} | {max(r.latencies_ms):.1f} | | {codes} |"
             )
     share = late.count / total.count if total.count else math.nan
+    sender = sender_lag(burst)
     lines += [
         "",
         "| overload figure | measured | target |",
@@ -1075,6 +1102,8 @@ def overload_section(
         f"| 503 from the send p50 / p99 / max | {service.pct(50):.1f} / {service.pct(99):.1f} / "
         f"{max(service.latencies_ms or [math.nan]):.1f} ms | < 50 ms |",
         f"| 503 from the schedule p50 / p99 | {late.pct(50):.1f} / {late.pct(99):.1f} ms | |",
+        f"| the load generator's own lag (a send later than its schedule and the previous "
+        f"answer on its connection) p50 / p99 / max, all answers; 503s | {sender} | |",
         f"| 503 without Retry-After | {bare} | 0 |",
         f"| other 5xx | {other_5xx} | 0 |",
         f"| answers later than 2 s; due but unanswered | {over_2s}; {burst.unanswered} | 0; 0 |",
