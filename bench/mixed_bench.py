@@ -547,6 +547,11 @@ def metrics(base: str) -> dict[str, float]:
     sums["5xx"] = 0.0
     for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name == LAG_BUCKETS:  # the event loop's lag, by bucket (cumulative counts)
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            sums[f"{LAG_BUCKETS}:{le}"] = sums.get(f"{LAG_BUCKETS}:{le}", 0.0) + float(
+                line.rsplit(" ", 1)[1]
+            )
         if name in sums:
             value = float(line.rsplit(" ", 1)[1])
             sums[name] += value
@@ -557,6 +562,30 @@ def metrics(base: str) -> dict[str, float]:
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
+LAG_BUCKETS = "medbook_event_loop_lag_seconds_bucket"
+
+
+def loop_lag(m: dict[str, float]) -> str:
+    """p50 / p99 / p99.9 of the server processes' event-loop lag from the histogram's
+    buckets (a delta of `metrics`): the upper bound of the bucket each falls in, in ms.
+    The lag is how long a request's bytes sit in the kernel before its process reads
+    them: the server's part of a refusal's time, which the load generator's is not."""
+    buckets = sorted(
+        (float(key.rsplit(":", 1)[1]), count)
+        for key, count in m.items()
+        if key.startswith(LAG_BUCKETS + ":")
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return "not recorded"
+
+    def bound(p: float) -> str:
+        le = next(le for le, count in buckets if count >= p * total)
+        return "> 5,000" if math.isinf(le) else f"≤ {le * 1000:g}"
+
+    return f"{bound(0.5)} / {bound(0.99)} / {bound(0.999)} ms ({total:.0f} ticks)"
 
 
 # --- websockets: a helper process holds them open for the whole run -------------------
@@ -1069,7 +1098,7 @@ def sender_lag(phase: Phase) -> str:
 
 
 def overload_section(
-    burst: Phase, after: Phase, normal_p99: float, integrity: dict, cpu: str
+    burst: Phase, after: Phase, normal_p99: float, integrity: dict, cpu: str, lag: str = ""
 ) -> list[str]:
     """The overload run: what was shed and how fast, what was served and how well, the
     bookings, and the return to normal."""
@@ -1104,6 +1133,8 @@ def overload_section(
         f"| 503 from the schedule p50 / p99 | {late.pct(50):.1f} / {late.pct(99):.1f} ms | |",
         f"| the load generator's own lag (a send later than its schedule and the previous "
         f"answer on its connection) p50 / p99 / max, all answers; 503s | {sender} | |",
+        "| the server processes' event-loop lag, burst and the normal rate after it (how "
+        f"long a request's bytes wait before they are read) p50 / p99 / p99.9 | {lag} | |",
         f"| 503 without Retry-After | {bare} | 0 |",
         f"| other 5xx | {other_5xx} | 0 |",
         f"| answers later than 2 s; due but unanswered | {over_2s}; {burst.unanswered} | 0; 0 |",
@@ -1271,7 +1302,12 @@ async def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     busy = start_busy_loops(args.busy_cores)
-    stack = start_stack(env, port, args.workers)
+    try:
+        stack = start_stack(env, port, args.workers)
+    except BaseException:  # a server too slow to start on a loaded machine: no claim left
+        stop_busy_loops(busy)
+        release_redis(bench_redis)
+        raise
     workdir = Path(tempfile.mkdtemp(prefix="mixed-bench-"))
     sockets = None
     try:
@@ -1423,7 +1459,12 @@ async def main() -> None:
         f"{m_over['medbook_db_connections_opened_total']:.0f}.",
         "",
         *overload_section(
-            burst, after, normal_p99(at200), integrity, cpu_line(cpu[2], cpu[3], burst)
+            burst,
+            after,
+            normal_p99(at200),
+            integrity,
+            cpu_line(cpu[2], cpu[3], burst),
+            loop_lag(m_over),
         ),
         "",
         "## Server CPU per request of each class",
