@@ -113,6 +113,9 @@ class Phase:
     # Every answer: (kind, status, latency ms from the schedule, service ms from the send,
     # whether it carried Retry-After).
     answers: list[tuple[str, int, float, float, bool]] = field(default_factory=list)
+    # The load generator's own lag per answer (same order): how much later than both its
+    # schedule and the previous answer on its connection the request left (bench/lua).
+    sender_lags: list[float] = field(default_factory=list)
     load: float = math.nan  # the machine's 1-minute load average as the phase ended
     started: str = ""  # wall-clock UTC time of its schedule's start (to match other logs)
 
@@ -456,6 +459,7 @@ def run_mix(
                 phase.answers.append(
                     (head, status, float(rest[1]) / 1000, float(rest[3]) / 1000, rest[4] == "1")
                 )
+                phase.sender_lags.append(float(rest[5]) / 1000 if len(rest) > 5 else math.nan)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 result.latencies_ms.append(float(rest[1]) / 1000)
                 if head == "book" and status == 409:
@@ -543,6 +547,11 @@ def metrics(base: str) -> dict[str, float]:
     sums["5xx"] = 0.0
     for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name == LAG_BUCKETS:  # the event loop's lag, by bucket (cumulative counts)
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            sums[f"{LAG_BUCKETS}:{le}"] = sums.get(f"{LAG_BUCKETS}:{le}", 0.0) + float(
+                line.rsplit(" ", 1)[1]
+            )
         if name in sums:
             value = float(line.rsplit(" ", 1)[1])
             sums[name] += value
@@ -553,6 +562,30 @@ def metrics(base: str) -> dict[str, float]:
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
+LAG_BUCKETS = "medbook_event_loop_lag_seconds_bucket"
+
+
+def loop_lag(m: dict[str, float]) -> str:
+    """p50 / p99 / p99.9 of the server processes' event-loop lag from the histogram's
+    buckets (a delta of `metrics`): the upper bound of the bucket each falls in, in ms.
+    The lag is how long a request's bytes sit in the kernel before its process reads
+    them: the server's part of a refusal's time, which the load generator's is not."""
+    buckets = sorted(
+        (float(key.rsplit(":", 1)[1]), count)
+        for key, count in m.items()
+        if key.startswith(LAG_BUCKETS + ":")
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return "not recorded"
+
+    def bound(p: float) -> str:
+        le = next(le for le, count in buckets if count >= p * total)
+        return "> 5,000" if math.isinf(le) else f"≤ {le * 1000:g}"
+
+    return f"{bound(0.5)} / {bound(0.99)} / {bound(0.999)} ms ({total:.0f} ticks)"
 
 
 # --- websockets: a helper process holds them open for the whole run -------------------
@@ -1042,8 +1075,30 @@ def recovery_seconds_needed(after: Phase, normal_p99: float) -> float | None:
     return float(last) if last < after.seconds else None
 
 
+def sender_lag(phase: Phase) -> str:
+    """The load generator's own lag, p50 / p99 / max, over all answers and over the 503s:
+    the part of each latency that is wrk waiting for a core (the same wait delays its
+    reading of an answer, so about twice this is not the server's)."""
+    every = Result("", latencies_ms=[lag for lag in phase.sender_lags if lag == lag])
+    shed = Result(
+        "",
+        latencies_ms=[
+            lag
+            for (_, status, *_), lag in zip(phase.answers, phase.sender_lags, strict=True)
+            if status == 503 and lag == lag
+        ],
+    )
+    if not every.count:
+        return "not recorded"
+    return f"{every.pct(50):.1f} / {every.pct(99):.1f} / {max(every.latencies_ms):.1f} ms; " + (
+        f"{shed.pct(50):.1f} / {shed.pct(99):.1f} / {max(shed.latencies_ms):.1f} ms"
+        if shed.count
+        else "none shed"
+    )
+
+
 def overload_section(
-    burst: Phase, after: Phase, normal_p99: float, integrity: dict, cpu: str
+    burst: Phase, after: Phase, normal_p99: float, integrity: dict, cpu: str, lag: str = ""
 ) -> list[str]:
     """The overload run: what was shed and how fast, what was served and how well, the
     bookings, and the return to normal."""
@@ -1065,6 +1120,7 @@ def overload_section(
                 f"{r.pct(99):.2f} | {max(r.latencies_ms):.1f} | | {codes} |"
             )
     share = late.count / total.count if total.count else math.nan
+    sender = sender_lag(burst)
     lines += [
         "",
         "| overload figure | measured | target |",
@@ -1075,6 +1131,10 @@ def overload_section(
         f"| 503 from the send p50 / p99 / max | {service.pct(50):.1f} / {service.pct(99):.1f} / "
         f"{max(service.latencies_ms or [math.nan]):.1f} ms | < 50 ms |",
         f"| 503 from the schedule p50 / p99 | {late.pct(50):.1f} / {late.pct(99):.1f} ms | |",
+        f"| the load generator's own lag (a send later than its schedule and the previous "
+        f"answer on its connection) p50 / p99 / max, all answers; 503s | {sender} | |",
+        "| the server processes' event-loop lag, burst and the normal rate after it (how "
+        f"long a request's bytes wait before they are read) p50 / p99 / p99.9 | {lag} | |",
         f"| 503 without Retry-After | {bare} | 0 |",
         f"| other 5xx | {other_5xx} | 0 |",
         f"| answers later than 2 s; due but unanswered | {over_2s}; {burst.unanswered} | 0; 0 |",
@@ -1242,7 +1302,12 @@ async def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     busy = start_busy_loops(args.busy_cores)
-    stack = start_stack(env, port, args.workers)
+    try:
+        stack = start_stack(env, port, args.workers)
+    except BaseException:  # a server too slow to start on a loaded machine: no claim left
+        stop_busy_loops(busy)
+        release_redis(bench_redis)
+        raise
     workdir = Path(tempfile.mkdtemp(prefix="mixed-bench-"))
     sockets = None
     try:
@@ -1394,7 +1459,12 @@ async def main() -> None:
         f"{m_over['medbook_db_connections_opened_total']:.0f}.",
         "",
         *overload_section(
-            burst, after, normal_p99(at200), integrity, cpu_line(cpu[2], cpu[3], burst)
+            burst,
+            after,
+            normal_p99(at200),
+            integrity,
+            cpu_line(cpu[2], cpu[3], burst),
+            loop_lag(m_over),
         ),
         "",
         "## Server CPU per request of each class",

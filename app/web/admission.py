@@ -85,6 +85,8 @@ SERVICE_WEIGHT = 0.05
 ADMITTED = "medbook.admitted"
 PENDING = "pending"
 RUNNING = "running"
+# Set by the protocol on a queued request it answered 503 itself when its wait ended.
+REFUSED = "medbook.refused"
 # Where the protocol finds the process's Admission: the app's state (create_app).
 STATE_KEY = "admission"
 # The route label of requests refused at the protocol, before routing.
@@ -232,10 +234,12 @@ class Admission:
             return True
         return False
 
-    def join_queue(self) -> Waiting | None:
+    def join_queue(self, refuse: Callable[[], None] | None = None) -> Waiting | None:
         """Queue for a slot, the wait timed from now; None (counted) when the request is
         refused at once: the queue full or standing, or the loop already later than any
-        wait may be."""
+        wait may be. `refuse`, if given, answers the 503 from the timer that ends the
+        wait (the protocol's single write), before the loop's other ready work and
+        before the request's task resumes."""
         ahead = len(self.waiters)
         if (
             ahead >= self.max_queue
@@ -258,7 +262,8 @@ class Admission:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         self.waiters.append(waiter)
-        return Waiting(waiter, loop.call_later(self.max_wait, _expire, waiter), arrived)
+        timer = loop.call_later(self.max_wait, _expire, waiter, refuse)
+        return Waiting(waiter, timer, arrived)
 
     async def wait(self) -> bool:
         """Wait up to max_wait for a slot; False when none came, or at once when refused
@@ -339,6 +344,8 @@ class Admission:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
             _running(scope)
             if not await self.turn(waiting):
+                if scope.get(REFUSED):
+                    return  # answered by the protocol when the wait ended
                 assert self.refusals is not None  # the protocol queues only once prepared
                 refusal = self.refusals.choose(scope)
                 REQUESTS.labels(str(scope.get("method", "GET")), SHED_ROUTE, "503").inc()
@@ -373,9 +380,11 @@ def _running(scope: Scope) -> None:
     cast("dict[str, Any]", scope)[ADMITTED] = RUNNING
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
+def _expire(waiter: asyncio.Future[bool], refuse: Callable[[], None] | None) -> None:
     if not waiter.done():
         waiter.set_result(False)
+        if refuse is not None:
+            refuse()
 
 
 def _discard(waiters: deque[asyncio.Future[bool]], waiter: asyncio.Future[bool]) -> None:

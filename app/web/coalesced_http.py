@@ -13,9 +13,11 @@ before the admission middleware saw it (a task, Litestar's routing and the metri
 middleware, each waiting its turn on a busy loop) and in sending the 503 through the
 ASGI machinery. Here the decision is taken when the request's headers are parsed, in
 the same turn as its bytes are read: a free slot starts the app's task as uvicorn
-would, a queue place starts a task that first waits for its slot, and a refusal is one
-write of a 503 made at start-up, with no task at all. The request's body, if any, is
-read and dropped by the parser; the connection stays open for the next request.
+would, a queue place starts a task that first waits for its slot (and, when the wait runs
+out, gets the same 503 written from the wait's timer, ahead of the loop's other ready
+work), and a refusal is one write of a 503 made at start-up, with no task at all. The
+request's body, if any, is read and dropped by the parser; the connection stays open for
+the next request.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from app.web.admission import (
     ADMITTED,
     BYPASS_PREFIXES,
     PENDING,
+    REFUSED,
     SHED_ROUTE,
     STATE_KEY,
     Admission,
@@ -111,7 +114,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             waiting = None
             task = self._spawn(cycle, self.admitted_app)
         else:
-            waiting = admission.join_queue()
+            waiting = admission.join_queue(partial(self._refuse_queued, cycle, admission))
             if waiting is None:
                 self._refuse(cycle, admission)
                 return
@@ -152,6 +155,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if not keep_alive:
             self.out.close()
         self.on_response_complete()
+
+    def _refuse_queued(self, cycle: RequestResponseCycle, admission: Admission) -> None:
+        """A queued request whose wait ran out: its 503 written from the timer, as a
+        refusal at once is, not two turns of a busy loop later through its task (which
+        then ends without answering)."""
+        if cycle.response_started or cycle.disconnected:
+            return
+        scope: Any = cycle.scope
+        scope[REFUSED] = True
+        self._refuse(cycle, admission)
 
     def on_headers_complete(self) -> None:
         before = self.cycle

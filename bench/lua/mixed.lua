@@ -18,9 +18,12 @@
 -- "auth" every signed-in 200 with a refresh of the new refresh token, as the next request
 -- of the same schedule.
 --
--- Each answer is written as `kind status latency_us due_us service_us retry_after`:
+-- Each answer is written as `kind status latency_us due_us service_us retry_after lag_us`:
 -- latency from the scheduled time, due time from t0, service time from the actual send,
--- and 1 when the answer carried a Retry-After header.
+-- 1 when the answer carried a Retry-After header, and the load generator's own lag: how
+-- much later than both its schedule and the previous answer on its connection the request
+-- left (the thread's timer fired late: wrk waiting for a core, not the server). The same
+-- wait for a core delays reading each answer, so it is counted in every latency too.
 
 local ffi = require("ffi")
 ffi.cdef([[
@@ -47,6 +50,7 @@ end
 local cfg, raw, auth, step_us, t0_us
 local k, m = 0, 0
 local prepared, kind, scheduled, sent, idle
+local free_at = 0 -- when the previous answer on this thread's connection was read
 local cancel_id, cancel_auth, refresh_token
 rows = {}
 
@@ -123,16 +127,20 @@ function request()
 end
 
 function response(status, headers, body)
+  local finished = now_us()
   if not sent or kind == "idle" then
     sent = nil
+    free_at = finished
     return
   end
   local start = scheduled < sent and scheduled or sent
-  local finished = now_us()
+  local ready = scheduled > free_at and scheduled or free_at
+  local lag = sent > ready and sent - ready or 0
+  free_at = finished
   -- A refusal must say when to come back: 1 when it carries Retry-After.
   local retry = (headers["retry-after"] or headers["Retry-After"]) and 1 or 0
-  rows[#rows + 1] = string.format("%s %d %.1f %.0f %.1f %d", kind, status, finished - start,
-    scheduled - t0_us, finished - sent, retry)
+  rows[#rows + 1] = string.format("%s %d %.1f %.0f %.1f %d %.1f", kind, status,
+    finished - start, scheduled - t0_us, finished - sent, retry, lag)
   if kind == "book" and status == 201 then
     cancel_id = string.match(body, '"id":%s*(%d+)')
   elseif kind == "sign-in" and status == 200 then

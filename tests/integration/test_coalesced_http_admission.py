@@ -278,3 +278,42 @@ async def test_a_queued_request_task_cancelled_before_it_begins_leaves_the_queue
         # The slot freed by /hold was not handed to the cancelled request.
         assert (await client.get("/after")).status_code == 200
     assert app.served == ["/hold", "/after"] and admission.in_flight == 0
+
+
+class SlowToResume(Admission):
+    """Admission whose queued request's task, once its wait has run out, does not resume
+    until `resume` is set: a loop too busy to get back to it."""
+
+    resume: asyncio.Event
+
+    async def turn(self, waiting):
+        admitted = await super().turn(waiting)
+        if not admitted:
+            await self.resume.wait()
+        return admitted
+
+
+async def test_a_queued_request_whose_wait_runs_out_is_answered_from_the_timer():
+    """Its 503 goes out when the wait's timer fires, not when its task gets a turn; the
+    task then ends without answering again and the connection serves the next request."""
+    admission = SlowToResume(max_in_flight=1, max_queue=5, max_wait_ms=50)
+    admission.resume = asyncio.Event()
+    app = HeldApp(admission)
+    async with (
+        serving(app) as (host, port),
+        httpx.AsyncClient(base_url=f"http://{host}:{port}") as client,
+        connection(host, port) as conn,
+    ):
+        holding = await held(app, client)
+        status, headers, body = await conn.ask("GET /api/late HTTP/1.1\nHost: t\n")
+        assert status == 503 and headers["retry-after"] == "1"
+        assert json.loads(body)["detail"] == BUSY_DETAIL
+        assert not admission.resume.is_set()  # answered while its task was held back
+        admission.resume.set()
+        app.release.set()
+        assert (await holding).status_code == 200
+        await asyncio.sleep(0.05)  # the task's end: a second answer would come first
+        status, _, answer = await conn.ask("GET /next HTTP/1.1\nHost: t\n")
+        assert (status, answer) == (200, b"/next")
+    assert app.served == ["/hold", "/next"]
+    assert admission.in_flight == 0 and not admission.waiters

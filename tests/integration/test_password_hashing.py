@@ -3,7 +3,9 @@ requests of the process nor piles up without bound (issue #17)."""
 
 import asyncio
 import dataclasses
+import gc
 import threading
+import time
 
 import httpx
 import pytest
@@ -113,6 +115,9 @@ async def test_a_hash_no_thread_takes_in_time_is_refused_and_skipped():
         computed.append("late")
         return "late"
 
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
     busy = asyncio.create_task(pool.run(hold))
     await asyncio.to_thread(started.wait)
     try:
@@ -124,3 +129,47 @@ async def test_a_hash_no_thread_takes_in_time_is_refused_and_skipped():
     assert await busy == "held"
     assert await pool.run(lambda: "next") == "next"  # the thread went past the skipped one
     assert computed == []
+    gc.collect()  # a future whose exception nobody read is reported when collected
+    loop.set_exception_handler(None)
+    assert unhandled == []
+
+
+async def test_a_sign_in_that_would_wait_longer_than_the_queue_allows_is_refused_at_once():
+    """Hashes have been taking 0.2 s and the one thread is busy: a sign-in that would wait
+    longer than max_queue_seconds for it is refused at once, though the queue has room and
+    its max_wait is far off; with a pool that allows the wait, it is queued and computed."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait()
+        return "held"
+
+    for max_queue, refused in ((0.1, True), (0.5, False)):
+        pool = passwords.HashPool(threads=1, waiting=5, max_wait=30, max_queue_seconds=max_queue)
+        pool.hash_seconds = 0.2  # the recent pace
+        started.clear()
+        release.clear()
+        busy = asyncio.create_task(pool.run(hold))
+        await asyncio.to_thread(started.wait)
+        try:
+            if refused:
+                with pytest.raises(Overloaded):
+                    await pool.run(lambda: "late")
+                assert not busy.done()  # refused while the thread was still busy
+            else:
+                queued = asyncio.create_task(pool.run(lambda: "queued"))
+                await asyncio.sleep(0.05)
+                assert not queued.done()  # waiting for the thread, not refused
+        finally:
+            release.set()
+        assert await busy == "held"
+        if not refused:
+            assert await queued == "queued"
+
+
+async def test_the_pace_of_hashes_is_learnt_from_the_threads():
+    pool = passwords.HashPool(threads=1)
+    assert pool.hash_seconds == 0
+    await pool.run(time.sleep, 0.05)  # type: ignore[arg-type]
+    assert 0.005 < pool.hash_seconds < 0.05  # one sample of 50 ms, weighted in from 0
