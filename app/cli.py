@@ -563,9 +563,8 @@ def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None
         migrate.upgrade(plain_database_url(settings.database_url))
         _run(lambda: _seed_demo(settings))
         # What this process holds now (the migration's and the seed's modules and data)
-        # lives until it exits: frozen, so that the interpreter's last full garbage
-        # collection at exit skips it. That collection took longer than stopping the web
-        # server, the worker and both services together (bench/README.md).
+        # lives until it exits: frozen, so that no collection walks it again (at exit,
+        # whichever way it ends: on Ctrl-C `_exit_at_once` skips the teardown).
         gc.freeze()
         base = [sys.executable, "-m", "app.cli", "--data-dir", ctx.obj["data_dir"]]
 
@@ -588,6 +587,7 @@ def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None
         )
     if failure:
         raise click.ClickException(failure)
+    _exit_at_once()  # everything it started has stopped
 
 
 if __name__ == "__main__":
