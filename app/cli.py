@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -153,6 +153,20 @@ def _metrics_dir(settings: Settings, process: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
+def _exit_at_once(code: int = 0) -> None:
+    """End the process now that it has stopped in order (its jobs finished or given up,
+    its pools and connections closed, the services it started stopped), skipping the
+    interpreter's teardown: its full collections over the whole heap and the freeing of
+    every module, which took most of an idle worker's stop on a loaded machine
+    (bench/README.md, "The demo's stop"). Logs and stdout are flushed first; nothing
+    else is registered to run at exit (logging's flush, futures' thread joins: none left)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(coro_fn())
 
@@ -265,11 +279,11 @@ def worker(ctx: click.Context) -> None:
         _metrics_dir(settings, "worker")  # for job metrics; the worker serves no /metrics
         from tasks.worker import run, worker_settings  # prometheus-client: after the line above
 
-        # The imported code lives as long as the process: frozen, so that neither the
-        # worker's own full collections nor the interpreter's last one at exit walk it
-        # (that one took most of an idle worker's stop, bench/README.md).
+        # The imported code lives as long as the process: frozen, so that the worker's
+        # own full collections do not walk it.
         gc.freeze()
         run(worker_settings())
+    _exit_at_once()
 
 
 @main.group()
@@ -549,9 +563,8 @@ def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None
         migrate.upgrade(plain_database_url(settings.database_url))
         _run(lambda: _seed_demo(settings))
         # What this process holds now (the migration's and the seed's modules and data)
-        # lives until it exits: frozen, so that the interpreter's last full garbage
-        # collection at exit skips it. That collection took longer than stopping the web
-        # server, the worker and both services together (bench/README.md).
+        # lives until it exits: frozen, so that no collection walks it again (at exit,
+        # whichever way it ends: on Ctrl-C `_exit_at_once` skips the teardown).
         gc.freeze()
         base = [sys.executable, "-m", "app.cli", "--data-dir", ctx.obj["data_dir"]]
 
@@ -574,6 +587,7 @@ def demo(ctx: click.Context, host: str, port: int, ready_timeout: float) -> None
         )
     if failure:
         raise click.ClickException(failure)
+    _exit_at_once()  # everything it started has stopped
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def tune_gc() -> None:
     pools) out of the garbage collector's reach, as the web processes do
     (app/web/asgi.py `freeze_startup_heap`). A full collection then walks only what the
     jobs made since; before, each walked the start-up heap too, several times in each
-    FHIR feed's build (bench/README.md). `shutdown` hands the objects back."""
+    FHIR feed's build (bench/README.md). `shutdown` hands the objects back, unless the
+    process ends with the worker (`Worker.unfreeze_at_shutdown`)."""
     gc.collect()
     gc.freeze()
 
@@ -76,7 +77,8 @@ def tune_gc() -> None:
 async def shutdown(ctx: dict[str, Any]) -> None:
     await reminders.shutdown(ctx)
     await ctx["services"].stop()
-    gc.unfreeze()  # a worker started and stopped in a test process is collected
+    if getattr(ctx.get("worker"), "unfreeze_at_shutdown", True):
+        gc.unfreeze()  # a worker started and stopped in a test process is collected
 
 
 def worker_settings() -> dict[str, Any]:
@@ -131,6 +133,13 @@ class Worker(SaqWorker):
     active list, not started; the next sweep (any worker's) retries it.
     """
 
+    # Whether `shutdown` hands the heap frozen at start-up (`tune_gc`) back to the
+    # collector: yes for a worker in a process that goes on (a test's); `run` says no,
+    # since its process ends with the worker. Handed back there, the interpreter's full
+    # collections at exit walked the whole heap again, most of an idle worker's stop on
+    # a loaded machine (bench/README.md, "The demo's stop").
+    unfreeze_at_shutdown = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._upkeep_tasks: list[asyncio.Task[None]] = []
@@ -165,6 +174,7 @@ def run(settings: dict[str, Any]) -> None:
     CPU priority (WORKER_NICENESS)."""
     os.nice(WORKER_NICENESS)
     worker = Worker(**settings)
+    worker.unfreeze_at_shutdown = False
 
     async def work() -> None:
         try:

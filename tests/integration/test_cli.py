@@ -296,24 +296,28 @@ def test_demo_fails_with_one_line_when_its_port_is_taken(demo_env, tmp_path):
 
 def start_demo(data_dir: str, port: int, **popen) -> tuple[subprocess.Popen, str]:
     """`medbook demo` in a process group of its own, once it has printed its URL (that
-    line); stopped, its group with it, if it never does."""
-    demo = start_process(
-        [sys.executable, "-m", "app.cli", "--data-dir", data_dir, "demo", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        **popen,
-    )
-    try:
-        assert demo.stdout is not None
-        for line in demo.stdout:  # ends at EOF if demo dies; pytest-timeout bounds it
-            if "medbook is running at" in line:
-                return demo, line
-        pytest.fail(f"demo exited with {demo.wait()} before printing its URL")
-    except BaseException:
-        stop_process(demo)
-        raise
+    line); stopped, its group with it, if it never does (its stderr then says why)."""
+    with tempfile.TemporaryFile("w+") as errors:
+        demo = start_process(
+            [sys.executable, "-m", "app.cli", "--data-dir", data_dir, "demo", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            cwd=ROOT,
+            **popen,
+        )
+        try:
+            assert demo.stdout is not None
+            for line in demo.stdout:  # ends at EOF if demo dies; pytest-timeout bounds it
+                if "medbook is running at" in line:
+                    return demo, line
+            code = demo.wait()
+            errors.seek(0)
+            why = errors.read()[-3000:]
+            pytest.fail(f"demo exited with {code} before printing its URL:\n{why}")
+        except BaseException:
+            stop_process(demo)
+            raise
 
 
 def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(demo_env, tmp_path):

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import gc
 import signal
 import subprocess
 import sys
@@ -34,7 +35,30 @@ async def test_worker_runs_the_heartbeat_job(redis):
         services = worker.context["services"]
         assert worker.context["exports"] is services.exports
         assert worker.context["documents"] is services.documents
+        # Frozen once started (tasks/worker.py `tune_gc`), handed back at its stop: this
+        # process goes on, and its objects must be collectable again.
+        assert gc.get_freeze_count() == 0
     finally:
+        await queue.disconnect()
+
+
+async def test_a_worker_that_ends_its_process_leaves_its_heap_frozen(redis):
+    """`run`'s worker (`medbook worker`) ends with its process: unfrozen at its stop, the
+    interpreter's collections at exit walked the whole heap again, most of an idle
+    worker's stop on a loaded machine (issue 16)."""
+    settings = worker_settings()
+    queue = settings.pop("queue")
+    settings.pop("cron_jobs")
+    await queue.connect()
+    try:
+        await queue.enqueue("heartbeat")
+        settings["concurrency"] = 1
+        worker = Worker(queue, **settings, burst=True, max_burst_jobs=1, dequeue_timeout=1)
+        worker.unfreeze_at_shutdown = False  # as `run` sets it
+        await worker.start()
+        assert gc.get_freeze_count() > 10_000  # modules, services, pools
+    finally:
+        gc.unfreeze()
         await queue.disconnect()
 
 
