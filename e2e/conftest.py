@@ -157,11 +157,16 @@ document.addEventListener("htmx:wsAfterMessage", __count("messages"));
 LIVE_EVENT_WAIT_MS = 30_000  # a deadline, not a speed check (a loaded 2-core machine)
 
 
-def live_page(browser, **context_options):
-    """A page of a fresh browser context whose live-socket events `wait_for_live` sees."""
+def live_context(browser, **context_options):
+    """A fresh browser context whose pages' live-socket events `wait_for_live` sees."""
     context = browser.new_context(**context_options)
     context.add_init_script(_COUNT_LIVE_EVENTS)
-    return context.new_page()
+    return context
+
+
+def live_page(browser, **context_options):
+    """A page of a fresh browser context whose live-socket events `wait_for_live` sees."""
+    return live_context(browser, **context_options).new_page()
 
 
 def wait_for_live(page, event: str = "messages", count: int = 1, socket: str = "live") -> None:
