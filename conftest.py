@@ -962,7 +962,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             RUN_MARK, os.environ.get(RUN_MARK, ""), spared=workers
         )
     else:
-        left = processes.stop_left_behind(_run_folders, _before_tests)
+        # The worker's mark in an xdist worker, else the run's (see left_behind).
+        mark = WORKER_MARK if WORKER_MARK in os.environ else RUN_MARK
+        left = processes.stop_left_behind(
+            _run_folders, _before_tests, mark=(mark, os.environ.get(mark, ""))
+        )
         if hasattr(config, "workeroutput"):  # an xdist worker: the controller fails the run
             config.workeroutput["processes_left_behind"] = left
     if not left:
