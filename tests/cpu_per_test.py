@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 _out = None
-_seen: dict[tuple[int, float], float] = {}
+_seen: dict[tuple[int, float], tuple[float, float, bool]] = {}
 
 
 def _own() -> tuple[float, float]:
@@ -33,19 +33,24 @@ def _own() -> tuple[float, float]:
 
 
 def _descendants() -> tuple[float, float]:
-    """CPU the live descendants used since the last call, and what the ones that have
-    gone since had used by then (their reaped CPU is counted again in RUSAGE_CHILDREN)."""
+    """CPU the live descendants used since the last call, and what the direct children
+    that have gone since had used by then, their own reaped children's included (all of
+    which RUSAGE_CHILDREN counts once this process reaps them). A grandchild's CPU counts
+    as it goes; its parent's reaping it is not counted again."""
     global _seen
-    now = {}
+    now: dict[tuple[int, float], tuple[float, float, bool]] = {}
+    me = os.getpid()
     for proc in psutil.Process().children(recursive=True):
         try:
             with proc.oneshot():
                 times = proc.cpu_times()
-                now[(proc.pid, proc.create_time())] = times.user + times.system
+                own = times.user + times.system
+                total = own + times.children_user + times.children_system
+                now[(proc.pid, proc.create_time())] = (own, total, proc.ppid() == me)
         except psutil.Error:
             pass
-    used = sum(cpu - _seen.get(key, 0.0) for key, cpu in now.items())
-    gone = sum(cpu for key, cpu in _seen.items() if key not in now)
+    used = sum(own - _seen[key][0] if key in _seen else own for key, (own, _, _) in now.items())
+    gone = sum(total for key, (_, total, direct) in _seen.items() if key not in now and direct)
     _seen = now
     return used, gone
 
