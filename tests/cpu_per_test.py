@@ -7,7 +7,11 @@ Each test's line holds the CPU of the test process (`self`) and of the processes
 started (`children`: those reaped during the test, from getrusage(RUSAGE_CHILDREN), and
 what live descendants such as a module's server or browser used meanwhile, from psutil),
 and its wall time, from its setup to its teardown. Each worker also writes its start and
-collection. CPU_PER_TEST_DIR names another folder; lines are appended."""
+collection. CPU_PER_TEST_DIR names another folder; lines are appended.
+
+Approximate where process trees end: a grandchild's CPU (a browser's renderer) counted as
+it went is counted again when its parent, ended and reaped during a later test, reports
+it; that test shows it. Module totals and the run's total are the figures to compare."""
 
 from __future__ import annotations
 
@@ -49,10 +53,20 @@ def _descendants() -> tuple[float, float]:
                 now[(proc.pid, proc.create_time())] = (own, total, proc.ppid() == me)
         except psutil.Error:
             pass
+    for key, seen in _seen.items():  # missed by this walk (a race), but still running
+        if key not in now and _running(*key):
+            now[key] = seen
     used = sum(own - _seen[key][0] if key in _seen else own for key, (own, _, _) in now.items())
     gone = sum(total for key, (_, total, direct) in _seen.items() if key not in now and direct)
     _seen = now
     return used, gone
+
+
+def _running(pid: int, created: float) -> bool:
+    try:
+        return psutil.Process(pid).create_time() == created
+    except psutil.Error:
+        return False
 
 
 def _write(config: pytest.Config, line: dict) -> None:
