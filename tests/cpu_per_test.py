@@ -11,7 +11,7 @@ collection. CPU_PER_TEST_DIR names another folder; lines are appended.
 
 Approximate where process trees end: a grandchild's CPU (a browser's renderer) counted as
 it went is counted again when its parent, ended and reaped during a later test, reports
-it; that test shows it. Module totals and the run's total are the figures to compare."""
+it; that test shows it. The exact figure is the run's whole CPU (`/usr/bin/time`)."""
 
 from __future__ import annotations
 
