@@ -620,6 +620,30 @@ async def shared_app(settings) -> AsyncIterator[SharedApp]:
         await app.stop()
 
 
+def _stop_kept_browser_services(item: pytest.Item | None = None) -> None:
+    """Stop what of the job worker and Chromium that browser modules share (e2e/conftest.py's
+    _Kept) `item` does not use (None: all), when that conftest is loaded."""
+    browsers = sys.modules.get("e2e.conftest")
+    if browsers is not None:
+        browsers.stop_kept(item)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before a test outside e2e/: no shared job worker may take its jobs, and no started
+    Playwright may stand in its event loop's way."""
+    _stop_kept_browser_services(item)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the process's last test, once its own and its module's fixtures are torn down
+    but before the session's are (async ones among them, which a started Playwright would
+    stand in the way of): the session's last finalizer runs first."""
+    if nextitem is None:
+        item.session.addfinalizer(_stop_kept_browser_services)
+
+
 _FAILED = pytest.StashKey[bool]()
 
 
@@ -930,6 +954,7 @@ def pytest_testnodedown(node, error) -> None:
 @pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A run fails when it leaves a process behind; those found are killed and named."""
+    _stop_kept_browser_services()
     config = session.config
     if config.pluginmanager.hasplugin("dsession"):  # xdist's controller: workers search
         workers = {p.pid for p in psutil.Process().children()}
@@ -937,7 +962,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             RUN_MARK, os.environ.get(RUN_MARK, ""), spared=workers
         )
     else:
-        left = processes.stop_left_behind(_run_folders, _before_tests)
+        # The worker's mark in an xdist worker, else the run's (see left_behind).
+        mark = WORKER_MARK if WORKER_MARK in os.environ else RUN_MARK
+        left = processes.stop_left_behind(
+            _run_folders, _before_tests, mark=(mark, os.environ.get(mark, ""))
+        )
         if hasattr(config, "workeroutput"):  # an xdist worker: the controller fails the run
             config.workeroutput["processes_left_behind"] = left
     if not left:

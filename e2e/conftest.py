@@ -82,16 +82,96 @@ class Worker:
         stop_process(self.process)
 
 
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+class _Kept:
+    """The job worker and the Chromium the browser test modules of this process share:
+    started by the first module that needs them and kept while the process runs browser
+    tests, not started again for every module (each start is a new Python process that
+    imports the app, or a browser and Playwright's driver: seconds of CPU each, see
+    docs/testing.md). Stopped before any test outside e2e/ runs (conftest.py's
+    pytest_runtest_setup; the worker also before a browser test that has none beside it),
+    and at the session's end: a job worker left running would take an integration test's
+    jobs and send its pending messages, and while the sync Playwright API is started the
+    main thread counts as running an event loop, under which no async test can run. One
+    that has died is started again."""
+
+    def __init__(self) -> None:
+        self.worker: Worker | None = None
+        self.playwright = None
+        self.chromium = None
+
+    def started_worker(self) -> Worker:
+        if self.worker is not None and self.worker.process.poll() is not None:
+            self.worker = None  # it died: a new one
+        if self.worker is None:
+            # No SMTP or SMS provider here: messages land in the dev mailbox, where a test
+            # reads the e-mail a person would get (e2e/test_day_at_the_clinic.py's reset link).
+            self.worker = Worker(env={"NOTIFY_DEV_MAILBOX": "1"})
+        return self.worker
+
+    def started_chromium(self):
+        if self.chromium is not None and not self.chromium.is_connected():
+            self.stop_chromium()
+        if self.chromium is None:
+            path = chromium_path()
+            assert path, "no Chromium: run `python e2e/browser.py --ensure` (make test does)"
+            self.playwright = sync_playwright().start()
+            try:
+                self.chromium = self.playwright.chromium.launch(
+                    executable_path=path, args=CHROMIUM_ARGS
+                )
+            except BaseException:
+                self.stop_chromium()
+                raise
+        return self.chromium
+
+    def stop_chromium(self) -> None:
+        chromium, self.chromium = self.chromium, None
+        playwright, self.playwright = self.playwright, None
+        try:
+            if chromium is not None and chromium.is_connected():
+                chromium.close()
+        finally:
+            if playwright is not None:
+                playwright.stop()
+
+    def stop_worker(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.stop()
+
+    def stop(self) -> None:
+        try:
+            self.stop_chromium()
+        finally:
+            self.stop_worker()
+
+
+_kept = _Kept()
+
+
+def stop_kept(item: pytest.Item | None = None) -> None:
+    """Before `item` (None: at the session's end): stop the shared Chromium unless it is a
+    browser test, and the shared job worker unless it runs beside this one (see _Kept)."""
+    if item is None or not item.nodeid.startswith("e2e/"):
+        _kept.stop()
+    elif "worker" not in getattr(item, "fixturenames", ()):
+        _kept.stop_worker()  # a browser test with no worker beside it had none before
+
+
 @pytest.fixture(scope="module")
-def worker(settings) -> Iterator[Worker]:
-    # For one module, not the session: an xdist worker runs integration tests after browser
-    # tests (--dist worksteal), and a job worker left running would take their jobs and
-    # send their pending messages (seen as "the worker never reached the provider").
-    # No SMTP or SMS provider here: messages land in the dev mailbox, where a test reads
-    # the e-mail a person would get (e2e/test_day_at_the_clinic.py's reset link).
-    process = Worker(env={"NOTIFY_DEV_MAILBOX": "1"})
-    yield process
-    process.stop()
+def worker(settings) -> Worker:
+    """The job worker beside the live server, shared by consecutive browser modules."""
+    return _kept.started_worker()
 
 
 @pytest.fixture(scope="module")
@@ -101,27 +181,14 @@ def live_server(live_server, worker):
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    """Chromium under Playwright, for one test module. Not for the session: while the sync
-    API is started, the main thread counts as running an event loop, and any async test an
-    xdist worker runs after a browser test (worksteal hands out tests in any order) would
-    fail with "cannot be called from a running event loop"."""
-    path = chromium_path()
-    assert path, "no Chromium: run `python e2e/browser.py --ensure` (make test does)"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=path,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
+def chromium() -> Iterator:
+    """Chromium under Playwright, shared by consecutive browser modules (see _Kept); every
+    context a module leaves open is closed at its end."""
+    chromium = _kept.started_chromium()
+    yield chromium
+    if chromium.is_connected():
+        for context in chromium.contexts:
+            context.close()
 
 
 @pytest.fixture
@@ -157,11 +224,16 @@ document.addEventListener("htmx:wsAfterMessage", __count("messages"));
 LIVE_EVENT_WAIT_MS = 30_000  # a deadline, not a speed check (a loaded 2-core machine)
 
 
-def live_page(browser, **context_options):
-    """A page of a fresh browser context whose live-socket events `wait_for_live` sees."""
+def live_context(browser, **context_options):
+    """A fresh browser context whose pages' live-socket events `wait_for_live` sees."""
     context = browser.new_context(**context_options)
     context.add_init_script(_COUNT_LIVE_EVENTS)
-    return context.new_page()
+    return context
+
+
+def live_page(browser, **context_options):
+    """A page of a fresh browser context whose live-socket events `wait_for_live` sees."""
+    return live_context(browser, **context_options).new_page()
 
 
 def wait_for_live(page, event: str = "messages", count: int = 1, socket: str = "live") -> None:

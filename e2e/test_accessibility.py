@@ -2,7 +2,8 @@
 over every page of every role finds no serious or critical violation. Each page's counts
 (all impacts) are written to test-artifacts/axe-<language>.jsonl; docs/accessibility.md
 holds the figures. The pages are signed in once per role and language (storage state),
-then each page gets a fresh context, so one page's state never leaks into another's
+then each page gets a fresh tab that starts as a fresh context's would (that state's
+cookies, no local or session storage), so one page's state never leaks into another's
 result. The language is chosen as a person chooses it: the browser's Accept-Language
 (its locale) for a visitor, the header's switcher for the signed-in (a cookie, and a
 patient's saved preference, which outranks Accept-Language)."""
@@ -21,7 +22,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 
 from app import i18n
 from conftest import LiveServer
-from e2e.conftest import ARTIFACTS, ROOT, live_page, screenshot, wait_for_live
+from e2e.conftest import ARTIFACTS, ROOT, live_context, screenshot, wait_for_live
 from e2e.test_journeys import Api, past_appointment, sql
 from e2e.test_live import fresh_world, sign_in
 from tests.integration.world import BERLIN, World, at, day_after_tomorrow
@@ -127,6 +128,56 @@ def site(chromium, live_server, settings) -> Iterator[Site]:
     yield Site(live_server, world, day, sessions)
 
 
+# Run in every document of a check's tab before its own scripts: it starts with no local
+# or session storage, as in a fresh context (htmx keeps its history cache there).
+_NO_STORAGE = "try { localStorage.clear(); sessionStorage.clear(); } catch (e) {}"
+
+
+class Tabs:
+    """A fresh tab for each check, in a browser context kept per role, language and window
+    for the module, not a new context per check (which cost more browser CPU than a tab,
+    docs/testing.md). What a context keeps between tabs is reset: its cookies to the
+    role's signed-in state before each tab, local and session storage emptied in
+    every document (_NO_STORAGE); its HTTP cache holds only /static/ (every other answer
+    is no-store), and a tab's routes and sockets end with it."""
+
+    def __init__(self, chromium: Browser, site: Site) -> None:
+        self.chromium = chromium
+        self.site = site
+        self.contexts: dict[str, Any] = {}
+
+    def open(self, role: str | None, language: str | None, **options: Any) -> Page:
+        state = self.site.sessions[(role, language or "en")] if role else None
+        if language is not None:
+            options["locale"] = language
+        key = json.dumps([role, options], sort_keys=True)
+        context = self.contexts.get(key)
+        if context is None:
+            # What a fresh context would start with is its cookies: no local storage.
+            assert state is None or not any(o.get("localStorage") for o in state["origins"])
+            context = live_context(self.chromium, storage_state=state, **options)
+            context.add_init_script(_NO_STORAGE)
+            self.contexts[key] = context
+        context.clear_cookies()
+        if state is not None:
+            context.add_cookies(state["cookies"])
+        return context.new_page()
+
+    def close(self) -> None:
+        for context in self.contexts.values():
+            context.close()
+        self.contexts.clear()
+
+
+@pytest.fixture(scope="module")
+def tabs(chromium, site) -> Iterator[Tabs]:
+    opened = Tabs(chromium, site)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
 def _slots(site: Site) -> str:
     return f"/doctors/{site.world.doctor_id}/slots?date={site.day.isoformat()}"
 
@@ -227,12 +278,11 @@ PAGES = [
 ]
 
 
-def _open(chromium: Browser, site: Site, check: Check, language: str, **options: Any) -> Page:
-    """A fresh context's page showing `check`'s page in `language`, ready to be judged.
+def _open(tabs: Tabs, site: Site, check: Check, language: str, **options: Any) -> Page:
+    """A fresh tab showing `check`'s page in `language`, ready to be judged (close it).
     The page must really be in that language (`<html lang>`, which screen readers
     pronounce by), or the German run would check English pages."""
-    state = site.sessions[(check.role, language)] if check.role else None
-    page = live_page(chromium, storage_state=state, locale=language, **options)
+    page = tabs.open(check.role, language, **options)
     try:
         if check.before:
             check.before(page, site)
@@ -241,7 +291,7 @@ def _open(chromium: Browser, site: Site, check: Check, language: str, **options:
             check.ready(page, site, language)
         expect(page.locator("html")).to_have_attribute("lang", language)
     except BaseException:
-        page.context.close()
+        page.close()
         raise
     return page
 
@@ -265,13 +315,13 @@ def _describe(violations: list[dict[str, Any]]) -> str:
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("check", PAGES, ids=[c.name for c in PAGES])
 def test_no_serious_or_critical_axe_violation(
-    chromium: Browser, site: Site, check: Check, language: str
+    tabs: Tabs, site: Site, check: Check, language: str
 ) -> None:
-    page = _open(chromium, site, check, language)
+    page = _open(tabs, site, check, language)
     try:
         results = AXE.run(page, options=AXE_OPTIONS).response
     finally:
-        page.context.close()
+        page.close()
     violations = results["violations"]
     counts: dict[str, Any] = {
         "violations": len(violations),
@@ -313,16 +363,14 @@ def _page_named(name: str) -> Check:
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_colour_is_never_the_only_carrier_of_a_state(
-    chromium: Browser, site: Site, language: str
-) -> None:
+def test_colour_is_never_the_only_carrier_of_a_state(tabs: Tabs, site: Site, language: str) -> None:
     """WCAG 1.4.1: a taken time differs from a free one, and an appointment shows its
     status, in words of the page's language, shown on screen and in the accessible name;
     with the stylesheet gone (no colour, no strike-through, no dashed border) the words
     still tell them apart."""
     taken_at = at(site.day, BOOKED_HOURS[language]).isoformat()
     free_at = at(site.day, 11).isoformat()
-    page = _open(chromium, site, _page_named("slots"), language)
+    page = _open(tabs, site, _page_named("slots"), language)
     try:
         taken = page.locator(f'#live .slot[data-slot-start="{taken_at}"]')
         free = page.locator(f'#live .slot[data-slot-start="{free_at}"]')
@@ -336,15 +384,15 @@ def test_colour_is_never_the_only_carrier_of_a_state(
         assert taken.inner_text().split() == [taken_label, *word.split()]
         assert free.inner_text().split() == [free_label]
     finally:
-        page.context.close()
-    page = _open(chromium, site, _page_named("my appointments + waitlist"), language)
+        page.close()
+    page = _open(tabs, site, _page_named("my appointments + waitlist"), language)
     try:
         page.evaluate(_NO_STYLES)
         booked = page.locator("li[data-status=booked] .status").first
         expect(booked).to_be_visible()
         expect(booked).to_have_text(_t(language, "booked"))
     finally:
-        page.context.close()
+        page.close()
 
 
 # WCAG 1.4.10 reflow: 320 CSS px is a 1280 px window at 400 % zoom; 640 px at 200 %
@@ -380,13 +428,13 @@ REFLOW_PAGES = [
 @pytest.mark.parametrize("width", WIDTHS, ids=list(WIDTHS))
 @pytest.mark.parametrize("check", REFLOW_PAGES, ids=[c.name for c in REFLOW_PAGES])
 def test_no_horizontal_scrolling_at_320_px_and_200_percent(
-    chromium: Browser, site: Site, check: Check, width: str, language: str
+    tabs: Tabs, site: Site, check: Check, width: str, language: str
 ) -> None:
     """Wide content (the board's columns, admin tables) scrolls inside its own box; the
     page itself never does. A screenshot of each goes to test-artifacts/."""
     pixels, scale = WIDTHS[width]
     page = _open(
-        chromium,
+        tabs,
         site,
         check,
         language,
@@ -403,7 +451,7 @@ def test_no_horizontal_scrolling_at_320_px_and_200_percent(
         )
         screenshot(page, f"reflow-{language}-{width}-{check.name.replace(' ', '-')}")
     finally:
-        page.context.close()
+        page.close()
     assert sizes["scroll"] <= sizes["client"], sizes
 
 
@@ -425,14 +473,11 @@ STATE_WORDS = {
 
 
 @pytest.mark.parametrize("name", STATE_WORDS)
-def test_a_state_is_said_in_words_not_only_in_colour(
-    chromium: Browser, site: Site, name: str
-) -> None:
+def test_a_state_is_said_in_words_not_only_in_colour(tabs: Tabs, site: Site, name: str) -> None:
     """In English; test_colour_is_never_the_only_carrier_of_a_state checks the slot page's
     words in both languages."""
     [check] = [c for c in PAGES if c.name == name]
-    state = site.sessions[(check.role, "en")] if check.role else None
-    page = live_page(chromium, storage_state=state)
+    page = tabs.open(check.role, None)  # the browser's own locale (en-US), signed in in English
     try:
         page.goto(site.server.url + check.path(site))
         if check.ready:
@@ -443,4 +488,4 @@ def test_a_state_is_said_in_words_not_only_in_colour(
             for text in shown.all_inner_texts():
                 assert words in text, f"{name}: {selector} shows {text!r}, not {words!r}"
     finally:
-        page.context.close()
+        page.close()

@@ -107,10 +107,19 @@ def descendants() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True) if _alive(p)}
 
 
-def left_behind(markers: Iterable[str], spared: set[int]) -> list[psutil.Process]:
+def left_behind(
+    markers: Iterable[str], spared: set[int], mark: tuple[str, str] | None = None
+) -> list[psutil.Process]:
     """Live processes this run started and never stopped: its descendants, members of
     the groups start_process made, and whatever names one of `markers` (the run's own
-    folders) on its command line; not those in `spared`, nor this process."""
+    folders) on its command line; not those in `spared`, nor this process.
+
+    A group's id is its leader's pid, which the system gives to another process once the
+    whole group has ended (this machine's pids wrap within a run): a member of a group of
+    that id counts only if it carries `mark` (a variable and value every process the run
+    starts inherits) in its environment. Without that, a run killed a backend of the
+    shared PostgreSQL (whose group id a long-gone test server's pid had been) and sent
+    the server into recovery."""
     markers = [m for m in markers if m]
     mine = descendants()
     found = []
@@ -118,20 +127,29 @@ def left_behind(markers: Iterable[str], spared: set[int]) -> list[psutil.Process
         if proc.pid == os.getpid() or proc.pid in spared or not _alive(proc):
             continue
         cmdline = " ".join(proc.info["cmdline"] or [])
-        with suppress(OSError):
+        with suppress(OSError, psutil.Error):
             if (
                 proc.pid in mine
-                or os.getpgid(proc.pid) in _groups
+                or (os.getpgid(proc.pid) in _groups and _carries(proc, mark))
                 or any(m in cmdline for m in markers)
             ):
                 found.append(proc)
     return found
 
 
-def stop_left_behind(markers: Iterable[str], spared: set[int], grace: float = 5) -> list[str]:
+def _carries(proc: psutil.Process, mark: tuple[str, str] | None) -> bool:
+    """`proc` has `mark` (name, value) in its environment (False without a mark)."""
+    if mark is None or not mark[1]:
+        return False
+    return proc.environ().get(mark[0]) == mark[1]
+
+
+def stop_left_behind(
+    markers: Iterable[str], spared: set[int], grace: float = 5, mark: tuple[str, str] | None = None
+) -> list[str]:
     """Give the processes left behind `grace` seconds to end by themselves (a watchdog
     stopping a server, a browser closing), then kill the rest; their command lines."""
-    found = left_behind(markers, spared)
+    found = left_behind(markers, spared, mark)
     _, alive = psutil.wait_procs(found, timeout=grace)
     lines = []
     for proc in alive:
