@@ -462,7 +462,7 @@ class _ReleaseServices:
 # Set in the environment of the run (RUN_MARK) and of each xdist worker (WORKER_MARK), so
 # every process a test starts inherits them: what a crashed worker (or anything) left
 # running is found by them, whatever its command line.
-RUN_MARK = "MEDBOOK_TEST_RUN"
+RUN_MARK = processes.RUN_MARK
 WORKER_MARK = "MEDBOOK_TEST_WORKER"
 
 

@@ -75,14 +75,36 @@ def stop_all_except(kept: frozenset[subprocess.Popen]) -> None:
             stop_process(process)
 
 
+# The environment variable the test run marks itself with (conftest.py sets it before any
+# process starts, so every process a test starts inherits it).
+RUN_MARK = "MEDBOOK_TEST_RUN"
+
+
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    # Until it is reaped, the leader's pid (its group's id) cannot be reused; after that
-    # it is still reserved while any process of the group lives.
+    # Until it is reaped, the leader's pid (its group's id) cannot be reused, so the whole
+    # group is signalled. Once reaped, the id may already name a stranger's group (pids
+    # wrap within a run here; a second test run beside this one makes groups too): then
+    # only the members that carry this run's mark are signalled.
     with suppress(ProcessLookupError, PermissionError):
-        if process.pid in _groups:
+        if process.pid in _groups and process.returncode is None:
             os.killpg(process.pid, sig)
+        elif process.pid in _groups:
+            for member in _marked_members(process.pid):
+                with suppress(psutil.Error):
+                    member.send_signal(sig)
         elif process.returncode is None:
             process.send_signal(sig)
+
+
+def _marked_members(pgid: int) -> list[psutil.Process]:
+    """The live members of group `pgid` that carry this run's mark."""
+    mark = (RUN_MARK, os.environ.get(RUN_MARK, ""))
+    found = []
+    for proc in psutil.process_iter():
+        with suppress(OSError, psutil.Error):
+            if os.getpgid(proc.pid) == pgid and _alive(proc) and _carries(proc, mark):
+                found.append(proc)
+    return found
 
 
 def _wait_unreaped(process: subprocess.Popen, timeout: float) -> None:

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from unittest import mock
 
 import psutil
 
@@ -52,3 +54,45 @@ def test_a_reused_group_id_does_not_make_a_stranger_s_process_ours():
                 psutil.Process(pid).wait(5)
             except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
+
+
+def test_stopping_a_reaped_process_spares_a_stranger_s_group_of_its_old_id():
+    """Once a test's process is reaped, its group id may be given to someone else's group
+    (pids wrap; a second run beside this one starts servers in groups of their own):
+    stopping it again signals only the members that carry this run's mark."""
+    stranger = _orphan({k: v for k, v in os.environ.items() if k != processes.RUN_MARK})
+    ours = _orphan({**os.environ, processes.RUN_MARK: "this-run"})
+    done = [processes.start_process([sys.executable, "-c", "pass"]) for _ in range(2)]
+    try:
+        for process, now_named in zip(done, (stranger, ours), strict=True):
+            process.wait()  # reaped: from here its id is free for anyone to take
+            processes._groups.discard(process.pid)
+            process.pid = now_named  # as if the system had given the id to that group
+            processes._groups.add(now_named)
+        with mock.patch.dict(os.environ, {processes.RUN_MARK: "this-run"}):
+            for process in done:
+                processes.stop_process(process, grace=0)
+        assert _ended(ours, within=5)
+        assert not _ended(stranger, within=1)  # a kill would show at once; 1 s to be plain
+    finally:
+        processes._groups.difference_update({stranger, ours})
+        for pid in (stranger, ours):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                psutil.Process(pid).wait(5)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+
+
+def _ended(pid: int, within: float) -> bool:
+    """Whether `pid` ends (gone, or a zombie nobody has reaped yet) within `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
