@@ -331,14 +331,15 @@ def test_demo_prints_the_url_once_ready_and_ctrl_c_stops_everything(demo_env, tm
         assert len(processes_started_with(data_dir)) >= 3  # demo, web server, worker
         signalled = time.monotonic()
         demo.send_signal(signal.SIGINT)
-        # Idle, everything stops in under 3 s (issue 16), far below the worker's 20 s grace
-        # for running jobs (test_worker.py: a running job still gets it). The demo waits
-        # for its web server and worker, so its exit is everything stopped.
+        # Idle, everything stops at once (issue 16: under 3 s, measured in bench/README.md;
+        # the bound here is IDLE_STOP_SECONDS, see test_worker.py), not after the worker's
+        # 20 s grace for running jobs (test_worker.py: a running job still gets it). The
+        # demo waits for its web server and worker, so its exit is everything stopped.
         assert demo.wait(timeout=60) == 0
         took = time.monotonic() - signalled
         assert took < IDLE_STOP_SECONDS, (
-            f"an idle demo took {took:.1f} s to stop after SIGINT; issue 16 asks for under "
-            f"{IDLE_STOP_SECONDS} s"
+            f"an idle demo took {took:.1f} s to stop after SIGINT (the worker waiting its "
+            "grace period?)"
         )
     finally:
         stop_process(demo)  # after a failure: its whole group
