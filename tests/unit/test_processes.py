@@ -47,13 +47,7 @@ def test_a_reused_group_id_does_not_make_a_stranger_s_process_ours():
         unmarked = {p.pid for p in processes.left_behind([], spared=set(), mark=None)}
         assert {stranger, ours}.isdisjoint(unmarked)
     finally:
-        processes._groups.difference_update({stranger, ours})
-        for pid in (stranger, ours):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                psutil.Process(pid).wait(5)
-            except (ProcessLookupError, psutil.NoSuchProcess):
-                pass
+        _forget_and_kill(stranger, ours)
 
 
 def test_stopping_a_reaped_process_spares_a_stranger_s_group_of_its_old_id():
@@ -75,13 +69,7 @@ def test_stopping_a_reaped_process_spares_a_stranger_s_group_of_its_old_id():
         assert _ended(ours, within=5)
         assert not _ended(stranger, within=1)  # a kill would show at once; 1 s to be plain
     finally:
-        processes._groups.difference_update({stranger, ours})
-        for pid in (stranger, ours):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                psutil.Process(pid).wait(5)
-            except (ProcessLookupError, psutil.NoSuchProcess):
-                pass
+        _forget_and_kill(stranger, ours)
 
 
 def _ended(pid: int, within: float) -> bool:
@@ -96,3 +84,14 @@ def _ended(pid: int, within: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.02)
+
+
+def _forget_and_kill(*pids: int) -> None:
+    """A test's end: the group ids it recorded by hand forgotten, its orphans killed."""
+    processes._groups.difference_update(pids)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            psutil.Process(pid).wait(5)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
