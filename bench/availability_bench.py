@@ -76,6 +76,9 @@ def server_env(database_url: str, redis_url: str, secret: str, **extra: str) -> 
     }
 
 
+START_SECONDS = 180
+
+
 def start_server(
     env: dict[str, str],
     port: int,
@@ -94,8 +97,10 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    # A loaded machine (another bench, a test run) has taken over 50 s to start two
+    # processes: wait long, but give up at once on a server that exited.
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
                 return process
