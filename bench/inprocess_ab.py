@@ -17,7 +17,9 @@ medians is the switch's cost per request; the ratio understates it.
 
 Switches: `dependencies` - Litestar's task group per batch of dependencies (A) against
 `app/web/sequential_dependencies.py` (B); `zone` - a list of one's own day with a look-up
-of the clinic's zone (A) against the zone the Principal carries (B), `--classes lists`.
+of the clinic's zone (A) against the zone the Principal carries (B), `--classes lists`;
+`guards` - Litestar's guard calls with a copy of the route handler each (A) against
+`app/web/uncopied_guards.py` (B).
 """
 
 from __future__ import annotations
@@ -70,7 +72,20 @@ def zone_switch() -> tuple[Callable[[], None], Callable[[], None]]:
     return look_up, carried
 
 
-SWITCHES = {"dependencies": dependency_switch, "zone": zone_switch}
+def guard_switch() -> tuple[Callable[[], None], Callable[[], None]]:
+    """A: Litestar's guard calls, each with a copy of the route handler; B: the handler
+    itself (app/web/uncopied_guards.py)."""
+    from litestar.handlers.base import BaseRouteHandler
+
+    from app.web import uncopied_guards
+
+    def copied() -> None:
+        BaseRouteHandler.authorize_connection = uncopied_guards.LITESTAR_AUTHORIZE  # type: ignore[method-assign]
+
+    return copied, uncopied_guards.install
+
+
+SWITCHES = {"dependencies": dependency_switch, "zone": zone_switch, "guards": guard_switch}
 
 
 async def main() -> None:

@@ -4,7 +4,8 @@ Usage (a database `medbook seed scale` loaded and migrated to head; the bench wr
 own bookings into it and deletes them at the end):
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/capacity_bench \
-        .venv/bin/python bench/mix_profile.py [--requests 300] [--profile] [--floors]
+        .venv/bin/python bench/mix_profile.py [--requests 300] [--profile] [--floors] \
+        [--sockets 300 [--watch booked|other]]
 
 It starts one `medbook serve --workers 1` process and drives each class of
 `bench/mixed_bench.py`'s mix through it, a few at a time, closed loop: availability,
@@ -16,6 +17,11 @@ disturbed than latency by other work on a shared machine. `--profile` then runs 
 again under `py-spy record` (speedscope files in bench/results/profiles/) and prints each
 profile's top entries by own time and by total time. `--floors` adds the CPU per request
 of the bare route, of authentication alone and of a cached availability answer (wrk).
+`--sockets N` holds N live-update websockets open for the whole run, as
+`bench/mixed_bench.py` does (a helper process, the slot pages of the doctor-days the
+bookings change, spread evenly), so the changes' figures include the live fan-out;
+`--watch other` points them at doctor-days no booking here touches instead (what a socket
+that does not watch the changed day costs).
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +67,8 @@ from bench.mixed_bench import (  # noqa: E402
     delete_bookings,
     load_fixtures,
     release_redis,
+    start_sockets,
+    stop_sockets,
 )
 from db.seed_demo import DEMO_PASSWORD  # noqa: E402
 
@@ -318,6 +328,23 @@ async def run_classes(
     return out
 
 
+def watched_days(cursor: Cursor, watch: str) -> list[tuple[int, str]]:
+    """The doctor-days the sockets watch: those of the bookings' slots, or (`other`) the
+    same doctors' days a week after each (no booking here changes them)."""
+    days = sorted(
+        {
+            (doctor, start[:10])
+            for kind in ("booking", "booking today")
+            for _, _, _, _, body in cursor.items[kind]
+            for doctor, start in [(json.loads(body)["doctor_id"], json.loads(body)["start"])]
+        }
+    )
+    if watch == "booked":
+        return days
+    week = dt.timedelta(days=7)
+    return [(d, (dt.date.fromisoformat(day) + week).isoformat()) for d, day in days]
+
+
 async def prepare(
     base: str, database_url: str, secret: str, fixtures: dict, requests: int
 ) -> tuple[Cursor, dict]:
@@ -432,6 +459,10 @@ async def main() -> None:
     parser.add_argument(
         "--floors", action="store_true", help="also the floors: bare route, auth, a cache hit"
     )
+    parser.add_argument("--sockets", type=int, default=0, help="live websockets held open")
+    parser.add_argument(
+        "--watch", choices=("booked", "other"), default="booked", help="what the sockets watch"
+    )
     args = parser.parse_args()
     if args.show:
         print_profiles()
@@ -453,11 +484,19 @@ async def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(env, port, workers=1, log_name="mix-profile-server.log")
+    workdir = Path(tempfile.mkdtemp(prefix="mix-profile-"))
+    sockets = None
     try:
         passes = 2 if args.profile else 1
         n = args.requests
         cursor, changes = await prepare(base, database_url, secret, fixtures, n * passes)
         tokens = fixtures["tokens"]
+        if args.sockets:
+            channels = watched_days(cursor, args.watch)
+            sockets = await start_sockets(
+                redis_url, port, fixtures["patients"], channels, args.sockets, workdir
+            )
+            print(f"{args.sockets} sockets on {len(channels)} doctor-days ({args.watch})")
         await run_classes(base, server.pid, cursor, tokens, changes, WARM_UP, profile=False)
         measured = await run_classes(base, server.pid, cursor, tokens, changes, n, False)
         print("\n".join(report(measured, args.hit_ratio)), flush=True)
@@ -465,7 +504,13 @@ async def main() -> None:
             print("\n".join(floors(base, server.pid, fixtures)), flush=True)
         if args.profile:
             await run_classes(base, server.pid, cursor, tokens, changes, n, True)
+        if sockets is not None:
+            counts, sockets = stop_sockets(sockets), None
+            print(f"sockets: {counts}")
     finally:
+        if sockets is not None:
+            sockets.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
         server.terminate()
         server.wait(timeout=30)
         release_redis(bench_redis)

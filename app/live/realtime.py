@@ -206,6 +206,40 @@ class ConfirmedRedisBackend(RedisBackend):
             self._ready.clear()  # no channels left: wait for the next subscribe
 
 
+# Actions that change the shape of what is shown (the slot page's chooser, the board's
+# time grid), not only which slots are taken: an event with one is rendered on its own.
+RESHAPING_ACTIONS = frozenset({"visit_types", "schedule"})
+
+
+def view_key(payload: dict[str, Any]) -> str:
+    """What of an event decides its fragments: the payload without the appointment's id,
+    and with any appointment action as one (each renderer draws the state as of its
+    render: which appointment changed, and how, is not in the fragment)."""
+    action = payload.get("action")
+    kept = {k: v for k, v in payload.items() if k not in ("appointment_id", "action")}
+    kept["action"] = action if action in RESHAPING_ACTIONS else ""
+    return json.dumps(kept, sort_keys=True)
+
+
+def _queued_too(subscriber: Any, first: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """`first` and every event already waiting in the subscription's queue (broadcaster's
+    `Subscriber._queue`), one payload per distinct view (`view_key`), the last of each
+    kept; and whether the subscription ended among them."""
+    latest = {view_key(first): first}
+    queue: asyncio.Queue[Event | None] = subscriber._queue
+    while True:
+        try:
+            event = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return list(latest.values()), False
+        if event is None:
+            return list(latest.values()), True
+        payload = json.loads(event.message)
+        key = view_key(payload)
+        latest.pop(key, None)  # a view renders where its latest event stands
+        latest[key] = payload
+
+
 def _note_end(task: asyncio.Task[None]) -> None:
     """A subscription ends when its sockets leave or Redis goes; the watchdog handles the
     latter, so an error here (unsubscribing from a broken connection) is only noted."""
@@ -377,7 +411,14 @@ class Hub:
                 async for event in subscriber:  # type: ignore[union-attr]
                     if event is None:
                         return
-                    await self._fan_out(channel, json.loads(event.message))
+                    # What came in while the last fan-out rendered and sent is one more
+                    # render per distinct view, not one per event: a render reads the
+                    # state as of now, which already holds every change heard so far.
+                    payloads, ended = _queued_too(subscriber, json.loads(event.message))
+                    for payload in payloads:
+                        await self._fan_out(channel, payload)
+                    if ended:
+                        return
         except KeyError:
             # broadcaster's cleanup when cancelled or timed out before it recorded the
             # subscription; the watchdog notices a subscription that ended by itself.

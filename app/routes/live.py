@@ -80,25 +80,27 @@ def make_renderer(app: Any) -> Any:
         if audience in ("offers", "waitlist"):
             return await _render_waitlist(services, env, channel, audience)
         kind, ident, day = parse_channel(channel)
-        async with services.sessions() as session:
-            if audience.startswith("slots") and kind == "doctor":
-                # One audience per visit type (`slots:{id}`) and per chooser (staff's
-                # `slots-staff:{id}`): each event on the doctor's day is rendered once
-                # for each type's viewers, in that type's shape.
-                rules: BookingRules = booking_rules(services.settings)
-                now = dt.datetime.now(dt.UTC)
-                shown = slots_visit_type(audience)
-                choice = ""
-                if payload.get("action") == "visit_types":  # the chooser changes too
-                    staff = audience.startswith(STAFF_SLOTS)
+        if audience.startswith("slots") and kind == "doctor":
+            # One audience per visit type (`slots:{id}`) and per chooser (staff's
+            # `slots-staff:{id}`): each event on the doctor's day is rendered once for
+            # each type's viewers, in that type's shape. The slots come through the slot
+            # cache: no session (opening and closing an unused one cost ~75 us a render).
+            rules: BookingRules = booking_rules(services.settings)
+            now = dt.datetime.now(dt.UTC)
+            shown = slots_visit_type(audience)
+            choice = ""
+            if payload.get("action") == "visit_types":  # the chooser changes too
+                staff = audience.startswith(STAFF_SLOTS)
+                async with services.sessions() as session:
                     choice = await _visit_type_choice(session, env, ident, shown, staff)
-                try:
-                    _, (view,) = await boards.doctor_days(
-                        services.slot_cache, ident, day, 1, rules, now, shown
-                    )
-                except NotFound:  # the type was deleted while its page was open
-                    return choice
-                return choice + views.render(env, "patient/_day.html", day=view, oob=True)
+            try:
+                _, (view,) = await boards.doctor_days(
+                    services.slot_cache, ident, day, 1, rules, now, shown
+                )
+            except NotFound:  # the type was deleted while its page was open
+                return choice
+            return choice + views.render(env, "patient/_day.html", day=view, oob=True)
+        async with services.sessions() as session:
             if audience == "board" and kind == "doctor":
                 # The board watches its doctors' channels for schedule changes only (their
                 # appointments come on the clinic channel). Hours make the clinic's time

@@ -67,7 +67,7 @@ from app.routes.notifications_pages import NOTIFICATION_ROUTES
 from app.scheduling import slots
 from app.services import start_services
 from app.settings import PROJECT_ROOT, Settings, get_settings
-from app.web import csrf, page_context, sequential_dependencies
+from app.web import csrf, page_context, sequential_dependencies, uncopied_guards
 from app.web.admission import Admission, AdmissionMiddleware
 from app.web.api_docs import ClosedStructs, VendoredSwagger
 from app.web.csrf import CSRFMiddleware
@@ -183,6 +183,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the web application for the given (or the process's) settings."""
     settings = settings or get_settings()
     sequential_dependencies.install()
+    uncopied_guards.install()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     if warning := csrf.insecure_origin_warning(settings.public_origin):
         logging.getLogger("medbook").warning(warning)

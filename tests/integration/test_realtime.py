@@ -114,6 +114,61 @@ async def test_an_event_is_rendered_once_per_audience_and_language(settings):
         assert sorted(renders.calls) == [(channel, "slots", "de"), (channel, "slots", "en")]
 
 
+class GatedRenders(Renders):
+    """Renders that wait for `gate` before the first one ends: events published meanwhile
+    queue up behind it, as they do behind a render that waits for the database."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def __call__(self, channel, audience, payload):
+        html = await super().__call__(channel, audience, payload)
+        await self.gate.wait()
+        return f"{html[:-6]}:{payload.get('action')}</div>"
+
+
+async def test_events_that_queued_behind_a_render_are_rendered_once_per_view(settings):
+    """A desk's bulk update publishes an event per appointment: those that arrive while the
+    channel's last event is still rendering make one render of the view (the state as of
+    now holds them all), not one each; an event that reshapes the view (new visit types)
+    keeps a render of its own; the socket gets every view's latest."""
+    renders = GatedRenders()
+    async with viewer_and_writer(settings, renders) as (viewer, writer):
+        channel = doctor_channel(9, DAY)
+        socket = viewer.join("slots", [channel])
+        assert await viewer.subscribed(socket, 5)
+        await writer.publish(channel, {"appointment_id": 1, "action": "booked"})
+        await renders.wait_for(1)  # rendering, held at the gate
+        for n in range(2, 12):
+            await writer.publish(channel, {"appointment_id": n, "action": "cancelled"})
+        await writer.publish(channel, {"action": "visit_types"})
+        await writer.publish(channel, {"appointment_id": 12, "action": "checked_in"})
+        await asyncio.sleep(0.3)  # every event has reached the viewer's subscription
+        renders.gate.set()
+        got = [await next_item(socket) for _ in range(3)]
+        assert got == [
+            "<div>slots:1:booked</div>",
+            "<div>slots:None:visit_types</div>",
+            "<div>slots:12:checked_in</div>",
+        ]
+        await asyncio.sleep(0.2)
+        assert socket.queue.empty() and len(renders.calls) == 3
+        # Later events are rendered as they come again.
+        await writer.publish(channel, {"appointment_id": 13, "action": "booked"})
+        assert await next_item(socket) == "<div>slots:13:booked</div>"
+
+
+def test_a_view_key_ignores_which_appointment_changed_and_how():
+    assert realtime.view_key({"appointment_id": 1, "action": "booked", "day": "x"}) == (
+        realtime.view_key({"appointment_id": 2, "action": "cancelled", "day": "x"})
+    )
+    assert realtime.view_key({"action": "schedule", "day": "x"}) != (
+        realtime.view_key({"action": "visit_types", "day": "x"})
+    )
+    assert realtime.view_key({"doctor_id": 1}) != realtime.view_key({"doctor_id": 2})
+
+
 async def wait_until_unsubscribed(client: Redis, channel: str, seconds: float = 5) -> bool:
     prefixed = channel_prefix(client) + channel
     deadline = asyncio.get_running_loop().time() + seconds
@@ -134,7 +189,8 @@ async def test_a_slow_socket_is_told_to_resync_instead_of_growing(settings):
         slow = hub.join("slots", [channel])
         assert await hub.subscribed(slow, 5)
         for n in range(QUEUE_LIMIT + 5):  # nobody drains this socket
-            await hub.publish(channel, {"appointment_id": n})
+            # Each a view of its own (`view_key`), so that none is coalesced with another.
+            await hub.publish(channel, {"appointment_id": n, "view": n})
         await renders.wait_for(QUEUE_LIMIT + 1)  # the one that found its queue full
         assert await wait_until_unsubscribed(client, channel)
         items = []
