@@ -866,6 +866,10 @@ LONG_TESTS: tuple[tuple[float, tuple[str, ...]], ...] = (
         ),
     ),
     (150, ("tests/topology/test_haproxy.py::",)),
+    # One worker runs the whole fuzz module: each worker that runs any of it pays for its
+    # own server, world and schemathesis' per-process generation caches (docs/testing.md,
+    # the seventh session's cut). Its weight is the module's time alone on one worker.
+    (140, ("tests/integration/test_fuzz_api.py::",)),
     (100, ("tests/topology/test_redis_sentinel.py::",)),
     (
         100,
