@@ -886,6 +886,19 @@ LONG_TESTS: tuple[tuple[float, tuple[str, ...]], ...] = (
 )
 
 
+def dist_of_run(argv: list[str]) -> str:
+    """The `--dist` mode of the run whose command line is `argv`. A worker must read it
+    there (xdist's `mainargv`): xdist sets a worker's own `dist` option to "no", which
+    kept the ordering below from ever applying until the seventh session."""
+    dist = "no"
+    for i, arg in enumerate(argv):
+        if arg == "--dist" and i + 1 < len(argv):
+            dist = argv[i + 1]
+        elif arg.startswith("--dist="):
+            dist = arg.removeprefix("--dist=")
+    return dist
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist's worksteal, order the collection so that each worker starts on
     its share of LONG_TESTS and ends on its share of the unit tests. worksteal hands worker
@@ -893,8 +906,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from the end of a busy worker's queue to an idle one: what starts a chunk starts at
     once and stays; what ends one is what an idle worker takes (best short). The same
     order in every worker (xdist checks), and no test added or dropped."""
-    workers = int(getattr(config, "workerinput", {}).get("workercount", 0))
-    if workers < 2 or config.getoption("dist", "no") != "worksteal":
+    workerinput = getattr(config, "workerinput", {})
+    workers = int(workerinput.get("workercount", 0))
+    if workers < 2 or dist_of_run(workerinput.get("mainargv", [])) != "worksteal":
         return
     collected = len(items)
     groups: list[list[pytest.Item]] = [[] for _ in LONG_TESTS]
