@@ -866,6 +866,10 @@ LONG_TESTS: tuple[tuple[float, tuple[str, ...]], ...] = (
         ),
     ),
     (150, ("tests/topology/test_haproxy.py::",)),
+    # One worker runs the whole fuzz module: each worker that runs any of it pays for its
+    # own server, world and schemathesis' per-process generation caches (docs/testing.md,
+    # the seventh session's cut). Its weight is the module's time alone on one worker.
+    (140, ("tests/integration/test_fuzz_api.py::",)),
     (100, ("tests/topology/test_redis_sentinel.py::",)),
     (
         100,
@@ -882,6 +886,19 @@ LONG_TESTS: tuple[tuple[float, tuple[str, ...]], ...] = (
 )
 
 
+def dist_of_run(argv: list[str]) -> str:
+    """The `--dist` mode of the run whose command line is `argv`. A worker must read it
+    there (xdist's `mainargv`): xdist sets a worker's own `dist` option to "no", which
+    kept the ordering below from ever applying until the seventh session."""
+    dist = "no"
+    for i, arg in enumerate(argv):
+        if arg == "--dist" and i + 1 < len(argv):
+            dist = argv[i + 1]
+        elif arg.startswith("--dist="):
+            dist = arg.removeprefix("--dist=")
+    return dist
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist's worksteal, order the collection so that each worker starts on
     its share of LONG_TESTS and ends on its share of the unit tests. worksteal hands worker
@@ -889,8 +906,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from the end of a busy worker's queue to an idle one: what starts a chunk starts at
     once and stays; what ends one is what an idle worker takes (best short). The same
     order in every worker (xdist checks), and no test added or dropped."""
-    workers = int(getattr(config, "workerinput", {}).get("workercount", 0))
-    if workers < 2 or config.getoption("dist", "no") != "worksteal":
+    workerinput = getattr(config, "workerinput", {})
+    workers = int(workerinput.get("workercount", 0))
+    if workers < 2 or dist_of_run(workerinput.get("mainargv", [])) != "worksteal":
         return
     collected = len(items)
     groups: list[list[pytest.Item]] = [[] for _ in LONG_TESTS]
