@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import BigInteger, ColumnElement, Text, delete, insert, literal, select
 from sqlalchemy.engine import CursorResult
@@ -16,6 +17,7 @@ from app.errors import Conflict, Invalid, NotFound
 from app.i18n import gettext
 from app.live.effects import AppointmentChange, Effects
 from app.scheduling.slots import local_days
+from app.scheduling.visit_types import MAX_HORIZON_DAYS
 from db.models import (
     EXCEPTION_KINDS,
     Appointment,
@@ -28,6 +30,28 @@ from db.models import (
 
 # Days of cache to forget when a template changes: everything bookable, plus a margin.
 INVALIDATE_DAYS_BACK = 1
+
+
+def changed_days(
+    starts_at: dt.datetime, ends_at: dt.datetime, timezone: str, now: dt.datetime
+) -> list[dt.date]:
+    """The clinic-local days of leave or a closure whose cached slots and open pages must
+    hear of it: those it touches from INVALIDATE_DAYS_BACK before today to the longest
+    booking horizon a visit type may have.
+
+    Nothing can be booked beyond that horizon, so a later day only shows hours, and one
+    cached in the last minutes lives out the cache's TTL. Unbounded, every covered day
+    of every doctor cost three Redis commands and a message after the commit: a fuzzed
+    closure over centuries took over a second of CPU (docs/testing.md, suite16g)."""
+    today = now.astimezone(ZoneInfo(timezone)).date()
+    window_start = dt.datetime.combine(
+        today - dt.timedelta(days=INVALIDATE_DAYS_BACK), dt.time(), ZoneInfo(timezone)
+    )
+    window_end = dt.datetime.combine(
+        today + dt.timedelta(days=MAX_HORIZON_DAYS + 1), dt.time(), ZoneInfo(timezone)
+    )
+    start, end = max(starts_at, window_start), min(ends_at, window_end)
+    return local_days(start, end, timezone) if start < end else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +342,7 @@ async def add_exception(
         if doctor_id is not None
         else list(await session.scalars(select(Doctor.id).where(Doctor.clinic_id == clinic_id)))
     )
-    days = local_days(starts_at, ends_at, clinic.timezone)
+    days = changed_days(starts_at, ends_at, clinic.timezone, now)
     await effects.schedule_changed([(d, day) for d in doctors for day in days])
     if cancel:
         await effects.appointments_changed(
@@ -407,7 +431,8 @@ async def change_exception(
     )
     await session.commit()
     days = sorted(
-        set(local_days(*before, timezone)) | set(local_days(starts_at, ends_at, timezone))
+        set(changed_days(*before, timezone, now))
+        | set(changed_days(starts_at, ends_at, timezone, now))
     )
     await effects.schedule_changed([(doctor_id, day) for day in days])
     return ExceptionResult(exception, affected, cancelled=False)
@@ -430,7 +455,7 @@ async def withdraw_exception(
         Conflict: it is over; its record stays.
     """
     exception, timezone = await _planned(session, exception_id, doctor_id, now)
-    days = local_days(exception.starts_at, exception.ends_at, timezone)
+    days = changed_days(exception.starts_at, exception.ends_at, timezone, now)
     await audit.record(
         session,
         actor_user_id=actor_id,
