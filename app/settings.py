@@ -72,11 +72,13 @@ class Settings:
     request_max_body_bytes: int = 1024 * 1024
     # Admission control per server process (issue #17, app/web/admission.py): requests in
     # flight (default: the pool's connections), how many may wait, and for how long; the
-    # event-loop lag over which the limit shrinks (0: a fixed limit).
+    # event-loop lag over which the limit shrinks (0: a fixed limit), and how long nine in
+    # ten admitted requests may hold their slot before it shrinks too (0: no such bound).
     admission_max_in_flight: int = 15
     admission_max_queue: int = 60
     admission_max_wait_ms: int = 30
     admission_lag_target_ms: int = 10
+    admission_service_target_ms: int = 50
 
     # Rate limits (review S-6): requests per minute, Redis fixed windows.
     rate_limit_auth_per_minute: int = 30
@@ -451,6 +453,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admission_max_queue=_read(env, "ADMISSION_MAX_QUEUE", _positive_int, 4 * in_flight),
         admission_max_wait_ms=_read(env, "ADMISSION_MAX_WAIT_MS", _positive_int, 30),
         admission_lag_target_ms=_read(env, "ADMISSION_LAG_TARGET_MS", _positive_int, 10),
+        admission_service_target_ms=_read(env, "ADMISSION_SERVICE_TARGET_MS", _positive_int, 50),
         rate_limit_auth_per_minute=_read(env, "RATE_LIMIT_AUTH_PER_MINUTE", _positive_int, 30),
         rate_limit_anonymous_per_minute=_read(
             env, "RATE_LIMIT_ANONYMOUS_PER_MINUTE", _positive_int, 300

@@ -115,7 +115,8 @@ class HashPool:
         self._max_wait = max_wait
         self._max_queue = max_queue_seconds
         self._in_flight = 0
-        # How long a thread takes for one hash, on average (0 until the first is done).
+        # How long a thread takes for one hash, on average (0 until the first is done:
+        # the first sets it).
         self.hash_seconds = 0.0
 
     async def run(self, work: Callable[..., T], *args: str) -> T:
@@ -129,7 +130,13 @@ class HashPool:
         """
         ahead = self._in_flight - self._thread_count  # waiting for a thread, if positive
         if self._in_flight >= self._limit or (
-            ahead >= 0 and (ahead + 1) * self.hash_seconds > self._max_queue * self._thread_count
+            ahead >= 0
+            and (
+                (ahead + 1) * self.hash_seconds > self._max_queue * self._thread_count
+                # No pace known yet (a new process's first burst): one round of hashes
+                # may wait, not the whole queue, until the first hash tells the pace.
+                or (not self.hash_seconds and ahead >= self._thread_count)
+            )
         ):
             raise Overloaded("too many sign-ins at once")
         self._in_flight += 1
@@ -148,7 +155,10 @@ class HashPool:
                 return work(*args)
             finally:  # two threads may race here: an update lost to the other is harmless
                 took = time.perf_counter() - began
-                self.hash_seconds += HASH_TIME_WEIGHT * (took - self.hash_seconds)
+                if self.hash_seconds:
+                    self.hash_seconds += HASH_TIME_WEIGHT * (took - self.hash_seconds)
+                else:  # the first hash is the pace, not a fifth of it
+                    self.hash_seconds = took
 
         done = loop.run_in_executor(self._threads, start, *args)
         try:

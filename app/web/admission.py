@@ -18,7 +18,13 @@ LAG_TICK_SECONDS measures how late the loop runs it, which is also how long a re
 bytes sit in the kernel before the loop reads them. Requests in flight share one loop,
 so when the loop has been late for a whole LAG_WINDOW_SECONDS the limit shrinks (fewer
 requests at once, each finishing sooner, the rest refused while their 503 is still
-fast), and it grows back by one each window the loop keeps well up. A request that would
+fast), and it grows back by one each window the loop keeps well up. The loop's lag alone
+misses the commonest overload: a loop that keeps up turn by turn while each request
+waits behind every other one in flight at each of its awaits, so that an admitted
+request's time grows with the limit (Little's law: in flight = rate x time). So the limit
+also shrinks when more than a tenth of a window's requests held their slot longer than
+ADMISSION_SERVICE_TARGET_MS, and grows only while nine in ten stay under half of it.
+A request that would
 wait while the loop keeps running later than ADMISSION_MAX_WAIT_MS (its last two
 samples; one slow turn already over is not that) is refused at once, and
 so is one that would find more waiters ahead of it than the slots can serve within that
@@ -75,6 +81,11 @@ LAG_WINDOW_SECONDS = 0.1
 # leave the process idle through each request's database and Redis round trips.
 MIN_IN_FLIGHT = 2
 SHRINK = 0.75
+# The share of a window's requests that may hold their slot longer than the service
+# target (ADMISSION_SERVICE_TARGET_MS) before the limit shrinks: the limit is held to the
+# window's 90th percentile, so that a few long requests (a sign-in waiting for its hash)
+# do not shrink it alone.
+SLOW_SHARE = 0.1
 # The weight of each admitted request's time in the average of how long a slot is held
 # (about the last twenty requests).
 SERVICE_WEIGHT = 0.05
@@ -113,6 +124,7 @@ class Admission:
         max_wait_ms: int,
         clock: Callable[[], float] = time.monotonic,
         lag_target_ms: int = 0,
+        service_target_ms: int = 0,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.min_in_flight = min(max_in_flight, MIN_IN_FLIGHT)
@@ -142,6 +154,12 @@ class Admission:
         self.window_end = 0.0
         self.window_min = math.inf
         self.window_max = 0.0
+        # How long an admitted request may hold its slot (see observe_lag), and the
+        # current window's requests that ended: all, over half the target, over it.
+        self.service_target = service_target_ms / 1000 if service_target_ms > 0 else math.inf
+        self.window_ended = 0
+        self.window_half_slow = 0
+        self.window_slow = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Admission:
@@ -150,6 +168,7 @@ class Admission:
             settings.admission_max_queue,
             settings.admission_max_wait_ms,
             lag_target_ms=settings.admission_lag_target_ms,
+            service_target_ms=settings.admission_service_target_ms,
         )
 
     async def prepare(self, app: Any, pages: dict[str, bytes], default_language: str) -> None:
@@ -196,21 +215,25 @@ class Admission:
 
     def observe_lag(self, lag: float, now: float) -> None:
         """One sample of the loop's lag. At a window's end the limit follows: a window
-        whose every sample was over the target shrinks it, one whose every sample was
-        under half the target grows it by one (in between it holds, so that it does not
-        swing at the edge)."""
+        whose every sample was over the lag target, or in which more than SLOW_SHARE of
+        the requests that ended held their slot longer than the service target, shrinks
+        it; one whose every sample was under half the lag target and whose requests held
+        their slots under half the service target (but for SLOW_SHARE) grows it by one
+        (in between it holds, so that it does not swing at the edge)."""
         self.previous_lag, self.lag = self.lag, lag
         LOOP_LAG_SECONDS.observe(lag)
         self.window_min = min(self.window_min, lag)
         self.window_max = max(self.window_max, lag)
         if now < self.window_end or self.lag_target <= 0:
             return
-        if self.window_min > self.lag_target:
+        allowed = SLOW_SHARE * self.window_ended
+        if self.window_min > self.lag_target or self.window_slow > allowed:
             self.set_limit(max(self.min_in_flight, min(self.limit - 1, int(self.limit * SHRINK))))
-        elif self.window_max < self.lag_target / 2:
+        elif self.window_max < self.lag_target / 2 and self.window_half_slow <= allowed:
             self.set_limit(min(self.max_in_flight, self.limit + 1))
         self.window_end = now + LAG_WINDOW_SECONDS
         self.window_min, self.window_max = math.inf, 0.0
+        self.window_ended = self.window_slow = self.window_half_slow = 0
 
     def set_limit(self, limit: int) -> None:
         """A new limit; the slots it adds go to the oldest waiters first."""
@@ -314,7 +337,13 @@ class Admission:
         the limit has shrunk below what is in flight); `started`, the clock when the
         request got its slot, feeds the average time a slot is held."""
         if started is not None:
-            self.service += SERVICE_WEIGHT * (self.clock() - started - self.service)
+            held = self.clock() - started
+            self.service += SERVICE_WEIGHT * (held - self.service)
+            self.window_ended += 1
+            if held > self.service_target / 2:
+                self.window_half_slow += 1
+                if held > self.service_target:
+                    self.window_slow += 1
         while self.waiters and self.in_flight <= self.limit:
             waiter = self.waiters.popleft()
             if not waiter.done():

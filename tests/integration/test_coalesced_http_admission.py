@@ -317,3 +317,41 @@ async def test_a_queued_request_whose_wait_runs_out_is_answered_from_the_timer()
         assert (status, answer) == (200, b"/next")
     assert app.served == ["/hold", "/next"]
     assert admission.in_flight == 0 and not admission.waiters
+
+
+async def test_requests_that_hold_their_slots_past_the_service_target_shrink_the_limit():
+    # The lag target out of reach, so that only the requests' time moves the limit; the
+    # test closes the controller's windows itself (no lag timer runs: `loop` is set).
+    admission = Admission(
+        max_in_flight=4, max_queue=0, max_wait_ms=30, lag_target_ms=60_000, service_target_ms=20
+    )
+    admission.loop = asyncio.get_running_loop()
+    app = HeldApp(admission)
+
+    async def hold(count: int, client: httpx.AsyncClient) -> list[asyncio.Task[httpx.Response]]:
+        before = app.served.count("/hold")
+        tasks = [asyncio.create_task(client.get("/hold")) for _ in range(count)]
+        async with asyncio.timeout(10):
+            while app.served.count("/hold") < before + count:
+                await asyncio.sleep(0.005)
+        return tasks
+
+    async with (
+        serving(app) as (host, port),
+        httpx.AsyncClient(base_url=f"http://{host}:{port}") as client,
+    ):
+        holding = await hold(4, client)
+        await asyncio.sleep(0.05)  # each holds its slot longer than the 20 ms target
+        app.release.set()
+        assert [(await task).status_code for task in holding] == [200] * 4
+        admission.observe_lag(0.0, admission.loop.time())  # the window ends
+        assert admission.limit == 3
+
+        app.release.clear()
+        holding = await hold(3, client)
+        refused = await client.get("/api/over")  # a slot of the four is free, not allowed
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "/api/over" not in app.served
+        app.release.set()
+        assert [(await task).status_code for task in holding] == [200] * 3
+    assert admission.in_flight == 0

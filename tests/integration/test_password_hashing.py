@@ -178,4 +178,37 @@ async def test_the_pace_of_hashes_is_learnt_from_the_threads():
     pool = passwords.HashPool(threads=1)
     assert pool.hash_seconds == 0
     await pool.run(time.sleep, 0.05)  # type: ignore[arg-type]
-    assert 0.005 < pool.hash_seconds < 0.05  # one sample of 50 ms, weighted in from 0
+    first = pool.hash_seconds
+    assert first >= 0.045  # the first sample is the pace (weighted in from 0 it was a fifth)
+    await pool.run(lambda: None)
+    assert first * 0.75 <= pool.hash_seconds < first  # later ones are weighted in
+
+
+async def test_before_the_pace_is_known_one_round_of_hashes_may_wait():
+    """A new process knows no pace: with both threads busy, as many sign-ins as there
+    are threads may wait for them, and the next is refused at once (not the whole queue
+    of HASH_WAITING, each waiting for the hashes ahead of it)."""
+    pool = passwords.HashPool(threads=2, waiting=30, max_wait=30)
+    started, release = threading.Semaphore(0), threading.Event()
+
+    def hold() -> str:
+        started.release()
+        release.wait()
+        return "held"
+
+    busy = [asyncio.create_task(pool.run(hold)) for _ in range(2)]
+    for _ in range(2):
+        await asyncio.to_thread(started.acquire)
+    try:
+        queued = [asyncio.create_task(pool.run(lambda: "queued")) for _ in range(2)]
+        await asyncio.sleep(0)  # both entered the pool and wait for a thread
+        late = asyncio.create_task(pool.run(lambda: "late"))
+        await asyncio.sleep(0)
+        assert late.done()  # refused at once, not queued behind them
+        assert isinstance(late.exception(), Overloaded)
+        assert not any(task.done() for task in busy + queued)
+    finally:
+        release.set()
+    assert await asyncio.gather(*busy) == ["held", "held"]
+    assert await asyncio.gather(*queued) == ["queued", "queued"]
+    assert pool.hash_seconds > 0  # the pace is known now

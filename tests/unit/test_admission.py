@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from app.web.admission import ADMITTED, PENDING, RUNNING, Admission
+from app.web.admission import ADMITTED, LAG_WINDOW_SECONDS, PENDING, RUNNING, Admission
 
 
 async def test_free_slots_are_taken_at_once_then_requests_wait():
@@ -163,6 +163,55 @@ def test_one_slow_turn_of_the_loop_does_not_shrink_the_limit():
     for sample in [0.001] * 4 + [0.2] + [0.001] * 5:  # a 200 ms collection, say
         now = round(now + 0.01, 6)
         admission.observe_lag(sample, now)
+    assert admission.limit == 15
+
+
+def serving(admission: Admission, clock: Clock, held: list[float], lag: float = 0.001) -> None:
+    """One window: requests that held their slot for `held` seconds end in it (the loop
+    keeping up), then the window closes."""
+    for seconds in held:
+        assert admission.try_enter()
+        started = clock.now
+        clock.now += seconds
+        admission.leave(started)
+    end = admission.window_end
+    now = end - LAG_WINDOW_SECONDS
+    while now < end:  # the timer's samples, up to the window's end
+        now = min(now + 0.01, end)
+        admission.observe_lag(lag, now)
+    admission.window_end = end + LAG_WINDOW_SECONDS  # as observe_lag sets it when adaptive
+
+
+def test_the_limit_shrinks_while_admitted_requests_hold_their_slots_too_long():
+    clock = Clock()
+    admission = Admission(
+        max_in_flight=15,
+        max_queue=10,
+        max_wait_ms=30,
+        clock=clock,
+        lag_target_ms=10,
+        service_target_ms=50,
+    )
+    admission.window_end = LAG_WINDOW_SECONDS
+    serving(admission, clock, [0.01] * 17 + [0.06] * 3)  # 3 in 20 over the target
+    assert admission.limit == 11  # the loop kept up; the requests did not
+    serving(admission, clock, [0.01] * 17 + [0.06] * 2 + [0.03])  # 1 in 10 over: held
+    assert admission.limit == 11
+    serving(admission, clock, [0.01] * 17 + [0.03] * 3)  # under the target, not under half
+    assert admission.limit == 11
+    serving(admission, clock, [0.01] * 18 + [0.3] * 2)  # nine in ten under half: one more
+    assert admission.limit == 12  # a few long ones (sign-ins waiting for a hash) or not
+    serving(admission, clock, [])  # nothing ended (the loop idle): the lag decides
+    assert admission.limit == 13
+
+
+def test_slow_requests_do_not_shrink_a_fixed_limit():
+    clock = Clock()
+    admission = Admission(
+        max_in_flight=15, max_queue=10, max_wait_ms=30, clock=clock, service_target_ms=50
+    )
+    for _ in range(3):
+        serving(admission, clock, [0.5] * 20)
     assert admission.limit == 15
 
 
