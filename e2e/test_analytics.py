@@ -64,6 +64,9 @@ async def _world(email: str) -> tuple[int, dt.date, dt.date]:
             await session.commit()
             clinic_id = clinic.id
         async with engine.begin() as conn:
+            # The test's set-up, not its subject: not bound by a request's statement
+            # timeout (a loaded CI machine took over its 5 s here).
+            await conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             await rollups.refresh_days(conn, days)
     finally:
         await engine.dispose()

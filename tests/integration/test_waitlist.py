@@ -140,17 +140,18 @@ async def test_a_freed_slot_is_held_for_the_first_in_line_who_accepts_it(
     assert await available(client, world, day, start) is False
 
     # The figures: one offer made and accepted; one freed slot, refilled.
-    report = await waitlist_report(
-        await session.connection(),
-        dt.date.today() - dt.timedelta(days=1),
-        dt.date.today() + dt.timedelta(days=1),
-        world.clinic_id,
-    )
+    # The range covers the clinic's local day whatever the hour: the dashboard's default
+    # range ends on today's UTC date, a day behind a clinic east of UTC late in the
+    # evening (an hour a day for Berlin; the closing note names it).
+    first, last = dt.date.today() - dt.timedelta(days=1), dt.date.today() + dt.timedelta(days=1)
+    report = await waitlist_report(await session.connection(), first, last, world.clinic_id)
     assert (report.made, report.accepted, report.expired) == (1, 1, 0)
     assert (report.freed, report.refilled) == (1, 1)
     assert report.median_seconds is not None and report.median_seconds >= 0
     await session.commit()
-    dashboard = await client.get("/analytics", headers=world.headers("desk"))
+    dashboard = await client.get(
+        f"/analytics?from={first}&to={last}", headers=world.headers("desk")
+    )
     assert 'data-figure="offers-accepted">1<' in dashboard.text
     scraped = (await client.get("/metrics")).text
     assert 'medbook_waitlist_offers{status="accepted"} 1.0' in scraped
