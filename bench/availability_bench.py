@@ -30,6 +30,7 @@ import random
 import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -85,9 +86,11 @@ def start_server(
     server: str = "uvicorn",
     log_name: str = "server.log",
     workers: int = 2,
+    new_session: bool = False,
 ) -> subprocess.Popen:
     """`medbook serve --workers 2` on `port`, once /health/ready answers; its output goes
-    to bench/results/`log_name`. Every bench starts its server with this."""
+    to bench/results/`log_name`. Every bench starts its server with this. `new_session`:
+    in a process group of its own, which the caller stops with os.killpg."""
     log = open(ROOT / "bench" / "results" / log_name, "w")  # noqa: SIM115
     serve = ["serve", "--workers", str(workers), "--port", str(port), "--server", server]
     process = subprocess.Popen(
@@ -96,6 +99,7 @@ def start_server(
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=new_session,
     )
     # A loaded machine (another bench, a test run) has taken over 50 s to start two
     # processes: wait long, but give up at once on a server that exited.
@@ -106,7 +110,10 @@ def start_server(
                 return process
         except httpx.HTTPError:
             time.sleep(0.3)
-    process.kill()
+    if new_session:
+        os.killpg(process.pid, signal.SIGKILL)
+    else:
+        process.kill()
     raise SystemExit(f"server did not become ready; see bench/results/{log_name}")
 
 

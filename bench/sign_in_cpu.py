@@ -16,42 +16,16 @@ import argparse
 import asyncio
 import os
 import secrets
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.availability_bench import free_port, server_env  # noqa: E402
+from bench.availability_bench import free_port, server_env, start_server  # noqa: E402
 from bench.mix_profile import server_cpu  # noqa: E402
 from bench.mixed_bench import claim_redis, release_redis  # noqa: E402
-
-
-def start_server(env: dict[str, str], port: int, log_name: str) -> subprocess.Popen:
-    """As bench.availability_bench.start_server, with a longer wait (a loaded machine)."""
-    log = open(ROOT / "bench" / "results" / log_name, "w")  # noqa: SIM115
-    serve = ["serve", "--workers", "1", "--port", str(port), "--server", "uvicorn"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *serve],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    os.killpg(process.pid, 9)
-    raise SystemExit("server did not become ready")
-
 
 EMAILS = ["patient@demo.test", "patient2@demo.test"]
 PASSWORD = "medbook-demo"
@@ -108,7 +82,9 @@ async def main() -> None:
     )
     port = free_port()
     try:
-        server = start_server(env, port, "sign-in-cpu-server.log")
+        server = start_server(
+            env, port, log_name="sign-in-cpu-server.log", workers=1, new_session=True
+        )
     except BaseException:
         release_redis(bench_redis)
         raise
