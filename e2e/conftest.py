@@ -191,12 +191,49 @@ def chromium() -> Iterator:
             context.close()
 
 
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
 @pytest.fixture
-def browser(chromium):
-    """The run's Chromium; every context a test opens in it is closed after the test."""
+def browser(chromium, request):
+    """The run's Chromium; every context a test opens in it is closed after the test. A
+    failed test first prints what each of its pages showed (see `describe_pages`)."""
     yield chromium
-    for context in chromium.contexts:
-        context.close()
+    try:
+        if request.node.stash.get(_FAILED, False):
+            print(describe_pages(chromium, request.node.name))
+    finally:
+        for context in chromium.contexts:
+            context.close()
+
+
+def describe_pages(chromium, test_name: str, limit: int = 4000) -> str:
+    """Each open page's address, live-socket counts and main content (the first `limit`
+    characters), with a screenshot in test-artifacts/failed/: what a failure in CI, where
+    nothing else is kept, needs to be understood."""
+    folder = ARTIFACTS / "failed"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    pages = [page for context in chromium.contexts for page in context.pages]
+    for number, page in enumerate(pages):
+        try:
+            shot = folder / f"{test_name}-{number}.png"
+            page.screenshot(path=str(shot), full_page=True, caret="initial", timeout=5000)
+            counts = page.evaluate("[window.__live, window.__offers]")
+            main = page.evaluate("(document.querySelector('main') || document.body).outerHTML")
+            lines.append(f"page {number}: {page.url} live/offers={counts} screenshot={shot}")
+            lines.append(main[:limit])
+        except Exception as exc:  # a page that died: say so, keep describing the others
+            lines.append(f"page {number}: {page.url} not described: {exc!r}")
+    return "\n".join(lines)
 
 
 @pytest.fixture

@@ -411,9 +411,10 @@ def test_doctor_marks_the_day(browser, live_server, settings, world):
         i=seen,
     )
     day = today
-    doctor = browser.new_context().new_page()
+    doctor = live_page(browser)
     errors = watch(doctor)
     sign_in(doctor, live_server, "doc@t.test", f"/doctor/day?date={day.isoformat()}")
+    wait_for_live(doctor)  # the live view's first message redraws the day: click after it
     card = doctor.locator(f'[data-appointment-id="{seen}"]')
     card.get_by_role("button", name="Check in").click()
     expect(card).to_have_attribute("data-status", "checked_in", timeout=LIVE_MS)
@@ -471,3 +472,33 @@ def test_phone_slots_and_admin_pages(browser, live_server, settings, world):
     expect(admin.get_by_text("Preview: 1 booked appointment in this time")).to_be_visible()
     screenshot(admin, "journey-clinic-closure-preview")
     assert errors == [], "\n".join(errors)
+
+
+def test_each_live_page_opens_one_socket(browser, live_server, settings, world):
+    """A live page holds one socket for its view, whoever looks (a patient's pages also
+    hold the offer banner's): the ws extension is enabled once, on the body. Named on the
+    live element as well, it connected that element twice, and every change was rendered
+    and sent to each open page twice."""
+    day = day_after_tomorrow()
+    pages = {
+        "doc@t.test": [f"/doctor/day?date={day}"],
+        "desk@t.test": [f"/desk?date={day}"],
+        "p0@t.test": [f"/doctors/{world.doctor_id}/slots?date={day}", "/me/appointments"],
+    }
+    for email, paths in pages.items():
+        page = live_page(browser)
+        views: list[str] = []
+        page.on(
+            "websocket",
+            lambda socket, views=views: "view=offers" in socket.url or views.append(socket.url),
+        )
+        sign_in(page, live_server, email, paths[0])
+        for path in paths:
+            if not page.url.endswith(path):
+                views.clear()
+                page.goto(f"{live_server.url}{path}")
+            wait_for_live(page)
+            # A page's sockets are made together as it loads, long before a first message.
+            assert len(views) == 1, f"{path} opened {len(views)} live sockets: {views}"
+            assert page.evaluate("window.__live.opens") == 1
+        page.context.close()
