@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -132,6 +133,41 @@ def report_scope(
     if (last - first).days + 1 > max_days:
         raise Invalid(gettext("a range covers at most %(max_days)s days") % {"max_days": max_days})
     return ReportScope(first, last, clinic_id)
+
+
+async def scope_of(
+    db: AsyncConnection | AsyncSession,
+    actor: Principal,
+    first_day: dt.date | None,
+    last_day: dt.date | None,
+    clinic_id: int | None,
+    now: dt.datetime,
+    max_days: int = MAX_RANGE_DAYS,
+) -> ReportScope:
+    """`report_scope`, its default range ending on the clinics' own today (see
+    `clinics_today`; read only when the range's end is not given)."""
+    today = last_day
+    if today is None:
+        own = actor.clinic_id if actor.role == "front_desk" else clinic_id
+        today = await clinics_today(db, own, now)
+    return report_scope(actor, first_day, last_day, clinic_id, today, max_days)
+
+
+async def clinics_today(
+    db: AsyncConnection | AsyncSession, clinic_id: int | None, now: dt.datetime
+) -> dt.date:
+    """Today where it is latest among the clinics a report covers (`clinic_id`, or all).
+
+    A report's days are clinic-local, so "the last 30 days" must end on the clinic's
+    today, not UTC's: UTC's date leaves a Berlin clinic's today out from 23:00 UTC, a
+    Sydney clinic's from 13:00. Across clinics the latest of their todays, so every
+    clinic's today is in (a clinic still on yesterday has nothing on the day after)."""
+    zones = await db.execute(
+        text("SELECT DISTINCT timezone FROM clinics WHERE CAST(:c AS bigint) IS NULL OR id = :c"),
+        {"c": clinic_id},
+    )
+    days = [now.astimezone(ZoneInfo(zone)).date() for (zone,) in zones]
+    return max(days, default=now.astimezone(dt.UTC).date())
 
 
 def _month_start(day: dt.date) -> dt.date:

@@ -65,7 +65,9 @@ async def dashboard(
     group_by: str = "weekday",
 ) -> Template | Response[str]:
     """No-shows, popular hours, utilisation and cancellations for a range and clinic."""
-    scope = analytics.report_scope(actor, _date(first), _date(last), _int(clinic_id), now.date())
+    scope = await analytics.scope_of(
+        db_session, actor, _date(first), _date(last), _int(clinic_id), now
+    )
     if group_by not in analytics.GROUPS:
         group_by = "weekday"
     engine = Services.of(request.app).analytics_engine
@@ -110,11 +112,13 @@ async def exports_page(
     request: Request[Any, Any, Any], db_session: AsyncSession, actor: Principal, now: dt.datetime
 ) -> Template | Response[str]:
     """My recent exports and a form for a new one."""
+    own = actor.clinic_id if actor.role == "front_desk" else None
+    today = await analytics.clinics_today(db_session, own, now)
     context = {
         "exports": await exports.my_exports(db_session, actor),
         "clinics": await _clinics(db_session, actor),
-        "today": now.date(),
-        "default_first": now.date() - dt.timedelta(days=29),
+        "today": today,
+        "default_first": today - dt.timedelta(days=29),
     }
     return page(request, "analytics/exports.html", "list", **context)
 

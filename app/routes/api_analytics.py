@@ -155,7 +155,8 @@ def json_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[s
 CSV_ERRORS_AS_JSON: ExceptionHandlersMap = {HTTPException: json_error}
 
 
-def scope_for(
+async def scope_for(
+    reports_db: AsyncConnection,
     actor: Principal,
     now: dt.datetime,
     first: dt.date | None,
@@ -164,7 +165,7 @@ def scope_for(
 ) -> ReportScope:
     check_day(first, "from")
     check_day(last, "to")
-    return analytics.report_scope(actor, first, last, clinic_id, now.date())
+    return await analytics.scope_of(reports_db, actor, first, last, clinic_id, now)
 
 
 class NoShowOut(msgspec.Struct):
@@ -336,7 +337,7 @@ class AnalyticsController(Controller):
         clinic_id: ClinicId = None,
     ) -> NoShowsOut:
         """No-show rates (no-shows among appointments with an outcome), grouped."""
-        scope = scope_for(actor, now, first, last, clinic_id)
+        scope = await scope_for(reports_db, actor, now, first, last, clinic_id)
         return no_shows_out(await analytics.no_shows(reports_db, scope, group_by))
 
     @get("/popular-slots", guards=[allow(*STAFF)], responses=REPORT_ERRORS)
@@ -350,7 +351,7 @@ class AnalyticsController(Controller):
         clinic_id: ClinicId = None,
     ) -> PopularSlotsOut:
         """Appointments (not cancelled) per clinic-local weekday x start hour."""
-        scope = scope_for(actor, now, first, last, clinic_id)
+        scope = await scope_for(reports_db, actor, now, first, last, clinic_id)
         return popular_out(await analytics.popular_slots(reports_db, scope))
 
     @get("/utilisation", guards=[allow(*STAFF)], responses=REPORT_ERRORS)
@@ -364,7 +365,7 @@ class AnalyticsController(Controller):
         clinic_id: ClinicId = None,
     ) -> UtilisationOut:
         """Booked vs. available slot minutes: per clinic, or per doctor of one clinic."""
-        scope = scope_for(actor, now, first, last, clinic_id)
+        scope = await scope_for(reports_db, actor, now, first, last, clinic_id)
         return utilisation_out(await analytics.utilisation(reports_db, scope))
 
     @get("/cancellations", guards=[allow(*STAFF)], responses=REPORT_ERRORS)
@@ -378,7 +379,7 @@ class AnalyticsController(Controller):
         clinic_id: ClinicId = None,
     ) -> CancellationsOut:
         """Cancellations by how long before the start they came, and their share."""
-        scope = scope_for(actor, now, first, last, clinic_id)
+        scope = await scope_for(reports_db, actor, now, first, last, clinic_id)
         return cancellations_out(await analytics.cancellations(reports_db, scope))
 
     @get(
@@ -400,7 +401,7 @@ class AnalyticsController(Controller):
         clinic_id: ClinicId = None,
     ) -> Response[str]:
         """One report as a CSV download."""
-        scope = scope_for(actor, now, first, last, clinic_id)
+        scope = await scope_for(reports_db, actor, now, first, last, clinic_id)
         body = await report_csv(reports_db, scope, report, group_by)
         name = f"{report}-{scope.first_day}-{scope.last_day}.csv"
         return Response(
@@ -476,8 +477,8 @@ async def start_export(
     """Record the request, then (after commit) queue its job."""
     check_day(first, "from")
     check_day(last, "to")
-    scope = analytics.report_scope(
-        actor, first, last, clinic_id, now.date(), max_days=analytics.MAX_EXPORT_DAYS
+    scope = await analytics.scope_of(
+        db_session, actor, first, last, clinic_id, now, max_days=analytics.MAX_EXPORT_DAYS
     )
     if scope.clinic_id is not None and await db_session.get(Clinic, scope.clinic_id) is None:
         raise NotFound(
