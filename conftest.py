@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -653,6 +653,12 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         item.stash[_FAILED] = True
     return report
+
+
+@pytest.fixture
+def failed(request) -> Callable[[], bool]:
+    """Whether this test has failed so far: for a teardown that then says what it saw."""
+    return lambda: request.node.stash.get(_FAILED, False)
 
 
 # The hooks a test may add to the app's after-commit effects (tests/integration/

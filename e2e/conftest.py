@@ -191,24 +191,13 @@ def chromium() -> Iterator:
             context.close()
 
 
-_FAILED = pytest.StashKey[bool]()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    if report.failed:
-        item.stash[_FAILED] = True
-    return report
-
-
 @pytest.fixture
-def browser(chromium, request):
+def browser(chromium, request, failed):
     """The run's Chromium; every context a test opens in it is closed after the test. A
     failed test first prints what each of its pages showed (see `describe_pages`)."""
     yield chromium
     try:
-        if request.node.stash.get(_FAILED, False):
+        if failed():
             print(describe_pages(chromium, request.node.name))
     finally:
         for context in chromium.contexts:
