@@ -387,11 +387,10 @@ async def _read(
     if the_grant.basis != first["basis"]:  # never hand out a URL without its audit row
         raise RuntimeError(f"access basis {the_grant.basis} != audited {first['basis']}")
     rows = [row for row in found if row["id"] is not None]
-    names = [download_name(row["title"], row["record_type"], row["content_type"]) for row in rows]
     urls = store.urls(
         [row["storage_key"] for row in rows],
         issued_to=actor.id,
-        dispositions=[content_disposition(n) for n in names],
+        dispositions=_dispositions(store, rows),
     )
     items = [
         RecordItem(
@@ -408,6 +407,19 @@ async def _read(
         for row, url in zip(rows, urls, strict=True)
     ]
     return the_grant, items
+
+
+def _dispositions(store: DocumentStore, rows: list[Any]) -> list[str] | None:
+    """The download name of each record, for a store that signs it into the URL (S3);
+    None for the disk store, whose download route names the file itself (app/routes/
+    records.py), so a list does not pay for names it would not use (bench/README.md,
+    cpu17g)."""
+    if store.kind != "s3":
+        return None
+    return [
+        content_disposition(download_name(row["title"], row["record_type"], row["content_type"]))
+        for row in rows
+    ]
 
 
 async def list_records(
