@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select
@@ -148,8 +147,10 @@ def in_conflict() -> ColumnElement[bool]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AppointmentRow:
+class AppointmentRow(NamedTuple):
+    """One appointment of a list, as `_LIST_SQL` reads it (a tuple: a page of them is
+    built from the driver's rows without a Python `__init__` per row)."""
+
     id: int
     doctor_id: int
     doctor_name: str
@@ -263,7 +264,7 @@ async def list_appointments(
     args.append(limit + 1)
     sql = f"{_LIST_SQL} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ${len(args)}"
     found = await _fetch(reader, sql, args)
-    rows = [AppointmentRow(*r) for r in found]
+    rows = [AppointmentRow._make(r) for r in found]
     next_cursor = _cursor_encode(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
