@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -32,6 +31,7 @@ from app.records.documents import (
     new_key,
 )
 from app.storage import Store as DocumentStore
+from app.zones import zone
 from db.models import RECORD_TYPES, Appointment, AuditEvent, MedicalRecord, Patient
 from db.session import NativeStatement, driver_fetch, driver_fetchall, session_factory
 
@@ -88,7 +88,7 @@ class RecordItem:
     @property
     def uploaded_local(self) -> dt.datetime:
         """When it was uploaded, in its clinic's time zone."""
-        return self.uploaded_at.astimezone(ZoneInfo(self.timezone))
+        return self.uploaded_at.astimezone(zone(self.timezone))
 
     def as_json(self) -> dict[str, Any]:
         return {

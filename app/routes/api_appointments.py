@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
@@ -39,6 +38,7 @@ from app.scheduling import slots
 from app.scheduling.slots import MAX_DAYS, DaySlots
 from app.services import Services
 from app.web.guards import allow, current_user, prefetched
+from app.zones import zone
 from db.models import Appointment
 
 # What a status change may ask for (app.appointments.rules.TRANSITIONS has their sources).
@@ -90,7 +90,7 @@ def slots_out(day: DaySlots, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
 
 
 def appointment_out(a: Appointment, timezone: str) -> dict[str, Any]:
-    tz = ZoneInfo(timezone)
+    tz = zone(timezone)
     return {
         "id": a.id,
         "doctor_id": a.doctor_id,
@@ -112,7 +112,7 @@ def rows_out(rows: list[AppointmentRow]) -> list[dict[str, Any]]:
     def shown(at: dt.datetime, timezone: str) -> str:
         text = local.get((at, timezone))
         if text is None:
-            text = local[(at, timezone)] = at.astimezone(ZoneInfo(timezone)).isoformat()
+            text = local[(at, timezone)] = at.astimezone(zone(timezone)).isoformat()
         return text
 
     return [
