@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -17,6 +15,7 @@ from app.errors import Invalid, NotFound
 from app.i18n import gettext
 from app.scheduling.availability import Interval, Visit, day_slots
 from app.scheduling.slots import day_window, load_doctor_days
+from app.zones import zone
 from db.models import Appointment, Clinic, Doctor, ScheduleException
 from db.session import driver_fetch, driver_fetchall
 
@@ -75,7 +74,7 @@ async def nearest_free(
     within a week either side."""
     lo, hi = around - dt.timedelta(days=7), around + dt.timedelta(days=8)
     data = await load_doctor_days(session, doctor_id, lo, hi)
-    tz = ZoneInfo(data.timezone)
+    tz = zone(data.timezone)
     first = around.astimezone(tz).date() - dt.timedelta(days=7)
     free = [
         Interval(s.start, s.end)
@@ -109,7 +108,7 @@ async def first_free(
     horizon); None when there is none."""
     not_before, not_after = now + rules.min_notice, now + rules.horizon
     timezone = await clinic_timezone(session, doctor_id)
-    tz = ZoneInfo(timezone)
+    tz = zone(timezone)
     first = max(day, not_before.astimezone(tz).date())
     while (start := day_window(first, timezone).start) <= not_after:
         data = await load_doctor_days(
@@ -148,8 +147,10 @@ def in_conflict() -> ColumnElement[bool]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class AppointmentRow:
+class AppointmentRow(NamedTuple):
+    """One appointment of a list, as `_LIST_SQL` reads it (a tuple: a page of them is
+    built from the driver's rows without a Python `__init__` per row)."""
+
     id: int
     doctor_id: int
     doctor_name: str
@@ -263,7 +264,7 @@ async def list_appointments(
     args.append(limit + 1)
     sql = f"{_LIST_SQL} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ${len(args)}"
     found = await _fetch(reader, sql, args)
-    rows = [AppointmentRow(*r) for r in found]
+    rows = [AppointmentRow._make(r) for r in found]
     next_cursor = _cursor_encode(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 

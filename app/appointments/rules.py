@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
-from zoneinfo import ZoneInfo
 
 from app.errors import Forbidden, Invalid
 from app.i18n import gettext
 from app.scheduling.availability import Interval, Visit, day_slots
+from app.zones import zone
 
 if TYPE_CHECKING:
     from app.access.identity import Principal
@@ -152,7 +152,7 @@ def refusal(
     if target == "checked_in":
         if timezone is None:
             raise ValueError("a check-in is judged on the clinic's day: give its timezone")
-        tz = ZoneInfo(timezone)
+        tz = zone(timezone)
         if now.astimezone(tz).date() != appointment.starts_at.astimezone(tz).date():
             return Refusal(
                 "invalid", "a patient can be checked in only on the day of the appointment"
@@ -314,7 +314,7 @@ def find_slot(data: DoctorDays, start: dt.datetime, visit: Visit | None = None) 
     (default: the visit type of `data`), or Invalid."""
     if visit is None and data.visit_type is not None:
         visit = data.visit_type.visit
-    tz = ZoneInfo(data.timezone)
+    tz = zone(data.timezone)
     day = start.astimezone(tz).date()
     for slot in day_slots(day, data.ranges, tz, visit=visit):
         if slot.start == start:

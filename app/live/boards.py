@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +17,7 @@ from app.appointments.rules import UNDO_CHECK_IN, BookingRules, for_visit_type
 from app.i18n import N_, gettext
 from app.scheduling.availability import local_day_bounds
 from app.scheduling.slots import CachedSlot, DaySlots, SlotCache
+from app.zones import zone
 from db.models import Appointment, Clinic, Doctor, Patient, User
 
 # Why a slot cannot be booked, in the patient's words: only a taken slot may free up.
@@ -162,7 +162,7 @@ async def _cards(
     now: dt.datetime | None = None,
     **where: int | list[int],
 ) -> list[Card]:
-    tz = ZoneInfo(timezone)
+    tz = zone(timezone)
     now = now or dt.datetime.now(dt.UTC)
     undo_from, today = now - UNDO_CHECK_IN, now.astimezone(tz).date()
     bounds = local_day_bounds(day, tz)
@@ -351,7 +351,7 @@ async def search_patients(session: AsyncSession, text: str, limit: int = 20) -> 
 
 
 def clinic_today(timezone: str, now: dt.datetime) -> dt.date:
-    return now.astimezone(ZoneInfo(timezone)).date()
+    return now.astimezone(zone(timezone)).date()
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +407,7 @@ async def my_appointments(
 
 
 def _mine(row: Any) -> MyAppointment:
-    local = row.starts_at.astimezone(ZoneInfo(row.timezone))
+    local = row.starts_at.astimezone(zone(row.timezone))
     return MyAppointment(
         id=row.id,
         doctor_id=row.doctor_id,

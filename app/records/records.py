@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import exists, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -32,6 +31,7 @@ from app.records.documents import (
     new_key,
 )
 from app.storage import Store as DocumentStore
+from app.zones import zone
 from db.models import RECORD_TYPES, Appointment, AuditEvent, MedicalRecord, Patient
 from db.session import NativeStatement, driver_fetch, driver_fetchall, session_factory
 
@@ -88,7 +88,7 @@ class RecordItem:
     @property
     def uploaded_local(self) -> dt.datetime:
         """When it was uploaded, in its clinic's time zone."""
-        return self.uploaded_at.astimezone(ZoneInfo(self.timezone))
+        return self.uploaded_at.astimezone(zone(self.timezone))
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -387,11 +387,10 @@ async def _read(
     if the_grant.basis != first["basis"]:  # never hand out a URL without its audit row
         raise RuntimeError(f"access basis {the_grant.basis} != audited {first['basis']}")
     rows = [row for row in found if row["id"] is not None]
-    names = [download_name(row["title"], row["record_type"], row["content_type"]) for row in rows]
     urls = store.urls(
         [row["storage_key"] for row in rows],
         issued_to=actor.id,
-        dispositions=[content_disposition(n) for n in names],
+        dispositions=_dispositions(store, rows),
     )
     items = [
         RecordItem(
@@ -408,6 +407,19 @@ async def _read(
         for row, url in zip(rows, urls, strict=True)
     ]
     return the_grant, items
+
+
+def _dispositions(store: DocumentStore, rows: list[Any]) -> list[str] | None:
+    """The download name of each record, for a store that signs it into the URL (S3);
+    None for the disk store, whose download route names the file itself (app/routes/
+    records.py), so a list does not pay for names it would not use (bench/README.md,
+    cpu17g)."""
+    if store.kind != "s3":
+        return None
+    return [
+        content_disposition(download_name(row["title"], row["record_type"], row["content_type"]))
+        for row in rows
+    ]
 
 
 async def list_records(

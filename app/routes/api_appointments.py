@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
@@ -39,6 +38,7 @@ from app.scheduling import slots
 from app.scheduling.slots import MAX_DAYS, DaySlots
 from app.services import Services
 from app.web.guards import allow, current_user, prefetched
+from app.zones import zone
 from db.models import Appointment
 
 # What a status change may ask for (app.appointments.rules.TRANSITIONS has their sources).
@@ -90,7 +90,7 @@ def slots_out(day: DaySlots, lo: dt.datetime, hi: dt.datetime) -> list[dict]:
 
 
 def appointment_out(a: Appointment, timezone: str) -> dict[str, Any]:
-    tz = ZoneInfo(timezone)
+    tz = zone(timezone)
     return {
         "id": a.id,
         "doctor_id": a.doctor_id,
@@ -104,20 +104,32 @@ def appointment_out(a: Appointment, timezone: str) -> dict[str, Any]:
     }
 
 
-def row_out(r: AppointmentRow) -> dict[str, Any]:
-    tz = ZoneInfo(r.timezone)
-    return {
-        "id": r.id,
-        "doctor_id": r.doctor_id,
-        "doctor_name": r.doctor_name,
-        "patient_id": r.patient_id,
-        "patient_name": r.patient_name,
-        "clinic_id": r.clinic_id,
-        "start": r.starts_at.astimezone(tz).isoformat(),
-        "end": r.ends_at.astimezone(tz).isoformat(),
-        "status": r.status,
-        "reason": r.reason,
-    }
+def rows_out(rows: list[AppointmentRow]) -> list[dict[str, Any]]:
+    """A list's appointments as the API shows them: times in their clinic's zone, each
+    instant converted once per list (a day's appointments end where the next begin)."""
+    local: dict[tuple[dt.datetime, str], str] = {}
+
+    def shown(at: dt.datetime, timezone: str) -> str:
+        text = local.get((at, timezone))
+        if text is None:
+            text = local[(at, timezone)] = at.astimezone(zone(timezone)).isoformat()
+        return text
+
+    return [
+        {
+            "id": r.id,
+            "doctor_id": r.doctor_id,
+            "doctor_name": r.doctor_name,
+            "patient_id": r.patient_id,
+            "patient_name": r.patient_name,
+            "clinic_id": r.clinic_id,
+            "start": shown(r.starts_at, r.timezone),
+            "end": shown(r.ends_at, r.timezone),
+            "status": r.status,
+            "reason": r.reason,
+        }
+        for r in rows
+    ]
 
 
 class AppointmentController(Controller):
@@ -228,7 +240,7 @@ class AppointmentController(Controller):
             cursor=cursor,
             limit=limit,
         )
-        return {"items": [row_out(r) for r in rows], "next_cursor": next_cursor}
+        return {"items": rows_out(rows), "next_cursor": next_cursor}
 
     @get("/{appointment_id:int}", guards=[allow()], responses=BY_ID)
     async def get_appointment(
