@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from app.pipelined_redis import Commands
 from app.redis import spread_ttl
 from app.redis_scripts import Script
 from db.models import Clinic, Doctor, Patient, User
@@ -126,7 +127,7 @@ _set_if_version = Script(_SET_IF_VERSION)
 
 
 async def cached_principal(
-    redis: Redis,
+    redis: Commands,
     engine: AsyncEngine,
     user_id: int,
     *,
@@ -151,7 +152,7 @@ async def cached_principal(
     fetched: dict[str, bytes | None] | None = None
     try:
         if rate_key is None:
-            raw, version, *values = await redis.mget(key, version_key, *prefetch)
+            raw, version, *values = await redis.execute_command("MGET", key, version_key, *prefetch)
         else:
             raw, version, count, ttl, *values = await _principal_and_count(
                 redis, [key, version_key, "rl:" + rate_key, *prefetch], [rate_window]
