@@ -55,14 +55,13 @@ class _Line(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.unsent: list[bytes] = []
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # uvloop's transports are no asyncio.Transport
         self.lost: RedisError | None = None
         self.watchdog: asyncio.TimerHandle | None = None
         self.last_reply = time.monotonic()
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

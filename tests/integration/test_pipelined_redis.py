@@ -9,6 +9,7 @@ import dataclasses
 import time
 
 import pytest
+import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -152,3 +153,22 @@ async def test_a_closed_client_refuses_commands(client):
     await client.aclose()
     with pytest.raises(RedisConnectionError):
         await client.execute_command("PING")
+
+
+def test_it_works_on_uvloop_as_the_server_runs_it(settings, redis):
+    """The server's loop is uvloop (the tests' is asyncio's): its transports are of other
+    classes, and a failure in `connection_made` would only show as a timeout."""
+
+    async def scenario() -> list[object]:
+        client = create_request_redis(settings)
+        try:
+            return list(
+                await asyncio.gather(*(client.execute_command("ECHO", str(i)) for i in range(20)))
+            )
+        finally:
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        started = time.monotonic()
+        assert runner.run(scenario()) == [str(i).encode() for i in range(20)]
+        assert time.monotonic() - started < settings.redis_timeout
