@@ -199,9 +199,11 @@ class PipelinedRedis:
 
     async def _connect(self) -> _Line:
         loop = asyncio.get_running_loop()
+        # The sentinels are asked with their own timeout each (a dead one is skipped for
+        # the next), so the asking is not inside this connection's.
+        address = await self._address()
         try:
             async with asyncio.timeout(self._timeout):
-                address = await self._address()
                 if isinstance(address, str):
                     _, line = await loop.create_unix_connection(
                         lambda: _Line(self._timeout), address
