@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
 import time
+from urllib.parse import quote
 
 import pytest
 import uvloop
@@ -17,7 +19,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app import pipelined_redis
 from app.pipelined_redis import PipelinedRedis, create_request_redis
 from app.redis_scripts import Script
-from conftest import OwnRedis
+from conftest import OwnRedis, _redis_binary
+from tests.processes import kill_process, start_process
 
 
 @pytest.fixture
@@ -172,3 +175,26 @@ def test_it_works_on_uvloop_as_the_server_runs_it(settings, redis):
         started = time.monotonic()
         assert runner.run(scenario()) == [str(i).encode() for i in range(20)]
         assert time.monotonic() - started < settings.redis_timeout
+
+
+async def test_a_unix_socket_url_as_the_embedded_redis_gives(settings, tmp_path):
+    """`medbook demo`'s Redis listens on a unix socket (`unix://…?db=N`, app/embedded.py)."""
+    sock = tmp_path / "redis.sock"
+    process = start_process(
+        [_redis_binary(), "--port", "0", "--unixsocket", str(sock), "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.05)
+        url = f"unix://{quote(str(sock))}?db=3"
+        client = create_request_redis(dataclasses.replace(settings, redis_url=url))
+        try:
+            assert await client.execute_command("SET", "k", "on three") == b"OK"
+            assert b" db=3 " in await client.execute_command("CLIENT", "INFO")
+        finally:
+            await client.aclose()
+    finally:
+        kill_process(process)
