@@ -86,7 +86,7 @@ class _Line(asyncio.Protocol):
     def call(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         """Queue one command; it goes out with the others of this turn of the loop."""
         if self.lost is not None:
-            raise self.lost
+            raise _copy(self.lost)
         future = self.loop.create_future()
         deadline = self.loop.time() + self.timeout
         if not self.waiting and self.watchdog is None:
@@ -124,7 +124,7 @@ class _Line(asyncio.Protocol):
         while self.waiting:
             future, _ = self.waiting.popleft()
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(_copy(error))
         transport, self.transport = self.transport, None
         if transport is not None:
             transport.abort()
@@ -234,6 +234,12 @@ class PipelinedRedis:
         if self._line is not None:
             self._line.fail(RedisConnectionError("this Redis client is closed"))
             self._line = None
+
+
+def _copy(error: RedisError) -> RedisError:
+    """One exception per caller: an instance raised in many tasks would gather every
+    task's traceback on itself."""
+    return type(error)(*error.args)
 
 
 async def _call(line: _Line, args: tuple[Any, ...]) -> Any:
