@@ -231,6 +231,14 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
                 # was a third of a fan-out's CPU, and each socket's compressor about half
                 # its memory; a fragment is a few KB of HTML (bench/README.md).
                 ws_per_message_deflate=False,
+                # Keepalive, a product choice (bench/README.md, cpu17f): a ping every 20 s,
+                # closed when unanswered 20 s later. A dead peer (a closed laptop, a phone
+                # out of coverage, a NAT that dropped the mapping) is let go within 40 s,
+                # and a quiet page's socket keeps traffic on it well inside the 60-s idle
+                # cut of common proxies and load balancers; a reconnect costs the page a
+                # resync, more than a ping. N sockets cost N/20 pings a second.
+                ws_ping_interval=WS_PING_SECONDS,
+                ws_ping_timeout=WS_PING_SECONDS,
                 log_level=level,
                 access_log=False,
                 proxy_headers=True,
@@ -252,6 +260,11 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, server: str) -
             log_level=LogLevels(level),
             log_access=False,
         ).serve()
+
+
+# Seconds between the server's websocket pings, and for each pong (uvicorn's default, kept
+# on purpose: see `serve`).
+WS_PING_SECONDS = 20.0
 
 
 # uvicorn's supervisor replaces a server process that has not answered its health check

@@ -123,7 +123,7 @@ def redis_from_url(url: str, **options: Any) -> Redis:
         client = Redis(connection_pool=ReadyPool.from_url(url, **options))
         client.auto_close_connection_pool = True  # as `Redis.from_url`: aclose() closes it
         return client
-    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(options))
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=sentinel_options(options))
     return sentinel.master_for(
         target.service, redis_class=Redis, db=target.db, password=target.password, **options
     )
@@ -134,11 +134,11 @@ def sync_redis_from_url(url: str, **options: Any) -> redis_sync.Redis:
     target = sentinel_target(url)
     if target is None:
         return redis_sync.Redis.from_url(url, **options)
-    sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(options))
+    sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options(options))
     return sentinel.master_for(target.service, db=target.db, password=target.password, **options)
 
 
-def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
+def sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
     """A sentinel is asked with the clients' connect timeout, and never waited on longer
     than that (a dead sentinel is skipped for the next)."""
     timeout = options.get("socket_connect_timeout") or 2.0

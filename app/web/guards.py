@@ -112,7 +112,7 @@ async def _principal(connection: ASGIConnection, user_id: int) -> Principal | No
     keys_for = handler.opt.get("prefetch") if handler is not None else None
     prefetch = keys_for(connection.query_params) if keys_for is not None else ()
     principal, counted, fetched = await cached_principal(
-        services.redis,
+        services.request_redis,
         services.engine,
         user_id,
         rate_key=_user_rate_key(user_id),

@@ -198,19 +198,28 @@ async def test_a_cache_hit_costs_one_redis_round_trip(client, world, engine):
     and the rate count: a hit sends one command to Redis, and answers the truth."""
     day = day_after_tomorrow()
     await served(client, world, day)  # caches the Principal and the day
-    redis = Services.of(client.app).redis
-    original, sent = redis.execute_command, []
+    services = Services.of(client.app)
+    sent: list[tuple[str, object]] = []
 
-    async def recording(*args, **kwargs):
-        sent.append(args[0])
-        return await original(*args, **kwargs)
+    def record(redis: object) -> None:
+        original = redis.execute_command  # type: ignore[attr-defined]
 
-    redis.execute_command = recording
+        async def recording(*args, **kwargs):
+            sent.append((args[0], redis))
+            return await original(*args, **kwargs)
+
+        redis.execute_command = recording  # type: ignore[attr-defined]
+
+    clients = (services.redis, services.request_redis)
+    for redis in clients:
+        record(redis)
     try:
         answer = await served(client, world, day)
     finally:
-        del redis.execute_command
-    assert [command for command in sent if command != "PING"] == ["EVALSHA"]
+        for redis in clients:
+            del redis.execute_command  # type: ignore[attr-defined]
+    # One command to Redis in all: the authentication script, on the per-request client.
+    assert [sent_ for sent_ in sent if sent_[0] != "PING"] == [("EVALSHA", services.request_redis)]
     assert answer == await truth(engine, world.doctor_id, day)
 
 

@@ -37,3 +37,21 @@ async def test_a_deactivated_user_has_no_principal(db, session, redis, world):
     assert await cached_principal(redis, db, user.id) == (None, None, {})
     assert await load_principal(session, user.id) is None
     assert await redis.get(_keys(user.id)[0]) is None
+
+
+async def test_a_cached_entry_that_is_not_a_principal_is_read_again(db, session, redis, world):
+    user = world.users["doctor"]
+    expected = await load_principal(session, user.id)
+    await redis.set(_keys(user.id)[0], b'{"id": "not a number"}')
+    assert (await cached_principal(redis, db, user.id))[0] == expected
+    await redis.set(_keys(user.id)[0], b"not json")
+    assert (await cached_principal(redis, db, user.id))[0] == expected
+
+
+async def test_a_cached_entry_without_the_later_fields_gets_their_defaults(db, redis, world):
+    user = world.users["patient0"]
+    older = b'{"id": %d, "email": "p@example.org", "role": "patient", "patient_id": 5}' % user.id
+    await redis.set(_keys(user.id)[0], older)
+    principal, _, _ = await cached_principal(redis, db, user.id)
+    assert principal is not None
+    assert (principal.email, principal.patient_id, principal.timezone) == ("p@example.org", 5, None)
