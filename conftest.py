@@ -865,6 +865,12 @@ LONG_TESTS: tuple[tuple[float, tuple[str, ...]], ...] = (
             "tests/integration/test_cli.py::test_ctrl_c_in_a_terminal_stops_the_demo_quietly[embedded]",
         ),
     ),
+    # One worker runs the whole accessibility module, from its start: its tail was taken
+    # by another worker in a full run (its reflow tests, which use the figures its axe
+    # checks measured in their tabs, then loaded their pages again, after a second job
+    # worker, Chromium and signed-in site of their own), and it ran in the run's last
+    # six minutes (docs/testing.md, the eighth session's cut).
+    (280, ("e2e/test_accessibility.py::",)),
     (150, ("tests/topology/test_haproxy.py::",)),
     # One worker runs the whole fuzz module: each worker that runs any of it pays for its
     # own server, world and schemathesis' per-process generation caches (docs/testing.md,
