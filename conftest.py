@@ -871,6 +871,17 @@ LONG_TESTS: tuple[tuple[float, tuple[str, ...]], ...] = (
             "tests/integration/test_cli.py::test_ctrl_c_in_a_terminal_stops_the_demo_quietly[embedded]",
         ),
     ),
+    # Before the browser group below, which would match it too (the first match counts):
+    # it runs with no job worker beside it.
+    (36, ("e2e/test_live_behind_haproxy.py::",)),
+    # One worker runs the browser tests, from its start, the accessibility module first:
+    # in a full run they sat at the end of the last worker's chunk, where idle workers
+    # took them piecemeal, each starting a job worker, Chromium and the module's fixtures
+    # of its own for a few tests (the accessibility module's reflow tests then loaded the
+    # pages its axe checks had measured in their tabs again), in the run's last minutes
+    # (docs/testing.md, the eighth session's cut). Its weight: 280 the accessibility
+    # module, 180 the other browser modules.
+    (460, ("e2e/",)),
     (150, ("tests/topology/test_haproxy.py::",)),
     # One worker runs the whole fuzz module: each worker that runs any of it pays for its
     # own server, world and schemathesis' per-process generation caches (docs/testing.md,
@@ -888,8 +899,14 @@ LONG_TESTS: tuple[tuple[float, tuple[str, ...]], ...] = (
     (49, ("tests/integration/test_a_crashed_worker.py::",)),
     (47, ("tests/integration/test_a_terminated_run.py::",)),
     (42, ("tests/integration/test_analytics_exports.py::test_export_memory",)),
-    (36, ("e2e/test_live_behind_haproxy.py::",)),
 )
+
+
+def long_group(nodeid: str) -> int | None:
+    """The index in LONG_TESTS of the group a test belongs to (the first that matches)."""
+    return next(
+        (g for g, (_, prefixes) in enumerate(LONG_TESTS) if nodeid.startswith(prefixes)), None
+    )
 
 
 def dist_of_run(argv: list[str]) -> str:
@@ -921,10 +938,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     middle: list[pytest.Item] = []
     unit: list[pytest.Item] = []
     for item in items:
-        group = next(
-            (g for g, (_, prefixes) in enumerate(LONG_TESTS) if item.nodeid.startswith(prefixes)),
-            None,
-        )
+        group = long_group(item.nodeid)
         if group is not None:
             groups[group].append(item)
         else:

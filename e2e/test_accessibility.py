@@ -10,6 +10,7 @@ patient's saved preference, which outranks Accept-Language)."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, Page, Route, expect
+from playwright.sync_api import Browser, CDPSession, Page, Route, expect
 
 from app import i18n
 from conftest import LiveServer
@@ -321,7 +322,7 @@ def test_no_serious_or_critical_axe_violation(
     try:
         results = AXE.run(page, options=AXE_OPTIONS).response
         if check.name in REFLOW_NAMES:
-            _measure_at_320_px(page, check, language)
+            _measure_reflows(page, check, language)
     finally:
         page.close()
     violations = results["violations"]
@@ -445,40 +446,71 @@ def test_no_horizontal_scrolling_at_320_px_and_200_percent(
             sizes = _reflow(page, check, width, language)
         finally:
             page.close()
+    # Measured at the window and density the width names (not the axe check's own).
+    assert (sizes["window"], sizes["density"]) == WIDTHS[width], sizes
     assert sizes["scroll"] <= sizes["client"], sizes
 
 
-def _reflow(page: Page, check: Check, width: str, language: str) -> dict[str, Any]:
-    """How wide the page is against its window, and a screenshot of it."""
+def _reflow(
+    page: Page, check: Check, width: str, language: str, session: CDPSession | None = None
+) -> dict[str, Any]:
+    """How wide the page is against its window, and a screenshot of it (through `session`
+    where that session set the window: Playwright's own capture of a full page would put
+    its own device metrics back)."""
     sizes = page.evaluate(
         """() => ({scroll: document.documentElement.scrollWidth,
                    client: document.documentElement.clientWidth,
+                   window: innerWidth,
+                   density: devicePixelRatio,
                    wide: [...document.querySelectorAll('body *')]
                      .filter(e => e.getBoundingClientRect().right > innerWidth + 1)
                      .slice(0, 5).map(e => e.tagName + '.' + e.className)})"""
     )
-    screenshot(page, f"reflow-{language}-{width}-{check.name.replace(' ', '-')}")
+    name = f"reflow-{language}-{width}-{check.name.replace(' ', '-')}"
+    if session is None:
+        screenshot(page, name)
+    else:
+        size = session.send("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = session.send(
+            "Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
     return sizes
 
 
-# The 320 px reflow of a page the axe check already has open and ready: the same tab,
-# resized to the reflow check's window (the density is the same, 1), measured there, so
-# the reflow test does not load the page again (a page load is most of a check's browser
-# CPU, docs/testing.md). The reflow test takes the figures and asserts on them; one that
-# finds none (run alone, or its axe check ran in another xdist worker or failed before
-# this) loads its own tab as before. 200 % is rendered at twice the density, which a tab
-# cannot change, so it keeps its own tab.
+# Both reflows of a page the axe check already has open and ready: the same tab,
+# resized to each reflow check's window, measured there, so the reflow test does not load
+# the page again (a page load is most of a check's browser CPU, docs/testing.md). 320 px
+# is the axe check's own density (1): a resize. 200 % renders at twice the density, which
+# Playwright sets only for a new context: the tab gets DevTools' device-metrics override
+# instead (640 px at a device pixel ratio of 2, as Playwright's own context option sets
+# it), and the figures say the window and density the page saw, which the reflow test
+# asserts. A reflow test that finds no figures (run alone, its axe check on another xdist
+# worker, or a measurement that failed) loads its own tab as before.
 _MEASURED: dict[tuple[str, str, str], dict[str, Any]] = {}
 
 
-def _measure_at_320_px(page: Page, check: Check, language: str) -> None:
-    pixels, scale = WIDTHS["320px"]
-    assert scale == 1  # the axe check's own density
+def _measure_reflows(page: Page, check: Check, language: str) -> None:
+    session = None
     try:
-        page.set_viewport_size({"width": pixels, "height": 800})
-        _MEASURED[(check.name, "320px", language)] = _reflow(page, check, "320px", language)
-    except Exception:  # the axe check's result stands; the reflow test loads its own tab
-        _MEASURED.pop((check.name, "320px", language), None)
+        for width, (pixels, scale) in WIDTHS.items():
+            if scale == 1:
+                page.set_viewport_size({"width": pixels, "height": 800})
+            else:
+                session = page.context.new_cdp_session(page)
+                metrics = {"width": pixels, "height": 800, "deviceScaleFactor": scale}
+                session.send("Emulation.setDeviceMetricsOverride", {**metrics, "mobile": False})
+            _MEASURED[(check.name, width, language)] = _reflow(
+                page, check, width, language, session
+            )
+    except Exception:  # the axe check's result stands; the reflow tests load their own tabs
+        for width in WIDTHS:
+            _MEASURED.pop((check.name, width, language), None)
+    finally:
+        if session is not None:
+            session.detach()
 
 
 # Where a state is shown, the words that say it (WCAG 1.4.1: colour is never the only
