@@ -503,7 +503,9 @@ async def _covered(
                 Appointment.starts_at < ends_at,
                 Appointment.ends_at > starts_at,
             )
-            .order_by(Appointment.starts_at)
+            # Id breaks ties: a stable order for the preview and the same order of locks
+            # in every transaction (two closures cancelling together cannot deadlock).
+            .order_by(Appointment.starts_at, Appointment.id)
             .with_for_update()
         )
     )
