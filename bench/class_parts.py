@@ -22,7 +22,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -34,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.availability_bench import server_env  # noqa: E402
-from bench.mixed_bench import claim_redis, load_fixtures, release_redis  # noqa: E402
+from bench.inprocess_ab import IN_PROCESS_LIMITS  # noqa: E402
+from bench.mixed_bench import bench_target, load_fixtures, release_redis  # noqa: E402
 
 
 async def main() -> None:
@@ -42,21 +42,8 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="requests of a class per block")
     parser.add_argument("--blocks", type=int, default=5)
     args = parser.parse_args()
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        raise SystemExit("set DATABASE_URL to a database `medbook seed scale` loaded")
-    redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/6", 1800)
-    secret = secrets.token_urlsafe(40)
-    os.environ.update(
-        server_env(
-            database_url,
-            redis_url,
-            secret,
-            RATE_LIMIT_USER_PER_MINUTE="1000000",
-            ADMISSION_MAX_IN_FLIGHT="64",
-            ADMISSION_MAX_QUEUE="256",
-        )
-    )
+    database_url, redis_url, bench_redis, secret = bench_target("redis://127.0.0.1:6379/6", 1800)
+    os.environ.update(server_env(database_url, redis_url, secret, **IN_PROCESS_LIMITS))
     import httpx
     import msgspec
 

@@ -20,7 +20,6 @@ import asyncio
 import datetime as dt
 import os
 import random
-import secrets
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.availability_bench import server_env  # noqa: E402
-from bench.mixed_bench import claim_redis, load_fixtures, release_redis  # noqa: E402
+from bench.mixed_bench import bench_target, load_fixtures, release_redis  # noqa: E402
 
 
 async def main() -> None:
@@ -38,11 +37,7 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="doctor-days per block")
     parser.add_argument("--blocks", type=int, default=6)
     args = parser.parse_args()
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        raise SystemExit("set DATABASE_URL to a database `medbook seed scale` loaded")
-    redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/6", 1800)
-    secret = secrets.token_urlsafe(40)
+    database_url, redis_url, bench_redis, secret = bench_target("redis://127.0.0.1:6379/6", 1800)
     os.environ.update(server_env(database_url, redis_url, secret))
 
     from app.live import boards

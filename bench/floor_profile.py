@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.availability_bench import free_port, server_env, start_server  # noqa: E402
 from bench.mix_profile import PROFILES, top_entries  # noqa: E402
-from bench.mixed_bench import claim_redis, load_fixtures, release_redis  # noqa: E402
+from bench.mixed_bench import bench_target, load_fixtures, release_redis  # noqa: E402
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -61,11 +60,7 @@ def main() -> None:
     parser.add_argument("--native", action="store_true")
     parser.add_argument("--paths", default="bare,me,hit")
     args = parser.parse_args()
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        raise SystemExit("set DATABASE_URL to a database `medbook seed scale` loaded")
-    redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/6", 1800)
-    secret = secrets.token_urlsafe(40)
+    database_url, redis_url, bench_redis, secret = bench_target("redis://127.0.0.1:6379/6", 1800)
     env = server_env(database_url, redis_url, secret, RATE_LIMIT_USER_PER_MINUTE="100000000")
     fixtures = asyncio.run(load_fixtures(database_url, secret, dt.date.today()))
     token = fixtures["tokens"][0]

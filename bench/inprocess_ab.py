@@ -29,7 +29,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.availability_bench import server_env  # noqa: E402
-from bench.mixed_bench import claim_redis, load_fixtures, release_redis  # noqa: E402
+from bench.mixed_bench import bench_target, load_fixtures, release_redis  # noqa: E402
 
 CONCURRENCY = 4
 
@@ -88,6 +87,15 @@ def guard_switch() -> tuple[Callable[[], None], Callable[[], None]]:
 SWITCHES = {"dependencies": dependency_switch, "zone": zone_switch, "guards": guard_switch}
 
 
+# An in-process client is one caller sending as fast as it can: no per-user rate limit,
+# and an admission limit it never reaches (class_parts.py uses the same).
+IN_PROCESS_LIMITS = {
+    "RATE_LIMIT_USER_PER_MINUTE": "1000000",
+    "ADMISSION_MAX_IN_FLIGHT": "64",
+    "ADMISSION_MAX_QUEUE": "256",
+}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--switch", choices=sorted(SWITCHES), default="dependencies")
@@ -95,21 +103,8 @@ async def main() -> None:
     parser.add_argument("--block-requests", type=int, default=60)
     parser.add_argument("--classes", default="lists,records,availability")
     args = parser.parse_args()
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        raise SystemExit("set DATABASE_URL to a database `medbook seed scale` loaded")
-    redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/6", 3600)
-    secret = secrets.token_urlsafe(40)
-    os.environ.update(
-        server_env(
-            database_url,
-            redis_url,
-            secret,
-            RATE_LIMIT_USER_PER_MINUTE="1000000",
-            ADMISSION_MAX_IN_FLIGHT="64",
-            ADMISSION_MAX_QUEUE="256",
-        )
-    )
+    database_url, redis_url, bench_redis, secret = bench_target("redis://127.0.0.1:6379/6", 3600)
+    os.environ.update(server_env(database_url, redis_url, secret, **IN_PROCESS_LIMITS))
     from litestar.testing import AsyncTestClient
 
     from app.web.asgi import create_app

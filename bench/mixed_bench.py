@@ -182,6 +182,18 @@ class Phase:
         return late, service, bare
 
 
+def bench_target(
+    default_redis_url: str = "redis://127.0.0.1:6379/6", seconds: int = 1800
+) -> tuple[str, str, redis.Redis, str]:
+    """What an in-process bench starts from: the scale database (DATABASE_URL, required),
+    its Redis database claimed for `seconds` (`claim_redis`) and a fresh secret key."""
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        raise SystemExit("set DATABASE_URL to a database `medbook seed scale` loaded")
+    redis_url, bench_redis = claim_redis(default_redis_url, seconds)
+    return database_url, redis_url, bench_redis, secrets.token_urlsafe(40)
+
+
 def claim_redis(default_url: str, seconds: int) -> tuple[str, redis.Redis]:
     """The bench's Redis database (BENCH_REDIS_URL, else `default_url`), claimed for
     `seconds` the way test runs claim theirs (`medbook:test-claim:N` in database 0,

@@ -26,7 +26,6 @@ import collections
 import datetime as dt
 import json
 import os
-import secrets
 import signal
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from app.access.tokens import issue_access_token  # noqa: E402
 from app.settings import plain_database_url  # noqa: E402
 from bench.availability_bench import free_port, free_slots, start_server  # noqa: E402
-from bench.mixed_bench import bench_env, claim_redis, release_redis  # noqa: E402
+from bench.mixed_bench import bench_env, bench_target, release_redis  # noqa: E402
 
 REASON = "worker bench booking"  # this bench's own bookings (not the mix's, which may run)
 PROFILES = ROOT / "bench" / "results" / "profiles"
@@ -204,11 +203,7 @@ async def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--label", default="run")
     args = parser.parse_args()
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        raise SystemExit("set DATABASE_URL to the database `medbook seed scale` loaded")
-    redis_url, bench_redis = claim_redis("redis://127.0.0.1:6379/12", 3600)
-    secret = secrets.token_urlsafe(40)
+    database_url, redis_url, bench_redis, secret = bench_target("redis://127.0.0.1:6379/12", 3600)
     env = bench_env(database_url, redis_url, secret)
     today = dt.date.today()
     conn = await asyncpg.connect(plain_database_url(database_url))
